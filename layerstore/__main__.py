@@ -1,0 +1,5 @@
+import sys
+
+from layerstore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from unionfs.cli import main
+
+sys.exit(main())

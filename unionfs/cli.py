@@ -1,0 +1,134 @@
+"""The ``unionfs`` command: mount like ``mount -t overlay``, unmount, or serve.
+
+    unionfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] [SOURCE] MOUNTPOINT
+    unionfs umount MOUNTPOINT
+
+The SOURCE form is what mount.fuse runs for
+``mount -t fuse.unionfs SOURCE MOUNTPOINT -o ...``. Without ``-f`` the command
+returns once the filesystem answers (or fails with the driver's own error),
+leaving the driver running in the background.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+
+from unionfs import __version__
+from unionfs.mount import READY_FD_ENV, MountError, is_mounted, serve, unmount
+from unionfs.options import MountOptions, OptionError, parse
+
+
+def _die(message: str, code: int = 1) -> int:
+    print(f"unionfs: {message}", file=sys.stderr)
+    return code
+
+
+def _check_paths(opts: MountOptions, mountpoint: str) -> str | None:
+    for path in opts.lowerdirs + tuple(p for p in (opts.upperdir, opts.workdir) if p):
+        if not os.path.isdir(path):
+            return f"{path}: {'not a directory' if os.path.exists(path) else 'no such directory'}"
+    if not os.path.isdir(mountpoint):
+        return f"{mountpoint}: mount point is not a directory" if os.path.exists(mountpoint) else f"{mountpoint}: mount point does not exist"
+    if is_mounted(mountpoint):
+        return f"{mountpoint}: mount point in use (unmount it first)"
+    if opts.upperdir and opts.workdir:
+        upper, work = os.path.realpath(opts.upperdir), os.path.realpath(opts.workdir)
+        if upper == work or work.startswith(upper + "/") or upper.startswith(work + "/"):
+            return "upperdir and workdir must be separate directories, neither inside the other"
+        if os.stat(upper).st_dev != os.stat(work).st_dev:
+            return "upperdir and workdir must be on the same filesystem"
+    return None
+
+
+def _daemonize(argv: list[str]) -> int:
+    """Run the driver in a new session and wait until it is mounted or dead."""
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, **{READY_FD_ENV: str(write_fd)})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "unionfs", "-f", *argv],
+        env=env,
+        pass_fds=(write_fd,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        signal = ready.read(1)
+    if signal == b"1":
+        return 0
+    return child.wait() or 1
+
+
+def _ready_callback(debug: bool) -> object:
+    fd_text = os.environ.pop(READY_FD_ENV, None)
+    if fd_text is None:
+        return None
+    fd = int(fd_text)
+
+    def ready() -> None:
+        os.write(fd, b"1")
+        os.close(fd)
+        if not debug:  # a daemon: nobody reads our terminal any more
+            null = os.open(os.devnull, os.O_RDWR)
+            for target in (0, 1, 2):
+                os.dup2(null, target)
+            os.close(null)
+
+    return ready
+
+
+def umount_main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        return _die("usage: unionfs umount MOUNTPOINT", 2)
+    try:
+        unmount(argv[0])
+    except MountError as exc:
+        return _die(str(exc))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("umount", "unmount"):
+        return umount_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="unionfs",
+        usage="unionfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] [SOURCE] MOUNTPOINT\n"
+        "       unionfs umount MOUNTPOINT",
+        description="Mount a union of directories with overlayfs semantics over FUSE.",
+    )
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS")
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
+    parser.add_argument("--version", action="version", version=f"unionfs {__version__}")
+    parser.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT")
+    args = parser.parse_args(argv)
+    if len(args.paths) > 2:
+        parser.error("expected [SOURCE] MOUNTPOINT")
+    source = args.paths[0] if len(args.paths) == 2 else "unionfs"
+    mountpoint = args.paths[-1]
+    try:
+        opts = parse(args.options)
+    except OptionError as exc:
+        return _die(str(exc), 2)
+    problem = _check_paths(opts, mountpoint)
+    if problem:
+        return _die(problem)
+    if not (args.foreground or args.debug):
+        return _daemonize(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="unionfs: %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(opts, mountpoint, fsname=source, debug=args.debug, on_ready=_ready_callback(args.debug))  # type: ignore[arg-type]
+    except (OSError, ValueError) as exc:
+        return _die(str(exc))
+    except RuntimeError as exc:
+        return _die(f"{mountpoint}: mount failed ({exc})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

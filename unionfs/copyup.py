@@ -1,0 +1,230 @@
+"""Copy-up: bring a lower entry into the upper layer before its first change.
+
+overlayfs.rst "Non-directories" and "Permission model": parents first with
+their metadata, then the entry with its data, owner, mode, xattrs and times.
+Each entry is built in the work directory and renamed into place, so a crash
+never leaves a half-copied file visible; data is fsynced first unless the
+mount is ``volatile``. Data moves in the kernel: a reflink where the
+filesystem shares extents, else ``copy_file_range`` over the data extents
+only, which keeps sparse files sparse.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+
+from unionfs import markers, syscalls
+from unionfs.inodes import InodeMap
+from unionfs.layer import Layer
+from unionfs.resolve import Node, Resolver, split, to_rel
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 30
+
+
+class WorkDir(Layer):
+    """The work directory (``workdir/work``, where overlayfs keeps its own)."""
+
+    def __init__(self, workdir: str) -> None:
+        path = os.path.join(workdir, "work")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        super().__init__(path, -1)
+        self._counter = itertools.count()
+        self._prefix = f"#unionfs.{os.getpid()}."
+        self.clean()
+
+    def clean(self) -> None:
+        """Remove what an interrupted operation left: never visible, never needed."""
+        for name in os.listdir(self.fd):
+            self.remove_tree(name)
+
+    def remove_tree(self, name: str) -> None:
+        st = self.lstat(name)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            try:
+                _clear_dir(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=self.fd)
+        else:
+            os.unlink(name, dir_fd=self.fd)
+
+    def temp_name(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
+
+
+def _clear_dir(fd: int) -> None:
+    """Remove everything inside an open directory, depth first."""
+    for name in os.listdir(fd):
+        try:
+            os.unlink(name, dir_fd=fd)
+        except IsADirectoryError:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                _clear_dir(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=fd)
+
+
+def clear_dir(layer: Layer, rel: str) -> None:
+    fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer.fd)
+    try:
+        _clear_dir(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy the data extents of src to dst in the kernel; holes stay holes."""
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        end = os.lseek(src_fd, data, os.SEEK_HOLE)
+        pos = data
+        while pos < end:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(end - pos, _CHUNK), pos, pos)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                os.lseek(dst_fd, pos, os.SEEK_SET)
+                n = os.sendfile(dst_fd, src_fd, pos, min(end - pos, _CHUNK))
+            if n == 0:  # the source shrank under us
+                return
+            pos += n
+        offset = end
+
+
+class CopyUp:
+    """Copies entries up, once each even when threads race for the same one."""
+
+    def __init__(
+        self, resolver: Resolver, work: WorkDir, inodes: InodeMap, *, durable: bool, private_prefix: str
+    ) -> None:
+        self.resolver = resolver
+        self.inodes = inodes
+        self.upper = resolver.layers[0]
+        self.work = work
+        self.durable = durable
+        self.origin_xattr = private_prefix + "origin"
+        self._locks = [threading.Lock() for _ in range(64)]
+        self._reflink = True
+
+    def ensure(self, node: Node, data: bool = True) -> str:
+        """Make sure node exists in the upper layer; returns its upper rel path."""
+        if self.resolver.is_upper(node.layer):
+            return node.rel
+        pending: list[str] = []
+        path = node.path
+        while True:
+            current = self.resolver.resolve(path)
+            if current is None:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            if self.resolver.is_upper(current.layer):
+                break
+            pending.append(path)
+            if path == "/":
+                break
+            path = split(path)[0]
+        for path in reversed(pending):
+            self._copy_one(path, data or path != node.path)
+        return to_rel(node.path)
+
+    def _copy_one(self, path: str, data: bool) -> None:
+        with self._locks[hash(path) & 63]:
+            node = self.resolver.resolve(path)
+            if node is None:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            if self.resolver.is_upper(node.layer):
+                return
+            src = self.resolver.layers[node.layer]
+            st = src.lstat(node.rel)
+            if st is None:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            tmp = self.work.temp_name()
+            try:
+                self._build(src, node.rel, st, tmp, data)
+                self._set_origin(tmp, st, src)
+                syscalls.utimensat(self.work.fd, tmp, (st.st_atime_ns, st.st_mtime_ns))
+                os.rename(tmp, to_rel(path), src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
+            except BaseException:
+                self.work.remove_tree(tmp)
+                raise
+            if node.is_dir:
+                self.resolver.invalidate(path)
+
+    def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
+        wfd = self.work.fd
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self._copy_file(src, rel, st, tmp, data)
+        else:
+            if stat.S_ISDIR(mode):
+                os.mkdir(tmp, 0o700, dir_fd=wfd)
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(rel, dir_fd=src.fd), tmp, dir_fd=wfd)
+            else:
+                os.mknod(tmp, mode, st.st_rdev, dir_fd=wfd)
+            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=wfd, follow_symlinks=False)
+            if not stat.S_ISLNK(mode):
+                os.chmod(tmp, stat.S_IMODE(mode), dir_fd=wfd)
+            self._copy_xattrs(src, rel, tmp)
+
+    def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
+        sfd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src.fd)
+        try:
+            dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work.fd)
+            try:
+                if data and st.st_size:
+                    if not (self._reflink and syscalls.reflink(sfd, dfd)):
+                        self._reflink = False
+                        copy_data(sfd, dfd, st.st_size)
+                    os.ftruncate(dfd, st.st_size)
+                os.fchown(dfd, st.st_uid, st.st_gid)
+                os.fchmod(dfd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
+                self._copy_xattrs(src, rel, tmp)
+                if self.durable and data and st.st_size:
+                    os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def _copy_xattrs(self, src: Layer, rel: str, tmp: str) -> None:
+        for name in src.listxattr(rel):
+            if markers.is_hidden_xattr(name):
+                continue
+            value = src.getxattr(rel, name)
+            if value is None:
+                continue
+            try:
+                self.work.setxattr(tmp, name, value)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP):
+                    raise
+                log.warning("copy-up of %s: xattr %s not copied: %s", rel, name, exc.strerror)
+
+    def _set_origin(self, tmp: str, st: os.stat_result, src: Layer) -> None:
+        """Record the lower inode so st_ino stays the same after copy-up."""
+        if stat.S_ISLNK(st.st_mode) and self.origin_xattr.startswith("user."):
+            return  # the user namespace is not allowed on symlinks
+        ino = self.inodes(st.st_dev, st.st_ino)
+        try:
+            self.work.setxattr(tmp, self.origin_xattr, str(ino).encode())
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise

@@ -1,0 +1,181 @@
+"""The FUSE side: fusepy callbacks that hand each request to the Union.
+
+This is the only module besides ``mount``'s process start that imports
+fusepy. Requests that carry a file handle (read, write, fsync, fgetattr) go
+straight to the host fd: one ``os.pread`` per read, no path lookup
+(``flag_nopath``).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import fuse
+
+from unionfs.union import Caller, Union
+
+log = logging.getLogger(__name__)
+
+_NO_ID = 0xFFFFFFFF  # (uid_t)-1: leave unchanged
+
+
+class UnionOperations(fuse.Operations):
+    """fusepy operations over a Union; times in nanoseconds."""
+
+    use_ns = True
+    flag_nullpath_ok = 1
+    flag_nopath = 1
+    flag_utime_omit_ok = 1
+
+    def __init__(self, union: Union, on_ready: Callable[[], None] | None = None) -> None:
+        self.union = union
+        self.on_ready = on_ready
+        self._fd_layer: dict[int, int] = {}
+        self._dirs: dict[int, str] = {}
+        self._dir_ids = iter(range(1 << 40, 1 << 62))  # never equal to a file's fd
+        self._lock = threading.Lock()
+
+    def __call__(self, op: str, *args: Any) -> Any:
+        try:
+            return getattr(self, op)(*args)
+        except OSError as exc:
+            if exc.errno and exc.errno > 0:
+                raise
+            log.exception("%s%r: error without errno", op, args[:1])
+        except Exception:
+            log.exception("%s%r failed", op, args[:1])
+        raise fuse.FuseOSError(errno.EIO)
+
+    @staticmethod
+    def _caller() -> Caller:
+        uid, gid, _pid = fuse.fuse_get_context()
+        return Caller(uid, gid)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def init(self, path: str) -> None:
+        if self.on_ready:
+            self.on_ready()
+
+    def destroy(self, path: str) -> None:
+        self.union.close()
+
+    # -- attributes --------------------------------------------------------------
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        if fh is not None:
+            dir_path = self._dirs.get(fh)
+            if dir_path is not None:
+                return self.union.getattr(dir_path)
+            if fh in self._fd_layer:
+                return self.union.fgetattr(fh, self._fd_layer[fh])
+        if path is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        return self.union.getattr(path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.union.chmod(path, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.union.chown(path, -1 if uid == _NO_ID else uid, -1 if gid == _NO_ID else gid)
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        self.union.utimens(path, times)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        if fh is not None:
+            os.ftruncate(fh, length)
+        elif path is not None:
+            self.union.truncate(path, length)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.union.statfs()
+
+    # -- names -------------------------------------------------------------------
+    def readlink(self, path: str) -> str:
+        return self.union.readlink(path)
+
+    def opendir(self, path: str) -> int:
+        with self._lock:
+            handle = next(self._dir_ids)
+            self._dirs[handle] = path
+        return handle
+
+    def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int] | None, int]]:
+        dir_path = self._dirs.get(fh) or path
+        if dir_path is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        return [(name, attrs, 0) for name, attrs in self.union.readdir(dir_path)]
+
+    def releasedir(self, path: str | None, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self.union.mkdir(path, mode, self._caller())
+
+    def mknod(self, path: str, mode: int, dev: int) -> None:
+        self.union.mknod(path, mode, dev, self._caller())
+
+    def symlink(self, path: str, target: str) -> None:
+        # fusepy passes (link path, link content)
+        self.union.symlink(path, target, self._caller())
+
+    def link(self, path: str, existing: str) -> None:
+        # fusepy passes (new name, existing name)
+        self.union.link(existing, path)
+
+    def unlink(self, path: str) -> None:
+        self.union.unlink(path)
+
+    def rmdir(self, path: str) -> None:
+        self.union.rmdir(path)
+
+    def rename(self, old: str, new: str) -> None:
+        self.union.rename(old, new)
+
+    # -- files -------------------------------------------------------------------
+    def open(self, path: str, flags: int) -> int:
+        fd, index = self.union.open(path, flags)
+        self._fd_layer[fd] = index
+        return fd
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        # fusepy does not pass the open flags to create; O_RDWR serves every access mode.
+        fd = self.union.create(path, mode, os.O_RDWR, self._caller())
+        self._fd_layer[fd] = 0
+        return fd
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(fh, size, offset)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        return os.pwrite(fh, data, offset)
+
+    def flush(self, path: str | None, fh: int) -> None:
+        return None
+
+    def release(self, path: str | None, fh: int) -> None:
+        self._fd_layer.pop(fh, None)
+        os.close(fh)
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> None:
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+
+    # -- xattrs ------------------------------------------------------------------
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.union.getxattr(path, name)
+
+    def listxattr(self, path: str) -> list[str]:
+        return self.union.listxattr(path)
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        self.union.setxattr(path, name, value, options)
+
+    def removexattr(self, path: str, name: str) -> None:
+        self.union.removexattr(path, name)
+

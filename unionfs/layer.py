@@ -1,0 +1,182 @@
+"""One layer directory, reached through an open directory descriptor.
+
+Every call is relative to the layer's root fd (``dir_fd=``), so paths as long
+as PATH_MAX below the mount point work whatever the length of the layer's own
+path, and no call ever follows a symlink out of the layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from unionfs import markers
+
+_XATTR_PATH_LIMIT = 4000  # absolute paths beyond this go through /proc/self/fd
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
+_NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A visible name in one layer directory, as readdir needs it."""
+
+    is_dir: bool
+    ino: int
+    type_bits: int  # S_IFMT part of st_mode
+
+
+@dataclass(frozen=True, slots=True)
+class DirInfo:
+    """A directory of one layer, read once: lower layers never change."""
+
+    entries: dict[str, Entry]
+    hides: frozenset[str]  # names this layer hides in the layers below
+    opaque: bool
+    redirect: str | None
+
+
+_DTYPE_BITS = {
+    "dir": stat.S_IFDIR,
+    "file": stat.S_IFREG,
+    "symlink": stat.S_IFLNK,
+}
+
+
+def rel_join(parent: str, name: str) -> str:
+    return name if parent == "." else f"{parent}/{name}"
+
+
+class Layer:
+    """A layer root; index 0 is the upper layer when the mount is writable."""
+
+    def __init__(self, root: str, index: int) -> None:
+        self.root = os.path.abspath(root)
+        self.index = index
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dev = os.fstat(self.fd).st_dev
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    # -- stat and lookups ------------------------------------------------------
+    def lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            return os.lstat(rel, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in _MISSING:
+                return None
+            raise
+
+    def exists(self, rel: str) -> bool:
+        return self.lstat(rel) is not None
+
+    def is_whiteout(self, rel: str, st: os.stat_result) -> bool:
+        if markers.is_chardev_whiteout(st.st_mode, st.st_rdev):
+            return True
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            return any(self.getxattr(rel, name) is not None for name in markers.WHITEOUT_XATTRS)
+        return False
+
+    def dir_meta(self, rel: str) -> tuple[bool, str | None]:
+        """(opaque, redirect) of a directory of this layer."""
+        opaque = any(self.getxattr(rel, n) == b"y" for n in markers.OPAQUE_XATTRS) or self.exists(
+            rel_join(rel, markers.OPAQUE_MARKER)
+        )
+        redirect = None
+        for name in ("trusted.overlay.redirect", "user.overlay.redirect"):
+            value = self.getxattr(rel, name)
+            if value is not None:
+                redirect = os.fsdecode(value)
+                break
+        return opaque, redirect
+
+    def scan(self, rel: str) -> DirInfo:
+        """Read a directory with its markers; raises if rel is not a directory."""
+        entries: dict[str, Entry] = {}
+        hides: set[str] = set()
+        opaque = False
+        xattr_whiteouts = any(
+            self.getxattr(rel, p + "overlay.whiteouts") is not None for p in ("trusted.", "user.")
+        )
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    name = de.name
+                    if name.startswith(markers.WH_PREFIX):
+                        if name == markers.OPAQUE_MARKER:
+                            opaque = True
+                        elif len(name) > len(markers.WH_PREFIX):
+                            hides.add(name[len(markers.WH_PREFIX):])
+                        continue
+                    if de.is_dir(follow_symlinks=False):
+                        entries[name] = Entry(True, de.inode(), stat.S_IFDIR)
+                        continue
+                    if de.is_file(follow_symlinks=False):
+                        bits = stat.S_IFREG
+                        if xattr_whiteouts:
+                            st = de.stat(follow_symlinks=False)
+                            if self.is_whiteout(rel_join(rel, name), st):
+                                hides.add(name)
+                                continue
+                    elif de.is_symlink():
+                        bits = stat.S_IFLNK
+                    else:
+                        st = de.stat(follow_symlinks=False)
+                        if markers.is_chardev_whiteout(st.st_mode, st.st_rdev):
+                            hides.add(name)
+                            continue
+                        bits = stat.S_IFMT(st.st_mode)
+                    entries[name] = Entry(False, de.inode(), bits)
+        finally:
+            os.close(fd)
+        meta_opaque, redirect = self.dir_meta(rel)
+        return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect)
+
+    # -- xattrs ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _xattr_target(self, rel: str) -> Iterator[tuple[str, bool]]:
+        """A path naming rel for the *xattr calls, and whether to follow it."""
+        path = self.root if rel == "." else f"{self.root}/{rel}"
+        if len(path) < _XATTR_PATH_LIMIT:
+            yield path, False
+            return
+        fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            yield f"/proc/self/fd/{fd}", True  # the magic link leads to the inode itself
+        finally:
+            os.close(fd)
+
+    def getxattr(self, rel: str, name: str) -> bytes | None:
+        try:
+            with self._xattr_target(rel) as (path, follow):
+                return os.getxattr(path, name, follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno in _NO_XATTR or exc.errno in _MISSING:
+                return None
+            raise
+
+    def listxattr(self, rel: str) -> list[str]:
+        with self._xattr_target(rel) as (path, follow):
+            try:
+                return os.listxattr(path, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno == errno.ENOTSUP:
+                    return []
+                raise
+
+    def getxattr_strict(self, rel: str, name: str) -> bytes:
+        with self._xattr_target(rel) as (path, follow):
+            return os.getxattr(path, name, follow_symlinks=follow)
+
+    def setxattr(self, rel: str, name: str, value: bytes, flags: int = 0) -> None:
+        with self._xattr_target(rel) as (path, follow):
+            os.setxattr(path, name, value, flags, follow_symlinks=follow)
+
+    def removexattr(self, rel: str, name: str) -> None:
+        with self._xattr_target(rel) as (path, follow):
+            os.removexattr(path, name, follow_symlinks=follow)

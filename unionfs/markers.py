@@ -1,0 +1,44 @@
+"""Whiteouts and opaque markers: every form that is read, the form that is written.
+
+Read in every layer (overlayfs.rst "whiteouts and opaque directories", OCI
+image-spec layer.md "Whiteouts"):
+  - a character device 0/0 named NAME (overlayfs);
+  - an empty regular file NAME with the xattr ``overlay.whiteout`` (overlayfs
+    xattr whiteouts, in the trusted. or user. namespace);
+  - a file ``.wh.NAME`` (OCI);
+  - an opaque directory: xattr ``overlay.opaque`` = ``y`` or a ``.wh..wh..opq`` entry.
+A marker hides entries of the layers below it, never entries of its own layer.
+"""
+from __future__ import annotations
+
+import enum
+import stat
+
+WH_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+# Private state of this driver; never shown through the mount.
+PRIVATE_XATTR_PREFIXES = ("trusted.unionfs.", "user.unionfs.")
+HIDDEN_XATTR_PREFIXES = OVERLAY_XATTR_PREFIXES + PRIVATE_XATTR_PREFIXES
+
+
+class WhiteoutForm(enum.Enum):
+    """How this driver writes whiteouts and opaque markers in the upper layer."""
+
+    OVERLAY = "overlay"  # char 0/0 + trusted.overlay.opaque: kernel overlayfs reads the upper
+    OCI = "oci"  # .wh.NAME + .wh..wh..opq: no privilege needed, a layer tar as is
+
+
+def is_marker_name(name: str) -> bool:
+    """Names that would be read as markers: users may not create them."""
+    return name.startswith(WH_PREFIX)
+
+
+def is_chardev_whiteout(st_mode: int, st_rdev: int) -> bool:
+    return stat.S_ISCHR(st_mode) and st_rdev == 0
+
+
+def is_hidden_xattr(name: str) -> bool:
+    return name.startswith(HIDDEN_XATTR_PREFIXES)

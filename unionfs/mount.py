@@ -1,0 +1,156 @@
+"""Mounting and unmounting: the Python API and the FUSE process.
+
+``mounted(spec, mountpoint)`` is what the layer store and the tests use: it
+starts the driver as its own process (a crash of the filesystem never takes
+the caller down), returns once the mount is up, and always unmounts, lazily
+if it must, so that a dead mount never hangs whoever comes next.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from unionfs.options import MountOptions
+
+log = logging.getLogger(__name__)
+
+READY_FD_ENV = "UNIONFS_READY_FD"
+
+
+class MountError(RuntimeError):
+    """The driver could not mount, or a mount could not be removed."""
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A union to mount, as a value: lower dirs top first, optional upper and work dirs."""
+
+    lowerdirs: tuple[str, ...]
+    upperdir: str | None = None
+    workdir: str | None = None
+    options: tuple[str, ...] = ()
+
+    def option_string(self) -> str:
+        def esc(path: str) -> str:
+            return os.fspath(path).replace(",", "\\,")
+
+        parts = ["lowerdir=" + ":".join(esc(p).replace(":", "\\:") for p in self.lowerdirs)]
+        if self.upperdir is not None:
+            parts.append("upperdir=" + esc(self.upperdir))
+        if self.workdir is not None:
+            parts.append("workdir=" + esc(self.workdir))
+        parts.extend(self.options)
+        return ",".join(parts)
+
+
+def _unescape_mountinfo(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """True for any mount at mountpoint, a dead FUSE mount included (ismount says False there)."""
+    target = os.path.realpath(mountpoint) if os.path.exists(mountpoint) else os.path.abspath(mountpoint)
+    candidates = {os.path.abspath(mountpoint), target}
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return any(_unescape_mountinfo(line.split()[4]) in candidates for line in f)
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def unmount(mountpoint: str) -> None:
+    """Unmount; a busy or dead mount is detached lazily instead of hanging."""
+    if not is_mounted(mountpoint):
+        raise MountError(f"{mountpoint}: not mounted")
+    tool = _fusermount()
+    attempts = [[tool, "-u", mountpoint]] if tool else []
+    attempts.append(["umount", mountpoint])
+    attempts += [[tool, "-u", "-z", mountpoint]] if tool else []
+    attempts.append(["umount", "-l", mountpoint])
+    last = ""
+    for cmd in attempts:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode == 0 or not is_mounted(mountpoint):
+            return
+        last = result.stderr.strip()
+    raise MountError(f"{mountpoint}: cannot unmount: {last}")
+
+
+def mount(spec: MountSpec, mountpoint: str, *, timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> None:
+    """Start the driver for spec on mountpoint; returns once the mount answers."""
+    cmd = [sys.executable, "-m", "unionfs", *extra_args, "-o", spec.option_string(), os.fspath(mountpoint)]
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise MountError(result.stderr.strip() or f"unionfs exited with {result.returncode}")
+
+
+@contextlib.contextmanager
+def mounted(spec: MountSpec, mountpoint: str, **kwargs: object) -> Iterator[str]:
+    mount(spec, mountpoint, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield os.fspath(mountpoint)
+    finally:
+        if is_mounted(mountpoint):
+            unmount(mountpoint)
+
+
+def fuse_options(opts: MountOptions, fsname: str) -> dict[str, object]:
+    """The options handed to libfuse: let the kernel answer from its caches."""
+    t = opts.timeout
+    kwargs: dict[str, object] = {
+        "fsname": fsname,
+        "subtype": "unionfs",
+        "use_ino": True,
+        "default_permissions": True,
+        "kernel_cache": True,  # lower layers never change; the upper only through us
+        "entry_timeout": t,
+        "attr_timeout": t,
+        "negative_timeout": t,
+        "big_writes": True,
+        "max_write": 131072,
+        "max_read": 131072,
+        "atomic_o_trunc": True,  # open(O_TRUNC) copies up no data
+        "nonempty": True,  # overlayfs mounts over non-empty directories too
+    }
+    if opts.allow_other:
+        kwargs["allow_other"] = True
+    if opts.allow_root:
+        kwargs["allow_root"] = True
+    if opts.read_only:
+        kwargs["ro"] = True
+    for flag in opts.mount_flags:
+        if flag not in ("ro", "rw"):
+            kwargs[flag] = True
+    return kwargs
+
+
+def serve(
+    opts: MountOptions,
+    mountpoint: str,
+    *,
+    fsname: str = "unionfs",
+    debug: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run the filesystem in this process until it is unmounted or signalled."""
+    import fuse  # only here: the core works without fusepy
+
+    from unionfs.fuseops import UnionOperations
+    from unionfs.union import Union
+
+    os.umask(0)  # the kernel applied the caller's umask already
+    union = Union(
+        opts.lowerdirs,
+        None if opts.read_only else opts.upperdir,
+        None if opts.read_only else opts.workdir,
+        whiteout=opts.whiteout,
+        durable=not opts.volatile,
+    )
+    fuse.FUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))

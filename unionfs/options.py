@@ -1,0 +1,91 @@
+"""Mount options in the syntax of ``mount -t overlay`` and fuse-overlayfs.
+
+``lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W`` plus this driver's own
+options and the generic mount flags that mount(8) and mount.fuse pass along.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from unionfs.markers import WhiteoutForm
+
+# Generic mount flags that libfuse 2 turns into MS_* flags.
+FUSE_MOUNT_FLAGS = {"rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync", "async", "atime", "noatime", "dirsync"}
+# Flags that mount(8), fstab and mount.fuse pass and that mean nothing here.
+IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "relatime", "norelatime",
+           "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "loop", "silent", "loud"}
+# overlayfs options that this driver accepts for drop-in use; its behaviour is fixed.
+OVERLAY_COMPAT = {"redirect_dir", "index", "xino", "metacopy", "nfs_export", "uuid", "userxattr", "verity"}
+
+
+class OptionError(ValueError):
+    """A mount option that is unknown or malformed."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    lowerdirs: tuple[str, ...]
+    upperdir: str | None = None
+    workdir: str | None = None
+    whiteout: WhiteoutForm | None = None  # None: overlay form as root, OCI form otherwise
+    volatile: bool = False  # skip the fsync of copied-up data
+    allow_other: bool = False
+    allow_root: bool = False
+    timeout: float = 1.0  # entry/attr/negative cache timeouts handed to the kernel
+    mount_flags: tuple[str, ...] = field(default=())
+
+    @property
+    def read_only(self) -> bool:
+        return self.upperdir is None or "ro" in self.mount_flags
+
+
+def split_options(text: str) -> list[str]:
+    """Split on commas that are not escaped with a backslash."""
+    return [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text) if part]
+
+
+def split_lowerdir(text: str) -> tuple[str, ...]:
+    """``A:B:C`` with ``\\:`` for a colon inside a name, as overlayfs reads it."""
+    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", text)]
+    if not all(parts):
+        raise OptionError(f"lowerdir={text}: empty layer path")
+    return tuple(parts)
+
+
+def parse(option_strings: list[str]) -> MountOptions:
+    values: dict[str, object] = {"mount_flags": []}
+    for text in option_strings:
+        for item in split_options(text):
+            key, eq, value = item.partition("=")
+            if key == "lowerdir":
+                values["lowerdirs"] = split_lowerdir(value)
+            elif key in ("upperdir", "workdir"):
+                if not value:
+                    raise OptionError(f"{key}: empty path")
+                values[key] = value
+            elif key == "whiteout":
+                if value not in ("overlay", "oci", "auto"):
+                    raise OptionError(f"whiteout={value}: expected overlay, oci or auto")
+                values["whiteout"] = None if value == "auto" else WhiteoutForm(value)
+            elif key == "volatile" and not eq:
+                values["volatile"] = True
+            elif key in ("allow_other", "allow_root") and not eq:
+                values[key] = True
+            elif key == "timeout":
+                try:
+                    values["timeout"] = float(value)
+                except ValueError:
+                    raise OptionError(f"timeout={value}: not a number") from None
+            elif key in FUSE_MOUNT_FLAGS and not eq:
+                values["mount_flags"].append(key)  # type: ignore[union-attr]
+            elif key in IGNORED or key in OVERLAY_COMPAT or key.startswith(("x-", "comment")):
+                continue
+            else:
+                raise OptionError(f"unknown option: {item}")
+    if "lowerdirs" not in values:
+        raise OptionError("missing lowerdir=")
+    if ("upperdir" in values) != ("workdir" in values):
+        raise OptionError("upperdir and workdir must be given together")
+    values["mount_flags"] = tuple(values["mount_flags"])  # type: ignore[arg-type]
+    return MountOptions(**values)  # type: ignore[arg-type]

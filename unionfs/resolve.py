@@ -1,0 +1,212 @@
+"""Path resolution across layers: which layer answers for a merged path.
+
+overlayfs.rst "Directories": the topmost entry wins, directories merge down to
+the first opaque one, a non-directory hides everything below it, and a
+whiteout hides the name in the layers below its own. A redirect (the
+``overlay.redirect`` xattr on a directory, written when a directory with lower
+parts is renamed) points the lower layers at another path.
+
+Results are plain values, testable without FUSE. Listings of lower
+directories are read once (lower layers never change) and directory nodes are
+cached until one of the driver's own operations changes them.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+from unionfs.layer import DirInfo, Layer, rel_join
+from unionfs import markers
+
+_WHITEOUT, _DIR, _OTHER = "w", "d", "o"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A merged entry: the layers that hold it, top first, as (index, rel path)."""
+
+    path: str
+    is_dir: bool
+    layers: tuple[tuple[int, str], ...]
+
+    @property
+    def layer(self) -> int:
+        return self.layers[0][0]
+
+    @property
+    def rel(self) -> str:
+        return self.layers[0][1]
+
+    @property
+    def merged(self) -> bool:
+        return len(self.layers) > 1
+
+
+def split(path: str) -> tuple[str, str]:
+    """'/a/b' -> ('/a', 'b'); '/a' -> ('/', 'a')."""
+    head, _, name = path.rpartition("/")
+    return head or "/", name
+
+
+def to_rel(path: str) -> str:
+    return path[1:] or "."
+
+
+def child_path(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+class Resolver:
+    """Resolves merged paths; layer 0 is the upper layer when ``writable``."""
+
+    def __init__(self, layers: list[Layer], writable: bool) -> None:
+        self.layers = layers
+        self.writable = writable
+        self._lower_dirs: dict[tuple[int, str], DirInfo | None] = {}
+        self._nodes: dict[str, Node] = {}
+        self._gen = 0
+        self._lock = threading.Lock()
+
+    # -- caches ------------------------------------------------------------------
+    def invalidate(self, path: str, subtree: bool = False) -> None:
+        """Forget a directory node; call after the change is on disk."""
+        with self._lock:
+            self._gen += 1
+            self._nodes.pop(path, None)
+            if subtree:
+                prefix = path.rstrip("/") + "/"
+                for key in [k for k in self._nodes if k.startswith(prefix)]:
+                    del self._nodes[key]
+
+    def _store(self, node: Node, gen: int) -> None:
+        with self._lock:
+            if gen == self._gen:
+                self._nodes[node.path] = node
+
+    def is_upper(self, index: int) -> bool:
+        return self.writable and index == 0
+
+    def lower_dir(self, index: int, rel: str) -> DirInfo | None:
+        key = (index, rel)
+        try:
+            return self._lower_dirs[key]
+        except KeyError:
+            pass
+        try:
+            info: DirInfo | None = self.layers[index].scan(rel)
+        except (NotADirectoryError, FileNotFoundError):
+            info = None
+        self._lower_dirs[key] = info
+        return info
+
+    # -- one layer ---------------------------------------------------------------
+    def _entry(self, index: int, prel: str, name: str) -> tuple[str | None, bool]:
+        """(kind of name in this layer's dir prel, whether it hides the layers below)."""
+        if self.is_upper(index):
+            layer = self.layers[index]
+            rel = rel_join(prel, name)
+            st = layer.lstat(rel)
+            if st is None:
+                kind = None
+            elif stat.S_ISDIR(st.st_mode):
+                kind = _DIR
+            elif layer.is_whiteout(rel, st):
+                return _WHITEOUT, True
+            else:
+                return _OTHER, True
+            return kind, layer.exists(rel_join(prel, markers.WH_PREFIX + name))
+        info = self.lower_dir(index, prel)
+        if info is None:
+            return None, False
+        entry = info.entries.get(name)
+        hides = name in info.hides
+        if entry is None:
+            return (_WHITEOUT if hides else None), hides
+        return (_DIR if entry.is_dir else _OTHER), hides
+
+    def _dir_meta(self, index: int, rel: str) -> tuple[bool, str | None]:
+        if self.is_upper(index):
+            return self.layers[index].dir_meta(rel)
+        info = self.lower_dir(index, rel)
+        return (info.opaque, info.redirect) if info else (False, None)
+
+    # -- merged ------------------------------------------------------------------
+    def root(self, start: int = 0) -> Node | None:
+        layers: list[tuple[int, str]] = []
+        for index in range(start, len(self.layers)):
+            layers.append((index, "."))
+            if self._dir_meta(index, ".")[0]:
+                break
+        return Node("/", True, tuple(layers)) if layers else None
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        """Look name up in a merged directory."""
+        path = child_path(parent.path, name)
+        if name.startswith(markers.WH_PREFIX):
+            return None
+        dirs: list[tuple[int, str]] = []
+        for index, prel in parent.layers:
+            kind, hides = self._entry(index, prel, name)
+            if kind == _WHITEOUT:
+                break
+            rel = rel_join(prel, name)
+            if kind == _OTHER:
+                if dirs:
+                    break
+                return Node(path, False, ((index, rel),))
+            if kind == _DIR:
+                dirs.append((index, rel))
+                opaque, redirect = self._dir_meta(index, rel)
+                if opaque or hides:
+                    break
+                if redirect is not None:
+                    target = self.resolve(redirect if redirect.startswith("/") else child_path(parent.path, redirect), index + 1)
+                    if target is not None and target.is_dir:
+                        dirs.extend(target.layers)
+                    break
+            elif hides:
+                break
+        return Node(path, True, tuple(dirs)) if dirs else None
+
+    def resolve(self, path: str, start: int = 0) -> Node | None:
+        """The node of a merged path over layers[start:], or None."""
+        cacheable = start == 0
+        if cacheable:
+            node = self._nodes.get(path)
+            if node is not None:
+                return node
+        gen = self._gen
+        names: list[str] = []
+        current = path
+        found: Node | None = None
+        while current != "/":
+            current, name = split(current)
+            names.append(name)
+            if cacheable and (found := self._nodes.get(current)) is not None:
+                break
+        else:
+            found = self.root(start)
+            if found is not None and cacheable:
+                self._store(found, gen)
+        node = found
+        for name in reversed(names):
+            if node is None or not node.is_dir:
+                return None
+            if not name:
+                continue
+            node = self.child(node, name)
+            if node is not None and node.is_dir and cacheable:
+                self._store(node, gen)
+        return node
+
+    def lower_only(self, node: Node) -> Node | None:
+        """The same directory with the upper layer left out."""
+        layers = tuple(entry for entry in node.layers if not self.is_upper(entry[0]))
+        return Node(node.path, True, layers) if layers else None
+
+    def lower_positive(self, parent: Node, name: str) -> bool:
+        """Whether a lower layer shows name: removing it from the upper needs a whiteout."""
+        lower = self.lower_only(parent)
+        return lower is not None and self.child(lower, name) is not None

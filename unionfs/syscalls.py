@@ -1,0 +1,70 @@
+"""Linux system calls that the os module lacks: renameat2, utimensat with
+UTIME_NOW/UTIME_OMIT, and the FICLONE reflink ioctl.
+
+Copy-up, whiteout creation and directory replacement must be atomic the way
+overlayfs makes them atomic, and that needs renameat2's RENAME_EXCHANGE and
+RENAME_WHITEOUT flags (renameat2(2)).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+AT_SYMLINK_NOFOLLOW = 0x100
+FICLONE = 0x40049409
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.renameat2.restype = ctypes.c_int
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_libc.utimensat.restype = ctypes.c_int
+
+
+def _raise(path: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), path)
+
+
+def renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int = 0) -> None:
+    """rename with flags, both names relative to their directory descriptors."""
+    if _libc.renameat2(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), flags) != 0:
+        _raise(dst)
+
+
+def utimensat(dir_fd: int, path: str, times_ns: tuple[int, int], follow_symlinks: bool = False) -> None:
+    """Set times in nanoseconds; a value of UTIME_NOW or UTIME_OMIT keeps its meaning."""
+    ts = (_Timespec * 2)()
+    for i, value in enumerate(times_ns):
+        if value in (UTIME_NOW, UTIME_OMIT):
+            ts[i].tv_sec, ts[i].tv_nsec = 0, value
+        else:
+            ts[i].tv_sec, ts[i].tv_nsec = divmod(value, 1_000_000_000)
+    flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
+    if _libc.utimensat(dir_fd, os.fsencode(path), ts, flags) != 0:
+        _raise(path)
+
+
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Share the extents of src with dst (btrfs, xfs); False where the filesystem can't."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            return False
+        raise

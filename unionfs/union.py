@@ -1,0 +1,515 @@
+"""The union: every filesystem operation on merged paths, as plain Python.
+
+This module knows nothing of FUSE (``fuseops`` adapts it), so it can be driven
+and tested directly. Each operation resolves its path, copies up what it is
+about to change, and changes the upper layer in a way that is atomic for
+every observer: new entries replace whiteouts by an exchange through the work
+directory, and removals leave their whiteout in the same step
+(``RENAME_EXCHANGE`` / ``RENAME_WHITEOUT``, as overlayfs does).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from unionfs import markers, syscalls
+from unionfs.copyup import CopyUp, WorkDir, clear_dir
+from unionfs.inodes import InodeMap
+from unionfs.layer import Layer, rel_join
+from unionfs.markers import WhiteoutForm
+from unionfs.resolve import Node, Resolver, child_path, split, to_rel
+
+log = logging.getLogger(__name__)
+
+
+def fail(code: int, path: str) -> OSError:
+    """An OSError that FUSE turns into -code (fusepy needs errno > 0)."""
+    return OSError(code, os.strerror(code), path)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked: new entries belong to the caller, not to the driver."""
+
+    uid: int
+    gid: int
+
+
+ROOT = Caller(0, 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+
+class Union:
+    """A stack of layers: ``lowerdirs`` top first, an optional writable upper."""
+
+    def __init__(
+        self,
+        lowerdirs: list[str] | tuple[str, ...],
+        upperdir: str | None = None,
+        workdir: str | None = None,
+        *,
+        whiteout: WhiteoutForm | None = None,
+        durable: bool = True,
+    ) -> None:
+        if not lowerdirs:
+            raise ValueError("at least one lowerdir is needed")
+        if (upperdir is None) != (workdir is None):
+            raise ValueError("upperdir and workdir go together")
+        layers: list[Layer] = []
+        for path in ([upperdir] if upperdir else []) + list(lowerdirs):
+            layers.append(Layer(path, len(layers)))
+        self.layers = layers
+        self.writable = upperdir is not None
+        self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 else WhiteoutForm.OCI)
+        private = "trusted.unionfs." if self.form is WhiteoutForm.OVERLAY else "user.unionfs."
+        self.origin_xattr = private + "origin"
+        self.redirect_xattr = ("trusted." if self.form is WhiteoutForm.OVERLAY else "user.") + "overlay.redirect"
+        self.resolver = Resolver(layers, self.writable)
+        self.inodes = InodeMap([layer.dev for layer in layers])
+        self._origins: dict[int, int] = {}
+        top = layers[0]
+        self.namemax = os.statvfs(top.fd).f_namemax
+        if self.writable and self.form is WhiteoutForm.OCI:
+            self.namemax -= len(markers.WH_PREFIX)  # room for the .wh. whiteout of any name
+        self.upper = top
+        self.work: WorkDir | None = None
+        self.copyup: CopyUp | None = None
+        if self.writable:
+            assert workdir is not None
+            if os.stat(workdir).st_dev != top.dev:
+                raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
+            self.work = WorkDir(workdir)
+            self.copyup = CopyUp(self.resolver, self.work, self.inodes, durable=durable, private_prefix=private)
+        self._rename_lock = threading.Lock()
+
+    def close(self) -> None:
+        for layer in self.layers:
+            layer.close()
+        if self.work:
+            self.work.close()
+
+    # -- helpers ---------------------------------------------------------------
+    def _writable(self, path: str) -> tuple[CopyUp, WorkDir]:
+        if self.copyup is None or self.work is None:
+            raise fail(errno.EROFS, path)
+        return self.copyup, self.work
+
+    def _check_name(self, name: str, path: str) -> None:
+        if len(os.fsencode(name)) > self.namemax:
+            raise fail(errno.ENAMETOOLONG, path)
+        if markers.is_marker_name(name):
+            raise fail(errno.EINVAL, path)  # would be read back as a whiteout
+
+    def node(self, path: str) -> Node:
+        node = self.resolver.resolve(path)
+        if node is None:
+            if len(os.fsencode(split(path)[1])) > self.namemax:
+                raise fail(errno.ENAMETOOLONG, path)
+            raise fail(errno.ENOENT, path)
+        return node
+
+    def _dir(self, path: str) -> Node:
+        node = self.node(path)
+        if not node.is_dir:
+            raise fail(errno.ENOTDIR, path)
+        return node
+
+    def _lstat(self, node: Node) -> os.stat_result:
+        st = self.layers[node.layer].lstat(node.rel)
+        if st is None:
+            raise fail(errno.ENOENT, node.path)
+        return st
+
+    def _ino(self, index: int, rel: str, st: os.stat_result) -> int:
+        if not self.resolver.is_upper(index):
+            return self.inodes(st.st_dev, st.st_ino)
+        ino = self._origins.get(st.st_ino)
+        if ino is None:
+            value = self.upper.getxattr(rel, self.origin_xattr)
+            ino = int(value) if value else self.inodes(st.st_dev, st.st_ino)
+            self._origins[st.st_ino] = ino
+        return ino
+
+    def _forget(self, st: os.stat_result | None) -> None:
+        if st is not None:
+            self._origins.pop(st.st_ino, None)
+
+    @staticmethod
+    def attrs(st: os.stat_result, ino: int, nlink: int | None = None) -> dict[str, int]:
+        return {
+            "st_mode": st.st_mode,
+            "st_ino": ino,
+            "st_nlink": st.st_nlink if nlink is None else nlink,
+            "st_uid": st.st_uid,
+            "st_gid": st.st_gid,
+            "st_size": st.st_size,
+            "st_atime": st.st_atime_ns,
+            "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
+            "st_rdev": st.st_rdev,
+            "st_blocks": st.st_blocks,
+            "st_blksize": st.st_blksize,
+        }
+
+    # -- reading -----------------------------------------------------------------
+    def getattr(self, path: str) -> dict[str, int]:
+        node = self.node(path)
+        st = self._lstat(node)
+        # overlayfs reports nlink 1 for merged directories: counting subdirs
+        # of every layer is not worth it, and find(1) copes (ovl_getattr).
+        return self.attrs(st, self._ino(node.layer, node.rel, st), 1 if node.merged else None)
+
+    def fgetattr(self, fd: int, index: int) -> dict[str, int]:
+        st = os.fstat(fd)
+        if self.resolver.is_upper(index):
+            ino = self._origins.get(st.st_ino)
+            if ino is None:
+                try:
+                    ino = int(os.getxattr(fd, self.origin_xattr))
+                except OSError:
+                    ino = self.inodes(st.st_dev, st.st_ino)
+                self._origins[st.st_ino] = ino
+        else:
+            ino = self.inodes(st.st_dev, st.st_ino)
+        return self.attrs(st, ino)
+
+    def readlink(self, path: str) -> str:
+        node = self.node(path)
+        try:
+            return os.readlink(node.rel, dir_fd=self.layers[node.layer].fd)
+        except OSError as exc:
+            raise fail(exc.errno or errno.EIO, path) from None
+
+    def listing(self, node: Node) -> list[tuple[str, int, str, int, int]]:
+        """Merged entries of a directory: (name, layer, parent rel, d_ino, type bits)."""
+        taken: set[str] = set()
+        out: list[tuple[str, int, str, int, int]] = []
+        for index, rel in node.layers:
+            if self.resolver.is_upper(index):
+                info = self.upper.scan(rel)
+            else:
+                info = self.resolver.lower_dir(index, rel)
+                if info is None:
+                    continue
+            for name, entry in info.entries.items():
+                if name not in taken:
+                    taken.add(name)
+                    out.append((name, index, rel, entry.ino, entry.type_bits))
+            taken |= info.hides
+        return out
+
+    def readdir(self, path: str) -> list[tuple[str, dict[str, int] | None]]:
+        node = self._dir(path)
+        out: list[tuple[str, dict[str, int] | None]] = [(".", None), ("..", None)]
+        for name, index, prel, d_ino, bits in self.listing(node):
+            layer = self.layers[index]
+            if self.resolver.is_upper(index):
+                ino = self._origins.get(d_ino)
+                if ino is None:
+                    st = layer.lstat(rel_join(prel, name))
+                    ino = self._ino(index, rel_join(prel, name), st) if st else d_ino
+            else:
+                ino = self.inodes(layer.dev, d_ino)
+            out.append((name, {"st_ino": ino, "st_mode": bits}))
+        return out
+
+    def open(self, path: str, flags: int) -> tuple[int, int]:
+        """An fd on the layer that holds the file, copied up first for writing."""
+        node = self.node(path)
+        index, rel = node.layer, node.rel
+        if flags & _WRITE_FLAGS:
+            copyup, _ = self._writable(path)
+            rel = copyup.ensure(node, data=not flags & os.O_TRUNC)
+            index = 0
+        flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
+        return os.open(rel, flags, dir_fd=self.layers[index].fd), index
+
+    def statfs(self) -> dict[str, int]:
+        st = os.statvfs(self.layers[0].fd)
+        keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail", "f_flag")
+        out = {key: getattr(st, key) for key in keys}
+        out["f_namemax"] = self.namemax
+        return out
+
+    # -- creating ----------------------------------------------------------------
+    def _new_entry(
+        self, path: str, caller: Caller | None, make: Callable[[int, str], int | None], is_dir: bool = False, mode: int = 0
+    ) -> int | None:
+        """Create an entry in the upper layer, in place of a whiteout if one is there."""
+        copyup, work = self._writable(path)
+        ppath, name = split(path)
+        self._check_name(name, path)
+        parent = self._dir(ppath)
+        if self.resolver.child(parent, name) is not None:
+            raise fail(errno.EEXIST, path)
+        prel = copyup.ensure(parent)
+        rel = rel_join(prel, name)
+        gid = caller.gid if caller else 0
+        if caller is not None:
+            pst = self.upper.lstat(prel)
+            if pst is not None and pst.st_mode & stat.S_ISGID:
+                gid = pst.st_gid  # BSD group semantics of a set-group-ID directory
+        existing = self.upper.lstat(rel)
+        if existing is None:
+            fd = make(self.upper.fd, rel)
+            self._own(self.upper, rel, fd, caller, gid, mode)
+        elif self.upper.is_whiteout(rel, existing):
+            tmp = work.temp_name()
+            fd = make(work.fd, tmp)
+            try:
+                self._own(work, tmp, fd, caller, gid, mode)
+                if is_dir:
+                    self._set_opaque(work, tmp)
+                    syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+                else:
+                    os.rename(tmp, rel, src_dir_fd=work.fd, dst_dir_fd=self.upper.fd)
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                work.remove_tree(tmp)
+                raise
+            work.remove_tree(tmp)  # the whiteout, after an exchange
+        else:
+            raise fail(errno.EEXIST, path)
+        self._forget(self.upper.lstat(rel))
+        if is_dir:
+            self.resolver.invalidate(path)
+        return fd
+
+    def _own(self, layer: Layer, rel: str, fd: int | None, caller: Caller | None, gid: int, mode: int) -> None:
+        if caller is None:
+            return
+        if fd is not None:
+            os.fchown(fd, caller.uid, gid)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(fd, mode & 0o7777)  # chown cleared the set-id bits
+        else:
+            os.chown(rel, caller.uid, gid, dir_fd=layer.fd, follow_symlinks=False)
+
+    def _set_opaque(self, layer: Layer, rel: str) -> None:
+        if self.form is WhiteoutForm.OVERLAY:
+            layer.setxattr(rel, "trusted.overlay.opaque", b"y")
+        else:
+            os.close(os.open(rel_join(rel, markers.OPAQUE_MARKER), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=layer.fd))
+
+    def create(self, path: str, mode: int, flags: int, caller: Caller = ROOT) -> int:
+        def make(dir_fd: int, rel: str) -> int:
+            return os.open(rel, (flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC) & ~os.O_NOCTTY, mode & 0o7777, dir_fd=dir_fd)
+
+        fd = self._new_entry(path, caller, make, mode=mode)
+        assert fd is not None
+        return fd
+
+    def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> None:
+        self._new_entry(path, caller, lambda d, rel: os.mkdir(rel, mode & 0o7777, dir_fd=d), is_dir=True)
+
+    def mknod(self, path: str, mode: int, rdev: int, caller: Caller = ROOT) -> None:
+        self._new_entry(path, caller, lambda d, rel: os.mknod(rel, mode, rdev, dir_fd=d), mode=mode)
+
+    def symlink(self, path: str, target: str, caller: Caller = ROOT) -> None:
+        self._new_entry(path, caller, lambda d, rel: os.symlink(target, rel, dir_fd=d))
+
+    def link(self, existing: str, path: str) -> None:
+        copyup, _ = self._writable(path)
+        source = self.node(existing)
+        if source.is_dir:
+            raise fail(errno.EPERM, existing)
+        srel = copyup.ensure(source)
+
+        def make(dir_fd: int, rel: str) -> None:
+            os.link(srel, rel, src_dir_fd=self.upper.fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+        self._new_entry(path, None, make)
+
+    # -- removing ----------------------------------------------------------------
+    def _whiteout(self, prel: str, name: str) -> None:
+        """Hide name of the lower layers; nothing of that name is in the upper."""
+        if self.form is WhiteoutForm.OVERLAY:
+            os.mknod(rel_join(prel, name), stat.S_IFCHR, os.makedev(0, 0), dir_fd=self.upper.fd)
+        else:
+            marker = rel_join(prel, markers.WH_PREFIX + name)
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.upper.fd))
+
+    def _remove_upper(self, prel: str, name: str, is_dir: bool, whiteout: bool) -> None:
+        """Remove an upper entry, leaving a whiteout in the same step if asked."""
+        _, work = self._writable(name)
+        rel = rel_join(prel, name)
+        if whiteout and self.form is WhiteoutForm.OVERLAY:
+            tmp = work.temp_name()
+            os.mknod(tmp, stat.S_IFCHR, os.makedev(0, 0), dir_fd=work.fd)
+            syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+            work.remove_tree(tmp)
+            return
+        if whiteout:
+            self._whiteout(prel, name)  # .wh.NAME first: the own-layer entry still shows
+        if is_dir:
+            clear_dir(self.upper, rel)
+            os.rmdir(rel, dir_fd=self.upper.fd)
+        else:
+            os.unlink(rel, dir_fd=self.upper.fd)
+
+    def _parent_in_upper(self, path: str) -> tuple[Node, str, str]:
+        copyup, _ = self._writable(path)
+        ppath, name = split(path)
+        parent = self._dir(ppath)
+        prel = copyup.ensure(parent)
+        return self._dir(ppath), prel, name
+
+    def unlink(self, path: str) -> None:
+        self._writable(path)
+        node = self.node(path)
+        if node.is_dir:
+            raise fail(errno.EISDIR, path)
+        parent, prel, name = self._parent_in_upper(path)
+        whiteout = self.resolver.lower_positive(parent, name)
+        if self.resolver.is_upper(node.layer):
+            st = self.upper.lstat(node.rel)
+            self._remove_upper(prel, name, False, whiteout)
+            self._forget(st)
+        else:
+            self._whiteout(prel, name)
+
+    def rmdir(self, path: str) -> None:
+        self._writable(path)
+        if path == "/":
+            raise fail(errno.EBUSY, path)
+        node = self._dir(path)
+        if self.listing(node):
+            raise fail(errno.ENOTEMPTY, path)
+        parent, prel, name = self._parent_in_upper(path)
+        whiteout = self.resolver.lower_positive(parent, name)
+        if self.resolver.is_upper(node.layer):
+            self._remove_upper(prel, name, True, whiteout)
+        else:
+            self._whiteout(prel, name)
+        self.resolver.invalidate(path, subtree=True)
+
+    # -- renaming ----------------------------------------------------------------
+    def rename(self, old: str, new: str) -> None:
+        copyup, work = self._writable(new)
+        if old == new:
+            return
+        source = self.node(old)
+        if new.startswith(old.rstrip("/") + "/"):
+            raise fail(errno.EINVAL, new)
+        opath, oname = split(old)
+        npath, nname = split(new)
+        self._check_name(nname, new)
+        target = self.resolver.resolve(new)
+        if target is not None:
+            if source.is_dir and not target.is_dir:
+                raise fail(errno.ENOTDIR, new)
+            if not source.is_dir and target.is_dir:
+                raise fail(errno.EISDIR, new)
+            if target.is_dir and self.listing(target):
+                raise fail(errno.ENOTEMPTY, new)
+            if not source.is_dir:
+                sst, tst = self._lstat(source), self._lstat(target)
+                if (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino):
+                    return  # two names of one file: rename(2) does nothing
+        with self._rename_lock:
+            self._rename(source, target, opath, oname, npath, nname, copyup, work)
+
+    def _rename(
+        self, source: Node, target: Node | None, opath: str, oname: str, npath: str, nname: str, copyup: CopyUp, work: WorkDir
+    ) -> None:
+        old, new = source.path, child_path(npath, nname)
+        has_lower = any(not self.resolver.is_upper(index) for index, _ in source.layers)
+        orel = copyup.ensure(source)
+        if source.is_dir and has_lower and self.upper.getxattr(orel, self.redirect_xattr) is None:
+            # Instead of EXDEV: the moved directory keeps finding its lower
+            # parts through a redirect to where they are (overlayfs redirect_dir).
+            lower_rel = next(rel for index, rel in source.layers if not self.resolver.is_upper(index))
+            self.upper.setxattr(orel, self.redirect_xattr, os.fsencode("/" + lower_rel))
+        oparent = self._dir(opath)
+        copyup.ensure(oparent)
+        oparent = self._dir(opath)
+        nparent = self._dir(npath)
+        nprel = copyup.ensure(nparent)
+        nparent = self._dir(npath)
+        nrel = rel_join(nprel, nname)
+        if source.is_dir and not has_lower and self.resolver.lower_positive(nparent, nname):
+            self._set_opaque(self.upper, orel)  # lower entries named like the target stay hidden
+        existing = self.upper.lstat(nrel)
+        if existing is not None and stat.S_ISDIR(existing.st_mode) and target is not None:
+            clear_dir(self.upper, nrel)  # only whiteouts: the merged directory is empty
+        whiteout = self.resolver.lower_positive(oparent, oname)
+        if existing is not None and source.is_dir and not stat.S_ISDIR(existing.st_mode):
+            # a directory over a whiteout: exchange, then the whiteout is at the old name
+            syscalls.renameat2(self.upper.fd, orel, self.upper.fd, nrel, syscalls.RENAME_EXCHANGE)
+            if not whiteout:
+                os.unlink(orel, dir_fd=self.upper.fd)
+        elif whiteout and self.form is WhiteoutForm.OVERLAY:
+            syscalls.renameat2(self.upper.fd, orel, self.upper.fd, nrel, syscalls.RENAME_WHITEOUT)
+        else:
+            if whiteout:
+                self._whiteout(to_rel(opath), oname)
+            os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
+        self._forget(existing)
+        if source.is_dir or (target is not None and target.is_dir):
+            self.resolver.invalidate(old, subtree=True)
+            self.resolver.invalidate(new, subtree=True)
+
+    # -- changing ----------------------------------------------------------------
+    def _upper_rel(self, path: str, data: bool = True) -> str:
+        copyup, _ = self._writable(path)
+        return copyup.ensure(self.node(path), data)
+
+    def chmod(self, path: str, mode: int) -> None:
+        rel = self._upper_rel(path)
+        st = self.upper.lstat(rel)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise fail(errno.EOPNOTSUPP, path)
+        os.chmod(rel, mode & 0o7777, dir_fd=self.upper.fd)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        rel = self._upper_rel(path)
+        os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
+
+    def utimens(self, path: str, times_ns: tuple[int, int] | None) -> None:
+        rel = self._upper_rel(path)
+        syscalls.utimensat(self.upper.fd, rel, times_ns or (syscalls.UTIME_NOW, syscalls.UTIME_NOW))
+
+    def truncate(self, path: str, length: int) -> None:
+        node = self.node(path)
+        if node.is_dir:
+            raise fail(errno.EISDIR, path)
+        copyup, _ = self._writable(path)
+        rel = copyup.ensure(node, data=length > 0)
+        fd = os.open(rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.upper.fd)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+
+    # -- xattrs ------------------------------------------------------------------
+    def getxattr(self, path: str, name: str) -> bytes:
+        if markers.is_hidden_xattr(name):
+            raise fail(errno.EOPNOTSUPP, path)  # as overlayfs answers for its own
+        node = self.node(path)
+        return self.layers[node.layer].getxattr_strict(node.rel, name)
+
+    def listxattr(self, path: str) -> list[str]:
+        node = self.node(path)
+        return [n for n in self.layers[node.layer].listxattr(node.rel) if not markers.is_hidden_xattr(n)]
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        if markers.is_hidden_xattr(name):
+            raise fail(errno.EPERM, path)
+        rel = self._upper_rel(path)
+        self.upper.setxattr(rel, name, value, flags)
+
+    def removexattr(self, path: str, name: str) -> None:
+        if markers.is_hidden_xattr(name):
+            raise fail(errno.EPERM, path)
+        node = self.node(path)
+        if not self.resolver.is_upper(node.layer):
+            self.layers[node.layer].getxattr_strict(node.rel, name)  # ENODATA before any copy-up
+        rel = self._upper_rel(path)
+        self.upper.removexattr(rel, name)
+
