@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from unionfs import markers
 
 _XATTR_PATH_LIMIT = 4000  # absolute paths beyond this go through /proc/self/fd
-_MISSING = (errno.ENOENT, errno.ENOTDIR)
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)  # a marker name too long to exist
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
 
 

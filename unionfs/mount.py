@@ -128,6 +128,11 @@ def fuse_options(opts: MountOptions, fsname: str) -> dict[str, object]:
     for flag in opts.mount_flags:
         if flag not in ("ro", "rw"):
             kwargs[flag] = True
+    if os.geteuid() == 0:
+        # libfuse adds nosuid,nodev unless told otherwise; overlayfs does not.
+        for flag in ("suid", "dev"):
+            if "no" + flag not in opts.mount_flags:
+                kwargs[flag] = True
     return kwargs
 
 

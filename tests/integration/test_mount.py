@@ -1,0 +1,340 @@
+"""The driver through real FUSE mounts: command line, lifecycle and the rules
+that only show through the kernel (permissions, inode numbers, long paths)."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+from unionfs.mount import is_mounted
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here")
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def unionfs(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unionfs", *args], capture_output=True, text=True, timeout=60, **kwargs)  # type: ignore[call-overload]
+
+
+def opts(stack: Stack) -> str:
+    return stack.spec().option_string()
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    s = Stack.make(tmp_path)
+    (s.lowers[1] / "base.txt").write_text("base\n")
+    (s.lowers[0] / "top.txt").write_text("top\n")
+    return s
+
+
+def test_daemon_mounts_and_umount_unmounts(stack: Stack) -> None:
+    result = unionfs("-o", opts(stack), str(stack.mnt))
+    assert result.returncode == 0, result.stderr
+    try:
+        assert sorted(os.listdir(stack.mnt)) == ["base.txt", "top.txt"]
+        with open("/proc/self/mountinfo") as f:
+            line = next(l for l in f if f" {stack.mnt} " in l)
+        assert "fuse.unionfs" in line
+    finally:
+        assert unionfs("umount", str(stack.mnt)).returncode == 0
+    assert not is_mounted(str(stack.mnt))
+
+
+def test_mount_helper_form(stack: Stack) -> None:
+    """mount -t fuse.unionfs, as third-party union test suites mount a FUSE overlay."""
+    result = subprocess.run(
+        ["mount", "-t", "fuse.unionfs", "unionfs", str(stack.mnt), "-o", opts(stack)],
+        capture_output=True, text=True, env={"PATH": SAFE_PATH}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        assert (stack.mnt / "base.txt").read_text() == "base\n"
+    finally:
+        subprocess.run(["umount", str(stack.mnt)], check=True)
+
+
+def test_read_only_without_upperdir(stack: Stack) -> None:
+    with fuse_mount(stack, read_only=True) as mnt:
+        assert (mnt / "top.txt").read_text() == "top\n"
+        with pytest.raises(OSError) as exc:
+            (mnt / "new").write_text("x")
+        assert exc.value.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(stack: Stack, sig: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", opts(stack), str(stack.mnt)])
+    try:
+        assert wait_for(lambda: is_mounted(str(stack.mnt)))
+        assert (stack.mnt / "top.txt").exists()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0
+        assert not is_mounted(str(stack.mnt))
+    finally:
+        proc.kill()
+        force_unmount(stack.mnt)
+
+
+def test_umount_of_a_dead_mount(stack: Stack) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", opts(stack), str(stack.mnt)])
+    try:
+        assert wait_for(lambda: is_mounted(str(stack.mnt)))
+        proc.kill()
+        proc.wait()
+        with pytest.raises(OSError) as exc:
+            os.stat(stack.mnt / "top.txt")
+        assert exc.value.errno == errno.ENOTCONN
+        result = unionfs("umount", str(stack.mnt))
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(str(stack.mnt))
+    finally:
+        force_unmount(stack.mnt)
+
+
+def test_user_mistakes_are_one_line_errors(stack: Stack, tmp_path: Path) -> None:
+    missing = unionfs("-o", f"lowerdir={tmp_path}/nope", str(stack.mnt))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope: no such directory" in missing.stderr
+    bad = unionfs("-o", "lowerdir=/tmp,bogus", str(stack.mnt))
+    assert bad.returncode == 2 and "unknown option: bogus" in bad.stderr
+    not_mounted = unionfs("umount", str(stack.mnt))
+    assert not_mounted.returncode == 1 and "not mounted" in not_mounted.stderr
+    with fuse_mount(stack):
+        busy = unionfs("-o", opts(stack), str(stack.mnt))
+        assert busy.returncode == 1 and "in use" in busy.stderr
+        assert "Traceback" not in busy.stderr
+
+
+def test_inode_numbers_survive_copy_up_and_remount(stack: Stack) -> None:
+    lower = stack.lowers[1]
+    (lower / "d").mkdir()
+    (lower / "d/f").write_text("x")
+    os.link(lower / "d/f", lower / "d/g")
+    with fuse_mount(stack) as mnt:
+        dev = os.stat(mnt).st_dev
+        before = {p: os.lstat(mnt / p).st_ino for p in ("d", "d/f", "base.txt")}
+        assert os.lstat(mnt / "d/g").st_ino == before["d/f"]
+        assert os.lstat(mnt / "d/f").st_nlink == 2
+        assert os.lstat(mnt / "d/f").st_dev == dev
+        with open(mnt / "d/f", "a") as f:
+            f.write("y")
+        os.chmod(mnt / "base.txt", 0o600)
+        after = {p: os.lstat(mnt / p).st_ino for p in before}
+        assert after == before
+        assert {e.name: e.inode() for e in os.scandir(mnt / "d")}["f"] == before["d/f"]
+    assert (stack.upper / "d/f").stat().st_ino != before["d/f"]
+    with fuse_mount(stack) as mnt:
+        assert {p: os.lstat(mnt / p).st_ino for p in before} == before
+
+
+def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:
+    with fuse_mount(stack) as mnt:
+        assert os.statvfs(mnt).f_namemax == 255
+        (mnt / ("n" * 255)).write_text("ok")
+        with pytest.raises(OSError) as exc:
+            (mnt / ("n" * 256)).write_text("too long")
+        assert exc.value.errno == errno.ENAMETOOLONG
+
+
+def test_paths_up_to_path_max(stack: Stack) -> None:
+    # a lower file deep enough that mount point + path is beyond PATH_MAX on the host
+    parts = ["d" * 200] * 19
+    deep = stack.lowers[1]
+    fd = os.open(deep, os.O_RDONLY)
+    for part in parts:
+        os.mkdir(part, dir_fd=fd)
+        nfd = os.open(part, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("deep")
+    os.close(fd)
+    rel = "/".join(parts) + "/f"
+    assert len(rel) < 4096 - 1
+    with fuse_mount(stack) as mnt:
+        dfd = os.open(mnt, os.O_RDONLY)
+        try:
+            fd = os.open(rel, os.O_RDWR | os.O_APPEND, dir_fd=dfd)
+            os.write(fd, b"er")
+            os.close(fd)
+            fd = os.open(rel, os.O_RDONLY, dir_fd=dfd)
+            assert os.read(fd, 100) == b"deeper"
+            os.close(fd)
+            os.mkdir(rel[: -len("f")] + "new", dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+
+def test_permissions_are_the_kernels_and_new_files_the_callers(tmp_path: Path) -> None:
+    reachable = Path(tempfile.mkdtemp(prefix="unionfs-perm-"))  # other users can't enter tmp_path
+    os.chmod(reachable, 0o755)
+    try:
+        check_permissions(Stack(Stack.make(tmp_path).lowers, tmp_path / "upper", tmp_path / "work", reachable))
+    finally:
+        force_unmount(reachable)
+        os.rmdir(reachable)
+
+
+def check_permissions(stack: Stack) -> None:
+    (stack.lowers[1] / "base.txt").write_text("base\n")
+    shared = stack.lowers[1] / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    os.chmod(stack.lowers[1] / "base.txt", 0o644)
+    as_user = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
+    with fuse_mount(stack, "allow_other") as mnt:
+        ok = subprocess.run([*as_user, "sh", "-c", f"umask 022; echo hi > {mnt}/shared/mine && mkdir {mnt}/shared/sub"], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        st = os.lstat(mnt / "shared/mine")
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o644)
+        assert os.lstat(stack.upper / "shared/sub").st_uid == 1000
+        denied = subprocess.run([*as_user, "sh", "-c", f"echo x >> {mnt}/base.txt"], capture_output=True, text=True)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        assert not (stack.upper / "base.txt").exists()
+    with fuse_mount(stack) as mnt:  # without allow_other, other users get nothing
+        other = subprocess.run([*as_user, "ls", str(mnt)], capture_output=True, text=True)
+        assert other.returncode != 0 and "Permission denied" in other.stderr
+
+
+def test_private_xattrs_never_show(stack: Stack) -> None:
+    (stack.lowers[1] / "d").mkdir()
+    (stack.lowers[1] / "d/x").write_text("x")
+    with fuse_mount(stack) as mnt:
+        os.rename(mnt / "d", mnt / "e")  # writes a redirect and an origin in the upper
+        os.setxattr(mnt / "e", "user.mine", b"1")
+        assert os.listxattr(mnt / "e") == ["user.mine"]
+        assert any(n.startswith("trusted.") for n in os.listxattr(stack.upper / "e"))
+        for name in ("trusted.overlay.opaque", "user.overlay.opaque", "trusted.unionfs.origin"):
+            with pytest.raises(OSError) as exc:
+                os.setxattr(mnt / "e", name, b"y")
+            assert exc.value.errno == errno.EPERM
+        with pytest.raises(OSError):
+            os.getxattr(mnt / "e", "trusted.overlay.redirect")
+
+
+def test_upper_written_by_the_driver_reads_the_same_under_kernel_overlayfs(stack: Stack) -> None:
+    lower = stack.lowers[1]
+    for rel in ("a/x", "a/y", "b/z", "c"):
+        (lower / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lower / rel).write_text(rel)
+    with fuse_mount(stack) as mnt:
+        os.unlink(mnt / "a/x")
+        os.rename(mnt / "b", mnt / "b2")
+        (mnt / "c").write_text("changed")
+        os.unlink(mnt / "base.txt")
+        os.mkdir(mnt / "base.txt")
+        ours = snapshot(mnt)
+    with kernel_mount(stack, "redirect_dir=on") as mnt:
+        assert snapshot(mnt) == ours
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            out[rel] = ("d", "") if path.is_dir() else ("f", path.read_text())
+    return out
+
+
+def test_listing_stays_consistent_while_entries_change(stack: Stack) -> None:
+    lower = stack.lowers[1] / "busy"
+    lower.mkdir()
+    for i in range(300):
+        (lower / f"old{i}").write_text("")
+    with fuse_mount(stack) as mnt:
+        stop = threading.Event()
+
+        def churn() -> None:
+            i = 0
+            while not stop.is_set():
+                (mnt / f"busy/new{i}").write_text("")
+                if i % 2:
+                    os.unlink(mnt / f"busy/new{i - 1}")
+                i += 1
+
+        t = threading.Thread(target=churn)
+        t.start()
+        try:
+            for _ in range(30):
+                names = os.listdir(mnt / "busy")
+                assert len(names) == len(set(names)), "duplicate names in one listing"
+                assert {f"old{i}" for i in range(300)} <= set(names)
+        finally:
+            stop.set()
+            t.join()
+
+
+def test_racing_writers_copy_up_once(stack: Stack) -> None:
+    (stack.lowers[1] / "shared.bin").write_bytes(b"\0" * (4 << 20))
+    with fuse_mount(stack) as mnt:
+        barrier = threading.Barrier(6)
+
+        def write(i: int) -> None:
+            barrier.wait()
+            fd = os.open(mnt / "shared.bin", os.O_WRONLY)
+            os.pwrite(fd, bytes([i + 1]) * 1000, i * 1000)
+            os.close(fd)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        data = (mnt / "shared.bin").read_bytes()
+    for i in range(6):
+        assert data[i * 1000 : (i + 1) * 1000] == bytes([i + 1]) * 1000, f"write {i} was lost"
+    assert len(data) == 4 << 20
+
+
+def test_open_flags_and_utime_omit(stack: Stack) -> None:
+    os.utime(stack.lowers[1] / "base.txt", ns=(1_000_000_000, 2_000_000_000))
+    with fuse_mount(stack) as mnt:
+        with pytest.raises(FileExistsError):
+            os.open(mnt / "base.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        subprocess.run(["touch", "-m", "-d", "2001-01-01 00:00:00", str(mnt / "base.txt")], check=True)
+        st = os.stat(mnt / "base.txt")
+        assert st.st_atime_ns == 1_000_000_000, "UTIME_OMIT changed atime"
+        assert time.gmtime(st.st_mtime).tm_year == 2001
+        fd = os.open(mnt / "top.txt", os.O_WRONLY | os.O_TRUNC)
+        os.close(fd)
+        assert (mnt / "top.txt").read_text() == "" and (stack.lowers[0] / "top.txt").read_text() == "top\n"
+        with open(mnt / "base.txt", "a") as f:
+            f.write("more\n")
+            f.flush()
+            os.fsync(f.fileno())
+        assert (mnt / "base.txt").read_text() == "base\nmore\n"
+
+
+def test_special_files(stack: Stack) -> None:
+    with fuse_mount(stack) as mnt:
+        os.mkfifo(mnt / "fifo")
+        os.mknod(mnt / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        assert stat.S_ISFIFO(os.lstat(mnt / "fifo").st_mode)
+        assert os.lstat(mnt / "null").st_rdev == os.makedev(1, 3)
+        with open(mnt / "null", "w") as f:
+            f.write("discarded")
+        os.symlink("top.txt", mnt / "link")
+        assert os.readlink(mnt / "link") == "top.txt" and (mnt / "link").read_text() == "top\n"
+        os.link(mnt / "top.txt", mnt / "hard")
+        assert os.lstat(mnt / "hard").st_ino == os.lstat(mnt / "top.txt").st_ino

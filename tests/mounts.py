@@ -1,0 +1,75 @@
+"""Mounting for tests: this driver and kernel overlayfs, over the same trees.
+
+Every mount is undone in ``finally``, lazily when it must, so a test that
+fails or a driver that crashes never leaves a mount behind for the next test.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from unionfs.mount import MountSpec, is_mounted, mounted, unmount
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Directories of one union under a test's temp dir: lowers top first."""
+
+    lowers: tuple[Path, ...]
+    upper: Path
+    work: Path
+    mnt: Path
+
+    @classmethod
+    def make(cls, base: Path, nlower: int = 2, prefix: str = "") -> "Stack":
+        lowers = tuple(base / f"{prefix}lower{i}" for i in range(nlower))
+        upper, work, mnt = base / f"{prefix}upper", base / f"{prefix}work", base / f"{prefix}mnt"
+        for path in (*lowers, upper, work, mnt):
+            path.mkdir(parents=True, exist_ok=True)
+        return cls(lowers, upper, work, mnt)
+
+    def spec(self, *options: str, read_only: bool = False) -> MountSpec:
+        if read_only:
+            return MountSpec(tuple(map(str, self.lowers)), options=options)
+        return MountSpec(tuple(map(str, self.lowers)), str(self.upper), str(self.work), options)
+
+
+@contextlib.contextmanager
+def fuse_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterator[Path]:
+    """The driver under test, started as its own daemon process."""
+    with mounted(stack.spec(*options, read_only=read_only), str(stack.mnt)):
+        yield stack.mnt
+
+
+@contextlib.contextmanager
+def kernel_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterator[Path]:
+    """Kernel overlayfs over the same directories: the reference."""
+    opts = "lowerdir=" + ":".join(map(str, stack.lowers))
+    if not read_only:
+        opts += f",upperdir={stack.upper},workdir={stack.work}"
+    if options:
+        opts += "," + ",".join(options)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(stack.mnt)], check=True, capture_output=True)
+    try:
+        yield stack.mnt
+    finally:
+        force_unmount(stack.mnt)
+
+
+def force_unmount(mountpoint: Path | str) -> None:
+    if is_mounted(str(mountpoint)):
+        try:
+            unmount(str(mountpoint))
+        except Exception:
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def mounts_under(base: Path | str) -> list[str]:
+    prefix = os.path.realpath(base) + "/"
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if (p + "/").startswith(prefix)]

@@ -1,0 +1,53 @@
+"""Option parsing: the syntax of mount -t overlay and fuse-overlayfs."""
+import pytest
+
+from unionfs.markers import WhiteoutForm
+from unionfs.mount import MountSpec
+from unionfs.options import OptionError, parse
+
+
+def test_overlay_syntax() -> None:
+    opts = parse(["lowerdir=/a:/b:/c,upperdir=/u,workdir=/w"])
+    assert opts.lowerdirs == ("/a", "/b", "/c")
+    assert (opts.upperdir, opts.workdir) == ("/u", "/w")
+    assert not opts.read_only
+
+
+def test_read_only_without_upper() -> None:
+    assert parse(["lowerdir=/a"]).read_only
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,ro"]).read_only
+
+
+def test_escaped_colon_and_comma() -> None:
+    opts = parse([r"lowerdir=/a\:1:/b\,2"])
+    assert opts.lowerdirs == ("/a:1", "/b,2")
+
+
+def test_several_o_and_mount_flags() -> None:
+    opts = parse(["lowerdir=/a", "upperdir=/u,workdir=/w,nosuid,nodev,defaults,relatime,whiteout=oci,volatile"])
+    assert opts.mount_flags == ("nosuid", "nodev")
+    assert opts.whiteout is WhiteoutForm.OCI
+    assert opts.volatile
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("upperdir=/u,workdir=/w", "missing lowerdir"),
+        ("lowerdir=/a,upperdir=/u", "together"),
+        ("lowerdir=/a::/b", "empty layer"),
+        ("lowerdir=/a,frobnicate", "unknown option: frobnicate"),
+        ("lowerdir=/a,whiteout=zip", "whiteout=zip"),
+        ("lowerdir=/a,timeout=soon", "not a number"),
+    ],
+)
+def test_errors_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        parse([text])
+
+
+def test_spec_round_trips_through_the_option_string() -> None:
+    spec = MountSpec(("/l:1", "/l,2"), "/u", "/w", ("volatile",))
+    opts = parse([spec.option_string()])
+    assert opts.lowerdirs == spec.lowerdirs
+    assert (opts.upperdir, opts.workdir, opts.volatile) == ("/u", "/w", True)

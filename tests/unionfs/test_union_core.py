@@ -1,0 +1,255 @@
+"""The union core without FUSE: lookups, whiteout forms, copy-up, creation, removal."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from unionfs.markers import WhiteoutForm
+from unionfs.union import Caller, Union
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, trusted xattrs)")
+
+
+def tree(base: Path, spec: dict[str, str | None]) -> Path:
+    """Make files ("text"), dirs (trailing /) and symlinks ("->target")."""
+    base.mkdir(parents=True, exist_ok=True)
+    for rel, content in spec.items():
+        path = base / rel.rstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith("/"):
+            path.mkdir(exist_ok=True)
+        elif content is not None and content.startswith("->"):
+            path.symlink_to(content[2:])
+        else:
+            path.write_text(content or "")
+    return base
+
+
+def chardev_whiteout(path: Path) -> None:
+    os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    d = {name: tmp_path / name for name in ("top", "mid", "bottom", "upper", "work")}
+    for path in d.values():
+        path.mkdir()
+    return d
+
+
+def make_union(d: dict[str, Path], **kwargs: object) -> Union:
+    return Union([str(d["top"]), str(d["mid"]), str(d["bottom"])], str(d["upper"]), str(d["work"]), **kwargs)  # type: ignore[arg-type]
+
+
+def names(u: Union, path: str) -> list[str]:
+    return sorted(n for n, _ in u.readdir(path) if n not in (".", ".."))
+
+
+def test_topmost_wins_and_directories_merge(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"d/a": "bottom-a", "d/b": "bottom-b", "f": "bottom-f"})
+    tree(dirs["top"], {"d/a": "top-a", "d/c": "top-c"})
+    u = make_union(dirs)
+    assert names(u, "/d") == ["a", "b", "c"]
+    fd, _ = u.open("/d/a", os.O_RDONLY)
+    assert os.read(fd, 100) == b"top-a"
+    os.close(fd)
+    assert u.node("/d").merged
+
+
+def test_non_directory_hides_lower_directory(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"x/inside": "1"})
+    tree(dirs["top"], {"x": "file now"})
+    u = make_union(dirs)
+    assert not u.node("/x").is_dir
+    with pytest.raises(OSError) as exc:
+        u.node("/x/inside")
+    assert exc.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize("form", ["oci", "chardev", "xattr"])
+def test_every_whiteout_form_hides_lower_entries(dirs: dict[str, Path], form: str) -> None:
+    if form != "oci" and os.geteuid() != 0:
+        pytest.skip("needs root")
+    tree(dirs["bottom"], {"gone": "x", "kept": "y"})
+    if form == "oci":
+        (dirs["top"] / ".wh.gone").write_text("")
+    elif form == "chardev":
+        chardev_whiteout(dirs["top"] / "gone")
+    else:
+        (dirs["top"] / "gone").write_text("")
+        os.setxattr(dirs["top"] / "gone", "trusted.overlay.whiteout", b"y")
+        os.setxattr(dirs["top"], "trusted.overlay.whiteouts", b"y")
+    u = make_union(dirs)
+    assert names(u, "/") == ["kept"]
+    with pytest.raises(OSError):
+        u.node("/gone")
+
+
+@pytest.mark.parametrize("form", ["oci", "xattr"])
+def test_opaque_directory_hides_lower_contents_only(dirs: dict[str, Path], form: str) -> None:
+    if form == "xattr" and os.geteuid() != 0:
+        pytest.skip("needs root")
+    tree(dirs["bottom"], {"d/old": "x"})
+    tree(dirs["top"], {"d/new": "y"})
+    if form == "oci":
+        (dirs["top"] / "d/.wh..wh..opq").write_text("")
+    else:
+        os.setxattr(dirs["top"] / "d", "trusted.overlay.opaque", b"y")
+    u = make_union(dirs)
+    assert names(u, "/d") == ["new"]
+    assert not u.node("/d").merged
+
+
+def test_marker_never_hides_its_own_layer(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"a": "bottom", "d/x": "bottom"})
+    tree(dirs["top"], {"a": "top", ".wh.a": "", "d/y": "top", "d/.wh..wh..opq": ""})
+    u = make_union(dirs)
+    assert names(u, "/") == ["a", "d"]
+    assert names(u, "/d") == ["y"]
+    assert u.getattr("/a")["st_size"] == 3
+
+
+def test_markers_are_never_visible_nor_creatable(dirs: dict[str, Path]) -> None:
+    tree(dirs["top"], {".wh.x": "", "d/.wh..wh..opq": ""})
+    u = make_union(dirs)
+    assert names(u, "/") == ["d"] and names(u, "/d") == []
+    with pytest.raises(OSError) as exc:
+        u.node("/.wh.x")
+    assert exc.value.errno == errno.ENOENT
+    with pytest.raises(OSError) as exc:
+        u.create("/.wh.y", 0o644, os.O_WRONLY)
+    assert exc.value.errno == errno.EINVAL
+
+
+def test_copy_up_keeps_metadata_xattrs_holes_and_inode(dirs: dict[str, Path]) -> None:
+    path = dirs["bottom"] / "sparse"
+    with open(path, "wb") as f:
+        f.write(b"head")
+        f.seek(64 << 20)
+        f.write(b"tail")
+    os.chmod(path, 0o640)
+    os.setxattr(path, "user.note", b"kept")
+    os.utime(path, ns=(1_000_000_123, 2_000_000_456))
+    u = make_union(dirs)
+    before = u.getattr("/sparse")
+    fd, index = u.open("/sparse", os.O_WRONLY)
+    os.close(fd)
+    assert index == 0
+    copied = dirs["upper"] / "sparse"
+    st = copied.lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert st.st_mtime_ns == 2_000_000_456
+    assert os.getxattr(copied, "user.note") == b"kept"
+    assert st.st_blocks * 512 < 1 << 20, "holes were filled in"
+    assert copied.read_bytes()[-4:] == b"tail"
+    assert u.getattr("/sparse")["st_ino"] == before["st_ino"]
+    assert os.listdir(dirs["work"] / "work") == []
+
+
+def test_copy_up_happens_once_under_racing_threads(dirs: dict[str, Path]) -> None:
+    (dirs["bottom"] / "big").write_bytes(os.urandom(1 << 20))
+    u = make_union(dirs)
+    inodes: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def writer() -> None:
+        barrier.wait()
+        fd, _ = u.open("/big", os.O_RDWR)
+        inodes.append(os.fstat(fd).st_ino)
+        os.close(fd)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(inodes)) == 1
+    assert (dirs["upper"] / "big").read_bytes() == (dirs["bottom"] / "big").read_bytes()
+
+
+def test_failed_copy_up_leaves_nothing_visible(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    (dirs["bottom"] / "f").write_text("data")
+    u = make_union(dirs)
+
+    def broken(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("unionfs.copyup.copy_data", broken)
+    monkeypatch.setattr("unionfs.syscalls.reflink", lambda *a: False)
+    with pytest.raises(OSError) as exc:
+        u.open("/f", os.O_WRONLY)
+    assert exc.value.errno == errno.ENOSPC
+    assert not (dirs["upper"] / "f").exists()
+    assert os.listdir(dirs["work"] / "work") == []
+
+
+def test_oci_form_writes_wh_files(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"a": "x", "d/x": "y"})
+    u = make_union(dirs, whiteout=WhiteoutForm.OCI)
+    u.unlink("/a")
+    u.unlink("/d/x")
+    u.rmdir("/d")
+    u.mkdir("/d", 0o755)
+    assert (dirs["upper"] / ".wh.a").is_file()
+    assert (dirs["upper"] / ".wh.d").is_file() and (dirs["upper"] / "d").is_dir()
+    assert names(u, "/") == ["d"] and names(u, "/d") == []
+    assert u.statfs()["f_namemax"] == 251
+
+
+@root_only
+def test_new_entries_belong_to_the_caller(dirs: dict[str, Path]) -> None:
+    u = make_union(dirs)
+    caller = Caller(1234, 5678)
+    fd = u.create("/f", 0o640, os.O_WRONLY, caller)
+    os.close(fd)
+    u.mkdir("/d", 0o750, caller)
+    u.symlink("/l", "f", caller)
+    for rel in ("f", "d", "l"):
+        st = (dirs["upper"] / rel).lstat()
+        assert (st.st_uid, st.st_gid) == (1234, 5678), rel
+
+
+@root_only
+def test_setgid_directory_gives_its_group(dirs: dict[str, Path]) -> None:
+    d = dirs["bottom"] / "shared"
+    d.mkdir()
+    os.chown(d, 0, 4242)
+    os.chmod(d, 0o2775)
+    u = make_union(dirs)
+    os.close(u.create("/shared/f", 0o644, os.O_WRONLY, Caller(1000, 1000)))
+    assert (dirs["upper"] / "shared/f").stat().st_gid == 4242
+
+
+def test_rmdir_judges_emptiness_on_the_merged_view(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"d/a": "1"})
+    tree(dirs["top"], {"d/b": "2"})
+    u = make_union(dirs)
+    with pytest.raises(OSError) as exc:
+        u.rmdir("/d")
+    assert exc.value.errno == errno.ENOTEMPTY
+    u.unlink("/d/a")
+    u.unlink("/d/b")
+    u.rmdir("/d")
+    assert names(u, "/") == []
+
+
+def test_rename_of_lower_directory_keeps_contents_and_inode(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"src/a": "1", "src/sub/b": "2"})
+    tree(dirs["top"], {"src/c": "3"})
+    u = make_union(dirs)
+    ino = u.getattr("/src")["st_ino"]
+    u.rename("/src", "/dst")
+    assert names(u, "/") == ["dst"]
+    assert names(u, "/dst") == ["a", "c", "sub"]
+    assert names(u, "/dst/sub") == ["b"]
+    assert u.getattr("/dst")["st_ino"] == ino
+    u.rename("/dst/sub", "/moved")
+    assert names(u, "/moved") == ["b"] and names(u, "/dst") == ["a", "c"]
+    # a fresh union over the same layers reads the same
+    u2 = make_union(dirs)
+    assert names(u2, "/dst") == ["a", "c"] and names(u2, "/moved") == ["b"]

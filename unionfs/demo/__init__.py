@@ -1,0 +1,1 @@
+"""A small embedded example: two layer directories shipped with the package."""
