@@ -141,9 +141,8 @@ class UnionOperations(fuse.Operations):
         self._fd_layer[fd] = index
         return fd
 
-    def create(self, path: str, mode: int, fi: Any = None) -> int:
-        # fusepy does not pass the open flags to create; O_RDWR serves every access mode.
-        fd = self.union.create(path, mode, os.O_RDWR, self._caller())
+    def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
+        fd = self.union.create(path, mode, flags, self._caller())
         self._fd_layer[fd] = 0
         return fd
 
@@ -179,3 +178,12 @@ class UnionOperations(fuse.Operations):
     def removexattr(self, path: str, name: str) -> None:
         self.union.removexattr(path, name)
 
+
+
+class UnionFUSE(fuse.FUSE):
+    """fusepy's FUSE, with the open flags passed on to create (fusepy drops them)."""
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        fi = fip.contents
+        fi.fh = self.operations("create", path.decode(self.encoding), mode, fi.flags)
+        return 0

@@ -118,6 +118,7 @@ def fuse_options(opts: MountOptions, fsname: str) -> dict[str, object]:
         "max_read": 131072,
         "atomic_o_trunc": True,  # open(O_TRUNC) copies up no data
         "nonempty": True,  # overlayfs mounts over non-empty directories too
+        "hard_remove": True,  # no .fuse_hidden renames: open files are served by fd, not path
     }
     if opts.allow_other:
         kwargs["allow_other"] = True
@@ -145,9 +146,7 @@ def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run the filesystem in this process until it is unmounted or signalled."""
-    import fuse  # only here: the core works without fusepy
-
-    from unionfs.fuseops import UnionOperations
+    from unionfs.fuseops import UnionFUSE, UnionOperations  # only here: the core works without fusepy
     from unionfs.union import Union
 
     os.umask(0)  # the kernel applied the caller's umask already
@@ -158,4 +157,4 @@ def serve(
         whiteout=opts.whiteout,
         durable=not opts.volatile,
     )
-    fuse.FUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
+    UnionFUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))

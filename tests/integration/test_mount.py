@@ -338,3 +338,19 @@ def test_special_files(stack: Stack) -> None:
         assert os.readlink(mnt / "link") == "top.txt" and (mnt / "link").read_text() == "top\n"
         os.link(mnt / "top.txt", mnt / "hard")
         assert os.lstat(mnt / "hard").st_ino == os.lstat(mnt / "top.txt").st_ino
+
+
+def test_unlinked_open_file_stays_readable_and_leaves_no_trace(stack: Stack) -> None:
+    with fuse_mount(stack) as mnt:
+        (mnt / "new").write_text("new data")
+        keep = [open(mnt / name) for name in ("new", "base.txt")]
+        try:
+            os.unlink(mnt / "new")
+            os.unlink(mnt / "base.txt")
+            assert sorted(os.listdir(mnt)) == ["top.txt"]
+            assert [f.read() for f in keep] == ["new data", "base\n"]
+        finally:
+            for f in keep:
+                f.close()
+    assert sorted(os.listdir(stack.upper)) == ["base.txt"]  # only the whiteout
+    assert stat.S_ISCHR(os.lstat(stack.upper / "base.txt").st_mode)
