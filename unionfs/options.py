@@ -54,7 +54,8 @@ def split_lowerdir(text: str) -> tuple[str, ...]:
 
 
 def parse(option_strings: list[str]) -> MountOptions:
-    values: dict[str, object] = {"mount_flags": []}
+    values: dict[str, object] = {}
+    flags: list[str] = []
     for text in option_strings:
         for item in split_options(text):
             key, eq, value = item.partition("=")
@@ -78,7 +79,7 @@ def parse(option_strings: list[str]) -> MountOptions:
                 except ValueError:
                     raise OptionError(f"timeout={value}: not a number") from None
             elif key in FUSE_MOUNT_FLAGS and not eq:
-                values["mount_flags"].append(key)  # type: ignore[union-attr]
+                flags.append(key)
             elif key in IGNORED or key in OVERLAY_COMPAT or key.startswith(("x-", "comment")):
                 continue
             else:
@@ -87,5 +88,5 @@ def parse(option_strings: list[str]) -> MountOptions:
         raise OptionError("missing lowerdir=")
     if ("upperdir" in values) != ("workdir" in values):
         raise OptionError("upperdir and workdir must be given together")
-    values["mount_flags"] = tuple(values["mount_flags"])  # type: ignore[arg-type]
+    values["mount_flags"] = tuple(flags)
     return MountOptions(**values)  # type: ignore[arg-type]

@@ -12,13 +12,12 @@ cached until one of the driver's own operations changes them.
 """
 from __future__ import annotations
 
-import os
 import stat
 import threading
 from dataclasses import dataclass
 
-from unionfs.layer import DirInfo, Layer, rel_join
 from unionfs import markers
+from unionfs.layer import DirInfo, Layer, rel_join
 
 _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
 

@@ -190,12 +190,9 @@ class Union:
         taken: set[str] = set()
         out: list[tuple[str, int, str, int, int]] = []
         for index, rel in node.layers:
-            if self.resolver.is_upper(index):
-                info = self.upper.scan(rel)
-            else:
-                info = self.resolver.lower_dir(index, rel)
-                if info is None:
-                    continue
+            info = self.upper.scan(rel) if self.resolver.is_upper(index) else self.resolver.lower_dir(index, rel)
+            if info is None:
+                continue
             for name, entry in info.entries.items():
                 if name not in taken:
                     taken.add(name)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+
 from unionfs.mount import is_mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here")
