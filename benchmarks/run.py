@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Benchmark unionfs against kernel overlayfs and fuse-overlayfs, side by side.
+
+Every workload is run for every selected driver in the same invocation, on
+the same lower-layer fixtures, each time on a fresh upper/work directory.
+One JSON object per measurement goes to stdout; progress and the final
+Markdown table (seconds per driver, plus unionfs/kernel and
+unionfs/fuse-overlayfs ratios) go to stderr, or to ``--table PATH``.
+
+Needs root: kernel overlay mounts, 0/0 whiteout devices, trusted.* xattrs
+and dropping the page cache all require it.
+
+    python3 benchmarks/run.py --quick
+    python3 benchmarks/run.py --only copyup-large,seqread --large-size 4G
+    python3 benchmarks/run.py --quick --driver-cmd fuse-overlayfs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from drivers import DRIVER_NAMES, REPO_ROOT, Driver, MountError, fs_type, make_drivers, mounts_under  # noqa: E402
+from fixtures import Fixtures, Scale, log, parse_size  # noqa: E402
+from workloads import WORKLOADS, Ctx, Workload, select  # noqa: E402
+
+RATIO_BASES = ("kernel", "fuse-overlayfs")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="scaled-down smoke run (64 MiB large file, 500 small files, ...)")
+    p.add_argument("--scale", type=float, help="multiply every fixture size and count by this factor")
+    p.add_argument("--large-size", help="size of the large copy-up/read file, e.g. 1G, 64M (overrides --scale/--quick)")
+    p.add_argument("--only", help="comma-separated workloads (or row names) to run; see --list")
+    p.add_argument("--skip", help="comma-separated workloads to leave out")
+    p.add_argument("--drivers", default=",".join(DRIVER_NAMES), help=f"comma-separated subset of {','.join(DRIVER_NAMES)}")
+    p.add_argument("--driver-cmd", help="command for the unionfs slot (default: python3 -m unionfs); it gets '-o OPTS MNT'")
+    p.add_argument("--driver-umount-cmd", help="unmount command for the unionfs slot; it gets 'MNT' (default: python3 -m unionfs umount, or fusermount3 -u for a custom --driver-cmd)")
+    p.add_argument("--extra-opts", action="append", default=[], metavar="DRIVER=OPTS",
+                   help="extra mount options for one driver, e.g. kernel=redirect_dir=on (repeatable)")
+    p.add_argument("--workdir", help="parent directory for fixtures and uppers (default: the temp dir, unless it is tmpfs)")
+    p.add_argument("--keep", action="store_true", help="keep the fixture directory afterwards")
+    p.add_argument("--repeat", type=int, default=1, help="run each workload N times per driver; the table shows medians")
+    p.add_argument("--timeout", type=float, help="seconds per workload and driver before the mount is aborted (default 1800, 300 with --quick)")
+    p.add_argument("--keep-trying", action="store_true", help="keep mounting a driver after it failed to mount once")
+    p.add_argument("--table", nargs="?", const="-", metavar="PATH", help="write the Markdown table to PATH ('-' or no value: stdout) instead of stderr")
+    p.add_argument("--list", action="store_true", help="list workloads and exit")
+    return p.parse_args(argv)
+
+
+def choose_workdir(arg: str | None) -> Path:
+    """A fresh directory on a disk filesystem: tmpfs would flatter every driver."""
+    if arg:
+        base = Path(arg).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        base = Path(tempfile.gettempdir())
+        if fs_type(base) in ("tmpfs", "ramfs"):
+            fallback = Path("/var/tmp")
+            if fallback.is_dir() and fs_type(fallback) not in ("tmpfs", "ramfs"):
+                log(f"{base} is tmpfs; using {fallback} instead")
+                base = fallback
+            else:
+                raise SystemExit(f"{base} is tmpfs; pass --workdir on a disk-backed filesystem")
+    kind = fs_type(base)
+    if kind in ("tmpfs", "ramfs", "overlay") or kind.startswith("fuse"):
+        log(f"warning: {base} is on {kind}; numbers will not be representative (and overlay may refuse it)")
+    return Path(tempfile.mkdtemp(prefix="unionfs-bench-", dir=base))
+
+
+def can_drop_caches() -> bool:
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+        return True
+    except OSError:
+        return False
+
+
+def source_version() -> str:
+    """Which driver source was measured: commit, and whether unionfs/ had edits."""
+    git = ["git", "-C", str(REPO_ROOT)]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "source tree without a commit"
+    dirty = subprocess.run(git + ["status", "--porcelain", "--", "unionfs"], capture_output=True, text=True).stdout
+    return f"commit {head.stdout.strip()}" + (" with uncommitted changes in unionfs/" if dirty.strip() else "")
+
+
+def environment(workdir: Path, drivers: list[Driver]) -> list[str]:
+    """Facts that change the numbers, printed with the table."""
+    lines = [f"kernel {platform.release()}, {os.cpu_count()} CPUs, workdir on {fs_type(workdir)}"]
+    params = Path("/sys/module/overlay/parameters")
+    if params.is_dir():
+        vals = []
+        for name in ("redirect_dir", "metacopy", "index", "xino_auto"):
+            try:
+                vals.append(f"{name}={(params / name).read_text().strip()}")
+            except OSError:
+                pass
+        lines.append("overlay module defaults: " + " ".join(vals))
+    if any(d.name == "fuse-overlayfs" for d in drivers) and shutil.which("fuse-overlayfs"):
+        out = subprocess.run(["fuse-overlayfs", "--version"], capture_output=True, text=True).stdout
+        found = [ln.strip() for ln in out.splitlines() if ln.startswith("fuse-overlayfs")]
+        lines.append(found[0] if found else "fuse-overlayfs (version unknown)")
+    for d in drivers:
+        if d.name == "unionfs" and not d.note:
+            lines.append(f"unionfs: {source_version()}")
+        if d.note:
+            lines.append(f"unionfs slot runs: {d.note}")
+        if d.extra_opts:
+            lines.append(f"{d.name} extra options: {d.extra_opts}")
+    return lines
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, scale: Scale, workdir: Path, drivers: list[Driver]) -> None:
+        self.args = args
+        self.scale = scale
+        self.workdir = workdir
+        self.drivers = drivers
+        self.fx = Fixtures(workdir / "fixtures", scale)
+        self.scratch = workdir / "scratch"
+        self.scratch.mkdir()
+        self.can_drop = can_drop_caches()
+        self.timeout = args.timeout or (300.0 if args.quick else 1800.0)
+        self.results: list[dict] = []
+
+    def emit(self, row: dict, driver: str, rep: int) -> None:
+        out = {"workload": row["workload"], "driver": driver, "seconds": row.get("seconds")}
+        out.update({k: v for k, v in row.items() if k not in out})
+        if self.args.repeat > 1:
+            out["rep"] = rep
+        note = next((d.note for d in self.drivers if d.name == driver and d.note), None)
+        if note:
+            out["driver_cmd"] = note
+        self.results.append(out)
+        print(json.dumps(out), flush=True)
+        shown = f"{out['seconds']:.3f}s" if out["seconds"] is not None else f"({str(out.get('error', 'no time'))[:300]})"
+        log(f"  {out['workload']:<22} {driver:<15} {shown}")
+
+    def run(self, workloads: list[Workload]) -> None:
+        for wl in workloads:
+            log(f"== {wl.name}: {wl.doc}")
+            try:
+                wl.fixture(self.fx)
+            except Exception as e:  # a broken fixture only loses this workload
+                for d in self.drivers:
+                    for r in wl.rows:
+                        self.emit({"workload": r, "seconds": None, "error": f"fixture: {e}"}, d.name, 0)
+                continue
+            for rep in range(1, self.args.repeat + 1):
+                if wl.reference is not None:
+                    self.reference(wl, rep)
+                for d in self.drivers:
+                    self.one(wl, d, rep)
+
+    def reference(self, wl: Workload, rep: int) -> None:
+        try:
+            for row in wl.reference(self.scratch, self.fx, self.can_drop):
+                self.emit(row, "reference", rep)
+        except Exception as e:
+            for r in wl.ref_rows:
+                self.emit({"workload": r, "seconds": None, "error": f"{type(e).__name__}: {e}"}, "reference", rep)
+
+    def one(self, wl: Workload, d: Driver, rep: int) -> None:
+        """One workload on one driver, under a watchdog; failures become error rows."""
+        if d.disabled:
+            for r in wl.rows:
+                self.emit({"workload": r, "seconds": None, "error": d.disabled}, d.name, rep)
+            return
+        scratch = self.scratch / f"{wl.name}-{d.name}-{rep}"
+        scratch.mkdir()
+        ctx = Ctx(d, scratch, self.scale, self.can_drop)
+        fired = threading.Event()
+
+        def watchdog() -> None:
+            fired.set()
+            log(f"{wl.name}/{d.name}: no result after {self.timeout:.0f}s, aborting")
+            ctx.abort()
+
+        timer = threading.Timer(self.timeout, watchdog)
+        timer.daemon = True
+        done: set[str] = set()
+        timer.start()
+        try:
+            for row in wl.run(ctx, self.fx):
+                self.emit(row, d.name, rep)
+                done.add(row["workload"])
+        except Exception as e:
+            msg = f"timeout after {self.timeout:.0f}s ({type(e).__name__}: {e})" if fired.is_set() else f"{type(e).__name__}: {e}"
+            if isinstance(e, MountError) and not self.args.keep_trying:
+                d.disabled = f"skipped: {d.name} failed to mount earlier"
+            for r in wl.rows:
+                if r not in done:
+                    self.emit({"workload": r, "seconds": None, "error": msg[:2000]}, d.name, rep)
+        finally:
+            timer.cancel()
+            if not mounts_under(scratch):
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def cleanup(self) -> list[str]:
+        """Remove everything we created, but never recurse into a live mount."""
+        left = mounts_under(self.workdir)
+        for point in sorted(left, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        left = mounts_under(self.workdir)
+        if left:
+            log(f"mounts still present, not removing {self.workdir}: {left}")
+            return left
+        if self.args.keep:
+            log(f"kept {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return []
+
+
+def fmt(v: float) -> str:
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 0.1:
+        return f"{v:.2f}"
+    return f"{v:.4f}"
+
+
+def table(results: list[dict], drivers: list[str], notes: list[str]) -> str:
+    """Median seconds per row and driver, plus unionfs ratios."""
+    order: list[str] = []
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        if r["workload"] not in order:
+            order.append(r["workload"])
+        cells.setdefault((r["workload"], r["driver"]), []).append(r)
+    has_ref = any(r["driver"] == "reference" for r in results)
+    cols = list(drivers) + (["reference"] if has_ref else [])
+    ratios = [b for b in RATIO_BASES if "unionfs" in drivers and b in drivers]
+
+    def median(w: str, d: str) -> float | None:
+        vals = [r["seconds"] for r in cells.get((w, d), []) if r["seconds"] is not None and not r.get("error")]
+        return statistics.median(vals) if vals else None
+
+    def cell(w: str, d: str) -> str:
+        rows = cells.get((w, d))
+        if not rows:
+            return ""
+        m = median(w, d)
+        if m is not None:
+            return fmt(m)
+        if any(r.get("refused") for r in rows):
+            return f"refused ({rows[0].get('error', '')})"
+        return "error"
+
+    head = ["workload"] + [f"{c} (s)" for c in cols] + [f"unionfs/{b}" for b in ratios]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for w in order:
+        row = [w] + [cell(w, c) for c in cols]
+        for b in ratios:
+            u, base = median(w, "unionfs"), median(w, b)
+            row.append(f"{u / base:.2f}" if u is not None and base else "")
+        lines.append("| " + " | ".join(row) + " |")
+    errors = []
+    skipped: dict[str, int] = {}
+    for r in results:
+        if r.get("refused") or not r.get("error"):
+            continue
+        if str(r["error"]).startswith("skipped:"):
+            skipped[r["driver"]] = skipped.get(r["driver"], 0) + 1
+        else:
+            errors.append(f"- {r['workload']} / {r['driver']}: {' '.join(str(r['error']).split())[:400]}")
+    for name, n in skipped.items():
+        errors.append(f"- {name}: {n} more rows skipped after it failed to mount (--keep-trying to retry)")
+    entries = {}
+    for r in results:
+        if "entries" in r and r["workload"].startswith("find"):
+            entries.setdefault(r["driver"], r["entries"])
+    if len(set(entries.values())) > 1:
+        errors.append(f"- find: drivers disagree on visible entries: {entries}")
+    out = "\n".join(lines)
+    if notes:
+        out += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    if errors:
+        out += "\n\nErrors:\n" + "\n".join(dict.fromkeys(errors))
+    return out + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for w in WORKLOADS:
+            print(f"{w.name:<16} rows: {', '.join(w.ref_rows + w.rows):<55} {w.doc}")
+        return 0
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: kernel overlay mounts, whiteout devices and drop_caches need it")
+    scale = Scale.quick() if args.quick else Scale()
+    if args.scale:
+        scale = scale.scaled(args.scale)
+    if args.large_size:
+        scale = dataclasses.replace(scale, large_size=parse_size(args.large_size))
+    workloads = select(args.only)
+    if args.skip:
+        skipped = select(args.skip)
+        workloads = [w for w in workloads if w not in skipped]
+    names = [n.strip() for n in args.drivers.split(",") if n.strip()]
+    extra = {}
+    for item in args.extra_opts:
+        name, _, opts = item.partition("=")
+        extra[name] = opts
+    drivers = make_drivers(
+        names,
+        shlex.split(args.driver_cmd) if args.driver_cmd else None,
+        shlex.split(args.driver_umount_cmd) if args.driver_umount_cmd else None,
+        extra,
+    )
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    workdir = choose_workdir(args.workdir)
+    notes = environment(workdir, drivers)
+    notes.insert(0, "scale: " + ("quick" if args.quick else "full") + (f" x{args.scale}" if args.scale else "")
+                 + f", large file {scale.large_size // (1 << 20)} MiB, {args.repeat} run(s) per cell"
+                 + (" (median)" if args.repeat > 1 else ""))
+    for line in notes:
+        log(line)
+    log(f"fixtures and uppers under {workdir}")
+    runner = Runner(args, scale, workdir, drivers)
+    if not runner.can_drop:
+        notes.append("could not drop caches: cold rows are not cold")
+    t0 = time.monotonic()
+    left: list[str] = []
+    try:
+        runner.run(workloads)
+    finally:
+        left = runner.cleanup()
+        log(f"total {time.monotonic() - t0:.1f}s")
+        text = table(runner.results, [d.name for d in drivers], notes)
+        if args.table and args.table != "-":
+            Path(args.table).write_text(text)
+            log(f"table written to {args.table}")
+        elif args.table == "-":
+            sys.stdout.write("\n" + text)
+        else:
+            sys.stderr.write("\n" + text)
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

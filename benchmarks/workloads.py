@@ -1,0 +1,568 @@
+"""The benchmark workloads.
+
+A workload is a generator run once per driver: it mounts one or more fresh
+unions (fresh upper and work directories every time, because copy-up
+workloads change the upper) and yields one row per measurement.  Only the
+operation under test is inside the timer; mounting, cache dropping and
+verification are outside it.
+
+Everything runs in this process with plain syscalls (or common tools for
+``find``/``tar``/``rm``/``mv``), so per-call Python overhead is the same for
+every driver and cancels out in the ratios.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers import Driver, is_mounted
+from fixtures import KiB, MiB, Fixtures, Scale, Stack
+
+Row = dict
+
+
+def _mibs(nbytes: int, seconds: float) -> float:
+    return round(nbytes / MiB / seconds, 1) if seconds > 0 else float("inf")
+
+
+def _ops(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else float("inf")
+
+
+def _secs(t: float) -> float:
+    return round(t, 6)
+
+
+class Ctx:
+    """Per (workload, driver) state: fresh mounts, subprocesses, cache control."""
+
+    def __init__(self, driver: Driver, scratch: Path, scale: Scale, can_drop: bool) -> None:
+        self.driver = driver
+        self.scratch = scratch
+        self.scale = scale
+        self.can_drop = can_drop
+        self.current: Path | None = None
+        self.upper: Path | None = None
+        self.procs: list[subprocess.Popen] = []
+        self.aborted = False
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def fresh_dirs(self) -> tuple[Path, Path, Path, Path]:
+        """New (base, upper, work, mnt): no mount ever sees another's upper."""
+        self._n += 1
+        base = self.scratch / f"m{self._n}"
+        upper, work, mnt = base / "upper", base / "work", base / "mnt"
+        for d in (upper, work, mnt):
+            d.mkdir(parents=True)
+        return base, upper, work, mnt
+
+    @contextmanager
+    def mount(self, stack: Stack) -> Iterator[Path]:
+        """A fresh union of ``stack``; always unmounted on the way out."""
+        base, upper, work, mnt = self.fresh_dirs()
+        self.driver.mount(stack.lowers, upper, work, mnt)
+        self.current = mnt
+        self.upper = upper
+        try:
+            yield mnt
+        finally:
+            self.current = None
+            try:
+                self.driver.unmount(mnt)
+            finally:
+                if not is_mounted(mnt):
+                    shutil.rmtree(base, ignore_errors=True)
+
+    def run(self, cmd: list[str] | str, shell: bool = False, stdout=subprocess.DEVNULL) -> tuple[int, bytes, bytes]:
+        """Run a tool, tracked so the watchdog can kill it."""
+        with self._lock:
+            if self.aborted:
+                raise TimeoutError("workload timed out")
+            p = subprocess.Popen(
+                cmd,
+                shell=shell,
+                executable="/bin/bash" if shell else None,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+            )
+            self.procs.append(p)
+        try:
+            out, err = p.communicate()
+        finally:
+            with self._lock:
+                self.procs.remove(p)
+        return p.returncode, out or b"", err or b""
+
+    def check(self, cmd: list[str] | str, shell: bool = False, stdout=subprocess.DEVNULL) -> bytes:
+        rc, out, err = self.run(cmd, shell=shell, stdout=stdout)
+        if rc != 0:
+            raise RuntimeError(f"{cmd if isinstance(cmd, str) else ' '.join(cmd)} exited {rc}: {err.decode(errors='replace').strip()[-500:]}")
+        return out
+
+    def drop_caches(self) -> None:
+        """Flush dirty data, then drop page/dentry/inode caches (needs root)."""
+        os.sync()
+        if self.can_drop:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3")
+
+    def abort(self) -> None:
+        """Watchdog: kill our tools and unwedge the FUSE mount."""
+        with self._lock:
+            self.aborted = True
+            for p in self.procs:
+                p.kill()
+        if self.current is not None:
+            self.driver.abort(self.current)
+
+
+@dataclass
+class Workload:
+    name: str
+    rows: tuple[str, ...]
+    fixture: Callable[[Fixtures], object]
+    run: Callable[[Ctx, Fixtures], Iterator[Row]]
+    reference: Callable[[Path, Fixtures, bool], Iterator[Row]] | None = None
+    ref_rows: tuple[str, ...] = ()
+    doc: str = ""
+
+
+def _allocated(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return None
+
+
+def _timed_sync() -> float:
+    t0 = time.perf_counter()
+    os.sync()
+    return _secs(time.perf_counter() - t0)
+
+
+# -- copy-up of a large file -------------------------------------------------
+
+
+def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    stack = fx.large()
+    big_a, big_b = stack.info["files"]
+    with ctx.mount(stack) as mnt:
+        upper = ctx.upper
+        assert upper is not None
+        ctx.drop_caches()
+        t0 = time.perf_counter()
+        fd = os.open(mnt / big_a, os.O_WRONLY)
+        os.pwrite(fd, b"X", 0)
+        os.close(fd)
+        t = time.perf_counter() - t0
+        sync_s = _timed_sync()
+        size = os.stat(mnt / big_a).st_size
+        yield {
+            "workload": "copyup-large-write",
+            "seconds": _secs(t),
+            "bytes": stack.info["size"],
+            "mib_per_s": _mibs(stack.info["size"], t),
+            "sync_seconds": sync_s,
+            "seconds_with_sync": _secs(t + sync_s),
+            "size_ok": size == stack.info["size"],
+            "upper_allocated": _allocated(upper / big_a),
+        }
+        ctx.drop_caches()
+        t0 = time.perf_counter()
+        os.chmod(mnt / big_b, 0o600)
+        t = time.perf_counter() - t0
+        sync_s = _timed_sync()
+        yield {
+            "workload": "copyup-large-chmod",
+            "seconds": _secs(t),
+            "bytes": stack.info["size"],
+            "sync_seconds": sync_s,
+            "seconds_with_sync": _secs(t + sync_s),
+            "mode_ok": (os.stat(mnt / big_b).st_mode & 0o777) == 0o600,
+            "upper_allocated": _allocated(upper / big_b),
+        }
+
+
+def copy_file_range_reference(scratch: Path, fx: Fixtures, can_drop: bool) -> Iterator[Row]:
+    """The floor for a data copy-up: an in-kernel copy on the same filesystem."""
+    stack = fx.large()
+    src = stack.lowers[0] / stack.info["files"][0]
+    dst = scratch / "copy_file_range.out"
+    os.sync()
+    if can_drop:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    try:
+        t0 = time.perf_counter()
+        fin = os.open(src, os.O_RDONLY)
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            remaining = os.fstat(fin).st_size
+            while remaining > 0:
+                n = os.copy_file_range(fin, fout, remaining)
+                if n == 0:
+                    break
+                remaining -= n
+            t_copy = time.perf_counter() - t0
+            os.fsync(fout)
+            t_total = time.perf_counter() - t0
+        finally:
+            os.close(fin)
+            os.close(fout)
+        yield {
+            "workload": "copy-file-range",
+            "seconds": _secs(t_copy),
+            "fsync_seconds": _secs(t_total - t_copy),
+            "bytes": stack.info["size"],
+            "mib_per_s": _mibs(stack.info["size"], t_copy),
+        }
+    finally:
+        dst.unlink(missing_ok=True)
+
+
+# -- copy-up of many small files ---------------------------------------------
+
+
+def copyup_small(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    stack = fx.small_files()
+    names = stack.info["files"]
+    with ctx.mount(stack) as mnt:
+        os.sync()
+        t0 = time.perf_counter()
+        for name in names:
+            fd = os.open(mnt / name, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b"+")
+            os.close(fd)
+        t = time.perf_counter() - t0
+        yield {
+            "workload": "copyup-small",
+            "seconds": _secs(t),
+            "files": len(names),
+            "ops_per_s": _ops(len(names), t),
+            "sync_seconds": _timed_sync(),
+        }
+
+
+# -- reads --------------------------------------------------------------------
+
+
+def _read_all(path: Path, chunk: int) -> int:
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    return total
+
+
+def seqread(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """Cold: fresh mount + dropped caches.  Warm: a second read (new open)."""
+    stack = fx.large()
+    name = stack.info["files"][0]
+    chunk = ctx.scale.read_chunk
+    with ctx.mount(stack) as mnt:
+        ctx.drop_caches()
+        for label in ("seqread-cold", "seqread-warm"):
+            t0 = time.perf_counter()
+            n = _read_all(mnt / name, chunk)
+            t = time.perf_counter() - t0
+            yield {
+                "workload": label,
+                "seconds": _secs(t),
+                "bytes": n,
+                "mib_per_s": _mibs(n, t),
+                "size_ok": n == stack.info["size"],
+            }
+
+
+def randread(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """Warm 4 KiB preads at fixed pseudo-random offsets (same seed for all)."""
+    stack = fx.random_file()
+    path_rel, size = stack.info["file"], stack.info["size"]
+    rng = random.Random(4096)
+    offsets = [rng.randrange(size // (4 * KiB)) * 4 * KiB for _ in range(ctx.scale.random_reads)]
+    with ctx.mount(stack) as mnt:
+        _read_all(mnt / path_rel, ctx.scale.read_chunk)  # warm-up
+        fd = os.open(mnt / path_rel, os.O_RDONLY)
+        try:
+            t0 = time.perf_counter()
+            short = 0
+            for off in offsets:
+                if len(os.pread(fd, 4 * KiB, off)) != 4 * KiB:
+                    short += 1
+            t = time.perf_counter() - t0
+        finally:
+            os.close(fd)
+        yield {
+            "workload": "randread-warm",
+            "seconds": _secs(t),
+            "reads": len(offsets),
+            "ops_per_s": _ops(len(offsets), t),
+            "short_reads": short,
+        }
+
+
+# -- metadata walks -----------------------------------------------------------
+
+
+def find_walk(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    stack = fx.tree()
+    with ctx.mount(stack) as mnt:
+        ctx.drop_caches()
+        rows = []
+        for label in ("find-cold", "find-warm"):
+            t0 = time.perf_counter()
+            ctx.check(["find", str(mnt), "-ls"])
+            rows.append({"workload": label, "seconds": _secs(time.perf_counter() - t0)})
+        # Untimed: the number of visible entries must agree across drivers.
+        entries = ctx.check(["find", str(mnt)], stdout=subprocess.PIPE).count(b"\n")
+        for row in rows:
+            row["entries"] = entries
+            yield row
+
+
+def lookup_missing(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """stat() of names present in no layer, in a dir present in all layers."""
+    stack = fx.tree()
+    n = ctx.scale.missing_lookups
+    with ctx.mount(stack) as mnt:
+        d = mnt / stack.info["common"]
+        os.listdir(d)  # warm the directory itself
+        for i in range(100):
+            try:
+                os.stat(d / f"warmup-{i}")
+            except FileNotFoundError:
+                pass
+        names = [str(d / f"missing-{i:06d}") for i in range(n)]
+        for label in ("lookup-missing", "lookup-missing-repeat"):
+            found = 0
+            t0 = time.perf_counter()
+            for name in names:
+                try:
+                    os.stat(name)
+                    found += 1
+                except FileNotFoundError:
+                    pass
+            t = time.perf_counter() - t0
+            row = {"workload": label, "seconds": _secs(t), "lookups": n, "ops_per_s": _ops(n, t)}
+            if found:
+                row["error"] = f"{found} missing names were found"
+            yield row
+
+
+# -- namespace changes --------------------------------------------------------
+
+
+def create_small(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    n, size = ctx.scale.create_files, ctx.scale.create_size
+    payload = b"c" * size
+    with ctx.mount(fx.base()) as mnt:
+        os.sync()
+        t0 = time.perf_counter()
+        d = mnt / "created"
+        os.mkdir(d)
+        for i in range(n):
+            fd = os.open(d / f"c{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, payload)
+            os.close(fd)
+        t = time.perf_counter() - t0
+        yield {
+            "workload": "create-small",
+            "seconds": _secs(t),
+            "files": n,
+            "ops_per_s": _ops(n, t),
+            "sync_seconds": _timed_sync(),
+        }
+
+
+def unlink_files(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    stack = fx.unlink()
+    names = stack.info["files"]
+    with ctx.mount(stack) as mnt:
+        os.sync()
+        t0 = time.perf_counter()
+        for name in names:
+            os.unlink(mnt / name)
+        t = time.perf_counter() - t0
+        left = len(os.listdir(mnt / "victims"))
+        row = {"workload": "unlink", "seconds": _secs(t), "files": len(names), "ops_per_s": _ops(len(names), t)}
+        if left:
+            row["error"] = f"{left} entries still visible"
+        yield row
+
+
+def rm_rf(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    stack = fx.rmtree()
+    with ctx.mount(stack) as mnt:
+        os.sync()
+        target = mnt / stack.info["dir"]
+        t0 = time.perf_counter()
+        ctx.check(["rm", "-rf", str(target)])
+        t = time.perf_counter() - t0
+        row = {"workload": "rm-rf", "seconds": _secs(t), "entries": stack.info["entries"]}
+        if os.path.lexists(target):
+            row["error"] = "target still exists"
+        yield row
+
+
+def rename_dir(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """rename(2) of a lower dir; EXDEV is a legitimate answer, reported as refused."""
+    stack = fx.rename()
+    nfiles = stack.info["files"]
+    with ctx.mount(stack) as mnt:
+        src, dst = mnt / stack.info["dir"], mnt / "renamed"
+        os.sync()
+        t0 = time.perf_counter()
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            yield {"workload": "rename-dir", "seconds": None, "refused": True, "error": "EXDEV", "files": nfiles}
+        else:
+            t = time.perf_counter() - t0
+            row = {"workload": "rename-dir", "seconds": _secs(t), "refused": False, "files": nfiles}
+            if os.path.lexists(src) or len(os.listdir(dst)) != nfiles:
+                row["error"] = "rename result incomplete"
+            yield row
+    # mv on a fresh union: a rename where allowed, copy+delete after EXDEV.
+    with ctx.mount(stack) as mnt:
+        src, dst = mnt / stack.info["dir"], mnt / "moved"
+        os.sync()
+        t0 = time.perf_counter()
+        ctx.check(["mv", str(src), str(dst)])
+        t = time.perf_counter() - t0
+        row = {"workload": "rename-dir-mv", "seconds": _secs(t), "files": nfiles}
+        if os.path.lexists(src) or len(os.listdir(dst)) != nfiles:
+            row["error"] = "mv result incomplete"
+        yield row
+
+
+# -- bulk data ----------------------------------------------------------------
+
+
+def write_new(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    size, chunk = ctx.scale.write_size, ctx.scale.write_chunk
+    block = os.urandom(chunk)
+    with ctx.mount(fx.base()) as mnt:
+        os.sync()
+        t0 = time.perf_counter()
+        fd = os.open(mnt / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for _ in range(size // chunk):
+                os.write(fd, block)
+            t_write = time.perf_counter() - t0
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        t = time.perf_counter() - t0
+        yield {
+            "workload": "write-new",
+            "seconds": _secs(t),
+            "write_seconds": _secs(t_write),
+            "fsync_seconds": _secs(t - t_write),
+            "bytes": size,
+            "mib_per_s": _mibs(size, t),
+            "size_ok": os.stat(mnt / "new.bin").st_size == size,
+        }
+
+
+def untar_tar(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """Extract a real source tree into the union, then archive it back out.
+
+    GNU tar skips reading file data when writing to /dev/null, so the
+    archive goes through a pipe to ``wc -c``.
+    """
+    tarball, info = fx.source_tar()
+    with ctx.mount(fx.base()) as mnt:
+        dest = mnt / "untar"
+        os.mkdir(dest)
+        os.sync()
+        t0 = time.perf_counter()
+        ctx.check(["tar", "-xf", str(tarball), "-C", str(dest)])
+        t = time.perf_counter() - t0
+        yield {"workload": "untar", "seconds": _secs(t), **info, "mib_per_s": _mibs(info["tar_bytes"], t), "sync_seconds": _timed_sync()}
+        t0 = time.perf_counter()
+        out = ctx.check(
+            f"set -o pipefail; tar -cf - -C {shlex.quote(str(dest))} . | wc -c", shell=True, stdout=subprocess.PIPE
+        )
+        t = time.perf_counter() - t0
+        nbytes = int(out.strip() or 0)
+        yield {"workload": "tar", "seconds": _secs(t), "bytes": nbytes, "mib_per_s": _mibs(nbytes, t)}
+
+
+# -- mount itself -------------------------------------------------------------
+
+
+def mount_umount(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """Time to mount the three-layer tree (until visible) and to unmount it."""
+    stack = fx.tree()
+    base, upper, work, mnt = ctx.fresh_dirs()
+    t_mount = ctx.driver.mount(stack.lowers, upper, work, mnt)
+    ctx.current = mnt
+    try:
+        os.listdir(mnt)
+    finally:
+        ctx.current = None
+        t_umount = ctx.driver.unmount(mnt)
+    shutil.rmtree(base, ignore_errors=True)
+    yield {"workload": "mount", "seconds": _secs(t_mount)}
+    yield {"workload": "umount", "seconds": _secs(t_umount)}
+
+
+WORKLOADS: list[Workload] = [
+    Workload("mount", ("mount", "umount"), lambda fx: fx.tree(), mount_umount,
+             doc="mount a 3-layer tree until visible; unmount"),
+    Workload("copyup-large", ("copyup-large-write", "copyup-large-chmod"),
+             lambda fx: fx.large(), copyup_large, copy_file_range_reference, ("copy-file-range",),
+             doc="1-byte write at offset 0 / chmod of a large lower file (cold cache)"),
+    Workload("copyup-small", ("copyup-small",), lambda fx: fx.small_files(), copyup_small,
+             doc="append one byte to each of many small lower files"),
+    Workload("seqread", ("seqread-cold", "seqread-warm"), lambda fx: fx.large(), seqread,
+             doc="sequential 128 KiB reads of a large lower file"),
+    Workload("randread", ("randread-warm",), lambda fx: fx.random_file(), randread,
+             doc="4 KiB preads at random offsets, page cache warm"),
+    Workload("find", ("find-cold", "find-warm"), lambda fx: fx.tree(), find_walk,
+             doc="find MNT -ls over a 3-layer tree with whiteouts and opaque dirs"),
+    Workload("lookup-missing", ("lookup-missing", "lookup-missing-repeat"), lambda fx: fx.tree(), lookup_missing,
+             doc="stat() of absent names in a dir present in all layers"),
+    Workload("create", ("create-small",), lambda fx: fx.base(), create_small,
+             doc="create many 4 KiB files in a new directory"),
+    Workload("unlink", ("unlink",), lambda fx: fx.unlink(), unlink_files,
+             doc="unlink lower files (whiteouts)"),
+    Workload("rmtree", ("rm-rf",), lambda fx: fx.rmtree(), rm_rf,
+             doc="rm -rf of a lower subtree spread over two layers"),
+    Workload("rename-dir", ("rename-dir", "rename-dir-mv"), lambda fx: fx.rename(), rename_dir,
+             doc="rename(2) of a lower dir (EXDEV = refused) and mv of it"),
+    Workload("write-new", ("write-new",), lambda fx: fx.base(), write_new,
+             doc="write a new file with 1 MiB writes, then fsync"),
+    Workload("tar", ("untar", "tar"), lambda fx: fx.source_tar(), untar_tar,
+             doc="tar -xf a source tree into the union, then tar -cf it to a pipe"),
+]
+
+
+def select(spec: str | None) -> list[Workload]:
+    """``--only`` accepts workload names or the row names they produce."""
+    if not spec:
+        return list(WORKLOADS)
+    wanted = {s.strip() for s in spec.split(",") if s.strip()}
+    chosen = [w for w in WORKLOADS if w.name in wanted or wanted & set(w.rows + w.ref_rows)]
+    known = {w.name for w in WORKLOADS} | {r for w in WORKLOADS for r in w.rows + w.ref_rows}
+    unknown = wanted - known
+    if unknown:
+        raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}; see --list")
+    return chosen
