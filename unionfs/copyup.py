@@ -164,8 +164,7 @@ class CopyUp:
             except BaseException:
                 self.work.remove_tree(tmp)
                 raise
-            if node.is_dir:
-                self.resolver.invalidate(path)
+            self.resolver.invalidate(path)
 
     def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
         wfd = self.work.fd

@@ -7,8 +7,9 @@ whiteout hides the name in the layers below its own. A redirect (the
 parts is renamed) points the lower layers at another path.
 
 Results are plain values, testable without FUSE. Listings of lower
-directories are read once (lower layers never change) and directory nodes are
-cached until one of the driver's own operations changes them.
+directories are read once (lower layers never change) and resolved nodes are
+cached until one of the driver's own operations changes them: every change
+calls ``invalidate`` after it is on disk.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from unionfs import markers
 from unionfs.layer import DirInfo, Layer, rel_join
 
 _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
+_MAX_NODES = 200_000  # resolved paths kept; a plain bound, refilled on demand
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ class Resolver:
 
     # -- caches ------------------------------------------------------------------
     def invalidate(self, path: str, subtree: bool = False) -> None:
-        """Forget a directory node; call after the change is on disk."""
+        """Forget what path resolved to (and everything below it with subtree)."""
         with self._lock:
             self._gen += 1
             self._nodes.pop(path, None)
@@ -82,6 +84,8 @@ class Resolver:
     def _store(self, node: Node, gen: int) -> None:
         with self._lock:
             if gen == self._gen:
+                if len(self._nodes) >= _MAX_NODES:
+                    self._nodes.clear()
                 self._nodes[node.path] = node
 
     def is_upper(self, index: int) -> bool:
@@ -196,7 +200,7 @@ class Resolver:
             if not name:
                 continue
             node = self.child(node, name)
-            if node is not None and node.is_dir and cacheable:
+            if node is not None and cacheable:
                 self._store(node, gen)
         return node
 

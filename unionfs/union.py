@@ -274,8 +274,7 @@ class Union:
         else:
             raise fail(errno.EEXIST, path)
         self._forget(self.upper.lstat(rel))
-        if is_dir:
-            self.resolver.invalidate(path)
+        self.resolver.invalidate(path)
         return fd
 
     def _own(self, layer: Layer, rel: str, fd: int | None, caller: Caller | None, gid: int, mode: int) -> None:
@@ -370,6 +369,7 @@ class Union:
             self._forget(st)
         else:
             self._whiteout(prel, name)
+        self.resolver.invalidate(path)
 
     def rmdir(self, path: str) -> None:
         self._writable(path)
@@ -384,7 +384,7 @@ class Union:
             self._remove_upper(prel, name, True, whiteout)
         else:
             self._whiteout(prel, name)
-        self.resolver.invalidate(path, subtree=True)
+        self.resolver.invalidate(path)  # empty: its children were forgotten as they went
 
     # -- renaming ----------------------------------------------------------------
     def rename(self, old: str, new: str) -> None:
@@ -448,9 +448,9 @@ class Union:
                 self._whiteout(to_rel(opath), oname)
             os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
         self._forget(existing)
-        if source.is_dir or (target is not None and target.is_dir):
-            self.resolver.invalidate(old, subtree=True)
-            self.resolver.invalidate(new, subtree=True)
+        subtree = source.is_dir or (target is not None and target.is_dir)
+        self.resolver.invalidate(old, subtree)
+        self.resolver.invalidate(new, subtree)
 
     # -- changing ----------------------------------------------------------------
     def _upper_rel(self, path: str, data: bool = True) -> str:
