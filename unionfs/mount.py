@@ -103,16 +103,15 @@ def mounted(spec: MountSpec, mountpoint: str, **kwargs: object) -> Iterator[str]
 
 def fuse_options(opts: MountOptions, fsname: str) -> dict[str, object]:
     """The options handed to libfuse: let the kernel answer from its caches."""
-    t = opts.timeout
     kwargs: dict[str, object] = {
         "fsname": fsname,
         "subtype": "unionfs",
         "use_ino": True,
         "default_permissions": True,
         "kernel_cache": True,  # lower layers never change; the upper only through us
-        "entry_timeout": t,
-        "attr_timeout": t,
-        "negative_timeout": t,
+        "entry_timeout": opts.timeout,
+        "attr_timeout": opts.attr_timeout,
+        "negative_timeout": opts.timeout,
         "big_writes": True,
         "max_write": 131072,
         "max_read": 131072,

@@ -32,7 +32,14 @@ class MountOptions:
     volatile: bool = False  # skip the fsync of copied-up data
     allow_other: bool = False
     allow_root: bool = False
-    timeout: float = 1.0  # entry/attr/negative cache timeouts handed to the kernel
+    # How long the kernel may trust a name lookup (found or missing) and the
+    # attributes. Names change only through this mount (lower layers are
+    # read-only by the overlayfs contract), and the kernel updates its own
+    # dentries on each change, so lookups can be kept long. Attributes stay
+    # short: a hard link's other names see a new link count or size only
+    # when the kernel asks again.
+    timeout: float = 60.0
+    attr_timeout: float = 1.0
     mount_flags: tuple[str, ...] = field(default=())
 
     @property
@@ -73,11 +80,11 @@ def parse(option_strings: list[str]) -> MountOptions:
                 values["volatile"] = True
             elif key in ("allow_other", "allow_root") and not eq:
                 values[key] = True
-            elif key == "timeout":
+            elif key in ("timeout", "attr_timeout"):
                 try:
-                    values["timeout"] = float(value)
+                    values[key] = float(value)
                 except ValueError:
-                    raise OptionError(f"timeout={value}: not a number") from None
+                    raise OptionError(f"{key}={value}: not a number") from None
             elif key in FUSE_MOUNT_FLAGS and not eq:
                 flags.append(key)
             elif key in IGNORED or key in OVERLAY_COMPAT or key.startswith(("x-", "comment")):

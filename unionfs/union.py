@@ -325,11 +325,13 @@ class Union:
     # -- removing ----------------------------------------------------------------
     def _whiteout(self, prel: str, name: str) -> None:
         """Hide name of the lower layers; nothing of that name is in the upper."""
+        _, work = self._writable(name)
         if self.form is WhiteoutForm.OVERLAY:
-            os.mknod(rel_join(prel, name), stat.S_IFCHR, os.makedev(0, 0), dir_fd=self.upper.fd)
-        else:
-            marker = rel_join(prel, markers.WH_PREFIX + name)
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.upper.fd))
+            work.link_marker(True, self.upper.fd, rel_join(prel, name))
+            return
+        marker = rel_join(prel, markers.WH_PREFIX + name)
+        if not self.upper.exists(marker):
+            work.link_marker(False, self.upper.fd, marker)
 
     def _remove_upper(self, prel: str, name: str, is_dir: bool, whiteout: bool) -> None:
         """Remove an upper entry, leaving a whiteout in the same step if asked."""
@@ -337,7 +339,7 @@ class Union:
         rel = rel_join(prel, name)
         if whiteout and self.form is WhiteoutForm.OVERLAY:
             tmp = work.temp_name()
-            os.mknod(tmp, stat.S_IFCHR, os.makedev(0, 0), dir_fd=work.fd)
+            work.link_marker(True, work.fd, tmp)
             syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
             work.remove_tree(tmp)
             return

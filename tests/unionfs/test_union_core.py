@@ -253,3 +253,17 @@ def test_rename_of_lower_directory_keeps_contents_and_inode(dirs: dict[str, Path
     # a fresh union over the same layers reads the same
     u2 = make_union(dirs)
     assert names(u2, "/dst") == ["a", "c"] and names(u2, "/moved") == ["b"]
+
+
+@pytest.mark.parametrize("form", [WhiteoutForm.OCI, pytest.param(WhiteoutForm.OVERLAY, marks=root_only)])
+def test_whiteouts_share_one_inode_and_survive_its_loss(dirs: dict[str, Path], form: WhiteoutForm) -> None:
+    tree(dirs["bottom"], {f"f{i}": "x" for i in range(4)})
+    u = make_union(dirs, whiteout=form)
+    u.unlink("/f0")
+    u.unlink("/f1")
+    marker = (lambda n: dirs["upper"] / n) if form is WhiteoutForm.OVERLAY else (lambda n: dirs["upper"] / f".wh.{n}")
+    assert marker("f0").lstat().st_ino == marker("f1").lstat().st_ino
+    for name in os.listdir(dirs["work"] / "work"):  # the shared inode is gone (a cleaner ran)
+        os.unlink(dirs["work"] / "work" / name)
+    u.unlink("/f2")
+    assert marker("f2").exists() and names(u, "/") == ["f3"]
