@@ -192,6 +192,8 @@ class CopyUp:
             if st is None:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             tmp = self.work.temp_name()
+            parent = to_rel(split(path)[0])
+            pst = self.upper.lstat(parent)
             try:
                 self._build(src, node.rel, st, tmp, data)
                 self._set_origin(tmp, st, src)
@@ -200,6 +202,9 @@ class CopyUp:
             except BaseException:
                 self.work.remove_tree(tmp)
                 raise
+            if pst is not None:
+                # a copy-up is no change of the parent: keep its times (ovl_copy_up_one)
+                syscalls.utimensat(self.upper.fd, parent, (pst.st_atime_ns, pst.st_mtime_ns))
             self.resolver.invalidate(path)
 
     def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
@@ -257,6 +262,10 @@ class CopyUp:
         """Record the lower inode so st_ino stays the same after copy-up."""
         if stat.S_ISLNK(st.st_mode) and self.origin_xattr.startswith("user."):
             return  # the user namespace is not allowed on symlinks
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            # A copy-up breaks a lower hard link: the copy is another file now
+            # and must not share its number with the names left below (ovl_getattr).
+            return
         ino = self.inodes(st.st_dev, st.st_ino)
         try:
             self.work.setxattr(tmp, self.origin_xattr, str(ino).encode())

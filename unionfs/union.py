@@ -305,6 +305,8 @@ class Union:
         self._new_entry(path, caller, lambda d, rel: os.mkdir(rel, mode & 0o7777, dir_fd=d), is_dir=True)
 
     def mknod(self, path: str, mode: int, rdev: int, caller: Caller = ROOT) -> None:
+        if markers.is_chardev_whiteout(mode, rdev):
+            raise fail(errno.EPERM, path)  # would read back as a whiteout; overlayfs refuses it too
         self._new_entry(path, caller, lambda d, rel: os.mknod(rel, mode, rdev, dir_fd=d), mode=mode)
 
     def symlink(self, path: str, target: str, caller: Caller = ROOT) -> None:
