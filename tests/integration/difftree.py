@@ -1,0 +1,673 @@
+"""Harness for differential tests: layer trees, operations and snapshots.
+
+A layer is described as a value (``Dir`` of ``File``/``Symlink``/...), built
+on disk identically for every stack, so the driver and kernel overlayfs see
+byte-for-byte the same lower layers. Operations are values too (``Op``),
+applied to a mount point and answered with an errno (None on success).
+Snapshots turn a merged view or an upper layer into plain comparable data.
+
+Every entry a test creates gets a fixed mtime far in the past; a snapshot
+reports mtimes in that range exactly and any other as "now", so "copy-up kept
+the time" and "the operation touched the time" are both compared without
+depending on the clock.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+
+# -- layer descriptions ----------------------------------------------------------
+
+FIXED_NS = 1_000_000_000 * 10**9  # 2001-09-09: every mtime this harness sets is near it
+_FIXED_LIMIT = 1_500_000_000 * 10**9  # later than any fixed mtime, earlier than any real "now"
+OCI_WH = ".wh."
+OCI_OPQ = ".wh..wh..opq"
+
+
+def _short_repr(obj: object) -> str:
+    """Constructor-like repr without default-valued fields: readable falsifying examples."""
+    parts = []
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING  # type: ignore[misc]
+        )
+        if value == default:
+            continue
+        if f.name in ("mode",) and isinstance(value, int):
+            parts.append(f"{f.name}={value:#o}")
+        else:
+            parts.append(f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+def _pretty(obj: object, p: object, cycle: bool) -> None:
+    """Hypothesis prints falsifying examples with this (IPython's pretty protocol)."""
+    p.text(repr(obj))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, repr=False)
+class File:
+    data: bytes = b""
+    mode: int = 0o644
+    owner: tuple[int, int] = (0, 0)
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    __repr__ = _short_repr
+    _repr_pretty_ = _pretty
+
+
+@dataclass(frozen=True, repr=False)
+class Symlink:
+    target: str
+    __repr__ = _short_repr
+    _repr_pretty_ = _pretty
+
+
+@dataclass(frozen=True, repr=False)
+class HardLink:
+    """Another name of the regular file at ``to`` (a path in the same layer)."""
+
+    to: str
+    __repr__ = _short_repr
+    _repr_pretty_ = _pretty
+
+
+@dataclass(frozen=True, repr=False)
+class Fifo:
+    mode: int = 0o644
+    __repr__ = _short_repr
+    _repr_pretty_ = _pretty
+
+
+@dataclass(frozen=True, repr=False)
+class Whiteout:
+    """Hides the name in the layers below: ``chardev`` (0/0, overlayfs) or ``oci`` (.wh.NAME)."""
+
+    form: str = "chardev"
+    __repr__ = _short_repr
+    _repr_pretty_ = _pretty
+
+
+@dataclass(frozen=True, repr=False)
+class Dir:
+    """A directory; ``opaque`` is None, "xattr" (trusted.overlay.opaque=y) or "oci" (.wh..wh..opq).
+
+    ``oci_hides`` are extra ``.wh.NAME`` markers, possibly next to an entry
+    NAME of the same layer (which they must not hide).
+    """
+
+    children: Mapping[str, "Node"] = field(default_factory=dict)
+    mode: int = 0o755
+    owner: tuple[int, int] = (0, 0)
+    opaque: str | None = None
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    oci_hides: tuple[str, ...] = ()
+    __repr__ = _short_repr
+    _repr_pretty_ = _pretty
+
+
+Node = Union[File, Symlink, HardLink, Fifo, Whiteout, Dir]
+
+
+def walk_spec(tree: Dir, prefix: str = "") -> Iterator[tuple[str, Node]]:
+    """(path, node) of every entry below tree, parents first."""
+    for name, node in sorted(tree.children.items()):
+        path = f"{prefix}{name}"
+        yield path, node
+        if isinstance(node, Dir):
+            yield from walk_spec(node, path + "/")
+
+
+def fix_hardlinks(tree: Dir, picks: Sequence[int] = ()) -> Dir:
+    """Point every HardLink at an existing File of the tree (or drop it): valid layers only.
+
+    Generated trees carry HardLink placeholders; the i-th one gets the file
+    ``picks[i] % nfiles`` (sorted paths), so the choice is part of the example.
+    """
+    files = [path for path, node in walk_spec(tree) if isinstance(node, File)]
+    counter = iter(range(1 << 30))
+
+    def fix(d: Dir) -> Dir:
+        out: dict[str, Node] = {}
+        for name, node in sorted(d.children.items()):
+            if isinstance(node, HardLink):
+                i = next(counter)
+                if files:
+                    out[name] = HardLink(files[(picks[i] if i < len(picks) else i) % len(files)])
+            elif isinstance(node, Dir):
+                out[name] = dataclasses.replace(node, children=fix(node))
+            else:
+                out[name] = node
+        return out
+
+    return dataclasses.replace(tree, children=fix(tree))
+
+
+def build_layer(root: Path, tree: Dir) -> None:
+    """Create tree under root (an existing dir) with fixed owners, modes, xattrs and mtimes."""
+    meta: list[tuple[str, Node]] = []
+    links: list[tuple[str, str]] = []
+    for path, node in walk_spec(tree):
+        full = root / path
+        if isinstance(node, File):
+            full.write_bytes(node.data)
+        elif isinstance(node, Dir):
+            full.mkdir()
+        elif isinstance(node, Symlink):
+            os.symlink(node.target, full)
+        elif isinstance(node, Fifo):
+            os.mkfifo(full)
+        elif isinstance(node, Whiteout):
+            if node.form == "chardev":
+                os.mknod(full, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            else:
+                (full.parent / (OCI_WH + full.name)).write_bytes(b"")
+                continue
+        elif isinstance(node, HardLink):
+            links.append((node.to, path))
+            continue
+        meta.append((path, node))
+    for to, path in links:
+        os.link(root / to, root / path)
+    for path, node in [*walk_spec_dirs(tree)]:
+        for name in node.oci_hides:
+            (root / path / (OCI_WH + name)).write_bytes(b"")
+        if node.opaque == "oci":
+            (root / path / OCI_OPQ).write_bytes(b"")
+        elif node.opaque == "xattr":
+            os.setxattr(root / path, "trusted.overlay.opaque", b"y")
+    # metadata and times last, deepest first: creating children touches parents
+    for n, (path, node) in reversed(list(enumerate([("", tree), *meta]))):
+        full = root / path if path else root
+        if isinstance(node, (File, Dir)):
+            os.chown(full, *node.owner)
+            os.chmod(full, node.mode)  # after chown, which clears set-id bits
+            for name, value in node.xattrs:
+                os.setxattr(full, name, value)
+        elif isinstance(node, Fifo):
+            os.chmod(full, node.mode)
+        mtime = FIXED_NS + 1_000_003 * (n + 1)
+        os.utime(full, ns=(mtime, mtime), follow_symlinks=False)
+
+
+def walk_spec_dirs(tree: Dir) -> Iterator[tuple[str, Dir]]:
+    yield "", tree
+    for path, node in walk_spec(tree):
+        if isinstance(node, Dir):
+            yield path, node
+
+
+# -- operations ------------------------------------------------------------------
+
+_OPEN_FLAGS = {
+    "create": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "excl": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    "overwrite": os.O_WRONLY,
+    "append": os.O_WRONLY | os.O_APPEND,
+    "trunc": os.O_WRONLY | os.O_TRUNC,
+}
+
+
+def _write(p: str, how: str, data: bytes, mode: int = 0o644) -> None:
+    # O_NONBLOCK: opening a FIFO for writing fails (ENXIO) instead of waiting for a reader
+    fd = os.open(p, _OPEN_FLAGS[how] | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _touch(p: str, mtime_ns: int) -> None:
+    os.utime(p, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+_NODES = {  # mknod kinds: (mode, device)
+    "chr": (stat.S_IFCHR | 0o640, os.makedev(1, 3)),
+    "chr-0-0": (stat.S_IFCHR | 0o640, os.makedev(0, 0)),  # what a whiteout looks like
+    "sock": (stat.S_IFSOCK | 0o640, 0),
+}
+
+
+def _p(root: str, rel: str) -> str:
+    return f"{root}/{rel}"
+
+
+# name -> (function of (root, *args)); paths in args are relative to the mount
+_OPS: dict[str, Callable[..., None]] = {
+    "write": lambda r, path, how, data, mode=0o644: _write(_p(r, path), how, data, mode),
+    "truncate": lambda r, path, length: os.truncate(_p(r, path), length),
+    "mkdir": lambda r, path, mode=0o755: os.mkdir(_p(r, path), mode),
+    "rmdir": lambda r, path: os.rmdir(_p(r, path)),
+    "unlink": lambda r, path: os.unlink(_p(r, path)),
+    "rename": lambda r, src, dst: os.rename(_p(r, src), _p(r, dst)),
+    "symlink": lambda r, target, path: os.symlink(target, _p(r, path)),
+    "link": lambda r, src, dst: os.link(_p(r, src), _p(r, dst), follow_symlinks=False),
+    "chmod": lambda r, path, mode: os.chmod(_p(r, path), mode),
+    "chown": lambda r, path, uid, gid: os.chown(_p(r, path), uid, gid, follow_symlinks=False),
+    "utime": lambda r, path, mtime_ns: _touch(_p(r, path), mtime_ns),
+    "setxattr": lambda r, path, name, value: os.setxattr(_p(r, path), name, value, follow_symlinks=False),
+    "removexattr": lambda r, path, name: os.removexattr(_p(r, path), name, follow_symlinks=False),
+    "mkfifo": lambda r, path, mode=0o644: os.mkfifo(_p(r, path), mode),
+    "mknod": lambda r, path, kind: os.mknod(_p(r, path), *_NODES[kind]),
+}
+
+
+@dataclass(frozen=True, repr=False)
+class Op:
+    """One system call on paths relative to the mount point."""
+
+    name: str
+    args: tuple[object, ...]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{a:#o}" if isinstance(a, int) and self.name in ("chmod", "mkdir", "mkfifo") and i == len(self.args) - 1
+                         else repr(a) for i, a in enumerate(self.args))
+        return f"{self.name}({args})"
+
+
+def op(name: str, *args: object) -> Op:
+    assert name in _OPS, name
+    return Op(name, args)
+
+
+def apply(root: Path | str, operation: Op) -> int | None:
+    """Run operation on the mount at root: its errno, or None on success."""
+    try:
+        _OPS[operation.name](os.fspath(root), *operation.args)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def errname(code: int | None) -> str:
+    return "ok" if code is None else errno.errorcode.get(code, str(code))
+
+
+# -- snapshots -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a merged view shows of one path."""
+
+    kind: str
+    mode: str  # octal permission bits, as text for readable diffs
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    mtime: int | str  # a fixed mtime exactly, else "now"
+    content: bytes | str | None  # regular files: bytes, or a hash when long
+    target: str | None
+    xattrs: tuple[tuple[str, bytes], ...]
+
+
+def _kind(mode: int, rdev: int = 1) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "whiteout" if rdev == 0 else "chr"
+    return "other"
+
+
+def _content(path: str) -> bytes | str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    return data if len(data) <= 48 else "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def _user_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        return (("<listxattr>", errname(exc.errno).encode()),)
+    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names if n.startswith("user.")))
+
+
+def _mtime(ns: int) -> int | str:
+    return ns if ns < _FIXED_LIMIT else "now"
+
+
+def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of everything below root, sorted, without following symlinks."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        names = sorted(os.listdir(_p(root, rel) if rel else root), reverse=True)
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            st = os.lstat(_p(root, child))
+            yield child, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(child)
+
+
+@dataclass(frozen=True)
+class View:
+    """A merged view: every path's Meta, and the names that share an inode."""
+
+    entries: dict[str, Meta]
+    listing_dupes: tuple[str, ...]  # directories whose readdir listed a name twice
+    ghosts: tuple[str, ...]  # names readdir listed but lookup did not find
+    dino_mismatch: tuple[str, ...]  # names whose readdir d_ino is not their st_ino
+    same_inode: frozenset[frozenset[str]]
+
+
+def drop_caches() -> None:
+    """Forget dentries and inodes: a FUSE mount re-asks the driver instead of its ~1 s attr cache."""
+    with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as f:
+        f.write("2")
+
+
+def view(root: Path | str) -> View:
+    """Everything a merged view shows: read through the mount at root."""
+    root = os.fspath(root)
+    entries: dict[str, Meta] = {}
+    inodes: dict[int, set[str]] = {}
+    dupes: list[str] = []
+    ghosts: list[str] = []
+    mismatch: list[str] = []
+
+    def record(rel: str, st: os.stat_result) -> None:
+        path = _p(root, rel) if rel != "." else root
+        kind = _kind(st.st_mode, st.st_rdev)
+        entries[rel] = Meta(
+            kind=kind,
+            mode=f"{stat.S_IMODE(st.st_mode):04o}",
+            uid=st.st_uid,
+            gid=st.st_gid,
+            size=st.st_size,
+            nlink=st.st_nlink,
+            mtime=_mtime(st.st_mtime_ns),
+            content=_content(path) if kind == "file" else None,
+            target=os.readlink(path) if kind == "symlink" else None,
+            xattrs=_user_xattrs(path),
+        )
+        inodes.setdefault(st.st_ino, set()).add(rel)
+
+    record(".", os.lstat(root))
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        with os.scandir(_p(root, rel) if rel else root) as it:
+            listed = sorted((e.name, e.inode()) for e in it)
+        if len(listed) != len({name for name, _ in listed}):
+            dupes.append(rel or ".")
+        for name, d_ino in dict(listed).items():
+            child = f"{rel}/{name}" if rel else name
+            try:
+                st = os.lstat(_p(root, child))
+            except FileNotFoundError:
+                ghosts.append(child)
+                continue
+            if st.st_ino != d_ino:
+                mismatch.append(child)
+            record(child, st)
+            if stat.S_ISDIR(st.st_mode):
+                todo.append(child)
+    return View(entries, tuple(sorted(dupes)), tuple(sorted(ghosts)), tuple(mismatch),
+                frozenset(frozenset(v) for v in inodes.values() if len(v) > 1))
+
+
+def _xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+
+
+def lower_lstat(layer: Path | str, rel: str) -> os.stat_result | None:
+    """lstat of rel in one layer, through directories only (no symlink followed)."""
+    path = os.fspath(layer)
+    for name in rel.split("/"):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        path = _p(path, name)
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def lower_is_dir(lowers: Sequence[Path | str], rel: str) -> bool:
+    """Whether the lower layers alone (top first) show a directory at rel.
+
+    The overlayfs lookup rules for layers with 0/0 whiteouts and
+    trusted.overlay.opaque, path component by component.
+    """
+    dirs = [os.fspath(low) for low in lowers]
+    for name in rel.split("/"):
+        found: list[str] = []
+        for d in dirs:
+            path = _p(d, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                break  # a whiteout or a non-directory ends the merge (or hides the name)
+            found.append(path)
+            if _xattr(path, "trusted.overlay.opaque") == b"y":
+                break
+        if not found:
+            return False
+        dirs = found
+    return True
+
+
+@dataclass(frozen=True)
+class UpperMeta:
+    """An upper-layer entry as overlayfs semantics see it (not how it was made)."""
+
+    kind: str  # "whiteout" for a 0/0 character device
+    opaque: bytes | None  # trusted.overlay.opaque
+    mode: str | None
+    uid: int | None
+    gid: int | None
+    nlink: int | None
+    content: bytes | str | None
+    target: str | None
+    xattrs: tuple[tuple[str, bytes], ...]
+
+
+def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str, UpperMeta]:
+    """The upper layer, semantically: kinds, opaque flags, data and metadata.
+
+    Left out on purpose: trusted.overlay.* other than opaque (origin, impure,
+    redirect values differ between implementations), trusted.unionfs.*, mtimes
+    (the merged view compares those), and the mode, owner and link count of
+    whiteouts (overlayfs shares one whiteout inode between many names).
+    The opaque flag counts only where the ``lowers`` show a directory at the
+    same path: overlayfs also marks new directories in a merged parent opaque
+    as an optimization (ovl_create_upper, ovl_rename), where it hides nothing.
+    """
+    upper = os.fspath(upper)
+    out: dict[str, UpperMeta] = {}
+    for rel, st in _walk(upper):
+        path = _p(upper, rel)
+        kind = _kind(st.st_mode, st.st_rdev)
+        if kind == "whiteout":
+            out[rel] = UpperMeta(kind, None, None, None, None, None, None, None, ())
+            continue
+        opaque = None
+        if kind == "dir" and lower_is_dir(lowers, rel):
+            opaque = _xattr(path, "trusted.overlay.opaque")
+        out[rel] = UpperMeta(
+            kind=kind,
+            opaque=opaque,
+            mode=f"{stat.S_IMODE(st.st_mode):04o}",
+            uid=st.st_uid,
+            gid=st.st_gid,
+            nlink=None if kind == "dir" else st.st_nlink,
+            content=_content(path) if kind == "file" else None,
+            target=os.readlink(path) if kind == "symlink" else None,
+            xattrs=_user_xattrs(path),
+        )
+    return out
+
+
+def diff_maps(kernel: Mapping[str, object], driver: Mapping[str, object]) -> list[str]:
+    """Readable differences of two path -> value maps, kernel first."""
+    out = []
+    for path in sorted(set(kernel) | set(driver)):
+        k, d = kernel.get(path), driver.get(path)
+        if k == d:
+            continue
+        if k is None or d is None:
+            out.append(f"{path}: kernel={k!r} driver={d!r}")
+            continue
+        fields = [f"{f.name}: kernel={getattr(k, f.name)!r} driver={getattr(d, f.name)!r}"
+                  for f in dataclasses.fields(k) if getattr(k, f.name) != getattr(d, f.name)]  # type: ignore[arg-type]
+        out.append(f"{path}: " + "; ".join(fields))
+    return out
+
+
+_IGNORE = set(filter(None, os.environ.get("DIFFTREE_IGNORE", "").split(",")))  # DEV ONLY
+
+
+def redirected(upper: Path | str, rel: str) -> str:
+    """The path below the upper layer that rel's lower parts come from (overlay.redirect of its dirs)."""
+    parts = rel.split("/")
+    lower: list[str] = []
+    for i, name in enumerate(parts):
+        lower.append(name)
+        path = _p(os.fspath(upper), "/".join(parts[: i + 1]))
+        if os.path.isdir(path) and not os.path.islink(path):
+            target = _xattr(path, "trusted.overlay.redirect")
+            if target is not None:
+                text = os.fsdecode(target)
+                lower = text.strip("/").split("/") if text.startswith("/") else [*lower[:-1], text]
+    return "/".join(lower)
+
+
+def diff_views(kernel: View, driver: View, lowers: Sequence[Path | str] = (), kernel_upper: Path | str | None = None) -> list[str]:
+    """Differences of two merged views over the same ``lowers``.
+
+    Deliberate difference: overlayfs passes readdir of a directory that only
+    one lower layer has straight to that directory (no OVL_WHITEOUTS flag), so
+    it lists 0/0 whiteouts that lookup then does not find. The driver never
+    lists whiteouts. Such kernel-only names are accepted when they are 0/0
+    whiteouts of a lower layer; any other name listed but not found is a
+    difference.
+    """
+    ke, de = kernel.entries, driver.entries
+    if "dir_mtime" in _IGNORE:  # DEV ONLY
+        ke = {k: dataclasses.replace(v, mtime=None) if v.kind == "dir" else v for k, v in ke.items()}
+        de = {k: dataclasses.replace(v, mtime=None) if v.kind == "dir" else v for k, v in de.items()}
+    out = diff_maps(ke, de)
+
+    def is_lower_whiteout(rel: str) -> bool:
+        if kernel_upper is not None:
+            rel = redirected(kernel_upper, rel)
+        return any((st := lower_lstat(low, rel)) is not None and _kind(st.st_mode, st.st_rdev) == "whiteout" for low in lowers)
+
+    kernel_ghosts = tuple(g for g in kernel.ghosts if not is_lower_whiteout(g))
+    if kernel_ghosts or driver.ghosts:
+        out.append(f"names listed but not found: kernel={kernel_ghosts} driver={driver.ghosts}")
+    if kernel.listing_dupes != driver.listing_dupes:
+        out.append(f"duplicate readdir names in: kernel={kernel.listing_dupes} driver={driver.listing_dupes}")
+    if kernel.dino_mismatch != driver.dino_mismatch:
+        out.append(f"readdir d_ino is not st_ino: kernel={kernel.dino_mismatch} driver={driver.dino_mismatch}")
+    if kernel.same_inode != driver.same_inode and "same_inode" not in _IGNORE:
+        fmt = lambda groups: sorted(sorted(g) for g in groups)  # noqa: E731
+        out.append(f"names sharing an inode: kernel={fmt(kernel.same_inode)} driver={fmt(driver.same_inode)}")
+    return out
+
+
+# -- a kernel mount and a driver mount over identical trees ------------------------
+
+KERNEL_OPTIONS = ("redirect_dir=on",)  # the driver always redirects renamed merged dirs; overlayfs's default here is off (EXDEV)
+
+
+@dataclass
+class Pair:
+    """The same lower layers under kernel overlayfs and under the driver, with separate uppers."""
+
+    kernel: Stack
+    driver: Stack
+    log: list[str] = field(default_factory=list)
+
+    def run(self, operation: Op) -> int | None:
+        """Apply operation to both mounts; both must answer the same errno."""
+        k = apply(self.kernel.mnt, operation)
+        d = apply(self.driver.mnt, operation)
+        self.log.append(f"{operation!r} -> kernel {errname(k)}, driver {errname(d)}")
+        assert k == d, "errno differs:\n  " + "\n  ".join(self.log)
+        return k
+
+    def views(self) -> tuple[View, View]:
+        drop_caches()
+        return view(self.kernel.mnt), view(self.driver.mnt)
+
+    def check(self) -> View:
+        """Merged views and upper layers agree; returns the kernel's view."""
+        kv, dv = self.views()
+        problems = diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
+        problems += [f"upper {line}" for line in diff_maps(
+            upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
+        assert not problems, "after:\n  " + "\n  ".join(self.log or ["(no operations)"]) + "\ndifferences:\n  " + "\n  ".join(problems)
+        return kv
+
+
+@contextlib.contextmanager
+def pair(base: Path, lowers: Sequence[Dir], kernel_options: Sequence[str] = KERNEL_OPTIONS) -> Iterator[Pair]:
+    """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver."""
+    stacks = []
+    for prefix in ("k-", "d-"):
+        s = Stack.make(base, len(lowers), prefix)
+        for root, tree in zip(s.lowers, lowers):
+            build_layer(root, tree)
+        stacks.append(s)
+    kstack, dstack = stacks
+    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack):
+        yield Pair(kstack, dstack)
+
+
+@contextlib.contextmanager
+def scratch(parent: Path) -> Iterator[Path]:
+    """A fresh directory per hypothesis example, removed with whatever is mounted in it."""
+    base = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        yield base
+    finally:
+        for mnt in sorted(base.glob("*mnt"), reverse=True):
+            force_unmount(mnt)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def kernel_overlay_available() -> bool:
+    with open("/proc/filesystems", encoding="ascii") as f:
+        if any(line.split()[-1] == "overlay" for line in f):
+            return True
+    return subprocess.run(["modprobe", "overlay"], capture_output=True).returncode == 0
