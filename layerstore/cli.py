@@ -1,10 +1,70 @@
-"""Command line of the layer store: a placeholder until the store lands."""
+"""The ``layerstore`` command: Docker's image commands, daemonless.
+
+Data goes to stdout, progress and diagnostics to stderr. A user mistake is
+one line on stderr and exit 1; usage errors exit 2; a traceback only with
+``--debug``. Each command lives in ``layerstore.commands.<name>`` and stays
+thin over the library.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
 import sys
+
+from layerstore.errors import LayerStoreError
+
+COMMANDS = ("load", "images", "tag", "rmi", "inspect", "history", "mount", "umount", "ps", "diff", "rm", "save", "commit", "prune", "system")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerstore", description="Daemonless image store with Docker's image commands.")
+    parser.add_argument("--root", help="store directory (default: $LAYERSTORE_ROOT, /var/lib/layerstore as root)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"layerstore.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"layerstore.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    image = sub.add_parser("image", help="image commands (image prune, image ls, ...)")
+    image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
+    image_sub.required = True
+    for alias, name in (("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"), ("save", "save"), ("tag", "tag"), ("history", "history")):
+        try:
+            importlib.import_module(f"layerstore.commands.{name}").register(image_sub, alias)
+        except ModuleNotFoundError:
+            continue
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("layerstore: not built yet; only the unionfs driver is available", file=sys.stderr)
-    return 1
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="layerstore: %(message)s")
+    from layerstore.store import Store
+
+    try:
+        with Store(args.root) as store:
+            return int(args.func(args, store) or 0)
+    except LayerStoreError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""Unpacked layers: one directory per diff_id, shared by every image that has it.
+
+Each directory holds that layer's changeset only, whiteouts kept as ``.wh.``
+files, so it is exact, needs no privilege to read and turns back into a layer
+tar. A layer is unpacked into ``layers/.staging`` and renamed into place once
+its diff_id checked out, so a directory that exists is a layer that is whole.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+from layerstore.digest import parse_digest
+from layerstore.unpack import UnpackResult, unpack_layer
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class LayerDirs:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "layers"
+        self.staging = self.dir / ".staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def path(self, diff_id: str) -> Path:
+        d = parse_digest(diff_id)
+        return self.dir / d.algorithm / d.hex
+
+    def has(self, diff_id: str) -> bool:
+        return self.path(diff_id).is_dir()
+
+    def unpack(self, stream: _Readable, diff_id: str, media_type: str | None) -> UnpackResult | None:
+        """Unpack and verify; None when another process got there first."""
+        final = self.path(diff_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.staging / secrets.token_hex(8)
+        result = unpack_layer(stream, staging, media_type=media_type, expected_diff_id=diff_id)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            remove_tree(staging)
+            return None
+        return result
+
+    def diff_ids(self) -> list[str]:
+        out = []
+        for algorithm in self.dir.iterdir():
+            if algorithm.name.startswith("."):
+                continue
+            out.extend(f"{algorithm.name}:{entry.name}" for entry in algorithm.iterdir())
+        return out
+
+    def remove(self, diff_id: str) -> None:
+        path = self.path(diff_id)
+        if path.exists():
+            doomed = self.staging / f"rm-{secrets.token_hex(8)}"
+            os.rename(path, doomed)  # gone from view in one step, then deleted
+            remove_tree(doomed)
+
+    def stale_staging(self) -> list[Path]:
+        return list(self.staging.iterdir())
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree whatever its modes (layers carry read-only dirs)."""
+
+    def fix(func: object, name: str, exc: object) -> None:
+        parent = os.path.dirname(name)
+        os.chmod(parent, 0o700)
+        if os.path.isdir(name) and not os.path.islink(name):
+            os.chmod(name, 0o700)
+            shutil.rmtree(name, onerror=fix)
+        else:
+            os.unlink(name)
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, onerror=fix)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,103 @@
+"""Metadata in SQLite: images, tags, repo digests, layers, containers.
+
+Every change is one transaction (``BEGIN IMMEDIATE``), so an ``rmi`` that
+untags and deletes is all or nothing and several processes can share a store
+(WAL journal, a busy timeout instead of "database is locked"). Counts such as
+"images sharing this layer" are queries, never stored counters that a crash
+could leave wrong.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id           TEXT PRIMARY KEY,      -- config digest: the image ID
+    config_size  INTEGER NOT NULL,
+    created      TEXT,                  -- from the config, RFC 3339
+    architecture TEXT NOT NULL,
+    os           TEXT NOT NULL,
+    variant      TEXT,
+    added        REAL NOT NULL          -- when the store got it
+);
+CREATE TABLE IF NOT EXISTS manifests (
+    digest     TEXT PRIMARY KEY,
+    image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    media_type TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    synthetic  INTEGER NOT NULL DEFAULT 0  -- made here for an archive that had none
+);
+CREATE TABLE IF NOT EXISTS layers (
+    diff_id  TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL            -- bytes of the uncompressed tar
+);
+CREATE TABLE IF NOT EXISTS image_layers (
+    image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    position   INTEGER NOT NULL,
+    diff_id    TEXT NOT NULL REFERENCES layers(diff_id),
+    blob       TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    blob_size  INTEGER NOT NULL,
+    PRIMARY KEY (image_id, position)
+);
+CREATE TABLE IF NOT EXISTS tags (
+    repository TEXT NOT NULL,
+    tag        TEXT NOT NULL,
+    image_id   TEXT NOT NULL REFERENCES images(id),
+    PRIMARY KEY (repository, tag)
+);
+CREATE TABLE IF NOT EXISTS repo_digests (
+    repository TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    PRIMARY KEY (repository, digest)
+);
+CREATE TABLE IF NOT EXISTS containers (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    image_id   TEXT NOT NULL REFERENCES images(id),
+    mountpoint TEXT,
+    read_only  INTEGER NOT NULL DEFAULT 0,
+    created    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (      -- work in progress that prune must not touch
+    key     TEXT NOT NULL,                -- a blob digest or a diff_id
+    pid     INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_layers_diff ON image_layers(diff_id);
+CREATE INDEX IF NOT EXISTS tags_image ON tags(image_id);
+"""
+
+
+class Metadata:
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change; other processes wait for it (busy timeout)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def query(self, sql: str, *args: object) -> list[sqlite3.Row]:
+        return self.db.execute(sql, args).fetchall()
+
+    def one(self, sql: str, *args: object) -> sqlite3.Row | None:
+        return self.db.execute(sql, args).fetchone()

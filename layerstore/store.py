@@ -1,0 +1,329 @@
+"""The layer store: blobs, metadata and unpacked layers behind one facade.
+
+Data flows one way: archive (or registry) -> verified blobs -> unpacked
+layers -> metadata in one transaction. Blobs and layers are written first and
+metadata last, so a crash leaves at worst unreferenced blobs and layers that
+``prune`` removes, never an image that points at something missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerstore.archive import ArchiveImage, find_images, open_archive, read_member, spool_dir_for
+from layerstore.blobs import BlobStore
+from layerstore.compression import sniff
+from layerstore.digest import HashingReader, digest_bytes, parse_digest
+from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
+from layerstore.layers import LayerDirs
+from layerstore.meta import Metadata
+from layerstore.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, ImageConfig, Manifest
+from layerstore.mediatypes import DOCKER_LAYER, DOCKER_LAYER_GZIP
+from layerstore import reference
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+def default_root() -> Path:
+    env = os.environ.get("LAYERSTORE_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/layerstore")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "layerstore"
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    id: str
+    names: tuple[str, ...]
+
+
+class Store:
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.root)
+        self.layers = LayerDirs(self.root)
+        self.meta = Metadata(self.root / "meta.db")
+        (self.root / "containers").mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        self.meta.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- load --------------------------------------------------------------------
+    def load(self, source: str, progress: Progress | None = None) -> list[LoadedImage]:
+        say = progress or (lambda _m: None)
+        with open_archive(source, spool_dir_for(self.root)) as archive:
+            found = find_images(archive)
+            with self.lease():
+                return [self._load_one(archive, image, say) for image in found]
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Keep prune away from unreferenced blobs and layers while this block writes them."""
+        token = f"lease:{os.getpid()}:{time.monotonic_ns()}"
+        with self.meta.transaction() as tx:
+            tx.execute("INSERT INTO leases VALUES (?, ?, ?)", (token, os.getpid(), time.time()))
+        try:
+            yield
+        finally:
+            with self.meta.transaction() as tx:
+                tx.execute("DELETE FROM leases WHERE key = ?", (token,))
+
+    def _active_lease(self) -> bool:
+        """Whether a live process is loading or pulling: prune then keeps unreferenced data."""
+        for row in self.meta.query("SELECT DISTINCT pid FROM leases"):
+            pid = int(row["pid"])
+            try:
+                os.kill(pid, 0)
+                return True
+            except PermissionError:
+                return True
+            except ProcessLookupError:  # a load that was killed: its lease is void
+                with self.meta.transaction() as tx:
+                    tx.execute("DELETE FROM leases WHERE pid = ?", (pid,))
+        return False
+
+    def _load_one(self, archive: object, image: ArchiveImage, say: Progress) -> LoadedImage:
+        config_bytes = read_member(archive, image.config_member)  # type: ignore[arg-type]
+        config_digest = digest_bytes(config_bytes)
+        expected = image.config.digest if image.config else _digest_from_member(image.config_member)
+        if expected is not None and expected != config_digest:
+            raise DigestMismatch(f"config {image.config_member}", expected=expected, actual=config_digest)
+        config = ImageConfig.parse(config_bytes, f"config {config_digest}")
+        if len(config.diff_ids) != len(image.layer_members):
+            raise CorruptArchive(f"image {config_digest}", f"{len(image.layer_members)} layers but {len(config.diff_ids)} diff_ids")
+        descriptors = [self._load_layer(archive, image, i, diff_id, say) for i, diff_id in enumerate(config.diff_ids)]
+        if image.manifest is not None:
+            manifest_bytes, media_type, synthetic = image.manifest, image.manifest_media_type or "", False
+            Manifest.parse(manifest_bytes, "manifest")
+        else:
+            manifest_bytes, media_type, synthetic = _synthesize(config_digest, len(config_bytes), descriptors), DOCKER_MANIFEST, True
+        self.blobs.put_bytes(config_bytes, config_digest, "config")
+        manifest = self.blobs.put_bytes(manifest_bytes, None, "manifest")
+        names = tuple(self._name(n) for n in image.names)
+        with self.meta.transaction() as tx:
+            tx.execute(
+                "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (config_digest, len(config_bytes), config.created, config.architecture, config.os, config.variant, time.time()),
+            )
+            tx.execute("INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?, ?)", (manifest.digest, config_digest, media_type, manifest.size, int(synthetic)))
+            for i, (diff_id, (desc, size)) in enumerate(zip(config.diff_ids, descriptors)):
+                tx.execute("INSERT OR IGNORE INTO layers VALUES (?, ?)", (diff_id, size))
+                tx.execute(
+                    "INSERT OR REPLACE INTO image_layers VALUES (?, ?, ?, ?, ?, ?)",
+                    (config_digest, i, diff_id, desc.digest, desc.media_type, desc.size),
+                )
+            for name in names:
+                ref = reference.parse(name)
+                tx.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (ref.repository, ref.tag, config_digest))
+        return LoadedImage(config_digest, names)
+
+    @staticmethod
+    def _name(name: str) -> str:
+        ref = reference.parse(name)
+        if ref.digest:
+            raise InvalidReference(f"name {quote(name)}", "a tag cannot carry a digest")
+        return str(ref)
+
+    def _load_layer(self, archive: object, image: ArchiveImage, i: int, diff_id: str, say: Progress) -> tuple[Descriptor, int]:
+        member = image.layer_members[i]
+        short = parse_digest(diff_id).hex[:12]
+        desc = image.layer_descriptors[i] if image.layer_descriptors else None
+        if desc is not None and self.blobs.has(desc.digest) and self.layers.has(diff_id):
+            say(f"{short}: Already exists")
+            return desc, self._layer_size(diff_id)
+        with archive.open(member) as f:  # type: ignore[attr-defined]
+            head = f.read(8)
+            stream = _Prepend(head, f)
+            stored = self.blobs.ingest(stream, desc.digest if desc else None, desc.size if desc else None, subject=f"layer {member}")
+        if desc is None:
+            media_type = DOCKER_LAYER_GZIP if sniff(head) == "gzip" else (DOCKER_LAYER + ".zstd" if sniff(head) == "zstd" else DOCKER_LAYER)
+            desc = Descriptor(media_type, stored.digest, stored.size)
+        if self.layers.has(diff_id):
+            say(f"{short}: Already exists")
+            return desc, self._layer_size(diff_id)
+        say(f"{short}: Loading layer")
+        with self.blobs.open(desc.digest) as blob:
+            result = self.layers.unpack(blob, diff_id, desc.media_type)
+        return desc, result.size if result else self._layer_size(diff_id)
+
+    def _layer_size(self, diff_id: str) -> int:
+        row = self.meta.one("SELECT size FROM layers WHERE diff_id = ?", diff_id)
+        if row is not None:
+            return int(row["size"])
+        return _tree_size(self.layers.path(diff_id))
+
+    # -- lookups -----------------------------------------------------------------
+    def resolve(self, text: str) -> str:
+        """Image ID for a name[:tag], name@digest, full or short ID."""
+        if text.startswith("sha256:") and len(text) == 71:
+            if self.meta.one("SELECT 1 FROM images WHERE id = ?", text):
+                return text
+        hexpart = text.removeprefix("sha256:")
+        if 0 < len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
+            rows = self.meta.query("SELECT id FROM images WHERE substr(id, 8, ?) = ?", len(hexpart), hexpart)
+            if len(rows) > 1:
+                raise InvalidReference(f"image ID {text}", f"ambiguous: matches {len(rows)} images")
+            if rows:
+                return str(rows[0]["id"])
+        try:
+            ref = reference.parse(text)
+        except InvalidReference:
+            raise NotFound(f"image {quote(text)}", "no such image") from None
+        if ref.digest:
+            row = self.meta.one("SELECT image_id FROM repo_digests WHERE repository = ? AND digest = ?", ref.repository, ref.digest)
+            row = row or self.meta.one("SELECT image_id FROM manifests WHERE digest = ?", ref.digest)
+        else:
+            row = self.meta.one("SELECT image_id FROM tags WHERE repository = ? AND tag = ?", ref.repository, ref.tag)
+        if row is None:
+            raise NotFound(f"image {quote(text)}", "no such image")
+        return str(row["image_id"])
+
+    def image_layers(self, image_id: str) -> list[str]:
+        rows = self.meta.query("SELECT diff_id FROM image_layers WHERE image_id = ? ORDER BY position", image_id)
+        return [str(r["diff_id"]) for r in rows]
+
+    def tags_of(self, image_id: str) -> list[str]:
+        rows = self.meta.query("SELECT repository, tag FROM tags WHERE image_id = ? ORDER BY repository, tag", image_id)
+        return [f"{r['repository']}:{r['tag']}" for r in rows]
+
+    def config(self, image_id: str) -> dict:
+        return json.loads(self.blobs.read(image_id))
+
+    def tag(self, source: str, target: str) -> None:
+        image_id = self.resolve(source)
+        ref = reference.parse(self._name(target))
+        with self.meta.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (ref.repository, ref.tag, image_id))
+
+
+    # -- removal -----------------------------------------------------------------
+    def rmi(self, text: str, force: bool = False, prune: bool = True) -> list[tuple[str, str]]:
+        """Untag, and delete the image when no tag is left: Docker's ``Untagged:``/``Deleted:`` lines."""
+        image_id = self.resolve(text)
+        events: list[tuple[str, str]] = []
+        by_name = not _looks_like_id(text) and "@" not in text
+        with self.meta.transaction() as tx:
+            tags = self.tags_of(image_id)
+            users = tx.execute("SELECT name FROM containers WHERE image_id = ?", (image_id,)).fetchall()
+            if by_name and len(tags) > 1:
+                ref = reference.parse(text)
+                tx.execute("DELETE FROM tags WHERE repository = ? AND tag = ?", (ref.repository, ref.tag))
+                return [("Untagged", str(ref))]
+            if users and not force:
+                raise InUse(f"image {quote(text)}", f"used by container {users[0]['name']} (remove it first, or use -f)")
+            if len(tags) > 1 and not force and not by_name:
+                raise InUse(f"image {quote(text)}", f"referenced in multiple repositories ({', '.join(tags)}); use -f")
+            for tag in tags:
+                events.append(("Untagged", tag))
+            for row in tx.execute("SELECT repository, digest FROM repo_digests WHERE image_id = ?", (image_id,)).fetchall():
+                events.append(("Untagged", f"{row['repository']}@{row['digest']}"))
+            tx.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
+            if users:  # forced: the container keeps its rootfs; the image stays, untagged
+                return events
+            tx.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            events.append(("Deleted", image_id))
+        if prune:
+            self.prune_unreferenced()
+        return events
+
+    def prune_unreferenced(self) -> dict[str, int]:
+        """Remove layers and blobs that no image references, and stale leftovers."""
+        removed = {"layers": 0, "blobs": 0, "leftovers": 0}
+        if self._active_lease():
+            log.info("a load or pull is in progress: unreferenced layers and blobs are kept")
+            with self.meta.transaction() as tx:
+                tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
+            return removed
+        with self.meta.transaction() as tx:
+            tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
+            live_layers = {r[0] for r in tx.execute("SELECT diff_id FROM layers")}
+            live_blobs = {r[0] for r in tx.execute("SELECT blob FROM image_layers UNION SELECT digest FROM manifests UNION SELECT id FROM images")}
+            for diff_id in self.layers.diff_ids():
+                if diff_id not in live_layers:
+                    self.layers.remove(diff_id)
+                    removed["layers"] += 1
+            for digest in list(self.blobs.digests()):
+                if digest not in live_blobs and not self._manifest_layer(digest):
+                    self.blobs.delete(digest)
+                    removed["blobs"] += 1
+        return removed
+
+    def _manifest_layer(self, digest: str) -> bool:
+        """Layer blobs named by a stored manifest stay (a save writes them back)."""
+        for row in self.meta.query("SELECT digest FROM manifests"):
+            try:
+                manifest = Manifest.parse(self.blobs.read(row["digest"]), "manifest")
+            except Exception:  # noqa: BLE001 - a broken manifest protects nothing
+                continue
+            if any(layer.digest == digest for layer in manifest.layers):
+                return True
+        return False
+
+
+class _Prepend:
+    """A reader that gives back bytes already read from the head of a stream."""
+
+    def __init__(self, head: bytes, rest: object) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._head:
+            out, self._head = self._head, b""
+            if size < 0:
+                return out + self._rest.read()  # type: ignore[attr-defined]
+            return out + self._rest.read(max(0, size - len(out)))  # type: ignore[attr-defined]
+        return self._rest.read(size)  # type: ignore[attr-defined]
+
+
+def _looks_like_id(text: str) -> bool:
+    hexpart = text.removeprefix("sha256:")
+    return 0 < len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart)
+
+
+def _digest_from_member(member: str) -> str | None:
+    """Classic archives name the config after its digest: ``<hex>.json``."""
+    name = os.path.basename(member).removesuffix(".json")
+    hexpart = name.removeprefix("sha256:")
+    if len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
+        return "sha256:" + hexpart
+    return None
+
+
+def _synthesize(config_digest: str, config_size: int, layers: list[tuple[Descriptor, int]]) -> bytes:
+    """A schema 2 manifest for an archive that had none (classic docker-archive)."""
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "size": config_size, "digest": config_digest},
+        "layers": [{"mediaType": d.media_type, "size": d.size, "digest": d.digest} for d, _ in layers],
+    }
+    return json.dumps(doc, indent=3).encode()
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total

@@ -1,0 +1,234 @@
+"""The store end to end with images made by umoci and skopeo: load, share, mount, diff, remove."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from imagebuild import build_layout, export, run, tree, write
+from layerstore.containers import Containers
+from layerstore.errors import CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
+from layerstore.store import Store
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root, umoci and skopeo")
+
+
+def base_layer(root: Path) -> None:
+    write(root, "etc/os-release", 'NAME="Test"\n')
+    write(root, "bin/tool.sh", "#!/bin/sh\necho tool\n", 0o755)
+    write(root, "var/cache/old.db", "stale\n")
+    write(root, "usr/share/doc/readme", "docs\n")
+    os.symlink("tool.sh", root / "bin/tool")
+
+
+def second_layer(root: Path) -> None:
+    shutil.rmtree(root / "var/cache")
+    write(root, "srv/app.txt", "app\n")
+    os.chmod(root / "etc/os-release", 0o600)
+
+
+def app_layer(root: Path) -> None:
+    write(root, "srv/app.txt", "app v2\n")
+    os.unlink(root / "usr/share/doc/readme")
+    write(root, "opt/new/file", "new\n")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("images")
+    layout = build_layout(base / "layout", "base", [base_layer, second_layer])
+    build_layout(layout, "app", [app_layer], base="base")
+    out = {"layout": layout}
+    out["base-docker"] = export(layout, "base", "docker-archive", base / "base.tar", "example/base:v1")
+    out["app-oci"] = export(layout, "app", "oci-archive", base / "app-oci.tar", "example/app:v1")
+    out["app-zstd"] = export(layout, "app", "oci", base / "app-zstd", "zstd", "--dest-compress-format", "zstd")
+    for name in ("base", "app"):
+        rootfs = base / f"unpacked-{name}"
+        run("umoci", "unpack", "--image", f"{layout}:{name}", str(rootfs))
+        out[f"{name}-rootfs"] = rootfs / "rootfs"
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    with Store(tmp_path / "store") as s:
+        yield s  # type: ignore[misc]
+
+
+def test_load_shares_base_layers(store: Store, images: dict[str, Path]) -> None:
+    lines: list[str] = []
+    [base] = store.load(str(images["base-docker"]), lines.append)
+    assert base.names == ("example/base:v1",)
+    assert all(line.endswith("Loading layer") for line in lines) and len(lines) == 2
+    lines.clear()
+    [app] = store.load(str(images["app-oci"]), lines.append)
+    assert app.names == ("example/app:v1",)
+    assert [line.split(": ")[1] for line in lines] == ["Already exists", "Already exists", "Loading layer"]
+    assert len(store.layers.diff_ids()) == 3
+    assert store.image_layers(app.id)[:2] == store.image_layers(base.id)
+
+
+def test_zstd_layers_load_to_the_same_layers(store: Store, images: dict[str, Path]) -> None:
+    [gz] = store.load(str(images["app-oci"]))
+    lines: list[str] = []
+    [zst] = store.load(str(images["app-zstd"]), lines.append)
+    assert zst.id == gz.id  # one config: the same image, whatever the compression
+    assert all("Already exists" in line for line in lines)
+    assert len(store.layers.diff_ids()) == 3
+
+
+def test_mounted_rootfs_equals_umoci_unpack(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
+    store.load(str(images["app-oci"]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    containers = Containers(store)
+    c = containers.create_and_mount("example/app:v1", str(mnt))
+    try:
+        assert tree(mnt) == tree(images["app-rootfs"])
+    finally:
+        containers.remove(c.name, force=True)
+
+
+def test_container_diff_and_read_only(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
+    store.load(str(images["app-oci"]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    containers = Containers(store)
+    c = containers.create_and_mount("example/app:v1", str(mnt), name="work")
+    try:
+        (mnt / "etc/added").write_text("x")
+        with open(mnt / "srv/app.txt", "a") as f:
+            f.write("more")
+        os.unlink(mnt / "bin/tool")
+        assert containers.diff("work") == [("C", "/bin"), ("D", "/bin/tool"), ("C", "/etc"), ("A", "/etc/added"), ("C", "/srv"), ("C", "/srv/app.txt")]
+        with pytest.raises(InUse):
+            containers.remove("work")
+        with pytest.raises(InUse):
+            store.rmi("example/app:v1")
+        containers.umount("work")
+        assert not c.mounted
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        r = containers.create_and_mount("example/app:v1", str(ro), read_only=True)
+        with pytest.raises(OSError):
+            (ro / "x").write_text("no")
+        containers.remove(r.name, force=True)
+    finally:
+        containers.remove("work", force=True)
+    store.rmi("example/app:v1")
+
+
+def test_rmi_keeps_shared_layers_and_prunes_the_rest(store: Store, images: dict[str, Path]) -> None:
+    [base] = store.load(str(images["base-docker"]))
+    [app] = store.load(str(images["app-oci"]))
+    store.tag("example/app:v1", "example/app:alias")
+    assert store.rmi("example/app:alias") == [("Untagged", "example/app:alias")]
+    events = store.rmi("example/app:v1")
+    assert events[0] == ("Untagged", "example/app:v1") and events[-1] == ("Deleted", app.id)
+    assert sorted(store.layers.diff_ids()) == sorted(store.image_layers(base.id))
+    store.rmi(base.id[:12])
+    assert store.layers.diff_ids() == [] and list(store.blobs.digests()) == []
+    with pytest.raises(NotFound):
+        store.resolve("example/base:v1")
+
+
+def test_cli_rmi_of_all_images_and_error_lines(tmp_path: Path, images: dict[str, Path]) -> None:
+    root = tmp_path / "cli"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "layerstore", "--root", str(root), *args], capture_output=True, text=True)
+
+    assert cli("load", "-i", str(images["base-docker"])).stdout == "Loaded image: example/base:v1\n"
+    assert cli("load", "-q", "-i", str(images["app-oci"])).stdout == "Loaded image: example/app:v1\n"
+    assert cli("tag", "example/app:v1", "127.0.0.1:5000/app").returncode == 0
+    ids = [line.split()[0] for line in cli("ps", "-q").stdout.splitlines()]
+    assert ids == []
+    with Store(root) as s:
+        all_ids = sorted({i.removeprefix("sha256:")[:12] for i in (s.resolve("example/base:v1"), s.resolve("example/app:v1"))})
+    result = cli("rmi", "-f", *all_ids)
+    assert result.returncode == 0, result.stderr
+    assert "Untagged: 127.0.0.1:5000/app:latest" in result.stdout
+    missing = cli("rmi", "nothere:v1")
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no such image" in missing.stderr
+    bad = cli("load", "-i", str(tmp_path / "absent.tar"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def hostile_archive(path: Path, manifest: object, extra: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in {"manifest.json": json.dumps(manifest).encode(), **(extra or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            import io
+
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "manifest, error",
+    [
+        ([{"Config": "../outside.json", "Layers": []}], UnsafeArchiveEntry),
+        ([{"Config": "/etc/passwd", "Layers": []}], UnsafeArchiveEntry),
+        ([{"Config": "c.json", "Layers": ["../../layer.tar"]}], UnsafeArchiveEntry),
+        ({"not": "a list"}, CorruptArchive),
+        ([{"Config": "missing.json", "Layers": []}], NotFound),
+    ],
+)
+def test_hostile_archives_leave_nothing(store: Store, tmp_path: Path, manifest: object, error: type) -> None:
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    archive = hostile_archive(tmp_path / "evil.tar", manifest, {"c.json": config})
+    with pytest.raises(error):
+        store.load(str(archive))
+    assert store.meta.query("SELECT * FROM images") == []
+    assert list(store.blobs.digests()) == [] and store.layers.diff_ids() == []
+
+
+def test_corrupt_blob_is_refused_and_nothing_kept(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
+    layout = tmp_path / "corrupt"
+    shutil.copytree(images["app-zstd"], layout)
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    layer = layout / "blobs/sha256" / manifest["layers"][-1]["digest"].split(":")[1]
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(layer, 0o644)
+    layer.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatch):
+        store.load(str(layout))
+    assert store.meta.query("SELECT * FROM images") == []
+    assert manifest["layers"][-1]["digest"] not in set(store.blobs.digests())
+    assert os.listdir(store.blobs.ingest_dir) == [] and os.listdir(store.layers.staging) == []
+
+
+def test_kernel_overlayfs_shows_the_same_rootfs(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
+    """The layer dirs, with .wh. markers turned into the kernel's form, mounted by overlayfs."""
+    [app] = store.load(str(images["app-oci"]))
+    lowers = []
+    for i, diff_id in enumerate(reversed(store.image_layers(app.id))):
+        copy = tmp_path / f"k{i}"
+        shutil.copytree(store.layers.path(diff_id), copy, symlinks=True)
+        for dirpath, dirnames, filenames in os.walk(copy):
+            for name in filenames:
+                if name == ".wh..wh..opq":
+                    os.unlink(os.path.join(dirpath, name))
+                    os.setxattr(dirpath, "trusted.overlay.opaque", b"y")
+                elif name.startswith(".wh."):
+                    os.unlink(os.path.join(dirpath, name))
+                    os.mknod(os.path.join(dirpath, name[4:]), stat.S_IFCHR, os.makedev(0, 0))
+        lowers.append(str(copy))
+    mnt = tmp_path / "kmnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + ":".join(lowers), str(mnt)], check=True)
+    try:
+        kernel = tree(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert kernel == tree(images["app-rootfs"])
