@@ -45,7 +45,7 @@ class Containers:
         r = row  # sqlite3.Row
         return Container(r["id"], r["name"], r["image_id"], r["mountpoint"], bool(r["read_only"]), r["created"])  # type: ignore[index]
 
-    def list(self) -> list[Container]:
+    def all(self) -> list[Container]:
         return [self._row(r) for r in self.store.meta.query("SELECT * FROM containers ORDER BY created DESC")]
 
     def get(self, text: str) -> Container:

@@ -16,6 +16,8 @@ from typing import Protocol
 from layerstore.digest import parse_digest
 from layerstore.unpack import UnpackResult, unpack_layer
 
+IMPLICIT_XATTR = "user.unionfs.implicit"  # read by unionfs (markers.IMPLICIT_XATTRS)
+
 
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
@@ -40,6 +42,9 @@ class LayerDirs:
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = self.staging / secrets.token_hex(8)
         result = unpack_layer(stream, staging, media_type=media_type, expected_diff_id=diff_id)
+        for rel in result.implicit_dirs:
+            # no entry of this layer described it: the union takes its attributes from below
+            os.setxattr(staging / rel, IMPLICIT_XATTR, b"1", follow_symlinks=False)
         try:
             os.rename(staging, final)
         except OSError:
@@ -50,7 +55,7 @@ class LayerDirs:
         return result
 
     def diff_ids(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for algorithm in self.dir.iterdir():
             if algorithm.name.startswith("."):
                 continue

@@ -187,15 +187,16 @@ class CopyUp:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if self.resolver.is_upper(node.layer):
                 return
-            src = self.resolver.layers[node.layer]
-            st = src.lstat(node.rel)
+            index, rel = node.attr_source
+            src = self.resolver.layers[index]
+            st = src.lstat(rel)
             if st is None:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             tmp = self.work.temp_name()
             parent = to_rel(split(path)[0])
             pst = self.upper.lstat(parent)
             try:
-                self._build(src, node.rel, st, tmp, data)
+                self._build(src, rel, st, tmp, data)
                 self._set_origin(tmp, st, src)
                 syscalls.utimensat(self.work.fd, tmp, (st.st_atime_ns, st.st_mtime_ns))
                 os.rename(tmp, to_rel(path), src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)

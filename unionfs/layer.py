@@ -37,6 +37,7 @@ class DirInfo:
     hides: frozenset[str]  # names this layer hides in the layers below
     opaque: bool
     redirect: str | None
+    implicit: bool = False  # made only as a parent: attributes come from below
 
 
 _DTYPE_BITS = {
@@ -135,7 +136,8 @@ class Layer:
         finally:
             os.close(fd)
         meta_opaque, redirect = self.dir_meta(rel)
-        return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect)
+        implicit = any(self.getxattr(rel, n) is not None for n in markers.IMPLICIT_XATTRS)
+        return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit)
 
     # -- xattrs ----------------------------------------------------------------
     @contextlib.contextmanager

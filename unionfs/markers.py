@@ -19,6 +19,9 @@ OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+# A directory that no entry of its layer described (a layer tar that adds
+# /a/b/c without an entry for /a/b): it takes its attributes from below.
+IMPLICIT_XATTRS = ("trusted.unionfs.implicit", "user.unionfs.implicit")
 # Private state of this driver; never shown through the mount.
 PRIVATE_XATTR_PREFIXES = ("trusted.unionfs.", "user.unionfs.")
 HIDDEN_XATTR_PREFIXES = OVERLAY_XATTR_PREFIXES + PRIVATE_XATTR_PREFIXES

@@ -31,6 +31,7 @@ class Node:
     path: str
     is_dir: bool
     layers: tuple[tuple[int, str], ...]
+    meta: int = 0  # position in layers of the entry whose attributes show
 
     @property
     def layer(self) -> int:
@@ -39,6 +40,10 @@ class Node:
     @property
     def rel(self) -> str:
         return self.layers[0][1]
+
+    @property
+    def attr_source(self) -> tuple[int, str]:
+        return self.layers[self.meta]
 
     @property
     def merged(self) -> bool:
@@ -142,7 +147,17 @@ class Resolver:
             layers.append((index, "."))
             if self._dir_meta(index, ".")[0]:
                 break
-        return Node("/", True, tuple(layers)) if layers else None
+        return Node("/", True, tuple(layers), self._meta(layers)) if layers else None
+
+    def _meta(self, layers: list[tuple[int, str]]) -> int:
+        """The first layer whose directory was described by its layer, not made as a parent."""
+        for position, (index, rel) in enumerate(layers):
+            if self.is_upper(index):
+                return position
+            info = self.lower_dir(index, rel)
+            if info is None or not info.implicit:
+                return position
+        return 0
 
     def child(self, parent: Node, name: str) -> Node | None:
         """Look name up in a merged directory."""
@@ -171,7 +186,7 @@ class Resolver:
                     break
             elif hides:
                 break
-        return Node(path, True, tuple(dirs)) if dirs else None
+        return Node(path, True, tuple(dirs), self._meta(dirs)) if dirs else None
 
     def resolve(self, path: str, start: int = 0) -> Node | None:
         """The node of a merged path over layers[start:], or None."""
@@ -207,7 +222,7 @@ class Resolver:
     def lower_only(self, node: Node) -> Node | None:
         """The same directory with the upper layer left out."""
         layers = tuple(entry for entry in node.layers if not self.is_upper(entry[0]))
-        return Node(node.path, True, layers) if layers else None
+        return Node(node.path, True, layers, self._meta(list(layers))) if layers else None
 
     def lower_positive(self, parent: Node, name: str) -> bool:
         """Whether a lower layer shows name: removing it from the upper needs a whiteout."""

@@ -159,10 +159,13 @@ class Union:
     # -- reading -----------------------------------------------------------------
     def getattr(self, path: str) -> dict[str, int]:
         node = self.node(path)
-        st = self._lstat(node)
+        index, rel = node.attr_source
+        st = self.layers[index].lstat(rel)
+        if st is None:
+            raise fail(errno.ENOENT, path)
         # overlayfs reports nlink 1 for merged directories: counting subdirs
         # of every layer is not worth it, and find(1) copes (ovl_getattr).
-        return self.attrs(st, self._ino(node.layer, node.rel, st), 1 if node.merged else None)
+        return self.attrs(st, self._ino(index, rel, st), 1 if node.merged else None)
 
     def fgetattr(self, fd: int, index: int) -> dict[str, int]:
         st = os.fstat(fd)
@@ -492,12 +495,12 @@ class Union:
     def getxattr(self, path: str, name: str) -> bytes:
         if markers.is_hidden_xattr(name):
             raise fail(errno.EOPNOTSUPP, path)  # as overlayfs answers for its own
-        node = self.node(path)
-        return self.layers[node.layer].getxattr_strict(node.rel, name)
+        index, rel = self.node(path).attr_source
+        return self.layers[index].getxattr_strict(rel, name)
 
     def listxattr(self, path: str) -> list[str]:
-        node = self.node(path)
-        return [n for n in self.layers[node.layer].listxattr(node.rel) if not markers.is_hidden_xattr(n)]
+        index, rel = self.node(path).attr_source
+        return [n for n in self.layers[index].listxattr(rel) if not markers.is_hidden_xattr(n)]
 
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
         if markers.is_hidden_xattr(name):
@@ -510,7 +513,8 @@ class Union:
             raise fail(errno.EPERM, path)
         node = self.node(path)
         if not self.resolver.is_upper(node.layer):
-            self.layers[node.layer].getxattr_strict(node.rel, name)  # ENODATA before any copy-up
+            index, rel = node.attr_source
+            self.layers[index].getxattr_strict(rel, name)  # ENODATA before any copy-up
         rel = self._upper_rel(path)
         self.upper.removexattr(rel, name)
 

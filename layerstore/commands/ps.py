@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction, name: str = "ps") -> None:  # type
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
-    rows = []
-    for c in Containers(store).list():
+    rows: list[tuple[str, ...]] = []
+    for c in Containers(store).all():
         cid = c.id if args.no_trunc else c.id[:12]
         if args.quiet:
             print(cid)

@@ -26,6 +26,11 @@ def base_layer(root: Path) -> None:
     write(root, "var/cache/old.db", "stale\n")
     write(root, "usr/share/doc/readme", "docs\n")
     os.symlink("tool.sh", root / "bin/tool")
+    (root / "tmp").mkdir(mode=0o1777)
+    os.chmod(root / "tmp", 0o1777)
+    (root / "home/user").mkdir(parents=True)
+    os.chmod(root / "home/user", 0o700)
+    os.chown(root / "home/user", 1000, 1000)
 
 
 def second_layer(root: Path) -> None:
@@ -38,6 +43,8 @@ def app_layer(root: Path) -> None:
     write(root, "srv/app.txt", "app v2\n")
     os.unlink(root / "usr/share/doc/readme")
     write(root, "opt/new/file", "new\n")
+    write(root, "tmp/scratch", "x\n")  # the layer carries no entry for tmp/ or home/user/
+    write(root, "home/user/.profile", "x\n")
 
 
 @pytest.fixture(scope="module")
@@ -211,11 +218,18 @@ def test_corrupt_blob_is_refused_and_nothing_kept(store: Store, images: dict[str
 def test_kernel_overlayfs_shows_the_same_rootfs(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
     """The layer dirs, with .wh. markers turned into the kernel's form, mounted by overlayfs."""
     [app] = store.load(str(images["app-oci"]))
-    lowers = []
-    for i, diff_id in enumerate(reversed(store.image_layers(app.id))):
+    lowers: list[str] = []
+    for i, diff_id in enumerate(store.image_layers(app.id)):  # bottom first
         copy = tmp_path / f"k{i}"
-        shutil.copytree(store.layers.path(diff_id), copy, symlinks=True)
+        subprocess.run(["cp", "-a", str(store.layers.path(diff_id)), str(copy)], check=True)
         for dirpath, dirnames, filenames in os.walk(copy):
+            if "user.unionfs.implicit" in os.listxattr(dirpath):
+                # the kernel knows no implicit dirs: give it the attributes from below
+                rel = os.path.relpath(dirpath, copy)
+                below = next(Path(low) / rel for low in lowers if (Path(low) / rel).is_dir())
+                st = below.stat()
+                os.chown(dirpath, st.st_uid, st.st_gid)
+                os.chmod(dirpath, stat.S_IMODE(st.st_mode))
             for name in filenames:
                 if name == ".wh..wh..opq":
                     os.unlink(os.path.join(dirpath, name))
@@ -223,7 +237,7 @@ def test_kernel_overlayfs_shows_the_same_rootfs(store: Store, images: dict[str, 
                 elif name.startswith(".wh."):
                     os.unlink(os.path.join(dirpath, name))
                     os.mknod(os.path.join(dirpath, name[4:]), stat.S_IFCHR, os.makedev(0, 0))
-        lowers.append(str(copy))
+        lowers.insert(0, str(copy))
     mnt = tmp_path / "kmnt"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + ":".join(lowers), str(mnt)], check=True)

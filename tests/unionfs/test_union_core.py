@@ -267,3 +267,20 @@ def test_whiteouts_share_one_inode_and_survive_its_loss(dirs: dict[str, Path], f
         os.unlink(dirs["work"] / "work" / name)
     u.unlink("/f2")
     assert marker("f2").exists() and names(u, "/") == ["f3"]
+
+
+@root_only
+def test_implicit_directory_takes_attributes_from_below(dirs: dict[str, Path]) -> None:
+    """A layer that adds d/f without an entry for d/ must not change d's owner or mode."""
+    tree(dirs["bottom"], {"d/": None})
+    os.chmod(dirs["bottom"] / "d", 0o1770)
+    os.chown(dirs["bottom"] / "d", 1000, 1000)
+    tree(dirs["top"], {"d/f": "x"})
+    os.setxattr(dirs["top"] / "d", "user.unionfs.implicit", b"1")
+    u = make_union(dirs)
+    attrs = u.getattr("/d")
+    assert (stat.S_IMODE(attrs["st_mode"]), attrs["st_uid"]) == (0o1770, 1000)
+    assert "user.unionfs.implicit" not in u.listxattr("/d")
+    os.close(u.create("/d/new", 0o644, os.O_WRONLY))
+    st = (dirs["upper"] / "d").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o1770, 1000)
