@@ -19,7 +19,7 @@ from pathlib import Path
 from layerstore.archive import ArchiveImage, find_images, open_archive, read_member, spool_dir_for
 from layerstore.blobs import BlobStore
 from layerstore.compression import sniff
-from layerstore.digest import HashingReader, digest_bytes, parse_digest
+from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
 from layerstore.layers import LayerDirs
 from layerstore.meta import Metadata
@@ -116,14 +116,34 @@ class Store:
             manifest_bytes, media_type, synthetic = _synthesize(config_digest, len(config_bytes), descriptors), DOCKER_MANIFEST, True
         self.blobs.put_bytes(config_bytes, config_digest, "config")
         manifest = self.blobs.put_bytes(manifest_bytes, None, "manifest")
-        names = tuple(self._name(n) for n in image.names)
+        names = tuple(self.normalize_name(n) for n in image.names)
+        layers = [(diff_id, size, desc) for diff_id, (desc, size) in zip(config.diff_ids, descriptors)]
+        self.register(config_digest, len(config_bytes), config, manifest.digest, manifest.size, media_type, synthetic, layers, names)
+        return LoadedImage(config_digest, names)
+
+    def register(
+        self,
+        config_digest: str,
+        config_size: int,
+        config: ImageConfig,
+        manifest_digest: str,
+        manifest_size: int,
+        media_type: str,
+        synthetic: bool,
+        layers: list[tuple[str, int, Descriptor]],
+        names: tuple[str, ...] = (),
+    ) -> None:
+        """Record an image whose blobs and layers are stored: one transaction, after the data."""
         with self.meta.transaction() as tx:
             tx.execute(
                 "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (config_digest, len(config_bytes), config.created, config.architecture, config.os, config.variant, time.time()),
+                (config_digest, config_size, config.created, config.architecture, config.os, config.variant, time.time()),
             )
-            tx.execute("INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?, ?)", (manifest.digest, config_digest, media_type, manifest.size, int(synthetic)))
-            for i, (diff_id, (desc, size)) in enumerate(zip(config.diff_ids, descriptors)):
+            tx.execute(
+                "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?, ?)",
+                (manifest_digest, config_digest, media_type, manifest_size, int(synthetic)),
+            )
+            for i, (diff_id, size, desc) in enumerate(layers):
                 tx.execute("INSERT OR IGNORE INTO layers VALUES (?, ?)", (diff_id, size))
                 tx.execute(
                     "INSERT OR REPLACE INTO image_layers VALUES (?, ?, ?, ?, ?, ?)",
@@ -132,10 +152,10 @@ class Store:
             for name in names:
                 ref = reference.parse(name)
                 tx.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (ref.repository, ref.tag, config_digest))
-        return LoadedImage(config_digest, names)
 
     @staticmethod
-    def _name(name: str) -> str:
+    def normalize_name(name: str) -> str:
+        """``NAME[:TAG]`` in its familiar form; a digest is refused (a tag names one image)."""
         ref = reference.parse(name)
         if ref.digest:
             raise InvalidReference(f"name {quote(name)}", "a tag cannot carry a digest")
@@ -208,7 +228,7 @@ class Store:
 
     def tag(self, source: str, target: str) -> None:
         image_id = self.resolve(source)
-        ref = reference.parse(self._name(target))
+        ref = reference.parse(self.normalize_name(target))
         with self.meta.transaction() as tx:
             tx.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (ref.repository, ref.tag, image_id))
 

@@ -526,6 +526,11 @@ class _EntryWriter:
 
     def _set_xattrs(self, target: int | str, info: tarfile.TarInfo, name: str, follow: bool = True) -> None:
         for key, value in _xattrs(info):
+            if key.startswith(_UNION_XATTRS):
+                # The union reads these in layer dirs (opaque, redirect, implicit):
+                # an image may only express whiteouts the OCI way, with .wh. entries.
+                self._skip(name, f"xattr {key}: reserved for the union", whole=False)
+                continue
             if key == "system.posix_acl_default":
                 self.umask = None  # new files below may now get modes from the ACL
             try:
@@ -566,6 +571,9 @@ _HANDLERS: dict[bytes, _Handler] = {
     tarfile.CHRTYPE: _EntryWriter._device,
     tarfile.BLKTYPE: _EntryWriter._device,
 }
+
+
+_UNION_XATTRS = ("trusted.overlay.", "user.overlay.", "trusted.unionfs.", "user.unionfs.")
 
 
 def _xattrs(info: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:

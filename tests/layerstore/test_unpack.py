@@ -798,3 +798,13 @@ def test_content_decides_compression_over_media_type(tmp_path: Path, caplog: pyt
         result = unpack_bytes(GZ, tmp_path / "dest", media_type=OCI_TAR, expected_diff_id=sha256(GOOD))
     assert result.compression == "gzip"
     assert "going by content" in caplog.text
+
+
+def test_union_xattrs_in_a_layer_are_not_written(tmp_path: Path) -> None:
+    """An image may not make a directory opaque or redirect it by xattr: only .wh. entries count."""
+    reserved = {f"SCHILY.xattr.{k}": "y" for k in ("trusted.overlay.opaque", "user.overlay.opaque", "user.unionfs.implicit")}
+    tar_bytes = make_tar([entry("d", tarfile.DIRTYPE, pax_headers={**reserved, "SCHILY.xattr.user.ok": "1"})])
+    result = unpack_bytes(tar_bytes, tmp_path / "dest")
+    names = os.listxattr(tmp_path / "dest/d")
+    assert names == ["user.ok"]
+    assert sum("reserved for the union" in s.reason for s in result.skipped) == 3

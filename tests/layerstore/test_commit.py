@@ -1,0 +1,253 @@
+"""commit: a container's changes through a real unionfs mount become a layer that other tools read the same.
+
+The base image is built by umoci and loaded from skopeo's oci-archive. The
+container view is recorded while it is mounted; the committed image mounted
+read-only, and umoci's unpack of skopeo's copy of its saved archive, must
+show the same tree and the same hard links.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imagebuild import build_layout, export, run, tree, write
+
+from layerstore import cli
+from layerstore.commit import CREATED_BY, Changeset, commit
+from layerstore.containers import SAFE_OPTIONS, Containers
+from layerstore.errors import InvalidReference, NotFound
+from layerstore.export import TarWriter, save
+from layerstore.model import OCI_MANIFEST
+from layerstore.store import Store
+from layerstore.unpack import unpack_layer
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root, umoci and skopeo")
+
+
+def base_layer(root: Path) -> None:
+    write(root, "etc/os-release", 'NAME="Test"\n')
+    write(root, "etc/cfg/one.conf", "1\n")
+    write(root, "etc/cfg/two.conf", "2\n")
+    write(root, "bin/tool.sh", "#!/bin/sh\necho tool\n", 0o755)
+    os.symlink("tool.sh", root / "bin/tool")
+    write(root, "srv/data/a.txt", "a\n")
+    write(root, "srv/data/sub/b.txt", "b\n")
+    write(root, "srv/data/sub/c.txt", "c\n")
+    write(root, "srv/data/hl1", "linked in the image\n")
+    os.link(root / "srv/data/hl1", root / "srv/data/hl2")
+    write(root, "lib/x", "shared\n")
+    os.link(root / "lib/x", root / "lib/y")
+    write(root, "usr/share/doc/readme", "docs\n")
+    write(root, "var/lib/keep", "a file\n")
+    write(root, "opt/owned", "owned\n", 0o640)
+    os.chown(root / "opt/owned", 1000, 1000)
+    os.chmod(root / "srv/data/sub", 0o750)
+
+
+def second_layer(root: Path) -> None:
+    os.unlink(root / "etc/cfg/two.conf")
+    write(root, "srv/data/sub/d.txt", "d\n")  # the directory renamed below spans both layers
+    write(root, "srv/data/a.txt", "a v2\n")
+
+
+def change(m: Path) -> None:
+    """What the container does: every kind of change a layer must carry."""
+    write(m, "new/file.txt", "new\n")
+    os.setxattr(m / "new/file.txt", "user.note", b"kept")
+    os.link(m / "new/file.txt", m / "new/file-link")  # a hard link pair made in the container
+    os.symlink("file.txt", m / "new/sym")
+    os.mkfifo(m / "new/fifo")
+    (m / "etc/os-release").write_text('NAME="Changed"\n')
+    os.unlink(m / "usr/share/doc/readme")
+    shutil.rmtree(m / "etc/cfg")  # a lower directory deleted and made again: opaque
+    (m / "etc/cfg").mkdir()
+    write(m, "etc/cfg/three.conf", "3\n")
+    os.rename(m / "srv/data", m / "srv/moved")  # a renamed lower directory: redirect
+    write(m, "srv/moved/added.txt", "added\n")
+    os.unlink(m / "srv/moved/sub/c.txt")
+    with open(m / "lib/x", "a") as f:  # breaks the image's hard link lib/x = lib/y
+        f.write("changed\n")
+    os.link(m / "bin/tool.sh", m / "bin/tool-link")  # a hard link to a lower file
+    os.chmod(m / "opt/owned", 0o600)
+    os.chown(m / "opt/owned", 2000, 3000)
+    os.unlink(m / "var/lib/keep")  # a file replaced by a directory
+    (m / "var/lib/keep").mkdir()
+
+
+def link_groups(root: Path) -> list[tuple[str, ...]]:
+    """Names of regular files that share an inode."""
+    by_ino: dict[int, list[str]] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                by_ino.setdefault(st.st_ino, []).append(os.path.relpath(path, root))
+    return sorted(tuple(sorted(names)) for names in by_ino.values() if len(names) > 1)
+
+
+@pytest.fixture(scope="module")
+def base_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("commit-images")
+    layout = build_layout(base / "layout", "base", [base_layer, second_layer])
+    return export(layout, "base", "oci-archive", base / "base.tar", "example/base:v1")
+
+
+@pytest.fixture
+def store(tmp_path: Path, base_archive: Path) -> Iterator[Store]:
+    with Store(tmp_path / "store") as s:
+        s.load(str(base_archive))
+        yield s
+
+
+def layer_entries(store: Store, blob: str) -> list[tarfile.TarInfo]:
+    with store.blobs.open(blob) as raw, gzip.open(raw) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        return list(tar)
+
+
+@pytest.mark.parametrize("form", ["overlay", "oci"])
+def test_commit_keeps_what_the_container_showed(store: Store, tmp_path: Path, form: str) -> None:
+    containers = Containers(store)
+    mnt, ro = tmp_path / "mnt", tmp_path / "ro"
+    mnt.mkdir()
+    ro.mkdir()
+    c = containers.create_and_mount("example/base:v1", str(mnt), options=(*SAFE_OPTIONS, f"whiteout={form}"))
+    try:
+        change(mnt)
+        expected, links = tree(mnt), link_groups(mnt)
+        containers.umount(c.name)
+        upper = containers.paths(c.id)[0]
+        prefix = "trusted." if form == "overlay" else "user."
+        assert os.getxattr(upper / "srv/moved", prefix + "overlay.redirect", follow_symlinks=False)  # the case is exercised
+        result = commit(store, c.name, "example/committed:v1", message="the changes", author="Tester <t@example.com>")
+    finally:
+        containers.remove(c.name, force=True)
+    assert ("new/file-link", "new/file.txt") in links and ("srv/moved/hl1", "srv/moved/hl2") in links
+    assert ("bin/tool-link", "bin/tool.sh") in links and not any("lib/x" in group for group in links)
+
+    assert store.resolve("example/committed:v1") == result.id
+    r = containers.create_and_mount(result.id, str(ro), read_only=True)
+    try:
+        assert tree(ro) == expected
+        assert link_groups(ro) == links
+        assert os.getxattr(ro / "new/file.txt", "user.note") == b"kept"
+    finally:
+        containers.remove(r.name, force=True)
+
+    # the layer tar: OCI whiteouts in stream order, no driver bookkeeping
+    assert result.layer is not None
+    entries = layer_entries(store, result.layer.blob.digest)
+    names = [e.name.rstrip("/") for e in entries]
+    assert "srv/.wh.data" in names and "usr/share/doc/.wh.readme" in names
+    assert names[names.index("srv/moved") + 1] == "srv/moved/.wh..wh..opq"
+    # a directory made again is opaque in the tar, whatever the form in the upper (.wh.cfg beside cfg in the OCI form)
+    assert names[names.index("etc/cfg") + 1] == "etc/cfg/.wh..wh..opq" and "etc/.wh.cfg" not in names
+    assert names[names.index("var/lib/keep") + 1] == "var/lib/keep/.wh..wh..opq" and "var/lib/.wh.keep" not in names
+    assert not any("overlay" in key or "unionfs" in key for e in entries for key in e.pax_headers)
+    pair = {e.name: e for e in entries if e.name in ("new/file.txt", "new/file-link")}
+    assert sorted(e.type for e in pair.values()) == sorted([tarfile.REGTYPE, tarfile.LNKTYPE])
+    assert len(names) == len(set(names))
+
+    # the image: the parent's config plus one layer and one history entry, an OCI manifest
+    config = store.config(result.id)
+    parent = store.config(store.resolve("example/base:v1"))
+    assert config["rootfs"]["diff_ids"] == [*parent["rootfs"]["diff_ids"], result.layer.diff_id]
+    assert config["history"][:-1] == parent["history"]
+    assert config["history"][-1] == {
+        "created": config["created"], "created_by": CREATED_BY, "author": "Tester <t@example.com>", "comment": "the changes"
+    }
+    assert config["created"].endswith("Z") and config["author"] == "Tester <t@example.com>"
+    manifest = json.loads(store.blobs.read(result.manifest))
+    assert manifest["mediaType"] == OCI_MANIFEST and manifest["config"]["digest"] == result.id
+    assert manifest["layers"][-1] == result.layer.blob.to_json()
+    assert result.layer.blob.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert store.image_layers(result.id) == config["rootfs"]["diff_ids"]
+
+    # saved, copied by skopeo and unpacked by umoci: the same tree
+    archive = tmp_path / "committed.tar"
+    with open(archive, "wb") as out:
+        save(store, ["example/committed:v1"], None, out)
+    run("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path / 'copy'}:x")
+    run("umoci", "unpack", "--image", f"{tmp_path / 'copy'}:x", str(tmp_path / "bundle"))
+    assert tree(tmp_path / "bundle/rootfs") == expected
+    assert link_groups(tmp_path / "bundle/rootfs") == links
+
+
+def test_changeset_of_a_handmade_upper(tmp_path: Path) -> None:
+    """Every form the driver leaves in an upper, and names and xattrs a ustar header cannot hold."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    write(lower, "old/f1", "one\n")
+    write(lower, "old/sub/f2", "two\n")
+    write(lower, "gone", "x")
+    write(upper, "new/extra", "extra\n")
+    os.setxattr(upper / "new", "trusted.overlay.redirect", b"/old")
+    os.setxattr(upper / "new", "trusted.unionfs.origin", b"42")
+    write(upper, "op/x", "x\n")
+    os.setxattr(upper / "op", "trusted.overlay.opaque", b"y")
+    os.mknod(upper / "gone", stat.S_IFCHR | 0o600, 0)
+    os.link(upper / "gone", upper / "old")  # the driver links every whiteout to one inode
+    long_name, weird = "n" * 150, os.fsdecode(b"caf\xe9")
+    write(upper, long_name, "long\n")
+    os.symlink("t" * 200, upper / "longlink")
+    write(upper, weird, "undecodable name\n")
+    os.link(upper / weird, upper / "weird-link")
+    os.setxattr(upper / long_name, "user.bin", b"\xff\x00\x01")
+    os.setxattr(upper / long_name, "user.overlay.origin", b"no")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(upper / "sock"))
+    buf = io.BytesIO()
+    tar = TarWriter(buf)
+    with Changeset(str(upper), [str(lower)]) as changes:
+        changes.write(tar)
+    tar.close()
+    assert len(buf.getvalue()) % 512 == 0 and buf.getvalue()[-1024:] == bytes(1024)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf, encoding="utf-8", errors="surrogateescape") as t:
+        entries = {m.name.rstrip("/"): m for m in t}
+    assert [n for n in entries if ".wh." in n] == [".wh.gone", ".wh.old", "new/.wh..wh..opq", "op/.wh..wh..opq"]
+    assert all(entries[n].isreg() and entries[n].size == 0 for n in entries if ".wh." in n)
+    assert {n for n in entries if n.startswith("new/")} == {"new/.wh..wh..opq", "new/extra", "new/f1", "new/sub", "new/sub/f2"}
+    pax = entries[long_name].pax_headers
+    assert pax["SCHILY.xattr.user.bin"] == os.fsdecode(b"\xff\x00\x01") and pax["hdrcharset"] == "BINARY"
+    assert entries["longlink"].linkname == "t" * 200
+    assert entries["weird-link"].islnk() and entries["weird-link"].linkname == weird  # sorted: 'c' < 'w'
+    assert "sock" not in entries
+    assert not any("overlay" in k or "unionfs" in k for m in entries.values() for k in m.pax_headers)
+    buf.seek(0)
+    unpack_layer(buf, tmp_path / "unpacked")
+    assert os.getxattr(tmp_path / "unpacked" / long_name, "user.bin") == b"\xff\x00\x01"
+    assert (tmp_path / "unpacked" / weird).read_text() == "undecodable name\n"
+    assert (tmp_path / "unpacked/new/sub/f2").read_text() == "two\n"
+
+
+def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    containers = Containers(store)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    c = containers.create_and_mount("example/base:v1", str(mnt), name="idle")
+    try:
+        containers.umount("idle")
+        assert cli.main(["--root", str(store.root), "commit", "-m", "nothing", "idle"]) == 0
+        image_id = capsys.readouterr().out.strip()
+        assert cli.main(["--root", str(store.root), "commit", "idle", "bad@name"]) == 1
+        assert capsys.readouterr().err.count("\n") == 1
+    finally:
+        containers.remove(c.name, force=True)
+    assert image_id.startswith("sha256:") and len(image_id) == 71
+    parent_id = store.resolve("example/base:v1")
+    assert store.image_layers(image_id) == store.image_layers(parent_id)
+    assert store.config(image_id)["history"][-1]["empty_layer"] is True
+    assert store.tags_of(image_id) == []
+    with pytest.raises(InvalidReference):
+        commit(store, "idle", "x@sha256:" + "0" * 64)  # a bad name is refused before anything is read
+    with pytest.raises(NotFound):
+        commit(store, "no-such-container")
