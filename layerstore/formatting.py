@@ -1,0 +1,918 @@
+"""Output as the Docker CLI prints it: sizes, ages, dates, tables and ``--format``.
+
+Sizes and durations follow go-units (``HumanSizeWithPrecision``,
+``HumanDuration``), dates Go's ``time.Time.String()``, tables Go's tabwriter
+with Docker's settings (minimum width 10, padding 3), and ``--format`` a subset
+of Go's text/template with the functions Docker adds (``json``, ``upper``,
+``lower``, ``title``, ``split``, ``join``, ``pad``, ``truncate``) and Go's
+built-ins (``index``, ``len``, ``print``, ``println``, ``printf``, ``eq`` ...,
+``if``/``range``/``with``/``else``/``end``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerstore.errors import LayerStoreError
+
+TABLE_MINWIDTH = 10
+TABLE_PADDING = 3
+_DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+
+
+class CommandError(LayerStoreError):
+    """A bad flag value or template, worded as Docker words it (one line, exit 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "")
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TemplateError(CommandError):
+    """``--format`` did not parse or could not be executed on an item."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"template parsing error: template: {message}")
+
+
+# -- sizes, durations, dates ------------------------------------------------------
+
+
+def human_size(size: float, precision: int = 3) -> str:
+    """go-units ``HumanSizeWithPrecision``: decimal units, ``%.<precision>g``."""
+    size = float(size)
+    i = 0
+    while size >= 1000.0 and i < len(_DECIMAL_UNITS) - 1:
+        size /= 1000.0
+        i += 1
+    return f"{size:.{precision}g}{_DECIMAL_UNITS[i]}"
+
+
+def human_size4(size: float) -> str:
+    """go-units ``HumanSize`` (precision 4), as ``system df`` and ``prune`` print."""
+    return human_size(size, 4)
+
+
+def _go_round_hours(seconds: float) -> int:
+    """``time.Duration.Round(time.Hour).Hours()``: halves away from zero."""
+    hours = abs(seconds) / 3600.0
+    rounded = int(hours + 0.5)
+    return rounded if seconds >= 0 else -rounded
+
+
+def human_duration(seconds: float) -> str:
+    """go-units ``HumanDuration``."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = _go_round_hours(seconds)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def created_since(unix: float | None, now: float | None = None) -> str:
+    """Docker's CREATED column: ``HumanDuration(now - created) + " ago"``; N/A when unknown."""
+    if unix is None:
+        return "N/A"
+    now = time.time() if now is None else now
+    return human_duration(now - int(unix)) + " ago"
+
+
+def _local(unix: int) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(unix, _dt.UTC).astimezone()
+
+
+def go_time_string(unix: float | None) -> str:
+    """Go's ``time.Unix(s, 0).String()`` in local time: ``2024-01-02 15:04:05 +0000 UTC``."""
+    if unix is None:
+        return ""
+    t = _local(int(unix))
+    zone = t.tzname() or t.strftime("%z")
+    return t.strftime("%Y-%m-%d %H:%M:%S %z ") + zone
+
+
+def go_rfc3339(unix: float | None) -> str:
+    """Go's ``time.Unix(s, 0).Format(time.RFC3339)`` in local time (``Z`` for UTC)."""
+    if unix is None:
+        return ""
+    t = _local(int(unix))
+    offset = t.utcoffset() or _dt.timedelta(0)
+    if offset == _dt.timedelta(0):
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.isoformat(timespec="seconds")
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9})\d*)?\s*(Z|z|[+-]\d\d:?\d\d)?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """An RFC 3339 time with nanoseconds, as image configs carry them."""
+
+    unix: int  # whole seconds since the epoch
+    nanos: int
+    offset_minutes: int
+
+    def rfc3339nano(self) -> str:
+        """Go's ``Format(time.RFC3339Nano)``: trailing zeros of the fraction dropped."""
+        offset = _dt.timedelta(minutes=self.offset_minutes)
+        t = _dt.datetime.fromtimestamp(self.unix, _dt.timezone(offset))
+        out = t.strftime("%Y-%m-%dT%H:%M:%S")
+        if self.nanos:
+            out += "." + f"{self.nanos:09d}".rstrip("0")
+        if self.offset_minutes == 0:
+            return out + "Z"
+        sign = "+" if self.offset_minutes > 0 else "-"
+        m = abs(self.offset_minutes)
+        return out + f"{sign}{m // 60:02d}:{m % 60:02d}"
+
+
+def parse_time(text: object) -> Timestamp | None:
+    """An RFC 3339 timestamp from a config, or None when absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    m = _RFC3339.match(text.strip())
+    if not m:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    nanos = int((m.group(7) or "0").ljust(9, "0"))
+    zone = m.group(8) or "Z"
+    offset = 0
+    if zone not in ("Z", "z"):
+        digits = zone[1:].replace(":", "")
+        offset = int(digits[:2]) * 60 + int(digits[2:])
+        offset = -offset if zone[0] == "-" else offset
+    try:
+        base = _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.UTC)
+    except ValueError:
+        return None
+    unix = int((base - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)).total_seconds()) - offset * 60
+    return Timestamp(unix, nanos, offset)
+
+
+# -- JSON as Go writes it ---------------------------------------------------------
+
+
+def go_json(value: Any, *, escape_html: bool = False, indent: int | None = None) -> str:
+    """JSON as Go's encoder writes it; Docker's ``json`` template function turns HTML escaping off."""
+    text = json.dumps(_plain(value), ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    if escape_html:  # the daemon's API encoder escapes them; inspect passes its bytes through
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text
+
+
+class Struct(dict):  # type: ignore[type-arg]
+    """An object whose keys keep their order in JSON, as a Go struct's fields do (maps are sorted)."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return {k: _plain(value.fields[k]) for k in sorted(value.fields)}  # a Go map: sorted keys
+    if isinstance(value, Struct):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is NO_VALUE:
+        return None
+    return value
+
+
+# -- tables: Go's text/tabwriter ----------------------------------------------------
+
+
+def tabwrite(text: str, minwidth: int = TABLE_MINWIDTH, padding: int = TABLE_PADDING) -> str:
+    """Go's ``tabwriter.NewWriter(out, minwidth, 1, padding, ' ', 0)`` over ``text``.
+
+    Cells are tab-terminated; the text after a line's last tab is not part of a
+    column. A line without tabs ends a block of columns, as in Go.
+    """
+    out: list[str] = []
+    block: list[list[str]] = []
+    lines = text.split("\n")
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1
+        if last and raw == "":
+            break
+        cells = raw.split("\t")
+        block.append(cells)
+        if not last and len(cells) == 1:
+            _format_block(block, minwidth, padding, out)
+            block = []
+    if block:
+        _format_block(block, minwidth, padding, out)
+    result = "".join(out)
+    if not text.endswith("\n") and result.endswith("\n"):
+        result = result[:-1]
+    return result
+
+
+def _format_block(lines: list[list[str]], minwidth: int, padding: int, out: list[str]) -> None:
+    widths: list[int] = []
+
+    def write_lines(line0: int, line1: int) -> None:
+        for line in lines[line0:line1]:
+            for j, cell in enumerate(line):
+                out.append(cell)
+                if j < len(widths):
+                    out.append(" " * (widths[j] - _width(cell)))
+            out.append("\n")
+
+    def fmt(line0: int, line1: int) -> None:
+        column = len(widths)
+        this = line0
+        while this < line1:
+            if column >= len(lines[this]) - 1:
+                this += 1
+                continue
+            write_lines(line0, this)
+            line0 = this
+            width = minwidth
+            while this < line1 and column < len(lines[this]) - 1:
+                width = max(width, _width(lines[this][column]) + padding)
+                this += 1
+            widths.append(width)
+            fmt(line0, this)
+            widths.pop()
+            line0 = this
+        write_lines(line0, line1)
+
+    fmt(0, len(lines))
+
+
+def _width(text: str) -> int:
+    """Runes, as Go's tabwriter counts them."""
+    return len(text)
+
+
+def ellipsis(text: str, max_width: int) -> str:
+    """Docker's ``formatter.Ellipsis``: cut to a display width, ending in ``…``."""
+    if max_width <= 0:
+        return ""
+    if max_width == 1:
+        return text[:1]
+    widths = [2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text]
+    if sum(widths) <= max_width:
+        return text
+    out, used = [], 0
+    for ch, w in zip(text, widths):
+        if used + w > max_width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
+# -- Go values as fmt prints them ----------------------------------------------------
+
+
+class _NoValue:
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+NO_VALUE: Any = _NoValue()
+
+
+@dataclass
+class Record:
+    """One row for a template: Docker's formatter context (fields are its methods)."""
+
+    kind: str
+    fields: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def header_record(self) -> Record:
+        return Record(self.kind, {k: self.headers.get(k, default_header(k)) for k in self.fields}, self.headers)
+
+
+def default_header(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).upper()
+
+
+def go_str(value: Any) -> str:
+    """``fmt.Sprint`` of a JSON-shaped value."""
+    if value is NO_VALUE:
+        return "<no value>"
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return _go_float(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(go_str(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{go_str(k)}:{go_str(value[k])}" for k in sorted(value, key=str)) + "]"
+    if isinstance(value, Record):
+        return "{" + " ".join(go_str(value.fields[k]) for k in sorted(value.fields)) + "}"
+    return str(value)
+
+
+def _go_float(value: float) -> str:
+    """``%v`` of a float64: shortest repr, exponent form outside [1e-4, 1e21)."""
+    if value == int(value) and abs(value) < 1e21:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text:
+        mant, exp = text.split("e")
+        sign = exp[0] if exp[0] in "+-" else "+"
+        digits = exp.lstrip("+-").rjust(2, "0")
+        return f"{mant}e{sign}{digits}"
+    return text
+
+
+def go_type(value: Any) -> str:
+    if isinstance(value, Record):
+        return value.kind
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, (list, tuple)):
+        return "[]interface {}"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    return "interface {}"
+
+
+def truth(value: Any) -> bool:
+    """Go template truth: false, 0, nil and empty things are false."""
+    if value is NO_VALUE or value is None:
+        return False
+    if isinstance(value, Record):
+        return True
+    return bool(value)
+
+
+# -- text/template subset --------------------------------------------------------------
+
+
+class _Exec(Exception):
+    def __init__(self, pos: int, text: str, message: str) -> None:
+        super().__init__(message)
+        self.pos = pos
+        self.text = text
+        self.message = message
+
+
+@dataclass
+class _Node:
+    pos: int
+    text: str
+
+
+@dataclass
+class _Field(_Node):
+    base: str  # "." (dot), "$" (root)
+    chain: list[str]
+
+
+@dataclass
+class _Literal(_Node):
+    value: Any
+
+
+@dataclass
+class _Ident(_Node):
+    name: str
+
+
+@dataclass
+class _Pipe(_Node):
+    cmds: list[list[_Node]]
+
+
+@dataclass
+class _Paren(_Node):
+    pipe: _Pipe
+    chain: list[str]
+
+
+@dataclass
+class _Text:
+    text: str
+
+
+@dataclass
+class _Action:
+    pipe: _Pipe
+
+
+@dataclass
+class _Block:
+    kind: str  # if, range, with
+    pipe: _Pipe
+    body: list[Any]
+    orelse: list[Any]
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<str>"(?:[^"\\\n]|\\.)*")
+    | (?P<raw>`[^`]*`)
+    | (?P<num>[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+    | (?P<field>(?:\$[A-Za-z0-9_]*)?(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.|\$[A-Za-z0-9_]*)
+    | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<punct>[|()])
+    | (?P<bad>\S)
+    )""",
+    re.VERBOSE,
+)
+_KEYWORDS = ("if", "range", "with", "else", "end", "define", "template", "block", "break", "continue")
+
+FUNCS_BUILTIN = (
+    "and", "or", "not", "len", "index", "print", "println", "printf", "eq", "ne", "lt", "le", "gt", "ge",
+    "json", "split", "join", "title", "lower", "upper", "pad", "truncate",
+)
+_HEADER_FUNCS = ("json", "split", "join", "title", "lower", "upper", "truncate", "println", "pad")
+
+
+class Template:
+    """A parsed ``--format`` string; ``execute`` renders one item."""
+
+    def __init__(self, source: str, *, missing_key_error: bool = False) -> None:
+        self.source = source
+        self.missing_key_error = missing_key_error
+        self.nodes = self._parse(source)
+
+    # parse ---------------------------------------------------------------------
+    def _where(self, pos: int) -> str:
+        line = self.source.count("\n", 0, pos) + 1
+        return f":{line}"
+
+    def _parse_error(self, pos: int, message: str) -> TemplateError:
+        return TemplateError(f"{self._where(pos)}: {message}")
+
+    def _parse(self, src: str) -> list[Any]:
+        items: list[tuple[str, Any, int]] = []  # ("text", str, pos) | ("action", str, pos)
+        i = 0
+        trim_next = False
+        while i <= len(src):
+            start = src.find("{{", i)
+            if start < 0:
+                text = src[i:]
+                if trim_next:
+                    text = text.lstrip(" \t\r\n")
+                if text:
+                    items.append(("text", text, i))
+                break
+            text = src[i:start]
+            if trim_next:
+                text = text.lstrip(" \t\r\n")
+            inner_start = start + 2
+            if src.startswith("- ", inner_start) or src.startswith("-\t", inner_start) or src.startswith("-\n", inner_start):
+                text = text.rstrip(" \t\r\n")
+                inner_start += 1
+            if text:
+                items.append(("text", text, i))
+            end = src.find("}}", inner_start)
+            if end < 0:
+                raise self._parse_error(start, "unclosed action")
+            inner_end = end
+            trim_next = False
+            if end - 1 >= inner_start and src[end - 1] == "-" and end - 2 >= inner_start and src[end - 2] in " \t\n":
+                inner_end = end - 1
+                trim_next = True
+            items.append(("action", src[inner_start:inner_end], inner_start))
+            i = end + 2
+        body, _, _ = self._parse_list(items, 0, top=True)
+        return body
+
+    def _parse_list(self, items: list[tuple[str, Any, int]], k: int, top: bool = False) -> tuple[list[Any], int, str]:
+        out: list[Any] = []
+        while k < len(items):
+            kind, text, pos = items[k]
+            k += 1
+            if kind == "text":
+                out.append(_Text(text))
+                continue
+            stripped = text.strip()
+            if stripped.startswith("/*"):
+                if not stripped.endswith("*/"):
+                    raise self._parse_error(pos, "unclosed comment")
+                continue
+            word = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", text)
+            keyword = word.group(1) if word and word.group(1) in _KEYWORDS else None
+            if keyword in ("if", "range", "with"):
+                assert word is not None
+                block, k = self._finish_block(keyword, self._parse_pipe(text[word.end():], pos + word.end()), items, k, pos)
+                out.append(block)
+                continue
+            if keyword == "end":
+                if top:
+                    raise self._parse_error(pos, "unexpected {{end}}")
+                return out, k, "end"
+            if keyword == "else":
+                if top:
+                    raise self._parse_error(pos, "unexpected {{else}}")
+                rest = text.strip()[len("else") :].strip()
+                if rest:
+                    if rest.split()[0] not in ("if", "with"):
+                        raise self._parse_error(pos, f"unexpected {rest.split()[0]!r} in else")
+                    return out, k, "else " + rest
+                return out, k, "else"
+            if keyword is not None:
+                raise self._parse_error(pos, f"{{{{{keyword}}}}} is not supported")
+            out.append(_Action(self._parse_pipe(text, pos)))
+        if not top:
+            raise self._parse_error(len(self.source), "unexpected EOF")
+        return out, k, ""
+
+    def _finish_block(self, kind: str, pipe: _Pipe, items: list[tuple[str, Any, int]], k: int, pos: int) -> tuple[_Block, int]:
+        body, k, stop = self._parse_list(items, k)
+        orelse: list[Any] = []
+        if stop == "else":
+            orelse, k, stop = self._parse_list(items, k)
+        elif stop.startswith("else "):  # {{else if ...}}: one {{end}} closes the chain
+            sub = stop[len("else ") :]
+            m = re.match(r"\s*([A-Za-z_]+)", sub)
+            assert m is not None
+            block, k = self._finish_block(m.group(1), self._parse_pipe(sub[m.end():], pos), items, k, pos)
+            orelse, stop = [block], "end"
+        if stop != "end":
+            raise self._parse_error(pos, f"unexpected EOF in {kind}")
+        return _Block(kind, pipe, body, orelse), k
+
+    def _tokens(self, text: str, base: int) -> list[tuple[str, str, int]]:
+        toks: list[tuple[str, str, int]] = []
+        i = 0
+        while i < len(text):
+            m = _TOKEN.match(text, i)
+            if m is None or m.end() == i:
+                break
+            kind = m.lastgroup or ""
+            value = m.group(kind)
+            start = base + m.start(kind)
+            if kind == "bad":
+                raise self._parse_error(start, f"unexpected {value!r} in command")
+            toks.append((kind, value, start))
+            i = m.end()
+        return toks
+
+    def _parse_pipe(self, text: str, base: int) -> _Pipe:
+        toks = self._tokens(text, base)
+        pipe, k = self._pipe_from(toks, 0, base, text)
+        if k != len(toks):
+            raise self._parse_error(toks[k][2], f"unexpected {toks[k][1]!r} in operand")
+        return pipe
+
+    def _pipe_from(self, toks: list[tuple[str, str, int]], k: int, base: int, text: str) -> tuple[_Pipe, int]:
+        cmds: list[list[_Node]] = []
+        cmd: list[_Node] = []
+        while k < len(toks):
+            kind, value, pos = toks[k]
+            if kind == "punct" and value == ")":
+                break
+            k += 1
+            if kind == "punct" and value == "|":
+                if not cmd:
+                    raise self._parse_error(pos, "missing command")
+                cmds.append(cmd)
+                cmd = []
+            elif kind == "punct" and value == "(":
+                inner, k = self._pipe_from(toks, k, base, text)
+                if k >= len(toks) or toks[k][1] != ")":
+                    raise self._parse_error(pos, "unclosed left paren")
+                k += 1
+                chain: list[str] = []
+                if k < len(toks) and toks[k][0] == "field" and toks[k][1].startswith(".") and toks[k][2] == toks[k - 1][2] + 1:
+                    chain = toks[k][1][1:].split(".")
+                    k += 1
+                cmd.append(_Paren(pos, "(" + inner.text + ")", inner, chain))
+            elif kind == "str":
+                cmd.append(_Literal(pos, value, _unquote(value)))
+            elif kind == "raw":
+                cmd.append(_Literal(pos, value, value[1:-1]))
+            elif kind == "num":
+                num: Any = float(value) if any(c in value for c in ".eE") else int(value)
+                cmd.append(_Literal(pos, value, num))
+            elif kind == "field":
+                if value.startswith("$"):
+                    name, _, rest = value.partition(".")
+                    if name != "$":
+                        raise self._parse_error(pos, f"undefined variable {name!r}")
+                    cmd.append(_Field(pos, value, "$", rest.split(".") if rest else []))
+                else:
+                    cmd.append(_Field(pos, value, ".", [p for p in value.split(".") if p]))
+            elif kind == "ident":
+                if value in ("true", "false"):
+                    cmd.append(_Literal(pos, value, value == "true"))
+                elif value == "nil":
+                    cmd.append(_Literal(pos, value, None))
+                elif value in FUNCS_BUILTIN:
+                    cmd.append(_Ident(pos, value, value))
+                else:
+                    raise self._parse_error(pos, f'function "{value}" not defined')
+        if cmd:
+            cmds.append(cmd)
+        elif cmds:
+            raise self._parse_error(base + len(text), "missing command")
+        if not cmds:
+            raise self._parse_error(base, "missing value for command")
+        for c in cmds[1:]:
+            if not isinstance(c[0], _Ident):
+                raise self._parse_error(c[0].pos, f"non executable command in pipeline stage {cmds.index(c) + 1}")
+        first = cmds[0][0].pos
+        return _Pipe(first, " | ".join(" ".join(n.text for n in c) for c in cmds), cmds), k
+
+    # execute --------------------------------------------------------------------
+    def execute(self, data: Any, *, header: bool = False) -> str:
+        out: list[str] = []
+        try:
+            self._run(self.nodes, data, data, header, out)
+        except _Exec as exc:
+            line = self.source.count("\n", 0, exc.pos) + 1
+            col = exc.pos - (self.source.rfind("\n", 0, exc.pos) + 1)
+            raise TemplateError(f':{line}:{col}: executing "" at <{exc.text}>: {exc.message}') from None
+        return "".join(out)
+
+    def _run(self, nodes: list[Any], dot: Any, root: Any, header: bool, out: list[str]) -> None:
+        for node in nodes:
+            if isinstance(node, _Text):
+                out.append(node.text)
+            elif isinstance(node, _Action):
+                out.append(go_str(self._pipe(node.pipe, dot, root, header)))
+            elif isinstance(node, _Block):
+                value = self._pipe(node.pipe, dot, root, header)
+                if node.kind == "range":
+                    items: Iterable[Any]
+                    if isinstance(value, dict):
+                        items = [value[k] for k in sorted(value, key=str)]
+                    elif isinstance(value, (list, tuple)):
+                        items = value
+                    elif isinstance(value, int) and not isinstance(value, bool):
+                        items = range(value)
+                    elif value is None or value is NO_VALUE:
+                        items = []
+                    elif header:
+                        items = [value]
+                    else:
+                        raise _Exec(node.pipe.pos, node.pipe.text, f"range can't iterate over {go_str(value)}")
+                    items = list(items)
+                    for item in items:
+                        self._run(node.body, item, root, header, out)
+                    if not items:
+                        self._run(node.orelse, dot, root, header, out)
+                elif truth(value):
+                    self._run(node.body, value if node.kind == "with" else dot, root, header, out)
+                else:
+                    self._run(node.orelse, dot, root, header, out)
+
+    def _pipe(self, pipe: _Pipe, dot: Any, root: Any, header: bool) -> Any:
+        value: Any = NO_VALUE
+        piped = False
+        for cmd in pipe.cmds:
+            value = self._command(cmd, dot, root, header, value if piped else NO_VALUE, piped)
+            piped = True
+        return value
+
+    def _command(self, cmd: list[_Node], dot: Any, root: Any, header: bool, final: Any, has_final: bool) -> Any:
+        head = cmd[0]
+        if isinstance(head, _Ident):
+            args = [self._operand(n, dot, root, header) for n in cmd[1:]]
+            if has_final:
+                args.append(final)
+            return self._call(head, args, header)
+        if len(cmd) > 1 or has_final:
+            raise _Exec(head.pos, head.text, f"can't give argument to non-function {head.text}")
+        return self._operand(head, dot, root, header)
+
+    def _operand(self, node: _Node, dot: Any, root: Any, header: bool) -> Any:
+        if isinstance(node, _Literal):
+            return node.value
+        if isinstance(node, _Field):
+            value = root if node.base == "$" else dot
+            return self._chain(node, value, node.chain)
+        if isinstance(node, _Paren):
+            return self._chain(node, self._pipe(node.pipe, dot, root, header), node.chain)
+        if isinstance(node, _Ident):
+            return self._call(node, [], header)
+        raise _Exec(node.pos, node.text, "bad operand")
+
+    def _chain(self, node: _Node, value: Any, chain: list[str]) -> Any:
+        for name in chain:
+            if isinstance(value, Record):
+                if name not in value.fields:
+                    raise _Exec(node.pos, node.text, f"can't evaluate field {name} in type {value.kind}")
+                value = value.fields[name]
+            elif isinstance(value, dict):
+                if name in value:
+                    value = value[name]
+                elif self.missing_key_error:
+                    raise _Exec(node.pos, node.text, f'map has no entry for key "{name}"')
+                else:
+                    value = NO_VALUE
+            elif value is None or value is NO_VALUE:
+                raise _Exec(node.pos, node.text, f"nil pointer evaluating interface {{}}.{name}")
+            else:
+                raise _Exec(node.pos, node.text, f"can't evaluate field {name} in type {go_type(value)}")
+        return value
+
+    def _call(self, ident: _Ident, args: list[Any], header: bool) -> Any:
+        name = ident.name
+        if header and name in _HEADER_FUNCS:
+            return go_str(args[0]) if args else ""
+        fn = _FUNCS[name]
+        try:
+            return fn(*args)
+        except _Exec:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
+            raise _Exec(ident.pos, ident.text, f"error calling {name}: {exc}") from None
+
+
+def _unquote(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text[1:-1].encode().decode("unicode_escape")
+    return str(value)
+
+
+def _go_title(text: str) -> str:
+    return re.sub(r"(?<![\w'’])(\w)", lambda m: m.group(1).upper(), text)
+
+
+def _printf(fmt: str, *args: Any) -> str:
+    it = iter(args)
+
+    def repl(m: re.Match[str]) -> str:
+        verb = m.group(2)
+        if verb == "%":
+            return "%"
+        try:
+            v = next(it)
+        except StopIteration:
+            return f"%!{verb}(MISSING)"
+        flags = m.group(1)
+        if verb == "q":
+            s = json.dumps(go_str(v), ensure_ascii=False)
+        elif verb == "d" and isinstance(v, int):
+            s = str(v)
+        elif verb in "eEfFgG" and isinstance(v, (int, float)):
+            return ("%" + flags + verb) % v
+        else:
+            s = go_str(v)
+        return ("%" + flags + "s") % s
+
+    return re.sub(r"%([-+ #0]*\d*(?:\.\d+)?)([a-zA-Z%])", repl, fmt)
+
+
+def _len(v: Any) -> int:
+    if isinstance(v, str):
+        return len(v.encode())
+    if isinstance(v, (list, tuple, dict)):
+        return len(v)
+    raise TypeError(f"len of type {go_type(v)}")
+
+
+def _index(v: Any, *keys: Any) -> Any:
+    for key in keys:
+        if isinstance(v, dict):
+            v = v.get(key, NO_VALUE)
+        elif isinstance(v, Record):
+            v = v.fields.get(key, NO_VALUE)
+        elif isinstance(v, (list, tuple, str)) and isinstance(key, int):
+            if not 0 <= key < len(v):
+                raise ValueError(f"index out of range: {key}")
+            v = v[key]
+        else:
+            raise TypeError(f"can't index item of type {go_type(v)}")
+    return v
+
+
+def _join(items: Any, sep: str) -> str:
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"wrong type for value; expected []string; got {go_type(items)}")
+    return sep.join(go_str(i) for i in items)
+
+
+def _eq(a: Any, *rest: Any) -> bool:
+    return any(a == b for b in rest)
+
+
+def _and(*args: Any) -> Any:
+    for a in args:
+        if not truth(a):
+            return a
+    return args[-1]
+
+
+def _or(*args: Any) -> Any:
+    for a in args:
+        if truth(a):
+            return a
+    return args[-1]
+
+
+def _pad(s: Any, before: int, after: int) -> str:
+    return " " * before + go_str(s) + " " * after
+
+
+def _truncate(s: Any, length: int) -> str:
+    text = go_str(s)
+    return text if len(text) < length else text[:length]
+
+
+def _print(*args: Any) -> str:
+    out = ""
+    for i, a in enumerate(args):
+        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out += " "
+        out += go_str(a)
+    return out
+
+
+_FUNCS: dict[str, Callable[..., Any]] = {
+    "json": lambda v: go_json(v),
+    "upper": lambda s: go_str(s).upper(),
+    "lower": lambda s: go_str(s).lower(),
+    "title": lambda s: _go_title(go_str(s)),
+    "split": lambda s, sep: go_str(s).split(sep) if sep else list(go_str(s)),
+    "join": _join,
+    "pad": _pad,
+    "truncate": _truncate,
+    "println": lambda *a: " ".join(go_str(x) for x in a) + "\n",
+    "print": _print,
+    "printf": _printf,
+    "len": _len,
+    "index": _index,
+    "eq": _eq,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "not": lambda a: not truth(a),
+    "and": _and,
+    "or": _or,
+}
+
+
+# -- Docker's formatter.Context ----------------------------------------------------------
+
+
+def is_table(fmt: str) -> bool:
+    return fmt.startswith("table")
+
+
+def prepare(fmt: str) -> str:
+    """Docker's ``preFormat``: drop ``table``, ``json`` means ``{{json .}}``, ``\\t``/``\\n`` escapes."""
+    if is_table(fmt):
+        fmt = fmt[len("table") :]
+    elif fmt.strip() == "json":
+        fmt = "{{json .}}"
+    return fmt.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
+
+
+def render(fmt: str, records: Iterable[Record], header: Record) -> str:
+    """Each record through the template, one per line; with ``table``, a header and aligned columns.
+
+    ``header`` is an empty record of the kind listed: its header names make
+    the header row, printed even when there are no records, as Docker does.
+    """
+    tmpl = Template(prepare(fmt))
+    rows = "".join(tmpl.execute(r) + "\n" for r in records)
+    if not is_table(fmt):
+        return rows
+    return tabwrite(tmpl.execute(header.header_record(), header=True) + "\n" + rows)

@@ -1,0 +1,407 @@
+"""Read-only questions about a store: listings, sizes, sharing, filters.
+
+Each listing is read in one snapshot (one read transaction), so a load or an
+``rmi`` running at the same time shows up whole or not at all. Sizes are
+those of the unpacked layers (``layers.size``); a layer is shared when
+another image has the same diff_id, as the store keeps one copy of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import re
+import stat
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerstore.containers import Container
+from layerstore.formatting import CommandError, Timestamp, parse_time
+from layerstore.model import chain_ids
+from layerstore.store import Store
+
+IMAGE_FILTERS = ("dangling", "label", "before", "since", "reference", "until")
+
+
+@contextlib.contextmanager
+def snapshot(store: Store) -> Iterator[None]:
+    """One consistent view of the metadata for several queries (WAL read transaction)."""
+    db = store.meta.db
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+
+
+@dataclass
+class ImageInfo:
+    id: str
+    created: Timestamp | None
+    added: float
+    size: int = 0
+    shared_size: int = 0
+    containers: int = 0
+    tags: list[tuple[str, str]] = field(default_factory=list)  # (repository, tag)
+    digests: dict[str, list[str]] = field(default_factory=dict)  # repository -> repo digests
+    layers: list[str] = field(default_factory=list)  # diff_ids, bottom first
+
+    @property
+    def created_unix(self) -> int | None:
+        return self.created.unix if self.created else None
+
+    @property
+    def unique_size(self) -> int:
+        return self.size - self.shared_size
+
+    @property
+    def sort_key(self) -> tuple[float, float]:
+        """Newest first sorts by this, descending: the config's ``created``, then when it was added."""
+        created = self.created.unix + self.created.nanos / 1e9 if self.created else float("-inf")
+        return (created, self.added)
+
+    @property
+    def dangling(self) -> bool:
+        """Docker's ``dangling=true``: no tag (digest references do not count)."""
+        return not self.tags
+
+    def repo_digest_refs(self) -> list[str]:
+        return [f"{repo}@{d}" for repo in sorted(self.digests) for d in self.digests[repo]]
+
+
+@dataclass
+class LayerInfo:
+    diff_id: str
+    size: int
+    images: int  # images that have this diff_id
+    active: bool = False  # one of them is used by a container
+
+
+@dataclass
+class LayerDetail:
+    position: int
+    diff_id: str
+    blob: str
+    media_type: str
+    blob_size: int
+    size: int
+    chain_id: str
+    shared_by: int
+
+
+def list_images(store: Store) -> list[ImageInfo]:
+    """Every image with its sizes, tags, digests and container count, newest first."""
+    with snapshot(store):
+        meta = store.meta
+        images = {
+            str(r["id"]): ImageInfo(str(r["id"]), parse_time(r["created"]), float(r["added"]))
+            for r in meta.query("SELECT id, created, added FROM images")
+        }
+        users = _diff_id_users(store)
+        sizes = {str(r["diff_id"]): int(r["size"]) for r in meta.query("SELECT diff_id, size FROM layers")}
+        for r in meta.query("SELECT image_id, diff_id FROM image_layers ORDER BY image_id, position"):
+            info = images.get(str(r["image_id"]))
+            if info is None:
+                continue
+            diff_id = str(r["diff_id"])
+            size = sizes.get(diff_id, 0)
+            info.layers.append(diff_id)
+            info.size += size
+            if len(users[diff_id]) > 1:
+                info.shared_size += size
+        for r in meta.query("SELECT repository, tag, image_id FROM tags ORDER BY repository, tag"):
+            if str(r["image_id"]) in images:
+                images[str(r["image_id"])].tags.append((str(r["repository"]), str(r["tag"])))
+        for r in meta.query("SELECT repository, digest, image_id FROM repo_digests ORDER BY repository, digest"):
+            if str(r["image_id"]) in images:
+                images[str(r["image_id"])].digests.setdefault(str(r["repository"]), []).append(str(r["digest"]))
+        manifests: dict[str, list[str]] = defaultdict(list)
+        for r in meta.query("SELECT digest, image_id FROM manifests WHERE synthetic = 0 ORDER BY digest"):
+            manifests[str(r["image_id"])].append(str(r["digest"]))
+        for info in images.values():  # a tagged repository without a recorded digest: the stored manifest's
+            for repo in {repo for repo, _ in info.tags}:
+                if repo not in info.digests and manifests.get(info.id):
+                    info.digests[repo] = list(manifests[info.id])
+        for r in meta.query("SELECT image_id, COUNT(*) AS n FROM containers GROUP BY image_id"):
+            if str(r["image_id"]) in images:
+                images[str(r["image_id"])].containers = int(r["n"])
+    return sorted(images.values(), key=lambda i: i.sort_key, reverse=True)
+
+
+def _diff_id_users(store: Store) -> dict[str, set[str]]:
+    users: dict[str, set[str]] = defaultdict(set)
+    for r in store.meta.query("SELECT DISTINCT diff_id, image_id FROM image_layers"):
+        users[str(r["diff_id"])].add(str(r["image_id"]))
+    return users
+
+
+def list_layers(store: Store) -> list[LayerInfo]:
+    """Every layer the metadata knows, with how many images share it; largest first."""
+    with snapshot(store):
+        active_images = {str(r["image_id"]) for r in store.meta.query("SELECT DISTINCT image_id FROM containers")}
+        users = _diff_id_users(store)
+        out = [
+            LayerInfo(str(r["diff_id"]), int(r["size"]), len(users[str(r["diff_id"])]), bool(users[str(r["diff_id"])] & active_images))
+            for r in store.meta.query("SELECT diff_id, size FROM layers")
+        ]
+    return sorted(out, key=lambda layer: (-layer.size, layer.diff_id))
+
+
+def image_layer_details(store: Store, image_id: str) -> list[LayerDetail]:
+    """The layers of one image, bottom first, with blob, sizes, ChainID and sharing count."""
+    with snapshot(store):
+        rows = store.meta.query(
+            """SELECT il.position, il.diff_id, il.blob, il.media_type, il.blob_size, COALESCE(l.size, 0) AS size,
+                      (SELECT COUNT(DISTINCT o.image_id) FROM image_layers o WHERE o.diff_id = il.diff_id) AS shared_by
+               FROM image_layers il LEFT JOIN layers l ON l.diff_id = il.diff_id
+               WHERE il.image_id = ? ORDER BY il.position""",
+            image_id,
+        )
+    chains = chain_ids([str(r["diff_id"]) for r in rows])
+    return [
+        LayerDetail(int(r["position"]), str(r["diff_id"]), str(r["blob"]), str(r["media_type"]), int(r["blob_size"]), int(r["size"]), chain, int(r["shared_by"]))
+        for r, chain in zip(rows, chains)
+    ]
+
+
+def labels(store: Store, image_id: str) -> dict[str, str]:
+    """``config.Labels`` of an image's config (empty when it has none)."""
+    try:
+        doc = store.config(image_id)
+    except (OSError, ValueError):
+        return {}
+    cfg = doc.get("config") if isinstance(doc, dict) else None
+    found = cfg.get("Labels") if isinstance(cfg, dict) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+# -- filters ----------------------------------------------------------------------
+
+
+def parse_filters(values: list[str] | None, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+    """``-f key=value`` flags into {key: [values]}; Docker's wording for bad ones."""
+    out: dict[str, list[str]] = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        key = key.strip().lower()
+        if not sep:
+            raise CommandError("bad format of filter (expected name=value)")
+        if key not in allowed:
+            raise CommandError(f"invalid filter '{key}'")
+        out.setdefault(key, []).append(value)
+    for value in out.get("dangling", []):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise CommandError(f"invalid filter 'dangling={value}'")
+    return out
+
+
+def dangling_wanted(filters: dict[str, list[str]]) -> bool | None:
+    values = filters.get("dangling")
+    if not values:
+        return None
+    return values[-1].lower() in ("true", "1")
+
+
+def go_path_match(pattern: str, name: str) -> bool:
+    """Go's ``path.Match``: ``*`` and ``?`` stop at ``/``, ``[...]``/``[^...]`` classes, ``\\`` escapes."""
+    return _glob_regex(pattern).fullmatch(name) is not None
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            i += 1
+            if i >= len(pattern):
+                raise CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern")
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            j = i + 1
+            cls = ["["]
+            if j < len(pattern) and pattern[j] == "^":
+                cls.append("^")
+                j += 1
+            first = True
+            while j < len(pattern) and (pattern[j] != "]" or first):
+                ch = pattern[j]
+                if ch == "\\" and j + 1 < len(pattern):
+                    j += 1
+                    ch = pattern[j]
+                    cls.append(re.escape(ch))
+                elif ch == "-" and not first and j + 1 < len(pattern) and pattern[j + 1] != "]":
+                    cls.append("-")
+                else:
+                    cls.append(re.escape(ch))
+                first = False
+                j += 1
+            if j >= len(pattern) or len(cls) == 1 or cls == ["[", "^"]:
+                raise CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern")
+            cls.append("]")
+            out.append("".join(cls))
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        return re.compile("".join(out), re.DOTALL)
+    except re.error:
+        raise CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern") from None
+
+
+def reference_matches(pattern: str, repository: str, tag: str | None = None, digest: str | None = None) -> bool:
+    """Docker's ``reference.FamiliarMatch``: the familiar ``name:tag`` (or ``name@digest``), then the name.
+
+    A pattern without wildcards that names the same repository in full
+    (``docker.io/library/busybox:latest``) matches too.
+    """
+    full = f"{repository}:{tag}" if tag is not None else f"{repository}@{digest}" if digest else repository
+    if go_path_match(pattern, full) or go_path_match(pattern, repository):
+        return True
+    if any(c in pattern for c in "*?[\\"):
+        return False
+    from layerstore import reference
+    from layerstore.errors import InvalidReference
+
+    try:
+        ref = reference.parse(pattern, default_tag=False)
+    except InvalidReference:
+        return False
+    if ref.repository != repository:
+        return False
+    if ref.digest:
+        return ref.digest == digest
+    return ref.tag is None or ref.tag == tag
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_until(value: str, now: float | None = None) -> float:
+    """Docker's ``until=``: a Go duration before now, a Unix time, or an RFC 3339 date (local if zoneless)."""
+    now = time.time() if now is None else now
+    text = value.strip()
+    if _DURATION.fullmatch(text):
+        return now - sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    stamp = parse_time(text)
+    if stamp is not None:
+        return stamp.unix + stamp.nanos / 1e9
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return _dt.datetime.strptime(text, fmt).timestamp()
+        except ValueError:
+            continue
+    raise CommandError(f"invalid filter 'until={value}': not a duration, Unix time or date")
+
+
+def filter_images(store: Store, images: list[ImageInfo], filters: dict[str, list[str]]) -> list[ImageInfo]:
+    """Docker's image list filters. References that do not match a ``reference`` filter are dropped from the rows."""
+    dangling = dangling_wanted(filters)
+    by_id = {i.id: i for i in images}
+    before = [_bound(store, by_id, v) for v in filters.get("before", [])]
+    since = [_bound(store, by_id, v) for v in filters.get("since", [])]
+    until = [parse_until(v) for v in filters.get("until", [])]
+    label_filters = filters.get("label", [])
+    patterns = filters.get("reference", [])
+    out: list[ImageInfo] = []
+    for info in images:
+        if dangling is True and not info.dangling:
+            continue
+        if dangling is False and info.dangling and not info.digests:
+            continue
+        if any(not info.sort_key < b for b in before):
+            continue
+        if any(not info.sort_key > s for s in since):
+            continue
+        if until and (info.created is None or any(not info.created.unix + info.created.nanos / 1e9 < u for u in until)):
+            continue
+        if label_filters and not labels_match(labels(store, info.id), label_filters):
+            continue
+        if patterns:
+            tags = [(r, t) for r, t in info.tags if any(reference_matches(p, r, tag=t) for p in patterns)]
+            kept_repos = {r for r, _ in tags}  # a matched tag keeps its repository's digests for --digests
+            digests = {
+                r: kept
+                for r, ds in info.digests.items()
+                if (kept := ds if r in kept_repos else [d for d in ds if any(reference_matches(p, r, digest=d) for p in patterns)])
+            }
+            if not tags and not digests:
+                continue
+            info = ImageInfo(info.id, info.created, info.added, info.size, info.shared_size, info.containers, tags, digests, info.layers)
+        out.append(info)
+    return out
+
+
+def _bound(store: Store, by_id: dict[str, ImageInfo], text: str) -> tuple[float, float]:
+    image_id = store.resolve(text)
+    info = by_id.get(image_id)
+    if info is None:
+        from layerstore.errors import NotFound
+
+        raise NotFound(f"image {text}", "no such image")
+    return info.sort_key
+
+
+def labels_match(have: dict[str, str], wanted: list[str]) -> bool:
+    """Every ``label=KEY`` or ``label=KEY=VALUE`` must hold (``label!=`` is not a Docker image filter)."""
+    for item in wanted:
+        key, sep, value = item.partition("=")
+        if key not in have:
+            return False
+        if sep and have[key] != value:
+            return False
+    return True
+
+
+def details_for_inspect(store: Store, image_id: str) -> dict[str, Any]:
+    """Tags, repo digests and layers of one image, read in one snapshot."""
+    with snapshot(store):
+        meta = store.meta
+        tags = store.tags_of(image_id)
+        layers = image_layer_details(store, image_id)
+        digests: dict[str, list[str]] = {}
+        for r in meta.query("SELECT repository, digest FROM repo_digests WHERE image_id = ? ORDER BY repository, digest", image_id):
+            digests.setdefault(str(r["repository"]), []).append(str(r["digest"]))
+        manifests = [str(r["digest"]) for r in meta.query("SELECT digest FROM manifests WHERE image_id = ? AND synthetic = 0 ORDER BY digest", image_id)]
+    for repo in {t.rpartition(":")[0] for t in tags}:
+        if repo not in digests and manifests:
+            digests[repo] = list(manifests)
+    refs = [f"{repo}@{d}" for repo in sorted(digests) for d in digests[repo]]
+    return {"tags": tags, "layers": layers, "repo_digests": refs}
+
+
+def tree_size(path: os.PathLike[str] | str) -> int:
+    """Bytes of the regular files under a directory (a container's layer), links not followed."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def list_containers(store: Store) -> list[Container]:
+    """Every container, newest first."""
+    rows = store.meta.query("SELECT id, name, image_id, mountpoint, read_only, created FROM containers ORDER BY created DESC")
+    return [Container(str(r["id"]), str(r["name"]), str(r["image_id"]), r["mountpoint"], bool(r["read_only"]), float(r["created"])) for r in rows]

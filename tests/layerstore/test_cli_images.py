@@ -1,0 +1,525 @@
+"""images, inspect, history, system df and prune through the command line, on images made by umoci.
+
+Four images are built once per test run with umoci and exported with skopeo:
+``base`` (one layer), ``app1`` and ``app2`` (base's layer plus one of their
+own) and the unrelated ``lone``. Each test loads the archives into a store of
+its own when it changes it, or shares one loaded store when it only reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from layerstore.formatting import created_since, human_size, human_size4
+from layerstore.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+LONG_STEP = "COPY base.bin /srv/base.bin # a command line that is longer than forty-five characters"
+
+pytestmark = pytest.mark.skipif(not (shutil.which("umoci") and shutil.which("skopeo")), reason="needs umoci and skopeo")
+
+
+def _sh(*cmd: str | Path, cwd: Path | None = None) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, capture_output=True, cwd=cwd)
+
+
+@dataclass(frozen=True)
+class Archives:
+    base: Path
+    app1: Path
+    app2: Path
+    lone: Path
+    app1_oci: Path
+
+    @property
+    def docker(self) -> tuple[Path, ...]:
+        return (self.base, self.app1, self.app2, self.lone)
+
+
+def _add_layer(layout: Path, tag: str, work: Path, files: dict[str, int], created: str, step: str) -> None:
+    bundle = work / f"bundle-{tag}"
+    rootless = () if os.geteuid() == 0 else ("--rootless",)
+    _sh("umoci", "unpack", *rootless, "--image", f"{layout}:{tag}", bundle)
+    for name, size in files.items():
+        path = bundle / "rootfs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes(i % 251 for i in range(size)))
+    _sh("umoci", "repack", "--image", f"{layout}:{tag}", "--history.created", created, "--history.created_by", step, bundle)
+    shutil.rmtree(bundle)
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> Archives:
+    work = tmp_path_factory.mktemp("images")
+    layout = work / "layout"
+    _sh("umoci", "init", "--layout", layout)
+    # base: a label (an empty-layer history entry), then one layer
+    _sh("umoci", "new", "--image", f"{layout}:base")
+    _sh("umoci", "config", "--image", f"{layout}:base", "--config.label", "tier=base",
+        "--history.created", "2024-01-01T00:00:00Z", "--history.created_by", "LABEL tier=base")
+    _add_layer(layout, "base", work, {"srv/base.bin": 100_000}, "2024-01-01T00:00:01Z", LONG_STEP)
+    _sh("umoci", "config", "--image", f"{layout}:base", "--created", "2024-01-01T00:00:02Z", "--no-history")
+    # app1, app2: base's layer and one of their own
+    for name, label, size, month in (("app1", "one", 50_000, "02"), ("app2", "two", 20_000, "03")):
+        _sh("umoci", "tag", "--image", f"{layout}:base", name)
+        _add_layer(layout, name, work, {f"srv/{name}.bin": size}, f"2024-{month}-01T00:00:00Z", f"COPY {name}.bin /srv/")
+        _sh("umoci", "config", "--image", f"{layout}:{name}", "--config.label", f"app={label}", "--author", "someone",
+            "--created", f"2024-{month}-01T00:00:01Z", "--history.created", f"2024-{month}-01T00:00:01Z",
+            "--history.created_by", f"LABEL app={label}", "--history.comment", "labelled")
+    # lone: nothing in common with the others, and the oldest
+    _sh("umoci", "new", "--image", f"{layout}:lone")
+    _add_layer(layout, "lone", work, {"lone.bin": 5_000}, "2023-06-01T00:00:00Z", "COPY lone.bin /")
+    _sh("umoci", "config", "--image", f"{layout}:lone", "--created", "2023-06-01T00:00:01Z", "--no-history")
+
+    def export(tag: str, name: str, *extra: str) -> Path:
+        out = work / f"{tag}.tar"
+        _sh("skopeo", "copy", "-q", f"oci:{layout}:{tag}", f"docker-archive:{out}:{name}", *extra)
+        return out
+
+    app1_oci = work / "app1.oci.tar"
+    _sh("skopeo", "copy", "-q", f"oci:{layout}:app1", f"oci-archive:{app1_oci}:example/app:oci")
+    return Archives(
+        export("base", "example/base:latest"),
+        export("app1", "example/app:1.0"),
+        export("app2", "example/app:2.0", "--additional-tag", "other/name:latest"),
+        export("lone", "example/lone:latest"),
+        app1_oci,
+    )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    root: Path
+    ids: dict[str, str]  # base, app1, app2, lone -> image ID
+    layers: dict[str, list[str]]  # -> diff_ids
+    sizes: dict[str, int]  # diff_id -> size
+
+    def size(self, image: str) -> int:
+        return sum(self.sizes[d] for d in self.layers[image])
+
+
+def load(root: Path, archives: Archives) -> Loaded:
+    ids: dict[str, str] = {}
+    with Store(root) as store:
+        for name, path in zip(("base", "app1", "app2", "lone"), archives.docker):
+            (image,) = store.load(str(path))
+            ids[name] = image.id
+        layers = {name: store.image_layers(i) for name, i in ids.items()}
+        sizes = {str(r["diff_id"]): int(r["size"]) for r in store.meta.query("SELECT diff_id, size FROM layers")}
+    return Loaded(root, ids, layers, sizes)
+
+
+@pytest.fixture(scope="session")
+def shared(archives: Archives, tmp_path_factory: pytest.TempPathFactory) -> Loaded:
+    """A store that tests only read."""
+    return load(tmp_path_factory.mktemp("shared") / "store", archives)
+
+
+@pytest.fixture
+def own(archives: Archives, tmp_path: Path) -> Loaded:
+    """A store for one test to change."""
+    return load(tmp_path / "store", archives)
+
+
+def cli(root: Path, *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TZ": "UTC", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "layerstore", "--root", str(root), *args],
+        capture_output=True, text=True, cwd=REPO, env=env, stdin=stdin, timeout=60, check=False,
+    )
+
+
+def ok(root: Path, *args: str) -> str:
+    proc = cli(root, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def fail(root: Path, *args: str) -> str:
+    proc = cli(root, *args)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr
+
+
+def table(rows: list[list[str]]) -> str:
+    """The expected layout: each column as wide as its widest cell plus 3, at least 10; the last one unpadded."""
+    widths = [max(10, max(len(r[i]) for r in rows) + 3) for i in range(len(rows[0]) - 1)]
+    return "".join("".join(c.ljust(w) for c, w in zip(r, widths)) + r[-1] + "\n" for r in rows)
+
+
+def short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def unix(text: str) -> int:
+    from layerstore.formatting import parse_time
+
+    t = parse_time(text)
+    assert t is not None
+    return t.unix
+
+
+CREATED = {"base": "2024-01-01T00:00:02Z", "app1": "2024-02-01T00:00:01Z", "app2": "2024-03-01T00:00:01Z", "lone": "2023-06-01T00:00:01Z"}
+
+
+# -- images ----------------------------------------------------------------------------
+
+
+def test_images_table_newest_first_one_row_per_tag(shared: Loaded) -> None:
+    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
+    for name, repo, tag in (("app2", "example/app", "2.0"), ("app2", "other/name", "latest"), ("app1", "example/app", "1.0"),
+                            ("base", "example/base", "latest"), ("lone", "example/lone", "latest")):
+        rows.append([repo, tag, short(shared.ids[name]), created_since(unix(CREATED[name])), human_size(shared.size(name))])
+    assert ok(shared.root, "images") == table(rows)
+    assert ok(shared.root, "image", "ls") == table(rows)
+    assert ok(shared.root, "images", "-a") == table(rows)
+
+
+def test_images_sizes_are_layer_sums(shared: Loaded) -> None:
+    base_layer = shared.layers["base"][0]
+    assert shared.layers["app1"][0] == base_layer == shared.layers["app2"][0]
+    assert shared.size("app1") == shared.sizes[base_layer] + shared.sizes[shared.layers["app1"][1]]
+    assert shared.sizes[base_layer] >= 100_000
+    out = ok(shared.root, "images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", "example/base")
+    assert out == f"example/base:latest {human_size(shared.size('base'))}\n"
+
+
+def test_images_quiet_lists_each_id_once(shared: Loaded) -> None:
+    out = ok(shared.root, "images", "-q").split()
+    assert out == [short(shared.ids[n]) for n in ("app2", "app1", "base", "lone")]
+    full = ok(shared.root, "images", "-q", "--no-trunc").split()
+    assert full == [shared.ids[n] for n in ("app2", "app1", "base", "lone")]
+
+
+def test_images_no_trunc(shared: Loaded) -> None:
+    out = ok(shared.root, "images", "--no-trunc", "example/lone")
+    assert out.splitlines()[1].split()[2] == shared.ids["lone"]
+    assert shared.ids["lone"].startswith("sha256:") and len(shared.ids["lone"]) == 71
+
+
+def _names(root: Path, *args: str) -> list[str]:
+    return ok(root, "images", "--format", "{{.Repository}}:{{.Tag}}", *args).splitlines()
+
+
+def test_images_filters(shared: Loaded) -> None:
+    everything = ["example/app:2.0", "other/name:latest", "example/app:1.0", "example/base:latest", "example/lone:latest"]
+    assert _names(shared.root) == everything
+    assert _names(shared.root, "-f", "dangling=true") == []
+    assert _names(shared.root, "-f", "dangling=false") == everything
+    assert _names(shared.root, "-f", "before=example/app:1.0") == ["example/base:latest", "example/lone:latest"]
+    assert _names(shared.root, "-f", f"since={short(shared.ids['base'])}") == ["example/app:2.0", "other/name:latest", "example/app:1.0"]
+    assert _names(shared.root, "-f", "since=example/lone", "-f", "before=example/app:2.0") == ["example/app:1.0", "example/base:latest"]
+    assert _names(shared.root, "-f", "reference=example/*") == ["example/app:2.0", "example/app:1.0", "example/base:latest", "example/lone:latest"]
+    assert _names(shared.root, "-f", "reference=*/name:latest") == ["other/name:latest"]
+    assert _names(shared.root, "-f", "reference=*/*:2.?", "-f", "reference=example/lone") == ["example/app:2.0", "example/lone:latest"]
+    assert _names(shared.root, "-f", "reference=docker.io/example/base:latest") == ["example/base:latest"]
+    assert _names(shared.root, "-f", "label=tier") == ["example/app:2.0", "other/name:latest", "example/app:1.0", "example/base:latest"]
+    assert _names(shared.root, "-f", "label=app") == ["example/app:2.0", "other/name:latest", "example/app:1.0"]
+    assert _names(shared.root, "-f", "label=app=two") == ["example/app:2.0", "other/name:latest"]
+    assert _names(shared.root, "-f", "label=app=one", "-f", "label=tier=base") == ["example/app:1.0"]
+    assert _names(shared.root, "-f", "label=app=three") == []
+    assert _names(shared.root, "-f", "until=2024-01-15T00:00:00Z") == ["example/base:latest", "example/lone:latest"]
+
+
+def test_images_positional_reference(shared: Loaded) -> None:
+    assert _names(shared.root, "example/app") == ["example/app:2.0", "example/app:1.0"]
+    assert _names(shared.root, "example/app:1.0") == ["example/app:1.0"]  # only the matching tag's row
+    assert _names(shared.root, "example/app:9") == []
+    assert ok(shared.root, "images", "nothing/here") == table([["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]])
+
+
+def test_images_filter_errors(shared: Loaded) -> None:
+    assert fail(shared.root, "images", "-f", "colour=red") == "Error: invalid filter 'colour'\n"
+    assert fail(shared.root, "images", "-f", "dangling=maybe") == "Error: invalid filter 'dangling=maybe'\n"
+    assert fail(shared.root, "images", "-f", "dangling") == "Error: bad format of filter (expected name=value)\n"
+    assert "no such image" in fail(shared.root, "images", "-f", "before=nothing:here")
+    assert "syntax error in pattern" in fail(shared.root, "images", "-f", "reference=ex[ample")
+
+
+def test_images_format_templates(shared: Loaded) -> None:
+    out = ok(shared.root, "images", "--format", "table {{.ID}}\\t{{.Tag}}", "example/app")
+    assert out == table([["IMAGE ID", "TAG"], [short(shared.ids["app2"]), "2.0"], [short(shared.ids["app1"]), "1.0"]])
+    out = ok(shared.root, "images", "--format", "{{.ID}}|{{upper .Tag}}|{{.CreatedAt}}", "example/base")
+    assert out == f"{short(shared.ids['base'])}|LATEST|2024-01-01 00:00:02 +0000 UTC\n"
+    out = ok(shared.root, "images", "--format", "table {{.Repository}}:{{.Tag}}\\t{{.CreatedAt}}\\t{{.Digest}}", "example/lone")
+    assert out == table([["REPOSITORY:TAG", "CREATED AT", "DIGEST"], ["example/lone:latest", "2023-06-01 00:00:01 +0000 UTC", "<none>"]])
+
+
+def test_images_format_json(shared: Loaded) -> None:
+    lines = ok(shared.root, "images", "--format", "json").splitlines()
+    assert len(lines) == 5
+    docs = [json.loads(line) for line in lines]
+    keys = ["Containers", "CreatedAt", "CreatedSince", "Digest", "ID", "Repository", "SharedSize", "Size", "Tag", "UniqueSize", "VirtualSize"]
+    assert all(list(d) == keys for d in docs)
+    app1 = docs[2]
+    assert (app1["Repository"], app1["Tag"], app1["ID"], app1["Digest"]) == ("example/app", "1.0", short(shared.ids["app1"]), "<none>")
+    assert app1["SharedSize"] == human_size4(shared.sizes[shared.layers["base"][0]])
+    assert app1["UniqueSize"] == human_size4(shared.sizes[shared.layers["app1"][1]])
+    assert app1["Size"] == human_size(shared.size("app1")) and app1["Containers"] == "0"
+    assert lines[0].startswith('{"Containers":"0","CreatedAt":"2024-03-01 00:00:01 +0000 UTC",')
+    assert ok(shared.root, "images", "--format", "{{json .}}") == "\n".join(lines) + "\n"
+
+
+def test_images_unknown_template_field(shared: Loaded) -> None:
+    err = fail(shared.root, "images", "--format", "{{.Nope}}")
+    assert "can't evaluate field Nope" in err and err.startswith("Error: template parsing error: template: :1:2:")
+    assert "function \"nope\" not defined" in fail(shared.root, "images", "--format", "{{nope .ID}}")
+
+
+def test_images_digests(own: Loaded, archives: Archives) -> None:
+    root = own.root
+    assert ok(root, "images", "--digests", "--format", "{{.Repository}}:{{.Tag}} {{.Digest}}", "example/app") == (
+        "example/app:2.0 <none>\nexample/app:1.0 <none>\n"  # docker-archives carry no manifest: none recorded
+    )
+    ok(root, "load", "-i", str(archives.app1_oci))  # the same image again, from an OCI archive with its manifest
+    with Store(root) as store:
+        (manifest,) = [str(r["digest"]) for r in store.meta.query("SELECT digest FROM manifests WHERE image_id = ? AND synthetic = 0", own.ids["app1"])]
+        with store.meta.transaction() as tx:
+            tx.execute("INSERT INTO repo_digests VALUES (?, ?, ?)", ("other/name", "sha256:" + "ab" * 32, own.ids["app2"]))
+    out = ok(root, "images", "--digests")
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["REPOSITORY", "TAG", "DIGEST", "IMAGE", "ID", "CREATED", "SIZE"]
+    by_name = {(r[0], r[1]): r[2] for r in rows[1:]}
+    assert by_name[("example/app", "1.0")] == manifest
+    assert by_name[("example/app", "oci")] == manifest
+    assert by_name[("example/app", "2.0")] == "<none>"
+    assert by_name[("other/name", "latest")] == "sha256:" + "ab" * 32
+    assert by_name[("example/base", "latest")] == "<none>"
+    header = out.splitlines()[0]
+    assert header.index("IMAGE ID") == out.splitlines()[1].index(short(own.ids["app2"]))
+    # a custom table gets the digest column appended, as Docker does
+    out = ok(root, "images", "--digests", "--format", "table {{.Tag}}", "example/app:1.0")
+    assert out == table([["TAG", "DIGEST"], ["1.0", manifest]])
+
+
+def test_untagged_image_shows_none(own: Loaded) -> None:
+    ok(own.root, "tag", "example/base:latest", "example/lone:latest")  # moves lone's only name away
+    out = ok(own.root, "images", "--format", "{{.Repository}} {{.Tag}} {{.ID}}", "-f", "dangling=true")
+    assert out == f"<none> <none> {short(own.ids['lone'])}\n"
+    assert short(own.ids["lone"]) not in ok(own.root, "images", "-f", "dangling=false", "-q")
+    assert short(own.ids["lone"]) not in ok(own.root, "images", "example/*", "-q")
+
+
+# -- inspect ---------------------------------------------------------------------------
+
+
+INSPECT_KEYS = ["Id", "RepoTags", "RepoDigests", "Parent", "Comment", "Created", "DockerVersion", "Author", "Config",
+                "Architecture", "Os", "Size", "GraphDriver", "RootFS", "Metadata", "Layers"]
+
+
+def test_inspect_json(shared: Loaded) -> None:
+    out = ok(shared.root, "inspect", "example/app:2.0")
+    assert out.startswith('[\n    {\n        "Id": ')  # Docker's four-space indent
+    (doc,) = json.loads(out)
+    assert list(doc) == INSPECT_KEYS
+    assert doc["Id"] == shared.ids["app2"]
+    assert doc["RepoTags"] == ["example/app:2.0", "other/name:latest"]
+    assert doc["RepoDigests"] == [] and doc["Parent"] == "" and doc["DockerVersion"] == ""
+    assert doc["Author"] == "someone" and doc["Created"] == "2024-03-01T00:00:01Z"
+    assert doc["Config"]["Labels"] == {"app": "two", "tier": "base"}
+    assert doc["Size"] == shared.size("app2")
+    assert doc["RootFS"] == {"Type": "layers", "Layers": shared.layers["app2"]}
+    assert doc["Metadata"] == {"LastTagTime": "0001-01-01T00:00:00Z"}
+    assert doc["GraphDriver"]["Name"] == "unionfs"
+    assert doc["GraphDriver"]["Data"]["UpperDir"].endswith(shared.layers["app2"][1].removeprefix("sha256:"))
+    assert doc["GraphDriver"]["Data"]["LowerDir"].endswith(shared.layers["app2"][0].removeprefix("sha256:"))
+
+
+def test_inspect_layers_and_sharing(shared: Loaded) -> None:
+    (doc,) = json.loads(ok(shared.root, "image", "inspect", "example/app:1.0"))
+    base, own_layer = doc["Layers"]
+    assert list(base) == ["Digest", "MediaType", "CompressedSize", "Size", "DiffID", "ChainID", "SharedBy"]
+    assert base["SharedBy"] == 3 and own_layer["SharedBy"] == 1  # base, app1 and app2 have the base layer
+    assert [base["DiffID"], own_layer["DiffID"]] == shared.layers["app1"]
+    assert base["ChainID"] == base["DiffID"]
+    assert own_layer["ChainID"] == "sha256:" + hashlib.sha256(f"{base['ChainID']} {own_layer['DiffID']}".encode()).hexdigest()
+    assert base["Size"] == shared.sizes[base["DiffID"]]
+    assert base["Digest"].startswith("sha256:") and 0 < base["CompressedSize"]
+    assert base["MediaType"].startswith("application/vnd.")
+    with Store(shared.root) as store:
+        assert store.blobs.has(base["Digest"])
+
+
+def test_inspect_several_and_missing(shared: Loaded) -> None:
+    docs = json.loads(ok(shared.root, "inspect", "example/base", short(shared.ids["lone"])))
+    assert [d["Id"] for d in docs] == [shared.ids["base"], shared.ids["lone"]]
+    proc = cli(shared.root, "inspect", "example/base", "no/such:image")
+    assert proc.returncode == 1
+    assert [d["Id"] for d in json.loads(proc.stdout)] == [shared.ids["base"]]  # the found ones are still printed
+    assert proc.stderr == "Error: No such image: no/such:image\n"
+    proc = cli(shared.root, "inspect", "nope")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "[]\n", "Error: No such image: nope\n")
+
+
+def test_inspect_format(shared: Loaded) -> None:
+    assert ok(shared.root, "inspect", "-f", "{{.Id}}", "example/lone") == shared.ids["lone"] + "\n"
+    out = ok(shared.root, "inspect", "--format", '{{json .RepoTags}} {{index .Config.Labels "app"}} {{range .Layers}}{{.SharedBy}},{{end}}', "example/app:2.0")
+    assert out == '["example/app:2.0","other/name:latest"] two 3,1,\n'
+    assert ok(shared.root, "inspect", "-f", "{{.Size}} {{len .RootFS.Layers}}", "example/base") == f"{shared.size('base')} 1\n"
+    err = fail(shared.root, "inspect", "-f", "{{.Nope}}", "example/base")
+    assert err == 'Error: template parsing error: template: :1:2: executing "" at <.Nope>: map has no entry for key "Nope"\n'
+
+
+# -- history ---------------------------------------------------------------------------
+
+
+def test_history_table(shared: Loaded) -> None:
+    base_layer, own_layer = (shared.sizes[d] for d in shared.layers["app2"])
+    rows = [
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        [short(shared.ids["app2"]), created_since(unix("2024-03-01T00:00:01Z")), "LABEL app=two", "0B", "labelled"],
+        ["<missing>", created_since(unix("2024-03-01T00:00:00Z")), "COPY app2.bin /srv/", human_size(own_layer), ""],
+        ["<missing>", created_since(unix("2024-01-01T00:00:01Z")), LONG_STEP[:44] + "…", human_size(base_layer), ""],
+        ["<missing>", created_since(unix("2024-01-01T00:00:00Z")), "LABEL tier=base", "0B", ""],
+    ]
+    assert ok(shared.root, "history", "example/app:2.0") == table(rows)
+    assert ok(shared.root, "image", "history", "other/name") == table(rows)
+
+
+def test_history_options(shared: Loaded) -> None:
+    out = ok(shared.root, "history", "--no-trunc", "example/base")
+    assert LONG_STEP in out and shared.ids["base"] in out
+    assert ok(shared.root, "history", "-q", "example/base") == f"{short(shared.ids['base'])}\n<missing>\n"
+    assert ok(shared.root, "history", "-H=false", "example/base") == table([
+        ["IMAGE", "CREATED AT", "CREATED BY", "SIZE", "COMMENT"],
+        [short(shared.ids["base"]), "2024-01-01T00:00:01Z", LONG_STEP[:44] + "…", str(shared.size("base")), ""],
+        ["<missing>", "2024-01-01T00:00:00Z", "LABEL tier=base", "0", ""],
+    ])
+    assert ok(shared.root, "history", "--human=false", "-q", "example/base").count("\n") == 2
+    lines = ok(shared.root, "history", "--format", "json", "example/lone").splitlines()
+    (doc,) = [json.loads(line) for line in lines]
+    assert list(doc) == ["Comment", "CreatedAt", "CreatedBy", "CreatedSince", "ID", "Size"]
+    assert doc["CreatedBy"] == "COPY lone.bin /" and doc["CreatedAt"] == "2023-06-01T00:00:00Z"
+    assert ok(shared.root, "history", "--format", "{{.ID}} {{.Size}}", "example/lone") == f"{short(shared.ids['lone'])} {human_size(shared.size('lone'))}\n"
+    assert "no such image" in fail(shared.root, "history", "nope")
+
+
+# -- system df --------------------------------------------------------------------------
+
+
+def test_system_df(shared: Loaded) -> None:
+    total = sum(shared.sizes.values())
+    expected = table([
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+        ["Images", "4", "0", human_size4(total), f"{human_size4(total)} (100%)"],
+        ["Containers", "0", "0", "0B", "0B"],
+        ["Local Volumes", "0", "0", "0B", "0B"],
+        ["Build Cache", "0", "0", "0B", "0B"],
+    ])
+    assert ok(shared.root, "system", "df") == expected
+    docs = [json.loads(line) for line in ok(shared.root, "system", "df", "--format", "json").splitlines()]
+    assert docs[0] == {"Active": "0", "Reclaimable": f"{human_size4(total)} (100%)", "Size": human_size4(total), "TotalCount": "4", "Type": "Images"}
+
+
+def test_system_df_verbose_shared_and_unique(shared: Loaded) -> None:
+    out = ok(shared.root, "system", "df", "-v")
+    sections = out.split("\n\n")
+    assert sections[0] == "Images space usage:"
+    image_table = sections[1] + "\n"
+    base = shared.sizes[shared.layers["base"][0]]
+    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"]]
+    for name, repo in (("app2", "example/app"), ("app1", "example/app"), ("base", "example/base"), ("lone", "example/lone")):
+        tag = {"app2": "2.0", "app1": "1.0"}.get(name, "latest")
+        shared_size = base if name != "lone" else 0
+        rows.append([repo, tag, short(shared.ids[name]), created_since(unix(CREATED[name])), human_size(shared.size(name)),
+                     human_size4(shared_size), human_size4(shared.size(name) - shared_size), "0"])
+    assert image_table == table(rows)
+    assert sections[2] == "Layers space usage:"
+    layer_rows = {line.split()[0]: line.split()[1:] for line in sections[3].splitlines()[1:]}
+    assert layer_rows[short(shared.layers["base"][0])] == [human_size4(base), "3", human_size4(base), "0B"]
+    lone = shared.sizes[shared.layers["lone"][0]]
+    assert layer_rows[short(shared.layers["lone"][0])] == [human_size4(lone), "1", "0B", human_size4(lone)]
+    assert sections[4] == "Containers space usage:"
+    assert sections[5].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "LOCAL", "VOLUMES", "SIZE", "CREATED", "STATUS", "NAMES"]
+    assert "Local Volumes space usage:" in out and "Build cache usage: 0B" in out
+
+
+def _add_container(loaded: Loaded, image: str, upper_bytes: int) -> str:
+    """A container that is not mounted, as ``mount`` then ``umount`` leave one."""
+    cid = hashlib.sha256(image.encode()).hexdigest()
+    with Store(loaded.root) as store, store.meta.transaction() as tx:
+        tx.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)", (cid, f"c-{image}", loaded.ids[image], None, 0, time.time()))
+    upper = loaded.root / "containers" / cid / "upper"
+    upper.mkdir(parents=True)
+    (upper / "data").write_bytes(b"x" * upper_bytes)
+    (loaded.root / "containers" / cid / "work").mkdir()
+    return cid
+
+
+def test_system_df_with_a_container(own: Loaded) -> None:
+    _add_container(own, "app1", 3000)
+    out = ok(own.root, "system", "df")
+    rows = [line.split("   ") for line in out.splitlines()]
+    images = [c.strip() for c in rows[1] if c.strip()]
+    total = sum(own.sizes.values())
+    used = own.size("app1")  # app1's layers, the base layer with them, stay while app1 has a container
+    assert images == ["Images", "4", "1", human_size4(total), f"{human_size4(total - used)} ({(total - used) * 100 // total}%)"]
+    containers = [c.strip() for c in rows[2] if c.strip()]
+    assert containers == ["Containers", "1", "0", "3kB", "3kB (100%)"]
+    verbose = ok(own.root, "system", "df", "-v")
+    assert "c-app1" in verbose and "unmounted" in verbose
+
+
+# -- prune ------------------------------------------------------------------------------
+
+
+def test_prune_removes_exactly_the_dangling_image(own: Loaded) -> None:
+    root = own.root
+    assert ok(root, "prune", "-f") == "Total reclaimed space: 0B\n"
+    ok(root, "tag", "example/base:latest", "example/lone:latest")
+    assert ok(root, "images", "-q", "-f", "dangling=true") == short(own.ids["lone"]) + "\n"
+    before = ok(root, "images", "-q").split()
+    err = fail(root, "image", "prune")  # no terminal to ask on, and no -f
+    assert "-f" in err
+    out = ok(root, "image", "prune", "-f")
+    lone_layer = own.layers["lone"][0]
+    assert out == f"Deleted Images:\ndeleted: {own.ids['lone']}\n\nTotal reclaimed space: {human_size4(own.sizes[lone_layer])}\n"
+    assert ok(root, "images", "-q").split() == [i for i in before if i != short(own.ids["lone"])]
+    with Store(root) as store:
+        assert not store.layers.has(lone_layer)
+        assert all(store.layers.has(d) for d in own.layers["app2"])
+    assert ok(root, "prune", "-f") == "Total reclaimed space: 0B\n"
+
+
+def test_prune_all_keeps_images_with_containers(own: Loaded) -> None:
+    _add_container(own, "app1", 10)
+    out = ok(own.root, "prune", "-a", "-f")
+    lines = out.splitlines()
+    assert lines[0] == "Deleted Images:"
+    assert set(lines[1:-2]) == {
+        "untagged: example/app:2.0", "untagged: other/name:latest", f"deleted: {own.ids['app2']}",
+        "untagged: example/base:latest", f"deleted: {own.ids['base']}",
+        "untagged: example/lone:latest", f"deleted: {own.ids['lone']}",
+    }
+    assert lines[-2] == ""
+    freed = own.sizes[own.layers["app2"][1]] + own.sizes[own.layers["lone"][0]]  # the base layer stays for app1
+    assert lines[-1] == f"Total reclaimed space: {human_size4(freed)}"
+    assert ok(own.root, "images", "--format", "{{.Repository}}:{{.Tag}}") == "example/app:1.0\n"
+    with Store(own.root) as store:
+        assert all(store.layers.has(d) for d in own.layers["app1"])
+
+
+def test_prune_asks_on_a_terminal(own: Loaded) -> None:
+    ok(own.root, "tag", "example/base:latest", "example/lone:latest")
+    for answer, deleted in (("n", False), ("y", True)):
+        master, slave = pty.openpty()
+        try:
+            os.write(master, f"{answer}\n".encode())
+            proc = cli(own.root, "image", "prune", stdin=slave)
+        finally:
+            os.close(slave)
+            os.close(master)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("WARNING! This will remove all dangling images.\nAre you sure you want to continue? [y/N] ")
+        assert (f"deleted: {own.ids['lone']}" in proc.stdout) is deleted
