@@ -56,8 +56,8 @@ class UnionOperations(fuse.Operations):
 
     @staticmethod
     def _caller() -> Caller:
-        uid, gid, _pid = fuse.fuse_get_context()
-        return Caller(uid, gid)
+        ctx = ctypes.cast(fuse._libfuse.fuse_get_context(), ctypes.POINTER(_Context)).contents
+        return Caller(ctx.uid, ctx.gid, ctx.umask)
 
     # -- lifecycle ---------------------------------------------------------------
     def init(self, path: str) -> None:
@@ -181,6 +181,26 @@ class UnionOperations(fuse.Operations):
 
 
 
+class _Context(ctypes.Structure):
+    """libfuse 2.8+'s struct fuse_context, with the umask that fusepy leaves out."""
+
+    _fields_ = [
+        ("fuse", ctypes.c_void_p),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("pid", ctypes.c_int32),
+        ("private_data", ctypes.c_void_p),
+        ("umask", ctypes.c_uint32),
+    ]
+
+
+class _ConnInfo(ctypes.Structure):
+    """The head of libfuse 2's struct fuse_conn_info."""
+
+    _fields_ = [(name, ctypes.c_uint) for name in ("proto_major", "proto_minor", "async_read", "max_write", "max_readahead", "capable", "want")]
+
+
+FUSE_CAP_DONT_MASK = 1 << 6
 _PINNED_THREADS: set[int] = set()
 _gilstate_ensure = ctypes.pythonapi.PyGILState_Ensure
 _gilstate_ensure.restype = ctypes.c_int
@@ -193,8 +213,18 @@ class UnionFUSE(fuse.FUSE):
       requests. A ctypes callback on a thread Python did not start creates
       and destroys a thread state on every call; taking one extra
       ``PyGILState_Ensure`` reference per thread halves the cost of a request.
-    - The open flags reach ``create`` (fusepy drops them).
+    - The open flags reach ``create`` (fusepy drops them), and the caller's
+      umask is applied by the union, not by the kernel.
     """
+
+    def init(self, conn: int | None) -> Any:
+        # The kernel leaves the umask to us, so that a directory's default ACL
+        # can replace it as it does on any other filesystem (acl(5)).
+        if conn:
+            info = ctypes.cast(conn, ctypes.POINTER(_ConnInfo)).contents
+            if info.capable & FUSE_CAP_DONT_MASK:
+                info.want |= FUSE_CAP_DONT_MASK
+        return super().init(conn)
 
     @staticmethod
     def _wrapper(func: Callable[..., Any], *args: Any, **kwargs: Any) -> int:

@@ -38,6 +38,7 @@ class Caller:
 
     uid: int
     gid: int
+    umask: int = 0  # applied here: the kernel leaves it to us (FUSE_CAP_DONT_MASK)
 
 
 ROOT = Caller(0, 0)
@@ -238,7 +239,7 @@ class Union:
 
     # -- creating ----------------------------------------------------------------
     def _new_entry(
-        self, path: str, caller: Caller | None, make: Callable[[int, str], int | None], is_dir: bool = False, mode: int = 0
+        self, path: str, caller: Caller | None, make: Callable[[int, str, int], int | None], is_dir: bool = False, mode: int = 0
     ) -> int | None:
         """Create an entry in the upper layer, in place of a whiteout if one is there."""
         copyup, work = self._writable(path)
@@ -254,26 +255,36 @@ class Union:
             pst = self.upper.lstat(prel)
             if pst is not None and pst.st_mode & stat.S_ISGID:
                 gid = pst.st_gid  # BSD group semantics of a set-group-ID directory
+            if caller.umask and self.upper.getxattr(prel, "system.posix_acl_default") is None:
+                mode &= ~caller.umask  # with a default ACL the filesystem ignores the umask (acl(5))
         existing = self.upper.lstat(rel)
         if existing is None:
-            fd = make(self.upper.fd, rel)
+            fd = make(self.upper.fd, rel, mode)
             self._own(self.upper, rel, fd, caller, gid, mode)
         elif self.upper.is_whiteout(rel, existing):
-            tmp = work.temp_name()
-            fd = make(work.fd, tmp)
+            # Built beside the whiteout under a name the union never shows, so the
+            # parent's default ACL and set-group-ID bit apply as to any new entry,
+            # then swapped in: the name goes from whiteout to entry in one step.
+            tmp = rel_join(prel, markers.WH_PREFIX + work.temp_name())
+            fd = make(self.upper.fd, tmp, mode)
             try:
-                self._own(work, tmp, fd, caller, gid, mode)
+                self._own(self.upper, tmp, fd, caller, gid, mode)
                 if is_dir:
-                    self._set_opaque(work, tmp)
-                    syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+                    self._set_opaque(self.upper, tmp)
+                    syscalls.renameat2(self.upper.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+                    os.unlink(tmp, dir_fd=self.upper.fd)  # the whiteout
                 else:
-                    os.rename(tmp, rel, src_dir_fd=work.fd, dst_dir_fd=self.upper.fd)
+                    os.rename(tmp, rel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
             except BaseException:
                 if fd is not None:
                     os.close(fd)
-                work.remove_tree(tmp)
+                st = self.upper.lstat(tmp)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    clear_dir(self.upper, tmp)
+                    os.rmdir(tmp, dir_fd=self.upper.fd)
+                elif st is not None:
+                    os.unlink(tmp, dir_fd=self.upper.fd)
                 raise
-            work.remove_tree(tmp)  # the whiteout, after an exchange
         else:
             raise fail(errno.EEXIST, path)
         self._forget(self.upper.lstat(rel))
@@ -297,7 +308,7 @@ class Union:
             os.close(os.open(rel_join(rel, markers.OPAQUE_MARKER), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=layer.fd))
 
     def create(self, path: str, mode: int, flags: int, caller: Caller = ROOT) -> int:
-        def make(dir_fd: int, rel: str) -> int:
+        def make(dir_fd: int, rel: str, mode: int) -> int:
             return os.open(rel, (flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC) & ~os.O_NOCTTY, mode & 0o7777, dir_fd=dir_fd)
 
         fd = self._new_entry(path, caller, make, mode=mode)
@@ -305,15 +316,15 @@ class Union:
         return fd
 
     def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> None:
-        self._new_entry(path, caller, lambda d, rel: os.mkdir(rel, mode & 0o7777, dir_fd=d), is_dir=True)
+        self._new_entry(path, caller, lambda d, rel, m: os.mkdir(rel, m & 0o7777, dir_fd=d), is_dir=True, mode=mode)
 
     def mknod(self, path: str, mode: int, rdev: int, caller: Caller = ROOT) -> None:
         if markers.is_chardev_whiteout(mode, rdev):
             raise fail(errno.EPERM, path)  # would read back as a whiteout; overlayfs refuses it too
-        self._new_entry(path, caller, lambda d, rel: os.mknod(rel, mode, rdev, dir_fd=d), mode=mode)
+        self._new_entry(path, caller, lambda d, rel, m: os.mknod(rel, m, rdev, dir_fd=d), mode=mode)
 
     def symlink(self, path: str, target: str, caller: Caller = ROOT) -> None:
-        self._new_entry(path, caller, lambda d, rel: os.symlink(target, rel, dir_fd=d))
+        self._new_entry(path, caller, lambda d, rel, m: os.symlink(target, rel, dir_fd=d))
 
     def link(self, existing: str, path: str) -> None:
         copyup, _ = self._writable(path)
@@ -322,7 +333,7 @@ class Union:
             raise fail(errno.EPERM, existing)
         srel = copyup.ensure(source)
 
-        def make(dir_fd: int, rel: str) -> None:
+        def make(dir_fd: int, rel: str, mode: int) -> None:
             os.link(srel, rel, src_dir_fd=self.upper.fd, dst_dir_fd=dir_fd, follow_symlinks=False)
 
         self._new_entry(path, None, make)
