@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from layerstore import reference
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+UNPACK_WORKERS = min(3, os.cpu_count() or 1)  # layers unpacked at once
 
 
 def default_root() -> Path:
@@ -108,7 +110,8 @@ class Store:
         config = ImageConfig.parse(config_bytes, f"config {config_digest}")
         if len(config.diff_ids) != len(image.layer_members):
             raise CorruptArchive(f"image {config_digest}", f"{len(image.layer_members)} layers but {len(config.diff_ids)} diff_ids")
-        descriptors = [self._load_layer(archive, image, i, diff_id, say) for i, diff_id in enumerate(config.diff_ids)]
+        staged = [self._ingest_layer(archive, image, i, diff_id, say) for i, diff_id in enumerate(config.diff_ids)]
+        descriptors = self._unpack_layers(list(config.diff_ids), staged, say)
         if image.manifest is not None:
             manifest_bytes, media_type, synthetic = image.manifest, image.manifest_media_type or "", False
             Manifest.parse(manifest_bytes, "manifest")
@@ -161,27 +164,47 @@ class Store:
             raise InvalidReference(f"name {quote(name)}", "a tag cannot carry a digest")
         return str(ref)
 
-    def _load_layer(self, archive: object, image: ArchiveImage, i: int, diff_id: str, say: Progress) -> tuple[Descriptor, int]:
+    def _ingest_layer(self, archive: object, image: ArchiveImage, i: int, diff_id: str, say: Progress) -> tuple[Descriptor, bool]:
+        """Store layer i's blob (verified); whether its diff_id still needs unpacking."""
         member = image.layer_members[i]
-        short = parse_digest(diff_id).hex[:12]
         desc = image.layer_descriptors[i] if image.layer_descriptors else None
-        if desc is not None and self.blobs.has(desc.digest) and self.layers.has(diff_id):
-            say(f"{short}: Already exists")
-            return desc, self._layer_size(diff_id)
-        with archive.open(member) as f:  # type: ignore[attr-defined]
-            head = f.read(8)
-            stream = _Prepend(head, f)
-            stored = self.blobs.ingest(stream, desc.digest if desc else None, desc.size if desc else None, subject=f"layer {member}")
-        if desc is None:
-            media_type = DOCKER_LAYER_GZIP if sniff(head) == "gzip" else (DOCKER_LAYER + ".zstd" if sniff(head) == "zstd" else DOCKER_LAYER)
-            desc = Descriptor(media_type, stored.digest, stored.size)
-        if self.layers.has(diff_id):
-            say(f"{short}: Already exists")
-            return desc, self._layer_size(diff_id)
-        say(f"{short}: Loading layer")
-        with self.blobs.open(desc.digest) as blob:
-            result = self.layers.unpack(blob, diff_id, desc.media_type)
-        return desc, result.size if result else self._layer_size(diff_id)
+        if desc is None or not self.blobs.has(desc.digest):
+            with archive.open(member) as f:  # type: ignore[attr-defined]
+                head = f.read(8)
+                stored = self.blobs.ingest(_Prepend(head, f), desc.digest if desc else None, desc.size if desc else None, subject=f"layer {member}")
+            if desc is None:
+                kind = sniff(head)
+                media_type = {"gzip": DOCKER_LAYER_GZIP, "zstd": DOCKER_LAYER + ".zstd"}.get(kind, DOCKER_LAYER)
+                desc = Descriptor(media_type, stored.digest, stored.size)
+        needed = not self.layers.has(diff_id)
+        if not needed:
+            say(f"{parse_digest(diff_id).hex[:12]}: Already exists")
+        return desc, needed
+
+    def _unpack_layers(self, diff_ids: list[str], staged: list[tuple[Descriptor, bool]], say: Progress) -> list[tuple[Descriptor, int]]:
+        """Unpack the layers that are new, several at once where the cores allow."""
+        todo = {diff_id: desc for diff_id, (desc, needed) in zip(diff_ids, staged) if needed}
+        sizes: dict[str, int] = {}
+
+        def unpack(diff_id: str, desc: Descriptor) -> int | None:
+            say(f"{parse_digest(diff_id).hex[:12]}: Loading layer")
+            with self.blobs.open(desc.digest) as blob:
+                result = self.layers.unpack(blob, diff_id, desc.media_type)
+            return result.size if result else None
+
+        if todo:
+            pool = ThreadPoolExecutor(max_workers=min(UNPACK_WORKERS, len(todo)), thread_name_prefix="unpack")
+            try:
+                futures = {diff_id: pool.submit(unpack, diff_id, desc) for diff_id, desc in todo.items()}
+                for diff_id, future in futures.items():
+                    size = future.result()
+                    if size is not None:
+                        sizes[diff_id] = size
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown()
+        return [(desc, sizes.get(diff_id) or self._layer_size(diff_id)) for diff_id, (desc, _) in zip(diff_ids, staged)]
 
     def _layer_size(self, diff_id: str) -> int:
         row = self.meta.one("SELECT size FROM layers WHERE diff_id = ?", diff_id)

@@ -246,3 +246,19 @@ def test_kernel_overlayfs_shows_the_same_rootfs(store: Store, images: dict[str, 
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     assert kernel == tree(images["app-rootfs"])
+
+
+@pytest.mark.parametrize("compress", [["gzip", "-c"], ["zstd", "-q", "-c"]])
+def test_compressed_archives_and_stdin(tmp_path: Path, images: dict[str, Path], compress: list[str]) -> None:
+    if not shutil.which(compress[0]):
+        pytest.skip(f"{compress[0]} not installed")
+    packed = tmp_path / "base.tar.z"
+    with open(packed, "wb") as out:
+        subprocess.run([*compress, str(images["base-docker"])], stdout=out, check=True)
+    root = tmp_path / "store"
+    with open(packed, "rb") as stdin:
+        result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(root), "load"], stdin=stdin, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Loaded image: example/base:v1\n"
+    with Store(root) as s:
+        assert len(s.layers.diff_ids()) == 2
