@@ -47,7 +47,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from drivers import REPO_ROOT, fs_type, mounts_under  # noqa: E402  (shared with the filesystem benchmarks)
+from fixtures import log  # noqa: E402
+from run import choose_workdir, source_version  # noqa: E402
 KiB = 1024
 MiB = 1024 * KiB
 TAG = "bench"
@@ -55,40 +58,7 @@ CONTENDERS = ("load", "skopeo+umoci", "tar -x", "unpack")
 INPUTS = ("docker-archive", "oci-archive")
 
 
-def log(msg: str) -> None:
-    """Progress goes to stderr so stdout stays pure JSON lines."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # -- the machine ------------------------------------------------------------------
-
-
-def mounts() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4]
-            out.append(point.encode().decode("unicode_escape"))
-    return out
-
-
-def mounts_under(root: Path) -> list[str]:
-    prefix = str(root).rstrip("/") + "/"
-    return [m for m in mounts() if m.startswith(prefix) or m == str(root)]
-
-
-def fs_type(path: Path) -> str:
-    """Filesystem type of the mount containing ``path`` (longest prefix match)."""
-    real = os.path.realpath(path)
-    best, best_type = "", "?"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4]
-            fstype = fields[fields.index("-") + 1]
-            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best, best_type = point, fstype
-    return best_type
 
 
 def drop_caches() -> bool:
@@ -107,35 +77,6 @@ def version(cmd: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
-
-
-def source_version() -> str:
-    git = ["git", "-C", str(REPO_ROOT)]
-    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    if head.returncode != 0:
-        return "source tree without a commit"
-    dirty = subprocess.run(git + ["status", "--porcelain", "--", "layerstore"], capture_output=True, text=True).stdout
-    return f"commit {head.stdout.strip()}" + (" with uncommitted changes in layerstore/" if dirty.strip() else "")
-
-
-def choose_workdir(arg: str | None) -> Path:
-    """A fresh directory on a disk filesystem: tmpfs would flatter every contender."""
-    if arg:
-        base = Path(arg).resolve()
-        base.mkdir(parents=True, exist_ok=True)
-    else:
-        base = Path(tempfile.gettempdir())
-        if fs_type(base) in ("tmpfs", "ramfs"):
-            fallback = Path("/var/tmp")
-            if fallback.is_dir() and fs_type(fallback) not in ("tmpfs", "ramfs"):
-                log(f"{base} is tmpfs; using {fallback} instead")
-                base = fallback
-            else:
-                raise SystemExit(f"{base} is tmpfs; pass --workdir on a disk-backed filesystem")
-    kind = fs_type(base)
-    if kind in ("tmpfs", "ramfs", "overlay") or kind.startswith("fuse"):
-        log(f"warning: {base} is on {kind}; numbers will not be representative")
-    return Path(tempfile.mkdtemp(prefix="layerstore-load-bench-", dir=base))
 
 
 def rmtree(path: Path) -> None:
@@ -829,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
-    workdir = choose_workdir(args.workdir)
+    workdir = choose_workdir(args.workdir, prefix="layerstore-load-bench-")
     cache = Path(args.cache).resolve() if args.cache else None
     log(f"work directory {workdir}")
     bench = Bench(args, workdir)
@@ -854,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = [
             f"base: {made}; 1x = 4 layers built with umoci, 2x = the same with every layer's content also under /x2",
             f"kernel {platform.release()}, {os.cpu_count()} CPUs, work directory on {fs_type(workdir)}",
-            f"python {platform.python_version()}, layerstore {source_version()}",
+            f"python {platform.python_version()}, layerstore {source_version('layerstore')}",
             f"{version(['skopeo', '--version'])}; {version(['umoci', '--version'])}; {version(['tar', '--version'])}; "
             f"{version(['gzip', '--version'])}",
             f"{args.repeat} run(s) per cell" + (" (median)" if args.repeat > 1 else "")

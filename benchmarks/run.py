@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def choose_workdir(arg: str | None) -> Path:
-    """A fresh directory on a disk filesystem: tmpfs would flatter every driver."""
+def choose_workdir(arg: str | None, prefix: str = "unionfs-bench-") -> Path:
+    """A fresh directory on a disk filesystem: tmpfs would flatter every contender."""
     if arg:
         base = Path(arg).resolve()
         base.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def choose_workdir(arg: str | None) -> Path:
     kind = fs_type(base)
     if kind in ("tmpfs", "ramfs", "overlay") or kind.startswith("fuse"):
         log(f"warning: {base} is on {kind}; numbers will not be representative (and overlay may refuse it)")
-    return Path(tempfile.mkdtemp(prefix="unionfs-bench-", dir=base))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 def can_drop_caches() -> bool:
@@ -93,14 +93,14 @@ def can_drop_caches() -> bool:
         return False
 
 
-def source_version() -> str:
-    """Which driver source was measured: commit, and whether unionfs/ had edits."""
+def source_version(package: str = "unionfs") -> str:
+    """Which source was measured: commit, and whether the package had edits."""
     git = ["git", "-C", str(REPO_ROOT)]
     head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         return "source tree without a commit"
-    dirty = subprocess.run(git + ["status", "--porcelain", "--", "unionfs"], capture_output=True, text=True).stdout
-    return f"commit {head.stdout.strip()}" + (" with uncommitted changes in unionfs/" if dirty.strip() else "")
+    dirty = subprocess.run(git + ["status", "--porcelain", "--", package], capture_output=True, text=True).stdout
+    return f"commit {head.stdout.strip()}" + (f" with uncommitted changes in {package}/" if dirty.strip() else "")
 
 
 def environment(workdir: Path, drivers: list[Driver]) -> list[str]:

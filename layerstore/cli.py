@@ -14,7 +14,11 @@ import sys
 
 from layerstore.errors import LayerStoreError
 
-COMMANDS = ("load", "images", "tag", "rmi", "inspect", "history", "mount", "umount", "ps", "diff", "rm", "save", "commit", "prune", "system")
+COMMANDS = (
+    "pull", "load", "images", "tag", "rmi", "inspect", "history", "save",
+    "mount", "umount", "ps", "diff", "commit", "rm", "prune", "system",
+    "manifest", "search", "login", "logout",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="image commands (image prune, image ls, ...)")
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
     image_sub.required = True
-    for alias, name in (("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"), ("save", "save"), ("tag", "tag"), ("history", "history")):
+    for alias, name in (("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"), ("save", "save"), ("tag", "tag"), ("history", "history"), ("pull", "pull")):
         try:
             importlib.import_module(f"layerstore.commands.{name}").register(image_sub, alias)
         except ModuleNotFoundError:

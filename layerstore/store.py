@@ -297,7 +297,13 @@ class Store:
         with self.meta.transaction() as tx:
             tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
             live_layers = {r[0] for r in tx.execute("SELECT diff_id FROM layers")}
-            live_blobs = {r[0] for r in tx.execute("SELECT blob FROM image_layers UNION SELECT digest FROM manifests UNION SELECT id FROM images")}
+            live_blobs = {
+                r[0]
+                for r in tx.execute(
+                    "SELECT blob FROM image_layers UNION SELECT digest FROM manifests "
+                    "UNION SELECT id FROM images UNION SELECT digest FROM repo_digests"
+                )
+            }
             for diff_id in self.layers.diff_ids():
                 if diff_id not in live_layers:
                     self.layers.remove(diff_id)

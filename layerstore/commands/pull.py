@@ -1,0 +1,78 @@
+"""``pull NAME[:TAG|@DIGEST]``: download an image from a registry, with ``docker pull``'s output.
+
+Progress goes to stdout as Docker prints it (one line per layer update when
+stdout is not a terminal, progress bars when it is), then ``Digest:``,
+``Status:`` and the full reference; with ``-q`` only the reference.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from layerstore import reference
+from layerstore.formatting import CommandError
+from layerstore.reference import Reference
+from layerstore.registry.client import RegistryClient
+from layerstore.registry.platforms import Platform
+from layerstore.registry.progress import Display, PullOutput, Quiet
+from layerstore.registry.pull import Puller, full_name
+from layerstore.store import Store
+
+
+def add_registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (also $LAYERSTORE_INSECURE_REGISTRIES; localhost always)",
+    )
+
+
+def quiet_http_logs() -> None:
+    """urllib3 logs each retry as a warning; the error that ends a command is the one line to show."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def register(sub: argparse._SubParsersAction, name: str = "pull") -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(name, help="download an image from a registry")
+    p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("-a", "--all-tags", action="store_true", help="download all tagged images in the repository")
+    p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
+    p.add_argument("--platform", default=os.environ.get("DOCKER_DEFAULT_PLATFORM") or None,
+                   help="os/arch[/variant] to pull from a multi-platform image (default: this machine's)")
+    p.add_argument("--disable-content-trust", action="store_true", help=argparse.SUPPRESS)  # Docker's default; no-op
+    add_registry_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, store: Store) -> int:
+    quiet_http_logs()
+    ref = reference.parse(args.name, default_tag=False)
+    if args.all_tags and (ref.tag or ref.digest):
+        raise CommandError("tag can't be used with --all-tags/-a")
+    if not args.all_tags and not ref.tag and not ref.digest:
+        ref = ref.with_default_tag()
+        if not args.quiet:
+            print(f"Using default tag: {ref.tag}", flush=True)
+    platform = Platform.parse(args.platform) if args.platform else None
+    output: PullOutput = Quiet() if args.quiet else Display(sys.stdout)
+    client = RegistryClient(ref.domain, insecure=args.insecure_registry)
+    try:
+        puller = Puller(store, client, output, platform, explicit_platform=platform is not None)
+        if args.all_tags:
+            results, failed = puller.pull_all_tags(ref)
+            for tag, error in failed:  # dockerd logs these and goes on with the other tags
+                print(f"Error pulling {Reference(ref.domain, ref.path, tag)}: {error}", file=sys.stderr, flush=True)
+            updated = any(r.updated for r in results)
+            shown, name = Reference(ref.domain, ref.path).repository, full_name(Reference(ref.domain, ref.path))
+        else:
+            result = puller.pull(ref)
+            updated, name = result.updated, result.name
+            shown = str(Reference(ref.domain, ref.path, None, ref.digest) if ref.digest else ref)
+    finally:
+        client.close()
+    what = "Downloaded newer image" if updated else "Image is up to date"
+    output.status("", f"Status: {what} for {shown}")
+    print(name, flush=True)
+    return 0

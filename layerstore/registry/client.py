@@ -1,0 +1,372 @@
+"""HTTP to one registry (the distribution spec's ``/v2/`` API) with ``requests``.
+
+One ``requests.Session`` per client: pooled keep-alive connections, a
+connect and a read timeout on every request, and urllib3's ``Retry`` with
+exponential backoff for what is worth another try (connection failures,
+408/429/5xx answers to GET and HEAD). Bytes that stop mid-body are resumed by
+the caller with a ``Range`` request (``download.py``).
+
+Endpoints as Docker chooses them: ``docker.io`` is served by
+``registry-1.docker.io``; ``localhost``, ``127.0.0.0/8``, ``::1`` and
+registries named in ``--insecure-registry`` or ``$LAYERSTORE_INSECURE_REGISTRIES``
+speak plain HTTP; every other registry HTTPS with certificate checks.
+
+Redirects are followed here, not by requests: blob storage (S3, a CDN) answers
+a blob GET with a 307 to another host, and the registry's credentials must not
+travel there, so ``Authorization`` is dropped as soon as the origin changes.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import requests.auth
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from layerstore.digest import digest_bytes, parse_digest
+from layerstore.errors import (
+    AuthError,
+    DigestMismatch,
+    InvalidReference,
+    ManifestUnknown,
+    NotFound,
+    RegistryError,
+    SizeMismatch,
+    TransportError,
+)
+from layerstore.model import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    MAX_DOCUMENT,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
+from layerstore.reference import DEFAULT_DOMAIN, Reference
+from layerstore.registry.auth import Authorizer, Credentials, DockerConfig
+
+log = logging.getLogger(__name__)
+
+HUB_REGISTRY = "registry-1.docker.io"
+INSECURE_ENV = "LAYERSTORE_INSECURE_REGISTRIES"
+USER_AGENT = "layerstore/0.1 (python-requests)"
+TIMEOUT = (15.0, 60.0)  # connect, read (between two reads of the socket)
+#: Every manifest type the store can use, in one Accept header: the registry
+#: converts or narrows what it answers to what the client names (see README).
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_REDIRECTS = 10
+_REDIRECTS = (301, 302, 303, 307, 308)
+CHUNK = 1 << 20
+PAGE_SIZE: int | None = None  # entries asked for per page of a tag or catalog listing
+
+
+def insecure_registries(extra: Iterable[str] = ()) -> frozenset[str]:
+    """Registries named insecure by option or ``$LAYERSTORE_INSECURE_REGISTRIES`` (comma or space separated)."""
+    names = re.split(r"[,\s]+", os.environ.get(INSECURE_ENV, ""))
+    return frozenset(n.strip().lower() for n in (*names, *extra) if n.strip())
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    domain: str  # as references name it: docker.io, host:port
+    base_url: str  # where its /v2/ API is
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).netloc
+
+
+def endpoint(domain: str, insecure: Iterable[str] = ()) -> Endpoint:
+    host = HUB_REGISTRY if domain == DEFAULT_DOMAIN else domain
+    plain = _loopback(host) or domain.lower() in insecure_registries(insecure)
+    return Endpoint(domain, f"{'http' if plain else 'https'}://{host}")
+
+
+def _loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def new_session(retries: int = 3) -> requests.Session:
+    """A pooled session that retries transient failures with exponential backoff."""
+    retry = Retry(
+        total=retries + 1,
+        connect=retries,
+        read=2,
+        status=retries,
+        backoff_factor=0.25,
+        status_forcelist=(408, 429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The innermost reason of a requests failure, without urllib3's wrapping."""
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        m = re.search(r"SSLError\((?:\d+, )?['\"]?(.*?)['\"]?\)+$", text)
+        return "TLS: " + (m.group(1) if m else text)
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if m:
+        return m.group(1).strip()
+    m = re.search(r"(Connection aborted|Connection broken|RemoteDisconnected)[^,)]*", text)
+    return m.group(0) if m else text
+
+
+class _AsSet(requests.auth.AuthBase):
+    """Send the Authorization header as set here: without an auth object requests would
+    put ``~/.netrc`` credentials in its place."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+_AS_SET = _AsSet()
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def pull_scope(path: str) -> str:
+    return f"repository:{path}:pull"
+
+
+CATALOG_SCOPE = "registry:catalog:*"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A manifest or index as the registry sent it: the original bytes and their digest."""
+
+    data: bytes
+    media_type: str
+    digest: str
+
+
+class RegistryClient:
+    """Requests to one registry, authorized as its challenges ask."""
+
+    def __init__(
+        self,
+        domain: str,
+        *,
+        insecure: Iterable[str] = (),
+        credentials: Credentials | None = None,
+        config: DockerConfig | None = None,
+        session: requests.Session | None = None,
+        timeout: Any = TIMEOUT,
+    ) -> None:
+        self.endpoint = endpoint(domain, insecure)
+        self.session = session or new_session()
+        self.timeout = timeout
+        if credentials is None:
+            credentials = (config or DockerConfig()).get(domain)
+        self.auth = Authorizer(domain, self.session, credentials, timeout)
+
+    @property
+    def domain(self) -> str:
+        return self.endpoint.domain
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- requests ------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return urljoin(self.endpoint.base_url, path)
+
+    def request(
+        self, method: str, path: str, *, scope: str | None, headers: dict[str, str] | None = None, stream: bool = False
+    ) -> requests.Response:
+        """Send, answering one 401 challenge; any answer but 401 is returned to the caller."""
+        url = self.url(path)
+        for attempt in (1, 2):
+            sent = dict(headers or {})
+            authorization = self.auth.header(scope)
+            if authorization:
+                sent["Authorization"] = authorization
+            response = self._send(method, url, sent, stream)
+            if response.status_code != 401:
+                return response
+            if attempt == 2 or not self.auth.challenged(response, scope):
+                break
+            response.close()
+        error = _registry_error(response)
+        response.close()
+        detail = f"{error[0].lower()}: {error[1]}" if error else "unauthorized"
+        raise AuthError(f"registry {self.domain}", f"{detail} (check the credentials, or log in)")
+
+    def _send(self, method: str, url: str, headers: dict[str, str], stream: bool) -> requests.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, stream=stream, timeout=self.timeout, allow_redirects=False, auth=_AS_SET
+                )
+            except requests.RequestException as exc:
+                raise TransportError(f"registry {self.domain}", f"unreachable ({method} {url}: {describe_failure(exc)})") from None
+            location = response.headers.get("Location")
+            if response.status_code not in _REDIRECTS or not location:
+                return response
+            response.close()
+            target = urljoin(url, location)
+            if _origin(target) != _origin(url):
+                # blob storage elsewhere: the registry's credentials stay with the registry
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            if response.status_code == 303:
+                method = "GET"
+            log.debug("%s redirected to %s", url, target)
+            url = target
+        raise TransportError(f"registry {self.domain}", f"more than {MAX_REDIRECTS} redirects for {url}")
+
+    def check(self, response: requests.Response, subject: str, *, blob: bool = False) -> None:
+        """Raise the error an unsuccessful answer means; 200 and 206 pass."""
+        if response.status_code in (200, 206):
+            return
+        error = _registry_error(response)
+        response.close()
+        code, message = error or ("", "")
+        if response.status_code == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
+            if code == "NAME_UNKNOWN":
+                raise ManifestUnknown(subject, "not found: repository name not known to registry")
+            if code == "BLOB_UNKNOWN" or blob:
+                raise NotFound(subject, "not found: blob unknown to registry")
+            raise ManifestUnknown(subject, "not found: manifest unknown")
+        if response.status_code == 403 or code == "DENIED":
+            raise AuthError(subject, f"denied: {message or 'requested access to the resource is denied'}")
+        detail = f"{code.lower()}: {message}" if code else f"HTTP {response.status_code} {response.reason or ''}".strip()
+        raise RegistryError(subject, f"{detail} (registry {self.domain})")
+
+    # -- the API ---------------------------------------------------------------------------
+    def ping(self) -> None:
+        """``GET /v2/``: reachable, speaks the v2 API, and takes our credentials (login)."""
+        response = self.request("GET", "/v2/", scope=None)
+        with response:
+            self.check(response, f"registry {self.domain}")
+
+    def manifest(self, path: str, ref: str) -> Fetched:
+        """A manifest or index by tag or digest, verified against the digest asked for
+        or the ``Docker-Content-Digest`` the registry answers with."""
+        subject = f"manifest for {_display(self.domain, path, ref)}"
+        response = self.request("GET", f"/v2/{path}/manifests/{ref}", scope=pull_scope(path), headers={"Accept": MANIFEST_ACCEPT})
+        with response:
+            self.check(response, subject)
+            data = _read_upto(response, MAX_DOCUMENT)
+            if len(data) > MAX_DOCUMENT:
+                raise RegistryError(subject, f"larger than {MAX_DOCUMENT} bytes")
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            announced = response.headers.get("Docker-Content-Digest", "")
+        expected = ref if ref.startswith(("sha256:", "sha512:")) else announced
+        digest = digest_bytes(data)
+        if expected:
+            try:
+                algorithm = parse_digest(expected).algorithm
+            except InvalidReference:
+                raise RegistryError(subject, f"the registry answered with a malformed digest {expected!r}") from None
+            actual = digest_bytes(data, algorithm)
+            if actual != expected:
+                raise DigestMismatch(subject, expected=expected, actual=actual)
+            digest = actual
+        return Fetched(data, media_type, digest)
+
+    def blob_bytes(self, path: str, digest: str, size: int) -> bytes:
+        """A small blob (a config) in memory, checked against its size and digest."""
+        subject = f"blob {digest}"
+        with self.open_blob(path, digest) as response:
+            data = _read_upto(response, min(size, MAX_DOCUMENT))
+        if len(data) != size:
+            raise SizeMismatch(subject, expected=size, actual=len(data))
+        actual = digest_bytes(data, parse_digest(digest).algorithm)
+        if actual != digest:
+            raise DigestMismatch(subject, expected=digest, actual=actual)
+        return data
+
+    def open_blob(self, path: str, digest: str, offset: int = 0) -> requests.Response:
+        """A blob GET, from ``offset`` with a Range request; the caller checks 200 against 206."""
+        headers = {"Accept-Encoding": "identity"}  # the digest covers the bytes as stored
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        response = self.request("GET", f"/v2/{path}/blobs/{digest}", scope=pull_scope(path), headers=headers, stream=True)
+        self.check(response, f"blob {digest}", blob=True)
+        return response
+
+    def tags(self, path: str) -> list[str]:
+        """Every tag of a repository, following the ``Link: <...>; rel="next"`` pages."""
+        subject = f"repository {_display(self.domain, path, None)}"
+        query = f"?n={PAGE_SIZE}" if PAGE_SIZE else ""  # without n the registry decides the page size
+        return list(self._paged(f"/v2/{path}/tags/list{query}", pull_scope(path), "tags", subject))
+
+    def catalog(self) -> list[str]:
+        """Every repository (``/v2/_catalog``, paged)."""
+        return list(self._paged(f"/v2/_catalog?n={PAGE_SIZE or 1000}", CATALOG_SCOPE, "repositories", f"registry {self.domain}"))
+
+    def _paged(self, path: str, scope: str, key: str, subject: str) -> Iterator[str]:
+        url: str | None = path
+        seen: set[str] = set()
+        while url and url not in seen:
+            seen.add(url)
+            response = self.request("GET", url, scope=scope)
+            with response:
+                self.check(response, subject)
+                try:
+                    items = response.json().get(key) or []
+                except (ValueError, AttributeError):
+                    raise RegistryError(subject, f"malformed {key} list") from None
+                yield from (str(i) for i in items)
+                following = response.links.get("next", {}).get("url")
+            url = urljoin(self.url(url), following) if following else None
+
+
+def _display(domain: str, path: str, ref: str | None) -> str:
+    """A reference as Docker names it in messages (``busybox:latest``, ``host:5000/app@sha256:...``)."""
+    if ref is None:
+        return Reference(domain, path).repository
+    if ref.startswith(("sha256:", "sha512:")):
+        return str(Reference(domain, path, digest=ref))
+    return str(Reference(domain, path, tag=ref))
+
+
+def _read_upto(response: requests.Response, limit: int) -> bytes:
+    """The body, or its first ``limit + 1`` bytes when it is longer (the caller refuses it)."""
+    out = bytearray()
+    try:
+        for chunk in response.iter_content(CHUNK):
+            out += chunk
+            if len(out) > limit:
+                break
+    except requests.RequestException as exc:
+        raise TransportError(f"{response.url}", f"connection lost ({describe_failure(exc)})") from None
+    return bytes(out[: limit + 1])
+
+
+def _registry_error(response: requests.Response) -> tuple[str, str] | None:
+    """The first ``{"errors": [{"code", "message"}]}`` entry of an error answer."""
+    try:
+        body = response.json() if response.content else {}
+        first = body["errors"][0]
+        return str(first.get("code") or ""), str(first.get("message") or "")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, requests.RequestException):
+        return None

@@ -1,0 +1,90 @@
+"""Platforms as containerd matches them: ``os/arch[/variant]``, normalised, ranked.
+
+``--platform`` and the ``platform`` of an index entry are normalised the way
+containerd's ``platforms.Normalize`` does (``x86_64`` is ``amd64``,
+``aarch64`` is ``arm64`` whose default variant ``v8`` is no variant, a bare
+``arm`` is ``arm/v7``), so ``linux/arm64`` matches an entry written
+``linux/arm64/v8``. An ARM variant also runs older variants' code:
+``linux/arm/v7`` takes a ``v6`` image when no ``v7`` one is there, as
+containerd's ``platforms.Only`` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from layerstore.archive import host_platform
+from layerstore.errors import InvalidReference, quote
+
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """``os/arch[/variant]`` (or ``arch`` alone, Linux implied), normalised."""
+        parts = text.strip().lower().split("/")
+        if not text.strip() or len(parts) > 3 or not all(parts):
+            raise InvalidReference(f"platform {quote(text)}", "expected os/arch[/variant]")
+        if len(parts) == 1:
+            parts = ["linux", *parts]
+        return cls.of(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
+
+    @classmethod
+    def of(cls, os_name: str, arch: str, variant: str | None = "") -> Platform:
+        os_name, arch, variant = os_name.lower(), arch.lower(), (variant or "").lower()
+        if arch in _ARCH_ALIASES:
+            arch, implied = _ARCH_ALIASES[arch]
+            variant = variant or implied
+        if variant and variant[0].isdigit():
+            variant = "v" + variant
+        if arch == "amd64" and variant == "v1" or arch == "arm64" and variant == "v8":
+            variant = ""
+        elif arch == "arm" and not variant:
+            variant = "v7"
+        return cls("darwin" if os_name == "macos" else os_name, arch, variant)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Platform | None:
+        """An index entry's ``platform`` object; None when it has none."""
+        if not isinstance(data, dict) or not data.get("os") or not data.get("architecture"):
+            return None
+        return cls.of(str(data["os"]), str(data["architecture"]), str(data.get("variant") or ""))
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def rank(self, other: Platform) -> int | None:
+        """How well an image for ``other`` runs here: 0 is exact, higher is worse, None never."""
+        if other.os != self.os or other.architecture != self.architecture:
+            return None
+        if other.variant == self.variant:
+            return 0
+        if self.architecture == "arm" and _arm_level(other.variant) < _arm_level(self.variant):
+            return _arm_level(self.variant) - _arm_level(other.variant)
+        return None
+
+
+def _arm_level(variant: str) -> int:
+    try:
+        return int(variant.removeprefix("v"))
+    except ValueError:
+        return 99
+
+
+def host() -> Platform:
+    """This machine's platform (``linux/amd64`` here)."""
+    return Platform.of(*host_platform())

@@ -1,0 +1,592 @@
+"""Real parts for the registry tests: Debian's docker-registry, a token server, a TCP proxy, images.
+
+- ``Registry``: ``docker-registry serve`` on 127.0.0.1 and a free port, plain
+  HTTP, its JSON access log readable (``requests()``: method, URI, status and
+  bytes written per answer).
+- ``TokenServer``: the realm of a registry with ``auth: token``; it checks
+  basic credentials and signs RS256 JWTs with a self-signed certificate that
+  the registry trusts (``x5c`` header), counting the tokens it issues.
+- ``Proxy``: a TCP proxy in front of a registry that can cut a connection, stall
+  it, or slow it down after some bytes of answer, to interrupt downloads.
+- Images: built with umoci (one layer per callback that changes a rootfs),
+  given a platform, gathered into an OCI index, pushed with skopeo.
+- ``cli``: the layerstore command line run in this process, its output captured.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+Change = Callable[[Path], None]
+REGISTRY_BIN = "/usr/bin/docker-registry"
+USER, PASSWORD = "tester", "s3cret-pass"  # known to the htpasswd and token registries
+RUNNER = Path(__file__).with_name("run_cli.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def runner_env() -> dict[str, str]:
+    """The environment for ``RUNNER`` in a child process: this checkout importable first."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+
+
+def sh(*cmd: str | Path) -> str:
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the registry ------------------------------------------------------------------------
+
+
+@dataclass
+class Registry:
+    base: Path
+    storage: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, base: Path, storage: Path, auth: dict[str, Any] | None = None, **extra: Any) -> Registry:
+        base.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True},
+                        "maintenance": {"uploadpurging": {"enabled": False}}},
+            "http": {"addr": f"127.0.0.1:{port}", "secret": "layerstore-tests"},
+        }
+        if auth:
+            config["auth"] = auth
+        config.update(extra)
+        path = base / "config.yml"
+        path.write_text(json.dumps(config))  # YAML is a superset of JSON
+        log = base / "registry.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=out, stderr=subprocess.STDOUT)
+        registry = cls(base, storage, port, process, log)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
+            try:
+                requests.get(f"http://{registry.host}/v2/", timeout=1)
+                return registry
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        registry.stop()
+        raise RuntimeError("docker-registry did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def mark(self) -> int:
+        """A position in the log: ``requests(since=mark)`` shows only what came after."""
+        return self.log.stat().st_size
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """Answers the registry logged: ``method``, ``uri``, ``status``, ``written`` (bytes of body sent)."""
+        time.sleep(0.05)  # the log line is written just after the answer
+        with open(self.log, "rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        out = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("msg") == "response completed" or "http.response.status" in entry:
+                out.append({
+                    "method": entry.get("http.request.method"),
+                    "uri": entry.get("http.request.uri"),
+                    "status": entry.get("http.response.status"),
+                    "written": entry.get("http.response.written", 0),
+                })
+        return out
+
+    def blob_path(self, digest: str) -> Path:
+        hexpart = digest.split(":", 1)[1]
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+
+
+def htpasswd(path: Path, user: str, password: str) -> Path:
+    path.write_text(sh("htpasswd", "-Bbn", user, password))
+    return path
+
+
+# -- the token server ------------------------------------------------------------------------
+
+
+class TokenServer:
+    """A token realm: users from a dict, full access for them, pull of ``public/*`` for anyone."""
+
+    def __init__(self, base: Path, users: dict[str, str], service: str = "layerstore-test", issuer: str = "layerstore-test-issuer") -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.users = users
+        self.service = service
+        self.issuer = issuer
+        self.issued: list[dict[str, Any]] = []
+        self.refused = 0
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerstore test token signer")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_der = cert.public_bytes(serialization.Encoding.DER)
+        self.bundle = base / "token-cert.pem"
+        self.bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.port = free_port()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server._answer(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def registry_auth(self) -> dict[str, Any]:
+        return {"token": {"realm": self.realm, "service": self.service, "issuer": self.issuer, "rootcertbundle": str(self.bundle)}}
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(handler.path)
+        if parts.path != "/token":  # not a registry: what a search of the catalog meets here
+            handler.send_response(404)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        query = parse_qs(parts.query)
+        user = None
+        header = handler.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            if self.users.get(name) != password:
+                self.refused += 1
+                body = b'{"details":"incorrect username or password"}'
+                handler.send_response(401)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+                return
+            user = name
+        access = [a for scope in query.get("scope", []) if (a := self._grant(scope, user))]
+        token = self._sign(user or "", access)
+        self.issued.append({"user": user, "scopes": query.get("scope", []), "access": access})
+        body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    @staticmethod
+    def _grant(scope: str, user: str | None) -> dict[str, Any] | None:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        wanted = actions.split(",")
+        if user:
+            return {"type": kind, "name": name, "actions": wanted}
+        if kind == "repository" and name.startswith("public/"):
+            return {"type": kind, "name": name, "actions": [a for a in wanted if a == "pull"]}
+        return None
+
+    def _sign(self, subject: str, access: list[dict[str, Any]]) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{b64(signature)}"
+
+
+# -- blob storage behind a redirect ---------------------------------------------------------------
+
+
+class BlobServer:
+    """Serves a registry's storage directory over HTTP, as the storage behind the registry's
+    ``redirect`` middleware (S3 or a CDN in real life), remembering the Authorization headers it saw."""
+
+    def __init__(self, storage: Path) -> None:
+        self.authorizations: list[str | None] = []
+        self.paths: list[str] = []
+        self.ranges: list[str | None] = []  # it ignores them, answering 200, as some storage does
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(storage), **kwargs)
+
+            def do_GET(self) -> None:
+                server.authorizations.append(self.headers.get("Authorization"))
+                server.paths.append(self.path)
+                server.ranges.append(self.headers.get("Range"))
+                super().do_GET()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# -- the proxy -----------------------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy to ``target``; ``mode`` acts on the first connection whose answers pass ``after`` bytes.
+
+    ``cut``: close that connection there (once). ``stall``: stop forwarding on
+    it until the proxy stops. ``slow``: forward everything at ``rate`` bytes a second.
+    """
+
+    def __init__(self, target_port: int, mode: str = "pass", after: int = 0, rate: int = 0) -> None:
+        self.target_port = target_port
+        self.mode = mode
+        self.after = after
+        self.rate = rate
+        self.tripped = threading.Event()
+        self.stopped = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        sent = 0
+        try:
+            while not self.stopped.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if answers and self.mode in ("cut", "stall") and not self.tripped.is_set() and sent + len(data) > self.after:
+                    self.tripped.set()
+                    dst.sendall(data[: max(self.after - sent, 0)])
+                    if self.mode == "cut":
+                        break
+                    self.stopped.wait()
+                    return
+                if answers and self.mode == "slow" and self.rate:
+                    for i in range(0, len(data), 16384):
+                        dst.sendall(data[i:i + 16384])
+                        time.sleep(16384 / self.rate)
+                else:
+                    dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def build(layout: Path, tag: str, layers: list[Change], base: str | None = None) -> None:
+    """An image ``tag`` in an OCI layout, one umoci layer per change, over ``base`` if given."""
+    if not (layout / "index.json").exists():
+        sh("umoci", "init", "--layout", layout)
+    if base:
+        sh("umoci", "tag", "--image", f"{layout}:{base}", tag)
+    else:
+        sh("umoci", "new", "--image", f"{layout}:{tag}")
+    bundle = layout.parent / f"bundle-{tag}"
+    for change in layers:
+        shutil.rmtree(bundle, ignore_errors=True)
+        sh("umoci", "unpack", "--image", f"{layout}:{tag}", bundle)
+        change(bundle / "rootfs")
+        sh("umoci", "repack", "--image", f"{layout}:{tag}", bundle)
+    shutil.rmtree(bundle, ignore_errors=True)
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+def put_blob(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _blob(layout, digest).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def descriptor(layout: Path, tag: str) -> dict[str, Any]:
+    index = json.loads((layout / "index.json").read_text())
+    for d in index["manifests"]:
+        if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            return dict(d)
+    raise KeyError(tag)
+
+
+def read_json(layout: Path, digest: str) -> dict[str, Any]:
+    return json.loads(_blob(layout, digest).read_bytes())
+
+
+def set_tag(layout: Path, tag: str, desc: dict[str, Any]) -> None:
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"] = [d for d in index["manifests"] if d.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag]
+    index["manifests"].append({**desc, "annotations": {"org.opencontainers.image.ref.name": tag}})
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def set_platform(layout: Path, tag: str, os_name: str, arch: str, variant: str | None = None) -> None:
+    """Rewrite an image's config (and so its manifest) to another platform."""
+    desc = descriptor(layout, tag)
+    manifest = read_json(layout, desc["digest"])
+    config = read_json(layout, manifest["config"]["digest"])
+    config.update({"os": os_name, "architecture": arch})
+    if variant:
+        config["variant"] = variant
+    manifest["config"].update(put_blob(layout, json.dumps(config).encode()))
+    new = put_blob(layout, json.dumps(manifest).encode())
+    set_tag(layout, tag, {"mediaType": desc["mediaType"], **new})
+
+
+def make_index(layout: Path, tag: str, entries: list[tuple[str, dict[str, Any]]], extra: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """An OCI index of images of this layout (``(tag, platform)``) plus raw descriptors, tagged ``tag``."""
+    manifests = []
+    for image_tag, platform in entries:
+        d = descriptor(layout, image_tag)
+        manifests.append({"mediaType": d["mediaType"], "digest": d["digest"], "size": d["size"], "platform": platform})
+    manifests.extend(extra)
+    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+    new = put_blob(layout, json.dumps(doc).encode())
+    set_tag(layout, tag, {"mediaType": "application/vnd.oci.image.index.v1+json", **new})
+    return {"mediaType": "application/vnd.oci.image.index.v1+json", **new}
+
+
+def attestation(layout: Path, subject: dict[str, Any]) -> dict[str, Any]:
+    """A BuildKit-style attestation manifest for ``subject``, as an index entry."""
+    statement = put_blob(layout, b'{"_type":"https://in-toto.io/Statement/v0.1"}')
+    config = put_blob(layout, b"{}")
+    manifest = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", **statement,
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}],
+    }
+    m = put_blob(layout, json.dumps(manifest).encode())
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", **m,
+            "annotations": {"vnd.docker.reference.digest": subject["digest"], "vnd.docker.reference.type": "attestation-manifest"},
+            "platform": {"architecture": "unknown", "os": "unknown"}}
+
+
+def push(layout: Path, tag: str, dest: str, *extra: str) -> None:
+    sh("skopeo", "copy", "-q", "--dest-tls-verify=false", *extra, f"oci:{layout}:{tag}", f"docker://{dest}")
+
+
+def push_uncompressed(layout: Path, tag: str, registry: str, repo: str, dest_tag: str) -> str:
+    """A Docker schema 2 image with uncompressed layers, uploaded with the distribution API
+    (skopeo compresses every layer it pushes); its manifest digest."""
+    desc = descriptor(layout, tag)
+    manifest = read_json(layout, desc["digest"])
+    base = f"http://{registry}/v2/{repo}"
+
+    def upload(data: bytes) -> dict[str, Any]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = requests.post(f"{base}/blobs/uploads/", timeout=30)
+        start.raise_for_status()
+        location = requests.compat.urljoin(f"http://{registry}", start.headers["Location"])
+        done = requests.put(location, params={"digest": digest}, data=data,
+                            headers={"Content-Type": "application/octet-stream"}, timeout=30)
+        done.raise_for_status()
+        return {"digest": digest, "size": len(data)}
+
+    config = _blob(layout, manifest["config"]["digest"]).read_bytes()
+    layers = [upload(gzip.decompress(_blob(layout, layer["digest"]).read_bytes())) for layer in manifest["layers"]]
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **upload(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar", **layer} for layer in layers],
+    }
+    data = json.dumps(doc, indent=3).encode()
+    put = requests.put(f"{base}/manifests/{dest_tag}", data=data,
+                       headers={"Content-Type": str(doc["mediaType"])}, timeout=30)
+    put.raise_for_status()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write(root: Path, rel: str, data: str | bytes, mode: int = 0o644) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    path.chmod(mode)
+
+
+def tree(root: Path) -> dict[str, tuple[Any, ...]]:
+    """type, mode, owner, size, content hash, link target of every entry under root."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            extra: str = ""
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    extra = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(path)
+            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                        st.st_size if stat.S_ISREG(st.st_mode) else 0, extra)
+    return out
+
+
+# -- the test run's registries and the command line ---------------------------------------------
+
+
+@dataclass
+class World:
+    """The registries of a test run (one storage, four ways in) and the OCI layout the images came from."""
+
+    open: Registry
+    basic: Registry
+    token: Registry
+    redirecting: Registry  # basic auth; blobs answered with a 307 to ``storage``
+    tokens: TokenServer
+    storage: BlobServer
+    layout: Path
+    work: Path
+
+    def name(self, registry: Registry, repo: str) -> str:
+        return f"{registry.host}/{repo}"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+
+def cli(root: Path, *args: str, stdin: str | None = None) -> Result:
+    """The layerstore command line, in this process (registry commands added if cli.py lacks them)."""
+    from layerstore import cli as cli_module
+
+    extra = tuple(n for n in ("pull", "login", "logout", "manifest", "search") if n not in cli_module.COMMANDS)
+    saved = cli_module.COMMANDS
+    setattr(cli_module, "COMMANDS", saved + extra)  # noqa: B010 - a wider tuple than the declared one
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    try:
+        if stdin is not None:
+            sys.stdin = io.StringIO(stdin)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli_module.main(["--root", str(root), *args])
+    finally:
+        sys.stdin = old_stdin
+        setattr(cli_module, "COMMANDS", saved)  # noqa: B010
+    return Result(rc, out.getvalue(), err.getvalue())
+

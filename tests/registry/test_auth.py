@@ -1,0 +1,121 @@
+"""Credentials: login and logout against htpasswd and token registries, bearer tokens, redirects.
+
+The basic registry checks an htpasswd file; the token registry sends clients
+to a token server (``regkit.TokenServer``) that checks the same user and signs
+JWTs the registry verifies. ``DOCKER_CONFIG`` is a directory of each test's own.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+from regkit import PASSWORD, USER, Result, World, cli
+
+from layerstore.registry.auth import HUB_AUTH_KEY, Credentials, DockerConfig
+
+
+def login(tmp_path: Path, host: str, password: str = PASSWORD) -> Result:
+    return cli(tmp_path, "login", host, "-u", USER, "--password-stdin", stdin=password + "\n")
+
+
+def test_basic_auth_login_pull_logout(world: World, tmp_path: Path, docker_config: Path) -> None:
+    host = world.basic.host
+    name = f"{host}/app1:v1"
+    denied = cli(tmp_path, "pull", name)
+    assert denied.rc == 1
+    assert denied.err.startswith(f"Error: registry {host}: unauthorized") and denied.err.count("\n") == 1
+
+    wrong = login(tmp_path, host, "wrong")
+    assert wrong.rc == 1
+    assert wrong.err == f"Error: registry {host}: login failed: unauthorized (incorrect username or password)\n"
+    assert not (docker_config / "config.json").exists()  # nothing is kept that the registry refused
+
+    ok = login(tmp_path, host)
+    assert (ok.rc, ok.out) == (0, "Login Succeeded\n")
+    assert "stored unencrypted" in ok.err
+    config = docker_config / "config.json"
+    doc = json.loads(config.read_text())
+    assert doc == {"auths": {host: {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+    pulled = cli(tmp_path, "pull", name)
+    assert pulled.rc == 0, pulled.err
+    assert pulled.lines[-1] == name
+
+    out = cli(tmp_path, "logout", host)
+    assert (out.rc, out.out) == (0, f"Removing login credentials for {host}\n")
+    assert json.loads(config.read_text()) == {"auths": {}}
+    assert cli(tmp_path, "pull", f"{host}/app2:v1").rc == 1
+
+
+def test_login_needs_a_username_with_password_stdin(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "login", world.basic.host, "--password-stdin", stdin="x\n")
+    assert (result.rc, result.err) == (1, "Error: Must provide --username with --password-stdin\n")
+
+
+def test_token_auth_anonymous_pull_of_a_public_repository(world: World, tmp_path: Path) -> None:
+    before = len(world.tokens.issued)
+    result = cli(tmp_path, "pull", f"{world.token.host}/public/base:v1")
+    assert result.rc == 0, result.err
+    issued = world.tokens.issued[before:]
+    # one token for the whole pull (manifest, config, layers): cached per scope
+    assert [(t["user"], t["scopes"]) for t in issued] == [(None, ["repository:public/base:pull"])]
+
+    denied = cli(tmp_path, "pull", f"{world.token.host}/app1:v1")
+    assert denied.rc == 1
+    assert denied.err.startswith(f"Error: registry {world.token.host}: unauthorized") and denied.err.count("\n") == 1
+
+
+def test_token_auth_login_and_pull(world: World, tmp_path: Path, docker_config: Path) -> None:
+    host = world.token.host
+    refused = world.tokens.refused
+    wrong = login(tmp_path, host, "wrong")
+    assert wrong.rc == 1
+    assert "login failed" in wrong.err
+    assert world.tokens.refused == refused + 1
+
+    assert login(tmp_path, host).rc == 0
+    before = len(world.tokens.issued)
+    result = cli(tmp_path, "pull", f"{host}/app2:v1")
+    assert result.rc == 0, result.err
+    issued = world.tokens.issued[before:]
+    assert [(t["user"], t["scopes"]) for t in issued] == [(USER, ["repository:app2:pull"])]
+    assert issued[0]["access"] == [{"type": "repository", "name": "app2", "actions": ["pull"]}]
+
+    found = cli(tmp_path, "search", "--format", "{{.Name}}", f"{host}/app")
+    assert found.rc == 0, found.err
+    assert f"{host}/app2" in found.lines  # the catalog needs a token of its own scope
+
+
+def test_credentials_do_not_follow_a_redirect_to_blob_storage(world: World, tmp_path: Path) -> None:
+    host = world.redirecting.host
+    assert login(tmp_path, host).rc == 0
+    seen = len(world.storage.paths)
+    result = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert result.rc == 0, result.err
+    paths = world.storage.paths[seen:]
+    assert paths and all(p.startswith("/docker/registry/v2/blobs/sha256/") for p in paths)  # config and layers
+    assert world.storage.authorizations[seen:] == [None] * len(paths)
+
+
+def test_config_file_keys_as_docker_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    hub = base64.b64encode(b"hubuser:hubpass").decode()
+    old = base64.b64encode(b"olduser:oldpass").decode()
+    path.write_text(json.dumps({
+        "auths": {HUB_AUTH_KEY: {"auth": hub}, "https://myreg.example:5000/v1/": {"auth": old}},
+        "HttpHeaders": {"X-Keep": "me"},
+    }))
+    config = DockerConfig(path)
+    assert config.get("docker.io") == Credentials("hubuser", "hubpass")
+    assert config.get("myreg.example:5000") == Credentials("olduser", "oldpass")  # matched by host name
+    assert config.get("other.example") is None
+    config.set("other.example", Credentials("u", "p:with:colons"))
+    assert DockerConfig(path).get("other.example") == Credentials("u", "p:with:colons")
+    assert config.erase("myreg.example:5000")
+    doc = json.loads(path.read_text())
+    assert doc["HttpHeaders"] == {"X-Keep": "me"}  # the rest of the file stays
+    assert set(doc["auths"]) == {HUB_AUTH_KEY, "other.example"}
+    assert not DockerConfig(tmp_path / "missing.json").auths

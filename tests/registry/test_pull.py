@@ -1,0 +1,291 @@
+"""pull against a real docker-registry: output, what is stored, platforms, tags, formats, errors.
+
+Images were built by umoci and pushed by skopeo (``conftest.py``). What a
+pull stores is checked against the registry's own bytes, and a pulled image,
+mounted by unionfs, against what skopeo copies out of the registry and umoci
+unpacks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import regkit
+import requests
+from regkit import World, cli
+
+from layerstore.model import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from layerstore.registry import client as client_module
+from layerstore.registry.client import MANIFEST_ACCEPT
+from layerstore.store import Store
+
+LAYER_STEPS = ["Pulling fs layer", "Verifying Checksum", "Download complete", "Pull complete"]
+
+
+def registry_manifest(world: World, repo: str, ref: str, accept: str = MANIFEST_ACCEPT) -> bytes:
+    r = requests.get(f"http://{world.open.host}/v2/{repo}/manifests/{ref}", headers={"Accept": accept}, timeout=10)
+    r.raise_for_status()
+    return r.content
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_lines(lines: list[str]) -> dict[str, list[str]]:
+    """Each layer's updates in order (lines of different layers interleave: downloads run in parallel)."""
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        ident, sep, text = line.partition(": ")
+        if sep and len(ident) == 12 and all(c in "0123456789abcdef" for c in ident):
+            out.setdefault(ident, []).append(text)
+    return out
+
+
+def short(digest: str) -> str:
+    return digest.split(":", 1)[1][:12]
+
+
+def manifest_layers(data: bytes) -> list[str]:
+    return [layer["digest"] for layer in json.loads(data)["layers"]]
+
+
+def test_pull_by_tag_prints_docker_lines_and_stores_the_original_bytes(world: World, tmp_path: Path) -> None:
+    name = world.name(world.open, "app1")
+    manifest = registry_manifest(world, "app1", "v1")
+    layers = manifest_layers(manifest)
+    result = cli(tmp_path / "2", "pull", f"{name}:v1")
+    assert result.rc == 0, result.err
+    lines = result.lines
+    assert lines[0] == "v1: Pulling from app1"
+    assert layer_lines(lines) == {short(d): LAYER_STEPS for d in layers}
+    assert lines[-3:] == [f"Digest: {sha(manifest)}", f"Status: Downloaded newer image for {name}:v1", f"{name}:v1"]
+    assert result.err == ""
+
+    with Store(tmp_path / "2") as store:
+        image_id = store.resolve(f"{name}:v1")
+        config_digest = json.loads(manifest)["config"]["digest"]
+        assert image_id == config_digest
+        assert store.blobs.read(sha(manifest)) == manifest  # the original bytes, never re-serialised
+        assert store.resolve(f"{name}@{sha(manifest)}") == image_id
+        rows = store.meta.query("SELECT repository, digest FROM repo_digests")
+        assert [(r["repository"], r["digest"]) for r in rows] == [(name, sha(manifest))]
+        row = store.meta.one("SELECT media_type FROM manifests WHERE digest = ?", sha(manifest))
+        assert row is not None and row["media_type"] == OCI_MANIFEST
+        assert all(store.blobs.has(d) for d in layers)
+        assert not list((tmp_path / "2" / "ingest").iterdir())
+
+    again = cli(tmp_path / "2", "pull", f"{name}:v1")
+    assert again.lines == [
+        "v1: Pulling from app1", f"Digest: {sha(manifest)}", f"Status: Image is up to date for {name}:v1", f"{name}:v1"
+    ]
+
+
+def test_default_tag_is_announced(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "pull", world.name(world.open, "multi"))
+    assert result.rc == 0, result.err
+    assert result.lines[:2] == ["Using default tag: latest", "latest: Pulling from multi"]
+    assert result.lines[-1] == f"{world.open.host}/multi:latest"
+
+
+def test_a_layer_the_store_has_already_exists(world: World, tmp_path: Path) -> None:
+    assert cli(tmp_path, "pull", world.name(world.open, "app1:v1")).rc == 0
+    result = cli(tmp_path, "pull", world.name(world.open, "app2:v1"))
+    assert result.rc == 0, result.err
+    base, own = manifest_layers(registry_manifest(world, "app2", "v1"))
+    assert layer_lines(result.lines) == {short(base): ["Already exists"], short(own): LAYER_STEPS}
+    assert f"Status: Downloaded newer image for {world.name(world.open, 'app2:v1')}" in result.lines
+
+
+def test_pull_by_digest(world: World, tmp_path: Path) -> None:
+    manifest = registry_manifest(world, "app2", "v1")
+    ref = f"{world.name(world.open, 'app2')}@{sha(manifest)}"
+    result = cli(tmp_path, "pull", ref)
+    assert result.rc == 0, result.err
+    assert result.lines[0] == f"{sha(manifest)}: Pulling from app2"
+    assert result.lines[-3:] == [f"Digest: {sha(manifest)}", f"Status: Downloaded newer image for {ref}", ref]
+    with Store(tmp_path) as store:
+        assert store.meta.query("SELECT * FROM tags") == []  # a digest names no tag
+        assert store.resolve(ref) == json.loads(manifest)["config"]["digest"]
+    assert cli(tmp_path, "pull", ref).lines[-2] == f"Status: Image is up to date for {ref}"
+
+
+def test_an_index_gives_this_machines_image_and_its_digest(world: World, tmp_path: Path) -> None:
+    index = registry_manifest(world, "multi", "latest")
+    assert json.loads(index)["mediaType"] == OCI_INDEX
+    amd64 = registry_manifest(world, "app1", "v1")
+    name = world.name(world.open, "multi:latest")
+    result = cli(tmp_path, "pull", name)
+    assert result.rc == 0, result.err
+    assert f"Digest: {sha(index)}" in result.lines  # the digest the tag names: the index
+    with Store(tmp_path) as store:
+        image_id = store.resolve(name)
+        assert image_id == json.loads(amd64)["config"]["digest"]
+        assert store.config(image_id)["architecture"] == "amd64"
+        assert store.blobs.read(sha(index)) == index
+        assert store.blobs.read(sha(amd64)) == amd64
+        digests = store.meta.query("SELECT digest FROM repo_digests WHERE image_id = ?", image_id)
+        assert [r["digest"] for r in digests] == [sha(index)]
+        assert store.resolve(f"{world.name(world.open, 'multi')}@{sha(index)}") == image_id
+
+
+@pytest.mark.parametrize("platform", ["linux/arm64", "linux/arm64/v8", "linux/aarch64"])
+def test_platform_selects_from_the_index(world: World, tmp_path: Path, platform: str) -> None:
+    name = world.name(world.open, "multi:latest")
+    result = cli(tmp_path, "pull", "--platform", platform, name)
+    assert result.rc == 0, result.err
+    with Store(tmp_path) as store:
+        config = store.config(store.resolve(name))
+        assert (config["architecture"], config.get("variant")) == ("arm64", "v8")
+        mounted = store.layers.path(store.image_layers(store.resolve(name))[-1])
+        assert (mounted / "etc/arch").read_text() == "arm64\n"
+
+
+def test_a_platform_the_index_lacks_is_one_line_naming_those_it_has(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "pull", "--platform", "linux/s390x", world.name(world.open, "multi"))
+    assert result.rc == 1
+    assert result.err.count("\n") == 1
+    assert "no matching manifest for linux/s390x in the manifest list entries" in result.err
+    assert "(it has: linux/amd64, linux/arm64)" in result.err  # the attestation's unknown/unknown is not a platform
+    with Store(tmp_path) as store:
+        assert store.meta.query("SELECT * FROM images") == []
+
+
+def test_platform_of_a_single_manifest_is_checked(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "pull", "--platform", "linux/arm64", world.name(world.open, "app1:v1"))
+    assert result.rc == 1
+    assert "does not match the specified platform: wanted linux/arm64, actual: linux/amd64" in result.err
+
+
+def test_all_tags(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # distribution 2.8 answers the whole tag list at once whatever n says (pages: the search test)
+    monkeypatch.setattr(client_module, "PAGE_SIZE", 1)
+    mark = world.open.mark()
+    repo = world.name(world.open, "tags/app")
+    result = cli(tmp_path, "pull", "-a", repo)
+    assert result.rc == 0, result.err
+    starts = [line for line in result.lines if line.endswith(": Pulling from tags/app")]
+    assert starts == ["v1: Pulling from tags/app", "v2: Pulling from tags/app", "v3: Pulling from tags/app"]
+    assert result.lines[-2:] == [f"Status: Downloaded newer image for {repo}", repo]
+    assert sum(line.startswith("Digest: ") for line in result.lines) == 3
+    pages = [r for r in world.open.requests(mark) if "/tags/list" in r["uri"]]
+    assert [r["uri"] for r in pages] == ["/v2/tags/app/tags/list?n=1"]
+    with Store(tmp_path) as store:
+        tags = store.meta.query("SELECT tag FROM tags WHERE repository = ? ORDER BY tag", repo)
+        assert [r["tag"] for r in tags] == ["v1", "v2", "v3"]
+    refused = cli(tmp_path, "pull", "-a", f"{repo}:v1")
+    assert (refused.rc, refused.err) == (1, "Error: tag can't be used with --all-tags/-a\n")
+
+
+def test_all_tags_goes_on_past_a_tag_it_cannot_pull(world: World, tmp_path: Path) -> None:
+    repo = world.name(world.open, "mixed/app")
+    result = cli(tmp_path, "pull", "-a", repo)
+    assert result.rc == 0, result.err
+    assert result.err == (
+        f"Error pulling {repo}:armonly: image {repo}:armonly: no matching manifest for linux/amd64"
+        " in the manifest list entries (it has: linux/arm64)\n"
+    )
+    assert result.lines[-2:] == [f"Status: Downloaded newer image for {repo}", repo]
+    with Store(tmp_path) as store:
+        assert [r["tag"] for r in store.meta.query("SELECT tag FROM tags")] == ["base"]
+
+
+def test_quiet_prints_the_name_only(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "pull", "-q", world.name(world.open, "app1"))
+    assert result.rc == 1  # no latest tag: the error still shows
+    assert result.out == ""
+    result = cli(tmp_path, "pull", "-q", world.name(world.open, "app1:v1"))
+    assert (result.rc, result.out, result.err) == (0, f"{world.open.host}/app1:v1\n", "")
+
+
+def test_zstd_and_uncompressed_docker_layers(world: World, tmp_path: Path) -> None:
+    zstd = registry_manifest(world, "zstd/app", "v1")
+    assert {layer["mediaType"] for layer in json.loads(zstd)["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    raw = registry_manifest(world, "raw/app", "v1")
+    assert json.loads(raw)["mediaType"] == DOCKER_MANIFEST
+    assert {layer["mediaType"] for layer in json.loads(raw)["layers"]} == {"application/vnd.docker.image.rootfs.diff.tar"}
+    for repo in ("zstd/app:v1", "raw/app:v1", "app1:v1"):
+        result = cli(tmp_path, "pull", world.name(world.open, repo))
+        assert result.rc == 0, result.err
+    with Store(tmp_path) as store:
+        raw_id = store.resolve(world.name(world.open, "raw/app:v1"))
+        assert raw_id == store.resolve(world.name(world.open, "app1:v1"))  # one config, two manifests
+        row = store.meta.one("SELECT media_type FROM manifests WHERE digest = ?", sha(raw))
+        assert row is not None and row["media_type"] == DOCKER_MANIFEST
+        assert (store.layers.path(store.image_layers(store.resolve(world.name(world.open, "zstd/app:v1")))[1]) / "z/two").read_text() == "two\n"
+
+
+def test_unknown_tag_repository_and_registry(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "pull", world.name(world.open, "app1:nope"))
+    assert (result.rc, result.err) == (1, f"Error: manifest for {world.open.host}/app1:nope: not found: manifest unknown\n")
+    result = cli(tmp_path, "pull", world.name(world.open, "never/pushed"))
+    assert result.rc == 1 and "not found" in result.err and result.err.count("\n") == 1
+    port = regkit.free_port()
+    result = cli(tmp_path, "pull", f"127.0.0.1:{port}/app:v1")
+    assert result.rc == 1
+    assert result.err.startswith(f"Error: registry 127.0.0.1:{port}: unreachable (") and result.err.count("\n") == 1
+    assert "Connection refused" in result.err
+
+
+def test_a_changed_blob_fails_the_pull_and_nothing_of_it_is_kept(world: World, tmp_path: Path) -> None:
+    manifest = registry_manifest(world, "bad", "v1")
+    (layer,) = manifest_layers(manifest)
+    data_file = world.open.blob_path(layer)
+    original = data_file.read_bytes()
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 0xFF  # same size, other bytes
+    data_file.write_bytes(bytes(changed))
+    try:
+        result = cli(tmp_path, "pull", world.name(world.open, "bad:v1"))
+    finally:
+        data_file.write_bytes(original)
+    assert result.rc == 1
+    assert result.err == f"Error: blob {layer}: digest mismatch (computed {sha(bytes(changed))})\n"
+    with Store(tmp_path) as store:
+        assert not store.blobs.has(layer)
+        assert not store.blobs.has(sha(manifest))
+        assert store.meta.query("SELECT * FROM images") == []
+        assert store.meta.query("SELECT * FROM leases") == []
+    assert list((tmp_path / "ingest").iterdir()) == []  # no partial file: the bytes were wrong
+    assert list((tmp_path / "layers" / ".staging").iterdir()) == []
+    assert cli(tmp_path, "pull", world.name(world.open, "bad:v1")).rc == 0  # the registry's blob is right again
+
+
+def test_a_changed_manifest_is_refused(world: World, tmp_path: Path) -> None:
+    manifest = registry_manifest(world, "bad", "v1")
+    data_file = world.open.blob_path(sha(manifest))
+    config = json.loads(manifest)["config"]["digest"]
+    changed = manifest.replace(config.encode(), (config[:-1] + ("0" if config[-1] != "0" else "1")).encode())
+    data_file.write_bytes(changed)
+    try:
+        result = cli(tmp_path, "pull", world.name(world.open, "bad:v1"))
+    finally:
+        data_file.write_bytes(manifest)
+    assert result.rc == 1
+    assert result.err == f"Error: manifest for {world.open.host}/bad:v1: digest mismatch (computed {sha(changed)})\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+@pytest.mark.parametrize("repo", ["app1:v1", "zstd/app:v1", "raw/app:v1", "multi:latest"])
+def test_the_pulled_image_mounts_as_umoci_unpacks_it(world: World, tmp_path: Path, repo: str) -> None:
+    from layerstore.containers import Containers
+
+    name = world.name(world.open, repo)
+    assert cli(tmp_path / "store", "pull", name).rc == 0
+    oci = tmp_path / "oci"
+    # umoci 0.4 reads gzip layers only: skopeo recompresses the zstd and the uncompressed ones
+    regkit.sh("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-compress-format", "gzip", f"docker://{name}", f"oci:{oci}:t")
+    regkit.sh("umoci", "unpack", "--image", f"{oci}:t", tmp_path / "bundle")
+    expected = regkit.tree(tmp_path / "bundle" / "rootfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with Store(tmp_path / "store") as store:
+        containers = Containers(store)
+        c = containers.create_and_mount(name, str(mnt), read_only=True)
+        try:
+            assert regkit.tree(mnt) == expected
+        finally:
+            containers.remove(c.name, force=True)
