@@ -141,7 +141,7 @@ class UnionOperations(fuse.Operations):
 
     # -- files -------------------------------------------------------------------
     def open(self, path: str, flags: int) -> int:
-        fd, index = self.union.open(path, flags)
+        fd, index = self.union.open(path, flags, self._caller())
         self._fd_layer[fd] = index
         return fd
 

@@ -219,7 +219,7 @@ class Union:
             out.append((name, {"st_ino": ino, "st_mode": bits}))
         return out
 
-    def open(self, path: str, flags: int) -> tuple[int, int]:
+    def open(self, path: str, flags: int, caller: Caller = ROOT) -> tuple[int, int]:
         """An fd on the layer that holds the file, copied up first for writing."""
         node = self.node(path)
         index, rel = node.layer, node.rel
@@ -228,7 +228,10 @@ class Union:
             rel = copyup.ensure(node, data=not flags & os.O_TRUNC)
             index = 0
         flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
-        return os.open(rel, flags, dir_fd=self.layers[index].fd), index
+        fd = os.open(rel, flags, dir_fd=self.layers[index].fd)
+        if flags & os.O_TRUNC and caller.uid != 0:
+            _kill_set_id(fd)
+        return fd, index
 
     def statfs(self) -> dict[str, int]:
         st = os.statvfs(self.layers[0].fd)
@@ -529,3 +532,15 @@ class Union:
         rel = self._upper_rel(path)
         self.upper.removexattr(rel, name)
 
+
+
+def _kill_set_id(fd: int) -> None:
+    """A truncation by a user without CAP_FSETID drops set-user-ID, and set-group-ID
+    where group execute is set (the kernel's should_remove_suid). The kernel leaves
+    this to the filesystem when it hands over O_TRUNC with the open."""
+    mode = os.fstat(fd).st_mode
+    kill = mode & stat.S_ISUID
+    if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+        kill |= stat.S_ISGID
+    if kill:
+        os.fchmod(fd, stat.S_IMODE(mode) & ~kill)
