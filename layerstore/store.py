@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from layerstore.blobs import BlobStore
 from layerstore.compression import sniff
 from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
-from layerstore.layers import LayerDirs
+from layerstore.layers import LayerDirs, remove_tree
 from layerstore.meta import Metadata
 from layerstore.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, ImageConfig, Manifest
 from layerstore.mediatypes import DOCKER_LAYER, DOCKER_LAYER_GZIP
@@ -87,9 +88,10 @@ class Store:
             with self.meta.transaction() as tx:
                 tx.execute("DELETE FROM leases WHERE key = ?", (token,))
 
-    def _active_lease(self) -> bool:
-        """Whether a live process is loading or pulling: prune then keeps unreferenced data."""
-        for row in self.meta.query("SELECT DISTINCT pid FROM leases"):
+    @staticmethod
+    def _active_lease(tx: sqlite3.Connection) -> bool:
+        """Whether a live process is loading or pulling (call inside a transaction)."""
+        for row in tx.execute("SELECT DISTINCT pid FROM leases").fetchall():
             pid = int(row["pid"])
             try:
                 os.kill(pid, 0)
@@ -97,8 +99,7 @@ class Store:
             except PermissionError:
                 return True
             except ProcessLookupError:  # a load that was killed: its lease is void
-                with self.meta.transaction() as tx:
-                    tx.execute("DELETE FROM leases WHERE pid = ?", (pid,))
+                tx.execute("DELETE FROM leases WHERE pid = ?", (pid,))
         return False
 
     def _load_one(self, archive: object, image: ArchiveImage, say: Progress) -> LoadedImage:
@@ -287,15 +288,18 @@ class Store:
         return events
 
     def prune_unreferenced(self) -> dict[str, int]:
-        """Remove layers and blobs that no image references, and stale leftovers."""
+        """Remove layers and blobs that no image references, and leftovers of interrupted work.
+
+        Runs inside one write transaction, so no load or pull can start
+        (take its lease) half-way; while one is running, nothing is removed.
+        Partial downloads (``*.partial``) stay: a later pull resumes them.
+        """
         removed = {"layers": 0, "blobs": 0, "leftovers": 0}
-        if self._active_lease():
-            log.info("a load or pull is in progress: unreferenced layers and blobs are kept")
-            with self.meta.transaction() as tx:
-                tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
-            return removed
         with self.meta.transaction() as tx:
             tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
+            if self._active_lease(tx):
+                log.info("a load or pull is in progress: unreferenced layers and blobs are kept")
+                return removed
             live_layers = {r[0] for r in tx.execute("SELECT diff_id FROM layers")}
             live_blobs = {
                 r[0]
@@ -304,26 +308,33 @@ class Store:
                     "UNION SELECT id FROM images UNION SELECT digest FROM repo_digests"
                 )
             }
+            live_blobs |= self._manifest_blobs([r[0] for r in tx.execute("SELECT digest FROM manifests")])
             for diff_id in self.layers.diff_ids():
                 if diff_id not in live_layers:
                     self.layers.remove(diff_id)
                     removed["layers"] += 1
             for digest in list(self.blobs.digests()):
-                if digest not in live_blobs and not self._manifest_layer(digest):
+                if digest not in live_blobs:
                     self.blobs.delete(digest)
                     removed["blobs"] += 1
+            leftovers = [p for p in self.blobs.stale_ingests() if not p.name.endswith(".partial")]
+            leftovers += self.layers.stale_staging() + list((self.root / "tmp").glob("*"))
+            for path in leftovers:
+                remove_tree(path)
+                removed["leftovers"] += 1
         return removed
 
-    def _manifest_layer(self, digest: str) -> bool:
-        """Layer blobs named by a stored manifest stay (a save writes them back)."""
-        for row in self.meta.query("SELECT digest FROM manifests"):
+    def _manifest_blobs(self, manifests: list[str]) -> set[str]:
+        """Blobs named by stored manifests: they stay, a save writes them back."""
+        out: set[str] = set()
+        for digest in manifests:
             try:
-                manifest = Manifest.parse(self.blobs.read(row["digest"]), "manifest")
+                manifest = Manifest.parse(self.blobs.read(digest), "manifest")
             except Exception:  # noqa: BLE001 - a broken manifest protects nothing
                 continue
-            if any(layer.digest == digest for layer in manifest.layers):
-                return True
-        return False
+            out.add(manifest.config.digest)
+            out.update(layer.digest for layer in manifest.layers)
+        return out
 
 
 class _Prepend:

@@ -262,3 +262,33 @@ def test_compressed_archives_and_stdin(tmp_path: Path, images: dict[str, Path], 
     assert result.stdout == "Loaded image: example/base:v1\n"
     with Store(root) as s:
         assert len(s.layers.diff_ids()) == 2
+
+
+def test_prune_removes_leftovers_but_keeps_partial_downloads_and_live_work(store: Store, images: dict[str, Path]) -> None:
+    [base] = store.load(str(images["base-docker"]))
+    stale_ingest = store.blobs.ingest_dir / "dead.part"
+    partial = store.blobs.ingest_dir / ("a" * 64 + ".partial")
+    stale_stage = store.layers.staging / "interrupted"
+    for path in (stale_ingest, partial):
+        path.write_bytes(b"x")
+    stale_stage.mkdir()
+    (stale_stage / "file").write_text("half")
+    with store.lease():  # a load in progress elsewhere: nothing may go
+        assert store.prune_unreferenced() == {"layers": 0, "blobs": 0, "leftovers": 0}
+        assert stale_ingest.exists() and stale_stage.exists()
+    assert store.prune_unreferenced()["leftovers"] == 2
+    assert not stale_ingest.exists() and not stale_stage.exists() and partial.exists()
+    assert sorted(store.layers.diff_ids()) == sorted(store.image_layers(base.id))
+
+
+def test_rmi_f_of_images_q(tmp_path: Path, images: dict[str, Path]) -> None:
+    root = tmp_path / "store"
+    cli = f"{sys.executable} -m layerstore --root {root}"
+    for archive in ("base-docker", "app-oci"):
+        subprocess.run([*cli.split(), "load", "-q", "-i", str(images[archive])], check=True, capture_output=True)
+    subprocess.run([*cli.split(), "tag", "example/app:v1", "other/app:v2"], check=True)
+    result = subprocess.run(["sh", "-c", f"{cli} rmi -f $({cli} images -q)"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([*cli.split(), "images", "-q"], capture_output=True, text=True).stdout == ""
+    with Store(root) as s:
+        assert s.layers.diff_ids() == [] and list(s.blobs.digests()) == []
