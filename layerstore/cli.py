@@ -17,7 +17,7 @@ from layerstore.errors import LayerStoreError
 COMMANDS = (
     "pull", "load", "images", "tag", "rmi", "inspect", "history", "save",
     "mount", "umount", "ps", "diff", "commit", "rm", "prune", "system",
-    "manifest", "search", "login", "logout",
+    "manifest", "search", "login", "logout", "push",
 )
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="image commands (image prune, image ls, ...)")
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
     image_sub.required = True
-    for alias, name in (("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"), ("save", "save"), ("tag", "tag"), ("history", "history"), ("pull", "pull")):
+    for alias, name in (("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"), ("save", "save"), ("tag", "tag"), ("history", "history"), ("pull", "pull"), ("push", "push")):
         try:
             importlib.import_module(f"layerstore.commands.{name}").register(image_sub, alias)
         except ModuleNotFoundError:

@@ -1,10 +1,12 @@
-"""Talking to registries: pull, login, search and manifest inspection over the distribution API.
+"""Talking to registries: pull, push, login, search and manifest inspection over the distribution API.
 
 - ``client``: one registry over HTTP(S) with ``requests``: endpoints,
   retries with backoff, redirects that keep credentials home, errors.
 - ``auth``: ``config.json`` credentials, basic auth and the bearer token flow.
 - ``download``: resumable blob downloads (``ingest/<hex>.partial``, ``Range``).
 - ``pull``: manifests, platform choice, parallel layers, registering the image.
+- ``push``: blobs the registry lacks (HEAD, cross-repository mount, monolithic
+  or chunked upload), then the original manifest bytes.
 - ``platforms``: ``os/arch[/variant]`` as containerd normalises and matches it.
 - ``progress``: the pull output of the Docker CLI.
 - ``gojson``: JSON compacted and indented as Go's ``encoding/json`` does it.

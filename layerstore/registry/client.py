@@ -14,6 +14,11 @@ speak plain HTTP; every other registry HTTPS with certificate checks.
 Redirects are followed here, not by requests: blob storage (S3, a CDN) answers
 a blob GET with a 307 to another host, and the registry's credentials must not
 travel there, so ``Authorization`` is dropped as soon as the origin changes.
+
+Uploads (push) go through ``send``: the body comes from a callable, so a 401
+challenge is answered by sending it again, and the ``Location`` an upload
+answer names (relative or absolute) is where the next request goes, with the
+registry's credentials only while it stays on the registry's origin.
 """
 from __future__ import annotations
 
@@ -21,10 +26,10 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.auth
@@ -157,6 +162,21 @@ def pull_scope(path: str) -> str:
 
 
 CATALOG_SCOPE = "registry:catalog:*"
+
+
+def push_scope(path: str) -> str:
+    """What a push needs of its repository: Docker asks for ``pull,push`` (HEAD and GET are pulls)."""
+    return f"repository:{path}:pull,push"
+
+
+@dataclass(frozen=True)
+class UploadStart:
+    """The answer to ``POST /v2/<name>/blobs/uploads/``: a mounted blob (201), or an upload
+    to write to (202) at ``location`` (absolute), in chunks of ``min_chunk`` bytes or more."""
+
+    location: str | None
+    mounted: bool = False
+    min_chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -338,6 +358,156 @@ class RegistryClient:
                 yield from (str(i) for i in items)
                 following = response.links.get("next", {}).get("url")
             url = urljoin(self.url(url), following) if following else None
+
+
+    # -- uploads (push) --------------------------------------------------------------------
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        scope: str | None,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], Any] | None = None,
+    ) -> requests.Response:
+        """``request`` with a body, to a path or an absolute URL (an upload's ``Location``).
+
+        ``body()`` gives the body anew for each attempt (bytes or a reader with
+        ``__len__``), so a 401 challenge is answered by sending it again. The
+        credentials go to the registry's own origin only.
+        """
+        url = self.url(url)
+        home = _origin(url) == _origin(self.endpoint.base_url)
+        for attempt in (1, 2):
+            sent = dict(headers or {})
+            authorization = self.auth.header(scope) if home else None
+            if authorization:
+                sent["Authorization"] = authorization
+            response = self._send_body(method, url, sent, body)
+            if response.status_code != 401 or not home:
+                return response
+            if attempt == 2 or not self.auth.challenged(response, scope):
+                break
+            response.close()
+        error = _registry_error(response)
+        response.close()
+        detail = f"{error[0].lower()}: {error[1]}" if error else "unauthorized"
+        raise AuthError(f"registry {self.domain}", f"{detail} (check the credentials, or log in)")
+
+    def _send_body(self, method: str, url: str, headers: dict[str, str], body: Callable[[], Any] | None) -> requests.Response:
+        """One request with its body; 307 and 308 (which keep method and body) are followed."""
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, data=body() if body else None, timeout=self.timeout,
+                    allow_redirects=False, auth=_AS_SET,
+                )
+            except requests.RequestException as exc:
+                shown = urlsplit(url)._replace(query="").geturl()  # an upload's _state is no news to anyone
+                raise TransportError(f"registry {self.domain}", f"unreachable ({method} {shown}: {describe_failure(exc)})") from None
+            location = response.headers.get("Location")
+            if response.status_code not in (307, 308) or not location:
+                return response
+            response.close()
+            target = urljoin(url, location)
+            if _origin(target) != _origin(url):
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise TransportError(f"registry {self.domain}", f"more than {MAX_REDIRECTS} redirects for {url}")
+
+    def expect(self, response: requests.Response, subject: str, *ok: int) -> None:
+        """Raise the error an answer other than ``ok`` means (upload answers are 201 and 202)."""
+        if response.status_code in ok:
+            return
+        error = _registry_error(response)
+        response.close()
+        code, message = error or ("", "")
+        status = response.status_code
+        if status == 401:
+            raise AuthError(subject, f"unauthorized: {message or 'authentication required'}")
+        if status == 403 or code == "DENIED":
+            raise AuthError(subject, f"denied: {message or 'requested access to the resource is denied'}")
+        detail = f"{code.lower()}: {message}" if code else f"HTTP {status} {response.reason or ''}".strip()
+        if status == 404 and not code:
+            raise NotFound(subject, f"not found ({detail}, registry {self.domain})")
+        raise RegistryError(subject, f"{detail} (registry {self.domain})")
+
+    def blob_exists(self, path: str, digest: str, scope: str | None = None) -> bool:
+        """``HEAD /v2/<name>/blobs/<digest>``: whether the repository has the blob."""
+        response = self.request("HEAD", f"/v2/{path}/blobs/{digest}", scope=scope or pull_scope(path))
+        with response:
+            if response.status_code == 404:
+                return False
+            self.check(response, f"blob {digest}", blob=True)
+        return True
+
+    def start_upload(self, path: str, *, mount: str | None = None, source: str | None = None) -> UploadStart:
+        """``POST /v2/<name>/blobs/uploads/``, with ``?mount=<digest>&from=<repository>`` to ask
+        for a cross-repository mount (the token then needs ``pull`` on ``source`` too)."""
+        scope = push_scope(path)
+        query = ""
+        if mount and source:
+            query = f"?mount={quote(mount, safe=':')}&from={quote(source, safe='/')}"
+            scope += " " + pull_scope(source)
+        subject = f"blob upload to {_display(self.domain, path, None)}"
+        response = self.send("POST", f"/v2/{path}/blobs/uploads/{query}", scope=scope)
+        with response:
+            self.expect(response, subject, 201, 202)
+            location = response.headers.get("Location")
+            if response.status_code == 201:
+                if not query:
+                    raise RegistryError(subject, f"the registry answered 201 to a new upload (registry {self.domain})")
+                return UploadStart(urljoin(response.url, location) if location else None, mounted=True)
+            if not location:
+                raise RegistryError(subject, f"the registry started an upload without a Location (registry {self.domain})")
+            try:
+                min_chunk = int(response.headers.get("OCI-Chunk-Min-Length", "0"))
+            except ValueError:
+                min_chunk = 0
+            return UploadStart(urljoin(response.url, location), min_chunk=max(min_chunk, 0))
+
+    def cancel_upload(self, path: str, location: str) -> None:
+        """``DELETE`` an upload that is not wanted (a mount that did not happen); best effort."""
+        try:
+            self.send("DELETE", location, scope=push_scope(path)).close()
+        except RegistryError as exc:
+            log.debug("cancelling upload %s: %s", location, exc)
+
+    def upload_chunk(self, path: str, location: str, body: Callable[[], Any], offset: int, length: int) -> str:
+        """``PATCH`` ``length`` bytes at ``offset`` of an upload; the next ``Location``."""
+        subject = f"blob upload to {_display(self.domain, path, None)}"
+        headers = {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + length - 1}"}
+        response = self.send("PATCH", location, scope=push_scope(path), headers=headers, body=body)
+        with response:
+            self.expect(response, subject, 202)
+            answered = response.headers.get("Range", "")
+            m = re.fullmatch(r"(?:bytes=)?0-(\d+)", answered.strip())
+            if answered and (m is None or int(m.group(1)) != offset + length - 1):
+                raise RegistryError(subject, f"the registry has bytes {answered!r} after a chunk ending at {offset + length - 1}")
+            following = response.headers.get("Location")
+            return urljoin(response.url, following) if following else location
+
+    def finish_upload(self, path: str, location: str, digest: str, body: Callable[[], Any] | None = None) -> None:
+        """``PUT <location>?digest=``, with the blob (monolithic) or the chunks' end (no body)."""
+        parts = urlsplit(location)
+        param = f"digest={quote(digest, safe=':')}"
+        url = urlunsplit(parts._replace(query=f"{parts.query}&{param}" if parts.query else param))
+        subject = f"blob {digest}"
+        response = self.send("PUT", url, scope=push_scope(path), headers={"Content-Type": "application/octet-stream"}, body=body)
+        with response:
+            self.expect(response, subject, 201, 204)
+            answered = response.headers.get("Docker-Content-Digest", "")
+        if answered and answered != digest:
+            raise DigestMismatch(subject, expected=digest, actual=answered, problem=f"the registry stored {answered}")
+
+    def put_manifest(self, path: str, ref: str, data: bytes, media_type: str) -> str:
+        """``PUT /v2/<name>/manifests/<tag>`` with the bytes as they are; the digest the registry answers."""
+        subject = f"manifest for {_display(self.domain, path, ref)}"
+        headers = {"Content-Type": media_type}
+        response = self.send("PUT", f"/v2/{path}/manifests/{ref}", scope=push_scope(path), headers=headers, body=lambda: data)
+        with response:
+            self.expect(response, subject, 200, 201, 202)
+            return response.headers.get("Docker-Content-Digest", "")
 
 
 def _display(domain: str, path: str, ref: str | None) -> str:
