@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drivers import REPO_ROOT, fs_type, mounts_under  # noqa: E402  (shared with the filesystem benchmarks)
 from fixtures import log  # noqa: E402
 from run import choose_workdir, source_version  # noqa: E402
+
 KiB = 1024
 MiB = 1024 * KiB
 TAG = "bench"
@@ -162,6 +163,27 @@ def run_measured(cmds: list[list[str]], errlog: Path, env: dict[str, str] | None
             raise Failed(f"{Path(cmd[0]).name} exited {proc.returncode}: {tail}")
     use.seconds = time.perf_counter() - start
     return use
+
+
+def measure(cmds: list[list[str]], errlog: Path, env: dict[str, str] | None, tar_bytes: int) -> tuple[dict, Usage]:
+    """Run one contender: wall and CPU time, peak memory, throughput, and the sync it left."""
+    use = run_measured(cmds, errlog, env)
+    loadavg_after = round(os.getloadavg()[0], 2)
+    t0 = time.perf_counter()
+    os.sync()
+    sync_s = time.perf_counter() - t0
+    return {
+        "seconds": round(use.seconds, 4),
+        "cpu_seconds": round(use.user + use.system, 4),
+        "user_seconds": round(use.user, 4),
+        "sys_seconds": round(use.system, 4),
+        "max_rss_mib": round(use.max_rss_kib / 1024, 1),
+        "tar_bytes": tar_bytes,
+        "mb_per_s": round(tar_bytes / 1e6 / use.seconds, 1),
+        "sync_seconds": round(sync_s, 4),
+        "seconds_with_sync": round(use.seconds + sync_s, 4),
+        "loadavg_after": loadavg_after,
+    }, use
 
 
 def run(*cmd: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -589,29 +611,16 @@ class Bench:
             read_all(reads)
         row["loadavg"] = round(os.getloadavg()[0], 2)  # other work on the machine skews wall times
         try:
-            use = run_measured(cmds, self.workdir / "stderr.log", self.env)
+            fields, use = measure(cmds, self.workdir / "stderr.log", self.env, img.tar_bytes)
+            row.update(fields)
         except Failed as e:
             row["error"] = str(e)
             row["rep"] = rep
             self.emit(row)
             rmtree(out)
             return
-        loadavg_after = round(os.getloadavg()[0], 2)
-        t0 = time.perf_counter()
-        os.sync()
-        sync_s = time.perf_counter() - t0
         row.update({
-            "seconds": round(use.seconds, 4),
-            "cpu_seconds": round(use.user + use.system, 4),
-            "user_seconds": round(use.user, 4),
-            "sys_seconds": round(use.system, 4),
-            "max_rss_mib": round(use.max_rss_kib / 1024, 1),
-            "tar_bytes": img.tar_bytes,
-            "mb_per_s": round(img.tar_bytes / 1e6 / use.seconds, 1),
-            "sync_seconds": round(sync_s, 4),
-            "seconds_with_sync": round(use.seconds + sync_s, 4),
             "entries": output_entries(name, out),
-            "loadavg_after": loadavg_after,
             "rep": rep,
         })
         if name == "skopeo+umoci":

@@ -59,9 +59,9 @@ from load import (  # noqa: E402
     debootstrap_rootfs,
     drop_caches,
     fmt_num,
+    measure,
     rmtree,
     run,
-    run_measured,
     synthetic_rootfs,
     version,
 )
@@ -199,30 +199,17 @@ class Bench:
             self.can_drop = False
         row["loadavg"] = round(os.getloadavg()[0], 2)
         try:
-            use = run_measured(cmds, self.workdir / "stderr.log", self.env)
+            fields, use = measure(cmds, self.workdir / "stderr.log", self.env, self.img.tar_bytes)
         except Failed as e:
             row["error"] = str(e)
             self.emit(row)
             rmtree(out)
             return
-        loadavg_after = round(os.getloadavg()[0], 2)
-        t0 = time.perf_counter()
-        os.sync()
-        sync_s = time.perf_counter() - t0
+        row.update(fields)
         row.update({
-            "seconds": round(use.seconds, 4),
-            "cpu_seconds": round(use.user + use.system, 4),
-            "user_seconds": round(use.user, 4),
-            "sys_seconds": round(use.system, 4),
-            "max_rss_mib": round(use.max_rss_kib / 1024, 1),
-            "tar_bytes": self.img.tar_bytes,
             "gz_bytes": self.gz_bytes,
-            "mb_per_s": round(self.img.tar_bytes / 1e6 / use.seconds, 1),
             "gz_mb_per_s": round(self.gz_bytes / 1e6 / use.seconds, 1),
-            "sync_seconds": round(sync_s, 4),
-            "seconds_with_sync": round(use.seconds + sync_s, 4),
             "entries": output_entries(name, out),
-            "loadavg_after": loadavg_after,
         })
         if name == "skopeo+umoci":
             row["skopeo_seconds"], row["umoci_seconds"] = (round(s, 4) for s in use.steps)
