@@ -25,7 +25,6 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount
 
@@ -109,7 +108,7 @@ class Dir:
     NAME of the same layer (which they must not hide).
     """
 
-    children: Mapping[str, "Node"] = field(default_factory=dict)
+    children: Mapping[str, Node] = field(default_factory=dict)
     mode: int = 0o755
     owner: tuple[int, int] = (0, 0)
     opaque: str | None = None
@@ -119,7 +118,7 @@ class Dir:
     _repr_pretty_ = _pretty
 
 
-Node = Union[File, Symlink, HardLink, Fifo, Whiteout, Dir]
+Node = File | Symlink | HardLink | Fifo | Whiteout | Dir
 
 
 def walk_spec(tree: Dir, prefix: str = "") -> Iterator[tuple[str, Node]]:
@@ -140,7 +139,7 @@ def fix_hardlinks(tree: Dir, picks: Sequence[int] = ()) -> Dir:
     files = [path for path, node in walk_spec(tree) if isinstance(node, File)]
     counter = iter(range(1 << 30))
 
-    def fix(d: Dir) -> Dir:
+    def fix(d: Dir) -> dict[str, Node]:
         out: dict[str, Node] = {}
         for name, node in sorted(d.children.items()):
             if isinstance(node, HardLink):
@@ -182,7 +181,7 @@ def build_layer(root: Path, tree: Dir) -> None:
         meta.append((path, node))
     for to, path in links:
         os.link(root / to, root / path)
-    for path, node in [*walk_spec_dirs(tree)]:
+    for path, node in walk_spec_dirs(tree):
         for name in node.oci_hides:
             (root / path / (OCI_WH + name)).write_bytes(b"")
         if node.opaque == "oci":
@@ -204,6 +203,7 @@ def build_layer(root: Path, tree: Dir) -> None:
 
 
 def walk_spec_dirs(tree: Dir) -> Iterator[tuple[str, Dir]]:
+    """(path, Dir) of tree itself ("") and every directory below it."""
     yield "", tree
     for path, node in walk_spec(tree):
         if isinstance(node, Dir):
@@ -230,6 +230,14 @@ def _write(p: str, how: str, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+def _read(p: str) -> None:
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once
+    try:
+        os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
 def _touch(p: str, mtime_ns: int) -> None:
     os.utime(p, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
@@ -247,6 +255,7 @@ def _p(root: str, rel: str) -> str:
 
 # name -> (function of (root, *args)); paths in args are relative to the mount
 _OPS: dict[str, Callable[..., None]] = {
+    "read": lambda r, path: _read(_p(r, path)),
     "write": lambda r, path, how, data, mode=0o644: _write(_p(r, path), how, data, mode),
     "truncate": lambda r, path, length: os.truncate(_p(r, path), length),
     "mkdir": lambda r, path, mode=0o755: os.mkdir(_p(r, path), mode),
@@ -267,29 +276,66 @@ _OPS: dict[str, Callable[..., None]] = {
 
 @dataclass(frozen=True, repr=False)
 class Op:
-    """One system call on paths relative to the mount point."""
+    """One system call on paths relative to the mount point, made by ``uid`` (its group: the same number)."""
 
     name: str
     args: tuple[object, ...]
+    uid: int = 0
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{a:#o}" if isinstance(a, int) and self.name in ("chmod", "mkdir", "mkfifo") and i == len(self.args) - 1
-                         else repr(a) for i, a in enumerate(self.args))
-        return f"{self.name}({args})"
+        mode_at = _MODE_ARG.get(self.name)
+        args = ", ".join(f"{a:#o}" if i == mode_at else repr(a) for i, a in enumerate(self.args))
+        return f"{self.name}({args})" + (f" as {self.uid}" if self.uid else "")
+
+    _repr_pretty_ = _pretty
 
 
-def op(name: str, *args: object) -> Op:
+_MODE_ARG = {"write": 3, "mkdir": 1, "chmod": 1, "mkfifo": 1}  # which argument is a mode: shown in octal
+
+
+def op(name: str, *args: object, uid: int = 0) -> Op:
     assert name in _OPS, name
-    return Op(name, args)
+    return Op(name, args, uid)
 
 
-def apply(root: Path | str, operation: Op) -> int | None:
-    """Run operation on the mount at root: its errno, or None on success."""
+def _call(root: str, operation: Op) -> int | None:
     try:
-        _OPS[operation.name](os.fspath(root), *operation.args)
+        _OPS[operation.name](root, *operation.args)
     except OSError as exc:
         return exc.errno
     return None
+
+
+def apply(root: Path | str, operation: Op) -> int | None:
+    """Run operation on the mount at root: its errno, or None on success.
+
+    An operation of another user runs in a child process with that uid and
+    gid and no supplementary groups; it starts in the mount's root, so the
+    test's own (private) directories above it need not be searchable.
+    """
+    if not operation.uid:
+        return _call(os.fspath(root), operation)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the test
+        code = 0
+        try:
+            os.close(read_end)
+            os.chdir(root)
+            os.setgroups([])
+            os.setresgid(operation.uid, operation.uid, operation.uid)
+            os.setresuid(operation.uid, operation.uid, operation.uid)
+            os.write(write_end, repr(_call(".", operation)).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        answer = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and answer, f"{operation!r}: the child process failed"
+    return None if answer == "None" else int(answer)
 
 
 def errname(code: int | None) -> str:
@@ -326,6 +372,8 @@ def _kind(mode: int, rdev: int = 1) -> str:
         return "fifo"
     if stat.S_ISCHR(mode):
         return "whiteout" if rdev == 0 else "chr"
+    if stat.S_ISSOCK(mode):
+        return "sock"
     return "other"
 
 
@@ -341,12 +389,17 @@ def _content(path: str) -> bytes | str:
     return data if len(data) <= 48 else "sha256:" + hashlib.sha256(data).hexdigest()[:16]
 
 
-def _user_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+# overlayfs's and the driver's own xattrs: their values are implementation details
+PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.", "trusted.unionfs.", "user.unionfs.")
+
+
+def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+    """Every xattr but the private ones, sorted (user.*, trusted.*, security.*)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as exc:
         return (("<listxattr>", errname(exc.errno).encode()),)
-    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names if n.startswith("user.")))
+    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names if not n.startswith(PRIVATE_XATTRS)))
 
 
 def _mtime(ns: int) -> int | str:
@@ -406,7 +459,7 @@ def view(root: Path | str) -> View:
             mtime=_mtime(st.st_mtime_ns),
             content=_content(path) if kind == "file" else None,
             target=os.readlink(path) if kind == "symlink" else None,
-            xattrs=_user_xattrs(path),
+            xattrs=_xattrs(path),
         )
         inodes.setdefault(st.st_ino, set()).add(rel)
 
@@ -504,8 +557,8 @@ class UpperMeta:
 def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str, UpperMeta]:
     """The upper layer, semantically: kinds, opaque flags, data and metadata.
 
-    Left out on purpose: trusted.overlay.* other than opaque (origin, impure,
-    redirect values differ between implementations), trusted.unionfs.*, mtimes
+    Left out on purpose: overlay.* xattrs other than trusted.overlay.opaque
+    (origin, impure, redirect values differ between implementations), unionfs.*, mtimes
     (the merged view compares those), and the mode, owner and link count of
     whiteouts (overlayfs shares one whiteout inode between many names).
     The opaque flag counts only where the ``lowers`` show a directory at the
@@ -532,7 +585,7 @@ def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str
             nlink=None if kind == "dir" else st.st_nlink,
             content=_content(path) if kind == "file" else None,
             target=os.readlink(path) if kind == "symlink" else None,
-            xattrs=_user_xattrs(path),
+            xattrs=_xattrs(path),
         )
     return out
 
@@ -553,9 +606,6 @@ def diff_maps(kernel: Mapping[str, object], driver: Mapping[str, object]) -> lis
     return out
 
 
-_IGNORE = set(filter(None, os.environ.get("DIFFTREE_IGNORE", "").split(",")))  # DEV ONLY
-
-
 def redirected(upper: Path | str, rel: str) -> str:
     """The path below the upper layer that rel's lower parts come from (overlay.redirect of its dirs)."""
     parts = rel.split("/")
@@ -571,7 +621,9 @@ def redirected(upper: Path | str, rel: str) -> str:
     return "/".join(lower)
 
 
-def diff_views(kernel: View, driver: View, lowers: Sequence[Path | str] = (), kernel_upper: Path | str | None = None) -> list[str]:
+def diff_views(
+    kernel: View, driver: View, lowers: Sequence[Path | str] = (), kernel_upper: Path | str | None = None
+) -> list[str]:
     """Differences of two merged views over the same ``lowers``.
 
     Deliberate difference: overlayfs passes readdir of a directory that only
@@ -581,11 +633,7 @@ def diff_views(kernel: View, driver: View, lowers: Sequence[Path | str] = (), ke
     whiteouts of a lower layer; any other name listed but not found is a
     difference.
     """
-    ke, de = kernel.entries, driver.entries
-    if "dir_mtime" in _IGNORE:  # DEV ONLY
-        ke = {k: dataclasses.replace(v, mtime=None) if v.kind == "dir" else v for k, v in ke.items()}
-        de = {k: dataclasses.replace(v, mtime=None) if v.kind == "dir" else v for k, v in de.items()}
-    out = diff_maps(ke, de)
+    out = diff_maps(kernel.entries, driver.entries)
 
     def is_lower_whiteout(rel: str) -> bool:
         if kernel_upper is not None:
@@ -599,7 +647,7 @@ def diff_views(kernel: View, driver: View, lowers: Sequence[Path | str] = (), ke
         out.append(f"duplicate readdir names in: kernel={kernel.listing_dupes} driver={driver.listing_dupes}")
     if kernel.dino_mismatch != driver.dino_mismatch:
         out.append(f"readdir d_ino is not st_ino: kernel={kernel.dino_mismatch} driver={driver.dino_mismatch}")
-    if kernel.same_inode != driver.same_inode and "same_inode" not in _IGNORE:
+    if kernel.same_inode != driver.same_inode:
         fmt = lambda groups: sorted(sorted(g) for g in groups)  # noqa: E731
         out.append(f"names sharing an inode: kernel={fmt(kernel.same_inode)} driver={fmt(driver.same_inode)}")
     return out
@@ -636,21 +684,31 @@ class Pair:
         problems = diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
         problems += [f"upper {line}" for line in diff_maps(
             upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
-        assert not problems, "after:\n  " + "\n  ".join(self.log or ["(no operations)"]) + "\ndifferences:\n  " + "\n  ".join(problems)
+        steps = "\n  ".join(self.log or ["(no operations)"])
+        assert not problems, f"after:\n  {steps}\ndifferences:\n  " + "\n  ".join(problems)
         return kv
 
 
 @contextlib.contextmanager
-def pair(base: Path, lowers: Sequence[Dir], kernel_options: Sequence[str] = KERNEL_OPTIONS) -> Iterator[Pair]:
-    """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver."""
+def pair(
+    base: Path, lowers: Sequence[Dir], kernel_options: Sequence[str] = KERNEL_OPTIONS, root_mode: int | None = None
+) -> Iterator[Pair]:
+    """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver.
+
+    The driver gets ``allow_other``, without which FUSE lets no other user
+    in at all, while overlayfs applies the usual permission checks.
+    ``root_mode``: the mode of the upper roots, which the merged roots show.
+    """
     stacks = []
     for prefix in ("k-", "d-"):
         s = Stack.make(base, len(lowers), prefix)
-        for root, tree in zip(s.lowers, lowers):
+        for root, tree in zip(s.lowers, lowers, strict=True):
             build_layer(root, tree)
+        if root_mode is not None:
+            os.chmod(s.upper, root_mode)
         stacks.append(s)
     kstack, dstack = stacks
-    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack):
+    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other"):
         yield Pair(kstack, dstack)
 
 

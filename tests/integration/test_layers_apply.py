@@ -8,7 +8,10 @@ are mixed in. The expected tree comes from a small independent model, the
 image-spec's "applying changesets" rules run bottom to top on plain Python
 dicts, and is compared with the driver's merged view. Where a stack uses only
 the overlay forms, kernel overlayfs must show the same tree: a check of the
-model itself.
+model itself. (Not generated: overlayfs's xattr whiteouts, overlay.whiteout
+files in directories marked overlay.whiteouts.)
+
+LAYERS_EXAMPLES=N runs N generated stacks instead of the default budget.
 """
 from __future__ import annotations
 
@@ -18,14 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from difftree import (
+    Dir,
+    File,
+    HardLink,
+    Node,
+    Symlink,
+    Whiteout,
+    build_layer,
+    fix_hardlinks,
+    kernel_overlay_available,
+    scratch,
+    view,
+    walk_spec,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-from difftree import (
-    Dir, File, HardLink, Node, Symlink, Whiteout, build_layer, fix_hardlinks, kernel_overlay_available, view, walk_spec,
-)
 from mounts import Stack, fuse_mount, kernel_mount
-from difftree import scratch
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, trusted xattrs)")
 
@@ -41,7 +53,7 @@ class Entry:
     owner: tuple[int, int] = (0, 0)
     data: bytes | None = None
     target: str | None = None
-    children: dict[str, "Entry"] = field(default_factory=dict)
+    children: dict[str, Entry] = field(default_factory=dict)
 
 
 def _leaf(node: Node, layer: Dir) -> Entry:
@@ -104,8 +116,8 @@ def shown(mnt: Path) -> dict[str, Shown]:
     """The merged view, limited to what the model knows (no directory sizes, times or link counts)."""
     out: dict[str, Shown] = {}
     for path, m in view(mnt).entries.items():
-        content = m.content if isinstance(m.content, bytes) or m.content is None else m.content
-        out[path] = (m.kind, m.mode, m.uid, m.gid, None if m.kind == "dir" else m.size, content, m.target)  # type: ignore[assignment]
+        assert not isinstance(m.content, str), "file data longer than the snapshot keeps as bytes"
+        out[path] = (m.kind, m.mode, m.uid, m.gid, None if m.kind == "dir" else m.size, m.content, m.target)
     return out
 
 
@@ -167,7 +179,7 @@ def uses_oci_markers(layers: Iterable[Dir]) -> bool:
 def check_stack(base: Path, layers: list[Dir]) -> None:
     """Build layers (top first), mount them read-only, compare with the model."""
     stack = Stack.make(base, len(layers))
-    for root, layer in zip(stack.lowers, layers):
+    for root, layer in zip(stack.lowers, layers, strict=True):
         build_layer(root, layer)
     expected = expected_view(apply_layers(layers))
     with fuse_mount(stack, read_only=True) as mnt:
@@ -180,7 +192,7 @@ def check_stack(base: Path, layers: list[Dir]) -> None:
 
 
 @settings(
-    max_examples=int(os.environ.get("LAYERS_EXAMPLES", "250")),
+    max_examples=int(os.environ.get("LAYERS_EXAMPLES", "400")),
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
