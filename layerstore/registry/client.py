@@ -224,13 +224,19 @@ class RegistryClient:
     ) -> requests.Response:
         """Send, answering one 401 challenge; any answer but 401 is returned to the caller."""
         url = self.url(path)
+        return self._authorized(scope, headers, True, lambda sent: self._send(method, url, sent, stream))
+
+    def _authorized(
+        self, scope: str | None, headers: dict[str, str] | None, home: bool, transmit: Callable[[dict[str, str]], requests.Response]
+    ) -> requests.Response:
+        """Transmit with credentials (to the registry's own origin only), answering one 401 challenge."""
         for attempt in (1, 2):
             sent = dict(headers or {})
-            authorization = self.auth.header(scope)
+            authorization = self.auth.header(scope) if home else None
             if authorization:
                 sent["Authorization"] = authorization
-            response = self._send(method, url, sent, stream)
-            if response.status_code != 401:
+            response = transmit(sent)
+            if response.status_code != 401 or not home:
                 return response
             if attempt == 2 or not self.auth.challenged(response, scope):
                 break
@@ -378,21 +384,7 @@ class RegistryClient:
         """
         url = self.url(url)
         home = _origin(url) == _origin(self.endpoint.base_url)
-        for attempt in (1, 2):
-            sent = dict(headers or {})
-            authorization = self.auth.header(scope) if home else None
-            if authorization:
-                sent["Authorization"] = authorization
-            response = self._send_body(method, url, sent, body)
-            if response.status_code != 401 or not home:
-                return response
-            if attempt == 2 or not self.auth.challenged(response, scope):
-                break
-            response.close()
-        error = _registry_error(response)
-        response.close()
-        detail = f"{error[0].lower()}: {error[1]}" if error else "unauthorized"
-        raise AuthError(f"registry {self.domain}", f"{detail} (check the credentials, or log in)")
+        return self._authorized(scope, headers, home, lambda sent: self._send_body(method, url, sent, body))
 
     def _send_body(self, method: str, url: str, headers: dict[str, str], body: Callable[[], Any] | None) -> requests.Response:
         """One request with its body; 307 and 308 (which keep method and body) are followed."""
