@@ -22,7 +22,7 @@ from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, rel_join
 from unionfs.markers import WhiteoutForm
-from unionfs.resolve import Node, Resolver, child_path, split, to_rel
+from unionfs.resolve import Node, Resolver, child_path, split
 
 log = logging.getLogger(__name__)
 
@@ -409,13 +409,13 @@ class Union:
 
     # -- renaming ----------------------------------------------------------------
     def rename(self, old: str, new: str) -> None:
-        copyup, work = self._writable(new)
+        copyup, _ = self._writable(new)
         if old == new:
             return
         source = self.node(old)
         if new.startswith(old.rstrip("/") + "/"):
             raise fail(errno.EINVAL, new)
-        opath, oname = split(old)
+        oname = split(old)[1]
         npath, nname = split(new)
         self._check_name(nname, new)
         target = self.resolver.resolve(new)
@@ -431,11 +431,9 @@ class Union:
                 if (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino):
                     return  # two names of one file: rename(2) does nothing
         with self._rename_lock:
-            self._rename(source, target, opath, oname, npath, nname, copyup, work)
+            self._rename(source, target, oname, npath, nname, copyup)
 
-    def _rename(
-        self, source: Node, target: Node | None, opath: str, oname: str, npath: str, nname: str, copyup: CopyUp, work: WorkDir
-    ) -> None:
+    def _rename(self, source: Node, target: Node | None, oname: str, npath: str, nname: str, copyup: CopyUp) -> None:
         old, new = source.path, child_path(npath, nname)
         has_lower = any(not self.resolver.is_upper(index) for index, _ in source.layers)
         orel = copyup.ensure(source)
@@ -444,12 +442,8 @@ class Union:
             # parts through a redirect to where they are (overlayfs redirect_dir).
             lower_rel = next(rel for index, rel in source.layers if not self.resolver.is_upper(index))
             self.upper.setxattr(orel, self.redirect_xattr, os.fsencode("/" + lower_rel))
-        oparent = self._dir(opath)
-        copyup.ensure(oparent)
-        oparent = self._dir(opath)
-        nparent = self._dir(npath)
-        nprel = copyup.ensure(nparent)
-        nparent = self._dir(npath)
+        oparent, oprel, _ = self._parent_in_upper(old)
+        nparent, nprel, _ = self._parent_in_upper(new)
         nrel = rel_join(nprel, nname)
         if source.is_dir and not has_lower and self.resolver.lower_positive(nparent, nname):
             self._set_opaque(self.upper, orel)  # lower entries named like the target stay hidden
@@ -466,7 +460,7 @@ class Union:
             syscalls.renameat2(self.upper.fd, orel, self.upper.fd, nrel, syscalls.RENAME_WHITEOUT)
         else:
             if whiteout:
-                self._whiteout(to_rel(opath), oname)
+                self._whiteout(oprel, oname)
             os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
         self._forget(existing)
         subtree = source.is_dir or (target is not None and target.is_dir)
