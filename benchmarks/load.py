@@ -165,6 +165,25 @@ def run_measured(cmds: list[list[str]], errlog: Path, env: dict[str, str] | None
     return use
 
 
+def pick(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    """A comma-separated choice from ``allowed``; anything else ends the run with a message."""
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    for c in chosen:
+        if c not in allowed:
+            raise SystemExit(f"unknown {what} {c!r}; choose from {', '.join(allowed)}")
+    return chosen
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run through ``finally`` blocks, so nothing is left mounted or running."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+
 def measure(cmds: list[list[str]], errlog: Path, env: dict[str, str] | None, tar_bytes: int) -> tuple[dict, Usage]:
     """Run one contender: wall and CPU time, peak memory, throughput, and the sync it left."""
     use = run_measured(cmds, errlog, env)
@@ -764,20 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("skopeo", "umoci", "tar"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found")
-    contenders = [c.strip() for c in (args.only or ",".join(CONTENDERS)).split(",") if c.strip()]
-    inputs = [i.strip() for i in args.inputs.split(",") if i.strip()]
-    for c in contenders:
-        if c not in CONTENDERS:
-            raise SystemExit(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS)}")
-    for i in inputs:
-        if i not in INPUTS:
-            raise SystemExit(f"unknown input {i!r}; choose from {', '.join(INPUTS)}")
-
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    contenders = pick(args.only or ",".join(CONTENDERS), CONTENDERS, "contender")
+    inputs = pick(args.inputs, INPUTS, "input")
+    exit_on_signals()
 
     workdir = choose_workdir(args.workdir, prefix="layerstore-load-bench-")
     cache = Path(args.cache).resolve() if args.cache else None

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,8 +57,10 @@ from load import (  # noqa: E402
     count_entries,
     debootstrap_rootfs,
     drop_caches,
+    exit_on_signals,
     fmt_num,
     measure,
+    pick,
     rmtree,
     run,
     synthetic_rootfs,
@@ -331,16 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("skopeo", "umoci"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found")
-    contenders = [c.strip() for c in (args.only or ",".join(CONTENDERS)).split(",") if c.strip()]
-    for c in contenders:
-        if c not in CONTENDERS:
-            raise SystemExit(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS)}")
-
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    contenders = pick(args.only or ",".join(CONTENDERS), CONTENDERS, "contender")
+    exit_on_signals()
 
     workdir = choose_workdir(args.workdir, prefix="layerstore-pull-bench-")
     cache = Path(args.cache).resolve() if args.cache else None
