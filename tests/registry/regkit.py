@@ -590,3 +590,17 @@ def cli(root: Path, *args: str, stdin: str | None = None) -> Result:
         setattr(cli_module, "COMMANDS", saved)  # noqa: B010
     return Result(rc, out.getvalue(), err.getvalue())
 
+
+def short(digest: str) -> str:
+    """The 12 hex digits that Docker's progress lines name a layer by."""
+    return digest.split(":", 1)[1][:12]
+
+
+def layer_lines(lines: list[str]) -> dict[str, list[str]]:
+    """Each layer's updates in order (layers run in parallel: their lines interleave)."""
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        ident, sep, text = line.partition(": ")
+        if sep and len(ident) == 12 and all(c in "0123456789abcdef" for c in ident):
+            out.setdefault(ident, []).append(text)
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import World, cli
+from regkit import World, cli, layer_lines, short
 
 from layerstore.model import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from layerstore.registry import client as client_module
@@ -35,18 +35,6 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def layer_lines(lines: list[str]) -> dict[str, list[str]]:
-    """Each layer's updates in order (lines of different layers interleave: downloads run in parallel)."""
-    out: dict[str, list[str]] = {}
-    for line in lines:
-        ident, sep, text = line.partition(": ")
-        if sep and len(ident) == 12 and all(c in "0123456789abcdef" for c in ident):
-            out.setdefault(ident, []).append(text)
-    return out
-
-
-def short(digest: str) -> str:
-    return digest.split(":", 1)[1][:12]
 
 
 def manifest_layers(data: bytes) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import PASSWORD, USER, World, cli
+from regkit import PASSWORD, USER, World, cli, layer_lines, short
 
 from layerstore import reference
 from layerstore.mediatypes import DOCKER_LAYER
@@ -61,22 +61,10 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def short(digest: str) -> str:
-    return digest.split(":", 1)[1][:12]
-
 
 def layers_of(manifest: bytes) -> list[str]:
     return [layer["digest"] for layer in json.loads(manifest)["layers"]]
 
-
-def layer_lines(lines: list[str]) -> dict[str, list[str]]:
-    """Each layer's updates in order (uploads run in parallel: their lines interleave)."""
-    out: dict[str, list[str]] = {}
-    for line in lines:
-        ident, sep, text = line.partition(": ")
-        if sep and len(ident) == 12 and all(c in "0123456789abcdef" for c in ident):
-            out.setdefault(ident, []).append(text)
-    return out
 
 
 def skopeo_digest(name: str) -> str:
