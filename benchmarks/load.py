@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drivers import REPO_ROOT, fs_type, mounts_under  # noqa: E402  (shared with the filesystem benchmarks)
 from fixtures import log  # noqa: E402
-from run import choose_workdir, source_version  # noqa: E402
+from run import choose_workdir, source_version, write_table  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -842,14 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             rmtree(workdir)
         log(f"total {time.monotonic() - t0:.1f}s")
         if bench.results:
-            text = table(bench.results, images, notes)
-            if args.table and args.table != "-":
-                Path(args.table).write_text(text)
-                log(f"table written to {args.table}")
-            elif args.table == "-":
-                sys.stdout.write("\n" + text)
-            else:
-                sys.stderr.write("\n" + text)
+            write_table(table(bench.results, images, notes), args.table)
     return 1 if any(r.get("error") for r in bench.results) else 0
 
 

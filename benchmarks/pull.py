@@ -66,7 +66,7 @@ from load import (  # noqa: E402
     synthetic_rootfs,
     version,
 )
-from run import choose_workdir, source_version  # noqa: E402
+from run import choose_workdir, source_version, write_table  # noqa: E402
 
 CONTENDERS = ("pull", "skopeo+umoci", "unpack")
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -401,14 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             rmtree(workdir)
         log(f"total {time.monotonic() - t0:.1f}s")
         if bench is not None and bench.results:
-            text = table(bench.results, img, notes)
-            if args.table and args.table != "-":
-                Path(args.table).write_text(text)
-                log(f"table written to {args.table}")
-            elif args.table == "-":
-                sys.stdout.write("\n" + text)
-            else:
-                sys.stderr.write("\n" + text)
+            write_table(table(bench.results, img, notes), args.table)
     return 1 if bench is None or any(r.get("error") for r in bench.results) else 0
 
 

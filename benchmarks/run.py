@@ -231,6 +231,17 @@ class Runner:
         return []
 
 
+def write_table(text: str, dest: str | None) -> None:
+    """The Markdown table to a file, to stdout with ``-``, else to stderr (stdout holds the JSON lines)."""
+    if dest and dest != "-":
+        Path(dest).write_text(text)
+        log(f"table written to {dest}")
+    elif dest == "-":
+        sys.stdout.write("\n" + text)
+    else:
+        sys.stderr.write("\n" + text)
+
+
 def fmt(v: float) -> str:
     if v >= 100:
         return f"{v:.0f}"
@@ -354,14 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         left = runner.cleanup()
         log(f"total {time.monotonic() - t0:.1f}s")
-        text = table(runner.results, [d.name for d in drivers], notes)
-        if args.table and args.table != "-":
-            Path(args.table).write_text(text)
-            log(f"table written to {args.table}")
-        elif args.table == "-":
-            sys.stdout.write("\n" + text)
-        else:
-            sys.stderr.write("\n" + text)
+        write_table(table(runner.results, [d.name for d in drivers], notes), args.table)
     return 1 if left else 0
 
 

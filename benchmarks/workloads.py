@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers import Driver, is_mounted
-from fixtures import KiB, MiB, Fixtures, Scale, Stack
+from fixtures import Fixtures, KiB, MiB, Scale, Stack
 
 Row = dict
 
