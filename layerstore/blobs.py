@@ -16,6 +16,7 @@ from typing import IO, Protocol
 
 from layerstore.digest import HashingWriter, parse_digest
 from layerstore.errors import NotFound
+from unionfs import crashpoints
 
 CHUNK = 1 << 20
 
@@ -83,6 +84,7 @@ class BlobStore:
             self.path(digest).unlink()
         except FileNotFoundError:
             pass
+        crashpoints.point("blob.deleted")
 
     def put_bytes(self, data: bytes, expected: str | None = None, subject: str = "blob") -> Stored:
         import io
@@ -102,14 +104,17 @@ class BlobStore:
                 writer = HashingWriter(raw, algorithm)
                 while chunk := stream.read(CHUNK):
                     writer.write(chunk)
+                    crashpoints.point("blob.write")
                 raw.flush()
                 writer.verify(f"{subject} {expected}" if expected else subject, expected or writer.digest, size)
                 os.fsync(raw.fileno())
+            crashpoints.point("blob.synced")
             digest = writer.digest
             final = self.path(digest)
             existed = final.exists()
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
+            crashpoints.point("blob.renamed")
             fsync_dir(final.parent)
             return Stored(digest, writer.size, existed)
         finally:

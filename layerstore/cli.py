@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import sqlite3
 import sys
 
 from layerstore.errors import LayerStoreError
@@ -17,7 +19,7 @@ from layerstore.errors import LayerStoreError
 COMMANDS = (
     "pull", "load", "images", "tag", "rmi", "inspect", "history", "save",
     "mount", "umount", "ps", "diff", "commit", "rm", "prune", "system",
-    "manifest", "search", "login", "logout", "push",
+    "manifest", "search", "login", "logout", "push", "fsck",
 )
 
 
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:
+        if args.debug:
+            raise
+        print(f"Error: metadata {os.path.join(args.root or '', 'meta.db') if args.root else 'meta.db'}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         if args.debug:

@@ -3,7 +3,9 @@
 Each directory holds that layer's changeset only, whiteouts kept as ``.wh.``
 files, so it is exact, needs no privilege to read and turns back into a layer
 tar. A layer is unpacked into ``layers/.staging`` and renamed into place once
-its diff_id checked out, so a directory that exists is a layer that is whole.
+its diff_id checked out and its inventory (``layers/.inventory``, what
+``fsck`` checks it against) is on disk, so a directory that exists is a
+layer that is whole.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
+from layerstore import inventory
 from layerstore.digest import parse_digest
 from layerstore.unpack import UnpackResult, unpack_layer
+from unionfs import crashpoints
 
 IMPLICIT_XATTR = "user.unionfs.implicit"  # read by unionfs (markers.IMPLICIT_XATTRS)
 
@@ -28,10 +32,15 @@ class LayerDirs:
         self.dir = root / "layers"
         self.staging = self.dir / ".staging"
         self.staging.mkdir(parents=True, exist_ok=True)
+        self.inventories = self.dir / ".inventory"
 
     def path(self, diff_id: str) -> Path:
         d = parse_digest(diff_id)
         return self.dir / d.algorithm / d.hex
+
+    def inventory_path(self, diff_id: str) -> Path:
+        d = parse_digest(diff_id)
+        return self.inventories / d.algorithm / d.hex
 
     def has(self, diff_id: str) -> bool:
         return self.path(diff_id).is_dir()
@@ -42,16 +51,20 @@ class LayerDirs:
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = self.staging / secrets.token_hex(8)
         result = unpack_layer(stream, staging, media_type=media_type, expected_diff_id=diff_id)
-        for rel in result.implicit_dirs:
-            # no entry of this layer described it: the union takes its attributes from below
-            os.setxattr(staging / rel, IMPLICIT_XATTR, b"1", follow_symlinks=False)
         try:
+            for rel in result.implicit_dirs:
+                # no entry of this layer described it: the union takes its attributes from below
+                os.setxattr(staging / rel, IMPLICIT_XATTR, b"1", follow_symlinks=False)
+            crashpoints.point("layer.unpacked")
+            inventory.write(self.inventory_path(diff_id), staging)
+            crashpoints.point("layer.inventoried")
             os.rename(staging, final)
         except OSError:
+            remove_tree(staging)
             if not final.is_dir():
                 raise
-            remove_tree(staging)
             return None
+        crashpoints.point("layer.renamed")
         return result
 
     def diff_ids(self) -> list[str]:
@@ -67,7 +80,19 @@ class LayerDirs:
         if path.exists():
             doomed = self.staging / f"rm-{secrets.token_hex(8)}"
             os.rename(path, doomed)  # gone from view in one step, then deleted
+            crashpoints.point("layer.removing")
             remove_tree(doomed)
+        self.inventory_path(diff_id).unlink(missing_ok=True)
+
+    def orphan_inventories(self) -> list[Path]:
+        """Inventories without their layer (a crash between the two), and unfinished ones."""
+        out: list[Path] = []
+        if self.inventories.is_dir():
+            for algorithm in self.inventories.iterdir():
+                for entry in algorithm.iterdir():
+                    if entry.name.startswith(".") or not (self.dir / algorithm.name / entry.name).is_dir():
+                        out.append(entry)
+        return out
 
     def stale_staging(self) -> list[Path]:
         return list(self.staging.iterdir())

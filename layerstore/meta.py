@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from unionfs import crashpoints
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id           TEXT PRIMARY KEY,      -- config digest: the image ID
@@ -86,15 +88,24 @@ class Metadata:
         self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic change; other processes wait for it (busy timeout)."""
+    def transaction(self, keep: bool = True) -> Iterator[sqlite3.Connection]:
+        """One atomic change; other processes wait for it (busy timeout).
+
+        ``keep=False`` rolls it back at the end: a question asked of what a
+        change would do, with the store held still meanwhile.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        if not keep:
+            self.db.execute("ROLLBACK")
+            return
+        crashpoints.point("meta.commit")
         self.db.execute("COMMIT")
+        crashpoints.point("meta.committed")
 
     def query(self, sql: str, *args: object) -> list[sqlite3.Row]:
         return self.db.execute(sql, args).fetchall()

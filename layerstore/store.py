@@ -28,6 +28,7 @@ from layerstore.meta import Metadata
 from layerstore.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, ImageConfig, Manifest
 from layerstore.mediatypes import DOCKER_LAYER, DOCKER_LAYER_GZIP
 from layerstore import reference
+from unionfs import crashpoints
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -42,6 +43,15 @@ def default_root() -> Path:
         return Path("/var/lib/layerstore")
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return Path(data) / "layerstore"
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """Unreferenced layers and blobs, and paths left by interrupted work."""
+
+    layers: list[str]
+    blobs: list[str]
+    leftovers: list[Path]
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,8 @@ class Store:
             return result.size if result else None
 
         if todo:
-            pool = ThreadPoolExecutor(max_workers=min(UNPACK_WORKERS, len(todo)), thread_name_prefix="unpack")
+            workers = 1 if crashpoints.armed() else min(UNPACK_WORKERS, len(todo))  # replayable crash points
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unpack")
             try:
                 futures = {diff_id: pool.submit(unpack, diff_id, desc) for diff_id, desc in todo.items()}
                 for diff_id, future in futures.items():
@@ -296,33 +307,47 @@ class Store:
         """
         removed = {"layers": 0, "blobs": 0, "leftovers": 0}
         with self.meta.transaction() as tx:
-            tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
-            if self._active_lease(tx):
+            garbage = self.garbage(tx)
+            if garbage is None:
                 log.info("a load or pull is in progress: unreferenced layers and blobs are kept")
                 return removed
-            live_layers = {r[0] for r in tx.execute("SELECT diff_id FROM layers")}
-            live_blobs = {
-                r[0]
-                for r in tx.execute(
-                    "SELECT blob FROM image_layers UNION SELECT digest FROM manifests "
-                    "UNION SELECT id FROM images UNION SELECT digest FROM repo_digests"
-                )
-            }
-            live_blobs |= self._manifest_blobs([r[0] for r in tx.execute("SELECT digest FROM manifests")])
-            for diff_id in self.layers.diff_ids():
-                if diff_id not in live_layers:
-                    self.layers.remove(diff_id)
-                    removed["layers"] += 1
-            for digest in list(self.blobs.digests()):
-                if digest not in live_blobs:
-                    self.blobs.delete(digest)
-                    removed["blobs"] += 1
-            leftovers = [p for p in self.blobs.stale_ingests() if not p.name.endswith(".partial")]
-            leftovers += self.layers.stale_staging() + list((self.root / "tmp").glob("*"))
-            for path in leftovers:
+            for diff_id in garbage.layers:
+                self.layers.remove(diff_id)
+                removed["layers"] += 1
+            for digest in garbage.blobs:
+                self.blobs.delete(digest)
+                removed["blobs"] += 1
+            for path in garbage.leftovers:
                 remove_tree(path)
+                crashpoints.point("prune.leftover")
                 removed["leftovers"] += 1
         return removed
+
+    def garbage(self, tx: sqlite3.Connection) -> Garbage | None:
+        """What no image references and what interrupted work left; None while a load or pull runs.
+
+        Call inside a write transaction: it also forgets layer rows that no
+        image has and leases of processes that are gone.
+        """
+        tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
+        if self._active_lease(tx):
+            return None
+        live_layers = {r[0] for r in tx.execute("SELECT diff_id FROM layers")}
+        live_blobs = {
+            r[0]
+            for r in tx.execute(
+                "SELECT blob FROM image_layers UNION SELECT digest FROM manifests "
+                "UNION SELECT id FROM images UNION SELECT digest FROM repo_digests"
+            )
+        }
+        live_blobs |= self._manifest_blobs([r[0] for r in tx.execute("SELECT digest FROM manifests")])
+        leftovers = [p for p in self.blobs.stale_ingests() if not p.name.endswith(".partial")]
+        leftovers += self.layers.stale_staging() + self.layers.orphan_inventories() + list((self.root / "tmp").glob("*"))
+        return Garbage(
+            layers=[d for d in self.layers.diff_ids() if d not in live_layers],
+            blobs=[d for d in self.blobs.digests() if d not in live_blobs],
+            leftovers=leftovers,
+        )
 
     def _manifest_blobs(self, manifests: list[str]) -> set[str]:
         """Blobs named by stored manifests: they stay, a save writes them back."""

@@ -45,6 +45,7 @@ from layerstore.errors import (
 from layerstore.layertar import BadTar, LayerTarFile
 from layerstore.mediatypes import layer_compression
 from layerstore.prefetch import Prefetch
+from unionfs import crashpoints
 
 __all__ = ["SkippedEntry", "UnpackResult", "unpack_layer"]
 
@@ -202,6 +203,7 @@ class _Unpacker:
                 exc.add_note(f"{self.subject}: while writing entry {quote(info.name)}")
                 raise
             count += 1
+            crashpoints.point("unpack.entry")
 
     def _corrupt(self, error: Exception) -> CorruptArchive:
         """tarfile's format errors as CorruptArchive naming the layer."""

@@ -34,6 +34,7 @@ from layerstore.digest import parse_digest
 from layerstore.errors import DigestMismatch, TransportError
 from layerstore.model import Descriptor
 from layerstore.registry.client import RegistryClient, describe_failure
+from unionfs import crashpoints
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class ResumingReader:
         data = self._network(min(size, NET_READ))
         if data:
             _pwrite_all(self.fd, data, self.have)
+            crashpoints.point("download.chunk")
             self.have += len(data)
             self.pos += len(data)
             self.progress(self.have)

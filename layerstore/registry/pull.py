@@ -48,6 +48,7 @@ from layerstore.registry.download import Cancelled, PartialBlob, fetch_blob
 from layerstore.registry.platforms import Platform, host
 from layerstore.registry.progress import PullOutput, Quiet
 from layerstore.store import UNPACK_WORKERS, Store
+from unionfs import crashpoints
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +278,10 @@ class _LayerJobs:
         self._lock = threading.Lock()
 
     def run(self) -> dict[str, int]:
-        downloads = ThreadPoolExecutor(max_workers=min(self.puller.downloads, len(self.jobs)), thread_name_prefix="download")
-        self.unpacker = ThreadPoolExecutor(max_workers=max(1, min(UNPACK_WORKERS, len(self.jobs))), thread_name_prefix="unpack")
+        # one of each while a crash point is armed: the N-th point is the same step on every run
+        one = crashpoints.armed()
+        downloads = ThreadPoolExecutor(max_workers=1 if one else min(self.puller.downloads, len(self.jobs)), thread_name_prefix="download")
+        self.unpacker = ThreadPoolExecutor(max_workers=1 if one else max(1, min(UNPACK_WORKERS, len(self.jobs))), thread_name_prefix="unpack")
         try:
             _first_error(downloads.submit(self._download, desc, diff_id) for desc, diff_id in self.jobs)
             with self._lock:

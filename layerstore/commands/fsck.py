@@ -1,0 +1,35 @@
+"""``fsck [--repair]``: check the store; exit 0 clean, 1 all repaired, 4 problems left."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from layerstore import fsck
+from layerstore.store import Store
+
+
+def register(sub: argparse._SubParsersAction, name: str = "fsck") -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(name, help="check blobs, layers and metadata; --repair what cannot be trusted")
+    p.add_argument("--repair", action="store_true", help="remove what is wrong, unpack layers again from good blobs")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the problems")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, store: Store) -> int:
+    tty = sys.stderr.isatty() and not args.quiet
+
+    def progress(message: str) -> None:
+        if tty:
+            sys.stderr.write(f"\r\033[K{message}")
+            sys.stderr.flush()
+
+    report = fsck.check(store, repair=args.repair, progress=progress)
+    if tty:
+        sys.stderr.write("\r\033[K")
+    for finding in report.findings:
+        print(finding)
+    if report.busy:
+        print("a load or pull is running: its work in progress was not judged", file=sys.stderr)
+    if not args.quiet or report.findings:
+        print(report.summary())
+    return report.exit_code

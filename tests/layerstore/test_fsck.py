@@ -1,0 +1,213 @@
+"""fsck: every kind of damage a store can suffer is found, named, and repaired
+or left with a clear word; a repaired store loads, mounts and checks clean."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagebuild import tree
+from layerstore import fsck
+from layerstore.store import Store
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "layerstore" / "demo" / "example.tar"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "store")
+    s.load(str(EXAMPLE))
+    yield s
+    s.close()
+
+
+def layer_dirs(store: Store) -> list[Path]:
+    image = store.resolve("example/demo")
+    return [store.layers.path(d) for d in store.image_layers(image)]
+
+
+def a_file(store: Store) -> Path:
+    for layer in layer_dirs(store):
+        for path in sorted(layer.rglob("*")):
+            if path.is_file() and not path.is_symlink() and not path.name.startswith(".wh."):
+                return path
+    raise AssertionError("the example has no regular file")
+
+
+def fsck_cli(store: Store, *args: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "layerstore", "--root", str(store.root), "fsck", *args], capture_output=True, text=True
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stdout
+
+
+def test_a_fresh_store_is_clean(store: Store) -> None:
+    code, out = fsck_cli(store)
+    assert code == 0, out
+    assert "clean" in out
+    report = fsck.check(store)
+    assert report.blobs >= 4 and report.layers == 2 and report.images == 1 and report.entries > 10
+
+
+def append(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"!")
+
+
+def same_size_edit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def keep_mtime(change: Callable[[Path], None]) -> Callable[[Path], None]:
+    def changed(path: Path) -> None:
+        st = os.lstat(path)
+        change(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    return changed
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "appended": (append, "size"),
+    "flipped bit, same size and mtime": (keep_mtime(same_size_edit), "content changed"),
+    "mode": (lambda p: os.chmod(p, 0o4777), "mode"),
+    "owner": (lambda p: os.chown(p, 4242, 4242), "uid"),
+    "xattr": (lambda p: os.setxattr(p, "user.overlay.opaque", b"y"), "xattrs changed"),
+    "removed": (lambda p: p.unlink(), "missing"),
+    "extra file": (lambda p: (p.parent / "planted").write_text("x"), "not in the inventory"),
+    "replaced by a symlink": (lambda p: (p.unlink(), os.symlink("/etc/shadow", p)), "kind"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damaged_layer_is_found_and_unpacked_again(store: Store, damage: str) -> None:
+    change, words = DAMAGE[damage]
+    victim = a_file(store)
+    image = store.resolve("example/demo")
+    before = {d: tree(store.layers.path(d)) for d in store.image_layers(image)}
+    rel = victim.relative_to(layer_of(store, victim))
+    change(victim)
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT, out
+    assert words in out
+    assert (f"{rel.parent}/planted" if damage == "extra file" else str(rel)) in out
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.REPAIRED, out
+    assert "unpacked again from its blob" in out
+    assert {d: tree(store.layers.path(d)) for d in store.image_layers(image)} == before
+    assert fsck_cli(store)[0] == fsck.CLEAN
+
+
+def layer_of(store: Store, path: Path) -> Path:
+    return next(layer for layer in layer_dirs(store) if layer in path.parents)
+
+
+def test_corrupt_blob_is_removed_and_a_load_brings_it_back(store: Store) -> None:
+    image = store.resolve("example/demo")
+    blob = store.blobs.path(image)  # the config blob
+    os.chmod(blob, 0o644)
+    blob.write_bytes(blob.read_bytes().replace(b"amd64", b"arm64"))
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and f"blob {image}: content has digest sha256:" in out
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.LEFT, out  # the image lost its config: only a load or pull can give it back
+    assert "removed; a pull or load fetches it again" in out and "pull or load the image again" in out
+    assert not blob.exists()
+    store.load(str(EXAMPLE))
+    assert fsck.check(store).exit_code == fsck.CLEAN
+
+
+def test_lost_layer_directory_is_unpacked_again(store: Store) -> None:
+    layer = layer_dirs(store)[0]
+    before = tree(layer)
+    store.layers.remove(f"sha256:{layer.name}")
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and "is missing" in out
+    assert fsck_cli(store, "--repair")[0] == fsck.REPAIRED
+    assert tree(layer) == before
+
+
+def test_lost_layer_and_blob_leave_the_image_for_a_new_load(store: Store) -> None:
+    image = store.resolve("example/demo")
+    diff_id = store.image_layers(image)[0]
+    blob = store.meta.one("SELECT blob FROM image_layers WHERE diff_id = ?", diff_id)["blob"]
+    store.layers.remove(diff_id)
+    store.blobs.delete(blob)
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.LEFT and "pull or load the image again" in out
+    store.load(str(EXAMPLE))
+    assert fsck_cli(store)[0] == fsck.CLEAN
+
+
+def test_layer_without_inventory_cannot_be_trusted(store: Store) -> None:
+    diff_id = store.image_layers(store.resolve("example/demo"))[1]
+    store.layers.inventory_path(diff_id).unlink()
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and "no inventory" in out
+    assert fsck_cli(store, "--repair")[0] == fsck.REPAIRED
+    assert store.layers.inventory_path(diff_id).is_file()
+    assert fsck_cli(store)[0] == fsck.CLEAN
+
+
+def test_damaged_inventory_is_reported_not_a_crash(store: Store) -> None:
+    diff_id = store.image_layers(store.resolve("example/demo"))[0]
+    store.layers.inventory_path(diff_id).write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and "unreadable inventory" in out
+    assert fsck_cli(store, "--repair")[0] == fsck.REPAIRED
+
+
+def test_leftovers_of_interrupted_work(store: Store) -> None:
+    (store.layers.staging / "0123abcd").mkdir()
+    (store.blobs.ingest_dir / "feed.part").write_bytes(b"half")
+    (store.blobs.ingest_dir / ("ab" * 32 + ".partial")).write_bytes(b"resumable")
+    orphan = store.layers.inventory_path("sha256:" + "cd" * 32)
+    orphan.write_bytes(b"x")
+    with store.meta.transaction() as tx:
+        tx.execute("INSERT INTO leases VALUES ('lease:dead', 2147483646, 0)")
+    extra = store.blobs.put_bytes(b"nobody's blob")
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT
+    for words in ("layers/.staging/0123abcd", "ingest/feed.part", str(orphan.relative_to(store.root)), "lease of process", f"blob {extra.digest}: no image uses it"):
+        assert words in out
+    assert ".partial" not in out  # a download a later pull resumes
+    assert fsck_cli(store, "--repair")[0] == fsck.REPAIRED
+    assert fsck_cli(store)[0] == fsck.CLEAN
+    assert (store.blobs.ingest_dir / ("ab" * 32 + ".partial")).exists()
+
+
+def test_leftovers_are_not_judged_while_a_load_runs(store: Store) -> None:
+    (store.layers.staging / "in-progress").mkdir()
+    with store.lease():
+        report = fsck.check(store, repair=True)
+    assert report.busy and report.exit_code == fsck.CLEAN
+    assert (store.layers.staging / "in-progress").exists()
+
+
+def test_metadata_that_names_missing_rows(store: Store) -> None:
+    with sqlite3.connect(store.root / "meta.db") as db:  # foreign keys off: what a bug could leave
+        db.execute("INSERT INTO tags VALUES ('ghost', 'latest', 'sha256:' || printf('%064d', 0))")
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and "metadata: tags row" in out
+
+
+def test_corrupt_database_is_reported_with_exit_4(store: Store) -> None:
+    store.close()
+    db = store.root / "meta.db"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    data = bytearray(db.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)
+    db.write_bytes(bytes(data))
+    for command in (["fsck"], ["images"]):
+        result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), *command], capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("Error: metadata ") and "meta.db" in result.stderr, result.stderr
