@@ -97,14 +97,14 @@ def _entry(rel: str, st: os.stat_result, fd: int, name: str | None, hashed: dict
     """One entry; ``name`` relative to the directory ``fd``, or None for the directory ``fd`` itself."""
     kind = _KINDS.get(stat.S_IFMT(st.st_mode), "unknown")
     target = content = ""
-    if kind == "symlink":
-        target = os.readlink(name, dir_fd=fd)  # type: ignore[arg-type]
+    if kind == "symlink" and name is not None:
+        target = os.readlink(name, dir_fd=fd)
     elif kind in ("char", "block"):
         target = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-    elif kind == "file":
+    elif kind == "file" and name is not None:
         key = (st.st_dev, st.st_ino)
         if key not in hashed:
-            hashed[key] = _hash_file(fd, name)  # type: ignore[arg-type]
+            hashed[key] = _hash_file(fd, name)
         content = hashed[key]
     return Entry(
         path=rel,

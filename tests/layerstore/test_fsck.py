@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from imagebuild import tree
+
 from layerstore import fsck
 from layerstore.store import Store
 
@@ -41,7 +41,7 @@ def a_file(store: Store) -> Path:
 
 def fsck_cli(store: Store, *args: str) -> tuple[int, str]:
     result = subprocess.run(
-        [sys.executable, "-m", "layerstore", "--root", str(store.root), "fsck", *args], capture_output=True, text=True
+        [sys.executable, "-m", "layerstore", "--root", str(store.root), "fsck", *args], capture_output=True, text=True, check=False
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, result.stdout
@@ -208,6 +208,6 @@ def test_corrupt_database_is_reported_with_exit_4(store: Store) -> None:
     data[100:4096] = b"\xff" * (4096 - 100)
     db.write_bytes(bytes(data))
     for command in (["fsck"], ["images"]):
-        result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), *command], capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), *command], capture_output=True, text=True, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith("Error: metadata ") and "meta.db" in result.stderr, result.stderr
