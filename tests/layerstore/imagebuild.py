@@ -11,6 +11,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from trees import tree  # noqa: F401 - the tests import it from here too
+
 Change = Callable[[Path], None]
 
 
@@ -50,25 +52,3 @@ def write(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def tree(root: Path) -> dict[str, tuple]:
-    """type, mode, owner, size, content, link target of every entry under root."""
-    import hashlib
-    import os
-    import stat
-
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-                size = st.st_size
-            elif stat.S_ISLNK(st.st_mode):
-                extra, size = os.readlink(path), 0
-            else:
-                extra, size = "", 0
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, extra)
-    return out

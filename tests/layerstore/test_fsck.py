@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from imagebuild import tree
+from trees import tree
 
 from layerstore import fsck
 from layerstore.store import Store

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from trees import tree  # noqa: F401 - the tests import it from here too
 
 Change = Callable[[Path], None]
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -519,25 +519,6 @@ def write(root: Path, rel: str, data: str | bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     path.chmod(mode)
-
-
-def tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    """type, mode, owner, size, content hash, link target of every entry under root."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            extra: str = ""
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                        st.st_size if stat.S_ISREG(st.st_mode) else 0, extra)
-    return out
 
 
 # -- the test run's registries and the command line ---------------------------------------------
