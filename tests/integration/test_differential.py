@@ -403,11 +403,14 @@ def test_default_acl_ignores_umask(tmp_path: Path, umask: Callable[[int], int]) 
 def test_access_acl_is_enforced(tmp_path: Path) -> None:
     """An access ACL that denies a named user what the mode bits would let in is obeyed, also after copy-up."""
     deny = posix_acl((0x01, 6, _ANY), (0x02, 0, 1000), (0x04, 4, _ANY), (0x10, 4, _ANY), (0x20, 4, _ANY))  # user:1000:---
-    bottom = Dir({"deny": File(b"secret", xattrs=(("system.posix_acl_access", deny),)), "other": File(b"x")})
+    root_denied = posix_acl((0x01, 6, _ANY), (0x02, 0, 0), (0x04, 4, _ANY), (0x10, 4, _ANY), (0x20, 4, _ANY))  # user:0:---
+    bottom = Dir({"deny": File(b"secret", xattrs=(("system.posix_acl_access", deny),)), "other": File(b"x"),
+                  "mine": File(b"m", owner=(1000, 1000), xattrs=(("system.posix_acl_access", root_denied),))})
     with pair(tmp_path, [Dir(), bottom]) as p:
         assert p.run(op("read", "deny", uid=1000)) == errno.EACCES
         assert p.run(op("read", "deny", uid=1001)) is None  # "other" for everybody else
         assert p.run(op("read", "other", uid=1000)) is None
+        assert p.run(op("read", "mine")) is None  # root, denied by user:0:---, overrides it (CAP_DAC_OVERRIDE)
         assert p.run(op("chown", "deny", 0, 0)) is None  # copied up by root: the ACL goes along
         assert p.run(op("read", "deny", uid=1000)) == errno.EACCES
         assert p.run(op("write", "deny", "append", b"+", uid=1000)) == errno.EACCES
