@@ -17,6 +17,8 @@ from typing import Any
 
 import fuse
 
+from unionfs.permissions import MAY_READ, MAY_WRITE, AccessControl, Requester
+from unionfs.syscalls import UTIME_NOW
 from unionfs.union import Caller, Union
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class UnionOperations(fuse.Operations):
     def __init__(self, union: Union, on_ready: Callable[[], None] | None = None) -> None:
         self.union = union
         self.on_ready = on_ready
+        self.acl = AccessControl(union)  # what default_permissions leaves out: access ACLs
         self._fd_layer: dict[int, int] = {}
         self._dirs: dict[int, str] = {}
         self._dir_ids = iter(range(1 << 40, 1 << 62))  # never equal to a file's fd
@@ -58,6 +61,11 @@ class UnionOperations(fuse.Operations):
     def _caller() -> Caller:
         ctx = ctypes.cast(fuse._libfuse.fuse_get_context(), ctypes.POINTER(_Context)).contents
         return Caller(ctx.uid, ctx.gid, ctx.umask)
+
+    @staticmethod
+    def _requester() -> Requester:
+        ctx = ctypes.cast(fuse._libfuse.fuse_get_context(), ctypes.POINTER(_Context)).contents
+        return Requester(ctx.uid, ctx.gid, ctx.pid)
 
     # -- lifecycle ---------------------------------------------------------------
     def init(self, path: str) -> None:
@@ -80,18 +88,27 @@ class UnionOperations(fuse.Operations):
         return self.union.getattr(path)
 
     def chmod(self, path: str, mode: int) -> None:
+        self.acl.walk(self._requester(), path)
         self.union.chmod(path, mode)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
+        self.acl.walk(self._requester(), path)
         self.union.chown(path, -1 if uid == _NO_ID else uid, -1 if gid == _NO_ID else gid)
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        if times is None or UTIME_NOW in times:
+            self.acl.touch(self._requester(), path)
+        else:
+            self.acl.walk(self._requester(), path)
         self.union.utimens(path, times)
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         if fh is not None:
             os.ftruncate(fh, length)
         elif path is not None:
+            who = self._requester()
+            self.acl.walk(who, path)
+            self.acl.entry(who, path, MAY_WRITE)
             self.union.truncate(path, length)
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -99,9 +116,13 @@ class UnionOperations(fuse.Operations):
 
     # -- names -------------------------------------------------------------------
     def readlink(self, path: str) -> str:
+        self.acl.walk(self._requester(), path)
         return self.union.readlink(path)
 
     def opendir(self, path: str) -> int:
+        who = self._requester()
+        self.acl.walk(who, path)
+        self.acl.entry(who, path, MAY_READ)
         with self._lock:
             handle = next(self._dir_ids)
             self._dirs[handle] = path
@@ -117,35 +138,44 @@ class UnionOperations(fuse.Operations):
         self._dirs.pop(fh, None)
 
     def mkdir(self, path: str, mode: int) -> None:
+        self.acl.in_dir(self._requester(), path)
         self.union.mkdir(path, mode, self._caller())
 
     def mknod(self, path: str, mode: int, dev: int) -> None:
+        self.acl.in_dir(self._requester(), path)
         self.union.mknod(path, mode, dev, self._caller())
 
     def symlink(self, path: str, target: str) -> None:
         # fusepy passes (link path, link content)
+        self.acl.in_dir(self._requester(), path)
         self.union.symlink(path, target, self._caller())
 
     def link(self, path: str, existing: str) -> None:
         # fusepy passes (new name, existing name)
+        self.acl.link(self._requester(), existing, path)
         self.union.link(existing, path)
 
     def unlink(self, path: str) -> None:
+        self.acl.in_dir(self._requester(), path)
         self.union.unlink(path)
 
     def rmdir(self, path: str) -> None:
+        self.acl.in_dir(self._requester(), path)
         self.union.rmdir(path)
 
     def rename(self, old: str, new: str) -> None:
+        self.acl.rename(self._requester(), old, new)
         self.union.rename(old, new)
 
     # -- files -------------------------------------------------------------------
     def open(self, path: str, flags: int) -> int:
+        self.acl.open(self._requester(), path, flags)
         fd, index = self.union.open(path, flags, self._caller())
         self._fd_layer[fd] = index
         return fd
 
     def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
+        self.acl.in_dir(self._requester(), path)
         fd = self.union.create(path, mode, flags, self._caller())
         self._fd_layer[fd] = 0
         return fd
@@ -168,15 +198,19 @@ class UnionOperations(fuse.Operations):
 
     # -- xattrs ------------------------------------------------------------------
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        self.acl.xattr(self._requester(), path, name, MAY_READ)
         return self.union.getxattr(path, name)
 
     def listxattr(self, path: str) -> list[str]:
+        self.acl.walk(self._requester(), path)
         return self.union.listxattr(path)
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        self.acl.xattr(self._requester(), path, name, MAY_WRITE)
         self.union.setxattr(path, name, value, options)
 
     def removexattr(self, path: str, name: str) -> None:
+        self.acl.xattr(self._requester(), path, name, MAY_WRITE)
         self.union.removexattr(path, name)
 
 

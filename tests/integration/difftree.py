@@ -271,21 +271,30 @@ _OPS: dict[str, Callable[..., None]] = {
     "removexattr": lambda r, path, name: os.removexattr(_p(r, path), name, follow_symlinks=False),
     "mkfifo": lambda r, path, mode=0o644: os.mkfifo(_p(r, path), mode),
     "mknod": lambda r, path, kind: os.mknod(_p(r, path), *_NODES[kind]),
+    "listdir": lambda r, path: os.listdir(_p(r, path)),
+    "exec": lambda r, path: _exec(_p(r, path)),
 }
+
+
+def _exec(p: str) -> None:
+    """execve(2) of p; a refused exec raises its errno (subprocess reports the child's)."""
+    subprocess.run([p], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 @dataclass(frozen=True, repr=False)
 class Op:
-    """One system call on paths relative to the mount point, made by ``uid`` (its group: the same number)."""
+    """One system call on paths relative to the mount point, made by ``uid`` (its group: the same
+    number) with the supplementary ``groups``."""
 
     name: str
     args: tuple[object, ...]
     uid: int = 0
+    groups: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         mode_at = _MODE_ARG.get(self.name)
         args = ", ".join(f"{a:#o}" if i == mode_at else repr(a) for i, a in enumerate(self.args))
-        return f"{self.name}({args})" + (f" as {self.uid}" if self.uid else "")
+        return f"{self.name}({args})" + (f" as {self.uid}" if self.uid else "") + (f" in {self.groups}" if self.groups else "")
 
     _repr_pretty_ = _pretty
 
@@ -293,9 +302,9 @@ class Op:
 _MODE_ARG = {"write": 3, "mkdir": 1, "chmod": 1, "mkfifo": 1}  # which argument is a mode: shown in octal
 
 
-def op(name: str, *args: object, uid: int = 0) -> Op:
+def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = ()) -> Op:
     assert name in _OPS, name
-    return Op(name, args, uid)
+    return Op(name, args, uid, groups)
 
 
 def _call(root: str, operation: Op) -> int | None:
@@ -310,7 +319,7 @@ def apply(root: Path | str, operation: Op) -> int | None:
     """Run operation on the mount at root: its errno, or None on success.
 
     An operation of another user runs in a child process with that uid and
-    gid and no supplementary groups; it starts in the mount's root, so the
+    gid and the operation's supplementary groups (none by default); it starts in the mount's root, so the
     test's own (private) directories above it need not be searchable.
     """
     if not operation.uid:
@@ -322,7 +331,7 @@ def apply(root: Path | str, operation: Op) -> int | None:
         try:
             os.close(read_end)
             os.chdir(root)
-            os.setgroups([])
+            os.setgroups(list(operation.groups))
             os.setresgid(operation.uid, operation.uid, operation.uid)
             os.setresuid(operation.uid, operation.uid, operation.uid)
             os.write(write_end, repr(_call(".", operation)).encode())
