@@ -149,7 +149,7 @@ def check_store(root: Path, reference: dict[str, Tree] | None = None) -> set[str
     Every image: config and manifest blobs present and right, each layer's
     blob present and right and its directory present (the same tree as in
     ``reference`` when given). No unpack staging, no half-written ingest
-    file (a resumable ``.partial`` download may stay), no lease left.
+    file (a resumable ``.partial`` download may stay), no layer lock or lease left.
     """
     from layerstore.store import Store
 
@@ -170,6 +170,7 @@ def check_store(root: Path, reference: dict[str, Tree] | None = None) -> set[str
         for digest in store.blobs.digests():
             assert file_digest(store.blobs.path(digest)) == digest, f"blob {digest} is not what its name says"
         assert store.layers.stale_staging() == []
+        assert list(store.layers.locks.iterdir()) == []
         assert [p.name for p in store.blobs.stale_ingests() if not p.name.endswith(".partial")] == []
         assert store.meta.query("SELECT * FROM leases") == []
     return names
