@@ -177,11 +177,16 @@ def check_store(root: Path, reference: dict[str, Tree] | None = None) -> set[str
 
 
 def unreferenced(root: Path) -> tuple[set[str], set[str]]:
-    """Blobs and layers that no image names: what ``prune`` is for."""
+    """Blobs and layers that no image names, nor a stored manifest or repo digest: what ``prune`` is for."""
+    from layerstore.model import Manifest
     from layerstore.store import Store
 
     with Store(root) as store:
         blobs = {str(r[0]) for r in store.meta.query(
-            "SELECT blob FROM image_layers UNION SELECT digest FROM manifests UNION SELECT id FROM images")}
+            "SELECT blob FROM image_layers UNION SELECT digest FROM manifests UNION SELECT id FROM images "
+            "UNION SELECT digest FROM repo_digests")}
+        for row in store.meta.query("SELECT digest FROM manifests"):
+            manifest = Manifest.parse(store.blobs.read(row["digest"]), "manifest")
+            blobs |= {manifest.config.digest, *(layer.digest for layer in manifest.layers)}
         layers = {str(r[0]) for r in store.meta.query("SELECT diff_id FROM image_layers")}
         return set(store.blobs.digests()) - blobs, set(store.layers.diff_ids()) - layers
