@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from imagebuild import build_layout, export, run, write
 from storecheck import Run, check_store, finish, layer_trees, layerstore, start, tree
 

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from imagebuild import build_layout, export, run, write
 from storecheck import (
     ENOSPC_TEXT,
+    Run,
     assert_clean_error,
     check_store,
     file_digest,
@@ -105,20 +105,20 @@ def test_load_on_a_full_disk_fails_cleanly_and_succeeds_once_there_is_room(
         load_base(root, images)
         filler = fill(fs, leave=MIB)
 
-        def load() -> object:
+        def load() -> Run:
             if source == "file":
                 return layerstore(root, "load", "-i", str(images["big"]))
             with open(images["big.gz"], "rb") as stdin:
                 return layerstore(root, "load", stdin=stdin)
 
         failed = load()
-        assert_clean_error(failed, "load " + (str(images["big"]) if source == "file" else "stdin"), ENOSPC_TEXT)  # type: ignore[arg-type]
+        assert_clean_error(failed, "load " + (str(images["big"]) if source == "file" else "stdin"), ENOSPC_TEXT)
         assert not list((root / "tmp").iterdir())  # the spool file went with the failure
         prune_and_check(root, reference, {"full/base:v1"})
 
         filler.unlink()
         loaded = load()
-        assert loaded.rc == 0, loaded  # type: ignore[attr-defined]
+        assert loaded.rc == 0, loaded
         assert check_store(root, reference) == {"full/base:v1", "full/big:v1"}
 
 
@@ -162,9 +162,8 @@ def test_copy_up_on_a_full_disk_is_enospc_and_leaves_no_partial_copy(
             with pytest.raises(OSError) as caught:
                 os.open(mnt / "data/big.bin", os.O_WRONLY)
             assert caught.value.errno == errno.ENOSPC
-            with pytest.raises(OSError) as caught:
-                with open(mnt / "data/big.bin", "ab") as f:
-                    f.write(b"more")
+            with pytest.raises(OSError) as caught, open(mnt / "data/big.bin", "ab") as f:
+                f.write(b"more")
             assert caught.value.errno == errno.ENOSPC
             assert not (upper / "data/big.bin").exists()  # no partial copy-up in view
             assert [p for p in work.rglob("*") if p != work / "work"] == []  # nor in the work dir

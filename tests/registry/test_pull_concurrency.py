@@ -18,8 +18,15 @@ from pathlib import Path
 import pytest
 import requests
 from regkit import World
-
-from storecheck import Run, check_store, finish, layer_trees, layerstore, start, unreferenced
+from storecheck import (
+    Run,
+    check_store,
+    finish,
+    layer_trees,
+    layerstore,
+    start,
+    unreferenced,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 import requests
 from regkit import World
-
-from storecheck import ENOSPC_TEXT, assert_clean_error, check_store, fill, layer_trees, layerstore, small_fs, unreferenced
+from storecheck import (
+    ENOSPC_TEXT,
+    assert_clean_error,
+    check_store,
+    fill,
+    layer_trees,
+    layerstore,
+    small_fs,
+    unreferenced,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs)")
 
