@@ -2,7 +2,9 @@
 
 Data goes to stdout, progress and diagnostics to stderr. A user mistake is
 one line on stderr and exit 1; usage errors exit 2; a traceback only with
-``--debug``. Each command lives in ``layerstore.commands.<name>`` and stays
+``--debug``. A failure of the system (a full disk, a store that cannot be
+written) is one line too, naming the operation it stopped:
+``Error: load big.tar: No space left on device``. Each command lives in ``layerstore.commands.<name>`` and stays
 thin over the library.
 """
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sqlite3
 import sys
 
@@ -48,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OPERANDS = ("input", "image", "images", "name", "container", "containers")  # what a command works on, first found
+
+
+def operation(args: argparse.Namespace) -> str:
+    """The command and what it works on (``pull busybox:latest``): an OS error names the work it stopped."""
+    command = getattr(args, "image_command", None) or args.command
+    for attr in OPERANDS:
+        value = getattr(args, attr, None)
+        if isinstance(value, list):
+            value = " ".join(value)
+        if value:
+            return f"{command} {'stdin' if value == '-' else value}"
+    return str(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,20 +78,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    except sqlite3.DatabaseError as exc:
-        if args.debug:
-            raise
-        print(f"Error: metadata {os.path.join(args.root or '', 'meta.db') if args.root else 'meta.db'}: {exc}", file=sys.stderr)
-        return 1
+    except BrokenPipeError:  # the reader of stdout went away (| head): an OSError, but no mistake
+        return 141
     except OSError as exc:
         if args.debug:
             raise
-        print(f"Error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"Error: {operation(args)}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # the metadata database itself failed (a full disk is an OSError already)
+        if args.debug:
+            raise
+        print(f"Error: {operation(args)}: metadata database: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 141
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ class Containers:
         name = name or f"c-{cid[:12]}"
         upper, work = self.paths(cid)
         with self.store.meta.transaction() as tx:
+            if tx.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None:  # removed meanwhile
+                raise NotFound(f"image {quote(image)}", "no such image")
             if tx.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExists(f"container name {quote(name)}", "already in use")
             tx.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)", (cid, name, image_id, mountpoint, int(read_only), time.time()))

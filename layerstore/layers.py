@@ -5,13 +5,19 @@ files, so it is exact, needs no privilege to read and turns back into a layer
 tar. A layer is unpacked into ``layers/.staging`` and renamed into place once
 its diff_id checked out and its inventory (``layers/.inventory``, what
 ``fsck`` checks it against) is on disk, so a directory that exists is a
-layer that is whole.
+layer that is whole. An unpack holds an ``flock`` on
+``layers/.locks/<algorithm>-<hex>``, so that two processes loading or
+pulling the same new layer unpack it once: the second waits and then finds
+the layer.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +39,8 @@ class LayerDirs:
         self.staging = self.dir / ".staging"
         self.staging.mkdir(parents=True, exist_ok=True)
         self.inventories = self.dir / ".inventory"
+        self.locks = self.dir / ".locks"
+        self.locks.mkdir(exist_ok=True)
 
     def path(self, diff_id: str) -> Path:
         d = parse_digest(diff_id)
@@ -45,8 +53,47 @@ class LayerDirs:
     def has(self, diff_id: str) -> bool:
         return self.path(diff_id).is_dir()
 
+    @contextlib.contextmanager
+    def locked(self, diff_id: str) -> Iterator[None]:
+        """Hold the layer's lock file; it is removed on release, under the lock.
+
+        A waiter that gets the lock of a file removed meanwhile takes the new
+        one, so exactly one process at a time holds the lock in force.
+        """
+        d = parse_digest(diff_id)
+        path = self.locks / f"{d.algorithm}-{d.hex}"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                mine, now = os.fstat(fd), os.stat(path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+
     def unpack(self, stream: _Readable, diff_id: str, media_type: str | None) -> UnpackResult | None:
-        """Unpack and verify; None when another process got there first."""
+        """Unpack and verify, once: None when another process has unpacked it (it held the lock meanwhile)."""
+        with self.locked(diff_id):
+            if self.has(diff_id):
+                return None
+            crashpoints.point("layer.unpack.start")
+            return self._unpack(stream, diff_id, media_type)
+
+    def _unpack(self, stream: _Readable, diff_id: str, media_type: str | None) -> UnpackResult | None:
         final = self.path(diff_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = self.staging / secrets.token_hex(8)

@@ -9,6 +9,8 @@ could leave wrong.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,14 +77,45 @@ CREATE INDEX IF NOT EXISTS tags_image ON tags(image_id);
 """
 
 
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
+LOW_SPACE = 1 << 20  # an I/O error with less free space than this is a full disk
+
+
+def disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """Whether SQLite failed for want of space: SQLITE_FULL, or an I/O error (the -shm file
+    of a WAL database cannot be made) on a filesystem that is out of space."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == SQLITE_FULL:
+        return True
+    if code is None or code & 0xFF != SQLITE_IOERR:
+        return False
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE
+
+
+def no_space(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 class Metadata:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self.db.close()
+            if disk_full(exc, path):
+                raise no_space(path) from exc
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -91,21 +124,29 @@ class Metadata:
     def transaction(self, keep: bool = True) -> Iterator[sqlite3.Connection]:
         """One atomic change; other processes wait for it (busy timeout).
 
+        A full disk is an ``OSError`` (ENOSPC), as everywhere else in the store,
+        and the transaction is rolled back: nothing of it is kept.
         ``keep=False`` rolls it back at the end: a question asked of what a
         change would do, with the store held still meanwhile.
         """
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                if keep:
+                    crashpoints.point("meta.commit")
+                    self.db.execute("COMMIT")
+                    crashpoints.point("meta.committed")
+                else:
+                    self.db.execute("ROLLBACK")
+            except BaseException:
+                if self.db.in_transaction:  # SQLite may have rolled back already
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if disk_full(exc, self.path):
+                raise no_space(self.path) from exc
             raise
-        if not keep:
-            self.db.execute("ROLLBACK")
-            return
-        crashpoints.point("meta.commit")
-        self.db.execute("COMMIT")
-        crashpoints.point("meta.committed")
 
     def query(self, sql: str, *args: object) -> list[sqlite3.Row]:
         return self.db.execute(sql, args).fetchall()

@@ -270,11 +270,16 @@ class Store:
 
     # -- removal -----------------------------------------------------------------
     def rmi(self, text: str, force: bool = False, prune: bool = True) -> list[tuple[str, str]]:
-        """Untag, and delete the image when no tag is left: Docker's ``Untagged:``/``Deleted:`` lines."""
-        image_id = self.resolve(text)
+        """Untag, and delete the image when no tag is left: Docker's ``Untagged:``/``Deleted:`` lines.
+
+        The name is resolved inside the transaction: an image that another
+        process removed (or retagged) meanwhile is "no such image", never
+        deleted twice.
+        """
         events: list[tuple[str, str]] = []
         by_name = not _looks_like_id(text) and "@" not in text
         with self.meta.transaction() as tx:
+            image_id = self.resolve(text)
             tags = self.tags_of(image_id)
             users = tx.execute("SELECT name FROM containers WHERE image_id = ?", (image_id,)).fetchall()
             if by_name and len(tags) > 1:

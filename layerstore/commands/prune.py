@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from layerstore import queries
-from layerstore.errors import LayerStoreError
+from layerstore.errors import LayerStoreError, NotFound
 from layerstore.formatting import CommandError, human_size4
 from layerstore.store import Store
 
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace, store: Store) -> int:
             for repo, tag in info.tags[:-1]:  # by name while other tags remain: only untags
                 events.extend(store.rmi(f"{repo}:{tag}", prune=False))
             events.extend(store.rmi(info.id, prune=False))
+        except NotFound:  # removed meanwhile by another process: what prune wanted
+            continue
         except LayerStoreError as exc:  # changed meanwhile (a new container, say): keep it
             print(f"Error: {exc}", file=sys.stderr)
             status = 1

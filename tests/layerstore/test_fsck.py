@@ -210,4 +210,4 @@ def test_corrupt_database_is_reported_with_exit_4(store: Store) -> None:
     for command in (["fsck"], ["images"]):
         result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), *command], capture_output=True, text=True, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert result.stderr.startswith("Error: metadata ") and "meta.db" in result.stderr, result.stderr
+        assert result.stderr.startswith(f"Error: {command[0]}: metadata database: "), result.stderr
