@@ -6,6 +6,7 @@ Every failure must leave nothing behind and nothing changed outside.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -575,12 +576,20 @@ def test_later_entries_win(tmp_path: Path) -> None:
     assert os.readlink(dest / "s") == "d"
 
 
+@root_only
 def test_filesystem_errors_name_the_entry(tmp_path: Path) -> None:
-    too_long = "n" * 300  # over NAME_MAX: the filesystem refuses it
-    with pytest.raises(OSError) as info:
-        unpack_bytes(make_tar([entry("ok", data=b"ok"), entry(f"dir/{too_long}", data=b"x")]), tmp_path / "dest")
-    assert any(f'entry "dir/{too_long}"' in note for note in info.value.__notes__)
-    assert not (tmp_path / "dest").exists()
+    """A full disk says nothing about the layer: it stays an OSError, noted with the entry it hit."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(OSError) as info:
+            unpack_bytes(make_tar([entry("ok", data=b"ok"), entry("dir/big", data=os.urandom(1 << 20))]), small / "dest")
+        assert info.value.errno == errno.ENOSPC
+        assert any('entry "dir/big"' in note for note in info.value.__notes__)
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_layer_root_entry_sets_the_root_metadata(tmp_path: Path) -> None:
