@@ -307,7 +307,7 @@ def _walk_index(archive: Archive) -> Iterator[Found]:
 
 
 def _walk(
-    archive: Archive, index: Any, subject: str, ancestors: tuple[str, ...], read: dict[str, Any], depth: int
+    archive: Archive, index: Any, subject: str, ancestors: tuple[str, ...], read: dict[Any, Any], depth: int
 ) -> Iterator[Found]:
     """Manifests below ``index``. Each blob is read and checked once, and each nested index
     walked once, so a DAG of indexes naming one blob many times costs linear time, not exponential."""
@@ -330,6 +330,9 @@ def _walk(
             names = [n for n in (desc.annotations.get(CONTAINERD_NAME), desc.annotations.get(REF_NAME)) if n]
             if desc.platform and not _platform_matches(desc.platform):
                 continue
+            if ("yielded", desc.digest, tuple(names[:1])) in read:
+                continue  # the same image under the same name again: nothing to load twice
+            read[("yielded", desc.digest, tuple(names[:1]))] = True
             parsed = read.get(("parsed", desc.digest)) or Manifest.parse(raw, f"manifest {desc.digest}", desc.media_type or None)
             read[("parsed", desc.digest)] = parsed
             yield desc, raw, parsed, names[:1]
