@@ -9,10 +9,11 @@ archive are confined to it: ``manifest.json`` cannot point outside.
 from __future__ import annotations
 
 import contextlib
-import json
+import io
 import os
 import platform
 import posixpath
+import stat
 import sys
 import tarfile
 import tempfile
@@ -23,8 +24,8 @@ from typing import IO, Any, Protocol
 
 from layerstore.compression import NONE, decompress, read_chunks, sniff
 from layerstore.digest import digest_bytes, parse_digest
-from layerstore.errors import CorruptArchive, NotFound, UnsafeArchiveEntry, quote
-from layerstore.model import INDEX_TYPES, MANIFEST_TYPES, OCI_MANIFEST, Descriptor, load_json
+from layerstore.errors import CorruptArchive, DigestMismatch, NotFound, SizeMismatch, UnsafeArchiveEntry, quote
+from layerstore.model import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest, load_json
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -49,6 +50,48 @@ def _confine(member: str, archive: str) -> str:
     return norm.lstrip("/")
 
 
+def _link_target(member: str, target: str, archive: str) -> str:
+    """Where a symlink member points, relative to its directory; ``..`` may climb, but not out.
+
+    Docker's classic save shares a layer between images with a symlink
+    ``<id>/layer.tar -> ../<other>/layer.tar``.
+    """
+    if "\x00" in target or target.startswith("/"):
+        raise UnsafeArchiveEntry(f"archive {archive} member {quote(member)}", f"symlink to {quote(target)} points outside the archive")
+    parts: list[str] = []
+    for part in posixpath.join(posixpath.dirname(member), target).split("/"):
+        if part == "..":
+            if not parts:
+                raise UnsafeArchiveEntry(f"archive {archive} member {quote(member)}", f"symlink to {quote(target)} points outside the archive")
+            parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/".join(parts)
+
+
+class _TarMemberReader(io.RawIOBase):
+    """A member's data; tarfile's errors on a cut archive become CorruptArchive naming the member."""
+
+    def __init__(self, raw: IO[bytes], subject: str) -> None:
+        self._raw = raw
+        self._subject = subject
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._raw.read(len(buffer))
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise CorruptArchive(self._subject, f"cannot be read ({exc})") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 class TarArchive:
     """A tar opened for random access; symlinked members are followed inside the tar."""
 
@@ -66,7 +109,7 @@ class TarArchive:
             if info is None:
                 raise NotFound(f"archive {self.name} member {quote(member)}", "missing")
             if info.issym():
-                path = _confine(posixpath.join(posixpath.dirname(path), info.linkname), self.name)
+                path = _link_target(path, info.linkname, self.name)
                 continue
             if info.islnk():
                 path = _confine(info.linkname, self.name)
@@ -86,7 +129,7 @@ class TarArchive:
     def open(self, member: str) -> IO[bytes]:
         f = self.tar.extractfile(self._resolve(member))
         assert f is not None
-        return f
+        return io.BufferedReader(_TarMemberReader(f, f"archive {self.name} member {quote(member)}"))
 
     def size(self, member: str) -> int:
         return self._resolve(member).size
@@ -109,20 +152,33 @@ class DirArchive:
         return self._path(member).is_file()
 
     def open(self, member: str) -> IO[bytes]:
+        """Open a regular file only: a FIFO or device in a hostile layout would block or never end."""
+        subject = f"archive {self.name} member {quote(member)}"
         try:
-            return open(self._path(member), "rb")
-        except (FileNotFoundError, IsADirectoryError):
-            raise NotFound(f"archive {self.name} member {quote(member)}", "missing") from None
+            fd = os.open(self._path(member), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(subject, "missing") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptArchive(subject, "is not a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
 
     def size(self, member: str) -> int:
-        return self._path(member).stat().st_size
+        try:
+            st = self._path(member).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"archive {self.name} member {quote(member)}", "missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptArchive(f"archive {self.name} member {quote(member)}", "is not a regular file")
+        return st.st_size
 
 
 def read_member(archive: Archive, member: str, limit: int = 4 << 20) -> bytes:
     if archive.size(member) > limit:
         raise CorruptArchive(f"archive {archive.name} member {quote(member)}", f"larger than {limit} bytes")
     with archive.open(member) as f:
-        return f.read()
+        return f.read(limit + 1)[: limit + 1]
 
 
 @contextlib.contextmanager
@@ -152,9 +208,10 @@ def open_archive(source: str, spool_dir: Path) -> Iterator[Archive]:
             path = spool.name
         try:
             tar = stack.enter_context(tarfile.open(path, "r:"))
-        except (tarfile.TarError, OSError) as exc:
+            archive = TarArchive(tar, name)  # reads every header: a cut archive shows here
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             raise CorruptArchive(f"archive {name}", f"not a tar archive ({exc})") from None
-        yield TarArchive(tar, name)
+        yield archive
 
 
 @dataclass
@@ -197,58 +254,104 @@ def _docker_archive(archive: Archive) -> list[ArchiveImage]:
     originals = _original_manifests(archive) if archive.exists("index.json") else {}
     images = []
     for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or not isinstance(entry.get("Layers"), list):
-            raise CorruptArchive(subject, "entry without Config and Layers")
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or not _strings(entry.get("Layers")):
+            raise CorruptArchive(subject, "entry without Config and a list of Layers")
+        tags = entry.get("RepoTags") or []
+        if not _strings(tags):
+            raise CorruptArchive(subject, "RepoTags is not a list of names")
         config_member = _confine(entry["Config"], archive.name)
-        image = ArchiveImage(None, config_member, [_confine(str(m), archive.name) for m in entry["Layers"]], None)
-        image.names = [str(t) for t in entry.get("RepoTags") or []]
+        image = ArchiveImage(None, config_member, [_confine(m, archive.name) for m in entry["Layers"]], None)
+        image.names = list(tags)
         original = originals.get(config_member)
         if original is not None:  # Docker 25+: the registry manifest is in the archive too
             image.manifest, manifest = original
-            image.manifest_media_type = manifest.get("mediaType") or OCI_MANIFEST
-            image.config = Descriptor.parse(manifest["config"], subject)
-            image.layer_descriptors = [Descriptor.parse(d, subject) for d in manifest.get("layers") or []]
+            image.manifest_media_type = manifest.media_type
+            image.config = manifest.config
+            image.layer_descriptors = list(manifest.layers)
+            if len(manifest.layers) != len(image.layer_members):
+                raise CorruptArchive(subject, f"{len(image.layer_members)} Layers but the manifest has {len(manifest.layers)}")
+            _check_sizes(archive, image)
         images.append(image)
     return images
 
 
-def _original_manifests(archive: Archive) -> dict[str, tuple[bytes, dict[str, Any]]]:
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_sizes(archive: Archive, image: ArchiveImage) -> None:
+    """Descriptor sizes against the members they describe, before anything is stored."""
+    assert image.config is not None and image.layer_descriptors is not None
+    pairs = [(image.config, image.config_member), *zip(image.layer_descriptors, image.layer_members)]
+    for desc, member in pairs:
+        actual = archive.size(member)
+        if actual != desc.size:
+            raise SizeMismatch(f"blob {desc.digest}", expected=desc.size, actual=actual)
+
+
+def _original_manifests(archive: Archive) -> dict[str, tuple[bytes, Manifest]]:
     """Manifests reachable from index.json, by the member name of their config."""
     out = {}
-    for _, raw, _names in _walk_index(archive):
-        doc = json.loads(raw)
-        out[blob_member(doc["config"]["digest"])] = (raw, doc)
+    for _, raw, manifest, _names in _walk_index(archive):
+        out[blob_member(manifest.config.digest)] = (raw, manifest)
     return out
 
 
-def _walk_index(archive: Archive) -> Iterator[tuple[Descriptor, bytes, list[str]]]:
+Found = tuple[Descriptor, bytes, Manifest, list[str]]
+
+
+def _walk_index(archive: Archive) -> Iterator[Found]:
     subject = f"archive {archive.name} index.json"
     index = load_json(read_member(archive, "index.json"), subject)
-    seen: set[str] = set()
-    yield from _walk(archive, index, subject, seen, 0)
+    yield from _walk(archive, index, subject, (), {}, 0)
 
 
-def _walk(archive: Archive, index: Any, subject: str, seen: set[str], depth: int) -> Iterator[tuple[Descriptor, bytes, list[str]]]:
+def _walk(
+    archive: Archive, index: Any, subject: str, ancestors: tuple[str, ...], read: dict[Any, Any], depth: int
+) -> Iterator[Found]:
+    """Manifests below ``index``. Each blob is read and checked once, and each nested index
+    walked once, so a DAG of indexes naming one blob many times costs linear time, not exponential."""
     if depth > MAX_INDEX_DEPTH:
-        raise CorruptArchive(subject, "indexes nested too deep")
+        raise CorruptArchive(subject, f"indexes nested more than {MAX_INDEX_DEPTH} deep")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise CorruptArchive(subject, "no manifests list")
     for raw_desc in index["manifests"]:
         desc = Descriptor.parse(raw_desc, subject)
-        if desc.digest in seen:
+        if desc.digest in ancestors:
             raise CorruptArchive(subject, f"{desc.digest} refers to itself")
-        raw = read_member(archive, blob_member(desc.digest))
-        if digest_bytes(raw, parse_digest(desc.digest).algorithm) != desc.digest or len(raw) != desc.size:
-            raise CorruptArchive(f"manifest {desc.digest}", "content does not match its descriptor")
-        doc = load_json(raw, f"manifest {desc.digest}")
+        seen = desc.digest in read
+        raw, doc = read[desc.digest] if seen else _read_checked(archive, desc)
+        read[desc.digest] = (raw, doc)
         kind = doc.get("mediaType") or desc.media_type
         if kind in INDEX_TYPES or "manifests" in doc:
-            yield from _walk(archive, doc, f"index {desc.digest}", seen | {desc.digest}, depth + 1)
+            if not seen:  # a second mention of an index brings nothing new
+                yield from _walk(archive, doc, f"index {desc.digest}", (*ancestors, desc.digest), read, depth + 1)
         elif kind in MANIFEST_TYPES or "config" in doc:
             names = [n for n in (desc.annotations.get(CONTAINERD_NAME), desc.annotations.get(REF_NAME)) if n]
             if desc.platform and not _platform_matches(desc.platform):
                 continue
-            yield desc, raw, names[:1]
+            if ("yielded", desc.digest, tuple(names[:1])) in read:
+                continue  # the same image under the same name again: nothing to load twice
+            read[("yielded", desc.digest, tuple(names[:1]))] = True
+            parsed = read.get(("parsed", desc.digest)) or Manifest.parse(raw, f"manifest {desc.digest}", desc.media_type or None)
+            read[("parsed", desc.digest)] = parsed
+            yield desc, raw, parsed, names[:1]
+
+
+def _read_checked(archive: Archive, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
+    """The blob a descriptor names, checked against its size and digest, as a JSON object."""
+    member = blob_member(desc.digest)
+    size = archive.size(member)
+    if size != desc.size:
+        raise SizeMismatch(f"manifest {desc.digest}", expected=desc.size, actual=size)
+    raw = read_member(archive, member)
+    actual = digest_bytes(raw, parse_digest(desc.digest).algorithm)
+    if actual != desc.digest:
+        raise DigestMismatch(f"manifest {desc.digest}", expected=desc.digest, actual=actual)
+    doc = load_json(raw, f"manifest {desc.digest}")
+    if not isinstance(doc, dict):
+        raise CorruptArchive(f"manifest {desc.digest}", "not an object")
+    return raw, doc
 
 
 def _platform_matches(plat: dict[str, Any]) -> bool:
@@ -258,13 +361,10 @@ def _platform_matches(plat: dict[str, Any]) -> bool:
 
 def _oci_layout(archive: Archive) -> list[ArchiveImage]:
     images = []
-    for desc, raw, names in _walk_index(archive):
-        doc = json.loads(raw)
-        subject = f"manifest {desc.digest}"
-        config = Descriptor.parse(doc.get("config"), subject)
-        layers = [Descriptor.parse(d, subject) for d in doc.get("layers") or []]
-        media_type = doc.get("mediaType") or desc.media_type or OCI_MANIFEST
-        image = ArchiveImage(config, blob_member(config.digest), [blob_member(d.digest) for d in layers], layers, raw, media_type, names)
+    for _desc, raw, manifest, names in _walk_index(archive):
+        config, layers = manifest.config, list(manifest.layers)
+        image = ArchiveImage(config, blob_member(config.digest), [blob_member(d.digest) for d in layers], layers, raw, manifest.media_type, names)
+        _check_sizes(archive, image)
         images.append(image)
     if not images:
         raise CorruptArchive(f"archive {archive.name}", "no image for this platform ({}/{})".format(*host_platform()))

@@ -15,14 +15,25 @@ place under the layer's diff_id, so a half-unpacked layer is never visible.
 Safety follows umoci and containerd ``pkg/archive`` (see ``confined``).
 Python's ``tarfile`` extraction filters are not used: the ``data`` filter
 refuses device nodes and setuid bits, which image layers legitimately carry.
+
+Hostile entries are refused with UnsafeArchiveEntry (names that leave the
+layer, are longer than the kernel takes, or abuse whiteout names) or
+CorruptArchive (header fields no file can have). Duplicate entries are not an
+error: the later one wins, as in Docker, containerd and GNU tar. A layer
+larger than ``max_size`` uncompressed bytes (default: $LAYERSTORE_MAX_LAYER_SIZE,
+else 64 GiB) stops with SizeLimitExceeded as soon as the limit is passed.
 """
 from __future__ import annotations
 
 import base64
+import binascii
+import errno
 import io
+import math
 import itertools
 import logging
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -38,6 +49,7 @@ from layerstore.errors import (
     AlreadyExists,
     CorruptArchive,
     DigestMismatch,
+    LayerStoreError,
     SizeLimitExceeded,
     UnsafeArchiveEntry,
     quote,
@@ -47,13 +59,42 @@ from layerstore.mediatypes import layer_compression
 from layerstore.prefetch import Prefetch
 from unionfs import crashpoints
 
-__all__ = ["SkippedEntry", "UnpackResult", "unpack_layer"]
+__all__ = ["DEFAULT_MAX_LAYER_SIZE", "MAX_LAYER_SIZE_ENV", "SkippedEntry", "UnpackResult", "max_layer_size", "unpack_layer"]
 
 log = logging.getLogger(__name__)
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NS = 1_000_000_000
+_MAX_NS = (1 << 63) - 1  # what an int64 nanosecond count (Go's time.UnixNano) can hold
+NAME_MAX = 255  # bytes in one path component (Linux)
+PATH_MAX = 4096  # bytes in a path, its terminating NUL included (Linux)
+_MAX_ID = (1 << 32) - 2  # uid_t/gid_t; (uid_t)-1 means "leave unchanged" to chown
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+_AUFS_META = ".wh..wh."  # aufs bookkeeping (.wh..wh.plnk, .wh..wh.orph): Docker skips it
+
+MAX_LAYER_SIZE_ENV = "LAYERSTORE_MAX_LAYER_SIZE"
+DEFAULT_MAX_LAYER_SIZE = 64 << 30
+_SIZE = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def max_layer_size() -> int:
+    """The limit on a layer's uncompressed bytes: $LAYERSTORE_MAX_LAYER_SIZE, else 64 GiB.
+
+    The value takes Docker's size syntax (``--shm-size``, ``--memory``):
+    bytes, or a number with ``k``, ``m``, ``g``, ``t`` or ``p`` (binary units,
+    ``64g`` = ``64GiB``). A limit guards against decompression bombs; a layer
+    as big as the limit is still accepted.
+    """
+    value = os.environ.get(MAX_LAYER_SIZE_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_LAYER_SIZE
+    match = _SIZE.fullmatch(value)
+    if match is None or float(match[1]) * _UNITS[match[2].lower()] < 1:
+        raise LayerStoreError(f"environment variable {MAX_LAYER_SIZE_ENV}", f"not a size: {quote(value)} (e.g. 64g, 512m)")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
 class _Readable(Protocol):
@@ -104,12 +145,14 @@ def unpack_layer(
     layer type if given, but the compression is decided by the stream's
     magic bytes, as containerd does. ``privileged`` (default: running as
     root) enables chown and device nodes; without it devices are skipped
-    and listed in the result. ``max_size`` limits uncompressed bytes.
+    and listed in the result. ``max_size`` limits uncompressed bytes
+    (default: ``max_layer_size()``).
     Raises DigestMismatch, CorruptArchive, UnsafeArchiveEntry,
     SizeLimitExceeded, AlreadyExists; nothing is left behind on error.
     """
     expected = str(parse_digest(expected_diff_id)) if expected_diff_id is not None else None
     announced = layer_compression(media_type) if media_type is not None else None
+    limit = max_layer_size() if max_size is None else max_size
     subject = _subject(stream, expected)
     dest = os.fspath(dest_dir)
     created = _claim(dest)
@@ -117,7 +160,7 @@ def unpack_layer(
         unpacker = _Unpacker(
             subject,
             privileged=os.geteuid() == 0 if privileged is None else privileged,
-            max_size=max_size,
+            max_size=limit,
             algorithm=expected.partition(":")[0] if expected else "sha256",
         )
         return unpacker.run(stream, dest, announced, expected)
@@ -129,7 +172,7 @@ def unpack_layer(
 class _Unpacker:
     """One unpack: the stream pipeline, the tar reader and the entry writer."""
 
-    def __init__(self, subject: str, *, privileged: bool, max_size: int | None, algorithm: str) -> None:
+    def __init__(self, subject: str, *, privileged: bool, max_size: int, algorithm: str) -> None:
         self.subject = subject
         self.privileged = privileged
         self.max_size = max_size
@@ -143,7 +186,7 @@ class _Unpacker:
         try:
             with Prefetch(tar_chunks) as prefetched:
                 source = _Source(prefetched, self.subject)
-                writer = _EntryWriter(tree, source, privileged=self.privileged, layer=self.subject)
+                writer = _EntryWriter(tree, source, privileged=self.privileged, layer=self.subject, max_size=self.max_size)
                 entries = self._extract_all(source, writer)
                 source.drain()  # trailing padding is part of the diff_id
             if expected is not None and diff.digest != expected:
@@ -180,7 +223,7 @@ class _Unpacker:
         for chunk in chunks:
             if not hashed_already:
                 diff.update(chunk)
-            if self.max_size is not None and diff.size > self.max_size:
+            if diff.size > self.max_size:
                 raise SizeLimitExceeded(self.subject, limit=self.max_size)
             yield chunk
 
@@ -307,8 +350,9 @@ class _Source:
 class _EntryWriter:
     """Writes tar entries under a ConfinedTree, one small method per entry type."""
 
-    def __init__(self, tree: ConfinedTree, source: _Source, *, privileged: bool, layer: str) -> None:
+    def __init__(self, tree: ConfinedTree, source: _Source, *, privileged: bool, layer: str, max_size: int) -> None:
         self.tree = tree
+        self.max_size = max_size
         self.source = source
         self.privileged = privileged
         self.layer = layer
@@ -328,6 +372,10 @@ class _EntryWriter:
 
     def write(self, info: tarfile.TarInfo, data_end: int) -> None:
         name = clean_name(info.name, layer=self.layer)
+        if _AUFS_META in name and _is_aufs_meta(name):
+            self._skip(name, "aufs metadata, not part of the image")
+            return
+        self._check(info, name)
         if self.skipped_names:
             self.skipped_names.discard(name)  # a later entry may make what an earlier one could not
         handler = _HANDLERS.get(info.type, _EntryWriter._unknown)
@@ -346,6 +394,41 @@ class _EntryWriter:
                 self._dir_stat(fd, mode, atime, mtime)
             finally:
                 os.close(fd)
+
+    def _check(self, info: tarfile.TarInfo, name: str) -> None:
+        """Refuse what no file system takes or what the union would misread, before anything is made."""
+        _check_path(info.name, name, self.layer)
+        base = name.rpartition("/")[2]
+        if _WHITEOUT in name:
+            self._check_whiteouts(info, name, base)
+        if not (0 <= info.uid <= _MAX_ID and 0 <= info.gid <= _MAX_ID):
+            raise CorruptArchive(self.layer, f"tar: entry {quote(info.name)} has owner {info.uid}:{info.gid}, out of range")
+        if info.size < 0:
+            raise CorruptArchive(self.layer, f"tar: entry {quote(info.name)} has a negative size")
+        if info.size > self.max_size:
+            raise SizeLimitExceeded(f"{self.layer} entry {quote(info.name)}", limit=self.max_size)
+        if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE) and not (
+            0 <= info.devmajor < 1 << 12 and 0 <= info.devminor < 1 << 20
+        ):
+            raise CorruptArchive(self.layer, f"tar: device {quote(info.name)} has a number out of range")
+        if info.type == tarfile.SYMTYPE:
+            if not info.linkname:
+                raise UnsafeArchiveEntry(info.name, "symbolic link with an empty target", layer=self.layer)
+            if len(os.fsencode(info.linkname)) >= PATH_MAX:
+                raise UnsafeArchiveEntry(info.name, f"symbolic link target longer than PATH_MAX ({PATH_MAX})", layer=self.layer)
+
+    def _check_whiteouts(self, info: tarfile.TarInfo, name: str, base: str) -> None:
+        """``.wh.`` names are markers for the union: only as plain files, and only for a real name."""
+        parent = name.rpartition("/")[0]
+        if any(part.startswith(_WHITEOUT) for part in parent.split("/")):
+            raise UnsafeArchiveEntry(info.name, "a whiteout cannot be a directory with entries below it", layer=self.layer)
+        if not base.startswith(_WHITEOUT):
+            return
+        marker = "opaque marker" if base == _OPAQUE else "whiteout"
+        if base != _OPAQUE and base[len(_WHITEOUT) :] in ("", ".", ".."):
+            raise UnsafeArchiveEntry(info.name, f"whiteout for {quote(base[len(_WHITEOUT):])}, not a name", layer=self.layer)
+        if info.type not in _WHITEOUT_TYPES:
+            raise UnsafeArchiveEntry(info.name, f"{marker} must be a regular file", layer=self.layer)
 
     # -- one method per entry type ------------------------------------------
 
@@ -477,6 +560,7 @@ class _EntryWriter:
             ) from None
         if not target:
             raise UnsafeArchiveEntry(info.name, "hard link to the layer root", layer=self.layer)
+        _check_path(info.name, target, self.layer)
         return target
 
     def _link(self, info: tarfile.TarInfo, source_fd: int, source: str, parent_fd: int, base: str) -> None:
@@ -496,6 +580,15 @@ class _EntryWriter:
         )
 
     def _fill(self, fd: int, info: tarfile.TarInfo, data_end: int) -> None:
+        """Copy the entry's data; a size the file system cannot hold is the layer's fault, not the disk's."""
+        try:
+            self._fill_data(fd, info, data_end)
+        except OSError as exc:
+            if exc.errno not in (errno.EFBIG, errno.EINVAL, errno.EOVERFLOW):
+                raise
+            raise CorruptArchive(self.layer, f"tar: file {quote(info.name)} of {info.size} bytes: {exc.strerror}") from None
+
+    def _fill_data(self, fd: int, info: tarfile.TarInfo, data_end: int) -> None:
         """Copy the entry's data; sparse entries get their holes back by seeking over them."""
         if self.source.tell() != info.offset_data:
             self.source.seek(info.offset_data)
@@ -533,12 +626,15 @@ class _EntryWriter:
                 # an image may only express whiteouts the OCI way, with .wh. entries.
                 self._skip(name, f"xattr {key}: reserved for the union", whole=False)
                 continue
+            if value is None or "\0" in key:
+                self._skip(name, f"xattr {quote(key)}: malformed PAX record", whole=False)
+                continue
             if key == "system.posix_acl_default":
                 self.umask = None  # new files below may now get modes from the ACL
             try:
                 os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:  # trusted.* without root, a filesystem without xattrs
-                self._skip(name, f"xattr {key}: {exc.strerror}", whole=False)
+                self._skip(name, f"xattr {quote(key)}: {exc.strerror}", whole=False)
 
     def _dir_stat(self, fd: int, mode: int, atime: int, mtime: int) -> None:
         os.chmod(fd, mode)
@@ -576,25 +672,38 @@ _HANDLERS: dict[bytes, _Handler] = {
 
 
 _UNION_XATTRS = ("trusted.overlay.", "user.overlay.", "trusted.unionfs.", "user.unionfs.")
+# A hard link to a whiteout is a whiteout too (the existing test keeps it so).
+_WHITEOUT_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.LNKTYPE))
 
 
-def _xattrs(info: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
-    """Extended attributes from PAX records: GNU tar's SCHILY.xattr and bsdtar's LIBARCHIVE.xattr."""
+def _xattrs(info: tarfile.TarInfo) -> Iterator[tuple[str, bytes | None]]:
+    """Extended attributes from PAX records: GNU tar's SCHILY.xattr and bsdtar's LIBARCHIVE.xattr.
+
+    A value that cannot be decoded comes out as None, for the caller to skip.
+    """
     for key, value in info.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             # tarfile decoded the raw value with surrogateescape; this restores the bytes.
             yield key[13:], value.encode("utf-8", "surrogateescape")
         elif key.startswith("LIBARCHIVE.xattr."):
-            yield urllib.parse.unquote(key[17:]), base64.b64decode(value + "===")
+            try:
+                yield urllib.parse.unquote(key[17:]), base64.b64decode(value + "===")
+            except (binascii.Error, ValueError):
+                yield urllib.parse.unquote(key[17:]), None
 
 
 def _times(info: tarfile.TarInfo) -> tuple[int, int]:
-    """(atime, mtime) in nanoseconds: PAX records keep sub-second digits that a float loses."""
+    """(atime, mtime) in nanoseconds: PAX records keep sub-second digits that a float loses.
+
+    A time that no int64 nanosecond count holds (or "nan", "1e400" in a PAX
+    record) becomes the epoch, as Docker's Chtimes does for out-of-range times.
+    """
+    seconds = info.mtime
+    mtime = _clamp(int(seconds) * _NS) if math.isfinite(seconds) else 0
     headers = info.pax_headers
     if not headers:
-        mtime = int(info.mtime) * _NS
         return mtime, mtime
-    mtime = _pax_ns(headers.get("mtime"), int(info.mtime) * _NS)
+    mtime = _pax_ns(headers.get("mtime"), mtime)
     return _pax_ns(headers.get("atime"), mtime), mtime
 
 
@@ -603,11 +712,31 @@ def _pax_ns(value: str | None, default: int) -> int:
         return default
     negative = value.startswith("-")
     whole, _, fraction = value.lstrip("-").partition(".")
-    try:
-        ns = int(whole or "0") * _NS + int((fraction + "000000000")[:9])
-    except ValueError:
-        return default
-    return -ns if negative else ns
+    if len(whole) > 20 or not (whole + fraction).isdigit():
+        return default if len(whole) <= 20 else 0
+    ns = int(whole or "0") * _NS + int((fraction + "000000000")[:9])
+    return _clamp(-ns if negative else ns)
+
+
+def _clamp(ns: int) -> int:
+    return ns if -_MAX_NS <= ns <= _MAX_NS else 0
+
+
+def _check_path(entry: str, name: str, layer: str) -> None:
+    """Names the kernel would refuse with ENAMETOOLONG, refused up front and naming the entry."""
+    raw = os.fsencode(name)
+    if len(raw) <= NAME_MAX:
+        return
+    if len(raw) >= PATH_MAX:
+        raise UnsafeArchiveEntry(entry, f"name of {len(raw)} bytes is longer than PATH_MAX ({PATH_MAX})", layer=layer)
+    longest = max(len(part) for part in raw.split(b"/"))
+    if longest > NAME_MAX:
+        raise UnsafeArchiveEntry(entry, f"a name component of {longest} bytes is longer than NAME_MAX ({NAME_MAX})", layer=layer)
+
+
+def _is_aufs_meta(name: str) -> bool:
+    """aufs's own files and directories (``.wh..wh.plnk/...``), which moby skips; not the opaque marker."""
+    return any(part.startswith(_AUFS_META) and part != _OPAQUE for part in name.split("/"))
 
 
 def _umask() -> int | None:

@@ -6,6 +6,7 @@ Every failure must leave nothing behind and nothing changed outside.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -575,12 +576,20 @@ def test_later_entries_win(tmp_path: Path) -> None:
     assert os.readlink(dest / "s") == "d"
 
 
+@root_only
 def test_filesystem_errors_name_the_entry(tmp_path: Path) -> None:
-    too_long = "n" * 300  # over NAME_MAX: the filesystem refuses it
-    with pytest.raises(OSError) as info:
-        unpack_bytes(make_tar([entry("ok", data=b"ok"), entry(f"dir/{too_long}", data=b"x")]), tmp_path / "dest")
-    assert any(f'entry "dir/{too_long}"' in note for note in info.value.__notes__)
-    assert not (tmp_path / "dest").exists()
+    """A full disk says nothing about the layer: it stays an OSError, noted with the entry it hit."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(OSError) as info:
+            unpack_bytes(make_tar([entry("ok", data=b"ok"), entry("dir/big", data=os.urandom(1 << 20))]), small / "dest")
+        assert info.value.errno == errno.ENOSPC
+        assert any('entry "dir/big"' in note for note in info.value.__notes__)
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_layer_root_entry_sets_the_root_metadata(tmp_path: Path) -> None:
@@ -649,6 +658,40 @@ def _hostile() -> dict[str, Case]:
         "nul-in-name": lambda o: (
             [entry("x", data=b"pwned", pax_headers={"path": "ok\0../../canary"})], "ok\0../../canary"),
         "nul-in-symlink-target": lambda o: ([entry("s", sym, pax_headers={"linkpath": "/\0x"})], "s"),
+        # Traversal in the other forms: absolute with "..", ".." after a symlink, links through links inside.
+        "absolute-dotdot": lambda o: ([entry("/../canary", data=b"pwned")], "/../canary"),
+        "dotdot-behind-a-symlink": lambda o: (
+            [entry("d", sym, linkname="."), entry("d/../../canary", data=b"pwned")], "d/../../canary"),
+        "symlink-climbing-inside": lambda o: (
+            [entry("a", dir_), entry("s", sym, linkname="a/../.."), entry("s/canary", data=b"pwned")], "s/canary"),
+        "symlink-to-own-dir-as-parent": lambda o: (
+            [entry("a", dir_), entry("s", sym, linkname="a"), entry("s/f", data=b"x")], "s/f"),
+        "hardlink-through-symlink-inside": lambda o: (
+            [entry("a", dir_), entry("a/f", data=b"x"), entry("s", sym, linkname="a"),
+             entry("h", lnk, linkname="s/f")], "h"),
+        "hardlink-nul-target": lambda o: ([entry("f", data=b"x"), entry("h", lnk, pax_headers={"linkpath": "f\0../x"})], "h"),
+        "hardlink-dotdot-after-clean": lambda o: ([entry("h", lnk, linkname="a/../../canary")], "h"),
+        "dir-replaced-by-symlink-then-dir": lambda o: (
+            [entry("d", dir_), entry("d", sym, linkname=str(o)), entry("d/sub", dir_, mode=0o777)], "d/sub"),
+        "symlink-over-root": lambda o: ([entry(".", sym, linkname=str(o))], "."),
+        # Names the kernel would refuse (NAME_MAX 255, PATH_MAX 4096), refused before anything is made.
+        "component-too-long": lambda o: ([entry("a/" + "n" * 256, data=b"x")], "a/" + "n" * 256),
+        "component-too-long-in-bytes": lambda o: ([entry("\u00e9" * 128, data=b"x")], "\u00e9" * 128),
+        "path-too-long": lambda o: ([entry("/".join(["d" * 250] * 17), data=b"x")], "/".join(["d" * 250] * 17)),
+        "hardlink-target-too-long": lambda o: ([entry("h", lnk, linkname="n" * 300)], "h"),
+        "symlink-target-too-long": lambda o: ([entry("s", sym, linkname="t" * 4096)], "s"),
+        "symlink-empty-target": lambda o: ([entry("s", sym, linkname="")], "s"),
+        # Whiteouts are markers for the union: only plain files, only for a real name.
+        "whiteout-empty-name": lambda o: ([entry(".wh.")], ".wh."),
+        "whiteout-for-dot": lambda o: ([entry("a/.wh..")], "a/.wh.."),
+        "whiteout-for-dotdot": lambda o: ([entry("a/.wh...")], "a/.wh..."),
+        "opaque-marker-as-dir": lambda o: ([entry("a/.wh..wh..opq", dir_)], "a/.wh..wh..opq"),
+        "opaque-marker-as-symlink": lambda o: ([entry(".wh..wh..opq", sym, linkname=str(o))], ".wh..wh..opq"),
+        "opaque-marker-as-fifo": lambda o: ([entry(".wh..wh..opq", tarfile.FIFOTYPE)], ".wh..wh..opq"),
+        "opaque-marker-as-parent": lambda o: ([entry(".wh..wh..opq/x", data=b"x")], ".wh..wh..opq/x"),
+        "whiteout-as-dir": lambda o: ([entry(".wh.etc", dir_)], ".wh.etc"),
+        "whiteout-as-symlink": lambda o: ([entry(".wh.etc", sym, linkname=str(o))], ".wh.etc"),
+        "whiteout-as-parent": lambda o: ([entry(".wh.etc/passwd", data=b"x")], ".wh.etc/passwd"),
     }  # fmt: skip
 
 
