@@ -125,6 +125,7 @@ def test_killed_at_every_point(op: Op, prepared: dict[str, Path], tmp_path: Path
         removed = {store.resolve(tag) for tag in op.removes}
     assert len(passed) >= 2, f"{op.name}: only {passed} crash points"
 
+    print(f"{op.name}: {len(passed)} kill points")
     work = tmp_path / "work"
     for n in kill_points(len(passed)):
         label = f"{op.name} killed at point {n}/{len(passed)} ({passed[n - 1]}; CRASHPOINT_KILL={n})"

@@ -51,6 +51,7 @@ def test_pull_killed_at_every_point(world: World, tmp_path: Path, image: str, st
     passed = points(clean, argv, tmp_path)
     after = State.of(clean)
     kills = specs(passed)
+    print(f"pull {image}: {len(kills)} kill points of {len(passed)} passed")
     assert "download.chunk" in passed and "unpack.entry" in passed and "meta.commit" in passed
 
     work = tmp_path / "work"
