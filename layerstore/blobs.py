@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from layerstore.digest import HashingWriter, parse_digest
+from layerstore.digest import DigestCounter, HashingWriter, parse_digest
 from layerstore.errors import NotFound
 from unionfs import crashpoints
 
@@ -119,6 +119,30 @@ class BlobStore:
             return Stored(digest, writer.size, existed)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def adopt(self, stream: _Readable, fd: int, path: Path, expected: str, size: int, *, subject: str = "blob") -> Stored:
+        """Make the file at ``path`` (open as ``fd``) the blob, without a copy.
+
+        ``stream`` yields the file's whole content, writing to it what is not
+        there yet (a download); the bytes are hashed as they pass, and only a
+        file whose digest and size match is fsynced, made read-only and
+        renamed into place: one rename, so there is never a moment with a
+        half-checked blob in view, nor one with the file under two names.
+        """
+        counter = DigestCounter(parse_digest(expected).algorithm)
+        while chunk := stream.read(CHUNK):
+            counter.update(chunk)
+        counter.verify(f"{subject} {expected}", expected, size)
+        os.fsync(fd)
+        os.fchmod(fd, 0o444)
+        crashpoints.point("blob.synced")
+        final = self.path(expected)
+        existed = final.exists()
+        os.rename(path, final)
+        crashpoints.point("blob.renamed")
+        fsync_dir(final.parent)
+        fsync_dir(path.parent)
+        return Stored(expected, counter.size, existed)
 
     def stale_ingests(self) -> list[Path]:
         return list(self.ingest_dir.iterdir())

@@ -25,6 +25,7 @@ from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
 from layerstore.layers import LayerDirs, remove_tree
 from layerstore.meta import Metadata
+from layerstore.reserve import Reserve
 from layerstore.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, ImageConfig, Manifest
 from layerstore.mediatypes import DOCKER_LAYER, DOCKER_LAYER_GZIP
 from layerstore import reference
@@ -66,8 +67,11 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.root)
         self.layers = LayerDirs(self.root)
-        self.meta = Metadata(self.root / "meta.db")
+        self.reserve = Reserve(self.root / "reserve")
+        # opening makes SQLite's shared-memory file: on a full disk, the reserve pays for it
+        self.meta = self.reserve.with_room(lambda: Metadata(self.root / "meta.db"))
         (self.root / "containers").mkdir(exist_ok=True)
+        self.reserve.ensure()
 
     def close(self) -> None:
         self.meta.close()
@@ -95,8 +99,12 @@ class Store:
         try:
             yield
         finally:
-            with self.meta.transaction() as tx:
-                tx.execute("DELETE FROM leases WHERE key = ?", (token,))
+
+            def end() -> None:
+                with self.meta.transaction() as tx:
+                    tx.execute("DELETE FROM leases WHERE key = ?", (token,))
+
+            self.reserve.with_room(end)  # the work may have filled the disk
 
     @staticmethod
     def _active_lease(tx: sqlite3.Connection) -> bool:
@@ -274,8 +282,12 @@ class Store:
 
         The name is resolved inside the transaction: an image that another
         process removed (or retagged) meanwhile is "no such image", never
-        deleted twice.
+        deleted twice. On a full disk it gives up the store's reserve:
+        removing is how space comes back.
         """
+        return self.reserve.with_room(lambda: self._rmi(text, force, prune))
+
+    def _rmi(self, text: str, force: bool, prune: bool) -> list[tuple[str, str]]:
         events: list[tuple[str, str]] = []
         by_name = not _looks_like_id(text) and "@" not in text
         with self.meta.transaction() as tx:
@@ -305,6 +317,13 @@ class Store:
 
     def prune_unreferenced(self) -> dict[str, int]:
         """Remove layers and blobs that no image references, and leftovers of interrupted work.
+
+        On a full disk it gives up the store's reserve: removing is how space comes back.
+        """
+        return self.reserve.with_room(self._prune_unreferenced)
+
+    def _prune_unreferenced(self) -> dict[str, int]:
+        """See prune_unreferenced.
 
         Runs inside one write transaction, so no load or pull can start
         (take its lease) half-way; while one is running, nothing is removed.

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trees import tree  # noqa: F401 - the tests import it from here too
 
 REPO = Path(__file__).resolve().parents[1]
 ENOSPC_TEXT = "No space left on device"
@@ -110,24 +111,6 @@ def assert_clean_error(run: Run, operation: str, problem: str) -> None:
 
 
 # -- what a store holds -----------------------------------------------------------------------
-
-
-def tree(root: Path) -> Tree:
-    """type, mode, owner, size, content hash, link target of every entry under root."""
-    out: Tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            extra = ""
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.file_digest(f, "sha256").hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
-            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                                st.st_size if stat.S_ISREG(st.st_mode) else 0, extra)
-    return out
 
 
 def file_digest(path: Path) -> str:

@@ -1,20 +1,20 @@
 """Layer blob downloads that survive interruption: ``ingest/<hex>.partial`` and HTTP ``Range``.
 
-Bytes go to a partial file named after the blob's digest as they arrive, and
-on to ``BlobStore.ingest``, which hashes them, checks size and digest, and
-only then renames a blob into place. A pull that is killed, or a connection
-that drops, leaves the partial file; the next attempt feeds ingest what the
-file holds and asks the registry for the rest with ``Range: bytes=N-``. A 206
-answer must say it starts at N (``Content-Range``); a registry that ignores
-Range answers 200 with the whole blob, and then the download starts over from
-byte 0 (or, after a reconnect within one download, skips the N bytes it
-already has).
+Bytes go to a partial file named after the blob's digest as they arrive;
+``BlobStore.adopt`` hashes them as they pass, checks size and digest, and only
+then renames the partial file itself into place as the blob. A pull that is
+killed, or a connection that drops, leaves the partial file; the next attempt
+hashes what the file holds and asks the registry for the rest with
+``Range: bytes=N-``. A 206 answer must say it starts at N (``Content-Range``);
+a registry that ignores Range answers 200 with the whole blob, and then the
+download starts over from byte 0 (or, after a reconnect within one download,
+skips the N bytes it already has).
 
 An exclusive ``flock`` on the partial file makes one process the downloader
 of a blob: a second pull of the same image waits for the lock and then finds
-the blob in the store. The lock is held until the layer is unpacked too, so
-neither the download nor the unpack is done twice. A lock taken on a file that
-was meanwhile removed is dropped and taken again on the new file.
+the blob in the store (the file it waited on has become the blob, or was
+removed: it takes the lock again on a new file, and finds the blob). Unpacking
+the layer once is the layer store's own lock's work.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class PartialBlob:
         self.digest = digest
         self.path = blobs.ingest_dir / f"{parse_digest(digest).hex}.partial"
         self.fd = -1
+        self.adopted = False  # the file became the blob: it is not ours to empty or remove
 
     def acquire(self, cancelled: Callable[[], bool] = lambda: False) -> PartialBlob:
         """Open (or create) and lock the partial file; waits while another process holds it."""
@@ -79,14 +80,15 @@ class PartialBlob:
         return os.fstat(self.fd).st_size
 
     def reset(self) -> None:
-        os.ftruncate(self.fd, 0)
+        if not self.adopted:
+            os.ftruncate(self.fd, 0)
 
     def release(self, *, remove: bool) -> None:
         """Unlock; ``remove`` deletes the file first (while the lock still keeps others out)."""
         if self.fd < 0:
             return
         try:
-            if remove:
+            if remove and not self.adopted:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
         finally:
@@ -97,6 +99,9 @@ class PartialBlob:
 def fetch_blob(client: RegistryClient, path: str, desc: Descriptor, partial: PartialBlob, progress: Progress) -> Stored:
     """Download ``desc`` into the store through its locked partial file, resuming what is there.
 
+    The partial file itself becomes the blob once it verifies (one rename, no
+    copy), so a pull needs the blob's size on disk, not twice that.
+
     A digest or size mismatch after a resumed start is retried once from byte
     0 (the old bytes may be what was wrong); a mismatch of a whole fresh
     download empties the partial file and raises: nothing of the blob is kept.
@@ -105,7 +110,9 @@ def fetch_blob(client: RegistryClient, path: str, desc: Descriptor, partial: Par
         resumed = partial.size > 0
         source = ResumingReader(client, path, desc, partial.fd, progress)
         try:
-            return partial.blobs.ingest(source, desc.digest, desc.size, subject="blob")
+            stored = partial.blobs.adopt(source, partial.fd, partial.path, desc.digest, desc.size, subject="blob")
+            partial.adopted = True  # waiters holding the old path find it gone, and the blob there
+            return stored
         except DigestMismatch:
             partial.reset()
             if not resumed or attempt == 2:

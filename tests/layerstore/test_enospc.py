@@ -199,3 +199,21 @@ def test_a_disk_with_no_room_at_all_still_answers_in_one_line(tmp_path: Path, im
         listed = layerstore(root, "images", "--format", "{{.Repository}}:{{.Tag}}")
         assert listed.rc == 0 and listed.out.split() == ["full/base:v1"], listed
 
+
+
+def test_removal_works_on_a_disk_with_no_room_at_all(tmp_path: Path, images: dict[str, Path]) -> None:
+    """rmi is how space comes back: the store's reserve lets its metadata commit."""
+    with small_fs(tmp_path / "small", 8 * MIB) as fs:
+        root = fs / "store"
+        load_base(root, images)
+        assert (root / "reserve").is_file()
+        filler = fill(fs, leave=0)
+        removed = layerstore(root, "rmi", "full/base:v1")
+        assert removed.rc == 0, removed
+        assert "Deleted: sha256:" in removed.out
+        assert not (root / "reserve").exists() or free_bytes(fs) > 0
+        filler.unlink()
+        listed = layerstore(root, "images", "-q")
+        assert listed.rc == 0 and listed.out == ""
+        assert (root / "reserve").is_file()  # made again once there was room
+        assert check_store(root) == set()
