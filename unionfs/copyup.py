@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 
 from unionfs import crashpoints, markers, syscalls
 from unionfs.inodes import InodeMap
@@ -189,9 +190,19 @@ class CopyUp:
     """Copies entries up, once each even when threads race for the same one."""
 
     def __init__(
-        self, resolver: Resolver, work: WorkDir, inodes: InodeMap, *, durable: bool, private_prefix: str
+        self,
+        resolver: Resolver,
+        work: WorkDir,
+        inodes: InodeMap,
+        *,
+        durable: bool,
+        private_prefix: str,
+        on_new_inode: Callable[[os.stat_result | None], None] | None = None,
     ) -> None:
         self.resolver = resolver
+        # told of each upper inode a copy-up makes: its number may be one that a
+        # removed entry had, and whatever was cached about that one is stale
+        self.on_new_inode = on_new_inode
         self.inodes = inodes
         self.upper = resolver.layers[0]
         self.work = work
@@ -245,6 +256,8 @@ class CopyUp:
                 self.work.remove_tree(tmp)
                 raise
             crashpoints.point("copyup.renamed")
+            if self.on_new_inode is not None:
+                self.on_new_inode(self.upper.lstat(to_rel(path)))
             if pst is not None:
                 # a copy-up is no change of the parent: keep its times (ovl_copy_up_one)
                 syscalls.utimensat(self.upper.fd, parent, (pst.st_atime_ns, pst.st_mtime_ns))

@@ -85,7 +85,9 @@ class Union:
             if os.stat(workdir).st_dev != top.dev:
                 raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
             self.work = WorkDir(workdir, top)
-            self.copyup = CopyUp(self.resolver, self.work, self.inodes, durable=durable, private_prefix=private)
+            self.copyup = CopyUp(
+                self.resolver, self.work, self.inodes, durable=durable, private_prefix=private, on_new_inode=self._forget
+            )
         self._rename_lock = threading.Lock()
 
     def close(self) -> None:
@@ -417,7 +419,9 @@ class Union:
         parent, prel, name = self._parent_in_upper(path)
         whiteout = self.resolver.lower_positive(parent, name)
         if self.resolver.is_upper(node.layer):
+            st = self.upper.lstat(node.rel)
             self._remove_upper(prel, name, True, whiteout)
+            self._forget(st)  # its inode number may come back for another entry
         else:
             self._whiteout(prel, name)
         self.resolver.invalidate(path)  # empty: its children were forgotten as they went
