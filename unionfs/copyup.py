@@ -264,6 +264,37 @@ class CopyUp:
                 crashpoints.point("copyup.parent_times")
             self.resolver.invalidate(path)
 
+    def empty_dir(self, rel: str, opaque_xattr: str) -> None:
+        """Empty an upper directory whose entries are all whiteouts, with no moment
+        at which the lower entries they hide show again (overlayfs's
+        ovl_clear_empty): an empty opaque copy of it, built in the work dir,
+        takes its place in one exchange. Clearing it in place would bring them
+        back on a crash, and kernel overlayfs lists the whiteouts of an opaque
+        directory as entries, so the whiteouts cannot stay behind an opaque mark."""
+        st = self.upper.lstat(rel)
+        if st is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), rel)
+        tmp, wfd = self.work.temp_name(), self.work.fd
+        try:
+            os.mkdir(tmp, 0o700, dir_fd=wfd)
+            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=wfd, follow_symlinks=False)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=wfd)
+            self._copy_xattrs(self.upper, rel, tmp)
+            origin = self.upper.getxattr(rel, self.origin_xattr)
+            if origin is not None:
+                self.work.setxattr(tmp, self.origin_xattr, origin)
+            self.work.setxattr(tmp, opaque_xattr, b"y")
+            syscalls.utimensat(wfd, tmp, (st.st_atime_ns, st.st_mtime_ns))
+            crashpoints.point("empty_dir.built")
+            syscalls.renameat2(wfd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+        except BaseException:
+            self.work.remove_tree(tmp)
+            raise
+        crashpoints.point("empty_dir.exchanged")
+        if self.on_new_inode is not None:
+            self.on_new_inode(self.upper.lstat(rel))
+        self.work.remove_tree(tmp)  # the old directory, with its whiteouts
+
     def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
         wfd = self.work.fd
         mode = st.st_mode

@@ -470,7 +470,12 @@ class Union:
             crashpoints.point("rename.opaque")
         existing = self.upper.lstat(nrel)
         if existing is not None and stat.S_ISDIR(existing.st_mode) and target is not None:
-            clear_dir(self.upper, nrel)  # only whiteouts: the merged directory is empty
+            # only whiteouts: the merged directory is empty
+            if self.form is WhiteoutForm.OVERLAY and len(target.layers) > 1:
+                copyup.empty_dir(nrel, "trusted.overlay.opaque")  # never shows what they hide
+                self.resolver.invalidate(new)
+            else:
+                clear_dir(self.upper, nrel)
             crashpoints.point("rename.target_cleared")
         whiteout = self.resolver.lower_positive(oparent, oname)
         if existing is not None and source.is_dir and not stat.S_ISDIR(existing.st_mode):

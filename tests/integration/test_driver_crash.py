@@ -136,6 +136,7 @@ OPS = [
     Op("append-in-deep-lower-dir", append_deep, {"copyup.renamed": 4}),
     Op("rename-lower-file", lambda m: os.rename(m / "dir/x", m / "dir/sub/x"), {"copyup.renamed": 3, "rename.renamed": 1}),
     Op("rename-lower-dir", lambda m: os.rename(m / "dir", m / "dir2"), {"rename.redirect": 1, "rename.renamed": 1}),
+    Op("rename-lower-dir-over-emptied-dir", lambda m: os.rename(m / "dir/sub", m / "emptied"), {"rename.target_cleared": 1}),
     Op("unlink-lower-file", lambda m: os.unlink(m / "dir/sub/y"), {"copyup.renamed": 2, "whiteout.linked": 1}),
     Op("rmdir-lower-dir", lambda m: os.rmdir(m / "dir/empty"), {"whiteout.linked": 1}),
     Op("rmdir-dir-emptied-by-whiteouts", lambda m: os.rmdir(m / "emptied"), {"remove.exchanged": 1}),
