@@ -405,6 +405,7 @@ def settled_fd_count(pid: int, baseline: int, wait: float = 10.0) -> int:
     return count
 
 
+@pytest.mark.timeout(SECONDS + DEADLOCK_GRACE + 300)
 def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
     stack = build(tmp_path)
     with fuse_mount(stack) as mnt:
