@@ -140,6 +140,7 @@ OPS = [
     Op("unlink-lower-file", lambda m: os.unlink(m / "dir/sub/y"), {"copyup.renamed": 2, "whiteout.linked": 1}),
     Op("rmdir-lower-dir", lambda m: os.rmdir(m / "dir/empty"), {"whiteout.linked": 1}),
     Op("rmdir-dir-emptied-by-whiteouts", lambda m: os.rmdir(m / "emptied"), {"remove.exchanged": 1}),
+    Op("create-file", lambda m: os.close(os.open(m / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)), {"create.made": 1}),
     Op("create-file-over-whiteout", create_over_whiteout, {"create.intent": 1, "create.renamed": 1}),
     Op("mkdir-over-whiteout", lambda m: os.mkdir(m / "whdir", 0o750), {"create.opaque": 1, "create.exchanged": 1}),
 ]
@@ -208,9 +209,8 @@ def test_interrupted_create_leaves_nothing_for_kernel_overlayfs(tmp_path: Path) 
     """A create over a whiteout builds its entry in the upper under a temporary
     name; a driver killed there must not leave it for kernel overlayfs to show."""
     stack = build(tmp_path)
-    with fuse_mount(stack, env={"CRASHPOINT_KILL": "create.owned:1"}) as mnt:
-        with pytest.raises(OSError):
-            create_over_whiteout(mnt)
+    with fuse_mount(stack, env={"CRASHPOINT_KILL": "create.owned:1"}) as mnt, pytest.raises(OSError):
+        create_over_whiteout(mnt)
     assert any(name.startswith(".wh.") for name in os.listdir(stack.upper)), "no temporary entry to clean up"
     with fuse_mount(stack):
         pass
