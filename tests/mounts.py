@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +39,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def fuse_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterator[Path]:
-    """The driver under test, started as its own daemon process."""
-    with mounted(stack.spec(*options, read_only=read_only), str(stack.mnt)):
+def fuse_mount(stack: Stack, *options: str, read_only: bool = False, env: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """The driver under test, started as its own daemon process (env: added to its environment)."""
+    with mounted(stack.spec(*options, read_only=read_only), str(stack.mnt), env=env):
         yield stack.mnt
 
 
@@ -66,6 +66,25 @@ def force_unmount(mountpoint: Path | str) -> None:
             unmount(str(mountpoint))
         except Exception:
             subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def driver_pid(mountpoint: Path | str) -> int:
+    """The pid of the driver process serving mountpoint (the daemon started by ``unionfs``)."""
+    target = os.path.abspath(mountpoint)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if "unionfs" in args and "-f" in args and args and os.path.abspath(args[-1]) == target:
+            found.append(int(entry))
+    if len(found) != 1:
+        raise LookupError(f"{target}: {len(found)} driver processes found: {found}")
+    return found[0]
 
 
 def mounts_under(base: Path | str) -> list[str]:

@@ -16,8 +16,9 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 
-from unionfs import markers, syscalls
+from unionfs import crashpoints, markers, syscalls
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer
 from unionfs.resolve import Node, Resolver, split, to_rel
@@ -25,15 +26,22 @@ from unionfs.resolve import Node, Resolver, split, to_rel
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 30
+_INTENT = ".intent"
 
 
 class WorkDir(Layer):
-    """The work directory (``workdir/work``, where overlayfs keeps its own)."""
+    """The work directory (``workdir/work``, where overlayfs keeps its own).
 
-    def __init__(self, workdir: str) -> None:
+    Given the upper layer, it also undoes entries that an interrupted
+    operation was building inside the upper layer under a temporary name
+    (see ``record_intent``), which kernel overlayfs would otherwise show.
+    """
+
+    def __init__(self, workdir: str, upper: Layer | None = None) -> None:
         path = os.path.join(workdir, "work")
         os.makedirs(path, mode=0o700, exist_ok=True)
         super().__init__(path, -1)
+        self.upper = upper
         self._counter = itertools.count()
         self._prefix = f"#unionfs.{os.getpid()}."
         self._shared: dict[bool, str] = {}
@@ -43,21 +51,40 @@ class WorkDir(Layer):
     def clean(self) -> None:
         """Remove what an interrupted operation left: never visible, never needed."""
         for name in os.listdir(self.fd):
+            if name.endswith(_INTENT):
+                self._undo_intent(name)
             self.remove_tree(name)
 
     def remove_tree(self, name: str) -> None:
-        st = self.lstat(name)
-        if st is None:
+        _remove_tree(self, name)
+
+    def record_intent(self, name: str, upper_rel: str) -> None:
+        """Note that upper_rel (basename ``.wh.`` + name) is about to be built in
+        the upper layer: if the driver dies before ``drop_intent``, the next
+        mount removes it."""
+        fd = os.open(name + _INTENT, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
+        try:
+            os.write(fd, os.fsencode(upper_rel))
+        finally:
+            os.close(fd)
+
+    def drop_intent(self, name: str) -> None:
+        os.unlink(name + _INTENT, dir_fd=self.fd)
+
+    def _undo_intent(self, record: str) -> None:
+        if self.upper is None:
             return
-        if stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-            try:
-                _clear_dir(fd)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=self.fd)
-        else:
-            os.unlink(name, dir_fd=self.fd)
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            rel = os.fsdecode(os.read(fd, 1 << 16))
+        finally:
+            os.close(fd)
+        parts = rel.split("/")
+        # only the exact temporary name is ever removed: a cut-short record names nothing
+        if parts[-1] != markers.WH_PREFIX + record[: -len(_INTENT)] or rel.startswith("/") or ".." in parts:
+            return
+        log.info("removing %s, left by an interrupted operation", rel)
+        _remove_tree(self.upper, rel)
 
     def temp_name(self) -> str:
         return f"{self._prefix}{next(self._counter)}"
@@ -75,6 +102,7 @@ class WorkDir(Layer):
                 shared = self._make_shared(chardev)
             try:
                 os.link(shared, rel, src_dir_fd=self.fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                crashpoints.point("whiteout.linked")
                 return
             except OSError as exc:
                 if not (exc.errno == errno.EMLINK or (exc.errno == errno.ENOENT and not self.exists(shared))):
@@ -93,8 +121,20 @@ class WorkDir(Layer):
                     os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=self.fd)
                 else:
                     os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.fd))
+                crashpoints.point("whiteout.shared")
                 self._shared[chardev] = name
             return name
+
+
+def _remove_tree(layer: Layer, rel: str) -> None:
+    st = layer.lstat(rel)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        clear_dir(layer, rel)
+        os.rmdir(rel, dir_fd=layer.fd)
+    else:
+        os.unlink(rel, dir_fd=layer.fd)
 
 
 def _clear_dir(fd: int) -> None:
@@ -142,6 +182,7 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
             if n == 0:  # the source shrank under us
                 return
             pos += n
+            crashpoints.point("copyup.data")
         offset = end
 
 
@@ -149,9 +190,19 @@ class CopyUp:
     """Copies entries up, once each even when threads race for the same one."""
 
     def __init__(
-        self, resolver: Resolver, work: WorkDir, inodes: InodeMap, *, durable: bool, private_prefix: str
+        self,
+        resolver: Resolver,
+        work: WorkDir,
+        inodes: InodeMap,
+        *,
+        durable: bool,
+        private_prefix: str,
+        on_new_inode: Callable[[os.stat_result | None], None] | None = None,
     ) -> None:
         self.resolver = resolver
+        # told of each upper inode a copy-up makes: its number may be one that a
+        # removed entry had, and whatever was cached about that one is stale
+        self.on_new_inode = on_new_inode
         self.inodes = inodes
         self.upper = resolver.layers[0]
         self.work = work
@@ -199,14 +250,50 @@ class CopyUp:
                 self._build(src, rel, st, tmp, data)
                 self._set_origin(tmp, st, src)
                 syscalls.utimensat(self.work.fd, tmp, (st.st_atime_ns, st.st_mtime_ns))
+                crashpoints.point("copyup.times")
                 os.rename(tmp, to_rel(path), src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
             except BaseException:
                 self.work.remove_tree(tmp)
                 raise
+            crashpoints.point("copyup.renamed")
+            if self.on_new_inode is not None:
+                self.on_new_inode(self.upper.lstat(to_rel(path)))
             if pst is not None:
                 # a copy-up is no change of the parent: keep its times (ovl_copy_up_one)
                 syscalls.utimensat(self.upper.fd, parent, (pst.st_atime_ns, pst.st_mtime_ns))
+                crashpoints.point("copyup.parent_times")
             self.resolver.invalidate(path)
+
+    def empty_dir(self, rel: str, opaque_xattr: str) -> None:
+        """Empty an upper directory whose entries are all whiteouts, with no moment
+        at which the lower entries they hide show again (overlayfs's
+        ovl_clear_empty): an empty opaque copy of it, built in the work dir,
+        takes its place in one exchange. Clearing it in place would bring them
+        back on a crash, and kernel overlayfs lists the whiteouts of an opaque
+        directory as entries, so the whiteouts cannot stay behind an opaque mark."""
+        st = self.upper.lstat(rel)
+        if st is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), rel)
+        tmp, wfd = self.work.temp_name(), self.work.fd
+        try:
+            os.mkdir(tmp, 0o700, dir_fd=wfd)
+            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=wfd, follow_symlinks=False)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=wfd)
+            self._copy_xattrs(self.upper, rel, tmp)
+            origin = self.upper.getxattr(rel, self.origin_xattr)
+            if origin is not None:
+                self.work.setxattr(tmp, self.origin_xattr, origin)
+            self.work.setxattr(tmp, opaque_xattr, b"y")
+            syscalls.utimensat(wfd, tmp, (st.st_atime_ns, st.st_mtime_ns))
+            crashpoints.point("empty_dir.built")
+            syscalls.renameat2(wfd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+        except BaseException:
+            self.work.remove_tree(tmp)
+            raise
+        crashpoints.point("empty_dir.exchanged")
+        if self.on_new_inode is not None:
+            self.on_new_inode(self.upper.lstat(rel))
+        self.work.remove_tree(tmp)  # the old directory, with its whiteouts
 
     def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
         wfd = self.work.fd
@@ -220,26 +307,36 @@ class CopyUp:
                 os.symlink(os.readlink(rel, dir_fd=src.fd), tmp, dir_fd=wfd)
             else:
                 os.mknod(tmp, mode, st.st_rdev, dir_fd=wfd)
+            crashpoints.point("copyup.created")
             os.chown(tmp, st.st_uid, st.st_gid, dir_fd=wfd, follow_symlinks=False)
             if not stat.S_ISLNK(mode):
                 os.chmod(tmp, stat.S_IMODE(mode), dir_fd=wfd)
+            crashpoints.point("copyup.attrs")
             self._copy_xattrs(src, rel, tmp)
+            crashpoints.point("copyup.xattrs")
 
     def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
         sfd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src.fd)
         try:
             dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work.fd)
             try:
+                crashpoints.point("copyup.created")
                 if data and st.st_size:
-                    if not (self._reflink and syscalls.reflink(sfd, dfd)):
+                    if self._reflink and syscalls.reflink(sfd, dfd):
+                        crashpoints.point("copyup.data")
+                    else:
                         self._reflink = False
                         copy_data(sfd, dfd, st.st_size)
                     os.ftruncate(dfd, st.st_size)
+                    crashpoints.point("copyup.size")
                 os.fchown(dfd, st.st_uid, st.st_gid)
                 os.fchmod(dfd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
+                crashpoints.point("copyup.attrs")
                 self._copy_xattrs(src, rel, tmp)
+                crashpoints.point("copyup.xattrs")
                 if self.durable and data and st.st_size:
                     os.fsync(dfd)
+                    crashpoints.point("copyup.fsynced")
             finally:
                 os.close(dfd)
         finally:

@@ -36,6 +36,10 @@ class UnionOperations(fuse.Operations):
     # No flush: the kernel then stops sending one per close(), a request saved
     # on every file; writes reach the host fd at once, so there is nothing to flush.
     flush = None
+    # No ioctl: fusepy's own answers EIO to every one (it decodes the null path
+    # that flag_nullpath_ok gives); without it the kernel answers ENOTTY, as for a
+    # file of any filesystem that knows no such request.
+    ioctl = None
 
     def __init__(self, union: Union, on_ready: Callable[[], None] | None = None) -> None:
         self.union = union

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from unionfs.options import MountOptions
@@ -83,10 +83,22 @@ def unmount(mountpoint: str) -> None:
     raise MountError(f"{mountpoint}: cannot unmount: {last}")
 
 
-def mount(spec: MountSpec, mountpoint: str, *, timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> None:
-    """Start the driver for spec on mountpoint; returns once the mount answers."""
+def mount(
+    spec: MountSpec,
+    mountpoint: str,
+    *,
+    timeout: float = 60.0,
+    extra_args: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Start the driver for spec on mountpoint; returns once the mount answers.
+
+    env adds variables to the driver's environment (fault-injection tests arm
+    ``unionfs.crashpoints`` that way).
+    """
     cmd = [sys.executable, "-m", "unionfs", *extra_args, "-o", spec.option_string(), os.fspath(mountpoint)]
-    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    full_env = {**os.environ, **env} if env else None
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=full_env)
     if result.returncode != 0:
         raise MountError(result.stderr.strip() or f"unionfs exited with {result.returncode}")
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unionfs import markers, syscalls
+from unionfs import crashpoints, markers, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, rel_join
@@ -84,8 +84,10 @@ class Union:
             assert workdir is not None
             if os.stat(workdir).st_dev != top.dev:
                 raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
-            self.work = WorkDir(workdir)
-            self.copyup = CopyUp(self.resolver, self.work, self.inodes, durable=durable, private_prefix=private)
+            self.work = WorkDir(workdir, top)
+            self.copyup = CopyUp(
+                self.resolver, self.work, self.inodes, durable=durable, private_prefix=private, on_new_inode=self._forget
+            )
         self._rename_lock = threading.Lock()
 
     def close(self) -> None:
@@ -263,21 +265,33 @@ class Union:
         existing = self.upper.lstat(rel)
         if existing is None:
             fd = make(self.upper.fd, rel, mode)
+            crashpoints.point("create.made")
             self._own(self.upper, rel, fd, caller, gid, mode)
         elif self.upper.is_whiteout(rel, existing):
             # Built beside the whiteout under a name the union never shows, so the
             # parent's default ACL and set-group-ID bit apply as to any new entry,
             # then swapped in: the name goes from whiteout to entry in one step.
-            tmp = rel_join(prel, markers.WH_PREFIX + work.temp_name())
+            # Kernel overlayfs would show the temporary name: the work dir keeps a
+            # record of it, by which the next mount removes it if we die here.
+            tmp_name = work.temp_name()
+            tmp = rel_join(prel, markers.WH_PREFIX + tmp_name)
+            work.record_intent(tmp_name, tmp)
+            crashpoints.point("create.intent")
             fd = make(self.upper.fd, tmp, mode)
             try:
+                crashpoints.point("create.tmp")
                 self._own(self.upper, tmp, fd, caller, gid, mode)
+                crashpoints.point("create.owned")
                 if is_dir:
                     self._set_opaque(self.upper, tmp)
+                    crashpoints.point("create.opaque")
                     syscalls.renameat2(self.upper.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+                    crashpoints.point("create.exchanged")
                     os.unlink(tmp, dir_fd=self.upper.fd)  # the whiteout
                 else:
                     os.rename(tmp, rel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
+                crashpoints.point("create.renamed")
+                work.drop_intent(tmp_name)
             except BaseException:
                 if fd is not None:
                     os.close(fd)
@@ -287,6 +301,7 @@ class Union:
                     os.rmdir(tmp, dir_fd=self.upper.fd)
                 elif st is not None:
                     os.unlink(tmp, dir_fd=self.upper.fd)
+                work.drop_intent(tmp_name)
                 raise
         else:
             raise fail(errno.EEXIST, path)
@@ -360,12 +375,14 @@ class Union:
             tmp = work.temp_name()
             work.link_marker(True, work.fd, tmp)
             syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+            crashpoints.point("remove.exchanged")
             work.remove_tree(tmp)
             return
         if whiteout:
             self._whiteout(prel, name)  # .wh.NAME first: the own-layer entry still shows
         if is_dir:
             clear_dir(self.upper, rel)
+            crashpoints.point("remove.cleared")
             os.rmdir(rel, dir_fd=self.upper.fd)
         else:
             os.unlink(rel, dir_fd=self.upper.fd)
@@ -402,7 +419,9 @@ class Union:
         parent, prel, name = self._parent_in_upper(path)
         whiteout = self.resolver.lower_positive(parent, name)
         if self.resolver.is_upper(node.layer):
+            st = self.upper.lstat(node.rel)
             self._remove_upper(prel, name, True, whiteout)
+            self._forget(st)  # its inode number may come back for another entry
         else:
             self._whiteout(prel, name)
         self.resolver.invalidate(path)  # empty: its children were forgotten as they went
@@ -442,18 +461,27 @@ class Union:
             # parts through a redirect to where they are (overlayfs redirect_dir).
             lower_rel = next(rel for index, rel in source.layers if not self.resolver.is_upper(index))
             self.upper.setxattr(orel, self.redirect_xattr, os.fsencode("/" + lower_rel))
+            crashpoints.point("rename.redirect")
         oparent, oprel, _ = self._parent_in_upper(old)
         nparent, nprel, _ = self._parent_in_upper(new)
         nrel = rel_join(nprel, nname)
         if source.is_dir and not has_lower and self.resolver.lower_positive(nparent, nname):
             self._set_opaque(self.upper, orel)  # lower entries named like the target stay hidden
+            crashpoints.point("rename.opaque")
         existing = self.upper.lstat(nrel)
         if existing is not None and stat.S_ISDIR(existing.st_mode) and target is not None:
-            clear_dir(self.upper, nrel)  # only whiteouts: the merged directory is empty
+            # only whiteouts: the merged directory is empty
+            if self.form is WhiteoutForm.OVERLAY and len(target.layers) > 1:
+                copyup.empty_dir(nrel, "trusted.overlay.opaque")  # never shows what they hide
+                self.resolver.invalidate(new)
+            else:
+                clear_dir(self.upper, nrel)
+            crashpoints.point("rename.target_cleared")
         whiteout = self.resolver.lower_positive(oparent, oname)
         if existing is not None and source.is_dir and not stat.S_ISDIR(existing.st_mode):
             # a directory over a whiteout: exchange, then the whiteout is at the old name
             syscalls.renameat2(self.upper.fd, orel, self.upper.fd, nrel, syscalls.RENAME_EXCHANGE)
+            crashpoints.point("rename.exchanged")
             if not whiteout:
                 os.unlink(orel, dir_fd=self.upper.fd)
         elif whiteout and self.form is WhiteoutForm.OVERLAY:
@@ -462,6 +490,7 @@ class Union:
             if whiteout:
                 self._whiteout(oprel, oname)
             os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
+        crashpoints.point("rename.renamed")
         self._forget(existing)
         subtree = source.is_dir or (target is not None and target.is_dir)
         self.resolver.invalidate(old, subtree)

@@ -3,12 +3,14 @@ that only show through the kernel (permissions, inode numbers, long paths)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -359,3 +361,22 @@ def test_unlinked_open_file_stays_readable_and_leaves_no_trace(stack: Stack) -> 
                 f.close()
     assert sorted(os.listdir(stack.upper)) == ["base.txt"]  # only the whiteout
     assert stat.S_ISCHR(os.lstat(stack.upper / "base.txt").st_mode)
+
+
+def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
+    """Every open() in Python asks TCGETS (isatty); an EIO there reads as a failing disk."""
+
+    def ioctl_errno(mnt: Path) -> int:
+        fd = os.open(mnt / "base.txt", os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, termios.TCGETS, bytes(64))
+        except OSError as exc:
+            return exc.errno or 0
+        finally:
+            os.close(fd)
+        return 0
+
+    with kernel_mount(stack) as mnt:
+        expected = ioctl_errno(mnt)
+    with fuse_mount(stack) as mnt:
+        assert ioctl_errno(mnt) == expected == errno.ENOTTY
