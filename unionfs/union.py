@@ -45,6 +45,11 @@ ROOT = Caller(0, 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 
 
+def _needs_owner(caller: Caller | None, gid: int) -> bool:
+    """Whether a new entry must be given to the caller: its ids are not the driver's."""
+    return caller is not None and (caller.uid != os.geteuid() or gid != os.getegid())
+
+
 class Union:
     """A stack of layers: ``lowerdirs`` top first, an optional writable upper."""
 
@@ -263,50 +268,73 @@ class Union:
             if caller.umask and self.upper.getxattr(prel, "system.posix_acl_default") is None:
                 mode &= ~caller.umask  # with a default ACL the filesystem ignores the umask (acl(5))
         existing = self.upper.lstat(rel)
-        if existing is None:
-            fd = make(self.upper.fd, rel, mode)
-            crashpoints.point("create.made")
-            self._own(self.upper, rel, fd, caller, gid, mode)
-        elif self.upper.is_whiteout(rel, existing):
-            # Built beside the whiteout under a name the union never shows, so the
-            # parent's default ACL and set-group-ID bit apply as to any new entry,
-            # then swapped in: the name goes from whiteout to entry in one step.
-            # Kernel overlayfs would show the temporary name: the work dir keeps a
-            # record of it, by which the next mount removes it if we die here.
-            tmp_name = work.temp_name()
-            tmp = rel_join(prel, markers.WH_PREFIX + tmp_name)
-            work.record_intent(tmp_name, tmp)
-            crashpoints.point("create.intent")
-            fd = make(self.upper.fd, tmp, mode)
-            try:
-                crashpoints.point("create.tmp")
-                self._own(self.upper, tmp, fd, caller, gid, mode)
-                crashpoints.point("create.owned")
-                if is_dir:
-                    self._set_opaque(self.upper, tmp)
-                    crashpoints.point("create.opaque")
-                    syscalls.renameat2(self.upper.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
-                    crashpoints.point("create.exchanged")
-                    os.unlink(tmp, dir_fd=self.upper.fd)  # the whiteout
-                else:
-                    os.rename(tmp, rel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
-                crashpoints.point("create.renamed")
-                work.drop_intent(tmp_name)
-            except BaseException:
-                if fd is not None:
-                    os.close(fd)
-                st = self.upper.lstat(tmp)
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    clear_dir(self.upper, tmp)
-                    os.rmdir(tmp, dir_fd=self.upper.fd)
-                elif st is not None:
-                    os.unlink(tmp, dir_fd=self.upper.fd)
-                work.drop_intent(tmp_name)
-                raise
-        else:
+        over_whiteout = existing is not None and self.upper.is_whiteout(rel, existing)
+        if existing is not None and not over_whiteout:
             raise fail(errno.EEXIST, path)
+        if not over_whiteout and not _needs_owner(caller, gid):
+            fd = make(self.upper.fd, rel, mode)  # the driver's own ids are the caller's: nothing to set
+            crashpoints.point("create.made")
+        else:
+            fd = self._build_aside(work, prel, rel, make, caller, gid, mode, is_dir, over_whiteout)
         self._forget(self.upper.lstat(rel))
         self.resolver.invalidate(path)
+        return fd
+
+    def _build_aside(
+        self,
+        work: WorkDir,
+        prel: str,
+        rel: str,
+        make: Callable[[int, str, int], int | None],
+        caller: Caller | None,
+        gid: int,
+        mode: int,
+        is_dir: bool,
+        over_whiteout: bool,
+    ) -> int | None:
+        """Build an entry beside its name, then put it there in one step.
+
+        Under a temporary name the union never shows, so the parent's default
+        ACL and set-group-ID bit apply as to any new entry, and the entry
+        carries its owner before anyone can see it: a driver killed half-way
+        leaves no root-owned file where the caller's was to be. Kernel
+        overlayfs would show the temporary name: the work dir keeps a record
+        of it, by which the next mount removes it if we die here. Over a
+        whiteout the name goes from whiteout to entry in one rename (an
+        exchange for a directory, which must be opaque first).
+        """
+        tmp_name = work.temp_name()
+        tmp = rel_join(prel, markers.WH_PREFIX + tmp_name)
+        work.record_intent(tmp_name, tmp)
+        crashpoints.point("create.intent")
+        fd = make(self.upper.fd, tmp, mode)
+        try:
+            crashpoints.point("create.tmp")
+            self._own(self.upper, tmp, fd, caller, gid, mode)
+            crashpoints.point("create.owned")
+            if not over_whiteout:
+                syscalls.renameat2(self.upper.fd, tmp, self.upper.fd, rel, syscalls.RENAME_NOREPLACE)
+            elif is_dir:
+                self._set_opaque(self.upper, tmp)
+                crashpoints.point("create.opaque")
+                syscalls.renameat2(self.upper.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
+                crashpoints.point("create.exchanged")
+                os.unlink(tmp, dir_fd=self.upper.fd)  # the whiteout
+            else:
+                os.rename(tmp, rel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
+            crashpoints.point("create.renamed")
+            work.drop_intent(tmp_name)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            st = self.upper.lstat(tmp)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                clear_dir(self.upper, tmp)
+                os.rmdir(tmp, dir_fd=self.upper.fd)
+            elif st is not None:
+                os.unlink(tmp, dir_fd=self.upper.fd)
+            work.drop_intent(tmp_name)
+            raise
         return fd
 
     def _own(self, layer: Layer, rel: str, fd: int | None, caller: Caller | None, gid: int, mode: int) -> None:

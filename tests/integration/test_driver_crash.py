@@ -75,6 +75,8 @@ def build(base: Path) -> Stack:
     (bottom / "whdir").mkdir()
     (bottom / "whdir/inner").write_text("inner\n")
     os.mknod(stack.upper / "whdir", stat.S_IFCHR | 0o600, 0)
+    (bottom / "shared").mkdir()
+    os.chmod(bottom / "shared", 0o1777)
     return stack
 
 
@@ -119,6 +121,32 @@ def append_deep(mnt: Path) -> None:
         f.write("more\n")
 
 
+def as_user(action: Callable[[Path], None], uid: int = 1000) -> Callable[[Path], None]:
+    """action run by another user (a forked child): what a container's processes do."""
+
+    def run(mnt: Path) -> None:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 255
+            try:
+                os.chdir(mnt)  # the test's temp dirs above it are root's alone
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                action(Path("."))
+                code = 0
+            except OSError as exc:
+                code = exc.errno or 255
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            raise OSError(code, os.strerror(code), str(mnt))
+
+    return run
+
+
 def create_over_whiteout(mnt: Path) -> None:
     os.close(os.open(mnt / "was", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
@@ -128,6 +156,7 @@ class Op:
     name: str
     run: Callable[[Path], None]
     must_pass: dict[str, int] = field(default_factory=dict)  # point name -> times at least
+    options: tuple[str, ...] = ()  # mount options the operation needs
 
 
 OPS = [
@@ -143,6 +172,10 @@ OPS = [
     Op("create-file", lambda m: os.close(os.open(m / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)), {"create.made": 1}),
     Op("create-file-over-whiteout", create_over_whiteout, {"create.intent": 1, "create.renamed": 1}),
     Op("mkdir-over-whiteout", lambda m: os.mkdir(m / "whdir", 0o750), {"create.opaque": 1, "create.exchanged": 1}),
+    # a user's new entry is built aside and given its owner before it has its name
+    Op("create-file-as-user", as_user(lambda m: os.close(os.open(m / "shared/mine", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))),
+       {"create.owned": 1, "create.renamed": 1}, ("allow_other",)),
+    Op("mkdir-as-user", as_user(lambda m: os.mkdir(m / "shared/mydir", 0o750)), {"create.owned": 1}, ("allow_other",)),
 ]
 
 
@@ -150,7 +183,7 @@ def trace_points(op: Op, base: Path) -> tuple[list[str], View, View]:
     """Run op once on a clean mount: the points it passes, the view before and after."""
     trace = base / "points"
     stack = build(base / "stack")
-    with fuse_mount(stack, env={"CRASHPOINT_TRACE": str(trace)}) as mnt:
+    with fuse_mount(stack, *op.options, env={"CRASHPOINT_TRACE": str(trace)}) as mnt:
         before = view(mnt)
         op.run(mnt)
         after = view(mnt)
@@ -162,7 +195,7 @@ def crash_at(op: Op, number: int, name: str, base: Path, before: View, after: Vi
     """Kill the driver at point number during op and check what is left; returns the outcome."""
     where = f"{op.name}: kill point {number} ({name}); replay with CRASHPOINT_KILL={number}"
     stack = build(base)
-    with fuse_mount(stack, env={"CRASHPOINT_KILL": str(number)}) as mnt:
+    with fuse_mount(stack, *op.options, env={"CRASHPOINT_KILL": str(number)}) as mnt:
         try:
             op.run(mnt)
         except OSError as exc:
@@ -187,7 +220,7 @@ def crash_at(op: Op, number: int, name: str, base: Path, before: View, after: Vi
         pytest.fail(f"{where}: kernel overlayfs refuses the upper: {exc.stderr!r}")
     assert kernel == state, f"{where}: kernel overlayfs shows another view: {difference(kernel, state)}"
     if state == before:
-        with fuse_mount(stack) as mnt:
+        with fuse_mount(stack, *op.options) as mnt:
             op.run(mnt)
             again = view(mnt)
         assert again == after, f"{where}: repeating the operation gives {difference(again, after)}"

@@ -11,7 +11,7 @@ region, one name that all workers rename onto. At the end the whole tree is
 checked against the models through the mount, after a remount, and through
 kernel overlayfs over the same upper.
 
-``STRESS_SECONDS`` sets the running time (default 45); ``STRESS_SEED`` the
+``STRESS_SECONDS`` sets the running time (default 120); ``STRESS_SEED`` the
 seed (each worker's operations follow from it, though their interleaving does
 not).
 """
@@ -36,7 +36,7 @@ from mounts import Stack, driver_pid, fuse_mount, kernel_mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
 
-SECONDS = float(os.environ.get("STRESS_SECONDS", "45"))
+SECONDS = float(os.environ.get("STRESS_SECONDS", "120"))
 SEED = int(os.environ.get("STRESS_SEED", "1"))
 WORKERS = 8
 DIRS = ("d0", "d1", "d2")
