@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +96,17 @@ def finish(args: Sequence[str], process: subprocess.Popen[str], timeout: float =
             process.kill()
             process.wait()
     return Run(tuple(args), process.returncode, out, err)
+
+
+def run_together(root: Path, commands: list[tuple[str, ...]], rng: random.Random, **env: str) -> list[Run]:
+    """Start the commands in a shuffled order, a few milliseconds apart, and wait for all."""
+    order = list(commands)
+    rng.shuffle(order)
+    running = []
+    for args in order:
+        running.append((args, start(root, *args, **env)))
+        time.sleep(rng.choice((0, 0, 0.005, 0.02, 0.05)))  # varies the interleaving only
+    return [finish(args, process) for args, process in running]
 
 
 def layerstore(root: Path, *args: str, stdin: Any = subprocess.DEVNULL, **env: str) -> Run:

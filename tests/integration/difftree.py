@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+from users import errno_as
 
 # -- layer descriptions ----------------------------------------------------------
 
@@ -324,27 +325,13 @@ def apply(root: Path | str, operation: Op) -> int | None:
     """
     if not operation.uid:
         return _call(os.fspath(root), operation)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the test
-        code = 0
-        try:
-            os.close(read_end)
-            os.chdir(root)
-            os.setgroups(list(operation.groups))
-            os.setresgid(operation.uid, operation.uid, operation.uid)
-            os.setresuid(operation.uid, operation.uid, operation.uid)
-            os.write(write_end, repr(_call(".", operation)).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        answer = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert status == 0 and answer, f"{operation!r}: the child process failed"
-    return None if answer == "None" else int(answer)
+
+    def call() -> None:
+        code = _call(".", operation)
+        if code is not None:
+            raise OSError(code, os.strerror(code))
+
+    return errno_as(operation.uid, call, groups=operation.groups, cwd=root)
 
 
 def errname(code: int | None) -> str:

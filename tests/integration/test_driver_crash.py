@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from mounts import Stack, fuse_mount, kernel_mount
+from users import errno_as
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts, whiteouts and kernel overlayfs need root")
 
@@ -125,23 +126,8 @@ def as_user(action: Callable[[Path], None], uid: int = 1000) -> Callable[[Path],
     """action run by another user (a forked child): what a container's processes do."""
 
     def run(mnt: Path) -> None:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 255
-            try:
-                os.chdir(mnt)  # the test's temp dirs above it are root's alone
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-                action(Path("."))
-                code = 0
-            except OSError as exc:
-                code = exc.errno or 255
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code:
+        code = errno_as(uid, lambda: action(Path(".")), cwd=mnt)
+        if code is not None:
             raise OSError(code, os.strerror(code), str(mnt))
 
     return run

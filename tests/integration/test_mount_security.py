@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from mounts import Stack, force_unmount, fuse_mount, mounts_under
+from users import errno_as
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layerstore"))  # the image builder of the store's tests
 from imagebuild import build_layout, export
@@ -36,31 +37,7 @@ ID = shutil.which("id") or "/usr/bin/id"  # prints euid= when it differs from th
 
 def as_nobody(action: Callable[[], object]) -> int | None:
     """Run action in a child as uid/gid 65534 without groups: its errno, or None."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            try:
-                action()
-                answer = "None"
-            except OSError as exc:
-                answer = str(exc.errno)
-            os.write(write_end, answer.encode())
-        except BaseException:  # noqa: BLE001 - the child must never return into pytest
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        answer = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert status == 0 and answer, "the child process failed"
-    return None if answer == "None" else int(answer)
+    return errno_as(NOBODY, action)
 
 
 def read(path: Path) -> Callable[[], object]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from imagebuild import build_layout, export, run, write
-from storecheck import Run, check_store, finish, layer_trees, layerstore, start, tree
+from storecheck import check_store, layer_trees, layerstore, run_together, tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root (FUSE), umoci and skopeo")
 
@@ -65,17 +64,6 @@ def reference(images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     loaded = layerstore(root, "load", "-q", "-i", str(images["app"]))
     assert loaded.rc == 0, loaded
     return layer_trees(root)
-
-
-def run_together(root: Path, commands: list[tuple[str, ...]], rng: random.Random, **env: str) -> list[Run]:
-    """Start the commands in a shuffled order, a few milliseconds apart, and wait for all."""
-    order = list(commands)
-    rng.shuffle(order)
-    running = []
-    for args in order:
-        running.append((args, start(root, *args, **env)))
-        time.sleep(rng.choice((0, 0, 0.005, 0.02, 0.05)))  # varies the interleaving only
-    return [finish(args, process) for args, process in running]
 
 
 def unpacks(trace: Path) -> int:

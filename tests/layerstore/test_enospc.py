@@ -211,7 +211,7 @@ def test_removal_works_on_a_disk_with_no_room_at_all(tmp_path: Path, images: dic
         removed = layerstore(root, "rmi", "full/base:v1")
         assert removed.rc == 0, removed
         assert "Deleted: sha256:" in removed.out
-        assert not (root / "reserve").exists() or free_bytes(fs) > 0
+        assert not (root / "reserve").exists()  # given up, so that the removal could commit
         filler.unlink()
         listed = layerstore(root, "images", "-q")
         assert listed.rc == 0 and listed.out == ""

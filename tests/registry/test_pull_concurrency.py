@@ -12,19 +12,16 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from regkit import World
 from storecheck import (
-    Run,
     check_store,
-    finish,
     layer_trees,
     layerstore,
-    start,
+    run_together,
     unreferenced,
 )
 
@@ -61,17 +58,6 @@ def layer_blobs(world: World) -> set[str]:
                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10)
         out.update(layer["digest"] for layer in r.json()["layers"])
     return out
-
-
-def run_together(root: Path, commands: list[tuple[str, ...]], rng: random.Random, **env: str) -> list[Run]:
-    """Start the commands in a shuffled order, a few milliseconds apart, and wait for all."""
-    order = list(commands)
-    rng.shuffle(order)
-    running = []
-    for args in order:
-        running.append((args, start(root, *args, **env)))
-        time.sleep(rng.choice((0, 0, 0.005, 0.02, 0.05)))  # varies the interleaving only
-    return [finish(args, process) for args, process in running]
 
 
 def test_pulls_and_a_load_at_once_download_and_unpack_each_layer_once(
