@@ -196,7 +196,7 @@ class Puller:
         """Layers, config and manifest of one image into the store; its image ID."""
         subject = f"manifest {fetched.digest}"
         manifest = Manifest.parse(fetched.data, subject, fetched.media_type or None)
-        config_bytes = self.client.blob_bytes(ref.path, manifest.config.digest, manifest.config.size)
+        config_bytes = self._config(ref.path, manifest.config)
         config = ImageConfig.parse(config_bytes, f"config {manifest.config.digest}")
         if len(config.diff_ids) != len(manifest.layers):
             raise CorruptArchive(subject, f"{len(manifest.layers)} layers but {len(config.diff_ids)} diff_ids in the config")
@@ -211,6 +211,14 @@ class Puller:
         names = () if ref.digest else (str(ref),)
         self.store.register(image_id, len(config_bytes), config, fetched.digest, len(fetched.data), manifest.media_type, False, rows, names)
         return image_id
+
+    def _config(self, path: str, desc: Descriptor) -> bytes:
+        """The config blob: from the store when it has it (verified when it was stored), else fetched."""
+        if self.store.blobs.has(desc.digest):
+            data = self.store.blobs.read(desc.digest)
+            if len(data) == desc.size:
+                return data
+        return self.client.blob_bytes(path, desc.digest, desc.size)
 
     def _check_platform(self, ref: Reference, config: ImageConfig) -> None:
         """The config's platform must be the one asked for (Docker 20.10+ checks ``--platform`` so)."""

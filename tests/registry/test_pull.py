@@ -277,3 +277,15 @@ def test_the_pulled_image_mounts_as_umoci_unpacks_it(world: World, tmp_path: Pat
             assert regkit.tree(mnt) == expected
         finally:
             containers.remove(c.name, force=True)
+
+
+def test_pulling_an_image_the_store_has_fetches_no_blob(world: World, tmp_path: Path) -> None:
+    """As Docker's "Image is up to date": the manifest is asked for again, the config and layers are not."""
+    name = world.name(world.open, "app1:v1")
+    assert cli(tmp_path, "pull", "-q", name).rc == 0
+    mark = world.open.mark()
+    again = cli(tmp_path, "pull", name)
+    assert again.rc == 0 and again.lines[-2] == f"Status: Image is up to date for {name}"
+    asked = [r["uri"] for r in world.open.requests(mark)]
+    assert any("/manifests/v1" in uri for uri in asked), asked
+    assert not [uri for uri in asked if "/blobs/" in uri], asked
