@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from layerstore import inventory
+from layerstore.containers import Containers
 from layerstore.digest import DigestCounter, parse_digest
 from layerstore.errors import LayerStoreError
 from layerstore.layers import remove_tree
@@ -82,6 +83,7 @@ class _Checker:
         self._blobs()
         self._layers()
         self._images()
+        self._containers()
         self._leftovers()
         return self.report
 
@@ -189,6 +191,32 @@ class _Checker:
                         finding.problem += ": pull or load the image again"
                 if row["blob"] not in self.good_blobs:
                     self.add(subject, f"blob {row['blob']} of layer {row['position']} is missing: pull or load the image again")
+
+    # -- containers ------------------------------------------------------------------
+    def _containers(self) -> None:
+        """Rows against directories: a create or rm killed half-way leaves one without the other."""
+        containers = Containers(self.store)
+        known = set()
+        for c in containers.all():
+            known.add(c.id)
+            if c.read_only:
+                continue
+            upper, work = containers.paths(c.id)
+            missing = [p.name for p in (upper, work) if not p.is_dir()]
+            if missing:
+                finding = self.add(f"container {c.name}", f"its {' and '.join(missing)} director{'ies' if len(missing) > 1 else 'y'} missing")
+                if self.repair:
+                    upper.mkdir(parents=True, exist_ok=True)
+                    work.mkdir(exist_ok=True)
+                    finding.repaired = "made again, empty"
+        if not containers.dir.is_dir():
+            return
+        for entry in sorted(containers.dir.iterdir()):
+            if entry.name not in known:
+                finding = self.add(f"containers/{entry.name}", "no container has it")
+                if self.repair:
+                    remove_tree(entry)
+                    finding.repaired = "removed"
 
     # -- leftovers -------------------------------------------------------------------
     def _leftovers(self) -> None:

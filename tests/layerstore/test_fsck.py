@@ -211,3 +211,24 @@ def test_corrupt_database_is_reported_with_exit_4(store: Store) -> None:
         result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), *command], capture_output=True, text=True, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith(f"Error: {command[0]}: metadata database: "), result.stderr
+
+
+def test_container_rows_and_directories_agree(store: Store) -> None:
+    """A create killed after its row, or an rm killed after its row went, leaves one without the other."""
+    from layerstore.containers import Containers
+
+    containers = Containers(store)
+    image = store.resolve("example/demo")
+    with store.meta.transaction() as tx:  # the row of a create that died before its directories
+        tx.execute("INSERT INTO containers VALUES ('c0ffee', 'half-made', ?, NULL, 0, 0)", (image,))
+    orphan = containers.dir / ("ab" * 32)  # the directories of an rm that died after its row
+    (orphan / "upper" / "etc").mkdir(parents=True)
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT
+    assert "container half-made: its upper and work directories missing" in out
+    assert f"containers/{orphan.name}: no container has it" in out
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.REPAIRED, out
+    upper, work = containers.paths("c0ffee")
+    assert upper.is_dir() and work.is_dir() and not orphan.exists()
+    assert fsck_cli(store)[0] == fsck.CLEAN
