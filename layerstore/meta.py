@@ -12,8 +12,10 @@ import contextlib
 import errno
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from unionfs import crashpoints
 
@@ -101,16 +103,41 @@ def no_space(path: Path) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
+SQLITE_BUSY = 5
+BUSY_WAIT = 60.0  # seconds, as the busy timeout
+T = TypeVar("T")
+
+
+def _patient(step: Callable[[], T]) -> T:
+    """Run step, waiting out "database is locked" as the busy timeout would.
+
+    SQLite answers SQLITE_BUSY without calling its busy handler in a few
+    cases: a journal-mode switch, a WAL being recovered or checkpointed by a
+    connection that is closing in another process. Several commands started
+    at once on one store meet them; waiting a moment is all they need.
+    """
+    deadline = time.monotonic() + BUSY_WAIT
+    delay = 0.005
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
 class Metadata:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(path, timeout=BUSY_WAIT, isolation_level=None, check_same_thread=False)
         try:
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
+            _patient(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            _patient(lambda: self.db.executescript(SCHEMA))
         except sqlite3.Error as exc:
             self.db.close()
             if disk_full(exc, path):
@@ -130,12 +157,12 @@ class Metadata:
         change would do, with the store held still meanwhile.
         """
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            _patient(lambda: self.db.execute("BEGIN IMMEDIATE"))
             try:
                 yield self.db
                 if keep:
                     crashpoints.point("meta.commit")
-                    self.db.execute("COMMIT")
+                    _patient(lambda: self.db.execute("COMMIT"))
                     crashpoints.point("meta.committed")
                 else:
                     self.db.execute("ROLLBACK")
@@ -149,7 +176,7 @@ class Metadata:
             raise
 
     def query(self, sql: str, *args: object) -> list[sqlite3.Row]:
-        return self.db.execute(sql, args).fetchall()
+        return _patient(lambda: self.db.execute(sql, args).fetchall())
 
     def one(self, sql: str, *args: object) -> sqlite3.Row | None:
-        return self.db.execute(sql, args).fetchone()
+        return _patient(lambda: self.db.execute(sql, args).fetchone())
