@@ -134,11 +134,23 @@ class _Checker:
                 continue
             more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
             finding = self.add(f"layer {diff_id}", "; ".join(problems[:3]) + more)
-            if self.repair:
+            users = self._mounted_users(diff_id)
+            if self.repair and users:
+                # a running mount reads this very directory: swapping it would pull it from under it
+                finding.problem += f" (used by mounted container {users[0]}: unmount it and repair again)"
+            elif self.repair:
                 layers.remove(diff_id)
                 finding.repaired = "removed"
                 if self._unpack_again(diff_id):
                     finding.repaired = "unpacked again from its blob"
+
+    def _mounted_users(self, diff_id: str) -> list[str]:
+        rows = self.store.meta.query(
+            "SELECT DISTINCT c.id FROM containers c JOIN image_layers l ON l.image_id = c.image_id WHERE l.diff_id = ?", diff_id
+        )
+        containers = Containers(self.store)
+        mounted = [containers.get(str(r["id"])) for r in rows]
+        return [c.name for c in mounted if c.mounted]
 
     def _layer_problems(self, diff_id: str) -> list[str]:
         layers = self.store.layers

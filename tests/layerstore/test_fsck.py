@@ -232,3 +232,23 @@ def test_container_rows_and_directories_agree(store: Store) -> None:
     upper, work = containers.paths("c0ffee")
     assert upper.is_dir() and work.is_dir() and not orphan.exists()
     assert fsck_cli(store)[0] == fsck.CLEAN
+
+
+def test_a_layer_under_a_running_mount_is_reported_not_swapped(store: Store, tmp_path: Path) -> None:
+    """Repair would pull the directory from under the container: it says so and waits."""
+    from layerstore.containers import Containers
+
+    containers = Containers(store)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    victim = a_file(store)
+    containers.create_and_mount("example/demo", str(mnt), name="busy")
+    try:
+        append(victim)
+        code, out = fsck_cli(store, "--repair")
+        assert code == fsck.LEFT and "used by mounted container busy" in out, out
+        assert victim.exists()
+    finally:
+        containers.umount("busy")
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.REPAIRED and "unpacked again from its blob" in out, out
