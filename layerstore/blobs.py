@@ -109,14 +109,7 @@ class BlobStore:
                 writer.verify(f"{subject} {expected}" if expected else subject, expected or writer.digest, size)
                 os.fsync(raw.fileno())
             crashpoints.point("blob.synced")
-            digest = writer.digest
-            final = self.path(digest)
-            existed = final.exists()
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
-            crashpoints.point("blob.renamed")
-            fsync_dir(final.parent)
-            return Stored(digest, writer.size, existed)
+            return Stored(writer.digest, writer.size, self._publish(tmp, writer.digest))
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -134,15 +127,22 @@ class BlobStore:
             counter.update(chunk)
         counter.verify(f"{subject} {expected}", expected, size)
         os.fsync(fd)
-        os.fchmod(fd, 0o444)
         crashpoints.point("blob.synced")
-        final = self.path(expected)
-        existed = final.exists()
-        os.rename(path, final)
-        crashpoints.point("blob.renamed")
-        fsync_dir(final.parent)
+        existed = self._publish(path, expected)
         fsync_dir(path.parent)
         return Stored(expected, counter.size, existed)
+
+    def _publish(self, path: Path, digest: str) -> bool:
+        """Put a verified, synced file in place as the blob: read-only, one rename.
+
+        Whether the blob was there already (then this was deduplication)."""
+        final = self.path(digest)
+        existed = final.exists()
+        os.chmod(path, 0o444)
+        os.replace(path, final)
+        crashpoints.point("blob.renamed")
+        fsync_dir(final.parent)
+        return existed
 
     def stale_ingests(self) -> list[Path]:
         return list(self.ingest_dir.iterdir())
