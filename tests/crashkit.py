@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from trees import tree
+from storecheck import layer_trees
 
 from layerstore import fsck
 from layerstore.cli import main
@@ -88,8 +88,8 @@ class State:
                 str(r["id"]): Image(tuple(store.tags_of(str(r["id"]))), tuple(store.image_layers(str(r["id"]))))
                 for r in store.meta.query("SELECT id FROM images")
             }
-            trees = {d: tree(store.layers.path(d)) for d in store.layers.diff_ids()}
-            return cls(images, trees, frozenset(store.blobs.digests()))
+            blobs = frozenset(store.blobs.digests())
+        return cls(images, layer_trees(root), blobs)
 
 
 def check_after_kill(root: Path, before: State, after: State, removed: set[str], label: str, new_ids: bool = False) -> State:

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from crashkit import State, check_after_kill, copy_store, points, run
+from crashkit import State, check_after_kill, copy_store, kill_points, points, run
 from regkit import World
 
 from layerstore.store import Store
@@ -24,12 +24,7 @@ def specs(passed: list[str], per_point: int = 12) -> list[str]:
     """Every point of the run by name and count; at most per_point of each (evenly spread)."""
     out: list[str] = []
     for name, count in Counter(passed).items():
-        if count <= per_point:
-            ks = list(range(1, count + 1))
-        else:
-            step = (count - 1) / (per_point - 1)
-            ks = sorted({1 + round(i * step) for i in range(per_point)})
-        out.extend(f"{name}:{k}" for k in ks)
+        out.extend(f"{name}:{k}" for k in kill_points(count, per_point))
     return out
 
 
