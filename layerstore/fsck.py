@@ -145,12 +145,7 @@ class _Checker:
                     finding.repaired = "unpacked again from its blob"
 
     def _mounted_users(self, diff_id: str) -> list[str]:
-        rows = self.store.meta.query(
-            "SELECT DISTINCT c.id FROM containers c JOIN image_layers l ON l.image_id = c.image_id WHERE l.diff_id = ?", diff_id
-        )
-        containers = Containers(self.store)
-        mounted = [containers.get(str(r["id"])) for r in rows]
-        return [c.name for c in mounted if c.mounted]
+        return [c.name for c in Containers(self.store).all() if c.mounted and diff_id in self.store.image_layers(c.image_id)]
 
     def _layer_problems(self, diff_id: str) -> list[str]:
         layers = self.store.layers

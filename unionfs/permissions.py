@@ -32,7 +32,7 @@ What remains, and why it cannot be closed over libfuse 2:
 - An ACL *more* permissive than the mode bits for some user (``user:bob:rw-``
   on a file whose "other" bits are ``---``) is not honoured: the kernel
   refuses from the mode bits before the driver is asked.
-- Callers with fsuid 0 are not checked here at all (ROOT_TRUSTED): with
+- Callers with fsuid 0 are not checked here at all: with
   CAP_DAC_OVERRIDE the kernel would let them through whatever the ACL says,
   and skipping the check spares every root request a stat per directory of
   its path. A root process that dropped CAP_DAC_OVERRIDE is held to the mode
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 ACCESS_ACL = "system.posix_acl_access"
 MAY_EXEC, MAY_WRITE, MAY_READ = 1, 2, 4
-ROOT_TRUSTED = True  # documented above: fsuid 0 is taken to hold CAP_DAC_OVERRIDE
 FMODE_EXEC = 0x20  # in the open flags of execve(2) and uselib(2), as the kernel passes them on
 
 _ACL_VERSION = 2
@@ -220,8 +219,8 @@ class AccessControl:
 
     def allowed(self, who: Requester, path: str, want: int) -> bool:
         """Whether the entry's access ACL grants want (entries without one: True)."""
-        if ROOT_TRUSTED and who.uid == 0:
-            return True  # root: CAP_DAC_OVERRIDE decides (see ROOT_TRUSTED)
+        if who.uid == 0:
+            return True  # root: taken to hold CAP_DAC_OVERRIDE (see the module's docstring)
         found = self._lookup(path)
         if found is None:
             return True  # the operation itself answers ENOENT
