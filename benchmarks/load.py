@@ -489,6 +489,14 @@ class Image:
         return sum(layer.tar_bytes for layer in self.layers)
 
 
+def base_rootfs(args: argparse.Namespace, cache: Path | None, workdir: Path) -> tuple[Path, str, Recipe]:
+    """The tree images are built from, how it was made, and the recipe for the layers on it."""
+    if args.quick:
+        return synthetic_rootfs(workdir / "rootfs"), "synthetic tree (--quick)", QUICK
+    base, made = debootstrap_rootfs(cache, workdir, args.suite, args.mirror)
+    return base, made, FULL
+
+
 def build_image(name: str, base: Path, work: Path, prefixes: list[str], recipe: Recipe) -> Image:
     """Build with umoci (one repack per layer), export with skopeo, and lay the layers out as files."""
     layout, bundle, stash = work / f"layout-{name}", work / f"bundle-{name}", work / f"stash-{name}"
@@ -795,13 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     t0 = time.monotonic()
     try:
-        if args.quick:
-            base = synthetic_rootfs(workdir / "rootfs")
-            made = "synthetic tree (--quick)"
-            recipe = QUICK
-        else:
-            base, made = debootstrap_rootfs(cache, workdir, args.suite, args.mirror)
-            recipe = FULL
+        base, made, recipe = base_rootfs(args, cache, workdir)
         build = workdir / "build"
         build.mkdir()
         images.append(build_image("1x", base, build, [""], recipe))

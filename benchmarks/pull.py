@@ -46,16 +46,14 @@ from drivers import REPO_ROOT, fs_type, mounts_under  # noqa: E402
 from fixtures import log  # noqa: E402
 from load import (  # noqa: E402
     _RUNNING,
-    FULL,
     GNU_TIME,
-    QUICK,
     TAG,
     Failed,
     Image,
+    base_rootfs,
     build_image,
     contender_cmds,
     count_entries,
-    debootstrap_rootfs,
     drop_caches,
     exit_on_signals,
     fmt_num,
@@ -63,7 +61,6 @@ from load import (  # noqa: E402
     pick,
     rmtree,
     run,
-    synthetic_rootfs,
     version,
 )
 from run import choose_workdir, source_version, write_table  # noqa: E402
@@ -344,13 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     t0 = time.monotonic()
     try:
-        if args.quick:
-            base = synthetic_rootfs(workdir / "rootfs")
-            made = "synthetic tree (--quick)"
-            recipe = QUICK
-        else:
-            base, made = debootstrap_rootfs(cache, workdir, args.suite, args.mirror)
-            recipe = FULL
+        base, made, recipe = base_rootfs(args, cache, workdir)
         build = workdir / "build"
         build.mkdir()
         img = build_image("1x", base, build, [""], recipe)
