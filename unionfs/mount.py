@@ -157,7 +157,6 @@ def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run the filesystem in this process until it is unmounted or signalled."""
-    from unionfs.fuseops import UnionFUSE, UnionOperations  # only here: the core works without fusepy
     from unionfs.union import Union
 
     os.umask(0)  # the kernel applied the caller's umask already
@@ -168,4 +167,24 @@ def serve(
         whiteout=opts.whiteout,
         durable=not opts.volatile,
     )
-    UnionFUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
+    if opts.engine == "fusepy":
+        from unionfs.fuseops import UnionFUSE, UnionOperations  # only here: the core works without fusepy
+
+        UnionFUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
+        return
+    from unionfs.handlers import Requests, Timeouts
+    from unionfs.session import MountRequest, Session
+
+    try:
+        requests = Requests(union, Timeouts(opts.timeout, opts.attr_timeout, opts.timeout), on_init=on_ready)
+        target = MountRequest(
+            os.path.abspath(mountpoint), fsname, "unionfs", opts.mount_flags,
+            allow_other=opts.allow_other or opts.allow_root, read_only=opts.read_only,
+        )
+        session = Session(requests, target, debug=debug)
+        if opts.allow_root and not opts.allow_other:
+            session.owners = {0, os.getuid()}
+        session.mount()
+        session.run()
+    finally:
+        union.close()

@@ -41,6 +41,8 @@ class MountOptions:
     timeout: float = 60.0
     attr_timeout: float = 1.0
     mount_flags: tuple[str, ...] = field(default=())
+    # native: this driver's own FUSE protocol code; fusepy: libfuse 2's path API through fusepy.
+    engine: str = "native"
 
     @property
     def read_only(self) -> bool:
@@ -76,6 +78,10 @@ def parse(option_strings: list[str]) -> MountOptions:
                 if value not in ("overlay", "oci", "auto"):
                     raise OptionError(f"whiteout={value}: expected overlay, oci or auto")
                 values["whiteout"] = None if value == "auto" else WhiteoutForm(value)
+            elif key == "engine":
+                if value not in ("native", "fusepy"):
+                    raise OptionError(f"engine={value}: expected native or fusepy")
+                values["engine"] = value
             elif key == "volatile" and not eq:
                 values["volatile"] = True
             elif key in ("allow_other", "allow_root") and not eq:

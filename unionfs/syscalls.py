@@ -59,6 +59,16 @@ def utimensat(dir_fd: int, path: str, times_ns: tuple[int, int], follow_symlinks
         _raise(path)
 
 
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode flags (KEEP_SIZE, PUNCH_HOLE, ...), which os lacks."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        _raise(f"fd {fd}")
+
+
 def reflink(src_fd: int, dst_fd: int) -> bool:
     """Share the extents of src with dst (btrfs, xfs); False where the filesystem can't."""
     try:

@@ -240,6 +240,12 @@ class Union:
             _kill_set_id(fd)
         return fd, index
 
+    def open_path(self, path: str) -> tuple[int, int]:
+        """An O_PATH fd on the entry path names now, and its layer: it keeps a file
+        reachable after its name is gone."""
+        node = self.node(path)
+        return os.open(node.rel or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.layers[node.layer].fd), node.layer
+
     def statfs(self) -> dict[str, int]:
         st = os.statvfs(self.layers[0].fd)
         keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail", "f_flag")
@@ -455,11 +461,14 @@ class Union:
         self.resolver.invalidate(path)  # empty: its children were forgotten as they went
 
     # -- renaming ----------------------------------------------------------------
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
+        """rename(2); noreplace: renameat2's RENAME_NOREPLACE (EEXIST if new exists)."""
         copyup, _ = self._writable(new)
+        source = self.node(old)
+        if noreplace and self.resolver.resolve(new) is not None:
+            raise fail(errno.EEXIST, new)
         if old == new:
             return
-        source = self.node(old)
         if new.startswith(old.rstrip("/") + "/"):
             raise fail(errno.EINVAL, new)
         oname = split(old)[1]
@@ -480,16 +489,43 @@ class Union:
         with self._rename_lock:
             self._rename(source, target, oname, npath, nname, copyup)
 
+    def _has_lower(self, node: Node) -> bool:
+        return any(not self.resolver.is_upper(index) for index, _ in node.layers)
+
+    def _redirect(self, node: Node, rel: str) -> None:
+        """Instead of EXDEV: a moved merged directory keeps finding its lower
+        parts through a redirect to where they are (overlayfs redirect_dir)."""
+        if node.is_dir and self._has_lower(node) and self.upper.getxattr(rel, self.redirect_xattr) is None:
+            lower_rel = next(rel for index, rel in node.layers if not self.resolver.is_upper(index))
+            self.upper.setxattr(rel, self.redirect_xattr, os.fsencode("/" + lower_rel))
+            crashpoints.point("rename.redirect")
+
+    def exchange(self, old: str, new: str) -> None:
+        """renameat2's RENAME_EXCHANGE: swap two entries in one step."""
+        copyup, _ = self._writable(new)
+        first, second = self.node(old), self.node(new)
+        if old == new:
+            return
+        if new.startswith(old.rstrip("/") + "/") or old.startswith(new.rstrip("/") + "/"):
+            raise fail(errno.EINVAL, new)
+        with self._rename_lock:
+            first_rel, second_rel = copyup.ensure(first), copyup.ensure(second)
+            for node, rel, dest in ((first, first_rel, new), (second, second_rel, old)):
+                self._redirect(node, rel)
+                parent, _, name = self._parent_in_upper(dest)
+                if node.is_dir and not self._has_lower(node) and self.resolver.lower_positive(parent, name):
+                    self._set_opaque(self.upper, rel)  # lower entries named like its new place stay hidden
+            crashpoints.point("exchange.prepared")
+            syscalls.renameat2(self.upper.fd, first_rel, self.upper.fd, second_rel, syscalls.RENAME_EXCHANGE)
+            subtree = first.is_dir or second.is_dir
+            self.resolver.invalidate(old, subtree)
+            self.resolver.invalidate(new, subtree)
+
     def _rename(self, source: Node, target: Node | None, oname: str, npath: str, nname: str, copyup: CopyUp) -> None:
         old, new = source.path, child_path(npath, nname)
-        has_lower = any(not self.resolver.is_upper(index) for index, _ in source.layers)
+        has_lower = self._has_lower(source)
         orel = copyup.ensure(source)
-        if source.is_dir and has_lower and self.upper.getxattr(orel, self.redirect_xattr) is None:
-            # Instead of EXDEV: the moved directory keeps finding its lower
-            # parts through a redirect to where they are (overlayfs redirect_dir).
-            lower_rel = next(rel for index, rel in source.layers if not self.resolver.is_upper(index))
-            self.upper.setxattr(orel, self.redirect_xattr, os.fsencode("/" + lower_rel))
-            crashpoints.point("rename.redirect")
+        self._redirect(source, orel)
         oparent, oprel, _ = self._parent_in_upper(old)
         nparent, nprel, _ = self._parent_in_upper(new)
         nrel = rel_join(nprel, nname)

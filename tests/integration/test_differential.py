@@ -94,11 +94,8 @@ paths = st.one_of(_name, _name, st.tuples(_name, _name).map("/".join), st.tuples
 datas = st.sampled_from((b"", b"x", b"hello\n", b"0123456789" * 10))
 xattr_sets = st.lists(st.sampled_from(XATTRS), max_size=3, unique_by=lambda kv: kv[0]).map(lambda xs: tuple(sorted(xs)))
 # POSIX ACLs: an access ACL on files and dirs, a default ACL (inherited by new entries) on dirs.
-# Left out: ACL grants user 1000 rwx where the mode's "other" bits give nothing, and an ACL
-# more permissive than the mode bits cannot be honoured over libfuse 2 (the kernel refuses
-# first; test_access_acl_granting_more_than_mode_bits is xfail). ACLs that restrict are
-# enforced and have their own tests (test_acl_*).
-GENERATE_ACLS = False
+# The driver negotiates FUSE_POSIX_ACL, so the kernel checks them as it does on overlayfs.
+GENERATE_ACLS = True
 _acl = st.booleans() if GENERATE_ACLS else st.just(False)
 file_xattr_sets = st.tuples(xattr_sets, _acl).map(lambda t: tuple(sorted(t[0] + (ACL_XATTRS[:1] if t[1] else ()))))
 dir_xattr_sets = st.tuples(xattr_sets, _acl).map(lambda t: tuple(sorted(t[0] + (ACL_XATTRS if t[1] else ()))))
@@ -417,9 +414,6 @@ def test_access_acl_is_enforced(tmp_path: Path) -> None:
         assert p.check().entries["deny"].content == b"secret"
 
 
-@pytest.mark.xfail(strict=True, reason="libfuse 2 cannot negotiate FUSE_POSIX_ACL, so the kernel checks the mode bits "
-                   "before the driver is asked: an ACL entry granting more than they do is never reached "
-                   "(see unionfs.permissions)")
 def test_access_acl_granting_more_than_mode_bits(tmp_path: Path) -> None:
     """user:1000:rw- on a file whose "other" bits are r--: overlayfs lets 1000 write."""
     allow = posix_acl((0x01, 6, _ANY), (0x02, 6, 1000), (0x04, 4, _ANY), (0x10, 6, _ANY), (0x20, 4, _ANY))  # user:1000:rw-
@@ -752,20 +746,26 @@ def test_whiteout_prefix_names_are_refused(tmp_path: Path, create: Op) -> None:
         assert sorted(os.listdir(p.driver.mnt)) == ["f"]
 
 
-def test_rename_flags_are_not_passed_to_the_driver(tmp_path: Path) -> None:
-    """Known limitation: fusepy (libfuse 2 high-level API) has no renameat2 flags, so the kernel answers EINVAL.
+def test_rename_flags_as_on_overlayfs(tmp_path: Path) -> None:
+    """renameat2's RENAME_NOREPLACE and RENAME_EXCHANGE: the same answers and the same result as overlayfs."""
+    lower = Dir({"f": File(b"f"), "g": File(b"g"), "h": File(b"h"), "d": Dir({"x": File(b"x")}),
+                 "e": Dir({"y": File(b"y")}), "k": File(b"k")})
+    with pair(tmp_path, [Dir({"e": Dir({"z": File(b"z")})}), lower]) as p:
+        steps = [
+            ("f", "n", NOREPLACE), ("h", "g", NOREPLACE), ("g", "h", EXCHANGE), ("g", "missing", EXCHANGE),
+            ("d", "k", EXCHANGE), ("d", "e", EXCHANGE), ("e/x", "d/z", EXCHANGE), ("d", "d/z", EXCHANGE),
+            ("n", "f", NOREPLACE), ("g", "g", EXCHANGE),
+        ]
+        for src, dst, flags in steps:
+            k = renameat2(p.kernel.mnt / src, p.kernel.mnt / dst, flags)
+            d = renameat2(p.driver.mnt / src, p.driver.mnt / dst, flags)
+            p.log.append(f"renameat2({src!r}, {dst!r}, {flags}) -> kernel {errname(k)}, driver {errname(d)}")
+            assert k == d, "\n".join(p.log)
+        assert [errname(renameat2(p.driver.mnt / "h", p.driver.mnt / "g", NOREPLACE))] == ["EEXIST"]
+        p.check()
 
-    RENAME_NOREPLACE and RENAME_EXCHANGE work on overlayfs; callers such as
-    mv fall back to rename(2) on EINVAL. RENAME_NOREPLACE onto an existing
-    name is still EEXIST: the VFS answers that before asking the filesystem.
-    """
-    noreplace, exchange = 1, 2
-    with pair(tmp_path, [Dir(), Dir({"f": File(b"f"), "g": File(b"g"), "h": File(b"h")})]) as p:
-        for flags, src, dst in ((noreplace, "f", "n"), (exchange, "g", "h")):
-            assert renameat2(p.kernel.mnt / src, p.kernel.mnt / dst, flags) is None
-            assert renameat2(p.driver.mnt / src, p.driver.mnt / dst, flags) == errno.EINVAL
-        for mnt in (p.kernel.mnt, p.driver.mnt):
-            assert renameat2(mnt / "h", mnt / "g", noreplace) == errno.EEXIST
+
+NOREPLACE, EXCHANGE = 1, 2
 
 
 def renameat2(src: Path, dst: Path, flags: int) -> int | None:

@@ -325,8 +325,8 @@ class Worker(threading.Thread):
         try:
             data = self.p(TARGET).read_bytes()
         except FileNotFoundError:
-            # libfuse 2's path layer cannot open a node that a rename just
-            # replaced (see test_open_racing_rename_over_finds_a_file): counted, not failed
+            # never seen on kernel overlayfs or this driver (test_open_racing_rename_over_finds_a_file
+            # fails on it); counted here, so that the workers' check stays on torn records
             self.counts["target_read_enoent"] += 1
             return False
         if not valid_target(data):
@@ -514,10 +514,7 @@ def count_failed_opens(mnt: Path, seconds: float) -> tuple[int, int]:
 
 @pytest.mark.parametrize("mount", [
     pytest.param(kernel_mount, id="kernel-overlayfs"),
-    pytest.param(fuse_mount, id="unionfs", marks=pytest.mark.xfail(strict=True, reason=(
-        "libfuse 2's path-based API answers ENOENT to an OPEN of a node that a rename "
-        "has just replaced (get_path finds no name) before the driver is asked; "
-        "the low-level API, which opens by inode, would serve it"))),
+    pytest.param(fuse_mount, id="unionfs"),
 ])
 def test_open_racing_rename_over_finds_a_file(tmp_path: Path, mount: Callable[[Stack], AbstractContextManager[Path]]) -> None:
     """rename(2) replaces its target atomically: an open of that name finds the

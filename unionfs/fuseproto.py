@@ -1,0 +1,150 @@
+"""The FUSE wire protocol (``linux/fuse.h``, version 7.38): opcodes, flags, records.
+
+The driver reads requests from ``/dev/fuse`` and writes replies to it, with
+no library in between; this module is the one place that knows the byte
+layout of what crosses that boundary.
+"""
+from __future__ import annotations
+
+import struct
+
+KERNEL_MAJOR = 7
+KERNEL_MINOR = 38
+
+# -- opcodes ---------------------------------------------------------------
+LOOKUP = 1
+FORGET = 2
+GETATTR = 3
+SETATTR = 4
+READLINK = 5
+SYMLINK = 6
+MKNOD = 8
+MKDIR = 9
+UNLINK = 10
+RMDIR = 11
+RENAME = 12
+LINK = 13
+OPEN = 14
+READ = 15
+WRITE = 16
+STATFS = 17
+RELEASE = 18
+FSYNC = 20
+SETXATTR = 21
+GETXATTR = 22
+LISTXATTR = 23
+REMOVEXATTR = 24
+FLUSH = 25
+INIT = 26
+OPENDIR = 27
+READDIR = 28
+RELEASEDIR = 29
+FSYNCDIR = 30
+ACCESS = 34
+CREATE = 35
+INTERRUPT = 36
+DESTROY = 38
+IOCTL = 39
+BATCH_FORGET = 42
+FALLOCATE = 43
+READDIRPLUS = 44
+RENAME2 = 45
+LSEEK = 46
+COPY_FILE_RANGE = 47
+SYNCFS = 50
+
+# -- INIT flags ------------------------------------------------------------
+ASYNC_READ = 1 << 0
+ATOMIC_O_TRUNC = 1 << 3
+BIG_WRITES = 1 << 5
+DONT_MASK = 1 << 6
+DO_READDIRPLUS = 1 << 13
+READDIRPLUS_AUTO = 1 << 14
+ASYNC_DIO = 1 << 15
+PARALLEL_DIROPS = 1 << 18
+POSIX_ACL = 1 << 20
+MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
+INIT_EXT = 1 << 30
+
+# -- other flags -----------------------------------------------------------
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_CACHE_DIR = 1 << 3
+GETATTR_FH = 1 << 0
+FSYNC_FDATASYNC = 1 << 0
+
+FATTR_MODE = 1 << 0
+FATTR_UID = 1 << 1
+FATTR_GID = 1 << 2
+FATTR_SIZE = 1 << 3
+FATTR_ATIME = 1 << 4
+FATTR_MTIME = 1 << 5
+FATTR_FH = 1 << 6
+FATTR_ATIME_NOW = 1 << 7
+FATTR_MTIME_NOW = 1 << 8
+
+UNKNOWN_INO = 0xFFFFFFFF  # what libfuse reports for an entry it has no attributes for
+
+# -- records ---------------------------------------------------------------
+IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
+OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
+INIT_IN = struct.Struct("<IIII")  # major, minor, max_readahead, flags (flags2 follows with INIT_EXT)
+INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")
+ATTR = struct.Struct("<QQQqqqIIIIIIIIII")  # ino size blocks atime mtime ctime [a/m/c]nsec mode nlink uid gid rdev blksize flags
+ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_nsec attr_nsec; ATTR follows
+ATTR_OUT = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy; ATTR follows
+GETATTR_IN = struct.Struct("<IIQ")
+SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")
+MKNOD_IN = struct.Struct("<IIII")
+MKDIR_IN = struct.Struct("<II")
+RENAME_IN = struct.Struct("<Q")
+RENAME2_IN = struct.Struct("<QII")
+LINK_IN = struct.Struct("<Q")
+OPEN_IN = struct.Struct("<II")
+CREATE_IN = struct.Struct("<IIII")
+OPEN_OUT = struct.Struct("<QII")
+RELEASE_IN = struct.Struct("<QIIQ")
+READ_IN = struct.Struct("<QQII")
+WRITE_IN = struct.Struct("<QQIIQII")
+WRITE_OUT = struct.Struct("<II")
+FSYNC_IN = struct.Struct("<QII")
+SETXATTR_IN = struct.Struct("<II")
+GETXATTR_IN = struct.Struct("<II")
+GETXATTR_OUT = struct.Struct("<II")
+FORGET_IN = struct.Struct("<Q")
+BATCH_FORGET_IN = struct.Struct("<II")
+FORGET_ONE = struct.Struct("<QQ")
+KSTATFS = struct.Struct("<QQQQQIII28x")  # blocks bfree bavail files ffree bsize namelen frsize; padding, spare[6]
+FALLOCATE_IN = struct.Struct("<QQQII")
+LSEEK_IN = struct.Struct("<QQII")
+LSEEK_OUT = struct.Struct("<Q")
+COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
+DIRENT = struct.Struct("<QQII")  # ino, off (of the next entry), namelen, type; the name follows, padded to 8
+
+_NS = 1_000_000_000
+
+
+def attr(st: dict[str, int]) -> bytes:
+    """A fuse_attr from the Union's attribute dict (times in nanoseconds)."""
+    asec, ans = divmod(st["st_atime"], _NS)
+    msec, mns = divmod(st["st_mtime"], _NS)
+    csec, cns = divmod(st["st_ctime"], _NS)
+    return ATTR.pack(
+        st["st_ino"], st["st_size"], st["st_blocks"], asec, msec, csec, ans, mns, cns,
+        st["st_mode"], st["st_nlink"], st["st_uid"], st["st_gid"], st["st_rdev"] & 0xFFFFFFFF, st["st_blksize"], 0,
+    )
+
+
+def split_timeout(seconds: float) -> tuple[int, int]:
+    whole = int(seconds)
+    return whole, int((seconds - whole) * _NS)
+
+
+def dirent_size(name: bytes, plus: bool) -> int:
+    size = (ENTRY_OUT.size + ATTR.size if plus else 0) + DIRENT.size + len(name)
+    return (size + 7) & ~7
+
+
+def dirent(ino: int, offset: int, mode: int, name: bytes) -> bytes:
+    record = DIRENT.pack(ino, offset, len(name), (mode & 0o170000) >> 12) + name
+    return record + b"\0" * (-len(record) % 8)

@@ -1,0 +1,483 @@
+"""Each FUSE request, answered by the Union.
+
+A handler gets the unpacked request header and the bytes after it, and
+returns the reply's payload: ``None`` for an empty reply, bytes or a list of
+buffers, or ``NO_REPLY`` for the requests the kernel expects no answer to
+(FORGET). An ``OSError`` becomes the error reply. The permission checks are
+the kernel's: the mount has ``default_permissions`` and negotiates
+FUSE_POSIX_ACL, so mode bits and access ACLs are enforced before a request
+gets here.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Union as TypeUnion
+
+from unionfs import fuseproto as fp
+from unionfs import syscalls
+from unionfs.nodes import NodeTable
+from unionfs.union import Caller, Union
+
+Payload = TypeUnion[bytes, bytearray, memoryview, list, None]
+Handler = Callable[[tuple, memoryview], Any]
+NO_REPLY = object()
+_NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
+
+
+def _name(data: memoryview) -> str:
+    """The first NUL-terminated name of a request body."""
+    raw = bytes(data)
+    return os.fsdecode(raw[: raw.index(b"\0")] if b"\0" in raw else raw)
+
+
+def _two_names(data: memoryview) -> tuple[str, str]:
+    first, second = bytes(data).split(b"\0")[:2]
+    return os.fsdecode(first), os.fsdecode(second)
+
+
+@dataclass
+class _Dir:
+    nodeid: int
+    entries: list[tuple[str, dict[str, int] | None]] | None = None
+
+
+@dataclass
+class Timeouts:
+    entry: float = 60.0
+    attr: float = 1.0
+    negative: float = 60.0
+    _packed: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._packed = {key: fp.split_timeout(getattr(self, key)) for key in ("entry", "attr", "negative")}
+
+    def packed(self, key: str) -> tuple[int, int]:
+        return self._packed[key]
+
+
+class Requests:
+    """The Union behind the kernel's requests: node ids, open files, listings."""
+
+    def __init__(self, union: Union, timeouts: Timeouts, on_init: Callable[[], None] | None = None) -> None:
+        self.union = union
+        self.nodes = NodeTable()
+        self.on_init = on_init
+        entry_s, entry_ns = timeouts.packed("entry")
+        attr_s, attr_ns = timeouts.packed("attr")
+        neg_s, neg_ns = timeouts.packed("negative")
+        self._entry_times = (entry_s, attr_s, entry_ns, attr_ns)
+        self._negative = fp.ENTRY_OUT.pack(0, 0, neg_s, 0, neg_ns, 0) + bytes(fp.ATTR.size)
+        self._attr_valid = fp.ATTR_OUT.pack(attr_s, attr_ns, 0)
+        self._files: dict[int, tuple[int, int]] = {}  # fd -> (index of the layer it is open on, node id)
+        self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
+        self._dirs: dict[int, _Dir] = {}
+        self._dir_ids = iter(range(1, 1 << 62))
+        self._lock = threading.Lock()
+        self.max_write = 1 << 20
+
+    def table(self) -> dict[int, Handler]:
+        return {
+            fp.LOOKUP: self.lookup, fp.FORGET: self.forget, fp.BATCH_FORGET: self.batch_forget,
+            fp.GETATTR: self.getattr, fp.SETATTR: self.setattr, fp.READLINK: self.readlink,
+            fp.SYMLINK: self.symlink, fp.MKNOD: self.mknod, fp.MKDIR: self.mkdir, fp.UNLINK: self.unlink,
+            fp.RMDIR: self.rmdir, fp.RENAME: self.rename, fp.RENAME2: self.rename2, fp.LINK: self.link,
+            fp.OPEN: self.open, fp.READ: self.read, fp.WRITE: self.write, fp.STATFS: self.statfs,
+            fp.RELEASE: self.release, fp.FSYNC: self.fsync, fp.SETXATTR: self.setxattr,
+            fp.GETXATTR: self.getxattr, fp.LISTXATTR: self.listxattr, fp.REMOVEXATTR: self.removexattr,
+            fp.INIT: self.init, fp.OPENDIR: self.opendir, fp.READDIR: self.readdir,
+            fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.CREATE: self.create,
+            fp.INTERRUPT: self.no_reply, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
+            fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek, fp.COPY_FILE_RANGE: self.copy_file_range,
+            fp.SYNCFS: self.syncfs,
+            # FLUSH, FSYNCDIR, ACCESS answered ENOSYS: the kernel then stops sending them
+        }
+
+    # -- session ---------------------------------------------------------------
+    def init(self, h: tuple, data: memoryview) -> bytes:
+        major, minor, max_readahead, flags = fp.INIT_IN.unpack_from(data)
+        if major != fp.KERNEL_MAJOR:
+            raise OSError(errno.EPROTO, f"FUSE protocol {major}.{minor} is not {fp.KERNEL_MAJOR}.x")
+        want = (
+            fp.ASYNC_READ | fp.ATOMIC_O_TRUNC | fp.BIG_WRITES | fp.DONT_MASK | fp.DO_READDIRPLUS | fp.READDIRPLUS_AUTO
+            | fp.ASYNC_DIO | fp.PARALLEL_DIROPS | fp.POSIX_ACL | fp.MAX_PAGES | fp.CACHE_SYMLINKS
+        )
+        max_pages = self.max_write // 4096
+        reply = fp.INIT_OUT.pack(
+            fp.KERNEL_MAJOR, min(minor, fp.KERNEL_MINOR), max_readahead, flags & want,
+            16, 12, self.max_write, 1, max_pages, 0, 0,
+        )
+        if self.on_init:
+            self.on_init()
+        return reply
+
+    def destroy(self, h: tuple, data: memoryview) -> None:
+        return None
+
+    def no_reply(self, h: tuple, data: memoryview) -> object:
+        return NO_REPLY
+
+    # -- names -----------------------------------------------------------------
+    def _entry(self, parent: int, name: str, path: str, seq: int | None = None) -> tuple[int, bytes]:
+        """(node id, fuse_entry_out) for parent/name; node id 0 if a change began since seq."""
+        attrs = self.union.getattr(path)
+        nodeid = self.nodes.looked_up(parent, name, seq)
+        entry_s, attr_s, entry_ns, attr_ns = self._entry_times
+        return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+
+    def _undo_entry(self, result: tuple[int, bytes]) -> None:
+        if result[0]:
+            self.nodes.forget(result[0], 1)
+
+    def lookup(self, h: tuple, data: memoryview) -> bytes:
+        name, parent = _name(data), h[3]
+        try:
+            return self.nodes.stable(lambda seq: self._entry(parent, name, self.nodes.child_path(parent, name), seq),
+                                     self._undo_entry)[1]
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return self._negative  # cached by the kernel as a missing name
+            raise
+
+    def forget(self, h: tuple, data: memoryview) -> object:
+        self.nodes.forget(h[3], fp.FORGET_IN.unpack_from(data)[0])
+        return NO_REPLY
+
+    def batch_forget(self, h: tuple, data: memoryview) -> object:
+        count = fp.BATCH_FORGET_IN.unpack_from(data)[0]
+        offset = fp.BATCH_FORGET_IN.size
+        for _ in range(count):
+            nodeid, lookups = fp.FORGET_ONE.unpack_from(data, offset)
+            self.nodes.forget(nodeid, lookups)
+            offset += fp.FORGET_ONE.size
+        return NO_REPLY
+
+    def readlink(self, h: tuple, data: memoryview) -> bytes:
+        return os.fsencode(self.nodes.stable(lambda seq: self.union.readlink(self.nodes.path(h[3]))))
+
+    def _made(self, h: tuple, name: str, make: Callable[[str], Any]) -> bytes:
+        with self.nodes.change():
+            path = self.nodes.child_path(h[3], name)
+            make(path)
+            return self._entry(h[3], name, path)[1]
+
+    def mknod(self, h: tuple, data: memoryview) -> bytes:
+        mode, rdev, umask, _ = fp.MKNOD_IN.unpack_from(data)
+        name = _name(data[fp.MKNOD_IN.size:])
+        return self._made(h, name, lambda path: self.union.mknod(path, mode, rdev, Caller(h[4], h[5], umask)))
+
+    def mkdir(self, h: tuple, data: memoryview) -> bytes:
+        mode, umask = fp.MKDIR_IN.unpack_from(data)
+        name = _name(data[fp.MKDIR_IN.size:])
+        return self._made(h, name, lambda path: self.union.mkdir(path, mode, Caller(h[4], h[5], umask)))
+
+    def symlink(self, h: tuple, data: memoryview) -> bytes:
+        name, target = _two_names(data)
+        return self._made(h, name, lambda path: self.union.symlink(path, target, Caller(h[4], h[5])))
+
+    def link(self, h: tuple, data: memoryview) -> bytes:
+        source = fp.LINK_IN.unpack_from(data)[0]
+        name = _name(data[fp.LINK_IN.size:])
+        return self._made(h, name, lambda path: self.union.link(self.nodes.path(source), path))
+
+    def unlink(self, h: tuple, data: memoryview) -> None:
+        name = _name(data)
+        with self.nodes.change():
+            self.union.unlink(self.nodes.child_path(h[3], name))
+            self.nodes.removed(h[3], name)
+
+    def rmdir(self, h: tuple, data: memoryview) -> None:
+        name = _name(data)
+        with self.nodes.change():
+            self.union.rmdir(self.nodes.child_path(h[3], name))
+            self.nodes.removed(h[3], name)
+
+    def _rename(self, parent: int, new_parent: int, names: memoryview, flags: int) -> None:
+        old, new = _two_names(names)
+        if flags not in (0, syscalls.RENAME_NOREPLACE, syscalls.RENAME_EXCHANGE):
+            raise OSError(errno.EINVAL, "rename flags")  # RENAME_WHITEOUT is for overlayfs's own use
+        with self.nodes.change():
+            old_path, new_path = self.nodes.child_path(parent, old), self.nodes.child_path(new_parent, new)
+            if flags == syscalls.RENAME_EXCHANGE:
+                self.union.exchange(old_path, new_path)
+                self.nodes.exchanged(parent, old, new_parent, new)
+            else:
+                held = self._hold(new_parent, new, new_path) if flags == 0 else None
+                try:
+                    self.union.rename(old_path, new_path, noreplace=flags == syscalls.RENAME_NOREPLACE)
+                except BaseException:
+                    if held:
+                        os.close(held[0])
+                    raise
+                self.nodes.renamed(parent, old, new_parent, new, held)
+
+    def _hold(self, parent: int, name: str, path: str) -> tuple[int, int] | None:
+        """The file a rename is about to replace, if the kernel knows it: an open
+        already on its way to it must still find it, as on any filesystem."""
+        if not self.nodes.known(parent, name):
+            return None
+        try:
+            return self.union.open_path(path)
+        except OSError:
+            return None
+
+    def rename(self, h: tuple, data: memoryview) -> None:
+        self._rename(h[3], fp.RENAME_IN.unpack_from(data)[0], data[fp.RENAME_IN.size:], 0)
+
+    def rename2(self, h: tuple, data: memoryview) -> None:
+        new_parent, flags, _ = fp.RENAME2_IN.unpack_from(data)
+        self._rename(h[3], new_parent, data[fp.RENAME2_IN.size:], flags)
+
+    # -- attributes ------------------------------------------------------------
+    def _attrs(self, nodeid: int, fh: int | None) -> dict[str, int]:
+        if fh is not None and fh in self._files:
+            return self.union.fgetattr(fh, self._files[fh][0])
+        try:
+            return self.nodes.stable(lambda seq: self.union.getattr(self.nodes.path(nodeid)))
+        except OSError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
+            with self._lock:  # a RELEASE cannot close the fd meanwhile
+                fds = self._node_fds.get(nodeid)
+                if fds:
+                    fd = fds[-1]  # a removed file that is still open: fstat(2) works on it
+                    return self.union.fgetattr(fd, self._files[fd][0])
+            attrs = self.nodes.with_held(nodeid, self.union.fgetattr)
+            if attrs is None:
+                raise
+            return attrs
+
+    def getattr(self, h: tuple, data: memoryview) -> bytes:
+        flags, _, fh = fp.GETATTR_IN.unpack_from(data)
+        return self._attr_valid + fp.attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
+
+    def setattr(self, h: tuple, data: memoryview) -> bytes:
+        (valid, _, fh, size, _, atime, mtime, _, atime_ns, mtime_ns, _, mode, _, uid, gid, _) = fp.SETATTR_IN.unpack_from(data)
+        handle = fh if valid & fp.FATTR_FH and fh in self._files else None
+        with self.nodes.exclusive():
+            self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid)
+        return self._attr_valid + fp.attr(self._attrs(h[3], handle))
+
+    def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
+             mode: int, uid: int, gid: int) -> None:
+        path = lambda: self.nodes.path(h[3])  # noqa: E731 - an ftruncate of an unlinked file has none
+        if valid & fp.FATTR_MODE:
+            self.union.chmod(path(), mode)
+        if valid & (fp.FATTR_UID | fp.FATTR_GID):
+            self.union.chown(
+                path(), uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1
+            )
+        if valid & fp.FATTR_SIZE:
+            if handle is not None:
+                os.ftruncate(handle, size)
+            else:
+                self.union.truncate(path(), size)
+        times = valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW)
+        # A truncation's "mtime now" is done by the host's truncate already.
+        if times and not (valid & fp.FATTR_SIZE and times == fp.FATTR_MTIME | fp.FATTR_MTIME_NOW):
+            self.union.utimens(path(), (self._time(valid, fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, *atime),
+                                        self._time(valid, fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, *mtime)))
+
+    @staticmethod
+    def _time(valid: int, given: int, now: int, seconds: int, ns: int) -> int:
+        if not valid & given:
+            return syscalls.UTIME_OMIT
+        if valid & now:
+            return syscalls.UTIME_NOW
+        return seconds * 1_000_000_000 + ns
+
+    def statfs(self, h: tuple, data: memoryview) -> bytes:
+        st = self.union.statfs()
+        return fp.KSTATFS.pack(
+            st["f_blocks"], st["f_bfree"], st["f_bavail"], st["f_files"], st["f_ffree"],
+            st["f_bsize"], st["f_namemax"], st["f_frsize"],
+        )
+
+    # -- files -----------------------------------------------------------------
+    def _opened(self, fd: int, index: int, nodeid: int) -> None:
+        with self._lock:
+            self._files[fd] = (index, nodeid)
+            self._node_fds.setdefault(nodeid, []).append(fd)
+
+    def open(self, h: tuple, data: memoryview) -> bytes:
+        flags, _ = fp.OPEN_IN.unpack_from(data)
+        nodeid, caller = h[3], Caller(h[4], h[5])
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
+            with self.nodes.exclusive():
+                fd, index = self.union.open(self.nodes.path(nodeid), flags, caller)
+        else:
+            try:
+                fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),
+                                              lambda opened: os.close(opened[0]))
+            except OSError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
+                reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY) | os.O_CLOEXEC
+                opened = self.nodes.with_held(nodeid, lambda held, index: (os.open(f"/proc/self/fd/{held}", reopen), index))
+                if opened is None:
+                    raise
+                fd, index = opened  # the file a rename replaced, for an open that was on its way to it
+        self._opened(fd, index, nodeid)
+        return fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)  # lower files never change; the upper only through us
+
+    def create(self, h: tuple, data: memoryview) -> bytes:
+        flags, mode, umask, _ = fp.CREATE_IN.unpack_from(data)
+        name = _name(data[fp.CREATE_IN.size:])
+        with self.nodes.change():
+            path = self.nodes.child_path(h[3], name)
+            fd = self.union.create(path, mode, flags, Caller(h[4], h[5], umask))
+            try:
+                nodeid, entry = self._entry(h[3], name, path)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._opened(fd, 0, nodeid)
+        return entry + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)
+
+    def read(self, h: tuple, data: memoryview) -> bytes:
+        fh, offset, size, _ = fp.READ_IN.unpack_from(data)
+        return os.pread(fh, size, offset)
+
+    def write(self, h: tuple, data: memoryview) -> bytes:
+        fh, offset, size, _, _, _, _ = fp.WRITE_IN.unpack_from(data)
+        start = fp.WRITE_IN.size
+        return fp.WRITE_OUT.pack(os.pwrite(fh, data[start:start + size], offset), 0)
+
+    def release(self, h: tuple, data: memoryview) -> None:
+        fh = fp.RELEASE_IN.unpack_from(data)[0]
+        with self._lock:
+            opened = self._files.pop(fh, None)
+            if opened is None:
+                return
+            fds = self._node_fds.get(opened[1], [])
+            if fh in fds:
+                fds.remove(fh)
+            if not fds:
+                self._node_fds.pop(opened[1], None)
+            os.close(fh)
+
+    def fsync(self, h: tuple, data: memoryview) -> None:
+        fh, flags, _ = fp.FSYNC_IN.unpack_from(data)
+        if flags & fp.FSYNC_FDATASYNC:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+
+    def fallocate(self, h: tuple, data: memoryview) -> None:
+        fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(data)
+        syscalls.fallocate(fh, mode, offset, length)
+
+    def lseek(self, h: tuple, data: memoryview) -> bytes:
+        fh, offset, whence, _ = fp.LSEEK_IN.unpack_from(data)
+        return fp.LSEEK_OUT.pack(os.lseek(fh, offset, whence))
+
+    def copy_file_range(self, h: tuple, data: memoryview) -> bytes:
+        fh_in, off_in, _, fh_out, off_out, length, _ = fp.COPY_FILE_RANGE_IN.unpack_from(data)
+        return fp.WRITE_OUT.pack(os.copy_file_range(fh_in, fh_out, min(length, 1 << 30), off_in, off_out), 0)
+
+    def ioctl(self, h: tuple, data: memoryview) -> None:
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))  # no ioctl is known here, as on overlayfs
+
+    def syncfs(self, h: tuple, data: memoryview) -> None:
+        if self.union.writable:
+            os.syncfs(self.union.upper.fd) if hasattr(os, "syncfs") else os.sync()
+
+    # -- directories -----------------------------------------------------------
+    def opendir(self, h: tuple, data: memoryview) -> bytes:
+        self.nodes.path(h[3])  # ENOENT for a directory already removed
+        with self._lock:
+            fh = next(self._dir_ids)
+            self._dirs[fh] = _Dir(h[3])
+        return fp.OPEN_OUT.pack(fh, 0, 0)
+
+    def releasedir(self, h: tuple, data: memoryview) -> None:
+        self._dirs.pop(fp.RELEASE_IN.unpack_from(data)[0], None)
+
+    def _listing(self, data: memoryview) -> tuple[_Dir, int, int]:
+        fh, offset, size, _ = fp.READ_IN.unpack_from(data)
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if handle.entries is None or offset == 0:  # a snapshot per pass: stable while entries change
+            handle.entries = self.nodes.stable(lambda seq: self.union.readdir(self.nodes.path(handle.nodeid)))
+        return handle, offset, size
+
+    def readdir(self, h: tuple, data: memoryview) -> bytes:
+        handle, offset, size = self._listing(data)
+        entries = handle.entries
+        assert entries is not None
+        out = bytearray()
+        for index in range(offset, len(entries)):
+            name, attrs = entries[index]
+            raw = os.fsencode(name)
+            if len(out) + fp.dirent_size(raw, False) > size:
+                break
+            ino, mode = (attrs["st_ino"], attrs["st_mode"]) if attrs else (fp.UNKNOWN_INO, 0o040000)
+            out += fp.dirent(ino, index + 1, mode, raw)
+        return bytes(out)
+
+    def readdirplus(self, h: tuple, data: memoryview) -> bytes:
+        with self.nodes.exclusive():  # each entry's attributes and node id from the same moment
+            return self._readdirplus(data)
+
+    def _readdirplus(self, data: memoryview) -> bytes:
+        handle, offset, size = self._listing(data)
+        entries = handle.entries
+        assert entries is not None
+        base = self.nodes.path(handle.nodeid)
+        prefix = base if base == "/" else base + "/"
+        entry_s, attr_s, entry_ns, attr_ns = self._entry_times
+        out = bytearray()
+        for index in range(offset, len(entries)):
+            name, attrs = entries[index]
+            raw = os.fsencode(name)
+            if len(out) + fp.dirent_size(raw, True) > size:
+                break
+            head = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)
+            ino, mode = fp.UNKNOWN_INO, 0o040000
+            if attrs is not None:
+                try:
+                    full = self.union.getattr(prefix + name)
+                except OSError:
+                    full = None  # gone since the snapshot: a plain entry, looked up if asked for
+                if full is not None:
+                    nodeid = self.nodes.looked_up(handle.nodeid, name)
+                    head = fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(full)
+                    ino, mode = full["st_ino"], full["st_mode"]
+                else:
+                    ino, mode = attrs["st_ino"], attrs["st_mode"]
+            out += head + fp.dirent(ino, index + 1, mode, raw)
+        return bytes(out)
+
+    # -- xattrs ----------------------------------------------------------------
+    @staticmethod
+    def _sized(value: bytes, size: int) -> bytes:
+        if size == 0:
+            return fp.GETXATTR_OUT.pack(len(value), 0)
+        if len(value) > size:
+            raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
+        return value
+
+    def getxattr(self, h: tuple, data: memoryview) -> bytes:
+        size, _ = fp.GETXATTR_IN.unpack_from(data)
+        name = _name(data[fp.GETXATTR_IN.size:])
+        return self._sized(self.nodes.stable(lambda seq: self.union.getxattr(self.nodes.path(h[3]), name)), size)
+
+    def listxattr(self, h: tuple, data: memoryview) -> bytes:
+        size, _ = fp.GETXATTR_IN.unpack_from(data)
+        names = self.nodes.stable(lambda seq: self.union.listxattr(self.nodes.path(h[3])))
+        return self._sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
+
+    def setxattr(self, h: tuple, data: memoryview) -> None:
+        size, flags = fp.SETXATTR_IN.unpack_from(data)
+        rest = bytes(data[fp.SETXATTR_IN.size:])
+        end = rest.index(b"\0")
+        with self.nodes.exclusive():
+            self.union.setxattr(self.nodes.path(h[3]), os.fsdecode(rest[:end]), rest[end + 1:end + 1 + size], flags)
+
+    def removexattr(self, h: tuple, data: memoryview) -> None:
+        with self.nodes.exclusive():
+            self.union.removexattr(self.nodes.path(h[3]), _name(data))

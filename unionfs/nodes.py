@@ -1,0 +1,185 @@
+"""Node ids: the kernel's handles for names, mapped to the Union's paths.
+
+The kernel names every entry it caches by a node id that the driver hands
+out in LOOKUP (and CREATE, MKDIR, READDIRPLUS ...) and takes back with
+FORGET once the kernel has dropped it as often as it was given. Each id
+stands for one name, as in libfuse's path API: two hard links are two ids
+that report the same st_ino. A name's id moves with a rename; an id whose
+name was removed stays valid for FORGET, but has no path any more.
+
+A path is only good while no rename, removal or creation changes what it
+names. Requests that change names run one at a time (``change``), and so do
+those that change an entry (``exclusive``); requests that only read check a
+sequence number around their work and start again if a change overlapped
+(``stable``), so that attributes of one file never reach the kernel under
+the node id of another.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ROOT_ID = 1
+
+
+class _Node:
+    __slots__ = ("parent", "name", "lookups", "held")
+
+    def __init__(self, parent: int, name: str) -> None:
+        self.parent = parent  # 0: detached (its name was removed or replaced)
+        self.name = name
+        self.lookups = 0
+        self.held: tuple[int, int] | None = None  # (O_PATH fd, layer index) of a file a rename replaced
+
+
+class NodeTable:
+    def __init__(self) -> None:
+        self._nodes: dict[int, _Node] = {ROOT_ID: _Node(0, "")}
+        self._ids: dict[tuple[int, str], int] = {}
+        self._next = ROOT_ID + 1  # never reused, so the generation can stay 0
+        self._lock = threading.Lock()
+        self._seq = 0  # odd while a change is under way
+        self._changing = threading.Lock()
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[None]:
+        """Around a request that changes which entry a path names."""
+        with self._changing:
+            self._seq += 1
+            try:
+                yield
+            finally:
+                self._seq += 1
+
+    def exclusive(self) -> threading.Lock:
+        """Around a request that changes an entry by its path: no name moves meanwhile."""
+        return self._changing
+
+    def stable(self, work: Callable[[int], T], undo: Callable[[T], None] | None = None) -> T:
+        """work(seq), run again until no change overlapped it; undo cleans up a discarded result."""
+        while True:
+            seq = self._seq
+            if seq & 1:
+                with self._changing:  # wait for it rather than spin
+                    pass
+                continue
+            try:
+                result = work(seq)
+            except OSError:
+                if self._seq == seq:
+                    raise
+                continue  # perhaps an error only because a name moved meanwhile
+            if self._seq == seq:
+                return result
+            if undo is not None:
+                undo(result)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def path(self, nodeid: int) -> str:
+        """The merged path of a node; ENOENT once its name is gone."""
+        if nodeid == ROOT_ID:
+            return "/"
+        parts = []
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            while node is not None and node.parent:
+                parts.append(node.name)
+                if node.parent == ROOT_ID:
+                    return "/" + "/".join(reversed(parts))
+                node = self._nodes.get(node.parent)
+        # A node whose name is gone: ESTALE makes the kernel look the name up
+        # again (an open racing a rename then finds the new file, not nothing).
+        code = errno.ESTALE if nodeid in self._nodes else errno.ENOENT
+        raise OSError(code, os.strerror(code))
+
+    def child_path(self, parent: int, name: str) -> str:
+        base = self.path(parent)
+        return base + name if base == "/" else base + "/" + name
+
+    def looked_up(self, parent: int, name: str, seq: int | None = None) -> int:
+        """The id for parent/name, counted once more as known to the kernel.
+
+        With seq: 0 instead if a change began since seq was read.
+        """
+        key = (parent, name)
+        with self._lock:
+            if seq is not None and seq != self._seq:
+                return 0
+            nodeid = self._ids.get(key)
+            if nodeid is None:
+                nodeid = self._next
+                self._next += 1
+                self._nodes[nodeid] = _Node(parent, name)
+                self._ids[key] = nodeid
+            self._nodes[nodeid].lookups += 1
+            return nodeid
+
+    def forget(self, nodeid: int, count: int) -> None:
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            if node is None or nodeid == ROOT_ID:
+                return
+            node.lookups -= count
+            if node.lookups <= 0:
+                del self._nodes[nodeid]
+                if node.parent:
+                    self._ids.pop((node.parent, node.name), None)
+                if node.held:
+                    os.close(node.held[0])
+
+    def removed(self, parent: int, name: str) -> None:
+        """parent/name was unlinked: its id (if any) keeps living without a path."""
+        with self._lock:
+            self._detach((parent, name))
+
+    def known(self, parent: int, name: str) -> int:
+        """The id of parent/name if the kernel knows one, else 0."""
+        with self._lock:
+            return self._ids.get((parent, name), 0)
+
+    def with_held(self, nodeid: int, use: Callable[[int, int], T]) -> T | None:
+        """use(fd, layer index) on the file a rename took from this node; None if there is none.
+
+        Under the table's lock, so that a FORGET cannot close the fd meanwhile.
+        """
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            return use(*node.held) if node is not None and node.held is not None else None
+
+    def renamed(self, parent: int, name: str, new_parent: int, new_name: str, held: tuple[int, int] | None = None) -> None:
+        """A rename; held keeps the file it replaced reachable for opens already on their way."""
+        with self._lock:
+            nodeid = self._ids.pop((parent, name), None)
+            replaced = self._detach((new_parent, new_name))
+            if held is not None:
+                if replaced is None:
+                    os.close(held[0])
+                else:
+                    self._nodes[replaced].held = held
+            if nodeid is not None:
+                node = self._nodes[nodeid]
+                node.parent, node.name = new_parent, new_name
+                self._ids[(new_parent, new_name)] = nodeid
+
+    def exchanged(self, parent: int, name: str, other_parent: int, other_name: str) -> None:
+        with self._lock:
+            first = self._ids.pop((parent, name), None)
+            second = self._ids.pop((other_parent, other_name), None)
+            for nodeid, key in ((first, (other_parent, other_name)), (second, (parent, name))):
+                if nodeid is not None:
+                    self._nodes[nodeid].parent, self._nodes[nodeid].name = key
+                    self._ids[key] = nodeid
+
+    def _detach(self, key: tuple[int, str]) -> int | None:
+        nodeid = self._ids.pop(key, None)
+        if nodeid is not None:
+            self._nodes[nodeid].parent = 0
+        return nodeid

@@ -1,0 +1,218 @@
+"""The FUSE session: mount ``/dev/fuse``, read requests, write replies.
+
+The driver speaks the kernel's FUSE protocol itself. As root it mounts with
+mount(2); otherwise ``fusermount3`` mounts and hands the device over a
+socket, as libfuse does. Worker threads each read whole requests into their
+own buffer and answer them; the kernel gives each request to one reader, so
+a slow request (a large copy-up, an fsync) holds one thread, not the mount.
+SIGTERM and SIGINT unmount; the workers end when the kernel closes the
+connection.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from unionfs import fuseproto as fp
+from unionfs.handlers import NO_REPLY, Requests
+
+log = logging.getLogger(__name__)
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS = 1, 2, 4, 8, 16
+MS_DIRSYNC, MS_NOATIME = 128, 1024
+MNT_DETACH = 2
+_FLAG_BITS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+              "sync": MS_SYNCHRONOUS, "dirsync": MS_DIRSYNC, "noatime": MS_NOATIME}
+_CLEARS = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec", "async": "sync", "atime": "noatime"}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    """What the kernel is asked for: where, under which name, with which flags."""
+
+    mountpoint: str
+    fsname: str = "unionfs"
+    subtype: str = "unionfs"
+    flags: Sequence[str] = ()  # generic flags: ro, nosuid, nodev, noexec, sync, dirsync, noatime and their opposites
+    allow_other: bool = False
+    read_only: bool = False
+
+    def flag_names(self) -> set[str]:
+        names = {"ro"} if self.read_only else set()
+        for flag in self.flags:
+            if flag in _CLEARS:
+                names.discard(_CLEARS[flag])
+            elif flag in _FLAG_BITS:
+                names.add(flag)
+        return names
+
+
+def _mount_as_root(req: MountRequest, fd: int) -> None:
+    flags = 0
+    for name in req.flag_names():
+        flags |= _FLAG_BITS[name]
+    st = os.stat(req.mountpoint)
+    data = f"fd={fd},rootmode={st.st_mode & 0o170000:o},user_id={os.getuid()},group_id={os.getgid()},default_permissions"
+    if req.allow_other:
+        data += ",allow_other"
+    source = req.fsname.replace(",", "_")
+    if _libc.mount(os.fsencode(source), os.fsencode(req.mountpoint), f"fuse.{req.subtype}".encode(), flags, data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount: {os.strerror(err)}", req.mountpoint)
+
+
+def _mount_with_fusermount(req: MountRequest) -> int:
+    """Mount through the setuid helper; it sends the device fd back (SCM_RIGHTS)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise OSError(errno.EPERM, "mounting as a user needs fusermount3 (package fuse3)")
+    options = sorted(req.flag_names() | {"nosuid", "nodev"})
+    options += [f"fsname={req.fsname.replace(',', '_')}", f"subtype={req.subtype}", "default_permissions"]
+    if req.allow_other:
+        options.append("allow_other")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        proc = subprocess.Popen(
+            [tool, "-o", ",".join(options), "--", req.mountpoint],
+            env={**os.environ, "_FUSE_COMMFD": str(theirs.fileno())},
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        _, err = proc.communicate()
+    if proc.returncode != 0 or not fds:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EPERM, (err or b"").decode(errors="replace").strip() or "fusermount3 failed")
+    return fds[0]
+
+
+def unmount_lazily(mountpoint: str) -> None:
+    if os.geteuid() == 0:
+        _libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
+        return
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool:
+        subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True)
+
+
+# Requests that carry no new access decision: libfuse lets them through under allow_root.
+_ANY_CALLER = {fp.INIT, fp.READ, fp.WRITE, fp.FSYNC, fp.RELEASE, fp.READDIR, fp.READDIRPLUS, fp.FSYNCDIR,
+               fp.RELEASEDIR, fp.FORGET, fp.BATCH_FORGET, fp.INTERRUPT, fp.DESTROY}
+
+
+def _refuse(h: tuple, data: memoryview) -> None:
+    raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+
+class Session:
+    """One mounted connection and the threads that serve it."""
+
+    def __init__(self, requests: Requests, req: MountRequest, *, threads: int = 8, debug: bool = False) -> None:
+        self.requests = requests
+        self.req = req
+        self.threads = threads
+        self.debug = debug
+        self.handlers = requests.table()
+        self.bufsize = requests.max_write + 4096  # a WRITE's payload plus its headers
+        self.fd = -1
+        self.owners: set[int] | None = None  # allow_root: only these uids (and the kernel's own requests)
+        self._done = threading.Event()
+
+    def mount(self) -> None:
+        if os.geteuid() == 0:
+            fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                _mount_as_root(self.req, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            fd = _mount_with_fusermount(self.req)
+        self.fd = fd
+
+    def run(self) -> None:
+        """Serve until the mount goes away; SIGTERM/SIGINT unmount first."""
+        def stop(signum: int, frame: object) -> None:
+            unmount_lazily(self.req.mountpoint)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        workers = [threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True) for i in range(self.threads)]
+        try:
+            for worker in workers:
+                worker.start()
+            while not self._done.wait(3600):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(self.fd)
+
+    def _serve(self) -> None:
+        buf = bytearray(self.bufsize)
+        view = memoryview(buf)
+        fd, handlers, header, out = self.fd, self.handlers, fp.IN_HEADER, fp.OUT_HEADER
+        while True:
+            try:
+                size = os.readv(fd, [buf])
+            except OSError as exc:
+                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # ENOENT: the request was interrupted before we read it
+                if exc.errno != errno.ENODEV:
+                    log.error("reading /dev/fuse: %s", exc)
+                self._done.set()  # ENODEV: unmounted
+                return
+            h = header.unpack_from(buf)
+            unique = h[2]
+            handler = handlers.get(h[1])
+            if self.owners is not None and h[4] not in self.owners and h[1] not in _ANY_CALLER:
+                handler = _refuse  # allow_root: the kernel lets everyone in, libfuse's rule keeps them out
+            try:
+                if handler is None:
+                    reply = out.pack(16, -errno.ENOSYS, unique)
+                else:
+                    payload = handler(h, view[fp.IN_HEADER.size:size])
+                    if payload is NO_REPLY:
+                        continue
+                    if payload is None:
+                        reply = out.pack(16, 0, unique)
+                    elif len(payload) > 4096:  # file data: not copied once more
+                        self._send(fd, [out.pack(16 + len(payload), 0, unique), payload], h[1])
+                        continue
+                    else:
+                        reply = out.pack(16 + len(payload), 0, unique) + payload
+            except OSError as exc:
+                code = exc.errno if exc.errno and exc.errno > 0 else errno.EIO
+                if code == errno.EIO:
+                    log.error("opcode %d on node %d failed", h[1], h[3], exc_info=True)
+                reply = out.pack(16, -code, unique)
+            except Exception:
+                log.exception("opcode %d on node %d failed", h[1], h[3])
+                reply = out.pack(16, -errno.EIO, unique)
+            if self.debug:
+                log.debug("op %d node %d uid %d -> %d bytes, error %d", h[1], h[3], h[4], len(reply), out.unpack_from(reply)[1])
+            self._send(fd, [reply], h[1])
+
+    @staticmethod
+    def _send(fd: int, buffers: list, opcode: int) -> None:
+        try:
+            os.writev(fd, buffers)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: the caller was interrupted and gone
+                log.error("replying to opcode %d: %s", opcode, exc)
