@@ -1,6 +1,6 @@
 """The union: every filesystem operation on merged paths, as plain Python.
 
-This module knows nothing of FUSE (``fuseops`` adapts it), so it can be driven
+This module knows nothing of FUSE (``handlers`` adapts it), so it can be driven
 and tested directly. Each operation resolves its path, copies up what it is
 about to change, and changes the upper layer in a way that is atomic for
 every observer: new entries replace whiteouts by an exchange through the work
