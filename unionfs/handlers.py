@@ -62,7 +62,9 @@ class Timeouts:
 class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 
-    def __init__(self, union: Union, timeouts: Timeouts, on_init: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, union: Union, timeouts: Timeouts, on_init: Callable[[], None] | None = None, *, writeback: bool = True
+    ) -> None:
         self.union = union
         self.nodes = NodeTable()
         self.on_init = on_init
@@ -78,6 +80,9 @@ class Requests:
         self._dir_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self.max_write = 1 << 20
+        # The kernel's page cache holds writes and sends them in large requests;
+        # it then owns size and mtime, reads back partial pages, and does O_APPEND.
+        self.writeback = writeback
 
     def table(self) -> dict[int, Handler]:
         return {
@@ -105,6 +110,8 @@ class Requests:
             fp.ASYNC_READ | fp.ATOMIC_O_TRUNC | fp.BIG_WRITES | fp.DONT_MASK | fp.DO_READDIRPLUS | fp.READDIRPLUS_AUTO
             | fp.ASYNC_DIO | fp.PARALLEL_DIROPS | fp.POSIX_ACL | fp.MAX_PAGES | fp.CACHE_SYMLINKS
         )
+        if self.writeback:
+            want |= fp.WRITEBACK_CACHE
         max_pages = self.max_write // 4096
         reply = fp.INIT_OUT.pack(
             fp.KERNEL_MAJOR, min(minor, fp.KERNEL_MINOR), max_readahead, flags & want,
@@ -263,23 +270,39 @@ class Requests:
 
     def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
              mode: int, uid: int, gid: int) -> None:
-        path = lambda: self.nodes.path(h[3])  # noqa: E731 - an ftruncate of an unlinked file has none
-        if valid & fp.FATTR_MODE:
-            self.union.chmod(path(), mode)
-        if valid & (fp.FATTR_UID | fp.FATTR_GID):
-            self.union.chown(
-                path(), uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1
-            )
-        if valid & fp.FATTR_SIZE:
-            if handle is not None:
-                os.ftruncate(handle, size)
-            else:
-                self.union.truncate(path(), size)
+        owner = (uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1)
         times = valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW)
         # A truncation's "mtime now" is done by the host's truncate already.
-        if times and not (valid & fp.FATTR_SIZE and times == fp.FATTR_MTIME | fp.FATTR_MTIME_NOW):
-            self.union.utimens(path(), (self._time(valid, fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, *atime),
-                                        self._time(valid, fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, *mtime)))
+        if valid & fp.FATTR_SIZE and times == fp.FATTR_MTIME | fp.FATTR_MTIME_NOW:
+            times = 0
+        new_times = (self._time(valid, fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, *atime),
+                     self._time(valid, fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, *mtime))
+        if handle is not None and self._files[handle][0] == 0:
+            # A file open on the upper layer (an ftruncate, or the kernel writing back the
+            # times it kept): by its fd, which works after its name is gone too.
+            if valid & fp.FATTR_MODE:
+                os.fchmod(handle, mode & 0o7777)
+            if valid & (fp.FATTR_UID | fp.FATTR_GID):
+                os.fchown(handle, *owner)
+            if valid & fp.FATTR_SIZE:
+                os.ftruncate(handle, size)
+            if times:
+                syscalls.futimens(handle, new_times)
+            return
+        try:
+            path = self.nodes.path(h[3])
+        except OSError as exc:
+            if exc.errno == errno.ESTALE and not valid & (fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE):
+                return  # times the kernel kept for a file whose name is gone: nobody can see them
+            raise
+        if valid & fp.FATTR_MODE:
+            self.union.chmod(path, mode)
+        if valid & (fp.FATTR_UID | fp.FATTR_GID):
+            self.union.chown(path, *owner)
+        if valid & fp.FATTR_SIZE:
+            self.union.truncate(path, size)
+        if times:
+            self.union.utimens(path, new_times)
 
     @staticmethod
     def _time(valid: int, given: int, now: int, seconds: int, ns: int) -> int:
@@ -302,8 +325,15 @@ class Requests:
             self._files[fd] = (index, nodeid)
             self._node_fds.setdefault(nodeid, []).append(fd)
 
+    def _host_flags(self, flags: int) -> int:
+        if self.writeback:  # the kernel may read to fill a page it writes, and appends itself
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = flags & ~os.O_ACCMODE | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
+
     def open(self, h: tuple, data: memoryview) -> bytes:
-        flags, _ = fp.OPEN_IN.unpack_from(data)
+        flags = self._host_flags(fp.OPEN_IN.unpack_from(data)[0])
         nodeid, caller = h[3], Caller(h[4], h[5])
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
             with self.nodes.exclusive():
@@ -325,6 +355,7 @@ class Requests:
 
     def create(self, h: tuple, data: memoryview) -> bytes:
         flags, mode, umask, _ = fp.CREATE_IN.unpack_from(data)
+        flags = self._host_flags(flags)
         name = _name(data[fp.CREATE_IN.size:])
         with self.nodes.change():
             path = self.nodes.child_path(h[3], name)
@@ -391,6 +422,8 @@ class Requests:
         with self._lock:
             fh = next(self._dir_ids)
             self._dirs[fh] = _Dir(h[3])
+        # Not FOPEN_CACHE_DIR: a copy-up changes an entry's d_ino without changing its directory,
+        # so a listing the kernel kept would go stale.
         return fp.OPEN_OUT.pack(fh, 0, 0)
 
     def releasedir(self, h: tuple, data: memoryview) -> None:

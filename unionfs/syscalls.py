@@ -69,6 +69,19 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         _raise(f"fd {fd}")
 
 
+_libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
+_libc.futimens.restype = ctypes.c_int
+
+
+def futimens(fd: int, times_ns: tuple[int, int]) -> None:
+    """utimensat on an open file; UTIME_NOW and UTIME_OMIT keep their meaning."""
+    ts = (_Timespec * 2)()
+    for i, value in enumerate(times_ns):
+        ts[i].tv_sec, ts[i].tv_nsec = (0, value) if value in (UTIME_NOW, UTIME_OMIT) else divmod(value, 1_000_000_000)
+    if _libc.futimens(fd, ts) != 0:
+        _raise(f"fd {fd}")
+
+
 def reflink(src_fd: int, dst_fd: int) -> bool:
     """Share the extents of src with dst (btrfs, xfs); False where the filesystem can't."""
     try:

@@ -687,7 +687,11 @@ class Pair:
 
 @contextlib.contextmanager
 def pair(
-    base: Path, lowers: Sequence[Dir], kernel_options: Sequence[str] = KERNEL_OPTIONS, root_mode: int | None = None
+    base: Path,
+    lowers: Sequence[Dir],
+    kernel_options: Sequence[str] = KERNEL_OPTIONS,
+    root_mode: int | None = None,
+    driver_options: Sequence[str] = (),
 ) -> Iterator[Pair]:
     """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver.
 
@@ -704,7 +708,7 @@ def pair(
             os.chmod(s.upper, root_mode)
         stacks.append(s)
     kstack, dstack = stacks
-    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other"):
+    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
         yield Pair(kstack, dstack)
 
 

@@ -773,3 +773,24 @@ def renameat2(src: Path, dst: Path, flags: int) -> int | None:
     if libc.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), ctypes.c_uint(flags)) == 0:  # AT_FDCWD
         return None
     return ctypes.get_errno()
+
+
+def test_fusepy_engine_matches_kernel(tmp_path: Path) -> None:
+    """engine=fusepy, the path API through libfuse 2, still serves the same semantics."""
+    top = Dir({"d": Dir({"x": File(b"top x")}), "gone": Whiteout(), "opq": Dir({"new": File(b"n")}, opaque="xattr"),
+               "ln": Symlink("f")})
+    bottom = Dir({"f": File(b"file", xattrs=(("user.k", b"v"),)), "gone": File(b"hidden"), "h": File(b"h"),
+                  "d": Dir({"y": File(b"y"), "sub": Dir({"z": File(b"z")})}), "opq": Dir({"old": File(b"o")})})
+    steps = [
+        op("write", "f", "append", b"+"), op("chmod", "h", 0o600), op("chown", "h", 1000, 1000),
+        op("setxattr", "f", "user.n", b"w"), op("removexattr", "f", "user.k"), op("truncate", "d/y", 0),
+        op("unlink", "d/x"), op("rmdir", "d/sub"), op("mkdir", "d/sub"), op("rename", "d", "moved"),
+        op("link", "h", "h2"), op("symlink", "moved", "sl"), op("mkfifo", "fifo"), op("rename", "h2", "gone"),
+        op("write", "opq/old", "create", b"x"), op("write", "moved/y", "append", b"y", uid=1000),
+        op("rmdir", "opq"), op("unlink", "opq/new"), op("rmdir", "opq"), op("listdir", "moved"),
+    ]
+    with pair(tmp_path, [top, bottom], root_mode=0o1777, driver_options=("engine=fusepy",)) as p:
+        for step in steps:
+            p.run(step)
+            p.check()
+        assert sorted(names(p.check())) == sorted(names(view(p.driver.mnt)))

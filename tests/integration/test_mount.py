@@ -2,9 +2,11 @@
 that only show through the kernel (permissions, inode numbers, long paths)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,12 +15,15 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+from users import errno_as
 
-from unionfs.mount import is_mounted
+from unionfs.mount import is_mounted, serve
+from unionfs.options import parse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here")
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -380,3 +385,77 @@ def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
         expected = ioctl_errno(mnt)
     with fuse_mount(stack) as mnt:
         assert ioctl_errno(mnt) == expected == errno.ENOTTY
+
+
+NOBODY = 65534
+
+
+def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts() -> None:
+    """Not root: fusermount3 mounts and hands the device back; whiteouts take the OCI form."""
+    base = Path(tempfile.mkdtemp(prefix="unionfs-user-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        lower, upper, work, mnt = (base / name for name in ("lower", "upper", "work", "mnt"))
+        for path in (lower, upper, work, mnt):
+            path.mkdir()
+        (lower / "old.txt").write_text("old\n")
+        (lower / "gone.txt").write_text("gone\n")
+        for path in (upper, work, mnt, lower / "old.txt"):
+            os.chown(path, NOBODY, NOBODY)
+        with _device_open_to_users():
+            pid, ready = _serve_as(NOBODY, f"lowerdir={lower},upperdir={upper},workdir={work}", mnt)
+        try:
+            assert ready == "ready", ready
+            with open("/proc/self/mountinfo", encoding="utf-8") as f:
+                line = next(line for line in f if f" {mnt} " in line)
+            assert "fuse.unionfs" in line and f"user_id={NOBODY}" in line
+            assert errno_as(NOBODY, lambda: (mnt / "old.txt").write_text("new\n")) is None
+            assert errno_as(NOBODY, lambda: os.unlink(mnt / "gone.txt")) is None
+            assert errno_as(0, lambda: os.stat(mnt / "old.txt")) == errno.EACCES  # no allow_other: the user's alone
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not is_mounted(str(mnt))
+        assert (upper / "old.txt").read_text() == "new\n" and (upper / "old.txt").stat().st_uid == NOBODY
+        assert (upper / ".wh.gone.txt").exists() and (lower / "gone.txt").exists()
+    finally:
+        force_unmount(base / "mnt")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _device_open_to_users() -> Iterator[None]:
+    """/dev/fuse as udev leaves it on Debian (0666): fusermount3 opens it as the user."""
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", mode)
+
+
+def _serve_as(uid: int, options: str, mnt: Path) -> tuple[int, str]:
+    """Fork a driver running as uid (no exec: the interpreter may live where uid cannot read)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_end)
+            import unionfs.handlers, unionfs.session  # noqa: E401, F401 - while the interpreter's files are readable
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            serve(parse([options]), str(mnt), on_ready=lambda: os.write(write_end, b"ready"))
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the child ends here
+            os.write(write_end, repr(exc).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = os.read(read_end, 200).decode()  # the driver keeps its end open while it serves
+    finally:
+        os.close(read_end)
+    return pid, answer
