@@ -1,9 +1,8 @@
 """Each FUSE request, answered by the Union.
 
 A handler gets the unpacked request header and the bytes after it, and
-returns the reply's payload: ``None`` for an empty reply, bytes or a list of
-buffers, or ``NO_REPLY`` for the requests the kernel expects no answer to
-(FORGET). An ``OSError`` becomes the error reply. The permission checks are
+returns the reply's payload: ``None`` for an empty reply, bytes, or
+``NO_REPLY`` for the requests the kernel expects no answer to (FORGET). An ``OSError`` becomes the error reply. The permission checks are
 the kernel's: the mount has ``default_permissions`` and negotiates
 FUSE_POSIX_ACL, so mode bits and access ACLs are enforced before a request
 gets here.
@@ -14,15 +13,14 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Union as TypeUnion
+from dataclasses import dataclass
+from typing import Any
 
 from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.nodes import NodeTable
 from unionfs.union import Caller, Union
 
-Payload = TypeUnion[bytes, bytearray, memoryview, list, None]
 Handler = Callable[[tuple, memoryview], Any]
 NO_REPLY = object()
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
@@ -45,18 +43,13 @@ class _Dir:
     entries: list[tuple[str, dict[str, int] | None]] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Timeouts:
+    """How long the kernel may keep what it was told, in seconds."""
+
     entry: float = 60.0
     attr: float = 1.0
     negative: float = 60.0
-    _packed: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._packed = {key: fp.split_timeout(getattr(self, key)) for key in ("entry", "attr", "negative")}
-
-    def packed(self, key: str) -> tuple[int, int]:
-        return self._packed[key]
 
 
 class Requests:
@@ -68,9 +61,9 @@ class Requests:
         self.union = union
         self.nodes = NodeTable()
         self.on_init = on_init
-        entry_s, entry_ns = timeouts.packed("entry")
-        attr_s, attr_ns = timeouts.packed("attr")
-        neg_s, neg_ns = timeouts.packed("negative")
+        entry_s, entry_ns = fp.split_timeout(timeouts.entry)
+        attr_s, attr_ns = fp.split_timeout(timeouts.attr)
+        neg_s, neg_ns = fp.split_timeout(timeouts.negative)
         self._entry_times = (entry_s, attr_s, entry_ns, attr_ns)
         self._negative = fp.ENTRY_OUT.pack(0, 0, neg_s, 0, neg_ns, 0) + bytes(fp.ATTR.size)
         self._attr_valid = fp.ATTR_OUT.pack(attr_s, attr_ns, 0)

@@ -49,7 +49,7 @@ class MountSpec:
         return ",".join(parts)
 
 
-def _unescape_mountinfo(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
@@ -58,7 +58,7 @@ def is_mounted(mountpoint: str) -> bool:
     target = os.path.realpath(mountpoint) if os.path.exists(mountpoint) else os.path.abspath(mountpoint)
     candidates = {os.path.abspath(mountpoint), target}
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return any(_unescape_mountinfo(line.split()[4]) in candidates for line in f)
+        return any(unescape_mountinfo(line.split()[4]) in candidates for line in f)
 
 
 def _fusermount() -> str | None:
