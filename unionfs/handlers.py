@@ -56,11 +56,10 @@ class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 
     def __init__(
-        self, union: Union, timeouts: Timeouts, on_init: Callable[[], None] | None = None, *, writeback: bool = True
+        self, union: Union, timeouts: Timeouts, *, writeback: bool = True
     ) -> None:
         self.union = union
         self.nodes = NodeTable()
-        self.on_init = on_init
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
         attr_s, attr_ns = fp.split_timeout(timeouts.attr)
         neg_s, neg_ns = fp.split_timeout(timeouts.negative)
@@ -110,8 +109,6 @@ class Requests:
             fp.KERNEL_MAJOR, min(minor, fp.KERNEL_MINOR), max_readahead, flags & want,
             16, 12, self.max_write, 1, max_pages, 0, 0,
         )
-        if self.on_init:
-            self.on_init()
         return reply
 
     def destroy(self, h: tuple, data: memoryview) -> None:

@@ -176,12 +176,12 @@ def serve(
     from unionfs.session import MountRequest, Session
 
     try:
-        requests = Requests(union, Timeouts(opts.timeout, opts.attr_timeout, opts.timeout), on_init=on_ready)
+        requests = Requests(union, Timeouts(opts.timeout, opts.attr_timeout, opts.timeout))
         target = MountRequest(
             os.path.abspath(mountpoint), fsname, "unionfs", opts.mount_flags,
             allow_other=opts.allow_other or opts.allow_root, read_only=opts.read_only,
         )
-        session = Session(requests, target, debug=debug)
+        session = Session(requests, target, debug=debug, on_ready=on_ready)
         if opts.allow_root and not opts.allow_other:
             session.owners = {0, os.getuid()}
         session.mount()

@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from unionfs import fuseproto as fp
@@ -143,8 +143,17 @@ def _refuse(h: tuple, data: memoryview) -> None:
 class Session:
     """One mounted connection and the threads that serve it."""
 
-    def __init__(self, requests: Requests, req: MountRequest, *, threads: int = 8, debug: bool = False) -> None:
+    def __init__(
+        self,
+        requests: Requests,
+        req: MountRequest,
+        *,
+        threads: int = 8,
+        debug: bool = False,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.requests = requests
+        self.on_ready = on_ready
         self.req = req
         self.threads = threads
         self.debug = debug
@@ -165,7 +174,6 @@ class Session:
         else:
             fd = _mount_with_fusermount(self.req)
         self.fd = fd
-        raise_readahead(self.req.mountpoint, self.requests.max_write // 1024)
 
     def run(self) -> None:
         """Serve until the mount goes away; SIGTERM/SIGINT unmount first."""
@@ -228,6 +236,14 @@ class Session:
             if self.debug:
                 log.debug("op %d node %d uid %d -> %d bytes, error %d", h[1], h[3], h[4], len(reply), out.unpack_from(reply)[1])
             self._send(fd, [reply], h[1])
+            if h[1] == fp.INIT:
+                self._initialized()
+
+    def _initialized(self) -> None:
+        """After the INIT reply: the kernel has set the mount's readahead from it by now."""
+        raise_readahead(self.req.mountpoint, self.requests.max_write // 1024)
+        if self.on_ready:
+            self.on_ready()
 
     @staticmethod
     def _send(fd: int, buffers: list, opcode: int) -> None:

@@ -62,6 +62,9 @@ def test_daemon_mounts_and_umount_unmounts(stack: Stack) -> None:
         with open("/proc/self/mountinfo") as f:
             line = next(l for l in f if f" {stack.mnt} " in l)
         assert "fuse.unionfs" in line
+        dev = os.stat(stack.mnt).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+            assert f.read().strip() == "1024"  # raised from FUSE's 128 KiB to one request's size
     finally:
         assert unionfs("umount", str(stack.mnt)).returncode == 0
     assert not is_mounted(str(stack.mnt))
