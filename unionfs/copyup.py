@@ -203,6 +203,9 @@ class CopyUp:
         # told of each upper inode a copy-up makes: its number may be one that a
         # removed entry had, and whatever was cached about that one is stale
         self.on_new_inode = on_new_inode
+        # Told the merged path of an entry whose st_ino changed with its copy-up:
+        # listings that show its old number are stale (the FUSE side drops them).
+        self.on_renumbered: Callable[[str], None] | None = None
         self.inodes = inodes
         self.upper = resolver.layers[0]
         self.work = work
@@ -248,7 +251,7 @@ class CopyUp:
             pst = self.upper.lstat(parent)
             try:
                 self._build(src, rel, st, tmp, data)
-                self._set_origin(tmp, st, src)
+                same_number = self._set_origin(tmp, st, src)
                 syscalls.utimensat(self.work.fd, tmp, (st.st_atime_ns, st.st_mtime_ns))
                 crashpoints.point("copyup.times")
                 os.rename(tmp, to_rel(path), src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
@@ -258,6 +261,8 @@ class CopyUp:
             crashpoints.point("copyup.renamed")
             if self.on_new_inode is not None:
                 self.on_new_inode(self.upper.lstat(to_rel(path)))
+            if not same_number and self.on_renumbered is not None:
+                self.on_renumbered(path)
             if pst is not None:
                 # a copy-up is no change of the parent: keep its times (ovl_copy_up_one)
                 syscalls.utimensat(self.upper.fd, parent, (pst.st_atime_ns, pst.st_mtime_ns))
@@ -356,17 +361,20 @@ class CopyUp:
                     raise
                 log.warning("copy-up of %s: xattr %s not copied: %s", rel, name, exc.strerror)
 
-    def _set_origin(self, tmp: str, st: os.stat_result, src: Layer) -> None:
-        """Record the lower inode so st_ino stays the same after copy-up."""
+    def _set_origin(self, tmp: str, st: os.stat_result, src: Layer) -> bool:
+        """Record the lower inode so st_ino stays the same after copy-up; False
+        where the copy gets a number of its own."""
         if stat.S_ISLNK(st.st_mode) and self.origin_xattr.startswith("user."):
-            return  # the user namespace is not allowed on symlinks
+            return False  # the user namespace is not allowed on symlinks
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             # A copy-up breaks a lower hard link: the copy is another file now
             # and must not share its number with the names left below (ovl_getattr).
-            return
+            return False
         ino = self.inodes(st.st_dev, st.st_ino)
         try:
             self.work.setxattr(tmp, self.origin_xattr, str(ino).encode())
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP):
                 raise
+            return False
+        return True

@@ -84,6 +84,9 @@ FATTR_FH = 1 << 6
 FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
 
+NOTIFY_INVAL_INODE = 2  # a notification's code, sent in the error field with unique 0
+NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # node id, offset, length (0, 0: all of it)
+
 UNKNOWN_INO = 0xFFFFFFFF  # what libfuse reports for an entry it has no attributes for
 
 # -- records ---------------------------------------------------------------

@@ -9,12 +9,15 @@ gets here.
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import xxhash
 
 from unionfs import fuseproto as fp
 from unionfs import syscalls
@@ -40,7 +43,21 @@ def _two_names(data: memoryview) -> tuple[str, str]:
 @dataclass
 class _Dir:
     nodeid: int
-    entries: list[tuple[str, dict[str, int] | None]] | None = None
+    # (cookie, name, attrs) sorted by cookie; a pass's snapshot, stable while entries change
+    entries: list[tuple[int, str, dict[str, int] | None]] | None = None
+    cookies: list[int] | None = None
+
+
+def _cookie(name: str) -> int:
+    """A listing offset that depends on the name alone, as ext4's hash cookies do:
+    the kernel keeps listings (FOPEN_CACHE_DIR) and may continue one that another
+    open filled, so an offset must mean the same in every snapshot. Resuming after
+    a cookie then shows each name that stayed exactly once."""
+    if name == ".":
+        return 1
+    if name == "..":
+        return 2
+    return 3 + xxhash.xxh64_intdigest(os.fsencode(name)) % ((1 << 63) - 3)
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ class Requests:
         # The kernel's page cache holds writes and sends them in large requests;
         # it then owns size and mtime, reads back partial pages, and does O_APPEND.
         self.writeback = writeback
+        self.notify: Callable[[int, bytes], None] | None = None  # set by the session: a message to the kernel
+        if union.copyup is not None:
+            union.copyup.on_renumbered = self._renumbered
 
     def table(self) -> dict[int, Handler]:
         return {
@@ -124,6 +144,13 @@ class Requests:
         nodeid = self.nodes.looked_up(parent, name, seq)
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+
+    def _renumbered(self, path: str) -> None:
+        """The kernel keeps listings (FOPEN_CACHE_DIR); one that shows an entry's
+        old number must go, though its names did not change."""
+        parent = self.nodes.find(path.rsplit("/", 1)[0] or "/")
+        if parent and self.notify is not None:
+            self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(parent, 0, 0))
 
     def _undo_entry(self, result: tuple[int, bytes]) -> None:
         if result[0]:
@@ -412,34 +439,38 @@ class Requests:
         with self._lock:
             fh = next(self._dir_ids)
             self._dirs[fh] = _Dir(h[3])
-        # Not FOPEN_CACHE_DIR: a copy-up changes an entry's d_ino without changing its directory,
-        # so a listing the kernel kept would go stale.
-        return fp.OPEN_OUT.pack(fh, 0, 0)
+        # The kernel keeps listings between opens: names change only through this mount, and
+        # each change through it drops its directory's listing; so does a copy-up that gives
+        # an entry a new number (_renumbered).
+        return fp.OPEN_OUT.pack(fh, fp.FOPEN_CACHE_DIR | fp.FOPEN_KEEP_CACHE, 0)
 
     def releasedir(self, h: tuple, data: memoryview) -> None:
         self._dirs.pop(fp.RELEASE_IN.unpack_from(data)[0], None)
 
     def _listing(self, data: memoryview) -> tuple[_Dir, int, int]:
+        """The handle, the index of the first entry after the request's offset, and its size."""
         fh, offset, size, _ = fp.READ_IN.unpack_from(data)
         handle = self._dirs.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if handle.entries is None or offset == 0:  # a snapshot per pass: stable while entries change
-            handle.entries = self.nodes.stable(lambda seq: self.union.readdir(self.nodes.path(handle.nodeid)))
-        return handle, offset, size
+            listing = self.nodes.stable(lambda seq: self.union.readdir(self.nodes.path(handle.nodeid)))
+            handle.entries = sorted((_cookie(name), name, attrs) for name, attrs in listing)
+            handle.cookies = [entry[0] for entry in handle.entries]
+        assert handle.cookies is not None
+        return handle, bisect.bisect_right(handle.cookies, offset), size
 
     def readdir(self, h: tuple, data: memoryview) -> bytes:
-        handle, offset, size = self._listing(data)
+        handle, start, size = self._listing(data)
         entries = handle.entries
         assert entries is not None
         out = bytearray()
-        for index in range(offset, len(entries)):
-            name, attrs = entries[index]
+        for cookie, name, attrs in entries[start:]:
             raw = os.fsencode(name)
             if len(out) + fp.dirent_size(raw, False) > size:
                 break
             ino, mode = (attrs["st_ino"], attrs["st_mode"]) if attrs else (fp.UNKNOWN_INO, 0o040000)
-            out += fp.dirent(ino, index + 1, mode, raw)
+            out += fp.dirent(ino, cookie, mode, raw)
         return bytes(out)
 
     def readdirplus(self, h: tuple, data: memoryview) -> bytes:
@@ -447,15 +478,14 @@ class Requests:
             return self._readdirplus(data)
 
     def _readdirplus(self, data: memoryview) -> bytes:
-        handle, offset, size = self._listing(data)
+        handle, start, size = self._listing(data)
         entries = handle.entries
         assert entries is not None
         base = self.nodes.path(handle.nodeid)
         prefix = base if base == "/" else base + "/"
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         out = bytearray()
-        for index in range(offset, len(entries)):
-            name, attrs = entries[index]
+        for cookie, name, attrs in entries[start:]:
             raw = os.fsencode(name)
             if len(out) + fp.dirent_size(raw, True) > size:
                 break
@@ -472,7 +502,7 @@ class Requests:
                     ino, mode = full["st_ino"], full["st_mode"]
                 else:
                     ino, mode = attrs["st_ino"], attrs["st_mode"]
-            out += head + fp.dirent(ino, index + 1, mode, raw)
+            out += head + fp.dirent(ino, cookie, mode, raw)
         return bytes(out)
 
     # -- xattrs ----------------------------------------------------------------

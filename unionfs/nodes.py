@@ -140,6 +140,16 @@ class NodeTable:
         with self._lock:
             self._detach((parent, name))
 
+    def find(self, path: str) -> int:
+        """The id the kernel knows for a merged path, else 0."""
+        nodeid = ROOT_ID
+        with self._lock:
+            for name in filter(None, path.split("/")):
+                nodeid = self._ids.get((nodeid, name), 0)
+                if not nodeid:
+                    return 0
+        return nodeid
+
     def known(self, parent: int, name: str) -> int:
         """The id of parent/name if the kernel knows one, else 0."""
         with self._lock:

@@ -174,6 +174,11 @@ class Session:
         else:
             fd = _mount_with_fusermount(self.req)
         self.fd = fd
+        self.requests.notify = self.notify
+
+    def notify(self, code: int, payload: bytes) -> None:
+        """A message the kernel did not ask for (unique 0, the code in the error field)."""
+        self._send(self.fd, [fp.OUT_HEADER.pack(fp.OUT_HEADER.size + len(payload), code, 0), payload], -code)
 
     def run(self) -> None:
         """Serve until the mount goes away; SIGTERM/SIGINT unmount first."""

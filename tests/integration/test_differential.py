@@ -794,3 +794,16 @@ def test_fusepy_engine_matches_kernel(tmp_path: Path) -> None:
             p.run(step)
             p.check()
         assert sorted(names(p.check())) == sorted(names(view(p.driver.mnt)))
+
+
+def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: Path) -> None:
+    """A copy-up of one name of a lower hard link gives it a number of its own: a
+    listing the kernel kept from before must not show the old one."""
+    with pair(tmp_path, [Dir(), Dir({"a": File(b"a"), "b": HardLink(to="a"), "c": File(b"c")})]) as p:
+        for _ in range(2):
+            p.run(op("listdir", "."))  # the second from the kernel's kept listing
+        p.run(op("write", "a", "append", b"+"))
+        p.run(op("listdir", "."))
+        p.check()  # d_ino == st_ino for every entry
+        entries = {e.name: e.inode() for e in os.scandir(p.driver.mnt)}
+        assert entries["a"] == os.lstat(p.driver.mnt / "a").st_ino != os.lstat(p.driver.mnt / "b").st_ino
