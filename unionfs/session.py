@@ -131,6 +131,8 @@ def unmount_lazily(mountpoint: str) -> None:
         subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True)
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 # Requests that carry no new access decision: libfuse lets them through under allow_root.
 _ANY_CALLER = {fp.INIT, fp.READ, fp.WRITE, fp.FSYNC, fp.RELEASE, fp.READDIR, fp.READDIRPLUS, fp.FSYNCDIR,
                fp.RELEASEDIR, fp.FORGET, fp.BATCH_FORGET, fp.INTERRUPT, fp.DESTROY}
@@ -185,12 +187,12 @@ class Session:
         def stop(signum: int, frame: object) -> None:
             unmount_lazily(self.req.mountpoint)
 
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
         workers = [threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True) for i in range(self.threads)]
         try:
             for worker in workers:
                 worker.start()
-            while not self._done.wait(3600):
+            while not self._done.wait(1.0):  # Python runs signal handlers between waits
                 pass
         finally:
             for sig, handler in previous.items():
@@ -198,6 +200,9 @@ class Session:
             os.close(self.fd)
 
     def _serve(self) -> None:
+        # Signals go to the main thread, which waits to run their handlers; one taken
+        # by a worker would be noted but left unhandled until the main thread woke.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         buf = bytearray(self.bufsize)
         view = memoryview(buf)
         fd, handlers, header, out = self.fd, self.handlers, fp.IN_HEADER, fp.OUT_HEADER
