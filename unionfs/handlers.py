@@ -45,7 +45,6 @@ class _Dir:
     nodeid: int
     # (cookie, name, attrs) sorted by cookie; a pass's snapshot, stable while entries change
     entries: list[tuple[int, str, dict[str, int] | None]] | None = None
-    cookies: list[int] | None = None
 
 
 def _cookie(name: str) -> int:
@@ -456,9 +455,7 @@ class Requests:
         if handle.entries is None or offset == 0:  # a snapshot per pass: stable while entries change
             listing = self.nodes.stable(lambda seq: self.union.readdir(self.nodes.path(handle.nodeid)))
             handle.entries = sorted((_cookie(name), name, attrs) for name, attrs in listing)
-            handle.cookies = [entry[0] for entry in handle.entries]
-        assert handle.cookies is not None
-        return handle, bisect.bisect_right(handle.cookies, offset), size
+        return handle, bisect.bisect_right(handle.entries, offset, key=lambda entry: entry[0]), size
 
     def readdir(self, h: tuple, data: memoryview) -> bytes:
         handle, start, size = self._listing(data)

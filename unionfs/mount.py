@@ -61,7 +61,8 @@ def is_mounted(mountpoint: str) -> bool:
         return any(unescape_mountinfo(line.split()[4]) in candidates for line in f)
 
 
-def _fusermount() -> str | None:
+def fusermount() -> str | None:
+    """The setuid helper that mounts and unmounts FUSE for users (fuse3's, else fuse's)."""
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
@@ -69,7 +70,7 @@ def unmount(mountpoint: str) -> None:
     """Unmount; a busy or dead mount is detached lazily instead of hanging."""
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: not mounted")
-    tool = _fusermount()
+    tool = fusermount()
     attempts = [[tool, "-u", mountpoint]] if tool else []
     attempts.append(["umount", mountpoint])
     attempts += [[tool, "-u", "-z", mountpoint]] if tool else []

@@ -80,9 +80,6 @@ class NodeTable:
             if undo is not None:
                 undo(result)
 
-    def __len__(self) -> int:
-        return len(self._nodes)
-
     def path(self, nodeid: int) -> str:
         """The merged path of a node; ENOENT once its name is gone."""
         if nodeid == ROOT_ID:

@@ -15,7 +15,6 @@ import ctypes.util
 import errno
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 
 from unionfs import fuseproto as fp
 from unionfs.handlers import NO_REPLY, Requests
-from unionfs.mount import unescape_mountinfo
+from unionfs.mount import fusermount, unescape_mountinfo
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def _mount_as_root(req: MountRequest, fd: int) -> None:
 
 def _mount_with_fusermount(req: MountRequest) -> int:
     """Mount through the setuid helper; it sends the device fd back (SCM_RIGHTS)."""
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    tool = fusermount()
     if tool is None:
         raise OSError(errno.EPERM, "mounting as a user needs fusermount3 (package fuse3)")
     options = sorted(req.flag_names() | {"nosuid", "nodev"})
@@ -126,7 +125,7 @@ def unmount_lazily(mountpoint: str) -> None:
     if os.geteuid() == 0:
         _libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
         return
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    tool = fusermount()
     if tool:
         subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True)
 

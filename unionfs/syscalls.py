@@ -46,16 +46,21 @@ def renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int =
         _raise(dst)
 
 
-def utimensat(dir_fd: int, path: str, times_ns: tuple[int, int], follow_symlinks: bool = False) -> None:
-    """Set times in nanoseconds; a value of UTIME_NOW or UTIME_OMIT keeps its meaning."""
+def _timespecs(times_ns: tuple[int, int]) -> ctypes.Array[_Timespec]:
+    """Two timespecs from nanoseconds; a value of UTIME_NOW or UTIME_OMIT keeps its meaning."""
     ts = (_Timespec * 2)()
     for i, value in enumerate(times_ns):
         if value in (UTIME_NOW, UTIME_OMIT):
             ts[i].tv_sec, ts[i].tv_nsec = 0, value
         else:
             ts[i].tv_sec, ts[i].tv_nsec = divmod(value, 1_000_000_000)
+    return ts
+
+
+def utimensat(dir_fd: int, path: str, times_ns: tuple[int, int], follow_symlinks: bool = False) -> None:
+    """Set times in nanoseconds; a value of UTIME_NOW or UTIME_OMIT keeps its meaning."""
     flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
-    if _libc.utimensat(dir_fd, os.fsencode(path), ts, flags) != 0:
+    if _libc.utimensat(dir_fd, os.fsencode(path), _timespecs(times_ns), flags) != 0:
         _raise(path)
 
 
@@ -75,10 +80,7 @@ _libc.futimens.restype = ctypes.c_int
 
 def futimens(fd: int, times_ns: tuple[int, int]) -> None:
     """utimensat on an open file; UTIME_NOW and UTIME_OMIT keep their meaning."""
-    ts = (_Timespec * 2)()
-    for i, value in enumerate(times_ns):
-        ts[i].tv_sec, ts[i].tv_nsec = (0, value) if value in (UTIME_NOW, UTIME_OMIT) else divmod(value, 1_000_000_000)
-    if _libc.futimens(fd, ts) != 0:
+    if _libc.futimens(fd, _timespecs(times_ns)) != 0:
         _raise(f"fd {fd}")
 
 
