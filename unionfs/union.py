@@ -425,6 +425,8 @@ class Union:
         copyup, _ = self._writable(path)
         ppath, name = split(path)
         parent = self._dir(ppath)
+        if self.resolver.is_upper(parent.layer):
+            return parent, parent.rel, name
         prel = copyup.ensure(parent)
         return self._dir(ppath), prel, name
 
@@ -434,10 +436,9 @@ class Union:
         if node.is_dir:
             raise fail(errno.EISDIR, path)
         parent, prel, name = self._parent_in_upper(path)
-        whiteout = self.resolver.lower_positive(parent, name)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
-            self._remove_upper(prel, name, False, whiteout)
+            self._remove_upper(prel, name, False, self.resolver.lower_positive(parent, name))
             self._forget(st)
         else:
             self._whiteout(prel, name)
@@ -451,10 +452,9 @@ class Union:
         if self.listing(node):
             raise fail(errno.ENOTEMPTY, path)
         parent, prel, name = self._parent_in_upper(path)
-        whiteout = self.resolver.lower_positive(parent, name)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
-            self._remove_upper(prel, name, True, whiteout)
+            self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
             self._forget(st)  # its inode number may come back for another entry
         else:
             self._whiteout(prel, name)
