@@ -517,6 +517,7 @@ class Union:
                     self._set_opaque(self.upper, rel)  # lower entries named like its new place stay hidden
             crashpoints.point("exchange.prepared")
             syscalls.renameat2(self.upper.fd, first_rel, self.upper.fd, second_rel, syscalls.RENAME_EXCHANGE)
+            crashpoints.point("exchange.exchanged")
             subtree = first.is_dir or second.is_dir
             self.resolver.invalidate(old, subtree)
             self.resolver.invalidate(new, subtree)

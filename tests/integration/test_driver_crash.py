@@ -25,10 +25,13 @@ import pytest
 from mounts import Stack, fuse_mount, kernel_mount
 from users import errno_as
 
+from unionfs import syscalls
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts, whiteouts and kernel overlayfs need root")
 
 # what a request in flight sees when its driver dies, and what comes after
 DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
+AT_FDCWD = -100
 EXTENT = 8192
 EXTENT_GAP = 256 << 10
 View = dict[str, tuple[object, ...]]
@@ -133,6 +136,11 @@ def as_user(action: Callable[[Path], None], uid: int = 1000) -> Callable[[Path],
     return run
 
 
+def exchange(first: str, second: str) -> Callable[[Path], None]:
+    """renameat2(RENAME_EXCHANGE) of two entries of the mount."""
+    return lambda mnt: syscalls.renameat2(AT_FDCWD, str(mnt / first), AT_FDCWD, str(mnt / second), syscalls.RENAME_EXCHANGE)
+
+
 def create_over_whiteout(mnt: Path) -> None:
     os.close(os.open(mnt / "was", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
@@ -155,6 +163,10 @@ OPS = [
     Op("unlink-lower-file", lambda m: os.unlink(m / "dir/sub/y"), {"copyup.renamed": 2, "whiteout.linked": 1}),
     Op("rmdir-lower-dir", lambda m: os.rmdir(m / "dir/empty"), {"whiteout.linked": 1}),
     Op("rmdir-dir-emptied-by-whiteouts", lambda m: os.rmdir(m / "emptied"), {"remove.exchanged": 1}),
+    Op("exchange-lower-files", exchange("dir/x", "deep/a/b/file.txt"),
+       {"copyup.renamed": 5, "exchange.prepared": 1, "exchange.exchanged": 1}),
+    Op("exchange-lower-dir-with-file", exchange("dir", "top.txt"),
+       {"rename.redirect": 1, "exchange.prepared": 1, "exchange.exchanged": 1}),
     Op("create-file", lambda m: os.close(os.open(m / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)), {"create.made": 1}),
     Op("create-file-over-whiteout", create_over_whiteout, {"create.intent": 1, "create.renamed": 1}),
     Op("mkdir-over-whiteout", lambda m: os.mkdir(m / "whdir", 0o750), {"create.opaque": 1, "create.exchanged": 1}),
