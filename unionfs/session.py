@@ -245,7 +245,7 @@ class Session:
             if self.debug:
                 log.debug("op %d node %d uid %d -> %d bytes, error %d", h[1], h[3], h[4], len(reply), out.unpack_from(reply)[1])
             self._send(fd, [reply], h[1])
-            if h[1] == fp.INIT:
+            if h[1] == fp.INIT and out.unpack_from(reply)[1] == 0:  # refused: the kernel ends the connection
                 self._initialized()
 
     def _initialized(self) -> None:
