@@ -79,30 +79,41 @@ class Layer:
         if markers.is_chardev_whiteout(st.st_mode, st.st_rdev):
             return True
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            return any(self.getxattr(rel, name) is not None for name in markers.WHITEOUT_XATTRS)
+            return not self._xattr_names(rel).isdisjoint(markers.WHITEOUT_XATTRS)
         return False
 
     def dir_meta(self, rel: str) -> tuple[bool, str | None]:
         """(opaque, redirect) of a directory of this layer."""
-        opaque = any(self.getxattr(rel, n) == b"y" for n in markers.OPAQUE_XATTRS) or self.exists(
-            rel_join(rel, markers.OPAQUE_MARKER)
-        )
-        redirect = None
-        for name in ("trusted.overlay.redirect", "user.overlay.redirect"):
-            value = self.getxattr(rel, name)
-            if value is not None:
-                redirect = os.fsdecode(value)
-                break
-        return opaque, redirect
+        opaque, redirect = self._xattr_meta(rel, self._xattr_names(rel))
+        return opaque or self.exists(rel_join(rel, markers.OPAQUE_MARKER)), redirect
+
+    def _xattr_names(self, rel: str) -> frozenset[str]:
+        """The names of rel's xattrs: one listxattr instead of a getxattr for each
+        marker that is almost never there."""
+        try:
+            return frozenset(self.listxattr(rel))
+        except OSError as exc:
+            if exc.errno in _MISSING:
+                return frozenset()
+            raise
+
+    def _xattr_meta(self, rel: str, names: frozenset[str]) -> tuple[bool, str | None]:
+        """(opaque by xattr, redirect) of a directory whose xattr names are known."""
+        opaque = any(n in names and self.getxattr(rel, n) == b"y" for n in markers.OPAQUE_XATTRS)
+        for name in markers.REDIRECT_XATTRS:
+            if name in names:
+                value = self.getxattr(rel, name)
+                if value is not None:
+                    return opaque, os.fsdecode(value)
+        return opaque, None
 
     def scan(self, rel: str) -> DirInfo:
         """Read a directory with its markers; raises if rel is not a directory."""
         entries: dict[str, Entry] = {}
         hides: set[str] = set()
         opaque = False
-        xattr_whiteouts = any(
-            self.getxattr(rel, p + "overlay.whiteouts") is not None for p in ("trusted.", "user.")
-        )
+        names = self._xattr_names(rel)
+        xattr_whiteouts = not names.isdisjoint(markers.WHITEOUTS_XATTRS)
         fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
         try:
             with os.scandir(fd) as it:
@@ -135,8 +146,8 @@ class Layer:
                     entries[name] = Entry(False, de.inode(), bits)
         finally:
             os.close(fd)
-        meta_opaque, redirect = self.dir_meta(rel)
-        implicit = any(self.getxattr(rel, n) is not None for n in markers.IMPLICIT_XATTRS)
+        meta_opaque, redirect = self._xattr_meta(rel, names)  # the .wh..wh..opq marker was seen above
+        implicit = not names.isdisjoint(markers.IMPLICIT_XATTRS)
         return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit)
 
     # -- xattrs ----------------------------------------------------------------

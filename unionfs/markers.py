@@ -19,6 +19,9 @@ OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+# set on a directory that holds xattr whiteouts, so that only such directories need checking
+WHITEOUTS_XATTRS = ("trusted.overlay.whiteouts", "user.overlay.whiteouts")
+REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
 # A directory that no entry of its layer described (a layer tar that adds
 # /a/b/c without an entry for /a/b): it takes its attributes from below.
 IMPLICIT_XATTRS = ("trusted.unionfs.implicit", "user.unionfs.implicit")
