@@ -43,8 +43,9 @@ def _two_names(data: memoryview) -> tuple[str, str]:
 @dataclass
 class _Dir:
     nodeid: int
-    # (cookie, name, attrs) sorted by cookie; a pass's snapshot, stable while entries change
-    entries: list[tuple[int, str, dict[str, int] | None]] | None = None
+    # (cookie, name, attrs, source) sorted by cookie; a pass's snapshot, stable while entries change
+    entries: list[tuple[int, str, dict[str, int] | None, tuple[int, str] | None]] | None = None
+    generation: int = -1  # the Union's when the snapshot was taken
 
 
 def _cookie(name: str) -> int:
@@ -453,8 +454,10 @@ class Requests:
         if handle is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if handle.entries is None or offset == 0:  # a snapshot per pass: stable while entries change
-            listing = self.nodes.stable(lambda seq: self.union.readdir(self.nodes.path(handle.nodeid)))
-            handle.entries = sorted((_cookie(name), name, attrs) for name, attrs in listing)
+            generation = self.union.generation
+            listing = self.nodes.stable(lambda seq: self.union.listed(self.nodes.path(handle.nodeid)))
+            handle.entries = sorted((_cookie(name), name, attrs, source) for name, attrs, source in listing)
+            handle.generation = generation
         return handle, bisect.bisect_right(handle.entries, offset, key=lambda entry: entry[0]), size
 
     def readdir(self, h: tuple, data: memoryview) -> bytes:
@@ -462,7 +465,7 @@ class Requests:
         entries = handle.entries
         assert entries is not None
         out = bytearray()
-        for cookie, name, attrs in entries[start:]:
+        for cookie, name, attrs, _ in entries[start:]:
             raw = os.fsencode(name)
             if len(out) + fp.dirent_size(raw, False) > size:
                 break
@@ -481,8 +484,9 @@ class Requests:
         base = self.nodes.path(handle.nodeid)
         prefix = base if base == "/" else base + "/"
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
+        unchanged = handle.generation == self.union.generation  # the snapshot's sources still hold
         out = bytearray()
-        for cookie, name, attrs in entries[start:]:
+        for cookie, name, attrs, source in entries[start:]:
             raw = os.fsencode(name)
             if len(out) + fp.dirent_size(raw, True) > size:
                 break
@@ -490,7 +494,10 @@ class Requests:
             ino, mode = fp.UNKNOWN_INO, 0o040000
             if attrs is not None:
                 try:
-                    full = self.union.getattr(prefix + name)
+                    if source is not None and unchanged:
+                        full = self.union.layer_getattr(*source, prefix + name)
+                    else:
+                        full = self.union.getattr(prefix + name)
                 except OSError:
                     full = None  # gone since the snapshot: a plain entry, looked up if asked for
                 if full is not None:

@@ -86,6 +86,10 @@ class Resolver:
                 for key in [k for k in self._nodes if k.startswith(prefix)]:
                     del self._nodes[key]
 
+    @property
+    def generation(self) -> int:
+        return self._gen
+
     def _store(self, node: Node, gen: int) -> None:
         with self._lock:
             if gen == self._gen:

@@ -167,13 +167,21 @@ class Union:
     # -- reading -----------------------------------------------------------------
     def getattr(self, path: str) -> dict[str, int]:
         node = self.node(path)
-        index, rel = node.attr_source
+        # overlayfs reports nlink 1 for merged directories: counting subdirs
+        # of every layer is not worth it, and find(1) copes (ovl_getattr).
+        return self.layer_getattr(*node.attr_source, path, 1 if node.merged else None)
+
+    def layer_getattr(self, index: int, rel: str, path: str, nlink: int | None = None) -> dict[str, int]:
+        """The attributes of the entry at rel in one layer, as the merged view shows them."""
         st = self.layers[index].lstat(rel)
         if st is None:
             raise fail(errno.ENOENT, path)
-        # overlayfs reports nlink 1 for merged directories: counting subdirs
-        # of every layer is not worth it, and find(1) copes (ovl_getattr).
-        return self.attrs(st, self._ino(index, rel, st), 1 if node.merged else None)
+        return self.attrs(st, self._ino(index, rel, st), nlink)
+
+    @property
+    def generation(self) -> int:
+        """Changes with every change of what a path names (see ``listed``)."""
+        return self.resolver.generation
 
     def fgetattr(self, fd: int, index: int) -> dict[str, int]:
         st = os.fstat(fd)
@@ -212,8 +220,14 @@ class Union:
         return out
 
     def readdir(self, path: str) -> list[tuple[str, dict[str, int] | None]]:
+        return [(name, attrs) for name, attrs, _ in self.listed(path)]
+
+    def listed(self, path: str) -> list[tuple[str, dict[str, int] | None, tuple[int, str] | None]]:
+        """readdir's entries, each non-directory with the (layer index, rel) that
+        holds it: while ``generation`` stays the same, ``layer_getattr`` there is
+        its getattr without a lookup through the layers."""
         node = self._dir(path)
-        out: list[tuple[str, dict[str, int] | None]] = [(".", None), ("..", None)]
+        out: list[tuple[str, dict[str, int] | None, tuple[int, str] | None]] = [(".", None, None), ("..", None, None)]
         for name, index, prel, d_ino, bits in self.listing(node):
             layer = self.layers[index]
             if self.resolver.is_upper(index):
@@ -223,7 +237,8 @@ class Union:
                     ino = self._ino(index, rel_join(prel, name), st) if st else d_ino
             else:
                 ino = self.inodes(layer.dev, d_ino)
-            out.append((name, {"st_ino": ino, "st_mode": bits}))
+            source = None if stat.S_ISDIR(bits) else (index, rel_join(prel, name))
+            out.append((name, {"st_ino": ino, "st_mode": bits}, source))
         return out
 
     def open(self, path: str, flags: int, caller: Caller = ROOT) -> tuple[int, int]:
