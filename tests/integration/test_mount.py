@@ -300,6 +300,29 @@ def test_listing_stays_consistent_while_entries_change(stack: Stack) -> None:
             t.join()
 
 
+def test_listing_continued_after_copy_ups_carries_the_new_attributes(stack: Stack) -> None:
+    """READDIRPLUS sends each entry's attributes; a listing continued after its
+    entries were copied up must send the copies' attributes, not the lower
+    files' it saw when the listing began (the kernel would keep those)."""
+    lower = stack.lowers[1] / "many"
+    lower.mkdir()
+    names = [f"file{i:04d}" for i in range(3000)]
+    for name in names:
+        (lower / name).write_text("")
+        os.chmod(lower / name, 0o644)
+    with fuse_mount(stack, "volatile") as mnt:
+        with os.scandir(mnt / "many") as it:
+            first = next(it).name  # the first getdents reads part of the listing only
+            for name in names:
+                if name != first:
+                    os.chmod(mnt / "many" / name, 0o600)  # a copy-up each
+            rest = {entry.name for entry in it}  # READDIRPLUS continued after the copy-ups
+        assert rest | {first} == set(names)
+        modes = {name: stat.S_IMODE(os.stat(mnt / "many" / name).st_mode) for name in names}
+    stale = sorted(name for name, mode in modes.items() if mode != (0o644 if name == first else 0o600))
+    assert not stale, f"{len(stale)} entries show the lower file's mode: {stale[:5]}"
+
+
 def test_racing_writers_copy_up_once(stack: Stack) -> None:
     (stack.lowers[1] / "shared.bin").write_bytes(b"\0" * (4 << 20))
     with fuse_mount(stack) as mnt:
