@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 30
 _INTENT = ".intent"
+_RENAME = ".rename"
+
+
+def _plain_rel(rel: str) -> bool:
+    """A record's path may only name something inside the upper layer."""
+    return bool(rel) and not rel.startswith("/") and ".." not in rel.split("/")
 
 
 class WorkDir(Layer):
@@ -49,10 +55,13 @@ class WorkDir(Layer):
         self.clean()
 
     def clean(self) -> None:
-        """Remove what an interrupted operation left: never visible, never needed."""
+        """Remove what an interrupted operation left: never visible, never needed;
+        or finish the operation where undoing it is not possible (``record_rename``)."""
         for name in os.listdir(self.fd):
             if name.endswith(_INTENT):
                 self._undo_intent(name)
+            elif name.endswith(_RENAME):
+                self._finish_rename(name)
             self.remove_tree(name)
 
     def remove_tree(self, name: str) -> None:
@@ -62,29 +71,64 @@ class WorkDir(Layer):
         """Note that upper_rel (basename ``.wh.`` + name) is about to be built in
         the upper layer: if the driver dies before ``drop_intent``, the next
         mount removes it."""
-        fd = os.open(name + _INTENT, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
-        try:
-            os.write(fd, os.fsencode(upper_rel))
-        finally:
-            os.close(fd)
+        self._write_record(name + _INTENT, upper_rel)
 
     def drop_intent(self, name: str) -> None:
         os.unlink(name + _INTENT, dir_fd=self.fd)
 
+    def record_rename(self, source: str, target: str, marker: str | None) -> str:
+        """Note that the upper directory source is about to replace target, whose
+        whiteouts go first one by one, with the ``.wh.`` file marker (if any) at
+        the old name. Half-way, the lower entries they hid show again, so there
+        is no undoing it: if the driver dies before ``drop_record``, the next
+        mount finishes it. Returns the record's name."""
+        record = self.temp_name() + _RENAME
+        self._write_record(record, "\0".join((source, target, marker or "")))
+        return record
+
+    def drop_record(self, record: str) -> None:
+        os.unlink(record, dir_fd=self.fd)
+
+    def _write_record(self, record: str, text: str) -> None:
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
+        try:
+            os.write(fd, os.fsencode(text))
+        finally:
+            os.close(fd)
+
+    def _read_record(self, record: str) -> str:
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            return os.fsdecode(os.read(fd, 1 << 16))
+        finally:
+            os.close(fd)
+
     def _undo_intent(self, record: str) -> None:
         if self.upper is None:
             return
-        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        try:
-            rel = os.fsdecode(os.read(fd, 1 << 16))
-        finally:
-            os.close(fd)
-        parts = rel.split("/")
+        rel = self._read_record(record)
         # only the exact temporary name is ever removed: a cut-short record names nothing
-        if parts[-1] != markers.WH_PREFIX + record[: -len(_INTENT)] or rel.startswith("/") or ".." in parts:
+        if rel.split("/")[-1] != markers.WH_PREFIX + record[: -len(_INTENT)] or not _plain_rel(rel):
             return
         log.info("removing %s, left by an interrupted operation", rel)
         _remove_tree(self.upper, rel)
+
+    def _finish_rename(self, record: str) -> None:
+        if self.upper is None:
+            return
+        fields = self._read_record(record).split("\0")
+        if len(fields) != 3 or not all(map(_plain_rel, fields[:2])) or (fields[2] and not _plain_rel(fields[2])):
+            return  # cut short while being written: nothing was changed yet
+        source, target, marker = fields
+        if not self.upper.exists(source):
+            return  # the rename was done
+        log.info("finishing the rename of %s over %s, interrupted", source, target)
+        st = self.upper.lstat(target)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            clear_dir(self.upper, target)
+        if marker and not self.upper.exists(marker):
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.upper.fd))
+        os.rename(source, target, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
 
     def temp_name(self) -> str:
         return f"{self._prefix}{next(self._counter)}"

@@ -539,6 +539,7 @@ class Union:
 
     def _rename(self, source: Node, target: Node | None, oname: str, npath: str, nname: str, copyup: CopyUp) -> None:
         old, new = source.path, child_path(npath, nname)
+        _, work = self._writable(new)
         has_lower = self._has_lower(source)
         orel = copyup.ensure(source)
         self._redirect(source, orel)
@@ -549,15 +550,20 @@ class Union:
             self._set_opaque(self.upper, orel)  # lower entries named like the target stay hidden
             crashpoints.point("rename.opaque")
         existing = self.upper.lstat(nrel)
+        whiteout = self.resolver.lower_positive(oparent, oname)
+        record = None
         if existing is not None and stat.S_ISDIR(existing.st_mode) and target is not None:
             # only whiteouts: the merged directory is empty
             if self.form is WhiteoutForm.OVERLAY and len(target.layers) > 1:
                 copyup.empty_dir(nrel, "trusted.overlay.opaque")  # never shows what they hide
                 self.resolver.invalidate(new)
             else:
+                if len(target.layers) > 1:  # an empty directory cannot be opaque in the OCI form
+                    marker = rel_join(oprel, markers.WH_PREFIX + oname) if whiteout else None
+                    record = work.record_rename(orel, nrel, marker)
+                    crashpoints.point("rename.recorded")
                 clear_dir(self.upper, nrel)
             crashpoints.point("rename.target_cleared")
-        whiteout = self.resolver.lower_positive(oparent, oname)
         if existing is not None and source.is_dir and not stat.S_ISDIR(existing.st_mode):
             # a directory over a whiteout: exchange, then the whiteout is at the old name
             syscalls.renameat2(self.upper.fd, orel, self.upper.fd, nrel, syscalls.RENAME_EXCHANGE)
@@ -571,6 +577,8 @@ class Union:
                 self._whiteout(oprel, oname)
             os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
         crashpoints.point("rename.renamed")
+        if record is not None:
+            work.drop_record(record)
         self._forget(existing)
         subtree = source.is_dir or (target is not None and target.is_dir)
         self.resolver.invalidate(old, subtree)

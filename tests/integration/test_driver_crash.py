@@ -151,6 +151,7 @@ class Op:
     run: Callable[[Path], None]
     must_pass: dict[str, int] = field(default_factory=dict)  # point name -> times at least
     options: tuple[str, ...] = ()  # mount options the operation needs
+    kernel_reads_upper: bool = True  # False where the upper gets .wh. files, which kernel overlayfs shows as files
 
 
 OPS = [
@@ -160,6 +161,10 @@ OPS = [
     Op("rename-lower-file", lambda m: os.rename(m / "dir/x", m / "dir/sub/x"), {"copyup.renamed": 3, "rename.renamed": 1}),
     Op("rename-lower-dir", lambda m: os.rename(m / "dir", m / "dir2"), {"rename.redirect": 1, "rename.renamed": 1}),
     Op("rename-lower-dir-over-emptied-dir", lambda m: os.rename(m / "dir/sub", m / "emptied"), {"rename.target_cleared": 1}),
+    # the OCI form cannot mark an empty directory opaque: the target's whiteouts go one by one, and a
+    # crash half-way is finished by the next mount
+    Op("rename-lower-dir-over-emptied-dir-oci", lambda m: os.rename(m / "dir/sub", m / "emptied"),
+       {"rename.recorded": 1, "rename.target_cleared": 1}, ("whiteout=oci",), kernel_reads_upper=False),
     Op("unlink-lower-file", lambda m: os.unlink(m / "dir/sub/y"), {"copyup.renamed": 2, "whiteout.linked": 1}),
     Op("rmdir-lower-dir", lambda m: os.rmdir(m / "dir/empty"), {"whiteout.linked": 1}),
     Op("rmdir-dir-emptied-by-whiteouts", lambda m: os.rmdir(m / "emptied"), {"remove.exchanged": 1}),
@@ -203,7 +208,7 @@ def crash_at(op: Op, number: int, name: str, base: Path, before: View, after: Vi
         with pytest.raises(OSError) as dead:
             os.listdir(mnt)  # a request the kernel cannot answer from its caches
         assert dead.value.errno == errno.ENOTCONN, f"{where}: the mount still answers"
-    with fuse_mount(stack) as mnt:
+    with fuse_mount(stack, *op.options) as mnt:
         state = view(mnt)
         leftovers = sorted(os.listdir(stack.work / "work"))
     assert state in (before, after), (
@@ -211,12 +216,19 @@ def crash_at(op: Op, number: int, name: str, base: Path, before: View, after: Vi
         f"against before: {difference(state, before)} | against after: {difference(state, after)}"
     )
     assert leftovers == [], f"{where}: work dir leftovers after remount: {leftovers}"
+    if not op.kernel_reads_upper:
+        return _repeat_if_before(op, stack, state, before, after, where)
     try:
         with kernel_mount(stack, "redirect_dir=on") as mnt:
             kernel = view(mnt)
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"{where}: kernel overlayfs refuses the upper: {exc.stderr!r}")
     assert kernel == state, f"{where}: kernel overlayfs shows another view: {difference(kernel, state)}"
+    return _repeat_if_before(op, stack, state, before, after, where)
+
+
+def _repeat_if_before(op: Op, stack: Stack, state: View, before: View, after: View, where: str) -> str:
+    """Where the crash left the state before, the operation must still give the state after."""
     if state == before:
         with fuse_mount(stack, *op.options) as mnt:
             op.run(mnt)
