@@ -284,3 +284,52 @@ def test_implicit_directory_takes_attributes_from_below(dirs: dict[str, Path]) -
     os.close(u.create("/d/new", 0o644, os.O_WRONLY))
     st = (dirs["upper"] / "d").stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o1770, 1000)
+
+
+# -- records of interrupted renames (whiteout=oci) ------------------------------------
+def _record(work: Path, text: str) -> None:
+    (work / "work").mkdir(exist_ok=True)
+    (work / "work" / "#unionfs.1.0.rename").write_bytes(os.fsencode(text))
+
+
+def test_next_mount_finishes_an_interrupted_rename(dirs: dict[str, Path]) -> None:
+    tree(dirs["bottom"], {"dst/a": "hidden", "src": "a lower file the rename whites out"})
+    # as the rename left it half-way: src made opaque, one whiteout of dst left to remove
+    tree(dirs["upper"], {"src/x": "moved", "src/.wh..wh..opq": "", "dst/.wh.a": ""})
+    _record(dirs["work"], "src\0dst\0.wh.src")
+    u = make_union(dirs, whiteout=WhiteoutForm.OCI)
+    try:
+        assert names(u, "/") == ["dst"]
+        assert names(u, "/dst") == ["x"]
+        assert (dirs["upper"] / "dst/x").read_text() == "moved"
+        assert (dirs["upper"] / ".wh.src").exists()
+        assert os.listdir(dirs["work"] / "work") == []
+    finally:
+        u.close()
+
+
+def test_a_finished_rename_is_not_repeated(dirs: dict[str, Path]) -> None:
+    tree(dirs["upper"], {"dst/x": "moved", "src/": None})  # a new src made after the rename
+    tree(dirs["bottom"], {"src/y": "below"})
+    _record(dirs["work"], "gone\0dst\0")
+    u = make_union(dirs, whiteout=WhiteoutForm.OCI)
+    try:
+        assert (dirs["upper"] / "dst/x").read_text() == "moved"
+        assert names(u, "/src") == ["y"]
+        assert os.listdir(dirs["work"] / "work") == []
+    finally:
+        u.close()
+
+
+@pytest.mark.parametrize("text", ["../outside\0dst\0", "src\0/abs\0", "src\0dst\0../../m", "src\0dst", "src"])
+def test_a_rename_record_never_reaches_outside_the_upper(dirs: dict[str, Path], tmp_path: Path, text: str) -> None:
+    """A record that is cut short or names a path outside the upper layer changes nothing."""
+    tree(tmp_path, {"outside/keep": "k"})
+    tree(dirs["upper"], {"src/x": "s", "dst/.wh.a": ""})
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "work" not in p.parts)
+    _record(dirs["work"], text)
+    u = make_union(dirs, whiteout=WhiteoutForm.OCI)
+    u.close()
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "work" not in p.parts)
+    assert after == before
+    assert os.listdir(dirs["work"] / "work") == []
