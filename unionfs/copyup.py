@@ -127,6 +127,7 @@ class WorkDir(Layer):
         if st is not None and stat.S_ISDIR(st.st_mode):
             clear_dir(self.upper, target)
         if marker and not self.upper.exists(marker):
+            # a file of its own, not link_marker's: a shared one would stay in the work dir
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.upper.fd))
         os.rename(source, target, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
 

@@ -2,8 +2,9 @@
 
 A handler gets the unpacked request header and the bytes after it, and
 returns the reply's payload: ``None`` for an empty reply, bytes, or
-``NO_REPLY`` for the requests the kernel expects no answer to (FORGET). An ``OSError`` becomes the error reply. The permission checks are
-the kernel's: the mount has ``default_permissions`` and negotiates
+``NO_REPLY`` for the requests the kernel expects no answer to (FORGET). An
+``OSError`` becomes the error reply. The permission checks are the
+kernel's: the mount has ``default_permissions`` and negotiates
 FUSE_POSIX_ACL, so mode bits and access ACLs are enforced before a request
 gets here.
 """
@@ -72,9 +73,7 @@ class Timeouts:
 class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 
-    def __init__(
-        self, union: Union, timeouts: Timeouts, *, writeback: bool = True
-    ) -> None:
+    def __init__(self, union: Union, timeouts: Timeouts, *, writeback: bool = True) -> None:
         self.union = union
         self.nodes = NodeTable()
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
