@@ -10,7 +10,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import mounts  # noqa: E402
 from mounts import force_unmount, mounts_under  # noqa: E402
+
+from unionfs import uring  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (kernel overlayfs, device nodes, trusted xattrs)")
 
@@ -20,3 +23,29 @@ def _no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
     yield
     for point in sorted(mounts_under(tmp_path), key=len, reverse=True):
         force_unmount(point)
+
+
+@pytest.fixture
+def kernel_io_uring() -> Iterator[None]:
+    """The kernel offers FUSE over io_uring to the connections made meanwhile."""
+    param = Path(uring.SYSFS_ENABLE)
+    if not param.exists():
+        pytest.skip("this kernel has no FUSE over io_uring")
+    before = param.read_text().strip()
+    param.write_text("Y")
+    try:
+        yield
+    finally:
+        param.write_text(before)
+
+
+@pytest.fixture(params=["dev", "io_uring"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test once with requests read from /dev/fuse and once through the per-CPU rings."""
+    if request.param == "io_uring":
+        request.getfixturevalue("kernel_io_uring")
+    mounts.TRANSPORT = ("io_uring=on",) if request.param == "io_uring" else ("io_uring=off",)
+    try:
+        yield request.param
+    finally:
+        mounts.TRANSPORT = ()

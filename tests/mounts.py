@@ -38,10 +38,14 @@ class Stack:
         return MountSpec(tuple(map(str, self.lowers)), str(self.upper), str(self.work), options)
 
 
+# Options every fuse_mount adds: how requests reach the driver (see the ``transport`` fixture).
+TRANSPORT: tuple[str, ...] = ()
+
+
 @contextlib.contextmanager
 def fuse_mount(stack: Stack, *options: str, read_only: bool = False, env: Mapping[str, str] | None = None) -> Iterator[Path]:
     """The driver under test, started as its own daemon process (env: added to its environment)."""
-    with mounted(stack.spec(*options, read_only=read_only), str(stack.mnt), env=env):
+    with mounted(stack.spec(*TRANSPORT, *options, read_only=read_only), str(stack.mnt), env=env):
         yield stack.mnt
 
 

@@ -67,6 +67,8 @@ POSIX_ACL = 1 << 20
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
 INIT_EXT = 1 << 30
+# in the second flags word, which follows INIT_IN and INIT_OUT's flags with INIT_EXT
+OVER_IO_URING = 1 << (41 - 32)
 
 # -- other flags -----------------------------------------------------------
 FOPEN_KEEP_CACHE = 1 << 1
@@ -93,6 +95,7 @@ UNKNOWN_INO = 0xFFFFFFFF  # what libfuse reports for an entry it has no attribut
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
 OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
 INIT_IN = struct.Struct("<IIII")  # major, minor, max_readahead, flags (flags2 follows with INIT_EXT)
+INIT_IN_FLAGS2 = struct.Struct("<I")
 INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")
 ATTR = struct.Struct("<QQQqqqIIIIIIIIII")  # ino size blocks atime mtime ctime [a/m/c]nsec mode nlink uid gid rdev blksize flags
 ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_nsec attr_nsec; ATTR follows

@@ -92,6 +92,8 @@ class Requests:
         # it then owns size and mtime, reads back partial pages, and does O_APPEND.
         self.writeback = writeback
         self.notify: Callable[[int, bytes], None] | None = None  # set by the session: a message to the kernel
+        self.offer_io_uring = False  # set by the session when its rings are ready
+        self.over_io_uring = False  # the kernel agreed: requests come through the rings
         if union.copyup is not None:
             union.copyup.on_renumbered = self._renumbered
 
@@ -123,10 +125,17 @@ class Requests:
         )
         if self.writeback:
             want |= fp.WRITEBACK_CACHE
+        flags2 = 0
+        if flags & fp.INIT_EXT and len(data) >= fp.INIT_IN.size + fp.INIT_IN_FLAGS2.size:
+            offered2 = fp.INIT_IN_FLAGS2.unpack_from(data, fp.INIT_IN.size)[0]
+            if self.offer_io_uring and offered2 & fp.OVER_IO_URING:
+                want |= fp.INIT_EXT
+                flags2 = fp.OVER_IO_URING
+                self.over_io_uring = True
         max_pages = self.max_write // 4096
         reply = fp.INIT_OUT.pack(
             fp.KERNEL_MAJOR, min(minor, fp.KERNEL_MINOR), max_readahead, flags & want,
-            16, 12, self.max_write, 1, max_pages, 0, 0,
+            16, 12, self.max_write, 1, max_pages, 0, flags2,
         )
         return reply
 

@@ -182,7 +182,7 @@ def serve(
             os.path.abspath(mountpoint), fsname, "unionfs", opts.mount_flags,
             allow_other=opts.allow_other or opts.allow_root, read_only=opts.read_only,
         )
-        session = Session(requests, target, debug=debug, on_ready=on_ready)
+        session = Session(requests, target, debug=debug, on_ready=on_ready, io_uring=opts.io_uring)
         if opts.allow_root and not opts.allow_other:
             session.owners = {0, os.getuid()}
         session.mount()

@@ -43,6 +43,8 @@ class MountOptions:
     mount_flags: tuple[str, ...] = field(default=())
     # native: this driver's own FUSE protocol code; fusepy: libfuse 2's path API through fusepy.
     engine: str = "native"
+    # FUSE over io_uring (native engine): auto when the kernel offers it, on to insist, off for /dev/fuse alone.
+    io_uring: str = "auto"
 
     @property
     def read_only(self) -> bool:
@@ -82,6 +84,10 @@ def parse(option_strings: list[str]) -> MountOptions:
                 if value not in ("native", "fusepy"):
                     raise OptionError(f"engine={value}: expected native or fusepy")
                 values["engine"] = value
+            elif key == "io_uring":
+                if value not in ("auto", "on", "off"):
+                    raise OptionError(f"io_uring={value}: expected auto, on or off")
+                values["io_uring"] = value
             elif key == "volatile" and not eq:
                 values["volatile"] = True
             elif key in ("allow_other", "allow_root") and not eq:

@@ -5,6 +5,8 @@ mount(2); otherwise ``fusermount3`` mounts and hands the device over a
 socket, as libfuse does. Worker threads each read whole requests into their
 own buffer and answer them; the kernel gives each request to one reader, so
 a slow request (a large copy-up, an fsync) holds one thread, not the mount.
+Where the kernel offers FUSE over io_uring, requests come instead through a
+queue per CPU (``uring``), answered by the same ``answer``.
 SIGTERM and SIGINT unmount; the workers end when the kernel closes the
 connection.
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from unionfs import fuseproto as fp
+from unionfs import uring
 from unionfs.handlers import NO_REPLY, Requests
 from unionfs.mount import fusermount, unescape_mountinfo
 
@@ -152,6 +155,7 @@ class Session:
         threads: int = 8,
         debug: bool = False,
         on_ready: Callable[[], None] | None = None,
+        io_uring: str = "auto",
     ) -> None:
         self.requests = requests
         self.on_ready = on_ready
@@ -163,8 +167,13 @@ class Session:
         self.fd = -1
         self.owners: set[int] | None = None  # allow_root: only these uids (and the kernel's own requests)
         self._done = threading.Event()
+        self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
+        self._queues: list[uring.QueueWorker] = []
 
     def mount(self) -> None:
+        if self.io_uring == "on" and not uring.kernel_offers():
+            raise OSError(errno.EOPNOTSUPP, "io_uring=on, but the kernel does not offer FUSE over io_uring"
+                          f" ({uring.SYSFS_ENABLE} is not Y)")
         if os.geteuid() == 0:
             fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -176,6 +185,32 @@ class Session:
             fd = _mount_with_fusermount(self.req)
         self.fd = fd
         self.requests.notify = self.notify
+        try:
+            self._prepare_rings()
+        except BaseException:
+            unmount_lazily(self.req.mountpoint)
+            raise
+
+    def _prepare_rings(self) -> None:
+        """Make the rings before INIT: once the kernel has agreed to io_uring, it holds
+        every request until each CPU's queue has an entry, so agreeing to it and then
+        failing to make a ring would hang the mount."""
+        if self.io_uring == "off" or not uring.kernel_offers():
+            return
+        per_queue = max(1, self.threads // uring.possible_cpus())
+        try:
+            for qid in range(uring.possible_cpus()):
+                for _ in range(per_queue):
+                    self._queues.append(uring.QueueWorker(self.fd, qid, max(8192, self.requests.max_write)))
+        except OSError as exc:
+            for worker in self._queues:
+                worker.ring.close()
+            self._queues = []
+            if self.io_uring == "on":
+                raise
+            log.info("FUSE over io_uring not used: %s", exc)
+            return
+        self.requests.offer_io_uring = True
 
     def notify(self, code: int, payload: bytes) -> None:
         """A message the kernel did not ask for (unique 0, the code in the error field)."""
@@ -204,7 +239,7 @@ class Session:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         buf = bytearray(self.bufsize)
         view = memoryview(buf)
-        fd, handlers, header, out = self.fd, self.handlers, fp.IN_HEADER, fp.OUT_HEADER
+        fd, header, out = self.fd, fp.IN_HEADER, fp.OUT_HEADER
         while True:
             try:
                 size = os.readv(fd, [buf])
@@ -217,42 +252,66 @@ class Session:
                 return
             h = header.unpack_from(buf)
             unique = h[2]
-            handler = handlers.get(h[1])
-            if self.owners is not None and h[4] not in self.owners and h[1] not in _ANY_CALLER:
-                handler = _refuse  # allow_root: the kernel lets everyone in, libfuse's rule keeps them out
+            code, payload = self.answer(h, view[fp.IN_HEADER.size:size], "dev")
+            if payload is NO_REPLY:
+                continue
+            if code:
+                reply = out.pack(16, -code, unique)
+            elif payload is None:
+                reply = out.pack(16, 0, unique)
+            elif len(payload) > 4096:  # file data: not copied once more
+                self._send(fd, [out.pack(16 + len(payload), 0, unique), payload], h[1])
+                continue
+            else:
+                reply = out.pack(16 + len(payload), 0, unique) + payload
+            self._send(fd, [reply], h[1])
+            if h[1] == fp.INIT and not code:  # refused: the kernel ends the connection
+                self._initialized()
+
+    def answer(self, h: tuple, body: memoryview, via: str) -> tuple[int, object]:
+        """(errno, payload) for one request; the payload may be None or NO_REPLY."""
+        handler = self.handlers.get(h[1])
+        if self.owners is not None and h[4] not in self.owners and h[1] not in _ANY_CALLER:
+            handler = _refuse  # allow_root: the kernel lets everyone in, libfuse's rule keeps them out
+        code, payload = 0, None
+        if handler is None:
+            code = errno.ENOSYS
+        else:
             try:
-                if handler is None:
-                    reply = out.pack(16, -errno.ENOSYS, unique)
-                else:
-                    payload = handler(h, view[fp.IN_HEADER.size:size])
-                    if payload is NO_REPLY:
-                        continue
-                    if payload is None:
-                        reply = out.pack(16, 0, unique)
-                    elif len(payload) > 4096:  # file data: not copied once more
-                        self._send(fd, [out.pack(16 + len(payload), 0, unique), payload], h[1])
-                        continue
-                    else:
-                        reply = out.pack(16 + len(payload), 0, unique) + payload
+                payload = handler(h, body)
             except OSError as exc:
                 code = exc.errno if exc.errno and exc.errno > 0 else errno.EIO
                 if code == errno.EIO:
                     log.error("opcode %d on node %d failed", h[1], h[3], exc_info=True)
-                reply = out.pack(16, -code, unique)
             except Exception:
                 log.exception("opcode %d on node %d failed", h[1], h[3])
-                reply = out.pack(16, -errno.EIO, unique)
-            if self.debug:
-                log.debug("op %d node %d uid %d -> %d bytes, error %d", h[1], h[3], h[4], len(reply), out.unpack_from(reply)[1])
-            self._send(fd, [reply], h[1])
-            if h[1] == fp.INIT and out.unpack_from(reply)[1] == 0:  # refused: the kernel ends the connection
-                self._initialized()
+                code = errno.EIO
+        if self.debug:
+            log.debug("op %d node %d uid %d via %s -> error %d, %d bytes", h[1], h[3], h[4], via, code,
+                      len(payload) if code == 0 and isinstance(payload, (bytes, bytearray, memoryview)) else 0)
+        return code, payload
 
     def _initialized(self) -> None:
         """After the INIT reply: the kernel has set the mount's readahead from it by now."""
         raise_readahead(self.req.mountpoint, self.requests.max_write // 1024)
+        if self.requests.over_io_uring:
+            for i, worker in enumerate(self._queues):
+                threading.Thread(target=self._serve_ring, args=(worker,), name=f"fuse-{worker.name}-{i}",
+                                 daemon=True).start()
+        else:
+            if self._queues and self.io_uring == "on":
+                log.warning("io_uring=on, but the kernel did not offer it at INIT: serving /dev/fuse only")
+            for worker in self._queues:
+                worker.ring.close()
         if self.on_ready:
             self.on_ready()
+
+    def _serve_ring(self, worker: uring.QueueWorker) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            worker.serve(self.answer, NO_REPLY)
+        except OSError as exc:
+            log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
 
     @staticmethod
     def _send(fd: int, buffers: list, opcode: int) -> None:

@@ -64,6 +64,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 pytestmark = [
+    pytest.mark.usefixtures("transport"),  # every test over /dev/fuse and over the per-CPU io_uring queues
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (kernel overlayfs, device nodes, trusted xattrs)"),
     pytest.mark.skipif(os.geteuid() == 0 and not kernel_overlay_available(), reason="kernel overlayfs not available"),
 ]

@@ -11,6 +11,9 @@ region, one name that all workers rename onto. At the end the whole tree is
 checked against the models through the mount, after a remount, and through
 kernel overlayfs over the same upper.
 
+It runs twice: with requests read from ``/dev/fuse`` and through the per-CPU
+io_uring queues, where each CPU's workers take only that CPU's requests.
+
 ``STRESS_SECONDS`` sets the running time (default 120); ``STRESS_SEED`` the
 seed (each worker's operations follow from it, though their interleaving does
 not).
@@ -429,7 +432,7 @@ def settled_fd_count(pid: int, baseline: int, wait: float = 10.0) -> int:
 
 
 @pytest.mark.timeout(SECONDS + DEADLOCK_GRACE + 300)
-def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
+def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -> None:
     stack = build(tmp_path)
     with fuse_mount(stack) as mnt:
         pid = driver_pid(mnt)

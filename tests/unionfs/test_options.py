@@ -28,6 +28,8 @@ def test_several_o_and_mount_flags() -> None:
     assert opts.mount_flags == ("nosuid", "nodev")
     assert opts.whiteout is WhiteoutForm.OCI
     assert opts.volatile
+    assert opts.io_uring == "auto"
+    assert parse(["lowerdir=/a,io_uring=off"]).io_uring == "off"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,7 @@ def test_several_o_and_mount_flags() -> None:
         ("lowerdir=/a,frobnicate", "unknown option: frobnicate"),
         ("lowerdir=/a,whiteout=zip", "whiteout=zip"),
         ("lowerdir=/a,timeout=soon", "not a number"),
+        ("lowerdir=/a,io_uring=yes", "io_uring=yes: expected auto, on or off"),
     ],
 )
 def test_errors_say_what_is_wrong(text: str, message: str) -> None:

@@ -1,0 +1,152 @@
+"""FUSE over io_uring: each CPU's requests are served on that CPU, whole.
+
+The differential tests and the stress test run over both transports (the
+``transport`` fixture); these state what only the rings have: requests go to
+the queue of the caller's CPU and are answered by workers pinned there,
+payloads of a full megabyte cross the ring buffers intact, a driver killed
+with requests on its rings leaves a mount that unmounts, and ``io_uring=on``
+refuses to mount where the kernel does not offer it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mounts import Stack, driver_pid, force_unmount, fuse_mount
+
+from unionfs import uring
+from unionfs.mount import is_mounted
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the kernel's enable_uring parameter needs root")
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    stack = Stack.make(tmp_path)
+    (stack.lowers[0] / "d").mkdir()
+    (stack.lowers[1] / "d").mkdir()
+    (stack.lowers[1] / "d" / "lower.txt").write_bytes(b"lower\n")
+    return stack
+
+
+def queue_threads(pid: int) -> dict[int, list[tuple[int, str]]]:
+    """The driver's ring workers by queue: (context switches so far, CPUs it may run on)."""
+    found: dict[int, list[tuple[int, str]]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        if not name.startswith(uring.THREAD_PREFIX):
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        switches = int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+        found.setdefault(int(name[len(uring.THREAD_PREFIX):]), []).append((switches, fields["Cpus_allowed_list"].strip()))
+    return found
+
+
+def switches(threads: dict[int, list[tuple[int, str]]]) -> dict[int, int]:
+    return {qid: sum(s for s, _ in workers) for qid, workers in threads.items()}
+
+
+def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: None) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    with fuse_mount(stack, "io_uring=on") as mnt:
+        threads = queue_threads(driver_pid(mnt))
+        assert sorted(threads) == list(range(uring.possible_cpus()))
+        for qid, workers in threads.items():
+            if qid in cpus:
+                assert all(allowed == str(qid) for _, allowed in workers), (qid, workers)
+        names = iter(range(10**6))
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            try:
+                before = switches(queue_threads(driver_pid(mnt)))
+                for _ in range(200):  # a LOOKUP each: names never seen, so not cached
+                    assert not os.path.lexists(mnt / "d" / f"missing-{next(names)}")
+                after = switches(queue_threads(driver_pid(mnt)))
+            finally:
+                os.sched_setaffinity(0, cpus)
+            woken = {qid: after[qid] - before[qid] for qid in after}
+            assert woken[cpu] >= 200, woken
+            assert all(n == 0 for qid, n in woken.items() if qid != cpu), woken
+
+
+def test_megabyte_payloads_cross_the_rings_intact(stack: Stack, kernel_io_uring: None) -> None:
+    data = os.urandom(8 * MIB + 12345)
+    with fuse_mount(stack, "io_uring=on") as mnt:
+        fd = os.open(mnt / "d" / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for offset in range(0, len(data), MIB):
+                os.pwrite(fd, data[offset:offset + MIB], offset)
+            os.fsync(fd)  # the kernel's page cache sends the WRITEs now
+        finally:
+            os.close(fd)
+        assert (stack.upper / "d" / "big").read_bytes() == data
+        Path("/proc/sys/vm/drop_caches").write_text("3")  # so that reads are READ requests
+        fd = os.open(mnt / "d" / "big", os.O_RDONLY)
+        try:
+            back = b"".join(iter(lambda: os.read(fd, MIB), b""))
+        finally:
+            os.close(fd)
+        assert back == data
+
+
+def test_killed_driver_with_requests_on_its_rings_unmounts(stack: Stack, kernel_io_uring: None) -> None:
+    # The driver kills itself in the middle of a copy-up, with the WRITE's open on a ring.
+    with fuse_mount(stack, "io_uring=on", env={"CRASHPOINT_KILL": "copyup.data:1"}) as mnt:
+        with pytest.raises(OSError) as exc:
+            with open(mnt / "d" / "lower.txt", "ab") as f:
+                f.write(b"more\n")
+        assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED)
+        with pytest.raises(OSError) as exc:
+            os.listdir(mnt / "d")  # an OPENDIR: nothing cached answers it
+        if exc.value.errno in (errno.ECONNABORTED, errno.ECANCELED):  # the rings were still being released
+            with pytest.raises(OSError) as exc:
+                os.listdir(mnt / "d")
+        assert exc.value.errno == errno.ENOTCONN
+        result = subprocess.run([sys.executable, "-m", "unionfs", "umount", str(mnt)], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(str(mnt))
+    assert (stack.lowers[1] / "d" / "lower.txt").read_bytes() == b"lower\n"
+    assert not (stack.upper / "d" / "lower.txt").exists()
+
+
+@pytest.fixture
+def kernel_without_io_uring() -> Iterator[None]:
+    param = Path(uring.SYSFS_ENABLE)
+    if not param.exists():
+        yield
+        return
+    before = param.read_text().strip()
+    param.write_text("N")
+    try:
+        yield
+    finally:
+        param.write_text(before)
+
+
+def test_io_uring_on_refuses_to_mount_where_the_kernel_does_not_offer_it(stack: Stack,
+                                                                        kernel_without_io_uring: None) -> None:
+    opts = f"lowerdir={stack.lowers[0]}:{stack.lowers[1]},upperdir={stack.upper},workdir={stack.work},io_uring=on"
+    try:
+        result = subprocess.run([sys.executable, "-m", "unionfs", "-o", opts, str(stack.mnt)], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and "io_uring=on" in result.stderr, result.stderr
+        assert not is_mounted(str(stack.mnt))
+    finally:
+        force_unmount(stack.mnt)
+    # auto falls back to /dev/fuse there
+    with fuse_mount(stack, "io_uring=auto") as mnt:
+        assert (mnt / "d" / "lower.txt").read_bytes() == b"lower\n"
+        assert not queue_threads(driver_pid(mnt))
