@@ -115,6 +115,10 @@ def environment(workdir: Path, drivers: list[Driver]) -> list[str]:
             except OSError:
                 pass
         lines.append("overlay module defaults: " + " ".join(vals))
+    try:  # on: the kernel offers FUSE over io_uring, and unionfs uses it unless given io_uring=off
+        lines.append("fuse module enable_uring=" + Path("/sys/module/fuse/parameters/enable_uring").read_text().strip())
+    except OSError:
+        pass
     if any(d.name == "fuse-overlayfs" for d in drivers) and shutil.which("fuse-overlayfs"):
         out = subprocess.run(["fuse-overlayfs", "--version"], capture_output=True, text=True).stdout
         found = [ln.strip() for ln in out.splitlines() if ln.startswith("fuse-overlayfs")]
