@@ -85,8 +85,8 @@ def _address(buffer: mmap.mmap) -> int:
 def kernel_offers() -> bool:
     """Whether the kernel offers FUSE over io_uring to new connections."""
     try:
-        with open(SYSFS_ENABLE, encoding="ascii") as f:
-            return f.read().strip() == "Y"
+        with open(SYSFS_ENABLE, "rb") as f:  # bytes: no codec to import after privileges were dropped
+            return f.read().strip() == b"Y"
     except OSError:
         return False
 
@@ -97,8 +97,8 @@ def possible_cpus() -> int:
 
 
 def _count_cpus() -> int:
-    with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
-        text = f.read().strip()
+    with open("/sys/devices/system/cpu/possible", "rb") as f:
+        text = f.read().decode().strip()
     count = 0
     for part in text.split(","):
         first, _, last = part.partition("-")

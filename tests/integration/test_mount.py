@@ -424,7 +424,7 @@ def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
 NOBODY = 65534
 
 
-def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts() -> None:
+def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str) -> None:
     """Not root: fusermount3 mounts and hands the device back; whiteouts take the OCI form."""
     base = Path(tempfile.mkdtemp(prefix="unionfs-user-", dir="/tmp"))
     try:
@@ -437,7 +437,8 @@ def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts() -> None:
         for path in (upper, work, mnt, lower / "old.txt"):
             os.chown(path, NOBODY, NOBODY)
         with _device_open_to_users():
-            pid, ready = _serve_as(NOBODY, f"lowerdir={lower},upperdir={upper},workdir={work}", mnt)
+            pid, ready = _serve_as(NOBODY, ",".join((f"lowerdir={lower},upperdir={upper},workdir={work}",
+                                                     *mounts.TRANSPORT)), mnt)
         try:
             assert ready == "ready", ready
             with open("/proc/self/mountinfo", encoding="utf-8") as f:
