@@ -312,6 +312,8 @@ class Session:
             worker.serve(self.answer, NO_REPLY)
         except OSError as exc:
             log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
+        except Exception:  # its entry can take no more requests: say so, loudly
+            log.exception("FUSE queue of CPU %d failed", worker.qid)
 
     @staticmethod
     def _send(fd: int, buffers: list, opcode: int) -> None:

@@ -191,6 +191,7 @@ class QueueWorker:
         self.view = memoryview(self._map)
         base = _address(self._map)
         self._iov = (ctypes.c_uint64 * 4)(base, _HEADERS_SIZE, base + _PAYLOAD, payload_size)
+        self.payload_size = payload_size
         self.name = f"q{qid}"
 
     def serve(self, answer: Answer, no_reply: object) -> None:
@@ -220,7 +221,10 @@ class QueueWorker:
                 n = 0
                 if not code and payload is not None and payload is not no_reply:
                     n = len(payload)
-                    view[_PAYLOAD:_PAYLOAD + n] = payload
+                    if n > self.payload_size:  # never sent: the kernel asks for no more than it can take
+                        code, n = errno.EIO, 0
+                    else:
+                        view[_PAYLOAD:_PAYLOAD + n] = payload
                 out.pack_into(view, 0, out.size + n, -code, h[2])
                 _U32.pack_into(view, _PAYLOAD_SZ, n)
                 ring.fuse_cmd(fuse_fd, CMD_COMMIT_AND_FETCH, qid, commit_id)
