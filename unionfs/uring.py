@@ -5,8 +5,10 @@ the other CPU, so each request wakes an idle, halted CPU and the caller's
 CPU goes idle in turn. On a VM that does not poll before halting, that costs
 50 to 100 µs per request, more than the request itself. Over io_uring the
 kernel puts a request on the queue of the CPU that made it, and that queue's
-workers are pinned to that CPU: the caller sleeps, the worker runs in its
-place, and no CPU has to be woken.
+workers are pinned to that CPU: the caller sleeps and the worker runs in its
+place. (The worker is still running when it wakes the caller, so the
+scheduler may move the caller to an idle CPU; a process that works between
+requests then alternates CPUs, and pays for it: see benchmarks/README.md.)
 
 The kernel offers it in INIT when the ``fuse`` module's ``enable_uring``
 parameter is on. FORGET and INTERRUPT still come through ``/dev/fuse``, as
@@ -14,9 +16,8 @@ do the requests before every queue has an entry registered.
 
 Only what FUSE needs of io_uring is here: 128-byte SQEs carrying
 ``IORING_OP_URING_CMD``, one ring per worker, one FUSE entry in flight on
-each. Each ring is only ever entered by its own worker, and the kernel posts
-its completions while that worker is inside ``io_uring_enter``, so the
-system call orders the shared-memory accesses.
+each. Each ring is only ever used by its own worker thread, which submits
+and then reads completions after ``io_uring_enter`` returns.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def kernel_offers() -> bool:
 
 
 def possible_cpus() -> int:
-    """The kernel makes a queue for each possible CPU, and uses only when each has an entry."""
+    """The kernel makes a queue for each possible CPU, and uses them once each has an entry."""
     return os.cpu_count() if not os.path.exists("/sys/devices/system/cpu/possible") else _count_cpus()
 
 
