@@ -28,15 +28,10 @@ def _no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
 @pytest.fixture
 def kernel_io_uring() -> Iterator[None]:
     """The kernel offers FUSE over io_uring to the connections made meanwhile."""
-    param = Path(uring.SYSFS_ENABLE)
-    if not param.exists():
+    if not Path(uring.SYSFS_ENABLE).exists():
         pytest.skip("this kernel has no FUSE over io_uring")
-    before = param.read_text().strip()
-    param.write_text("Y")
-    try:
+    with mounts.kernel_io_uring_switch("Y"):
         yield
-    finally:
-        param.write_text(before)
 
 
 @pytest.fixture(params=["dev", "io_uring"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unionfs.mount import MountSpec, is_mounted, mounted, unmount
+from unionfs.uring import SYSFS_ENABLE
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,18 @@ class Stack:
 
 # Options every fuse_mount adds: how requests reach the driver (see the ``transport`` fixture).
 TRANSPORT: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def kernel_io_uring_switch(value: str) -> Iterator[None]:
+    """The fuse module's enable_uring set to value ("Y" or "N") meanwhile, then as it was."""
+    param = Path(SYSFS_ENABLE)
+    before = param.read_text().strip()
+    param.write_text(value)
+    try:
+        yield
+    finally:
+        param.write_text(before)
 
 
 @contextlib.contextmanager

@@ -197,15 +197,14 @@ class Session:
         failing to make a ring would hang the mount."""
         if self.io_uring == "off" or not uring.kernel_offers():
             return
-        per_queue = max(1, self.threads // uring.possible_cpus())
+        queues = uring.possible_cpus()
+        per_queue = max(1, self.threads // queues)
         try:
-            for qid in range(uring.possible_cpus()):
+            for qid in range(queues):
                 for _ in range(per_queue):
                     self._queues.append(uring.QueueWorker(self.fd, qid, max(8192, self.requests.max_write)))
         except OSError as exc:
-            for worker in self._queues:
-                worker.ring.close()
-            self._queues = []
+            self._drop_rings()
             if self.io_uring == "on":
                 raise
             log.info("FUSE over io_uring not used: %s", exc)
@@ -301,10 +300,14 @@ class Session:
         else:
             if self._queues and self.io_uring == "on":
                 log.warning("io_uring=on, but the kernel did not offer it at INIT: serving /dev/fuse only")
-            for worker in self._queues:
-                worker.ring.close()
+            self._drop_rings()
         if self.on_ready:
             self.on_ready()
+
+    def _drop_rings(self) -> None:
+        for worker in self._queues:
+            worker.ring.close()
+        self._queues = []
 
     def _serve_ring(self, worker: uring.QueueWorker) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, driver_pid, force_unmount, fuse_mount
+from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_io_uring_switch
 
 from unionfs import uring
 from unionfs.mount import is_mounted
@@ -123,16 +123,11 @@ def test_killed_driver_with_requests_on_its_rings_unmounts(stack: Stack, kernel_
 
 @pytest.fixture
 def kernel_without_io_uring() -> Iterator[None]:
-    param = Path(uring.SYSFS_ENABLE)
-    if not param.exists():
-        yield
+    if not Path(uring.SYSFS_ENABLE).exists():
+        yield  # a kernel without it: nothing to switch off
         return
-    before = param.read_text().strip()
-    param.write_text("N")
-    try:
+    with kernel_io_uring_switch("N"):
         yield
-    finally:
-        param.write_text(before)
 
 
 def test_io_uring_on_refuses_to_mount_where_the_kernel_does_not_offer_it(stack: Stack,
