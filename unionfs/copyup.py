@@ -204,8 +204,9 @@ def clear_dir(layer: Layer, rel: str) -> None:
         os.close(fd)
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy the data extents of src to dst in the kernel; holes stay holes."""
+def copy_data(src_fd: int, dst_fd: int, size: int) -> int:
+    """Copy the data extents of src to dst in the kernel; holes stay holes.
+    Returns where the copied data ends: short of size after a final hole."""
     offset = 0
     while offset < size:
         try:
@@ -225,10 +226,11 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
                 os.lseek(dst_fd, pos, os.SEEK_SET)
                 n = os.sendfile(dst_fd, src_fd, pos, min(end - pos, _CHUNK))
             if n == 0:  # the source shrank under us
-                return
+                return pos
             pos += n
             crashpoints.point("copyup.data")
         offset = end
+    return offset
 
 
 class CopyUp:
@@ -373,11 +375,13 @@ class CopyUp:
                 crashpoints.point("copyup.created")
                 if data and st.st_size:
                     if self._reflink and syscalls.reflink(sfd, dfd):
+                        end = st.st_size  # a clone takes the source's size too
                         crashpoints.point("copyup.data")
                     else:
                         self._reflink = False
-                        copy_data(sfd, dfd, st.st_size)
-                    os.ftruncate(dfd, st.st_size)
+                        end = copy_data(sfd, dfd, st.st_size)
+                    if end != st.st_size:
+                        os.ftruncate(dfd, st.st_size)  # a hole at the end
                     crashpoints.point("copyup.size")
                 os.fchown(dfd, st.st_uid, st.st_gid)
                 os.fchmod(dfd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits

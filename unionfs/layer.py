@@ -6,15 +6,16 @@ path, and no call ever follows a symlink out of the layer.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import TypeVar
 from dataclasses import dataclass
 
 from unionfs import markers
 
+T = TypeVar("T")
 _XATTR_PATH_LIMIT = 4000  # absolute paths beyond this go through /proc/self/fd
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)  # a marker name too long to exist
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
@@ -151,45 +152,42 @@ class Layer:
         return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit)
 
     # -- xattrs ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _xattr_target(self, rel: str) -> Iterator[tuple[str, bool]]:
-        """A path naming rel for the *xattr calls, and whether to follow it."""
+    def _xattr_call(self, rel: str, call: Callable[..., T], *args: object) -> T:
+        """call(path, *args, follow_symlinks=...) on rel. The *xattr calls take no
+        dir fd: rel goes by its absolute path where that fits, else through the
+        /proc/self/fd magic link of an O_PATH fd, which leads to the inode itself.
+        A plain function, not a context manager: the kernel asks for
+        security.capability before every write, and the answer is mostly ENODATA."""
         path = self.root if rel == "." else f"{self.root}/{rel}"
         if len(path) < _XATTR_PATH_LIMIT:
-            yield path, False
-            return
+            return call(path, *args, follow_symlinks=False)
         fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
         try:
-            yield f"/proc/self/fd/{fd}", True  # the magic link leads to the inode itself
+            return call(f"/proc/self/fd/{fd}", *args, follow_symlinks=True)
         finally:
             os.close(fd)
 
     def getxattr(self, rel: str, name: str) -> bytes | None:
         try:
-            with self._xattr_target(rel) as (path, follow):
-                return os.getxattr(path, name, follow_symlinks=follow)
+            return self._xattr_call(rel, os.getxattr, name)
         except OSError as exc:
             if exc.errno in _NO_XATTR or exc.errno in _MISSING:
                 return None
             raise
 
     def listxattr(self, rel: str) -> list[str]:
-        with self._xattr_target(rel) as (path, follow):
-            try:
-                return os.listxattr(path, follow_symlinks=follow)
-            except OSError as exc:
-                if exc.errno == errno.ENOTSUP:
-                    return []
-                raise
+        try:
+            return self._xattr_call(rel, os.listxattr)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP:
+                return []
+            raise
 
     def getxattr_strict(self, rel: str, name: str) -> bytes:
-        with self._xattr_target(rel) as (path, follow):
-            return os.getxattr(path, name, follow_symlinks=follow)
+        return self._xattr_call(rel, os.getxattr, name)
 
     def setxattr(self, rel: str, name: str, value: bytes, flags: int = 0) -> None:
-        with self._xattr_target(rel) as (path, follow):
-            os.setxattr(path, name, value, flags, follow_symlinks=follow)
+        self._xattr_call(rel, os.setxattr, name, value, flags)
 
     def removexattr(self, rel: str, name: str) -> None:
-        with self._xattr_target(rel) as (path, follow):
-            os.removexattr(path, name, follow_symlinks=follow)
+        self._xattr_call(rel, os.removexattr, name)
