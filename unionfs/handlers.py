@@ -370,7 +370,7 @@ class Requests:
             except OSError as exc:
                 if exc.errno != errno.ESTALE:
                     raise
-                reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY) | os.O_CLOEXEC
+                reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT) | os.O_CLOEXEC
                 opened = self.nodes.with_held(nodeid, lambda held, index: (os.open(f"/proc/self/fd/{held}", reopen), index))
                 if opened is None:
                     raise

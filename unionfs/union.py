@@ -43,6 +43,10 @@ class Caller:
 
 ROOT = Caller(0, 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+# Open flags of the caller's that the driver's own fd must not have: O_DIRECT is
+# between the caller and the kernel, and would make the driver's unaligned
+# buffers fail with EINVAL.
+_NOT_ON_HOST = os.O_NOCTTY | os.O_DIRECT
 
 
 def _needs_owner(caller: Caller | None, gid: int) -> bool:
@@ -249,7 +253,7 @@ class Union:
             copyup, _ = self._writable(path)
             rel = copyup.ensure(node, data=not flags & os.O_TRUNC)
             index = 0
-        flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = (flags & ~(os.O_CREAT | os.O_EXCL | _NOT_ON_HOST)) | os.O_CLOEXEC | os.O_NOFOLLOW
         fd = os.open(rel, flags, dir_fd=self.layers[index].fd)
         if flags & os.O_TRUNC and caller.uid != 0:
             _kill_set_id(fd)
@@ -376,7 +380,7 @@ class Union:
 
     def create(self, path: str, mode: int, flags: int, caller: Caller = ROOT) -> int:
         def make(dir_fd: int, rel: str, mode: int) -> int:
-            return os.open(rel, (flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC) & ~os.O_NOCTTY, mode & 0o7777, dir_fd=dir_fd)
+            return os.open(rel, (flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC) & ~_NOT_ON_HOST, mode & 0o7777, dir_fd=dir_fd)
 
         fd = self._new_entry(path, caller, make, mode=mode)
         assert fd is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import shutil
 import signal
@@ -370,6 +371,31 @@ def test_open_flags_and_utime_omit(stack: Stack) -> None:
             f.flush()
             os.fsync(f.fileno())
         assert (mnt / "base.txt").read_text() == "base\nmore\n"
+
+
+def test_o_direct_reads_and_writes_work_as_on_kernel_overlayfs(stack: Stack) -> None:
+    """O_DIRECT is between the caller and the kernel: the driver's own fd must not
+    have it, or its unaligned buffers fail (EINVAL)."""
+    block = bytes(range(256)) * 16  # 4 KiB, the alignment O_DIRECT wants
+    results = []
+    for mount in (kernel_mount, fuse_mount):
+        for name in ("base.txt", "new.bin"):  # a copy-up, and a new file
+            (stack.upper / name).unlink(missing_ok=True)
+        with mount(stack) as mnt:
+            got = []
+            for name in ("base.txt", "new.bin"):
+                buf = mmap.mmap(-1, len(block))
+                buf[:] = block
+                fd = os.open(mnt / name, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+                try:
+                    assert os.pwritev(fd, [buf], 0) == len(block)
+                    buf[:] = bytes(len(block))
+                    n = os.preadv(fd, [buf], 0)
+                    got.append((name, n, bytes(buf[:n]) == block))
+                finally:
+                    os.close(fd)
+            results.append(got)
+    assert results[1] == results[0] == [("base.txt", 4096, True), ("new.bin", 4096, True)]
 
 
 def test_special_files(stack: Stack) -> None:
