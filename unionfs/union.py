@@ -627,6 +627,12 @@ class Union:
         index, rel = self.node(path).attr_source
         return self.layers[index].getxattr_strict(rel, name)
 
+    def fgetxattr(self, fd: int, name: str) -> bytes:
+        """getxattr of a file open in the upper layer, by its fd."""
+        if markers.is_hidden_xattr(name):
+            raise fail(errno.EOPNOTSUPP, name)
+        return os.getxattr(fd, name)
+
     def listxattr(self, path: str) -> list[str]:
         index, rel = self.node(path).attr_source
         return [n for n in self.layers[index].listxattr(rel) if not markers.is_hidden_xattr(n)]
