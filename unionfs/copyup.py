@@ -11,11 +11,13 @@ only, which keeps sparse files sparse.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 from unionfs import crashpoints, markers, syscalls
@@ -26,6 +28,7 @@ from unionfs.resolve import Node, Resolver, split, to_rel
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 30
+_LOCK_WAIT = 5.0  # seconds
 _INTENT = ".intent"
 _RENAME = ".rename"
 
@@ -47,12 +50,28 @@ class WorkDir(Layer):
         path = os.path.join(workdir, "work")
         os.makedirs(path, mode=0o700, exist_ok=True)
         super().__init__(path, -1)
+        self._lock(workdir)
         self.upper = upper
         self._counter = itertools.count()
         self._prefix = f"#unionfs.{os.getpid()}."
         self._shared: dict[bool, str] = {}
         self._shared_lock = threading.Lock()
         self.clean()
+
+    def _lock(self, workdir: str) -> None:
+        """One driver per work directory: another one's clean() would remove what
+        this one is building. A driver just unmounted may still be on its way
+        out, so wait for it a little before refusing."""
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise ValueError(f"workdir {workdir} is in use by another mount") from None
+                time.sleep(0.05)
 
     def clean(self) -> None:
         """Remove what an interrupted operation left: never visible, never needed;

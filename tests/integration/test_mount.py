@@ -398,6 +398,22 @@ def test_o_direct_reads_and_writes_work_as_on_kernel_overlayfs(stack: Stack) -> 
     assert results[1] == results[0] == [("base.txt", 4096, True), ("new.bin", 4096, True)]
 
 
+def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Path) -> None:
+    """Two drivers on one work directory would remove each other's half-built entries."""
+    other = tmp_path / "other-mnt"
+    other.mkdir()
+    with fuse_mount(stack) as mnt:
+        try:
+            result = unionfs("-o", opts(stack), str(other))
+        finally:
+            force_unmount(other)  # should it have mounted after all
+        assert result.returncode != 0
+        assert result.stderr.strip() == f"unionfs: workdir {stack.work} is in use by another mount"
+        assert (mnt / "base.txt").read_text() == "base\n"  # the first mount is unharmed
+    with fuse_mount(stack) as mnt:  # free again once the first driver is gone
+        assert (mnt / "top.txt").read_text() == "top\n"
+
+
 def test_special_files(stack: Stack) -> None:
     with fuse_mount(stack) as mnt:
         os.mkfifo(mnt / "fifo")

@@ -251,6 +251,7 @@ def test_rename_of_lower_directory_keeps_contents_and_inode(dirs: dict[str, Path
     u.rename("/dst/sub", "/moved")
     assert names(u, "/moved") == ["b"] and names(u, "/dst") == ["a", "c"]
     # a fresh union over the same layers reads the same
+    u.close()
     u2 = make_union(dirs)
     assert names(u2, "/dst") == ["a", "c"] and names(u2, "/moved") == ["b"]
 
