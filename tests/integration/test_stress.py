@@ -241,7 +241,8 @@ class Worker(threading.Thread):
         mine = {f"{parent}/{n}" for n in names if n.startswith(f"w{self.k}-") or parent in self.model.dirs}
         want = {f for f in (*self.model.files, *self.model.dirs) if f.rpartition("/")[0] == parent}
         if mine != want:
-            raise AssertionError(f"{parent}: listing has {sorted(mine ^ want)} unlike the model")
+            raise AssertionError(f"{parent}: listed, not in the model: {sorted(mine - want)}; "
+                                 f"in the model, not listed: {sorted(want - mine)}")
         return True
 
     def op_mkdir(self) -> bool:
