@@ -10,8 +10,8 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import TypeVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 from unionfs import markers
 
