@@ -23,7 +23,7 @@ import xxhash
 from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.nodes import NodeTable
-from unionfs.union import Caller, Union
+from unionfs.union import Caller, Union, fd_flags
 
 Handler = Callable[[tuple, memoryview], Any]
 NO_REPLY = object()
@@ -370,8 +370,7 @@ class Requests:
             except OSError as exc:
                 if exc.errno != errno.ESTALE:
                     raise
-                reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT) | os.O_CLOEXEC
-                opened = self.nodes.with_held(nodeid, lambda held, index: (os.open(f"/proc/self/fd/{held}", reopen), index))
+                opened = self.nodes.with_held(nodeid, lambda held, index: (os.open(f"/proc/self/fd/{held}", fd_flags(flags)), index))
                 if opened is None:
                     raise
                 fd, index = opened  # the file a rename replaced, for an open that was on its way to it

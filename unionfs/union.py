@@ -49,6 +49,11 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _NOT_ON_HOST = os.O_NOCTTY | os.O_DIRECT
 
 
+def fd_flags(flags: int) -> int:
+    """The flags of the driver's own fd for a caller's open of an existing file."""
+    return (flags & ~(os.O_CREAT | os.O_EXCL | _NOT_ON_HOST)) | os.O_CLOEXEC
+
+
 def _needs_owner(caller: Caller | None, gid: int) -> bool:
     """Whether a new entry must be given to the caller: its ids are not the driver's."""
     return caller is not None and (caller.uid != os.geteuid() or gid != os.getegid())
@@ -253,7 +258,7 @@ class Union:
             copyup, _ = self._writable(path)
             rel = copyup.ensure(node, data=not flags & os.O_TRUNC)
             index = 0
-        flags = (flags & ~(os.O_CREAT | os.O_EXCL | _NOT_ON_HOST)) | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = fd_flags(flags) | os.O_NOFOLLOW
         fd = os.open(rel, flags, dir_fd=self.layers[index].fd)
         if flags & os.O_TRUNC and caller.uid != 0:
             _kill_set_id(fd)
