@@ -44,6 +44,7 @@ def _two_names(data: memoryview) -> tuple[str, str]:
 @dataclass
 class _Dir:
     nodeid: int
+    keeps: bool  # the kernel keeps this open's listing (FOPEN_CACHE_DIR)
     # (cookie, name, attrs, source) sorted by cookie; a pass's snapshot, stable while entries change
     entries: list[tuple[int, str, dict[str, int] | None, tuple[int, str] | None]] | None = None
     generation: int = -1  # the Union's when the snapshot was taken
@@ -85,6 +86,7 @@ class Requests:
         self._files: dict[int, tuple[int, int]] = {}  # fd -> (index of the layer it is open on, node id)
         self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
         self._dirs: dict[int, _Dir] = {}
+        self._kept_dirs: set[int] = set()  # node ids with an open whose listing the kernel keeps
         self._dir_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self.max_write = 1 << 20
@@ -445,14 +447,25 @@ class Requests:
         self.nodes.path(h[3])  # ENOENT for a directory already removed
         with self._lock:
             fh = next(self._dir_ids)
-            self._dirs[fh] = _Dir(h[3])
+            keeps = h[3] not in self._kept_dirs
+            if keeps:
+                self._kept_dirs.add(h[3])
+            self._dirs[fh] = _Dir(h[3], keeps)
         # The kernel keeps listings between opens: names change only through this mount, and
         # each change through it drops its directory's listing; so does a copy-up that gives
-        # an entry a new number (_renumbered).
-        return fp.OPEN_OUT.pack(fh, fp.FOPEN_CACHE_DIR | fp.FOPEN_KEEP_CACHE, 0)
+        # an entry a new number (_renumbered). But it fills the listing it keeps with what
+        # any keeping open's READDIR answers at the position the fill has reached, and one
+        # open may start the fill again after a change while another's answer from before
+        # the change is on its way in: that would keep a removed name. So only one open of
+        # a directory at a time has its listing kept; the others are answered by the driver.
+        # All keep the kernel's listing (FOPEN_KEEP_CACHE): an open without it would drop it.
+        return fp.OPEN_OUT.pack(fh, (fp.FOPEN_CACHE_DIR if keeps else 0) | fp.FOPEN_KEEP_CACHE, 0)
 
     def releasedir(self, h: tuple, data: memoryview) -> None:
-        self._dirs.pop(fp.RELEASE_IN.unpack_from(data)[0], None)
+        with self._lock:
+            handle = self._dirs.pop(fp.RELEASE_IN.unpack_from(data)[0], None)
+            if handle is not None and handle.keeps:
+                self._kept_dirs.discard(handle.nodeid)
 
     def _listing(self, data: memoryview) -> tuple[_Dir, int, int]:
         """The handle, the index of the first entry after the request's offset, and its size."""

@@ -3,13 +3,16 @@ that only show through the kernel (permissions, inode numbers, long paths)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
+import platform
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from unionfs.mount import is_mounted, serve
 from unionfs.options import parse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here")
+_LIBC = ctypes.CDLL(None, use_errno=True)
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -330,6 +334,57 @@ def test_listing_continued_after_copy_ups_carries_the_new_attributes(stack: Stac
         modes = {name: stat.S_IMODE(os.stat(mnt / "many" / name).st_mode) for name in names}
     stale = sorted(name for name, mode in modes.items() if mode != (0o644 if name == first else 0o600))
     assert not stale, f"{len(stale)} entries show the lower file's mode: {stale[:5]}"
+
+
+def _getdents(fd: int, size: int) -> list[tuple[str, int]]:
+    """One getdents64 call with a buffer of size bytes: [(name, d_off)]."""
+    number = {"x86_64": 217, "aarch64": 61}[platform.machine()]
+    buf = ctypes.create_string_buffer(size)
+    n = _LIBC.syscall(number, fd, buf, size)
+    if n < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    out, pos = [], 0
+    while pos < n:
+        _, off, reclen = struct.unpack_from("QqH", buf.raw, pos)
+        out.append((buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode(), off))
+        pos += reclen
+    return out
+
+
+def test_a_listing_resumed_from_before_an_unlink_does_not_bring_the_name_back(stack: Stack) -> None:
+    """The kernel keeps listings (FOPEN_CACHE_DIR) and fills its cache with what
+    any open's READDIR answers at the position the fill has reached. An open
+    that resumes a listing begun before an unlink must not put the removed name
+    into a cache begun after it, where every later listing would show it."""
+    lower = stack.lowers[1] / "dir"
+    lower.mkdir()
+    for i in range(20):
+        (lower / f"f{i:02d}").write_text("")  # dirents of 24 bytes each, as are . and ..
+    with fuse_mount(stack) as mnt:
+        a = os.open(mnt / "dir", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            first = []
+            while chunk := _getdents(a, 1 << 16):  # A's pass: the driver's snapshot, the kernel's cache
+                first += chunk
+            assert len(first) == 22
+            keep = 4  # A goes back to just after its 4th entry
+            os.lseek(a, first[keep - 1][1], os.SEEK_SET)
+            victim = first[-1][0]
+            os.unlink(mnt / "dir" / victim)
+            b = os.open(mnt / "dir", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                # B finds the cache out of date and starts it again; the kernel caches one
+                # entry more than fits in B's buffer, so the fill stops where A stands.
+                assert len(_getdents(b, 24 * (keep - 1))) == keep - 1
+            finally:
+                os.close(b)
+            resumed = []
+            while chunk := _getdents(a, 1 << 16):  # A resumes where the fill stands
+                resumed += chunk
+        finally:
+            os.close(a)
+        assert {name for name, _ in resumed} <= {name for name, _ in first[keep:]}
+        assert victim not in os.listdir(mnt / "dir")  # a listing begun after the unlink
 
 
 def test_racing_writers_copy_up_once(stack: Stack) -> None:
