@@ -389,6 +389,7 @@ def commit(store: Store, container: str, name: str | None = None, *, message: st
     c = containers.get(container)
     if c.read_only:
         raise NotFound(f"container {c.name}", "read-only: it has no layer to commit")
+    containers.settle(c)
     upper, _ = containers.paths(c.id)
     rows = store.meta.query(
         "SELECT il.diff_id, il.blob, il.media_type, il.blob_size, l.size FROM image_layers il "

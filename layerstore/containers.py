@@ -17,7 +17,7 @@ from layerstore import store as store_mod
 from layerstore.errors import AlreadyExists, InUse, NotFound, quote
 from layerstore.layers import remove_tree
 from unionfs.markers import OPAQUE_MARKER, WH_PREFIX, is_chardev_whiteout
-from unionfs.mount import MountSpec, is_mounted, mount, unmount
+from unionfs.mount import MountSpec, is_mounted, mount, settle, unmount
 
 SAFE_OPTIONS = ("nosuid", "nodev")
 
@@ -137,11 +137,19 @@ class Containers:
         remove_tree(self.dir / c.id)
         return c
 
+    @staticmethod
+    def settle(c: Container) -> None:
+        """Before the upper directory of a mounted container is read: copy-ups the
+        driver still has pending go into place first."""
+        if c.mounted:
+            settle(c.mountpoint)  # type: ignore[arg-type]
+
     def diff(self, text: str) -> list[tuple[str, str]]:
         """``docker diff``: (A|C|D, path) for the container layer, sorted by path."""
         c = self.get(text)
         if c.read_only:
             return []
+        self.settle(c)
         upper, _ = self.paths(c.id)
         lowers = [self.store.layers.path(d) for d in reversed(self.store.image_layers(c.image_id))]
         changes: list[tuple[str, str]] = []

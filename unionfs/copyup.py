@@ -23,11 +23,14 @@ from collections.abc import Callable
 from unionfs import crashpoints, markers, syscalls
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer
+from unionfs.publish import SMALL, Pending, Publisher
 from unionfs.resolve import Node, Resolver, split, to_rel
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 30
+# open flags that the copy's own fd (O_RDWR) can stand for; 0o100000 is the kernel's O_LARGEFILE
+_PLAIN_OPEN = os.O_ACCMODE | os.O_CLOEXEC | os.O_NOFOLLOW | 0o100000
 _LOCK_WAIT = 5.0  # seconds
 _INTENT = ".intent"
 _RENAME = ".rename"
@@ -60,8 +63,8 @@ class WorkDir(Layer):
 
     def _lock(self, workdir: str) -> None:
         """One driver per work directory: another one's clean() would remove what
-        this one is building. A driver just unmounted may still be on its way
-        out, so wait for it a little before refusing."""
+        this one is building. A driver just unmounted may still be placing its
+        last copy-ups (see publish), so wait for it a little before refusing."""
         deadline = time.monotonic() + _LOCK_WAIT
         while True:
             try:
@@ -279,15 +282,40 @@ class CopyUp:
         self.origin_xattr = private_prefix + "origin"
         self._locks = [threading.Lock() for _ in range(64)]
         self._reflink = True
+        # Small files opened for writing are synced and renamed in batches (see publish);
+        # the resolver waits for them.
+        self.publisher: Publisher | None = None
+        if durable:
+            self.publisher = Publisher(self._publish, work.remove_tree)
+            resolver.settle = self.publisher.wait_for
 
     def ensure(self, node: Node, data: bool = True) -> str:
         """Make sure node exists in the upper layer; returns its upper rel path."""
+        for path in self._missing(node):
+            self._copy_one(path, data or path != node.path)
+        return node.rel if self.resolver.is_upper(node.layer) else to_rel(node.path)
+
+    def open(self, node: Node, flags: int, data: bool = True) -> int:
+        """An fd opened with flags on node's copy in the upper layer, copied up first.
+        A small file's copy may still be pending (see publish): the fd is on it."""
+        missing = self._missing(node)
+        for path in missing[:-1]:
+            self._copy_one(path, True)
+        if missing:
+            fd = self._copy_one(missing[-1], data, flags)
+            if fd is not None:
+                return fd
+        return os.open(node.rel if self.resolver.is_upper(node.layer) else to_rel(node.path), flags, dir_fd=self.upper.fd)
+
+    def _missing(self, node: Node) -> list[str]:
+        """The paths to copy up, parents first, for node to be in the upper layer."""
         if self.resolver.is_upper(node.layer):
-            return node.rel
+            return []
         pending: list[str] = []
         path = node.path
         while True:
-            current = self.resolver.resolve(path)
+            # The directories above need no wait for pending copies below them.
+            current = self.resolver.resolve(path, settle=path == node.path)
             if current is None:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if self.resolver.is_upper(current.layer):
@@ -296,43 +324,77 @@ class CopyUp:
             if path == "/":
                 break
             path = split(path)[0]
-        for path in reversed(pending):
-            self._copy_one(path, data or path != node.path)
-        return to_rel(node.path)
+        return pending[::-1]
 
-    def _copy_one(self, path: str, data: bool) -> None:
+    def _copy_one(self, path: str, data: bool, open_flags: int | None = None) -> int | None:
+        """Copy one entry up. With open_flags, a small file is left pending and an fd
+        opened with them on its copy is returned; None where the copy is in place."""
         with self._locks[hash(path) & 63]:
             node = self.resolver.resolve(path)
             if node is None:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if self.resolver.is_upper(node.layer):
-                return
+                return None
             index, rel = node.attr_source
             src = self.resolver.layers[index]
             st = src.lstat(rel)
             if st is None:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            publisher = self.publisher
+            defer = (publisher is not None and open_flags is not None and data and stat.S_ISREG(st.st_mode)
+                     and 0 < st.st_size <= SMALL)
             tmp = self.work.temp_name()
-            parent = to_rel(split(path)[0])
-            pst = self.upper.lstat(parent)
+            sync_fd = fd = None
+            st_new: os.stat_result | None
             try:
-                self._build(src, rel, st, tmp, data)
+                sync_fd = self._build(src, rel, st, tmp, data, keep_open=defer)
                 same_number = self._set_origin(tmp, st, src)
                 syscalls.utimensat(self.work.fd, tmp, (st.st_atime_ns, st.st_mtime_ns))
                 crashpoints.point("copyup.times")
-                os.rename(tmp, to_rel(path), src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
+                if defer:
+                    assert open_flags is not None and sync_fd is not None
+                    if open_flags & os.O_ACCMODE == os.O_RDWR and not open_flags & ~_PLAIN_OPEN:
+                        fd, sync_fd = sync_fd, os.dup(sync_fd)  # one open file for both: a path lookup less
+                    else:
+                        fd = os.open(tmp, open_flags, dir_fd=self.work.fd)
+                    st_new = os.fstat(fd)
+                else:
+                    self._place(tmp, path)
+                    st_new = self.upper.lstat(to_rel(path))
             except BaseException:
+                for opened in (sync_fd, fd):
+                    if opened is not None:
+                        os.close(opened)
                 self.work.remove_tree(tmp)
                 raise
-            crashpoints.point("copyup.renamed")
             if self.on_new_inode is not None:
-                self.on_new_inode(self.upper.lstat(to_rel(path)))
+                self.on_new_inode(st_new)
             if not same_number and self.on_renumbered is not None:
                 self.on_renumbered(path)
-            if pst is not None:
-                # a copy-up is no change of the parent: keep its times (ovl_copy_up_one)
-                syscalls.utimensat(self.upper.fd, parent, (pst.st_atime_ns, pst.st_mtime_ns))
-                crashpoints.point("copyup.parent_times")
+            if defer:
+                assert publisher is not None and sync_fd is not None
+                publisher.submit(Pending(path, tmp, sync_fd, fd))
+            self.resolver.invalidate(path)
+            if defer and crashpoints.armed():
+                publisher.wait_for(path)  # type: ignore[union-attr]  # every kill point in one order
+            return fd
+
+    def _place(self, tmp: str, path: str) -> None:
+        """Rename a finished copy into place. A copy-up is no change of its parent:
+        the times it had just before stay (ovl_copy_up_one)."""
+        parent = to_rel(split(path)[0])
+        before = self.upper.lstat(parent)
+        os.rename(tmp, to_rel(path), src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
+        crashpoints.point("copyup.renamed")
+        if before is not None:
+            syscalls.utimensat(self.upper.fd, parent, (before.st_atime_ns, before.st_mtime_ns))
+            crashpoints.point("copyup.parent_times")
+
+    def _publish(self, tmp: str, path: str) -> None:
+        """A pending copy, synced by now, into place (on the publisher's thread)."""
+        try:
+            self._place(tmp, path)
+        finally:
             self.resolver.invalidate(path)
 
     def empty_dir(self, rel: str, opaque_xattr: str) -> None:
@@ -366,11 +428,13 @@ class CopyUp:
             self.on_new_inode(self.upper.lstat(rel))
         self.work.remove_tree(tmp)  # the old directory, with its whiteouts
 
-    def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
+    def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool, keep_open: bool = False) -> int | None:
+        """Make the copy at tmp in the work dir. keep_open: a file's data is not
+        synced here, and an fd on it is returned for the publisher to sync."""
         wfd = self.work.fd
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._copy_file(src, rel, st, tmp, data)
+            return self._copy_file(src, rel, st, tmp, data, keep_open)
         else:
             if stat.S_ISDIR(mode):
                 os.mkdir(tmp, 0o700, dir_fd=wfd)
@@ -385,11 +449,13 @@ class CopyUp:
             crashpoints.point("copyup.attrs")
             self._copy_xattrs(src, rel, tmp)
             crashpoints.point("copyup.xattrs")
+        return None
 
-    def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool) -> None:
+    def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool, keep_open: bool) -> int | None:
         sfd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src.fd)
         try:
-            dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work.fd)
+            access = os.O_RDWR if keep_open else os.O_WRONLY  # kept: perhaps the open's own fd
+            dfd = os.open(tmp, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work.fd)
             try:
                 crashpoints.point("copyup.created")
                 if data and st.st_size:
@@ -407,13 +473,18 @@ class CopyUp:
                 crashpoints.point("copyup.attrs")
                 self._copy_xattrs(src, rel, tmp)
                 crashpoints.point("copyup.xattrs")
+                if keep_open:
+                    kept, dfd = dfd, -1
+                    return kept
                 if self.durable and data and st.st_size:
                     os.fsync(dfd)
                     crashpoints.point("copyup.fsynced")
             finally:
-                os.close(dfd)
+                if dfd >= 0:
+                    os.close(dfd)
         finally:
             os.close(sfd)
+        return None
 
     def _copy_xattrs(self, src: Layer, rel: str, tmp: str) -> None:
         for name in src.listxattr(rel):

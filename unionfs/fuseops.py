@@ -192,13 +192,14 @@ class UnionOperations(fuse.Operations):
 
     def release(self, path: str | None, fh: int) -> None:
         self._fd_layer.pop(fh, None)
+        self.union.release(fh)
         os.close(fh)
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> None:
-        if datasync:
-            os.fdatasync(fh)
-        else:
-            os.fsync(fh)
+        self.union.fsync(fh, bool(datasync))
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> None:
+        self.union.fsyncdir(path)
 
     # -- xattrs ------------------------------------------------------------------
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:

@@ -112,8 +112,8 @@ class Requests:
             fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.CREATE: self.create,
             fp.INTERRUPT: self.no_reply, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
             fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek, fp.COPY_FILE_RANGE: self.copy_file_range,
-            fp.SYNCFS: self.syncfs,
-            # FLUSH, FSYNCDIR, ACCESS answered ENOSYS: the kernel then stops sending them
+            fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir,
+            # FLUSH and ACCESS answered ENOSYS: the kernel then stops sending them
         }
 
     # -- session ---------------------------------------------------------------
@@ -414,14 +414,15 @@ class Requests:
                 fds.remove(fh)
             if not fds:
                 self._node_fds.pop(opened[1], None)
+            self.union.release(fh)
             os.close(fh)
 
     def fsync(self, h: tuple, data: memoryview) -> None:
         fh, flags, _ = fp.FSYNC_IN.unpack_from(data)
-        if flags & fp.FSYNC_FDATASYNC:
-            os.fdatasync(fh)
-        else:
-            os.fsync(fh)
+        self.union.fsync(fh, bool(flags & fp.FSYNC_FDATASYNC))
+
+    def fsyncdir(self, h: tuple, data: memoryview) -> None:
+        self.union.fsyncdir(self.nodes.path(h[3]))
 
     def fallocate(self, h: tuple, data: memoryview) -> None:
         fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(data)
@@ -439,6 +440,7 @@ class Requests:
         raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))  # no ioctl is known here, as on overlayfs
 
     def syncfs(self, h: tuple, data: memoryview) -> None:
+        self.union.settle()
         if self.union.writable:
             os.syncfs(self.union.upper.fd) if hasattr(os, "syncfs") else os.sync()
 
@@ -544,8 +546,8 @@ class Requests:
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fd = next((fd for fd in self._node_fds.get(h[3], ()) if self._files[fd][0] == 0), None)
             if fd is not None:
-                # By the fd of a file open in the upper layer, with no path to resolve: the
-                # kernel asks for security.capability before every write.
+                # By the fd of a file open in the upper layer: the kernel asks before every
+                # write, and the file may be a copy-up still pending (see publish).
                 return self._sized(self.union.fgetxattr(fd, name), size)
         return self._sized(self.nodes.stable(lambda seq: self.union.getxattr(self.nodes.path(h[3]), name)), size)
 

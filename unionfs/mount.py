@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -66,10 +67,32 @@ def fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
+def settle(mountpoint: str, timeout: float = 30.0) -> None:
+    """Ask the driver to finish its pending copy-ups, so that the upper directory
+    is complete: an fsync of the mount's root directory does that. Bounded: a
+    driver that no longer answers must not hang the caller."""
+
+    def sync_root() -> None:
+        try:
+            fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # a dead mount has nothing pending
+
+    worker = threading.Thread(target=sync_root, daemon=True)
+    worker.start()
+    worker.join(timeout)
+
+
 def unmount(mountpoint: str) -> None:
-    """Unmount; a busy or dead mount is detached lazily instead of hanging."""
+    """Unmount, once pending copy-ups are in place; a busy or dead mount is
+    detached lazily instead of hanging."""
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: not mounted")
+    settle(mountpoint)
     tool = fusermount()
     attempts = [[tool, "-u", mountpoint]] if tool else []
     attempts.append(["umount", mountpoint])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from unionfs import markers
@@ -74,6 +75,8 @@ class Resolver:
         self._nodes: dict[str, Node] = {}
         self._gen = 0
         self._lock = threading.Lock()
+        # Waits until nothing at a path or below it is a pending copy-up (see publish).
+        self.settle: Callable[[str], None] | None = None
 
     # -- caches ------------------------------------------------------------------
     def invalidate(self, path: str, subtree: bool = False) -> None:
@@ -192,9 +195,12 @@ class Resolver:
                 break
         return Node(path, True, tuple(dirs), self._meta(dirs)) if dirs else None
 
-    def resolve(self, path: str, start: int = 0) -> Node | None:
-        """The node of a merged path over layers[start:], or None."""
+    def resolve(self, path: str, start: int = 0, settle: bool = True) -> Node | None:
+        """The node of a merged path over layers[start:], or None; with settle, once
+        no copy-up at path or below it is pending."""
         cacheable = start == 0
+        if settle and cacheable and self.settle is not None:
+            self.settle(path)
         if cacheable:
             node = self._nodes.get(path)
             if node is not None:

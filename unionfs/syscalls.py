@@ -93,3 +93,15 @@ def reflink(src_fd: int, dst_fd: int) -> bool:
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM):
             return False
         raise
+
+
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+_libc.sync_file_range.restype = ctypes.c_int
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a file's dirty data out, without waiting (sync_file_range
+    SYNC_FILE_RANGE_WRITE): the fsyncs that follow then find it under way. Only
+    a hint, so its errors are left to the fsync."""
+    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)

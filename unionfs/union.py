@@ -105,10 +105,16 @@ class Union:
         self._rename_lock = threading.Lock()
 
     def close(self) -> None:
+        self.settle()
         for layer in self.layers:
             layer.close()
         if self.work:
             self.work.close()
+
+    def settle(self) -> None:
+        """Wait until no copy-up is pending: the upper layer is then complete."""
+        if self.copyup is not None and self.copyup.publisher is not None:
+            self.copyup.publisher.settle()
 
     # -- helpers ---------------------------------------------------------------
     def _writable(self, path: str) -> tuple[CopyUp, WorkDir]:
@@ -253,16 +259,36 @@ class Union:
     def open(self, path: str, flags: int, caller: Caller = ROOT) -> tuple[int, int]:
         """An fd on the layer that holds the file, copied up first for writing."""
         node = self.node(path)
-        index, rel = node.layer, node.rel
-        if flags & _WRITE_FLAGS:
-            copyup, _ = self._writable(path)
-            rel = copyup.ensure(node, data=not flags & os.O_TRUNC)
-            index = 0
         flags = fd_flags(flags) | os.O_NOFOLLOW
-        fd = os.open(rel, flags, dir_fd=self.layers[index].fd)
+        if not flags & _WRITE_FLAGS:
+            return os.open(node.rel, flags, dir_fd=self.layers[node.layer].fd), node.layer
+        copyup, _ = self._writable(path)
+        fd = copyup.open(node, flags, data=not flags & os.O_TRUNC)
         if flags & os.O_TRUNC and caller.uid != 0:
             _kill_set_id(fd)
-        return fd, index
+        return fd, 0
+
+    def fsync(self, fd: int, datasync: bool = False) -> None:
+        """fsync of an open file; a copy-up still pending under it is published first."""
+        if self.copyup is not None and self.copyup.publisher is not None:
+            self.copyup.publisher.check(fd)
+        os.fdatasync(fd) if datasync else os.fsync(fd)
+
+    def fsyncdir(self, path: str) -> None:
+        """fsync of a directory: copy-ups pending below it are published, and its
+        upper directory synced (ovl_dir_fsync)."""
+        node = self._dir(path)
+        if self.resolver.is_upper(node.layer):
+            fd = os.open(node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.upper.fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def release(self, fd: int) -> None:
+        """A file handle is done with (before its fd is closed)."""
+        if self.copyup is not None and self.copyup.publisher is not None:
+            self.copyup.publisher.released(fd)
 
     def open_path(self, path: str) -> tuple[int, int]:
         """An O_PATH fd on the entry path names now, and its layer: it keeps a file

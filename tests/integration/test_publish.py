@@ -1,0 +1,192 @@
+"""Copy-ups of small files opened for writing, published in batches (unionfs.publish).
+
+The open returns before the copy is synced and renamed into place. These
+tests hold the driver to what that must not change: every request through
+the mount sees the copy at once, a settled mount has a complete upper
+directory, and a driver killed with copies pending leaves each file either as
+it was below or as written, never half, with the work directory clean.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_mount
+
+from unionfs.mount import settle
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
+
+COUNT = 200
+
+
+def content(i: int) -> bytes:
+    return f"file {i}\n".encode() * (i % 7 + 1)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    s = Stack.make(tmp_path)
+    for i in range(COUNT):
+        layer = s.lowers[i % 2]
+        (layer / "d").mkdir(exist_ok=True)
+        (layer / "d" / f"f{i:03d}").write_bytes(content(i))
+    return s
+
+
+def append_all(mnt: Path) -> None:
+    for i in range(COUNT):
+        with open(mnt / "d" / f"f{i:03d}", "ab") as f:
+            f.write(b"+\n")
+
+
+def upper_files(stack: Stack) -> dict[str, bytes]:
+    d = stack.upper / "d"
+    return {name: (d / name).read_bytes() for name in os.listdir(d)} if d.exists() else {}
+
+
+def listing(root: Path) -> dict[str, bytes]:
+    return {name: (root / "d" / name).read_bytes() for name in os.listdir(root / "d")}
+
+
+def test_changes_right_after_an_append_see_the_copy(stack: Stack) -> None:
+    """Each append leaves a copy pending; the next request on the name (a rename,
+    an unlink) must act on the copy, not on the lower file below it."""
+    expected = {}
+    with fuse_mount(stack) as mnt:
+        for i in range(COUNT):
+            path = mnt / "d" / f"f{i:03d}"
+            with open(path, "ab") as f:
+                f.write(b"+\n")
+            if i % 3 == 0:
+                os.rename(path, mnt / "d" / f"r{i:03d}")
+                expected[f"r{i:03d}"] = content(i) + b"+\n"
+            elif i % 3 == 1:
+                os.unlink(path)
+            else:
+                expected[f"f{i:03d}"] = content(i) + b"+\n"
+        assert listing(mnt) == expected
+    with kernel_mount(stack) as mnt:
+        assert listing(mnt) == expected
+
+
+
+def test_a_change_of_the_directory_while_a_copy_is_pending_keeps_its_time(stack: Stack) -> None:
+    """A copy-up keeps its parent's times. A file made and removed in the directory
+    while a copy in it is pending is a change of the directory that must stay."""
+    with fuse_mount(stack) as mnt:
+        (mnt / "d").stat()  # the directory copied up first, so its upper times are the ones seen
+        with open(mnt / "d" / "f000", "ab") as f:
+            f.write(b"+\n")
+        (mnt / "d" / "new").write_bytes(b"")
+        os.unlink(mnt / "d" / "new")
+        changed = os.stat(mnt / "d").st_mtime_ns
+        settle(mnt)
+        assert os.stat(stack.upper / "d").st_mtime_ns == changed
+
+
+def test_a_burst_of_appends_is_in_the_upper_once_settled(stack: Stack) -> None:
+    with fuse_mount(stack) as mnt:
+        append_all(mnt)
+        settle(str(mnt))
+        upper = upper_files(stack)
+        assert upper == {f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
+        assert os.listdir(stack.work / "work") == [], "copies left in the work dir after settling"
+    with kernel_mount(stack) as mnt:
+        assert listing(mnt) == upper
+
+
+def test_fsync_of_the_file_publishes_its_copy(stack: Stack) -> None:
+    with fuse_mount(stack) as mnt:
+        fd = os.open(mnt / "d" / "f007", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"synced\n")
+            os.fsync(fd)
+            assert (stack.upper / "d" / "f007").read_bytes() == content(7) + b"synced\n"
+        finally:
+            os.close(fd)
+
+
+def test_killed_driver_with_copies_pending_leaves_each_file_whole(stack: Stack) -> None:
+    """SIGKILL right after a burst of appends: the last copies are still pending
+    (the driver gathers them for a few milliseconds before one sync)."""
+    before = {f"f{i:03d}": content(i) for i in range(COUNT)}
+    after = {name: data + b"+\n" for name, data in before.items()}
+    with fuse_mount(stack) as mnt:
+        pid = driver_pid(mnt)
+        append_all(mnt)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        published = upper_files(stack)
+        left = os.listdir(stack.work / "work")
+        force_unmount(mnt)
+    assert len(published) < COUNT and left, "nothing was pending when the driver died: the test proves nothing"
+    assert all(published[name] == after[name] for name in published), "a published copy lacks the append"
+    with fuse_mount(stack) as mnt:
+        view = listing(mnt)
+        assert os.listdir(stack.work / "work") == [], "the work dir was not cleaned at remount"
+    assert all(view[name] in (before[name], after[name]) for name in before), "a file is neither as before nor as after"
+    assert {name for name in view if view[name] == after[name]} == set(published)
+    with kernel_mount(stack) as mnt:
+        assert listing(mnt) == view
+
+
+def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Path) -> None:
+    other = tmp_path / "other-mnt"
+    other.mkdir()
+    with fuse_mount(stack) as mnt:
+        result = subprocess.run(
+            [sys.executable, "-m", "unionfs", "-o", stack.spec().option_string(), str(other)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode != 0
+        assert result.stderr.strip() == f"unionfs: workdir {stack.work} is in use by another mount"
+        assert (mnt / "d" / "f000").read_bytes() == content(0)  # the first mount is unharmed
+    assert not os.path.ismount(other)
+
+
+def test_fsync_reports_a_copy_that_could_not_be_published(tmp_path: Path) -> None:
+    """In-process: the rename into place fails (as on a full or failing disk); the
+    fsync of the file says so, the lower file stays, nothing is left behind."""
+    from unionfs.union import Union
+
+    lower, upper, work = (tmp_path / n for n in ("lower", "upper", "work"))
+    for p in (lower, upper, work):
+        p.mkdir()
+    (lower / "f").write_bytes(b"lower\n")
+    u = Union([str(lower)], str(upper), str(work))
+    try:
+        publisher = u.copyup.publisher
+        assert publisher is not None
+
+        def fail(tmp: str, path: str) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+        publisher._place = fail  # type: ignore[method-assign]
+        fd, _ = u.open("/f", os.O_RDWR)
+        try:
+            os.pwrite(fd, b"LOST", 0)
+            with pytest.raises(OSError) as exc:
+                u.fsync(fd)
+            assert exc.value.errno == errno.EIO
+            u.fsync(fd)  # reported once, as writeback errors are
+        finally:
+            u.release(fd)
+            os.close(fd)
+        assert u.resolver.resolve("/f") is not None
+        fd, _ = u.open("/f", os.O_RDONLY)
+        try:
+            assert os.read(fd, 100) == b"lower\n"
+        finally:
+            os.close(fd)
+        assert os.listdir(upper) == [] and os.listdir(work / "work") == []
+    finally:
+        u.close()

@@ -1,0 +1,200 @@
+"""Durable copy-ups of small files, synced in batches off the caller's path.
+
+A durable copy-up must be on disk before its name appears in the upper layer
+(overlayfs fsyncs the copy, ``ovl_copy_up_file``). That fsync waits for a
+journal commit, which costs more than the rest of a small copy-up, and a
+workload that appends to many lower files one after the other pays it once
+per file.
+
+So for a small file opened for writing, the copy is finished in the work
+directory and the open returns an fd on it at once. A thread then syncs the
+waiting copies together (``sync_file_range`` starts every one's writeback,
+so the first fsync commits them all) and renames each into place, keeping
+the parent's times as a copy-up does. Until then the copy is *pending*:
+
+- anything that resolves its path, or a directory above it, waits for it
+  (``Resolver.resolve`` calls ``wait_for``), so every request through the
+  mount sees the copy at its place;
+- fsync of the file, fsync of a directory above it, syncfs and the end of
+  the mount wait for it too; ``unionfs umount`` asks for that first;
+- a driver killed before the rename leaves only a temporary name in the work
+  directory, which the next mount removes: the lower file shows again, as
+  after a crash before the copy-up, and writes made to the copy that were
+  never fsynced are lost with it, as unsynced writes are.
+
+The one thing given up: the upper directory read directly, not through the
+mount, shows such a copy a few milliseconds after the open, not at once.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from unionfs import crashpoints, syscalls
+
+log = logging.getLogger(__name__)
+
+SMALL = 1 << 20  # larger copies are synced by the open itself: their data, not the commit, is the cost
+_DELAY = 0.002  # how long the first copy of a batch waits for others; a waiter cuts it short
+_LIMIT = 256  # pending copies at most; a copy-up beyond waits
+
+
+@dataclass(eq=False)
+class Pending:
+    """A copy finished in the work directory, waiting to be synced and renamed."""
+
+    path: str  # its merged path
+    tmp: str  # its name in the work directory
+    fd: int  # open on it, for the fsync; closed once published
+    user_fd: int | None  # the fd the open returned, while it is open
+
+
+def _above(path: str) -> list[str]:
+    """The directories above a merged path: '/a/b/c' -> ['/a/b', '/a', '/']."""
+    out = []
+    while path != "/":
+        path = path.rpartition("/")[0] or "/"
+        out.append(path)
+    return out
+
+
+class Publisher:
+    """Pending copy-ups and the thread that publishes them.
+
+    place(tmp, path) renames a synced copy into place, keeping its parent's
+    times, and forgets what was cached about path; discard(tmp) removes a
+    copy that failed.
+    """
+
+    def __init__(self, place: Callable[[str, str], None], discard: Callable[[str], None],
+                 delay: float = _DELAY, limit: int = _LIMIT) -> None:
+        self._place, self._discard = place, discard
+        self._delay, self._limit = delay, limit
+        self._cond = threading.Condition()
+        self._pending: dict[str, Pending] = {}
+        self._dirs: Counter[str] = Counter()  # directory -> pending copies below it
+        self._queue: list[Pending] = []
+        self._by_fd: dict[int, Pending] = {}
+        self._failed: dict[int, OSError] = {}  # user fd -> why its copy was not published
+        self._urgent = False
+        self._idle = False  # the thread waits for a first copy: a submit must wake it
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def submit(self, copy: Pending) -> None:
+        with self._cond:
+            while len(self._pending) >= self._limit:
+                self._hurry()
+            self._pending[copy.path] = copy
+            self._dirs.update(_above(copy.path))
+            if copy.user_fd is not None:
+                self._by_fd[copy.user_fd] = copy
+            self._queue.append(copy)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="unionfs-publish", daemon=True)
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify_all()  # not while a batch gathers: each wakeup costs a CPU's
+
+    def _hurry(self) -> None:
+        """Wait for the next batch, and let it start now (holding the lock)."""
+        self._urgent = True
+        self._cond.notify_all()
+        self._cond.wait()
+
+    def wait_for(self, path: str) -> None:
+        """Return once nothing at path or below it is pending."""
+        if not self._pending:
+            return
+        with self._cond:
+            while path in self._pending or path in self._dirs:
+                self._hurry()
+
+    def settle(self) -> None:
+        self.wait_for("/")
+
+    def released(self, fd: int) -> None:
+        """The open that fd came from is closed: nothing left to report to it."""
+        with self._cond:
+            copy = self._by_fd.pop(fd, None)
+            if copy is not None:
+                copy.user_fd = None
+            self._failed.pop(fd, None)
+
+    def check(self, fd: int) -> None:
+        """For an fsync of fd: wait for its copy, and raise if it could not be published."""
+        copy = self._by_fd.get(fd)
+        if copy is not None:
+            self.wait_for(copy.path)
+        with self._cond:
+            error = self._failed.pop(fd, None)
+        if error is not None:
+            raise OSError(error.errno, f"copy-up not published: {error.strerror}")
+
+    def close(self) -> None:
+        """Publish what is pending, and stop."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._idle = True
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                self._idle = False
+                if not self._queue:
+                    self._thread = None
+                    return
+                deadline = time.monotonic() + self._delay  # one journal commit for all that comes meanwhile
+                while not (self._urgent or self._closing) and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                batch, self._queue = self._queue, []
+                self._urgent = False
+            for copy in batch:
+                syscalls.start_writeback(copy.fd)
+            failures = [(copy, error) for copy in batch if (error := self._publish(copy)) is not None]
+            with self._cond:
+                for copy, error in failures:
+                    if copy.user_fd is not None:
+                        self._failed[copy.user_fd] = error
+                for copy in batch:
+                    del self._pending[copy.path]
+                    self._dirs.subtract(_above(copy.path))
+                    if copy.user_fd is not None and self._by_fd.get(copy.user_fd) is copy:
+                        del self._by_fd[copy.user_fd]
+                self._dirs = +self._dirs  # drop the zeros
+                self._cond.notify_all()
+
+    def _publish(self, copy: Pending) -> OSError | None:
+        try:
+            os.fsync(copy.fd)
+            crashpoints.point("copyup.fsynced")
+            self._place(copy.tmp, copy.path)
+            return None
+        except Exception as exc:  # whatever it is, the waiters must not wait forever
+            if not isinstance(exc, OSError):
+                log.exception("copy-up of %s not published", copy.path)
+                exc = OSError(errno.EIO, os.strerror(errno.EIO), copy.path)
+            log.error("copy-up of %s not published, the lower file stays: %s", copy.path, exc.strerror)
+            try:
+                self._discard(copy.tmp)
+            except OSError:
+                pass  # the next mount removes it
+            return exc
+        finally:
+            os.close(copy.fd)
