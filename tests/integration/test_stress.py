@@ -132,6 +132,7 @@ class Worker(threading.Thread):
         self.current = "starting"
         self.error: str | None = None
         self.serial = 0
+        self.history: dict[str, list[str]] = {}  # rel -> what this worker did to it, for a failure's message
 
     # -- helpers ---------------------------------------------------------------------
     def p(self, rel: str) -> Path:
@@ -215,6 +216,8 @@ class Worker(threading.Thread):
             return False
         others = [f for f in self.model.files if f != rel]
         dest = self.rng.choice(others) if others and self.rng.random() < 0.3 else self.new_name("r")
+        self.history.setdefault(rel, []).append(f"renamed to {dest}")
+        self.history.setdefault(dest, []).append(f"renamed from {rel}")
         os.rename(self.p(rel), self.p(dest))
         self.model.files[dest] = self.model.files.pop(rel)
         return True
@@ -223,6 +226,7 @@ class Worker(threading.Thread):
         rel = self.own_file()
         if rel is None or len(self.model.files) < 6:
             return False
+        self.history.setdefault(rel, []).append("unlinked")
         os.unlink(self.p(rel))
         del self.model.files[rel]
         return True
@@ -242,8 +246,19 @@ class Worker(threading.Thread):
         want = {f for f in (*self.model.files, *self.model.dirs) if f.rpartition("/")[0] == parent}
         if mine != want:
             raise AssertionError(f"{parent}: listed, not in the model: {sorted(mine - want)}; "
-                                 f"in the model, not listed: {sorted(want - mine)}")
+                                 f"in the model, not listed: {sorted(want - mine)}; " + self.explain(parent, mine ^ want))
         return True
+
+    def explain(self, parent: str, names: set[str]) -> str:
+        """Where a name the listing got wrong is: in the upper directory or not, in
+        a second listing or not, and what this worker did with it."""
+        upper = self.mnt.parent / "upper"
+        again = set(os.listdir(self.p(parent)))
+        out = []
+        for rel in sorted(names):
+            out.append(f"{rel}: in the upper {os.path.lexists(upper / rel)}, listed again "
+                       f"{rel.rpartition('/')[2] in again}, history {self.history.get(rel, [])}")
+        return " | ".join(out)
 
     def op_mkdir(self) -> bool:
         if len(self.model.dirs) >= 4:
