@@ -69,12 +69,13 @@ class Publisher:
 
     place(tmp, path) renames a synced copy into place, keeping its parent's
     times, and forgets what was cached about path; discard(tmp) removes a
-    copy that failed.
+    copy that failed; between() runs after each batch, before the next one's
+    commit (WorkDir.make_spares).
     """
 
     def __init__(self, place: Callable[[str, str], None], discard: Callable[[str], None],
-                 delay: float = _DELAY, limit: int = _LIMIT) -> None:
-        self._place, self._discard = place, discard
+                 between: Callable[[], None] | None = None, delay: float = _DELAY, limit: int = _LIMIT) -> None:
+        self._place, self._discard, self._between = place, discard, between
         self._delay, self._limit = delay, limit
         self._cond = threading.Condition()
         self._pending: dict[str, Pending] = {}
@@ -179,6 +180,11 @@ class Publisher:
                         del self._by_fd[copy.user_fd]
                 self._dirs = +self._dirs  # drop the zeros
                 self._cond.notify_all()
+            if self._between is not None:
+                try:
+                    self._between()
+                except Exception:  # the thread must go on publishing
+                    log.exception("between batches")
 
     def _publish(self, copy: Pending) -> OSError | None:
         try:

@@ -105,7 +105,8 @@ class Union:
         self._rename_lock = threading.Lock()
 
     def close(self) -> None:
-        self.settle()
+        if self.copyup is not None and self.copyup.publisher is not None:
+            self.copyup.publisher.close()  # what is pending goes into place, and its thread ends
         for layer in self.layers:
             layer.close()
         if self.work:

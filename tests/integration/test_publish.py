@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_mount
 
+from unionfs.copyup import SPARE
 from unionfs.mount import settle
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
@@ -49,6 +50,14 @@ def append_all(mnt: Path) -> None:
 def upper_files(stack: Stack) -> dict[str, bytes]:
     d = stack.upper / "d"
     return {name: (d / name).read_bytes() for name in os.listdir(d)} if d.exists() else {}
+
+
+def work_entries(workdir: Path) -> list[str]:
+    """What the work dir holds, but for the empty files made ahead for copy-ups
+    (a copy built in one keeps its name, but not its size: small copies that
+    wait for publication are never empty)."""
+    work = workdir / "work"
+    return [name for name in os.listdir(work) if not (name.endswith(SPARE) and os.lstat(work / name).st_size == 0)]
 
 
 def listing(root: Path) -> dict[str, bytes]:
@@ -97,9 +106,50 @@ def test_a_burst_of_appends_is_in_the_upper_once_settled(stack: Stack) -> None:
         settle(str(mnt))
         upper = upper_files(stack)
         assert upper == {f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
-        assert os.listdir(stack.work / "work") == [], "copies left in the work dir after settling"
+        assert work_entries(stack.work) == [], "copies left in the work dir after settling"
     with kernel_mount(stack) as mnt:
         assert listing(mnt) == upper
+
+
+
+def test_copies_built_in_spare_files_keep_mode_owner_and_xattrs(stack: Stack) -> None:
+    """Between batches the driver makes empty files for the next copy-ups to take
+    (a file created while a commit is written waits for it). A copy built in
+    one is the lower file's as any other; the spares go at unmount."""
+    for i in range(COUNT):
+        lower = stack.lowers[i % 2] / "d" / f"f{i:03d}"
+        os.chown(lower, 1000 + i % 3, 2000 + i % 5)
+        os.chmod(lower, 0o600 | (i % 8) << 3)
+        os.setxattr(lower, "user.k", f"v{i}".encode())
+    half = COUNT // 2
+    with fuse_mount(stack) as mnt:
+        pid = driver_pid(mnt)
+        for i in range(half):
+            with open(mnt / "d" / f"f{i:03d}", "ab") as f:
+                f.write(b"+\n")
+        settle(str(mnt))
+        spares = {os.lstat(stack.work / "work" / name).st_ino
+                  for name in os.listdir(stack.work / "work") if name.endswith(SPARE)}
+        assert spares, "no spare file was made after a batch"
+        for i in range(half, COUNT):
+            with open(mnt / "d" / f"f{i:03d}", "ab") as f:
+                f.write(b"+\n")
+        settle(str(mnt))
+        used = set()
+        for i in range(half, COUNT):
+            lower = os.lstat(stack.lowers[i % 2] / "d" / f"f{i:03d}")
+            upper = stack.upper / "d" / f"f{i:03d}"
+            st = os.lstat(upper)
+            assert (st.st_mode, st.st_uid, st.st_gid) == (lower.st_mode, lower.st_uid, lower.st_gid), f"f{i:03d}"
+            assert os.getxattr(upper, "user.k") == f"v{i}".encode()
+            assert upper.read_bytes() == content(i) + b"+\n"
+            if st.st_ino in spares:
+                used.add(i)
+        assert used, "no copy-up took a spare file"
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.01)  # the driver removes them on its way out
+    assert os.listdir(stack.work / "work") == [], "spare files left in the work dir at unmount"
 
 
 def test_fsync_of_the_file_publishes_its_copy(stack: Stack) -> None:
@@ -126,7 +176,7 @@ def test_killed_driver_with_copies_pending_leaves_each_file_whole(stack: Stack) 
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.01)
         published = upper_files(stack)
-        left = os.listdir(stack.work / "work")
+        left = work_entries(stack.work)
         force_unmount(mnt)
     assert len(published) < COUNT and left, "nothing was pending when the driver died: the test proves nothing"
     assert all(published[name] == after[name] for name in published), "a published copy lacks the append"
@@ -187,6 +237,7 @@ def test_fsync_reports_a_copy_that_could_not_be_published(tmp_path: Path) -> Non
             assert os.read(fd, 100) == b"lower\n"
         finally:
             os.close(fd)
-        assert os.listdir(upper) == [] and os.listdir(work / "work") == []
+        assert os.listdir(upper) == [] and work_entries(work) == []
     finally:
         u.close()
+    assert os.listdir(work / "work") == []
