@@ -86,6 +86,7 @@ class Publisher:
         self._urgent = False
         self._idle = False  # the thread waits for a first copy: a submit must wake it
         self._closing = False
+        self._in_between = False  # between() is running
         self._thread: threading.Thread | None = None
 
     @property
@@ -122,7 +123,13 @@ class Publisher:
                 self._hurry()
 
     def settle(self) -> None:
-        self.wait_for("/")
+        """Return once nothing is pending and the thread is not between batches."""
+        with self._cond:
+            while self._pending or self._in_between:
+                if self._pending:
+                    self._hurry()
+                else:
+                    self._cond.wait()
 
     def released(self, fd: int) -> None:
         """The open that fd came from is closed: nothing left to report to it."""
@@ -179,12 +186,16 @@ class Publisher:
                     if copy.user_fd is not None and self._by_fd.get(copy.user_fd) is copy:
                         del self._by_fd[copy.user_fd]
                 self._dirs = +self._dirs  # drop the zeros
+                self._in_between = self._between is not None
                 self._cond.notify_all()
             if self._between is not None:
                 try:
                     self._between()
                 except Exception:  # the thread must go on publishing
                     log.exception("between batches")
+                with self._cond:
+                    self._in_between = False
+                    self._cond.notify_all()
 
     def _publish(self, copy: Pending) -> OSError | None:
         try:

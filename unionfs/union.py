@@ -113,9 +113,12 @@ class Union:
             self.work.close()
 
     def settle(self) -> None:
-        """Wait until no copy-up is pending: the upper layer is then complete."""
+        """Wait until no copy-up is pending: the upper layer is then complete, and
+        the work directory holds nothing of this driver's (no spare files)."""
         if self.copyup is not None and self.copyup.publisher is not None:
             self.copyup.publisher.settle()
+        if self.work is not None:
+            self.work.drop_spares()
 
     # -- helpers ---------------------------------------------------------------
     def _writable(self, path: str) -> tuple[CopyUp, WorkDir]:
@@ -277,7 +280,10 @@ class Union:
 
     def fsyncdir(self, path: str) -> None:
         """fsync of a directory: copy-ups pending below it are published, and its
-        upper directory synced (ovl_dir_fsync)."""
+        upper directory synced (ovl_dir_fsync). For the root, the whole mount
+        settles (``unionfs.mount.settle``, before an unmount)."""
+        if path == "/":
+            self.settle()
         node = self._dir(path)
         if self.resolver.is_upper(node.layer):
             fd = os.open(node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.upper.fd)

@@ -8,6 +8,7 @@ it was below or as written, never half, with the work directory clean.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -115,21 +116,28 @@ def test_a_burst_of_appends_is_in_the_upper_once_settled(stack: Stack) -> None:
 def test_copies_built_in_spare_files_keep_mode_owner_and_xattrs(stack: Stack) -> None:
     """Between batches the driver makes empty files for the next copy-ups to take
     (a file created while a commit is written waits for it). A copy built in
-    one is the lower file's as any other; the spares go at unmount."""
+    one is the lower file's as any other. A settled mount has none left, and
+    the driver removes them as it ends."""
     for i in range(COUNT):
         lower = stack.lowers[i % 2] / "d" / f"f{i:03d}"
         os.chown(lower, 1000 + i % 3, 2000 + i % 5)
         os.chmod(lower, 0o600 | (i % 8) << 3)
         os.setxattr(lower, "user.k", f"v{i}".encode())
+    (stack.lowers[0] / "d" / "extra").write_bytes(b"extra\n")
     half = COUNT // 2
     with fuse_mount(stack) as mnt:
         pid = driver_pid(mnt)
         for i in range(half):
             with open(mnt / "d" / f"f{i:03d}", "ab") as f:
                 f.write(b"+\n")
-        settle(str(mnt))
-        spares = {os.lstat(stack.work / "work" / name).st_ino
-                  for name in os.listdir(stack.work / "work") if name.endswith(SPARE)}
+        spares: set[int] = set()
+        deadline = time.monotonic() + 10
+        while not spares and time.monotonic() < deadline:  # made after the first batch
+            time.sleep(0.01)
+            for name in os.listdir(stack.work / "work"):
+                with contextlib.suppress(FileNotFoundError):
+                    if name.endswith(SPARE) and (st := os.lstat(stack.work / "work" / name)).st_size == 0:
+                        spares.add(st.st_ino)
         assert spares, "no spare file was made after a batch"
         for i in range(half, COUNT):
             with open(mnt / "d" / f"f{i:03d}", "ab") as f:
@@ -146,9 +154,17 @@ def test_copies_built_in_spare_files_keep_mode_owner_and_xattrs(stack: Stack) ->
             if st.st_ino in spares:
                 used.add(i)
         assert used, "no copy-up took a spare file"
+        assert os.listdir(stack.work / "work") == [], "a settled mount left spare files in the work dir"
+        with open(mnt / "d" / "extra", "ab") as f:
+            f.write(b"+\n")  # a batch more: spares again, for the driver to remove as it ends
+        deadline = time.monotonic() + 10
+        while not os.listdir(stack.work / "work") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.listdir(stack.work / "work"), "no spare file was made after the last batch"
+        subprocess.run(["umount", str(mnt)], check=True)  # not unionfs.mount.unmount, which settles first
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.01)  # the driver removes them on its way out
+        time.sleep(0.01)
     assert os.listdir(stack.work / "work") == [], "spare files left in the work dir at unmount"
 
 
