@@ -22,6 +22,10 @@ the parent's times as a copy-up does. Until then the copy is *pending*:
   after a crash before the copy-up, and writes made to the copy that were
   never fsynced are lost with it, as unsynced writes are.
 
+Between batches, before the next commit, the thread also makes the empty
+files that the next copies are built in (``WorkDir.make_spares``): a file
+created while a commit is being written waits for the commit's I/O.
+
 The one thing given up: the upper directory read directly, not through the
 mount, shows such a copy a few milliseconds after the open, not at once.
 """
