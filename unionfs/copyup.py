@@ -102,9 +102,9 @@ class WorkDir(Layer):
 
         Creating a file allocates an inode, and while a journal commit is being
         written that waits for the commit's I/O: some hundreds of microseconds
-        against a few. Made between the commits of published copy-ups, spares
-        spare the copy-ups that wait. Best effort: a copy-up without a spare
-        creates its file itself."""
+        against a few. Files made between the commits of published copy-ups
+        save the next copy-ups that wait. Best effort: a copy-up without a
+        spare creates its file itself."""
         while len(self._spares) < count:
             name = self.temp_name() + SPARE
             try:
