@@ -373,8 +373,9 @@ def test_a_listing_resumed_from_before_an_unlink_does_not_bring_the_name_back(st
             os.unlink(mnt / "dir" / victim)
             b = os.open(mnt / "dir", os.O_RDONLY | os.O_DIRECTORY)
             try:
-                # B finds the cache out of date and starts it again; the kernel caches one
-                # entry more than fits in B's buffer, so the fill stops where A stands.
+                # A second open that kept listings too would find the cache out of date and
+                # start it again; the kernel caches one entry more than fits in B's buffer,
+                # so that fill would stop where A stands, for A's old pass to go on with.
                 assert len(_getdents(b, 24 * (keep - 1))) == keep - 1
             finally:
                 os.close(b)
