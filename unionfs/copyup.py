@@ -332,7 +332,7 @@ class CopyUp:
         """Make sure node exists in the upper layer; returns its upper rel path."""
         for path in self._missing(node):
             self._copy_one(path, data or path != node.path)
-        return node.rel if self.resolver.is_upper(node.layer) else to_rel(node.path)
+        return self._upper_rel(node)
 
     def open(self, node: Node, flags: int, data: bool = True) -> int:
         """An fd opened with flags on node's copy in the upper layer, copied up first.
@@ -344,7 +344,11 @@ class CopyUp:
             fd = self._copy_one(missing[-1], data, flags)
             if fd is not None:
                 return fd
-        return os.open(node.rel if self.resolver.is_upper(node.layer) else to_rel(node.path), flags, dir_fd=self.upper.fd)
+        return os.open(self._upper_rel(node), flags, dir_fd=self.upper.fd)
+
+    def _upper_rel(self, node: Node) -> str:
+        """Where node is in the upper layer once copied up (a redirected directory keeps its rel)."""
+        return node.rel if self.resolver.is_upper(node.layer) else to_rel(node.path)
 
     def _missing(self, node: Node) -> list[str]:
         """The paths to copy up, parents first, for node to be in the upper layer."""

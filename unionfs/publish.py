@@ -93,10 +93,6 @@ class Publisher:
         self._in_between = False  # between() is running
         self._thread: threading.Thread | None = None
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._pending)
-
     def submit(self, copy: Pending) -> None:
         with self._cond:
             while len(self._pending) >= self._limit:
