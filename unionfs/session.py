@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -133,6 +134,8 @@ def unmount_lazily(mountpoint: str) -> None:
         subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True)
 
 
+_FORGET_GATHER = 0.005  # seconds a /dev/fuse reader waits after a FORGET, when requests come by io_uring
+
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # Requests that carry no new access decision: libfuse lets them through under allow_root.
@@ -167,6 +170,7 @@ class Session:
         self.fd = -1
         self.owners: set[int] | None = None  # allow_root: only these uids (and the kernel's own requests)
         self._done = threading.Event()
+        self._forget_gate = threading.Lock()
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
 
@@ -241,7 +245,10 @@ class Session:
         fd, header, out = self.fd, fp.IN_HEADER, fp.OUT_HEADER
         while True:
             try:
-                size = os.readv(fd, [buf])
+                if self.requests.over_io_uring:
+                    size = self._read_forgets(fd, buf)
+                else:
+                    size = os.readv(fd, [buf])
             except OSError as exc:
                 if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
                     continue  # ENOENT: the request was interrupted before we read it
@@ -266,6 +273,19 @@ class Session:
             self._send(fd, [reply], h[1])
             if h[1] == fp.INIT and not code:  # refused: the kernel ends the connection
                 self._initialized()
+
+    def _read_forgets(self, fd: int, buf: bytearray) -> int:
+        """Over io_uring, ``/dev/fuse`` brings only FORGET and INTERRUPT. Each FORGET read
+        as it comes wakes a worker, most often on the other CPU, and takes the
+        interpreter lock from the ring workers: one per unlinked file. So one worker
+        reads at a time, and after a FORGET it waits a little, for the kernel to
+        gather the next ones into a BATCH_FORGET. Forgetting later only keeps node
+        ids a few milliseconds longer; an INTERRUPT waits as long at most."""
+        with self._forget_gate:
+            size = os.readv(fd, [buf])
+            if fp.IN_HEADER.unpack_from(buf)[1] in (fp.FORGET, fp.BATCH_FORGET):
+                time.sleep(_FORGET_GATHER)
+            return size
 
     def answer(self, h: tuple, body: memoryview, via: str) -> tuple[int, object]:
         """(errno, payload) for one request; the payload may be None or NO_REPLY."""

@@ -13,6 +13,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,42 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
             woken = {qid: after[qid] - before[qid] for qid in after}
             assert woken[cpu] >= 200, woken
             assert all(n == 0 for qid, n in woken.items() if qid != cpu), woken
+
+
+def device_reader_switches(pid: int) -> int:
+    """Context switches so far of the driver's threads that are not ring workers:
+    the /dev/fuse readers, which over io_uring get only FORGET and INTERRUPT."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        if not name.startswith(uring.THREAD_PREFIX):
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            total += int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+    return total
+
+
+def test_forgets_of_unlinked_files_come_in_batches(stack: Stack, kernel_io_uring: None) -> None:
+    """Each unlinked file's inode is forgotten (a FORGET through /dev/fuse); read one
+    by one, each would wake a reader. The driver lets them gather instead."""
+    files = 400
+    for i in range(files):
+        (stack.lowers[1] / "d" / f"f{i}").write_bytes(b"x")
+    with fuse_mount(stack, "io_uring=on") as mnt:
+        names = [mnt / "d" / f"f{i}" for i in range(files)]
+        for path in names:
+            os.lstat(path)  # known to the kernel: each unlink then evicts an inode
+        pid = driver_pid(mnt)
+        before = device_reader_switches(pid)
+        for path in names:
+            os.unlink(path)
+        time.sleep(0.1)  # the last batch
+        woken = device_reader_switches(pid) - before
+        assert os.listdir(mnt / "d") == ["lower.txt"]
+    assert woken < files // 4, woken
 
 
 def test_megabyte_payloads_cross_the_rings_intact(stack: Stack, kernel_io_uring: None) -> None:
