@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import fuse
+import fuse  # type: ignore[import-untyped]  # fusepy has no type information
 
 from unionfs.permissions import MAY_READ, MAY_WRITE, AccessControl, Requester
 from unionfs.syscalls import UTIME_NOW
@@ -276,9 +276,9 @@ class UnionFUSE(fuse.FUSE):
         except OSError as exc:
             if exc.errno and exc.errno > 0:
                 return -exc.errno
-            log.error("%s: OSError without errno", func.__name__, exc_info=True)
+            log.exception("%s: OSError without errno", func.__name__)
         except Exception:
-            log.error("%s failed", func.__name__, exc_info=True)
+            log.exception("%s failed", func.__name__)
         return -errno.EIO
 
     def create(self, path: bytes, mode: int, fip: Any) -> int:

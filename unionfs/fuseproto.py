@@ -6,7 +6,19 @@ layout of what crosses that boundary.
 """
 from __future__ import annotations
 
+import enum
 import struct
+from typing import Final
+
+
+class _NoReply(enum.Enum):
+    NO_REPLY = "no reply"
+
+
+# What a handler returns for a request the kernel expects no reply to (FORGET).
+NO_REPLY: Final = _NoReply.NO_REPLY
+# A reply's payload: None for an empty reply.
+Payload = bytes | bytearray | memoryview | _NoReply | None
 
 KERNEL_MAJOR = 7
 KERNEL_MINOR = 38

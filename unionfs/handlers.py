@@ -2,7 +2,7 @@
 
 A handler gets the unpacked request header and the bytes after it, and
 returns the reply's payload: ``None`` for an empty reply, bytes, or
-``NO_REPLY`` for the requests the kernel expects no answer to (FORGET). An
+``fp.NO_REPLY`` for the requests the kernel expects no answer to (FORGET). An
 ``OSError`` becomes the error reply. The permission checks are the
 kernel's: the mount has ``default_permissions`` and negotiates
 FUSE_POSIX_ACL, so mode bits and access ACLs are enforced before a request
@@ -25,8 +25,7 @@ from unionfs import syscalls
 from unionfs.nodes import NodeTable
 from unionfs.union import Caller, Union, fd_flags
 
-Handler = Callable[[tuple, memoryview], Any]
-NO_REPLY = object()
+Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 
 
@@ -144,8 +143,8 @@ class Requests:
     def destroy(self, h: tuple, data: memoryview) -> None:
         return None
 
-    def no_reply(self, h: tuple, data: memoryview) -> object:
-        return NO_REPLY
+    def no_reply(self, h: tuple, data: memoryview) -> fp.Payload:
+        return fp.NO_REPLY
 
     # -- names -----------------------------------------------------------------
     def _entry(self, parent: int, name: str, path: str, seq: int | None = None) -> tuple[int, bytes]:
@@ -176,18 +175,18 @@ class Requests:
                 return self._negative  # cached by the kernel as a missing name
             raise
 
-    def forget(self, h: tuple, data: memoryview) -> object:
+    def forget(self, h: tuple, data: memoryview) -> fp.Payload:
         self.nodes.forget(h[3], fp.FORGET_IN.unpack_from(data)[0])
-        return NO_REPLY
+        return fp.NO_REPLY
 
-    def batch_forget(self, h: tuple, data: memoryview) -> object:
+    def batch_forget(self, h: tuple, data: memoryview) -> fp.Payload:
         count = fp.BATCH_FORGET_IN.unpack_from(data)[0]
         offset = fp.BATCH_FORGET_IN.size
         for _ in range(count):
             nodeid, lookups = fp.FORGET_ONE.unpack_from(data, offset)
             self.nodes.forget(nodeid, lookups)
             offset += fp.FORGET_ONE.size
-        return NO_REPLY
+        return fp.NO_REPLY
 
     def readlink(self, h: tuple, data: memoryview) -> bytes:
         return os.fsencode(self.nodes.stable(lambda seq: self.union.readlink(self.nodes.path(h[3]))))

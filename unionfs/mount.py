@@ -100,7 +100,7 @@ def unmount(mountpoint: str) -> None:
     attempts.append(["umount", "-l", mountpoint])
     last = ""
     for cmd in attempts:
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode == 0 or not is_mounted(mountpoint):
             return
         last = result.stderr.strip()
@@ -122,7 +122,8 @@ def mount(
     """
     cmd = [sys.executable, "-m", "unionfs", *extra_args, "-o", spec.option_string(), os.fspath(mountpoint)]
     full_env = {**os.environ, **env} if env else None
-    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=full_env)
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=full_env,
+                            check=False)
     if result.returncode != 0:
         raise MountError(result.stderr.strip() or f"unionfs exited with {result.returncode}")
 
@@ -192,7 +193,8 @@ def serve(
         durable=not opts.volatile,
     )
     if opts.engine == "fusepy":
-        from unionfs.fuseops import UnionFUSE, UnionOperations  # only here: the core works without fusepy
+        # imported only here: the core works without fusepy
+        from unionfs.fuseops import UnionFUSE, UnionOperations
 
         UnionFUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
         return

@@ -29,7 +29,7 @@ ROOT_ID = 1
 
 
 class _Node:
-    __slots__ = ("parent", "name", "lookups", "held")
+    __slots__ = ("held", "lookups", "name", "parent")
 
     def __init__(self, parent: int, name: str) -> None:
         self.parent = parent  # 0: detached (its name was removed or replaced)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from unionfs import fuseproto as fp
 from unionfs import uring
-from unionfs.handlers import NO_REPLY, Requests
+from unionfs.handlers import Requests
 from unionfs.mount import fusermount, unescape_mountinfo
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def unmount_lazily(mountpoint: str) -> None:
         return
     tool = fusermount()
     if tool:
-        subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True)
+        subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True, check=False)
 
 
 _FORGET_GATHER = 0.005  # seconds a /dev/fuse reader waits after a FORGET, when requests come by io_uring
@@ -259,7 +259,7 @@ class Session:
             h = header.unpack_from(buf)
             unique = h[2]
             code, payload = self.answer(h, view[fp.IN_HEADER.size:size], "dev")
-            if payload is NO_REPLY:
+            if payload is fp.NO_REPLY:
                 continue
             if code:
                 reply = out.pack(16, -code, unique)
@@ -287,8 +287,8 @@ class Session:
                 time.sleep(_FORGET_GATHER)
             return size
 
-    def answer(self, h: tuple, body: memoryview, via: str) -> tuple[int, object]:
-        """(errno, payload) for one request; the payload may be None or NO_REPLY."""
+    def answer(self, h: tuple, body: memoryview, via: str) -> tuple[int, fp.Payload]:
+        """(errno, payload) for one request."""
         handler = self.handlers.get(h[1])
         if self.owners is not None and h[4] not in self.owners and h[1] not in _ANY_CALLER:
             handler = _refuse  # allow_root: the kernel lets everyone in, libfuse's rule keeps them out
@@ -301,7 +301,7 @@ class Session:
             except OSError as exc:
                 code = exc.errno if exc.errno and exc.errno > 0 else errno.EIO
                 if code == errno.EIO:
-                    log.error("opcode %d on node %d failed", h[1], h[3], exc_info=True)
+                    log.exception("opcode %d on node %d failed", h[1], h[3])
             except Exception:
                 log.exception("opcode %d on node %d failed", h[1], h[3])
                 code = errno.EIO
@@ -332,7 +332,7 @@ class Session:
     def _serve_ring(self, worker: uring.QueueWorker) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            worker.serve(self.answer, NO_REPLY)
+            worker.serve(self.answer)
         except OSError as exc:
             log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
         except Exception:  # its entry can take no more requests: say so, loudly

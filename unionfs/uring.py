@@ -74,7 +74,7 @@ class _CqOffsets(ctypes.Structure):
 
 
 class _Params(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint32) for name in
+    _fields_ = [(name, ctypes.c_uint32) for name in  # type: ignore[assignment]  # the c_uint32 * 3 array
                 ("sq_entries", "cq_entries", "flags", "sq_thread_cpu", "sq_thread_idle", "features", "wq_fd")] + [
                 ("resv", ctypes.c_uint32 * 3), ("sq_off", _SqOffsets), ("cq_off", _CqOffsets)]
 
@@ -94,7 +94,9 @@ def kernel_offers() -> bool:
 
 def possible_cpus() -> int:
     """The kernel makes a queue for each possible CPU, and uses them once each has an entry."""
-    return os.cpu_count() if not os.path.exists("/sys/devices/system/cpu/possible") else _count_cpus()
+    if os.path.exists("/sys/devices/system/cpu/possible"):
+        return _count_cpus()
+    return os.cpu_count() or 1
 
 
 def _count_cpus() -> int:
@@ -176,7 +178,7 @@ class Ring:
         os.close(self.fd)  # the mappings go with the process; they pin the ring until then
 
 
-Answer = Callable[[tuple, memoryview, str], "tuple[int, object]"]
+Answer = Callable[[tuple, memoryview, str], "tuple[int, fp.Payload]"]
 
 
 class QueueWorker:
@@ -195,7 +197,7 @@ class QueueWorker:
         self.payload_size = payload_size
         self.name = f"q{qid}"
 
-    def serve(self, answer: Answer, no_reply: object) -> None:
+    def serve(self, answer: Answer) -> None:
         """Register, then answer requests until the connection ends."""
         _libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
         try:
@@ -220,7 +222,7 @@ class QueueWorker:
                     view[_PAYLOAD - op_size:_PAYLOAD] = view[_OP_IN:_OP_IN + op_size]
                 code, payload = answer(h, view[_PAYLOAD - op_size:_PAYLOAD + size], self.name)
                 n = 0
-                if not code and payload is not None and payload is not no_reply:
+                if not code and payload is not None and payload is not fp.NO_REPLY:
                     n = len(payload)
                     if n > self.payload_size:  # never sent: the kernel asks for no more than it can take
                         code, n = errno.EIO, 0
