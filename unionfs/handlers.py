@@ -516,7 +516,7 @@ class Requests:
             if attrs is not None:
                 try:
                     if source is not None and unchanged:
-                        full = self.union.layer_getattr(*source, prefix + name)
+                        full = self.union.listed_getattr(*source, prefix + name, handle.generation)
                     else:
                         full = self.union.getattr(prefix + name)
                 except OSError:

@@ -100,6 +100,10 @@ class Resolver:
                     self._nodes.clear()
                 self._nodes[node.path] = node
 
+    def remember(self, node: Node, gen: int) -> None:
+        """Keep a node found another way (a listing), if nothing changed since gen."""
+        self._store(node, gen)
+
     def is_upper(self, index: int) -> bool:
         return self.writable and index == 0
 

@@ -197,6 +197,15 @@ class Union:
             raise fail(errno.ENOENT, path)
         return self.attrs(st, self._ino(index, rel, st), nlink)
 
+    def listed_getattr(self, index: int, rel: str, path: str, generation: int) -> dict[str, int]:
+        """getattr of a non-directory that ``listed`` found at rel of layer index.
+        While nothing has changed since (generation), that is also what path
+        resolves to, and the resolver keeps it: the unlink or open that follows
+        a listing (``rm -rf``, ``cp -r``) then needs no lookup through the layers."""
+        attrs = self.layer_getattr(index, rel, path)
+        self.resolver.remember(Node(path, False, ((index, rel),)), generation)
+        return attrs
+
     @property
     def generation(self) -> int:
         """Changes with every change of what a path names (see ``listed``)."""
@@ -243,7 +252,7 @@ class Union:
 
     def listed(self, path: str) -> list[tuple[str, dict[str, int] | None, tuple[int, str] | None]]:
         """readdir's entries, each non-directory with the (layer index, rel) that
-        holds it: while ``generation`` stays the same, ``layer_getattr`` there is
+        holds it: while ``generation`` stays the same, ``listed_getattr`` there is
         its getattr without a lookup through the layers."""
         node = self._dir(path)
         out: list[tuple[str, dict[str, int] | None, tuple[int, str] | None]] = [(".", None, None), ("..", None, None)]

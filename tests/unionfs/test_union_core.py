@@ -238,6 +238,28 @@ def test_rmdir_judges_emptiness_on_the_merged_view(dirs: dict[str, Path]) -> Non
     assert names(u, "/") == []
 
 
+def test_a_listing_resolves_its_entries_only_while_nothing_changed(dirs: dict[str, Path]) -> None:
+    """readdirplus hands each listed file's layer to the resolver (``listed_getattr``);
+    one listed before a change must not be kept, or the path would resolve to the
+    lower file that the change copied up."""
+    tree(dirs["bottom"], {"d/f": "1", "d/g": "2"})
+    os.chmod(dirs["bottom"] / "d" / "f", 0o644)
+    u = make_union(dirs)
+    before = u.generation
+    sources = {name: source for name, _, source in u.listed("/d") if source}
+    assert sorted(sources) == ["f", "g"]
+    u.chmod("/d/f", 0o600)  # copied up: f is in the upper layer now
+    u.listed_getattr(*sources["f"], "/d/f", before)  # the listing's answer, from before the change
+    assert stat.S_IMODE(u.getattr("/d/f")["st_mode"]) == 0o600
+    now = u.generation
+    sources = {name: source for name, _, source in u.listed("/d") if source}
+    assert sources["f"][0] == 0 and sources["g"][0] != 0  # upper, lower
+    u.listed_getattr(*sources["g"], "/d/g", now)
+    u.unlink("/d/g")  # resolved from the listing: a whiteout over the lower file
+    assert names(u, "/d") == ["f"]
+    assert stat.S_ISCHR((dirs["upper"] / "d" / "g").lstat().st_mode)
+
+
 def test_rename_of_lower_directory_keeps_contents_and_inode(dirs: dict[str, Path]) -> None:
     tree(dirs["bottom"], {"src/a": "1", "src/sub/b": "2"})
     tree(dirs["top"], {"src/c": "3"})
