@@ -37,20 +37,24 @@ def stack(tmp_path: Path) -> Stack:
     return stack
 
 
-def queue_threads(pid: int) -> dict[int, list[tuple[int, str]]]:
-    """The driver's ring workers by queue: (context switches so far, CPUs it may run on)."""
-    found: dict[int, list[tuple[int, str]]] = {}
+def driver_threads(pid: int) -> Iterator[tuple[str, int, dict[str, str]]]:
+    """Each thread of the driver: (name, context switches so far, its /proc status fields)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
             status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
         except FileNotFoundError:
             continue
-        if not name.startswith(uring.THREAD_PREFIX):
-            continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        switches = int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
-        found.setdefault(int(name[len(uring.THREAD_PREFIX):]), []).append((switches, fields["Cpus_allowed_list"].strip()))
+        yield name, int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"]), fields
+
+
+def queue_threads(pid: int) -> dict[int, list[tuple[int, str]]]:
+    """The driver's ring workers by queue: (context switches so far, CPUs it may run on)."""
+    found: dict[int, list[tuple[int, str]]] = {}
+    for name, switches, fields in driver_threads(pid):
+        if name.startswith(uring.THREAD_PREFIX):
+            found.setdefault(int(name[len(uring.THREAD_PREFIX):]), []).append((switches, fields["Cpus_allowed_list"].strip()))
     return found
 
 
@@ -84,17 +88,7 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
 def device_reader_switches(pid: int) -> int:
     """Context switches so far of the driver's threads that are not ring workers:
     the /dev/fuse readers, which over io_uring get only FORGET and INTERRUPT."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        if not name.startswith(uring.THREAD_PREFIX):
-            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-            total += int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
-    return total
+    return sum(switches for name, switches, _ in driver_threads(pid) if not name.startswith(uring.THREAD_PREFIX))
 
 
 def test_forgets_of_unlinked_files_come_in_batches(stack: Stack, kernel_io_uring: None) -> None:
