@@ -14,6 +14,7 @@ import bisect
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,16 @@ class _Dir:
     # (cookie, name, attrs, source) sorted by cookie; a pass's snapshot, stable while entries change
     entries: list[tuple[int, str, dict[str, int] | None, tuple[int, str] | None]] | None = None
     generation: int = -1  # the Union's when the snapshot was taken
+
+
+@dataclass
+class _Described:
+    """The entries of a directory's listing, up to a cookie, that a READDIRPLUS
+    gave with attributes: how far, in which generation of the Union, and when."""
+
+    generation: int
+    last: int  # the cookie of the last entry given
+    since: float  # time.monotonic() of the first answer
 
 
 def _cookie(name: str) -> int:
@@ -86,6 +97,8 @@ class Requests:
         self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
         self._dirs: dict[int, _Dir] = {}
         self._kept_dirs: set[int] = set()  # node ids with an open whose listing the kernel keeps
+        self._described: dict[int, _Described] = {}  # directory node id -> its entries the kernel has attributes of
+        self._describe_for = timeouts.attr / 2
         self._dir_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self.max_write = 1 << 20
@@ -506,14 +519,19 @@ class Requests:
         prefix = base if base == "/" else base + "/"
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         unchanged = handle.generation == self.union.generation  # the snapshot's sources still hold
+        described = self._described_up_to(handle) if unchanged else -1
         out = bytearray()
+        last = None
         for cookie, name, attrs, source in entries[start:]:
             raw = os.fsencode(name)
             if len(out) + fp.dirent_size(raw, True) > size:
                 break
+            last = cookie
             head = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)
             ino, mode = fp.UNKNOWN_INO, 0o040000
-            if attrs is not None:
+            if attrs is not None and cookie <= described and self.nodes.known(handle.nodeid, name):
+                ino, mode = attrs["st_ino"], attrs["st_mode"]  # the kernel has it: a plain entry
+            elif attrs is not None:
                 try:
                     if source is not None and unchanged:
                         full = self.union.listed_getattr(*source, prefix + name, handle.generation)
@@ -528,7 +546,35 @@ class Requests:
                 else:
                     ino, mode = attrs["st_ino"], attrs["st_mode"]
             out += head + fp.dirent(ino, cookie, mode, raw)
+        if unchanged and last is not None:
+            self._describe(handle, entries[start - 1][0] if start else 0, last)
         return bytes(out)
+
+    # A program that lists a directory twice in a row (``rm -rf`` opens each one
+    # to see whether it is empty, then again to remove what is in it) makes the
+    # kernel ask for the same entries again: its listing cache fills only up to
+    # the end of a directory. While nothing changed, entries that a READDIRPLUS
+    # gave with attributes a moment ago, and that the kernel still holds, go
+    # as plain entries: its attributes of them are as new as the driver's
+    # (changes through the mount reach it; the layers below do not change).
+    def _described_up_to(self, handle: _Dir) -> int:
+        """The last cookie whose entry the kernel has attributes of, or -1."""
+        done = self._described.get(handle.nodeid)
+        if done is None or done.generation != handle.generation:
+            return -1
+        if time.monotonic() - done.since > self._describe_for:
+            return -1  # its attributes are about to expire there: give them again
+        return done.last
+
+    def _describe(self, handle: _Dir, after: int, last: int) -> None:
+        """Entries after the cookie after, through last, went with attributes."""
+        done = self._described.get(handle.nodeid)
+        if done is not None and done.generation == handle.generation and after <= done.last:
+            done.last = max(done.last, last)
+        elif after == 0:
+            if len(self._described) >= 4096:
+                self._described.clear()
+            self._described[handle.nodeid] = _Described(handle.generation, last, time.monotonic())
 
     # -- xattrs ----------------------------------------------------------------
     @staticmethod

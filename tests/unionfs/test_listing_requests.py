@@ -1,0 +1,97 @@
+"""READDIRPLUS answers, driven through the request handlers without a mount:
+which entries carry attributes and node ids for the kernel to keep."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unionfs import fuseproto as fp
+from unionfs.handlers import Requests, Timeouts
+from unionfs.nodes import ROOT_ID
+from unionfs.union import Union
+
+
+def header(opcode: int, nodeid: int) -> tuple:
+    return (0, opcode, 1, nodeid, 0, 0, 0, 0, 0)
+
+
+def lookup(requests: Requests, parent: int, name: str) -> int:
+    return fp.ENTRY_OUT.unpack_from(requests.lookup(header(fp.LOOKUP, parent), memoryview(name.encode() + b"\0")))[0]
+
+
+def listing(requests: Requests, nodeid: int) -> dict[str, int]:
+    """One open of the directory, read to its end: {name: node id given with it (0: a plain entry)}."""
+    fh = fp.OPEN_OUT.unpack_from(requests.opendir(header(fp.OPENDIR, nodeid), memoryview(b"")))[0]
+    given: dict[str, int] = {}
+    offset = 0
+    while True:
+        out = requests.readdirplus(header(fp.READDIRPLUS, nodeid), memoryview(fp.READ_IN.pack(fh, offset, 4096, 0)))
+        if not out:
+            break
+        pos = 0
+        while pos < len(out):
+            entry_id = fp.ENTRY_OUT.unpack_from(out, pos)[0]
+            pos += fp.ENTRY_OUT.size + fp.ATTR.size
+            _, offset, namelen, _ = fp.DIRENT.unpack_from(out, pos)
+            name = out[pos + fp.DIRENT.size:pos + fp.DIRENT.size + namelen].decode()
+            pos += fp.dirent_size(name.encode(), False)
+            if name not in (".", ".."):
+                given[name] = entry_id
+    requests.releasedir(header(fp.RELEASEDIR, nodeid), memoryview(fp.RELEASE_IN.pack(fh, 0, 0, 0)))
+    return given
+
+
+@pytest.fixture
+def requests(tmp_path: Path) -> Requests:
+    lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
+    for d in (lower, upper, work):
+        d.mkdir()
+    (lower / "d").mkdir()
+    for i in range(60):  # more than one READDIRPLUS answer of 4 KiB holds
+        (lower / "d" / f"file{i:02d}").write_text(str(i))
+    return Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
+
+
+def test_entries_described_a_moment_ago_go_plain_until_something_changes(requests: Requests) -> None:
+    d = lookup(requests, ROOT_ID, "d")
+    first = listing(requests, d)
+    assert len(first) == 60 and all(first.values()), "a first listing gives every entry's attributes"
+    again = listing(requests, d)  # what ``rm -rf`` does: the kernel asks again from the start
+    assert set(again) == set(first) and not any(again.values())
+
+    requests.nodes.forget(first["file07"], 1)  # the kernel dropped one of them
+    again = listing(requests, d)
+    assert [name for name, nodeid in again.items() if nodeid] == ["file07"]
+
+    requests.unlink(header(fp.UNLINK, d), memoryview(b"file00\0"))  # a change: every entry is given again
+    after = listing(requests, d)
+    assert "file00" not in after and len(after) == 59 and all(after.values())
+
+
+def readdirplus(requests: Requests, nodeid: int, offset: int) -> bytes:
+    """One READDIRPLUS of a fresh open, from offset."""
+    fh = fp.OPEN_OUT.unpack_from(requests.opendir(header(fp.OPENDIR, nodeid), memoryview(b"")))[0]
+    out = requests.readdirplus(header(fp.READDIRPLUS, nodeid), memoryview(fp.READ_IN.pack(fh, offset, 4096, 0)))
+    requests.releasedir(header(fp.RELEASEDIR, nodeid), memoryview(fp.RELEASE_IN.pack(fh, 0, 0, 0)))
+    return out
+
+
+def test_only_entries_given_from_the_start_on_count_as_described(requests: Requests) -> None:
+    """Entries given from the start of the listing up to where a READDIRPLUS
+    stopped count as given; one read from further on leaves a gap that is
+    given again."""
+    d = lookup(requests, ROOT_ID, "d")
+    assert readdirplus(requests, d, 0)  # the first 4 KiB: about 20 entries
+    assert readdirplus(requests, d, 1 << 62)  # cookies are hashes: some entries sort after 2**62
+    given = listing(requests, d)
+    plain = sorted(name for name, nodeid in given.items() if not nodeid)
+    assert 10 < len(plain) < 30, plain
+    assert len(given) - len(plain) > 30
+
+
+def test_described_entries_expire_with_half_the_attribute_timeout(requests: Requests) -> None:
+    quick = Requests(requests.union, Timeouts(attr=0.0))
+    d = lookup(quick, ROOT_ID, "d")
+    assert all(listing(quick, d).values())
+    assert all(listing(quick, d).values()), "attributes the kernel no longer trusts are given again"
