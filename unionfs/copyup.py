@@ -36,6 +36,8 @@ _LOCK_WAIT = 5.0  # seconds
 _INTENT = ".intent"
 SPARE = ".spare"  # the suffix of an empty file made ahead for a copy-up (WorkDir.make_spares)
 SPARES = 64  # kept ready while small copy-ups are being published
+_SPARE_DIRS = 64  # emptied directories kept for copy-ups of directories (WorkDir.recycle_dir)
+_SMALL_DIR = 4096  # larger: a directory that once held many entries, slower to list even when empty
 _RENAME = ".rename"
 
 
@@ -57,6 +59,7 @@ class WorkDir(Layer):
         os.makedirs(path, mode=0o700, exist_ok=True)
         super().__init__(path, -1)
         self._spares: collections.deque[str] = collections.deque()
+        self._spare_dirs: collections.deque[str] = collections.deque()
         self._lock(workdir)
         self.upper = upper
         self._counter = itertools.count()
@@ -127,6 +130,44 @@ class WorkDir(Layer):
                 os.unlink(name, dir_fd=self.fd)
             except OSError:
                 pass  # the next mount removes it
+        while (name := self.take_spare_dir()) is not None:
+            try:
+                os.rmdir(name, dir_fd=self.fd)
+            except OSError:
+                pass
+
+    def recycle_dir(self, name: str) -> None:
+        """Empty the directory name of the work dir and keep it for the next copy-up
+        of a directory (take_spare_dir), else remove it.
+
+        On ext4, mkdir allocates an inode and a block (100 to 300 us here) and
+        rmdir frees them (50 to 100 us), against a few us to strip one of its
+        xattrs. ``rm -rf`` of a lower tree copies each directory up to hold
+        the whiteouts of its entries, then removes it: the directories it
+        removes serve the copy-ups that follow."""
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            _clear_dir(fd)
+            keep = len(self._spare_dirs) < _SPARE_DIRS and os.fstat(fd).st_size <= _SMALL_DIR
+            if keep:
+                try:
+                    for xattr in os.listxattr(fd):
+                        os.removexattr(fd, xattr)
+                except OSError:
+                    keep = False  # one it may not remove (a security label): a new directory then
+        finally:
+            os.close(fd)
+        if keep:
+            self._spare_dirs.append(name)
+        else:
+            os.rmdir(name, dir_fd=self.fd)
+
+    def take_spare_dir(self) -> str | None:
+        """The name of an empty directory without xattrs, mode and owner still to be set; None if none."""
+        try:
+            return self._spare_dirs.popleft()
+        except IndexError:
+            return None
 
     def record_intent(self, name: str, upper_rel: str) -> None:
         """Note that upper_rel (basename ``.wh.`` + name) is about to be built in
@@ -386,7 +427,10 @@ class CopyUp:
             publisher = self.publisher
             defer = (publisher is not None and open_flags is not None and data and stat.S_ISREG(st.st_mode)
                      and 0 < st.st_size <= SMALL)
-            spare = self.work.take_spare() if defer else None
+            if defer:
+                spare = self.work.take_spare()
+            else:
+                spare = self.work.take_spare_dir() if stat.S_ISDIR(st.st_mode) else None
             tmp = spare or self.work.temp_name()
             sync_fd = fd = None
             st_new: os.stat_result | None
@@ -476,14 +520,16 @@ class CopyUp:
                spare: bool = False) -> int | None:
         """Make the copy at tmp in the work dir. keep_open: a file's data is not
         synced here, and an fd on it is returned for the publisher to sync.
-        spare: tmp is a file already made (WorkDir.make_spares)."""
+        spare: tmp is a file or directory already made (WorkDir.make_spares,
+        WorkDir.recycle_dir)."""
         wfd = self.work.fd
         mode = st.st_mode
         if stat.S_ISREG(mode):
             return self._copy_file(src, rel, st, tmp, data, keep_open, spare)
         else:
             if stat.S_ISDIR(mode):
-                os.mkdir(tmp, 0o700, dir_fd=wfd)
+                if not spare:
+                    os.mkdir(tmp, 0o700, dir_fd=wfd)
             elif stat.S_ISLNK(mode):
                 os.symlink(os.readlink(rel, dir_fd=src.fd), tmp, dir_fd=wfd)
             else:

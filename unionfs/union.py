@@ -476,7 +476,10 @@ class Union:
             work.link_marker(True, work.fd, tmp)
             syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
             crashpoints.point("remove.exchanged")
-            work.remove_tree(tmp)
+            if is_dir:
+                work.recycle_dir(tmp)
+            else:
+                work.remove_tree(tmp)
             return
         if whiteout:
             self._whiteout(prel, name)  # .wh.NAME first: the own-layer entry still shows

@@ -16,22 +16,23 @@ from unionfs.union import Union
 
 
 def test_copy_up_into_a_reused_inode_reports_its_own_origin(tmp_path: Path) -> None:
-    """After rmdir of a copied-up directory, a file copied up into the directory's
-    freed inode must report its own lower number, not the directory's."""
+    """After the unlink of a copied-up file, a file copied up into its freed
+    inode must report its own lower number, not the removed file's. (A removed
+    directory's inode goes to the next directory copy-up: see
+    test_a_removed_directory_serves_the_next_copy_up_without_what_it_had.)"""
     lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
     for path in (lower, upper, work):
         path.mkdir()
-    (lower / "d").mkdir()
-    (lower / "d/f").write_text("f")
+    (lower / "f").write_text("f")
     names = [f"g{i}" for i in range(200)]
     for name in names:
         (lower / name).write_text(name)
     union = Union([str(lower)], str(upper), str(work))
     try:
-        union.unlink("/d/f")  # copies d up
-        union.getattr("/d")
-        freed = os.lstat(upper / "d").st_ino
-        union.rmdir("/d")
+        union.chmod("/f", 0o600)  # copies f up
+        union.getattr("/f")
+        freed = os.lstat(upper / "f").st_ino
+        union.unlink("/f")
         for name in names:
             before = union.getattr("/" + name)["st_ino"]
             union.chmod("/" + name, 0o600)  # copies the file up

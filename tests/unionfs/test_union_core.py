@@ -293,6 +293,42 @@ def test_whiteouts_share_one_inode_and_survive_its_loss(dirs: dict[str, Path], f
 
 
 @root_only
+def test_a_removed_directory_serves_the_next_copy_up_without_what_it_had(dirs: dict[str, Path]) -> None:
+    """rmdir keeps the emptied upper directory for the next directory copy-up
+    (``WorkDir.recycle_dir``): the copy must show the lower directory's mode,
+    owner, times and xattrs only, nothing of the directory it was before."""
+    tree(dirs["bottom"], {"gone/f": "x", "keep/g": "y"})
+    os.setxattr(dirs["bottom"] / "gone", "user.old", b"1")
+    os.chmod(dirs["bottom"] / "gone", 0o1777)
+    os.chmod(dirs["bottom"] / "keep", 0o750)
+    os.chown(dirs["bottom"] / "keep", 1000, 1001)
+    os.utime(dirs["bottom"] / "keep", ns=(1_000_000_000, 2_000_000_000))
+    u = make_union(dirs, whiteout=WhiteoutForm.OVERLAY)
+    keep_ino = u.getattr("/keep")["st_ino"]
+    u.unlink("/gone/f")  # copies gone up, to hold f's whiteout
+    work = dirs["work"] / "work"
+
+    def spare_dirs() -> list[int]:
+        return [entry.inode() for entry in os.scandir(work) if entry.is_dir(follow_symlinks=False)]
+
+    used = (dirs["upper"] / "gone").lstat().st_ino
+    u.getattr("/gone")  # the union remembers the number it reports for that upper inode
+    u.rmdir("/gone")
+    assert spare_dirs() == [used], "the removed directory was not kept for a copy-up"
+    u.chmod("/keep", 0o750)  # copies keep up: into the directory gone was
+    assert spare_dirs() == []
+    st = (dirs["upper"] / "keep").lstat()
+    assert st.st_ino == used
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, 1000, 1001)
+    assert st.st_mtime_ns == 2_000_000_000
+    assert "user.old" not in os.listxattr(dirs["upper"] / "keep")
+    assert not any(name.startswith("trusted.overlay.opaque") for name in os.listxattr(dirs["upper"] / "keep"))
+    assert os.listdir(dirs["upper"] / "keep") == []
+    assert u.getattr("/keep")["st_ino"] == keep_ino
+    assert names(u, "/") == ["keep"] and names(u, "/keep") == ["g"]
+
+
+@root_only
 def test_implicit_directory_takes_attributes_from_below(dirs: dict[str, Path]) -> None:
     """A layer that adds d/f without an entry for d/ must not change d's owner or mode."""
     tree(dirs["bottom"], {"d/": None})
