@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +29,14 @@ from unionfs.union import Caller, Union, fd_flags
 
 Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def _name(data: memoryview) -> str:
-    """The first NUL-terminated name of a request body."""
+    """The first NUL-terminated name of a request body (decoded as os.fsdecode does)."""
     raw = bytes(data)
-    return os.fsdecode(raw[: raw.index(b"\0")] if b"\0" in raw else raw)
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode(_FS_ENCODING, _FS_ERRORS)
 
 
 def _two_names(data: memoryview) -> tuple[str, str]:

@@ -16,11 +16,10 @@ the node id of another.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,6 +37,24 @@ class _Node:
         self.held: tuple[int, int] | None = None  # (O_PATH fd, layer index) of a file a rename replaced
 
 
+class _Change:
+    """NodeTable.change's context: a class, not a generator, for the cost of
+    every UNLINK, CREATE and RENAME (a third of a microsecond against one)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: NodeTable) -> None:
+        self.table = table
+
+    def __enter__(self) -> None:
+        self.table._changing.acquire()
+        self.table._seq += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.table._seq += 1
+        self.table._changing.release()
+
+
 class NodeTable:
     def __init__(self) -> None:
         self._nodes: dict[int, _Node] = {ROOT_ID: _Node(0, "")}
@@ -46,16 +63,11 @@ class NodeTable:
         self._lock = threading.Lock()
         self._seq = 0  # odd while a change is under way
         self._changing = threading.Lock()
+        self._change = _Change(self)
 
-    @contextlib.contextmanager
-    def change(self) -> Iterator[None]:
+    def change(self) -> _Change:
         """Around a request that changes which entry a path names."""
-        with self._changing:
-            self._seq += 1
-            try:
-                yield
-            finally:
-                self._seq += 1
+        return self._change
 
     def exclusive(self) -> threading.Lock:
         """Around a request that changes an entry by its path: no name moves meanwhile."""
