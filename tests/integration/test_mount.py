@@ -336,6 +336,39 @@ def test_listing_continued_after_copy_ups_carries_the_new_attributes(stack: Stac
     assert not stale, f"{len(stale)} entries show the lower file's mode: {stale[:5]}"
 
 
+def test_a_listing_repeated_at_once_shows_what_changed_through_the_mount(stack: Stack) -> None:
+    """A listing asked for again while no name changed gives plain entries for
+    what the kernel was just given attributes of (handlers ``_described_up_to``):
+    changes of those files through the mount, which name nothing new, must
+    show all the same, as the kernel learnt them from its own requests."""
+    lower = stack.lowers[1] / "d"
+    lower.mkdir()
+    names = [f"f{i:02d}" for i in range(40)]
+    for name in names:
+        (lower / name).write_text("x")
+    with fuse_mount(stack) as mnt:
+        d = mnt / "d"
+        for name in names:
+            os.chmod(d / name, 0o644)  # copied up: later changes name nothing new
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            first = [name for name, _ in _getdents(fd, 4096) if name in names]  # one READDIRPLUS of 4 KiB: part of it
+        finally:
+            os.close(fd)
+        assert 5 < len(first) < len(names)  # the kernel's listing is not complete: it asks again from the start
+        expected = {}
+        for i, name in enumerate(names):
+            with open(d / name, "ab") as f:
+                f.write(b"y" * i)
+            os.chmod(d / name, 0o600 | (i % 2) * 0o040)
+            expected[name] = (1 + i, 0o600 | (i % 2) * 0o040)
+        os.truncate(d / first[0], 0)
+        expected[first[0]] = (0, expected[first[0]][1])
+        listed = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(d)}  # the first ones plain now
+        shown = {name: (st.st_size, stat.S_IMODE(st.st_mode)) for name, st in listed.items()}
+        assert shown == expected
+
+
 def _getdents(fd: int, size: int) -> list[tuple[str, int]]:
     """One getdents64 call with a buffer of size bytes: [(name, d_off)]."""
     number = {"x86_64": 217, "aarch64": 61}[platform.machine()]
