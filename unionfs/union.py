@@ -476,10 +476,13 @@ class Union:
             work.link_marker(True, work.fd, tmp)
             syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
             crashpoints.point("remove.exchanged")
-            if is_dir:
-                work.recycle_dir(tmp)
-            else:
-                work.remove_tree(tmp)
+            try:
+                if is_dir:
+                    work.recycle_dir(tmp)
+                else:
+                    work.remove_tree(tmp)
+            except OSError as exc:  # removed already: what is left in the work dir goes at the next mount
+                log.warning("removing %s from the work directory: %s", tmp, exc.strerror or exc)
             return
         if whiteout:
             self._whiteout(prel, name)  # .wh.NAME first: the own-layer entry still shows
