@@ -565,14 +565,17 @@ class Requests:
         done = self._described.get(handle.nodeid)
         if done is None or done.generation != handle.generation:
             return -1
-        if time.monotonic() - done.since > self._describe_for:
+        if self._expired(done):
             return -1  # its attributes are about to expire there: give them again
         return done.last
+
+    def _expired(self, done: _Described) -> bool:
+        return time.monotonic() - done.since > self._describe_for
 
     def _describe(self, handle: _Dir, after: int, last: int) -> None:
         """Entries after the cookie after, through last, went with attributes."""
         done = self._described.get(handle.nodeid)
-        if done is not None and done.generation == handle.generation and after <= done.last:
+        if done is not None and done.generation == handle.generation and after <= done.last and not self._expired(done):
             done.last = max(done.last, last)
         elif after == 0:
             if len(self._described) >= 4096:

@@ -2,6 +2,7 @@
 which entries carry attributes and node ids for the kernel to keep."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,10 @@ def test_described_entries_expire_with_half_the_attribute_timeout(requests: Requ
     d = lookup(quick, ROOT_ID, "d")
     assert all(listing(quick, d).values())
     assert all(listing(quick, d).values()), "attributes the kernel no longer trusts are given again"
+
+    short = Requests(requests.union, Timeouts(attr=0.2))
+    d = lookup(short, ROOT_ID, "d")
+    assert all(listing(short, d).values())
+    time.sleep(0.15)
+    assert all(listing(short, d).values())  # given again, and from now on described anew
+    assert not any(listing(short, d).values())
