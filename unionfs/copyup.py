@@ -39,6 +39,7 @@ SPARES = 64  # kept ready while small copy-ups are being published
 _SPARE_DIRS = 64  # emptied directories kept for copy-ups of directories (WorkDir.recycle_dir)
 _SMALL_DIR = 4096  # larger: a directory that once held many entries, slower to list even when empty
 _RENAME = ".rename"
+_READ_COPY = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _plain_rel(rel: str) -> bool:
@@ -355,6 +356,9 @@ class CopyUp:
         # Told the merged path of an entry whose st_ino changed with its copy-up:
         # listings that show its old number are stale (the FUSE side drops them).
         self.on_renumbered: Callable[[str], None] | None = None
+        # Told the merged path of each regular file copied up, with a way to open the
+        # copy for reading: files open on the lower file read the copy from then on.
+        self.on_copied_up: Callable[[str, Callable[[], int]], None] | None = None
         self.inodes = inodes
         self.upper = resolver.layers[0]
         self.work = work
@@ -459,6 +463,11 @@ class CopyUp:
                 self.on_new_inode(st_new)
             if not same_number and self.on_renumbered is not None:
                 self.on_renumbered(path)
+            if self.on_copied_up is not None and stat.S_ISREG(st.st_mode):
+                if defer:  # still under its temporary name, until the publisher renames it
+                    self.on_copied_up(path, lambda: os.open(tmp, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.work.fd))
+                else:
+                    self.on_copied_up(path, lambda: os.open(to_rel(path), _READ_COPY, dir_fd=self.upper.fd))
             if defer:
                 assert publisher is not None and sync_fd is not None
                 publisher.submit(Pending(path, tmp, sync_fd, fd))

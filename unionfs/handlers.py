@@ -113,6 +113,7 @@ class Requests:
         self.over_io_uring = False  # the kernel agreed: requests come through the rings
         if union.copyup is not None:
             union.copyup.on_renumbered = self._renumbered
+            union.copyup.on_copied_up = self._copied_up
 
     def table(self) -> dict[int, Handler]:
         return {
@@ -169,6 +170,24 @@ class Requests:
         nodeid = self.nodes.looked_up(parent, name, seq)
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+
+    def _copied_up(self, path: str, open_copy: Callable[[], int]) -> None:
+        """Files open for reading on the lower file of path read its copy from now on,
+        as on overlayfs (which swaps the real file under such a file, ovl_real_fdget):
+        the kernel's cache of their pages can be dropped, and a READ then asked of
+        the lower file would mix old data into a file that another open changed."""
+        nodeid = self.nodes.find(path)
+        if not nodeid:
+            return
+        with self._lock:
+            for fd in self._node_fds.get(nodeid, ()):
+                if self._files[fd][0] != 0:
+                    copy = open_copy()
+                    try:
+                        os.dup2(copy, fd, inheritable=False)  # the same fd number, which the kernel holds
+                    finally:
+                        os.close(copy)
+                    self._files[fd] = (0, nodeid)
 
     def _renumbered(self, path: str) -> None:
         """The kernel keeps listings (FOPEN_CACHE_DIR); one that shows an entry's

@@ -421,6 +421,43 @@ def test_a_listing_resumed_from_before_an_unlink_does_not_bring_the_name_back(st
         assert victim not in os.listdir(mnt / "dir")  # a listing begun after the unlink
 
 
+@pytest.mark.parametrize("how", ["truncate", "append"])  # a copy without data, a small copy published later
+def test_a_reader_opened_before_a_copy_up_reads_the_copy_as_on_kernel_overlayfs(stack: Stack, how: str) -> None:
+    """overlayfs swaps the real file under a file open for reading when another open
+    copies it up. Here the kernel may drop its cached pages of the file, and the
+    next READ must come from the copy, not from the lower file the reader opened:
+    that read back the old bytes, padded with zeros to the new size."""
+    (stack.lowers[1] / "r").write_bytes(b"lower data\n")
+
+    def run(mnt: Path) -> list[bytes]:
+        reader = os.open(mnt / "r", os.O_RDONLY)
+        try:
+            seen = [os.pread(reader, 100, 0)]
+            flags = os.O_WRONLY | (os.O_TRUNC if how == "truncate" else os.O_APPEND)
+            writer = os.open(mnt / "r", flags)
+            try:
+                os.write(writer, b"upper data, longer\n")
+                os.fsync(writer)
+            finally:
+                os.close(writer)
+            seen.append(os.pread(reader, 100, 0))
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as f:
+                f.write("1")  # the page cache: the next read of the reader is a READ
+            seen.append(os.pread(reader, 100, 0))
+            return seen
+        finally:
+            os.close(reader)
+
+    kernel = Stack.make(stack.mnt.parent / "kernel")
+    (kernel.lowers[1] / "r").write_bytes(b"lower data\n")
+    with kernel_mount(kernel) as mnt:
+        expected = run(mnt)
+    with fuse_mount(stack) as mnt:
+        assert run(mnt) == expected
+    assert expected[0] == b"lower data\n" and expected[-1].endswith(b"upper data, longer\n")
+
+
 def test_racing_writers_copy_up_once(stack: Stack) -> None:
     (stack.lowers[1] / "shared.bin").write_bytes(b"\0" * (4 << 20))
     with fuse_mount(stack) as mnt:
