@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,7 @@ from unionfs import syscalls
 from unionfs.nodes import NodeTable
 from unionfs.union import Caller, Union, fd_flags
 
+log = logging.getLogger(__name__)
 Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
@@ -182,7 +184,11 @@ class Requests:
         with self._lock:
             for fd in self._node_fds.get(nodeid, ()):
                 if self._files[fd][0] != 0:
-                    copy = open_copy()
+                    try:
+                        copy = open_copy()
+                    except OSError as exc:  # the copy-up itself is done: this reader stays on the lower file
+                        log.warning("a file open on %s stays on the lower file: %s", path, exc.strerror)
+                        continue
                     try:
                         os.dup2(copy, fd, inheritable=False)  # the same fd number, which the kernel holds
                     finally:
