@@ -464,10 +464,9 @@ class CopyUp:
             if not same_number and self.on_renumbered is not None:
                 self.on_renumbered(path)
             if self.on_copied_up is not None and stat.S_ISREG(st.st_mode):
-                if defer:  # still under its temporary name, until the publisher renames it
-                    self.on_copied_up(path, lambda: os.open(tmp, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.work.fd))
-                else:
-                    self.on_copied_up(path, lambda: os.open(to_rel(path), _READ_COPY, dir_fd=self.upper.fd))
+                # a deferred copy is under its temporary name until the publisher renames it
+                dir_fd, copy = (self.work.fd, tmp) if defer else (self.upper.fd, to_rel(path))
+                self.on_copied_up(path, lambda: os.open(copy, _READ_COPY, dir_fd=dir_fd))
             if defer:
                 assert publisher is not None and sync_fd is not None
                 publisher.submit(Pending(path, tmp, sync_fd, fd))

@@ -575,7 +575,7 @@ class Requests:
                     ino, mode = attrs["st_ino"], attrs["st_mode"]
             out += head + fp.dirent(ino, cookie, mode, raw)
         if unchanged and last is not None:
-            self._describe(handle, entries[start - 1][0] if start else 0, last)
+            self._describe(handle, described, entries[start - 1][0] if start else 0, last)
         return bytes(out)
 
     # A program that lists a directory twice in a row (``rm -rf`` opens each one
@@ -590,17 +590,15 @@ class Requests:
         done = self._described.get(handle.nodeid)
         if done is None or done.generation != handle.generation:
             return -1
-        if self._expired(done):
+        if time.monotonic() - done.since > self._describe_for:
             return -1  # its attributes are about to expire there: give them again
         return done.last
 
-    def _expired(self, done: _Described) -> bool:
-        return time.monotonic() - done.since > self._describe_for
-
-    def _describe(self, handle: _Dir, after: int, last: int) -> None:
-        """Entries after the cookie after, through last, went with attributes."""
-        done = self._described.get(handle.nodeid)
-        if done is not None and done.generation == handle.generation and after <= done.last and not self._expired(done):
+    def _describe(self, handle: _Dir, described: int, after: int, last: int) -> None:
+        """Entries after the cookie after, through last, went with attributes;
+        described: what _described_up_to said when the answer began."""
+        if described >= after:  # they continue the entries described before
+            done = self._described[handle.nodeid]
             done.last = max(done.last, last)
         elif after == 0:
             if len(self._described) >= 4096:
