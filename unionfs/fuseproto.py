@@ -7,8 +7,10 @@ layout of what crosses that boundary.
 from __future__ import annotations
 
 import enum
+import errno
+import os
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 
 class _NoReply(enum.Enum):
@@ -17,8 +19,26 @@ class _NoReply(enum.Enum):
 
 # What a handler returns for a request the kernel expects no reply to (FORGET).
 NO_REPLY: Final = _NoReply.NO_REPLY
+
+
+class FileRange(NamedTuple):
+    """A READ's answer, read by the transport straight into its reply buffer:
+    no megabyte allocated per READ, and over the rings no copy of it either."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def read_into(self, buffer: memoryview) -> memoryview:
+        if self.size > len(buffer):  # a short answer would read as the end of the file
+            raise OSError(errno.EIO, f"READ of {self.size} bytes, more than the {len(buffer)} negotiated")
+        return buffer[:os.preadv(self.fd, [buffer[:self.size]], self.offset)]
+
+
 # A reply's payload: None for an empty reply.
-Payload = bytes | bytearray | memoryview | _NoReply | None
+Reply = bytes | bytearray | memoryview | _NoReply | None
+# What a handler returns: a reply's payload, or the file range a READ's is read from.
+Payload = Reply | FileRange
 
 KERNEL_MAJOR = 7
 KERNEL_MINOR = 38

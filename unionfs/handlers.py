@@ -1,7 +1,8 @@
 """Each FUSE request, answered by the Union.
 
 A handler gets the unpacked request header and the bytes after it, and
-returns the reply's payload: ``None`` for an empty reply, bytes, or
+returns the reply's payload: ``None`` for an empty reply, bytes, an
+``fp.FileRange`` for READ (read straight into the reply's buffer), or
 ``fp.NO_REPLY`` for the requests the kernel expects no answer to (FORGET). An
 ``OSError`` becomes the error reply. The permission checks are the
 kernel's: the mount has ``default_permissions`` and negotiates
@@ -434,9 +435,9 @@ class Requests:
         self._opened(fd, 0, nodeid)
         return entry + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)
 
-    def read(self, h: tuple, data: memoryview) -> bytes:
+    def read(self, h: tuple, data: memoryview) -> fp.FileRange:
         fh, offset, size, _ = fp.READ_IN.unpack_from(data)
-        return os.pread(fh, size, offset)
+        return fp.FileRange(fh, offset, size)
 
     def write(self, h: tuple, data: memoryview) -> bytes:
         fh, offset, size, _, _, _, _ = fp.WRITE_IN.unpack_from(data)

@@ -258,7 +258,8 @@ class Session:
                 return
             h = header.unpack_from(buf)
             unique = h[2]
-            code, payload = self.answer(h, view[fp.IN_HEADER.size:size], "dev")
+            # The request is unpacked before a READ's data is read over it.
+            code, payload = self.answer(h, view[fp.IN_HEADER.size:size], "dev", view)
             if payload is fp.NO_REPLY:
                 continue
             if code:
@@ -287,8 +288,9 @@ class Session:
                 time.sleep(_FORGET_GATHER)
             return size
 
-    def answer(self, h: tuple, body: memoryview, via: str) -> tuple[int, fp.Payload]:
-        """(errno, payload) for one request."""
+    def answer(self, h: tuple, body: memoryview, via: str, reply_area: memoryview) -> tuple[int, fp.Reply]:
+        """(errno, payload) for one request; file data is read into ``reply_area``."""
+        payload: fp.Reply
         handler = self.handlers.get(h[1])
         if self.owners is not None and h[4] not in self.owners and h[1] not in _ANY_CALLER:
             handler = _refuse  # allow_root: the kernel lets everyone in, libfuse's rule keeps them out
@@ -297,7 +299,8 @@ class Session:
             code = errno.ENOSYS
         else:
             try:
-                payload = handler(h, body)
+                result = handler(h, body)
+                payload = result.read_into(reply_area) if isinstance(result, fp.FileRange) else result
             except OSError as exc:
                 code = exc.errno if exc.errno and exc.errno > 0 else errno.EIO
                 if code == errno.EIO:

@@ -192,7 +192,7 @@ class Ring:
         os.close(self.fd)  # the mappings go with the process; they pin the ring until then
 
 
-Answer = Callable[[tuple, memoryview, str], "tuple[int, fp.Payload]"]
+Answer = Callable[[tuple, memoryview, str, memoryview], "tuple[int, fp.Reply]"]
 
 
 class QueueWorker:
@@ -222,6 +222,7 @@ class QueueWorker:
         ring.enable()
         ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
         header, out = fp.IN_HEADER, fp.OUT_HEADER
+        reply_area = view[_PAYLOAD:_PAYLOAD + self.payload_size]
         try:
             while True:
                 res = ring.wait()
@@ -235,13 +236,13 @@ class QueueWorker:
                 op_size = h[0] - header.size - size
                 if op_size:
                     view[_PAYLOAD - op_size:_PAYLOAD] = view[_OP_IN:_OP_IN + op_size]
-                code, payload = answer(h, view[_PAYLOAD - op_size:_PAYLOAD + size], self.name)
+                code, payload = answer(h, view[_PAYLOAD - op_size:_PAYLOAD + size], self.name, reply_area)
                 n = 0
                 if not code and payload is not None and payload is not fp.NO_REPLY:
                     n = len(payload)
                     if n > self.payload_size:  # never sent: the kernel asks for no more than it can take
                         code, n = errno.EIO, 0
-                    else:
+                    elif h[1] != fp.READ:  # a READ's data is read into reply_area, where it goes out from
                         view[_PAYLOAD:_PAYLOAD + n] = payload
                 out.pack_into(view, 0, out.size + n, -code, h[2])
                 _U32.pack_into(view, _PAYLOAD_SZ, n)
