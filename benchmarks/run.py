@@ -84,6 +84,17 @@ def choose_workdir(arg: str | None, prefix: str = "unionfs-bench-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
+def rotated(drivers: list[Driver], by: int) -> list[Driver]:
+    """The drivers in the order of one repetition: each starts it in turn.
+
+    A run leaves memory and caches behind that the next one pays for or
+    profits from (see ``Ctx.drop_caches``); in a fixed order, each driver
+    would always follow the same one.
+    """
+    by %= max(1, len(drivers))
+    return drivers[by:] + drivers[:by]
+
+
 def can_drop_caches() -> bool:
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -172,7 +183,7 @@ class Runner:
             for rep in range(1, self.args.repeat + 1):
                 if wl.reference is not None:
                     self.reference(wl, rep)
-                for d in self.drivers:
+                for d in rotated(self.drivers, rep - 1):
                     self.one(wl, d, rep)
 
     def reference(self, wl: Workload, rep: int) -> None:

@@ -13,6 +13,7 @@ every driver and cancels out in the ratios.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -130,11 +131,21 @@ class Ctx:
             _read_file(path)
 
     def drop_caches(self) -> None:
-        """Flush dirty data, then drop page/dentry/inode caches (needs root)."""
+        """Flush dirty data, drop page/dentry/inode caches, then compact free memory (needs root).
+
+        Compacting gives every driver's cold read the same free memory to fill.
+        Without it, where the pages freed by the run before happen to lie decides
+        how scattered the new page cache is, and a warm read of it follows: a warm
+        1 GiB read through fuse-overlayfs took 0.096 s (median of 4) when run after
+        fuse-overlayfs and 0.110 s when run after unionfs; with compaction, 0.101 s
+        after either. Compacting takes about 10 ms.
+        """
         os.sync()
         if self.can_drop:
             with open("/proc/sys/vm/drop_caches", "w") as f:
                 f.write("3")
+            with contextlib.suppress(OSError), open("/proc/sys/vm/compact_memory", "w") as f:
+                f.write("1")  # OSError: a kernel without CONFIG_COMPACTION
 
     def abort(self) -> None:
         """Watchdog: kill our tools and unwedge the FUSE mount."""
