@@ -524,6 +524,26 @@ def test_o_direct_reads_and_writes_work_as_on_kernel_overlayfs(stack: Stack) -> 
     assert results[1] == results[0] == [("base.txt", 4096, True), ("new.bin", 4096, True)]
 
 
+def test_reads_of_every_size_return_the_layer_files_bytes(stack: Stack, transport: str) -> None:
+    """A READ's data is read straight into the buffer its reply goes out from:
+    replies of a megabyte, of one page, and short at the end of the file."""
+    mib = 1 << 20
+    data = os.urandom(3 * mib + 4097)
+    (stack.lowers[1] / "big.bin").write_bytes(data)
+    with fuse_mount(stack) as mnt:
+        Path("/proc/sys/vm/drop_caches").write_text("3")  # so that reads are READ requests
+        assert (mnt / "big.bin").read_bytes() == data  # readahead: READs of a megabyte, the last one short
+        fd = os.open(mnt / "big.bin", os.O_RDONLY | os.O_DIRECT)  # READs as the caller asks them
+        try:
+            buf = mmap.mmap(-1, 2 * mib)
+            for offset, size in ((0, 4096), (mib - 4096, 2 * mib), (3 * mib, 8192)):
+                n = os.preadv(fd, [memoryview(buf)[:size]], offset)
+                assert n == min(size, len(data) - offset)
+                assert buf[:n] == data[offset:offset + n]
+        finally:
+            os.close(fd)
+
+
 def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Path) -> None:
     """Two drivers on one work directory would remove each other's half-built entries."""
     other = tmp_path / "other-mnt"
