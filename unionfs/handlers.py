@@ -15,6 +15,7 @@ import bisect
 import errno
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ import xxhash
 
 from unionfs import fuseproto as fp
 from unionfs import syscalls
-from unionfs.nodes import NodeTable
+from unionfs.nodes import Identity, NodeTable
 from unionfs.union import Caller, Union, fd_flags
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,15 @@ class Requests:
     def _entry(self, parent: int, name: str, path: str, seq: int | None = None) -> tuple[int, bytes]:
         """(node id, fuse_entry_out) for parent/name; node id 0 if a change began since seq."""
         attrs = self.union.getattr(path)
-        nodeid = self.nodes.looked_up(parent, name, seq)
+        nodeid = self.nodes.looked_up(parent, name, seq, self._identity(attrs, path))
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+
+    def _identity(self, attrs: dict[str, int], path: str) -> Identity | None:
+        """The upper file that path is one of several names of (see ``nodes``)."""
+        if attrs["st_nlink"] > 1 and not stat.S_ISDIR(attrs["st_mode"]):
+            return self.union.upper_identity(path)
+        return None
 
     def _copied_up(self, path: str, open_copy: Callable[[], int]) -> None:
         """Files open for reading on the lower file of path read its copy from now on,
@@ -256,7 +263,14 @@ class Requests:
     def link(self, h: tuple, data: memoryview) -> bytes:
         source = fp.LINK_IN.unpack_from(data)[0]
         name = _name(data[fp.LINK_IN.size:])
-        return self._made(h, name, lambda path: self.union.link(self.nodes.path(source), path))
+
+        def link(path: str) -> None:
+            source_path = self.nodes.path(source)
+            self.union.link(source_path, path)
+            identity = self.union.upper_identity(source_path)
+            if identity is not None:  # the new name gets the source's id: one inode in the kernel
+                self.nodes.identify(source, identity)
+        return self._made(h, name, link)
 
     def unlink(self, h: tuple, data: memoryview) -> None:
         name = _name(data)
@@ -569,7 +583,7 @@ class Requests:
                 except OSError:
                     full = None  # gone since the snapshot: a plain entry, looked up if asked for
                 if full is not None:
-                    nodeid = self.nodes.looked_up(handle.nodeid, name)
+                    nodeid = self.nodes.looked_up(handle.nodeid, name, None, self._identity(full, prefix + name))
                     head = fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(full)
                     ino, mode = full["st_ino"], full["st_mode"]
                 else:

@@ -2,10 +2,15 @@
 
 The kernel names every entry it caches by a node id that the driver hands
 out in LOOKUP (and CREATE, MKDIR, READDIRPLUS ...) and takes back with
-FORGET once the kernel has dropped it as often as it was given. Each id
-stands for one name, as in libfuse's path API: two hard links are two ids
-that report the same st_ino. A name's id moves with a rename; an id whose
-name was removed stays valid for FORGET, but has no path any more.
+FORGET once the kernel has dropped it as often as it was given. An id
+stands for one name, as in libfuse's path API, except for hard links in the
+upper layer: all names of one upper file share an id (``identity``), so
+that the kernel holds one inode for them, with one page cache and one link
+count. Two ids for one file would each cache its pages, and a write through
+one name would not show through the other. (Hard links in a lower layer
+keep an id per name: a copy-up breaks them apart, as on overlayfs without
+``index``.) A name's id moves with a rename; an id whose names were all
+removed stays valid for FORGET, but has no path any more.
 
 A path is only good while no rename, removal or creation changes what it
 names. Requests that change names run one at a time (``change``), and so do
@@ -27,12 +32,17 @@ T = TypeVar("T")
 ROOT_ID = 1
 
 
+Identity = tuple[int, int]  # (st_dev, st_ino) of a file in the upper layer
+
+
 class _Node:
-    __slots__ = ("held", "lookups", "name", "parent")
+    __slots__ = ("held", "identity", "links", "lookups", "name", "parent")
 
     def __init__(self, parent: int, name: str) -> None:
-        self.parent = parent  # 0: detached (its name was removed or replaced)
-        self.name = name
+        self.parent = parent  # 0: detached (its names were removed or replaced)
+        self.name = name  # with parent: the name its path goes through
+        self.links: list[tuple[int, str]] | None = None  # its other names (hard links in the upper layer)
+        self.identity: Identity | None = None
         self.lookups = 0
         self.held: tuple[int, int] | None = None  # (O_PATH fd, layer index) of a file a rename replaced
 
@@ -59,6 +69,7 @@ class NodeTable:
     def __init__(self) -> None:
         self._nodes: dict[int, _Node] = {ROOT_ID: _Node(0, "")}
         self._ids: dict[tuple[int, str], int] = {}
+        self._by_identity: dict[Identity, int] = {}  # upper files with more than one name
         self._next = ROOT_ID + 1  # never reused, so the generation can stay 0
         self._lock = threading.Lock()
         self._seq = 0  # odd while a change is under way
@@ -113,23 +124,43 @@ class NodeTable:
         base = self.path(parent)
         return base + name if base == "/" else base + "/" + name
 
-    def looked_up(self, parent: int, name: str, seq: int | None = None) -> int:
+    def looked_up(self, parent: int, name: str, seq: int | None = None, identity: Identity | None = None) -> int:
         """The id for parent/name, counted once more as known to the kernel.
 
-        With seq: 0 instead if a change began since seq was read.
+        identity: the upper file that parent/name is a hard link of; a name of
+        a file that already has an id gets that id. With seq: 0 instead if a
+        change began since seq was read.
         """
         key = (parent, name)
         with self._lock:
             if seq is not None and seq != self._seq:
                 return 0
             nodeid = self._ids.get(key)
+            if nodeid is None and identity is not None:
+                nodeid = self._by_identity.get(identity)
+                if nodeid is not None:
+                    node = self._nodes[nodeid]
+                    node.links = [*(node.links or ()), key]
+                    self._ids[key] = nodeid
             if nodeid is None:
                 nodeid = self._next
                 self._next += 1
                 self._nodes[nodeid] = _Node(parent, name)
                 self._ids[key] = nodeid
+                if identity is not None:
+                    self._identify(nodeid, identity)
             self._nodes[nodeid].lookups += 1
             return nodeid
+
+    def identify(self, nodeid: int, identity: Identity) -> None:
+        """nodeid names the upper file identity, which is getting another name (LINK)."""
+        with self._lock:
+            if nodeid in self._nodes and self._nodes[nodeid].parent and identity not in self._by_identity:
+                self._identify(nodeid, identity)
+
+    def _identify(self, nodeid: int, identity: Identity) -> None:
+        self._nodes[nodeid].identity = identity
+        self._by_identity[identity] = nodeid
 
     def forget(self, nodeid: int, count: int) -> None:
         with self._lock:
@@ -140,7 +171,10 @@ class NodeTable:
             if node.lookups <= 0:
                 del self._nodes[nodeid]
                 if node.parent:
-                    self._ids.pop((node.parent, node.name), None)
+                    for key in [(node.parent, node.name), *(node.links or ())]:
+                        if self._ids.get(key) == nodeid:
+                            del self._ids[key]
+                self._unidentify(nodeid, node)
                 if node.held:
                     os.close(node.held[0])
 
@@ -184,21 +218,46 @@ class NodeTable:
                 else:
                     self._nodes[replaced].held = held
             if nodeid is not None:
-                node = self._nodes[nodeid]
-                node.parent, node.name = new_parent, new_name
+                self._rename_link(nodeid, (parent, name), (new_parent, new_name))
                 self._ids[(new_parent, new_name)] = nodeid
 
     def exchanged(self, parent: int, name: str, other_parent: int, other_name: str) -> None:
         with self._lock:
             first = self._ids.pop((parent, name), None)
             second = self._ids.pop((other_parent, other_name), None)
-            for nodeid, key in ((first, (other_parent, other_name)), (second, (parent, name))):
+            moves = ((first, (parent, name), (other_parent, other_name)),
+                     (second, (other_parent, other_name), (parent, name)))
+            for nodeid, old, new in moves:
                 if nodeid is not None:
-                    self._nodes[nodeid].parent, self._nodes[nodeid].name = key
-                    self._ids[key] = nodeid
+                    self._rename_link(nodeid, old, new)
+            for nodeid, _, new in moves:
+                if nodeid is not None:
+                    self._ids[new] = nodeid
+
+    def _rename_link(self, nodeid: int, old: tuple[int, str], new: tuple[int, str]) -> None:
+        node = self._nodes[nodeid]
+        if (node.parent, node.name) == old:
+            node.parent, node.name = new
+        elif node.links and old in node.links:
+            node.links[node.links.index(old)] = new
 
     def _detach(self, key: tuple[int, str]) -> int | None:
+        """key names nothing any more; its node keeps its other names, if it has any."""
         nodeid = self._ids.pop(key, None)
-        if nodeid is not None:
-            self._nodes[nodeid].parent = 0
+        if nodeid is None:
+            return None
+        node = self._nodes[nodeid]
+        if node.links and key in node.links:
+            node.links.remove(key)
+        elif node.links:
+            node.parent, node.name = node.links.pop()
+        else:
+            node.parent = 0
+            # the file may be gone, and its inode number given to a new one
+            self._unidentify(nodeid, node)
         return nodeid
+
+    def _unidentify(self, nodeid: int, node: _Node) -> None:
+        if node.identity is not None and self._by_identity.get(node.identity) == nodeid:
+            del self._by_identity[node.identity]
+        node.identity = None

@@ -190,6 +190,14 @@ class Union:
         # of every layer is not worth it, and find(1) copes (ovl_getattr).
         return self.layer_getattr(*node.attr_source, path, 1 if node.merged else None)
 
+    def upper_identity(self, path: str) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the upper file at path if it has more than one name there."""
+        node = self.node(path)
+        if node.is_dir or not self.resolver.is_upper(node.layer):
+            return None
+        st = self.upper.lstat(node.rel)
+        return (st.st_dev, st.st_ino) if st is not None and st.st_nlink > 1 else None
+
     def layer_getattr(self, index: int, rel: str, path: str, nlink: int | None = None) -> dict[str, int]:
         """The attributes of the entry at rel in one layer, as the merged view shows them."""
         st = self.layers[index].lstat(rel)

@@ -22,6 +22,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,6 +426,25 @@ class View:
     ghosts: tuple[str, ...]  # names readdir listed but lookup did not find
     dino_mismatch: tuple[str, ...]  # names whose readdir d_ino is not their st_ino
     same_inode: frozenset[frozenset[str]]
+
+
+def through_two_names(root: Path, first: str, second: str) -> list[object]:
+    """What a program sees through two names of one file, with every cache warm:
+    writes through one name read back through the other, the link count and
+    ctime of the other after one is unlinked."""
+    one, other = root / first, root / second
+    seen: list[object] = [one.read_bytes(), other.read_bytes()]  # both names' pages cached
+    for writer, reader, data in ((one, other, b"AB"), (other, one, b"CD")):
+        with open(writer, "r+b") as f:
+            f.write(data)
+        seen.append(reader.read_bytes())
+    seen.append((one.stat().st_nlink, other.stat().st_nlink))
+    before = other.stat().st_ctime_ns
+    time.sleep(0.01)  # a ctime of its own for the unlink
+    one.unlink()
+    after = other.stat()
+    seen += [after.st_nlink, after.st_ctime_ns > before, other.read_bytes()]
+    return seen
 
 
 def drop_caches() -> None:

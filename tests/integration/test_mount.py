@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mounts
 import pytest
+from difftree import through_two_names
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount
 from users import errno_as
 
@@ -172,6 +173,26 @@ def test_inode_numbers_survive_copy_up_and_remount(stack: Stack) -> None:
     assert (stack.upper / "d/f").stat().st_ino != before["d/f"]
     with fuse_mount(stack) as mnt:
         assert {p: os.lstat(mnt / p).st_ino for p in stable} == {p: before[p] for p in stable}
+
+
+def test_names_of_one_upper_file_are_one_file_after_remount(stack: Stack) -> None:
+    """An upper layer that already holds hard links (left by an earlier mount, or
+    unpacked there): found by a listing or by name, both names are one inode to the
+    kernel, so a write through one reads back through the other, as on overlayfs."""
+    seen = []
+    for mount in (kernel_mount, fuse_mount):
+        for path in (stack.upper, stack.work):
+            shutil.rmtree(path)
+            path.mkdir()
+        for d in ("listed", "named"):
+            (stack.upper / d).mkdir()
+            (stack.upper / d / "a").write_bytes(b"upper data")
+            os.link(stack.upper / d / "a", stack.upper / d / "b")
+        with mount(stack) as mnt:
+            os.listdir(mnt / "listed")  # its names come by READDIRPLUS, the others by LOOKUP
+            seen.append([through_two_names(mnt / d, "a", "b") for d in ("listed", "named")])
+    assert seen[1] == seen[0]
+    assert seen[0][0] == [b"upper data"] * 2 + [b"ABper data", b"CDper data", (2, 2), 1, True, b"CDper data"]
 
 
 def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:

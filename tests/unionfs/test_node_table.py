@@ -1,0 +1,78 @@
+"""Node ids of hard links in the upper layer: one id for all names of a file,
+whatever happens to each name (no mount: the table alone)."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from unionfs.nodes import ROOT_ID, NodeTable
+
+FILE = (2049, 1234)  # (st_dev, st_ino) of an upper file with two names
+
+
+def test_a_second_name_of_one_file_gets_its_id() -> None:
+    table = NodeTable()
+    first = table.looked_up(ROOT_ID, "a", identity=FILE)
+    assert table.looked_up(ROOT_ID, "b", identity=FILE) == first
+    assert table.looked_up(ROOT_ID, "c", identity=(2049, 99)) != first
+    assert table.looked_up(ROOT_ID, "d") != first  # no identity: a name of its own
+    assert table.known(ROOT_ID, "b") == first and table.find("/b") == first
+
+
+def test_the_id_keeps_a_path_while_any_name_is_left() -> None:
+    table = NodeTable()
+    d = table.looked_up(ROOT_ID, "d")
+    node = table.looked_up(ROOT_ID, "a", identity=FILE)
+    table.looked_up(d, "b", identity=FILE)
+    table.removed(ROOT_ID, "a")
+    assert table.path(node) == "/d/b"
+    table.renamed(d, "b", ROOT_ID, "c")
+    assert table.path(node) == "/c" and table.find("/d/b") == 0
+    table.removed(ROOT_ID, "c")
+    with pytest.raises(OSError) as err:
+        table.path(node)
+    assert err.value.errno == errno.ESTALE  # still the kernel's until FORGET, but nameless
+
+
+def test_renaming_the_other_name_leaves_the_path_alone() -> None:
+    table = NodeTable()
+    node = table.looked_up(ROOT_ID, "a", identity=FILE)
+    table.looked_up(ROOT_ID, "b", identity=FILE)
+    table.renamed(ROOT_ID, "b", ROOT_ID, "z")
+    assert table.path(node) == "/a" and table.find("/z") == node and table.find("/b") == 0
+    table.exchanged(ROOT_ID, "z", ROOT_ID, "a")  # both names of one file: still both
+    assert {table.find("/a"), table.find("/z")} == {node}
+
+
+def test_a_rename_over_one_name_keeps_the_file_under_the_other() -> None:
+    table = NodeTable()
+    node = table.looked_up(ROOT_ID, "a", identity=FILE)
+    table.looked_up(ROOT_ID, "b", identity=FILE)
+    other = table.looked_up(ROOT_ID, "x")
+    table.renamed(ROOT_ID, "x", ROOT_ID, "a")
+    assert table.find("/a") == other and table.path(node) == "/b"
+
+
+def test_an_inode_number_given_again_after_the_last_name_went_is_another_file() -> None:
+    table = NodeTable()
+    old = table.looked_up(ROOT_ID, "a", identity=FILE)
+    table.removed(ROOT_ID, "a")
+    assert table.looked_up(ROOT_ID, "new", identity=FILE) != old
+
+
+def test_forget_drops_every_name() -> None:
+    table = NodeTable()
+    node = table.looked_up(ROOT_ID, "a", identity=FILE)
+    assert table.looked_up(ROOT_ID, "b", identity=FILE) == node
+    table.forget(node, 2)
+    assert table.find("/a") == table.find("/b") == 0
+    assert table.looked_up(ROOT_ID, "b", identity=FILE) != node
+
+
+def test_link_makes_a_known_name_the_files_id() -> None:
+    """A file looked up while it had one name has no identity yet; LINK gives it one."""
+    table = NodeTable()
+    node = table.looked_up(ROOT_ID, "a")
+    table.identify(node, FILE)
+    assert table.looked_up(ROOT_ID, "b", identity=FILE) == node
