@@ -98,6 +98,7 @@ PARALLEL_DIROPS = 1 << 18
 POSIX_ACL = 1 << 20
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
+HANDLE_KILLPRIV_V2 = 1 << 28
 INIT_EXT = 1 << 30
 # in the second flags word, which follows INIT_IN and INIT_OUT's flags with INIT_EXT
 OVER_IO_URING = 1 << (41 - 32)
@@ -117,6 +118,8 @@ FATTR_MTIME = 1 << 5
 FATTR_FH = 1 << 6
 FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
+FATTR_KILL_SUIDGID = 1 << 11
+WRITE_KILL_SUIDGID = 1 << 2  # in fuse_write_in's write_flags
 
 NOTIFY_INVAL_INODE = 2  # a notification's code, sent in the error field with unique 0
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # node id, offset, length (0, 0: all of it)

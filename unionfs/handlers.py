@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import logging
 import os
 import stat
@@ -28,7 +29,8 @@ import xxhash
 from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.nodes import Identity, NodeTable
-from unionfs.union import Caller, Union, fd_flags
+from unionfs.permissions import Requester
+from unionfs.union import Caller, Union, fd_flags, kill_set_id
 
 log = logging.getLogger(__name__)
 Handler = Callable[[tuple, memoryview], fp.Payload]
@@ -144,6 +146,9 @@ class Requests:
         want = (
             fp.ASYNC_READ | fp.ATOMIC_O_TRUNC | fp.BIG_WRITES | fp.DONT_MASK | fp.DO_READDIRPLUS | fp.READDIRPLUS_AUTO
             | fp.ASYNC_DIO | fp.PARALLEL_DIROPS | fp.POSIX_ACL | fp.MAX_PAGES | fp.CACHE_SYMLINKS
+            # set-id bits are dropped here; the kernel then asks for security.capability
+            # once per file rather than before every write (SB_NOSEC)
+            | fp.HANDLE_KILLPRIV_V2
         )
         if self.writeback:
             want |= fp.WRITEBACK_CACHE
@@ -368,6 +373,8 @@ class Requests:
                 os.fchown(handle, *owner)
             if valid & fp.FATTR_SIZE:
                 os.ftruncate(handle, size)
+                if valid & fp.FATTR_KILL_SUIDGID:
+                    kill_set_id(handle, Requester(h[4], h[5], h[6]).in_group)
             if times:
                 syscalls.futimens(handle, new_times)
             return
@@ -382,7 +389,10 @@ class Requests:
         if valid & (fp.FATTR_UID | fp.FATTR_GID):
             self.union.chown(path, *owner)
         if valid & fp.FATTR_SIZE:
-            self.union.truncate(path, size)
+            kill = None
+            if valid & fp.FATTR_KILL_SUIDGID:  # the caller has no CAP_FSETID
+                kill = functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
+            self.union.truncate(path, size, kill)
         if times:
             self.union.utimens(path, new_times)
 
@@ -419,7 +429,8 @@ class Requests:
         nodeid, caller = h[3], Caller(h[4], h[5])
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
             with self.nodes.exclusive():
-                fd, index = self.union.open(self.nodes.path(nodeid), flags, caller)
+                in_group = Requester(h[4], h[5], h[6]).in_group
+                fd, index = self.union.open(self.nodes.path(nodeid), flags, caller, in_group)
         else:
             try:
                 fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),
@@ -454,7 +465,9 @@ class Requests:
         return fp.FileRange(fh, offset, size)
 
     def write(self, h: tuple, data: memoryview) -> bytes:
-        fh, offset, size, _, _, _, _ = fp.WRITE_IN.unpack_from(data)
+        fh, offset, size, write_flags, _, _, _ = fp.WRITE_IN.unpack_from(data)
+        if write_flags & fp.WRITE_KILL_SUIDGID:  # the kernel found the caller without CAP_FSETID
+            kill_set_id(fh, Requester(h[4], h[5], h[6]).in_group)
         start = fp.WRITE_IN.size
         return fp.WRITE_OUT.pack(os.pwrite(fh, data[start:start + size], offset), 0)
 

@@ -277,8 +277,10 @@ class Union:
             out.append((name, {"st_ino": ino, "st_mode": bits}, source))
         return out
 
-    def open(self, path: str, flags: int, caller: Caller = ROOT) -> tuple[int, int]:
-        """An fd on the layer that holds the file, copied up first for writing."""
+    def open(self, path: str, flags: int, caller: Caller = ROOT,
+             in_group: Callable[[int], bool] | None = None) -> tuple[int, int]:
+        """An fd on the layer that holds the file, copied up first for writing.
+        in_group: whether the caller is in a group (for the set-id bits of O_TRUNC)."""
         node = self.node(path)
         flags = fd_flags(flags) | os.O_NOFOLLOW
         if not flags & _WRITE_FLAGS:
@@ -286,7 +288,7 @@ class Union:
         copyup, _ = self._writable(path)
         fd = copyup.open(node, flags, data=not flags & os.O_TRUNC)
         if flags & os.O_TRUNC and caller.uid != 0:
-            _kill_set_id(fd)
+            kill_set_id(fd, in_group)
         return fd, 0
 
     def fsync(self, fd: int, datasync: bool = False) -> None:
@@ -669,7 +671,8 @@ class Union:
         rel = self._upper_rel(path)
         syscalls.utimensat(self.upper.fd, rel, times_ns or (syscalls.UTIME_NOW, syscalls.UTIME_NOW))
 
-    def truncate(self, path: str, length: int) -> None:
+    def truncate(self, path: str, length: int, kill: Callable[[int], None] | None = None) -> None:
+        """kill: called with the file's fd after the truncation (set-id bits to drop)."""
         node = self.node(path)
         if node.is_dir:
             raise fail(errno.EISDIR, path)
@@ -678,6 +681,8 @@ class Union:
         fd = os.open(rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.upper.fd)
         try:
             os.ftruncate(fd, length)
+            if kill is not None:
+                kill(fd)
         finally:
             os.close(fd)
 
@@ -716,13 +721,16 @@ class Union:
 
 
 
-def _kill_set_id(fd: int) -> None:
-    """A truncation by a user without CAP_FSETID drops set-user-ID, and set-group-ID
-    where group execute is set (the kernel's should_remove_suid). The kernel leaves
-    this to the filesystem when it hands over O_TRUNC with the open."""
-    mode = os.fstat(fd).st_mode
+def kill_set_id(fd: int, in_group: Callable[[int], bool] | None = None) -> None:
+    """A write or truncation by a user without CAP_FSETID drops set-user-ID, and
+    set-group-ID where group execute is set or (in_group given) the user is not
+    in the file's group (the kernel's setattr_should_drop_suidgid). The kernel
+    leaves this to the filesystem when it hands over O_TRUNC with the open, and
+    for writes and truncations under FUSE_HANDLE_KILLPRIV_V2."""
+    st = os.fstat(fd)
+    mode = st.st_mode
     kill = mode & stat.S_ISUID
-    if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or (in_group is not None and not in_group(st.st_gid))):
         kill |= stat.S_ISGID
     if kill:
         os.fchmod(fd, stat.S_IMODE(mode) & ~kill)

@@ -550,6 +550,31 @@ def test_unprivileged_change_clears_set_id_bits(tmp_path: Path, change: Op, wher
         assert p.check().entries["f"].mode == "0755"
 
 
+@pytest.mark.parametrize("change", [op("write", "-", "trunc", b"", uid=1000), op("truncate", "-", 0, uid=1000),
+                                    op("write", "-", "append", b"x", uid=1000)])
+def test_set_group_id_without_group_execute_goes_only_for_a_user_outside_the_group(tmp_path: Path, change: Op) -> None:
+    """Without group execute, S_ISGID stays for a writer in the file's group and goes for one outside it."""
+    files = {"out": File(b"data", mode=0o6646), "in": File(b"data", mode=0o2666, owner=(0, 1000))}
+    with pair(tmp_path, [Dir(), Dir(files)]) as p:
+        for name in files:
+            assert p.run(dataclasses.replace(change, args=(name, *change.args[1:]))) is None
+        v = p.check()
+        assert (v.entries["out"].mode, v.entries["in"].mode) == ("0646", "2666")
+
+
+def test_a_write_drops_a_file_capability_each_time_one_is_set(tmp_path: Path) -> None:
+    """Every write drops security.capability, by root too. The kernel asks for it once per
+    file and then trusts that there is none, until one is set through the mount."""
+    cap = ("security.capability", bytes.fromhex("0100000200200000000000000000000000000000"))
+    with pair(tmp_path, [Dir(), Dir({"f": File(b"data", mode=0o666, xattrs=(cap,))})]) as p:
+        assert p.run(op("write", "f", "append", b"1", uid=1000)) is None
+        assert p.run(op("write", "f", "append", b"2")) is None
+        assert p.run(op("setxattr", "f", *cap)) is None
+        assert p.run(op("write", "f", "append", b"3")) is None
+        v = p.check()
+        assert cap[0] not in dict(v.entries["f"].xattrs) and v.entries["f"].content == b"data123"
+
+
 def test_rmdir_judged_on_merged_view(tmp_path: Path) -> None:
     """ENOTEMPTY counts merged entries: a dir whose lower entries are all whited out is empty."""
     mid = Dir({"w": Dir({"x": Whiteout(), "y": Whiteout()}), "n": Dir({"x": Whiteout()})})
