@@ -1,9 +1,32 @@
-"""Doing something as another user, from a test that runs as root."""
+"""Doing something as another user, or as root with fewer capabilities, from a test that runs as root."""
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+CAP_FSETID = 4
+_CAP_VERSION_3 = 0x20080522
+
+
+def _drop_capability(cap: int) -> None:
+    """Take cap out of this process's effective and permitted sets (capset(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    word, bit = 3 * (cap // 32), 1 << (cap % 32)
+    data[word] &= ~bit
+    data[word + 1] &= ~bit
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def errno_without(cap: int, action: Callable[[], object]) -> int | None:
+    """Run action as root without capability cap (as a container's root may be)."""
+    return _in_child(lambda: _drop_capability(cap), action, f"root without capability {cap}")
 
 
 def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = (), cwd: Path | str | None = None) -> int | None:
@@ -13,17 +36,23 @@ def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = 
     The child starts in ``cwd`` (chosen while still root), so the test's own
     private directories above it need not be searchable by that user.
     """
+    def become() -> None:
+        if cwd is not None:
+            os.chdir(cwd)
+        os.setgroups(list(groups))
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    return _in_child(become, action, f"uid {uid}")
+
+
+def _in_child(become: Callable[[], None], action: Callable[[], object], who: str) -> int | None:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the test
         code = 0
         try:
             os.close(read_end)
-            if cwd is not None:
-                os.chdir(cwd)
-            os.setgroups(list(groups))
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
+            become()
             try:
                 action()
                 answer = "None"
@@ -38,5 +67,5 @@ def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = 
     with os.fdopen(read_end, "rb") as f:
         answer = f.read().decode()
     _, status = os.waitpid(pid, 0)
-    assert status == 0 and answer, f"the child process as uid {uid} failed"
+    assert status == 0 and answer, f"the child process as {who} failed"
     return None if answer == "None" else int(answer)

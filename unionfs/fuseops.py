@@ -19,7 +19,7 @@ import fuse  # type: ignore[import-untyped]  # fusepy has no type information
 
 from unionfs.permissions import MAY_READ, MAY_WRITE, AccessControl, Requester
 from unionfs.syscalls import UTIME_NOW
-from unionfs.union import Caller, Union
+from unionfs.union import Caller, Union, kill_set_id
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,9 @@ class UnionOperations(fuse.Operations):
     # -- files -------------------------------------------------------------------
     def open(self, path: str, flags: int) -> int:
         self.acl.open(self._requester(), path, flags)
-        fd, index = self.union.open(path, flags, self._caller())
+        caller = self._caller()
+        # libfuse 2 does not say whether the caller has CAP_FSETID: only root is taken to have it
+        fd, index = self.union.open(path, flags, caller, None if caller.uid == 0 else kill_set_id)
         self._fd_layer[fd] = index
         return fd
 

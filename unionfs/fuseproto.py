@@ -120,6 +120,7 @@ FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
 FATTR_KILL_SUIDGID = 1 << 11
 WRITE_KILL_SUIDGID = 1 << 2  # in fuse_write_in's write_flags
+OPEN_KILL_SUIDGID = 1 << 0  # in fuse_open_in's open_flags
 
 NOTIFY_INVAL_INODE = 2  # a notification's code, sent in the error field with unique 0
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # node id, offset, length (0, 0: all of it)

@@ -425,12 +425,15 @@ class Requests:
         return flags
 
     def open(self, h: tuple, data: memoryview) -> bytes:
-        flags = self._host_flags(fp.OPEN_IN.unpack_from(data)[0])
+        flags, open_flags = fp.OPEN_IN.unpack_from(data)
+        flags = self._host_flags(flags)
         nodeid, caller = h[3], Caller(h[4], h[5])
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
+            kill = None
+            if open_flags & fp.OPEN_KILL_SUIDGID:  # an O_TRUNC by a caller without CAP_FSETID
+                kill = functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
             with self.nodes.exclusive():
-                in_group = Requester(h[4], h[5], h[6]).in_group
-                fd, index = self.union.open(self.nodes.path(nodeid), flags, caller, in_group)
+                fd, index = self.union.open(self.nodes.path(nodeid), flags, caller, kill)
         else:
             try:
                 fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),

@@ -278,17 +278,17 @@ class Union:
         return out
 
     def open(self, path: str, flags: int, caller: Caller = ROOT,
-             in_group: Callable[[int], bool] | None = None) -> tuple[int, int]:
+             kill: Callable[[int], None] | None = None) -> tuple[int, int]:
         """An fd on the layer that holds the file, copied up first for writing.
-        in_group: whether the caller is in a group (for the set-id bits of O_TRUNC)."""
+        kill: called with the fd after an O_TRUNC (set-id bits to drop)."""
         node = self.node(path)
         flags = fd_flags(flags) | os.O_NOFOLLOW
         if not flags & _WRITE_FLAGS:
             return os.open(node.rel, flags, dir_fd=self.layers[node.layer].fd), node.layer
         copyup, _ = self._writable(path)
         fd = copyup.open(node, flags, data=not flags & os.O_TRUNC)
-        if flags & os.O_TRUNC and caller.uid != 0:
-            kill_set_id(fd, in_group)
+        if flags & os.O_TRUNC and kill is not None:
+            kill(fd)
         return fd, 0
 
     def fsync(self, fd: int, datasync: bool = False) -> None:

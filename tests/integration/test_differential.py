@@ -64,6 +64,7 @@ from difftree import (
 )
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from users import CAP_FSETID, errno_without
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),  # every test over /dev/fuse and over the per-CPU io_uring queues
@@ -560,6 +561,23 @@ def test_set_group_id_without_group_execute_goes_only_for_a_user_outside_the_gro
             assert p.run(dataclasses.replace(change, args=(name, *change.args[1:]))) is None
         v = p.check()
         assert (v.entries["out"].mode, v.entries["in"].mode) == ("0646", "2666")
+
+
+def test_root_without_cap_fsetid_drops_set_id_bits(tmp_path: Path) -> None:
+    """It is CAP_FSETID that keeps set-id bits through a write or truncation, not uid 0
+    (a container's root may lack it): open(O_TRUNC), truncate(2) and a write all drop them."""
+    changes = [op("write", "t", "trunc", b""), op("truncate", "u", 0), op("write", "w", "append", b"x")]
+    files = {c.args[0]: File(b"data", mode=0o6755, owner=(1000, 1000)) for c in changes}
+    with pair(tmp_path, [Dir(), Dir(files)]) as p:
+        for change in changes:
+            for mnt in (p.kernel.mnt, p.driver.mnt):
+                def run(mnt: Path = mnt, change: Op = change) -> None:
+                    code = apply(mnt, change)
+                    if code is not None:
+                        raise OSError(code, os.strerror(code))
+                assert errno_without(CAP_FSETID, run) is None, (mnt, change)
+        v = p.check()
+        assert {name: v.entries[name].mode for name in files} == dict.fromkeys(files, "0755")
 
 
 def test_a_write_drops_a_file_capability_each_time_one_is_set(tmp_path: Path) -> None:
