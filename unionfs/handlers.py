@@ -355,6 +355,12 @@ class Requests:
             self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid)
         return self._attr_valid + fp.attr(self._attrs(h[3], handle))
 
+    @staticmethod
+    def _set_id_killer(h: tuple) -> Callable[[int], None]:
+        """What a write or truncation by h's caller does to an fd's set-id bits. Asked for
+        by the kernel (HANDLE_KILLPRIV_V2) when the caller has no CAP_FSETID."""
+        return functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
+
     def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
              mode: int, uid: int, gid: int) -> None:
         owner = (uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1)
@@ -374,7 +380,7 @@ class Requests:
             if valid & fp.FATTR_SIZE:
                 os.ftruncate(handle, size)
                 if valid & fp.FATTR_KILL_SUIDGID:
-                    kill_set_id(handle, Requester(h[4], h[5], h[6]).in_group)
+                    self._set_id_killer(h)(handle)
             if times:
                 syscalls.futimens(handle, new_times)
             return
@@ -389,10 +395,7 @@ class Requests:
         if valid & (fp.FATTR_UID | fp.FATTR_GID):
             self.union.chown(path, *owner)
         if valid & fp.FATTR_SIZE:
-            kill = None
-            if valid & fp.FATTR_KILL_SUIDGID:  # the caller has no CAP_FSETID
-                kill = functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
-            self.union.truncate(path, size, kill)
+            self.union.truncate(path, size, self._set_id_killer(h) if valid & fp.FATTR_KILL_SUIDGID else None)
         if times:
             self.union.utimens(path, new_times)
 
@@ -429,9 +432,7 @@ class Requests:
         flags = self._host_flags(flags)
         nodeid, caller = h[3], Caller(h[4], h[5])
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
-            kill = None
-            if open_flags & fp.OPEN_KILL_SUIDGID:  # an O_TRUNC by a caller without CAP_FSETID
-                kill = functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
+            kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
                 fd, index = self.union.open(self.nodes.path(nodeid), flags, caller, kill)
         else:
@@ -469,8 +470,8 @@ class Requests:
 
     def write(self, h: tuple, data: memoryview) -> bytes:
         fh, offset, size, write_flags, _, _, _ = fp.WRITE_IN.unpack_from(data)
-        if write_flags & fp.WRITE_KILL_SUIDGID:  # the kernel found the caller without CAP_FSETID
-            kill_set_id(fh, Requester(h[4], h[5], h[6]).in_group)
+        if write_flags & fp.WRITE_KILL_SUIDGID:
+            self._set_id_killer(h)(fh)
         start = fp.WRITE_IN.size
         return fp.WRITE_OUT.pack(os.pwrite(fh, data[start:start + size], offset), 0)
 
