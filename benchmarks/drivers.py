@@ -241,6 +241,10 @@ def make_drivers(
             umounts += [["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]]
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+            # `python3 -m` would put its working directory (the repository) first
+            # on sys.path, and a --driver-cmd naming another copy of the driver
+            # by PYTHONPATH would then measure this one.
+            env["PYTHONSAFEPATH"] = "1"
             d = Driver("unionfs", cmd, umounts, is_fuse=True, env=env, cwd=REPO_ROOT)
             if not default:
                 d.note = shlex.join(cmd)
