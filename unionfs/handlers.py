@@ -514,7 +514,7 @@ class Requests:
     def syncfs(self, h: tuple, data: memoryview) -> None:
         self.union.settle()
         if self.union.writable:
-            os.syncfs(self.union.upper.fd) if hasattr(os, "syncfs") else os.sync()
+            syscalls.syncfs(self.union.upper.fd)  # the upper filesystem's alone, as overlayfs does (ovl_sync_fs)
 
     # -- directories -----------------------------------------------------------
     def opendir(self, h: tuple, data: memoryview) -> bytes:
