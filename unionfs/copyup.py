@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import functools
 import itertools
 import logging
 import os
@@ -370,7 +371,9 @@ class CopyUp:
         # the resolver waits for them.
         self.publisher: Publisher | None = None
         if durable:
-            self.publisher = Publisher(self._publish, work.remove_tree, between=lambda: work.make_spares(SPARES))
+            sync_all = functools.partial(syscalls.syncfs, work.fd) if syscalls.syncfs_reports_errors() else None
+            self.publisher = Publisher(self._publish, work.remove_tree, between=lambda: work.make_spares(SPARES),
+                                       sync_all=sync_all)
             resolver.settle = self.publisher.wait_for
 
     def ensure(self, node: Node, data: bool = True) -> str:
@@ -469,7 +472,7 @@ class CopyUp:
                 self.on_copied_up(path, lambda: os.open(copy, _READ_COPY, dir_fd=dir_fd))
             if defer:
                 assert publisher is not None and sync_fd is not None
-                publisher.submit(Pending(path, tmp, sync_fd, fd))
+                publisher.submit(Pending(path, tmp, sync_fd, fd, st.st_size))
             self.resolver.invalidate(path)
             if defer and crashpoints.armed():
                 publisher.wait_for(path)  # type: ignore[union-attr]  # every kill point in one order

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import itertools
 import os
 
 RENAME_NOREPLACE = 1 << 0
@@ -105,3 +106,25 @@ def start_writeback(fd: int) -> None:
     SYNC_FILE_RANGE_WRITE): the fsyncs that follow then find it under way. Only
     a hint, so its errors are left to the fsync."""
     _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_libc.syncfs.argtypes = [ctypes.c_int]
+_libc.syncfs.restype = ctypes.c_int
+
+
+def syncfs(fd: int) -> None:
+    """Write out and commit the whole filesystem fd is on (syncfs(2), which os lacks)."""
+    if _libc.syncfs(fd) != 0:
+        _raise(f"fd {fd}")
+
+
+def syncfs_reports_errors() -> bool:
+    """Whether syncfs(2) fails for a writeback error on its filesystem since the
+    fd's last syncfs: Linux 5.8 and later. Before, it returned 0 regardless."""
+    major, _, rest = os.uname().release.partition(".")
+    minor = "".join(itertools.takewhile(str.isdigit, rest))
+    try:
+        return (int(major), int(minor or 0)) >= (5, 8)
+    except ValueError:
+        return False
+

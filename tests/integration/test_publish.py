@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_mount
 
 from unionfs.copyup import SPARE
 from unionfs.mount import settle
+from unionfs.publish import Publisher
+from unionfs.union import Union
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
 
@@ -181,7 +184,7 @@ def test_fsync_of_the_file_publishes_its_copy(stack: Stack) -> None:
 
 def test_killed_driver_with_copies_pending_leaves_each_file_whole(stack: Stack) -> None:
     """SIGKILL right after a burst of appends: the last copies are still pending
-    (the driver gathers them for a few milliseconds before one sync)."""
+    (the driver gathers them for 20 ms before one sync)."""
     before = {f"f{i:03d}": content(i) for i in range(COUNT)}
     after = {name: data + b"+\n" for name, data in before.items()}
     with fuse_mount(stack) as mnt:
@@ -222,8 +225,6 @@ def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Pa
 def test_fsync_reports_a_copy_that_could_not_be_published(tmp_path: Path) -> None:
     """In-process: the rename into place fails (as on a full or failing disk); the
     fsync of the file says so, the lower file stays, nothing is left behind."""
-    from unionfs.union import Union
-
     lower, upper, work = (tmp_path / n for n in ("lower", "upper", "work"))
     for p in (lower, upper, work):
         p.mkdir()
@@ -257,3 +258,109 @@ def test_fsync_reports_a_copy_that_could_not_be_published(tmp_path: Path) -> Non
     finally:
         u.close()
     assert os.listdir(work / "work") == []
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[tuple[Union, Path]]:
+    """A Union without a mount, over COUNT lower files in d/: its publisher's
+    ways of syncing can be watched and made to fail."""
+    lower, upper, work = (tmp_path / n for n in ("lower", "upper", "work"))
+    for p in (lower / "d", upper, work):
+        p.mkdir(parents=True)
+    for i in range(COUNT):
+        (lower / "d" / f"f{i:03d}").write_bytes(content(i))
+    u = Union([str(lower)], str(upper), str(work))
+    try:
+        yield u, upper
+    finally:
+        u.close()
+
+
+def append_in_process(u: Union) -> None:
+    for i in range(COUNT):
+        fd, _ = u.open(f"/d/f{i:03d}", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"+\n")
+        finally:
+            u.release(fd)
+            os.close(fd)
+
+
+def watch_syncs(monkeypatch: pytest.MonkeyPatch, publisher: Publisher) -> tuple[list[int], list[int]]:
+    """Count the publisher's syncfs calls and the fsyncs made meanwhile (both still done)."""
+    together: list[int] = []
+    alone: list[int] = []
+    sync_all, fsync = publisher._sync_all, os.fsync
+    assert sync_all is not None, "this kernel's syncfs reports no writeback errors (before Linux 5.8)"
+
+    def counted_sync_all() -> None:
+        together.append(1)
+        sync_all()
+
+    def counted_fsync(fd: int) -> None:
+        alone.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(publisher, "_sync_all", counted_sync_all)
+    monkeypatch.setattr(os, "fsync", counted_fsync)
+    return together, alone
+
+
+def test_a_batch_of_copies_is_synced_by_one_syncfs(in_process: tuple[Union, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One syncfs commits a whole batch: no copy is fsynced on its own (each of
+    those fsyncs would flush the disk's cache once more)."""
+    u, upper = in_process
+    publisher = u.copyup.publisher
+    assert publisher is not None
+    publisher._other_unwritten = 1 << 50  # whatever else this machine has waiting to be written
+    together, alone = watch_syncs(monkeypatch, publisher)
+    append_in_process(u)
+    u.settle()
+    assert {name: (upper / "d" / name).read_bytes() for name in os.listdir(upper / "d")} == {
+        f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
+    assert alone == []
+    assert 1 <= len(together) < COUNT // 2, f"{len(together)} syncs for {COUNT} copies: not batched"
+
+
+def test_a_failed_syncfs_falls_back_to_each_copys_own_fsync(in_process: tuple[Union, Path],
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """syncfs fails for a writeback error anywhere on the filesystem; the fsync
+    of each copy then tells whose it was. Here none was a copy's: all are published."""
+    u, upper = in_process
+    publisher = u.copyup.publisher
+    assert publisher is not None
+    publisher._other_unwritten = 1 << 50
+    alone: list[int] = []
+    fsync = os.fsync
+
+    def failing_sync_all() -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def counted_fsync(fd: int) -> None:
+        alone.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(publisher, "_sync_all", failing_sync_all)
+    monkeypatch.setattr(os, "fsync", counted_fsync)
+    append_in_process(u)
+    u.settle()
+    assert {name: (upper / "d" / name).read_bytes() for name in os.listdir(upper / "d")} == {
+        f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
+    assert len(alone) == COUNT
+    assert "failed (Input/output error): each is synced alone" in caplog.text
+
+
+def test_copies_are_fsynced_one_by_one_while_much_else_is_unwritten(in_process: tuple[Union, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A syncfs would also wait for everything else dirty on the filesystem."""
+    u, upper = in_process
+    publisher = u.copyup.publisher
+    assert publisher is not None
+    publisher._other_unwritten = -(1 << 50)  # more than that is always waiting
+    together, alone = watch_syncs(monkeypatch, publisher)
+    append_in_process(u)
+    u.settle()
+    assert len((os.listdir(upper / "d"))) == COUNT
+    assert together == [] and len(alone) == COUNT
