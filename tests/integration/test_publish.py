@@ -51,9 +51,12 @@ def append_all(mnt: Path) -> None:
             f.write(b"+\n")
 
 
-def upper_files(stack: Stack) -> dict[str, bytes]:
-    d = stack.upper / "d"
+def files_in(d: Path) -> dict[str, bytes]:
     return {name: (d / name).read_bytes() for name in os.listdir(d)} if d.exists() else {}
+
+
+def upper_files(stack: Stack) -> dict[str, bytes]:
+    return files_in(stack.upper / "d")
 
 
 def work_entries(workdir: Path) -> list[str]:
@@ -317,8 +320,7 @@ def test_a_batch_of_copies_is_synced_by_one_syncfs(in_process: tuple[Union, Path
     together, alone = watch_syncs(monkeypatch, publisher)
     append_in_process(u)
     u.settle()
-    assert {name: (upper / "d" / name).read_bytes() for name in os.listdir(upper / "d")} == {
-        f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
+    assert files_in(upper / "d") == {f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
     assert alone == []
     assert 1 <= len(together) < COUNT // 2, f"{len(together)} syncs for {COUNT} copies: not batched"
 
@@ -332,22 +334,15 @@ def test_a_failed_syncfs_falls_back_to_each_copys_own_fsync(in_process: tuple[Un
     publisher = u.copyup.publisher
     assert publisher is not None
     publisher._other_unwritten = 1 << 50
-    alone: list[int] = []
-    fsync = os.fsync
+    _, alone = watch_syncs(monkeypatch, publisher)
 
     def failing_sync_all() -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    def counted_fsync(fd: int) -> None:
-        alone.append(fd)
-        fsync(fd)
-
     monkeypatch.setattr(publisher, "_sync_all", failing_sync_all)
-    monkeypatch.setattr(os, "fsync", counted_fsync)
     append_in_process(u)
     u.settle()
-    assert {name: (upper / "d" / name).read_bytes() for name in os.listdir(upper / "d")} == {
-        f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
+    assert files_in(upper / "d") == {f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
     assert len(alone) == COUNT
     assert "failed (Input/output error): each is synced alone" in caplog.text
 
@@ -362,5 +357,5 @@ def test_copies_are_fsynced_one_by_one_while_much_else_is_unwritten(in_process: 
     together, alone = watch_syncs(monkeypatch, publisher)
     append_in_process(u)
     u.settle()
-    assert len((os.listdir(upper / "d"))) == COUNT
+    assert files_in(upper / "d") == {f"f{i:03d}": content(i) + b"+\n" for i in range(COUNT)}
     assert together == [] and len(alone) == COUNT
