@@ -371,9 +371,8 @@ class CopyUp:
         # the resolver waits for them.
         self.publisher: Publisher | None = None
         if durable:
-            sync_all = functools.partial(syscalls.syncfs, work.fd) if syscalls.syncfs_reports_errors() else None
             self.publisher = Publisher(self._publish, work.remove_tree, between=lambda: work.make_spares(SPARES),
-                                       sync_all=sync_all)
+                                       sync_all=functools.partial(syscalls.syncfs, work.fd))
             resolver.settle = self.publisher.wait_for
 
     def ensure(self, node: Node, data: bool = True) -> str:

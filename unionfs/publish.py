@@ -29,10 +29,12 @@ first and a disk cache flush for each of the others, and on a disk with a
 write cache each flush costs about what the rest of a small copy-up does
 (150 to 200 us, measured), and slows the copy-ups being made meanwhile. So
 where little else is waiting to be written, one ``syncfs`` of the upper
-filesystem syncs the whole batch: one commit, one flush. It reports any
-writeback error on that filesystem since the batch before (Linux 5.8 and
-later; on older kernels each copy is fsynced), and then each copy is
-fsynced alone, which tells whose data it was. Where much else is dirty,
+filesystem syncs the whole batch: one commit, one flush. Then each copy's
+own writeback error, if any, is asked for by its fd (``sync_file_range``
+waiting for writeback, which writes, commits and flushes nothing): ``syncfs`` reports an error
+anywhere on the filesystem, once (and before Linux 5.8, none), and it may
+be one of the next batch's copies, written out by this one's sync. After a
+failed ``syncfs`` each copy is fsynced alone. Where much else is dirty,
 ``syncfs`` would wait for all of it, so each copy is fsynced alone too, its
 writeback started first for all of them (``sync_file_range``) so that the
 first fsync commits them all. Fewer commits also mean fewer waits for the
@@ -111,8 +113,7 @@ class Publisher:
     times, and forgets what was cached about path; discard(tmp) removes a
     copy that failed; between() runs after each batch, before the next one's
     commit (WorkDir.make_spares); sync_all() syncs the filesystem the copies
-    are on and raises for any writeback error on it since its last call
-    (syncfs on an fd kept for it), or is None where that cannot be known.
+    are on (syncfs), or is None: each copy is fsynced alone.
     """
 
     def __init__(self, place: Callable[[str, str], None], discard: Callable[[str], None],
@@ -256,7 +257,9 @@ class Publisher:
 
     def _publish(self, copy: Pending, synced: bool = False) -> OSError | None:
         try:
-            if not synced:
+            if synced:
+                syscalls.check_written(copy.fd)
+            else:
                 os.fsync(copy.fd)
             crashpoints.point("copyup.fsynced")
             self._place(copy.tmp, copy.path)

@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
-import itertools
 import os
 
 RENAME_NOREPLACE = 1 << 0
@@ -98,7 +97,7 @@ def reflink(src_fd: int, dst_fd: int) -> bool:
 
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
 _libc.sync_file_range.restype = ctypes.c_int
-_SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE = 1, 2
 
 
 def start_writeback(fd: int) -> None:
@@ -106,6 +105,15 @@ def start_writeback(fd: int) -> None:
     SYNC_FILE_RANGE_WRITE): the fsyncs that follow then find it under way. Only
     a hint, so its errors are left to the fsync."""
     _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def check_written(fd: int) -> None:
+    """Wait for a file's writeback under way and raise its writeback error, if
+    any, since fd last reported one (sync_file_range SYNC_FILE_RANGE_WAIT_BEFORE).
+    Writes nothing, commits nothing, flushes nothing: after a syncfs, what tells
+    whether this file's data made it."""
+    if _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WAIT_BEFORE) != 0:
+        _raise(f"fd {fd}")
 
 
 _libc.syncfs.argtypes = [ctypes.c_int]
@@ -116,15 +124,4 @@ def syncfs(fd: int) -> None:
     """Write out and commit the whole filesystem fd is on (syncfs(2), which os lacks)."""
     if _libc.syncfs(fd) != 0:
         _raise(f"fd {fd}")
-
-
-def syncfs_reports_errors() -> bool:
-    """Whether syncfs(2) fails for a writeback error on its filesystem since the
-    fd's last syncfs: Linux 5.8 and later. Before, it returned 0 regardless."""
-    major, _, rest = os.uname().release.partition(".")
-    minor = "".join(itertools.takewhile(str.isdigit, rest))
-    try:
-        return (int(major), int(minor or 0)) >= (5, 8)
-    except ValueError:
-        return False
 
