@@ -31,15 +31,16 @@ write cache each flush costs about what the rest of a small copy-up does
 where little else is waiting to be written, one ``syncfs`` of the upper
 filesystem syncs the whole batch: one commit, one flush. Then each copy's
 own writeback error, if any, is asked for by its fd (``sync_file_range``
-waiting for writeback, which writes, commits and flushes nothing): ``syncfs`` reports an error
-anywhere on the filesystem, once (and before Linux 5.8, none), and it may
-be one of the next batch's copies, written out by this one's sync. After a
-failed ``syncfs`` each copy is fsynced alone. Where much else is dirty,
-``syncfs`` would wait for all of it, so each copy is fsynced alone too, its
-writeback started first for all of them (``sync_file_range``) so that the
-first fsync commits them all. Fewer commits also mean fewer waits for the
-copy-ups made meanwhile, which is why a batch gathers for 20 ms (5,000
-appends to small lower files: 1.3 s with 20 ms, 1.6 s with 2 ms).
+waiting for writeback, which writes, commits and flushes nothing):
+``syncfs`` reports an error anywhere on the filesystem, once (and before
+Linux 5.8, none), and it may be one of the next batch's copies, written out
+by this one's sync. After a failed ``syncfs`` each copy is fsynced alone.
+Where much else is dirty, ``syncfs`` would wait for all of it, so each copy
+is fsynced alone too, its writeback started first for all of them
+(``sync_file_range``) so that the first fsync commits them all. Fewer
+commits also mean fewer waits for the copy-ups made meanwhile, which is why
+a batch gathers for 20 ms (5,000 appends to small lower files: 1.3 s with
+20 ms, 1.6 s with 2 ms).
 
 Between batches, before the next commit, the thread also makes the empty
 files that the next copies are built in (``WorkDir.make_spares``): a file
