@@ -371,8 +371,8 @@ class CopyUp:
         # the resolver waits for them.
         self.publisher: Publisher | None = None
         if durable:
-            self.publisher = Publisher(self._publish, work.remove_tree, between=lambda: work.make_spares(SPARES),
-                                       sync_all=functools.partial(syscalls.syncfs, work.fd))
+            self.publisher = Publisher(self._publish, work.remove_tree, functools.partial(syscalls.syncfs, work.fd),
+                                       between=lambda: work.make_spares(SPARES))
             resolver.settle = self.publisher.wait_for
 
     def ensure(self, node: Node, data: bool = True) -> str:

@@ -80,7 +80,7 @@ class Pending:
     tmp: str  # its name in the work directory
     fd: int  # open on it, for the fsync; closed once published
     user_fd: int | None  # the fd the open returned, while it is open
-    size: int = 0  # its data when copied
+    size: int  # its data when copied
 
 
 def unwritten_bytes() -> int | None:
@@ -114,12 +114,12 @@ class Publisher:
     times, and forgets what was cached about path; discard(tmp) removes a
     copy that failed; between() runs after each batch, before the next one's
     commit (WorkDir.make_spares); sync_all() syncs the filesystem the copies
-    are on (syncfs), or is None: each copy is fsynced alone.
+    are on (syncfs).
     """
 
     def __init__(self, place: Callable[[str, str], None], discard: Callable[[str], None],
-                 between: Callable[[], None] | None = None, delay: float = _DELAY, limit: int = _LIMIT,
-                 sync_all: Callable[[], None] | None = None, other_unwritten: int = _OTHER_UNWRITTEN) -> None:
+                 sync_all: Callable[[], None], between: Callable[[], None] | None = None, delay: float = _DELAY,
+                 limit: int = _LIMIT, other_unwritten: int = _OTHER_UNWRITTEN) -> None:
         self._place, self._discard, self._between = place, discard, between
         self._delay, self._limit = delay, limit
         self._sync_all, self._other_unwritten = sync_all, other_unwritten
@@ -244,7 +244,7 @@ class Publisher:
     def _sync_together(self, batch: list[Pending]) -> bool:
         """Sync the whole batch by one syncfs, where that waits for little else;
         False where each copy is to be fsynced instead (see the module's doc)."""
-        if self._sync_all is None or len(batch) < 2:
+        if len(batch) < 2:
             return False
         unwritten = unwritten_bytes()
         if unwritten is None or unwritten > self._other_unwritten + sum(copy.size for copy in batch):
