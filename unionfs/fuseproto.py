@@ -118,6 +118,7 @@ FATTR_MTIME = 1 << 5
 FATTR_FH = 1 << 6
 FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
+FATTR_CTIME = 1 << 10
 FATTR_KILL_SUIDGID = 1 << 11
 WRITE_KILL_SUIDGID = 1 << 2  # in fuse_write_in's write_flags
 OPEN_KILL_SUIDGID = 1 << 0  # in fuse_open_in's open_flags

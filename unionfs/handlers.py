@@ -35,6 +35,7 @@ from unionfs.union import Caller, Union, fd_flags, kill_set_id
 log = logging.getLogger(__name__)
 Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
+_CHANGES_FILE = fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE  # a SETATTR beyond times
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
@@ -334,15 +335,19 @@ class Requests:
         except OSError as exc:
             if exc.errno != errno.ESTALE:
                 raise
-            with self._lock:  # a RELEASE cannot close the fd meanwhile
-                fds = self._node_fds.get(nodeid)
-                if fds:
-                    fd = fds[-1]  # a removed file that is still open: fstat(2) works on it
-                    return self.union.fgetattr(fd, self._files[fd][0])
-            attrs = self.nodes.with_held(nodeid, self.union.fgetattr)
-            if attrs is None:
-                raise
-            return attrs
+        return self._nameless_attrs(nodeid)
+
+    def _nameless_attrs(self, nodeid: int) -> dict[str, int]:
+        """The attributes of a node whose names are gone, by a descriptor still open on its file."""
+        with self._lock:  # a RELEASE cannot close the fd meanwhile
+            fds = self._node_fds.get(nodeid)
+            if fds:
+                fd = fds[-1]  # a removed file that is still open: fstat(2) works on it
+                return self.union.fgetattr(fd, self._files[fd][0])
+        attrs = self.nodes.with_held(nodeid, self.union.fgetattr)
+        if attrs is None:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return attrs
 
     def getattr(self, h: tuple, data: memoryview) -> bytes:
         flags, _, fh = fp.GETATTR_IN.unpack_from(data)
@@ -351,6 +356,10 @@ class Requests:
     def setattr(self, h: tuple, data: memoryview) -> bytes:
         (valid, _, fh, size, _, atime, mtime, _, atime_ns, mtime_ns, _, mode, _, uid, gid, _) = fp.SETATTR_IN.unpack_from(data)
         handle = fh if valid & fp.FATTR_FH and fh in self._files else None
+        if handle is None and not valid & _CHANGES_FILE and self.nodes.detached(h[3]):
+            # The times the kernel kept for a file it just unlinked (writeback cache): once
+            # per unlinked file. Nobody can see them, and no path is left to set them on.
+            return self._attr_valid + fp.attr(self._nameless_attrs(h[3]))
         with self.nodes.exclusive():
             self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid)
         return self._attr_valid + fp.attr(self._attrs(h[3], handle))
@@ -387,7 +396,7 @@ class Requests:
         try:
             path = self.nodes.path(h[3])
         except OSError as exc:
-            if exc.errno == errno.ESTALE and not valid & (fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE):
+            if exc.errno == errno.ESTALE and not valid & _CHANGES_FILE:
                 return  # times the kernel kept for a file whose name is gone: nobody can see them
             raise
         if valid & fp.FATTR_MODE:

@@ -120,6 +120,11 @@ class NodeTable:
         code = errno.ESTALE if nodeid in self._nodes else errno.ENOENT
         raise OSError(code, os.strerror(code))
 
+    def detached(self, nodeid: int) -> bool:
+        """Whether nodeid's names were all removed (or replaced); False for an unknown id."""
+        node = self._nodes.get(nodeid)  # one dict lookup and one attribute: atomic under the GIL
+        return node is not None and node.parent == 0 and nodeid != ROOT_ID
+
     def child_path(self, parent: int, name: str) -> str:
         base = self.path(parent)
         return base + name if base == "/" else base + "/" + name

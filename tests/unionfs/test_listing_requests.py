@@ -6,19 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+from requestkit import header, lookup
 
 from unionfs import fuseproto as fp
 from unionfs.handlers import Requests, Timeouts
 from unionfs.nodes import ROOT_ID
 from unionfs.union import Union
-
-
-def header(opcode: int, nodeid: int) -> tuple:
-    return (0, opcode, 1, nodeid, 0, 0, 0, 0, 0)
-
-
-def lookup(requests: Requests, parent: int, name: str) -> int:
-    return fp.ENTRY_OUT.unpack_from(requests.lookup(header(fp.LOOKUP, parent), memoryview(name.encode() + b"\0")))[0]
 
 
 def listing(requests: Requests, nodeid: int) -> dict[str, int]:

@@ -1,0 +1,94 @@
+"""Requests on a node whose names are all gone, driven through the handlers
+without a mount. With the writeback cache the kernel writes back the times
+of each file it unlinks at once: a SETATTR of mtime and ctime, once per file
+that ``rm -rf`` removes."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from requestkit import header, lookup
+
+from unionfs import fuseproto as fp
+from unionfs.handlers import Requests, Timeouts
+from unionfs.nodes import ROOT_ID
+from unionfs.union import Union
+
+WRITTEN_BACK = 1_700_000_000  # the mtime the kernel kept, in seconds
+
+
+@pytest.fixture
+def requests(tmp_path: Path) -> Requests:
+    lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
+    for d in (lower, upper, work):
+        d.mkdir()
+    (lower / "f").write_bytes(b"lower data")
+    return Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
+
+
+def unlink(requests: Requests, name: str) -> None:
+    requests.unlink(header(fp.UNLINK, ROOT_ID), memoryview(name.encode() + b"\0"))
+
+
+def open_file(requests: Requests, nodeid: int, flags: int) -> int:
+    return fp.OPEN_OUT.unpack_from(requests.open(header(fp.OPEN, nodeid), memoryview(fp.OPEN_IN.pack(flags, 0))))[0]
+
+
+def setattr(requests: Requests, nodeid: int, valid: int, fh: int = 0, mode: int = 0) -> tuple:
+    """A SETATTR as the kernel sends it; the fuse_attr of the answer."""
+    body = fp.SETATTR_IN.pack(valid, 0, fh, 0, 0, 0, WRITTEN_BACK, WRITTEN_BACK, 0, 0, 0, mode, 0, 0, 0, 0)
+    return fp.ATTR.unpack_from(requests.setattr(header(fp.SETATTR, nodeid), memoryview(body)), fp.ATTR_OUT.size)
+
+
+def getattr_(requests: Requests, nodeid: int) -> tuple:
+    out = requests.getattr(header(fp.GETATTR, nodeid), memoryview(fp.GETATTR_IN.pack(0, 0, 0)))
+    return fp.ATTR.unpack_from(out, fp.ATTR_OUT.size)
+
+
+TIMES = fp.FATTR_MTIME | fp.FATTR_CTIME  # what fuse_flush_times sends
+
+
+def test_times_of_a_removed_file_nobody_has_open_are_stale_without_a_path(requests: Requests,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    nodeid = lookup(requests, ROOT_ID, "f")
+    unlink(requests, "f")
+    walks: list[int] = []
+    path = requests.nodes.path
+    monkeypatch.setattr(requests.nodes, "path", lambda n: walks.append(n) or path(n))
+    with pytest.raises(OSError) as caught:
+        setattr(requests, nodeid, TIMES)
+    assert caught.value.errno == errno.ESTALE
+    assert walks == [], "a node known to have no name needs no walk to its path"
+
+
+def test_a_removed_file_still_open_answers_with_its_descriptors_attributes(requests: Requests) -> None:
+    nodeid = lookup(requests, ROOT_ID, "f")
+    before = getattr_(requests, nodeid)
+    open_file(requests, nodeid, os.O_RDONLY)  # no FATTR_FH: the kernel passes only a writable one
+    unlink(requests, "f")
+    attr = setattr(requests, nodeid, TIMES)
+    assert attr == before, "the lower file's attributes, by its descriptor; nothing written to it"
+
+
+def test_times_written_back_through_a_writable_open_land_on_the_file(requests: Requests) -> None:
+    nodeid = lookup(requests, ROOT_ID, "f")
+    fh = open_file(requests, nodeid, os.O_RDWR)  # copied up
+    unlink(requests, "f")
+    attr = setattr(requests, nodeid, TIMES | fp.FATTR_FH, fh=fh)
+    assert attr[4] == WRITTEN_BACK  # mtime, set through the fd
+    assert attr[10] == 0  # nlink: the upper copy has no name left
+    assert os.fstat(fh).st_mtime == WRITTEN_BACK
+
+
+def test_a_mode_change_on_a_removed_file_is_still_refused(requests: Requests) -> None:
+    """Only the times the kernel writes back take the short way; a chmod by
+    path of a file whose name is gone is ESTALE, open or not."""
+    nodeid = lookup(requests, ROOT_ID, "f")
+    fh = open_file(requests, nodeid, os.O_RDONLY)
+    unlink(requests, "f")
+    with pytest.raises(OSError) as caught:
+        setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
+    assert caught.value.errno == errno.ESTALE
+    assert os.fstat(fh).st_mode & 0o777 != 0o600
