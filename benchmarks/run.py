@@ -267,6 +267,22 @@ def fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
+def caller_moves(results: list[dict], drivers: list[str]) -> list[str]:
+    """For rows that count them: how often the scheduler moved the caller to
+    another CPU, run by run. On a VM each move wakes a halted CPU, and a run
+    where the caller moves at most replies takes up to twice as long."""
+    notes = []
+    for workload in dict.fromkeys(r["workload"] for r in results if r.get("caller_migrations") is not None):
+        parts = []
+        for d in drivers:
+            counts = [str(r["caller_migrations"]) for r in results
+                      if r["workload"] == workload and r["driver"] == d and r.get("caller_migrations") is not None]
+            if counts:
+                parts.append(f"{d} {', '.join(counts)}")
+        notes.append(f"{workload}, times the caller moved to another CPU, run by run: {'; '.join(parts)}")
+    return notes
+
+
 def table(results: list[dict], drivers: list[str], notes: list[str]) -> str:
     """Median seconds per row and driver, plus unionfs ratios."""
     order: list[str] = []
@@ -320,6 +336,7 @@ def table(results: list[dict], drivers: list[str], notes: list[str]) -> str:
     if len(set(entries.values())) > 1:
         errors.append(f"- find: drivers disagree on visible entries: {entries}")
     out = "\n".join(lines)
+    notes = notes + caller_moves(results, cols)
     if notes:
         out += "\n\n" + "\n".join(f"- {n}" for n in notes)
     if errors:

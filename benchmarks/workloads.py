@@ -33,6 +33,21 @@ from fixtures import Fixtures, KiB, MiB, Scale, Stack
 Row = dict
 
 
+def migrations(task: str = "thread-self") -> int | None:
+    """How often the scheduler has moved a task to another CPU (``se.nr_migrations``
+    in /proc/TASK/sched; None without CONFIG_SCHED_DEBUG). A caller that waits on
+    a FUSE driver's replies can be moved at every reply, each time to a CPU that
+    must first be woken; a run where that happens takes up to twice as long."""
+    try:
+        with open(f"/proc/{task}/sched", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("se.nr_migrations"):
+                    return int(line.rpartition(":")[2])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _mibs(nbytes: int, seconds: float) -> float:
     return round(nbytes / MiB / seconds, 1) if seconds > 0 else float("inf")
 
@@ -57,6 +72,7 @@ class Ctx:
         self.upper: Path | None = None
         self.procs: list[subprocess.Popen] = []
         self.aborted = False
+        self.tool_migrations: int | None = None  # of the last tool run without a stdout pipe
         self._n = 0
         self._lock = threading.Lock()
 
@@ -102,7 +118,15 @@ class Ctx:
             )
             self.procs.append(p)
         try:
-            out, err = p.communicate()
+            if stdout == subprocess.PIPE:
+                out, err = p.communicate()
+            else:  # one pipe: read it to its end, then look at the exited tool before reaping it
+                assert p.stderr is not None
+                with p.stderr:
+                    out, err = b"", p.stderr.read()
+                os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+                self.tool_migrations = migrations(str(p.pid))
+                p.wait()
         finally:
             with self._lock:
                 self.procs.remove(p)
@@ -438,12 +462,15 @@ def unlink_files(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     names = stack.info["files"]
     with ctx.mount(stack) as mnt:
         os.sync()
+        moved = migrations()
         t0 = time.perf_counter()
         for name in names:
             os.unlink(mnt / name)
         t = time.perf_counter() - t0
+        moved = None if moved is None else (migrations() or 0) - moved
         left = len(os.listdir(mnt / "victims"))
-        row = {"workload": "unlink", "seconds": _secs(t), "files": len(names), "ops_per_s": _ops(len(names), t)}
+        row = {"workload": "unlink", "seconds": _secs(t), "files": len(names), "ops_per_s": _ops(len(names), t),
+               "caller_migrations": moved}
         if left:
             row["error"] = f"{left} entries still visible"
         yield row
@@ -457,7 +484,8 @@ def rm_rf(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         t0 = time.perf_counter()
         ctx.check(["rm", "-rf", str(target)])
         t = time.perf_counter() - t0
-        row = {"workload": "rm-rf", "seconds": _secs(t), "entries": stack.info["entries"]}
+        row = {"workload": "rm-rf", "seconds": _secs(t), "entries": stack.info["entries"],
+               "caller_migrations": ctx.tool_migrations}
         if os.path.lexists(target):
             row["error"] = "target still exists"
         yield row
