@@ -16,7 +16,7 @@ from __future__ import annotations
 import stat
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from unionfs import markers
 from unionfs.layer import DirInfo, Layer, rel_join
@@ -25,10 +25,9 @@ _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
 _MAX_NODES = 200_000  # resolved paths kept; a plain bound, refilled on demand
 
 
-class Node(NamedTuple):
-    """A merged entry: the layers that hold it, top first, as (index, rel path).
-    A named tuple: immutable, and made in a third of a frozen dataclass's time,
-    once for each name a LOOKUP resolves."""
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A merged entry: the layers that hold it, top first, as (index, rel path)."""
 
     path: str
     is_dir: bool
