@@ -48,6 +48,12 @@ def migrations(task: str = "thread-self") -> int | None:
     return None
 
 
+def _moves_since(before: int | None) -> int | None:
+    """This thread's moves to another CPU since ``migrations()`` said before."""
+    after = migrations()
+    return None if before is None or after is None else after - before
+
+
 def _mibs(nbytes: int, seconds: float) -> float:
     return round(nbytes / MiB / seconds, 1) if seconds > 0 else float("inf")
 
@@ -309,6 +315,7 @@ def copyup_small(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     names = stack.info["files"]
     with ctx.mount(stack) as mnt:
         os.sync()
+        moved = migrations()
         t0 = time.perf_counter()
         for name in names:
             fd = os.open(mnt / name, os.O_WRONLY | os.O_APPEND)
@@ -320,6 +327,7 @@ def copyup_small(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
             "seconds": _secs(t),
             "files": len(names),
             "ops_per_s": _ops(len(names), t),
+            "caller_migrations": _moves_since(moved),
             "sync_seconds": _timed_sync(),
         }
 
@@ -395,7 +403,8 @@ def find_walk(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         for label in ("find-cold", "find-warm"):
             t0 = time.perf_counter()
             ctx.check(["find", str(mnt), "-ls"])
-            rows.append({"workload": label, "seconds": _secs(time.perf_counter() - t0)})
+            rows.append({"workload": label, "seconds": _secs(time.perf_counter() - t0),
+                         "caller_migrations": ctx.tool_migrations})
         # Untimed: the number of visible entries must agree across drivers.
         entries = ctx.check(["find", str(mnt)], stdout=subprocess.PIPE).count(b"\n")
         for row in rows:
@@ -418,6 +427,7 @@ def lookup_missing(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         names = [str(d / f"missing-{i:06d}") for i in range(n)]
         for label in ("lookup-missing", "lookup-missing-repeat"):
             found = 0
+            moved = migrations()
             t0 = time.perf_counter()
             for name in names:
                 try:
@@ -426,7 +436,8 @@ def lookup_missing(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
                 except FileNotFoundError:
                     pass
             t = time.perf_counter() - t0
-            row = {"workload": label, "seconds": _secs(t), "lookups": n, "ops_per_s": _ops(n, t)}
+            row = {"workload": label, "seconds": _secs(t), "lookups": n, "ops_per_s": _ops(n, t),
+                   "caller_migrations": _moves_since(moved)}
             if found:
                 row["error"] = f"{found} missing names were found"
             yield row
@@ -440,6 +451,7 @@ def create_small(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     payload = b"c" * size
     with ctx.mount(fx.base()) as mnt:
         os.sync()
+        moved = migrations()
         t0 = time.perf_counter()
         d = mnt / "created"
         os.mkdir(d)
@@ -453,6 +465,7 @@ def create_small(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
             "seconds": _secs(t),
             "files": n,
             "ops_per_s": _ops(n, t),
+            "caller_migrations": _moves_since(moved),
             "sync_seconds": _timed_sync(),
         }
 
@@ -467,7 +480,7 @@ def unlink_files(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         for name in names:
             os.unlink(mnt / name)
         t = time.perf_counter() - t0
-        moved = None if moved is None else (migrations() or 0) - moved
+        moved = _moves_since(moved)
         left = len(os.listdir(mnt / "victims"))
         row = {"workload": "unlink", "seconds": _secs(t), "files": len(names), "ops_per_s": _ops(len(names), t),
                "caller_migrations": moved}
