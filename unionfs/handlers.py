@@ -338,7 +338,8 @@ class Requests:
         return self._nameless_attrs(nodeid)
 
     def _nameless_attrs(self, nodeid: int) -> dict[str, int]:
-        """The attributes of a node whose names are gone, by a descriptor still open on its file."""
+        """The attributes of a node whose names are gone: by a descriptor still open on its
+        file, or the one a rename kept (``with_held``); ESTALE without either."""
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fds = self._node_fds.get(nodeid)
             if fds:
