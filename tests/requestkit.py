@@ -2,8 +2,23 @@
 requests as the kernel sends them, the answers as it reads them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from unionfs import fuseproto as fp
-from unionfs.handlers import Requests
+from unionfs.handlers import Requests, Timeouts
+from unionfs.union import Union
+
+
+def requests_over(tmp_path: Path, files: dict[str, bytes]) -> Requests:
+    """Requests on a union of one lower layer holding files (relative path -> data)
+    under an empty upper layer."""
+    lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
+    for d in (lower, upper, work):
+        d.mkdir()
+    for rel, data in files.items():
+        (lower / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lower / rel).write_bytes(data)
+    return Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
 
 
 def header(opcode: int, nodeid: int) -> tuple:

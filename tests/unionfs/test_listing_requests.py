@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from requestkit import header, lookup
+from requestkit import header, lookup, requests_over
 
 from unionfs import fuseproto as fp
 from unionfs.handlers import Requests, Timeouts
 from unionfs.nodes import ROOT_ID
-from unionfs.union import Union
 
 
 def listing(requests: Requests, nodeid: int) -> dict[str, int]:
@@ -38,13 +37,8 @@ def listing(requests: Requests, nodeid: int) -> dict[str, int]:
 
 @pytest.fixture
 def requests(tmp_path: Path) -> Requests:
-    lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
-    for d in (lower, upper, work):
-        d.mkdir()
-    (lower / "d").mkdir()
-    for i in range(60):  # more than one READDIRPLUS answer of 4 KiB holds
-        (lower / "d" / f"file{i:02d}").write_text(str(i))
-    return Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
+    # more than one READDIRPLUS answer of 4 KiB holds
+    return requests_over(tmp_path, {f"d/file{i:02d}": str(i).encode() for i in range(60)})
 
 
 def test_entries_described_a_moment_ago_go_plain_until_something_changes(requests: Requests) -> None:

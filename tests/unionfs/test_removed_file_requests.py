@@ -9,23 +9,18 @@ import os
 from pathlib import Path
 
 import pytest
-from requestkit import header, lookup
+from requestkit import header, lookup, requests_over
 
 from unionfs import fuseproto as fp
-from unionfs.handlers import Requests, Timeouts
+from unionfs.handlers import Requests
 from unionfs.nodes import ROOT_ID
-from unionfs.union import Union
 
 WRITTEN_BACK = 1_700_000_000  # the mtime the kernel kept, in seconds
 
 
 @pytest.fixture
 def requests(tmp_path: Path) -> Requests:
-    lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
-    for d in (lower, upper, work):
-        d.mkdir()
-    (lower / "f").write_bytes(b"lower data")
-    return Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
+    return requests_over(tmp_path, {"f": b"lower data"})
 
 
 def unlink(requests: Requests, name: str) -> None:
