@@ -256,7 +256,7 @@ class Publisher:
             return False
         return True
 
-    def _publish(self, copy: Pending, synced: bool = False) -> OSError | None:
+    def _publish(self, copy: Pending, synced: bool) -> OSError | None:
         try:
             if synced:
                 syscalls.check_written(copy.fd)

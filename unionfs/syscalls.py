@@ -124,4 +124,3 @@ def syncfs(fd: int) -> None:
     """Write out and commit the whole filesystem fd is on (syncfs(2), which os lacks)."""
     if _libc.syncfs(fd) != 0:
         _raise(f"fd {fd}")
-
