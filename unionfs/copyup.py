@@ -337,6 +337,14 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> int:
     return offset
 
 
+def _shown_alike(source: os.stat_result, copy: os.stat_result | None, same_number: bool) -> bool:
+    """Whether a copy shows what its source showed. Times are copied; a file's ctime
+    (and, with the writeback cache, its size and mtime) the kernel keeps itself."""
+    return (copy is not None and same_number and not stat.S_ISDIR(source.st_mode)
+            and (source.st_mode, source.st_uid, source.st_gid, source.st_size, source.st_nlink, source.st_blocks)
+            == (copy.st_mode, copy.st_uid, copy.st_gid, copy.st_size, copy.st_nlink, copy.st_blocks))
+
+
 class CopyUp:
     """Copies entries up, once each even when threads race for the same one."""
 
@@ -357,6 +365,11 @@ class CopyUp:
         # Told the merged path of an entry whose st_ino changed with its copy-up:
         # listings that show its old number are stale (the FUSE side drops them).
         self.on_renumbered: Callable[[str], None] | None = None
+        # Told the merged path of an entry whose copy-up changed what the merged view
+        # shows of it: a directory (merged from now on: link count 1, the upper
+        # directory's size), a new inode number or link count (one name of a lower
+        # hard link). The kernel may hold the old attributes for its attribute timeout.
+        self.on_attrs_changed: Callable[[str], None] | None = None
         # Told the merged path of each regular file copied up, with a way to open the
         # copy for reading: files open on the lower file read the copy from then on.
         self.on_copied_up: Callable[[str, Callable[[], int]], None] | None = None
@@ -465,6 +478,8 @@ class CopyUp:
                 self.on_new_inode(st_new)
             if not same_number and self.on_renumbered is not None:
                 self.on_renumbered(path)
+            if self.on_attrs_changed is not None and not _shown_alike(st, st_new, same_number):
+                self.on_attrs_changed(path)
             if self.on_copied_up is not None and stat.S_ISREG(st.st_mode):
                 # a deferred copy is under its temporary name until the publisher renames it
                 dir_fd, copy = (self.work.fd, tmp) if defer else (self.upper.fd, to_rel(path))

@@ -121,6 +121,7 @@ class Requests:
         if union.copyup is not None:
             union.copyup.on_renumbered = self._renumbered
             union.copyup.on_copied_up = self._copied_up
+            union.copyup.on_attrs_changed = self._attrs_changed
 
     def table(self) -> dict[int, Handler]:
         return {
@@ -215,6 +216,14 @@ class Requests:
         parent = self.nodes.find(path.rsplit("/", 1)[0] or "/")
         if parent and self.notify is not None:
             self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(parent, 0, 0))
+
+    def _attrs_changed(self, path: str) -> None:
+        """The kernel keeps attributes for the attribute timeout; a copy-up changed
+        those of path (see ``CopyUp.on_attrs_changed``), which the kernel may hold
+        under a node that this request does not name."""
+        nodeid = self.nodes.find(path)
+        if nodeid and self.notify is not None:  # offset -1: the attributes only, not the pages
+            self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(nodeid, -1, 0))
 
     def _undo_entry(self, result: tuple[int, bytes]) -> None:
         if result[0]:

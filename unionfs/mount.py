@@ -147,7 +147,7 @@ def fuse_options(opts: MountOptions, fsname: str) -> dict[str, object]:
         "default_permissions": True,
         "kernel_cache": True,  # lower layers never change; the upper only through us
         "entry_timeout": opts.timeout,
-        "attr_timeout": opts.attr_timeout,
+        "attr_timeout": opts.attr_seconds,
         "negative_timeout": opts.timeout,
         "big_writes": True,
         "max_write": 131072,
@@ -202,7 +202,7 @@ def serve(
     from unionfs.session import MountRequest, Session
 
     try:
-        requests = Requests(union, Timeouts(opts.timeout, opts.attr_timeout, opts.timeout))
+        requests = Requests(union, Timeouts(opts.timeout, opts.attr_seconds, opts.timeout))
         target = MountRequest(
             os.path.abspath(mountpoint), fsname, "unionfs", opts.mount_flags,
             allow_other=opts.allow_other or opts.allow_root, read_only=opts.read_only,

@@ -33,18 +33,25 @@ class MountOptions:
     allow_other: bool = False
     allow_root: bool = False
     # How long the kernel may trust a name lookup (found or missing) and the
-    # attributes. Names change only through this mount (lower layers are
+    # attributes. Both change only through this mount (lower layers are
     # read-only by the overlayfs contract), and the kernel updates its own
-    # dentries on each change, so lookups can be kept long. Attributes stay
-    # short: a hard link's other names see a new link count or size only
-    # when the kernel asks again.
+    # cache for the entries a request names. What a change does to other
+    # entries (a copy-up makes the directories above merged, gives one name of
+    # a lower hard link an inode of its own) the native engine tells the
+    # kernel. Through fusepy it cannot, so attributes stay short there.
     timeout: float = 60.0
-    attr_timeout: float = 1.0
+    attr_timeout: float | None = None  # None: timeout with the native engine, 1 s with fusepy
     mount_flags: tuple[str, ...] = field(default=())
     # native: this driver's own FUSE protocol code; fusepy: libfuse 2's path API through fusepy.
     engine: str = "native"
     # FUSE over io_uring (native engine): auto when the kernel offers it, on to insist, off for /dev/fuse alone.
     io_uring: str = "auto"
+
+    @property
+    def attr_seconds(self) -> float:
+        if self.attr_timeout is not None:
+            return self.attr_timeout
+        return self.timeout if self.engine == "native" else 1.0
 
     @property
     def read_only(self) -> bool:

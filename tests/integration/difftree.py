@@ -23,7 +23,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -448,9 +448,45 @@ def through_two_names(root: Path, first: str, second: str) -> list[object]:
 
 
 def drop_caches() -> None:
-    """Forget dentries and inodes: a FUSE mount re-asks the driver instead of its ~1 s attr cache."""
+    """Forget dentries and inodes: a FUSE mount re-asks the driver instead of answering from its caches."""
     with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as f:
         f.write("2")
+
+
+def _meta(path: str, st: os.stat_result) -> Meta:
+    kind = _kind(st.st_mode, st.st_rdev)
+    return Meta(
+        kind=kind,
+        mode=f"{stat.S_IMODE(st.st_mode):04o}",
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=st.st_size,
+        nlink=st.st_nlink,
+        mtime=_mtime(st.st_mtime_ns),
+        content=_content(path) if kind == "file" else None,
+        target=os.readlink(path) if kind == "symlink" else None,
+        xattrs=_xattrs(path),
+    )
+
+
+def named_view(root: Path | str, rels: Iterable[str]) -> tuple[dict[str, Meta | None], frozenset[frozenset[str]]]:
+    """What a program that knows the names sees: each looked up by its path, with
+    no listing of a directory first (READDIRPLUS would refresh the attributes the
+    kernel holds). Returns each path's Meta (None where it is missing) and the
+    names that share an inode."""
+    root = os.fspath(root)
+    entries: dict[str, Meta | None] = {}
+    inodes: dict[int, set[str]] = {}
+    for rel in rels:
+        path = _p(root, rel) if rel != "." else root
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            entries[rel] = None
+            continue
+        entries[rel] = _meta(path, st)
+        inodes.setdefault(st.st_ino, set()).add(rel)
+    return entries, frozenset(frozenset(v) for v in inodes.values() if len(v) > 1)
 
 
 def view(root: Path | str) -> View:
@@ -463,20 +499,7 @@ def view(root: Path | str) -> View:
     mismatch: list[str] = []
 
     def record(rel: str, st: os.stat_result) -> None:
-        path = _p(root, rel) if rel != "." else root
-        kind = _kind(st.st_mode, st.st_rdev)
-        entries[rel] = Meta(
-            kind=kind,
-            mode=f"{stat.S_IMODE(st.st_mode):04o}",
-            uid=st.st_uid,
-            gid=st.st_gid,
-            size=st.st_size,
-            nlink=st.st_nlink,
-            mtime=_mtime(st.st_mtime_ns),
-            content=_content(path) if kind == "file" else None,
-            target=os.readlink(path) if kind == "symlink" else None,
-            xattrs=_xattrs(path),
-        )
+        entries[rel] = _meta(_p(root, rel) if rel != "." else root, st)
         inodes.setdefault(st.st_ino, set()).add(rel)
 
     record(".", os.lstat(root))
@@ -694,10 +717,25 @@ class Pair:
         drop_caches()
         return view(self.kernel.mnt), view(self.driver.mnt)
 
-    def check(self) -> View:
-        """Merged views and upper layers agree; returns the kernel's view."""
+    def check(self, warm: bool = True) -> View:
+        """Merged views and upper layers agree; returns the kernel's view.
+
+        warm: first compare what a program sees, each name looked up with what
+        the operations left in the kernel's caches (the driver's attribute
+        timeout is long: what a change did to entries it does not name must
+        reach the kernel as an invalidation), then the views as the driver
+        answers afresh.
+        """
+        problems = []
+        if warm:
+            kw = view(self.kernel.mnt)
+            driver_entries, driver_same = named_view(self.driver.mnt, kw.entries)
+            problems += [f"warm {line}" for line in diff_maps(kw.entries, driver_entries)]
+            if kw.same_inode != driver_same:
+                problems.append(f"warm: names sharing an inode: kernel={sorted(map(sorted, kw.same_inode))} "
+                                f"driver={sorted(map(sorted, driver_same))}")
         kv, dv = self.views()
-        problems = diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
+        problems += diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
         problems += [f"upper {line}" for line in diff_maps(
             upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
         steps = "\n  ".join(self.log or ["(no operations)"])

@@ -23,6 +23,13 @@ def test_escaped_colon_and_comma() -> None:
     assert opts.lowerdirs == ("/a:1", "/b,2")
 
 
+def test_attributes_are_kept_as_long_as_names_where_the_driver_can_invalidate_them() -> None:
+    assert parse(["lowerdir=/a,timeout=30"]).attr_seconds == 30.0  # native engine: notifies the kernel
+    assert parse(["lowerdir=/a,timeout=30,engine=fusepy"]).attr_seconds == 1.0  # libfuse 2's path API: cannot
+    assert parse(["lowerdir=/a,attr_timeout=0.5"]).attr_seconds == 0.5
+    assert parse(["lowerdir=/a,attr_timeout=0,engine=fusepy"]).attr_seconds == 0.0
+
+
 def test_several_o_and_mount_flags() -> None:
     opts = parse(["lowerdir=/a", "upperdir=/u,workdir=/w,nosuid,nodev,defaults,relatime,whiteout=oci,volatile"])
     assert opts.mount_flags == ("nosuid", "nodev")
