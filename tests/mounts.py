@@ -86,7 +86,8 @@ def force_unmount(mountpoint: Path | str) -> None:
 
 
 def driver_pid(mountpoint: Path | str) -> int:
-    """The pid of the driver process serving mountpoint (the daemon started by ``unionfs``)."""
+    """The pid of the driver process serving mountpoint (the daemon that ``unionfs``
+    forked, with its command line, once the command itself has returned)."""
     target = os.path.abspath(mountpoint)
     found = []
     for entry in os.listdir("/proc"):
@@ -97,7 +98,7 @@ def driver_pid(mountpoint: Path | str) -> int:
                 args = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
         except OSError:
             continue
-        if "unionfs" in args and "-f" in args and args and os.path.abspath(args[-1]) == target:
+        if "unionfs" in args and "umount" not in args and os.path.abspath(args[-1]) == target:
             found.append(int(entry))
     if len(found) != 1:
         raise LookupError(f"{target}: {len(found)} driver processes found: {found}")

@@ -21,8 +21,6 @@ from unionfs.options import MountOptions
 
 log = logging.getLogger(__name__)
 
-READY_FD_ENV = "UNIONFS_READY_FD"
-
 
 class MountError(RuntimeError):
     """The driver could not mount, or a mount could not be removed."""
