@@ -338,8 +338,8 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> int:
 
 
 def _shown_alike(source: os.stat_result, copy: os.stat_result | None, same_number: bool) -> bool:
-    """Whether a copy shows what its source showed. Times are copied; a file's ctime
-    (and, with the writeback cache, its size and mtime) the kernel keeps itself."""
+    """Whether a copy shows what its source showed (times are copied, and the
+    kernel keeps a file's ctime itself)."""
     return (copy is not None and same_number and not stat.S_ISDIR(source.st_mode)
             and (source.st_mode, source.st_uid, source.st_gid, source.st_size, source.st_nlink, source.st_blocks)
             == (copy.st_mode, copy.st_uid, copy.st_gid, copy.st_size, copy.st_nlink, copy.st_blocks))

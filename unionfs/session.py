@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from unionfs import fuseproto as fp
+from unionfs.syscalls import libc
 from unionfs import uring
 from unionfs.handlers import Requests
 from unionfs.mount import fusermount, unescape_mountinfo
@@ -38,9 +39,8 @@ _FLAG_BITS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec":
               "sync": MS_SYNCHRONOUS, "dirsync": MS_DIRSYNC, "noatime": MS_NOATIME}
 _CLEARS = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec", "async": "sync", "atime": "noatime"}
 
-_libc = ctypes.CDLL(None, use_errno=True)  # the C library this interpreter runs on (find_library would run ldconfig)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _mount_as_root(req: MountRequest, fd: int) -> None:
     if req.allow_other:
         data += ",allow_other"
     source = req.fsname.replace(",", "_")
-    if _libc.mount(os.fsencode(source), os.fsencode(req.mountpoint), f"fuse.{req.subtype}".encode(), flags, data.encode()) != 0:
+    if libc.mount(os.fsencode(source), os.fsencode(req.mountpoint), f"fuse.{req.subtype}".encode(), flags, data.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount: {os.strerror(err)}", req.mountpoint)
 
@@ -126,7 +126,7 @@ def raise_readahead(mountpoint: str, kib: int) -> None:
 
 def unmount_lazily(mountpoint: str) -> None:
     if os.geteuid() == 0:
-        _libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
+        libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
         return
     tool = fusermount()
     if tool:

@@ -21,17 +21,19 @@ UTIME_OMIT = (1 << 30) - 2
 AT_SYMLINK_NOFOLLOW = 0x100
 FICLONE = 0x40049409
 
-_libc = ctypes.CDLL(None, use_errno=True)  # the C library this interpreter runs on (find_library would run ldconfig)
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.renameat2.restype = ctypes.c_int
+# The C library this interpreter runs on, for what os does not offer; the one
+# instance the driver uses (ctypes.util.find_library would run ldconfig).
+libc = ctypes.CDLL(None, use_errno=True)
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+libc.renameat2.restype = ctypes.c_int
 
 
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
-_libc.utimensat.restype = ctypes.c_int
+libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+libc.utimensat.restype = ctypes.c_int
 
 
 def _raise(path: str) -> None:
@@ -41,7 +43,7 @@ def _raise(path: str) -> None:
 
 def renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int = 0) -> None:
     """rename with flags, both names relative to their directory descriptors."""
-    if _libc.renameat2(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), flags) != 0:
+    if libc.renameat2(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), flags) != 0:
         _raise(dst)
 
 
@@ -59,27 +61,27 @@ def _timespecs(times_ns: tuple[int, int]) -> ctypes.Array[_Timespec]:
 def utimensat(dir_fd: int, path: str, times_ns: tuple[int, int], follow_symlinks: bool = False) -> None:
     """Set times in nanoseconds; a value of UTIME_NOW or UTIME_OMIT keeps its meaning."""
     flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
-    if _libc.utimensat(dir_fd, os.fsencode(path), _timespecs(times_ns), flags) != 0:
+    if libc.utimensat(dir_fd, os.fsencode(path), _timespecs(times_ns), flags) != 0:
         _raise(path)
 
 
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-_libc.fallocate.restype = ctypes.c_int
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.fallocate.restype = ctypes.c_int
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with its mode flags (KEEP_SIZE, PUNCH_HOLE, ...), which os lacks."""
-    if _libc.fallocate(fd, mode, offset, length) != 0:
+    if libc.fallocate(fd, mode, offset, length) != 0:
         _raise(f"fd {fd}")
 
 
-_libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
-_libc.futimens.restype = ctypes.c_int
+libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
+libc.futimens.restype = ctypes.c_int
 
 
 def futimens(fd: int, times_ns: tuple[int, int]) -> None:
     """utimensat on an open file; UTIME_NOW and UTIME_OMIT keep their meaning."""
-    if _libc.futimens(fd, _timespecs(times_ns)) != 0:
+    if libc.futimens(fd, _timespecs(times_ns)) != 0:
         _raise(f"fd {fd}")
 
 
@@ -94,8 +96,8 @@ def reflink(src_fd: int, dst_fd: int) -> bool:
         raise
 
 
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-_libc.sync_file_range.restype = ctypes.c_int
+libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+libc.sync_file_range.restype = ctypes.c_int
 _SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE = 1, 2
 
 
@@ -103,7 +105,7 @@ def start_writeback(fd: int) -> None:
     """Start writing a file's dirty data out, without waiting (sync_file_range
     SYNC_FILE_RANGE_WRITE): the fsyncs that follow then find it under way. Only
     a hint, so its errors are left to the fsync."""
-    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+    libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def check_written(fd: int) -> None:
@@ -111,15 +113,15 @@ def check_written(fd: int) -> None:
     any, since fd last reported one (sync_file_range SYNC_FILE_RANGE_WAIT_BEFORE).
     Writes nothing, commits nothing, flushes nothing: after a syncfs, what tells
     whether this file's data made it."""
-    if _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WAIT_BEFORE) != 0:
+    if libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WAIT_BEFORE) != 0:
         _raise(f"fd {fd}")
 
 
-_libc.syncfs.argtypes = [ctypes.c_int]
-_libc.syncfs.restype = ctypes.c_int
+libc.syncfs.argtypes = [ctypes.c_int]
+libc.syncfs.restype = ctypes.c_int
 
 
 def syncfs(fd: int) -> None:
     """Write out and commit the whole filesystem fd is on (syncfs(2), which os lacks)."""
-    if _libc.syncfs(fd) != 0:
+    if libc.syncfs(fd) != 0:
         _raise(f"fd {fd}")

@@ -33,9 +33,9 @@ import struct
 from collections.abc import Callable
 
 from unionfs import fuseproto as fp
+from unionfs.syscalls import libc
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+libc.syscall.restype = ctypes.c_long
 _SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427  # the same numbers on every architecture
 
 _SETUP_R_DISABLED = 1 << 6
@@ -121,7 +121,7 @@ class Ring:
 
     def __init__(self, entries: int = 2) -> None:
         params = _Params(flags=_SETUP_SQE128 | _SETUP_SINGLE_ISSUER | _SETUP_DEFER_TASKRUN | _SETUP_R_DISABLED)
-        fd = _libc.syscall(ctypes.c_long(_SYS_SETUP), ctypes.c_long(entries), ctypes.byref(params))
+        fd = libc.syscall(ctypes.c_long(_SYS_SETUP), ctypes.c_long(entries), ctypes.byref(params))
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"io_uring_setup: {os.strerror(err)}")
@@ -158,7 +158,7 @@ class Ring:
 
     def enable(self) -> None:
         """Start the ring on the thread that will submit to it (its single issuer)."""
-        if _libc.syscall(ctypes.c_long(_SYS_REGISTER), ctypes.c_long(self.fd), ctypes.c_long(_REGISTER_ENABLE_RINGS),
+        if libc.syscall(ctypes.c_long(_SYS_REGISTER), ctypes.c_long(self.fd), ctypes.c_long(_REGISTER_ENABLE_RINGS),
                          ctypes.c_long(0), ctypes.c_long(0)) < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"io_uring_register(ENABLE_RINGS): {os.strerror(err)}")
@@ -183,7 +183,7 @@ class Ring:
                 self._cq_head.value = (head + 1) & 0xFFFFFFFF
                 return res
             self._to_submit.value = pending
-            if _libc.syscall(*self._enter_args) < 0:
+            if libc.syscall(*self._enter_args) < 0:
                 err = ctypes.get_errno()
                 if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
                     raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
@@ -213,7 +213,7 @@ class QueueWorker:
 
     def serve(self, answer: Answer) -> None:
         """Register, then answer requests until the connection ends."""
-        _libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
         try:
             os.sched_setaffinity(0, {self.qid})
         except OSError:
