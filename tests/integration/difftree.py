@@ -726,7 +726,7 @@ class Pair:
         reach the kernel as an invalidation), then the views as the driver
         answers afresh.
         """
-        problems = []
+        problems: list[str] = []
         if warm:
             kw = view(self.kernel.mnt)
             driver_entries, driver_same = named_view(self.driver.mnt, kw.entries)
