@@ -39,14 +39,17 @@ def stack(tmp_path: Path) -> Stack:
 
 
 def driver_threads(pid: int) -> Iterator[tuple[str, int, dict[str, str]]]:
-    """Each thread of the driver: (name, context switches so far, its /proc status fields)."""
+    """Each thread of the driver: (name, context switches so far, its /proc status
+    and io fields)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
             status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            io = Path(f"/proc/{pid}/task/{tid}/io").read_text()
         except FileNotFoundError:
             continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        fields.update(line.split(": ", 1) for line in io.splitlines())
         yield name, int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"]), fields
 
 
@@ -91,16 +94,7 @@ def device_reader_reads(pid: int) -> int:
     /dev/fuse readers, which over io_uring get only FORGET and INTERRUPT. (Read
     calls, not context switches: those also count each wait for the interpreter
     lock, which a busy machine multiplies.)"""
-    reads = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            io = Path(f"/proc/{pid}/task/{tid}/io").read_text()
-        except FileNotFoundError:
-            continue
-        if not name.startswith(uring.THREAD_PREFIX):
-            reads += int(dict(line.split(": ", 1) for line in io.splitlines())["syscr"])
-    return reads
+    return sum(int(fields["syscr"]) for name, _, fields in driver_threads(pid) if not name.startswith(uring.THREAD_PREFIX))
 
 
 def test_forgets_of_unlinked_files_come_in_batches(stack: Stack, kernel_io_uring: None) -> None:
