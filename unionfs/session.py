@@ -133,6 +133,7 @@ def unmount_lazily(mountpoint: str) -> None:
         subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True, check=False)
 
 
+_DRAIN_SECONDS = 2.0  # how long an unmounted connection's workers get to see that it ended
 _FORGET_GATHER = 0.005  # seconds a /dev/fuse reader waits after a FORGET, when requests come by io_uring
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -172,6 +173,7 @@ class Session:
         self._forget_gate = threading.Lock()
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
+        self._ring_threads: list[threading.Thread] = []
 
     def mount(self) -> None:
         if self.io_uring == "on" and not uring.kernel_offers():
@@ -233,6 +235,12 @@ class Session:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            # The other workers each still have to read ENODEV (or their ring its end):
+            # closed before that, the descriptor's number could be a new file's by then.
+            deadline = time.monotonic() + _DRAIN_SECONDS
+            for thread in workers + self._ring_threads:
+                if thread.ident is not None:
+                    thread.join(max(0.0, deadline - time.monotonic()))
             os.close(self.fd)
 
     def _serve(self) -> None:
@@ -317,8 +325,10 @@ class Session:
         raise_readahead(self.req.mountpoint, self.requests.max_write // 1024)
         if self.requests.over_io_uring:
             for i, worker in enumerate(self._queues):
-                threading.Thread(target=self._serve_ring, args=(worker,), name=f"fuse-{worker.name}-{i}",
-                                 daemon=True).start()
+                thread = threading.Thread(target=self._serve_ring, args=(worker,), name=f"fuse-{worker.name}-{i}",
+                                          daemon=True)
+                self._ring_threads.append(thread)
+                thread.start()
         else:
             if self._queues and self.io_uring == "on":
                 log.warning("io_uring=on, but the kernel did not offer it at INIT: serving /dev/fuse only")

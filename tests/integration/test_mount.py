@@ -112,6 +112,28 @@ def test_signal_unmounts_cleanly(stack: Stack, sig: int) -> None:
         force_unmount(stack.mnt)
 
 
+def test_umount_while_forgets_flow_is_quiet(stack: Stack, transport: str) -> None:
+    """Unmounted right after many unlinks, each worker still has a read to make when
+    the first one sees the end; none may find the descriptor closed under it (it
+    said so on stderr, and its number could have been another file's by then)."""
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
+                                 str(stack.mnt)], stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: is_mounted(str(stack.mnt)))
+            for i in range(100):
+                (stack.mnt / f"f{i}").write_bytes(b"x")
+            for i in range(100):
+                (stack.mnt / f"f{i}").unlink()
+            result = unionfs("umount", str(stack.mnt))
+            assert result.returncode == 0, result.stderr
+            _, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0 and err == ""
+        finally:
+            proc.kill()
+            force_unmount(stack.mnt)
+
+
 def test_umount_of_a_dead_mount(stack: Stack, transport: str) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
                              str(stack.mnt)])
