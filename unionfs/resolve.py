@@ -121,13 +121,16 @@ class Resolver:
         return info
 
     # -- one layer ---------------------------------------------------------------
-    def _entry(self, index: int, prel: str, name: str) -> tuple[str | None, bool]:
-        """(kind of name in this layer's dir prel, whether it hides the layers below)."""
+    def _entry(self, index: int, prel: str, name: str, layers: tuple[tuple[int, str], ...] = ()) -> tuple[str | None, bool]:
+        """(kind of name in this layer's dir prel, whether it hides the layers below);
+        layers: the merged directory's, whose lower ones a ``.wh.`` marker could hide."""
         if self.is_upper(index):
             layer = self.layers[index]
             rel = rel_join(prel, name)
             st = layer.lstat(rel)
             if st is None:
+                if not self._named_below(layers, name):
+                    return None, False  # a marker would hide nothing: not looked for
                 kind = None
             elif stat.S_ISDIR(st.st_mode):
                 kind = _DIR
@@ -144,6 +147,18 @@ class Resolver:
         if entry is None:
             return (_WHITEOUT if hides else None), hides
         return (_DIR if entry.is_dir else _OTHER), hides
+
+    def _named_below(self, layers: tuple[tuple[int, str], ...], name: str) -> bool:
+        """Whether a lower directory of a merged one has an entry called name. A name
+        absent from the upper and from these (a new file, a missing name) is then
+        absent from the union whatever the upper holds: its ``.wh.`` probe, a
+        lookup that misses in a directory the upper may fill with whiteouts, is spared."""
+        for index, prel in layers:
+            if not self.is_upper(index):
+                info = self.lower_dir(index, prel)
+                if info is not None and name in info.entries:
+                    return True
+        return False
 
     def _dir_meta(self, index: int, rel: str) -> tuple[bool, str | None]:
         if self.is_upper(index):
@@ -177,7 +192,7 @@ class Resolver:
             return None
         dirs: list[tuple[int, str]] = []
         for index, prel in parent.layers:
-            kind, hides = self._entry(index, prel, name)
+            kind, hides = self._entry(index, prel, name, parent.layers)
             if kind == _WHITEOUT:
                 break
             rel = rel_join(prel, name)

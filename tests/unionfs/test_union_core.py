@@ -116,6 +116,24 @@ def test_marker_never_hides_its_own_layer(dirs: dict[str, Path]) -> None:
     assert u.getattr("/a")["st_size"] == 3
 
 
+def test_an_upper_marker_is_looked_for_only_where_it_could_hide(dirs: dict[str, Path]) -> None:
+    """A ``.wh.`` marker in the upper hides the lower entries of its name; for a name
+    that no lower layer has, the lookup does not ask for one (it answers the same)."""
+    tree(dirs["bottom"], {"d/gone": "x", "d/kept": "y", "d/sub/": None})
+    tree(dirs["upper"], {"d/.wh.gone": "", "d/.wh.sub": "", "d/own": "z"})
+    u = make_union(dirs)
+    asked: list[str] = []
+    real = u.upper.marker_exists
+    u.upper.marker_exists = lambda rel: asked.append(rel) or real(rel)  # type: ignore[method-assign]
+    for hidden in ("/d/gone", "/d/sub", "/d/new", "/d/.wh.gone"):
+        with pytest.raises(OSError) as exc:
+            u.node(hidden)
+        assert exc.value.errno == errno.ENOENT, hidden
+    assert u.getattr("/d/kept")["st_size"] == 1 and u.getattr("/d/own")["st_size"] == 1
+    assert sorted(asked) == [".wh.d", "d/.wh.gone", "d/.wh.kept", "d/.wh.sub"]  # never d/.wh.new or d/.wh.own
+    assert names(u, "/d") == ["kept", "own"]
+
+
 def test_markers_are_never_visible_nor_creatable(dirs: dict[str, Path]) -> None:
     tree(dirs["top"], {".wh.x": "", "d/.wh..wh..opq": ""})
     u = make_union(dirs)
