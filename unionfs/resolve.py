@@ -121,7 +121,7 @@ class Resolver:
         return info
 
     # -- one layer ---------------------------------------------------------------
-    def _entry(self, index: int, prel: str, name: str, layers: tuple[tuple[int, str], ...] = ()) -> tuple[str | None, bool]:
+    def _entry(self, index: int, prel: str, name: str, layers: tuple[tuple[int, str], ...]) -> tuple[str | None, bool]:
         """(kind of name in this layer's dir prel, whether it hides the layers below);
         layers: the merged directory's, whose lower ones a ``.wh.`` marker could hide."""
         if self.is_upper(index):
