@@ -6,9 +6,10 @@ fails or a driver that crashes never leaves a mount behind for the next test.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,26 @@ def force_unmount(mountpoint: Path | str) -> None:
             unmount(str(mountpoint))
         except Exception:
             subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+# A request made while a dead driver's descriptors are still being released: the kernel
+# ends the requests on a released /dev/fuse (or ring) before it marks the connection
+# gone, so one made in between is aborted, or cancelled on a ring.
+ABORTED_IN_RELEASE = (errno.ECONNABORTED, errno.ECANCELED)
+
+
+def expect_disconnected(request: Callable[[], object], where: str = "") -> None:
+    """request, which the kernel cannot answer from its caches, finds the connection
+    gone (ENOTCONN); one retry is allowed for the release still under way."""
+    for attempt in (1, 2):
+        try:
+            request()
+        except OSError as exc:
+            if attempt == 1 and exc.errno in ABORTED_IN_RELEASE:
+                continue
+            assert exc.errno == errno.ENOTCONN, f"{where}: {exc!r}, not ENOTCONN: the mount still answers"
+            return
+        raise AssertionError(f"{where}: the request succeeded: the driver did not die")
 
 
 def driver_pid(mountpoint: Path | str) -> int:
