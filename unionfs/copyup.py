@@ -371,8 +371,9 @@ class CopyUp:
         # hard link). The kernel may hold the old attributes for its attribute timeout.
         self.on_attrs_changed: Callable[[str], None] | None = None
         # Told the merged path of each regular file copied up, with a way to open the
-        # copy for reading: files open on the lower file read the copy from then on.
-        self.on_copied_up: Callable[[str, Callable[[], int]], None] | None = None
+        # copy for reading (files open on the lower file read the copy from then on)
+        # and the copy's size.
+        self.on_copied_up: Callable[[str, Callable[[], int], int], None] | None = None
         self.inodes = inodes
         self.upper = resolver.layers[0]
         self.work = work
@@ -483,7 +484,7 @@ class CopyUp:
             if self.on_copied_up is not None and stat.S_ISREG(st.st_mode):
                 # a deferred copy is under its temporary name until the publisher renames it
                 dir_fd, copy = (self.work.fd, tmp) if defer else (self.upper.fd, to_rel(path))
-                self.on_copied_up(path, lambda: os.open(copy, _READ_COPY, dir_fd=dir_fd))
+                self.on_copied_up(path, lambda: os.open(copy, _READ_COPY, dir_fd=dir_fd), st_new.st_size)
             if defer:
                 assert publisher is not None and sync_fd is not None
                 publisher.submit(Pending(path, tmp, sync_fd, fd, st.st_size))

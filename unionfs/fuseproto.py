@@ -125,6 +125,8 @@ OPEN_KILL_SUIDGID = 1 << 0  # in fuse_open_in's open_flags
 
 NOTIFY_INVAL_INODE = 2  # a notification's code, sent in the error field with unique 0
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # node id, offset, length (0, 0: all of it)
+NOTIFY_STORE = 4
+NOTIFY_STORE_OUT = struct.Struct("<QQII")  # node id, offset, size, padding; the data follows
 
 UNKNOWN_INO = 0xFFFFFFFF  # what libfuse reports for an entry it has no attributes for
 

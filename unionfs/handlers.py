@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import functools
 import logging
+import mmap
 import os
 import stat
 import sys
@@ -111,6 +113,7 @@ class Requests:
         self._describe_for = timeouts.attr / 2
         self._dir_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
+        self._copying = threading.local()  # .copy: (path, size) of the file this thread's request copied up
         self.max_write = 1 << 20
         # The kernel's page cache holds writes and sends them in large requests;
         # it then owns size and mtime, reads back partial pages, and does O_APPEND.
@@ -188,11 +191,13 @@ class Requests:
             return self.union.upper_identity(path)
         return None
 
-    def _copied_up(self, path: str, open_copy: Callable[[], int]) -> None:
+    def _copied_up(self, path: str, open_copy: Callable[[], int], size: int) -> None:
         """Files open for reading on the lower file of path read its copy from now on,
         as on overlayfs (which swaps the real file under such a file, ovl_real_fdget):
         the kernel's cache of their pages can be dropped, and a READ then asked of
-        the lower file would mix old data into a file that another open changed."""
+        the lower file would mix old data into a file that another open changed.
+        The OPEN that made the copy learns of it too (``_hand_over_last_page``)."""
+        self._copying.copy = (path, size)
         nodeid = self.nodes.find(path)
         if not nodeid:
             return
@@ -446,6 +451,30 @@ class Requests:
             flags &= ~os.O_APPEND
         return flags
 
+    def _hand_over_last_page(self, nodeid: int, fd: int, size: int) -> None:
+        """With the writeback cache, a write to a page that the kernel lacks waits for a
+        READ of that page first: the first append to a file just copied up would read
+        back its last page. The page goes to the kernel before the OPEN's answer
+        (NOTIFY_STORE) instead. Only while the node has no other open: then none of its
+        pages is dirty (a close writes them back) or being read, so the store neither
+        undoes a write nor waits for a READ that a worker held here would have to answer."""
+        start = size - size % mmap.PAGESIZE
+        if start == size or self.notify is None:
+            return
+        with self._lock:  # an OPEN of the node answered meanwhile would let its reads begin
+            if self._node_fds.get(nodeid):
+                return
+            status = fcntl.fcntl(fd, fcntl.F_GETFL)
+            try:  # this read is not the caller's: the copy keeps the lower file's atime
+                fcntl.fcntl(fd, fcntl.F_SETFL, status | os.O_NOATIME)
+            except OSError:  # not the file's owner, without CAP_FOWNER: the kernel reads it later
+                return
+            try:
+                page = os.pread(fd, size - start, start)
+            finally:
+                fcntl.fcntl(fd, fcntl.F_SETFL, status)
+            self.notify(fp.NOTIFY_STORE, fp.NOTIFY_STORE_OUT.pack(nodeid, start, len(page), 0) + page)
+
     def open(self, h: tuple, data: memoryview) -> bytes:
         flags, open_flags = fp.OPEN_IN.unpack_from(data)
         flags = self._host_flags(flags)
@@ -453,7 +482,12 @@ class Requests:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
-                fd, index = self.union.open(self.nodes.path(nodeid), flags, caller, kill)
+                path = self.nodes.path(nodeid)
+                self._copying.copy = None
+                fd, index = self.union.open(path, flags, caller, kill)
+                copy = self._copying.copy
+                if self.writeback and copy is not None and copy[0] == path:
+                    self._hand_over_last_page(nodeid, fd, copy[1])
         else:
             try:
                 fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),

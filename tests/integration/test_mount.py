@@ -28,6 +28,7 @@ from difftree import through_two_names
 from mounts import Stack, expect_disconnected, force_unmount, fuse_mount, kernel_mount
 from users import errno_as
 
+from unionfs import fuseproto as fp
 from unionfs.mount import is_mounted, serve
 from unionfs.options import parse
 
@@ -132,6 +133,49 @@ def test_umount_while_forgets_flow_is_quiet(stack: Stack, transport: str) -> Non
         finally:
             proc.kill()
             force_unmount(stack.mnt)
+
+
+def test_appends_that_copy_up_read_nothing_back(stack: Stack, transport: str) -> None:
+    """With the writeback cache, an append fills the page it writes into first: the
+    driver hands a copied-up file's last page over with the OPEN, so the kernel asks
+    for no READ, and the pages it writes back hold the file's data. A file that a
+    reader holds open gets no page (it may be locked for the reader's READ), and the
+    reader still sees the append. The driver's read of the page is not the caller's:
+    the copy keeps its atime."""
+    page = mmap.PAGESIZE
+    sizes = {"short": 100, "long": 2 * page + 17, "page": page, "empty": 0, "held": 300}
+    data = {name: bytes((i * 7 + size) % 251 for i in range(size)) for name, size in sizes.items()}
+    for name, content in data.items():
+        (stack.lowers[1] / name).write_bytes(content)
+        os.utime(stack.lowers[1] / name, ns=(1_000_000_000, 2_000_000_000))  # a read would move atime on
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-d", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
+                             str(stack.mnt)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: is_mounted(str(stack.mnt)))
+        reader = os.open(stack.mnt / "held", os.O_RDONLY)  # one READ: its pages are in the cache
+        try:
+            assert os.read(reader, 10) == data["held"][:10]
+            for name in sizes:
+                fd = os.open(stack.mnt / name, os.O_WRONLY | os.O_APPEND)
+                try:
+                    assert os.write(fd, b"+appended") == 9
+                finally:
+                    os.close(fd)
+            assert os.pread(reader, 400, 0) == data["held"] + b"+appended"
+        finally:
+            os.close(reader)
+        result = unionfs("umount", str(stack.mnt))
+        assert result.returncode == 0, result.stderr
+        _, log = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        force_unmount(stack.mnt)
+    for name, content in data.items():
+        if name != "held":  # as on overlayfs: appending is not reading
+            assert (stack.upper / name).stat().st_atime_ns == 1_000_000_000, name
+        assert (stack.upper / name).read_bytes() == content + b"+appended", name
+    reads = [line for line in log.splitlines() if f" op {fp.READ} " in line]
+    assert len(reads) == 1, f"READs beyond the reader's one: {reads}"
 
 
 def test_umount_of_a_dead_mount(stack: Stack, transport: str) -> None:
