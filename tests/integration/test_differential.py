@@ -178,7 +178,7 @@ def names_of_one_file(root: Path, a: object, b: object) -> bool:
 
 
 @settings(
-    max_examples=int(os.environ.get("DIFF_EXAMPLES", "350")),
+    max_examples=int(os.environ.get("DIFF_EXAMPLES", "300")),
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
