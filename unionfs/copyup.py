@@ -571,7 +571,7 @@ class CopyUp:
 
     def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool, keep_open: bool,
                    spare: bool) -> int | None:
-        sfd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src.fd)
+        sfd = src.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             access = os.O_RDWR if keep_open else os.O_WRONLY  # kept: perhaps the open's own fd
             made = os.O_NOFOLLOW if spare else os.O_CREAT | os.O_EXCL

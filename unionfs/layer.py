@@ -55,11 +55,24 @@ def rel_join(parent: str, name: str) -> str:
 class Layer:
     """A layer root; index 0 is the upper layer when the mount is writable."""
 
-    def __init__(self, root: str, index: int) -> None:
+    def __init__(self, root: str, index: int, lower: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.index = index
         self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.dev = os.fstat(self.fd).st_dev
+        # Reading a lower layer leaves its atimes as they are, as on overlayfs, which
+        # opens its real files with O_NOATIME where it may (ovl_path_open).
+        self._noatime = os.O_NOATIME if lower else 0
+
+    def open(self, rel: str, flags: int) -> int:
+        """An fd on rel for reading; a lower layer's entry keeps its atime."""
+        if self._noatime:
+            try:
+                return os.open(rel, flags | self._noatime, dir_fd=self.fd)
+            except PermissionError as exc:
+                if exc.errno != errno.EPERM:  # EPERM: neither its owner nor CAP_FOWNER
+                    raise
+        return os.open(rel, flags, dir_fd=self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -120,7 +133,7 @@ class Layer:
         opaque = False
         names = self._xattr_names(rel)
         xattr_whiteouts = not names.isdisjoint(markers.WHITEOUTS_XATTRS)
-        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             with os.scandir(fd) as it:
                 for de in it:

@@ -77,7 +77,7 @@ class Union:
             raise ValueError("upperdir and workdir go together")
         layers: list[Layer] = []
         for path in ([upperdir] if upperdir else []) + list(lowerdirs):
-            layers.append(Layer(path, len(layers)))
+            layers.append(Layer(path, len(layers), lower=bool(layers) or upperdir is None))
         self.layers = layers
         self.writable = upperdir is not None
         self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 else WhiteoutForm.OCI)
@@ -284,7 +284,7 @@ class Union:
         node = self.node(path)
         flags = fd_flags(flags) | os.O_NOFOLLOW
         if not flags & _WRITE_FLAGS:
-            return os.open(node.rel, flags, dir_fd=self.layers[node.layer].fd), node.layer
+            return self.layers[node.layer].open(node.rel, flags), node.layer
         copyup, _ = self._writable(path)
         fd = copyup.open(node, flags, data=not flags & os.O_TRUNC)
         if flags & os.O_TRUNC and kill is not None:

@@ -178,6 +178,29 @@ def test_appends_that_copy_up_read_nothing_back(stack: Stack, transport: str) ->
     assert len(reads) == 1, f"READs beyond the reader's one: {reads}"
 
 
+def test_reads_through_the_mount_leave_lower_atimes_alone(stack: Stack) -> None:
+    """Kernel overlayfs opens its real files with O_NOATIME: reading a lower file,
+    listing a lower directory and copying a file up leave the lower layer's atimes
+    as they were, where relatime would have moved them on. The driver's do too."""
+    bottom = stack.lowers[1]
+    (bottom / "quiet").mkdir()
+    entries = [bottom / "quiet", bottom / "quiet/read.txt", bottom / "quiet/copied.txt"]
+    for path in entries[1:]:
+        path.write_text(f"{path.name}\n")
+    seen = {}
+    for mount in (kernel_mount, fuse_mount):
+        shutil.rmtree(stack.upper / "quiet", ignore_errors=True)
+        for path in entries:
+            os.utime(path, ns=(1_000_000_000, 2_000_000_000))  # atime before mtime: relatime reads move it
+        with mount(stack) as mnt:
+            assert (mnt / "quiet/read.txt").read_text() == "read.txt\n"
+            assert sorted(os.listdir(mnt / "quiet")) == ["copied.txt", "read.txt"]
+            with open(mnt / "quiet/copied.txt", "a") as f:
+                f.write("more\n")
+        seen[mount.__name__] = {path.name: path.stat().st_atime_ns for path in entries}
+    assert seen["fuse_mount"] == seen["kernel_mount"] == dict.fromkeys(["quiet", "read.txt", "copied.txt"], 1_000_000_000)
+
+
 def test_umount_of_a_dead_mount(stack: Stack, transport: str) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
                              str(stack.mnt)])
