@@ -467,8 +467,10 @@ class Requests:
             status = fcntl.fcntl(fd, fcntl.F_GETFL)
             try:  # this read is not the caller's: the copy keeps the lower file's atime
                 fcntl.fcntl(fd, fcntl.F_SETFL, status | os.O_NOATIME)
-            except OSError:  # not the file's owner, without CAP_FOWNER: the kernel reads it later
-                return
+            except PermissionError as exc:
+                if exc.errno != errno.EPERM:
+                    raise
+                return  # neither the file's owner nor CAP_FOWNER (as in Layer.open): the kernel reads it later
             try:
                 page = os.pread(fd, size - start, start)
             finally:
