@@ -39,6 +39,7 @@ Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 _CHANGES_FILE = fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE  # a SETATTR beyond times
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+_NO_ENTRY = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)  # a READDIRPLUS entry without attributes: node id 0
 
 
 def _name(data: memoryview) -> str:
@@ -53,12 +54,16 @@ def _two_names(data: memoryview) -> tuple[str, str]:
     return os.fsdecode(first), os.fsdecode(second)
 
 
+# (cookie, name, attrs, source, encoded name) sorted by cookie
+Listing = list[tuple[int, str, dict[str, int] | None, tuple[int, str] | None, bytes]]
+
+
 @dataclass
 class _Dir:
     nodeid: int
     keeps: bool  # the kernel keeps this open's listing (FOPEN_CACHE_DIR)
-    # (cookie, name, attrs, source) sorted by cookie; a pass's snapshot, stable while entries change
-    entries: list[tuple[int, str, dict[str, int] | None, tuple[int, str] | None]] | None = None
+    # a pass's snapshot, stable while entries change
+    entries: Listing | None = None
     generation: int = -1  # the Union's when the snapshot was taken
 
 
@@ -110,6 +115,7 @@ class Requests:
         self._dirs: dict[int, _Dir] = {}
         self._kept_dirs: set[int] = set()  # node ids with an open whose listing the kernel keeps
         self._described: dict[int, _Described] = {}  # directory node id -> its entries the kernel has attributes of
+        self._listings: dict[int, tuple[int, Listing]] = {}  # directory node id -> (generation, its last listing)
         self._describe_for = timeouts.attr / 2
         self._dir_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
@@ -603,19 +609,30 @@ class Requests:
         if handle is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if handle.entries is None or offset == 0:  # a snapshot per pass: stable while entries change
-            generation = self.union.generation
-            listing = self.nodes.stable(lambda seq: self.union.listed(self.nodes.path(handle.nodeid)))
-            handle.entries = sorted((_cookie(name), name, attrs, source) for name, attrs, source in listing)
-            handle.generation = generation
+            handle.generation, handle.entries = self._snapshot(handle.nodeid)
         return handle, bisect.bisect_right(handle.entries, offset, key=lambda entry: entry[0]), size
+
+    def _snapshot(self, nodeid: int) -> tuple[int, Listing]:
+        """(generation, entries) of a directory. A program that lists a directory twice
+        in a row (``rm -rf`` opens each one to see whether it is empty, then again to
+        remove what is in it) gets the first listing again while nothing has changed."""
+        generation = self.union.generation
+        kept = self._listings.get(nodeid)
+        if kept is not None and kept[0] == generation:
+            return kept
+        listing = self.nodes.stable(lambda seq: self.union.listed(self.nodes.path(nodeid)))
+        entries = sorted((_cookie(name), name, attrs, source, os.fsencode(name)) for name, attrs, source in listing)
+        if len(self._listings) >= 4096:
+            self._listings.clear()
+        self._listings[nodeid] = kept = (generation, entries)
+        return kept
 
     def readdir(self, h: tuple, data: memoryview) -> bytes:
         handle, start, size = self._listing(data)
         entries = handle.entries
         assert entries is not None
         out = bytearray()
-        for cookie, name, attrs, _ in entries[start:]:
-            raw = os.fsencode(name)
+        for cookie, name, attrs, _, raw in entries[start:]:
             if len(out) + fp.dirent_size(raw, False) > size:
                 break
             ino, mode = (attrs["st_ino"], attrs["st_mode"]) if attrs else (fp.UNKNOWN_INO, 0o040000)
@@ -635,16 +652,16 @@ class Requests:
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         unchanged = handle.generation == self.union.generation  # the snapshot's sources still hold
         described = self._described_up_to(handle) if unchanged else -1
+        known, looked_up, entry_out, attr = self.nodes.known, self.nodes.looked_up, fp.ENTRY_OUT.pack, fp.attr
         out = bytearray()
         last = None
-        for cookie, name, attrs, source in entries[start:]:
-            raw = os.fsencode(name)
+        for cookie, name, attrs, source, raw in entries[start:]:
             if len(out) + fp.dirent_size(raw, True) > size:
                 break
             last = cookie
-            head = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)
+            head = _NO_ENTRY
             ino, mode = fp.UNKNOWN_INO, 0o040000
-            if attrs is not None and cookie <= described and self.nodes.known(handle.nodeid, name):
+            if attrs is not None and cookie <= described and known(handle.nodeid, name):
                 ino, mode = attrs["st_ino"], attrs["st_mode"]  # the kernel has it: a plain entry
             elif attrs is not None:
                 try:
@@ -655,8 +672,8 @@ class Requests:
                 except OSError:
                     full = None  # gone since the snapshot: a plain entry, looked up if asked for
                 if full is not None:
-                    nodeid = self.nodes.looked_up(handle.nodeid, name, None, self._identity(full, prefix + name))
-                    head = fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(full)
+                    nodeid = looked_up(handle.nodeid, name, None, self._identity(full, prefix + name))
+                    head = entry_out(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + attr(full)
                     ino, mode = full["st_ino"], full["st_mode"]
                 else:
                     ino, mode = attrs["st_ino"], attrs["st_mode"]

@@ -2,6 +2,7 @@
 which entries carry attributes and node ids for the kernel to keep."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -90,3 +91,27 @@ def test_described_entries_expire_with_half_the_attribute_timeout(requests: Requ
     time.sleep(0.15)
     assert all(listing(short, d).values())  # given again, and from now on described anew
     assert not any(listing(short, d).values())
+
+
+def test_a_second_pass_reads_the_layers_again_only_after_a_change(requests: Requests, monkeypatch) -> None:
+    """``rm -rf`` opens each directory twice before it removes anything: the second
+    open gets the listing of the first, the layers are read again after a change."""
+    passes: list[str] = []
+    listed = requests.union.listed
+
+    def counted(path: str):  # type: ignore[no-untyped-def]
+        passes.append(path)
+        return listed(path)
+
+    monkeypatch.setattr(requests.union, "listed", counted)
+    d = lookup(requests, ROOT_ID, "d")
+    first = listing(requests, d)
+    again = listing(requests, d)
+    assert passes == ["/d"] and set(again) == set(first)
+
+    requests.unlink(header(fp.UNLINK, d), memoryview(b"file00\0"))
+    after = listing(requests, d)
+    assert passes == ["/d", "/d"] and set(after) == set(first) - {"file00"}
+
+    requests.union.create("/d/new", 0o644, os.O_WRONLY)  # a change made by any request counts, not only this directory's
+    assert "new" in listing(requests, d) and len(passes) == 3
