@@ -24,6 +24,7 @@ FICLONE = 0x40049409
 # The C library this interpreter runs on, for what os does not offer; the one
 # instance the driver uses (ctypes.util.find_library would run ldconfig).
 libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long  # syscall(2) returns a long
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 libc.renameat2.restype = ctypes.c_int
 

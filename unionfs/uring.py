@@ -7,8 +7,9 @@ CPU goes idle in turn. On a VM that does not poll before halting, that costs
 kernel puts a request on the queue of the CPU that made it, and that queue's
 workers are pinned to that CPU: the caller sleeps and the worker runs in its
 place. (The worker is still running when it wakes the caller, so the
-scheduler may move the caller to an idle CPU; a process that works between
-requests then alternates CPUs, and pays for it: see benchmarks/README.md.)
+scheduler may move the caller to an idle CPU, and a process that works
+between requests then alternates CPUs; while nothing else runs, the workers
+take a policy that keeps it in place: see ``placement``.)
 
 The kernel offers it in INIT when the ``fuse`` module's ``enable_uring``
 parameter is on. FORGET and INTERRUPT still come through ``/dev/fuse``, as
@@ -33,9 +34,9 @@ import struct
 from collections.abc import Callable
 
 from unionfs import fuseproto as fp
+from unionfs.placement import IdleWhileAlone
 from unionfs.syscalls import libc
 
-libc.syscall.restype = ctypes.c_long
 _SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427  # the same numbers on every architecture
 
 _SETUP_R_DISABLED = 1 << 6
@@ -219,6 +220,8 @@ class QueueWorker:
         except OSError:
             pass  # a CPU this process may not use, or one that is offline: unpinned, still served
         view, ring, fuse_fd, qid = self.view, self.ring, self.fuse_fd, self.qid
+        placement = IdleWhileAlone()  # keeps the caller on this CPU (see placement)
+        placement.start()
         ring.enable()
         ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
         header, out = fp.IN_HEADER, fp.OUT_HEADER
@@ -247,5 +250,7 @@ class QueueWorker:
                 out.pack_into(view, 0, out.size + n, -code, h[2])
                 _U32.pack_into(view, _PAYLOAD_SZ, n)
                 ring.fuse_cmd(fuse_fd, CMD_COMMIT_AND_FETCH, qid, commit_id)
+                placement.served()
         finally:
+            placement.close()
             ring.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mounts import Stack, driver_pid, expect_disconnected, force_unmount, fuse_mount, kernel_io_uring_switch
 
-from unionfs import uring
+from unionfs import placement, uring
 from unionfs.mount import is_mounted
 from unionfs.session import _FORGET_GATHER
 
@@ -87,6 +87,68 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
             woken = {qid: after[qid] - before[qid] for qid in after}
             assert woken[cpu] >= 200, woken
             assert all(n == 0 for qid, n in woken.items() if qid != cpu), woken
+
+
+def worker_policies(pid: int) -> dict[int, tuple[int, int]]:
+    """Each ring worker by thread id: (context switches so far, scheduling policy)."""
+    found: dict[int, tuple[int, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if not Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(uring.THREAD_PREFIX):
+                continue
+            sched = Path(f"/proc/{pid}/task/{tid}/sched").read_text()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        fields = {key.strip(): value.strip() for key, value in
+                  (line.split(":", 1) for line in sched.splitlines() + status.splitlines() if ":" in line)}
+        switches = int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+        found[int(tid)] = (switches, int(fields["policy"]))
+    return found
+
+
+def busiest_worker_policy(mnt: Path, lookups: int, cpu: int) -> tuple[int, int]:
+    """lookups of missing names from one CPU: (tid, policy) of the worker that served most of them."""
+    pid = driver_pid(mnt)
+    before = worker_policies(pid)
+    everywhere = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        for i in range(lookups):
+            assert not os.path.lexists(mnt / "d" / f"missing-{time.monotonic_ns()}-{i}")
+    finally:
+        os.sched_setaffinity(0, everywhere)
+    after = worker_policies(pid)
+    tid = max(after, key=lambda t: after[t][0] - before.get(t, (0, 0))[0])
+    assert after[tid][0] - before.get(tid, (0, 0))[0] >= 4 * placement.CHECK_EVERY, (before, after)
+    return tid, after[tid][1]
+
+
+@pytest.mark.skipif(not placement.may_leave_idle_policy(), reason="leaving SCHED_IDLE needs CAP_SYS_NICE")
+def test_workers_keep_the_caller_on_its_cpu_while_a_cpu_is_free(stack: Stack, kernel_io_uring: None) -> None:
+    """Under SCHED_IDLE the worker's CPU counts as idle when it wakes the caller,
+    and the caller stays there; with every CPU taken by other work the workers
+    take the normal policy, not to wait behind it (see placement)."""
+    cpu = min(os.sched_getaffinity(0))
+    with fuse_mount(stack, "io_uring=on") as mnt:
+        for _ in range(5):  # another task of the machine may be runnable when the worker looks
+            tid, policy = busiest_worker_policy(mnt, 8 * placement.CHECK_EVERY, cpu)
+            if policy == os.SCHED_IDLE:
+                break
+        assert policy == os.SCHED_IDLE, "a CPU was free, and the worker kept the normal policy"
+        io_class = subprocess.run(["ionice", "-p", str(tid)], capture_output=True, text=True, check=True).stdout
+        assert io_class.strip() == "best-effort: prio 4"
+
+        loops = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{c}}})\n"
+                                   "while True: pass"]) for c in sorted(os.sched_getaffinity(0))]
+        try:
+            time.sleep(0.3)
+            _, policy = busiest_worker_policy(mnt, 8 * placement.CHECK_EVERY, cpu)
+        finally:
+            for loop in loops:
+                loop.kill()
+                loop.wait()
+        assert policy == os.SCHED_OTHER, "with every CPU busy, the worker stayed under SCHED_IDLE"
 
 
 def device_reader_reads(pid: int) -> int:

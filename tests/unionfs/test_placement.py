@@ -1,0 +1,135 @@
+"""A ring worker's scheduling policy: SCHED_IDLE while no other task is
+runnable, the normal policy while one is, and best-effort disk I/O either way.
+Run on real threads against the real run queue."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from unionfs import placement
+
+pytestmark = pytest.mark.skipif(not placement.may_leave_idle_policy(),
+                                reason="leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE")
+
+
+def test_others_running_reads_the_fourth_field_of_loadavg() -> None:
+    assert placement.others_running(b"0.00 0.01 0.05 1/123 4567\n") == 0
+    assert placement.others_running(b"2.10 1.00 0.50 3/412 9876\n") == 2
+
+
+def on_a_thread(work: Callable[[], object]) -> object:
+    """work() on a thread of its own: a policy set there stays there."""
+    result: list[object] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # handed to the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def ionice_of_this_thread() -> str:
+    return subprocess.run(["ionice", "-p", str(threading.get_native_id())], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture
+def busy_cpus() -> Iterator[Callable[[], None]]:
+    """start(): a busy loop pinned to each CPU, stopped at the end of the test."""
+    loops: list[subprocess.Popen] = []
+
+    def start() -> None:
+        for cpu in sorted(os.sched_getaffinity(0)):
+            loops.append(subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
+                                           "while True: pass"]))
+        time.sleep(0.3)  # running by now
+
+    yield start
+    for loop in loops:
+        loop.kill()
+        loop.wait()
+
+
+def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether condition() came true within seconds: other tasks of the machine may run
+    for a moment at any time."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_worker_is_idle_only_while_a_cpu_is_free(busy_cpus: Callable[[], None]) -> None:
+    def work() -> tuple[bool, str, bool]:
+        policy = placement.IdleWhileAlone()
+        policy.start()
+        try:
+            assert policy.enabled
+            io_class = ionice_of_this_thread()
+
+            def idle_now() -> bool:
+                policy.look()
+                return policy.idle and os.sched_getscheduler(0) == os.SCHED_IDLE
+
+            alone_idle = until(idle_now)
+            busy_cpus()
+            policy.look()
+            policy.look()  # two looks in a row: not a kernel thread's moment
+            busy_normal = not policy.idle and os.sched_getscheduler(0) == os.SCHED_OTHER
+            return alone_idle, io_class, busy_normal
+        finally:
+            policy.close()
+
+    alone_idle, io_class, busy_normal = on_a_thread(work)  # type: ignore[misc]
+    assert alone_idle, "a CPU was free, and the worker did not take SCHED_IDLE"
+    assert io_class == "best-effort: prio 4"
+    assert busy_normal, "with a busy loop on each CPU, the worker stayed under SCHED_IDLE"
+
+
+def test_a_worker_looks_again_every_so_many_requests(busy_cpus: Callable[[], None]) -> None:
+    def work() -> list[bool]:
+        policy = placement.IdleWhileAlone()
+        policy.start()
+        try:
+            assert until(lambda: (policy.look(), policy.idle)[1])
+            busy_cpus()
+            seen = []
+            for _ in range(2 * placement.CHECK_EVERY):
+                policy.served()
+                seen.append(policy.idle)
+            return seen
+        finally:
+            policy.close()
+
+    seen = on_a_thread(work)
+    every = placement.CHECK_EVERY
+    # the first look that finds every CPU taken is not enough; the second, CHECK_EVERY requests later, is
+    assert seen == [True] * (2 * every - 1) + [False], seen
+
+
+def test_without_the_right_to_leave_it_a_worker_never_takes_sched_idle() -> None:
+    """An unprivileged driver (no CAP_SYS_NICE, RLIMIT_NICE 0) could not go back to
+    the normal policy: it keeps it from the start."""
+    probe = ("from unionfs import placement; p = placement.IdleWhileAlone(); p.start(); "
+             "print(placement.may_leave_idle_policy(), p.enabled, p.idle)")
+    result = subprocess.run(["prlimit", "--nice=0", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--inh-caps=-all", sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(placement.__file__)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "False"]
