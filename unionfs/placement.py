@@ -12,14 +12,17 @@ caches. Measured on a 2-CPU VM: ``rm -rf`` of 3,000 entries took 0.45 to
 instead of 0.3 s.
 
 A CPU that runs nothing but ``SCHED_IDLE`` threads counts as idle in that
-search (``sched_idle_cpu``), so a worker under ``SCHED_IDLE`` keeps the
-caller on its own CPU: the caller preempts the worker and runs there at
-once. That is right only while a CPU is free, since a ``SCHED_IDLE``
-thread yields to every other task: with a busy loop on each CPU, unlinks
-took twice as long under it. So each worker counts the runnable tasks
-(``/proc/loadavg``) every ``CHECK_EVERY`` requests, and keeps the normal
-policy while they take every CPU. With every CPU taken, no idle one draws
-the caller away anyway.
+search (``sched_idle_cpu``), so a worker that sends its reply under
+``SCHED_IDLE`` keeps the caller on its own CPU: the caller preempts the
+worker and runs there at once. A ``SCHED_IDLE`` thread yields to every
+other task, though, so the worker takes that policy only to reply and wait
+for the next request, and answers each request under the normal one (two
+``sched_setscheduler`` calls per request, 1.5 us). And it does so only while
+a CPU is free: every ``CHECK_EVERY`` requests it counts the runnable tasks
+(``/proc/loadavg``), and while they take every CPU it stays under the
+normal policy, not to wait behind them for each request (unlinks took 1.4
+times as long with a busy loop on each CPU). With every CPU taken, no idle
+one draws the caller away anyway.
 
 Two things come with the policy. A thread's disk I/O class follows
 ``SCHED_IDLE`` to "idle" unless the thread has set one, and copy-ups read
@@ -78,13 +81,18 @@ def set_best_effort_io() -> bool:
     return libc.syscall(*args) == 0
 
 
-class IdleWhileAlone:
-    """One ring worker's scheduling policy: ``SCHED_IDLE`` while no other task is
-    runnable, the normal policy otherwise. Used by its own thread only."""
+class IdleWhileCpuFree:
+    """One ring worker's scheduling policy: ``SCHED_IDLE`` while it waits for the ring
+    and a CPU is free, the normal policy while it answers a request. A request
+    answered under ``SCHED_IDLE`` would crawl if every CPU became busy meanwhile
+    (such a thread gets under 1% of a CPU that a busy loop shares with it), and a
+    copy-up or the first listing of a large directory can take a while. Used by
+    its own thread only."""
 
     def __init__(self) -> None:
         self.enabled = False
-        self.idle = False
+        self.free = False  # a CPU was free at the last look: wait under SCHED_IDLE
+        self.idle = False  # under SCHED_IDLE now
         self._count = 0
         self._loadavg = -1
         self._cpus = 1
@@ -102,8 +110,18 @@ class IdleWhileAlone:
         self.enabled = True
         self.look()
 
+    def waiting(self) -> None:
+        """Right before the worker sends its reply and waits for the next request."""
+        if self.enabled and self.free and not self.idle:
+            self._set(os.SCHED_IDLE)
+
+    def woken(self) -> None:
+        """Right after a request came: it is answered under the normal policy."""
+        if self.idle:
+            self._set(os.SCHED_OTHER)
+
     def served(self) -> None:
-        """After each request, before its reply goes out."""
+        """After each request."""
         if self.enabled:
             self._count += 1
             if self._count >= CHECK_EVERY:
@@ -111,25 +129,31 @@ class IdleWhileAlone:
                 self.look()
 
     def look(self) -> None:
-        """Take the policy that the run queue asks for: SCHED_IDLE while a CPU is free, the
-        normal one once two looks in a row found every CPU taken. (A single look finds
-        them all taken now and then, by kernel threads that run for a moment.)"""
-        if others_running(os.pread(self._loadavg, 128, 0)) < self._cpus:
+        """Whether to wait under SCHED_IDLE: while a CPU is free, and until two looks in a
+        row found every CPU taken. (A single look finds them all taken now and then, by
+        kernel threads that run for a moment.)"""
+        try:
+            others = others_running(os.pread(self._loadavg, 128, 0))
+        except (OSError, ValueError, IndexError) as exc:
+            log.warning("the run queue cannot be read (%s): a FUSE queue worker keeps the normal policy", exc)
+            self.enabled = self.free = False
+            return
+        if others < self._cpus:
             self._busy_looks = 0
-            alone = True
+            self.free = True
         else:
             self._busy_looks += 1
-            alone = self._busy_looks < 2 and self.idle
-        if alone == self.idle:
-            return
+            self.free = self.free and self._busy_looks < 2
+
+    def _set(self, policy: int) -> None:
         try:
-            os.sched_setscheduler(0, os.SCHED_IDLE if alone else os.SCHED_OTHER, os.sched_param(0))
+            os.sched_setscheduler(0, policy, os.sched_param(0))
         except OSError as exc:
-            self.enabled = False
-            if exc.errno == errno.EPERM and self.idle:  # the right to leave it went away meanwhile
+            self.enabled = self.free = False
+            if self.idle:  # the right to leave SCHED_IDLE went away meanwhile
                 log.warning("a FUSE queue worker stays under SCHED_IDLE: %s", exc.strerror)
             return
-        self.idle = alone
+        self.idle = policy == os.SCHED_IDLE
 
     def close(self) -> None:
         if self._loadavg >= 0:

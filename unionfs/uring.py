@@ -34,7 +34,7 @@ import struct
 from collections.abc import Callable
 
 from unionfs import fuseproto as fp
-from unionfs.placement import IdleWhileAlone
+from unionfs.placement import IdleWhileCpuFree
 from unionfs.syscalls import libc
 
 _SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427  # the same numbers on every architecture
@@ -220,7 +220,7 @@ class QueueWorker:
         except OSError:
             pass  # a CPU this process may not use, or one that is offline: unpinned, still served
         view, ring, fuse_fd, qid = self.view, self.ring, self.fuse_fd, self.qid
-        placement = IdleWhileAlone()  # keeps the caller on this CPU (see placement)
+        placement = IdleWhileCpuFree()  # keeps the caller on this CPU (see placement)
         placement.start()
         ring.enable()
         ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
@@ -228,7 +228,9 @@ class QueueWorker:
         reply_area = view[_PAYLOAD:_PAYLOAD + self.payload_size]
         try:
             while True:
+                placement.waiting()
                 res = ring.wait()
+                placement.woken()
                 if res < 0:
                     if -res not in (errno.ENOTCONN, errno.ECANCELED, errno.ECONNABORTED):
                         raise OSError(-res, f"FUSE ring command: {os.strerror(-res)}")

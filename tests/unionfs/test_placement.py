@@ -1,6 +1,7 @@
-"""A ring worker's scheduling policy: SCHED_IDLE while no other task is
-runnable, the normal policy while one is, and best-effort disk I/O either way.
-Run on real threads against the real run queue."""
+"""A ring worker's scheduling policy: SCHED_IDLE while it waits for the ring
+and a CPU is free, the normal policy while it answers a request or every CPU
+is taken, and best-effort disk I/O either way. Run on real threads against
+the real run queue."""
 from __future__ import annotations
 
 import os
@@ -75,44 +76,43 @@ def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
     return True
 
 
-def test_a_worker_is_idle_only_while_a_cpu_is_free(busy_cpus: Callable[[], None]) -> None:
-    def work() -> tuple[bool, str, bool]:
-        policy = placement.IdleWhileAlone()
+def test_a_worker_waits_under_sched_idle_only_while_a_cpu_is_free(busy_cpus: Callable[[], None]) -> None:
+    def work() -> dict[str, object]:
+        policy = placement.IdleWhileCpuFree()
         policy.start()
+        seen: dict[str, object] = {"enabled": policy.enabled, "io": ionice_of_this_thread()}
         try:
-            assert policy.enabled
-            io_class = ionice_of_this_thread()
-
-            def idle_now() -> bool:
-                policy.look()
-                return policy.idle and os.sched_getscheduler(0) == os.SCHED_IDLE
-
-            alone_idle = until(idle_now)
+            seen["free"] = until(lambda: (policy.look(), policy.free)[1])
+            policy.waiting()
+            seen["waiting"] = os.sched_getscheduler(0)
+            policy.woken()
+            seen["answering"] = os.sched_getscheduler(0)
             busy_cpus()
             policy.look()
             policy.look()  # two looks in a row: not a kernel thread's moment
-            busy_normal = not policy.idle and os.sched_getscheduler(0) == os.SCHED_OTHER
-            return alone_idle, io_class, busy_normal
+            policy.waiting()
+            seen["waiting while busy"] = os.sched_getscheduler(0)
+            return seen
         finally:
+            policy.woken()
             policy.close()
 
-    alone_idle, io_class, busy_normal = on_a_thread(work)  # type: ignore[misc]
-    assert alone_idle, "a CPU was free, and the worker did not take SCHED_IDLE"
-    assert io_class == "best-effort: prio 4"
-    assert busy_normal, "with a busy loop on each CPU, the worker stayed under SCHED_IDLE"
+    seen = on_a_thread(work)
+    assert seen == {"enabled": True, "io": "best-effort: prio 4", "free": True, "waiting": os.SCHED_IDLE,
+                    "answering": os.SCHED_OTHER, "waiting while busy": os.SCHED_OTHER}
 
 
 def test_a_worker_looks_again_every_so_many_requests(busy_cpus: Callable[[], None]) -> None:
     def work() -> list[bool]:
-        policy = placement.IdleWhileAlone()
+        policy = placement.IdleWhileCpuFree()
         policy.start()
         try:
-            assert until(lambda: (policy.look(), policy.idle)[1])
+            assert until(lambda: (policy.look(), policy.free)[1])
             busy_cpus()
             seen = []
             for _ in range(2 * placement.CHECK_EVERY):
                 policy.served()
-                seen.append(policy.idle)
+                seen.append(policy.free)
             return seen
         finally:
             policy.close()
@@ -126,8 +126,8 @@ def test_a_worker_looks_again_every_so_many_requests(busy_cpus: Callable[[], Non
 def test_without_the_right_to_leave_it_a_worker_never_takes_sched_idle() -> None:
     """An unprivileged driver (no CAP_SYS_NICE, RLIMIT_NICE 0) could not go back to
     the normal policy: it keeps it from the start."""
-    probe = ("from unionfs import placement; p = placement.IdleWhileAlone(); p.start(); "
-             "print(placement.may_leave_idle_policy(), p.enabled, p.idle)")
+    probe = ("import os; from unionfs import placement; p = placement.IdleWhileCpuFree(); p.start(); p.waiting(); "
+             "print(placement.may_leave_idle_policy(), p.enabled, os.sched_getscheduler(0) == os.SCHED_IDLE)")
     result = subprocess.run(["prlimit", "--nice=0", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                              "--inh-caps=-all", sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.dirname(placement.__file__)))
