@@ -40,6 +40,7 @@ _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 _CHANGES_FILE = fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE  # a SETATTR beyond times
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _NO_ENTRY = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)  # a READDIRPLUS entry without attributes: node id 0
+_KEPT_LISTINGS = 16  # directories whose last listing is kept for a second pass
 
 
 def _name(data: memoryview) -> str:
@@ -622,9 +623,12 @@ class Requests:
             return kept
         listing = self.nodes.stable(lambda seq: self.union.listed(self.nodes.path(nodeid)))
         entries = sorted((_cookie(name), name, attrs, source, os.fsencode(name)) for name, attrs, source in listing)
-        if len(self._listings) >= 4096:
-            self._listings.clear()
-        self._listings[nodeid] = kept = (generation, entries)
+        kept = (generation, entries)
+        with self._lock:  # only the last few: a listing of a large directory is large
+            self._listings.pop(nodeid, None)
+            if len(self._listings) >= _KEPT_LISTINGS:
+                del self._listings[next(iter(self._listings))]  # the oldest
+            self._listings[nodeid] = kept
         return kept
 
     def readdir(self, h: tuple, data: memoryview) -> bytes:

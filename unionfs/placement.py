@@ -117,7 +117,7 @@ class IdleWhileCpuFree:
 
     def woken(self) -> None:
         """Right after a request came: it is answered under the normal policy."""
-        if self.idle:
+        if self.idle and self.enabled:
             self._set(os.SCHED_OTHER)
 
     def served(self) -> None:

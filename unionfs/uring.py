@@ -8,8 +8,8 @@ kernel puts a request on the queue of the CPU that made it, and that queue's
 workers are pinned to that CPU: the caller sleeps and the worker runs in its
 place. (The worker is still running when it wakes the caller, so the
 scheduler may move the caller to an idle CPU, and a process that works
-between requests then alternates CPUs; while nothing else runs, the workers
-take a policy that keeps it in place: see ``placement``.)
+between requests then alternates CPUs; while a CPU is free, the workers
+reply under a policy that keeps it in place: see ``placement``.)
 
 The kernel offers it in INIT when the ``fuse`` module's ``enable_uring``
 parameter is on. FORGET and INTERRUPT still come through ``/dev/fuse``, as

@@ -115,3 +115,14 @@ def test_a_second_pass_reads_the_layers_again_only_after_a_change(requests: Requ
 
     requests.union.create("/d/new", 0o644, os.O_WRONLY)  # a change made by any request counts, not only this directory's
     assert "new" in listing(requests, d) and len(passes) == 3
+
+
+def test_only_the_last_few_listings_are_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A listing of a large directory is large: the driver keeps the last few, for
+    the second pass that follows the first, not one per directory ever listed."""
+    requests = requests_over(tmp_path, {f"d{i:02d}/f": b"" for i in range(40)})
+    dirs = [lookup(requests, ROOT_ID, f"d{i:02d}") for i in range(40)]
+    for d in dirs:
+        listing(requests, d)
+    kept = set(requests._listings)
+    assert 0 < len(kept) < 40 and dirs[-1] in kept and dirs[0] not in kept, kept
