@@ -132,7 +132,7 @@ def test_workers_keep_the_caller_on_its_cpu_while_a_cpu_is_free(stack: Stack, ke
     cpu = min(os.sched_getaffinity(0))
     with fuse_mount(stack, "io_uring=on") as mnt:
         for _ in range(5):  # another task of the machine may be runnable when the worker looks
-            tid, policy = busiest_worker_policy(mnt, 8 * placement.CHECK_EVERY, cpu)
+            tid, policy = busiest_worker_policy(mnt, 16 * placement.CHECK_EVERY, cpu)
             if policy == os.SCHED_IDLE:
                 break
         assert policy == os.SCHED_IDLE, "a CPU was free, and the worker kept the normal policy"
@@ -143,7 +143,7 @@ def test_workers_keep_the_caller_on_its_cpu_while_a_cpu_is_free(stack: Stack, ke
                                    "while True: pass"]) for c in sorted(os.sched_getaffinity(0))]
         try:
             time.sleep(0.3)
-            _, policy = busiest_worker_policy(mnt, 8 * placement.CHECK_EVERY, cpu)
+            _, policy = busiest_worker_policy(mnt, 16 * placement.CHECK_EVERY, cpu)
         finally:
             for loop in loops:
                 loop.kill()
