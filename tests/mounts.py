@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,18 +89,24 @@ def force_unmount(mountpoint: Path | str) -> None:
 
 # A request made while a dead driver's descriptors are still being released: the kernel
 # ends the requests on a released /dev/fuse (or ring) before it marks the connection
-# gone, so one made in between is aborted, or cancelled on a ring.
+# gone, so one made in between is aborted, or cancelled on a ring. The release waits
+# for every thread of the driver to exit, and a ring worker that waited under
+# SCHED_IDLE (unionfs.placement) exits only once the CPU has nothing else to run.
 ABORTED_IN_RELEASE = (errno.ECONNABORTED, errno.ECANCELED)
+RELEASE_SECONDS = 10.0
 
 
 def expect_disconnected(request: Callable[[], object], where: str = "") -> None:
     """request, which the kernel cannot answer from its caches, finds the connection
-    gone (ENOTCONN); one retry is allowed for the release still under way."""
-    for attempt in (1, 2):
+    gone (ENOTCONN); requests aborted while the release is under way are asked again,
+    after a pause that leaves the CPU to the exiting driver, for RELEASE_SECONDS."""
+    deadline = time.monotonic() + RELEASE_SECONDS
+    while True:
         try:
             request()
         except OSError as exc:
-            if attempt == 1 and exc.errno in ABORTED_IN_RELEASE:
+            if exc.errno in ABORTED_IN_RELEASE and time.monotonic() < deadline:
+                time.sleep(0.01)
                 continue
             assert exc.errno == errno.ENOTCONN, f"{where}: {exc!r}, not ENOTCONN: the mount still answers"
             return

@@ -29,7 +29,9 @@ Two things come with the policy. A thread's disk I/O class follows
 and write in the workers: they set best-effort first. And leaving
 ``SCHED_IDLE`` needs CAP_SYS_NICE or an RLIMIT_NICE that allows the
 thread's nice value (sched_setscheduler(2)): without either, the workers
-keep the normal policy.
+keep the normal policy. A driver killed while its workers wait is gone a
+little later where the CPUs are busy: the kernel ends the connection once
+every thread has exited, and aborts requests until then (ECONNABORTED).
 """
 from __future__ import annotations
 
