@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -111,6 +112,20 @@ def expect_disconnected(request: Callable[[], object], where: str = "") -> None:
             assert exc.errno == errno.ENOTCONN, f"{where}: {exc!r}, not ENOTCONN: the mount still answers"
             return
         raise AssertionError(f"{where}: the request succeeded: the driver did not die")
+
+
+@contextlib.contextmanager
+def busy_cpus() -> Iterator[None]:
+    """A busy loop pinned to each CPU this process may use, meanwhile."""
+    loops = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
+                               "while True: pass"]) for cpu in sorted(os.sched_getaffinity(0))]
+    try:
+        time.sleep(0.3)  # running by now
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
 
 
 def driver_pid(mountpoint: Path | str) -> int:

@@ -41,7 +41,9 @@ import logging
 import os
 import platform
 import resource
+import threading
 
+from unionfs.permissions import Requester
 from unionfs.syscalls import libc
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,7 @@ def may_leave_idle_policy() -> bool:
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     if resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - nice:
         return True
-    try:
-        with open("/proc/thread-self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_SYS_NICE & 1)
-    except OSError:
-        pass
-    return False
+    return Requester(os.geteuid(), os.getegid(), threading.get_native_id()).capable(_CAP_SYS_NICE)
 
 
 def set_best_effort_io() -> bool:

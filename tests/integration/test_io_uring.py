@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, driver_pid, expect_disconnected, force_unmount, fuse_mount, kernel_io_uring_switch
+from mounts import (Stack, busy_cpus, driver_pid, expect_disconnected, force_unmount, fuse_mount,
+                    kernel_io_uring_switch)
 
 from unionfs import placement, uring
 from unionfs.mount import is_mounted
@@ -91,20 +92,8 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
 
 def worker_policies(pid: int) -> dict[int, tuple[int, int]]:
     """Each ring worker by thread id: (context switches so far, scheduling policy)."""
-    found: dict[int, tuple[int, int]] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            if not Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(uring.THREAD_PREFIX):
-                continue
-            sched = Path(f"/proc/{pid}/task/{tid}/sched").read_text()
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        fields = {key.strip(): value.strip() for key, value in
-                  (line.split(":", 1) for line in sched.splitlines() + status.splitlines() if ":" in line)}
-        switches = int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
-        found[int(tid)] = (switches, int(fields["policy"]))
-    return found
+    return {int(fields["Pid"]): (switches, os.sched_getscheduler(int(fields["Pid"])))
+            for name, switches, fields in driver_threads(pid) if name.startswith(uring.THREAD_PREFIX)}
 
 
 def busiest_worker_policy(mnt: Path, lookups: int, cpu: int) -> tuple[int, int]:
@@ -139,15 +128,8 @@ def test_workers_keep_the_caller_on_its_cpu_while_a_cpu_is_free(stack: Stack, ke
         io_class = subprocess.run(["ionice", "-p", str(tid)], capture_output=True, text=True, check=True).stdout
         assert io_class.strip() == "best-effort: prio 4"
 
-        loops = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{c}}})\n"
-                                   "while True: pass"]) for c in sorted(os.sched_getaffinity(0))]
-        try:
-            time.sleep(0.3)
+        with busy_cpus():
             _, policy = busiest_worker_policy(mnt, 16 * placement.CHECK_EVERY, cpu)
-        finally:
-            for loop in loops:
-                loop.kill()
-                loop.wait()
         assert policy == os.SCHED_OTHER, "with every CPU busy, the worker stayed under SCHED_IDLE"
 
 

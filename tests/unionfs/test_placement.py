@@ -4,6 +4,7 @@ is taken, and best-effort disk I/O either way. Run on real threads against
 the real run queue."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import mounts
 import pytest
 
 from unionfs import placement
@@ -51,18 +53,8 @@ def ionice_of_this_thread() -> str:
 @pytest.fixture
 def busy_cpus() -> Iterator[Callable[[], None]]:
     """start(): a busy loop pinned to each CPU, stopped at the end of the test."""
-    loops: list[subprocess.Popen] = []
-
-    def start() -> None:
-        for cpu in sorted(os.sched_getaffinity(0)):
-            loops.append(subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
-                                           "while True: pass"]))
-        time.sleep(0.3)  # running by now
-
-    yield start
-    for loop in loops:
-        loop.kill()
-        loop.wait()
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(mounts.busy_cpus())
 
 
 def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
