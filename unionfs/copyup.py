@@ -6,7 +6,7 @@ Each entry is built in the work directory and renamed into place, so a crash
 never leaves a half-copied file visible; data is fsynced first unless the
 mount is ``volatile``. Data moves in the kernel: a reflink where the
 filesystem shares extents, else ``copy_file_range`` over the data extents
-only, which keeps sparse files sparse.
+only, which keeps sparse files sparse (``datacopy``).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from unionfs import crashpoints, markers, syscalls
+from unionfs.datacopy import copy_data
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer
 from unionfs.publish import SMALL, Pending, Publisher
@@ -30,7 +31,6 @@ from unionfs.resolve import Node, Resolver, split, to_rel
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 30
 # open flags that the copy's own fd (O_RDWR) can stand for; 0o100000 is the kernel's O_LARGEFILE
 _PLAIN_OPEN = os.O_ACCMODE | os.O_CLOEXEC | os.O_NOFOLLOW | 0o100000
 _LOCK_WAIT = 5.0  # seconds
@@ -308,35 +308,6 @@ def clear_dir(layer: Layer, rel: str) -> None:
         os.close(fd)
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> int:
-    """Copy the data extents of src to dst in the kernel; holes stay holes.
-    Returns where the copied data ends: short of size after a final hole."""
-    offset = 0
-    while offset < size:
-        try:
-            data = os.lseek(src_fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole is left
-                break
-            raise
-        end = os.lseek(src_fd, data, os.SEEK_HOLE)
-        pos = data
-        while pos < end:
-            try:
-                n = os.copy_file_range(src_fd, dst_fd, min(end - pos, _CHUNK), pos, pos)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                os.lseek(dst_fd, pos, os.SEEK_SET)
-                n = os.sendfile(dst_fd, src_fd, pos, min(end - pos, _CHUNK))
-            if n == 0:  # the source shrank under us
-                return pos
-            pos += n
-            crashpoints.point("copyup.data")
-        offset = end
-    return offset
-
-
 def _shown_alike(source: os.stat_result, copy: os.stat_result | None, same_number: bool) -> bool:
     """Whether a copy shows what its source showed (times are copied, and the
     kernel keeps a file's ctime itself)."""
@@ -584,7 +555,7 @@ class CopyUp:
                         crashpoints.point("copyup.data")
                     else:
                         self._reflink = False
-                        end = copy_data(sfd, dfd, st.st_size)
+                        end = copy_data(sfd, dfd, st.st_size, durable=self.durable)
                     if end != st.st_size:
                         os.ftruncate(dfd, st.st_size)  # a hole at the end
                     crashpoints.point("copyup.size")

@@ -1,5 +1,6 @@
 """Linux system calls that the os module lacks: renameat2, utimensat with
-UTIME_NOW/UTIME_OMIT, and the FICLONE reflink ioctl.
+UTIME_NOW/UTIME_OMIT, the FICLONE reflink ioctl, sync_file_range, syncfs and
+cachestat.
 
 Copy-up, whiteout creation and directory replacement must be atomic the way
 overlayfs makes them atomic, and that needs renameat2's RENAME_EXCHANGE and
@@ -99,7 +100,7 @@ def reflink(src_fd: int, dst_fd: int) -> bool:
 
 libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
 libc.sync_file_range.restype = ctypes.c_int
-_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE = 1, 2
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
 
 def start_writeback(fd: int) -> None:
@@ -116,6 +117,45 @@ def check_written(fd: int) -> None:
     whether this file's data made it."""
     if libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WAIT_BEFORE) != 0:
         _raise(f"fd {fd}")
+
+
+def write_range(fd: int, offset: int, length: int, wait: bool) -> None:
+    """Write a range of a file's dirty pages out (sync_file_range): only start
+    it, or also wait for it and raise its writeback error. Commits no metadata
+    and flushes no disk cache: an fsync still makes the file durable."""
+    flags = _SYNC_FILE_RANGE_WRITE
+    if wait:
+        flags |= _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WAIT_AFTER
+    if libc.sync_file_range(fd, offset, length, flags) != 0:
+        _raise(f"fd {fd}")
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in
+                ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")]
+
+
+_SYS_CACHESTAT = 451  # the same number on every architecture (Linux 6.5)
+_cachestat_missing = False
+
+
+def cached_pages(fd: int, offset: int, length: int) -> int | None:
+    """How many pages of a file's range are in the page cache (cachestat(2));
+    None where the kernel cannot tell (before Linux 6.5, or a filesystem that
+    refuses)."""
+    global _cachestat_missing
+    if _cachestat_missing:
+        return None
+    rng, out = _CachestatRange(offset, length), _Cachestat()
+    if libc.syscall(_SYS_CACHESTAT, ctypes.c_uint(fd), ctypes.byref(rng), ctypes.byref(out), ctypes.c_uint(0)) == 0:
+        return int(out.nr_cache)
+    if ctypes.get_errno() == errno.ENOSYS:
+        _cachestat_missing = True
+    return None
 
 
 libc.syncfs.argtypes = [ctypes.c_int]

@@ -196,7 +196,7 @@ def test_failed_copy_up_leaves_nothing_visible(dirs: dict[str, Path], monkeypatc
     (dirs["bottom"] / "f").write_text("data")
     u = make_union(dirs)
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("unionfs.copyup.copy_data", broken)

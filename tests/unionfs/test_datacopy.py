@@ -1,0 +1,153 @@
+"""A large copy-up streams through a bounded window of the page cache (unionfs.datacopy).
+
+In-process copy-ups on the real filesystem, with the window's piece made
+small so that a few MiB cover several pieces. What is in the page cache is
+read with util-linux's ``fincore``, not with the driver's own ``cachestat``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from storecheck import small_fs
+
+from unionfs import datacopy, syscalls
+from unionfs.union import Union
+
+MiB = 1 << 20
+PIECE = 2 * MiB  # no smaller than the page cache's largest folio
+# (offset, length) of the data in the lower file; the rest is holes
+EXTENTS = [(0, 17 * MiB), (24 * MiB, 13 * MiB)]
+SIZE = 40 * MiB  # ends in a hole
+
+
+def _kernel_tells_what_is_cached() -> bool:
+    fd = os.open(__file__, os.O_RDONLY)
+    try:
+        return syscalls.cached_pages(fd, 0, 1) is not None
+    finally:
+        os.close(fd)
+
+
+# without cachestat (Linux 6.5) no source page is known to be the copy's own, and none is dropped
+needs_cachestat = pytest.mark.skipif(not _kernel_tells_what_is_cached(), reason="needs cachestat(2), Linux 6.5")
+
+
+@pytest.fixture(autouse=True)
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datacopy, "PIECE", PIECE)
+
+
+def cached(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def data_extents(path: Path) -> list[tuple[int, int]]:
+    found = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset, size = 0, os.fstat(fd).st_size
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO
+                break
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            found.append((start, offset - start))
+    finally:
+        os.close(fd)
+    return found
+
+
+def sparse_file(path: Path) -> None:
+    """The lower file, written out and out of the page cache."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, SIZE)
+        for offset, length in EXTENTS:
+            os.pwrite(fd, os.urandom(length), offset)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert cached(path) == 0
+
+
+def union(base: Path, durable: bool = True) -> tuple[Union, Path, Path]:
+    lower, upper, work = base / "lower", base / "upper", base / "work"
+    for d in (lower, upper, work):
+        d.mkdir(exist_ok=True)
+    return Union([str(lower)], str(upper), str(work), durable=durable), lower, upper
+
+
+def same_data(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(MiB), fb.read(MiB)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+@needs_cachestat
+def test_a_durable_copy_leaves_a_few_pieces_cached_and_the_source_as_it_found_it(tmp_path: Path) -> None:
+    u, lower, upper = union(tmp_path)
+    sparse_file(lower / "big")
+    u.chmod("/big", 0o600)
+    copy = upper / "big"
+    # written out behind the copy and dropped: at most the pieces still on their way
+    assert cached(copy) <= (datacopy._BEHIND + 1) * PIECE
+    assert cached(lower / "big") == 0  # the copy brought it in, the copy took it out
+    assert data_extents(copy) == EXTENTS
+    assert os.stat(copy).st_size == SIZE
+    assert same_data(copy, lower / "big")
+
+
+def test_a_source_that_was_cached_stays_cached(tmp_path: Path) -> None:
+    u, lower, upper = union(tmp_path)
+    sparse_file(lower / "big")
+    (lower / "big").read_bytes()
+    before = cached(lower / "big")
+    assert before >= sum(length for _, length in EXTENTS)
+    u.chmod("/big", 0o600)
+    assert cached(lower / "big") == before
+    assert same_data(upper / "big", lower / "big")
+
+
+@needs_cachestat
+def test_a_volatile_copy_drops_only_the_source_pages_it_read(tmp_path: Path) -> None:
+    u, lower, upper = union(tmp_path, durable=False)
+    sparse_file(lower / "big")
+    fd, _ = u.open("/big", os.O_WRONLY)
+    os.close(fd)
+    assert cached(lower / "big") == 0
+    # nothing written out early: the copy's pages are all still in the cache
+    assert cached(upper / "big") == sum(length for _, length in EXTENTS)
+    assert data_extents(upper / "big") == EXTENTS
+    assert same_data(upper / "big", lower / "big")
+
+
+def test_a_copy_that_fills_the_disk_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    sparse_file(lower / "big")
+    with small_fs(tmp_path / "small", 24 * MiB) as fs:
+        upper, work = fs / "upper", fs / "work"
+        upper.mkdir()
+        work.mkdir()
+        u = Union([str(lower)], str(upper), str(work))
+        free = os.statvfs(fs).f_bfree
+        with pytest.raises(OSError) as exc:
+            u.chmod("/big", 0o600)
+        assert exc.value.errno == errno.ENOSPC
+        assert not (upper / "big").exists()
+        assert os.listdir(work / "work") == []
+        assert os.statvfs(fs).f_bfree == free  # the partial copy is gone, its space free again
+        assert u.getattr("/big")["st_mode"] & 0o777 == 0o644  # the lower file, as it was
