@@ -14,12 +14,12 @@ copied, waits for the piece two behind and drops that one too. So a copy-up
 holds a few pieces of memory, does not push the rest of the machine's page
 cache out, and leaves its fsync little to write.
 
-Measured on a 2-vCPU VM, 1 GiB, caches dropped, copy and fsync: 1.0 to 1.1 s
-through the window, as fast as the plain copy where the guest's free memory
-was still backed by the host; 2.9 to 4.6 s for the plain copy where that
-memory had been handed back (free page reporting) and each new page of the
-cache was faulted in from the host again. The disk reads the file in 0.55 s
-and writes it in 0.43 s, and does not do both faster at once.
+Measured on a 2-vCPU VM, 1 GiB, caches dropped, copy and fsync: 1.05 to 1.25 s
+through the window; the plain copy 1.0 to 1.5 s where the guest's free
+memory was still backed by the host, and up to 5 s where that memory had
+been handed back (free page reporting) and each new page of the cache was
+faulted in from the host again. The disk reads the file in 0.55 s and
+writes it in 0.43 s, and does not do both faster at once.
 """
 from __future__ import annotations
 
