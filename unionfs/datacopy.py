@@ -32,22 +32,28 @@ from unionfs import crashpoints, syscalls
 PIECE = 32 << 20  # written out and dropped as one
 _WINDOW_PIECES = 4  # a copy of fewer pieces is copied whole
 _BEHIND = 2  # pieces left to be written while the next one is copied
+_MAX_LOOKS = 4096  # pieces (128 GiB) looked at one by one in a partly cached source
 _WHOLE = 1 << 30  # the most asked of one copy_file_range outside a window
 
 
 class _Window:
     """The pieces of a copy on their way to the disk. Pieces are aligned to
-    PIECE; a piece of the source none of which was cached when the copy began
-    is the copy's to drop (readahead brings in the next one early)."""
+    PIECE. The source's pages are the copy's to drop where none of the file
+    was cached when the copy began, or else piece by piece where none of the
+    piece was; that is looked at before the copy, since readahead brings in
+    the start of the next piece early."""
 
     def __init__(self, src_fd: int, dst_fd: int, size: int, write_behind: bool) -> None:
         self.src_fd, self.dst_fd = src_fd, dst_fd
         self.write_behind = write_behind
-        self.cold = {p for p in range(0, size, PIECE) if syscalls.cached_pages(src_fd, p, PIECE) == 0}
+        self.all_cold = syscalls.cached_pages(src_fd, 0, size) == 0
+        self.cold: set[int] = set()
+        if not self.all_cold and size <= _MAX_LOOKS * PIECE:  # a huge sparse file: drop none
+            self.cold = {p for p in range(0, size, PIECE) if syscalls.cached_pages(src_fd, p, PIECE) == 0}
         self.writing: deque[tuple[int, int]] = deque()
 
     def copied(self, offset: int, length: int) -> None:
-        if offset - offset % PIECE in self.cold:
+        if self.all_cold or offset - offset % PIECE in self.cold:
             os.posix_fadvise(self.src_fd, offset, length, os.POSIX_FADV_DONTNEED)
         if not self.write_behind:
             return
@@ -61,6 +67,9 @@ class _Window:
     def finish(self) -> None:
         """Drop what readahead brought in past the pieces copied (holes, the
         end), in runs: a large folio across two pieces goes only with both."""
+        if self.all_cold:
+            os.posix_fadvise(self.src_fd, 0, 0, os.POSIX_FADV_DONTNEED)  # 0: to the end
+            return
         start = end = -1
         for piece in sorted(self.cold) + [-1]:
             if piece != end:

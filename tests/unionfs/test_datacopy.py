@@ -122,6 +122,21 @@ def test_a_source_that_was_cached_stays_cached(tmp_path: Path) -> None:
 
 
 @needs_cachestat
+def test_of_a_partly_cached_source_only_the_pieces_the_copy_read_in_are_dropped(tmp_path: Path) -> None:
+    u, lower, upper = union(tmp_path)
+    sparse_file(lower / "big")
+    offset, length = EXTENTS[1]
+    with open(lower / "big", "rb") as f:  # the second extent is in use elsewhere
+        f.seek(offset)
+        f.read(length)
+    before = cached(lower / "big")
+    assert before >= length
+    u.chmod("/big", 0o600)
+    assert cached(lower / "big") == before  # the first extent's pages went, the second's stayed
+    assert same_data(upper / "big", lower / "big")
+
+
+@needs_cachestat
 def test_a_volatile_copy_drops_only_the_source_pages_it_read(tmp_path: Path) -> None:
     u, lower, upper = union(tmp_path, durable=False)
     sparse_file(lower / "big")
