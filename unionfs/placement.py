@@ -36,7 +36,6 @@ every thread has exited, and aborts requests until then (ECONNABORTED).
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import platform

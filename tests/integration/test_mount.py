@@ -27,6 +27,7 @@ import pytest
 from difftree import through_two_names
 from mounts import Stack, expect_disconnected, force_unmount, fuse_mount, kernel_mount
 from users import errno_as
+from waiting import wait_for
 
 from unionfs import fuseproto as fp
 from unionfs.mount import is_mounted, serve
@@ -43,15 +44,6 @@ def unionfs(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 def opts(stack: Stack) -> str:
     return stack.spec().option_string()
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -103,7 +95,7 @@ def test_read_only_without_upperdir(stack: Stack) -> None:
 def test_signal_unmounts_cleanly(stack: Stack, sig: int) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", opts(stack), str(stack.mnt)])
     try:
-        assert wait_for(lambda: is_mounted(str(stack.mnt)))
+        assert wait_for(lambda: is_mounted(str(stack.mnt)), 10.0)
         assert (stack.mnt / "top.txt").exists()
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
@@ -121,7 +113,7 @@ def test_umount_while_forgets_flow_is_quiet(stack: Stack, transport: str) -> Non
         proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
                                  str(stack.mnt)], stderr=subprocess.PIPE, text=True)
         try:
-            assert wait_for(lambda: is_mounted(str(stack.mnt)))
+            assert wait_for(lambda: is_mounted(str(stack.mnt)), 10.0)
             for i in range(100):
                 (stack.mnt / f"f{i}").write_bytes(b"x")
             for i in range(100):
@@ -151,7 +143,7 @@ def test_appends_that_copy_up_read_nothing_back(stack: Stack, transport: str) ->
     proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-d", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
                              str(stack.mnt)], stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: is_mounted(str(stack.mnt)))
+        assert wait_for(lambda: is_mounted(str(stack.mnt)), 10.0)
         reader = os.open(stack.mnt / "held", os.O_RDONLY)  # one READ: its pages are in the cache
         try:
             assert os.read(reader, 10) == data["held"][:10]
@@ -205,7 +197,7 @@ def test_umount_of_a_dead_mount(stack: Stack, transport: str) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", ",".join((opts(stack), *mounts.TRANSPORT)),
                              str(stack.mnt)])
     try:
-        assert wait_for(lambda: is_mounted(str(stack.mnt)))
+        assert wait_for(lambda: is_mounted(str(stack.mnt)), 10.0)
         proc.kill()
         proc.wait()
         expect_disconnected(lambda: os.stat(stack.mnt / "top.txt"))

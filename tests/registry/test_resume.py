@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 from regkit import PASSWORD, RUNNER, USER, Proxy, World, cli, runner_env
+from waiting import wait_for
 
 from layerstore.store import Store
 
@@ -34,15 +35,6 @@ def blob_answers(world: World, mark: int, digest: str) -> list[dict]:
 
 def partial_file(root: Path, digest: str) -> Path:
     return root / "ingest" / f"{digest.split(':')[1]}.partial"
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_dropped_connection_resumes_with_a_range_request(world: World, tmp_path: Path) -> None:
@@ -74,7 +66,7 @@ def test_a_killed_pull_resumes_from_the_byte_it_reached(world: World, tmp_path: 
         child = subprocess.Popen([sys.executable, str(RUNNER), "--root", str(tmp_path), "pull", f"{proxy.host}/{BIG}"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=runner_env())
         try:
-            assert wait_for(lambda: proxy.tripped.is_set() and partial.exists() and partial.stat().st_size > (2 << 20))
+            assert wait_for(lambda: proxy.tripped.is_set() and partial.exists() and partial.stat().st_size > (2 << 20), 20.0)
             time.sleep(0.2)  # what the proxy let through is on disk
             child.send_signal(signal.SIGKILL)
             child.wait(10)
@@ -113,7 +105,7 @@ def test_two_pulls_at_once_download_once(world: World, tmp_path: Path) -> None:
     cmd = [sys.executable, str(RUNNER), "--root", str(tmp_path), "pull", f"{proxy.host}/{BIG}"]
     try:
         first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        assert wait_for(lambda: partial.exists() and partial.stat().st_size > 0)
+        assert wait_for(lambda: partial.exists() and partial.stat().st_size > 0, 20.0)
         second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         out1, err1 = first.communicate(timeout=60)
         out2, err2 = second.communicate(timeout=60)

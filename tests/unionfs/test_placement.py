@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import mounts
 import pytest
+from waiting import wait_for
 
 from unionfs import placement
 
@@ -57,24 +57,13 @@ def busy_cpus() -> Iterator[Callable[[], None]]:
         yield lambda: stack.enter_context(mounts.busy_cpus())
 
 
-def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    """Whether condition() came true within seconds: other tasks of the machine may run
-    for a moment at any time."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_a_worker_waits_under_sched_idle_only_while_a_cpu_is_free(busy_cpus: Callable[[], None]) -> None:
     def work() -> dict[str, object]:
         policy = placement.IdleWhileCpuFree()
         policy.start()
         seen: dict[str, object] = {"enabled": policy.enabled, "io": ionice_of_this_thread()}
         try:
-            seen["free"] = until(lambda: (policy.look(), policy.free)[1])
+            seen["free"] = wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
             policy.waiting()
             seen["waiting"] = os.sched_getscheduler(0)
             policy.woken()
@@ -99,7 +88,7 @@ def test_a_worker_looks_again_every_so_many_requests(busy_cpus: Callable[[], Non
         policy = placement.IdleWhileCpuFree()
         policy.start()
         try:
-            assert until(lambda: (policy.look(), policy.free)[1])
+            assert wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
             busy_cpus()
             seen = []
             for _ in range(2 * placement.CHECK_EVERY):
