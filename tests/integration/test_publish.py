@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_mount
+from waiting import wait_for
 
 from unionfs import syscalls
 from unionfs.copyup import SPARE
@@ -164,14 +165,9 @@ def test_copies_built_in_spare_files_keep_mode_owner_and_xattrs(stack: Stack) ->
         assert os.listdir(stack.work / "work") == [], "a settled mount left spare files in the work dir"
         with open(mnt / "d" / "extra", "ab") as f:
             f.write(b"+\n")  # a batch more: spares again, for the driver to remove as it ends
-        deadline = time.monotonic() + 10
-        while not os.listdir(stack.work / "work") and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert os.listdir(stack.work / "work"), "no spare file was made after the last batch"
+        assert wait_for(lambda: bool(os.listdir(stack.work / "work")), 10), "no spare file was made after the last batch"
         subprocess.run(["umount", str(mnt)], check=True)  # not unionfs.mount.unmount, which settles first
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)
     assert os.listdir(stack.work / "work") == [], "spare files left in the work dir at unmount"
 
 
@@ -195,9 +191,7 @@ def test_killed_driver_with_copies_pending_leaves_each_file_whole(stack: Stack) 
         pid = driver_pid(mnt)
         append_all(mnt)
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)
         published = upper_files(stack)
         left = work_entries(stack.work)
         force_unmount(mnt)
