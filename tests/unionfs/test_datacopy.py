@@ -166,3 +166,26 @@ def test_a_copy_that_fills_the_disk_fails_and_leaves_nothing(tmp_path: Path) -> 
         assert os.listdir(work / "work") == []
         assert os.statvfs(fs).f_bfree == free  # the partial copy is gone, its space free again
         assert u.getattr("/big")["st_mode"] & 0o777 == 0o644  # the lower file, as it was
+
+
+def test_a_copy_from_another_filesystem_goes_through_the_window_too(tmp_path: Path) -> None:
+    """copy_file_range refuses to cross filesystems (EXDEV): sendfile moves the data."""
+    with small_fs(tmp_path / "tmpfs", 64 * MiB) as fs:
+        lower = fs / "lower"
+        lower.mkdir()
+        fd = os.open(lower / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, SIZE)
+            for offset, length in EXTENTS:
+                os.pwrite(fd, os.urandom(length), offset)
+        finally:
+            os.close(fd)
+        upper, work = tmp_path / "upper", tmp_path / "work"
+        upper.mkdir()
+        work.mkdir()
+        u = Union([str(lower)], str(upper), str(work))
+        u.chmod("/big", 0o600)
+        assert cached(upper / "big") <= (datacopy._BEHIND + 1) * PIECE
+        assert data_extents(upper / "big") == EXTENTS
+        assert same_data(upper / "big", lower / "big")
+
