@@ -151,7 +151,7 @@ def cached_pages(fd: int, offset: int, length: int) -> int | None:
     if _cachestat_missing:
         return None
     rng, out = _CachestatRange(offset, length), _Cachestat()
-    if libc.syscall(_SYS_CACHESTAT, ctypes.c_uint(fd), ctypes.byref(rng), ctypes.byref(out), ctypes.c_uint(0)) == 0:
+    if libc.syscall(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), ctypes.byref(rng), ctypes.byref(out), ctypes.c_long(0)) == 0:
         return int(out.nr_cache)
     if ctypes.get_errno() == errno.ENOSYS:
         _cachestat_missing = True
