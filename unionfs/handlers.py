@@ -99,6 +99,16 @@ class Timeouts:
     negative: float = 60.0
 
 
+# Requests whose handlers do a small, bounded amount of metadata work: no file
+# data is read, written or copied up, no directory is listed in full and no
+# pending copy-up is published. A ring worker may answer them under SCHED_IDLE
+# (see placement); SETATTR, LINK and RENAME can copy up, RMDIR lists.
+QUICK = frozenset({
+    fp.LOOKUP, fp.GETATTR, fp.READLINK, fp.GETXATTR, fp.LISTXATTR, fp.STATFS, fp.OPENDIR, fp.RELEASEDIR,
+    fp.UNLINK, fp.MKDIR, fp.MKNOD, fp.SYMLINK, fp.CREATE,
+})
+
+
 class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from unionfs import fuseproto as fp
 from unionfs.syscalls import libc
 from unionfs import uring
-from unionfs.handlers import Requests
+from unionfs.handlers import QUICK, Requests
 from unionfs.mount import fusermount, unescape_mountinfo
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class Session:
     def _serve_ring(self, worker: uring.QueueWorker) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            worker.serve(self.answer)
+            worker.serve(self.answer, QUICK)
         except OSError as exc:
             log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
         except Exception:  # its entry can take no more requests: say so, loudly

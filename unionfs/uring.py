@@ -212,8 +212,9 @@ class QueueWorker:
         self.payload_size = payload_size
         self.name = f"q{qid}"
 
-    def serve(self, answer: Answer) -> None:
-        """Register, then answer requests until the connection ends."""
+    def serve(self, answer: Answer, quick: frozenset[int] = frozenset()) -> None:
+        """Register, then answer requests until the connection ends; those whose
+        opcode is in quick may be answered under SCHED_IDLE (see placement)."""
         libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
         try:
             os.sched_setaffinity(0, {self.qid})
@@ -230,12 +231,12 @@ class QueueWorker:
             while True:
                 placement.waiting()
                 res = ring.wait()
-                placement.woken()
                 if res < 0:
                     if -res not in (errno.ENOTCONN, errno.ECANCELED, errno.ECONNABORTED):
                         raise OSError(-res, f"FUSE ring command: {os.strerror(-res)}")
                     return  # the connection ended
                 h = header.unpack_from(view)
+                placement.woken(h[1] in quick)
                 commit_id = _U64.unpack_from(view, _COMMIT_ID)[0]
                 size = _U32.unpack_from(view, _PAYLOAD_SZ)[0]
                 op_size = h[0] - header.size - size

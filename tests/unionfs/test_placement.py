@@ -15,7 +15,9 @@ import mounts
 import pytest
 from waiting import wait_for
 
+from unionfs import fuseproto as fp
 from unionfs import placement
+from unionfs.handlers import QUICK
 
 pytestmark = pytest.mark.skipif(not placement.may_leave_idle_policy(),
                                 reason="leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE")
@@ -81,6 +83,44 @@ def test_a_worker_waits_under_sched_idle_only_while_a_cpu_is_free(busy_cpus: Cal
     seen = on_a_thread(work)
     assert seen == {"enabled": True, "io": "best-effort: prio 4", "free": True, "waiting": os.SCHED_IDLE,
                     "answering": os.SCHED_OTHER, "waiting while busy": os.SCHED_OTHER}
+
+
+def test_a_quick_request_is_answered_under_sched_idle_only_while_a_cpu_is_free(busy_cpus: Callable[[], None]) -> None:
+    def work() -> dict[str, int]:
+        policy = placement.IdleWhileCpuFree()
+        policy.start()
+        seen: dict[str, int] = {}
+        try:
+            assert wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
+            policy.waiting()
+            policy.woken(quick=True)
+            seen["quick"] = os.sched_getscheduler(0)
+            policy.waiting()
+            policy.woken(quick=False)
+            seen["not quick"] = os.sched_getscheduler(0)
+            policy.waiting()
+            busy_cpus()
+            policy.look()
+            policy.look()
+            policy.woken(quick=True)
+            seen["quick while busy"] = os.sched_getscheduler(0)
+            return seen
+        finally:
+            policy.woken()
+            policy.close()
+
+    assert on_a_thread(work) == {"quick": os.SCHED_IDLE, "not quick": os.SCHED_OTHER,
+                                 "quick while busy": os.SCHED_OTHER}
+
+
+def test_quick_requests_are_only_those_that_never_move_file_data_or_list_a_directory() -> None:
+    """A request that may copy up, read, write, list or publish must be answered
+    under the normal policy: under SCHED_IDLE it would crawl behind a busy task."""
+    slow = {fp.SETATTR, fp.LINK, fp.RENAME, fp.RENAME2, fp.OPEN, fp.READ, fp.WRITE, fp.RELEASE, fp.FSYNC,
+            fp.SETXATTR, fp.REMOVEXATTR, fp.READDIR, fp.READDIRPLUS, fp.RMDIR, fp.FALLOCATE,
+            fp.COPY_FILE_RANGE, fp.LSEEK, fp.SYNCFS, fp.FSYNCDIR, fp.IOCTL, fp.INIT, fp.DESTROY}
+    assert not slow & QUICK
+    assert {fp.LOOKUP, fp.GETATTR, fp.UNLINK} <= QUICK
 
 
 def test_a_worker_looks_again_every_so_many_requests(busy_cpus: Callable[[], None]) -> None:
