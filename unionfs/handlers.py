@@ -102,7 +102,8 @@ class Timeouts:
 # Requests whose handlers do a small, bounded amount of metadata work: no file
 # data is read, written or copied up, no directory is listed in full and no
 # pending copy-up is published. A ring worker may answer them under SCHED_IDLE
-# (see placement); SETATTR, LINK and RENAME can copy up, RMDIR lists.
+# (see placement); SETATTR, LINK and RENAME can copy up, RMDIR lists. An
+# UNLINK that frees a large file leaves SCHED_IDLE first (before_long_work).
 QUICK = frozenset({
     fp.LOOKUP, fp.GETATTR, fp.READLINK, fp.GETXATTR, fp.LISTXATTR, fp.STATFS, fp.OPENDIR, fp.RELEASEDIR,
     fp.UNLINK, fp.MKDIR, fp.MKNOD, fp.SYMLINK, fp.CREATE,

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unionfs import crashpoints, markers, syscalls
+from unionfs import crashpoints, markers, placement, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, rel_join
@@ -47,6 +47,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 # between the caller and the kernel, and would make the driver's unaligned
 # buffers fail with EINVAL.
 _NOT_ON_HOST = os.O_NOCTTY | os.O_DIRECT
+# An unlink that frees at least this much is not a quick request (see placement).
+_LONG_REMOVAL = 1 << 20
 
 
 def fd_flags(flags: int) -> int:
@@ -520,6 +522,8 @@ class Union:
         parent, prel, name = self._parent_in_upper(path)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
+            if st is not None and st.st_size >= _LONG_REMOVAL:
+                placement.before_long_work()
             self._remove_upper(prel, name, False, self.resolver.lower_positive(parent, name))
             self._forget(st)
         else:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import mounts
 import pytest
@@ -18,6 +19,7 @@ from waiting import wait_for
 from unionfs import fuseproto as fp
 from unionfs import placement
 from unionfs.handlers import QUICK
+from unionfs.union import Union
 
 pytestmark = pytest.mark.skipif(not placement.may_leave_idle_policy(),
                                 reason="leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE")
@@ -121,6 +123,40 @@ def test_quick_requests_are_only_those_that_never_move_file_data_or_list_a_direc
             fp.COPY_FILE_RANGE, fp.LSEEK, fp.SYNCFS, fp.FSYNCDIR, fp.IOCTL, fp.INIT, fp.DESTROY}
     assert not slow & QUICK
     assert {fp.LOOKUP, fp.GETATTR, fp.UNLINK} <= QUICK
+
+
+def test_a_worker_leaves_sched_idle_before_an_unlink_that_frees_a_large_file(tmp_path: Path) -> None:
+    """An UNLINK is quick, but freeing a file's pages and blocks is not: the
+    worker takes the normal policy first, and only then."""
+    lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
+    for d in (lower, upper, work):
+        d.mkdir()
+    (upper / "small").write_bytes(b"s" * 4096)
+    (upper / "large").write_bytes(b"l" * (2 << 20))
+    union = Union([str(lower)], str(upper), str(work))
+
+    def work_on_thread() -> dict[str, int]:
+        policy = placement.IdleWhileCpuFree()
+        policy.start()
+        seen: dict[str, int] = {}
+        try:
+            assert wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
+            policy.waiting()
+            policy.woken(quick=True)
+            union.unlink("/small")
+            seen["after the small file"] = os.sched_getscheduler(0)
+            union.unlink("/large")
+            seen["after the large file"] = os.sched_getscheduler(0)
+            return seen
+        finally:
+            policy.woken()
+            policy.close()
+
+    assert on_a_thread(work_on_thread) == {"after the small file": os.SCHED_IDLE,
+                                           "after the large file": os.SCHED_OTHER}
+    assert not (upper / "large").exists()
+    placement.before_long_work()  # on a thread that is no ring worker: nothing to leave
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_a_worker_looks_again_every_so_many_requests(busy_cpus: Callable[[], None]) -> None:
