@@ -87,15 +87,26 @@ def test_a_worker_waits_under_sched_idle_only_while_a_cpu_is_free(busy_cpus: Cal
                     "answering": os.SCHED_OTHER, "waiting while busy": os.SCHED_OTHER}
 
 
+@contextlib.contextmanager
+def answering_a_quick_request() -> Iterator[placement.IdleWhileCpuFree]:
+    """A worker's policy, started, and under SCHED_IDLE as while it answers a
+    quick request with a CPU free; the normal policy again at the end."""
+    policy = placement.IdleWhileCpuFree()
+    policy.start()
+    try:
+        assert wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
+        policy.waiting()
+        policy.woken(quick=True)
+        yield policy
+    finally:
+        policy.woken()
+        policy.close()
+
+
 def test_a_quick_request_is_answered_under_sched_idle_only_while_a_cpu_is_free(busy_cpus: Callable[[], None]) -> None:
     def work() -> dict[str, int]:
-        policy = placement.IdleWhileCpuFree()
-        policy.start()
         seen: dict[str, int] = {}
-        try:
-            assert wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
-            policy.waiting()
-            policy.woken(quick=True)
+        with answering_a_quick_request() as policy:
             seen["quick"] = os.sched_getscheduler(0)
             policy.waiting()
             policy.woken(quick=False)
@@ -106,10 +117,7 @@ def test_a_quick_request_is_answered_under_sched_idle_only_while_a_cpu_is_free(b
             policy.look()
             policy.woken(quick=True)
             seen["quick while busy"] = os.sched_getscheduler(0)
-            return seen
-        finally:
-            policy.woken()
-            policy.close()
+        return seen
 
     assert on_a_thread(work) == {"quick": os.SCHED_IDLE, "not quick": os.SCHED_OTHER,
                                  "quick while busy": os.SCHED_OTHER}
@@ -136,21 +144,13 @@ def test_a_worker_leaves_sched_idle_before_an_unlink_that_frees_a_large_file(tmp
     union = Union([str(lower)], str(upper), str(work))
 
     def work_on_thread() -> dict[str, int]:
-        policy = placement.IdleWhileCpuFree()
-        policy.start()
         seen: dict[str, int] = {}
-        try:
-            assert wait_for(lambda: (policy.look(), policy.free)[1], 5.0)
-            policy.waiting()
-            policy.woken(quick=True)
+        with answering_a_quick_request():
             union.unlink("/small")
             seen["after the small file"] = os.sched_getscheduler(0)
             union.unlink("/large")
             seen["after the large file"] = os.sched_getscheduler(0)
-            return seen
-        finally:
-            policy.woken()
-            policy.close()
+        return seen
 
     assert on_a_thread(work_on_thread) == {"after the small file": os.SCHED_IDLE,
                                            "after the large file": os.SCHED_OTHER}
