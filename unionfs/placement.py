@@ -15,14 +15,14 @@ A CPU that runs nothing but ``SCHED_IDLE`` threads counts as idle in that
 search (``sched_idle_cpu``), so a worker that sends its reply under
 ``SCHED_IDLE`` keeps the caller on its own CPU: the caller preempts the
 worker and runs there at once. A ``SCHED_IDLE`` thread yields to every
-other task, though, so the worker takes that policy only to reply and wait
-for the next request, and answers a request that may take long under the
-normal one (two ``sched_setscheduler`` calls). A quick request, a few tens
-of microseconds of metadata work (``handlers.QUICK``), stays under
-``SCHED_IDLE``: the two calls and the rescheduling they bring cost about
-as much as the request (``rm -rf`` of 3,000 entries 8 to 12% faster
-without them). A worker starved there is starved no longer than one
-waiting for the ring already is. And it does so only while
+other task, though, so the worker answers a request that may take long
+under the normal policy, and takes ``SCHED_IDLE`` again to reply and wait
+for the next one (two ``sched_setscheduler`` calls). A quick request, a
+few tens of microseconds of metadata work (``handlers.QUICK``), is
+answered under ``SCHED_IDLE``: the two calls and the rescheduling cost about
+as much as the request (``rm -rf`` of 3,000 entries 4 to 8% faster
+without them). Behind a busy task on its CPU, such a worker waits as one
+waiting for the ring already did. And it takes ``SCHED_IDLE`` only while
 a CPU is free: every ``CHECK_EVERY`` requests it counts the runnable tasks
 (``/proc/loadavg``), and while they take every CPU it stays under the
 normal policy, not to wait behind them for each request (unlinks took 1.4
@@ -97,11 +97,11 @@ def before_long_work() -> None:
 
 class IdleWhileCpuFree:
     """One ring worker's scheduling policy: ``SCHED_IDLE`` while it waits for the ring
-    and a CPU is free, the normal policy while it answers a request. A request
-    answered under ``SCHED_IDLE`` would crawl if every CPU became busy meanwhile
-    (such a thread gets under 1% of a CPU that a busy loop shares with it), and a
-    copy-up or the first listing of a large directory can take a while. Used by
-    its own thread only."""
+    or answers a quick request and a CPU is free, the normal policy while it
+    answers any other request. A request answered under ``SCHED_IDLE`` would crawl
+    if every CPU became busy meanwhile (such a thread gets under 1% of a CPU that a
+    busy loop shares with it), and a copy-up or the first listing of a large
+    directory can take a while. Used by its own thread only."""
 
     def __init__(self) -> None:
         self.enabled = False
@@ -133,7 +133,7 @@ class IdleWhileCpuFree:
     def woken(self, quick: bool = False) -> None:
         """Right after a request came: it is answered under the normal policy,
         unless it is quick (``handlers.QUICK``) and a CPU is free. Two policy
-        changes cost more than such a request, and the CPUs are looked at
+        changes cost about as much as such a request; the CPUs are looked at
         every CHECK_EVERY requests whatever their kind."""
         if self.idle and self.enabled and not (quick and self.free):
             self._set(os.SCHED_OTHER)
