@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pace  # noqa: E402
 from drivers import DRIVER_NAMES, REPO_ROOT, Driver, MountError, fs_type, make_drivers, mounts_under  # noqa: E402
 from fixtures import Fixtures, Scale, log, parse_size  # noqa: E402
 from workloads import WORKLOADS, Ctx, Workload, select  # noqa: E402
@@ -185,6 +186,19 @@ class Runner:
                     self.reference(wl, rep)
                 for d in rotated(self.drivers, rep - 1):
                     self.one(wl, d, rep)
+
+    def pace(self, when: str) -> str:
+        """The host's pace now (see pace.py), for the table's notes; a JSON line too."""
+        try:
+            stack = self.fx.rmtree()
+            times = pace.measure(stack.lowers, self.scratch / f"pace-{when}", stack.info["dir"])
+        except Exception as e:  # the rows matter more than the pace
+            log(f"host pace {when} the rows: failed: {type(e).__name__}: {e}")
+            return f"failed ({type(e).__name__})"
+        print(json.dumps({"workload": "pace", "driver": "in-process", "seconds": round(statistics.median(times) / 1e3, 6),
+                          "when": when, "ms": [round(t, 1) for t in times]}), flush=True)
+        log(f"host pace {when} the rows: {statistics.median(times):.0f} ms")
+        return f"{statistics.median(times):.0f} ms"
 
     def reference(self, wl: Workload, rep: int) -> None:
         try:
@@ -392,8 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("could not drop caches: cold rows are not cold")
     t0 = time.monotonic()
     left: list[str] = []
+    paced = any(d.name == "unionfs" for d in drivers)
     try:
+        before = runner.pace("before") if paced else ""
         runner.run(workloads)
+        if paced:
+            notes.append(f"host pace, this checkout's Union removing the rm-rf fixture's tree in-process with no FUSE "
+                         f"(median of {pace.REPEAT}; see pace.py): {before} before the rows, "
+                         f"{runner.pace('after')} after")
     finally:
         left = runner.cleanup()
         log(f"total {time.monotonic() - t0:.1f}s")
