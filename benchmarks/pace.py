@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from drivers import REPO_ROOT
+
 if TYPE_CHECKING:
     from unionfs.union import Union
 
 REPEAT = 5
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _remove(union: Union, path: str) -> None:
@@ -50,6 +51,7 @@ def replay(lowers: list[str], scratch: Path, root: str, repeat: int = REPEAT) ->
     """Milliseconds of each removal of /root, each over a new upper layer."""
     from unionfs.union import Union  # this checkout's: see __main__
 
+    scratch.mkdir(parents=True, exist_ok=True)
     times = []
     for i in range(repeat):
         upper, work = scratch / f"pace-upper-{i}", scratch / f"pace-work-{i}"
@@ -69,7 +71,6 @@ def replay(lowers: list[str], scratch: Path, root: str, repeat: int = REPEAT) ->
 
 def measure(lowers: list[Path], scratch: Path, root: str, timeout: float = 300.0) -> list[float]:
     """replay() in a fresh interpreter; RuntimeError with its last line of output if it fails."""
-    scratch.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), str(scratch), root] + [str(p) for p in lowers]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:

@@ -195,10 +195,11 @@ class Runner:
         except Exception as e:  # the rows matter more than the pace
             log(f"host pace {when} the rows: failed: {type(e).__name__}: {e}")
             return f"failed ({type(e).__name__})"
-        print(json.dumps({"workload": "pace", "driver": "in-process", "seconds": round(statistics.median(times) / 1e3, 6),
+        median = statistics.median(times)
+        print(json.dumps({"workload": "pace", "driver": "in-process", "seconds": round(median / 1e3, 6),
                           "when": when, "ms": [round(t, 1) for t in times]}), flush=True)
-        log(f"host pace {when} the rows: {statistics.median(times):.0f} ms")
-        return f"{statistics.median(times):.0f} ms"
+        log(f"host pace {when} the rows: {median:.0f} ms")
+        return f"{median:.0f} ms"
 
     def reference(self, wl: Workload, rep: int) -> None:
         try:
