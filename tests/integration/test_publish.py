@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,14 +138,15 @@ def test_copies_built_in_spare_files_keep_mode_owner_and_xattrs(stack: Stack) ->
             with open(mnt / "d" / f"f{i:03d}", "ab") as f:
                 f.write(b"+\n")
         spares: set[int] = set()
-        deadline = time.monotonic() + 10
-        while not spares and time.monotonic() < deadline:  # made after the first batch
-            time.sleep(0.01)
+
+        def spares_seen() -> bool:  # made after the first batch
             for name in os.listdir(stack.work / "work"):
                 with contextlib.suppress(FileNotFoundError):
                     if name.endswith(SPARE) and (st := os.lstat(stack.work / "work" / name)).st_size == 0:
                         spares.add(st.st_ino)
-        assert spares, "no spare file was made after a batch"
+            return bool(spares)
+
+        assert wait_for(spares_seen, 10), "no spare file was made after a batch"
         for i in range(half, COUNT):
             with open(mnt / "d" / f"f{i:03d}", "ab") as f:
                 f.write(b"+\n")
