@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from budgets import examples, long_run_marks
 from difftree import (
     FIXED_NS,
     Dir,
@@ -71,6 +72,7 @@ pytestmark = [
     pytest.mark.usefixtures("transport"),  # every test over /dev/fuse and over the per-CPU io_uring queues
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (kernel overlayfs, device nodes, trusted xattrs)"),
     pytest.mark.skipif(os.geteuid() == 0 and not kernel_overlay_available(), reason="kernel overlayfs not available"),
+    *long_run_marks("DIFF_EXAMPLES", seconds_each=1.0),
 ]
 
 # -- generated trees and operations ----------------------------------------------
@@ -178,7 +180,7 @@ def names_of_one_file(root: Path, a: object, b: object) -> bool:
 
 
 @settings(
-    max_examples=int(os.environ.get("DIFF_EXAMPLES", "300")),
+    max_examples=examples("DIFF_EXAMPLES", 300),
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],

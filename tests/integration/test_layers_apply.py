@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from budgets import examples, long_run_marks
 from difftree import (
     Dir,
     File,
@@ -39,7 +40,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from mounts import Stack, fuse_mount, kernel_mount
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, trusted xattrs)")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, trusted xattrs)"),
+    *long_run_marks("LAYERS_EXAMPLES", seconds_each=1.0),
+]
 
 # -- the model -------------------------------------------------------------------------
 
@@ -192,7 +196,7 @@ def check_stack(base: Path, layers: list[Dir]) -> None:
 
 
 @settings(
-    max_examples=int(os.environ.get("LAYERS_EXAMPLES", "400")),
+    max_examples=examples("LAYERS_EXAMPLES", 400),
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from budgets import long_run_marks, set_by_hand
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +36,8 @@ from layerstore.registry.pull import choose_manifest
 from layerstore.registry.platforms import Platform
 from layerstore.unpack import unpack_layer
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
+EXAMPLES = set_by_hand("FUZZ_EXAMPLES")
+pytestmark = long_run_marks("FUZZ_EXAMPLES", seconds_each=0.2)
 FUZZ = settings(
     max_examples=EXAMPLES or 600,
     deadline=None,  # the machine is shared: no timing in the property
