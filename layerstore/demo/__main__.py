@@ -23,16 +23,26 @@ def main() -> int:
     mnt.mkdir()
     ls = [sys.executable, "-m", "layerstore", "--root", str(root)]
 
+    failed: list[str] = []
+
     def step(title: str, *cmd: str, shown: str | None = None) -> int:
         print(f"\n# {title}\n$ {shown or shlex.join(cmd)}", flush=True)
-        return subprocess.run(cmd).returncode
+        code = subprocess.run(cmd).returncode
+        if code:
+            failed.append(title)
+        return code
+
+    def outcome() -> int:
+        if failed:
+            print(f"layerstore demo: failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1 if failed else 0
 
     try:
         if step("load the example image (a docker-archive made by skopeo)", *ls, "load", "-i", str(EXAMPLE), shown=f"layerstore load -i {EXAMPLE.name}"):
-            return 1
+            return outcome()
         step("list it", *ls, "images", shown="layerstore images")
         if step("mount its rootfs with a writable container layer", *ls, "mount", "--name", "demo", "example/demo", str(mnt), shown=f"layerstore mount --name demo example/demo {mnt}"):
-            return 1
+            return outcome()
         try:
             step("explore", "ls", "-la", str(mnt), str(mnt / "etc"))
             step("the top layer's file wins", "cat", str(mnt / "etc/os-release"))
@@ -45,7 +55,7 @@ def main() -> int:
             step("unmount", *ls, "umount", "demo", shown="layerstore umount demo")
         step("remove the container", *ls, "rm", "demo", shown="layerstore rm demo")
         step("and the image", *ls, "rmi", "example/demo", shown="layerstore rmi example/demo")
-        return 0
+        return outcome()
     finally:
         subprocess.run([*ls, "rm", "-f", "demo"], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
