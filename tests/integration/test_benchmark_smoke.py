@@ -1,0 +1,63 @@
+"""The benchmark still runs, end to end, at its smallest scale.
+
+Speed is measured by ``benchmarks/run.py``, not here: this only keeps the
+script itself from breaking unnoticed. One ``--quick`` run mounts every
+driver and must give every row of every workload a time (or, where a driver
+refuses the operation, its errno) for each driver, the host's pace, and a
+table with the ratios. Nothing is asserted about the times themselves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mounts import mounts_under
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+RUN = BENCHMARKS / "run.py"
+DRIVERS = ("kernel", "fuse-overlayfs", "unionfs")
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("fuse-overlayfs"), reason="needs root and fuse-overlayfs (the comparison)")
+
+
+def workload_rows() -> tuple[list[str], list[str]]:
+    """(rows timed on each driver, rows timed once without one), from the benchmark's
+    own list of workloads, read in another interpreter: its modules are not the tests'."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from workloads import WORKLOADS; "
+            "print(json.dumps([[r for w in WORKLOADS for r in w.rows], [r for w in WORKLOADS for r in w.ref_rows]]))")
+    out = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True, check=True)
+    rows, reference = json.loads(out.stdout)
+    assert len(rows) >= 20 and reference, out.stdout
+    return rows, reference
+
+
+def test_a_quick_run_gives_every_row_for_every_driver(tmp_path: Path) -> None:
+    table = tmp_path / "table.md"
+    result = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--repeat", "1", "--workdir", str(tmp_path), "--table", str(table)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    paces = [r for r in records if r["workload"] == "pace"]
+    assert [p["when"] for p in paces] == ["before", "after"] and all(p["seconds"] > 0 for p in paces)
+    text = table.read_text()
+    assert "| workload |" in text and "unionfs/kernel" in text and "unionfs/fuse-overlayfs" in text
+
+    rows, reference = workload_rows()
+    for row in rows + reference:
+        drivers = ("reference",) if row in reference else DRIVERS
+        for driver in drivers:
+            got = [r for r in records if r["workload"] == row and r["driver"] == driver]
+            assert len(got) == 1, f"{row} on {driver}: {got}"
+            timed = got[0]["seconds"] is not None and got[0]["seconds"] > 0
+            refused = got[0].get("refused") and got[0].get("error", "").startswith("E")
+            assert timed or (refused and driver != "unionfs"), f"{row} on {driver}: {got[0]}"
+        assert re.search(rf"^\| {re.escape(row)} \|", text, re.M), f"{row} missing from the table"
+    assert mounts_under(tmp_path) == []
