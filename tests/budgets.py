@@ -18,9 +18,9 @@ SHRINKING = 300.0
 
 
 def set_by_hand(variable: str) -> int | None:
-    """The budget the environment asks for, if any."""
+    """The budget the environment asks for, if any (unset, empty or 0: none)."""
     value = os.environ.get(variable, "").strip()
-    return int(value) if value else None
+    return int(value or 0) or None
 
 
 def examples(variable: str, default: int) -> int:
