@@ -3,13 +3,23 @@
 In-process copy-ups on the real filesystem, with the window's piece made
 small so that a few MiB cover several pieces. What is in the page cache is
 read with util-linux's ``fincore``, not with the driver's own ``cachestat``.
+
+The kernel may reclaim a page of the file at any moment on its own (some
+hosts page cold memory out proactively, as a DAMON ``pageout`` scheme does),
+and a test that pages stay cached then fails with the driver having dropped
+nothing; or, where a whole piece went before the copy began, the driver
+rightly takes the piece for one the copy brings in, and drops it. Such a
+test runs again in a fresh directory, up to three times: a driver that
+drops what it should keep fails every run.
 """
 from __future__ import annotations
 
 import errno
 import filecmp
+import functools
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +90,24 @@ def sparse_file(path: Path) -> None:
     assert cached(path) == 0
 
 
+RECLAIM_ATTEMPTS = 3
+
+
+def despite_reclaim(test: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Run a test that pages stay cached until one run passes (see the module's doc)."""
+    @functools.wraps(test)
+    def run(tmp_path: Path) -> None:
+        for attempt in range(1, RECLAIM_ATTEMPTS + 1):
+            base = tmp_path / f"attempt-{attempt}"
+            base.mkdir()
+            try:
+                return test(base)
+            except AssertionError:
+                if attempt == RECLAIM_ATTEMPTS:
+                    raise
+    return run
+
+
 def union(base: Path, durable: bool = True) -> tuple[Union, Path, Path]:
     lower, upper, work = base / "lower", base / "upper", base / "work"
     for d in (lower, upper, work):
@@ -101,6 +129,7 @@ def test_a_durable_copy_leaves_a_few_pieces_cached_and_the_source_as_it_found_it
     assert filecmp.cmp(copy, lower / "big", shallow=False)
 
 
+@despite_reclaim
 def test_a_source_that_was_cached_stays_cached(tmp_path: Path) -> None:
     u, lower, upper = union(tmp_path)
     sparse_file(lower / "big")
@@ -113,6 +142,7 @@ def test_a_source_that_was_cached_stays_cached(tmp_path: Path) -> None:
 
 
 @needs_cachestat
+@despite_reclaim
 def test_of_a_partly_cached_source_only_the_pieces_the_copy_read_in_are_dropped(tmp_path: Path) -> None:
     u, lower, upper = union(tmp_path)
     sparse_file(lower / "big")
@@ -128,6 +158,7 @@ def test_of_a_partly_cached_source_only_the_pieces_the_copy_read_in_are_dropped(
 
 
 @needs_cachestat
+@despite_reclaim
 def test_a_volatile_copy_drops_only_the_source_pages_it_read(tmp_path: Path) -> None:
     u, lower, upper = union(tmp_path, durable=False)
     sparse_file(lower / "big")
