@@ -29,8 +29,8 @@ def run_demo(module: str, tmp: Path, path: str | None = None) -> subprocess.Comp
 
 def sections(output: str) -> dict[str, str]:
     """The demo's output by step: its ``# title`` line, then the command and what it printed."""
-    parts = ("\n" + output).split("\n# ")[1:]
-    return {part.split("\n", 1)[0]: part.split("\n", 1)[1] if "\n" in part else "" for part in parts}
+    steps = (part.partition("\n") for part in ("\n" + output).split("\n# ")[1:])
+    return {title: body for title, _, body in steps}
 
 
 def failing(tool: str, tmp: Path) -> str:
