@@ -1,0 +1,231 @@
+"""Copy-up on filesystems that share extents between files (xfs with reflink,
+btrfs): the copy takes the lower file's extents instead of their bytes, as
+kernel overlayfs's copy-up does, and a write to the copy leaves the lower file
+as it was. Each test runs on a fresh filesystem in a loop-mounted image, with
+this driver and with kernel overlayfs as the reference.
+
+Extents are read with the FIEMAP ioctl: where both files map the same
+logical range to the same blocks, the data was shared, not copied.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+
+MiB = 1 << 20
+MKFS = {
+    "xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"],
+    "btrfs": ["mkfs.btrfs", "-q"],
+}
+IMAGE_SIZE = 512 * MiB  # sparse; xfs wants 300 MiB at least
+# (offset, length) of the data in the lower file, 4 KiB-aligned; the rest is holes
+DATA = [(0, 3 * MiB), (5 * MiB, 2 * MiB + 4096)]
+SIZE = 9 * MiB  # ends in a hole
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need root"),
+    pytest.mark.skipif(not all(shutil.which(cmd[0]) for cmd in MKFS.values()),
+                       reason="needs mkfs.xfs and mkfs.btrfs (xfsprogs, btrfs-progs)"),
+]
+
+DRIVERS: dict[str, Callable[[Stack], contextlib.AbstractContextManager[Path]]] = {
+    "unionfs": fuse_mount,
+    "kernel": kernel_mount,
+}
+
+
+@contextlib.contextmanager
+def loop_fs(base: Path, kind: str) -> Iterator[Path]:
+    """A new filesystem of kind, mounted from an image file under base."""
+    image, point = base / f"{kind}.img", base / kind
+    point.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(IMAGE_SIZE)
+    subprocess.run([*MKFS[kind], str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
+    try:
+        yield point
+    finally:
+        force_unmount(point)  # the loop device goes with it (autoclear)
+
+
+@dataclass(frozen=True)
+class Extent:
+    logical: int
+    physical: int
+    length: int
+    shared: bool
+
+
+_FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_EXTENT_LAST = 0x1
+_FIEMAP_EXTENT_SHARED = 0x2000
+_HEAD = struct.Struct("=QQIIII")  # struct fiemap, without its extents
+_EXTENT = struct.Struct("=QQQQQI12x")  # struct fiemap_extent
+_BATCH = 64
+
+
+def extents(path: Path) -> list[Extent]:
+    """The file's extents by FIEMAP, written out first, neighbours merged."""
+    found: list[Extent] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start, last = 0, False
+        while not last:
+            buf = bytearray(_HEAD.pack(start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC, 0, _BATCH, 0))
+            buf += bytes(_BATCH * _EXTENT.size)
+            fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
+            mapped = _HEAD.unpack_from(buf)[3]
+            if mapped == 0:
+                break
+            for i in range(mapped):
+                logical, physical, length, _, _, flags = _EXTENT.unpack_from(buf, _HEAD.size + i * _EXTENT.size)
+                _add(found, Extent(logical, physical, length, bool(flags & _FIEMAP_EXTENT_SHARED)))
+                start, last = logical + length, bool(flags & _FIEMAP_EXTENT_LAST)
+    finally:
+        os.close(fd)
+    return found
+
+
+def _add(found: list[Extent], e: Extent) -> None:
+    if found:
+        p = found[-1]
+        if p.logical + p.length == e.logical and p.physical + p.length == e.physical and p.shared == e.shared:
+            found[-1] = Extent(p.logical, p.physical, p.length + e.length, p.shared)
+            return
+    found.append(e)
+
+
+def data_ranges(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of the data, as SEEK_DATA/SEEK_HOLE tell."""
+    found = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset, size = 0, os.fstat(fd).st_size
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                break
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            found.append((start, offset - start))
+    finally:
+        os.close(fd)
+    return found
+
+
+def sparse_file(path: Path) -> str:
+    """The lower file: data, holes, an xattr. Returns its sha256."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, SIZE)
+        for offset, length in DATA:
+            os.pwrite(fd, os.urandom(length), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.setxattr(path, "user.k", b"v")
+    return sha256(path)
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def stack_on(fs: Path, lowers: tuple[Path, ...] = ()) -> Stack:
+    """A union with its upper and work dirs on fs; lowers (top first) where given, else one on fs."""
+    made = Stack.make(fs, nlower=1)
+    return Stack(lowers or made.lowers, made.upper, made.work, made.mnt)
+
+
+@pytest.fixture(params=sorted(MKFS))
+def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    with loop_fs(tmp_path, request.param) as point:
+        yield point
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_copy_up_shares_the_lower_files_extents(fs: Path, driver: str) -> None:
+    stack = stack_on(fs)
+    lower = stack.lowers[0] / "big"
+    digest = sparse_file(lower)
+    with DRIVERS[driver](stack) as mnt:
+        os.chmod(mnt / "big", 0o600)  # copies up data and metadata
+        assert sha256(mnt / "big") == digest
+    copy = stack.upper / "big"
+    assert extents(copy) == extents(lower)
+    assert all(e.shared for e in extents(copy)), extents(copy)
+    assert data_ranges(copy) == DATA
+    assert os.stat(copy).st_size == SIZE
+    assert os.getxattr(copy, "user.k") == b"v"
+    assert sha256(copy) == digest
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_a_write_to_the_copy_leaves_the_lower_file_and_the_rest_shared(fs: Path, driver: str) -> None:
+    stack = stack_on(fs)
+    lower = stack.lowers[0] / "big"
+    digest = sparse_file(lower)
+    block = os.urandom(4096)
+    with DRIVERS[driver](stack) as mnt:
+        fd = os.open(mnt / "big", os.O_WRONLY)  # copies up, and the write goes to the copy
+        try:
+            os.pwrite(fd, block, MiB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with open(mnt / "big", "rb") as f:
+            f.seek(MiB)
+            assert f.read(4096) == block
+    copy = stack.upper / "big"
+    assert sha256(lower) == digest
+    with open(copy, "rb") as f:
+        f.seek(MiB)
+        assert f.read(4096) == block
+    # the written block has blocks of its own; the rest of the copy is still the lower file's
+    own = [e for e in extents(copy) if not e.shared]
+    assert [(e.logical, e.length) for e in own] == [(MiB, 4096)]
+    shared = {(e.logical, e.physical) for e in extents(copy) if e.shared}
+    assert shared and all(any(lo.logical <= log < lo.logical + lo.length and
+                              lo.physical + (log - lo.logical) == phys for lo in extents(lower))
+                          for log, phys in shared)
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_a_lower_on_another_filesystem_is_copied_and_one_on_the_same_still_shares(
+        tmp_path: Path, fs: Path, driver: str) -> None:
+    """The top lower is on the test's own filesystem, where no extent can be shared
+    with the upper: its file is copied, holes kept; a file of the
+    bottom lower, on the upper's filesystem, copied up after it still shares."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert os.stat(elsewhere).st_dev != os.stat(fs).st_dev
+    same = fs / "same"
+    same.mkdir()
+    stack = stack_on(fs, (elsewhere, same))
+    far, near = sparse_file(elsewhere / "far"), sparse_file(same / "near")
+    with DRIVERS[driver](stack) as mnt:
+        os.chmod(mnt / "far", 0o600)
+        os.chmod(mnt / "near", 0o600)
+    far_copy, near_copy = stack.upper / "far", stack.upper / "near"
+    assert sha256(far_copy) == far
+    # holes kept, though not to the block: xfs and btrfs allocate around what was written
+    found = data_ranges(far_copy)
+    assert all(any(s <= start and start + n <= s + m for s, m in found) for start, n in DATA), found
+    assert sum(m for _, m in found) < SIZE, found
+    assert not any(e.shared for e in extents(far_copy))
+    assert sha256(near_copy) == near and extents(near_copy) == extents(same / "near")
+    assert all(e.shared for e in extents(near_copy))
