@@ -629,6 +629,22 @@ def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str
     return out
 
 
+def layer_state(root: Path | str) -> dict[str, tuple[object, ...]]:
+    """Everything a write could change in a layer, the driver's own xattrs and
+    the ctime included, for checking that the lower layers stay untouched."""
+    root = os.fspath(root)
+    out: dict[str, tuple[object, ...]] = {}
+    for rel, st in _walk(root):
+        path = _p(root, rel)
+        kind = _kind(st.st_mode, st.st_rdev)
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+        out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_nlink, st.st_ino,
+                    st.st_mtime_ns, st.st_ctime_ns, _content(path) if kind == "file" else None,
+                    os.readlink(path) if kind == "symlink" else None,
+                    tuple((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
+    return out
+
+
 def diff_maps(kernel: Mapping[str, object], driver: Mapping[str, object]) -> list[str]:
     """Readable differences of two path -> value maps, kernel first."""
     out = []
@@ -704,6 +720,8 @@ class Pair:
     kernel: Stack
     driver: Stack
     log: list[str] = field(default_factory=list)
+    # the driver's lower layers as built, before the mount: nothing may change them
+    lowers_built: list[dict[str, tuple[object, ...]]] = field(default_factory=list)
 
     def run(self, operation: Op) -> int | None:
         """Apply operation to both mounts; both must answer the same errno."""
@@ -738,6 +756,10 @@ class Pair:
         problems += diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
         problems += [f"upper {line}" for line in diff_maps(
             upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
+        for i, (built, lower) in enumerate(zip(self.lowers_built, self.driver.lowers, strict=True)):
+            now = layer_state(lower)
+            problems += [f"driver's lower {i} changed: {path}: built={built.get(path)!r} now={now.get(path)!r}"
+                         for path in sorted(set(built) | set(now)) if built.get(path) != now.get(path)]
         steps = "\n  ".join(self.log or ["(no operations)"])
         assert not problems, f"after:\n  {steps}\ndifferences:\n  " + "\n  ".join(problems)
         return kv
@@ -766,8 +788,9 @@ def pair(
             os.chmod(s.upper, root_mode)
         stacks.append(s)
     kstack, dstack = stacks
+    built = [layer_state(lower) for lower in dstack.lowers]
     with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
-        yield Pair(kstack, dstack)
+        yield Pair(kstack, dstack, lowers_built=built)
 
 
 @contextlib.contextmanager

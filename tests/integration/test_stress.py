@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from difftree import layer_state
 from mounts import Stack, driver_pid, fuse_mount, kernel_mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
@@ -455,6 +456,7 @@ def settled_fd_count(pid: int, baseline: int, wait: float = 10.0) -> int:
 @pytest.mark.timeout(SECONDS + DEADLOCK_GRACE + 300)
 def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -> None:
     stack = build(tmp_path)
+    lowers_built = [layer_state(lower) for lower in stack.lowers]
     with fuse_mount(stack) as mnt:
         pid = driver_pid(mnt)
         os.listdir(mnt)
@@ -499,6 +501,7 @@ def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -
         if warm:
             growth = max(warm) - warm[0]
             assert growth < RSS_GROWTH_LIMIT_KB, f"driver RSS grew by {growth} KiB after warm-up (limit {RSS_GROWTH_LIMIT_KB})"
+    assert [layer_state(lower) for lower in stack.lowers] == lowers_built, "the driver changed a lower layer"
     with fuse_mount(stack) as mnt:
         check_tree(mnt, models, "after remount")
     with kernel_mount(stack, "redirect_dir=on") as mnt:
