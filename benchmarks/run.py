@@ -36,7 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pace  # noqa: E402
-from drivers import DRIVER_NAMES, REPO_ROOT, Driver, MountError, fs_type, make_drivers, mounts_under  # noqa: E402
+from drivers import (  # noqa: E402
+    DRIVER_NAMES, REPO_ROOT, Driver, MountError, fs_type, make_drivers, mounts_under, spread_new_dirs,
+)
 from fixtures import Fixtures, Scale, log, parse_size  # noqa: E402
 from workloads import WORKLOADS, Ctx, Workload, select  # noqa: E402
 
@@ -154,6 +156,7 @@ class Runner:
         self.fx = Fixtures(workdir / "fixtures", scale)
         self.scratch = workdir / "scratch"
         self.scratch.mkdir()
+        self.spread = spread_new_dirs(self.scratch)  # each run's upper in inodes nobody just freed
         self.can_drop = can_drop_caches()
         self.timeout = args.timeout or (300.0 if args.quick else 1800.0)
         self.results: list[dict] = []
@@ -405,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, scale, workdir, drivers)
     if not runner.can_drop:
         notes.append("could not drop caches: cold rows are not cold")
+    if runner.spread:
+        notes.append("each run's upper and work dirs in a block group of their own (ext4 TOPDIR flag on their parent)")
     t0 = time.monotonic()
     left: list[str] = []
     paced = any(d.name == "unionfs" for d in drivers)
