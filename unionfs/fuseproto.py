@@ -84,6 +84,7 @@ RENAME2 = 45
 LSEEK = 46
 COPY_FILE_RANGE = 47
 SYNCFS = 50
+TMPFILE = 51  # 7.37: open(O_TMPFILE); the request is a CREATE's, the name "/"
 
 # -- INIT flags ------------------------------------------------------------
 ASYNC_READ = 1 << 0

@@ -157,7 +157,7 @@ class Requests:
             fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.CREATE: self.create,
             fp.INTERRUPT: self.no_reply, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
             fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek, fp.COPY_FILE_RANGE: self.copy_file_range,
-            fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir,
+            fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir, fp.TMPFILE: self.tmpfile,
             # FLUSH and ACCESS answered ENOSYS: the kernel then stops sending them
         }
 
@@ -301,6 +301,10 @@ class Requests:
     def link(self, h: tuple, data: memoryview) -> bytes:
         source = fp.LINK_IN.unpack_from(data)[0]
         name = _name(data[fp.LINK_IN.size:])
+        if self.nodes.detached(source):
+            # The kernel links a file without names only if it is an O_TMPFILE file
+            # (I_LINKABLE): name it through the descriptor it is open by.
+            return self._name_unnamed(h, source, name)
 
         def link(path: str) -> None:
             source_path = self.nodes.path(source)
@@ -309,6 +313,21 @@ class Requests:
             if identity is not None:  # the new name gets the source's id: one inode in the kernel
                 self.nodes.identify(source, identity)
         return self._made(h, name, link)
+
+    def _name_unnamed(self, h: tuple, source: int, name: str) -> bytes:
+        with self._lock:  # a RELEASE cannot close the fd meanwhile
+            fd = next((fd for fd in self._node_fds.get(source, ()) if self._files[fd][0] == 0), None)
+            if fd is None:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+            fd = os.dup(fd)
+        try:
+            with self.nodes.change():
+                path = self.nodes.child_path(h[3], name)
+                self.union.link_open(fd, path)
+                self.nodes.named(source, h[3], name)
+                return self._entry(h[3], name, path)[1]
+        finally:
+            os.close(fd)
 
     def unlink(self, h: tuple, data: memoryview) -> None:
         name = _name(data)
@@ -536,6 +555,22 @@ class Requests:
                 raise
         self._opened(fd, 0, nodeid)
         return entry + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)
+
+    def tmpfile(self, h: tuple, data: memoryview) -> bytes:
+        flags, mode, umask, _ = fp.CREATE_IN.unpack_from(data)
+        flags = self._host_flags(flags)
+        with self.nodes.exclusive():  # copies the directory up: no name moves meanwhile
+            fd = self.union.tmpfile(self.nodes.path(h[3]), mode, flags, Caller(h[4], h[5], umask))
+        try:
+            attrs = self.union.fgetattr(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        nodeid = self.nodes.unnamed()
+        self._opened(fd, 0, nodeid)
+        entry_s, attr_s, entry_ns, attr_ns = self._entry_times
+        return (fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+                + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0))
 
     def read(self, h: tuple, data: memoryview) -> fp.FileRange:
         fh, offset, size, _ = fp.READ_IN.unpack_from(data)

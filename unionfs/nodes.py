@@ -157,6 +157,24 @@ class NodeTable:
             self._nodes[nodeid].lookups += 1
             return nodeid
 
+    def unnamed(self) -> int:
+        """A new id for a file with no name yet (O_TMPFILE), known once to the kernel."""
+        with self._lock:
+            nodeid = self._next
+            self._next += 1
+            node = self._nodes[nodeid] = _Node(0, "")
+            node.lookups = 1
+            return nodeid
+
+    def named(self, nodeid: int, parent: int, name: str) -> None:
+        """An unnamed node's file got the name parent/name (LINK of an O_TMPFILE file):
+        the name takes the node's id, so that the kernel keeps one inode for both."""
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            if node is not None and not node.parent and (parent, name) not in self._ids:
+                node.parent, node.name = parent, name
+                self._ids[(parent, name)] = nodeid
+
     def identify(self, nodeid: int, identity: Identity) -> None:
         """nodeid names the upper file identity, which is getting another name (LINK)."""
         with self._lock:

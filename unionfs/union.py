@@ -344,13 +344,7 @@ class Union:
             raise fail(errno.EEXIST, path)
         prel = copyup.ensure(parent)
         rel = rel_join(prel, name)
-        gid = caller.gid if caller else 0
-        if caller is not None:
-            pst = self.upper.lstat(prel)
-            if pst is not None and pst.st_mode & stat.S_ISGID:
-                gid = pst.st_gid  # BSD group semantics of a set-group-ID directory
-            if caller.umask and self.upper.getxattr(prel, "system.posix_acl_default") is None:
-                mode &= ~caller.umask  # with a default ACL the filesystem ignores the umask (acl(5))
+        gid, mode = self._new_owner(prel, caller, mode)
         existing = self.upper.lstat(rel)
         over_whiteout = existing is not None and self.upper.is_whiteout(rel, existing)
         if existing is not None and not over_whiteout:
@@ -363,6 +357,18 @@ class Union:
         self._forget(self.upper.lstat(rel))
         self.resolver.invalidate(path)
         return fd
+
+    def _new_owner(self, prel: str, caller: Caller | None, mode: int) -> tuple[int, int]:
+        """The group and mode of an entry the caller makes in the upper directory prel."""
+        if caller is None:
+            return 0, mode
+        gid = caller.gid
+        pst = self.upper.lstat(prel)
+        if pst is not None and pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid  # BSD group semantics of a set-group-ID directory
+        if caller.umask and self.upper.getxattr(prel, "system.posix_acl_default") is None:
+            mode &= ~caller.umask  # with a default ACL the filesystem ignores the umask (acl(5))
+        return gid, mode
 
     def _build_aside(
         self,
@@ -444,6 +450,30 @@ class Union:
         fd = self._new_entry(path, caller, make, mode=mode)
         assert fd is not None
         return fd
+
+    def tmpfile(self, dir_path: str, mode: int, flags: int, caller: Caller = ROOT) -> int:
+        """An unnamed file (O_TMPFILE) in the upper copy of dir_path, the caller's. It has
+        no name that anyone could see before its owner is set, so nothing is built aside;
+        ``link_open`` names it."""
+        copyup, _ = self._writable(dir_path)
+        prel = copyup.ensure(self._dir(dir_path))
+        gid, mode = self._new_owner(prel, caller, mode)
+        access = flags & (os.O_ACCMODE | os.O_EXCL | os.O_APPEND | os.O_SYNC | os.O_DSYNC | os.O_NOATIME)
+        fd = os.open(prel or ".", access | os.O_TMPFILE | os.O_CLOEXEC, mode & 0o7777, dir_fd=self.upper.fd)
+        try:
+            if _needs_owner(caller, gid):
+                self._own(self.upper, "", fd, caller, gid, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def link_open(self, fd: int, path: str) -> None:
+        """Give the upper file open as fd (an O_TMPFILE file) the name path."""
+        def make(dir_fd: int, rel: str, mode: int) -> None:
+            os.link(f"/proc/self/fd/{fd}", rel, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+        self._new_entry(path, None, make)
 
     def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> None:
         self._new_entry(path, caller, lambda d, rel, m: os.mkdir(rel, m & 0o7777, dir_fd=d), is_dir=True, mode=mode)

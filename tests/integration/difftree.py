@@ -14,6 +14,7 @@ depending on the clock.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import hashlib
@@ -255,6 +256,34 @@ def _p(root: str, rel: str) -> str:
     return f"{root}/{rel}"
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _AT_SYMLINK_FOLLOW, _AT_EMPTY_PATH = -100, 0x400, 0x1000
+
+
+def link_open_file(fd: int, dst: str, how: str) -> None:
+    """Name the file open as fd dst: by the descriptor itself (AT_EMPTY_PATH, which needs
+    CAP_DAC_READ_SEARCH) or through /proc/self/fd, as programs without it do."""
+    if how == "empty-path":
+        result = _LIBC.linkat(fd, b"", _AT_FDCWD, os.fsencode(dst), _AT_EMPTY_PATH)
+    else:
+        result = _LIBC.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(dst), _AT_SYMLINK_FOLLOW)
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), dst)
+
+
+def _tmpfile(d: str, dst: str | None, data: bytes, how: str) -> None:
+    """An unnamed file made in d (O_TMPFILE; "excl": one that may never get a name),
+    written, then linked in as dst unless dst is None."""
+    fd = os.open(d, os.O_TMPFILE | os.O_RDWR | (os.O_EXCL if how == "excl" else 0) | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, data)
+        if dst is not None:
+            link_open_file(fd, dst, how)
+    finally:
+        os.close(fd)
+
+
 # name -> (function of (root, *args)); paths in args are relative to the mount
 _OPS: dict[str, Callable[..., None]] = {
     "read": lambda r, path: _read(_p(r, path)),
@@ -275,6 +304,7 @@ _OPS: dict[str, Callable[..., None]] = {
     "mknod": lambda r, path, kind: os.mknod(_p(r, path), *_NODES[kind]),
     "listdir": lambda r, path: os.listdir(_p(r, path)),
     "exec": lambda r, path: _exec(_p(r, path)),
+    "tmpfile": lambda r, d, dst, data, how: _tmpfile(_p(r, d), None if dst is None else _p(r, dst), data, how),
 }
 
 

@@ -57,6 +57,7 @@ from difftree import (
     errname,
     fix_hardlinks,
     kernel_overlay_available,
+    link_open_file,
     op,
     pair,
     scratch,
@@ -165,6 +166,9 @@ _operations = st.one_of(
     st.builds(op, st.just("removexattr"), paths, st.sampled_from(("user.k", "user.m", "trusted.t"))),
     st.builds(op, st.just("mkfifo"), paths, st.sampled_from((0o644,))),
     st.builds(op, st.just("mknod"), paths, st.sampled_from(("chr", "sock"))),
+    # mostly in the root, which exists: elsewhere most fail at the open
+    st.builds(op, st.just("tmpfile"), st.sampled_from((".", ".", ".", "a", "b/c")), st.one_of(st.none(), _name, paths),
+              datas, st.sampled_from(("empty-path", "proc", "excl"))),
 )
 # a third of them by an unprivileged user, who owns some of the lower entries (OWNERS)
 operations = st.tuples(_operations, st.sampled_from((0, 0, 1000))).map(lambda t: dataclasses.replace(t[0], uid=t[1]))
@@ -646,6 +650,50 @@ def test_mkdir_over_deleted_lower_dir_is_opaque(tmp_path: Path) -> None:
         v = p.check()
         assert names(v, "d") == [] and v.entries["d"].mode == "0700"
         assert upper_view(p.driver.upper, p.driver.lowers)["d"].opaque == b"y"
+
+
+@pytest.mark.parametrize("how", ["empty-path", "proc"])
+def test_tmpfile_gets_its_name_by_linkat(tmp_path: Path, how: str) -> None:
+    """open(O_TMPFILE) in a lower directory copies the directory up; linkat names the
+    file, over a whiteout too, never over an entry (EEXIST); with O_EXCL it can get no
+    name (ENOENT); a nameless one leaves nothing behind."""
+    bottom = Dir({"d": Dir({"f": File(b"lower")}), "g": File(b"gone")})
+    with pair(tmp_path, [Dir(), bottom], root_mode=0o1777) as p:
+        assert p.run(op("unlink", "g")) is None
+        assert p.run(op("tmpfile", "d", "d/new", b"data", how)) is None
+        assert p.run(op("tmpfile", ".", "g", b"over a whiteout", how)) is None
+        assert p.run(op("tmpfile", "d", "d/f", b"x", how)) == errno.EEXIST
+        assert p.run(op("tmpfile", "d", "d/never", b"x", "excl")) == errno.ENOENT
+        assert p.run(op("tmpfile", ".", None, b"nameless", how)) is None
+        assert p.run(op("tmpfile", "d/f", "d/x", b"", how)) == errno.ENOTDIR
+        assert p.run(op("tmpfile", ".", "mine", b"by 1000", "proc", uid=1000)) is None
+        v = p.check()
+    assert (v.entries["d/new"].content, v.entries["g"].content, v.entries["d/f"].content) == (b"data", b"over a whiteout", b"lower")
+    assert names(v, "d") == ["f", "new"] and names(v) == ["d", "g", "mine"]
+    assert (v.entries["mine"].uid, v.entries["mine"].gid, v.entries["mine"].mode) == (1000, 1000, "0640")
+
+
+def tmpfile_seen(root: Path) -> list[object]:
+    """What a program sees of an O_TMPFILE file before and after it gets a name."""
+    fd = os.open(root, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"one")
+        before = os.fstat(fd)
+        link_open_file(fd, str(root / "named"), "proc")
+        after = os.fstat(fd)
+        os.write(fd, b" two")  # through the descriptor, read back through the name
+        by_name = os.stat(root / "named")
+        return [before.st_nlink, after.st_nlink, before.st_ino == after.st_ino == by_name.st_ino,
+                (root / "named").read_bytes(), by_name.st_size]
+    finally:
+        os.close(fd)
+
+
+def test_tmpfile_is_one_inode_before_and_after_its_name(tmp_path: Path) -> None:
+    with pair(tmp_path, [Dir({"l": File()})]) as p:
+        seen = [tmpfile_seen(p.kernel.mnt), tmpfile_seen(p.driver.mnt)]
+        p.check()
+    assert seen[0] == seen[1] == [0, 1, True, b"one two", 7]
 
 
 @pytest.mark.parametrize("create", [
