@@ -10,17 +10,15 @@ logical range to the same blocks, the data was shared, not copied.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-import struct
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from extents import data_extents, extents, write_sparse
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount
 
 MiB = 1 << 20
@@ -60,82 +58,9 @@ def loop_fs(base: Path, kind: str) -> Iterator[Path]:
         force_unmount(point)  # the loop device goes with it (autoclear)
 
 
-@dataclass(frozen=True)
-class Extent:
-    logical: int
-    physical: int
-    length: int
-    shared: bool
-
-
-_FS_IOC_FIEMAP = 0xC020660B
-_FIEMAP_FLAG_SYNC = 0x1
-_FIEMAP_EXTENT_LAST = 0x1
-_FIEMAP_EXTENT_SHARED = 0x2000
-_HEAD = struct.Struct("=QQIIII")  # struct fiemap, without its extents
-_EXTENT = struct.Struct("=QQQQQI12x")  # struct fiemap_extent
-_BATCH = 64
-
-
-def extents(path: Path) -> list[Extent]:
-    """The file's extents by FIEMAP, written out first, neighbours merged."""
-    found: list[Extent] = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        start, last = 0, False
-        while not last:
-            buf = bytearray(_HEAD.pack(start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC, 0, _BATCH, 0))
-            buf += bytes(_BATCH * _EXTENT.size)
-            fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
-            mapped = _HEAD.unpack_from(buf)[3]
-            if mapped == 0:
-                break
-            for i in range(mapped):
-                logical, physical, length, _, _, flags = _EXTENT.unpack_from(buf, _HEAD.size + i * _EXTENT.size)
-                _add(found, Extent(logical, physical, length, bool(flags & _FIEMAP_EXTENT_SHARED)))
-                start, last = logical + length, bool(flags & _FIEMAP_EXTENT_LAST)
-    finally:
-        os.close(fd)
-    return found
-
-
-def _add(found: list[Extent], e: Extent) -> None:
-    if found:
-        p = found[-1]
-        if p.logical + p.length == e.logical and p.physical + p.length == e.physical and p.shared == e.shared:
-            found[-1] = Extent(p.logical, p.physical, p.length + e.length, p.shared)
-            return
-    found.append(e)
-
-
-def data_ranges(path: Path) -> list[tuple[int, int]]:
-    """(offset, length) of the data, as SEEK_DATA/SEEK_HOLE tell."""
-    found = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        offset, size = 0, os.fstat(fd).st_size
-        while offset < size:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:
-                break
-            offset = os.lseek(fd, start, os.SEEK_HOLE)
-            found.append((start, offset - start))
-    finally:
-        os.close(fd)
-    return found
-
-
 def sparse_file(path: Path) -> str:
     """The lower file: data, holes, an xattr. Returns its sha256."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.ftruncate(fd, SIZE)
-        for offset, length in DATA:
-            os.pwrite(fd, os.urandom(length), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_sparse(path, SIZE, DATA)
     os.setxattr(path, "user.k", b"v")
     return sha256(path)
 
@@ -168,7 +93,7 @@ def test_copy_up_shares_the_lower_files_extents(fs: Path, driver: str) -> None:
     copy = stack.upper / "big"
     assert extents(copy) == extents(lower)
     assert all(e.shared for e in extents(copy)), extents(copy)
-    assert data_ranges(copy) == DATA
+    assert data_extents(copy) == DATA
     assert os.stat(copy).st_size == SIZE
     assert os.getxattr(copy, "user.k") == b"v"
     assert sha256(copy) == digest
@@ -223,7 +148,7 @@ def test_a_lower_on_another_filesystem_is_copied_and_one_on_the_same_still_share
     far_copy, near_copy = stack.upper / "far", stack.upper / "near"
     assert sha256(far_copy) == far
     # holes kept, though not to the block: xfs and btrfs allocate around what was written
-    found = data_ranges(far_copy)
+    found = data_extents(far_copy)
     assert all(any(s <= start and start + n <= s + m for s, m in found) for start, n in DATA), found
     assert sum(m for _, m in found) < SIZE, found
     assert not any(e.shared for e in extents(far_copy))

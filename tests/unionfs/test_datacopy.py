@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from extents import data_extents, write_sparse
 from storecheck import small_fs
 
 from unionfs import datacopy, syscalls
@@ -58,35 +59,9 @@ def cached(path: Path) -> int:
     return int(out.strip())
 
 
-def data_extents(path: Path) -> list[tuple[int, int]]:
-    found = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        offset, size = 0, os.fstat(fd).st_size
-        while offset < size:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError as exc:
-                assert exc.errno == errno.ENXIO
-                break
-            offset = os.lseek(fd, start, os.SEEK_HOLE)
-            found.append((start, offset - start))
-    finally:
-        os.close(fd)
-    return found
-
-
 def sparse_file(path: Path) -> None:
     """The lower file, written out and out of the page cache."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.ftruncate(fd, SIZE)
-        for offset, length in EXTENTS:
-            os.pwrite(fd, os.urandom(length), offset)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    write_sparse(path, SIZE, EXTENTS, drop_cache=True)
     assert cached(path) == 0
 
 
