@@ -617,7 +617,10 @@ class Requests:
         return fp.WRITE_OUT.pack(os.copy_file_range(fh_in, fh_out, min(length, 1 << 30), off_in, off_out), 0)
 
     def ioctl(self, h: tuple, data: memoryview) -> None:
-        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))  # no ioctl is known here, as on overlayfs
+        # None is known here. Overlayfs knows the file-attribute ones (FS_IOC_[GS]ETFLAGS,
+        # FS_IOC_FS[GS]ETXATTR: lsattr, chattr) since Linux 5.10, and copies some of those
+        # flags up; not done here yet.
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
 
     def syncfs(self, h: tuple, data: memoryview) -> None:
         self.union.settle()
