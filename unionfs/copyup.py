@@ -25,6 +25,10 @@ from collections.abc import Callable
 from unionfs import crashpoints, markers, syscalls
 from unionfs.datacopy import copy_data
 from unionfs.inodes import InodeMap
+
+# Inode flags a copy-up carries over, as overlayfs's does (OVL_COPY_FS_FLAGS_MASK).
+# Immutable and append-only it records in an xattr instead: not done here.
+COPIED_FLAGS = syscalls.FS_SYNC_FL | syscalls.FS_NOATIME_FL
 from unionfs.layer import Layer
 from unionfs.publish import SMALL, Pending, Publisher
 from unionfs.resolve import Node, Resolver, split, to_rel
@@ -538,7 +542,21 @@ class CopyUp:
             crashpoints.point("copyup.attrs")
             self._copy_xattrs(src, rel, tmp)
             crashpoints.point("copyup.xattrs")
+            if stat.S_ISDIR(mode):
+                self._copy_dir_flags(src, rel, tmp)
         return None
+
+    def _copy_dir_flags(self, src: Layer, rel: str, tmp: str) -> None:
+        """A recycled directory may carry the flags of the one it was: set them all."""
+        sfd = src.open(rel or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.work.fd)
+            try:
+                syscalls.copy_inode_flags(sfd, dfd, COPIED_FLAGS)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
 
     def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool, keep_open: bool,
                    spare: bool) -> int | None:
@@ -563,6 +581,7 @@ class CopyUp:
                 os.fchmod(dfd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
                 crashpoints.point("copyup.attrs")
                 self._copy_xattrs(src, rel, tmp)
+                syscalls.copy_inode_flags(sfd, dfd, COPIED_FLAGS)
                 crashpoints.point("copyup.xattrs")
                 if keep_open:
                     kept, dfd = dfd, -1

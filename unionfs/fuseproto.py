@@ -166,6 +166,8 @@ FALLOCATE_IN = struct.Struct("<QQQII")
 LSEEK_IN = struct.Struct("<QQII")
 LSEEK_OUT = struct.Struct("<Q")
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
+IOCTL_IN = struct.Struct("<QIIQII")  # fh, flags, cmd, arg, in_size, out_size; in_size bytes follow
+IOCTL_OUT = struct.Struct("<iIII")  # result, flags, in_iovs, out_iovs; the out data follows
 DIRENT = struct.Struct("<QQII")  # ino, off (of the next entry), namelen, type; the name follows, padded to 8
 
 _NS = 1_000_000_000

@@ -110,6 +110,11 @@ QUICK = frozenset({
 })
 
 
+# The file-attribute reads the kernel passes on (fuse_fileattr_get), with the size it
+# reads back: FS_IOC_GETFLAGS (an int, though its number says long) and FS_IOC_FSGETXATTR.
+_GET_FILEATTR = {0x80086601: 4, 0x801C581F: 28}
+
+
 class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 
@@ -616,11 +621,15 @@ class Requests:
         fh_in, off_in, _, fh_out, off_out, length, _ = fp.COPY_FILE_RANGE_IN.unpack_from(data)
         return fp.WRITE_OUT.pack(os.copy_file_range(fh_in, fh_out, min(length, 1 << 30), off_in, off_out), 0)
 
-    def ioctl(self, h: tuple, data: memoryview) -> None:
-        # None is known here. Overlayfs knows the file-attribute ones (FS_IOC_[GS]ETFLAGS,
-        # FS_IOC_FS[GS]ETXATTR: lsattr, chattr) since Linux 5.10, and copies some of those
-        # flags up; not done here yet.
-        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+    def ioctl(self, h: tuple, data: memoryview) -> bytes:
+        """Only the reading of file attributes (lsattr), which the kernel asks of a file or
+        directory it opened for it. Overlayfs also sets them (chattr), and copies some of
+        them up (sync, noatime; immutable and append-only in an xattr): not done here yet."""
+        _, _, cmd, _, _, out_size = fp.IOCTL_IN.unpack_from(data)
+        if _GET_FILEATTR.get(cmd) != out_size:
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        value = self.nodes.stable(lambda seq: self.union.fileattr(self.nodes.path(h[3]), cmd, out_size))
+        return fp.IOCTL_OUT.pack(0, 0, 0, 0) + value
 
     def syncfs(self, h: tuple, data: memoryview) -> None:
         self.union.settle()

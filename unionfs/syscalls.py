@@ -87,6 +87,36 @@ def futimens(fd: int, times_ns: tuple[int, int]) -> None:
         _raise(f"fd {fd}")
 
 
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_SYNC_FL, FS_NOATIME_FL = 0x8, 0x80
+_NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+
+def inode_flags(fd: int) -> int | None:
+    """The file's inode flags (what lsattr shows); None where its filesystem has none."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))[:4], "little", signed=True)
+    except OSError as exc:
+        if exc.errno in _NO_FLAGS:
+            return None
+        raise
+
+
+def copy_inode_flags(src_fd: int, dst_fd: int, mask: int) -> None:
+    """Give dst the flags of mask that src has, and only those; nothing where either
+    filesystem has no flags (as overlayfs's copy-up, ovl_copy_fileattr)."""
+    have, had = inode_flags(src_fd), inode_flags(dst_fd)
+    if have is None or had is None:
+        return
+    want = (had & ~mask) | (have & mask)
+    if want != had:
+        try:
+            fcntl.ioctl(dst_fd, FS_IOC_SETFLAGS, want.to_bytes(8, "little", signed=True))
+        except OSError as exc:  # EPERM: a driver that is neither the owner nor CAP_FOWNER
+            if exc.errno not in (*_NO_FLAGS, errno.EPERM):
+                raise
+
+
 def reflink(src_fd: int, dst_fd: int) -> bool:
     """Share the extents of src with dst (btrfs, xfs); False where the filesystem can't."""
     try:

@@ -10,6 +10,7 @@ directory, and removals leave their whiteout in the same step
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -234,6 +235,16 @@ class Union:
         else:
             ino = self.inodes(st.st_dev, st.st_ino)
         return self.attrs(st, ino)
+
+    def fileattr(self, path: str, cmd: int, size: int) -> bytes:
+        """The file attributes (FS_IOC_GETFLAGS, FS_IOC_FSGETXATTR: what lsattr shows) of
+        the entry that path shows, from its layer, as overlayfs reads its real inode's."""
+        node = self.node(path)
+        fd = self.layers[node.layer].open(node.rel or ".", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return fcntl.ioctl(fd, cmd, bytes(size))
+        finally:
+            os.close(fd)
 
     def readlink(self, path: str) -> str:
         node = self.node(path)

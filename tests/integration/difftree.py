@@ -802,6 +802,7 @@ def pair(
     kernel_options: Sequence[str] = KERNEL_OPTIONS,
     root_mode: int | None = None,
     driver_options: Sequence[str] = (),
+    prepare: Callable[[Path], None] | None = None,
 ) -> Iterator[Pair]:
     """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver.
 
@@ -814,6 +815,8 @@ def pair(
         s = Stack.make(base, len(lowers), prefix)
         for root, tree in zip(s.lowers, lowers, strict=True):
             build_layer(root, tree)
+            if prepare is not None:  # what a tree cannot say (inode flags), done to each lower built
+                prepare(root)
         if root_mode is not None:
             os.chmod(s.upper, root_mode)
         stacks.append(s)
