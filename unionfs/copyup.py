@@ -25,10 +25,6 @@ from collections.abc import Callable
 from unionfs import crashpoints, markers, syscalls
 from unionfs.datacopy import copy_data
 from unionfs.inodes import InodeMap
-
-# Inode flags a copy-up carries over, as overlayfs's does (OVL_COPY_FS_FLAGS_MASK).
-# Immutable and append-only it records in an xattr instead: not done here.
-COPIED_FLAGS = syscalls.FS_SYNC_FL | syscalls.FS_NOATIME_FL
 from unionfs.layer import Layer
 from unionfs.publish import SMALL, Pending, Publisher
 from unionfs.resolve import Node, Resolver, split, to_rel
@@ -45,6 +41,9 @@ _SPARE_DIRS = 64  # emptied directories kept for copy-ups of directories (WorkDi
 _SMALL_DIR = 4096  # larger: a directory that once held many entries, slower to list even when empty
 _RENAME = ".rename"
 _READ_COPY = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+# Inode flags a copy-up carries over, as overlayfs's does (OVL_COPY_FS_FLAGS_MASK).
+# Immutable and append-only it records in an xattr instead: not done here.
+COPIED_FLAGS = syscalls.FS_SYNC_FL | syscalls.FS_NOATIME_FL
 
 
 def _plain_rel(rel: str) -> bool:
