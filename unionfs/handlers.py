@@ -112,7 +112,7 @@ QUICK = frozenset({
 
 # The file-attribute reads the kernel passes on (fuse_fileattr_get), with the size it
 # reads back: FS_IOC_GETFLAGS (an int, though its number says long) and FS_IOC_FSGETXATTR.
-_GET_FILEATTR = {0x80086601: 4, 0x801C581F: 28}
+_GET_FILEATTR = {syscalls.FS_IOC_GETFLAGS: 4, syscalls.FS_IOC_FSGETXATTR: 28}
 
 
 class Requests:
@@ -321,7 +321,7 @@ class Requests:
 
     def _name_unnamed(self, h: tuple, source: int, name: str) -> bytes:
         with self._lock:  # a RELEASE cannot close the fd meanwhile
-            fd = next((fd for fd in self._node_fds.get(source, ()) if self._files[fd][0] == 0), None)
+            fd = self._upper_fd(source)
             if fd is None:
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
             fd = os.dup(fd)
@@ -485,6 +485,10 @@ class Requests:
         with self._lock:
             self._files[fd] = (index, nodeid)
             self._node_fds.setdefault(nodeid, []).append(fd)
+
+    def _upper_fd(self, nodeid: int) -> int | None:
+        """A descriptor the node is open by in the upper layer, if any; under self._lock."""
+        return next((fd for fd in self._node_fds.get(nodeid, ()) if self._files[fd][0] == 0), None)
 
     def _host_flags(self, flags: int) -> int:
         if self.writeback:  # the kernel may read to fill a page it writes, and appends itself
@@ -784,7 +788,7 @@ class Requests:
         size, _ = fp.GETXATTR_IN.unpack_from(data)
         name = _name(data[fp.GETXATTR_IN.size:])
         with self._lock:  # a RELEASE cannot close the fd meanwhile
-            fd = next((fd for fd in self._node_fds.get(h[3], ()) if self._files[fd][0] == 0), None)
+            fd = self._upper_fd(h[3])
             if fd is not None:
                 # By the fd of a file open in the upper layer: the kernel asks before every
                 # write, and the file may be a copy-up still pending (see publish).

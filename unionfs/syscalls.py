@@ -88,6 +88,7 @@ def futimens(fd: int, times_ns: tuple[int, int]) -> None:
 
 
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_IOC_FSGETXATTR = 0x801C581F  # struct fsxattr, 28 bytes
 FS_SYNC_FL, FS_NOATIME_FL = 0x8, 0x80
 _NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 

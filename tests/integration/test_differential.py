@@ -70,6 +70,8 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from users import CAP_FSETID, errno_without
 
+from unionfs import syscalls
+
 pytestmark = [
     pytest.mark.usefixtures("transport"),  # every test over /dev/fuse and over the per-CPU io_uring queues
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (kernel overlayfs, device nodes, trusted xattrs)"),
@@ -697,16 +699,17 @@ def test_tmpfile_is_one_inode_before_and_after_its_name(tmp_path: Path) -> None:
     assert seen[0] == seen[1] == [0, 1, True, b"one two", 7]
 
 
-FS_IOC_GETFLAGS = 0x80086601
-SYNC_FL, NOATIME_FL = 0x8, 0x80  # chattr +S, +A
+SYNC_FL, NOATIME_FL = syscalls.FS_SYNC_FL, syscalls.FS_NOATIME_FL  # chattr +S, +A
 
 
 def inode_flags(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        return struct.unpack_from("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+        flags = syscalls.inode_flags(fd)
     finally:
         os.close(fd)
+    assert flags is not None, f"{path}: no inode flags"
+    return flags
 
 
 def set_flags(layer: Path) -> None:
@@ -714,7 +717,7 @@ def set_flags(layer: Path) -> None:
         if (layer / rel).exists():
             fd = os.open(layer / rel, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                fcntl.ioctl(fd, 0x40086602, struct.pack("q", inode_flags(layer / rel) | flags))
+                fcntl.ioctl(fd, syscalls.FS_IOC_SETFLAGS, struct.pack("q", inode_flags(layer / rel) | flags))
             finally:
                 os.close(fd)
 
