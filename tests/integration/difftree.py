@@ -17,10 +17,12 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -284,6 +286,37 @@ def _tmpfile(d: str, dst: str | None, data: bytes, how: str) -> None:
         os.close(fd)
 
 
+# The inode-flag ioctls (linux/fs.h), named here: the harness imports nothing of the driver's.
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR = 0x801C581F, 0x401C5820
+
+
+def inode_flags(p: str) -> int:
+    """What lsattr shows (FS_IOC_GETFLAGS), of a file or directory."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return struct.unpack_from("<i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+    finally:
+        os.close(fd)
+
+
+def _chattr(p: str, add: int, remove: int, how: str) -> None:
+    """chattr: inode flags added and removed, with FS_IOC_SETFLAGS (how "flags") or, as
+    xfs_io does, with the fsx_xflags of FS_IOC_FSSETXATTR (how "xflags": add and remove
+    are FS_XFLAG_* bits then)."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if how == "flags":
+            flags = struct.unpack_from("<i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<q", (flags | add) & ~remove))
+        else:
+            attr = bytearray(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(28)))
+            struct.pack_into("<I", attr, 0, (struct.unpack_from("<I", attr)[0] | add) & ~remove)
+            fcntl.ioctl(fd, FS_IOC_FSSETXATTR, bytes(attr))
+    finally:
+        os.close(fd)
+
+
 # name -> (function of (root, *args)); paths in args are relative to the mount
 _OPS: dict[str, Callable[..., None]] = {
     "read": lambda r, path: _read(_p(r, path)),
@@ -305,6 +338,8 @@ _OPS: dict[str, Callable[..., None]] = {
     "listdir": lambda r, path: os.listdir(_p(r, path)),
     "exec": lambda r, path: _exec(_p(r, path)),
     "tmpfile": lambda r, d, dst, data, how: _tmpfile(_p(r, d), None if dst is None else _p(r, dst), data, how),
+    "chattr": lambda r, path, add, remove=0, how="flags": _chattr(_p(r, path), add, remove, how),
+    "touch": lambda r, path: os.utime(_p(r, path)),  # no times given: both now (an append-only file allows it)
 }
 
 
@@ -621,13 +656,14 @@ class UpperMeta:
     content: bytes | str | None
     target: str | None
     xattrs: tuple[tuple[str, bytes], ...]
+    protattr: bytes | None = None  # trusted.overlay.protattr: immutable, append-only
 
 
 def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str, UpperMeta]:
     """The upper layer, semantically: kinds, opaque flags, data and metadata.
 
-    Left out on purpose: overlay.* xattrs other than trusted.overlay.opaque
-    (origin, impure, redirect values differ between implementations), unionfs.*, mtimes
+    Left out on purpose: overlay.* xattrs other than trusted.overlay.opaque and
+    .protattr (origin, impure, redirect values differ between implementations), unionfs.*, mtimes
     (the merged view compares those), and the mode, owner and link count of
     whiteouts (overlayfs shares one whiteout inode between many names).
     The opaque flag counts only where the ``lowers`` show a directory at the
@@ -655,6 +691,7 @@ def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str
             content=_content(path) if kind == "file" else None,
             target=os.readlink(path) if kind == "symlink" else None,
             xattrs=_xattrs(path),
+            protattr=_xattr(path, "trusted.overlay.protattr"),
         )
     return out
 

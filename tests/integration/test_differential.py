@@ -33,7 +33,6 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
-import fcntl
 import os
 import stat
 import struct
@@ -70,7 +69,6 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from users import CAP_FSETID, errno_without
 
-from unionfs import syscalls
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),  # every test over /dev/fuse and over the per-CPU io_uring queues
@@ -697,51 +695,6 @@ def test_tmpfile_is_one_inode_before_and_after_its_name(tmp_path: Path) -> None:
         seen = [tmpfile_seen(p.kernel.mnt), tmpfile_seen(p.driver.mnt)]
         p.check()
     assert seen[0] == seen[1] == [0, 1, True, b"one two", 7]
-
-
-SYNC_FL, NOATIME_FL = syscalls.FS_SYNC_FL, syscalls.FS_NOATIME_FL  # chattr +S, +A
-
-
-def inode_flags(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        flags = syscalls.inode_flags(fd)
-    finally:
-        os.close(fd)
-    assert flags is not None, f"{path}: no inode flags"
-    return flags
-
-
-def set_flags(layer: Path) -> None:
-    for rel, flags in (("n", NOATIME_FL), ("s", SYNC_FL), ("d", NOATIME_FL)):
-        if (layer / rel).exists():
-            fd = os.open(layer / rel, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, syscalls.FS_IOC_SETFLAGS, struct.pack("q", inode_flags(layer / rel) | flags))
-            finally:
-                os.close(fd)
-
-
-def test_inode_flags_read_through_and_copied_up(tmp_path: Path) -> None:
-    """lsattr (FS_IOC_GETFLAGS) shows the flags of the layer an entry is in; a copy-up
-    carries the sync and noatime flags over, as overlayfs's does, and a file made in a
-    copied-up directory inherits the directory's."""
-    bottom = Dir({"n": File(b"n"), "s": File(b"s"), "g": File(b"g"), "d": Dir({"c": File(b"c")})})
-    rels = (".", "n", "s", "g", "d", "d/c")
-    with pair(tmp_path, [Dir(), bottom], prepare=set_flags) as p:
-        before = [{rel: inode_flags(mnt / rel) for rel in rels} for mnt in (p.kernel.mnt, p.driver.mnt)]
-        for step in (op("chmod", "n", 0o600), op("chmod", "s", 0o600), op("chmod", "g", 0o600),
-                     op("write", "d/new", "excl", b"x"), op("utime", "d/c", T)):
-            assert p.run(step) is None
-        after = [{rel: inode_flags(mnt / rel) for rel in (*rels, "d/new")} for mnt in (p.kernel.mnt, p.driver.mnt)]
-        p.check()
-    assert before[0] == before[1] and after[0] == after[1]
-    flags = after[1]
-    assert (flags["n"] & NOATIME_FL, flags["s"] & SYNC_FL, flags["d"] & NOATIME_FL, flags["d/new"] & NOATIME_FL) == (
-        NOATIME_FL, SYNC_FL, NOATIME_FL, NOATIME_FL)
-    assert not flags["g"] & (NOATIME_FL | SYNC_FL)
-    for rel in ("n", "s", "d"):  # in the upper layer now, and the flags with them
-        assert inode_flags(p.driver.upper / rel) & (NOATIME_FL | SYNC_FL) == flags[rel] & (NOATIME_FL | SYNC_FL)
 
 
 @pytest.mark.parametrize("create", [
