@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from unionfs import crashpoints, markers, syscalls
+from unionfs import crashpoints, markers, protection, syscalls
 from unionfs.datacopy import copy_data
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer
@@ -42,7 +42,7 @@ _SMALL_DIR = 4096  # larger: a directory that once held many entries, slower to 
 _RENAME = ".rename"
 _READ_COPY = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 # Inode flags a copy-up carries over, as overlayfs's does (OVL_COPY_FS_FLAGS_MASK).
-# Immutable and append-only it records in an xattr instead: not done here.
+# Immutable and append-only it records in an xattr instead (see protection).
 COPIED_FLAGS = syscalls.FS_SYNC_FL | syscalls.FS_NOATIME_FL
 
 
@@ -330,6 +330,7 @@ class CopyUp:
         *,
         durable: bool,
         private_prefix: str,
+        protattr_xattr: str,
         on_new_inode: Callable[[os.stat_result | None], None] | None = None,
     ) -> None:
         self.resolver = resolver
@@ -353,6 +354,7 @@ class CopyUp:
         self.work = work
         self.durable = durable
         self.origin_xattr = private_prefix + "origin"
+        self.protattr_xattr = protattr_xattr
         self._locks = [threading.Lock() for _ in range(64)]
         self._reflink = True
         # Small files opened for writing are synced and renamed in batches (see publish);
@@ -551,7 +553,7 @@ class CopyUp:
         try:
             dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.work.fd)
             try:
-                syscalls.copy_inode_flags(sfd, dfd, COPIED_FLAGS)
+                self._copy_flags(sfd, dfd, tmp, rel)
             finally:
                 os.close(dfd)
         finally:
@@ -580,7 +582,7 @@ class CopyUp:
                 os.fchmod(dfd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
                 crashpoints.point("copyup.attrs")
                 self._copy_xattrs(src, rel, tmp)
-                syscalls.copy_inode_flags(sfd, dfd, COPIED_FLAGS)
+                self._copy_flags(sfd, dfd, tmp, rel)
                 crashpoints.point("copyup.xattrs")
                 if keep_open:
                     kept, dfd = dfd, -1
@@ -594,6 +596,18 @@ class CopyUp:
         finally:
             os.close(sfd)
         return None
+
+    def _copy_flags(self, sfd: int, dfd: int, tmp: str, rel: str) -> None:
+        """The inode flags a copy carries, and the lower entry's immutable and
+        append-only recorded in the copy's xattr, off its real inode (ovl_copy_fileattr)."""
+        bits = syscalls.copy_inode_flags(sfd, dfd, COPIED_FLAGS) & protection.BOTH
+        if bits:
+            try:
+                self.work.setxattr(tmp, self.protattr_xattr, protection.encode(bits))
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP):
+                    raise
+                log.warning("copy-up of %s: its immutable or append-only flag not recorded: %s", rel, exc.strerror)
 
     def _copy_xattrs(self, src: Layer, rel: str, tmp: str) -> None:
         for name in src.listxattr(rel):

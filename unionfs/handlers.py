@@ -110,9 +110,11 @@ QUICK = frozenset({
 })
 
 
-# The file-attribute reads the kernel passes on (fuse_fileattr_get), with the size it
-# reads back: FS_IOC_GETFLAGS (an int, though its number says long) and FS_IOC_FSGETXATTR.
+# The file-attribute reads and writes the kernel passes on (fuse_fileattr_get, _set), with
+# the size it reads back or sends: the flags (an int, though the numbers say long) and
+# struct fsxattr.
 _GET_FILEATTR = {syscalls.FS_IOC_GETFLAGS: 4, syscalls.FS_IOC_FSGETXATTR: 28}
+_SET_FILEATTR = {syscalls.FS_IOC_SETFLAGS: 4, syscalls.FS_IOC_FSSETXATTR: 28}
 
 
 class Requests:
@@ -411,14 +413,19 @@ class Requests:
         return self._attr_valid + fp.attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
 
     def setattr(self, h: tuple, data: memoryview) -> bytes:
-        (valid, _, fh, size, _, atime, mtime, _, atime_ns, mtime_ns, _, mode, _, uid, gid, _) = fp.SETATTR_IN.unpack_from(data)
+        (valid, _, fh, size, _, atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns, mode, _, uid, gid, _
+         ) = fp.SETATTR_IN.unpack_from(data)
         handle = fh if valid & fp.FATTR_FH and fh in self._files else None
         if handle is None and not valid & _CHANGES_FILE and self.nodes.detached(h[3]):
             # The times the kernel kept for a file it just unlinked (writeback cache): once
             # per unlinked file. Nobody can see them, and no path is left to set them on.
             return self._attr_valid + fp.attr(self._nameless_attrs(h[3]))
+        # utimes(path, NULL), which an append-only file allows: both times "now". With the
+        # writeback cache the kernel sends its own clock's now for mtime, the ctime it set.
+        touch = bool(valid & fp.FATTR_ATIME_NOW and valid & fp.FATTR_MTIME and (
+            valid & fp.FATTR_MTIME_NOW or (valid & fp.FATTR_CTIME and (mtime, mtime_ns) == (ctime, ctime_ns))))
         with self.nodes.exclusive():
-            self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid)
+            self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
         return self._attr_valid + fp.attr(self._attrs(h[3], handle))
 
     @staticmethod
@@ -428,7 +435,7 @@ class Requests:
         return functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
 
     def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
-             mode: int, uid: int, gid: int) -> None:
+             mode: int, uid: int, gid: int, touch: bool) -> None:
         owner = (uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1)
         times = valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW)
         # A truncation's "mtime now" is done by the host's truncate already.
@@ -444,7 +451,7 @@ class Requests:
             if valid & (fp.FATTR_UID | fp.FATTR_GID):
                 os.fchown(handle, *owner)
             if valid & fp.FATTR_SIZE:
-                os.ftruncate(handle, size)
+                self.union.ftruncate(handle, size)
                 if valid & fp.FATTR_KILL_SUIDGID:
                     self._set_id_killer(h)(handle)
             if times:
@@ -463,7 +470,7 @@ class Requests:
         if valid & fp.FATTR_SIZE:
             self.union.truncate(path, size, self._set_id_killer(h) if valid & fp.FATTR_KILL_SUIDGID else None)
         if times:
-            self.union.utimens(path, new_times)
+            self.union.utimens(path, new_times, touch)
 
     @staticmethod
     def _time(valid: int, given: int, now: int, seconds: int, ns: int) -> int:
@@ -524,15 +531,15 @@ class Requests:
             self.notify(fp.NOTIFY_STORE, fp.NOTIFY_STORE_OUT.pack(nodeid, start, len(page), 0) + page)
 
     def open(self, h: tuple, data: memoryview) -> bytes:
-        flags, open_flags = fp.OPEN_IN.unpack_from(data)
-        flags = self._host_flags(flags)
+        asked, open_flags = fp.OPEN_IN.unpack_from(data)
+        flags = self._host_flags(asked)
         nodeid, caller = h[3], Caller(h[4], h[5])
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
                 path = self.nodes.path(nodeid)
                 self._copying.copy = None
-                fd, index = self.union.open(path, flags, caller, kill)
+                fd, index = self.union.open(path, flags, caller, kill, appending=bool(asked & os.O_APPEND))
                 copy = self._copying.copy
                 if self.writeback and copy is not None and copy[0] == path:
                     self._hand_over_last_page(nodeid, fd, copy[1])
@@ -615,7 +622,7 @@ class Requests:
 
     def fallocate(self, h: tuple, data: memoryview) -> None:
         fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(data)
-        syscalls.fallocate(fh, mode, offset, length)
+        self.union.fallocate(fh, mode, offset, length)
 
     def lseek(self, h: tuple, data: memoryview) -> bytes:
         fh, offset, whence, _ = fp.LSEEK_IN.unpack_from(data)
@@ -626,14 +633,19 @@ class Requests:
         return fp.WRITE_OUT.pack(os.copy_file_range(fh_in, fh_out, min(length, 1 << 30), off_in, off_out), 0)
 
     def ioctl(self, h: tuple, data: memoryview) -> bytes:
-        """Only the reading of file attributes (lsattr), which the kernel asks of a file or
-        directory it opened for it. Overlayfs also sets them (chattr), and copies some of
-        them up (sync, noatime; immutable and append-only in an xattr): not done here yet."""
-        _, _, cmd, _, _, out_size = fp.IOCTL_IN.unpack_from(data)
-        if _GET_FILEATTR.get(cmd) != out_size:
-            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
-        value = self.nodes.stable(lambda seq: self.union.fileattr(self.nodes.path(h[3]), cmd, out_size))
-        return fp.IOCTL_OUT.pack(0, 0, 0, 0) + value
+        """Only the file attributes (lsattr, chattr), which the kernel asks of and sets on a
+        file or directory it opened for it, having checked the caller's right to; any
+        other ioctl is ENOTTY, as on overlayfs."""
+        _, _, cmd, _, in_size, out_size = fp.IOCTL_IN.unpack_from(data)
+        if _GET_FILEATTR.get(cmd) == out_size:
+            value = self.nodes.stable(lambda seq: self.union.fileattr(self.nodes.path(h[3]), cmd, out_size))
+            return fp.IOCTL_OUT.pack(0, 0, 0, 0) + value
+        if _SET_FILEATTR.get(cmd) == in_size and not out_size:
+            value = bytes(data[fp.IOCTL_IN.size:fp.IOCTL_IN.size + in_size])
+            with self.nodes.exclusive():  # may copy up
+                self.union.set_fileattr(self.nodes.path(h[3]), cmd, value)
+            return fp.IOCTL_OUT.pack(0, 0, 0, 0)
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
 
     def syncfs(self, h: tuple, data: memoryview) -> None:
         self.union.settle()

@@ -73,6 +73,9 @@ class Resolver:
         self.writable = writable
         self._lower_dirs: dict[tuple[int, str], DirInfo | None] = {}
         self._nodes: dict[str, Node] = {}
+        # path -> (its node, the node's immutable and append-only bits): asked of
+        # the parent at every removal in it, and dropped with the node
+        self._protections: dict[str, tuple[Node, int]] = {}
         self._gen = 0
         self._lock = threading.Lock()
         # Waits until nothing at a path or below it is a pending copy-up (see publish).
@@ -84,10 +87,33 @@ class Resolver:
         with self._lock:
             self._gen += 1
             self._nodes.pop(path, None)
+            self._protections.pop(path, None)
             if subtree:
                 prefix = path.rstrip("/") + "/"
-                for key in [k for k in self._nodes if k.startswith(prefix)]:
-                    del self._nodes[key]
+                for cache in (self._nodes, self._protections):
+                    for key in [k for k in cache if k.startswith(prefix)]:
+                        del cache[key]
+
+    def protection(self, node: Node, read: Callable[[Node], int]) -> int:
+        """read(node), kept until the node changes: protection changes only with the
+        node (a copy-up keeps it) or by chattr, which calls ``forget_protections``."""
+        kept = self._protections.get(node.path)
+        if kept is not None and (kept[0] is node or kept[0] == node):  # mostly the very node kept
+            return kept[1]
+        gen = self._gen
+        bits = read(node)
+        with self._lock:
+            if gen == self._gen:
+                if len(self._protections) >= _MAX_NODES:
+                    self._protections.clear()
+                self._protections[node.path] = (node, bits)
+        return bits
+
+    def forget_protections(self) -> None:
+        """After a chattr: other names of the same inode show its new protection too."""
+        with self._lock:
+            self._gen += 1
+            self._protections.clear()
 
     @property
     def generation(self) -> int:

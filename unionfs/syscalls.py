@@ -1,6 +1,6 @@
 """Linux system calls that the os module lacks: renameat2, utimensat with
-UTIME_NOW/UTIME_OMIT, the FICLONE reflink ioctl, sync_file_range, syncfs and
-cachestat.
+UTIME_NOW/UTIME_OMIT, statx's attributes, the inode-flag and FICLONE ioctls,
+sync_file_range, syncfs and cachestat.
 
 Copy-up, whiteout creation and directory replacement must be atomic the way
 overlayfs makes them atomic, and that needs renameat2's RENAME_EXCHANGE and
@@ -12,6 +12,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import struct
+import threading
 
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
@@ -88,7 +90,7 @@ def futimens(fd: int, times_ns: tuple[int, int]) -> None:
 
 
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
-FS_IOC_FSGETXATTR = 0x801C581F  # struct fsxattr, 28 bytes
+FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR = 0x801C581F, 0x401C5820  # struct fsxattr, 28 bytes
 FS_SYNC_FL, FS_NOATIME_FL = 0x8, 0x80
 _NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
@@ -103,12 +105,13 @@ def inode_flags(fd: int) -> int | None:
         raise
 
 
-def copy_inode_flags(src_fd: int, dst_fd: int, mask: int) -> None:
+def copy_inode_flags(src_fd: int, dst_fd: int, mask: int) -> int:
     """Give dst the flags of mask that src has, and only those; nothing where either
-    filesystem has no flags (as overlayfs's copy-up, ovl_copy_fileattr)."""
+    filesystem has no flags (as overlayfs's copy-up, ovl_copy_fileattr). Returns src's
+    flags (0 where it has none)."""
     have, had = inode_flags(src_fd), inode_flags(dst_fd)
     if have is None or had is None:
-        return
+        return have or 0
     want = (had & ~mask) | (have & mask)
     if want != had:
         try:
@@ -116,6 +119,29 @@ def copy_inode_flags(src_fd: int, dst_fd: int, mask: int) -> None:
         except OSError as exc:  # EPERM: a driver that is neither the owner nor CAP_FOWNER
             if exc.errno not in (*_NO_FLAGS, errno.EPERM):
                 raise
+    return have
+
+
+# statx through a handle of its own, without argtypes or errno capture: converting
+# arguments and saving errno cost twice what the call does, and lookups call it
+# for every entry removed (see protection). A failure is raised by lstat instead.
+_statx = ctypes.CDLL(None).statx
+_STATX_SIZE = 256  # struct statx; its stx_attributes is the u64 at offset 8
+_STATX_ATTRIBUTES = struct.Struct("<8xQ")
+_statx_buffers = threading.local()
+
+
+def statx_attributes(dir_fd: int, rel: str) -> int:
+    """The stx_attributes of rel (not following a symlink): among them immutable and
+    append-only, which ext4, xfs, btrfs and tmpfs report, with the values of the
+    inode flags FS_IMMUTABLE_FL and FS_APPEND_FL. No fd to open, as the flag ioctl needs."""
+    buf = getattr(_statx_buffers, "buf", None)
+    if buf is None:
+        buf = _statx_buffers.buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _statx(dir_fd, os.fsencode(rel or "."), AT_SYMLINK_NOFOLLOW, 0, buf) != 0:
+        os.lstat(rel or ".", dir_fd=dir_fd)  # raises the error
+        return 0  # gone and back meanwhile: nothing known
+    return int(_STATX_ATTRIBUTES.unpack_from(buf)[0])
 
 
 def reflink(src_fd: int, dst_fd: int) -> bool:

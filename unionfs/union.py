@@ -18,11 +18,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unionfs import crashpoints, markers, placement, syscalls
+from unionfs import crashpoints, markers, placement, protection, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, rel_join
 from unionfs.markers import WhiteoutForm
+from unionfs.protection import APPEND, BOTH, IMMUTABLE, Protections
 from unionfs.resolve import Node, Resolver, child_path, split
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Caller:
 
 ROOT = Caller(0, 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+_ATTR_OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC  # for the inode-flag ioctls
+_FALLOC_FL_KEEP_SIZE = 1
 # Open flags of the caller's that the driver's own fd must not have: O_DIRECT is
 # between the caller and the kernel, and would make the driver's unaligned
 # buffers fail with EINVAL.
@@ -86,8 +89,10 @@ class Union:
         self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 else WhiteoutForm.OCI)
         private = "trusted.unionfs." if self.form is WhiteoutForm.OVERLAY else "user.unionfs."
         self.origin_xattr = private + "origin"
-        self.redirect_xattr = ("trusted." if self.form is WhiteoutForm.OVERLAY else "user.") + "overlay.redirect"
+        overlay = "trusted.overlay." if self.form is WhiteoutForm.OVERLAY else "user.overlay."
+        self.redirect_xattr = overlay + "redirect"
         self.resolver = Resolver(layers, self.writable)
+        self.protections = Protections(layers, self.resolver, overlay + "protattr")
         self.inodes = InodeMap([layer.dev for layer in layers])
         self._origins: dict[int, int] = {}
         top = layers[0]
@@ -103,7 +108,8 @@ class Union:
                 raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
             self.work = WorkDir(workdir, top)
             self.copyup = CopyUp(
-                self.resolver, self.work, self.inodes, durable=durable, private_prefix=private, on_new_inode=self._forget
+                self.resolver, self.work, self.inodes, durable=durable, private_prefix=private,
+                protattr_xattr=self.protections.xattr, on_new_inode=self._forget,
             )
         self._rename_lock = threading.Lock()
 
@@ -238,11 +244,31 @@ class Union:
 
     def fileattr(self, path: str, cmd: int, size: int) -> bytes:
         """The file attributes (FS_IOC_GETFLAGS, FS_IOC_FSGETXATTR: what lsattr shows) of
-        the entry that path shows, from its layer, as overlayfs reads its real inode's."""
+        the entry that path shows, as overlayfs reads them: its real inode's, and for an
+        upper entry the protection its xattr records."""
         node = self.node(path)
-        fd = self.layers[node.layer].open(node.rel or ".", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = self.layers[node.layer].open(node.rel or ".", _ATTR_OPEN)
         try:
-            return fcntl.ioctl(fd, cmd, bytes(size))
+            value = fcntl.ioctl(fd, cmd, bytes(size))
+        finally:
+            os.close(fd)
+        if self.resolver.is_upper(node.layer):
+            value = protection.with_protection(cmd, value, self.protections.of(node))
+        return value
+
+    def set_fileattr(self, path: str, cmd: int, value: bytes) -> None:
+        """chattr through the mount (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR), as overlayfs's
+        ovl_fileattr_set: the entry is copied up, immutable and append-only are recorded
+        in its xattr, and the other flags set on the upper inode."""
+        copyup, _ = self._writable(path)
+        node = self.node(path)
+        had = self.protections.of(node)
+        rel = copyup.ensure(node)
+        bits, rest = protection.split(cmd, value)
+        self.protections.record(self.upper, rel, bits, had)
+        fd = self.upper.open(rel or ".", _ATTR_OPEN)
+        try:
+            fcntl.ioctl(fd, cmd, rest)
         finally:
             os.close(fd)
 
@@ -291,18 +317,38 @@ class Union:
         return out
 
     def open(self, path: str, flags: int, caller: Caller = ROOT,
-             kill: Callable[[int], None] | None = None) -> tuple[int, int]:
+             kill: Callable[[int], None] | None = None, appending: bool | None = None) -> tuple[int, int]:
         """An fd on the layer that holds the file, copied up first for writing.
-        kill: called with the fd after an O_TRUNC (set-id bits to drop)."""
+        kill: called with the fd after an O_TRUNC (set-id bits to drop).
+        appending: whether the caller's open has O_APPEND, where flags no longer
+        say (the kernel's writeback cache appends by itself)."""
         node = self.node(path)
         flags = fd_flags(flags) | os.O_NOFOLLOW
         if not flags & _WRITE_FLAGS:
             return self.layers[node.layer].open(node.rel, flags), node.layer
         copyup, _ = self._writable(path)
+        protected = self.protections.of(node)
+        if appending is None:
+            appending = bool(flags & os.O_APPEND)
+        if protected & IMMUTABLE or (protected & APPEND and (flags & os.O_TRUNC or not appending)):
+            raise fail(errno.EPERM, path)  # an append-only file opens for writing with O_APPEND only (may_open)
         fd = copyup.open(node, flags, data=not flags & os.O_TRUNC)
         if flags & os.O_TRUNC and kill is not None:
             kill(fd)
         return fd, 0
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        """Truncation of a file open in the upper layer (ftruncate), unless it is protected."""
+        if self.protections.of_fd(fd):
+            raise fail(errno.EPERM, f"fd {fd}")
+        os.ftruncate(fd, length)
+
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on a file open for writing: an append-only one may only grow (vfs_fallocate)."""
+        protected = self.protections.of_fd(fd)
+        if protected & IMMUTABLE or (protected & APPEND and mode & ~_FALLOC_FL_KEEP_SIZE):
+            raise fail(errno.EPERM, f"fd {fd}")
+        syscalls.fallocate(fd, mode, offset, length)
 
     def fsync(self, fd: int, datasync: bool = False) -> None:
         """fsync of an open file; a copy-up still pending under it is published first."""
@@ -353,6 +399,7 @@ class Union:
         parent = self._dir(ppath)
         if self.resolver.child(parent, name) is not None:
             raise fail(errno.EEXIST, path)
+        self.protections.refuse(parent, path, IMMUTABLE)  # an append-only directory takes new entries
         prel = copyup.ensure(parent)
         rel = rel_join(prel, name)
         gid, mode = self._new_owner(prel, caller, mode)
@@ -467,7 +514,9 @@ class Union:
         no name that anyone could see before its owner is set, so nothing is built aside;
         ``link_open`` names it."""
         copyup, _ = self._writable(dir_path)
-        prel = copyup.ensure(self._dir(dir_path))
+        parent = self._dir(dir_path)
+        self.protections.refuse(parent, dir_path, IMMUTABLE)
+        prel = copyup.ensure(parent)
         gid, mode = self._new_owner(prel, caller, mode)
         access = flags & (os.O_ACCMODE | os.O_EXCL | os.O_APPEND | os.O_SYNC | os.O_DSYNC | os.O_NOATIME)
         fd = os.open(prel or ".", access | os.O_TMPFILE | os.O_CLOEXEC, mode & 0o7777, dir_fd=self.upper.fd)
@@ -502,6 +551,12 @@ class Union:
         source = self.node(existing)
         if source.is_dir:
             raise fail(errno.EPERM, existing)
+        ppath, name = split(path)
+        parent = self._dir(ppath)
+        if self.resolver.child(parent, name) is not None:
+            raise fail(errno.EEXIST, path)  # before the source is copied up for nothing
+        self.protections.refuse(parent, path, IMMUTABLE)
+        self.protections.refuse(source, existing, BOTH)
         srel = copyup.ensure(source)
 
         def make(dir_fd: int, rel: str, mode: int) -> None:
@@ -546,21 +601,30 @@ class Union:
         else:
             os.unlink(rel, dir_fd=self.upper.fd)
 
-    def _parent_in_upper(self, path: str) -> tuple[Node, str, str]:
+    def _parent_in_upper(self, path: str, parent: Node | None = None) -> tuple[Node, str, str]:
         copyup, _ = self._writable(path)
         ppath, name = split(path)
-        parent = self._dir(ppath)
+        if parent is None:
+            parent = self._dir(ppath)
         if self.resolver.is_upper(parent.layer):
             return parent, parent.rel, name
         prel = copyup.ensure(parent)
         return self._dir(ppath), prel, name
 
+    def _removable(self, node: Node, path: str) -> Node:
+        """The parent of node, which may lose node: neither is immutable or append-only
+        (may_delete). Checked before anything else about the removal, as the VFS does."""
+        parent = self._dir(split(path)[0])
+        self.protections.refuse_removal(parent, node, path)
+        return parent
+
     def unlink(self, path: str) -> None:
         self._writable(path)
         node = self.node(path)
+        parent = self._removable(node, path)
         if node.is_dir:
             raise fail(errno.EISDIR, path)
-        parent, prel, name = self._parent_in_upper(path)
+        parent, prel, name = self._parent_in_upper(path, parent)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
             if st is not None and st.st_size >= _LONG_REMOVAL:
@@ -576,9 +640,10 @@ class Union:
         if path == "/":
             raise fail(errno.EBUSY, path)
         node = self._dir(path)
+        parent = self._removable(node, path)
         if self.listing(node):
             raise fail(errno.ENOTEMPTY, path)
-        parent, prel, name = self._parent_in_upper(path)
+        parent, prel, name = self._parent_in_upper(path, parent)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
             self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
@@ -602,6 +667,15 @@ class Union:
         npath, nname = split(new)
         self._check_name(nname, new)
         target = self.resolver.resolve(new)
+        if target is not None and not source.is_dir and not target.is_dir:
+            sst, tst = self._lstat(source), self._lstat(target)
+            if (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino):
+                return  # two names of one file: rename(2) does nothing
+        self._removable(source, old)
+        if target is not None:
+            self._removable(target, new)
+        else:
+            self.protections.refuse(self._dir(npath), new, IMMUTABLE)
         if target is not None:
             if source.is_dir and not target.is_dir:
                 raise fail(errno.ENOTDIR, new)
@@ -609,10 +683,6 @@ class Union:
                 raise fail(errno.EISDIR, new)
             if target.is_dir and self.listing(target):
                 raise fail(errno.ENOTEMPTY, new)
-            if not source.is_dir:
-                sst, tst = self._lstat(source), self._lstat(target)
-                if (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino):
-                    return  # two names of one file: rename(2) does nothing
         with self._rename_lock:
             self._rename(source, target, oname, npath, nname, copyup)
 
@@ -635,6 +705,8 @@ class Union:
             return
         if new.startswith(old.rstrip("/") + "/") or old.startswith(new.rstrip("/") + "/"):
             raise fail(errno.EINVAL, new)
+        self._removable(first, old)
+        self._removable(second, new)
         with self._rename_lock:
             first_rel, second_rel = copyup.ensure(first), copyup.ensure(second)
             for node, rel, dest in ((first, first_rel, new), (second, second_rel, old)):
@@ -701,19 +773,29 @@ class Union:
         copyup, _ = self._writable(path)
         return copyup.ensure(self.node(path), data)
 
+    def _changeable(self, path: str, refused: int = BOTH) -> str:
+        """The upper rel of path, copied up, unless path is immutable or append-only as
+        refused says (notify_change, xattr_permission)."""
+        copyup, _ = self._writable(path)
+        node = self.node(path)
+        self.protections.refuse(node, path, refused)
+        return copyup.ensure(node)
+
     def chmod(self, path: str, mode: int) -> None:
-        rel = self._upper_rel(path)
+        rel = self._changeable(path)
         st = self.upper.lstat(rel)
         if st is not None and stat.S_ISLNK(st.st_mode):
             raise fail(errno.EOPNOTSUPP, path)
         os.chmod(rel, mode & 0o7777, dir_fd=self.upper.fd)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
-        rel = self._upper_rel(path)
+        rel = self._changeable(path)
         os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
 
-    def utimens(self, path: str, times_ns: tuple[int, int] | None) -> None:
-        rel = self._upper_rel(path)
+    def utimens(self, path: str, times_ns: tuple[int, int] | None, touch: bool = False) -> None:
+        """touch: the caller gave no times (utimes(path, NULL)), which an append-only
+        file allows; times_ns None means that too."""
+        rel = self._changeable(path, IMMUTABLE if touch or times_ns is None else BOTH)
         syscalls.utimensat(self.upper.fd, rel, times_ns or (syscalls.UTIME_NOW, syscalls.UTIME_NOW))
 
     def truncate(self, path: str, length: int, kill: Callable[[int], None] | None = None) -> None:
@@ -722,6 +804,7 @@ class Union:
         if node.is_dir:
             raise fail(errno.EISDIR, path)
         copyup, _ = self._writable(path)
+        self.protections.refuse(node, path, BOTH)
         rel = copyup.ensure(node, data=length > 0)
         fd = os.open(rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.upper.fd)
         try:
@@ -751,13 +834,14 @@ class Union:
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
         if markers.is_hidden_xattr(name):
             raise fail(errno.EPERM, path)
-        rel = self._upper_rel(path)
+        rel = self._changeable(path)
         self.upper.setxattr(rel, name, value, flags)
 
     def removexattr(self, path: str, name: str) -> None:
         if markers.is_hidden_xattr(name):
             raise fail(errno.EPERM, path)
         node = self.node(path)
+        self.protections.refuse(node, path, BOTH)
         if not self.resolver.is_upper(node.layer):
             index, rel = node.attr_source
             self.layers[index].getxattr_strict(rel, name)  # ENODATA before any copy-up

@@ -1,14 +1,44 @@
-"""Inode flags through the driver against kernel overlayfs: what lsattr shows
-and what a copy-up carries."""
+"""Inode flags through the driver against kernel overlayfs: lsattr, chattr, and
+what an immutable or append-only entry refuses.
+
+overlayfs reads an entry's flags from its real inode and keeps immutable and
+append-only of an upper entry in ``trusted.overlay.protattr``; the VFS then
+refuses changes to such an entry with EPERM. Over FUSE the kernel never
+sees those flags, so the driver refuses the same changes itself: each test
+here runs the same calls through both mounts and compares the answers, the
+flags lsattr shows, the merged views and the upper layers (the protattr
+xattr included).
+
+One difference is deliberate: ``access(W_OK)`` on an immutable file is true
+through the driver (false on overlayfs), since the kernel answers it from
+the mode bits without asking a FUSE filesystem mounted with
+``default_permissions``; the ``open`` that follows fails as on overlayfs.
+"""
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from difftree import FIXED_NS, Dir, File, Pair, apply, inode_flags, kernel_overlay_available, op, pair
+from difftree import (
+    FIXED_NS,
+    Dir,
+    File,
+    Pair,
+    apply,
+    inode_flags,
+    kernel_overlay_available,
+    op,
+    pair,
+    upper_view,
+)
+from mounts import Stack, fuse_mount, kernel_mount
 
 from unionfs import syscalls
+from unionfs.protection import APPEND, IMMUTABLE
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),
@@ -18,6 +48,7 @@ pytestmark = [
 
 T = FIXED_NS + 7 * 10**15 + 123_456_789  # an mtime with nanoseconds
 SYNC_FL, NOATIME_FL = syscalls.FS_SYNC_FL, syscalls.FS_NOATIME_FL  # chattr +S, +A
+XFLAG_IMMUTABLE, XFLAG_APPEND = 0x8, 0x10  # FS_XFLAG_*, as xfs_io -c "chattr +i" sets them
 
 
 def chattr_in_layer(path: Path, add: int, remove: int = 0) -> None:
@@ -25,8 +56,61 @@ def chattr_in_layer(path: Path, add: int, remove: int = 0) -> None:
     assert apply(path.parent, op("chattr", path.name, add, remove)) is None
 
 
+def clear_protection(root: Path) -> None:
+    """Immutable and append-only off everything under root, so that it can be removed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()) or os.path.ismount(path):
+                continue
+            if inode_flags(str(path)) & (IMMUTABLE | APPEND):
+                chattr_in_layer(path, 0, IMMUTABLE | APPEND)
+
+
+@contextmanager
+def flagged_pair(base: Path, lowers: list[Dir], flags: dict[str, int]) -> Iterator[Pair]:
+    """pair() with the given flags (rel -> FS_*_FL bits) set in each lower layer that has rel."""
+    def prepare(layer: Path) -> None:
+        for rel, bits in flags.items():
+            if (layer / rel).exists():
+                chattr_in_layer(layer / rel, bits)
+
+    try:
+        with pair(base, lowers, prepare=prepare) as p:
+            yield p
+    finally:
+        clear_protection(base)
+
+
 def lsattr(p: Pair, rels: tuple[str, ...]) -> list[dict[str, int]]:
     return [{rel: inode_flags(str(mnt / rel)) for rel in rels} for mnt in (p.kernel.mnt, p.driver.mnt)]
+
+
+def on_both(p: Pair, call: Callable[[Path], None]) -> int | None:
+    """call(mount point) through both mounts; both must answer the same errno."""
+    codes = []
+    for mnt in (p.kernel.mnt, p.driver.mnt):
+        try:
+            call(mnt)
+            codes.append(None)
+        except OSError as exc:
+            codes.append(exc.errno)
+    assert codes[0] == codes[1], f"kernel {codes[0]}, driver {codes[1]}"
+    return codes[0]
+
+
+def through_an_appending_fd(rel: str, change: Callable[[int], None]) -> Callable[[Path], None]:
+    """A change made by a file descriptor opened with O_APPEND, as an append-only file allows."""
+    def call(mnt: Path) -> None:
+        fd = os.open(mnt / rel, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            change(fd)
+        finally:
+            os.close(fd)
+    return call
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
 def test_inode_flags_read_through_and_copied_up(tmp_path: Path) -> None:
@@ -35,14 +119,7 @@ def test_inode_flags_read_through_and_copied_up(tmp_path: Path) -> None:
     copied-up directory inherits the directory's."""
     bottom = Dir({"n": File(b"n"), "s": File(b"s"), "g": File(b"g"), "d": Dir({"c": File(b"c")})})
     rels = (".", "n", "s", "g", "d", "d/c")
-    flags = {"n": NOATIME_FL, "s": SYNC_FL, "d": NOATIME_FL}
-
-    def prepare(layer: Path) -> None:
-        for rel, bits in flags.items():
-            if (layer / rel).exists():
-                chattr_in_layer(layer / rel, bits)
-
-    with pair(tmp_path, [Dir(), bottom], prepare=prepare) as p:
+    with flagged_pair(tmp_path, [Dir(), bottom], {"n": NOATIME_FL, "s": SYNC_FL, "d": NOATIME_FL}) as p:
         before = lsattr(p, rels)
         for step in (op("chmod", "n", 0o600), op("chmod", "s", 0o600), op("chmod", "g", 0o600),
                      op("write", "d/new", "excl", b"x"), op("utime", "d/c", T)):
@@ -50,10 +127,124 @@ def test_inode_flags_read_through_and_copied_up(tmp_path: Path) -> None:
         after = lsattr(p, (*rels, "d/new"))
         p.check()
     assert before[0] == before[1] and after[0] == after[1]
-    seen = after[1]
-    assert (seen["n"] & NOATIME_FL, seen["s"] & SYNC_FL, seen["d"] & NOATIME_FL, seen["d/new"] & NOATIME_FL) == (
+    flags = after[1]
+    assert (flags["n"] & NOATIME_FL, flags["s"] & SYNC_FL, flags["d"] & NOATIME_FL, flags["d/new"] & NOATIME_FL) == (
         NOATIME_FL, SYNC_FL, NOATIME_FL, NOATIME_FL)
-    assert not seen["g"] & (NOATIME_FL | SYNC_FL)
+    assert not flags["g"] & (NOATIME_FL | SYNC_FL)
     for rel in ("n", "s", "d"):  # in the upper layer now, and the flags with them
         upper = inode_flags(str(p.driver.upper / rel))
-        assert upper & (NOATIME_FL | SYNC_FL) == seen[rel] & (NOATIME_FL | SYNC_FL)
+        assert upper & (NOATIME_FL | SYNC_FL) == flags[rel] & (NOATIME_FL | SYNC_FL)
+
+
+# A lower layer with an immutable and an append-only file and directory.
+PROTECTED = Dir({
+    "i": File(b"immutable"), "a": File(b"append-only"), "p": File(b"plain"),
+    "di": Dir({"c": File(b"c")}), "da": Dir({"c": File(b"c")}),
+})
+PROTECTED_FLAGS = {"i": IMMUTABLE, "a": APPEND, "di": IMMUTABLE, "da": APPEND}
+RELS = (".", "i", "a", "p", "di", "da", "di/c", "da/c")
+
+# (operation, errno) that overlayfs refuses on those entries, in the order of the
+# VFS's checks: EPERM wins over ENOENT of an xattr, ENOTEMPTY, EISDIR.
+REFUSED = [
+    (op("chmod", "i", 0o600), errno.EPERM), (op("chmod", "a", 0o600), errno.EPERM),
+    (op("chown", "a", 1000, 1000), errno.EPERM), (op("chmod", "di", 0o700), errno.EPERM),
+    (op("write", "i", "append", b"x"), errno.EPERM), (op("write", "a", "overwrite", b"x"), errno.EPERM),
+    (op("write", "a", "trunc", b"x"), errno.EPERM), (op("truncate", "a", 1), errno.EPERM),
+    (op("truncate", "i", 0), errno.EPERM), (op("touch", "i"), errno.EPERM), (op("utime", "a", T), errno.EPERM),
+    (op("setxattr", "a", "user.k", b"v"), errno.EPERM), (op("removexattr", "i", "user.none"), errno.EPERM),
+    (op("link", "a", "a2"), errno.EPERM), (op("link", "p", "di/p2"), errno.EPERM),
+    (op("rename", "a", "a3"), errno.EPERM), (op("rename", "p", "i"), errno.EPERM),
+    (op("rename", "p", "di/p"), errno.EPERM), (op("rename", "da/c", "c2"), errno.EPERM),
+    (op("rename", "p", "da/c"), errno.EPERM), (op("rename", "di", "dj"), errno.EPERM),
+    (op("unlink", "i"), errno.EPERM), (op("unlink", "di/c"), errno.EPERM), (op("unlink", "da/c"), errno.EPERM),
+    (op("rmdir", "di"), errno.EPERM), (op("rmdir", "da"), errno.EPERM),
+    (op("write", "di/new", "excl", b"x"), errno.EPERM), (op("mkdir", "di/sub"), errno.EPERM),
+    (op("symlink", "p", "di/s"), errno.EPERM), (op("mkfifo", "di/f"), errno.EPERM),
+    (op("tmpfile", "di", None, b"x", "proc"), errno.EPERM),
+    (op("write", "i", "excl", b"x"), errno.EEXIST), (op("mkdir", "di/c"), errno.EEXIST),  # EEXIST comes first
+]
+
+# What they allow: appending to an append-only file, touching it, new entries in an
+# append-only directory, and changes to an entry in an immutable one (its directory is
+# copied up, the flag recorded in its xattr).
+ALLOWED = [
+    op("write", "a", "append", b"+"), op("touch", "a"), op("write", "da/new", "excl", b"n"), op("mkdir", "da/sub"),
+    op("rename", "p", "da/p"), op("write", "di/c", "append", b"+"), op("chmod", "di/c", 0o600),
+    op("read", "i"), op("listdir", "di"),
+]
+
+
+def test_protected_lower_entries_refuse_changes(tmp_path: Path) -> None:
+    with flagged_pair(tmp_path, [Dir(), PROTECTED], PROTECTED_FLAGS) as p:
+        assert lsattr(p, RELS)[0]["i"] & IMMUTABLE, "the layer's flags were not set"
+        for step, code in REFUSED:
+            assert p.run(step) == code, p.log[-1]
+        # Opened for appending, an append-only file still cannot be cut or punched.
+        assert on_both(p, through_an_appending_fd("a", lambda fd: os.ftruncate(fd, 1))) == errno.EPERM
+        punch = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+        assert on_both(p, through_an_appending_fd("a", lambda fd: syscalls.fallocate(fd, punch, 0, 4096))) == errno.EPERM
+        assert on_both(p, through_an_appending_fd("a", lambda fd: os.posix_fallocate(fd, 0, 8192))) is None
+        p.check()  # nothing refused left anything behind (the fallocate allowed grew a on both)
+        for step in ALLOWED:
+            assert p.run(step) is None, p.log[-1]
+        flags = lsattr(p, (*(rel for rel in RELS if rel != "p"), "da/new", "da/p"))
+        assert p.run(op("write", "di/new", "excl", b"x")) == errno.EPERM  # copied up for its child, still immutable
+        p.check()
+    assert flags[0] == flags[1]
+    assert upper_view(p.driver.upper)["di"].protattr == b"i"
+
+
+def test_chattr_through_the_mount(tmp_path: Path) -> None:
+    """chattr +i, +a and the rest, by FS_IOC_SETFLAGS and by FS_IOC_FSSETXATTR, on lower
+    and new entries: what they then refuse and allow, and what lsattr shows."""
+    bottom = Dir({"p": File(b"p"), "q": File(b"q"), "d": Dir({"c": File(b"c")}), "i": File(b"i")})
+    with flagged_pair(tmp_path, [Dir(), bottom], {"i": IMMUTABLE}) as p:
+        steps = [
+            (op("chattr", "p", IMMUTABLE), None), (op("chmod", "p", 0o600), errno.EPERM),
+            (op("write", "p", "append", b"x"), errno.EPERM), (op("unlink", "p"), errno.EPERM),
+            (op("chattr", "p", NOATIME_FL), None),  # another flag, while immutable
+            (op("chattr", "p", 0, IMMUTABLE), None), (op("chmod", "p", 0o600), None),
+            (op("write", "n", "excl", b"n"), None), (op("chattr", "n", APPEND), None),
+            (op("write", "n", "append", b"+"), None), (op("write", "n", "trunc", b"-"), errno.EPERM),
+            (op("touch", "n"), None), (op("utime", "n", T), errno.EPERM),
+            (op("chattr", "q", XFLAG_APPEND, 0, "xflags"), None), (op("truncate", "q", 0), errno.EPERM),
+            (op("chattr", "q", XFLAG_IMMUTABLE, XFLAG_APPEND, "xflags"), None), (op("write", "q", "append", b"+"), errno.EPERM),
+            (op("chattr", "d", IMMUTABLE), None), (op("write", "d/new", "excl", b"x"), errno.EPERM),
+            (op("write", "d/c", "append", b"+"), None),
+            (op("chattr", "i", 0, IMMUTABLE), None), (op("unlink", "i"), None),
+            (op("mkdir", "e"), None), (op("chattr", "e", APPEND), None), (op("mkdir", "e/f"), None),
+            (op("rmdir", "e/f"), errno.EPERM),
+        ]
+        for step, code in steps:
+            assert p.run(step) == code, p.log[-1]
+        flags = lsattr(p, (".", "p", "n", "q", "d", "d/c", "e", "e/f"))
+        p.check()
+    assert flags[0] == flags[1]
+    assert (flags[1]["p"] & (IMMUTABLE | NOATIME_FL), flags[1]["n"] & APPEND, flags[1]["q"] & (IMMUTABLE | APPEND),
+            flags[1]["d"] & IMMUTABLE, flags[1]["e"] & APPEND) == (NOATIME_FL, APPEND, IMMUTABLE, IMMUTABLE, APPEND)
+    uppers = upper_view(p.driver.upper)
+    assert (uppers["n"].protattr, uppers["q"].protattr, uppers["d"].protattr, uppers["p"].protattr) == (
+        b"a", b"i", b"i", None)
+    assert not inode_flags(str(p.driver.upper / "q")) & (IMMUTABLE | APPEND)  # on the record, not the inode
+
+
+def test_protection_outlives_the_mount_and_kernel_overlayfs_reads_it(tmp_path: Path) -> None:
+    """What chattr recorded through the driver holds after a remount, and under kernel
+    overlayfs mounted on the same layers; and the other way round."""
+    s = Stack.make(tmp_path, 1)
+    (s.lowers[0] / "p").write_bytes(b"p")
+    (s.lowers[0] / "d").mkdir()
+    with fuse_mount(s) as mnt:
+        assert apply(mnt, op("chattr", "p", IMMUTABLE)) is None
+        assert apply(mnt, op("chattr", "d", APPEND)) is None
+        assert apply(mnt, op("write", "d/x", "excl", b"x")) is None
+    with kernel_mount(s) as mnt:
+        assert apply(mnt, op("chmod", "p", 0o600)) == errno.EPERM
+        assert apply(mnt, op("unlink", "d/x")) == errno.EPERM
+        assert inode_flags(str(mnt / "p")) & IMMUTABLE and inode_flags(str(mnt / "d")) & APPEND
+        assert apply(mnt, op("chattr", "d", IMMUTABLE, APPEND)) is None
+    with fuse_mount(s) as mnt:
+        assert apply(mnt, op("chmod", "p", 0o600)) == errno.EPERM
+        assert apply(mnt, op("write", "d/y", "excl", b"y")) == errno.EPERM  # the kernel made it immutable
+        assert inode_flags(str(mnt / "d")) & (IMMUTABLE | APPEND) == IMMUTABLE
