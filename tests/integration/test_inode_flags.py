@@ -248,3 +248,19 @@ def test_protection_outlives_the_mount_and_kernel_overlayfs_reads_it(tmp_path: P
         assert apply(mnt, op("chmod", "p", 0o600)) == errno.EPERM
         assert apply(mnt, op("write", "d/y", "excl", b"y")) == errno.EPERM  # the kernel made it immutable
         assert inode_flags(str(mnt / "d")) & (IMMUTABLE | APPEND) == IMMUTABLE
+
+
+def test_protection_recorded_in_the_user_namespace_with_oci_whiteouts(tmp_path: Path) -> None:
+    """With whiteout=oci the driver's records are user.* xattrs, which kernel overlayfs
+    reads when mounted with userxattr."""
+    s = Stack.make(tmp_path, 1)
+    (s.lowers[0] / "p").write_bytes(b"p")
+    with fuse_mount(s, "whiteout=oci") as mnt:
+        assert apply(mnt, op("chattr", "p", APPEND)) is None
+        assert apply(mnt, op("write", "p", "overwrite", b"x")) == errno.EPERM
+        assert apply(mnt, op("write", "p", "append", b"+")) is None
+    assert os.getxattr(s.upper / "p", "user.overlay.protattr") == b"a"
+    assert not any(name.startswith("trusted.overlay.") for name in os.listxattr(s.upper / "p"))
+    with kernel_mount(s, "userxattr") as mnt:
+        assert apply(mnt, op("write", "p", "overwrite", b"x")) == errno.EPERM
+        assert (mnt / "p").read_bytes() == b"p+"
