@@ -264,3 +264,30 @@ def test_protection_recorded_in_the_user_namespace_with_oci_whiteouts(tmp_path: 
     with kernel_mount(s, "userxattr") as mnt:
         assert apply(mnt, op("write", "p", "overwrite", b"x")) == errno.EPERM
         assert (mnt / "p").read_bytes() == b"p+"
+
+
+def test_protection_moves_with_its_entry(tmp_path: Path) -> None:
+    """A directory holding a protected entry may move; the entry stays protected under its
+    new name, and what is made later under the old name is not."""
+    bottom = Dir({"d": Dir({"i": File(b"i"), "x": File(b"x")}), "u": Dir()})
+    with flagged_pair(tmp_path, [Dir(), bottom], {"d/i": IMMUTABLE}) as p:
+        steps = [
+            (op("chmod", "d/i", 0o600), errno.EPERM),  # the driver keeps d/i's answer from here on
+            (op("write", "n", "excl", b"n"), None), (op("chattr", "n", APPEND), None),
+            (op("rename", "d", "e"), None), (op("rename", "u", "d"), None),
+            (op("chmod", "e/i", 0o600), errno.EPERM), (op("write", "e/x", "append", b"+"), None),
+            (op("write", "d/i", "excl", b"new"), None), (op("chmod", "d/i", 0o600), None),
+            (op("unlink", "d/i"), None), (op("rename", "n", "d/n"), errno.EPERM),
+            (op("chattr", "n", 0, APPEND), None), (op("rename", "n", "d/n"), None),
+            (op("write", "n", "excl", b"again"), None), (op("write", "n", "trunc", b"-"), None),
+            # the same, all in the upper layer: the new w/k is the old one's very path and layer
+            (op("mkdir", "w"), None), (op("write", "w/k", "excl", b"k"), None), (op("chattr", "w/k", APPEND), None),
+            (op("write", "w/k", "trunc", b"-"), errno.EPERM), (op("rename", "w", "w2"), None),
+            (op("mkdir", "w"), None), (op("write", "w/k", "excl", b"k"), None), (op("write", "w/k", "trunc", b"-"), None),
+            (op("write", "w2/k", "trunc", b"-"), errno.EPERM),
+        ]
+        for step, code in steps:
+            assert p.run(step) == code, p.log[-1]
+        flags = lsattr(p, (".", "d", "d/n", "e", "e/i", "e/x", "n"))
+        p.check()
+    assert flags[0] == flags[1] and flags[1]["e/i"] & IMMUTABLE and not flags[1]["d/n"] & APPEND
