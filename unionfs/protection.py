@@ -108,16 +108,17 @@ class Protections:
 
     def record(self, layer: Layer, rel: str, bits: int, had: int) -> None:
         """Write bits as rel's protection (none: remove the record it had). An upper
-        layer without xattrs cannot hold it: EPERM, as overlayfs answers then."""
-        self.resolver.forget_protections()
+        layer without xattrs cannot hold it: EPERM, as overlayfs answers then. What
+        was kept goes once the record is written: an answer read before stays unkept."""
         try:
             if bits:
                 layer.setxattr(rel, self.xattr, encode(bits))
             elif had:
                 layer.removexattr(rel, self.xattr)
         except OSError as exc:
-            if exc.errno == errno.ENODATA:
-                return
             if exc.errno == errno.EOPNOTSUPP:
                 raise OSError(errno.EPERM, "the upper layer cannot record immutable or append-only (no xattrs)", rel) from None
-            raise
+            if exc.errno != errno.ENODATA:
+                raise
+        finally:
+            self.resolver.forget_protections()
