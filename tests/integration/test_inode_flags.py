@@ -291,3 +291,16 @@ def test_protection_moves_with_its_entry(tmp_path: Path) -> None:
         flags = lsattr(p, (".", "d", "d/n", "e", "e/i", "e/x", "n"))
         p.check()
     assert flags[0] == flags[1] and flags[1]["e/i"] & IMMUTABLE and not flags[1]["d/n"] & APPEND
+
+
+def test_a_caller_without_permission_gets_eacces_where_overlayfs_says_eperm(tmp_path: Path) -> None:
+    """Deliberate difference: the VFS checks the immutable flag before the mode bits, and
+    the kernel checks a FUSE inode's mode bits before it asks the driver; with the
+    permission, both say EPERM (the random tests accept this, see test_differential)."""
+    bottom = Dir({"i": File(b"i"), "d": Dir({"c": File(b"c")})})
+    with flagged_pair(tmp_path, [Dir(), bottom], {"i": IMMUTABLE, "d": IMMUTABLE}) as p:
+        for step in (op("write", "i", "append", b"x", uid=1000), op("write", "d/new", "excl", b"x", uid=1000)):
+            assert (apply(p.kernel.mnt, step), apply(p.driver.mnt, step)) == (errno.EPERM, errno.EACCES)
+        assert p.run(op("write", "i", "append", b"x")) == errno.EPERM
+        assert p.run(op("chmod", "i", 0o666)) == errno.EPERM
+        p.check()
