@@ -672,11 +672,10 @@ class Union:
             if (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino):
                 return  # two names of one file: rename(2) does nothing
         self._removable(source, old)
-        if target is not None:
-            self._removable(target, new)
+        if target is None:
+            self.protections.refuse(self._dir(npath), new, IMMUTABLE)  # an append-only directory takes a new name
         else:
-            self.protections.refuse(self._dir(npath), new, IMMUTABLE)
-        if target is not None:
+            self._removable(target, new)
             if source.is_dir and not target.is_dir:
                 raise fail(errno.ENOTDIR, new)
             if not source.is_dir and target.is_dir:
