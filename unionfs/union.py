@@ -768,10 +768,6 @@ class Union:
         self.resolver.invalidate(new, subtree)
 
     # -- changing ----------------------------------------------------------------
-    def _upper_rel(self, path: str, data: bool = True) -> str:
-        copyup, _ = self._writable(path)
-        return copyup.ensure(self.node(path), data)
-
     def _changeable(self, path: str, refused: int = BOTH) -> str:
         """The upper rel of path, copied up, unless path is immutable or append-only as
         refused says (notify_change, xattr_permission)."""
@@ -844,8 +840,8 @@ class Union:
         if not self.resolver.is_upper(node.layer):
             index, rel = node.attr_source
             self.layers[index].getxattr_strict(rel, name)  # ENODATA before any copy-up
-        rel = self._upper_rel(path)
-        self.upper.removexattr(rel, name)
+        copyup, _ = self._writable(path)
+        self.upper.removexattr(copyup.ensure(node), name)
 
 
 
