@@ -69,6 +69,7 @@ class File:
     mode: int = 0o644
     owner: tuple[int, int] = (0, 0)
     xattrs: tuple[tuple[str, bytes], ...] = ()
+    flags: int = 0  # inode flags (FS_*_FL), set last: chattr +i, +a, +A
     __repr__ = _short_repr
     _repr_pretty_ = _pretty
 
@@ -119,6 +120,7 @@ class Dir:
     opaque: str | None = None
     xattrs: tuple[tuple[str, bytes], ...] = ()
     oci_hides: tuple[str, ...] = ()
+    flags: int = 0  # as File's
     __repr__ = _short_repr
     _repr_pretty_ = _pretty
 
@@ -205,6 +207,22 @@ def build_layer(root: Path, tree: Dir) -> None:
             os.chmod(full, node.mode)
         mtime = FIXED_NS + 1_000_003 * (n + 1)
         os.utime(full, ns=(mtime, mtime), follow_symlinks=False)
+    # flags after every time: an immutable directory's times cannot be set (a flag changes only the ctime)
+    for path, node in [("", tree), *meta]:
+        if isinstance(node, (File, Dir)) and node.flags:
+            _chattr(str(root / path if path else root), node.flags, 0, "flags")
+
+
+def clear_protection(root: Path | str) -> None:
+    """Immutable and append-only off everything under root (mount points left alone),
+    so that it can be removed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not (os.path.isdir(path) or os.path.isfile(path)) or os.path.ismount(path):
+                continue
+            if inode_flags(path) & PROTECTION_FLAGS:
+                _chattr(path, 0, PROTECTION_FLAGS, "flags")
 
 
 def walk_spec_dirs(tree: Dir) -> Iterator[tuple[str, Dir]]:
@@ -288,6 +306,8 @@ def _tmpfile(d: str, dst: str | None, data: bytes, how: str) -> None:
 
 # The inode-flag ioctls (linux/fs.h), named here: the harness imports nothing of the driver's.
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+IMMUTABLE_FL, APPEND_FL = 0x10, 0x20  # chattr +i, +a
+PROTECTION_FLAGS = IMMUTABLE_FL | APPEND_FL
 FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR = 0x801C581F, 0x401C5820
 
 
@@ -421,6 +441,7 @@ class Meta:
     content: bytes | str | None  # regular files: bytes, or a hash when long
     target: str | None
     xattrs: tuple[tuple[str, bytes], ...]
+    flags: int | str | None = None  # lsattr of a file or directory
 
 
 def _kind(mode: int, rdev: int = 1) -> str:
@@ -518,7 +539,7 @@ def drop_caches() -> None:
         f.write("2")
 
 
-def _meta(path: str, st: os.stat_result) -> Meta:
+def _meta(path: str, st: os.stat_result, lsattr: bool = True) -> Meta:
     kind = _kind(st.st_mode, st.st_rdev)
     return Meta(
         kind=kind,
@@ -531,10 +552,19 @@ def _meta(path: str, st: os.stat_result) -> Meta:
         content=_content(path) if kind == "file" else None,
         target=os.readlink(path) if kind == "symlink" else None,
         xattrs=_xattrs(path),
+        flags=_flags(path) if lsattr and kind in ("file", "dir") else None,
     )
 
 
-def named_view(root: Path | str, rels: Iterable[str]) -> tuple[dict[str, Meta | None], frozenset[frozenset[str]]]:
+def _flags(path: str) -> int | str:
+    try:
+        return inode_flags(path)
+    except OSError as exc:
+        return f"<{errname(exc.errno)}>"
+
+
+def named_view(root: Path | str, rels: Iterable[str], lsattr: bool = True,
+               ) -> tuple[dict[str, Meta | None], frozenset[frozenset[str]]]:
     """What a program that knows the names sees: each looked up by its path, with
     no listing of a directory first (READDIRPLUS would refresh the attributes the
     kernel holds). Returns each path's Meta (None where it is missing) and the
@@ -549,13 +579,14 @@ def named_view(root: Path | str, rels: Iterable[str]) -> tuple[dict[str, Meta | 
         except FileNotFoundError:
             entries[rel] = None
             continue
-        entries[rel] = _meta(path, st)
+        entries[rel] = _meta(path, st, lsattr)
         inodes.setdefault(st.st_ino, set()).add(rel)
     return entries, frozenset(frozenset(v) for v in inodes.values() if len(v) > 1)
 
 
-def view(root: Path | str) -> View:
-    """Everything a merged view shows: read through the mount at root."""
+def view(root: Path | str, lsattr: bool = True) -> View:
+    """Everything a merged view shows: read through the mount at root (``lsattr``: inode
+    flags too)."""
     root = os.fspath(root)
     entries: dict[str, Meta] = {}
     inodes: dict[int, set[str]] = {}
@@ -564,7 +595,7 @@ def view(root: Path | str) -> View:
     mismatch: list[str] = []
 
     def record(rel: str, st: os.stat_result) -> None:
-        entries[rel] = _meta(_p(root, rel) if rel != "." else root, st)
+        entries[rel] = _meta(_p(root, rel) if rel != "." else root, st, lsattr)
         inodes.setdefault(st.st_ino, set()).add(rel)
 
     record(".", os.lstat(root))
@@ -789,6 +820,7 @@ class Pair:
     log: list[str] = field(default_factory=list)
     # the driver's lower layers as built, before the mount: nothing may change them
     lowers_built: list[dict[str, tuple[object, ...]]] = field(default_factory=list)
+    lsattr: bool = True  # inode flags compared: the fusepy engine answers no ioctl
 
     def run(self, operation: Op, accept: Callable[[int | None, int | None], bool] | None = None) -> int | None:
         """Apply operation to both mounts; both must answer the same errno, or answers
@@ -801,7 +833,7 @@ class Pair:
 
     def views(self) -> tuple[View, View]:
         drop_caches()
-        return view(self.kernel.mnt), view(self.driver.mnt)
+        return view(self.kernel.mnt, self.lsattr), view(self.driver.mnt, self.lsattr)
 
     def check(self, warm: bool = True) -> View:
         """Merged views and upper layers agree; returns the kernel's view.
@@ -814,8 +846,8 @@ class Pair:
         """
         problems: list[str] = []
         if warm:
-            kw = view(self.kernel.mnt)
-            driver_entries, driver_same = named_view(self.driver.mnt, kw.entries)
+            kw = view(self.kernel.mnt, self.lsattr)
+            driver_entries, driver_same = named_view(self.driver.mnt, kw.entries, self.lsattr)
             problems += [f"warm {line}" for line in diff_maps(kw.entries, driver_entries)]
             if kw.same_inode != driver_same:
                 problems.append(f"warm: names sharing an inode: kernel={sorted(map(sorted, kw.same_inode))} "
@@ -840,7 +872,6 @@ def pair(
     kernel_options: Sequence[str] = KERNEL_OPTIONS,
     root_mode: int | None = None,
     driver_options: Sequence[str] = (),
-    prepare: Callable[[Path], None] | None = None,
 ) -> Iterator[Pair]:
     """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver.
 
@@ -848,20 +879,22 @@ def pair(
     in at all, while overlayfs applies the usual permission checks.
     ``root_mode``: the mode of the upper roots, which the merged roots show.
     """
-    stacks = []
-    for prefix in ("k-", "d-"):
-        s = Stack.make(base, len(lowers), prefix)
-        for root, tree in zip(s.lowers, lowers, strict=True):
-            build_layer(root, tree)
-            if prepare is not None:  # what a tree cannot say (inode flags), done to each lower built
-                prepare(root)
-        if root_mode is not None:
-            os.chmod(s.upper, root_mode)
-        stacks.append(s)
-    kstack, dstack = stacks
-    built = [layer_state(lower) for lower in dstack.lowers]
-    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
-        yield Pair(kstack, dstack, lowers_built=built)
+    stacks: list[Stack] = []
+    try:
+        for prefix in ("k-", "d-"):
+            s = Stack.make(base, len(lowers), prefix)
+            stacks.append(s)
+            for root, tree in zip(s.lowers, lowers, strict=True):
+                build_layer(root, tree)
+            if root_mode is not None:
+                os.chmod(s.upper, root_mode)
+        kstack, dstack = stacks
+        built = [layer_state(lower) for lower in dstack.lowers]
+        with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
+            yield Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options)
+    finally:
+        for lower in (lower for s in stacks for lower in s.lowers):  # immutable entries would outlive any removal
+            clear_protection(lower)
 
 
 @contextlib.contextmanager

@@ -23,9 +23,10 @@ Deliberate differences, each stated by a test below: .wh.* names and
 overlay.*/unionfs.* xattr names are refused, renameat2 flags are not
 supported (libfuse 2), rename between two lower hard links does nothing,
 overlayfs lists whiteouts of single-layer lower directories (the driver
-never does; see ``difftree.diff_views``), and an unprivileged caller refused a
-change to an immutable or append-only entry gets EACCES where overlayfs says
-EPERM (see ``documented_difference``).
+never does; see ``difftree.diff_views``), and a change to an immutable or
+append-only entry that the kernel refuses before asking the driver gets
+EACCES, ENOTDIR or EISDIR where overlayfs says EPERM (see
+``documented_difference``).
 
 DIFF_EXAMPLES=N runs N generated examples instead of the default budget.
 """
@@ -116,11 +117,13 @@ file_xattr_sets = st.tuples(xattr_sets, _acl).map(lambda t: tuple(sorted(t[0] + 
 dir_xattr_sets = st.tuples(xattr_sets, _acl).map(lambda t: tuple(sorted(t[0] + (ACL_XATTRS if t[1] else ()))))
 fixed_times = st.integers(1, 9).map(lambda k: FIXED_NS + 10**15 + 111_111 * k)
 NOATIME_FL = 0x80  # chattr +A
+# inode flags of lower files and dirs, on about one in four: protected lower entries refuse changes
+lower_flags = st.sampled_from((0,) * 8 + (IMMUTABLE, APPEND, NOATIME_FL))
 
 
 def _leaves(markers: bool) -> st.SearchStrategy:
     options = [
-        st.builds(File, datas, st.sampled_from(FILE_MODES), st.sampled_from(OWNERS), file_xattr_sets),
+        st.builds(File, datas, st.sampled_from(FILE_MODES), st.sampled_from(OWNERS), file_xattr_sets, lower_flags),
         st.builds(Symlink, paths),
         st.just(HardLink("")),
         st.builds(Fifo, st.sampled_from((0o644, 0o600))),
@@ -144,6 +147,7 @@ def _dir(depth: int, markers: bool) -> st.SearchStrategy[Dir]:
         st.sampled_from(OWNERS),
         st.sampled_from((None, "xattr")) if markers else st.none(),
         dir_xattr_sets,
+        flags=lower_flags,
     )
 
 
@@ -200,13 +204,23 @@ def protection_decides(root: Path, operation: Op) -> bool:
     return False
 
 
+# The VFS checks these itself, before a FUSE filesystem is asked; overlayfs checks the flags first.
+TYPE_CHECKED = {"rmdir": (errno.ENOTDIR,), "unlink": (errno.EISDIR,), "rename": (errno.ENOTDIR, errno.EISDIR)}
+
+
 def documented_difference(p: Pair, operation: Op) -> Callable[[int | None, int | None], bool]:
-    """An unprivileged caller without the permission to change a protected entry: overlayfs
-    answers EPERM (the VFS checks the flag first), the driver EACCES (the kernel checks the
-    mode bits of a FUSE inode, which carries no flags, before asking)."""
+    """Where overlayfs answers EPERM for a protected entry (the VFS checks the flag first)
+    and the kernel answers for a FUSE inode, which carries no flags, before asking the
+    driver: EACCES to an unprivileged caller without permission (the mode bits), and
+    ENOTDIR or EISDIR to a removal by the call for the other type."""
     def accept(kernel: int | None, driver: int | None) -> bool:
-        if operation.uid and (kernel, driver) == (errno.EPERM, errno.EACCES) and protection_decides(p.kernel.mnt, operation):
+        if kernel != errno.EPERM or not protection_decides(p.kernel.mnt, operation):
+            return False
+        if operation.uid and driver == errno.EACCES:
             event("EPERM against EACCES: an unprivileged caller and a protected entry")
+            return True
+        if driver in TYPE_CHECKED.get(operation.name, ()):
+            event(f"EPERM against {errname(driver)}: {operation.name} of a protected entry of the other type")
             return True
         return False
     return accept

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,37 +48,6 @@ pytestmark = [
 T = FIXED_NS + 7 * 10**15 + 123_456_789  # an mtime with nanoseconds
 SYNC_FL, NOATIME_FL = syscalls.FS_SYNC_FL, syscalls.FS_NOATIME_FL  # chattr +S, +A
 XFLAG_IMMUTABLE, XFLAG_APPEND = 0x8, 0x10  # FS_XFLAG_*, as xfs_io -c "chattr +i" sets them
-
-
-def chattr_in_layer(path: Path, add: int, remove: int = 0) -> None:
-    """chattr on a layer's own entry, by the ioctls the operations use."""
-    assert apply(path.parent, op("chattr", path.name, add, remove)) is None
-
-
-def clear_protection(root: Path) -> None:
-    """Immutable and append-only off everything under root, so that it can be removed."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if path.is_symlink() or not (path.is_dir() or path.is_file()) or os.path.ismount(path):
-                continue
-            if inode_flags(str(path)) & (IMMUTABLE | APPEND):
-                chattr_in_layer(path, 0, IMMUTABLE | APPEND)
-
-
-@contextmanager
-def flagged_pair(base: Path, lowers: list[Dir], flags: dict[str, int]) -> Iterator[Pair]:
-    """pair() with the given flags (rel -> FS_*_FL bits) set in each lower layer that has rel."""
-    def prepare(layer: Path) -> None:
-        for rel, bits in flags.items():
-            if (layer / rel).exists():
-                chattr_in_layer(layer / rel, bits)
-
-    try:
-        with pair(base, lowers, prepare=prepare) as p:
-            yield p
-    finally:
-        clear_protection(base)
 
 
 def lsattr(p: Pair, rels: tuple[str, ...]) -> list[dict[str, int]]:
@@ -117,9 +85,10 @@ def test_inode_flags_read_through_and_copied_up(tmp_path: Path) -> None:
     """lsattr (FS_IOC_GETFLAGS) shows the flags of the layer an entry is in; a copy-up
     carries the sync and noatime flags over, as overlayfs's does, and a file made in a
     copied-up directory inherits the directory's."""
-    bottom = Dir({"n": File(b"n"), "s": File(b"s"), "g": File(b"g"), "d": Dir({"c": File(b"c")})})
+    bottom = Dir({"n": File(b"n", flags=NOATIME_FL), "s": File(b"s", flags=SYNC_FL), "g": File(b"g"),
+                  "d": Dir({"c": File(b"c")}, flags=NOATIME_FL)})
     rels = (".", "n", "s", "g", "d", "d/c")
-    with flagged_pair(tmp_path, [Dir(), bottom], {"n": NOATIME_FL, "s": SYNC_FL, "d": NOATIME_FL}) as p:
+    with pair(tmp_path, [Dir(), bottom]) as p:
         before = lsattr(p, rels)
         for step in (op("chmod", "n", 0o600), op("chmod", "s", 0o600), op("chmod", "g", 0o600),
                      op("write", "d/new", "excl", b"x"), op("utime", "d/c", T)):
@@ -138,10 +107,9 @@ def test_inode_flags_read_through_and_copied_up(tmp_path: Path) -> None:
 
 # A lower layer with an immutable and an append-only file and directory.
 PROTECTED = Dir({
-    "i": File(b"immutable"), "a": File(b"append-only"), "p": File(b"plain"),
-    "di": Dir({"c": File(b"c")}), "da": Dir({"c": File(b"c")}),
+    "i": File(b"immutable", flags=IMMUTABLE), "a": File(b"append-only", flags=APPEND), "p": File(b"plain"),
+    "di": Dir({"c": File(b"c")}, flags=IMMUTABLE), "da": Dir({"c": File(b"c")}, flags=APPEND),
 })
-PROTECTED_FLAGS = {"i": IMMUTABLE, "a": APPEND, "di": IMMUTABLE, "da": APPEND}
 RELS = (".", "i", "a", "p", "di", "da", "di/c", "da/c")
 
 # (operation, errno) that overlayfs refuses on those entries, in the order of the
@@ -176,7 +144,7 @@ ALLOWED = [
 
 
 def test_protected_lower_entries_refuse_changes(tmp_path: Path) -> None:
-    with flagged_pair(tmp_path, [Dir(), PROTECTED], PROTECTED_FLAGS) as p:
+    with pair(tmp_path, [Dir(), PROTECTED]) as p:
         assert lsattr(p, RELS)[0]["i"] & IMMUTABLE, "the layer's flags were not set"
         for step, code in REFUSED:
             assert p.run(step) == code, p.log[-1]
@@ -198,8 +166,8 @@ def test_protected_lower_entries_refuse_changes(tmp_path: Path) -> None:
 def test_chattr_through_the_mount(tmp_path: Path) -> None:
     """chattr +i, +a and the rest, by FS_IOC_SETFLAGS and by FS_IOC_FSSETXATTR, on lower
     and new entries: what they then refuse and allow, and what lsattr shows."""
-    bottom = Dir({"p": File(b"p"), "q": File(b"q"), "d": Dir({"c": File(b"c")}), "i": File(b"i")})
-    with flagged_pair(tmp_path, [Dir(), bottom], {"i": IMMUTABLE}) as p:
+    bottom = Dir({"p": File(b"p"), "q": File(b"q"), "d": Dir({"c": File(b"c")}), "i": File(b"i", flags=IMMUTABLE)})
+    with pair(tmp_path, [Dir(), bottom]) as p:
         steps = [
             (op("chattr", "p", IMMUTABLE), None), (op("chmod", "p", 0o600), errno.EPERM),
             (op("write", "p", "append", b"x"), errno.EPERM), (op("unlink", "p"), errno.EPERM),
@@ -269,8 +237,8 @@ def test_protection_recorded_in_the_user_namespace_with_oci_whiteouts(tmp_path: 
 def test_protection_moves_with_its_entry(tmp_path: Path) -> None:
     """A directory holding a protected entry may move; the entry stays protected under its
     new name, and what is made later under the old name is not."""
-    bottom = Dir({"d": Dir({"i": File(b"i"), "x": File(b"x")}), "u": Dir()})
-    with flagged_pair(tmp_path, [Dir(), bottom], {"d/i": IMMUTABLE}) as p:
+    bottom = Dir({"d": Dir({"i": File(b"i", flags=IMMUTABLE), "x": File(b"x")}), "u": Dir()})
+    with pair(tmp_path, [Dir(), bottom]) as p:
         steps = [
             (op("chmod", "d/i", 0o600), errno.EPERM),  # the driver keeps d/i's answer from here on
             (op("write", "n", "excl", b"n"), None), (op("chattr", "n", APPEND), None),
@@ -297,10 +265,25 @@ def test_a_caller_without_permission_gets_eacces_where_overlayfs_says_eperm(tmp_
     """Deliberate difference: the VFS checks the immutable flag before the mode bits, and
     the kernel checks a FUSE inode's mode bits before it asks the driver; with the
     permission, both say EPERM (the random tests accept this, see test_differential)."""
-    bottom = Dir({"i": File(b"i"), "d": Dir({"c": File(b"c")})})
-    with flagged_pair(tmp_path, [Dir(), bottom], {"i": IMMUTABLE, "d": IMMUTABLE}) as p:
+    bottom = Dir({"i": File(b"i", flags=IMMUTABLE), "d": Dir({"c": File(b"c")}, flags=IMMUTABLE)})
+    with pair(tmp_path, [Dir(), bottom]) as p:
         for step in (op("write", "i", "append", b"x", uid=1000), op("write", "d/new", "excl", b"x", uid=1000)):
             assert (apply(p.kernel.mnt, step), apply(p.driver.mnt, step)) == (errno.EPERM, errno.EACCES)
         assert p.run(op("write", "i", "append", b"x")) == errno.EPERM
         assert p.run(op("chmod", "i", 0o666)) == errno.EPERM
+        p.check()
+
+
+def test_a_removal_by_the_call_for_the_other_type_gets_the_kernels_answer(tmp_path: Path) -> None:
+    """Deliberate difference: the VFS refuses rmdir of a file, unlink of a directory and
+    a rename over an entry of the other type itself; overlayfs checks the flags first
+    (EPERM), while the kernel judges a FUSE inode, which carries no flags, by its type."""
+    bottom = Dir({"i": File(b"i", flags=IMMUTABLE), "di": Dir(flags=IMMUTABLE), "d": Dir(),
+                  "da": Dir({"f": File(b"f"), "e": Dir()}, flags=APPEND)})
+    with pair(tmp_path, [Dir(), bottom]) as p:
+        for step, theirs in ((op("rmdir", "i"), errno.ENOTDIR), (op("unlink", "di"), errno.EISDIR),
+                             (op("rename", "i", "d"), errno.EISDIR), (op("rename", "d", "i"), errno.ENOTDIR),
+                             (op("rmdir", "da/f"), errno.ENOTDIR), (op("unlink", "da/e"), errno.EISDIR)):
+            assert (apply(p.kernel.mnt, step), apply(p.driver.mnt, step)) == (errno.EPERM, theirs), step
+        assert p.run(op("rmdir", "di")) == errno.EPERM and p.run(op("unlink", "i")) == errno.EPERM
         p.check()
