@@ -111,7 +111,7 @@ class Dir:
     """A directory; ``opaque`` is None, "xattr" (trusted.overlay.opaque=y) or "oci" (.wh..wh..opq).
 
     ``oci_hides`` are extra ``.wh.NAME`` markers, possibly next to an entry
-    NAME of the same layer (which they must not hide).
+    NAME of the same layer (which they must not hide; they hide the NAME below).
     """
 
     children: Mapping[str, Node] = field(default_factory=dict)
@@ -126,6 +126,24 @@ class Dir:
 
 
 Node = File | Symlink | HardLink | Fifo | Whiteout | Dir
+
+
+def as_overlayfs(tree: Dir) -> Dir:
+    """The same layer with its OCI markers in the forms kernel overlayfs reads: a ``.wh.NAME``
+    becomes a 0/0 whiteout, ``.wh..wh..opq`` the opaque xattr. Next to the layer's own NAME,
+    ``.wh.NAME`` deletes only the NAME below: a directory NAME then shows nothing of those,
+    as if opaque. The driver reads either form; the kernel is the reference."""
+    children: dict[str, Node] = {name: Whiteout() for name in tree.oci_hides if name not in tree.children}
+    for name, node in tree.children.items():
+        if isinstance(node, Dir):
+            node = as_overlayfs(node)
+            if name in tree.oci_hides:
+                node = dataclasses.replace(node, opaque="xattr")
+        elif isinstance(node, Whiteout):
+            node = Whiteout()
+        children[name] = node
+    return dataclasses.replace(tree, children=children, oci_hides=(),
+                               opaque="xattr" if tree.opaque == "oci" else tree.opaque)
 
 
 def walk_spec(tree: Dir, prefix: str = "") -> Iterator[tuple[str, Node]]:
@@ -176,12 +194,12 @@ def build_layer(root: Path, tree: Dir) -> None:
             os.symlink(node.target, full)
         elif isinstance(node, Fifo):
             os.mkfifo(full)
-        elif isinstance(node, Whiteout):
+        elif isinstance(node, Whiteout):  # no times of its own: the two forms number the rest alike
             if node.form == "chardev":
                 os.mknod(full, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             else:
                 (full.parent / (OCI_WH + full.name)).write_bytes(b"")
-                continue
+            continue
         elif isinstance(node, HardLink):
             links.append((node.to, path))
             continue
@@ -874,6 +892,7 @@ def pair(
     driver_options: Sequence[str] = (),
 ) -> Iterator[Pair]:
     """Build lowers (top first) twice under base and mount them: kernel overlayfs and the driver.
+    The kernel's get the overlayfs forms of any OCI markers (``as_overlayfs``).
 
     The driver gets ``allow_other``, without which FUSE lets no other user
     in at all, while overlayfs applies the usual permission checks.
@@ -885,7 +904,7 @@ def pair(
             s = Stack.make(base, len(lowers), prefix)
             stacks.append(s)
             for root, tree in zip(s.lowers, lowers, strict=True):
-                build_layer(root, tree)
+                build_layer(root, as_overlayfs(tree) if prefix == "k-" else tree)
             if root_mode is not None:
                 os.chmod(s.upper, root_mode)
         kstack, dstack = stacks

@@ -14,6 +14,11 @@ operations and at the end of each generated sequence) also before, with the
 caches the operations left warm, as a program sees them. The errno of each
 operation is taken with warm caches.
 
+Generated lower layers hold whiteouts and opaque directories in both forms,
+overlayfs's and OCI's ``.wh.`` files; the kernel's copies get the overlayfs
+form of each (``difftree.as_overlayfs``), so one reference checks the driver's
+reading of both. About one entry in four carries an inode flag (+i, +a, +A).
+
 A third of the generated operations run as an unprivileged user (uid/gid
 1000, owner of some lower entries), so the permission model is compared too;
 the driver is mounted with ``allow_other``, without which FUSE refuses every
@@ -128,9 +133,14 @@ def _leaves(markers: bool) -> st.SearchStrategy:
         st.just(HardLink("")),
         st.builds(Fifo, st.sampled_from((0o644, 0o600))),
     ]
-    if markers:
-        options.append(st.just(Whiteout()))
+    if markers:  # either form: the kernel's layers get the overlayfs one (difftree.as_overlayfs)
+        options.append(st.builds(Whiteout, st.sampled_from(("chardev", "oci"))))
     return st.one_of(options)
+
+
+def _oci_hides(markers: bool) -> st.SearchStrategy[tuple[str, ...]]:
+    """.wh.NAME markers beside the entries, which they must not hide if the layer has NAME."""
+    return st.lists(st.sampled_from(NAMES), max_size=1).map(tuple) if markers else st.just(())
 
 
 def _node(depth: int, markers: bool) -> st.SearchStrategy:
@@ -145,16 +155,19 @@ def _dir(depth: int, markers: bool) -> st.SearchStrategy[Dir]:
         st.dictionaries(st.sampled_from(NAMES), _node(depth + 1, markers), max_size=3),
         st.sampled_from(DIR_MODES),
         st.sampled_from(OWNERS),
-        st.sampled_from((None, "xattr")) if markers else st.none(),
+        st.sampled_from((None, "xattr", "oci")) if markers else st.none(),
         dir_xattr_sets,
+        oci_hides=_oci_hides(markers),
         flags=lower_flags,
     )
 
 
 @st.composite
 def layer_trees(draw: st.DrawFn, markers: bool) -> Dir:
-    """One lower layer; ``markers``: may hold whiteouts (0/0) and opaque dirs (not the bottom layer)."""
-    root = draw(st.builds(Dir, st.dictionaries(st.sampled_from(NAMES), _node(1, markers), max_size=4)))
+    """One lower layer; ``markers``: may hold whiteouts and opaque dirs, in the overlayfs and
+    the OCI forms (not the bottom layer)."""
+    root = draw(st.builds(Dir, st.dictionaries(st.sampled_from(NAMES), _node(1, markers), max_size=4),
+                          oci_hides=_oci_hides(markers)))
     return fix_hardlinks(root, draw(st.lists(st.integers(0, 7), max_size=4)))
 
 

@@ -6,9 +6,9 @@ files, directories and symlinks, deletes names of the layers below with
 forms of the same markers (0/0 character devices, ``trusted.overlay.opaque``)
 are mixed in. The expected tree comes from a small independent model, the
 image-spec's "applying changesets" rules run bottom to top on plain Python
-dicts, and is compared with the driver's merged view. Where a stack uses only
-the overlay forms, kernel overlayfs must show the same tree: a check of the
-model itself. (Not generated: overlayfs's xattr whiteouts, overlay.whiteout
+dicts, and is compared with the driver's merged view. Kernel overlayfs must
+show the same tree on the same layers with their OCI markers in its own forms
+(``difftree.as_overlayfs``): a check of the model itself. (Not generated: overlayfs's xattr whiteouts, overlay.whiteout
 files in directories marked overlay.whiteouts.)
 
 LAYERS_EXAMPLES=N runs N generated stacks instead of the default budget.
@@ -29,6 +29,7 @@ from difftree import (
     Node,
     Symlink,
     Whiteout,
+    as_overlayfs,
     build_layer,
     fix_hardlinks,
     kernel_overlay_available,
@@ -170,29 +171,19 @@ def changesets(draw: st.DrawFn) -> Dir:
     return fix_hardlinks(root, draw(st.lists(st.integers(0, 7), max_size=3)))
 
 
-def uses_oci_markers(layers: Iterable[Dir]) -> bool:
-    for layer in layers:
-        dirs = [layer, *(n for _, n in walk_spec(layer) if isinstance(n, Dir))]
-        if any(d.opaque == "oci" or d.oci_hides for d in dirs):
-            return True
-        if any(isinstance(n, Whiteout) and n.form == "oci" for _, n in walk_spec(layer)):
-            return True
-    return False
-
-
 def check_stack(base: Path, layers: list[Dir]) -> None:
-    """Build layers (top first), mount them read-only, compare with the model."""
-    stack = Stack.make(base, len(layers))
-    for root, layer in zip(stack.lowers, layers, strict=True):
-        build_layer(root, layer)
+    """Build layers (top first), mount them read-only, compare with the model; then kernel
+    overlayfs on the same layers, their OCI markers in its own forms."""
     expected = expected_view(apply_layers(layers))
-    with fuse_mount(stack, read_only=True) as mnt:
-        problems = diff(expected, shown(mnt))
-    assert not problems, "driver differs from the model:\n  " + "\n  ".join(problems)
-    if not uses_oci_markers(layers) and kernel_overlay_available():
-        with kernel_mount(stack, read_only=True) as mnt:
+    for name, forms, mount in (("driver", lambda d: d, fuse_mount), ("kernel overlayfs", as_overlayfs, kernel_mount)):
+        if mount is kernel_mount and not kernel_overlay_available():
+            continue
+        stack = Stack.make(base, len(layers), "" if mount is fuse_mount else "k-")  # tests mount the first again
+        for root, layer in zip(stack.lowers, layers, strict=True):
+            build_layer(root, forms(layer))
+        with mount(stack, read_only=True) as mnt:
             problems = diff(expected, shown(mnt))
-        assert not problems, "kernel overlayfs differs from the model:\n  " + "\n  ".join(problems)
+        assert not problems, f"{name} differs from the model:\n  " + "\n  ".join(problems)
 
 
 @settings(
