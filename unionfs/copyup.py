@@ -506,7 +506,7 @@ class CopyUp:
             origin = self.upper.getxattr(rel, self.origin_xattr)
             if origin is not None:
                 self.work.setxattr(tmp, self.origin_xattr, origin)
-            self.work.setxattr(tmp, opaque_xattr, b"y")
+            self.work.setxattr(tmp, opaque_xattr, markers.OPAQUE_VALUE)
             syscalls.utimensat(wfd, tmp, (st.st_atime_ns, st.st_mtime_ns))
             crashpoints.point("empty_dir.built")
             syscalls.renameat2(wfd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)

@@ -103,7 +103,8 @@ class Layer:
 
     def dir_meta(self, rel: str) -> tuple[bool, str | None]:
         """(opaque, redirect) of a directory of this layer."""
-        opaque, redirect = self._xattr_meta(rel, self._xattr_names(rel))
+        names = self._xattr_names(rel)
+        opaque, redirect = self._xattr_meta(rel, names, self._opaque_value(rel, names))
         return opaque or self.exists(rel_join(rel, markers.OPAQUE_MARKER)), redirect
 
     def _xattr_names(self, rel: str) -> frozenset[str]:
@@ -116,9 +117,19 @@ class Layer:
                 return frozenset()
             raise
 
-    def _xattr_meta(self, rel: str, names: frozenset[str]) -> tuple[bool, str | None]:
+    def _opaque_value(self, rel: str, names: frozenset[str]) -> bytes | None:
+        """overlay.opaque of a directory whose xattr names are known: ``y`` opaque, ``x``
+        holding xattr whiteouts."""
+        for name in markers.OPAQUE_XATTRS:
+            if name in names:
+                value = self.getxattr(rel, name)
+                if value is not None:
+                    return value
+        return None
+
+    def _xattr_meta(self, rel: str, names: frozenset[str], opaque_value: bytes | None) -> tuple[bool, str | None]:
         """(opaque by xattr, redirect) of a directory whose xattr names are known."""
-        opaque = any(n in names and self.getxattr(rel, n) == b"y" for n in markers.OPAQUE_XATTRS)
+        opaque = opaque_value == markers.OPAQUE_VALUE
         for name in markers.REDIRECT_XATTRS:
             if name in names:
                 value = self.getxattr(rel, name)
@@ -132,7 +143,8 @@ class Layer:
         hides: set[str] = set()
         opaque = False
         names = self._xattr_names(rel)
-        xattr_whiteouts = not names.isdisjoint(markers.WHITEOUTS_XATTRS)
+        opaque_value = self._opaque_value(rel, names)
+        xattr_whiteouts = opaque_value == markers.XWHITEOUTS_VALUE or not names.isdisjoint(markers.WHITEOUTS_XATTRS)
         fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             with os.scandir(fd) as it:
@@ -165,7 +177,7 @@ class Layer:
                     entries[name] = Entry(False, de.inode(), bits)
         finally:
             os.close(fd)
-        meta_opaque, redirect = self._xattr_meta(rel, names)  # the .wh..wh..opq marker was seen above
+        meta_opaque, redirect = self._xattr_meta(rel, names, opaque_value)  # the .wh..wh..opq marker was seen above
         implicit = not names.isdisjoint(markers.IMPLICIT_XATTRS)
         return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit)
 

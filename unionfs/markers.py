@@ -4,7 +4,10 @@ Read in every layer (overlayfs.rst "whiteouts and opaque directories", OCI
 image-spec layer.md "Whiteouts"):
   - a character device 0/0 named NAME (overlayfs);
   - an empty regular file NAME with the xattr ``overlay.whiteout`` (overlayfs
-    xattr whiteouts, in the trusted. or user. namespace);
+    xattr whiteouts, in the trusted. or user. namespace); a listing leaves them
+    out where the directory says it holds them, by ``overlay.opaque`` = ``x``
+    (or ``overlay.whiteouts``, the mark of the first kernels that read them), as
+    overlayfs does;
   - a file ``.wh.NAME`` (OCI);
   - an opaque directory: xattr ``overlay.opaque`` = ``y`` or a ``.wh..wh..opq`` entry.
 A marker hides entries of the layers below it, never entries of its own layer.
@@ -18,8 +21,10 @@ WH_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+OPAQUE_VALUE = b"y"
+XWHITEOUTS_VALUE = b"x"  # overlay.opaque of a directory that is not opaque but holds xattr whiteouts
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
-# set on a directory that holds xattr whiteouts, so that only such directories need checking
+# the first kernels' mark of a directory that holds xattr whiteouts, before overlay.opaque=x
 WHITEOUTS_XATTRS = ("trusted.overlay.whiteouts", "user.overlay.whiteouts")
 REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
 # A directory that no entry of its layer described (a layer tar that adds

@@ -497,7 +497,7 @@ class Union:
 
     def _set_opaque(self, layer: Layer, rel: str) -> None:
         if self.form is WhiteoutForm.OVERLAY:
-            layer.setxattr(rel, "trusted.overlay.opaque", b"y")
+            layer.setxattr(rel, markers.OPAQUE_XATTRS[0], markers.OPAQUE_VALUE)
         else:
             os.close(os.open(rel_join(rel, markers.OPAQUE_MARKER), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=layer.fd))
 

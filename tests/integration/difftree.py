@@ -39,6 +39,7 @@ FIXED_NS = 1_000_000_000 * 10**9  # 2001-09-09: every mtime this harness sets is
 _FIXED_LIMIT = 1_500_000_000 * 10**9  # later than any fixed mtime, earlier than any real "now"
 OCI_WH = ".wh."
 OCI_OPQ = ".wh..wh..opq"
+XWHITEOUT_XATTR = "trusted.overlay.whiteout"
 
 
 def _short_repr(obj: object) -> str:
@@ -99,7 +100,9 @@ class Fifo:
 
 @dataclass(frozen=True, repr=False)
 class Whiteout:
-    """Hides the name in the layers below: ``chardev`` (0/0, overlayfs) or ``oci`` (.wh.NAME)."""
+    """Hides the name in the layers below: ``chardev`` (0/0, overlayfs), ``xattr`` (an empty
+    file with overlay.whiteout, its directory marked overlay.opaque=x unless opaque) or
+    ``oci`` (.wh.NAME)."""
 
     form: str = "chardev"
     __repr__ = _short_repr
@@ -130,7 +133,8 @@ Node = File | Symlink | HardLink | Fifo | Whiteout | Dir
 
 def as_overlayfs(tree: Dir) -> Dir:
     """The same layer with its OCI markers in the forms kernel overlayfs reads: a ``.wh.NAME``
-    becomes a 0/0 whiteout, ``.wh..wh..opq`` the opaque xattr. Next to the layer's own NAME,
+    becomes a 0/0 whiteout, ``.wh..wh..opq`` the opaque xattr (xattr whiteouts stay as they
+    are: overlayfs reads them). Next to the layer's own NAME,
     ``.wh.NAME`` deletes only the NAME below: a directory NAME then shows nothing of those,
     as if opaque. The driver reads either form; the kernel is the reference."""
     children: dict[str, Node] = {name: Whiteout() for name in tree.oci_hides if name not in tree.children}
@@ -139,7 +143,7 @@ def as_overlayfs(tree: Dir) -> Dir:
             node = as_overlayfs(node)
             if name in tree.oci_hides:
                 node = dataclasses.replace(node, opaque="xattr")
-        elif isinstance(node, Whiteout):
+        elif isinstance(node, Whiteout) and node.form == "oci":
             node = Whiteout()
         children[name] = node
     return dataclasses.replace(tree, children=children, oci_hides=(),
@@ -194,9 +198,12 @@ def build_layer(root: Path, tree: Dir) -> None:
             os.symlink(node.target, full)
         elif isinstance(node, Fifo):
             os.mkfifo(full)
-        elif isinstance(node, Whiteout):  # no times of its own: the two forms number the rest alike
+        elif isinstance(node, Whiteout):  # no times of its own: the forms number the rest alike
             if node.form == "chardev":
                 os.mknod(full, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            elif node.form == "xattr":
+                full.write_bytes(b"")
+                os.setxattr(full, XWHITEOUT_XATTR, b"y")
             else:
                 (full.parent / (OCI_WH + full.name)).write_bytes(b"")
             continue
@@ -213,6 +220,8 @@ def build_layer(root: Path, tree: Dir) -> None:
             (root / path / OCI_OPQ).write_bytes(b"")
         elif node.opaque == "xattr":
             os.setxattr(root / path, "trusted.overlay.opaque", b"y")
+        elif any(isinstance(child, Whiteout) and child.form == "xattr" for child in node.children.values()):
+            os.setxattr(root / path, "trusted.overlay.opaque", b"x")  # holds xattr whiteouts
     # metadata and times last, deepest first: creating children touches parents
     for n, (path, node) in reversed(list(enumerate([("", tree), *meta]))):
         full = root / path if path else root
@@ -799,8 +808,9 @@ def diff_views(
 
     Deliberate difference: overlayfs passes readdir of a directory that only
     one lower layer has straight to that directory (no OVL_WHITEOUTS flag), so
-    it lists 0/0 whiteouts that lookup then does not find. The driver never
-    lists whiteouts. Such kernel-only names are accepted when they are 0/0
+    it lists 0/0 whiteouts that lookup then does not find, and xattr whiteouts
+    where no overlay.opaque=x says they are there. The driver never lists
+    0/0 whiteouts. Such kernel-only names are accepted when they are
     whiteouts of a lower layer; any other name listed but not found is a
     difference.
     """
@@ -809,7 +819,10 @@ def diff_views(
     def is_lower_whiteout(rel: str) -> bool:
         if kernel_upper is not None:
             rel = redirected(kernel_upper, rel)
-        return any((st := lower_lstat(low, rel)) is not None and _kind(st.st_mode, st.st_rdev) == "whiteout" for low in lowers)
+        return any((st := lower_lstat(low, rel)) is not None and (
+            _kind(st.st_mode, st.st_rdev) == "whiteout"
+            or stat.S_ISREG(st.st_mode) and not st.st_size and _xattr(_p(os.fspath(low), rel), XWHITEOUT_XATTR) is not None)
+            for low in lowers)
 
     kernel_ghosts = tuple(g for g in kernel.ghosts if not is_lower_whiteout(g))
     if kernel_ghosts or driver.ghosts:

@@ -14,10 +14,11 @@ operations and at the end of each generated sequence) also before, with the
 caches the operations left warm, as a program sees them. The errno of each
 operation is taken with warm caches.
 
-Generated lower layers hold whiteouts and opaque directories in both forms,
-overlayfs's and OCI's ``.wh.`` files; the kernel's copies get the overlayfs
-form of each (``difftree.as_overlayfs``), so one reference checks the driver's
-reading of both. About one entry in four carries an inode flag (+i, +a, +A).
+Generated lower layers hold whiteouts and opaque directories in every form:
+overlayfs's (0/0 devices, xattr whiteouts, the opaque xattr) and OCI's
+``.wh.`` files; the kernel's copies get the overlayfs form of each OCI marker
+(``difftree.as_overlayfs``), so one reference checks the driver's reading of
+all of them. About one entry in four carries an inode flag (+i, +a, +A).
 
 A third of the generated operations run as an unprivileged user (uid/gid
 1000, owner of some lower entries), so the permission model is compared too;
@@ -56,6 +57,7 @@ from difftree import (
     File,
     HardLink,
     Meta,
+    Node,
     Op,
     Pair,
     Symlink,
@@ -134,7 +136,7 @@ def _leaves(markers: bool) -> st.SearchStrategy:
         st.builds(Fifo, st.sampled_from((0o644, 0o600))),
     ]
     if markers:  # either form: the kernel's layers get the overlayfs one (difftree.as_overlayfs)
-        options.append(st.builds(Whiteout, st.sampled_from(("chardev", "oci"))))
+        options.append(st.builds(Whiteout, st.sampled_from(("chardev", "oci", "xattr"))))
     return st.one_of(options)
 
 
@@ -162,13 +164,26 @@ def _dir(depth: int, markers: bool) -> st.SearchStrategy[Dir]:
     )
 
 
+def _xattr_whiteouts_where_read(tree: Dir) -> Dir:
+    """0/0 whiteouts for the xattr ones of an opaque directory, which overlayfs does not look
+    for there (an opaque directory has no use for whiteouts, and its overlay.opaque is y, not x)."""
+    def fix(node: Node, opaque: bool) -> Node:
+        if isinstance(node, Dir):
+            return _xattr_whiteouts_where_read(node)
+        if opaque and isinstance(node, Whiteout) and node.form == "xattr":
+            return Whiteout()
+        return node
+    children = {name: fix(node, tree.opaque is not None) for name, node in tree.children.items()}
+    return dataclasses.replace(tree, children=children)
+
+
 @st.composite
 def layer_trees(draw: st.DrawFn, markers: bool) -> Dir:
     """One lower layer; ``markers``: may hold whiteouts and opaque dirs, in the overlayfs and
     the OCI forms (not the bottom layer)."""
     root = draw(st.builds(Dir, st.dictionaries(st.sampled_from(NAMES), _node(1, markers), max_size=4),
                           oci_hides=_oci_hides(markers)))
-    return fix_hardlinks(root, draw(st.lists(st.integers(0, 7), max_size=4)))
+    return _xattr_whiteouts_where_read(fix_hardlinks(root, draw(st.lists(st.integers(0, 7), max_size=4))))
 
 
 lower_stacks = st.integers(2, 3).flatmap(lambda n: st.tuples(*(layer_trees(markers=i < n - 1) for i in range(n))))
@@ -327,6 +342,18 @@ def test_whiteout_hides(tmp_path: Path) -> None:
         assert names(v) == ["b", "e"] and v.entries["b"].content == b"new b" and names(v, "e") == ["z"]
         assert p.run(op("unlink", "a")) == errno.ENOENT
         assert p.run(op("rmdir", "d")) == errno.ENOENT
+
+
+def test_xattr_whiteouts_hide_and_are_not_listed(tmp_path: Path) -> None:
+    """Empty files with overlay.whiteout hide the name below; overlay.opaque=x on their
+    directory says they are there, so that a listing leaves them out, and hides nothing."""
+    top = Dir({"a": Whiteout("xattr"), "d": Dir({"x": Whiteout("xattr"), "n": File(b"n")}), "e": File()})
+    bottom = Dir({"a": File(b"old"), "d": Dir({"x": File(b"x"), "y": File(b"y")}), "e": File(b"e")})
+    with pair(tmp_path, [top, bottom]) as p:
+        v = p.check()
+        assert names(v) == ["d", "e"] and names(v, "d") == ["n", "y"] and v.entries["e"].content == b""
+        assert p.run(op("write", "a", "excl", b"back")) is None and p.run(op("unlink", "d/y")) is None
+        assert names(p.check(), "d") == ["n"]
 
 
 def test_opaque_hides(tmp_path: Path) -> None:

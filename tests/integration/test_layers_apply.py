@@ -8,8 +8,8 @@ are mixed in. The expected tree comes from a small independent model, the
 image-spec's "applying changesets" rules run bottom to top on plain Python
 dicts, and is compared with the driver's merged view. Kernel overlayfs must
 show the same tree on the same layers with their OCI markers in its own forms
-(``difftree.as_overlayfs``): a check of the model itself. (Not generated: overlayfs's xattr whiteouts, overlay.whiteout
-files in directories marked overlay.whiteouts.)
+(``difftree.as_overlayfs``): a check of the model itself. (Not generated
+here: overlayfs's xattr whiteouts, which the differential tests generate.)
 
 LAYERS_EXAMPLES=N runs N generated stacks instead of the default budget.
 """
