@@ -69,6 +69,7 @@ from layerstore.store import Store
 from unionfs.layer import rel_join
 from unionfs.markers import (
     OPAQUE_MARKER,
+    OPAQUE_VALUE,
     OPAQUE_XATTRS,
     WH_PREFIX,
     WHITEOUT_XATTRS,
@@ -148,7 +149,7 @@ def _is_whiteout(path: str, st: os.stat_result) -> bool:
 
 
 def _is_opaque(path: str) -> bool:
-    return any(_xattr(path, n) == b"y" for n in OPAQUE_XATTRS) or os.path.lexists(os.path.join(path, OPAQUE_MARKER))
+    return any(_xattr(path, n) == OPAQUE_VALUE for n in OPAQUE_XATTRS) or os.path.lexists(os.path.join(path, OPAQUE_MARKER))
 
 
 def _is_redirected(path: str) -> bool:

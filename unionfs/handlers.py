@@ -180,6 +180,7 @@ class Requests:
             # once per file rather than before every write (SB_NOSEC)
             | fp.HANDLE_KILLPRIV_V2
         )
+        self.writeback = self.writeback and bool(flags & fp.WRITEBACK_CACHE)  # what the kernel keeps to itself
         if self.writeback:
             want |= fp.WRITEBACK_CACHE
         flags2 = 0
@@ -441,6 +442,10 @@ class Requests:
         # A truncation's "mtime now" is done by the host's truncate already.
         if valid & fp.FATTR_SIZE and times == fp.FATTR_MTIME | fp.FATTR_MTIME_NOW:
             times = 0
+        # With the writeback cache the kernel keeps a file's times itself, and sends none with
+        # a truncation to the size it holds: the host's truncate must not change them then,
+        # or the kernel's copy and the file's part until the kernel writes its own back.
+        retime = not (self.writeback and not valid & fp.FATTR_MTIME)
         new_times = (self._time(valid, fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, *atime),
                      self._time(valid, fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, *mtime))
         if handle is not None and self._files[handle][0] == 0:
@@ -451,7 +456,7 @@ class Requests:
             if valid & (fp.FATTR_UID | fp.FATTR_GID):
                 os.fchown(handle, *owner)
             if valid & fp.FATTR_SIZE:
-                self.union.ftruncate(handle, size)
+                self.union.ftruncate(handle, size, retime)
                 if valid & fp.FATTR_KILL_SUIDGID:
                     self._set_id_killer(h)(handle)
             if times:
@@ -468,7 +473,7 @@ class Requests:
         if valid & (fp.FATTR_UID | fp.FATTR_GID):
             self.union.chown(path, *owner)
         if valid & fp.FATTR_SIZE:
-            self.union.truncate(path, size, self._set_id_killer(h) if valid & fp.FATTR_KILL_SUIDGID else None)
+            self.union.truncate(path, size, self._set_id_killer(h) if valid & fp.FATTR_KILL_SUIDGID else None, retime)
         if times:
             self.union.utimens(path, new_times, touch)
 

@@ -337,11 +337,13 @@ class Union:
             kill(fd)
         return fd, 0
 
-    def ftruncate(self, fd: int, length: int) -> None:
-        """Truncation of a file open in the upper layer (ftruncate), unless it is protected."""
+    def ftruncate(self, fd: int, length: int, retime: bool = True) -> None:
+        """Truncation of a file open in the upper layer (ftruncate), unless it is protected.
+        retime: whether a truncation to the size the file has changes its times, as
+        truncate(2) does on the host."""
         if self.protections.of_fd(fd):
             raise fail(errno.EPERM, f"fd {fd}")
-        os.ftruncate(fd, length)
+        _truncate(fd, length, retime)
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on a file open for writing: an append-only one may only grow (vfs_fallocate)."""
@@ -793,8 +795,9 @@ class Union:
         rel = self._changeable(path, IMMUTABLE if touch or times_ns is None else BOTH)
         syscalls.utimensat(self.upper.fd, rel, times_ns or (syscalls.UTIME_NOW, syscalls.UTIME_NOW))
 
-    def truncate(self, path: str, length: int, kill: Callable[[int], None] | None = None) -> None:
-        """kill: called with the file's fd after the truncation (set-id bits to drop)."""
+    def truncate(self, path: str, length: int, kill: Callable[[int], None] | None = None, retime: bool = True) -> None:
+        """kill: called with the file's fd after the truncation (set-id bits to drop);
+        retime: as ftruncate's."""
         node = self.node(path)
         if node.is_dir:
             raise fail(errno.EISDIR, path)
@@ -803,7 +806,7 @@ class Union:
         rel = copyup.ensure(node, data=length > 0)
         fd = os.open(rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.upper.fd)
         try:
-            os.ftruncate(fd, length)
+            _truncate(fd, length, retime)
             if kill is not None:
                 kill(fd)
         finally:
@@ -858,3 +861,9 @@ def kill_set_id(fd: int, in_group: Callable[[int], bool] | None = None) -> None:
         kill |= stat.S_ISGID
     if kill:
         os.fchmod(fd, stat.S_IMODE(mode) & ~kill)
+
+
+def _truncate(fd: int, length: int, retime: bool) -> None:
+    """ftruncate, or nothing when the size is already length and the times must stay."""
+    if retime or os.fstat(fd).st_size != length:
+        os.ftruncate(fd, length)

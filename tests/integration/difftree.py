@@ -786,6 +786,11 @@ def diff_maps(kernel: Mapping[str, object], driver: Mapping[str, object]) -> lis
     return out
 
 
+def is_xattr_whiteout(path: str, st: os.stat_result) -> bool:
+    """An empty regular file with overlay.whiteout: overlayfs's other whiteout."""
+    return stat.S_ISREG(st.st_mode) and not st.st_size and _xattr(path, XWHITEOUT_XATTR) is not None
+
+
 def redirected(upper: Path | str, rel: str) -> str:
     """The path below the upper layer that rel's lower parts come from (overlay.redirect of its dirs)."""
     parts = rel.split("/")
@@ -820,8 +825,7 @@ def diff_views(
         if kernel_upper is not None:
             rel = redirected(kernel_upper, rel)
         return any((st := lower_lstat(low, rel)) is not None and (
-            _kind(st.st_mode, st.st_rdev) == "whiteout"
-            or stat.S_ISREG(st.st_mode) and not st.st_size and _xattr(_p(os.fspath(low), rel), XWHITEOUT_XATTR) is not None)
+            _kind(st.st_mode, st.st_rdev) == "whiteout" or is_xattr_whiteout(_p(os.fspath(low), rel), st))
             for low in lowers)
 
     kernel_ghosts = tuple(g for g in kernel.ghosts if not is_lower_whiteout(g))
