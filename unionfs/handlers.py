@@ -445,7 +445,7 @@ class Requests:
         # With the writeback cache the kernel keeps a file's times itself, and sends none with
         # a truncation to the size it holds: the host's truncate must not change them then,
         # or the kernel's copy and the file's would differ until the kernel writes its own back.
-        retime = not (self.writeback and not valid & fp.FATTR_MTIME)
+        retime = not self.writeback or bool(valid & fp.FATTR_MTIME)
         new_times = (self._time(valid, fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, *atime),
                      self._time(valid, fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, *mtime))
         if handle is not None and self._files[handle][0] == 0:

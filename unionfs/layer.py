@@ -117,25 +117,24 @@ class Layer:
                 return frozenset()
             raise
 
-    def _opaque_value(self, rel: str, names: frozenset[str]) -> bytes | None:
-        """overlay.opaque of a directory whose xattr names are known: ``y`` opaque, ``x``
-        holding xattr whiteouts."""
-        for name in markers.OPAQUE_XATTRS:
+    def _first_xattr(self, rel: str, names: frozenset[str], candidates: tuple[str, ...]) -> bytes | None:
+        """The value of the first of candidates (trusted., user.) that rel, whose xattr
+        names are known, has."""
+        for name in candidates:
             if name in names:
                 value = self.getxattr(rel, name)
                 if value is not None:
                     return value
         return None
 
+    def _opaque_value(self, rel: str, names: frozenset[str]) -> bytes | None:
+        """overlay.opaque of a directory: ``y`` opaque, ``x`` holding xattr whiteouts."""
+        return self._first_xattr(rel, names, markers.OPAQUE_XATTRS)
+
     def _xattr_meta(self, rel: str, names: frozenset[str], opaque_value: bytes | None) -> tuple[bool, str | None]:
         """(opaque by xattr, redirect) of a directory whose xattr names are known."""
-        opaque = opaque_value == markers.OPAQUE_VALUE
-        for name in markers.REDIRECT_XATTRS:
-            if name in names:
-                value = self.getxattr(rel, name)
-                if value is not None:
-                    return opaque, os.fsdecode(value)
-        return opaque, None
+        redirect = self._first_xattr(rel, names, markers.REDIRECT_XATTRS)
+        return opaque_value == markers.OPAQUE_VALUE, None if redirect is None else os.fsdecode(redirect)
 
     def scan(self, rel: str) -> DirInfo:
         """Read a directory with its markers; raises if rel is not a directory."""
