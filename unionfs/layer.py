@@ -133,8 +133,15 @@ class Layer:
 
     def _xattr_meta(self, rel: str, names: frozenset[str], opaque_value: bytes | None) -> tuple[bool, str | None]:
         """(opaque by xattr, redirect) of a directory whose xattr names are known."""
+        return opaque_value == markers.OPAQUE_VALUE, self._redirect(rel, names)
+
+    def _redirect(self, rel: str, names: frozenset[str]) -> str | None:
         redirect = self._first_xattr(rel, names, markers.REDIRECT_XATTRS)
-        return opaque_value == markers.OPAQUE_VALUE, None if redirect is None else os.fsdecode(redirect)
+        return None if redirect is None else os.fsdecode(redirect)
+
+    def redirect(self, rel: str) -> str | None:
+        """overlay.redirect of a directory of this layer: where the layers below hold it."""
+        return self._redirect(rel, self._xattr_names(rel))
 
     def scan(self, rel: str) -> DirInfo:
         """Read a directory with its markers; raises if rel is not a directory."""

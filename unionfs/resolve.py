@@ -4,7 +4,9 @@ overlayfs.rst "Directories": the topmost entry wins, directories merge down to
 the first opaque one, a non-directory hides everything below it, and a
 whiteout hides the name in the layers below its own. A redirect (the
 ``overlay.redirect`` xattr on a directory, written when a directory with lower
-parts is renamed) points the lower layers at another path.
+parts is renamed) points the lower layers at another path: an absolute one
+from their root, or a relative one, the old name, in the parent's own lower
+directories (which the parent's redirect may have moved).
 
 Results are plain values, testable without FUSE. Listings of lower
 directories are read once (lower layers never change) and resolved nodes are
@@ -23,6 +25,13 @@ from unionfs.layer import DirInfo, Layer, rel_join
 
 _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
 _MAX_NODES = 200_000  # resolved paths kept; a plain bound, refilled on demand
+
+
+def _valid_redirect(redirect: str) -> bool:
+    """A name (relative: the directory's old name in the same parent) or a path
+    from the root of the layers below (absolute), as overlayfs reads them."""
+    names = redirect[1:].split("/") if redirect.startswith("/") else [redirect]
+    return all(n and n not in (".", "..") for n in names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +226,12 @@ class Resolver:
         if name.startswith(markers.WH_PREFIX):
             return None
         dirs: list[tuple[int, str]] = []
+        below = name  # the name in the layers below: a relative redirect changes it
         for index, prel in parent.layers:
-            kind, hides = self._entry(index, prel, name, parent.layers)
+            kind, hides = self._entry(index, prel, below, parent.layers)
             if kind == _WHITEOUT:
                 break
-            rel = rel_join(prel, name)
+            rel = rel_join(prel, below)
             if kind == _OTHER:
                 if dirs:
                     break
@@ -231,11 +241,17 @@ class Resolver:
                 opaque, redirect = self._dir_meta(index, rel)
                 if opaque or hides:
                     break
-                if redirect is not None:
-                    target = self.resolve(redirect if redirect.startswith("/") else child_path(parent.path, redirect), index + 1)
-                    if target is not None and target.is_dir:
-                        dirs.extend(target.layers)
-                    break
+                if redirect is None:
+                    continue
+                if not _valid_redirect(redirect):
+                    break  # overlayfs fails the lookup; here the layers below are left out
+                if not redirect.startswith("/"):
+                    below = redirect  # looked up in the parent's own lower directories
+                    continue
+                target = self.resolve(redirect, index + 1)
+                if target is not None and target.is_dir:
+                    dirs.extend(target.layers)
+                break
             elif hides:
                 break
         return Node(path, True, tuple(dirs), self._meta(dirs)) if dirs else None

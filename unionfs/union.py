@@ -692,11 +692,30 @@ class Union:
 
     def _redirect(self, node: Node, rel: str) -> None:
         """Instead of EXDEV: a moved merged directory keeps finding its lower
-        parts through a redirect to where they are (overlayfs redirect_dir)."""
-        if node.is_dir and self._has_lower(node) and self.upper.getxattr(rel, self.redirect_xattr) is None:
-            lower_rel = next(rel for index, rel in node.layers if not self.resolver.is_upper(index))
-            self.upper.setxattr(rel, self.redirect_xattr, os.fsencode("/" + lower_rel))
+        parts through a redirect to where the layers below the upper find it
+        (overlayfs redirect_dir). A relative redirect (overlayfs writes them for
+        a rename within a directory) becomes absolute: it would name nothing in
+        another parent."""
+        if node.is_dir and self._has_lower(node) and not (self.upper.redirect(rel) or "").startswith("/"):
+            self.upper.setxattr(rel, self.redirect_xattr, os.fsencode("/" + self._path_below(rel)))
             crashpoints.point("rename.redirect")
+
+    def _path_below(self, rel: str) -> str:
+        """Where the layers below the upper look for its directory rel: at rel, but
+        for the redirects of the upper's directories on the way (overlayfs's
+        ovl_get_redirect). Not at the path of rel's topmost lower part: a layer
+        between may have a whiteout there, left by a rename of its own."""
+        below = prefix = "."
+        for name in rel.split("/"):
+            prefix = rel_join(prefix, name)
+            redirect = self.upper.redirect(prefix)
+            if redirect is None:
+                below = rel_join(below, name)
+            elif redirect.startswith("/"):
+                below = redirect.strip("/")
+            else:
+                below = rel_join(below, redirect)
+        return below
 
     def exchange(self, old: str, new: str) -> None:
         """renameat2's RENAME_EXCHANGE: swap two entries in one step."""

@@ -115,6 +115,8 @@ class Dir:
 
     ``oci_hides`` are extra ``.wh.NAME`` markers, possibly next to an entry
     NAME of the same layer (which they must not hide; they hide the NAME below).
+    ``redirect``: as overlayfs writes it for a renamed directory, the old name
+    in the same parent (relative) or the old path from the root (absolute).
     """
 
     children: Mapping[str, Node] = field(default_factory=dict)
@@ -124,6 +126,7 @@ class Dir:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     oci_hides: tuple[str, ...] = ()
     flags: int = 0  # as File's
+    redirect: str | None = None  # trusted.overlay.redirect: where the layers below hold this directory
     __repr__ = _short_repr
     _repr_pretty_ = _pretty
 
@@ -222,6 +225,8 @@ def build_layer(root: Path, tree: Dir) -> None:
             os.setxattr(root / path, "trusted.overlay.opaque", b"y")
         elif any(isinstance(child, Whiteout) and child.form == "xattr" for child in node.children.values()):
             os.setxattr(root / path, "trusted.overlay.opaque", b"x")  # holds xattr whiteouts
+        if node.redirect is not None:
+            os.setxattr(root / path, "trusted.overlay.redirect", os.fsencode(node.redirect))
     # metadata and times last, deepest first: creating children touches parents
     for n, (path, node) in reversed(list(enumerate([("", tree), *meta]))):
         full = root / path if path else root
@@ -658,47 +663,65 @@ def _xattr(path: str, name: str) -> bytes | None:
         raise
 
 
-def lower_lstat(layer: Path | str, rel: str) -> os.stat_result | None:
-    """lstat of rel in one layer, through directories only (no symlink followed)."""
-    path = os.fspath(layer)
-    for name in rel.split("/"):
+def lower_dirs(lowers: Sequence[Path | str], rel: str) -> list[str]:
+    """The directories of the lower layers (top first) that make up the merged
+    directory rel, as overlayfs finds them, path component by component: a 0/0
+    or xattr whiteout or a non-directory ends the merge, an opaque directory is
+    the last, and a redirect leads the layers below to the directory's old name
+    in the same parent (relative) or to a path from their root (absolute).
+    Empty where the lowers show no directory at rel."""
+    return [path for _, path in _dirs_below([os.fspath(low) for low in lowers], 0, rel)]
+
+
+def _dirs_below(roots: list[str], start: int, rel: str) -> list[tuple[int, str]]:
+    dirs = [(i, roots[i]) for i in range(start, len(roots))]
+    for name in (n for n in rel.split("/") if n and n != "."):
+        dirs = _child_dirs(roots, dirs, name)
+        if not dirs:
+            break
+    return dirs
+
+
+def _child_dirs(roots: list[str], parents: list[tuple[int, str]], name: str) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for i, parent in parents:
+        path = _p(parent, name)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            return None
+            continue
         if not stat.S_ISDIR(st.st_mode):
-            return None
-        path = _p(path, name)
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
+            break  # a whiteout (either form) or a non-directory hides what is below
+        found.append((i, path))
+        if _xattr(path, "trusted.overlay.opaque") == b"y":
+            break
+        target = _xattr(path, "trusted.overlay.redirect")
+        if target is not None:
+            text = os.fsdecode(target)
+            if text.startswith("/"):
+                found += _dirs_below(roots, i + 1, text)
+                break
+            name = text
+    return found
 
 
 def lower_is_dir(lowers: Sequence[Path | str], rel: str) -> bool:
-    """Whether the lower layers alone (top first) show a directory at rel.
+    """Whether the lower layers alone (top first) show a directory at rel."""
+    return bool(lower_dirs(lowers, rel))
 
-    The overlayfs lookup rules for layers with 0/0 whiteouts and
-    trusted.overlay.opaque, path component by component.
-    """
-    dirs = [os.fspath(low) for low in lowers]
-    for name in rel.split("/"):
-        found: list[str] = []
-        for d in dirs:
-            path = _p(d, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                break  # a whiteout or a non-directory ends the merge (or hides the name)
-            found.append(path)
-            if _xattr(path, "trusted.overlay.opaque") == b"y":
-                break
-        if not found:
-            return False
-        dirs = found
-    return True
+
+def lower_whiteout(lowers: Sequence[Path | str], rel: str) -> bool:
+    """Whether a lower directory of rel's merged parent holds a whiteout (either form) named like rel."""
+    parent, _, name = rel.rpartition("/")
+    for d in lower_dirs(lowers, parent):
+        path = _p(d, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if _kind(st.st_mode, st.st_rdev) == "whiteout" or is_xattr_whiteout(path, st):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -822,11 +845,7 @@ def diff_views(
     out = diff_maps(kernel.entries, driver.entries)
 
     def is_lower_whiteout(rel: str) -> bool:
-        if kernel_upper is not None:
-            rel = redirected(kernel_upper, rel)
-        return any((st := lower_lstat(low, rel)) is not None and (
-            _kind(st.st_mode, st.st_rdev) == "whiteout" or is_xattr_whiteout(_p(os.fspath(low), rel), st))
-            for low in lowers)
+        return lower_whiteout(lowers, redirected(kernel_upper, rel) if kernel_upper is not None else rel)
 
     kernel_ghosts = tuple(g for g in kernel.ghosts if not is_lower_whiteout(g))
     if kernel_ghosts or driver.ghosts:
@@ -924,13 +943,43 @@ def pair(
                 build_layer(root, as_overlayfs(tree) if prefix == "k-" else tree)
             if root_mode is not None:
                 os.chmod(s.upper, root_mode)
-        kstack, dstack = stacks
-        built = [layer_state(lower) for lower in dstack.lowers]
-        with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
-            yield Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options)
+        with _mounted(*stacks, kernel_options, driver_options) as p:
+            yield p
     finally:
         for lower in (lower for s in stacks for lower in s.lowers):  # immutable entries would outlive any removal
             clear_protection(lower)
+
+
+@contextlib.contextmanager
+def pair_over(base: Path, lowers: Sequence[Path], kernel_options: Sequence[str] = KERNEL_OPTIONS) -> Iterator[Pair]:
+    """Kernel overlayfs and the driver over the same existing lower layers (top first),
+    each with an upper of its own: layers made by a tool, which neither mount may change."""
+    kstack, dstack = (Stack(tuple(lowers), base / f"{prefix}upper", base / f"{prefix}work", base / f"{prefix}mnt")
+                      for prefix in ("k-", "d-"))
+    for path in (kstack.upper, kstack.work, kstack.mnt, dstack.upper, dstack.work, dstack.mnt):
+        path.mkdir(parents=True)
+    with _mounted(kstack, dstack, kernel_options, ()) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def _mounted(kstack: Stack, dstack: Stack, kernel_options: Sequence[str], driver_options: Sequence[str]) -> Iterator[Pair]:
+    built = [layer_state(lower) for lower in dstack.lowers]
+    with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
+        yield Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options)
+
+
+def overlayfs_layer(upper: Path, lowers: Sequence[Path], renames: Sequence[tuple[str, str]]) -> Path:
+    """A layer made by overlayfs: upper (a new directory) after renaming, through a
+    mount over lowers (top first), each (old, new) of renames. Where the old entry
+    is a directory with lower parts, overlayfs writes its redirect."""
+    stack = Stack(tuple(lowers), upper, upper.with_name(upper.name + "-work"), upper.with_name(upper.name + "-mnt"))
+    for path in (stack.upper, stack.work, stack.mnt):
+        path.mkdir(parents=True)
+    with kernel_mount(stack, *KERNEL_OPTIONS) as mnt:
+        for old, new in renames:
+            os.rename(mnt / old, mnt / new)
+    return upper
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -65,6 +65,7 @@ from difftree import (
     View,
     Whiteout,
     apply,
+    build_layer,
     drop_caches,
     errname,
     fix_hardlinks,
@@ -72,13 +73,17 @@ from difftree import (
     is_xattr_whiteout,
     kernel_overlay_available,
     link_open_file,
+    lower_dirs,
     op,
+    overlayfs_layer,
     pair,
+    pair_over,
     redirected,
     scratch,
     through_two_names,
     upper_view,
     view,
+    walk_spec,
 )
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
@@ -183,13 +188,50 @@ def _xattr_whiteouts_where_read(tree: Dir) -> Dir:
 @st.composite
 def layer_trees(draw: st.DrawFn, markers: bool) -> Dir:
     """One lower layer; ``markers``: may hold whiteouts and opaque dirs, in the overlayfs and
-    the OCI forms (not the bottom layer)."""
+    the OCI forms, and redirects (not the bottom layer)."""
     root = draw(st.builds(Dir, st.dictionaries(st.sampled_from(NAMES), _node(1, markers), max_size=4),
                           oci_hides=_oci_hides(markers)))
     return _xattr_whiteouts_where_read(fix_hardlinks(root, draw(st.lists(st.integers(0, 7), max_size=4))))
 
 
-lower_stacks = st.integers(2, 3).flatmap(lambda n: st.tuples(*(layer_trees(markers=i < n - 1) for i in range(n))))
+def _spec_dir(tree: Dir, rel: str) -> Dir | None:
+    """The directory at rel of a layer description, if it has one there."""
+    node: Node = tree
+    for name in filter(None, rel.split("/")):
+        if not isinstance(node, Dir) or name not in node.children:
+            return None
+        node = node.children[name]
+    return node if isinstance(node, Dir) else None
+
+
+def _with_redirects(draw: st.DrawFn, tree: Dir, old: str, below: Sequence[Dir]) -> Dir:
+    """tree (a directory of one layer, at old in the layers below) with some of its
+    directories redirected, as if renamed: to another directory of the same parent
+    in the layers below (a relative redirect, the name), to any directory of theirs
+    (absolute, the path) or to a path they may not have. ``old`` follows the
+    redirects above, so a relative redirect below a redirected directory names an
+    entry where that directory's lower parts are."""
+    children: dict[str, Node] = {}
+    for name, node in tree.children.items():
+        if isinstance(node, Dir):
+            siblings = sorted({n for d in below if (p := _spec_dir(d, old)) for n, c in p.children.items()
+                               if isinstance(c, Dir)})
+            anywhere = sorted({"/" + rel for d in below for rel, c in walk_spec(d) if isinstance(c, Dir)})
+            redirect = draw(st.one_of(st.none(), st.sampled_from(siblings or [None]), st.sampled_from(siblings or [None]),
+                                      st.sampled_from(anywhere or [None]), paths.map("/".__add__)))
+            where = f"{old}/{name}" if redirect is None else redirect if redirect.startswith("/") else f"{old}/{redirect}"
+            node = dataclasses.replace(_with_redirects(draw, node, where, below), redirect=redirect)
+        children[name] = node
+    return dataclasses.replace(tree, children=children)
+
+
+@st.composite
+def lower_stacks(draw: st.DrawFn) -> tuple[Dir, ...]:
+    """Two or three lower layers, top first; directories above the bottom one may be redirected."""
+    n = draw(st.integers(2, 3))
+    layers = [draw(layer_trees(markers=i < n - 1)) for i in range(n)]
+    return tuple(_with_redirects(draw, layer, "", layers[i + 1:]) if i < n - 1 else layer
+                 for i, layer in enumerate(layers))
 
 _operations = st.one_of(
     st.builds(op, st.just("write"), paths, st.sampled_from(("create", "excl", "overwrite", "append", "trunc")), datas,
@@ -268,12 +310,9 @@ def empty_over_xattr_whiteouts(p: Pair, rel: object) -> bool:
             return False
     except OSError:
         return False
-    below = redirected(p.kernel.upper, str(rel))
-    for lower in p.kernel.lowers:
-        path = lower / below
-        if path.is_dir() and not path.is_symlink():
-            if any(is_xattr_whiteout(str(path / name), os.lstat(path / name)) for name in os.listdir(path)):
-                return True
+    for path in lower_dirs(p.kernel.lowers, redirected(p.kernel.upper, str(rel))):
+        if any(is_xattr_whiteout(os.path.join(path, name), os.lstat(os.path.join(path, name))) for name in os.listdir(path)):
+            return True
     return False
 
 
@@ -301,7 +340,7 @@ def names_of_one_file(root: Path, a: object, b: object) -> bool:
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(lowers=lower_stacks, ops=st.lists(operations, min_size=5, max_size=15))
+@given(lowers=lower_stacks(), ops=st.lists(operations, min_size=5, max_size=15))
 def test_random_operations_match_kernel(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) -> None:
     """Any tree, any operations: same errno for each, same merged view and upper after each."""
     with scratch(tmp_path) as base, pair(base, lowers, root_mode=0o1777) as p:
@@ -896,6 +935,46 @@ def test_rename_lower_dir_without_redirect_dir_kernel_answers_exdev(tmp_path: Pa
         assert apply(p.kernel.mnt, op("rename", "d", "e")) == errno.EXDEV
         assert apply(p.driver.mnt, op("rename", "d", "e")) is None
         assert names(view(p.driver.mnt), "e") == ["y"]
+
+
+REDIRECT = "trusted.overlay.redirect"
+
+
+def test_layers_with_the_redirects_overlayfs_writes(tmp_path: Path) -> None:
+    """Uppers of overlayfs mounts in which merged directories were renamed, stacked
+    as lower layers. A rename within a directory leaves a relative redirect (the
+    old name), looked up where the parent's lower parts are, which a redirect of
+    the parent may have moved; a rename elsewhere leaves an absolute one. The
+    driver follows them as overlayfs does, across three layers, and moves them on."""
+    l0 = tmp_path / "l0"
+    l0.mkdir()
+    build_layer(l0, Dir({
+        "p0": Dir({"c0": Dir({"f": File(b"f")}), "keep": File(b"k")}),
+        "a": Dir({"b": Dir({"deep": File(b"d")})}),
+        "m": Dir({"n": Dir({"x": File(b"x")})}),
+    }))
+    l1 = overlayfs_layer(tmp_path / "l1", [l0], [("p0", "p"), ("p/c0", "p/c"), ("a/b", "b2"), ("m/n", "m/n2")])
+    l2 = overlayfs_layer(tmp_path / "l2", [l1, l0], [("p", "q"), ("b2", "a/b3"), ("m/n2", "m/n")])
+    assert [os.getxattr(l1 / rel, REDIRECT) for rel in ("p", "p/c", "b2", "m/n2")] == [b"p0", b"c0", b"/a/b", b"n"]
+    assert [os.getxattr(l2 / rel, REDIRECT) for rel in ("q", "a/b3", "m/n")] == [b"p", b"/b2", b"n2"]
+    with pair_over(tmp_path, [l2, l1, l0]) as p:
+        v = p.check()
+        assert names(v, "q") == ["c", "keep"] and names(v, "q/c") == ["f"]
+        assert names(v, "a/b3") == ["deep"] and names(v, "m/n") == ["x"] and names(v) == ["a", "m", "q"]
+        for operation in (
+            op("rename", "q/c", "c2"),  # a relative redirect that must become absolute
+            op("write", "c2/g", "create", b"g"),
+            op("rename", "m/n", "m/n4"),
+            op("rename", "a/b3", "a/b5"),
+            op("unlink", "a/b5/deep"),
+            op("rmdir", "a/b5"),
+            op("rename", "q", "r"),
+        ):
+            assert p.run(operation) is None
+            p.check(warm=False)
+        v = p.check()
+        assert names(v, "c2") == ["f", "g"] and names(v, "m/n4") == ["x"] and names(v, "r") == ["keep"]
+        assert names(v, "a") == []
 
 
 def test_hard_links_in_a_lower_layer(tmp_path: Path) -> None:

@@ -303,6 +303,41 @@ def test_rename_of_lower_directory_keeps_contents_and_inode(dirs: dict[str, Path
     assert names(u2, "/dst") == ["a", "c"] and names(u2, "/moved") == ["b"]
 
 
+@root_only
+def test_a_relative_redirect_names_the_entry_in_its_parents_own_lower_dirs(dirs: dict[str, Path]) -> None:
+    """overlayfs writes a relative redirect (the old name) for a rename within one
+    directory. Below, that name is looked up where the parent's lower parts are,
+    which a redirect of the parent may have put at another path."""
+    tree(dirs["bottom"], {"old/sub0/f": "f", "old/keep": "k", "new/sub0/g": "wrong parent"})
+    tree(dirs["mid"], {"new/sub/": None})
+    os.setxattr(dirs["mid"] / "new", "trusted.overlay.redirect", b"old")
+    os.setxattr(dirs["mid"] / "new/sub", "trusted.overlay.redirect", b"sub0")
+    chardev_whiteout(dirs["mid"] / "new/sub0")  # what the rename left at the old name
+    u = make_union(dirs)
+    assert names(u, "/new") == ["keep", "sub"]
+    assert names(u, "/new/sub") == ["f"]
+    # moved to another parent, the relative redirect would name nothing: it becomes absolute
+    os.mkdir(dirs["upper"] / "new")
+    os.mkdir(dirs["upper"] / "new/sub")
+    os.setxattr(dirs["upper"] / "new/sub", "trusted.overlay.redirect", b"sub")
+    u.close()
+    u = make_union(dirs)
+    assert names(u, "/new/sub") == ["f"]
+    u.rename("/new/sub", "/moved")
+    assert os.getxattr(dirs["upper"] / "moved", "trusted.overlay.redirect") == b"/new/sub"  # from the layer below, whose own redirects lead on
+    u.close()
+    assert names(make_union(dirs), "/moved") == ["f"]
+
+
+@root_only
+@pytest.mark.parametrize("redirect", [b"a/b", b".", b"..", b"/", b"//old", b"/old/", b"/old/../old"])
+def test_a_redirect_overlayfs_would_refuse_merges_nothing_below(dirs: dict[str, Path], redirect: bytes) -> None:
+    tree(dirs["bottom"], {"old/f": "f", "a/b/g": "g", "d/h": "h"})
+    tree(dirs["top"], {"d/own": "own"})
+    os.setxattr(dirs["top"] / "d", "trusted.overlay.redirect", redirect)
+    assert names(make_union(dirs), "/d") == ["own"]
+
+
 @pytest.mark.parametrize("form", [WhiteoutForm.OCI, pytest.param(WhiteoutForm.OVERLAY, marks=root_only)])
 def test_whiteouts_share_one_inode_and_survive_its_loss(dirs: dict[str, Path], form: WhiteoutForm) -> None:
     tree(dirs["bottom"], {f"f{i}": "x" for i in range(4)})
