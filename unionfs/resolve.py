@@ -203,10 +203,13 @@ class Resolver:
 
     # -- merged ------------------------------------------------------------------
     def root(self, start: int = 0) -> Node | None:
+        """The merged root of layers[start:]. A layer's root hides the layers below
+        only by the OCI marker, as applying that layer would: overlayfs ignores
+        overlay.opaque on the roots of its layers, the upper's as well."""
         layers: list[tuple[int, str]] = []
         for index in range(start, len(self.layers)):
             layers.append((index, "."))
-            if self._dir_meta(index, ".")[0]:
+            if self.layers[index].exists(markers.OPAQUE_MARKER):
                 break
         return Node("/", True, tuple(layers), self._meta(layers)) if layers else None
 

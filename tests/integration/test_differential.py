@@ -189,7 +189,10 @@ def _xattr_whiteouts_where_read(tree: Dir) -> Dir:
 def layer_trees(draw: st.DrawFn, markers: bool) -> Dir:
     """One lower layer; ``markers``: may hold whiteouts and opaque dirs, in the overlayfs and
     the OCI forms, and redirects (not the bottom layer)."""
+    # overlay.opaque on the root, which overlayfs ignores there (an OCI marker there would
+    # hide what overlayfs can only hide name by name: not generated)
     root = draw(st.builds(Dir, st.dictionaries(st.sampled_from(NAMES), _node(1, markers), max_size=4),
+                          opaque=st.sampled_from((None, None, None, "xattr")) if markers else st.none(),
                           oci_hides=_oci_hides(markers)))
     return _xattr_whiteouts_where_read(fix_hardlinks(root, draw(st.lists(st.integers(0, 7), max_size=4))))
 
@@ -477,6 +480,17 @@ def test_opaque_hides(tmp_path: Path) -> None:
         assert names(v, "d") == ["m", "t"] and v.entries["d/m"].content == b"" and names(v, "e") == []
         assert p.run(op("rmdir", "e")) is None  # empty once merged
         p.check()
+
+
+def test_overlay_opaque_on_a_layer_root_is_ignored(tmp_path: Path) -> None:
+    """overlayfs looks for overlay.opaque below the roots of its layers, not on them."""
+    top = Dir({"t": File(b"t"), "d": Dir({"x": File()})}, opaque="xattr")
+    bottom = Dir({"b": File(b"b"), "d": Dir({"y": File()})})
+    with pair(tmp_path, [top, bottom]) as p:
+        v = p.check()
+        assert names(v) == ["b", "d", "t"] and names(v, "d") == ["x", "y"]
+        assert p.run(op("rename", "d", "e")) is None
+        assert names(p.check(), "e") == ["x", "y"]
 
 
 def test_marker_never_hides_own_layer(tmp_path: Path) -> None:

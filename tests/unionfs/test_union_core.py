@@ -112,6 +112,22 @@ def test_opaque_directory_hides_lower_contents_only(dirs: dict[str, Path], form:
     assert not u.node("/d").merged
 
 
+@root_only
+def test_only_the_oci_marker_makes_a_layer_root_opaque(dirs: dict[str, Path]) -> None:
+    """overlayfs ignores overlay.opaque on the root of any of its layers; an OCI
+    layer's ``.wh..wh..opq`` at its root hides the layers below, as applying it would."""
+    tree(dirs["bottom"], {"b": "b"})
+    tree(dirs["mid"], {"m": "m"})
+    tree(dirs["top"], {"t": "t"})
+    for layer in ("upper", "top", "mid"):
+        os.setxattr(dirs[layer], "trusted.overlay.opaque", b"y")
+    u = make_union(dirs)
+    assert names(u, "/") == ["b", "m", "t"]
+    u.close()
+    (dirs["mid"] / ".wh..wh..opq").write_bytes(b"")
+    assert names(make_union(dirs), "/") == ["m", "t"]
+
+
 def test_marker_never_hides_its_own_layer(dirs: dict[str, Path]) -> None:
     tree(dirs["bottom"], {"a": "bottom", "d/x": "bottom"})
     tree(dirs["top"], {"a": "top", ".wh.a": "", "d/y": "top", "d/.wh..wh..opq": ""})
