@@ -209,8 +209,8 @@ def _spec_dir(tree: Dir, rel: str) -> Dir | None:
 
 def _with_redirects(draw: st.DrawFn, tree: Dir, old: str, below: Sequence[Dir]) -> Dir:
     """tree (a directory of one layer, at old in the layers below) with some of its
-    directories redirected, as if renamed: to another directory of the same parent
-    in the layers below (a relative redirect, the name), to any directory of theirs
+    directories redirected, as if renamed: to a directory that old holds in the
+    layers below (a relative redirect, the name), to any directory of theirs
     (absolute, the path) or to a path they may not have. ``old`` follows the
     redirects above, so a relative redirect below a redirected directory names an
     entry where that directory's lower parts are."""
@@ -235,6 +235,7 @@ def lower_stacks(draw: st.DrawFn) -> tuple[Dir, ...]:
     layers = [draw(layer_trees(markers=i < n - 1)) for i in range(n)]
     return tuple(_with_redirects(draw, layer, "", layers[i + 1:]) if i < n - 1 else layer
                  for i, layer in enumerate(layers))
+
 
 _operations = st.one_of(
     st.builds(op, st.just("write"), paths, st.sampled_from(("create", "excl", "overwrite", "append", "trunc")), datas,
