@@ -207,23 +207,22 @@ def _spec_dir(tree: Dir, rel: str) -> Dir | None:
     return node if isinstance(node, Dir) else None
 
 
-def _with_redirects(draw: st.DrawFn, tree: Dir, old: str, below: Sequence[Dir]) -> Dir:
+def _with_redirects(draw: st.DrawFn, tree: Dir, old: str, below: Sequence[Dir], anywhere: list[str]) -> Dir:
     """tree (a directory of one layer, at old in the layers below) with some of its
     directories redirected, as if renamed: to a directory that old holds in the
     layers below (a relative redirect, the name), to any directory of theirs
     (absolute, the path) or to a path they may not have. ``old`` follows the
     redirects above, so a relative redirect below a redirected directory names an
-    entry where that directory's lower parts are."""
+    entry where that directory's lower parts are. ``anywhere``: the paths of the
+    directories below."""
+    siblings = sorted({n for d in below if (p := _spec_dir(d, old)) for n, c in p.children.items() if isinstance(c, Dir)})
     children: dict[str, Node] = {}
     for name, node in tree.children.items():
         if isinstance(node, Dir):
-            siblings = sorted({n for d in below if (p := _spec_dir(d, old)) for n, c in p.children.items()
-                               if isinstance(c, Dir)})
-            anywhere = sorted({"/" + rel for d in below for rel, c in walk_spec(d) if isinstance(c, Dir)})
             redirect = draw(st.one_of(st.none(), st.sampled_from(siblings or [None]), st.sampled_from(siblings or [None]),
                                       st.sampled_from(anywhere or [None]), paths.map("/".__add__)))
             where = f"{old}/{name}" if redirect is None else redirect if redirect.startswith("/") else f"{old}/{redirect}"
-            node = dataclasses.replace(_with_redirects(draw, node, where, below), redirect=redirect)
+            node = dataclasses.replace(_with_redirects(draw, node, where, below, anywhere), redirect=redirect)
         children[name] = node
     return dataclasses.replace(tree, children=children)
 
@@ -233,8 +232,11 @@ def lower_stacks(draw: st.DrawFn) -> tuple[Dir, ...]:
     """Two or three lower layers, top first; directories above the bottom one may be redirected."""
     n = draw(st.integers(2, 3))
     layers = [draw(layer_trees(markers=i < n - 1)) for i in range(n)]
-    return tuple(_with_redirects(draw, layer, "", layers[i + 1:]) if i < n - 1 else layer
-                 for i, layer in enumerate(layers))
+    stack = []
+    for i, layer in enumerate(layers[:-1]):
+        anywhere = sorted({"/" + rel for d in layers[i + 1:] for rel, c in walk_spec(d) if isinstance(c, Dir)})
+        stack.append(_with_redirects(draw, layer, "", layers[i + 1:], anywhere))
+    return (*stack, layers[-1])
 
 
 _operations = st.one_of(
