@@ -43,7 +43,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import platform
 import resource
 import threading
 
@@ -75,7 +74,7 @@ def may_leave_idle_policy() -> bool:
 
 def set_best_effort_io() -> bool:
     """Give the calling thread the best-effort I/O class explicitly; False where it cannot."""
-    nr = _IOPRIO_SET.get(platform.machine())
+    nr = _IOPRIO_SET.get(os.uname().machine)
     if nr is None:
         return False
     args = (ctypes.c_long(nr), ctypes.c_long(_IOPRIO_WHO_PROCESS), ctypes.c_long(0), ctypes.c_long(IOPRIO_BEST_EFFORT))
