@@ -340,14 +340,7 @@ def names_of_one_file(root: Path, a: object, b: object) -> bool:
     return a != b and not stat.S_ISDIR(sa.st_mode) and sa.st_ino == sb.st_ino
 
 
-@settings(
-    max_examples=examples("DIFF_EXAMPLES", 300),
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(lowers=lower_stacks(), ops=st.lists(operations, min_size=5, max_size=15))
-def test_random_operations_match_kernel(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) -> None:
+def random_operations(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) -> None:
     """Any tree, any operations: same errno for each, same merged view and upper after each."""
     with scratch(tmp_path) as base, pair(base, lowers, root_mode=0o1777) as p:
         p.check()
@@ -365,6 +358,31 @@ def test_random_operations_match_kernel(tmp_path: Path, lowers: tuple[Dir, ...],
             event(f"{operation.name}: {errname(answer)}")  # --hypothesis-show-statistics
             p.check(warm=False)
         p.check()  # with warm caches too, once: what any of them left stale is still there
+
+
+GENERATED = settings(
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+SEQUENCES = given(lowers=lower_stacks(), ops=st.lists(operations, min_size=5, max_size=15))
+
+
+# The union's rules are the same over both transports, and the targeted tests below
+# take the rings' request paths too; so /dev/fuse, where requests come unless the
+# kernel offers the rings, gets the larger share of the generated examples.
+@pytest.mark.parametrize("transport", ["dev"], indirect=True)
+@settings(GENERATED, max_examples=examples("DIFF_EXAMPLES", 300))
+@SEQUENCES
+def test_random_operations_match_kernel(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) -> None:
+    random_operations(tmp_path, lowers, ops)
+
+
+@pytest.mark.parametrize("transport", ["io_uring"], indirect=True)
+@settings(GENERATED, max_examples=examples("DIFF_EXAMPLES", 100))
+@SEQUENCES
+def test_random_operations_match_kernel_over_rings(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) -> None:
+    random_operations(tmp_path, lowers, ops)
 
 
 # -- one rule each -----------------------------------------------------------------

@@ -187,7 +187,7 @@ def check_stack(base: Path, layers: list[Dir]) -> None:
 
 
 @settings(
-    max_examples=examples("LAYERS_EXAMPLES", 400),
+    max_examples=examples("LAYERS_EXAMPLES", 200),
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": slow with mounts
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],

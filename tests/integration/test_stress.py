@@ -14,7 +14,7 @@ kernel overlayfs over the same upper.
 It runs twice: with requests read from ``/dev/fuse`` and through the per-CPU
 io_uring queues, where each CPU's workers take only that CPU's requests.
 
-``STRESS_SECONDS`` sets the running time (default 45 per transport; hunt
+``STRESS_SECONDS`` sets the running time (default 30 per transport; hunt
 races with longer runs); ``STRESS_SEED`` the seed (each worker's operations
 follow from it, though their interleaving does not).
 """
@@ -40,7 +40,7 @@ from mounts import Stack, driver_pid, fuse_mount, kernel_mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
 
-SECONDS = float(os.environ.get("STRESS_SECONDS", "45"))
+SECONDS = float(os.environ.get("STRESS_SECONDS", "30"))
 SEED = int(os.environ.get("STRESS_SEED", "1"))
 WORKERS = 8
 DIRS = ("d0", "d1", "d2")
