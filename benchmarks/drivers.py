@@ -234,6 +234,16 @@ def _kill(pid: int) -> None:
         pass
 
 
+def compile_package(package: Path) -> None:
+    """Write the package's bytecode, as an install does. Where PYTHONDONTWRITEBYTECODE
+    is set (as in some CI environments), every mount compiled the driver from source
+    again, and the mount row measured that: 0.37 s against 0.17 s."""
+    import compileall
+
+    if not compileall.compile_dir(str(package), quiet=1):
+        log(f"compiling {package} failed: the mount row includes compiling it")
+
+
 def make_drivers(
     names: list[str],
     driver_cmd: list[str] | None = None,
@@ -272,7 +282,9 @@ def make_drivers(
             # by PYTHONPATH would then measure this one.
             env["PYTHONSAFEPATH"] = "1"
             d = Driver("unionfs", cmd, umounts, is_fuse=True, env=env, cwd=REPO_ROOT)
-            if not default:
+            if default:
+                compile_package(REPO_ROOT / "unionfs")
+            else:
                 d.note = shlex.join(cmd)
             if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
                 d.disabled = f"{cmd[0]} not found"
