@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -62,6 +60,8 @@ def is_mounted(mountpoint: str) -> bool:
 
 def fusermount() -> str | None:
     """The setuid helper that mounts and unmounts FUSE for users (fuse3's, else fuse's)."""
+    import shutil
+
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
@@ -88,6 +88,8 @@ def settle(mountpoint: str, timeout: float = 30.0) -> None:
 def unmount(mountpoint: str) -> None:
     """Unmount, once pending copy-ups are in place; a busy or dead mount is
     detached lazily instead of hanging."""
+    import subprocess  # here, not at the top: the driver that serves a mount never needs it
+
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: not mounted")
     settle(mountpoint)
@@ -118,6 +120,8 @@ def mount(
     env adds variables to the driver's environment (fault-injection tests arm
     ``unionfs.crashpoints`` that way).
     """
+    import subprocess
+
     cmd = [sys.executable, "-m", "unionfs", *extra_args, "-o", spec.option_string(), os.fspath(mountpoint)]
     full_env = {**os.environ, **env} if env else None
     result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=full_env,

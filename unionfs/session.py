@@ -17,8 +17,6 @@ import errno
 import logging
 import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -80,6 +78,9 @@ def _mount_as_root(req: MountRequest, fd: int) -> None:
 
 def _mount_with_fusermount(req: MountRequest) -> int:
     """Mount through the setuid helper; it sends the device fd back (SCM_RIGHTS)."""
+    import socket  # a user's mount only: root's opens the device itself and starts no process
+    import subprocess
+
     tool = fusermount()
     if tool is None:
         raise OSError(errno.EPERM, "mounting as a user needs fusermount3 (package fuse3)")
@@ -128,6 +129,8 @@ def unmount_lazily(mountpoint: str) -> None:
     if os.geteuid() == 0:
         libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
         return
+    import subprocess
+
     tool = fusermount()
     if tool:
         subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True, check=False)
