@@ -51,9 +51,18 @@ def unescape_mountinfo(field: str) -> str:
 
 
 def is_mounted(mountpoint: str) -> bool:
-    """True for any mount at mountpoint, a dead FUSE mount included (ismount says False there)."""
-    target = os.path.realpath(mountpoint) if os.path.exists(mountpoint) else os.path.abspath(mountpoint)
-    candidates = {os.path.abspath(mountpoint), target}
+    """True for any mount at mountpoint, a dead FUSE mount included (ismount says False there).
+
+    Never looks at the mount point itself: on a mount whose driver no longer
+    answers, even a stat would wait for it."""
+    path = os.path.abspath(mountpoint)
+    head, name = os.path.split(path)
+    candidates = {path, os.path.join(os.path.realpath(head), name)}
+    try:
+        os.readlink(path)  # a symlink's type is known without asking the mount: a mount is at its target
+        candidates.add(os.path.realpath(path))
+    except OSError:
+        pass
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         return any(unescape_mountinfo(line.split()[4]) in candidates for line in f)
 

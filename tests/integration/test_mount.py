@@ -208,6 +208,28 @@ def test_umount_of_a_dead_mount(stack: Stack, transport: str) -> None:
         force_unmount(stack.mnt)
 
 
+def test_a_mount_whose_driver_stopped_answering_is_still_found_without_asking_it(stack: Stack) -> None:
+    """is_mounted (which umount asks first) must not wait for a driver that is alive but
+    stopped: nothing cached answers a GETATTR of the root with attr_timeout=0."""
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", f"{opts(stack)},attr_timeout=0",
+                             str(stack.mnt)])
+    try:
+        assert wait_for(lambda: is_mounted(str(stack.mnt)), 10.0)
+        os.kill(proc.pid, signal.SIGSTOP)
+        found: list[bool] = []
+        asker = threading.Thread(target=lambda: found.append(is_mounted(str(stack.mnt))), daemon=True)
+        asker.start()
+        asker.join(5.0)
+        assert found == [True], "is_mounted waited for the stopped driver"
+        stuck = subprocess.run([sys.executable, "-c", f"import os, signal; signal.alarm(2); os.stat({str(stack.mnt)!r})"],
+                               capture_output=True)
+        assert stuck.returncode == -signal.SIGALRM, "a stat of the root did not wait: the check proves nothing"
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        force_unmount(stack.mnt)
+        proc.wait(30)
+
+
 def test_user_mistakes_are_one_line_errors(stack: Stack, tmp_path: Path) -> None:
     missing = unionfs("-o", f"lowerdir={tmp_path}/nope", str(stack.mnt))
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope: no such directory" in missing.stderr
