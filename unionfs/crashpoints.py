@@ -10,6 +10,9 @@ and subprocesses too):
 - ``CRASHPOINT_KILL=N`` kills the process with SIGKILL at the N-th point
   passed (1-based), or ``NAME:K`` at the K-th passing of point NAME. The same
   number replays the same crash.
+- ``CRASHPOINT_FAULT=NAME`` makes ``fault(NAME)`` raise ``OSError(EIO)``: one
+  thread failing while the process lives on. Faults are not crash points:
+  they are neither counted nor traced, so kill numbers stay the same.
 
 Both the driver and the layer store use it; work that runs on several
 threads asks ``armed()`` and runs on one, so that N means the same step on
@@ -17,6 +20,7 @@ every run.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -69,6 +73,12 @@ def point(name: str) -> None:
         hit = seen == _kill_at if _kill_name is not None else _passed == _kill_at
         if hit and (_kill_name is None or _kill_name == name):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault(name: str) -> None:
+    """Where one thread's unexpected failure must not take down more than it should."""
+    if os.environ.get("CRASHPOINT_FAULT") == name:
+        raise OSError(errno.EIO, f"fault injected at {name}")
 
 
 _configure()

@@ -112,8 +112,15 @@ class IdleWhileCpuFree:
         self._busy_looks = 0  # looks in a row that found every CPU taken
 
     def start(self) -> None:
-        """On the worker's thread, before its first request."""
-        if not hasattr(os, "SCHED_IDLE") or not may_leave_idle_policy() or not set_best_effort_io():
+        """On the worker's thread, before its first request. Placement only saves
+        time: whatever keeps it from starting leaves the normal policy."""
+        if not hasattr(os, "SCHED_IDLE"):
+            return
+        try:
+            if not may_leave_idle_policy() or not set_best_effort_io():
+                return
+        except Exception as exc:  # noqa: BLE001 - e.g. a codec the process can no longer import
+            log.warning("a FUSE queue worker keeps the normal policy: %r", exc)
             return
         try:
             self._loadavg = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)

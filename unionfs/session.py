@@ -177,6 +177,7 @@ class Session:
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
         self._ring_threads: list[threading.Thread] = []
+        self._failure: OSError | None = None  # what ended the session, when not an unmount
 
     def mount(self) -> None:
         if self.io_uring == "on" and not uring.kernel_offers():
@@ -224,7 +225,8 @@ class Session:
         self._send(self.fd, [fp.OUT_HEADER.pack(fp.OUT_HEADER.size + len(payload), code, 0), payload], -code)
 
     def run(self) -> None:
-        """Serve until the mount goes away; SIGTERM/SIGINT unmount first."""
+        """Serve until the mount goes away; SIGTERM/SIGINT unmount first. A queue
+        worker that fails ends the session with its error (see ``_fail``)."""
         def stop(signum: int, frame: object) -> None:
             unmount_lazily(self.req.mountpoint)
 
@@ -235,6 +237,9 @@ class Session:
                 worker.start()
             while not self._done.wait(1.0):  # Python runs signal handlers between waits
                 pass
+            if self._failure is not None:
+                unmount_lazily(self.req.mountpoint)  # the mount point is free again, as after a crash
+                raise self._failure
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -348,10 +353,21 @@ class Session:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             worker.serve(self.answer, QUICK)
-        except OSError as exc:
-            log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
-        except Exception:  # its entry can take no more requests: say so, loudly
-            log.exception("FUSE queue of CPU %d failed", worker.qid)
+        except Exception as exc:  # its entry can take no more requests: say so, loudly
+            if isinstance(exc, OSError):
+                log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
+            else:
+                log.exception("FUSE queue of CPU %d failed", worker.qid)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self._fail(OSError(errno.EIO, f"FUSE queue of CPU {worker.qid} stopped serving: {detail}"))
+
+    def _fail(self, exc: OSError) -> None:
+        """End the session: requests bound for a queue without a worker would wait
+        forever. The process ends, and with it the connection; its callers get
+        ENOTCONN (or ECONNABORTED) as from a driver that crashed."""
+        if self._failure is None:
+            self._failure = exc
+        self._done.set()
 
     @staticmethod
     def _send(fd: int, buffers: list, opcode: int) -> None:

@@ -33,6 +33,7 @@ import os
 import struct
 from collections.abc import Callable
 
+from unionfs import crashpoints
 from unionfs import fuseproto as fp
 from unionfs.placement import IdleWhileCpuFree
 from unionfs.syscalls import libc
@@ -221,10 +222,13 @@ class QueueWorker:
         except OSError:
             pass  # a CPU this process may not use, or one that is offline: unpinned, still served
         view, ring, fuse_fd, qid = self.view, self.ring, self.fuse_fd, self.qid
+        crashpoints.fault("ring.register")
+        ring.enable()
+        # Registered before anything optional: until every queue has an entry the
+        # kernel holds every request of the mount.
+        ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
         placement = IdleWhileCpuFree()  # keeps the caller on this CPU (see placement)
         placement.start()
-        ring.enable()
-        ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
         header, out = fp.IN_HEADER, fp.OUT_HEADER
         reply_area = view[_PAYLOAD:_PAYLOAD + self.payload_size]
         try:

@@ -4,7 +4,8 @@ The differential tests and the stress test run over both transports (the
 ``transport`` fixture); these state what only the rings have: requests go to
 the queue of the caller's CPU and are answered by workers pinned there,
 payloads of a full megabyte cross the ring buffers intact, a driver killed
-with requests on its rings leaves a mount that unmounts, and ``io_uring=on``
+with requests on its rings leaves a mount that unmounts, a worker that fails
+ends the driver rather than leaving callers waiting, and ``io_uring=on``
 refuses to mount where the kernel does not offer it.
 """
 from __future__ import annotations
@@ -199,6 +200,44 @@ def test_killed_driver_with_requests_on_its_rings_unmounts(stack: Stack, kernel_
         assert not is_mounted(str(mnt))
     assert (stack.lowers[1] / "d" / "lower.txt").read_bytes() == b"lower\n"
     assert not (stack.upper / "d" / "lower.txt").exists()
+
+
+def test_a_queue_worker_that_fails_ends_the_driver_instead_of_hanging_the_mount(stack: Stack,
+                                                                                 kernel_io_uring: None) -> None:
+    # Every worker fails before its entry is registered: the kernel, which holds each
+    # request until every queue has an entry, would otherwise keep callers waiting forever.
+    opts = f"lowerdir={stack.lowers[0]}:{stack.lowers[1]},upperdir={stack.upper},workdir={stack.work},io_uring=on"
+    driver = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", opts, str(stack.mnt)],
+                              env={**os.environ, "CRASHPOINT_FAULT": "ring.register"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(str(stack.mnt)) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # a caller in its own process, so that a hang fails the test instead of hanging it
+        caller = subprocess.Popen([sys.executable, "-c", f"import os; os.stat({str(stack.mnt / 'd')!r})"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, said = caller.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            driver.kill()  # the connection ends with the driver, and the caller with it
+            driver.wait()
+            caller.kill()
+            caller.communicate()
+            pytest.fail("a caller of the mount hung after its queue workers failed")
+        assert caller.returncode != 0, "the stat succeeded: no worker failed"
+        # the connection aborted under it, or already unmounted when it came
+        assert any(text in said for text in ("not connected", "aborted", "canceled", "No such file")), said
+        _, err = driver.communicate(timeout=30)
+        assert driver.returncode == 1
+        assert "FUSE queue of CPU" in err and "fault injected at ring.register" in err, err
+        assert "Traceback" not in err, err
+        assert not is_mounted(str(stack.mnt))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        force_unmount(stack.mnt)
 
 
 @pytest.fixture
