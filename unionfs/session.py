@@ -353,20 +353,19 @@ class Session:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             worker.serve(self.answer, QUICK)
+        except OSError as exc:
+            log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
+            self._fail(worker.qid, exc.strerror or str(exc))
         except Exception as exc:  # its entry can take no more requests: say so, loudly
-            if isinstance(exc, OSError):
-                log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
-            else:
-                log.exception("FUSE queue of CPU %d failed", worker.qid)
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            self._fail(OSError(errno.EIO, f"FUSE queue of CPU {worker.qid} stopped serving: {detail}"))
+            log.exception("FUSE queue of CPU %d failed", worker.qid)
+            self._fail(worker.qid, str(exc))
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, qid: int, detail: str) -> None:
         """End the session: requests bound for a queue without a worker would wait
         forever. The process ends, and with it the connection; its callers get
         ENOTCONN (or ECONNABORTED) as from a driver that crashed."""
         if self._failure is None:
-            self._failure = exc
+            self._failure = OSError(errno.EIO, f"FUSE queue of CPU {qid} stopped serving: {detail}")
         self._done.set()
 
     @staticmethod

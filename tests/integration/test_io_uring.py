@@ -206,7 +206,7 @@ def test_a_queue_worker_that_fails_ends_the_driver_instead_of_hanging_the_mount(
                                                                                  kernel_io_uring: None) -> None:
     # Every worker fails before its entry is registered: the kernel, which holds each
     # request until every queue has an entry, would otherwise keep callers waiting forever.
-    opts = f"lowerdir={stack.lowers[0]}:{stack.lowers[1]},upperdir={stack.upper},workdir={stack.work},io_uring=on"
+    opts = stack.spec("io_uring=on").option_string()
     driver = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o", opts, str(stack.mnt)],
                               env={**os.environ, "CRASHPOINT_FAULT": "ring.register"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
