@@ -468,6 +468,9 @@ class Requests:
             if exc.errno == errno.ESTALE and not valid & _CHANGES_FILE:
                 return  # times the kernel kept for a file whose name is gone: nobody can see them
             raise
+        if not (valid & _CHANGES_FILE or times):
+            self.union.touch(path)  # chown(path, -1, -1)
+            return
         if valid & fp.FATTR_MODE:
             self.union.chmod(path, mode)
         if valid & (fp.FATTR_UID | fp.FATTR_GID):

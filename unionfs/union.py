@@ -808,6 +808,13 @@ class Union:
         rel = self._changeable(path)
         os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
 
+    def touch(self, path: str) -> None:
+        """A change of nothing, as chown(path, -1, -1) asks: overlayfs copies the entry
+        up all the same (ovl_setattr copies up before looking at what changes) and its
+        change time moves, which no immutable or append-only flag prevents."""
+        rel = self._changeable(path, refused=0)
+        os.chown(rel, -1, -1, dir_fd=self.upper.fd, follow_symlinks=False)
+
     def utimens(self, path: str, times_ns: tuple[int, int] | None, touch: bool = False) -> None:
         """touch: the caller gave no times (utimes(path, NULL)), which an append-only
         file allows; times_ns None means that too."""

@@ -46,6 +46,7 @@ import errno
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -53,6 +54,7 @@ import pytest
 from budgets import examples, long_run_marks
 from difftree import (
     FIXED_NS,
+    IMMUTABLE_FL,
     Dir,
     Fifo,
     File,
@@ -250,7 +252,7 @@ _operations = st.one_of(
     st.builds(op, st.just("symlink"), paths, paths),
     st.builds(op, st.just("link"), paths, paths),
     st.builds(op, st.just("chmod"), paths, st.sampled_from((0o600, 0o755, 0o4755, 0o2755))),
-    st.builds(op, st.just("chown"), paths, st.sampled_from((0, 1000)), st.sampled_from((0, 1000))),
+    st.builds(op, st.just("chown"), paths, st.sampled_from((0, 1000, -1)), st.sampled_from((0, 1000, -1))),
     st.builds(op, st.just("utime"), paths, fixed_times),
     st.builds(op, st.just("setxattr"), paths, st.sampled_from(("user.k", "user.n", "trusted.t")),
               st.sampled_from((b"v", b"w2"))),
@@ -599,6 +601,30 @@ def test_copy_up_keeps_metadata(tmp_path: Path, case: str) -> None:
             assert after.mtime == before.mtime != "now"  # to the nanosecond
         if case == "utime" or case.endswith("-utime"):
             assert after.mtime == T
+
+
+def test_a_change_of_nothing_copies_up_and_moves_the_change_time(tmp_path: Path) -> None:
+    """chown(path, -1, -1) changes nothing, yet overlayfs copies the entry up (ovl_setattr
+    copies up before it looks at what changes), an immutable one too, and the change time
+    moves; fchown(fd, -1, -1) on a file already in the upper layer moves it as well."""
+    bottom = Dir({"f": _LOWER_FILE, "d": _LOWER_DIR, "l": Symlink("f"), "i": File(b"i", flags=IMMUTABLE_FL),
+                  "u": File(b"u")})
+    with pair(tmp_path, [Dir(), bottom]) as p:
+        for rel in ("f", "d", "l", "i", "u"):
+            assert p.run(op("chown", rel, -1, -1)) is None
+        assert {"f", "d", "l", "i", "u"} <= set(upper_view(p.driver.upper))
+        p.check()  # the same upper layer as overlayfs's, the lower metadata kept
+        before = [os.stat(mnt / "u").st_ctime_ns for mnt in (p.kernel.mnt, p.driver.mnt)]
+        time.sleep(0.01)
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            fd = os.open(mnt / "u", os.O_RDWR)
+            try:
+                os.fchown(fd, -1, -1)
+            finally:
+                os.close(fd)
+        drop_caches()
+        after = [os.stat(mnt / "u").st_ctime_ns for mnt in (p.kernel.mnt, p.driver.mnt)]
+        assert [a > b for a, b in zip(after, before, strict=True)] == [True, True]
 
 
 def test_copy_up_of_the_dirs_above_shows_with_warm_caches(tmp_path: Path) -> None:
