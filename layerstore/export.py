@@ -35,6 +35,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -262,12 +263,19 @@ def _add_blob(store: Store, tar: TarWriter, name: str, desc: Descriptor) -> None
 
 @contextlib.contextmanager
 def _output(path: str | None, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
-    """stdout, or a temp file beside ``path`` renamed over it once whole (no half archive is left)."""
+    """stdout; or a temp file beside the file ``path`` names, renamed over it once whole
+    (no half archive is left), through symlinks, which stay; or, where ``path`` is a
+    device, a FIFO or a socket (``/dev/stdout`` into a pipe), that file itself: a rename
+    would replace the node instead of writing to it."""
     if path is None:
         yield stdout
         stdout.flush()
         return
-    target = Path(path)
+    if not _regular_or_missing(path):
+        with open(path, "wb") as f:
+            yield f
+        return
+    target = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -280,6 +288,13 @@ def _output(path: str | None, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _regular_or_missing(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
 
 
 def _umask() -> int:

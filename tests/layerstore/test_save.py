@@ -12,9 +12,11 @@ import json
 import os
 import pty
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +199,34 @@ def test_cli_writes_stdout_or_file_and_refuses_a_terminal(store: Store, tmp_path
         os.close(primary)
         os.close(secondary)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "terminal" in result.stderr
+
+
+def test_cli_writes_to_the_file_output_names_and_replaces_no_node(store: Store, tmp_path: Path) -> None:
+    """-o names where to write, not what to replace: a device is written to (a full one
+    fails in one line and stays a device), a FIFO gets the archive, and a symlink keeps
+    naming the archive it points at."""
+    cmd = [sys.executable, "-m", "layerstore", "--root", str(store.root), "save"]
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([*cmd, "-o", str(out / "file.tar"), APP], check=True)
+    archive = (out / "file.tar").read_bytes()
+
+    full = out / "full"
+    os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # /dev/full's numbers, in a directory of the test's own
+    result = subprocess.run([*cmd, "-o", str(full), APP], check=False, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "No space left on device" in result.stderr
+    assert stat.S_ISCHR(os.lstat(full).st_mode) and sorted(os.listdir(out)) == ["file.tar", "full"]
+
+    fifo = out / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    subprocess.run([*cmd, "-o", str(fifo), APP], check=True, timeout=60)
+    reader.join(60)
+    assert received == [archive] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    (out / "link.tar").symlink_to("named.tar")
+    subprocess.run([*cmd, "-o", str(out / "link.tar"), APP], check=True)
+    assert os.readlink(out / "link.tar") == "named.tar" and (out / "named.tar").read_bytes() == archive
+    assert sorted(os.listdir(out)) == ["fifo", "file.tar", "full", "link.tar", "named.tar"]
