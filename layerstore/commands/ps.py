@@ -9,6 +9,8 @@ from layerstore.store import Store
 
 def register(sub: argparse._SubParsersAction, name: str = "ps") -> None:  # type: ignore[type-arg]
     p = sub.add_parser(name, help="list containers")
+    # Docker's habit: a container here is a layer, mounted or not, and every one is listed.
+    p.add_argument("-a", "--all", action="store_true", help="every container (always: unmounted ones too)")
     p.add_argument("-q", "--quiet", action="store_true", help="only IDs")
     p.add_argument("--no-trunc", action="store_true", help="full IDs")
     p.set_defaults(func=run)

@@ -251,3 +251,28 @@ def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, 
         commit(store, "idle", "x@sha256:" + "0" * 64)  # a bad name is refused before anything is read
     with pytest.raises(NotFound):
         commit(store, "no-such-container")
+
+
+def test_cli_ps_lists_mounted_and_unmounted_containers(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    containers = Containers(store)
+    mounts = [tmp_path / "one", tmp_path / "two"]
+    for mnt in mounts:
+        mnt.mkdir()
+    made = [containers.create_and_mount("example/base:v1", str(mnt), name=mnt.name) for mnt in mounts]
+    try:
+        containers.umount("two")
+        tables = []
+        for flags in ([], ["-a"], ["--all", "--no-trunc"]):
+            assert cli.main(["--root", str(store.root), "ps", *flags]) == 0
+            tables.append(capsys.readouterr().out.splitlines())
+        assert cli.main(["--root", str(store.root), "ps", "-aq"]) == 0
+        ids = capsys.readouterr().out.split()
+    finally:
+        for c in made:
+            containers.remove(c.name, force=True)
+    assert tables[0] == tables[1] and tables[0][0].split() == ["CONTAINER", "ID", "IMAGE", "MOUNTPOINT", "STATE", "NAMES"]
+    rows = {line.split()[-1]: line.split() for line in tables[0][1:]}
+    assert rows["one"][1:4] == ["example/base:v1", str(mounts[0]), "mounted"]
+    assert rows["two"][1:4] == ["example/base:v1", str(mounts[1]), "unmounted"]
+    assert sorted(ids) == sorted(c.id[:12] for c in made) == sorted(row[0] for row in rows.values())
+    assert sorted(line.split()[0] for line in tables[2][1:]) == sorted(c.id for c in made)
