@@ -192,10 +192,29 @@ def go_json(value: Any, *, escape_html: bool = False, indent: int | None = None)
 
 
 class Struct(dict):  # type: ignore[type-arg]
-    """An object whose keys keep their order in JSON, as a Go struct's fields do (maps are sorted)."""
+    """An object whose keys keep their order in JSON, as a Go struct's fields do (maps are sorted).
+    ``omitted``: the struct's other fields, which JSON leaves out when empty (``omitempty``)
+    but a template still reads, as their zero values."""
+
+    omitted: dict[str, Any] = {}
+
+
+class StringMap(dict):  # type: ignore[type-arg]
+    """A Go ``map[string]string`` (labels): ``index`` of a missing key gives "", where a
+    map of interfaces gives <no value>."""
+
+
+class NilMap(StringMap):
+    """A nil map: prints as map[], holds nothing, and is null in JSON."""
+
+
+class NilSlice(list):  # type: ignore[type-arg]
+    """A nil slice: prints as [], ranges over nothing, and is null in JSON."""
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, (NilMap, NilSlice)):
+        return None
     if isinstance(value, Record):
         return {k: _plain(value.fields[k]) for k in sorted(value.fields)}  # a Go map: sorted keys
     if isinstance(value, Struct):
@@ -738,6 +757,8 @@ class Template:
             elif isinstance(value, dict):
                 if name in value:
                     value = value[name]
+                elif isinstance(value, Struct) and name in value.omitted:
+                    value = value.omitted[name]
                 elif self.missing_key_error:
                     raise _Exec(node.pos, node.text, f'map has no entry for key "{name}"')
                 else:
@@ -809,7 +830,7 @@ def _len(v: Any) -> int:
 def _index(v: Any, *keys: Any) -> Any:
     for key in keys:
         if isinstance(v, dict):
-            v = v.get(key, NO_VALUE)
+            v = v.get(key, "" if isinstance(v, StringMap) else NO_VALUE)
         elif isinstance(v, Record):
             v = v.fields.get(key, NO_VALUE)
         elif isinstance(v, (list, tuple, str)) and isinstance(key, int):

@@ -12,7 +12,7 @@ from typing import Any
 
 from layerstore import queries
 from layerstore.errors import LayerStoreError, NotFound
-from layerstore.formatting import Struct, Template, go_json, parse_time
+from layerstore.formatting import NilMap, NilSlice, StringMap, Struct, Template, go_json, parse_time
 from layerstore.store import Store
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -44,8 +44,7 @@ def inspect_image(store: Store, image_id: str) -> Struct:
     out["Created"] = created.rfc3339nano() if created else ""
     out["DockerVersion"] = str(config.get("docker_version") or "")
     out["Author"] = str(config.get("author") or "")
-    cfg = config.get("config")
-    out["Config"] = Struct(cfg) if isinstance(cfg, dict) else None
+    out["Config"] = _config(config.get("config"))
     out["Architecture"] = str(config.get("architecture") or "")
     if config.get("variant"):
         out["Variant"] = str(config["variant"])
@@ -77,6 +76,24 @@ def inspect_image(store: Store, image_id: str) -> Struct:
         )
         for layer in layers
     ]
+    out.omitted = {"Variant": "", "OsVersion": ""}
+    return out
+
+
+def _config(cfg: Any) -> Struct | None:
+    """The image's config as Docker's typed one reads in a template: the fields an image
+    leaves out are zero (``{{json .Config.Env}}`` is null, ``{{.Config.User}}`` empty),
+    and a label that is not there is "" (``{{index .Config.Labels "x"}}``)."""
+    if not isinstance(cfg, dict):
+        return None
+    out = Struct(cfg)
+    if isinstance(cfg.get("Labels"), dict):
+        out["Labels"] = StringMap(cfg["Labels"])
+    out.omitted = {
+        "User": "", "ExposedPorts": NilMap(), "Env": NilSlice(), "Entrypoint": NilSlice(), "Cmd": NilSlice(),
+        "Volumes": NilMap(), "WorkingDir": "", "Labels": NilMap(), "StopSignal": "", "ArgsEscaped": False,
+        "Healthcheck": None, "OnBuild": NilSlice(), "Shell": NilSlice(),
+    }
     return out
 
 

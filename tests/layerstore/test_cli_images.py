@@ -371,6 +371,20 @@ def test_inspect_format(shared: Loaded) -> None:
     assert err == 'Error: template parsing error: template: :1:2: executing "" at <.Nope>: map has no entry for key "Nope"\n'
 
 
+def test_inspect_format_reads_fields_an_image_leaves_out_as_zero(shared: Loaded) -> None:
+    """Docker runs the template over its typed image first: a field the JSON leaves out
+    (omitempty) is there, zero, and a label that is not set is "" (a map[string]string)."""
+    fields = ('[{{index .Config.Labels "nope"}}] [{{.Variant}}] [{{.OsVersion}}] {{json .Config.Healthcheck}} '
+              '{{.Config.ArgsEscaped}} [{{.Config.StopSignal}}] {{json .Config.OnBuild}} {{.Config.Shell}} '
+              '{{len .Config.Volumes}} [{{range .Config.OnBuild}}x{{end}}]')
+    assert ok(shared.root, "inspect", "-f", fields, "example/app:2.0") == "[] [] [] null false [] null [] 0 []\n"
+    (doc,) = json.loads(ok(shared.root, "inspect", "example/app:2.0"))
+    assert not {"Variant", "OsVersion"} & set(doc) and not {"Healthcheck", "OnBuild", "Shell", "Volumes"} & set(doc["Config"])
+    assert ok(shared.root, "inspect", "-f", "{{json .Config}}", "example/app:2.0") == json.dumps(doc["Config"], separators=(",", ":")) + "\n"
+    err = fail(shared.root, "inspect", "-f", "{{.Config.Nope}}", "example/base")
+    assert err.endswith('executing "" at <.Config.Nope>: map has no entry for key "Nope"\n')
+
+
 # -- history ---------------------------------------------------------------------------
 
 
