@@ -808,7 +808,7 @@ class Union:
         rel = self._changeable(path)
         os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
 
-    def touch(self, path: str) -> None:
+    def copy_up_unchanged(self, path: str) -> None:
         """A change of nothing, as chown(path, -1, -1) asks: overlayfs copies the entry
         up all the same (ovl_setattr copies up before looking at what changes) and its
         change time moves, which no immutable or append-only flag prevents."""
