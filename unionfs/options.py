@@ -97,6 +97,12 @@ def parse(option_strings: list[str]) -> MountOptions:
                 values["io_uring"] = value
             elif key == "volatile" and not eq:
                 values["volatile"] = True
+            elif key == "fsync":  # fuse-overlayfs's spelling: fsync=0 syncs nothing, as volatile
+                if value not in ("0", "1"):
+                    raise OptionError(f"fsync={value}: expected 0 or 1")
+                values["volatile"] = value == "0" or bool(values.get("volatile"))
+            elif key == "default_permissions" and not eq:
+                continue  # always: the kernel checks modes and ACLs
             elif key in ("allow_other", "allow_root") and not eq:
                 values[key] = True
             elif key in ("timeout", "attr_timeout"):

@@ -86,6 +86,7 @@ class Union:
             layers.append(Layer(path, len(layers), lower=bool(layers) or upperdir is None))
         self.layers = layers
         self.writable = upperdir is not None
+        self.durable = durable
         self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 else WhiteoutForm.OCI)
         private = "trusted.unionfs." if self.form is WhiteoutForm.OVERLAY else "user.unionfs."
         self.origin_xattr = private + "origin"
@@ -353,19 +354,22 @@ class Union:
         syscalls.fallocate(fd, mode, offset, length)
 
     def fsync(self, fd: int, datasync: bool = False) -> None:
-        """fsync of an open file; a copy-up still pending under it is published first."""
+        """fsync of an open file; a copy-up still pending under it is published first.
+        A volatile mount syncs nothing, as overlayfs's ``volatile`` omits every sync
+        of the upper layer (ovl_should_sync)."""
         if self.copyup is not None and self.copyup.publisher is not None:
             self.copyup.publisher.check(fd)
-        os.fdatasync(fd) if datasync else os.fsync(fd)
+        if self.durable:
+            os.fdatasync(fd) if datasync else os.fsync(fd)
 
     def fsyncdir(self, path: str) -> None:
         """fsync of a directory: copy-ups pending below it are published, and its
-        upper directory synced (ovl_dir_fsync). For the root, the whole mount
-        settles (``unionfs.mount.settle``, before an unmount)."""
+        upper directory synced (ovl_dir_fsync), unless the mount is volatile. For
+        the root, the whole mount settles (``unionfs.mount.settle``, before an unmount)."""
         if path == "/":
             self.settle()
         node = self._dir(path)
-        if self.resolver.is_upper(node.layer):
+        if self.durable and self.resolver.is_upper(node.layer):
             fd = os.open(node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.upper.fd)
             try:
                 os.fsync(fd)

@@ -390,3 +390,64 @@ def test_a_copy_whose_own_writeback_failed_is_not_published_after_a_good_syncfs(
         os.close(fd)
     assert work_entries(upper.parent / "work") == []
     assert f"copy-up of /d/{lost} not published" in caplog.text
+
+
+# -- volatile ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ext4_image(base: Path) -> Iterator[tuple[Path, Path]]:
+    """A new ext4 mounted from an image under base: (its mount point, its journal's info)."""
+    image, point = base / "ext4.img", base / "ext4"
+    point.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(128 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
+    try:
+        with open("/proc/mounts") as mounts:
+            source = next(line.split()[0] for line in mounts if line.split()[1] == str(point))
+        yield point, Path(f"/proc/fs/jbd2/{os.path.basename(source)}-8/info")
+    finally:
+        force_unmount(point)  # the loop device goes with it (autoclear)
+
+
+def commits(journal: Path) -> int:
+    return int(journal.read_text().split()[0])  # "N transactions (M requested), ..."
+
+
+SYNCED = 20
+
+
+@pytest.mark.parametrize("driver, option", [
+    ("kernel", ""), ("kernel", "volatile"), ("unionfs", ""), ("unionfs", "volatile"), ("unionfs", "fsync=0"),
+])
+def test_a_volatile_mount_syncs_nothing(tmp_path: Path, driver: str, option: str) -> None:
+    """overlayfs's volatile omits every sync of the upper layer (fuse-overlayfs's fsync=0
+    too): fsync, fdatasync and a directory's fsync return at once. On ext4 the fsync of
+    a new file commits the journal; the commits are counted over SYNCED of them."""
+    with ext4_image(tmp_path) as (fs, journal):
+        stack = Stack.make(fs)
+        (stack.lowers[1] / "d").mkdir()
+        mount = kernel_mount if driver == "kernel" else fuse_mount
+        with mount(stack, *filter(None, [option])) as mnt:
+            os.sync()
+            before = commits(journal)
+            for i in range(SYNCED):
+                fd = os.open(mnt / "d" / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644)
+                try:
+                    os.write(fd, b"x" * 4096)
+                    os.fsync(fd) if i % 2 else os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                fd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            made = commits(journal) - before
+            assert sorted(os.listdir(mnt / "d")) == sorted(f"f{i}" for i in range(SYNCED))
+    if option:
+        assert made <= 2, f"{made} journal commits"  # the journal's own timer may commit once
+    else:
+        assert made >= SYNCED, f"{made} journal commits"

@@ -39,6 +39,12 @@ def test_several_o_and_mount_flags() -> None:
     assert parse(["lowerdir=/a,io_uring=off"]).io_uring == "off"
 
 
+def test_fuse_overlayfs_spellings() -> None:
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,fsync=0"]).volatile
+    assert not parse(["lowerdir=/a,upperdir=/u,workdir=/w,fsync=1,default_permissions"]).volatile
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,volatile,fsync=1"]).volatile
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -49,6 +55,7 @@ def test_several_o_and_mount_flags() -> None:
         ("lowerdir=/a,whiteout=zip", "whiteout=zip"),
         ("lowerdir=/a,timeout=soon", "not a number"),
         ("lowerdir=/a,io_uring=yes", "io_uring=yes: expected auto, on or off"),
+        ("lowerdir=/a,fsync=no", "fsync=no: expected 0 or 1"),
     ],
 )
 def test_errors_say_what_is_wrong(text: str, message: str) -> None:
