@@ -202,6 +202,7 @@ def serve(
         None if opts.read_only else opts.workdir,
         whiteout=opts.whiteout,
         durable=not opts.volatile,
+        userxattr=opts.userxattr,
     )
     if opts.engine == "fusepy":
         # imported only here: the core works without fusepy

@@ -16,7 +16,7 @@ FUSE_MOUNT_FLAGS = {"rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexe
 IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "relatime", "norelatime",
            "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "loop", "silent", "loud"}
 # overlayfs options that this driver accepts for drop-in use; its behaviour is fixed.
-OVERLAY_COMPAT = {"redirect_dir", "index", "xino", "metacopy", "nfs_export", "uuid", "userxattr", "verity"}
+OVERLAY_COMPAT = {"redirect_dir", "index", "xino", "metacopy", "nfs_export", "uuid", "verity"}
 
 
 class OptionError(ValueError):
@@ -29,7 +29,8 @@ class MountOptions:
     upperdir: str | None = None
     workdir: str | None = None
     whiteout: WhiteoutForm | None = None  # None: overlay form as root, OCI form otherwise
-    volatile: bool = False  # skip the fsync of copied-up data
+    volatile: bool = False  # sync nothing in the upper layer
+    userxattr: bool = False  # overlayfs's records in user.overlay.*, not trusted.overlay.*
     allow_other: bool = False
     allow_root: bool = False
     # How long the kernel may trust a name lookup (found or missing) and the
@@ -95,8 +96,8 @@ def parse(option_strings: list[str]) -> MountOptions:
                 if value not in ("auto", "on", "off"):
                     raise OptionError(f"io_uring={value}: expected auto, on or off")
                 values["io_uring"] = value
-            elif key == "volatile" and not eq:
-                values["volatile"] = True
+            elif key in ("volatile", "userxattr") and not eq:
+                values[key] = True
             elif key == "fsync":  # fuse-overlayfs's spelling: fsync=0 syncs nothing, as volatile
                 if value not in ("0", "1"):
                     raise OptionError(f"fsync={value}: expected 0 or 1")

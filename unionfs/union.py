@@ -76,7 +76,10 @@ class Union:
         *,
         whiteout: WhiteoutForm | None = None,
         durable: bool = True,
+        userxattr: bool = False,
     ) -> None:
+        """userxattr: records in user.overlay.* and user.unionfs.*, as overlayfs's option
+        for mounts in a user namespace, where trusted.* cannot be written."""
         if not lowerdirs:
             raise ValueError("at least one lowerdir is needed")
         if (upperdir is None) != (workdir is None):
@@ -87,10 +90,12 @@ class Union:
         self.layers = layers
         self.writable = upperdir is not None
         self.durable = durable
-        self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 else WhiteoutForm.OCI)
-        private = "trusted.unionfs." if self.form is WhiteoutForm.OVERLAY else "user.unionfs."
+        self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 or userxattr else WhiteoutForm.OCI)
+        trusted = self.form is WhiteoutForm.OVERLAY and not userxattr
+        private = "trusted.unionfs." if trusted else "user.unionfs."
         self.origin_xattr = private + "origin"
-        overlay = "trusted.overlay." if self.form is WhiteoutForm.OVERLAY else "user.overlay."
+        overlay = "trusted.overlay." if trusted else "user.overlay."
+        self.opaque_xattr = overlay + "opaque"
         self.redirect_xattr = overlay + "redirect"
         self.resolver = Resolver(layers, self.writable)
         self.protections = Protections(layers, self.resolver, overlay + "protattr")
@@ -503,7 +508,7 @@ class Union:
 
     def _set_opaque(self, layer: Layer, rel: str) -> None:
         if self.form is WhiteoutForm.OVERLAY:
-            layer.setxattr(rel, markers.OPAQUE_XATTRS[0], markers.OPAQUE_VALUE)
+            layer.setxattr(rel, self.opaque_xattr, markers.OPAQUE_VALUE)
         else:
             os.close(os.open(rel_join(rel, markers.OPAQUE_MARKER), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=layer.fd))
 
@@ -763,7 +768,7 @@ class Union:
         if existing is not None and stat.S_ISDIR(existing.st_mode) and target is not None:
             # only whiteouts: the merged directory is empty
             if self.form is WhiteoutForm.OVERLAY and len(target.layers) > 1:
-                copyup.empty_dir(nrel, "trusted.overlay.opaque")  # never shows what they hide
+                copyup.empty_dir(nrel, self.opaque_xattr)  # never shows what they hide
                 self.resolver.invalidate(new)
             else:
                 if len(target.layers) > 1:  # an empty directory cannot be opaque in the OCI form

@@ -89,6 +89,7 @@ from difftree import (
 )
 from hypothesis import HealthCheck, Phase, event, given, reject, settings
 from hypothesis import strategies as st
+from mounts import Stack, kernel_mount
 from users import CAP_FSETID, errno_without
 
 from unionfs.protection import APPEND, IMMUTABLE
@@ -1209,6 +1210,35 @@ def test_whiteout_prefix_names_are_refused(tmp_path: Path, create: Op) -> None:
         assert apply(p.kernel.mnt, create) is None
         assert apply(p.driver.mnt, create) == errno.EINVAL
         assert sorted(os.listdir(p.driver.mnt)) == ["f"]
+
+
+def _records(upper: Path) -> list[tuple[str, str]]:
+    """The opaque and protattr xattrs in an upper layer: (path, name)."""
+    found = []
+    for root, dirs, files in os.walk(upper):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            found += [(os.path.relpath(path, upper), x) for x in os.listxattr(path, follow_symlinks=False)
+                      if x.endswith((".opaque", ".protattr"))]
+    return sorted(found)
+
+
+def test_userxattr_keeps_overlayfs_records_in_the_user_namespace(tmp_path: Path) -> None:
+    """overlayfs given userxattr (what a mount in a user namespace needs) keeps its records
+    in user.overlay.*; the driver given it writes the same upper, which such an overlayfs
+    mount then reads: the directory made where a lower one was removed stays opaque."""
+    bottom = Dir({"d": Dir({"f": File(b"f")}), "e": Dir({"x": File(b"x")}), "g": File(b"g")})
+    with pair(tmp_path, [Dir(), bottom], kernel_options=("userxattr",), driver_options=("userxattr",)) as p:
+        for step in (op("unlink", "d/f"), op("rmdir", "d"), op("mkdir", "d", 0o755),
+                     op("chattr", "g", IMMUTABLE_FL), op("write", "e/new", "create", b"n")):
+            assert p.run(step) is None
+        p.check()
+        kernel, driver = _records(p.kernel.upper), _records(p.driver.upper)
+    assert driver == kernel and ("d", "user.overlay.opaque") in driver and ("g", "user.overlay.protattr") in driver
+    (tmp_path / "rework").mkdir()
+    reread = Stack(p.driver.lowers, p.driver.upper, tmp_path / "rework", p.driver.mnt)
+    with kernel_mount(reread, "userxattr") as mnt:
+        assert os.listdir(mnt / "d") == [] and sorted(os.listdir(mnt / "e")) == ["new", "x"]
 
 
 def test_rename_flags_as_on_overlayfs(tmp_path: Path) -> None:

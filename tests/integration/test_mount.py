@@ -728,21 +728,25 @@ def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
 NOBODY = 65534
 
 
-def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str) -> None:
-    """Not root: fusermount3 mounts and hands the device back; whiteouts take the OCI form."""
+@pytest.mark.parametrize("userxattr", [False, True], ids=["oci", "userxattr"])
+def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str, userxattr: bool) -> None:
+    """Not root: fusermount3 mounts and hands the device back; whiteouts take the OCI form,
+    or with userxattr overlayfs's, its records in user.overlay.* (a 0/0 device is one
+    that any user may make)."""
     base = Path(tempfile.mkdtemp(prefix="unionfs-user-", dir="/tmp"))
     try:
         os.chmod(base, 0o755)
         lower, upper, work, mnt = (base / name for name in ("lower", "upper", "work", "mnt"))
-        for path in (lower, upper, work, mnt):
+        for path in (lower, upper, work, mnt, lower / "dir"):
             path.mkdir()
         (lower / "old.txt").write_text("old\n")
         (lower / "gone.txt").write_text("gone\n")
-        for path in (upper, work, mnt, lower / "old.txt"):
+        (lower / "dir" / "f").write_text("f\n")
+        for path in (upper, work, mnt, lower / "old.txt", lower / "dir", lower / "dir" / "f"):
             os.chown(path, NOBODY, NOBODY)
+        options = [f"lowerdir={lower},upperdir={upper},workdir={work}", *mounts.TRANSPORT, *(["userxattr"] if userxattr else [])]
         with _device_open_to_users():
-            pid, ready = _serve_as(NOBODY, ",".join((f"lowerdir={lower},upperdir={upper},workdir={work}",
-                                                     *mounts.TRANSPORT)), mnt)
+            pid, ready = _serve_as(NOBODY, ",".join(options), mnt)
         try:
             assert ready == "ready", ready
             with open("/proc/self/mountinfo", encoding="utf-8") as f:
@@ -750,6 +754,8 @@ def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str) 
             assert "fuse.unionfs" in line and f"user_id={NOBODY}" in line
             assert errno_as(NOBODY, lambda: (mnt / "old.txt").write_text("new\n")) is None
             assert errno_as(NOBODY, lambda: os.unlink(mnt / "gone.txt")) is None
+            for remake in (lambda: os.unlink(mnt / "dir" / "f"), lambda: os.rmdir(mnt / "dir"), lambda: os.mkdir(mnt / "dir")):
+                assert errno_as(NOBODY, remake) is None
             assert errno_as(0, lambda: os.stat(mnt / "old.txt")) == errno.EACCES  # no allow_other: the user's alone
         finally:
             os.kill(pid, signal.SIGTERM)
@@ -757,7 +763,13 @@ def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str) 
         assert os.waitstatus_to_exitcode(status) == 0
         assert not is_mounted(str(mnt))
         assert (upper / "old.txt").read_text() == "new\n" and (upper / "old.txt").stat().st_uid == NOBODY
-        assert (upper / ".wh.gone.txt").exists() and (lower / "gone.txt").exists()
+        assert (lower / "gone.txt").exists() and os.listdir(mnt) == []
+        if userxattr:
+            assert stat.S_ISCHR(os.lstat(upper / "gone.txt").st_mode) and os.lstat(upper / "gone.txt").st_rdev == 0
+            assert os.getxattr(upper / "dir", "user.overlay.opaque") == b"y" and os.listdir(upper / "dir") == []
+            assert not [name for name in os.listxattr(upper / "dir") if name.startswith("trusted.")]
+        else:
+            assert (upper / ".wh.gone.txt").exists() and (upper / ".wh.dir").exists()  # hides only the layers below
     finally:
         force_unmount(base / "mnt")
         shutil.rmtree(base, ignore_errors=True)

@@ -39,6 +39,11 @@ def test_several_o_and_mount_flags() -> None:
     assert parse(["lowerdir=/a,io_uring=off"]).io_uring == "off"
 
 
+def test_userxattr_is_an_option_of_its_own() -> None:
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,userxattr"]).userxattr
+    assert not parse(["lowerdir=/a,upperdir=/u,workdir=/w,redirect_dir=on"]).userxattr
+
+
 def test_fuse_overlayfs_spellings() -> None:
     assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,fsync=0"]).volatile
     assert not parse(["lowerdir=/a,upperdir=/u,workdir=/w,fsync=1,default_permissions"]).volatile
