@@ -98,16 +98,16 @@ class Layer:
         if markers.is_chardev_whiteout(st.st_mode, st.st_rdev):
             return True
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            return not self._xattr_names(rel).isdisjoint(markers.WHITEOUT_XATTRS)
+            return not self.xattr_names(rel).isdisjoint(markers.WHITEOUT_XATTRS)
         return False
 
     def dir_meta(self, rel: str) -> tuple[bool, str | None]:
         """(opaque, redirect) of a directory of this layer."""
-        names = self._xattr_names(rel)
+        names = self.xattr_names(rel)
         opaque, redirect = self._xattr_meta(rel, names, self._opaque_value(rel, names))
         return opaque or self.exists(rel_join(rel, markers.OPAQUE_MARKER)), redirect
 
-    def _xattr_names(self, rel: str) -> frozenset[str]:
+    def xattr_names(self, rel: str) -> frozenset[str]:
         """The names of rel's xattrs: one listxattr instead of a getxattr for each
         marker that is almost never there."""
         try:
@@ -141,14 +141,14 @@ class Layer:
 
     def redirect(self, rel: str) -> str | None:
         """overlay.redirect of a directory of this layer: where the layers below hold it."""
-        return self._redirect(rel, self._xattr_names(rel))
+        return self._redirect(rel, self.xattr_names(rel))
 
     def scan(self, rel: str) -> DirInfo:
         """Read a directory with its markers; raises if rel is not a directory."""
         entries: dict[str, Entry] = {}
         hides: set[str] = set()
         opaque = False
-        names = self._xattr_names(rel)
+        names = self.xattr_names(rel)
         opaque_value = self._opaque_value(rel, names)
         xattr_whiteouts = opaque_value == markers.XWHITEOUTS_VALUE or not names.isdisjoint(markers.WHITEOUTS_XATTRS)
         fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)

@@ -27,6 +27,8 @@ WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 # the first kernels' mark of a directory that holds xattr whiteouts, before overlay.opaque=x
 WHITEOUTS_XATTRS = ("trusted.overlay.whiteouts", "user.overlay.whiteouts")
 REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
+# A metacopy file: its metadata, its data left in a lower layer (overlayfs with metacopy=on).
+METACOPY_XATTRS = ("trusted.overlay.metacopy", "user.overlay.metacopy")
 # A directory that no entry of its layer described (a layer tar that adds
 # /a/b/c without an entry for /a/b): it takes its attributes from below.
 IMPLICIT_XATTRS = ("trusted.unionfs.implicit", "user.unionfs.implicit")

@@ -101,6 +101,7 @@ class Union:
         self.protections = Protections(layers, self.resolver, overlay + "protattr")
         self.inodes = InodeMap([layer.dev for layer in layers])
         self._origins: dict[int, int] = {}
+        self._metacopies: set[int] = set()  # upper inodes that are overlayfs metacopy files
         top = layers[0]
         self.namemax = os.statvfs(top.fd).f_namemax
         if self.writable and self.form is WhiteoutForm.OCI:
@@ -172,14 +173,19 @@ class Union:
             return self.inodes(st.st_dev, st.st_ino)
         ino = self._origins.get(st.st_ino)
         if ino is None:
-            value = self.upper.getxattr(rel, self.origin_xattr)
+            names = self.upper.xattr_names(rel)
+            value = self.upper.getxattr(rel, self.origin_xattr) if self.origin_xattr in names else None
             ino = int(value) if value else self.inodes(st.st_dev, st.st_ino)
-            self._origins[st.st_ino] = ino
+            if stat.S_ISREG(st.st_mode) and not names.isdisjoint(markers.METACOPY_XATTRS):
+                self._metacopies.add(st.st_ino)  # not kept in _origins: looked at again each time
+            else:
+                self._origins[st.st_ino] = ino
         return ino
 
     def _forget(self, st: os.stat_result | None) -> None:
         if st is not None:
             self._origins.pop(st.st_ino, None)
+            self._metacopies.discard(st.st_ino)
 
     @staticmethod
     def attrs(st: os.stat_result, ino: int, nlink: int | None = None) -> dict[str, int]:
@@ -218,7 +224,13 @@ class Union:
         st = self.layers[index].lstat(rel)
         if st is None:
             raise fail(errno.ENOENT, path)
-        return self.attrs(st, self._ino(index, rel, st), nlink)
+        ino = self._ino(index, rel, st)
+        if st.st_ino in self._metacopies and self.resolver.is_upper(index):
+            # Its data would read as zeros, and a write would lose it for good. overlayfs
+            # without metacopy=on refuses such a file the same way (ovl_lookup).
+            log.warning("refusing %s: an overlayfs metacopy file, whose data is in a lower layer", path)
+            raise fail(errno.EPERM, path)
+        return self.attrs(st, ino, nlink)
 
     def listed_getattr(self, index: int, rel: str, path: str, generation: int) -> dict[str, int]:
         """getattr of a non-directory that ``listed`` found at rel of layer index.
@@ -316,6 +328,8 @@ class Union:
                 if ino is None:
                     st = layer.lstat(rel_join(prel, name))
                     ino = self._ino(index, rel_join(prel, name), st) if st else d_ino
+                    if st is not None and st.st_ino in self._metacopies:
+                        continue  # refused (layer_getattr), and left out of listings as overlayfs does
             else:
                 ino = self.inodes(layer.dev, d_ino)
             source = None if stat.S_ISDIR(bits) else (index, rel_join(prel, name))

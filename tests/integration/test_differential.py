@@ -89,7 +89,7 @@ from difftree import (
 )
 from hypothesis import HealthCheck, Phase, event, given, reject, settings
 from hypothesis import strategies as st
-from mounts import Stack, kernel_mount
+from mounts import Stack, fuse_mount, kernel_mount
 from users import CAP_FSETID, errno_without
 
 from unionfs.protection import APPEND, IMMUTABLE
@@ -1239,6 +1239,36 @@ def test_userxattr_keeps_overlayfs_records_in_the_user_namespace(tmp_path: Path)
     reread = Stack(p.driver.lowers, p.driver.upper, tmp_path / "rework", p.driver.mnt)
     with kernel_mount(reread, "userxattr") as mnt:
         assert os.listdir(mnt / "d") == [] and sorted(os.listdir(mnt / "e")) == ["new", "x"]
+
+
+def _errno(call: Callable[[], object]) -> int | object:
+    try:
+        return call()
+    except OSError as exc:
+        return exc.errno
+
+
+def test_a_metacopy_file_is_refused_as_overlayfs_without_metacopy_refuses_it(tmp_path: Path) -> None:
+    """overlayfs with metacopy=on copies up a file's metadata alone and leaves its data
+    below (overlay.metacopy). The driver does not follow that: such a file in its upper
+    layer is refused with EPERM and left out of listings, as overlayfs without metacopy=on
+    does, rather than read as zeros, which a write would then make for good."""
+    answers = {}
+    for driver, mount in (("kernel", kernel_mount), ("unionfs", fuse_mount)):
+        stack = Stack.make(tmp_path / driver)
+        (stack.lowers[1] / "f").write_bytes(b"lower data\n")
+        (stack.lowers[1] / "g").write_bytes(b"g\n")
+        with kernel_mount(stack, "metacopy=on", "redirect_dir=on") as mnt:
+            os.chmod(mnt / "f", 0o600)  # only the metadata goes up
+        assert "trusted.overlay.metacopy" in os.listxattr(stack.upper / "f")
+        (stack.work / "work").rmdir()  # overlayfs's, which it would keep for its own next mount
+        with mount(stack) as mnt:
+            answers[driver] = [
+                _errno(lambda: os.stat(mnt / "f")), _errno(lambda: (mnt / "f").read_bytes()),
+                _errno(lambda: (mnt / "f").open("ab").close()), sorted(os.listdir(mnt)), (mnt / "g").read_bytes(),
+            ]
+        assert os.stat(stack.upper / "f").st_size == 11 and "trusted.overlay.metacopy" in os.listxattr(stack.upper / "f")
+    assert answers["unionfs"] == answers["kernel"] == [errno.EPERM, errno.EPERM, errno.EPERM, ["g"], b"g\n"]
 
 
 def test_rename_flags_as_on_overlayfs(tmp_path: Path) -> None:
