@@ -177,6 +177,8 @@ class Union:
             value = self.upper.getxattr(rel, self.origin_xattr) if self.origin_xattr in names else None
             ino = int(value) if value else self.inodes(st.st_dev, st.st_ino)
             if stat.S_ISREG(st.st_mode) and not names.isdisjoint(markers.METACOPY_XATTRS):
+                if st.st_ino not in self._metacopies:
+                    log.warning("refusing %s: an overlayfs metacopy file, whose data is in a lower layer", rel)
                 self._metacopies.add(st.st_ino)  # not kept in _origins: looked at again each time
             else:
                 self._origins[st.st_ino] = ino
@@ -228,7 +230,6 @@ class Union:
         if st.st_ino in self._metacopies and self.resolver.is_upper(index):
             # Its data would read as zeros, and a write would lose it for good. overlayfs
             # without metacopy=on refuses such a file the same way (ovl_lookup).
-            log.warning("refusing %s: an overlayfs metacopy file, whose data is in a lower layer", path)
             raise fail(errno.EPERM, path)
         return self.attrs(st, ino, nlink)
 
