@@ -28,7 +28,7 @@ class MountOptions:
     lowerdirs: tuple[str, ...]
     upperdir: str | None = None
     workdir: str | None = None
-    whiteout: WhiteoutForm | None = None  # None: overlay form as root, OCI form otherwise
+    whiteout: WhiteoutForm | None = None  # None: overlay form as root or with userxattr, OCI form otherwise
     volatile: bool = False  # sync nothing in the upper layer
     userxattr: bool = False  # overlayfs's records in user.overlay.*, not trusted.overlay.*
     allow_other: bool = False
