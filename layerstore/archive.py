@@ -239,6 +239,11 @@ def host_platform() -> tuple[str, str]:
 
 
 def find_images(archive: Archive) -> list[ArchiveImage]:
+    if archive.exists("version") and read_member(archive, "version", 4096).startswith(b"Directory Transport Version"):
+        # containers/image's dir: transport: a manifest.json too, but one image, unnamed
+        raise CorruptArchive(f"archive {archive.name}", "a copy in the 'dir:' format (skopeo copy dir:, podman save "
+                             "--format docker-dir), which load does not read; copy it to an OCI layout first "
+                             "(skopeo copy dir:PATH oci:LAYOUT:TAG)")
     if archive.exists("manifest.json"):
         return _docker_archive(archive)
     if archive.exists("index.json"):

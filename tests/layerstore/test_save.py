@@ -230,3 +230,17 @@ def test_cli_writes_to_the_file_output_names_and_replaces_no_node(store: Store, 
     subprocess.run([*cmd, "-o", str(out / "link.tar"), APP], check=True)
     assert os.readlink(out / "link.tar") == "named.tar" and (out / "named.tar").read_bytes() == archive
     assert sorted(os.listdir(out)) == ["fifo", "file.tar", "full", "link.tar", "named.tar"]
+
+
+def test_load_of_a_dir_copy_says_what_it_is_and_stores_nothing(store: Store, tmp_path: Path,
+                                                                images: dict[str, Path]) -> None:
+    """skopeo's and podman's dir: format has a manifest.json too, but not docker save's."""
+    copy = tmp_path / "copy"
+    run("skopeo", "copy", "-q", f"docker-archive:{images['base-docker']}", f"dir:{copy}")
+    root = tmp_path / "empty-store"
+    result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(root), "load", "-i", str(copy)],
+                            check=False, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "'dir:' format" in result.stderr and "skopeo copy dir:PATH oci:LAYOUT:TAG" in result.stderr
+    with Store(root) as empty:
+        assert empty.layers.diff_ids() == [] and list(empty.blobs.digests()) == []
