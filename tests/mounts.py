@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,22 @@ def kernel_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterat
         yield stack.mnt
     finally:
         force_unmount(stack.mnt)
+
+
+@contextlib.contextmanager
+def loop_fs(base: Path, name: str, mkfs: Sequence[str], size: int) -> Iterator[Path]:
+    """A new filesystem made by mkfs in a sparse image of size bytes under base,
+    loop-mounted at base/name."""
+    image, point = base / f"{name}.img", base / name
+    point.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
+    try:
+        yield point
+    finally:
+        force_unmount(point)  # the loop device goes with it (autoclear)
 
 
 def force_unmount(mountpoint: Path | str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_mount
+from mounts import Stack, driver_pid, force_unmount, fuse_mount, kernel_mount, loop_fs
 from waiting import wait_for
 
 from unionfs import syscalls
@@ -398,18 +398,10 @@ def test_a_copy_whose_own_writeback_failed_is_not_published_after_a_good_syncfs(
 @contextlib.contextmanager
 def ext4_image(base: Path) -> Iterator[tuple[Path, Path]]:
     """A new ext4 mounted from an image under base: (its mount point, its journal's info)."""
-    image, point = base / "ext4.img", base / "ext4"
-    point.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(128 << 20)
-    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
-    try:
+    with loop_fs(base, "ext4", ["mkfs.ext4", "-q"], 128 << 20) as point:
         with open("/proc/mounts") as mounts:
             source = next(line.split()[0] for line in mounts if line.split()[1] == str(point))
         yield point, Path(f"/proc/fs/jbd2/{os.path.basename(source)}-8/info")
-    finally:
-        force_unmount(point)  # the loop device goes with it (autoclear)
 
 
 def commits(journal: Path) -> int:

@@ -13,13 +13,12 @@ import contextlib
 import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from extents import data_extents, extents, write_sparse
-from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+from mounts import Stack, fuse_mount, kernel_mount, loop_fs
 
 MiB = 1 << 20
 MKFS = {
@@ -43,21 +42,6 @@ DRIVERS: dict[str, Callable[[Stack], contextlib.AbstractContextManager[Path]]] =
 }
 
 
-@contextlib.contextmanager
-def loop_fs(base: Path, kind: str) -> Iterator[Path]:
-    """A new filesystem of kind, mounted from an image file under base."""
-    image, point = base / f"{kind}.img", base / kind
-    point.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(IMAGE_SIZE)
-    subprocess.run([*MKFS[kind], str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
-    try:
-        yield point
-    finally:
-        force_unmount(point)  # the loop device goes with it (autoclear)
-
-
 def sparse_file(path: Path) -> str:
     """The lower file: data, holes, an xattr. Returns its sha256."""
     write_sparse(path, SIZE, DATA)
@@ -78,7 +62,7 @@ def stack_on(fs: Path, lowers: tuple[Path, ...] = ()) -> Stack:
 
 @pytest.fixture(params=sorted(MKFS))
 def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    with loop_fs(tmp_path, request.param) as point:
+    with loop_fs(tmp_path, request.param, MKFS[request.param], IMAGE_SIZE) as point:
         yield point
 
 
