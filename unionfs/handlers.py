@@ -469,7 +469,7 @@ class Requests:
                 return  # times the kernel kept for a file whose name is gone: nobody can see them
             raise
         if not (valid & _CHANGES_FILE or times):
-            self.union.copy_up_unchanged(path)  # chown(path, -1, -1)
+            self.union.chown(path, -1, -1)  # a change of nothing, which copies up all the same
             return
         if valid & fp.FATTR_MODE:
             self.union.chmod(path, mode)

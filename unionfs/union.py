@@ -829,15 +829,11 @@ class Union:
         os.chmod(rel, mode & 0o7777, dir_fd=self.upper.fd)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
-        rel = self._changeable(path)
+        """-1 leaves an id as it is. A chown that changes neither still copies the entry
+        up (ovl_setattr copies up before it looks at what changes) and moves its change
+        time, and no immutable or append-only flag refuses it (may_setattr)."""
+        rel = self._changeable(path, BOTH if (uid, gid) != (-1, -1) else 0)
         os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
-
-    def copy_up_unchanged(self, path: str) -> None:
-        """A change of nothing, as chown(path, -1, -1) asks: overlayfs copies the entry
-        up all the same (ovl_setattr copies up before looking at what changes) and its
-        change time moves, which no immutable or append-only flag prevents."""
-        rel = self._changeable(path, refused=0)
-        os.chown(rel, -1, -1, dir_fd=self.upper.fd, follow_symlinks=False)
 
     def utimens(self, path: str, times_ns: tuple[int, int] | None, touch: bool = False) -> None:
         """touch: the caller gave no times (utimes(path, NULL)), which an append-only
