@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from unionfs import crashpoints, markers, protection, syscalls
+from unionfs import crashpoints, incompat, markers, protection, syscalls
 from unionfs.datacopy import copy_data
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer
@@ -66,6 +66,10 @@ class WorkDir(Layer):
         self._spares: collections.deque[str] = collections.deque()
         self._spare_dirs: collections.deque[str] = collections.deque()
         self._lock(workdir)
+        features = incompat.marked(self.fd)
+        if features:
+            self.close()
+            raise ValueError(incompat.refusal(workdir, features))
         self.upper = upper
         self._counter = itertools.count()
         self._prefix = f"#unionfs.{os.getpid()}."
@@ -92,6 +96,8 @@ class WorkDir(Layer):
         """Remove what an interrupted operation left: never visible, never needed;
         or finish the operation where undoing it is not possible (``record_rename``)."""
         for name in os.listdir(self.fd):
+            if name == incompat.INCOMPAT:
+                continue  # overlayfs's marks are not ours to remove (see incompat)
             if name.endswith(_INTENT):
                 self._undo_intent(name)
             elif name.endswith(_RENAME):

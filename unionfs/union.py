@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unionfs import crashpoints, markers, placement, protection, syscalls
+from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, rel_join
@@ -114,6 +114,8 @@ class Union:
             if os.stat(workdir).st_dev != top.dev:
                 raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
             self.work = WorkDir(workdir, top)
+            if not durable:
+                incompat.mark_volatile(self.work.fd)
             self.copyup = CopyUp(
                 self.resolver, self.work, self.inodes, durable=durable, private_prefix=private,
                 protattr_xattr=self.protections.xattr, on_new_inode=self._forget,
@@ -123,6 +125,11 @@ class Union:
     def close(self) -> None:
         if self.copyup is not None and self.copyup.publisher is not None:
             self.copyup.publisher.close()  # what is pending goes into place, and its thread ends
+        if self.work is not None and not self.durable:
+            try:
+                incompat.unmark_volatile(self.work.fd)
+            except OSError as exc:
+                log.warning("the work directory keeps its volatile mark: %s", exc.strerror)
         for layer in self.layers:
             layer.close()
         if self.work:

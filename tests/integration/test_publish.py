@@ -443,3 +443,81 @@ def test_a_volatile_mount_syncs_nothing(tmp_path: Path, driver: str, option: str
         assert made <= 2, f"{made} journal commits"  # the journal's own timer may commit once
     else:
         assert made >= SYNCED, f"{made} journal commits"
+
+
+def mount_command(stack: Stack, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unionfs", "-o", stack.spec(*options).option_string(), str(stack.mnt)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def kernel_refuses(stack: Stack) -> bool:
+    try:
+        with kernel_mount(stack):
+            return False
+    except subprocess.CalledProcessError:
+        return True
+
+
+def test_a_volatile_mount_that_crashed_is_refused_as_overlayfs_refuses_it(tmp_path: Path) -> None:
+    """A volatile mount marks its work directory as overlayfs does (work/incompat/volatile):
+    after a crash the upper may have lost changes, and neither this driver nor overlayfs
+    mounts it again until the mark is removed."""
+    stack = Stack.make(tmp_path)
+    (stack.lowers[1] / "f").write_text("lower\n")
+    mark = stack.work / "work" / "incompat" / "volatile"
+    with fuse_mount(stack, "volatile") as mnt:
+        assert (mark / "dirty").is_file()
+        (mnt / "f").write_text("changed\n")
+        pid = driver_pid(mnt)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)
+        force_unmount(mnt)
+    for options in ((), ("volatile",)):
+        result = mount_command(stack, *options)
+        assert (result.returncode, result.stderr.strip()) == (
+            1, f"unionfs: workdir {stack.work} was mounted volatile and may have lost changes in a crash; "
+               f"if it did not crash, remove {mark} and mount again")
+        assert not os.path.ismount(stack.mnt)
+    assert kernel_refuses(stack)  # the same mark as overlayfs's
+    (mark / "dirty").unlink()
+    mark.rmdir()
+    with fuse_mount(stack) as mnt:
+        assert (mnt / "f").read_text() == "changed\n"
+
+
+def test_a_clean_volatile_unmount_syncs_and_removes_the_mark(tmp_path: Path) -> None:
+    """overlayfs keeps its mark after a clean unmount too; this driver syncs the upper
+    layer then, and with nothing left to lose, removes the mark."""
+    stack = Stack.make(tmp_path)
+    (stack.lowers[1] / "f").write_text("lower\n")
+    with fuse_mount(stack, "volatile") as mnt:
+        (mnt / "f").write_text("changed\n")
+        pid = driver_pid(mnt)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)  # its last steps follow the unmount
+    assert os.listdir(stack.work / "work") == []
+    with kernel_mount(stack) as mnt:
+        assert (mnt / "f").read_text() == "changed\n"
+
+
+def test_overlayfs_marks_in_the_work_directory_are_honoured(tmp_path: Path) -> None:
+    """The mark of overlayfs's own volatile mount, which it keeps after a clean unmount,
+    and that of a feature this driver does not know: both refuse the mount, as
+    overlayfs refuses them, and neither is removed."""
+    stack = Stack.make(tmp_path)
+    incompat = stack.work / "work" / "incompat"
+    with kernel_mount(stack, "volatile") as mnt:
+        (mnt / "f").write_text("kernel\n")
+    assert (incompat / "volatile").is_dir()
+    result = mount_command(stack)
+    assert result.returncode == 1 and "was mounted volatile" in result.stderr
+    (incompat / "volatile" / "dirty").unlink()
+    (incompat / "volatile").rmdir()
+    (incompat / "future").mkdir()
+    result = mount_command(stack)
+    assert (result.returncode, result.stderr.strip()) == (
+        1, f"unionfs: workdir {stack.work} is marked with overlayfs's incompatible feature 'future' ({incompat / 'future'})")
+    assert kernel_refuses(stack)
+    assert os.listdir(incompat) == ["future"]
+    (incompat / "future").rmdir()
+    with fuse_mount(stack) as mnt:
+        assert (mnt / "f").read_text() == "kernel\n"
