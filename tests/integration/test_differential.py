@@ -293,8 +293,9 @@ TYPE_CHECKED = {"rmdir": (errno.ENOTDIR,), "unlink": (errno.EISDIR,), "rename": 
 def documented_difference(p: Pair, operation: Op) -> Callable[[int | None, int | None], bool]:
     """Where overlayfs answers EPERM for a protected entry (the VFS checks the flag first)
     and the kernel answers for a FUSE inode, which carries no flags, before asking the
-    driver: EACCES to an unprivileged caller without permission (the mode bits), and
-    ENOTDIR or EISDIR to a removal by the call for the other type."""
+    driver: EACCES to an unprivileged caller without permission (the mode bits), ENOTDIR
+    or EISDIR to a removal by the call for the other type, and ENOENT to the link of a
+    file that may never get a name (O_TMPFILE with O_EXCL)."""
     def accept(kernel: int | None, driver: int | None) -> bool:
         if kernel != errno.EPERM or not protection_decides(p.kernel.mnt, operation):
             return False
@@ -303,6 +304,9 @@ def documented_difference(p: Pair, operation: Op) -> Callable[[int | None, int |
             return True
         if driver in TYPE_CHECKED.get(operation.name, ()):
             event(f"EPERM against {errname(driver)}: {operation.name} of a protected entry of the other type")
+            return True
+        if operation.name == "tmpfile" and operation.args[-1] == "excl" and driver == errno.ENOENT:
+            event("EPERM against ENOENT: a file that may never get a name, linked into a protected directory")
             return True
         return False
     return accept
