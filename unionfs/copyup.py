@@ -436,6 +436,9 @@ class CopyUp:
             tmp = spare or self.work.temp_name()
             sync_fd = fd = None
             st_new: os.stat_result | None
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if is_dir:
+                self.resolver.expect_empty(to_rel(path))
             try:
                 sync_fd = self._build(src, rel, st, tmp, data, keep_open=defer, spare=spare is not None)
                 same_number = self._set_origin(tmp, st, src)
@@ -456,6 +459,8 @@ class CopyUp:
                     if opened is not None:
                         os.close(opened)
                 self.work.remove_tree(tmp)
+                if is_dir:
+                    self.resolver.not_made(to_rel(path))
                 raise
             if self.on_new_inode is not None:
                 self.on_new_inode(st_new)
@@ -470,7 +475,7 @@ class CopyUp:
             if defer:
                 assert publisher is not None and sync_fd is not None
                 publisher.submit(Pending(path, tmp, sync_fd, fd, st.st_size))
-            self.resolver.invalidate(path)
+            self.resolver.invalidate(path, made_dir=is_dir)
             if defer and crashpoints.armed():
                 publisher.wait_for(path)  # type: ignore[union-attr]  # every kill point in one order
             return fd

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from unionfs import markers
 from unionfs.layer import DirInfo, Layer, rel_join
+from unionfs.uppernames import UpperNames
 
 _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
 _MAX_NODES = 200_000  # resolved paths kept; a plain bound, refilled on demand
@@ -85,23 +86,38 @@ class Resolver:
         # path -> (its node, the node's immutable and append-only bits): asked of
         # the parent at every removal in it, and dropped with the node
         self._protections: dict[str, tuple[Node, int]] = {}
+        self.upper_names = UpperNames()
         self._gen = 0
         self._lock = threading.Lock()
         # Waits until nothing at a path or below it is a pending copy-up (see publish).
         self.settle: Callable[[str], None] | None = None
 
     # -- caches ------------------------------------------------------------------
-    def invalidate(self, path: str, subtree: bool = False) -> None:
-        """Forget what path resolved to (and everything below it with subtree)."""
+    def invalidate(self, path: str, subtree: bool = False, made_dir: bool = False) -> None:
+        """Forget what path resolved to (and everything below it with subtree);
+        made_dir: path is the directory that ``expect_empty`` announced."""
         with self._lock:
             self._gen += 1
             self._nodes.pop(path, None)
             self._protections.pop(path, None)
+            if self.writable:
+                self.upper_names.changed(to_rel(path), subtree, made_dir)
             if subtree:
                 prefix = path.rstrip("/") + "/"
                 for cache in (self._nodes, self._protections):
                     for key in [k for k in cache if k.startswith(prefix)]:
                         del cache[key]
+
+    def expect_empty(self, rel: str) -> None:
+        """An empty directory that the driver built is about to appear at rel in the
+        upper layer (see ``uppernames``); ``invalidate`` with made_dir follows, or
+        ``not_made`` if it does not appear."""
+        with self._lock:
+            self.upper_names.expect_empty(rel)
+
+    def not_made(self, rel: str) -> None:
+        with self._lock:
+            self.upper_names.forget(rel)
 
     def protection(self, node: Node, read: Callable[[Node], int]) -> int:
         """read(node), kept until the node changes: protection changes only with the
@@ -160,6 +176,8 @@ class Resolver:
         """(kind of name in this layer's dir prel, whether it hides the layers below);
         layers: the merged directory's, whose lower ones a ``.wh.`` marker could hide."""
         if self.is_upper(index):
+            if self.upper_names.absent(prel, name):
+                return None, False  # nor its marker, which comes only with a change of the name
             layer = self.layers[index]
             rel = rel_join(prel, name)
             st = layer.lstat(rel)

@@ -440,13 +440,20 @@ class Union:
         over_whiteout = existing is not None and self.upper.is_whiteout(rel, existing)
         if existing is not None and not over_whiteout:
             raise fail(errno.EEXIST, path)
-        if not over_whiteout and not _needs_owner(caller, gid):
-            fd = make(self.upper.fd, rel, mode)  # the driver's own ids are the caller's: nothing to set
-            crashpoints.point("create.made")
-        else:
-            fd = self._build_aside(work, prel, rel, make, caller, gid, mode, is_dir, over_whiteout)
+        if is_dir:
+            self.resolver.expect_empty(rel)
+        try:
+            if not over_whiteout and not _needs_owner(caller, gid):
+                fd = make(self.upper.fd, rel, mode)  # the driver's own ids are the caller's: nothing to set
+                crashpoints.point("create.made")
+            else:
+                fd = self._build_aside(work, prel, rel, make, caller, gid, mode, is_dir, over_whiteout)
+        except BaseException:
+            if is_dir:
+                self.resolver.not_made(rel)
+            raise
         self._forget(self.upper.lstat(rel))
-        self.resolver.invalidate(path)
+        self.resolver.invalidate(path, made_dir=is_dir)
         return fd
 
     def _new_owner(self, prel: str, caller: Caller | None, mode: int) -> tuple[int, int]:

@@ -155,6 +155,74 @@ def test_an_upper_marker_is_looked_for_only_where_it_could_hide(dirs: dict[str, 
     assert names(u, "/d") == ["kept", "own"]
 
 
+@pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
+def test_a_directory_the_driver_made_is_asked_only_for_the_names_changed_in_it(dirs: dict[str, Path], form: WhiteoutForm) -> None:
+    """A directory that a copy-up or a mkdir made started empty: a lookup in it asks the
+    upper layer (for the name or its marker) only for names changed in it since, and
+    answers as a lookup that asks would."""
+    if form is WhiteoutForm.OVERLAY and os.geteuid() != 0:
+        pytest.skip("overlayfs whiteouts need root")
+    tree(dirs["bottom"], {"d/a1": "1", "d/a2": "2", "d/a3": "3", "d/sub/x": "x"})
+    tree(dirs["top"], {"d/b": "b"})
+    u = make_union(dirs, whiteout=form)
+    asked: list[str] = []
+    for name in ("lstat", "marker_exists"):
+        real = getattr(u.upper, name)
+        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+
+    def found(path: str) -> bool:  # each path is looked up for the first time since it changed
+        try:
+            u.node(path)
+            return True
+        except OSError as exc:
+            assert exc.errno == errno.ENOENT, path
+            return False
+
+    os.close(u.create("/d/c", 0o644, os.O_WRONLY))  # copies d up
+    u.unlink("/d/a2")
+    u.rename("/d/a3", "/d/a4")
+    u.mkdir("/m", 0o755)
+    os.close(u.create("/m/f", 0o644, os.O_WRONLY))
+    asked.clear()
+    seen = {p: found(p) for p in ("/d/a1", "/d/b", "/d/sub", "/d/nothing", "/m/nothing")}
+    assert seen == {"/d/a1": True, "/d/b": True, "/d/sub": True, "/d/nothing": False, "/m/nothing": False}
+    assert asked == []
+    seen = {p: found(p) for p in ("/d/a2", "/d/a3", "/d/a4", "/d/c", "/m/f")}
+    assert seen == {"/d/a2": False, "/d/a3": False, "/d/a4": True, "/d/c": True, "/m/f": True}
+    assert {rel.rsplit("/", 1)[-1] for rel in asked} <= {"a2", "a3", "a4", "c", "f", ".wh.a2", ".wh.a3"}
+    assert {"d/a2", "d/a3", "d/a4", "d/c", "m/f"} <= set(asked)
+    # once removed, nothing is known of what is at its name
+    u.unlink("/m/f")
+    u.rmdir("/m")
+    tree(dirs["upper"], {"m/g": "not made by the driver"})
+    assert found("/m/g")
+    os.unlink(dirs["upper"] / "m/g")
+    os.rmdir(dirs["upper"] / "m")
+    u.resolver.invalidate("/m", subtree=True)  # the nodes found in the directory made behind its back
+    u.mkdir("/m", 0o755)
+    assert not found("/m/f") and not found("/m/g")
+    assert sorted(names(u, "/d")) == ["a1", "a4", "b", "c", "sub"]
+
+
+def test_a_directory_that_did_not_appear_is_not_taken_for_empty(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy-up of a directory that fails leaves no record of an empty directory there."""
+    tree(dirs["bottom"], {"d/a": "a"})
+    u = make_union(dirs)
+    copyup = u.copyup
+    assert copyup is not None
+
+    def refuse(tmp: str, path: str) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    monkeypatch.setattr(copyup, "_place", refuse)
+    with pytest.raises(OSError):
+        u.mkdir("/d/new", 0o755)
+    assert not u.resolver.upper_names.absent("d", "a")
+    monkeypatch.undo()
+    u.mkdir("/d/new", 0o755)
+    assert u.resolver.upper_names.absent("d", "a") and not u.resolver.upper_names.absent("d", "new")
+
+
 def test_markers_are_never_visible_nor_creatable(dirs: dict[str, Path]) -> None:
     tree(dirs["top"], {".wh.x": "", "d/.wh..wh..opq": ""})
     u = make_union(dirs)

@@ -1,0 +1,66 @@
+"""The names in upper directories that this driver made: known without asking.
+
+Looking a lower entry up in a merged directory asks the upper layer for the
+name, and where a lower layer has it, for its ``.wh.`` marker too: two
+lookups that almost always miss, and a miss in a large directory costs
+several microseconds. A directory that this driver made itself (by a
+copy-up or a mkdir) started empty, and every name that appeared in it since
+came from one of the driver's changes, each of which calls
+``Resolver.invalidate`` once it is on disk. So the names it may hold are the
+names changed in it since: any other name is known to be absent, and so is
+that name's marker, which is only written with a change of the name. The
+upper layer changes only through the mount (overlayfs.rst, "Changes to
+underlying filesystems").
+
+Not thread-safe by itself: the resolver calls every change under its lock.
+``absent`` reads without it: a set's membership test is atomic, and a name
+being changed at that moment may be seen either way, as by any lookup that
+races with a change.
+"""
+from __future__ import annotations
+
+MAX_NAMES = 1_000_000  # names kept over all directories; beyond it all are forgotten (a plain bound)
+
+
+class UpperNames:
+    def __init__(self) -> None:
+        self._changed: dict[str, set[str]] = {}  # upper rel of a made directory -> names changed in it since
+        self._count = 0
+
+    def absent(self, rel: str, name: str) -> bool:
+        """Known: the upper directory rel holds neither name nor its marker."""
+        changed = self._changed.get(rel)
+        return changed is not None and name not in changed
+
+    def expect_empty(self, rel: str) -> None:
+        """An empty directory that the driver built is about to appear at rel: called
+        before it does, so that no change in it can come before its record."""
+        self._drop(rel)
+        self._changed[rel] = set()
+
+    def forget(self, rel: str) -> None:
+        """The directory did not appear at rel after all."""
+        self._drop(rel)
+
+    def changed(self, rel: str, subtree: bool, made_dir: bool) -> None:
+        """The upper entry rel changed (see ``Resolver.invalidate``); made_dir: it is the
+        directory whose ``expect_empty`` came just before."""
+        head, _, name = rel.rpartition("/")
+        names = self._changed.get(head or ".")
+        if names is not None and name not in names:
+            names.add(name)
+            self._count += 1
+            if self._count > MAX_NAMES:
+                self._changed.clear()
+                self._count = 0
+        if not made_dir:
+            self._drop(rel)  # whatever is at rel now is not known to have started empty
+        if subtree:
+            prefix = rel + "/" if rel != "." else ""
+            for key in [k for k in self._changed if k.startswith(prefix)]:
+                self._drop(key)
+
+    def _drop(self, rel: str) -> None:
+        names = self._changed.pop(rel, None)
+        if names is not None:
+            self._count -= len(names)
