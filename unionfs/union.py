@@ -436,7 +436,7 @@ class Union:
         prel = copyup.ensure(parent)
         rel = rel_join(prel, name)
         gid, mode = self._new_owner(prel, caller, mode)
-        existing = self.upper.lstat(rel)
+        existing = None if self.resolver.upper_names.absent(prel, name) else self.upper.lstat(rel)
         over_whiteout = existing is not None and self.upper.is_whiteout(rel, existing)
         if existing is not None and not over_whiteout:
             raise fail(errno.EEXIST, path)
