@@ -273,13 +273,19 @@ operations = st.tuples(_operations, st.sampled_from((0, 0, 1000))).map(lambda t:
 
 
 def protection_decides(root: Path, operation: Op) -> bool:
-    """Whether an entry the operation names, or its directory, is immutable or append-only."""
+    """Whether an entry the operation names, or its directory (reached through any
+    symlinks on the way, as the call reaches it), is immutable or append-only."""
+    top = os.path.realpath(root)
     for arg in operation.args:
         if not isinstance(arg, str):
             continue
-        for rel in {arg, os.path.dirname(arg) or "."}:
+        paths = [str(root / arg)]
+        directory = os.path.realpath(root / (os.path.dirname(arg) or "."))
+        if os.path.commonpath([directory, top]) == top:  # not where a symlink leads out of the mount
+            paths.append(directory)
+        for path in paths:
             try:
-                if inode_flags(str(root / rel)) & (IMMUTABLE | APPEND):
+                if inode_flags(path) & (IMMUTABLE | APPEND):
                     return True
             except OSError:
                 continue
