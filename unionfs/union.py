@@ -9,6 +9,7 @@ directory, and removals leave their whiteout in the same step
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -84,42 +85,49 @@ class Union:
             raise ValueError("at least one lowerdir is needed")
         if (upperdir is None) != (workdir is None):
             raise ValueError("upperdir and workdir go together")
-        layers: list[Layer] = []
-        for path in ([upperdir] if upperdir else []) + list(lowerdirs):
-            layers.append(Layer(path, len(layers), lower=bool(layers) or upperdir is None))
-        self.layers = layers
-        self.writable = upperdir is not None
-        self.durable = durable
-        self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 or userxattr else WhiteoutForm.OCI)
-        trusted = self.form is WhiteoutForm.OVERLAY and not userxattr
-        private = "trusted.unionfs." if trusted else "user.unionfs."
-        self.origin_xattr = private + "origin"
-        overlay = "trusted.overlay." if trusted else "user.overlay."
-        self.opaque_xattr = overlay + "opaque"
-        self.redirect_xattr = overlay + "redirect"
-        self.resolver = Resolver(layers, self.writable)
-        self.protections = Protections(layers, self.resolver, overlay + "protattr")
-        self.inodes = InodeMap([layer.dev for layer in layers])
-        self._origins: dict[int, int] = {}
-        self._metacopies: set[int] = set()  # upper inodes that are overlayfs metacopy files
-        top = layers[0]
-        self.namemax = os.statvfs(top.fd).f_namemax
-        if self.writable and self.form is WhiteoutForm.OCI:
-            self.namemax -= len(markers.WH_PREFIX)  # room for the .wh. whiteout of any name
-        self.upper = top
-        self.work: WorkDir | None = None
-        self.copyup: CopyUp | None = None
-        if self.writable:
-            assert workdir is not None
-            if os.stat(workdir).st_dev != top.dev:
-                raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
-            self.work = WorkDir(workdir, top)
-            if not durable:
-                incompat.mark_volatile(self.work.fd)
-            self.copyup = CopyUp(
-                self.resolver, self.work, self.inodes, durable=durable, private_prefix=private,
-                protattr_xattr=self.protections.xattr, on_new_inode=self._forget,
-            )
+        with contextlib.ExitStack() as undo:  # what was opened is closed if the rest fails
+            layers: list[Layer] = []
+            for path in ([upperdir] if upperdir else []) + list(lowerdirs):
+                layers.append(Layer(path, len(layers), lower=bool(layers) or upperdir is None))
+                undo.callback(layers[-1].close)
+            self.layers = layers
+            self.writable = upperdir is not None
+            self.durable = durable
+            self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 or userxattr else WhiteoutForm.OCI)
+            trusted = self.form is WhiteoutForm.OVERLAY and not userxattr
+            private = "trusted.unionfs." if trusted else "user.unionfs."
+            self.origin_xattr = private + "origin"
+            overlay = "trusted.overlay." if trusted else "user.overlay."
+            self.opaque_xattr = overlay + "opaque"
+            self.redirect_xattr = overlay + "redirect"
+            self.resolver = Resolver(layers, self.writable)
+            self.protections = Protections(layers, self.resolver, overlay + "protattr")
+            self.inodes = InodeMap([layer.dev for layer in layers])
+            self._origins: dict[int, int] = {}
+            self._metacopies: set[int] = set()  # upper inodes that are overlayfs metacopy files
+            top = layers[0]
+            self.namemax = os.statvfs(top.fd).f_namemax
+            if self.writable and self.form is WhiteoutForm.OCI:
+                self.namemax -= len(markers.WH_PREFIX)  # room for the .wh. whiteout of any name
+            self.upper = top
+            self.work: WorkDir | None = None
+            self.copyup: CopyUp | None = None
+            if self.writable:
+                assert workdir is not None
+                if os.stat(workdir).st_dev != top.dev:
+                    raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
+                self.work = WorkDir(workdir, top)
+                undo.callback(self.work.close)
+                if not durable:
+                    try:
+                        incompat.mark_volatile(self.work.fd)
+                    except OSError as exc:
+                        raise ValueError(f"workdir {workdir}: the volatile mark cannot be written: {exc.strerror}") from exc
+                self.copyup = CopyUp(
+                    self.resolver, self.work, self.inodes, durable=durable, private_prefix=private,
+                    protattr_xattr=self.protections.xattr, on_new_inode=self._forget,
+                )
+            undo.pop_all()
         self._rename_lock = threading.Lock()
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import signal
 import subprocess
@@ -521,3 +522,47 @@ def test_overlayfs_marks_in_the_work_directory_are_honoured(tmp_path: Path) -> N
     (incompat / "future").rmdir()
     with fuse_mount(stack) as mnt:
         assert (mnt / "f").read_text() == "kernel\n"
+
+
+def fill(fs: Path) -> None:
+    """Write files until not one more block is free (closing a file gives back
+    what the filesystem had set aside for it, so each pass writes what is left)."""
+    for i in itertools.count():
+        try:
+            filler = open(fs / f"filler{i}", "wb")
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return  # not even an empty file
+        with filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+                    filler.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        os.sync()
+        if os.statvfs(fs).f_bfree == 0:
+            return
+
+
+def test_a_volatile_mark_that_cannot_be_written_fails_the_mount_in_one_line(tmp_path: Path) -> None:
+    with loop_fs(tmp_path, "ext4", ["mkfs.ext4", "-q"], 16 << 20) as fs:
+        stack = Stack.make(fs)
+        (stack.work / "work").mkdir()
+        fill(fs)
+        try:
+            result = mount_command(stack, "volatile")
+        finally:
+            force_unmount(stack.mnt)  # should it have mounted after all
+        assert (result.returncode, result.stderr.strip()) == (
+            1, f"unionfs: workdir {stack.work}: the volatile mark cannot be written: No space left on device")
+
+
+def test_a_union_refused_its_work_directory_leaves_nothing_open(tmp_path: Path) -> None:
+    """In-process: the directories it opened before the refusal are closed again."""
+    stack = Stack.make(tmp_path)
+    (stack.work / "work" / "incompat" / "volatile").mkdir(parents=True)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match="was mounted volatile"):
+        Union([str(p) for p in stack.lowers], str(stack.upper), str(stack.work))
+    assert len(os.listdir("/proc/self/fd")) == before
