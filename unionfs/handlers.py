@@ -31,7 +31,7 @@ import xxhash
 from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.nodes import Identity, NodeTable
-from unionfs.permissions import Requester
+from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
 from unionfs.union import Caller, Union, fd_flags, kill_set_id
 
 log = logging.getLogger(__name__)
@@ -435,6 +435,23 @@ class Requests:
         by the kernel (HANDLE_KILLPRIV_V2) when the caller has no CAP_FSETID."""
         return functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
 
+    @staticmethod
+    def _dropped_by_chown(h: tuple) -> Callable[[dict[str, int]], int]:
+        """The set-id bits that a chown by h's caller drops from a file with these
+        attributes (notify_change: set-user-ID always, set-group-ID as
+        setattr_should_drop_sgid says), and EPERM where there are some and the
+        caller may not change the file's mode (setattr_prepare)."""
+        def dropped(attrs: dict[str, int]) -> int:
+            mode, caller = attrs["st_mode"], Requester(h[4], h[5], h[6])
+            kill = mode & stat.S_ISUID
+            if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (
+                    caller.in_group(attrs["st_gid"]) or caller.capable(CAP_FSETID))):
+                kill |= stat.S_ISGID
+            if kill and caller.uid != attrs["st_uid"] and not caller.capable(CAP_FOWNER):
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+            return kill
+        return dropped
+
     def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
              mode: int, uid: int, gid: int, touch: bool) -> None:
         owner = (uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1)
@@ -469,7 +486,11 @@ class Requests:
                 return  # times the kernel kept for a file whose name is gone: nobody can see them
             raise
         if not (valid & _CHANGES_FILE or times):
-            self.union.chown(path, -1, -1)  # a change of nothing, which copies up all the same
+            # A change of nothing: chown(path, -1, -1), which sends the file's new change time
+            # where the kernel keeps its times (the writeback cache: regular files), or the
+            # kernel dropping a writer's privileges ahead of its WRITE, which sends nothing.
+            dropped = self._dropped_by_chown(h) if valid & fp.FATTR_CTIME else None
+            self.union.chown(path, -1, -1, dropped)
             return
         if valid & fp.FATTR_MODE:
             self.union.chmod(path, mode)

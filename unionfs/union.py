@@ -850,12 +850,23 @@ class Union:
             raise fail(errno.EOPNOTSUPP, path)
         os.chmod(rel, mode & 0o7777, dir_fd=self.upper.fd)
 
-    def chown(self, path: str, uid: int, gid: int) -> None:
+    def chown(self, path: str, uid: int, gid: int, dropped: Callable[[dict[str, int]], int] | None = None) -> None:
         """-1 leaves an id as it is. A chown that changes neither still copies the entry
         up (ovl_setattr copies up before it looks at what changes) and moves its change
-        time, and no immutable or append-only flag refuses it (may_setattr)."""
+        time, and no immutable or append-only flag refuses it (may_setattr). It drops
+        the set-id bits of a non-directory all the same (chown_common), which the kernel
+        leaves to a FUSE filesystem: dropped(attrs) says which, and raises where the
+        caller may not change the mode."""
+        kill = 0
+        if (uid, gid) == (-1, -1) and dropped is not None:
+            attrs = self.getattr(path)
+            if not stat.S_ISDIR(attrs["st_mode"]):
+                kill = dropped(attrs)
         rel = self._changeable(path, BOTH if (uid, gid) != (-1, -1) else 0)
         os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
+        if kill:
+            st = os.lstat(rel, dir_fd=self.upper.fd)
+            os.chmod(rel, stat.S_IMODE(st.st_mode) & ~kill, dir_fd=self.upper.fd)
 
     def utimens(self, path: str, times_ns: tuple[int, int] | None, touch: bool = False) -> None:
         """touch: the caller gave no times (utimes(path, NULL)), which an append-only

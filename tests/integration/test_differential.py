@@ -638,6 +638,24 @@ def test_a_change_of_nothing_copies_up_and_moves_the_change_time(tmp_path: Path)
         assert [a > b for a, b in zip(after, before, strict=True)] == [True, True]
 
 
+def test_a_change_of_nothing_drops_set_id_bits_as_a_chown_does(tmp_path: Path) -> None:
+    """chown(path, -1, -1) of a non-directory still drops its set-user-ID bit, and its
+    set-group-ID bit where group execute is set (chown_common): a change of mode, so a
+    caller who may not chmod the file gets EPERM and nothing is copied up."""
+    bottom = Dir({"s": File(b"s", mode=0o4755), "g": File(b"g", mode=0o2755), "lock": File(b"l", mode=0o2644),
+                  "mine": File(b"m", mode=0o6755, owner=(1000, 1000)), "plain": File(b"p", mode=0o755),
+                  "d": Dir(mode=0o2755)})
+    with pair(tmp_path, [Dir(), bottom], root_mode=0o1777) as p:
+        assert p.run(op("chown", "s", -1, -1, uid=1000)) == errno.EPERM
+        assert p.run(op("chown", "plain", -1, -1, uid=1000)) is None  # nothing to drop: anyone may
+        assert p.run(op("chown", "mine", -1, -1, uid=1000)) is None
+        for rel in ("s", "g", "lock", "d"):
+            assert p.run(op("chown", rel, -1, -1)) is None
+        p.check()
+        modes = {rel: stat.S_IMODE(os.lstat(p.driver.mnt / rel).st_mode) for rel in ("s", "g", "lock", "mine", "d")}
+        assert modes == {"s": 0o755, "g": 0o755, "lock": 0o2644, "mine": 0o755, "d": 0o2755}
+
+
 def test_copy_up_of_the_dirs_above_shows_with_warm_caches(tmp_path: Path) -> None:
     """Creating a/b/c/new copies a, a/b and a/b/c up: each is merged from then on
     (link count 1), though the request names only a/b/c, whose attributes the
