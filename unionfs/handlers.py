@@ -32,7 +32,7 @@ from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.nodes import Identity, NodeTable
 from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
-from unionfs.union import Caller, Union, fd_flags, kill_set_id
+from unionfs.union import Caller, Union, fd_flags, kill_set_id, set_id_bits_dropped
 
 log = logging.getLogger(__name__)
 Handler = Callable[[tuple, memoryview], fp.Payload]
@@ -442,11 +442,9 @@ class Requests:
         setattr_should_drop_sgid says), and EPERM where there are some and the
         caller may not change the file's mode (setattr_prepare)."""
         def dropped(attrs: dict[str, int]) -> int:
-            mode, caller = attrs["st_mode"], Requester(h[4], h[5], h[6])
-            kill = mode & stat.S_ISUID
-            if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (
-                    caller.in_group(attrs["st_gid"]) or caller.capable(CAP_FSETID))):
-                kill |= stat.S_ISGID
+            caller = Requester(h[4], h[5], h[6])
+            kill = set_id_bits_dropped(attrs["st_mode"], attrs["st_gid"],
+                                       lambda gid: caller.in_group(gid) or caller.capable(CAP_FSETID))
             if kill and caller.uid != attrs["st_uid"] and not caller.capable(CAP_FOWNER):
                 raise OSError(errno.EPERM, os.strerror(errno.EPERM))
             return kill

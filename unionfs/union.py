@@ -857,16 +857,16 @@ class Union:
         the set-id bits of a non-directory all the same (chown_common), which the kernel
         leaves to a FUSE filesystem: dropped(attrs) says which, and raises where the
         caller may not change the mode."""
-        kill = 0
+        mode = kill = 0
         if (uid, gid) == (-1, -1) and dropped is not None:
             attrs = self.getattr(path)
-            if not stat.S_ISDIR(attrs["st_mode"]):
+            mode = attrs["st_mode"]
+            if not stat.S_ISDIR(mode):
                 kill = dropped(attrs)
         rel = self._changeable(path, BOTH if (uid, gid) != (-1, -1) else 0)
         os.chown(rel, uid, gid, dir_fd=self.upper.fd, follow_symlinks=False)
-        if kill:
-            st = os.lstat(rel, dir_fd=self.upper.fd)
-            os.chmod(rel, stat.S_IMODE(st.st_mode) & ~kill, dir_fd=self.upper.fd)
+        if kill:  # the copy-up kept the mode that the merged view showed
+            os.chmod(rel, stat.S_IMODE(mode) & ~kill, dir_fd=self.upper.fd)
 
     def utimens(self, path: str, times_ns: tuple[int, int] | None, touch: bool = False) -> None:
         """touch: the caller gave no times (utimes(path, NULL)), which an append-only
@@ -934,12 +934,19 @@ def kill_set_id(fd: int, in_group: Callable[[int], bool] | None = None) -> None:
     leaves this to the filesystem when it hands over O_TRUNC with the open, and
     for writes and truncations under FUSE_HANDLE_KILLPRIV_V2."""
     st = os.fstat(fd)
-    mode = st.st_mode
-    kill = mode & stat.S_ISUID
-    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or (in_group is not None and not in_group(st.st_gid))):
-        kill |= stat.S_ISGID
+    kill = set_id_bits_dropped(st.st_mode, st.st_gid, in_group)
     if kill:
-        os.fchmod(fd, stat.S_IMODE(mode) & ~kill)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~kill)
+
+
+def set_id_bits_dropped(mode: int, gid: int, in_group: Callable[[int], bool] | None) -> int:
+    """The set-id bits that a change of a file with this mode and group drops:
+    set-user-ID always, set-group-ID where group execute is set or (in_group
+    given) the caller is not in the group (setattr_should_drop_suidgid)."""
+    kill = mode & stat.S_ISUID
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or (in_group is not None and not in_group(gid))):
+        kill |= stat.S_ISGID
+    return kill
 
 
 def _truncate(fd: int, length: int, retime: bool) -> None:
