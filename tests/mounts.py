@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unionfs.mount import MountSpec, is_mounted, mounted, unmount
+from unionfs.mount import MountSpec, is_mounted, mount, mounted, unmount
 from unionfs.uring import SYSFS_ENABLE
 
 
@@ -65,19 +65,37 @@ def fuse_mount(stack: Stack, *options: str, read_only: bool = False, env: Mappin
         yield stack.mnt
 
 
-@contextlib.contextmanager
-def kernel_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterator[Path]:
-    """Kernel overlayfs over the same directories: the reference."""
+def remount_driver(stack: Stack, *options: str) -> None:
+    """Unmount the driver at stack.mnt and start it again over the same layers; the
+    ``fuse_mount`` that mounted it unmounts the new one."""
+    unmount(str(stack.mnt))
+    mount(stack.spec(*TRANSPORT, *options), str(stack.mnt))
+
+
+def _mount_overlay(stack: Stack, options: Sequence[str], read_only: bool = False) -> None:
     opts = "lowerdir=" + ":".join(map(str, stack.lowers))
     if not read_only:
         opts += f",upperdir={stack.upper},workdir={stack.work}"
     if options:
         opts += "," + ",".join(options)
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(stack.mnt)], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def kernel_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterator[Path]:
+    """Kernel overlayfs over the same directories: the reference."""
+    _mount_overlay(stack, options, read_only)
     try:
         yield stack.mnt
     finally:
         force_unmount(stack.mnt)
+
+
+def remount_kernel(stack: Stack, *options: str) -> None:
+    """Unmount kernel overlayfs at stack.mnt and mount it again; the ``kernel_mount``
+    that mounted it unmounts the new one."""
+    unmount(str(stack.mnt))
+    _mount_overlay(stack, options)
 
 
 @contextlib.contextmanager

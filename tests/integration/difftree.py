@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+from mounts import Stack, force_unmount, fuse_mount, kernel_mount, remount_driver, remount_kernel
 from users import errno_as
 
 # -- layer descriptions ----------------------------------------------------------
@@ -421,8 +421,11 @@ class Op:
 _MODE_ARG = {"write": 3, "mkdir": 1, "chmod": 1, "mkfifo": 1}  # which argument is a mode: shown in octal
 
 
+REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted again (Pair.remount)
+
+
 def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = ()) -> Op:
-    assert name in _OPS, name
+    assert name in _OPS or name == REMOUNT, name
     return Op(name, args, uid, groups)
 
 
@@ -544,6 +547,7 @@ class View:
     ghosts: tuple[str, ...]  # names readdir listed but lookup did not find
     dino_mismatch: tuple[str, ...]  # names whose readdir d_ino is not their st_ino
     same_inode: frozenset[frozenset[str]]
+    numbers: dict[str, int] = field(default_factory=dict)  # each path's st_ino: which entries kept theirs
 
 
 def through_two_names(root: Path, first: str, second: str) -> list[object]:
@@ -626,9 +630,12 @@ def view(root: Path | str, lsattr: bool = True) -> View:
     ghosts: list[str] = []
     mismatch: list[str] = []
 
+    numbers: dict[str, int] = {}
+
     def record(rel: str, st: os.stat_result) -> None:
         entries[rel] = _meta(_p(root, rel) if rel != "." else root, st, lsattr)
         inodes.setdefault(st.st_ino, set()).add(rel)
+        numbers[rel] = st.st_ino
 
     record(".", os.lstat(root))
     todo = [""]
@@ -651,7 +658,7 @@ def view(root: Path | str, lsattr: bool = True) -> View:
             if stat.S_ISDIR(st.st_mode):
                 todo.append(child)
     return View(entries, tuple(sorted(dupes)), tuple(sorted(ghosts)), tuple(mismatch),
-                frozenset(frozenset(v) for v in inodes.values() if len(v) > 1))
+                frozenset(frozenset(v) for v in inodes.values() if len(v) > 1), numbers)
 
 
 def _xattr(path: str, name: str) -> bytes | None:
@@ -860,6 +867,30 @@ def diff_views(
     return out
 
 
+def renamed(path: str, renames: Sequence[tuple[str, str]]) -> str:
+    """path's name after renames, in order (a renamed directory takes its entries along)."""
+    for old, new in renames:
+        if path == old or path.startswith(old + "/"):
+            path = new + path[len(old):]
+    return path
+
+
+def kept_numbers(before: Mapping[str, int], after: Mapping[str, int], renames: Sequence[tuple[str, str]]) -> set[str]:
+    """The paths (named as before) whose entry shows the st_ino it had, at its name now."""
+    return {path for path, number in before.items() if after.get(renamed(path, renames)) == number}
+
+
+def diff_identity(before: tuple[Mapping[str, int], Mapping[str, int]], after: tuple[Mapping[str, int], Mapping[str, int]],
+                  renames: Sequence[tuple[str, str]]) -> list[str]:
+    """Entries that kept their inode number on one mount and not on the other
+    (a copy-up keeps it; a copy-up that breaks a lower hard link does not)."""
+    kernel, driver = (kept_numbers(b, a, renames) for b, a in zip(before, after, strict=True))
+    if kernel == driver:
+        return []
+    return [f"kept their inode number: on the kernel only {sorted(kernel - driver)}, "
+            f"on the driver only {sorted(driver - kernel)}"]
+
+
 # -- a kernel mount and a driver mount over identical trees ------------------------
 
 KERNEL_OPTIONS = ("redirect_dir=on",)  # the driver always redirects renamed merged dirs; overlayfs's default here is off (EXDEV)
@@ -875,14 +906,32 @@ class Pair:
     # the driver's lower layers as built, before the mount: nothing may change them
     lowers_built: list[dict[str, tuple[object, ...]]] = field(default_factory=list)
     lsattr: bool = True  # inode flags compared: the fusepy engine answers no ioctl
+    # Each mount's st_ino of every path at the last check, and the renames done since
+    # (old, new): which entries kept their number is compared at the next check.
+    numbers: tuple[dict[str, int], dict[str, int]] | None = None
+    renames: list[tuple[str, str]] = field(default_factory=list)
+    kernel_options: tuple[str, ...] = ()  # each mount's options, for a remount
+    driver_options: tuple[str, ...] = ()
+
+    def remount(self) -> None:
+        """Both unmounted and mounted again over the layers as they are: what an
+        entry is (its inode number, its names) must outlive the mount."""
+        remount_kernel(self.kernel, *self.kernel_options)
+        remount_driver(self.driver, *self.driver_options)
+        self.log.append("remount")
 
     def run(self, operation: Op, accept: Callable[[int | None, int | None], bool] | None = None) -> int | None:
         """Apply operation to both mounts; both must answer the same errno, or answers
         that ``accept`` (kernel's, driver's) takes for a documented difference."""
+        if operation.name == REMOUNT:
+            self.remount()
+            return None
         k = apply(self.kernel.mnt, operation)
         d = apply(self.driver.mnt, operation)
         self.log.append(f"{operation!r} -> kernel {errname(k)}, driver {errname(d)}")
         assert k == d or (accept is not None and accept(k, d)), "errno differs:\n  " + "\n  ".join(self.log)
+        if operation.name == "rename" and k is None and d is None:
+            self.renames.append(tuple(os.path.normpath(arg) for arg in operation.args))  # type: ignore[arg-type]
         return k
 
     def views(self) -> tuple[View, View]:
@@ -908,6 +957,9 @@ class Pair:
                                 f"driver={sorted(map(sorted, driver_same))}")
         kv, dv = self.views()
         problems += diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
+        if self.numbers is not None:
+            problems += diff_identity(self.numbers, (kv.numbers, dv.numbers), self.renames)
+        self.numbers, self.renames = (kv.numbers, dv.numbers), []
         problems += [f"upper {line}" for line in diff_maps(
             upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
         for i, (built, lower) in enumerate(zip(self.lowers_built, self.driver.lowers, strict=True)):
@@ -966,7 +1018,8 @@ def pair_over(base: Path, lowers: Sequence[Path], kernel_options: Sequence[str] 
 def _mounted(kstack: Stack, dstack: Stack, kernel_options: Sequence[str], driver_options: Sequence[str]) -> Iterator[Pair]:
     built = [layer_state(lower) for lower in dstack.lowers]
     with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
-        yield Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options)
+        yield Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options,
+                   kernel_options=tuple(kernel_options), driver_options=("allow_other", *driver_options))
 
 
 def overlayfs_layer(upper: Path, lowers: Sequence[Path], renames: Sequence[tuple[str, str]]) -> Path:

@@ -3,7 +3,11 @@
 Two identical stacks are built from one description; one is mounted with
 kernel overlayfs (the reference), the other with the driver. After every
 operation both must have answered the same errno, and the merged views and
-the upper layers must agree (see ``difftree`` for what is compared).
+the upper layers must agree (see ``difftree`` for what is compared). The
+entries that kept their inode number since the last comparison (a renamed
+one at its new name) must be the same on both: a copy-up keeps the number,
+a copy-up that breaks a lower hard link does not. Generated sequences also
+unmount and remount both, after which the same must hold.
 
 The kernel is mounted with ``redirect_dir=on``: renaming a directory that has
 lower parts is allowed by the driver (it writes ``trusted.overlay.redirect``),
@@ -62,6 +66,7 @@ from difftree import (
     Meta,
     Node,
     Op,
+    REMOUNT,
     Pair,
     Symlink,
     View,
@@ -267,9 +272,12 @@ _operations = st.one_of(
     st.builds(op, st.just("chattr"), paths, st.sampled_from((IMMUTABLE, APPEND, NOATIME_FL, 0)),
               st.sampled_from((0, IMMUTABLE | APPEND))),
     st.builds(op, st.just("touch"), paths),
+    # what an entry is (its inode number, its names) outlives the mount
+    st.just(op(REMOUNT)),
 )
 # a third of them by an unprivileged user, who owns some of the lower entries (OWNERS)
-operations = st.tuples(_operations, st.sampled_from((0, 0, 1000))).map(lambda t: dataclasses.replace(t[0], uid=t[1]))
+operations = st.tuples(_operations, st.sampled_from((0, 0, 1000))).map(
+    lambda t: t[0] if t[0].name == REMOUNT else dataclasses.replace(t[0], uid=t[1]))
 
 
 def protection_decides(root: Path, operation: Op) -> bool:
