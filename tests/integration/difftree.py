@@ -422,10 +422,60 @@ _MODE_ARG = {"write": 3, "mkdir": 1, "chmod": 1, "mkfifo": 1}  # which argument 
 
 
 REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted again (Pair.remount)
+# Operations on files the pair holds open (Pair.held), by root: open one, read it
+# from its start, write through it (then fsync, so that the upper layers compare),
+# fstat it, close it. Each names a file by an index taken modulo their number: the
+# regular files the kernel's mount shows (to open), or the held ones; with none held,
+# the file of that index is opened read-write first.
+HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
+HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE)
+_HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC}
+
+
+def _fd_write(fd: int, data: bytes) -> int:
+    written = os.write(fd, data)
+    os.fsync(fd)
+    return written
+
+
+def _fd_stat(fd: int) -> tuple[object, ...]:
+    st = os.fstat(fd)
+    return _kind(st.st_mode, st.st_rdev), f"{stat.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid, st.st_size, st.st_nlink
+
+
+_ON_HELD: dict[str, Callable[..., object]] = {
+    FD_READ: lambda fd: os.pread(fd, 4096, 0),
+    FD_WRITE: _fd_write,
+    FD_STAT: _fd_stat,
+}
+
+
+def regular_files(root: Path | str) -> list[str]:
+    """The regular files below root, sorted (names listed but not found are left out:
+    see ``diff_views``)."""
+    root = os.fspath(root)
+    found = []
+    for parent, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    found.append(os.path.relpath(path, root))
+            except FileNotFoundError:
+                continue
+    return sorted(found)
+
+
+def _answer(call: Callable[[], object]) -> object:
+    """What call returned, or the name of the errno it raised."""
+    try:
+        return call()
+    except OSError as exc:
+        return errname(exc.errno)
 
 
 def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = ()) -> Op:
-    assert name in _OPS or name == REMOUNT, name
+    assert name in _OPS or name in (REMOUNT, *HELD_OPS), name
     return Op(name, args, uid, groups)
 
 
@@ -912,10 +962,13 @@ class Pair:
     renames: list[tuple[str, str]] = field(default_factory=list)
     kernel_options: tuple[str, ...] = ()  # each mount's options, for a remount
     driver_options: tuple[str, ...] = ()
+    held: list[tuple[int, int]] = field(default_factory=list)  # (kernel's fd, driver's fd) of each file held open
 
     def remount(self) -> None:
         """Both unmounted and mounted again over the layers as they are: what an
-        entry is (its inode number, its names) must outlive the mount."""
+        entry is (its inode number, its names) must outlive the mount. Held files
+        are closed first, as a mount in use cannot go."""
+        self.close_held()
         remount_kernel(self.kernel, *self.kernel_options)
         remount_driver(self.driver, *self.driver_options)
         self.log.append("remount")
@@ -926,6 +979,8 @@ class Pair:
         if operation.name == REMOUNT:
             self.remount()
             return None
+        if operation.name in HELD_OPS:
+            return self._on_held(operation)
         k = apply(self.kernel.mnt, operation)
         d = apply(self.driver.mnt, operation)
         self.log.append(f"{operation!r} -> kernel {errname(k)}, driver {errname(d)}")
@@ -933,6 +988,47 @@ class Pair:
         if operation.name == "rename" and k is None and d is None:
             self.renames.append(tuple(os.path.normpath(arg) for arg in operation.args))  # type: ignore[arg-type]
         return k
+
+    def _on_held(self, operation: Op) -> int | None:
+        """A held-file operation on both mounts: the same answer (data, attributes or
+        errno name) from each."""
+        answers: list[object]
+        if operation.name == HOLD:
+            index, how = operation.args
+            files = regular_files(self.kernel.mnt)
+            if not files:
+                return None
+            path = files[int(index) % len(files)]  # type: ignore[call-overload]
+            answers = [_answer(lambda mnt=mnt: os.open(_p(os.fspath(mnt), path), _HOLD_FLAGS[str(how)] | os.O_CLOEXEC))
+                       for mnt in (self.kernel.mnt, self.driver.mnt)]
+            fds = [a for a in answers if isinstance(a, int)]
+            if len(fds) == 2:
+                self.held.append((fds[0], fds[1]))
+                answers = ["ok", "ok"]
+            for fd in fds if len(fds) == 1 else ():
+                os.close(fd)
+            operation = dataclasses.replace(operation, args=(path, how))  # logged by its name
+        else:
+            if not self.held:
+                self._on_held(op(HOLD, operation.args[0], "rw"))
+                if not self.held:
+                    return None  # no file to open, or its open failed alike on both
+            pair = self.held[int(operation.args[0]) % len(self.held)]  # type: ignore[call-overload]
+            if operation.name == FD_CLOSE:
+                self.held.remove(pair)
+                answers = [_answer(lambda fd=fd: os.close(fd)) for fd in pair]
+            else:
+                call = _ON_HELD[operation.name]
+                answers = [_answer(lambda fd=fd: call(fd, *operation.args[1:])) for fd in pair]
+        self.log.append(f"{operation!r} -> kernel {answers[0]!r}, driver {answers[1]!r}")
+        assert answers[0] == answers[1], "answers differ:\n  " + "\n  ".join(self.log)
+        return getattr(errno, answers[0]) if isinstance(answers[0], str) and answers[0] != "ok" else None
+
+    def close_held(self) -> None:
+        for fds in self.held:
+            for fd in fds:
+                os.close(fd)
+        self.held.clear()
 
     def views(self) -> tuple[View, View]:
         drop_caches()
@@ -1018,8 +1114,12 @@ def pair_over(base: Path, lowers: Sequence[Path], kernel_options: Sequence[str] 
 def _mounted(kstack: Stack, dstack: Stack, kernel_options: Sequence[str], driver_options: Sequence[str]) -> Iterator[Pair]:
     built = [layer_state(lower) for lower in dstack.lowers]
     with kernel_mount(kstack, *kernel_options), fuse_mount(dstack, "allow_other", *driver_options):
-        yield Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options,
-                   kernel_options=tuple(kernel_options), driver_options=("allow_other", *driver_options))
+        p = Pair(kstack, dstack, lowers_built=built, lsattr="engine=fusepy" not in driver_options,
+                 kernel_options=tuple(kernel_options), driver_options=("allow_other", *driver_options))
+        try:
+            yield p
+        finally:
+            p.close_held()
 
 
 def overlayfs_layer(upper: Path, lowers: Sequence[Path], renames: Sequence[tuple[str, str]]) -> Path:

@@ -7,7 +7,9 @@ the upper layers must agree (see ``difftree`` for what is compared). The
 entries that kept their inode number since the last comparison (a renamed
 one at its new name) must be the same on both: a copy-up keeps the number,
 a copy-up that breaks a lower hard link does not. Generated sequences also
-unmount and remount both, after which the same must hold.
+unmount and remount both, after which the same must hold, and hold files
+open while other operations change them: what is read, written and fstat'ed
+through such a file must be the same on both.
 
 The kernel is mounted with ``redirect_dir=on``: renaming a directory that has
 lower parts is allowed by the driver (it writes ``trusted.overlay.redirect``),
@@ -66,6 +68,12 @@ from difftree import (
     Meta,
     Node,
     Op,
+    FD_CLOSE,
+    FD_READ,
+    FD_STAT,
+    FD_WRITE,
+    HELD_OPS,
+    HOLD,
     REMOUNT,
     Pair,
     Symlink,
@@ -274,10 +282,15 @@ _operations = st.one_of(
     st.builds(op, st.just("touch"), paths),
     # what an entry is (its inode number, its names) outlives the mount
     st.just(op(REMOUNT)),
+    # files held open while other operations change them: what each reads, writes and fstat shows
+    st.builds(op, st.just(HOLD), st.integers(0, 7), st.sampled_from(("r", "r", "rw", "append", "trunc"))),
+    st.builds(op, st.sampled_from((FD_READ, FD_READ, FD_STAT, FD_CLOSE)), st.integers(0, 3)),
+    st.builds(op, st.just(FD_WRITE), st.integers(0, 3), st.sampled_from((b"w", b"written\n"))),
 )
-# a third of them by an unprivileged user, who owns some of the lower entries (OWNERS)
+# a third of them by an unprivileged user, who owns some of the lower entries (OWNERS);
+# the pair's own operations are root's
 operations = st.tuples(_operations, st.sampled_from((0, 0, 1000))).map(
-    lambda t: t[0] if t[0].name == REMOUNT else dataclasses.replace(t[0], uid=t[1]))
+    lambda t: t[0] if t[0].name in (REMOUNT, *HELD_OPS) else dataclasses.replace(t[0], uid=t[1]))
 
 
 def protection_decides(root: Path, operation: Op) -> bool:
