@@ -200,6 +200,16 @@ class Requests:
     def destroy(self, h: tuple, data: memoryview) -> None:
         return None
 
+    def release_lowers(self) -> None:
+        """The connection has ended: let go of the lower layers now (Union.release_lowers),
+        files still open on them included. Under the locks that closing those files
+        takes, so that none is closed, and its number taken by another file, meanwhile."""
+        upper = self.union.resolver.is_upper
+        with self._lock:
+            opened = [fd for fd, (index, _) in self._files.items() if not upper(index)]
+            self.nodes.with_all_held(lambda held: self.union.release_lowers(
+                opened + [fd for fd, index in held if not upper(index)]))
+
     def no_reply(self, h: tuple, data: memoryview) -> fp.Payload:
         return fp.NO_REPLY
 

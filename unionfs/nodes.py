@@ -230,6 +230,11 @@ class NodeTable:
             node = self._nodes.get(nodeid)
             return use(*node.held) if node is not None and node.held is not None else None
 
+    def with_all_held(self, use: Callable[[list[tuple[int, int]]], T]) -> T:
+        """use((fd, layer index) of every file a rename took), under the table's lock."""
+        with self._lock:
+            return use([node.held for node in self._nodes.values() if node.held is not None])
+
     def renamed(self, parent: int, name: str, new_parent: int, new_name: str, held: tuple[int, int] | None = None) -> None:
         """A rename; held keeps the file it replaced reachable for opens already on their way."""
         with self._lock:

@@ -174,6 +174,8 @@ class Session:
         self.owners: set[int] | None = None  # allow_root: only these uids (and the kernel's own requests)
         self._done = threading.Event()
         self._forget_gate = threading.Lock()
+        self._end_gate = threading.Lock()
+        self._released = False  # the lower layers let go of (see _ended)
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
         self._ring_threads: list[threading.Thread] = []
@@ -269,7 +271,7 @@ class Session:
                     continue  # ENOENT: the request was interrupted before we read it
                 if exc.errno != errno.ENODEV:
                     log.error("reading /dev/fuse: %s", exc)
-                self._done.set()  # ENODEV: unmounted
+                self._ended()  # ENODEV: unmounted
                 return
             h = header.unpack_from(buf)
             unique = h[2]
@@ -290,6 +292,19 @@ class Session:
             if h[1] == fp.INIT and not code:  # refused: the kernel ends the connection
                 self._initialized()
 
+    def _ended(self) -> None:
+        """The connection has ended (unmounted): the first thread to see it lets go of
+        the lower layers at once (Requests.release_lowers), rather than after every
+        thread has finished, and run() then finishes."""
+        with self._end_gate:
+            if not self._released:
+                self._released = True
+                try:
+                    self.requests.release_lowers()
+                except OSError as exc:
+                    log.warning("the lower layers are let go of at exit only: %s", exc.strerror)
+        self._done.set()
+
     def _read_forgets(self, fd: int, buf: bytearray) -> int:
         """Over io_uring, ``/dev/fuse`` brings only FORGET and INTERRUPT. Each FORGET read
         as it comes wakes a worker, most often on the other CPU, and takes the
@@ -298,6 +313,8 @@ class Session:
         gather the next ones into a BATCH_FORGET. Forgetting later only keeps node
         ids a few milliseconds longer; an INTERRUPT waits as long at most."""
         with self._forget_gate:
+            if self._done.is_set():  # unmounted: another reader read ENODEV
+                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
             size = os.readv(fd, [buf])
             if fp.IN_HEADER.unpack_from(buf)[1] in (fp.FORGET, fp.BATCH_FORGET):
                 time.sleep(_FORGET_GATHER)
@@ -352,7 +369,8 @@ class Session:
     def _serve_ring(self, worker: uring.QueueWorker) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            worker.serve(self.answer, QUICK)
+            if worker.serve(self.answer, QUICK) == errno.ENOTCONN:  # the kernel ended the connection
+                self._ended()
         except OSError as exc:
             log.error("FUSE queue of CPU %d: %s", worker.qid, exc)
             self._fail(worker.qid, exc.strerror or str(exc))

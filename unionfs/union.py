@@ -16,7 +16,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
@@ -129,6 +129,21 @@ class Union:
                 )
             undo.pop_all()
         self._rename_lock = threading.Lock()
+
+    def release_lowers(self, fds: Iterable[int] = ()) -> None:
+        """Let go of the lower layers before the driver has finished: each descriptor
+        into them (the layers' own, and fds: files open on them) becomes an empty
+        memory file under the same number. A FUSE unmount returns before the driver
+        has exited, and a script may unmount a lower layer's filesystem next, as it
+        may after overlayfs's unmount. A request still being answered then finds
+        nothing there (ENOTDIR, end of file), not a file that took the number;
+        what is pending needs only the upper layer and the work directory."""
+        void = os.memfd_create("unionfs-released", os.MFD_CLOEXEC)
+        try:
+            for fd in [*(layer.fd for layer in self.layers if not self.resolver.is_upper(layer.index)), *fds]:
+                os.dup2(void, fd, inheritable=False)
+        finally:
+            os.close(void)
 
     def close(self) -> None:
         if self.copyup is not None and self.copyup.publisher is not None:

@@ -213,9 +213,10 @@ class QueueWorker:
         self.payload_size = payload_size
         self.name = f"q{qid}"
 
-    def serve(self, answer: Answer, quick: frozenset[int] = frozenset()) -> None:
+    def serve(self, answer: Answer, quick: frozenset[int] = frozenset()) -> int:
         """Register, then answer requests until the connection ends; those whose
-        opcode is in quick may be answered under SCHED_IDLE (see placement)."""
+        opcode is in quick may be answered under SCHED_IDLE (see placement).
+        Returns the errno that ended it."""
         libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
         try:
             os.sched_setaffinity(0, {self.qid})
@@ -236,9 +237,10 @@ class QueueWorker:
                 placement.waiting()
                 res = ring.wait()
                 if res < 0:
+                    placement.woken()  # the normal policy to end: a busy CPU would stall it under SCHED_IDLE
                     if -res not in (errno.ENOTCONN, errno.ECANCELED, errno.ECONNABORTED):
                         raise OSError(-res, f"FUSE ring command: {os.strerror(-res)}")
-                    return  # the connection ended
+                    return -res  # the connection ended (ENOTCONN: unmounted), or the ring was cancelled
                 h = header.unpack_from(view)
                 placement.woken(h[1] in quick)
                 commit_id = _U64.unpack_from(view, _COMMIT_ID)[0]
