@@ -230,6 +230,14 @@ class NodeTable:
             node = self._nodes.get(nodeid)
             return use(*node.held) if node is not None and node.held is not None else None
 
+    def close_held(self) -> None:
+        """Close the files renames took (at the end: no opens are on their way any more)."""
+        with self._lock:
+            for node in self._nodes.values():
+                if node.held is not None:
+                    os.close(node.held[0])
+                    node.held = None
+
     def with_all_held(self, use: Callable[[list[tuple[int, int]]], T]) -> T:
         """use((fd, layer index) of every file a rename took), under the table's lock."""
         with self._lock:
@@ -241,10 +249,13 @@ class NodeTable:
             nodeid = self._ids.pop((parent, name), None)
             replaced = self._detach((new_parent, new_name))
             if held is not None:
-                if replaced is None:
+                node = self._nodes.get(replaced) if replaced is not None else None
+                if node is None:
                     os.close(held[0])
                 else:
-                    self._nodes[replaced].held = held
+                    if node.held is not None:  # one file by another of its names: the newer fd will do
+                        os.close(node.held[0])
+                    node.held = held
             if nodeid is not None:
                 self._rename_link(nodeid, (parent, name), (new_parent, new_name))
                 self._ids[(new_parent, new_name)] = nodeid

@@ -3,6 +3,8 @@ whatever happens to each name (no mount: the table alone)."""
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +78,28 @@ def test_link_makes_a_known_name_the_files_id() -> None:
     node = table.looked_up(ROOT_ID, "a")
     table.identify(node, FILE)
     assert table.looked_up(ROOT_ID, "b", identity=FILE) == node
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def test_a_file_replaced_under_each_of_its_names_holds_one_descriptor(tmp_path: Path) -> None:
+    """A rename over a known name holds the file it replaced (for opens on their way);
+    replaced again under its other name, the file keeps one descriptor, and its
+    FORGET, or the end of the mount, closes it."""
+    (tmp_path / "f").write_bytes(b"")
+    for close in ("forget", "close_held"):
+        table = NodeTable()
+        node = table.looked_up(ROOT_ID, "a", identity=FILE)
+        table.looked_up(ROOT_ID, "b", identity=FILE)
+        before = _open_fds()
+        for name in ("a", "b"):
+            held = (os.open(tmp_path / "f", os.O_PATH | os.O_CLOEXEC), 0)
+            table.renamed(ROOT_ID, "new", ROOT_ID, name, held)
+        assert len(_open_fds() - before) == 1
+        if close == "forget":
+            table.forget(node, 2)
+        else:
+            table.close_held()
+        assert _open_fds() == before
