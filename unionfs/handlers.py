@@ -210,6 +210,18 @@ class Requests:
             self.nodes.with_all_held(lambda held: self.union.release_lowers(
                 opened + [fd for fd, index in held if not upper(index)]))
 
+    def close(self) -> None:
+        """Close every file still open through the mount, then the union: once the
+        connection has ended and no request is being answered (``Session.run``),
+        so that the upper layer's filesystem is free too."""
+        with self._lock:
+            for fd in self._files:
+                os.close(fd)
+            self._files.clear()
+            self._node_fds.clear()
+        self.nodes.close_held()
+        self.union.close()
+
     def no_reply(self, h: tuple, data: memoryview) -> fp.Payload:
         return fp.NO_REPLY
 

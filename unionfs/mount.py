@@ -223,6 +223,6 @@ def serve(
         if opts.allow_root and not opts.allow_other:
             session.owners = {0, os.getuid()}
         session.mount()
-        session.run()
+        session.run(on_idle=requests.close)
     finally:
         union.close()

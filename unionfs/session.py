@@ -146,6 +146,15 @@ _ANY_CALLER = {fp.INIT, fp.READ, fp.WRITE, fp.FSYNC, fp.RELEASE, fp.READDIR, fp.
                fp.RELEASEDIR, fp.FORGET, fp.BATCH_FORGET, fp.INTERRUPT, fp.DESTROY}
 
 
+class _Answering:
+    """Whether one worker thread is answering a request now (see ``Session.answer``)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = False
+
+
 def _refuse(h: tuple, data: memoryview) -> None:
     raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
@@ -175,7 +184,9 @@ class Session:
         self._done = threading.Event()
         self._forget_gate = threading.Lock()
         self._end_gate = threading.Lock()
-        self._released = False  # the lower layers let go of (see _ended)
+        self._released = False  # the connection has ended and the lower layers are let go of (see _ended)
+        self._answering: list[_Answering] = []  # one per worker thread that has answered a request
+        self._local = threading.local()
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
         self._ring_threads: list[threading.Thread] = []
@@ -226,9 +237,12 @@ class Session:
         """A message the kernel did not ask for (unique 0, the code in the error field)."""
         self._send(self.fd, [fp.OUT_HEADER.pack(fp.OUT_HEADER.size + len(payload), code, 0), payload], -code)
 
-    def run(self) -> None:
+    def run(self, on_idle: Callable[[], None] | None = None) -> None:
         """Serve until the mount goes away; SIGTERM/SIGINT unmount first. A queue
-        worker that fails ends the session with its error (see ``_fail``)."""
+        worker that fails ends the session with its error (see ``_fail``).
+        on_idle: called once the kernel has ended the connection and no request is
+        being answered, before the threads have ended (they take some milliseconds,
+        during which a layer's filesystem would stay busy)."""
         def stop(signum: int, frame: object) -> None:
             unmount_lazily(self.req.mountpoint)
 
@@ -242,6 +256,8 @@ class Session:
             if self._failure is not None:
                 unmount_lazily(self.req.mountpoint)  # the mount point is free again, as after a crash
                 raise self._failure
+            if on_idle is not None and self._released and self._idle_by(time.monotonic() + _DRAIN_SECONDS):
+                on_idle()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -320,8 +336,32 @@ class Session:
                 time.sleep(_FORGET_GATHER)
             return size
 
+    def _idle_by(self, deadline: float) -> bool:
+        """Wait until no request is being answered; False if one still is at deadline."""
+        while any(answering.now for answering in tuple(self._answering)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0002)
+        return True
+
     def answer(self, h: tuple, body: memoryview, via: str, reply_area: memoryview) -> tuple[int, fp.Reply]:
-        """(errno, payload) for one request; file data is read into ``reply_area``."""
+        """(errno, payload) for one request; file data is read into ``reply_area``.
+        Once the connection has ended, no request is answered: marked as answering
+        before it looks, a thread is seen by ``_idle_by``, or sees the end."""
+        try:
+            mine = self._local.answering
+        except AttributeError:
+            mine = self._local.answering = _Answering()
+            self._answering.append(mine)
+        mine.now = True
+        try:
+            if self._released:
+                return errno.ENODEV, None  # nobody waits for the answer any more
+            return self._answer(h, body, via, reply_area)
+        finally:
+            mine.now = False
+
+    def _answer(self, h: tuple, body: memoryview, via: str, reply_area: memoryview) -> tuple[int, fp.Reply]:
         payload: fp.Reply
         handler = self.handlers.get(h[1])
         if self.owners is not None and h[4] not in self.owners and h[1] not in _ANY_CALLER:

@@ -129,6 +129,7 @@ class Union:
                 )
             undo.pop_all()
         self._rename_lock = threading.Lock()
+        self._closed = False
 
     def release_lowers(self, fds: Iterable[int] = ()) -> None:
         """Let go of the lower layers before the driver has finished: each descriptor
@@ -146,6 +147,10 @@ class Union:
             os.close(void)
 
     def close(self) -> None:
+        """Place what is pending and close the layers; once, however often called."""
+        if self._closed:
+            return
+        self._closed = True
         if self.copyup is not None and self.copyup.publisher is not None:
             self.copyup.publisher.close()  # what is pending goes into place, and its thread ends
         if self.work is not None and not self.durable:

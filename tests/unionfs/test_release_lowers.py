@@ -92,3 +92,23 @@ def test_letting_go_leaves_other_descriptors_alone(requests: Requests, tmp_path:
         assert os.pread(writing, 64, 0) == b"to copy up"
     finally:
         os.close(other)
+
+
+def test_closing_leaves_no_descriptor_into_any_layer(requests: Requests, tmp_path: Path) -> None:
+    """At the end, files still open through the mount close with the union: the upper
+    layer's filesystem is not held either (Session.run calls this once no request
+    is being answered)."""
+    open_file(requests, "kept", os.O_RDONLY)
+    open_file(requests, "changed", os.O_RDWR)
+    requests.close()
+    into = [target for fd in os.listdir("/proc/self/fd")
+            if (target := _target(fd)) is not None and target.startswith(str(tmp_path))]
+    assert into == []
+    assert (tmp_path / "upper" / "changed").read_bytes() == b"to copy up"
+
+
+def _target(fd: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
