@@ -22,16 +22,14 @@ from requestkit import header, lookup
 from unionfs import fuseproto as fp
 from unionfs.handlers import Requests, Timeouts
 from unionfs.nodes import ROOT_ID
+from unionfs.syscalls import libc
 from unionfs.union import Union
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs for the lower layer")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def umount(path: Path) -> int:
     """umount(2) of path: 0, or the errno."""
-    return 0 if _libc.umount2(os.fsencode(path), 0) == 0 else ctypes.get_errno()
+    return 0 if libc.umount2(os.fsencode(path), 0) == 0 else ctypes.get_errno()
 
 
 @pytest.fixture
