@@ -165,8 +165,9 @@ class Puller:
     def _pull(self, ref: Reference) -> PullResult:
         name = ref.digest or ref.tag or ""
         shown = str(ref)
-        self.out.status(name, f"Pulling from {ref.path}")
         top = self.client.manifest(ref.path, name)
+        # After the manifest, as dockerd's pullTag: a tag the registry lacks prints only its error.
+        self.out.status(name, f"Pulling from {ref.path}")
         index: Fetched | None = None
         manifest = top
         check = self.explicit_platform  # a lone manifest is what it is, unless --platform named one

@@ -209,6 +209,7 @@ def test_zstd_and_uncompressed_docker_layers(world: World, tmp_path: Path) -> No
 def test_unknown_tag_repository_and_registry(world: World, tmp_path: Path) -> None:
     result = cli(tmp_path, "pull", world.name(world.open, "app1:nope"))
     assert (result.rc, result.err) == (1, f"Error: manifest for {world.open.host}/app1:nope: not found: manifest unknown\n")
+    assert result.out == ""  # no "Pulling from" line: as dockerd, that comes once the manifest is there
     result = cli(tmp_path, "pull", world.name(world.open, "never/pushed"))
     assert result.rc == 1 and "not found" in result.err and result.err.count("\n") == 1
     port = regkit.free_port()
