@@ -25,6 +25,18 @@ def _no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
         force_unmount(point)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_io_uring_off() -> Iterator[None]:
+    """Mounts that name no transport read /dev/fuse, whatever this machine's setting: the
+    driver takes the io_uring queues by default where the kernel offers them, and the
+    tests that want the queues ask for them (``transport``, ``kernel_io_uring``)."""
+    if os.geteuid() != 0 or not Path(uring.SYSFS_ENABLE).exists():
+        yield
+        return
+    with mounts.kernel_io_uring_switch("N"):
+        yield
+
+
 @pytest.fixture
 def kernel_io_uring() -> Iterator[None]:
     """The kernel offers FUSE over io_uring to the connections made meanwhile."""
