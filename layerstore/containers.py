@@ -141,8 +141,8 @@ class Containers:
     def settle(c: Container) -> None:
         """Before the upper directory of a mounted container is read: copy-ups the
         driver still has pending go into place first."""
-        if c.mounted:
-            settle(c.mountpoint)  # type: ignore[arg-type]
+        if c.mounted and not settle(c.mountpoint):  # type: ignore[arg-type]
+            raise InUse(f"container {c.name}", f"its driver on {c.mountpoint} does not answer")
 
     def diff(self, text: str) -> list[tuple[str, str]]:
         """``docker diff``: (A|C|D, path) for the container layer, sorted by path."""

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from unionfs import __version__
-from unionfs.mount import MountError, is_mounted, serve, unmount
+from unionfs.mount import SETTLE_SECONDS, MountError, is_mounted, serve, unmount
 from unionfs.options import MountOptions, OptionError, parse
 
 
@@ -92,9 +92,12 @@ def umount_main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("-"):
         return _die("usage: unionfs umount MOUNTPOINT", 2)
     try:
-        unmount(argv[0])
+        answered = unmount(argv[0])
     except MountError as exc:
         return _die(str(exc))
+    if not answered:
+        print(f"unionfs: {argv[0]}: the driver did not answer in {SETTLE_SECONDS:.0f} s: unmounted without waiting"
+              " for its pending copy-ups", file=sys.stderr)
     return 0
 
 

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -74,44 +73,76 @@ def fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
-def settle(mountpoint: str, timeout: float = 30.0) -> None:
-    """Ask the driver to finish its pending copy-ups, so that the upper directory
-    is complete: an fsync of the mount's root directory does that. Bounded: a
-    driver that no longer answers must not hang the caller."""
+SETTLE_SECONDS = 30.0  # how long settle waits for a driver by default
+_SYNC_ROOT = "import os, sys; os.fsync(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))"
+_left_waiting: list[int] = []  # settle's children that were still waiting: reaped once they end
 
-    def sync_root() -> None:
+
+def _reap_left_waiting() -> None:
+    for pid in list(_left_waiting):
         try:
-            fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass  # a dead mount has nothing pending
-
-    worker = threading.Thread(target=sync_root, daemon=True)
-    worker.start()
-    worker.join(timeout)
+            ended = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            ended = True
+        if ended:
+            _left_waiting.remove(pid)
 
 
-def unmount(mountpoint: str) -> None:
+def settle(mountpoint: str, timeout: float | None = None) -> bool:
+    """Ask the driver to finish its pending copy-ups, so that the upper directory
+    is complete: an fsync of the mount's root directory does that. Returns whether
+    the driver answered within timeout (SETTLE_SECONDS by default; a dead mount
+    answers at once).
+
+    Asked by a child process, not a thread of this one: the kernel waits
+    uninterruptibly for a request that the driver has taken, and over io_uring it
+    takes every request as soon as it is made. A thread asking a stopped or stuck
+    driver would keep this process from exiting, SIGKILL included. A child left
+    waiting ends when the driver answers or its connection ends."""
+    import select
+
+    _reap_left_waiting()
+    argv = [sys.executable, "-I", "-S", "-c", _SYNC_ROOT, mountpoint]
+    # Nothing of the caller's: a child left waiting must not keep a pipe of its output open.
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=quiet)
+    pidfd = os.pidfd_open(pid)
+    try:
+        answered = bool(select.select([pidfd], [], [], SETTLE_SECONDS if timeout is None else timeout)[0])
+    finally:
+        os.close(pidfd)
+    if answered:
+        os.waitpid(pid, 0)
+    else:
+        _left_waiting.append(pid)
+    return answered
+
+
+def unmount(mountpoint: str, settle_timeout: float | None = None) -> bool:
     """Unmount, once pending copy-ups are in place; a busy or dead mount is
-    detached lazily instead of hanging."""
+    detached lazily instead of hanging. Returns False where the driver did not
+    answer within settle_timeout (SETTLE_SECONDS by default): the mount is detached all the same, and its
+    pending copy-ups go into place when the driver goes on, or are cleared by
+    the next mount of the layers if it never does, as after a crash."""
     import subprocess  # here, not at the top: the driver that serves a mount never needs it
 
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: not mounted")
-    settle(mountpoint)
+    answered = settle(mountpoint, settle_timeout)
     tool = fusermount()
-    attempts = [[tool, "-u", mountpoint]] if tool else []
-    attempts.append(["umount", mountpoint])
+    attempts = []
+    if answered:
+        attempts += [[tool, "-u", mountpoint]] if tool else []
+        attempts.append(["umount", mountpoint])
+    # Detached lazily. umount(8) looks at the mount point's attributes first unless told
+    # not to (-c), and a driver that does not answer would keep it waiting for them.
     attempts += [[tool, "-u", "-z", mountpoint]] if tool else []
-    attempts.append(["umount", "-l", mountpoint])
+    attempts.append(["umount", "-l", "-c", os.path.abspath(mountpoint)])
     last = ""
     for cmd in attempts:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode == 0 or not is_mounted(mountpoint):
-            return
+            return answered
         last = result.stderr.strip()
     raise MountError(f"{mountpoint}: cannot unmount: {last}")
 

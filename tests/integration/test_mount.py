@@ -241,6 +241,38 @@ def test_a_mount_whose_driver_stopped_answering_is_still_found_without_asking_it
         proc.wait(30)
 
 
+def test_umount_of_a_mount_whose_driver_stopped_ends_and_detaches_it(stack: Stack, transport: str) -> None:
+    """unmount asks the driver to place its pending copy-ups first. A stopped driver
+    does not answer, and over io_uring the kernel waits for that answer
+    uninterruptibly: unmount must still return, detach the mount and leave nothing
+    of its own waiting (asked from a thread, the question kept its process from
+    exiting, SIGKILL included). The copy-up is in place once the driver goes on."""
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "-o",
+                             ",".join((opts(stack), *mounts.TRANSPORT)), str(stack.mnt)])
+    unmounter: subprocess.Popen[str] | None = None
+    try:
+        assert wait_for(lambda: is_mounted(str(stack.mnt)), 10.0)
+        with open(stack.mnt / "base.txt", "a") as f:
+            f.write("more\n")
+        os.kill(proc.pid, signal.SIGSTOP)
+        code = "import sys; from unionfs.mount import unmount; print(unmount(sys.argv[1], settle_timeout=1.0))"
+        unmounter = subprocess.Popen([sys.executable, "-c", code, str(stack.mnt)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = unmounter.communicate(timeout=30)  # not killed on a timeout: it may not die
+        except subprocess.TimeoutExpired:
+            pytest.fail("unmount waited for the stopped driver")
+        assert (unmounter.returncode, out) == (0, "False\n"), err
+        assert not is_mounted(str(stack.mnt))
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        if unmounter is not None:
+            unmounter.communicate(timeout=30)
+        force_unmount(stack.mnt)
+    assert proc.wait(30) == 0
+    assert (stack.upper / "base.txt").read_text().endswith("more\n")
+
+
 def test_user_mistakes_are_one_line_errors(stack: Stack, tmp_path: Path) -> None:
     missing = unionfs("-o", f"lowerdir={tmp_path}/nope", str(stack.mnt))
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope: no such directory" in missing.stderr

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import tarfile
@@ -29,6 +30,8 @@ from layerstore.export import TarWriter, save
 from layerstore.model import OCI_MANIFEST
 from layerstore.store import Store
 from layerstore.unpack import unpack_layer
+
+import unionfs.mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root, umoci and skopeo")
 
@@ -251,6 +254,39 @@ def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, 
         commit(store, "idle", "x@sha256:" + "0" * 64)  # a bad name is refused before anything is read
     with pytest.raises(NotFound):
         commit(store, "no-such-container")
+
+
+def _driver_of(mountpoint: Path) -> int:
+    """The pid of the unionfs process serving mountpoint, from the command lines."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"unionfs" in argv and os.fsencode(mountpoint) in argv:
+            return int(entry.name)
+    raise AssertionError(f"no driver serves {mountpoint}")
+
+
+def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """diff and commit read the container layer once the driver has placed its pending
+    copy-ups. A driver that does not answer (here: stopped) is a one-line error, not a
+    changeset that may lack a file written a moment before."""
+    monkeypatch.setattr(unionfs.mount, "SETTLE_SECONDS", 1.0)
+    containers = Containers(store)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    c = containers.create_and_mount("example/base:v1", str(mnt), name="stopped")
+    driver = _driver_of(mnt)
+    try:
+        os.kill(driver, signal.SIGSTOP)
+        assert cli.main(["--root", str(store.root), "diff", "stopped"]) == 1
+        assert capsys.readouterr().err == f"Error: container stopped: its driver on {mnt} does not answer\n"
+    finally:
+        os.kill(driver, signal.SIGCONT)
+        containers.remove(c.name, force=True)
 
 
 def test_cli_ps_lists_mounted_and_unmounted_containers(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
