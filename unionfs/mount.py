@@ -121,23 +121,28 @@ def settle(mountpoint: str, timeout: float | None = None) -> bool:
 def unmount(mountpoint: str, settle_timeout: float | None = None) -> bool:
     """Unmount, once pending copy-ups are in place; a busy or dead mount is
     detached lazily instead of hanging. Returns False where the driver did not
-    answer within settle_timeout (SETTLE_SECONDS by default): the mount is detached all the same, and its
-    pending copy-ups go into place when the driver goes on, or are cleared by
-    the next mount of the layers if it never does, as after a crash."""
+    answer within settle_timeout (SETTLE_SECONDS by default): the mount is
+    detached all the same, and its pending copy-ups go into place when the
+    driver goes on, or are cleared by the next mount of the layers if it never
+    does, as after a crash."""
     import subprocess  # here, not at the top: the driver that serves a mount never needs it
 
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: not mounted")
     answered = settle(mountpoint, settle_timeout)
     tool = fusermount()
-    attempts = []
+    attempts: list[list[str]] = []
     if answered:
         attempts += [[tool, "-u", mountpoint]] if tool else []
         attempts.append(["umount", mountpoint])
-    # Detached lazily. umount(8) looks at the mount point's attributes first unless told
-    # not to (-c), and a driver that does not answer would keep it waiting for them.
     attempts += [[tool, "-u", "-z", mountpoint]] if tool else []
-    attempts.append(["umount", "-l", "-c", os.path.abspath(mountpoint)])
+    if answered:
+        attempts.append(["umount", "-l", mountpoint])
+    else:
+        # umount(8) looks at the mount point's attributes unless told not to (-c, with
+        # a canonical path), and a driver that does not answer keeps it waiting for them.
+        head, name = os.path.split(os.path.abspath(mountpoint))
+        attempts.append(["umount", "-l", "-c", os.path.join(os.path.realpath(head), name)])
     last = ""
     for cmd in attempts:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
