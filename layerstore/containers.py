@@ -7,6 +7,7 @@ set-id files and device nodes inside an image give nobody a way in.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -17,7 +18,10 @@ from layerstore import store as store_mod
 from layerstore.errors import AlreadyExists, InUse, NotFound, quote
 from layerstore.layers import remove_tree
 from unionfs.markers import OPAQUE_MARKER, WH_PREFIX, is_chardev_whiteout
+import unionfs.mount
 from unionfs.mount import MountSpec, is_mounted, mount, settle, unmount
+
+log = logging.getLogger(__name__)
 
 SAFE_OPTIONS = ("nosuid", "nodev")
 
@@ -123,15 +127,21 @@ class Containers:
         c = self.get(text)
         if not c.mountpoint or not is_mounted(c.mountpoint):
             raise NotFound(f"container {c.name}", "not mounted")
-        unmount(c.mountpoint)
+        self._unmount(c.mountpoint)
         return c
+
+    @staticmethod
+    def _unmount(mountpoint: str) -> None:
+        if not unmount(mountpoint):
+            log.warning("%s: the driver did not answer in %.0f s: unmounted without waiting for its pending copy-ups",
+                        mountpoint, unionfs.mount.SETTLE_SECONDS)
 
     def remove(self, text: str, force: bool = False) -> Container:
         c = self.get(text)
         if c.mounted:
             if not force:
                 raise InUse(f"container {c.name}", f"mounted on {c.mountpoint} (umount it first, or use -f)")
-            unmount(c.mountpoint)  # type: ignore[arg-type]
+            self._unmount(c.mountpoint)  # type: ignore[arg-type]
         with self.store.meta.transaction() as tx:
             tx.execute("DELETE FROM containers WHERE id = ?", (c.id,))
         remove_tree(self.dir / c.id)

@@ -32,6 +32,7 @@ from layerstore.store import Store
 from layerstore.unpack import unpack_layer
 
 import unionfs.mount
+from unionfs.mount import is_mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root, umoci and skopeo")
 
@@ -270,10 +271,12 @@ def _driver_of(mountpoint: Path) -> int:
 
 def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     """diff and commit read the container layer once the driver has placed its pending
     copy-ups. A driver that does not answer (here: stopped) is a one-line error, not a
-    changeset that may lack a file written a moment before."""
+    changeset that may lack a file written a moment before; umount detaches its mount
+    all the same, with a warning."""
     monkeypatch.setattr(unionfs.mount, "SETTLE_SECONDS", 1.0)
     containers = Containers(store)
     mnt = tmp_path / "mnt"
@@ -284,6 +287,10 @@ def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_
         os.kill(driver, signal.SIGSTOP)
         assert cli.main(["--root", str(store.root), "diff", "stopped"]) == 1
         assert capsys.readouterr().err == f"Error: container stopped: its driver on {mnt} does not answer\n"
+        assert cli.main(["--root", str(store.root), "umount", "stopped"]) == 0
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            f"{mnt}: the driver did not answer in 1 s: unmounted without waiting for its pending copy-ups"]
+        assert not is_mounted(str(mnt))
     finally:
         os.kill(driver, signal.SIGCONT)
         containers.remove(c.name, force=True)
