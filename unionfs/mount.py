@@ -108,14 +108,17 @@ def settle(mountpoint: str, timeout: float | None = None) -> bool:
     pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=quiet)
     pidfd = os.pidfd_open(pid)
     try:
-        answered = bool(select.select([pidfd], [], [], SETTLE_SECONDS if timeout is None else timeout)[0])
+        poller = select.poll()  # not select(): the pidfd may be numbered beyond FD_SETSIZE
+        poller.register(pidfd, select.POLLIN)
+        answered = bool(poller.poll(1000 * (SETTLE_SECONDS if timeout is None else timeout)))
     finally:
         os.close(pidfd)
-    if answered:
-        os.waitpid(pid, 0)
-    else:
+    if not answered:
         _left_waiting.append(pid)
-    return answered
+        return False
+    with contextlib.suppress(ChildProcessError):  # reaped already by whoever waits for any child
+        os.waitpid(pid, 0)
+    return True
 
 
 def unmount(mountpoint: str, settle_timeout: float | None = None) -> bool:
