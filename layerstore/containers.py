@@ -18,8 +18,7 @@ from layerstore import store as store_mod
 from layerstore.errors import AlreadyExists, InUse, NotFound, quote
 from layerstore.layers import remove_tree
 from unionfs.markers import OPAQUE_MARKER, WH_PREFIX, is_chardev_whiteout
-import unionfs.mount
-from unionfs.mount import MountSpec, is_mounted, mount, settle, unmount
+from unionfs.mount import MountSpec, is_mounted, mount, settle, unanswered, unmount
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +132,7 @@ class Containers:
     @staticmethod
     def _unmount(mountpoint: str) -> None:
         if not unmount(mountpoint):
-            log.warning("%s: the driver did not answer in %.0f s: unmounted without waiting for its pending copy-ups",
-                        mountpoint, unionfs.mount.SETTLE_SECONDS)
+            log.warning("%s", unanswered(mountpoint))
 
     def remove(self, text: str, force: bool = False) -> Container:
         c = self.get(text)

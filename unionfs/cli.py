@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from unionfs import __version__
-from unionfs.mount import SETTLE_SECONDS, MountError, is_mounted, serve, unmount
+from unionfs.mount import MountError, is_mounted, serve, unanswered, unmount
 from unionfs.options import MountOptions, OptionError, parse
 
 
@@ -96,8 +96,7 @@ def umount_main(argv: list[str]) -> int:
     except MountError as exc:
         return _die(str(exc))
     if not answered:
-        print(f"unionfs: {argv[0]}: the driver did not answer in {SETTLE_SECONDS:.0f} s: unmounted without waiting"
-              " for its pending copy-ups", file=sys.stderr)
+        print(f"unionfs: {unanswered(argv[0])}", file=sys.stderr)
     return 0
 
 

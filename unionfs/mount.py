@@ -49,14 +49,20 @@ def unescape_mountinfo(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
+def _in_resolved_dir(path: str) -> str:
+    """path with its directory's symlinks resolved and its last name as it is: the
+    mount point itself is never looked at (see is_mounted)."""
+    head, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(head), name)
+
+
 def is_mounted(mountpoint: str) -> bool:
     """True for any mount at mountpoint, a dead FUSE mount included (ismount says False there).
 
     Never looks at the mount point itself: on a mount whose driver no longer
     answers, even a stat would wait for it."""
     path = os.path.abspath(mountpoint)
-    head, name = os.path.split(path)
-    candidates = {path, os.path.join(os.path.realpath(head), name)}
+    candidates = {path, _in_resolved_dir(path)}
     try:
         os.readlink(path)  # a symlink's type is known without asking the mount: a mount is at its target
         candidates.add(os.path.realpath(path))
@@ -121,6 +127,12 @@ def settle(mountpoint: str, timeout: float | None = None) -> bool:
     return True
 
 
+def unanswered(mountpoint: str) -> str:
+    """What to tell whoever unmounted mountpoint when its driver did not answer (see unmount)."""
+    return (f"{mountpoint}: the driver did not answer in {SETTLE_SECONDS:.0f} s: unmounted without waiting"
+            " for its pending copy-ups")
+
+
 def unmount(mountpoint: str, settle_timeout: float | None = None) -> bool:
     """Unmount, once pending copy-ups are in place; a busy or dead mount is
     detached lazily instead of hanging. Returns False where the driver did not
@@ -134,18 +146,14 @@ def unmount(mountpoint: str, settle_timeout: float | None = None) -> bool:
         raise MountError(f"{mountpoint}: not mounted")
     answered = settle(mountpoint, settle_timeout)
     tool = fusermount()
-    attempts: list[list[str]] = []
+    lazy = [[tool, "-u", "-z", mountpoint]] if tool else []
     if answered:
-        attempts += [[tool, "-u", mountpoint]] if tool else []
-        attempts.append(["umount", mountpoint])
-    attempts += [[tool, "-u", "-z", mountpoint]] if tool else []
-    if answered:
+        attempts = ([[tool, "-u", mountpoint]] if tool else []) + [["umount", mountpoint]] + lazy
         attempts.append(["umount", "-l", mountpoint])
     else:
         # umount(8) looks at the mount point's attributes unless told not to (-c, with
         # a canonical path), and a driver that does not answer keeps it waiting for them.
-        head, name = os.path.split(os.path.abspath(mountpoint))
-        attempts.append(["umount", "-l", "-c", os.path.join(os.path.realpath(head), name)])
+        attempts = lazy + [["umount", "-l", "-c", _in_resolved_dir(mountpoint)]]
     last = ""
     for cmd in attempts:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
