@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerstore import store as store_mod
-from layerstore.errors import AlreadyExists, InUse, NotFound, quote
+from layerstore.errors import AlreadyExists, InUse, InvalidReference, NotFound, quote
 from layerstore.layers import remove_tree
 from unionfs.markers import OPAQUE_MARKER, WH_PREFIX, is_chardev_whiteout
 from unionfs.mount import MountSpec, is_mounted, mount, settle, unanswered, unmount
@@ -33,6 +33,7 @@ class Container:
     mountpoint: str | None
     read_only: bool
     created: float
+    image: str | None = None  # the image as named at creation; None in stores made before it was kept
 
     @property
     def mounted(self) -> bool:
@@ -46,7 +47,7 @@ class Containers:
 
     def _row(self, row: object) -> Container:
         r = row  # sqlite3.Row
-        return Container(r["id"], r["name"], r["image_id"], r["mountpoint"], bool(r["read_only"]), r["created"])  # type: ignore[index]
+        return Container(r["id"], r["name"], r["image_id"], r["mountpoint"], bool(r["read_only"]), r["created"], r["image"])  # type: ignore[index]
 
     def all(self) -> list[Container]:
         return [self._row(r) for r in self.store.meta.query("SELECT * FROM containers ORDER BY created DESC")]
@@ -65,6 +66,19 @@ class Containers:
         if row is None:
             raise NotFound(f"container {quote(text)}", "no such container")
         return self._row(row)
+
+    def image_of(self, c: Container) -> str:
+        """The image as ``docker ps`` shows it: as it was named when the container was made,
+        or its short ID once that name means another image (retagged, untagged)."""
+        if c.image is not None:
+            try:
+                if self.store.resolve(c.image) == c.image_id:
+                    return c.image
+            except (NotFound, InvalidReference):
+                pass
+        elif tags := self.store.tags_of(c.image_id):
+            return tags[0]
+        return c.image_id.removeprefix("sha256:")[:12]
 
     def paths(self, container_id: str) -> tuple[Path, Path]:
         base = self.dir / container_id
@@ -98,7 +112,8 @@ class Containers:
                 raise NotFound(f"image {quote(image)}", "no such image")
             if tx.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExists(f"container name {quote(name)}", "already in use")
-            tx.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)", (cid, name, image_id, mountpoint, int(read_only), time.time()))
+            tx.execute("INSERT INTO containers (id, name, image_id, mountpoint, read_only, created, image) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (cid, name, image_id, mountpoint, int(read_only), time.time(), image))
         try:
             upper.mkdir(parents=True)
             work.mkdir()

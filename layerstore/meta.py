@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS containers (
     image_id   TEXT NOT NULL REFERENCES images(id),
     mountpoint TEXT,
     read_only  INTEGER NOT NULL DEFAULT 0,
-    created    REAL NOT NULL
+    created    REAL NOT NULL,
+    image      TEXT                       -- the image as the user named it (NULL in stores made before)
 );
 CREATE TABLE IF NOT EXISTS leases (      -- work in progress that prune must not touch
     key     TEXT NOT NULL,                -- a blob digest or a diff_id
@@ -77,6 +78,8 @@ CREATE TABLE IF NOT EXISTS leases (      -- work in progress that prune must not
 CREATE INDEX IF NOT EXISTS image_layers_diff ON image_layers(diff_id);
 CREATE INDEX IF NOT EXISTS tags_image ON tags(image_id);
 """
+# (table, column, declaration): what SCHEMA gained since its first release, in order.
+ADDED_COLUMNS = (("containers", "image", "TEXT"),)
 
 
 SQLITE_FULL = 13
@@ -138,11 +141,25 @@ class Metadata:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA synchronous=FULL")
             _patient(lambda: self.db.executescript(SCHEMA))
+            self._add_columns()
         except sqlite3.Error as exc:
             self.db.close()
             if disk_full(exc, path):
                 raise no_space(path) from exc
             raise
+
+    def _add_columns(self) -> None:
+        """Columns added to tables after stores were made with them (CREATE TABLE IF NOT
+        EXISTS leaves an existing table as it is)."""
+        for table, column, decl in ADDED_COLUMNS:
+            if self._has_column(table, column):
+                continue
+            with self.transaction() as tx:  # another process may be adding it at the same moment
+                if not self._has_column(table, column):
+                    tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row["name"] == column for row in self.db.execute(f"PRAGMA table_info({table})"))
 
     def close(self) -> None:
         self.db.close()

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerstore.containers import Container
 from layerstore.formatting import CommandError, Timestamp, parse_time
 from layerstore.model import chain_ids
 from layerstore.store import Store
@@ -399,9 +398,3 @@ def tree_size(path: os.PathLike[str] | str) -> int:
             if stat.S_ISREG(st.st_mode):
                 total += st.st_size
     return total
-
-
-def list_containers(store: Store) -> list[Container]:
-    """Every container, newest first."""
-    rows = store.meta.query("SELECT id, name, image_id, mountpoint, read_only, created FROM containers ORDER BY created DESC")
-    return [Container(str(r["id"]), str(r["name"]), str(r["image_id"]), r["mountpoint"], bool(r["read_only"]), float(r["created"])) for r in rows]

@@ -18,13 +18,13 @@ def register(sub: argparse._SubParsersAction, name: str = "ps") -> None:  # type
 
 def run(args: argparse.Namespace, store: Store) -> int:
     rows: list[tuple[str, ...]] = []
-    for c in Containers(store).all():
+    containers = Containers(store)
+    for c in containers.all():
         cid = c.id if args.no_trunc else c.id[:12]
         if args.quiet:
             print(cid)
             continue
-        tags = store.tags_of(c.image_id)
-        image = tags[0] if tags else c.image_id.removeprefix("sha256:")[:12]
+        image = containers.image_of(c)
         state = "mounted" if c.mounted else "unmounted"
         rows.append((cid, image, c.mountpoint or "", state + (" (read-only)" if c.read_only else ""), c.name))
     if not args.quiet:

@@ -71,7 +71,7 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
     with queries.snapshot(store):
         images = queries.list_images(store)
         layers = queries.list_layers(store)
-        containers = queries.list_containers(store)
+        containers = Containers(store).all()
     sizes = {c.id: queries.tree_size(Containers(store).paths(c.id)[0]) for c in containers}
     mounted = {c.id: c.mounted for c in containers}
 
@@ -125,11 +125,11 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
     out.write("\nContainers space usage:\n\n")
     now = time.time()
     container_rows = []
+    shown = Containers(store)
     for c in containers:
-        tags = store.tags_of(c.image_id)
         container_rows.append(Record("container", {
             "ID": c.id[:12],
-            "Image": tags[0] if tags else image_id(c.image_id, False),
+            "Image": shown.image_of(c),
             "Command": '""',
             "LocalVolumes": "0",
             "Size": human_size(sizes[c.id]),

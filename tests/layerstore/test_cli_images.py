@@ -463,7 +463,7 @@ def _add_container(loaded: Loaded, image: str, upper_bytes: int) -> str:
     """A container that is not mounted, as ``mount`` then ``umount`` leave one."""
     cid = hashlib.sha256(image.encode()).hexdigest()
     with Store(loaded.root) as store, store.meta.transaction() as tx:
-        tx.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)", (cid, f"c-{image}", loaded.ids[image], None, 0, time.time()))
+        tx.execute("INSERT INTO containers (id, name, image_id, mountpoint, read_only, created) VALUES (?, ?, ?, ?, ?, ?)", (cid, f"c-{image}", loaded.ids[image], None, 0, time.time()))
     upper = loaded.root / "containers" / cid / "upper"
     upper.mkdir(parents=True)
     (upper / "data").write_bytes(b"x" * upper_bytes)

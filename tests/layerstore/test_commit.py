@@ -7,6 +7,7 @@ show the same tree and the same hard links.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -14,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -319,3 +321,38 @@ def test_cli_ps_lists_mounted_and_unmounted_containers(store: Store, tmp_path: P
     assert rows["two"][1:4] == ["example/base:v1", str(mounts[1]), "unmounted"]
     assert sorted(ids) == sorted(c.id[:12] for c in made) == sorted(row[0] for row in rows.values())
     assert sorted(line.split()[0] for line in tables[2][1:]) == sorted(c.id for c in made)
+
+
+def test_cli_ps_shows_the_image_as_named_while_the_name_still_means_it(
+        store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Docker's IMAGE column: the name given when the container was made, the short ID once
+    that name means no image or another one; and, in a store made before names were kept,
+    the image's first tag."""
+    containers = Containers(store)
+    image = store.resolve("example/base:v1")
+    store.tag("example/base:v1", "example/alias:v2")
+    named = {"by-alias": "example/alias:v2", "by-id": image.removeprefix("sha256:")[:8], "by-name": "example/base:v1"}
+    made = []
+    for name, ref in named.items():
+        (tmp_path / name).mkdir()
+        made.append(containers.create_and_mount(ref, str(tmp_path / name), name=name))
+        containers.umount(name)
+
+    def shown() -> dict[str, str]:
+        assert cli.main(["--root", str(store.root), "ps"]) == 0
+        return {line.split()[-1]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+
+    try:
+        assert shown() == named
+        store.rmi("example/alias:v2")  # another tag is left: an untag, the container keeps its image
+        assert shown() == {**named, "by-alias": image[7:19]}
+        with contextlib.closing(sqlite3.connect(store.root / "meta.db")) as db:  # as a store made before
+            db.execute("ALTER TABLE containers DROP COLUMN image")
+        assert shown() == dict.fromkeys(named, "example/base:v1")  # the column is back, empty
+        store.tag("example/base:v1", "example/alias:v3")
+        assert cli.main(["--root", str(store.root), "mount", "--name", "after", "example/alias:v3", str(tmp_path / "by-id")]) == 0
+        capsys.readouterr()
+        assert shown()["after"] == "example/alias:v3"
+    finally:
+        for c in containers.all():
+            containers.remove(c.name, force=True)

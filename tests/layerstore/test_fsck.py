@@ -220,7 +220,7 @@ def test_container_rows_and_directories_agree(store: Store) -> None:
     containers = Containers(store)
     image = store.resolve("example/demo")
     with store.meta.transaction() as tx:  # the row of a create that died before its directories
-        tx.execute("INSERT INTO containers VALUES ('c0ffee', 'half-made', ?, NULL, 0, 0)", (image,))
+        tx.execute("INSERT INTO containers (id, name, image_id, mountpoint, read_only, created) VALUES ('c0ffee', 'half-made', ?, NULL, 0, 0)", (image,))
     orphan = containers.dir / ("ab" * 32)  # the directories of an rm that died after its row
     (orphan / "upper" / "etc").mkdir(parents=True)
     code, out = fsck_cli(store)
