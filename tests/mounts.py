@@ -8,6 +8,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
+import select
+import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unionfs.mount import MountSpec, is_mounted, mount, mounted, unmount
+from unionfs.mount import MountSpec, is_mounted, mount, mounted, serve, unmount
+from unionfs.options import parse
 from unionfs.uring import SYSFS_ENABLE
 
 
@@ -187,3 +192,106 @@ def mounts_under(base: Path | str) -> list[str]:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         points = [line.split()[4] for line in f]
     return [p for p in points if (p + "/").startswith(prefix)]
+
+
+@contextlib.contextmanager
+def device_open_to_users() -> Iterator[None]:
+    """/dev/fuse as udev leaves it on Debian (0666): fusermount3 opens it as the user."""
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", mode)
+
+
+def _forked(child: Callable[[int], int]) -> tuple[int, int]:
+    """A forked child that runs child(write end of a pipe) and exits with what it returns
+    (1 if it raised): its pid, and the pipe's read end."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            code = child(write_end)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, read_end
+
+
+def serve_as(uid: int, options: str, mnt: Path) -> tuple[int, str]:
+    """Fork a driver running as uid (no exec: the interpreter may live where uid cannot read):
+    its pid, and "ready" or the error it ended with."""
+    def child(write_end: int) -> int:
+        try:
+            import unionfs.handlers, unionfs.session  # noqa: E401, F401 - while the interpreter's files are readable
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            serve(parse([options]), str(mnt), on_ready=lambda: os.write(write_end, b"ready"))
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the child ends here
+            os.write(write_end, repr(exc).encode())
+            return 1
+
+    pid, read_end = _forked(child)
+    try:
+        answer = os.read(read_end, 4096).decode()  # the driver keeps its end open while it serves
+    finally:
+        os.close(read_end)
+    return pid, answer
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_connection(mountpoint: Path | str) -> None:
+    """End every request of the FUSE mount at mountpoint and those to come (fusectl's
+    abort), without looking at anything on the mount."""
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        devices = [line.split()[2] for line in f if line.split()[4] == target]
+    if not os.path.ismount(FUSECTL):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
+    for device in devices:
+        with contextlib.suppress(OSError):
+            Path(FUSECTL, device.partition(":")[2], "abort").write_text("1")
+
+
+def bounded(action: Callable[[], object], mountpoint: Path | str, seconds: float = 30.0) -> object:
+    """action() run in a forked child, its result. A mount that does not answer in
+    seconds (a driver waiting for itself) has its connection aborted, and the test fails
+    then rather than hanging, with nothing left waiting on the mount."""
+    def child(write_end: int) -> int:
+        try:
+            data, code = pickle.dumps((True, action())), 0
+        except BaseException as exc:  # noqa: BLE001 - handed to the parent
+            data, code = pickle.dumps((False, repr(exc))), 1
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_end, view):]
+        return code
+
+    pid, read_end = _forked(child)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                abort_connection(mountpoint)
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"{mountpoint}: no answer in {seconds:g} s: the connection was aborted")
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    ok, value = pickle.loads(b"".join(chunks))
+    if not ok:
+        raise AssertionError(f"in the child: {value}")
+    return value

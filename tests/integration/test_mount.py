@@ -19,7 +19,6 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mounts
@@ -30,8 +29,7 @@ from users import errno_as
 from waiting import wait_for
 
 from unionfs import fuseproto as fp
-from unionfs.mount import is_mounted, serve
-from unionfs.options import parse
+from unionfs.mount import is_mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here")
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -788,8 +786,8 @@ def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str, 
         for path in (upper, work, mnt, lower / "old.txt", lower / "dir", lower / "dir" / "f"):
             os.chown(path, NOBODY, NOBODY)
         options = [f"lowerdir={lower},upperdir={upper},workdir={work}", *mounts.TRANSPORT, *(["userxattr"] if userxattr else [])]
-        with _device_open_to_users():
-            pid, ready = _serve_as(NOBODY, ",".join(options), mnt)
+        with mounts.device_open_to_users():
+            pid, ready = mounts.serve_as(NOBODY, ",".join(options), mnt)
         try:
             assert ready == "ready", ready
             with open("/proc/self/mountinfo", encoding="utf-8") as f:
@@ -816,40 +814,3 @@ def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str, 
     finally:
         force_unmount(base / "mnt")
         shutil.rmtree(base, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _device_open_to_users() -> Iterator[None]:
-    """/dev/fuse as udev leaves it on Debian (0666): fusermount3 opens it as the user."""
-    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-    os.chmod("/dev/fuse", 0o666)
-    try:
-        yield
-    finally:
-        os.chmod("/dev/fuse", mode)
-
-
-def _serve_as(uid: int, options: str, mnt: Path) -> tuple[int, str]:
-    """Fork a driver running as uid (no exec: the interpreter may live where uid cannot read)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(read_end)
-            import unionfs.handlers, unionfs.session  # noqa: E401, F401 - while the interpreter's files are readable
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            serve(parse([options]), str(mnt), on_ready=lambda: os.write(write_end, b"ready"))
-        except BaseException as exc:  # noqa: BLE001 - whatever happens, the child ends here
-            os.write(write_end, repr(exc).encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        answer = os.read(read_end, 200).decode()  # the driver keeps its end open while it serves
-    finally:
-        os.close(read_end)
-    return pid, answer
