@@ -11,6 +11,7 @@ only, which keeps sparse files sparse (``datacopy``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
@@ -59,10 +60,16 @@ class WorkDir(Layer):
     (see ``record_intent``), which kernel overlayfs would otherwise show.
     """
 
-    def __init__(self, workdir: str, upper: Layer | None = None) -> None:
+    def __init__(self, workdir: str, upper: Layer | None = None, through: int | None = None) -> None:
+        """through: a descriptor on workdir to open it through (see ``private_roots``)."""
         path = os.path.join(workdir, "work")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        super().__init__(path, -1)
+        if through is None:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            super().__init__(path, -1)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir("work", 0o700, dir_fd=through)
+            super().__init__(path, -1, through=through, rel="work")
         self._spares: collections.deque[str] = collections.deque()
         self._spare_dirs: collections.deque[str] = collections.deque()
         self._lock(workdir)

@@ -9,14 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from unionfs import markers
+from unionfs import markers, syscalls
 
-T = TypeVar("T")
-_XATTR_PATH_LIMIT = 4000  # absolute paths beyond this go through /proc/self/fd
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)  # a marker name too long to exist
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
 
@@ -52,13 +49,69 @@ def rel_join(parent: str, name: str) -> str:
     return name if parent == "." else f"{parent}/{name}"
 
 
-class Layer:
-    """A layer root; index 0 is the upper layer when the mount is writable."""
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-    def __init__(self, root: str, index: int, lower: bool = True) -> None:
+
+def private_roots(paths: Sequence[str]) -> list[int] | None:
+    """Directory descriptors on paths, all in one private copy of the mount at their
+    common directory, without the mounts below it; or None where that cannot be had.
+
+    Overlayfs takes its layers this way (clone_private_mount): a mount inside a layer
+    is not part of the union, and the union may be mounted on a layer's path or
+    below it. A descriptor on the path itself would lead through such a mount, into
+    this driver, which would then wait for itself. Copying a mount needs
+    CAP_SYS_ADMIN; a driver without it cannot be mounted there (see ``overlapping``).
+    Paths in one call stay on one mount: the work dir's renames into the upper layer
+    need that. None as well where a mount between the common directory and a path
+    leaves the copy with another directory there."""
+    real = [os.path.realpath(path) for path in paths]
+    base = os.path.commonpath(real)
+    try:
+        tree = syscalls.open_tree(base)
+    except OSError:  # EPERM without the capability, EINVAL on an unbindable mount, ENOSYS before 5.2;
+        return None  # a path that is not there the plain open reports
+    fds: list[int] = []
+    try:
+        for path, resolved in zip(paths, real):
+            try:
+                fds.append(os.open(os.path.relpath(resolved, base), DIR_FLAGS, dir_fd=tree))
+            except OSError:  # not in the copy: a mount on the way (or a problem the plain open reports)
+                break
+            mine, theirs = os.fstat(fds[-1]), os.stat(path)
+            if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+                break
+        else:
+            return fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(tree)
+    for fd in fds:
+        os.close(fd)
+    return None
+
+
+def overlapping(mountpoint: str, layers: Sequence[str]) -> str | None:
+    """The layer that the mount point lies strictly below, if any: a union that could not
+    take private copies of its layers would meet itself there."""
+    point = os.path.realpath(mountpoint)
+    for layer in layers:
+        root = os.path.realpath(layer)
+        if point.startswith(root.rstrip("/") + "/"):
+            return layer
+    return None
+
+
+class Layer:
+    """A layer root; index 0 is the upper layer when the mount is writable.
+    through: a descriptor to open root through, as ``rel`` below it (see ``private_roots``)."""
+
+    def __init__(self, root: str, index: int, lower: bool = True, through: int | None = None, rel: str = ".") -> None:
         self.root = os.path.abspath(root)
         self.index = index
-        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fd = os.open(self.root, DIR_FLAGS) if through is None else os.open(rel, DIR_FLAGS, dir_fd=through)
         self.dev = os.fstat(self.fd).st_dev
         # Reading a lower layer leaves its atimes as they are, as on overlayfs, which
         # opens its real files with O_NOATIME where it may (ovl_path_open).
@@ -188,24 +241,11 @@ class Layer:
         return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit)
 
     # -- xattrs ----------------------------------------------------------------
-    def _xattr_call(self, rel: str, call: Callable[..., T], *args: object) -> T:
-        """call(path, *args, follow_symlinks=...) on rel. The *xattr calls take no
-        dir fd: rel goes by its absolute path where that fits, else through the
-        /proc/self/fd magic link of an O_PATH fd, which leads to the inode itself.
-        A plain function, not a context manager: the kernel asks for
-        security.capability before every write, and the answer is mostly ENODATA."""
-        path = self.root if rel == "." else f"{self.root}/{rel}"
-        if len(path) < _XATTR_PATH_LIMIT:
-            return call(path, *args, follow_symlinks=False)
-        fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        try:
-            return call(f"/proc/self/fd/{fd}", *args, follow_symlinks=True)
-        finally:
-            os.close(fd)
-
+    # Relative to the layer's descriptor, never by an absolute path: this mount may sit on
+    # the layer's own path or below it, and a path through it would ask this driver again.
     def getxattr(self, rel: str, name: str) -> bytes | None:
         try:
-            return self._xattr_call(rel, os.getxattr, name)
+            return syscalls.getxattrat(self.fd, rel, name)
         except OSError as exc:
             if exc.errno in _NO_XATTR or exc.errno in _MISSING:
                 return None
@@ -213,17 +253,17 @@ class Layer:
 
     def listxattr(self, rel: str) -> list[str]:
         try:
-            return self._xattr_call(rel, os.listxattr)
+            return syscalls.listxattrat(self.fd, rel)
         except OSError as exc:
             if exc.errno == errno.ENOTSUP:
                 return []
             raise
 
     def getxattr_strict(self, rel: str, name: str) -> bytes:
-        return self._xattr_call(rel, os.getxattr, name)
+        return syscalls.getxattrat(self.fd, rel, name)
 
     def setxattr(self, rel: str, name: str, value: bytes, flags: int = 0) -> None:
-        self._xattr_call(rel, os.setxattr, name, value, flags)
+        syscalls.setxattrat(self.fd, rel, name, value, flags)
 
     def removexattr(self, rel: str, name: str) -> None:
-        self._xattr_call(rel, os.removexattr, name)
+        syscalls.removexattrat(self.fd, rel, name)

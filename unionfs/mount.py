@@ -240,6 +240,7 @@ def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run the filesystem in this process until it is unmounted or signalled."""
+    from unionfs.layer import overlapping
     from unionfs.union import Union
 
     os.umask(0)  # the kernel applied the caller's umask already
@@ -251,6 +252,13 @@ def serve(
         durable=not opts.volatile,
         userxattr=opts.userxattr,
     )
+    if not union.private:
+        layers = [*opts.lowerdirs, *((opts.upperdir, opts.workdir) if union.writable else ())]
+        inside = overlapping(mountpoint, [layer for layer in layers if layer])
+        if inside is not None:
+            union.close()
+            raise ValueError(f"{mountpoint}: the mount point is inside layer {inside}, which needs a private copy "
+                             "of the layer's mount (CAP_SYS_ADMIN): mount elsewhere")
     if opts.engine == "fusepy":
         # imported only here: the core works without fusepy
         from unionfs.fuseops import UnionFUSE, UnionOperations

@@ -1,6 +1,6 @@
 """Linux system calls that the os module lacks: renameat2, utimensat with
 UTIME_NOW/UTIME_OMIT, statx's attributes, the inode-flag and FICLONE ioctls,
-sync_file_range, syncfs and cachestat.
+sync_file_range, syncfs, cachestat, and the *xattrat calls.
 
 Copy-up, whiteout creation and directory replacement must be atomic the way
 overlayfs makes them atomic, and that needs renameat2's RENAME_EXCHANGE and
@@ -14,6 +14,8 @@ import fcntl
 import os
 import struct
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
@@ -23,6 +25,7 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 AT_SYMLINK_NOFOLLOW = 0x100
 FICLONE = 0x40049409
+T = TypeVar("T")
 
 # The C library this interpreter runs on, for what os does not offer; the one
 # instance the driver uses (ctypes.util.find_library would run ldconfig).
@@ -223,3 +226,94 @@ def syncfs(fd: int) -> None:
     """Write out and commit the whole filesystem fd is on (syncfs(2), which os lacks)."""
     if libc.syncfs(fd) != 0:
         _raise(f"fd {fd}")
+
+
+# -- extended attributes below a directory descriptor ---------------------------------------
+# The *xattr calls of os take a path or an open file; a layer is reached only through its
+# directory descriptor (an absolute path may lead through this very mount, when it is mounted
+# on or below a layer, and a request would then wait for itself). Linux 6.13 has the *xattrat
+# calls; before it a name goes through the descriptor's /proc/self/fd link.
+_SYS_SETXATTRAT, _SYS_GETXATTRAT, _SYS_LISTXATTRAT, _SYS_REMOVEXATTRAT = 463, 464, 465, 466  # every architecture
+_XATTR_MAX = 65536  # XATTR_SIZE_MAX and XATTR_LIST_MAX: no value or list is longer
+_PROC_PATH_LIMIT = 4000  # longer names go through an O_PATH descriptor of their own
+_xattrat_missing = False
+_buffers = threading.local()
+
+
+class _XattrArgs(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint64), ("size", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+def _buffer() -> ctypes.Array[ctypes.c_char]:
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = ctypes.create_string_buffer(_XATTR_MAX)
+    return buf
+
+
+def _xattrat(number: int, dir_fd: int, rel: str, *args: object) -> int | None:
+    """The call's result, or None where the kernel lacks it."""
+    global _xattrat_missing
+    if not _xattrat_missing:
+        result = libc.syscall(ctypes.c_long(number), ctypes.c_long(dir_fd), os.fsencode(rel), ctypes.c_long(AT_SYMLINK_NOFOLLOW), *args)
+        if result >= 0:
+            return int(result)
+        err = ctypes.get_errno()
+        if err != errno.ENOSYS:
+            raise OSError(err, os.strerror(err), rel)
+        _xattrat_missing = True
+    return None
+
+
+def _via_proc(dir_fd: int, rel: str, call: Callable[..., T], *args: object) -> T:
+    """call(path, *args) on rel below dir_fd, through /proc/self/fd."""
+    if len(rel) < _PROC_PATH_LIMIT:
+        return call(f"/proc/self/fd/{dir_fd}/{rel}", *args, follow_symlinks=False)
+    fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return call(f"/proc/self/fd/{fd}", *args, follow_symlinks=True)
+    finally:
+        os.close(fd)
+
+
+def getxattrat(dir_fd: int, rel: str, name: str) -> bytes:
+    """rel's extended attribute name, rel not followed if a symlink; OSError as os.getxattr."""
+    buf = _buffer()
+    args = _XattrArgs(ctypes.addressof(buf), _XATTR_MAX, 0)
+    size = _xattrat(_SYS_GETXATTRAT, dir_fd, rel, os.fsencode(name), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if size is None:
+        return _via_proc(dir_fd, rel, os.getxattr, name)
+    return ctypes.string_at(buf, size)
+
+
+def listxattrat(dir_fd: int, rel: str) -> list[str]:
+    buf = _buffer()
+    size = _xattrat(_SYS_LISTXATTRAT, dir_fd, rel, buf, ctypes.c_size_t(_XATTR_MAX))
+    if size is None:
+        return _via_proc(dir_fd, rel, os.listxattr)
+    return [os.fsdecode(name) for name in ctypes.string_at(buf, size).split(b"\0") if name]
+
+
+def setxattrat(dir_fd: int, rel: str, name: str, value: bytes, flags: int = 0) -> None:
+    args = _XattrArgs(ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value or 0, len(value), flags)
+    if _xattrat(_SYS_SETXATTRAT, dir_fd, rel, os.fsencode(name), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))) is None:
+        _via_proc(dir_fd, rel, os.setxattr, name, value, flags)
+
+
+def removexattrat(dir_fd: int, rel: str, name: str) -> None:
+    if _xattrat(_SYS_REMOVEXATTRAT, dir_fd, rel, os.fsencode(name)) is None:
+        _via_proc(dir_fd, rel, os.removexattr, name)
+
+
+_SYS_OPEN_TREE = 428  # every architecture (Linux 5.2)
+OPEN_TREE_CLONE = 1
+_AT_FDCWD = -100
+
+
+def open_tree(path: str, flags: int = OPEN_TREE_CLONE | os.O_CLOEXEC) -> int:
+    """An O_PATH descriptor on path; with OPEN_TREE_CLONE, on a private copy of the mount
+    there, detached from every namespace and without the mounts below it."""
+    fd = libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_long(_AT_FDCWD), os.fsencode(path), ctypes.c_long(flags))
+    if fd < 0:
+        _raise(path)
+    return int(fd)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
-from unionfs.layer import Layer, rel_join
+from unionfs.layer import Layer, private_roots, rel_join
 from unionfs.markers import WhiteoutForm
 from unionfs.protection import APPEND, BOTH, IMMUTABLE, Protections
 from unionfs.resolve import Node, Resolver, child_path, split
@@ -85,10 +85,25 @@ class Union:
             raise ValueError("at least one lowerdir is needed")
         if (upperdir is None) != (workdir is None):
             raise ValueError("upperdir and workdir go together")
-        with contextlib.ExitStack() as undo:  # what was opened is closed if the rest fails
+        # undo: what was opened is closed if the rest fails; through: the private copies of
+        # the layers' mounts, closed at the end either way (the layers' own descriptors keep them).
+        with contextlib.ExitStack() as undo, contextlib.ExitStack() as through:
+            self.private = True  # every layer taken from a private copy of its mount
+
+            def private(paths: list[str]) -> list[int | None]:
+                fds = private_roots(paths)
+                if fds is None:
+                    self.private = False
+                    return [None] * len(paths)
+                for fd in fds:
+                    through.callback(os.close, fd)
+                return list(fds)
+
+            upper_fd, work_fd = private([upperdir, workdir]) if upperdir and workdir else (None, None)
             layers: list[Layer] = []
             for path in ([upperdir] if upperdir else []) + list(lowerdirs):
-                layers.append(Layer(path, len(layers), lower=bool(layers) or upperdir is None))
+                fd = upper_fd if upperdir and not layers else private([path])[0]
+                layers.append(Layer(path, len(layers), lower=bool(layers) or upperdir is None, through=fd))
                 undo.callback(layers[-1].close)
             self.layers = layers
             self.writable = upperdir is not None
@@ -116,7 +131,7 @@ class Union:
                 assert workdir is not None
                 if os.stat(workdir).st_dev != top.dev:
                     raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
-                self.work = WorkDir(workdir, top)
+                self.work = WorkDir(workdir, top, through=work_fd)
                 undo.callback(self.work.close)
                 if not durable:
                     try:

@@ -10,14 +10,15 @@ number; what is pending in the upper layer is still placed afterwards."""
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounts import loop_fs
 from requestkit import header, lookup
+from waiting import wait_for
 
 from unionfs import fuseproto as fp
 from unionfs.handlers import Requests, Timeouts
@@ -65,19 +66,49 @@ def open_file(requests: Requests, name: str, flags: int) -> int:
     return fp.OPEN_OUT.unpack_from(requests.open(header(fp.OPEN, nodeid), memoryview(fp.OPEN_IN.pack(flags, 0))))[0]
 
 
-def test_the_lower_filesystem_can_be_unmounted_once_let_go(requests: Requests, lower: Path, tmp_path: Path) -> None:
-    """Busy while the union holds it, a file open on it included; free once let go of,
-    while a copy-up made before still goes into place."""
+def test_the_lower_filesystem_can_be_unmounted_while_held_and_ends_once_let_go(
+        requests: Requests, lower: Path, tmp_path: Path) -> None:
+    """As on overlayfs, the union holds a private copy of the lower layer's mount: that
+    layer's own mount can go at any time, and its filesystem lives on in the copy; a
+    file open on it still reads. Let go of, nothing of it is left, while a copy-up made
+    before still goes into place."""
     reading = open_file(requests, "kept", os.O_RDONLY)
     open_file(requests, "changed", os.O_WRONLY | os.O_APPEND)  # a small copy-up, pending until published
-    assert umount(lower) == errno.EBUSY
-    requests.release_lowers()
     assert umount(lower) == 0
+    assert os.pread(reading, 64, 0) == b"lower data"
+    requests.release_lowers()
     assert os.pread(reading, 64, 0) == b""  # a READ still on its way finds an empty file, not another one
     with pytest.raises(OSError):  # and a lookup finds nothing
         requests.union.getattr("/d")
     requests.union.settle()  # what was pending is placed
     assert (tmp_path / "upper" / "changed").read_bytes() == b"to copy up"
+
+
+def test_a_lower_filesystem_on_a_device_lets_the_device_go_once_let_go(tmp_path: Path) -> None:
+    """The private copy keeps the filesystem, and so its loop device, until the layers
+    are let go of: then the device is detached (autoclear), as after overlayfs's unmount."""
+    with loop_fs(tmp_path, "lowerfs", ["mkfs.ext4", "-q"], 16 << 20) as lower:
+        (lower / "kept").write_bytes(b"lower data")
+        image = tmp_path / "lowerfs.img"
+        upper, work = tmp_path / "upper", tmp_path / "work"
+        upper.mkdir()
+        work.mkdir()
+        union = Union([str(lower)], str(upper), str(work))
+        try:
+            requests = Requests(union, Timeouts())
+            reading = open_file(requests, "kept", os.O_RDONLY)
+            assert umount(lower) == 0
+            assert loop_devices(image), "the device went with the mount"
+            assert os.pread(reading, 64, 0) == b"lower data"
+            requests.release_lowers()
+            assert wait_for(lambda: not loop_devices(image), 10), "the loop device stayed after the union let go"
+        finally:
+            union.close()
+
+
+def loop_devices(image: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
+    return [line.partition(":")[0] for line in out.splitlines()]
 
 
 def test_letting_go_leaves_other_descriptors_alone(requests: Requests, tmp_path: Path) -> None:
@@ -92,21 +123,36 @@ def test_letting_go_leaves_other_descriptors_alone(requests: Requests, tmp_path:
         os.close(other)
 
 
-def test_closing_leaves_no_descriptor_into_any_layer(requests: Requests, tmp_path: Path) -> None:
+def test_closing_leaves_no_descriptor_into_any_layer(requests: Requests, lower: Path, tmp_path: Path) -> None:
     """At the end, files still open through the mount close with the union: the upper
     layer's filesystem is not held either (Session.run calls this once no request
-    is being answered)."""
+    is being answered). Descriptors are told by the file they are on: their paths are
+    relative to the union's private copies of the layers' mounts."""
     open_file(requests, "kept", os.O_RDONLY)
     open_file(requests, "changed", os.O_RDWR)
+    layers = files_under(lower, tmp_path / "upper", tmp_path / "work")
+    assert open_files() & layers  # the case is exercised
     requests.close()
-    into = [target for fd in os.listdir("/proc/self/fd")
-            if (target := _target(fd)) is not None and target.startswith(str(tmp_path))]
-    assert into == []
+    assert open_files() & layers == set()
     assert (tmp_path / "upper" / "changed").read_bytes() == b"to copy up"
 
 
-def _target(fd: str) -> str | None:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
+def files_under(*roots: Path) -> set[tuple[int, int]]:
+    found = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [".", *dirnames, *filenames]:
+                st = os.lstat(os.path.join(dirpath, name))
+                found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def open_files() -> set[tuple[int, int]]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
