@@ -126,14 +126,17 @@ class Containers:
             remove_tree(self.dir / cid)
             raise
 
-    def remount(self, text: str, mountpoint: str | None = None, options: tuple[str, ...] = SAFE_OPTIONS) -> Container:
+    def remount(self, text: str, options: tuple[str, ...] = SAFE_OPTIONS) -> Container:
+        """Mount an unmounted container again, on its mount point: after ``umount``, after
+        its driver died (unmounted first), after a reboot. Its layer is as it was left."""
         c = self.get(text)
-        target = os.path.realpath(mountpoint or c.mountpoint or "")
+        if c.mounted:
+            raise InUse(f"container {c.name}", f"already mounted on {c.mountpoint}")
+        target = c.mountpoint or ""
+        if not os.path.isdir(target):
+            raise NotFound(f"mount point {target or '(none)'}", "no such directory")
         if is_mounted(target):
             raise InUse(f"mount point {target}", "already a mount point")
-        with self.store.meta.transaction() as tx:
-            tx.execute("UPDATE containers SET mountpoint = ? WHERE id = ?", (target, c.id))
-        c = self.get(c.id)
         mount(self.spec(c, options), target)
         return c
 

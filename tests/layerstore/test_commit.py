@@ -271,6 +271,44 @@ def _driver_of(mountpoint: Path) -> int:
     raise AssertionError(f"no driver serves {mountpoint}")
 
 
+def test_cli_mount_of_a_container_mounts_it_again_as_it_was_left(
+        store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mount CONTAINER``: after umount, and after its driver was killed and its dead
+    mount unmounted, the container's layer is mounted again where it was."""
+    containers = Containers(store)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    root = ["--root", str(store.root)]
+    c = containers.create_and_mount("example/base:v1", str(mnt), name="again")
+    try:
+        with open(mnt / "written", "w") as f:
+            f.write("kept\n")
+            f.flush()
+            os.fsync(f.fileno())
+        assert cli.main([*root, "umount", "again"]) == 0 and not is_mounted(str(mnt))
+        assert cli.main([*root, "mount", "again"]) == 0
+        assert capsys.readouterr().out == "again\n"
+        assert (mnt / "written").read_text() == "kept\n" and (mnt / "srv").is_dir()  # the layer over the image
+        assert cli.main([*root, "mount", "again"]) == 1
+        assert capsys.readouterr().err == f"Error: container again: already mounted on {mnt}\n"
+        os.kill(_driver_of(mnt), signal.SIGKILL)
+        assert cli.main([*root, "mount", "again"]) == 1  # a dead mount is still there
+        capsys.readouterr()
+        assert cli.main([*root, "umount", "again"]) == 0
+        assert cli.main([*root, "mount", "again"]) == 0
+        assert (mnt / "written").read_text() == "kept\n"
+        assert cli.main([*root, "mount", "--name", "other", "again"]) == 1
+        assert cli.main([*root, "mount", "example/base:v1"]) == 1
+        assert cli.main([*root, "mount", "nothing"]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            "Error: --name and --read-only make a new container: mount IMAGE MOUNTPOINT",
+            "Error: example/base:v1 is an image, not a container: a new container needs a MOUNTPOINT",
+            'Error: container "nothing": no such container',
+        ]
+    finally:
+        containers.remove(c.name, force=True)
+
+
 def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str],
