@@ -24,6 +24,7 @@ RENAME_WHITEOUT = 1 << 2
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 AT_SYMLINK_NOFOLLOW = 0x100
+_AT_FDCWD = -100
 FICLONE = 0x40049409
 T = TypeVar("T")
 
@@ -232,16 +233,29 @@ def syncfs(fd: int) -> None:
 # The *xattr calls of os take a path or an open file; a layer is reached only through its
 # directory descriptor (an absolute path may lead through this very mount, when it is mounted
 # on or below a layer, and a request would then wait for itself). Linux 6.13 has the *xattrat
-# calls; before it a name goes through the descriptor's /proc/self/fd link.
+# calls; without them a name goes through the descriptor's /proc/self/fd link.
 _SYS_SETXATTRAT, _SYS_GETXATTRAT, _SYS_LISTXATTRAT, _SYS_REMOVEXATTRAT = 463, 464, 465, 466  # every architecture
 _XATTR_MAX = 65536  # XATTR_SIZE_MAX and XATTR_LIST_MAX: no value or list is longer
 _PROC_PATH_LIMIT = 4000  # longer names go through an O_PATH descriptor of their own
-_xattrat_missing = False
 _buffers = threading.local()
 
 
 class _XattrArgs(ctypes.Structure):
     _fields_ = [("value", ctypes.c_uint64), ("size", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+def _xattrat_answers() -> bool:
+    """Whether the *xattrat calls work here: asked once, of the root directory. Before
+    Linux 6.13 they are ENOSYS, and a seccomp filter that does not know them may answer
+    EPERM to every call, which must not pass for "no such attribute"."""
+    args = _XattrArgs(0, 0, 0)
+    if libc.syscall(ctypes.c_long(_SYS_GETXATTRAT), ctypes.c_long(_AT_FDCWD), b"/", ctypes.c_long(0),
+                    b"user.unionfs.probe", ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))) >= 0:
+        return True
+    return ctypes.get_errno() in (errno.ENODATA, errno.ENOTSUP)
+
+
+XATTRAT = _xattrat_answers()  # else every call goes through /proc/self/fd
 
 
 def _buffer() -> ctypes.Array[ctypes.c_char]:
@@ -252,17 +266,13 @@ def _buffer() -> ctypes.Array[ctypes.c_char]:
 
 
 def _xattrat(number: int, dir_fd: int, rel: str, *args: object) -> int | None:
-    """The call's result, or None where the kernel lacks it."""
-    global _xattrat_missing
-    if not _xattrat_missing:
-        result = libc.syscall(ctypes.c_long(number), ctypes.c_long(dir_fd), os.fsencode(rel), ctypes.c_long(AT_SYMLINK_NOFOLLOW), *args)
-        if result >= 0:
-            return int(result)
-        err = ctypes.get_errno()
-        if err != errno.ENOSYS:
-            raise OSError(err, os.strerror(err), rel)
-        _xattrat_missing = True
-    return None
+    """The call's result, or None where the calls do not work here (see XATTRAT)."""
+    if not XATTRAT:
+        return None
+    result = libc.syscall(ctypes.c_long(number), ctypes.c_long(dir_fd), os.fsencode(rel), ctypes.c_long(AT_SYMLINK_NOFOLLOW), *args)
+    if result < 0:
+        _raise(rel)
+    return int(result)
 
 
 def _via_proc(dir_fd: int, rel: str, call: Callable[..., T], *args: object) -> T:
@@ -307,7 +317,6 @@ def removexattrat(dir_fd: int, rel: str, name: str) -> None:
 
 _SYS_OPEN_TREE = 428  # every architecture (Linux 5.2)
 OPEN_TREE_CLONE = 1
-_AT_FDCWD = -100
 
 
 def open_tree(path: str, flags: int = OPEN_TREE_CLONE | os.O_CLOEXEC) -> int:
