@@ -71,8 +71,9 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
     with queries.snapshot(store):
         images = queries.list_images(store)
         layers = queries.list_layers(store)
-        containers = Containers(store).all()
-    sizes = {c.id: queries.tree_size(Containers(store).paths(c.id)[0]) for c in containers}
+        known = Containers(store)
+        containers = known.all()
+    sizes = {c.id: queries.tree_size(known.paths(c.id)[0]) for c in containers}
     mounted = {c.id: c.mounted for c in containers}
 
     layers_total = sum(layer.size for layer in layers)
@@ -125,11 +126,10 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
     out.write("\nContainers space usage:\n\n")
     now = time.time()
     container_rows = []
-    shown = Containers(store)
     for c in containers:
         container_rows.append(Record("container", {
             "ID": c.id[:12],
-            "Image": shown.image_of(c),
+            "Image": known.image_of(c),
             "Command": '""',
             "LocalVolumes": "0",
             "Size": human_size(sizes[c.id]),
