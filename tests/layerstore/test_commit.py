@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from imagebuild import build_layout, export, run, tree, write
+from mounts import driver_pid
 
 from layerstore import cli
 from layerstore.commit import CREATED_BY, Changeset, commit
@@ -259,18 +260,6 @@ def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, 
         commit(store, "no-such-container")
 
 
-def _driver_of(mountpoint: Path) -> int:
-    """The pid of the unionfs process serving mountpoint, from the command lines."""
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"unionfs" in argv and os.fsencode(mountpoint) in argv:
-            return int(entry.name)
-    raise AssertionError(f"no driver serves {mountpoint}")
-
-
 def test_cli_mount_of_a_container_mounts_it_again_as_it_was_left(
         store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``mount CONTAINER``: after umount, and after its driver was killed and its dead
@@ -291,7 +280,7 @@ def test_cli_mount_of_a_container_mounts_it_again_as_it_was_left(
         assert (mnt / "written").read_text() == "kept\n" and (mnt / "srv").is_dir()  # the layer over the image
         assert cli.main([*root, "mount", "again"]) == 1
         assert capsys.readouterr().err == f"Error: container again: already mounted on {mnt}\n"
-        os.kill(_driver_of(mnt), signal.SIGKILL)
+        os.kill(driver_pid(mnt), signal.SIGKILL)
         assert cli.main([*root, "mount", "again"]) == 1  # a dead mount is still there
         capsys.readouterr()
         assert cli.main([*root, "umount", "again"]) == 0
@@ -322,7 +311,7 @@ def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     c = containers.create_and_mount("example/base:v1", str(mnt), name="stopped")
-    driver = _driver_of(mnt)
+    driver = driver_pid(mnt)
     try:
         os.kill(driver, signal.SIGSTOP)
         assert cli.main(["--root", str(store.root), "diff", "stopped"]) == 1
