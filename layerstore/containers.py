@@ -135,8 +135,6 @@ class Containers:
         target = c.mountpoint or ""
         if not os.path.isdir(target):
             raise NotFound(f"mount point {target or '(none)'}", "no such directory")
-        if is_mounted(target):
-            raise InUse(f"mount point {target}", "already a mount point")
         mount(self.spec(c, options), target)
         return c
 
