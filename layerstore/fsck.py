@@ -9,10 +9,17 @@ is reported as needing a pull or load.
 
 Exit codes follow e2fsck's: 0 clean, 1 problems found and all repaired,
 4 problems left (every problem, without ``--repair``).
+
+Layers and blobs that no image uses are problems only once they are older
+than ``max_age`` (a day by default, as ``podman system check --max``): a
+pull or load that failed or was stopped part-way leaves the ones it had
+verified, and the next attempt uses them instead of fetching them again.
+``prune`` removes them whatever their age.
 """
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +32,7 @@ from layerstore.store import Store
 
 CLEAN, REPAIRED, LEFT = 0, 1, 4
 CHUNK = 1 << 20
+MAX_AGE = 24 * 3600.0  # seconds; podman's default for unreferenced layers
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Report:
     entries: int = 0
     images: int = 0
     busy: bool = False  # a load or pull ran: leftovers were not judged
+    kept: list[str] = field(default_factory=list)  # unreferenced, younger than max_age: not problems
 
     @property
     def exit_code(self) -> int:
@@ -54,21 +63,25 @@ class Report:
 
     def summary(self) -> str:
         checked = f"{self.blobs} blobs, {self.layers} layers ({self.entries} entries), {self.images} images"
+        kept = f"; {len(self.kept)} recent layers and blobs that no image uses kept (prune removes them)" if self.kept else ""
         if not self.findings:
-            return f"checked {checked}: clean"
+            return f"checked {checked}: clean{kept}"
         fixed = sum(1 for f in self.findings if f.repaired)
-        return f"checked {checked}: {len(self.findings)} problems, {fixed} repaired"
+        return f"checked {checked}: {len(self.findings)} problems, {fixed} repaired{kept}"
 
 
-def check(store: Store, repair: bool = False, progress: Callable[[str], None] | None = None) -> Report:
-    return _Checker(store, repair, progress or (lambda _m: None)).run()
+def check(
+    store: Store, repair: bool = False, progress: Callable[[str], None] | None = None, max_age: float = MAX_AGE
+) -> Report:
+    return _Checker(store, repair, progress or (lambda _m: None), max_age).run()
 
 
 class _Checker:
-    def __init__(self, store: Store, repair: bool, say: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, repair: bool, say: Callable[[str], None], max_age: float) -> None:
         self.store = store
         self.repair = repair
         self.say = say
+        self.max_age = max_age
         self.report = Report()
         self.good_blobs: set[str] = set()
 
@@ -228,20 +241,22 @@ class _Checker:
     # -- leftovers -------------------------------------------------------------------
     def _leftovers(self) -> None:
         store = self.store
+        cutoff = time.time() - self.max_age
         with store.meta.transaction(keep=self.repair) as tx:  # without repair: judge, change nothing
             stale_leases = tx.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
-            garbage = store.garbage(tx)
+            garbage = store.garbage(tx, keep_written_after=cutoff)
             stale_leases -= tx.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
         if garbage is None:
             self.report.busy = True
             return
         found = [self.add(f"lease of process {n}", "the process is gone") for n in range(stale_leases)]
+        self.report.kept = garbage.recent
         found += [self.add(f"layer {d}", "no image uses it") for d in garbage.layers]
         found += [self.add(f"blob {d}", "no image uses it") for d in garbage.blobs]
         root = str(store.root) + "/"
         found += [self.add(str(p).removeprefix(root), "left by interrupted work") for p in garbage.leftovers]
         if self.repair and found:
-            store.prune_unreferenced()
+            store.prune_unreferenced(keep_written_after=cutoff)
             for finding in found:
                 finding.repaired = "removed"
 

@@ -289,12 +289,23 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def parse_duration(text: str) -> float | None:
+    """A Go duration (``1h30m``, ``90s``, ``0``) in seconds; None if text is not one."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
 def parse_until(value: str, now: float | None = None) -> float:
     """Docker's ``until=``: a Go duration before now, a Unix time, or an RFC 3339 date (local if zoneless)."""
     now = time.time() if now is None else now
     text = value.strip()
-    if _DURATION.fullmatch(text):
-        return now - sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    duration = parse_duration(text)
+    if duration is not None and text != "0":  # a bare 0 is the Unix epoch here
+        return now - duration
     try:
         return float(text)
     except ValueError:

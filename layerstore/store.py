@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerstore.archive import ArchiveImage, find_images, open_archive, read_member, spool_dir_for
@@ -48,11 +48,16 @@ def default_root() -> Path:
 
 @dataclass(frozen=True)
 class Garbage:
-    """Unreferenced layers and blobs, and paths left by interrupted work."""
+    """Unreferenced layers and blobs, and paths left by interrupted work.
+
+    ``recent`` holds the unreferenced layers and blobs written after the
+    cutoff a caller asked for: they are not in ``layers`` and ``blobs``.
+    """
 
     layers: list[str]
     blobs: list[str]
     leftovers: list[Path]
+    recent: list[str] = field(default_factory=list)  # "layer sha256:...", "blob sha256:..."
 
 
 @dataclass(frozen=True)
@@ -315,14 +320,16 @@ class Store:
             self.prune_unreferenced()
         return events
 
-    def prune_unreferenced(self) -> dict[str, int]:
+    def prune_unreferenced(self, keep_written_after: float | None = None) -> dict[str, int]:
         """Remove layers and blobs that no image references, and leftovers of interrupted work.
 
-        On a full disk it gives up the store's reserve: removing is how space comes back.
+        ``keep_written_after`` (a Unix time) keeps the layers and blobs
+        written after it. On a full disk it gives up the store's reserve:
+        removing is how space comes back.
         """
-        return self.reserve.with_room(self._prune_unreferenced)
+        return self.reserve.with_room(lambda: self._prune_unreferenced(keep_written_after))
 
-    def _prune_unreferenced(self) -> dict[str, int]:
+    def _prune_unreferenced(self, keep_written_after: float | None) -> dict[str, int]:
         """See prune_unreferenced.
 
         Runs inside one write transaction, so no load or pull can start
@@ -331,7 +338,7 @@ class Store:
         """
         removed = {"layers": 0, "blobs": 0, "leftovers": 0}
         with self.meta.transaction() as tx:
-            garbage = self.garbage(tx)
+            garbage = self.garbage(tx, keep_written_after)
             if garbage is None:
                 log.info("a load or pull is in progress: unreferenced layers and blobs are kept")
                 return removed
@@ -347,11 +354,12 @@ class Store:
                 removed["leftovers"] += 1
         return removed
 
-    def garbage(self, tx: sqlite3.Connection) -> Garbage | None:
+    def garbage(self, tx: sqlite3.Connection, keep_written_after: float | None = None) -> Garbage | None:
         """What no image references and what interrupted work left; None while a load or pull runs.
 
         Call inside a write transaction: it also forgets layer rows that no
-        image has and leases of processes that are gone.
+        image has and leases of processes that are gone. Unreferenced layers
+        and blobs written after ``keep_written_after`` go to ``recent``.
         """
         tx.execute("DELETE FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers)")
         if self._active_lease(tx):
@@ -367,11 +375,15 @@ class Store:
         live_blobs |= self._manifest_blobs([r[0] for r in tx.execute("SELECT digest FROM manifests")])
         leftovers = [p for p in self.blobs.stale_ingests() if not p.name.endswith(".partial")]
         leftovers += self.layers.stale_staging() + self.layers.orphan_inventories() + list((self.root / "tmp").glob("*"))
-        return Garbage(
-            layers=[d for d in self.layers.diff_ids() if d not in live_layers],
-            blobs=[d for d in self.blobs.digests() if d not in live_blobs],
-            leftovers=leftovers,
-        )
+        layers = [d for d in self.layers.diff_ids() if d not in live_layers]
+        blobs = [d for d in self.blobs.digests() if d not in live_blobs]
+        recent: list[str] = []
+        if keep_written_after is not None:
+            recent = [f"layer {d}" for d in layers if _written_at(self.layers.inventory_path(d)) > keep_written_after]
+            recent += [f"blob {d}" for d in blobs if _written_at(self.blobs.path(d)) > keep_written_after]
+            layers = [d for d in layers if f"layer {d}" not in recent]
+            blobs = [d for d in blobs if f"blob {d}" not in recent]
+        return Garbage(layers=layers, blobs=blobs, leftovers=leftovers, recent=recent)
 
     def _manifest_blobs(self, manifests: list[str]) -> set[str]:
         """Blobs named by stored manifests: they stay, a save writes them back."""
@@ -400,6 +412,14 @@ class _Prepend:
                 return out + self._rest.read()  # type: ignore[attr-defined]
             return out + self._rest.read(max(0, size - len(out)))  # type: ignore[attr-defined]
         return self._rest.read(size)  # type: ignore[attr-defined]
+
+
+def _written_at(path: Path) -> float:
+    """When the store wrote a blob or a layer's inventory (both are written once); 0 if unknown."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _looks_like_id(text: str) -> bool:

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,6 +175,8 @@ def test_leftovers_of_interrupted_work(store: Store) -> None:
     with store.meta.transaction() as tx:
         tx.execute("INSERT INTO leases VALUES ('lease:dead', 2147483646, 0)")
     extra = store.blobs.put_bytes(b"nobody's blob")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(store.blobs.path(extra.digest), (two_days_ago, two_days_ago))
     code, out = fsck_cli(store)
     assert code == fsck.LEFT
     for words in ("layers/.staging/0123abcd", "ingest/feed.part", str(orphan.relative_to(store.root)), "lease of process", f"blob {extra.digest}: no image uses it"):
@@ -182,6 +185,39 @@ def test_leftovers_of_interrupted_work(store: Store) -> None:
     assert fsck_cli(store, "--repair")[0] == fsck.REPAIRED
     assert fsck_cli(store)[0] == fsck.CLEAN
     assert (store.blobs.ingest_dir / ("ab" * 32 + ".partial")).exists()
+
+
+def test_recent_unused_blobs_and_layers_are_kept_until_max(store: Store) -> None:
+    """What a stopped pull or load verified waits a day for the next try, as in podman system check."""
+    image = store.resolve("example/demo")
+    diff_id = store.image_layers(image)[-1]
+    store.rmi("example/demo", prune=False)  # the image goes, its files stay: what an interrupted load leaves
+    code, out = fsck_cli(store)
+    assert code == fsck.CLEAN, out
+    assert "recent layers and blobs that no image uses kept (prune removes them)" in out and "no image uses it" not in out
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.CLEAN and store.layers.has(diff_id), out
+    code, out = fsck_cli(store, "--max", "1h")
+    assert code == fsck.CLEAN, out
+    code, out = fsck_cli(store, "--max", "0")
+    assert code == fsck.LEFT and f"layer {diff_id}: no image uses it" in out and f"blob {image}: no image uses it" in out
+    day_old = time.time() - 86400 - 60
+    os.utime(store.layers.inventory_path(diff_id), (day_old, day_old))
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and f"layer {diff_id}: no image uses it" in out and f"blob {image}: no image uses it" not in out
+    code, out = fsck_cli(store, "--repair")
+    assert code == fsck.REPAIRED and not store.layers.has(diff_id) and store.blobs.has(image), out
+    result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), "prune", "-f"],
+                            capture_output=True, text=True, check=True)
+    assert not store.blobs.has(image), result.stdout
+    assert fsck_cli(store, "--max", "0")[0] == fsck.CLEAN
+
+
+def test_max_that_is_not_a_duration(store: Store) -> None:
+    result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), "fsck", "--max", "soon"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["Error: invalid --max 'soon': not a duration (for example 24h, 90m, 0)"]
 
 
 def test_leftovers_are_not_judged_while_a_load_runs(store: Store) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild import build_layout, export, run, tree, write
+from layerstore import fsck
 from layerstore.containers import Containers
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
 from layerstore.store import Store
@@ -213,6 +214,15 @@ def test_corrupt_blob_is_refused_and_nothing_kept(store: Store, images: dict[str
     assert store.meta.query("SELECT * FROM images") == []
     assert manifest["layers"][-1]["digest"] not in set(store.blobs.digests())
     assert os.listdir(store.blobs.ingest_dir) == [] and os.listdir(store.layers.staging) == []
+    # what was verified before the bad layer stays for the next attempt: not a problem for a day
+    verified = set(store.blobs.digests())
+    assert verified, "the layers before the corrupt one were not kept"
+    report = fsck.check(store, repair=True)
+    assert report.exit_code == fsck.CLEAN and {f"blob {d}" for d in verified} <= set(report.kept), report.summary()
+    assert set(store.blobs.digests()) == verified
+    assert fsck.check(store, max_age=0).exit_code == fsck.LEFT
+    [app] = store.load(str(images["app-zstd"]))
+    assert fsck.check(store, max_age=0).exit_code == fsck.CLEAN and store.image_layers(app.id)
 
 
 def test_kernel_overlayfs_shows_the_same_rootfs(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
