@@ -10,6 +10,7 @@ containerd's ``platforms.Only`` does.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,16 @@ _ARCH_ALIASES = {
     "i686": ("386", ""),
 }
 
+_PART = re.compile(r"[a-z0-9_.-]+")
+# containerd's platforms/database.go
+_KNOWN_OS = frozenset(
+    "aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 solaris wasip1 windows zos".split()
+)
+_KNOWN_ARCH = frozenset(
+    "386 amd64 amd64p32 arm arm64 arm64be armbe loong64 mips mips64 mips64le mips64p32 mips64p32le mipsle "
+    "ppc ppc64 ppc64le riscv riscv64 s390 s390x sparc sparc64 wasm".split()
+)
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -35,13 +46,24 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        """``os/arch[/variant]`` (or ``arch`` alone, Linux implied), normalised."""
+        """``os/arch[/variant]``, or an OS or an architecture alone, the rest this machine's; normalised.
+
+        As containerd's ``platforms.Parse``: a single word must be a known OS
+        or architecture, and every part is letters, digits, ``_``, ``.``, ``-``.
+        """
         parts = text.strip().lower().split("/")
-        if not text.strip() or len(parts) > 3 or not all(parts):
+        if not text.strip() or len(parts) > 3 or not all(_PART.fullmatch(part) for part in parts):
             raise InvalidReference(f"platform {quote(text)}", "expected os/arch[/variant]")
-        if len(parts) == 1:
-            parts = ["linux", *parts]
-        return cls.of(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
+        if len(parts) > 1:
+            return cls.of(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
+        here = host()
+        word = "darwin" if parts[0] == "macos" else parts[0]
+        if word in _KNOWN_OS:
+            return cls(word, here.architecture, here.variant)
+        alone = cls.of(here.os, word)
+        if alone.architecture in _KNOWN_ARCH:
+            return alone
+        raise InvalidReference(f"platform {quote(text)}", "unknown operating system or architecture")
 
     @classmethod
     def of(cls, os_name: str, arch: str, variant: str | None = "") -> Platform:

@@ -19,7 +19,7 @@ from layerstore.errors import InvalidReference, NotFound
 from layerstore.registry import gojson
 from layerstore.registry.auth import parse_challenges
 from layerstore.registry.client import endpoint
-from layerstore.registry.platforms import Platform
+from layerstore.registry.platforms import Platform, host
 from layerstore.registry.progress import Display, progress_bar
 from layerstore.registry.pull import choose_manifest
 
@@ -36,16 +36,28 @@ M = "application/vnd.oci.image.manifest.v1+json"
     ("linux/armhf", "linux/arm/v7"),
     ("linux/arm/6", "linux/arm/v6"),
     ("arm64", "linux/arm64"),
+    ("x86_64", "linux/amd64"),
+    ("armhf", "linux/arm/v7"),
     ("Windows/AMD64", "windows/amd64"),
+    ("linux/riscv64", "linux/riscv64"),
+    ("plan9/unknown-arch", "plan9/unknown-arch"),  # two parts are taken as they are
 ])
 def test_platforms_normalise_as_containerd(text: str, expected: str) -> None:
     assert str(Platform.parse(text)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "linux/", "a/b/c/d", "/amd64"])
+@pytest.mark.parametrize("text", ["", "linux/", "a/b/c/d", "/amd64", "bogus", "linux/amd 64", "linux/amd64/v8@x"])
 def test_bad_platforms(text: str) -> None:
     with pytest.raises(InvalidReference):
         Platform.parse(text)
+
+
+def test_an_os_or_an_architecture_alone_takes_the_rest_from_this_machine() -> None:
+    here = host()
+    assert Platform.parse("linux") == here
+    assert Platform.parse("windows") == Platform("windows", here.architecture, here.variant)
+    assert Platform.parse("macos") == Platform("darwin", here.architecture, here.variant)
+    assert Platform.parse("s390x") == Platform(here.os, "s390x")
 
 
 def entry(digest_char: str, platform: dict[str, str] | None, **annotations: str) -> dict[str, object]:
