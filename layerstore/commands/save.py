@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from layerstore.export import DOCKER_ARCHIVE, FORMATS, save
+from layerstore.formatting import CommandError
 from layerstore.store import Store
 
 
@@ -20,5 +22,18 @@ def run(args: argparse.Namespace, store: Store) -> int:
     if args.output is None and sys.stdout.isatty():
         print("Error: cowardly refusing to save to a terminal. Use the -o flag or redirect", file=sys.stderr)
         return 1
+    if args.output is not None:
+        check_output_path(args.output)
     save(store, args.images, args.output, sys.stdout.buffer, args.format)
     return 0
+
+
+def check_output_path(path: str) -> None:
+    """Docker's ``ValidateOutputPath``: say what is wrong with -o before any work, in its words."""
+    parent = os.path.dirname(path)
+    if parent and not os.path.exists(parent):
+        raise CommandError(f'failed to save image: invalid output path: directory "{parent}" does not exist')
+    if parent and not os.path.isdir(parent):
+        raise CommandError(f'failed to save image: invalid output path: "{parent}" is not a directory')
+    if os.path.isdir(path):
+        raise CommandError(f'failed to save image: invalid output path: "{path}" is a directory')

@@ -231,6 +231,13 @@ def test_cli_writes_to_the_file_output_names_and_replaces_no_node(store: Store, 
     assert os.readlink(out / "link.tar") == "named.tar" and (out / "named.tar").read_bytes() == archive
     assert sorted(os.listdir(out)) == ["fifo", "file.tar", "full", "link.tar", "named.tar"]
 
+    for target, problem in ((out / "none" / "x.tar", f'directory "{out / "none"}" does not exist'),
+                            (out / "file.tar" / "x.tar", f'"{out / "file.tar"}" is not a directory'),
+                            (out, f'"{out}" is a directory')):
+        result = subprocess.run([*cmd, "-o", str(target), APP], check=False, capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr == f"Error: failed to save image: invalid output path: {problem}\n"
+    assert sorted(os.listdir(out)) == ["fifo", "file.tar", "full", "link.tar", "named.tar"]
+
 
 def test_load_of_a_dir_copy_says_what_it_is_and_stores_nothing(store: Store, tmp_path: Path,
                                                                 images: dict[str, Path]) -> None:
