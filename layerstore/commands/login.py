@@ -55,9 +55,10 @@ def _read_credentials(args: argparse.Namespace, stored: Credentials | None) -> C
         if not args.username:
             raise CommandError("Must provide --username with --password-stdin")
         password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
-        return Credentials(args.username, password)
-    if args.password:
-        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+    else:
+        password = args.password
+        if password:
+            print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
     username = args.username
     if not username:
         if not sys.stdin.isatty():
@@ -66,8 +67,7 @@ def _read_credentials(args: argparse.Namespace, stored: Credentials | None) -> C
         username = input(f"Username{default}: ").strip() or (stored.username if stored else "")
         if not username:
             raise CommandError("Username cannot be empty")
-    password = args.password
-    if not password:
+    if not password:  # an empty one from stdin too, as Docker does
         if not sys.stdin.isatty():
             raise CommandError("Cannot perform an interactive login from a non TTY device")
         password = getpass.getpass("Password: ")

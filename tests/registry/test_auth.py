@@ -50,9 +50,11 @@ def test_basic_auth_login_pull_logout(world: World, tmp_path: Path, docker_confi
     assert cli(tmp_path, "pull", f"{host}/app2:v1").rc == 1
 
 
-def test_login_needs_a_username_with_password_stdin(world: World, tmp_path: Path) -> None:
+def test_login_with_password_stdin_needs_a_username_and_a_password(world: World, tmp_path: Path) -> None:
     result = cli(tmp_path, "login", world.basic.host, "--password-stdin", stdin="x\n")
     assert (result.rc, result.err) == (1, "Error: Must provide --username with --password-stdin\n")
+    result = cli(tmp_path, "login", world.basic.host, "-u", USER, "--password-stdin", stdin="\n")
+    assert (result.rc, result.err) == (1, "Error: Cannot perform an interactive login from a non TTY device\n")
 
 
 def test_token_auth_anonymous_pull_of_a_public_repository(world: World, tmp_path: Path) -> None:
