@@ -30,6 +30,7 @@ import xxhash
 
 from unionfs import fuseproto as fp
 from unionfs import syscalls
+from unionfs.idmap import IdMap
 from unionfs.nodes import Identity, NodeTable
 from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
 from unionfs.union import Caller, Union, fd_flags, kill_set_id, set_id_bits_dropped
@@ -120,8 +121,11 @@ _SET_FILEATTR = {syscalls.FS_IOC_SETFLAGS: 4, syscalls.FS_IOC_FSSETXATTR: 28}
 class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 
-    def __init__(self, union: Union, timeouts: Timeouts, *, writeback: bool = True) -> None:
+    def __init__(self, union: Union, timeouts: Timeouts, *, writeback: bool = True, ids: IdMap = IdMap()) -> None:
         self.union = union
+        self.ids = ids
+        # Attributes as the kernel gets them: IDs as the mount shows them (see idmap).
+        self._attr: Callable[[dict[str, int]], bytes] = fp.attr if ids.identity else lambda st: fp.attr(ids.shown(st))
         self.nodes = NodeTable()
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
         attr_s, attr_ns = fp.split_timeout(timeouts.attr)
@@ -231,7 +235,7 @@ class Requests:
         attrs = self.union.getattr(path)
         nodeid = self.nodes.looked_up(parent, name, seq, self._identity(attrs, path))
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
-        return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+        return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + self._attr(attrs)
 
     def _identity(self, attrs: dict[str, int], path: str) -> Identity | None:
         """The upper file that path is one of several names of (see ``nodes``)."""
@@ -317,16 +321,16 @@ class Requests:
     def mknod(self, h: tuple, data: memoryview) -> bytes:
         mode, rdev, umask, _ = fp.MKNOD_IN.unpack_from(data)
         name = _name(data[fp.MKNOD_IN.size:])
-        return self._made(h, name, lambda path: self.union.mknod(path, mode, rdev, Caller(h[4], h[5], umask)))
+        return self._made(h, name, lambda path: self.union.mknod(path, mode, rdev, self._caller(h, umask)))
 
     def mkdir(self, h: tuple, data: memoryview) -> bytes:
         mode, umask = fp.MKDIR_IN.unpack_from(data)
         name = _name(data[fp.MKDIR_IN.size:])
-        return self._made(h, name, lambda path: self.union.mkdir(path, mode, Caller(h[4], h[5], umask)))
+        return self._made(h, name, lambda path: self.union.mkdir(path, mode, self._caller(h, umask)))
 
     def symlink(self, h: tuple, data: memoryview) -> bytes:
         name, target = _two_names(data)
-        return self._made(h, name, lambda path: self.union.symlink(path, target, Caller(h[4], h[5])))
+        return self._made(h, name, lambda path: self.union.symlink(path, target, self._caller(h)))
 
     def link(self, h: tuple, data: memoryview) -> bytes:
         source = fp.LINK_IN.unpack_from(data)[0]
@@ -433,7 +437,7 @@ class Requests:
 
     def getattr(self, h: tuple, data: memoryview) -> bytes:
         flags, _, fh = fp.GETATTR_IN.unpack_from(data)
-        return self._attr_valid + fp.attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
+        return self._attr_valid + self._attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
 
     def setattr(self, h: tuple, data: memoryview) -> bytes:
         (valid, _, fh, size, _, atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns, mode, _, uid, gid, _
@@ -442,39 +446,45 @@ class Requests:
         if handle is None and not valid & _CHANGES_FILE and self.nodes.detached(h[3]):
             # The times the kernel kept for a file it just unlinked (writeback cache): once
             # per unlinked file. Nobody can see them, and no path is left to set them on.
-            return self._attr_valid + fp.attr(self._nameless_attrs(h[3]))
+            return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
         # utimes(path, NULL), which an append-only file allows: both times "now". With the
         # writeback cache the kernel sends its own clock's now for mtime, the ctime it set.
         touch = bool(valid & fp.FATTR_ATIME_NOW and valid & fp.FATTR_MTIME and (
             valid & fp.FATTR_MTIME_NOW or (valid & fp.FATTR_CTIME and (mtime, mtime_ns) == (ctime, ctime_ns))))
         with self.nodes.exclusive():
             self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
-        return self._attr_valid + fp.attr(self._attrs(h[3], handle))
+        return self._attr_valid + self._attr(self._attrs(h[3], handle))
 
-    @staticmethod
-    def _set_id_killer(h: tuple) -> Callable[[int], None]:
+    def _caller(self, h: tuple, umask: int = 0) -> Caller:
+        """Who asks, in the IDs of the disk: a new entry's owner."""
+        return Caller(self.ids.uid_on_disk(h[4]), self.ids.gid_on_disk(h[5]), umask)
+
+    def _set_id_killer(self, h: tuple) -> Callable[[int], None]:
         """What a write or truncation by h's caller does to an fd's set-id bits. Asked for
         by the kernel (HANDLE_KILLPRIV_V2) when the caller has no CAP_FSETID."""
-        return functools.partial(kill_set_id, in_group=Requester(h[4], h[5], h[6]).in_group)
+        requester, shown = Requester(h[4], h[5], h[6]), self.ids.gid_shown
+        return functools.partial(kill_set_id, in_group=lambda gid: requester.in_group(shown(gid)))
 
-    @staticmethod
-    def _dropped_by_chown(h: tuple) -> Callable[[dict[str, int]], int]:
+    def _dropped_by_chown(self, h: tuple) -> Callable[[dict[str, int]], int]:
         """The set-id bits that a chown by h's caller drops from a file with these
         attributes (notify_change: set-user-ID always, set-group-ID as
         setattr_should_drop_sgid says), and EPERM where there are some and the
         caller may not change the file's mode (setattr_prepare)."""
+        ids = self.ids
+
         def dropped(attrs: dict[str, int]) -> int:
             caller = Requester(h[4], h[5], h[6])
             kill = set_id_bits_dropped(attrs["st_mode"], attrs["st_gid"],
-                                       lambda gid: caller.in_group(gid) or caller.capable(CAP_FSETID))
-            if kill and caller.uid != attrs["st_uid"] and not caller.capable(CAP_FOWNER):
+                                       lambda gid: caller.in_group(ids.gid_shown(gid)) or caller.capable(CAP_FSETID))
+            if kill and caller.uid != ids.uid_shown(attrs["st_uid"]) and not caller.capable(CAP_FOWNER):
                 raise OSError(errno.EPERM, os.strerror(errno.EPERM))
             return kill
         return dropped
 
     def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
              mode: int, uid: int, gid: int, touch: bool) -> None:
-        owner = (uid if valid & fp.FATTR_UID and uid != _NO_ID else -1, gid if valid & fp.FATTR_GID and gid != _NO_ID else -1)
+        owner = (self.ids.uid_on_disk(uid) if valid & fp.FATTR_UID and uid != _NO_ID else -1,
+                 self.ids.gid_on_disk(gid) if valid & fp.FATTR_GID and gid != _NO_ID else -1)
         times = valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW)
         # A truncation's "mtime now" is done by the host's truncate already.
         if valid & fp.FATTR_SIZE and times == fp.FATTR_MTIME | fp.FATTR_MTIME_NOW:
@@ -582,7 +592,7 @@ class Requests:
     def open(self, h: tuple, data: memoryview) -> bytes:
         asked, open_flags = fp.OPEN_IN.unpack_from(data)
         flags = self._host_flags(asked)
-        nodeid, caller = h[3], Caller(h[4], h[5])
+        nodeid, caller = h[3], self._caller(h)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
@@ -612,7 +622,7 @@ class Requests:
         name = _name(data[fp.CREATE_IN.size:])
         with self.nodes.change():
             path = self.nodes.child_path(h[3], name)
-            fd = self.union.create(path, mode, flags, Caller(h[4], h[5], umask))
+            fd = self.union.create(path, mode, flags, self._caller(h, umask))
             try:
                 nodeid, entry = self._entry(h[3], name, path)
             except BaseException:
@@ -625,7 +635,7 @@ class Requests:
         flags, mode, umask, _ = fp.CREATE_IN.unpack_from(data)
         flags = self._host_flags(flags)
         with self.nodes.exclusive():  # copies the directory up: no name moves meanwhile
-            fd = self.union.tmpfile(self.nodes.path(h[3]), mode, flags, Caller(h[4], h[5], umask))
+            fd = self.union.tmpfile(self.nodes.path(h[3]), mode, flags, self._caller(h, umask))
         try:
             attrs = self.union.fgetattr(fd, 0)
         except BaseException:
@@ -634,7 +644,7 @@ class Requests:
         nodeid = self.nodes.unnamed()
         self._opened(fd, 0, nodeid)
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
-        return (fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + fp.attr(attrs)
+        return (fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + self._attr(attrs)
                 + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0))
 
     def read(self, h: tuple, data: memoryview) -> fp.FileRange:
@@ -779,7 +789,7 @@ class Requests:
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         unchanged = handle.generation == self.union.generation  # the snapshot's sources still hold
         described = self._described_up_to(handle) if unchanged else -1
-        known, looked_up, entry_out, attr = self.nodes.known, self.nodes.looked_up, fp.ENTRY_OUT.pack, fp.attr
+        known, looked_up, entry_out, attr = self.nodes.known, self.nodes.looked_up, fp.ENTRY_OUT.pack, self._attr
         out = bytearray()
         last = None
         for cookie, name, attrs, source, raw in entries[start:]:

@@ -269,7 +269,7 @@ def serve(
     from unionfs.session import MountRequest, Session
 
     try:
-        requests = Requests(union, Timeouts(opts.timeout, opts.attr_seconds, opts.timeout))
+        requests = Requests(union, Timeouts(opts.timeout, opts.attr_seconds, opts.timeout), ids=opts.ids)
         target = MountRequest(
             os.path.abspath(mountpoint), fsname, "unionfs", opts.mount_flags,
             allow_other=opts.allow_other or opts.allow_root, read_only=opts.read_only,

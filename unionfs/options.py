@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from unionfs.idmap import IdMap, parse_ranges
 from unionfs.markers import WhiteoutForm
 
 # Generic mount flags that libfuse 2 turns into MS_* flags.
@@ -47,6 +48,7 @@ class MountOptions:
     engine: str = "native"
     # FUSE over io_uring (native engine): auto when the kernel offers it, on to insist, off for /dev/fuse alone.
     io_uring: str = "auto"
+    ids: IdMap = IdMap()  # fuse-overlayfs's uidmapping, gidmapping and squash_to_* (native engine)
 
     @property
     def attr_seconds(self) -> float:
@@ -75,6 +77,7 @@ def split_lowerdir(text: str) -> tuple[str, ...]:
 def parse(option_strings: list[str]) -> MountOptions:
     values: dict[str, object] = {}
     flags: list[str] = []
+    ids: dict[str, object] = {}
     for text in option_strings:
         for item in split_options(text):
             key, eq, value = item.partition("=")
@@ -111,6 +114,17 @@ def parse(option_strings: list[str]) -> MountOptions:
                     values[key] = float(value)
                 except ValueError:
                     raise OptionError(f"{key}={value}: not a number") from None
+            elif key in ("uidmapping", "gidmapping"):
+                try:
+                    ids[key] = parse_ranges(key, value)
+                except ValueError as exc:
+                    raise OptionError(str(exc)) from None
+            elif key in ("squash_to_uid", "squash_to_gid"):
+                if not value.isdigit() or int(value) > 0xFFFFFFFE:
+                    raise OptionError(f"{key}={value}: expected a numeric ID")
+                ids[key] = int(value)
+            elif key == "squash_to_root" and not eq:
+                ids[key] = 0
             elif key in FUSE_MOUNT_FLAGS and not eq:
                 flags.append(key)
             elif key in IGNORED or key in OVERLAY_COMPAT or key.startswith(("x-", "comment")):
@@ -122,4 +136,11 @@ def parse(option_strings: list[str]) -> MountOptions:
     if ("upperdir" in values) != ("workdir" in values):
         raise OptionError("upperdir and workdir must be given together")
     values["mount_flags"] = tuple(flags)
+    if ids:
+        if values.get("engine") == "fusepy":
+            raise OptionError(f"{', '.join(sorted(ids))}: not with engine=fusepy")
+        root = ids.get("squash_to_root")  # squash_to_uid and squash_to_gid take precedence, as in fuse-overlayfs
+        values["ids"] = IdMap.with_kernel_overflow(
+            uids=ids.get("uidmapping", ()), gids=ids.get("gidmapping", ()),
+            squash_uid=ids.get("squash_to_uid", root), squash_gid=ids.get("squash_to_gid", root))
     return MountOptions(**values)  # type: ignore[arg-type]

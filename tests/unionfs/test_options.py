@@ -50,6 +50,19 @@ def test_fuse_overlayfs_spellings() -> None:
     assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,volatile,fsync=1"]).volatile
 
 
+def test_fuse_overlayfs_id_options() -> None:
+    assert parse(["lowerdir=/a"]).ids.identity
+    ids = parse(["lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:2000:10"]).ids
+    assert [(r.host, r.shown, r.count) for r in ids.uids] == [(0, 1000, 1), (1, 100000, 65536)]
+    assert (ids.uid_shown(0), ids.uid_shown(2), ids.uid_shown(70000)) == (1000, 100001, ids.overflow_uid)
+    assert (ids.uid_on_disk(1000), ids.uid_on_disk(100001), ids.uid_on_disk(0)) == (0, 2, ids.overflow_uid)
+    assert (ids.gid_shown(9), ids.gid_on_disk(2009), ids.gid_shown(10)) == (2009, 9, ids.overflow_gid)
+    squashed = parse(["lowerdir=/a,squash_to_root,squash_to_gid=7"]).ids
+    assert (squashed.uid_shown(1234), squashed.gid_shown(1234)) == (0, 7)
+    assert (squashed.uid_on_disk(1234), squashed.gid_on_disk(1234)) == (1234, 1234)  # squashing shows, never writes
+    assert parse(["lowerdir=/a,squash_to_uid=5,squash_to_root"]).ids.uid_shown(0) == 5  # squash_to_uid comes first
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -61,6 +74,10 @@ def test_fuse_overlayfs_spellings() -> None:
         ("lowerdir=/a,timeout=soon", "not a number"),
         ("lowerdir=/a,io_uring=yes", "io_uring=yes: expected auto, on or off"),
         ("lowerdir=/a,fsync=no", "fsync=no: expected 0 or 1"),
+        ("lowerdir=/a,uidmapping=0:1000", "uidmapping=0:1000: expected ID:MAPPED-ID:COUNT"),
+        ("lowerdir=/a,gidmapping=0:x:1", "gidmapping=0:x:1: expected ID:MAPPED-ID:COUNT"),
+        ("lowerdir=/a,squash_to_uid=-1", "squash_to_uid=-1: expected a numeric ID"),
+        ("lowerdir=/a,squash_to_root,engine=fusepy", "squash_to_root: not with engine=fusepy"),
     ],
 )
 def test_errors_say_what_is_wrong(text: str, message: str) -> None:
