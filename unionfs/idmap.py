@@ -63,37 +63,29 @@ class IdMap:
     def uid_shown(self, uid: int) -> int:
         if self.squash_uid is not None:
             return self.squash_uid
-        return _to_shown(self.uids, uid, self.overflow_uid)
+        return _translate(self.uids, uid, self.overflow_uid, to_disk=False)
 
     def gid_shown(self, gid: int) -> int:
         if self.squash_gid is not None:
             return self.squash_gid
-        return _to_shown(self.gids, gid, self.overflow_gid)
+        return _translate(self.gids, gid, self.overflow_gid, to_disk=False)
 
     def uid_on_disk(self, uid: int) -> int:
-        return _to_disk(self.uids, uid, self.overflow_uid)
+        return _translate(self.uids, uid, self.overflow_uid, to_disk=True)
 
     def gid_on_disk(self, gid: int) -> int:
-        return _to_disk(self.gids, gid, self.overflow_gid)
+        return _translate(self.gids, gid, self.overflow_gid, to_disk=True)
 
     def shown(self, attrs: dict[str, int]) -> dict[str, int]:
         """Attributes as the mount shows them."""
         return {**attrs, "st_uid": self.uid_shown(attrs["st_uid"]), "st_gid": self.gid_shown(attrs["st_gid"])}
 
 
-def _to_shown(ranges: tuple[IdRange, ...], disk: int, overflow: int) -> int:
+def _translate(ranges: tuple[IdRange, ...], value: int, overflow: int, to_disk: bool) -> int:
     if not ranges:
-        return disk
+        return value
     for r in ranges:
-        if r.host <= disk < r.host + r.count:
-            return r.shown + disk - r.host
-    return overflow
-
-
-def _to_disk(ranges: tuple[IdRange, ...], shown: int, overflow: int) -> int:
-    if not ranges:
-        return shown
-    for r in ranges:
-        if r.shown <= shown < r.shown + r.count:
-            return r.host + shown - r.shown
+        start, other = (r.shown, r.host) if to_disk else (r.host, r.shown)
+        if start <= value < start + r.count:
+            return other + value - start
     return overflow
