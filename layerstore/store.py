@@ -379,10 +379,11 @@ class Store:
         blobs = [d for d in self.blobs.digests() if d not in live_blobs]
         recent: list[str] = []
         if keep_written_after is not None:
-            recent = [f"layer {d}" for d in layers if _written_at(self.layers.inventory_path(d)) > keep_written_after]
-            recent += [f"blob {d}" for d in blobs if _written_at(self.blobs.path(d)) > keep_written_after]
-            layers = [d for d in layers if f"layer {d}" not in recent]
-            blobs = [d for d in blobs if f"blob {d}" not in recent]
+            new_layers = {d for d in layers if _written_at(self.layers.inventory_path(d)) > keep_written_after}
+            new_blobs = {d for d in blobs if _written_at(self.blobs.path(d)) > keep_written_after}
+            recent = [f"layer {d}" for d in layers if d in new_layers] + [f"blob {d}" for d in blobs if d in new_blobs]
+            layers = [d for d in layers if d not in new_layers]
+            blobs = [d for d in blobs if d not in new_blobs]
         return Garbage(layers=layers, blobs=blobs, leftovers=leftovers, recent=recent)
 
     def _manifest_blobs(self, manifests: list[str]) -> set[str]:
