@@ -29,9 +29,10 @@ def errno_without(cap: int, action: Callable[[], object]) -> int | None:
     return _in_child(lambda: _drop_capability(cap), action, f"root without capability {cap}")
 
 
-def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = (), cwd: Path | str | None = None) -> int | None:
-    """Run action in a forked child with uid and gid ``uid`` and the given
-    supplementary groups: the errno of the OSError it raised, or None.
+def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = (), cwd: Path | str | None = None,
+             gid: int | None = None) -> int | None:
+    """Run action in a forked child with uid ``uid``, gid ``gid`` (default: the uid)
+    and the given supplementary groups: the errno of the OSError it raised, or None.
 
     The child starts in ``cwd`` (chosen while still root), so the test's own
     private directories above it need not be searchable by that user.
@@ -40,7 +41,7 @@ def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = 
         if cwd is not None:
             os.chdir(cwd)
         os.setgroups(list(groups))
-        os.setresgid(uid, uid, uid)
+        os.setresgid(*(uid if gid is None else gid,) * 3)
         os.setresuid(uid, uid, uid)
     return _in_child(become, action, f"uid {uid}")
 

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction, name: str = "fsck") -> None:  # ty
     p = sub.add_parser(name, help="check blobs, layers and metadata; --repair what cannot be trusted")
     p.add_argument("--repair", action="store_true", help="remove what is wrong, unpack layers again from good blobs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the problems")
-    p.add_argument("-m", "--max", default="24h", metavar="DURATION",
+    p.add_argument("-m", "--max", metavar="DURATION",
                    help="layers and blobs that no image uses are problems once older than this (default 24h; 0: all)")
     p.set_defaults(func=run)
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
             sys.stderr.write(f"\r\033[K{message}")
             sys.stderr.flush()
 
-    max_age = parse_duration(args.max)
+    max_age = fsck.MAX_AGE if args.max is None else parse_duration(args.max)
     if max_age is None:
         raise CommandError(f"invalid --max {args.max!r}: not a duration (for example 24h, 90m, 0)")
     report = fsck.check(store, repair=args.repair, progress=progress, max_age=max_age)

@@ -52,16 +52,9 @@ def fuse_overlayfs(stack: Stack, options: str) -> Iterator[Path]:
 
 
 def by(where: Path, uid: int, action: Callable[[], object], groups: tuple[int, ...] = (), gid: int | None = None) -> int | None:
-    """The errno of action (None: it worked), run in a child that enters where as root and
-    then becomes uid, with gid (default: the uid) and these supplementary groups: the
-    test's temp directories above it are root's alone."""
-    def become_and_act() -> None:
-        os.chdir(where)
-        os.setgroups(list(groups))
-        os.setresgid(*(uid if gid is None else gid,) * 3)
-        os.setresuid(uid, uid, uid)
-        action()
-    return errno_as(0, become_and_act)
+    """The errno of action (None: it worked), run as uid in where: the test's temp
+    directories above it are root's alone."""
+    return errno_as(uid, action, groups=groups, cwd=where, gid=gid)
 
 
 def changes(mnt: Path) -> list[int | None]:
