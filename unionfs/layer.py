@@ -16,6 +16,7 @@ from unionfs import markers, syscalls
 
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)  # a marker name too long to exist
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
+_ABSENT = _NO_XATTR + _MISSING  # what getxattr answers with None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +245,7 @@ class Layer:
     # Relative to the layer's descriptor, never by an absolute path: this mount may sit on
     # the layer's own path or below it, and a path through it would ask this driver again.
     def getxattr(self, rel: str, name: str) -> bytes | None:
-        try:
-            return syscalls.getxattrat(self.fd, rel, name)
-        except OSError as exc:
-            if exc.errno in _NO_XATTR or exc.errno in _MISSING:
-                return None
-            raise
+        return syscalls.getxattrat_unless(self.fd, rel, name, _ABSENT)
 
     def listxattr(self, rel: str) -> list[str]:
         try:

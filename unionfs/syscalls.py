@@ -237,11 +237,25 @@ def syncfs(fd: int) -> None:
 _SYS_SETXATTRAT, _SYS_GETXATTRAT, _SYS_LISTXATTRAT, _SYS_REMOVEXATTRAT = 463, 464, 465, 466  # every architecture
 _XATTR_MAX = 65536  # XATTR_SIZE_MAX and XATTR_LIST_MAX: no value or list is longer
 _PROC_PATH_LIMIT = 4000  # longer names go through an O_PATH descriptor of their own
-_buffers = threading.local()
+_scratch = threading.local()
 
 
 class _XattrArgs(ctypes.Structure):
     _fields_ = [("value", ctypes.c_uint64), ("size", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+# syscall(2) with the *xattrat calls' arguments declared: ctypes converts them in C. With
+# a ctypes object built for each argument in Python, a listxattrat of a file without
+# xattrs took 5.4 us instead of 3.9, and the calls come with most lookups. Every argument
+# is an integer or a pointer, which the C library's syscall passes on as the kernel takes them.
+_c = ctypes
+_value_call = _c.CFUNCTYPE(_c.c_long, _c.c_long, _c.c_int, _c.c_char_p, _c.c_uint, _c.c_char_p, _c.c_void_p,
+                           _c.c_size_t, use_errno=True)(("syscall", libc))  # get and set: a struct xattr_args
+_list_call = _c.CFUNCTYPE(_c.c_long, _c.c_long, _c.c_int, _c.c_char_p, _c.c_uint, _c.c_void_p, _c.c_size_t,
+                          use_errno=True)(("syscall", libc))
+_remove_call = _c.CFUNCTYPE(_c.c_long, _c.c_long, _c.c_int, _c.c_char_p, _c.c_uint, _c.c_char_p,
+                            use_errno=True)(("syscall", libc))
+_ARGS_SIZE = ctypes.sizeof(_XattrArgs)
 
 
 def _xattrat_answers() -> bool:
@@ -249,8 +263,7 @@ def _xattrat_answers() -> bool:
     Linux 6.13 they are ENOSYS, and a seccomp filter that does not know them may answer
     EPERM to every call, which must not pass for "no such attribute"."""
     args = _XattrArgs(0, 0, 0)
-    if libc.syscall(ctypes.c_long(_SYS_GETXATTRAT), ctypes.c_long(_AT_FDCWD), b"/", ctypes.c_long(0),
-                    b"user.unionfs.probe", ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))) >= 0:
+    if _value_call(_SYS_GETXATTRAT, _AT_FDCWD, b"/", 0, b"user.unionfs.probe", ctypes.addressof(args), _ARGS_SIZE) >= 0:
         return True
     return ctypes.get_errno() in (errno.ENODATA, errno.ENOTSUP)
 
@@ -258,21 +271,22 @@ def _xattrat_answers() -> bool:
 XATTRAT = _xattrat_answers()  # else every call goes through /proc/self/fd
 
 
-def _buffer() -> ctypes.Array[ctypes.c_char]:
-    buf = getattr(_buffers, "buf", None)
-    if buf is None:
-        buf = _buffers.buf = ctypes.create_string_buffer(_XATTR_MAX)
-    return buf
+class _Scratch:
+    """A thread's buffer for values and lists, and the xattr_args that points at it."""
+
+    def __init__(self) -> None:
+        self.buf = ctypes.create_string_buffer(_XATTR_MAX)
+        self.at = ctypes.addressof(self.buf)
+        self.args = _XattrArgs(self.at, _XATTR_MAX, 0)
+        self.args_at = ctypes.addressof(self.args)
 
 
-def _xattrat(number: int, dir_fd: int, rel: str, *args: object) -> int | None:
-    """The call's result, or None where the calls do not work here (see XATTRAT)."""
-    if not XATTRAT:
-        return None
-    result = libc.syscall(ctypes.c_long(number), ctypes.c_long(dir_fd), os.fsencode(rel), ctypes.c_long(AT_SYMLINK_NOFOLLOW), *args)
-    if result < 0:
-        _raise(rel)
-    return int(result)
+def _mine() -> _Scratch:
+    try:
+        return _scratch.mine
+    except AttributeError:
+        mine = _scratch.mine = _Scratch()
+        return mine
 
 
 def _via_proc(dir_fd: int, rel: str, call: Callable[..., T], *args: object) -> T:
@@ -288,31 +302,59 @@ def _via_proc(dir_fd: int, rel: str, call: Callable[..., T], *args: object) -> T
 
 def getxattrat(dir_fd: int, rel: str, name: str) -> bytes:
     """rel's extended attribute name, rel not followed if a symlink; OSError as os.getxattr."""
-    buf = _buffer()
-    args = _XattrArgs(ctypes.addressof(buf), _XATTR_MAX, 0)
-    size = _xattrat(_SYS_GETXATTRAT, dir_fd, rel, os.fsencode(name), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
-    if size is None:
-        return _via_proc(dir_fd, rel, os.getxattr, name)
-    return ctypes.string_at(buf, size)
+    value = getxattrat_unless(dir_fd, rel, name, ())
+    assert value is not None
+    return value
+
+
+def getxattrat_unless(dir_fd: int, rel: str, name: str, absent: tuple[int, ...]) -> bytes | None:
+    """getxattrat, or None for an errno in absent: the usual answer, no such attribute,
+    comes without an exception (5.9 us instead of 8.5)."""
+    if not XATTRAT:
+        try:
+            return _via_proc(dir_fd, rel, os.getxattr, name)
+        except OSError as exc:
+            if exc.errno in absent:
+                return None
+            raise
+    mine = _mine()
+    size = _value_call(_SYS_GETXATTRAT, dir_fd, os.fsencode(rel), AT_SYMLINK_NOFOLLOW, os.fsencode(name),
+                       mine.args_at, _ARGS_SIZE)
+    if size < 0:
+        if ctypes.get_errno() in absent:
+            return None
+        _raise(rel)
+    return ctypes.string_at(mine.at, size)
 
 
 def listxattrat(dir_fd: int, rel: str) -> list[str]:
-    buf = _buffer()
-    size = _xattrat(_SYS_LISTXATTRAT, dir_fd, rel, buf, ctypes.c_size_t(_XATTR_MAX))
-    if size is None:
+    if not XATTRAT:
         return _via_proc(dir_fd, rel, os.listxattr)
-    return [os.fsdecode(name) for name in ctypes.string_at(buf, size).split(b"\0") if name]
+    at = _mine().at
+    size = _list_call(_SYS_LISTXATTRAT, dir_fd, os.fsencode(rel), AT_SYMLINK_NOFOLLOW, at, _XATTR_MAX)
+    if size < 0:
+        _raise(rel)
+    if not size:
+        return []
+    return [os.fsdecode(name) for name in ctypes.string_at(at, size).split(b"\0") if name]
 
 
 def setxattrat(dir_fd: int, rel: str, name: str, value: bytes, flags: int = 0) -> None:
-    args = _XattrArgs(ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value or 0, len(value), flags)
-    if _xattrat(_SYS_SETXATTRAT, dir_fd, rel, os.fsencode(name), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))) is None:
+    if not XATTRAT:
         _via_proc(dir_fd, rel, os.setxattr, name, value, flags)
+        return
+    args = _XattrArgs(ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value or 0, len(value), flags)
+    if _value_call(_SYS_SETXATTRAT, dir_fd, os.fsencode(rel), AT_SYMLINK_NOFOLLOW, os.fsencode(name),
+                   ctypes.addressof(args), _ARGS_SIZE) < 0:
+        _raise(rel)
 
 
 def removexattrat(dir_fd: int, rel: str, name: str) -> None:
-    if _xattrat(_SYS_REMOVEXATTRAT, dir_fd, rel, os.fsencode(name)) is None:
+    if not XATTRAT:
         _via_proc(dir_fd, rel, os.removexattr, name)
+        return
+    if _remove_call(_SYS_REMOVEXATTRAT, dir_fd, os.fsencode(rel), AT_SYMLINK_NOFOLLOW, os.fsencode(name)) < 0:
+        _raise(rel)
 
 
 _SYS_OPEN_TREE = 428  # every architecture (Linux 5.2)
