@@ -93,9 +93,10 @@ class Resolver:
         self.settle: Callable[[str], None] | None = None
 
     # -- caches ------------------------------------------------------------------
-    def invalidate(self, path: str, subtree: bool = False, made_dir: bool = False) -> None:
+    def invalidate(self, path: str, subtree: bool = False, made_dir: bool = False) -> int:
         """Forget what path resolved to (and everything below it with subtree);
-        made_dir: path is the directory that ``expect_empty`` announced."""
+        made_dir: path is the directory that ``expect_empty`` announced. Returns the
+        generation this change started, for ``remember`` of what the change made."""
         with self._lock:
             self._gen += 1
             self._nodes.pop(path, None)
@@ -107,6 +108,7 @@ class Resolver:
                 for cache in (self._nodes, self._protections):
                     for key in [k for k in cache if k.startswith(prefix)]:
                         del cache[key]
+            return self._gen
 
     def expect_empty(self, rel: str) -> None:
         """An empty directory that the driver built is about to appear at rel in the

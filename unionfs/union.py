@@ -468,7 +468,8 @@ class Union:
     def _new_entry(
         self, path: str, caller: Caller | None, make: Callable[[int, str, int], int | None], is_dir: bool = False, mode: int = 0
     ) -> int | None:
-        """Create an entry in the upper layer, in place of a whiteout if one is there."""
+        """Create an entry in the upper layer, in place of a whiteout if one is there.
+        caller: who makes a new inode; None for a new name of an existing one (a link)."""
         copyup, work = self._writable(path)
         ppath, name = split(path)
         self._check_name(name, path)
@@ -495,9 +496,20 @@ class Union:
             if is_dir:
                 self.resolver.not_made(rel)
             raise
-        self._forget(self.upper.lstat(rel))
-        self.resolver.invalidate(path, made_dir=is_dir)
+        st = self.upper.lstat(rel)
+        self._forget(st)
+        gen = self.resolver.invalidate(path, made_dir=is_dir)
+        if caller is not None and st is not None:  # a new inode, not a new name of one
+            self._known_new(path, rel, st, gen)
         return fd
+
+    def _known_new(self, path: str, rel: str, st: os.stat_result, gen: int) -> None:
+        """What the entry reply that follows a create would ask the disk again: a new
+        inode carries no origin or metacopy xattr, and a new non-directory in the upper
+        hides every layer below (a directory may be merged or opaque: left to resolve)."""
+        self._origins[st.st_ino] = self.inodes(st.st_dev, st.st_ino)
+        if not stat.S_ISDIR(st.st_mode):
+            self.resolver.remember(Node(path, False, ((0, rel),)), gen)
 
     def _new_owner(self, prel: str, caller: Caller | None, mode: int) -> tuple[int, int]:
         """The group and mode of an entry the caller makes in the upper directory prel."""
