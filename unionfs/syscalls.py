@@ -279,6 +279,8 @@ class _Scratch:
         self.at = ctypes.addressof(self.buf)
         self.args = _XattrArgs(self.at, _XATTR_MAX, 0)
         self.args_at = ctypes.addressof(self.args)
+        self.set_args = _XattrArgs(self.at, 0, 0)  # a value to set is copied to buf first
+        self.set_args_at = ctypes.addressof(self.set_args)
 
 
 def _mine() -> _Scratch:
@@ -343,9 +345,13 @@ def setxattrat(dir_fd: int, rel: str, name: str, value: bytes, flags: int = 0) -
     if not XATTRAT:
         _via_proc(dir_fd, rel, os.setxattr, name, value, flags)
         return
-    args = _XattrArgs(ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value or 0, len(value), flags)
+    if len(value) > _XATTR_MAX:
+        raise OSError(errno.E2BIG, os.strerror(errno.E2BIG), rel)
+    mine = _mine()
+    ctypes.memmove(mine.at, value, len(value))
+    mine.set_args.size, mine.set_args.flags = len(value), flags
     if _value_call(_SYS_SETXATTRAT, dir_fd, os.fsencode(rel), AT_SYMLINK_NOFOLLOW, os.fsencode(name),
-                   ctypes.addressof(args), _ARGS_SIZE) < 0:
+                   mine.set_args_at, _ARGS_SIZE) < 0:
         _raise(rel)
 
 
