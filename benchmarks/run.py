@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -117,6 +118,21 @@ def source_version(package: str = "unionfs") -> str:
     return f"commit {head.stdout.strip()}" + (f" with uncommitted changes in {package}/" if dirty.strip() else "")
 
 
+def interpreter() -> str:
+    """The Python that runs the driver (this one: see drivers.py), and how its core
+    is linked. A build with ``--enable-shared`` keeps the core in a libpython,
+    which calls its own functions through the PLT; Debian links it into the
+    executable and builds it with profile-guided optimization. The rows made of
+    requests move with that (HISTORY.md, "which Python runs the driver")."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = ""
+    shared = re.search(r"/(libpython[\w.]*\.so[\w.]*)$", maps, re.MULTILINE)
+    where = f"its core in {shared.group(1)}" if shared else "its core in the executable"
+    return f"unionfs runs under {platform.python_implementation()} {platform.python_version()}, {where}"
+
+
 def environment(workdir: Path, drivers: list[Driver]) -> list[str]:
     """Facts that change the numbers, printed with the table."""
     lines = [f"kernel {platform.release()}, {os.cpu_count()} CPUs, workdir on {fs_type(workdir)}"]
@@ -140,6 +156,7 @@ def environment(workdir: Path, drivers: list[Driver]) -> list[str]:
     for d in drivers:
         if d.name == "unionfs" and not d.note:
             lines.append(f"unionfs: {source_version()}")
+            lines.append(interpreter())
         if d.note:
             lines.append(f"unionfs slot runs: {d.note}")
         if d.extra_opts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -49,6 +50,8 @@ def test_a_quick_run_gives_every_row_for_every_driver(tmp_path: Path) -> None:
     assert [p["when"] for p in paces] == ["before", "after"] and all(p["seconds"] > 0 for p in paces)
     text = table.read_text()
     assert "| workload |" in text and "unionfs/kernel" in text and "unionfs/fuse-overlayfs" in text
+    # the driver runs under this interpreter, whose build moves the rows made of requests
+    assert f"unionfs runs under {platform.python_implementation()} {platform.python_version()}, its core in " in text
     if "workdir on ext4" in text:  # each run's creates must not follow the last run's removals (drivers.spread_new_dirs)
         assert "in a block group of their own" in text, text
 
