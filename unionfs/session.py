@@ -3,8 +3,9 @@
 The driver speaks the kernel's FUSE protocol itself. As root it mounts with
 mount(2); otherwise ``fusermount3`` mounts and hands the device over a
 socket, as libfuse does. Worker threads each read whole requests into their
-own buffer and answer them; the kernel gives each request to one reader, so
-a slow request (a large copy-up, an fsync) holds one thread, not the mount.
+own buffer and answer them, one reading at a time while its requests are
+quick (``readturn``); a slow request (a large copy-up, an fsync) holds one
+thread, not the mount.
 Where the kernel offers FUSE over io_uring, requests come instead through a
 queue per CPU (``uring``), answered by the same ``answer``.
 SIGTERM and SIGINT unmount; the workers end when the kernel closes the
@@ -27,6 +28,7 @@ from unionfs.syscalls import libc
 from unionfs import uring
 from unionfs.handlers import QUICK, Requests
 from unionfs.mount import fusermount, unescape_mountinfo
+from unionfs.readturn import ReadTurn
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +193,7 @@ class Session:
         self._queues: list[uring.QueueWorker] = []
         self._ring_threads: list[threading.Thread] = []
         self._failure: OSError | None = None  # what ended the session, when not an unmount
+        self._turn = ReadTurn()  # which worker reads /dev/fuse next
 
     def mount(self) -> None:
         if self.io_uring == "on" and not uring.kernel_offers():
@@ -249,6 +252,7 @@ class Session:
         previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
         workers = [threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True) for i in range(self.threads)]
         try:
+            self._turn.start()
             for worker in workers:
                 worker.start()
             while not self._done.wait(1.0):  # Python runs signal handlers between waits
@@ -259,6 +263,7 @@ class Session:
             if on_idle is not None and self._released and self._idle_by(time.monotonic() + _DRAIN_SECONDS):
                 on_idle()
         finally:
+            self._turn.end()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             # The other workers each still have to read ENODEV (or their ring its end):
@@ -275,38 +280,48 @@ class Session:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         buf = bytearray(self.bufsize)
         view = memoryview(buf)
-        fd, header, out = self.fd, fp.IN_HEADER, fp.OUT_HEADER
-        while True:
-            try:
-                if self.requests.over_io_uring:
-                    size = self._read_forgets(fd, buf)
-                else:
-                    size = os.readv(fd, [buf])
-            except OSError as exc:
-                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                    continue  # ENOENT: the request was interrupted before we read it
-                if exc.errno != errno.ENODEV:
-                    log.error("reading /dev/fuse: %s", exc)
-                self._ended()  # ENODEV: unmounted
-                return
-            h = header.unpack_from(buf)
-            unique = h[2]
-            # The request is unpacked before a READ's data is read over it.
-            code, payload = self.answer(h, view[fp.IN_HEADER.size:size], "dev", view)
-            if payload is fp.NO_REPLY:
-                continue
-            if code:
-                reply = out.pack(16, -code, unique)
-            elif payload is None:
-                reply = out.pack(16, 0, unique)
-            elif len(payload) > 4096:  # file data: not copied once more
-                self._send(fd, [out.pack(16 + len(payload), 0, unique), payload], h[1])
-                continue
-            else:
-                reply = out.pack(16 + len(payload), 0, unique) + payload
-            self._send(fd, [reply], h[1])
-            if h[1] == fp.INIT and not code:  # refused: the kernel ends the connection
-                self._initialized()
+        fd, header, turn, me = self.fd, fp.IN_HEADER, self._turn, object()
+        turn.take(me)
+        try:
+            while True:
+                try:
+                    if self.requests.over_io_uring:
+                        size = self._read_forgets(fd, buf)
+                    else:
+                        size = os.readv(fd, [buf])
+                except OSError as exc:
+                    if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                        continue  # ENOENT: the request was interrupted before we read it
+                    if exc.errno != errno.ENODEV:
+                        log.error("reading /dev/fuse: %s", exc)
+                    self._ended()  # ENODEV: unmounted
+                    return
+                turn.begin()
+                self._reply(fd, header.unpack_from(buf), view, size)
+                if not turn.done(me):  # it took long, and another worker reads now
+                    turn.take(me)
+        finally:
+            turn.leave(me)
+
+    def _reply(self, fd: int, h: tuple, view: memoryview, size: int) -> None:
+        """Answer one request read from /dev/fuse; its header is h, its body in view."""
+        unique, out = h[2], fp.OUT_HEADER
+        # The request is unpacked before a READ's data is read over it.
+        code, payload = self.answer(h, view[fp.IN_HEADER.size:size], "dev", view)
+        if payload is fp.NO_REPLY:
+            return
+        if code:
+            reply = out.pack(16, -code, unique)
+        elif payload is None:
+            reply = out.pack(16, 0, unique)
+        elif len(payload) > 4096:  # file data: not copied once more
+            self._send(fd, [out.pack(16 + len(payload), 0, unique), payload], h[1])
+            return
+        else:
+            reply = out.pack(16 + len(payload), 0, unique) + payload
+        self._send(fd, [reply], h[1])
+        if h[1] == fp.INIT and not code:  # refused: the kernel ends the connection
+            self._initialized()
 
     def _ended(self) -> None:
         """The connection has ended (unmounted): the first thread to see it lets go of
