@@ -47,9 +47,6 @@ class ReadTurn:
         self._turn.acquire()
         self._holder = me
 
-    def holds(self, me: object) -> bool:
-        return self._holder is me
-
     def begin(self) -> None:
         """The holder has read a request and answers it now."""
         self._begun += 1
