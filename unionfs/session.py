@@ -3,9 +3,8 @@
 The driver speaks the kernel's FUSE protocol itself. As root it mounts with
 mount(2); otherwise ``fusermount3`` mounts and hands the device over a
 socket, as libfuse does. Worker threads each read whole requests into their
-own buffer and answer them, one reading at a time while its requests are
-quick (``readturn``); a slow request (a large copy-up, an fsync) holds one
-thread, not the mount.
+own buffer and answer them, one reading at a time (``readturn``); a request
+that takes long (a large copy-up, an fsync) holds one thread, not the mount.
 Where the kernel offers FUSE over io_uring, requests come instead through a
 queue per CPU (``uring``), answered by the same ``answer``.
 SIGTERM and SIGINT unmount; the workers end when the kernel closes the
@@ -184,7 +183,6 @@ class Session:
         self.fd = -1
         self.owners: set[int] | None = None  # allow_root: only these uids (and the kernel's own requests)
         self._done = threading.Event()
-        self._forget_gate = threading.Lock()
         self._end_gate = threading.Lock()
         self._released = False  # the connection has ended and the lower layers are let go of (see _ended)
         self._answering: list[_Answering] = []  # one per worker thread that has answered a request
@@ -339,17 +337,16 @@ class Session:
     def _read_forgets(self, fd: int, buf: bytearray) -> int:
         """Over io_uring, ``/dev/fuse`` brings only FORGET and INTERRUPT. Each FORGET read
         as it comes wakes a worker, most often on the other CPU, and takes the
-        interpreter lock from the ring workers: one per unlinked file. So one worker
-        reads at a time, and after a FORGET it waits a little, for the kernel to
-        gather the next ones into a BATCH_FORGET. Forgetting later only keeps node
-        ids a few milliseconds longer; an INTERRUPT waits as long at most."""
-        with self._forget_gate:
-            if self._done.is_set():  # unmounted: another reader read ENODEV
-                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-            size = os.readv(fd, [buf])
-            if fp.IN_HEADER.unpack_from(buf)[1] in (fp.FORGET, fp.BATCH_FORGET):
-                time.sleep(_FORGET_GATHER)
-            return size
+        interpreter lock from the ring workers: one per unlinked file. So the one
+        worker that reads (``readturn``) waits a little after a FORGET, for the
+        kernel to gather the next ones into a BATCH_FORGET. Forgetting later only
+        keeps node ids a few milliseconds longer; an INTERRUPT waits as long at most."""
+        if self._done.is_set():  # unmounted: another reader read ENODEV
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        size = os.readv(fd, [buf])
+        if fp.IN_HEADER.unpack_from(buf)[1] in (fp.FORGET, fp.BATCH_FORGET):
+            time.sleep(_FORGET_GATHER)
+        return size
 
     def _idle_by(self, deadline: float) -> bool:
         """Wait until no request is being answered; False if one still is at deadline."""
