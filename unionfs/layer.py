@@ -37,6 +37,7 @@ class DirInfo:
     opaque: bool
     redirect: str | None
     implicit: bool = False  # made only as a parent: attributes come from below
+    impure: bool = False  # overlay.impure: overlayfs copied entries up into it (see Union._lower_metacopy)
 
 
 _DTYPE_BITS = {
@@ -239,7 +240,8 @@ class Layer:
             os.close(fd)
         meta_opaque, redirect = self._xattr_meta(rel, names, opaque_value)  # the .wh..wh..opq marker was seen above
         implicit = not names.isdisjoint(markers.IMPLICIT_XATTRS)
-        return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit)
+        impure = not names.isdisjoint(markers.IMPURE_XATTRS)
+        return DirInfo(entries, frozenset(hides), opaque or meta_opaque, redirect, implicit, impure)
 
     # -- xattrs ----------------------------------------------------------------
     # Relative to the layer's descriptor, never by an absolute path: this mount may sit on

@@ -29,6 +29,8 @@ WHITEOUTS_XATTRS = ("trusted.overlay.whiteouts", "user.overlay.whiteouts")
 REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
 # A metacopy file: its metadata, its data left in a lower layer (overlayfs with metacopy=on).
 METACOPY_XATTRS = ("trusted.overlay.metacopy", "user.overlay.metacopy")
+# A directory of an overlayfs upper layer that holds a copied-up entry, metacopy files among them.
+IMPURE_XATTRS = ("trusted.overlay.impure", "user.overlay.impure")
 # A directory that no entry of its layer described (a layer tar that adds
 # /a/b/c without an entry for /a/b): it takes its attributes from below.
 IMPLICIT_XATTRS = ("trusted.unionfs.implicit", "user.unionfs.implicit")

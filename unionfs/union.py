@@ -120,6 +120,7 @@ class Union:
             self.inodes = InodeMap([layer.dev for layer in layers])
             self._origins: dict[int, int] = {}
             self._metacopies: set[int] = set()  # upper inodes that are overlayfs metacopy files
+            self._lower_metacopies: dict[tuple[int, int], bool] = {}  # (layer, inode): asked once, lower layers never change
             top = layers[0]
             self.namemax = os.statvfs(top.fd).f_namemax
             if self.writable and self.form is WhiteoutForm.OCI:
@@ -277,11 +278,33 @@ class Union:
         if st is None:
             raise fail(errno.ENOENT, path)
         ino = self._ino(index, rel, st)
-        if st.st_ino in self._metacopies and self.resolver.is_upper(index):
+        if (self.resolver.is_upper(index) and st.st_ino in self._metacopies) or self._lower_metacopy(index, rel, st):
             # Its data would read as zeros, and a write would lose it for good. overlayfs
-            # without metacopy=on refuses such a file the same way (ovl_lookup).
+            # without metacopy=on refuses such a file the same way (ovl_lookup), in any layer.
             raise fail(errno.EPERM, path)
         return self.attrs(st, ino, nlink)
+
+    def _lower_metacopy(self, index: int, rel: str, st: os.stat_result) -> bool:
+        """Whether rel is a metacopy file in a lower layer: the upper layer of an overlayfs
+        mount with metacopy=on, stacked as a lower one. overlayfs marks the directory of
+        every entry it copies up impure, so only the files of such directories are asked
+        for their xattrs, once each; a layer made any other way costs nothing more."""
+        if self.resolver.is_upper(index) or not stat.S_ISREG(st.st_mode):
+            return False
+        info = self.resolver.lower_dir(index, rel.rpartition("/")[0] or ".")
+        if info is None or not info.impure:
+            return False
+        key = (index, st.st_ino)
+        found = self._lower_metacopies.get(key)
+        if found is None:
+            found = not self.layers[index].xattr_names(rel).isdisjoint(markers.METACOPY_XATTRS)
+            if found:
+                log.warning("refusing %s in lower layer %s: an overlayfs metacopy file, whose data is in a layer below",
+                            rel, self.layers[index].root)
+            if len(self._lower_metacopies) >= 65536:
+                self._lower_metacopies.clear()
+            self._lower_metacopies[key] = found
+        return found
 
     def listed_getattr(self, index: int, rel: str, path: str, generation: int) -> dict[str, int]:
         """getattr of a non-directory that ``listed`` found at rel of layer index.

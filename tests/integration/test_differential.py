@@ -1320,6 +1320,48 @@ def test_a_metacopy_file_is_refused_as_overlayfs_without_metacopy_refuses_it(tmp
     assert answers["unionfs"] == answers["kernel"] == [errno.EPERM, errno.EPERM, errno.EPERM, ["g"], b"g\n"]
 
 
+def test_a_metacopy_file_in_a_lower_layer_is_refused_as_overlayfs_without_metacopy_refuses_it(tmp_path: Path) -> None:
+    """The upper layer of an overlayfs mount with metacopy=on, stacked as a lower layer of
+    the next union (as container storage stacks layers): its metacopy files are listed, but
+    every lookup of one fails with EPERM, as on overlayfs without metacopy=on, rather than
+    read as the zeros the file holds. Operations that name one fail at its lookup."""
+    first = Stack.make(tmp_path / "first", nlower=1)
+    (first.lowers[0] / "d").mkdir()
+    (first.lowers[0] / "d" / "f").write_bytes(b"lower data\n")
+    (first.lowers[0] / "d" / "h").write_bytes(b"h\n")
+    (first.lowers[0] / "d" / "empty").write_bytes(b"")
+    with kernel_mount(first, "metacopy=on", "redirect_dir=on") as mnt:
+        for name in ("f", "empty"):
+            os.chmod(mnt / "d" / name, 0o600)  # only the metadata goes up
+    for name in ("f", "empty"):
+        assert "trusted.overlay.metacopy" in os.listxattr(first.upper / "d" / name)
+
+    def run(mnt: Path) -> list[object]:
+        d = mnt / "d"
+        answers: list[object] = [sorted(os.listdir(d))]
+        answers += [_errno(lambda: os.lstat(d / name).st_size) for name in sorted(os.listdir(d))]
+        answers += [
+            _errno(lambda: (d / "f").read_bytes()), _errno(lambda: (d / "f").open("ab").close()),
+            _errno(lambda: os.unlink(d / "f")), _errno(lambda: os.rename(d / "f", d / "x")),
+            _errno(lambda: os.rename(d / "h", d / "f")), _errno(lambda: os.link(d / "f", d / "y")),
+            _errno(lambda: os.mkdir(d / "f")), _errno(lambda: os.close(os.open(d / "f", os.O_CREAT | os.O_WRONLY))),
+            _errno(lambda: os.rmdir(d)), _errno(lambda: (d / "h").read_bytes()), sorted(os.listdir(d)),
+        ]
+        return answers
+
+    answers = {}
+    for driver, mount in (("kernel", kernel_mount), ("unionfs", fuse_mount)):
+        second = Stack.make(tmp_path / driver, nlower=0)
+        second = dataclasses.replace(second, lowers=(first.upper, *first.lowers))
+        with mount(second) as mnt:
+            answers[driver] = run(mnt)
+        answers[driver].append(sorted(str(p.relative_to(second.upper)) for p in second.upper.rglob("*")))
+    assert answers["unionfs"] == answers["kernel"]
+    names = ["empty", "f", "h"]
+    assert answers["kernel"][:4] == [names, errno.EPERM, errno.EPERM, 2]
+    assert answers["kernel"][4:8] == [errno.EPERM] * 4
+
+
 def test_rename_flags_as_on_overlayfs(tmp_path: Path) -> None:
     """renameat2's RENAME_NOREPLACE and RENAME_EXCHANGE: the same answers and the same result as overlayfs."""
     lower = Dir({"f": File(b"f"), "g": File(b"g"), "h": File(b"h"), "d": Dir({"x": File(b"x")}),
