@@ -1,7 +1,8 @@
 """Mount options in the syntax of ``mount -t overlay`` and fuse-overlayfs.
 
-``lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W`` plus this driver's own
-options and the generic mount flags that mount(8) and mount.fuse pass along.
+``lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W`` (or ``lowerdir+=TOP,
+lowerdir+=...``, one layer each) plus this driver's own options and the
+generic mount flags that mount(8) and mount.fuse pass along.
 """
 from __future__ import annotations
 
@@ -66,10 +67,15 @@ def split_options(text: str) -> list[str]:
     return [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text) if part]
 
 
+_DATA_ONLY = "data-only lower layers are not supported (they hold the data of metacopy files, which this driver refuses)"
+
+
 def split_lowerdir(text: str) -> tuple[str, ...]:
     """``A:B:C`` with ``\\:`` for a colon inside a name, as overlayfs reads it."""
     parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", text)]
     if not all(parts):
+        if all(parts[0:1] + parts[-1:]):  # overlayfs's A:B::DATA
+            raise OptionError(f"lowerdir={text}: {_DATA_ONLY}")
         raise OptionError(f"lowerdir={text}: empty layer path")
     return tuple(parts)
 
@@ -78,11 +84,21 @@ def parse(option_strings: list[str]) -> MountOptions:
     values: dict[str, object] = {}
     flags: list[str] = []
     ids: dict[str, object] = {}
+    listed = False  # lowerdir= was given: lowerdir+ may not follow it
     for text in option_strings:
         for item in split_options(text):
             key, eq, value = item.partition("=")
-            if key == "lowerdir":
+            if key == "lowerdir":  # replaces the layers given before, lowerdir+ ones too, as on overlayfs
                 values["lowerdirs"] = split_lowerdir(value)
+                listed = True
+            elif key == "lowerdir+":  # overlayfs since Linux 6.8: one layer, appended below, colons as they are
+                if listed:
+                    raise OptionError(f"{item}: lowerdir+ cannot follow lowerdir")
+                if not value:
+                    raise OptionError("lowerdir+: empty path")
+                values["lowerdirs"] = (*values.get("lowerdirs", ()), value)  # type: ignore[misc]
+            elif key == "datadir+":
+                raise OptionError(f"{item}: {_DATA_ONLY}")
             elif key in ("upperdir", "workdir"):
                 if not value:
                     raise OptionError(f"{key}: empty path")

@@ -81,6 +81,37 @@ def test_mount_helper_form(stack: Stack) -> None:
         subprocess.run(["umount", str(stack.mnt)], check=True)
 
 
+def test_lowerdir_plus_stacks_one_layer_each_as_on_overlayfs(tmp_path: Path) -> None:
+    """overlayfs's lowerdir+= (Linux 6.8): one layer per option, top first, a colon in a
+    path taken as it is; through mount(8) with the same option string as the kernel's."""
+    layers = [tmp_path / "top", tmp_path / "mid:dle", tmp_path / "bottom"]
+    for i, layer in enumerate(layers):
+        layer.mkdir()
+        (layer / "shared").write_text(f"{layer.name}\n")
+        (layer / f"only{i}").write_text(f"{i}\n")
+    (layers[0] / "shared").unlink()  # the middle layer's shows
+    views = {}
+    for driver in ("overlay", "fuse.unionfs"):
+        upper, work, mnt = (tmp_path / driver / name for name in ("upper", "work", "mnt"))
+        for path in (upper, work, mnt):
+            path.mkdir(parents=True)
+        options = ",".join([*(f"lowerdir+={layer}" for layer in layers), f"upperdir={upper}", f"workdir={work}"])
+        result = subprocess.run(["mount", "-t", driver, driver, str(mnt), "-o", options],
+                                capture_output=True, text=True, env={"PATH": SAFE_PATH}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        try:
+            (mnt / "only1").write_text("changed\n")
+            views[driver] = [(name, (mnt / name).read_text()) for name in sorted(os.listdir(mnt))]
+        finally:
+            force_unmount(mnt)
+        views[driver].append(sorted(os.listdir(upper)))
+    assert views["fuse.unionfs"] == views["overlay"]
+    assert views["overlay"][:4] == [("only0", "0\n"), ("only1", "changed\n"), ("only2", "2\n"), ("shared", "mid:dle\n")]
+    refused = unionfs("-o", f"lowerdir={layers[0]},lowerdir+={layers[2]}", str(tmp_path / "overlay" / "mnt"))
+    assert refused.returncode != 0 and "lowerdir+ cannot follow lowerdir" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_read_only_without_upperdir(stack: Stack) -> None:
     with fuse_mount(stack, read_only=True) as mnt:
         assert (mnt / "top.txt").read_text() == "top\n"

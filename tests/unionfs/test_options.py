@@ -13,6 +13,13 @@ def test_overlay_syntax() -> None:
     assert not opts.read_only
 
 
+def test_lowerdir_plus_appends_one_layer_each() -> None:
+    """overlayfs's lowerdir+= (Linux 6.8): colons and backslashes in a path are its own;
+    a later lowerdir= replaces every layer given before, as on overlayfs."""
+    assert parse(["lowerdir+=/a:1,lowerdir+=/b\\:2", "lowerdir+=/c"]).lowerdirs == ("/a:1", "/b\\:2", "/c")
+    assert parse(["lowerdir+=/a,lowerdir=/x:/y"]).lowerdirs == ("/x", "/y")
+
+
 def test_read_only_without_upper() -> None:
     assert parse(["lowerdir=/a"]).read_only
     assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,ro"]).read_only
@@ -68,7 +75,11 @@ def test_fuse_overlayfs_id_options() -> None:
     [
         ("upperdir=/u,workdir=/w", "missing lowerdir"),
         ("lowerdir=/a,upperdir=/u", "together"),
-        ("lowerdir=/a::/b", "empty layer"),
+        ("lowerdir=/a:", "empty layer"),
+        ("lowerdir=/a::/b", "data-only lower layers are not supported"),
+        ("lowerdir+=/a,datadir+=/b", "datadir\\+=/b: data-only lower layers are not supported"),
+        ("lowerdir=/a,lowerdir+=/b", "lowerdir\\+=/b: lowerdir\\+ cannot follow lowerdir"),
+        ("lowerdir+=", "lowerdir\\+: empty path"),
         ("lowerdir=/a,frobnicate", "unknown option: frobnicate"),
         ("lowerdir=/a,whiteout=zip", "whiteout=zip"),
         ("lowerdir=/a,timeout=soon", "not a number"),
