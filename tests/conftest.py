@@ -27,23 +27,29 @@ def _no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _kernel_io_uring_off() -> Iterator[None]:
-    """Mounts that name no transport read /dev/fuse, whatever this machine's setting: the
-    driver takes the io_uring queues by default where the kernel offers them, and the
-    tests that want the queues ask for them (``transport``, ``kernel_io_uring``)."""
+    """Mounts made without ``fuse_mount`` (the command line, the layer store) read /dev/fuse:
+    the driver takes the io_uring queues by default where the kernel offers them, and the
+    tests that want the queues ask for them (``transport``, ``kernel_io_uring``). Not held:
+    another test run's own switch may take over meanwhile (see ``kernel_io_uring_switch``)."""
     if os.geteuid() != 0 or not Path(uring.SYSFS_ENABLE).exists():
         yield
         return
-    with mounts.kernel_io_uring_switch("N"):
+    with mounts.kernel_io_uring_switch("N", hold=False):
         yield
 
 
 @pytest.fixture
 def kernel_io_uring() -> Iterator[None]:
-    """The kernel offers FUSE over io_uring to the connections made meanwhile."""
+    """The kernel offers FUSE over io_uring to the connections made meanwhile, and
+    ``fuse_mount`` lets the driver take it (io_uring=auto)."""
     if not Path(uring.SYSFS_ENABLE).exists():
         pytest.skip("this kernel has no FUSE over io_uring")
     with mounts.kernel_io_uring_switch("Y"):
-        yield
+        mounts.TRANSPORT = ()
+        try:
+            yield
+        finally:
+            mounts.TRANSPORT = mounts.DEFAULT_TRANSPORT
 
 
 @pytest.fixture(params=["dev", "io_uring"])
@@ -55,4 +61,4 @@ def transport(request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         yield request.param
     finally:
-        mounts.TRANSPORT = ()
+        mounts.TRANSPORT = mounts.DEFAULT_TRANSPORT

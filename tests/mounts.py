@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import pickle
 import select
@@ -14,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,20 +49,60 @@ class Stack:
         return MountSpec(tuple(map(str, self.lowers)), str(self.upper), str(self.work), options)
 
 
-# Options every fuse_mount adds: how requests reach the driver (see the ``transport`` fixture).
-TRANSPORT: tuple[str, ...] = ()
+# Options every fuse_mount adds: how requests reach the driver. /dev/fuse unless a test asks
+# for the rings (the ``transport`` and ``kernel_io_uring`` fixtures), whatever the machine offers.
+DEFAULT_TRANSPORT: tuple[str, ...] = ("io_uring=off",)
+TRANSPORT: tuple[str, ...] = DEFAULT_TRANSPORT
+# The fuse module's parameter is the machine's: every test run on it switches it under this lock.
+_SWITCH_LOCK = Path("/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()) / "unionfs-tests-enable-uring.lock"
+
+
+_held = 0  # this process's depth in _switch_lock: a second flock of the file would wait for the first
 
 
 @contextlib.contextmanager
-def kernel_io_uring_switch(value: str) -> Iterator[None]:
-    """The fuse module's enable_uring set to value ("Y" or "N") meanwhile, then as it was."""
-    param = Path(SYSFS_ENABLE)
-    before = param.read_text().strip()
-    param.write_text(value)
+def _switch_lock() -> Iterator[None]:
+    global _held
+    if _held:
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+        return
+    fd = os.open(_SWITCH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        yield
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held = 1
+        try:
+            yield
+        finally:
+            _held = 0
     finally:
-        param.write_text(before)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def kernel_io_uring_switch(value: str, hold: bool = True) -> Iterator[None]:
+    """The fuse module's enable_uring set to value ("Y" or "N") meanwhile, then as it was.
+    The kernel reads it at each mount, so another test run switching it mid-test would
+    change how this one's mounts are served: hold keeps every other switch waiting until
+    this one is undone (without it, the lock is held only while writing, for a session's
+    default that a test's own switch may override)."""
+    param = Path(SYSFS_ENABLE)
+
+    def write(text: str) -> str:
+        with contextlib.nullcontext() if hold else _switch_lock():
+            was = param.read_text().strip()
+            param.write_text(text)
+            return was
+
+    with _switch_lock() if hold else contextlib.nullcontext():
+        before = write(value)
+        try:
+            yield
+        finally:
+            write(before)
 
 
 @contextlib.contextmanager
