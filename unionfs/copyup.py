@@ -629,7 +629,7 @@ class CopyUp:
 
     def _copy_xattrs(self, src: Layer, rel: str, tmp: str) -> None:
         for name in src.listxattr(rel):
-            if markers.is_hidden_xattr(name):
+            if markers.is_hidden_xattr(name) and not name.startswith(markers.ESCAPED_XATTR_PREFIXES):
                 continue
             value = src.getxattr(rel, name)
             if value is None:

@@ -37,6 +37,10 @@ IMPLICIT_XATTRS = ("trusted.unionfs.implicit", "user.unionfs.implicit")
 # Private state of this driver; never shown through the mount.
 PRIVATE_XATTR_PREFIXES = ("trusted.unionfs.", "user.unionfs.")
 HIDDEN_XATTR_PREFIXES = OVERLAY_XATTR_PREFIXES + PRIVATE_XATTR_PREFIXES
+# overlayfs (Linux 6.7) keeps an xattr of its own namespace that a user sets through it one
+# "overlay." deeper, and shows it back without that level (overlayfs.rst "Nesting overlayfs
+# mounts"): never a record of this union, only of one that has it as a layer.
+ESCAPED_XATTR_PREFIXES = tuple(prefix + "overlay." for prefix in OVERLAY_XATTR_PREFIXES)
 
 
 class WhiteoutForm(enum.Enum):
@@ -57,3 +61,23 @@ def is_chardev_whiteout(st_mode: int, st_rdev: int) -> bool:
 
 def is_hidden_xattr(name: str) -> bool:
     return name.startswith(HIDDEN_XATTR_PREFIXES)
+
+
+def shown_xattr(name: str, own: str) -> str | None:
+    """The name that a layer's xattr shows under through the mount, or None for a record
+    of overlayfs or of this driver; own: the overlay prefix of the mount's records."""
+    if not name.startswith(HIDDEN_XATTR_PREFIXES):
+        return name
+    if name.startswith(own + "overlay."):
+        return own + name[len(own) + len("overlay."):]
+    return None
+
+
+def stored_xattr(name: str, own: str) -> str | None:
+    """The name under which a caller's xattr is kept in the upper layer, or None for one
+    that no caller may set (the other overlay prefix, this driver's own)."""
+    if not name.startswith(HIDDEN_XATTR_PREFIXES):
+        return name
+    if name.startswith(own):
+        return own + "overlay." + name[len(own):]
+    return None

@@ -113,6 +113,7 @@ class Union:
             private = "trusted.unionfs." if trusted else "user.unionfs."
             self.origin_xattr = private + "origin"
             overlay = "trusted.overlay." if trusted else "user.overlay."
+            self.overlay_prefix = overlay  # the prefix a caller's own overlay.* xattrs are escaped in
             self.opaque_xattr = overlay + "opaque"
             self.redirect_xattr = overlay + "redirect"
             self.resolver = Resolver(layers, self.writable)
@@ -962,38 +963,43 @@ class Union:
             os.close(fd)
 
     # -- xattrs ------------------------------------------------------------------
+    # A caller's xattr in the mount's overlay namespace is kept escaped, as overlayfs keeps
+    # it (markers.ESCAPED_XATTR_PREFIXES); the records of overlayfs and of this driver
+    # never show, and none can be set.
+    def _stored(self, name: str, path: str, refusal: int) -> str:
+        stored = markers.stored_xattr(name, self.overlay_prefix)
+        if stored is None:
+            raise fail(refusal, path)
+        return stored
+
     def getxattr(self, path: str, name: str) -> bytes:
-        if markers.is_hidden_xattr(name):
-            raise fail(errno.EOPNOTSUPP, path)  # as overlayfs answers for its own
+        stored = self._stored(name, path, errno.ENODATA)  # a record is not there for the caller
         index, rel = self.node(path).attr_source
-        return self.layers[index].getxattr_strict(rel, name)
+        return self.layers[index].getxattr_strict(rel, stored)
 
     def fgetxattr(self, fd: int, name: str) -> bytes:
         """getxattr of a file open in the upper layer, by its fd."""
-        if markers.is_hidden_xattr(name):
-            raise fail(errno.EOPNOTSUPP, name)
-        return os.getxattr(fd, name)
+        return os.getxattr(fd, self._stored(name, f"fd {fd}", errno.ENODATA))
 
     def listxattr(self, path: str) -> list[str]:
         index, rel = self.node(path).attr_source
-        return [n for n in self.layers[index].listxattr(rel) if not markers.is_hidden_xattr(n)]
+        shown = (markers.shown_xattr(name, self.overlay_prefix) for name in self.layers[index].listxattr(rel))
+        return [name for name in shown if name is not None]
 
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
-        if markers.is_hidden_xattr(name):
-            raise fail(errno.EPERM, path)
+        stored = self._stored(name, path, errno.EPERM)
         rel = self._changeable(path)
-        self.upper.setxattr(rel, name, value, flags)
+        self.upper.setxattr(rel, stored, value, flags)
 
     def removexattr(self, path: str, name: str) -> None:
-        if markers.is_hidden_xattr(name):
-            raise fail(errno.EPERM, path)
+        stored = self._stored(name, path, errno.EPERM)
         node = self.node(path)
         self.protections.refuse(node, path, BOTH)
         if not self.resolver.is_upper(node.layer):
             index, rel = node.attr_source
-            self.layers[index].getxattr_strict(rel, name)  # ENODATA before any copy-up
+            self.layers[index].getxattr_strict(rel, stored)  # ENODATA before any copy-up
         copyup, _ = self._writable(path)
-        self.upper.removexattr(copyup.ensure(node), name)
+        self.upper.removexattr(copyup.ensure(node), stored)
 
 
 

@@ -557,17 +557,22 @@ def _content(path: str) -> bytes | str:
     return data if len(data) <= 48 else "sha256:" + hashlib.sha256(data).hexdigest()[:16]
 
 
-# overlayfs's and the driver's own xattrs: their values are implementation details
+# overlayfs's and the driver's own xattrs in a layer: their values are implementation details.
+# A user's overlay.* xattr is kept escaped there (trusted.overlay.overlay.*), by both alike.
 PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.", "trusted.unionfs.", "user.unionfs.")
+ESCAPED_XATTRS = ("trusted.overlay.overlay.", "user.overlay.overlay.")
 
 
-def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
-    """Every xattr but the private ones, sorted (user.*, trusted.*, security.*)."""
+def _xattrs(path: str, in_layer: bool) -> tuple[tuple[str, bytes], ...]:
+    """Every xattr, sorted (user.*, trusted.*, security.*); in_layer: the records of overlayfs
+    and of the driver left out. Through a mount every name shows: neither shows a record."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as exc:
         return (("<listxattr>", errname(exc.errno).encode()),)
-    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names if not n.startswith(PRIVATE_XATTRS)))
+    if in_layer:
+        names = [n for n in names if not n.startswith(PRIVATE_XATTRS) or n.startswith(ESCAPED_XATTRS)]
+    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
 
 
 def _mtime(ns: int) -> int | str:
@@ -637,7 +642,7 @@ def _meta(path: str, st: os.stat_result, lsattr: bool = True) -> Meta:
         mtime=_mtime(st.st_mtime_ns),
         content=_content(path) if kind == "file" else None,
         target=os.readlink(path) if kind == "symlink" else None,
-        xattrs=_xattrs(path),
+        xattrs=_xattrs(path, in_layer=False),
         flags=_flags(path) if lsattr and kind in ("file", "dir") else None,
     )
 
@@ -828,7 +833,7 @@ def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str
             nlink=None if kind == "dir" else st.st_nlink,
             content=_content(path) if kind == "file" else None,
             target=os.readlink(path) if kind == "symlink" else None,
-            xattrs=_xattrs(path),
+            xattrs=_xattrs(path, in_layer=True),
             protattr=_xattr(path, "trusted.overlay.protattr"),
         )
     return out

@@ -32,7 +32,7 @@ the driver is mounted with ``allow_other``, without which FUSE refuses every
 other user outright.
 
 Deliberate differences, each stated by a test below: .wh.* names and
-overlay.*/unionfs.* xattr names are refused, renameat2 flags are not supported
+user.overlay.*/unionfs.* xattr names are refused, renameat2 flags are not supported
 (libfuse 2), rename between two lower hard links does nothing, overlayfs lists
 whiteouts of single-layer lower directories (the driver never does; see
 ``difftree.diff_views``), overlayfs refuses to remove a directory that only
@@ -119,7 +119,8 @@ pytestmark = [
 
 NAMES = ("a", "b", "c", "d")  # never ".wh.*": the driver refuses to create those (EINVAL), overlayfs doesn't
 OWNERS = ((0, 0), (1000, 1000), (1000, 0))
-XATTRS = (("user.k", b"1"), ("user.m", b"two"), ("trusted.t", b"t"))
+# trusted.overlay.overlay.e: a user's trusted.overlay.e, kept escaped by the union whose upper held it
+XATTRS = (("user.k", b"1"), ("user.m", b"two"), ("trusted.t", b"t"), ("trusted.overlay.overlay.e", b"E"))
 FILE_MODES = (0o644, 0o600, 0o755, 0o4755, 0o2750)
 DIR_MODES = (0o755, 0o700, 0o2775, 0o777, 0o1777)
 
@@ -268,9 +269,9 @@ _operations = st.one_of(
     st.builds(op, st.just("chmod"), paths, st.sampled_from((0o600, 0o755, 0o4755, 0o2755))),
     st.builds(op, st.just("chown"), paths, st.sampled_from((0, 1000, -1)), st.sampled_from((0, 1000, -1))),
     st.builds(op, st.just("utime"), paths, fixed_times),
-    st.builds(op, st.just("setxattr"), paths, st.sampled_from(("user.k", "user.n", "trusted.t")),
+    st.builds(op, st.just("setxattr"), paths, st.sampled_from(("user.k", "user.n", "trusted.t", "trusted.overlay.e")),
               st.sampled_from((b"v", b"w2"))),
-    st.builds(op, st.just("removexattr"), paths, st.sampled_from(("user.k", "user.m", "trusted.t"))),
+    st.builds(op, st.just("removexattr"), paths, st.sampled_from(("user.k", "user.m", "trusted.t", "trusted.overlay.e"))),
     st.builds(op, st.just("mkfifo"), paths, st.sampled_from((0o644,))),
     st.builds(op, st.just("mknod"), paths, st.sampled_from(("chr", "sock"))),
     # mostly in the root, which exists: elsewhere most fail at the open
@@ -1233,22 +1234,33 @@ def test_errno(tmp_path: Path, operation: Op, expected: int) -> None:
 # -- deliberate differences ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["trusted.overlay.opaque", "trusted.overlay.x", "user.overlay.x", "trusted.unionfs.x", "user.unionfs.x"]
-)
-def test_overlay_and_private_xattrs_are_refused(tmp_path: Path, name: str) -> None:
-    """Deliberate difference: the driver keeps overlay.* and unionfs.* xattr names to itself (EPERM, hidden).
+@pytest.mark.parametrize("name", ["trusted.overlay.opaque", "trusted.overlay.x"])
+def test_overlay_xattrs_of_a_user_are_kept_escaped_as_on_overlayfs(tmp_path: Path, name: str) -> None:
+    """overlayfs on this kernel stores a trusted.overlay.* that a user sets escaped
+    (trusted.overlay.overlay.*), so nested overlays work; so does the driver, and an
+    escaped opaque marker makes nothing opaque here."""
+    with pair(tmp_path, [Dir({"d": Dir({"x": File()})}), Dir({"d": Dir({"y": File()}), "f": File()})]) as p:
+        for path in ("d", "f"):
+            p.run(op("setxattr", path, name, b"y"))
+            assert os.listxattr(p.driver.mnt / path) == os.listxattr(p.kernel.mnt / path) == [name]
+            escaped = name.replace("trusted.overlay.", "trusted.overlay.overlay.", 1)
+            assert os.getxattr(p.driver.upper / path, escaped) == os.getxattr(p.kernel.upper / path, escaped) == b"y"
+        assert names(view(p.driver.mnt), "d") == ["x", "y"]
+        p.run(op("removexattr", "f", name))
+        p.check()
 
-    Overlayfs on this kernel stores trusted.overlay.* escaped (trusted.overlay.overlay.*) and
-    user.* as is, so nested overlays work; the driver answers EPERM instead.
-    """
+
+@pytest.mark.parametrize("name", ["user.overlay.x", "trusted.unionfs.x", "user.unionfs.x"])
+def test_other_overlay_and_private_xattrs_are_refused(tmp_path: Path, name: str) -> None:
+    """Deliberate difference: the driver reads markers in user.overlay.* in every layer, and
+    keeps its own records in unionfs.*, so it refuses both names (EPERM) and hides them;
+    overlayfs mounted without userxattr takes them for plain xattrs."""
     with pair(tmp_path, [Dir(), Dir({"d": Dir(), "f": File()})]) as p:
         for path in ("d", "f"):
             assert apply(p.kernel.mnt, op("setxattr", path, name, b"y")) is None
             assert apply(p.driver.mnt, op("setxattr", path, name, b"y")) == errno.EPERM
             assert name in os.listxattr(p.kernel.mnt / path)
             assert os.listxattr(p.driver.mnt / path) == []
-        assert names(view(p.driver.mnt), "d") == []  # trusted.overlay.opaque did not make anything opaque
 
 
 @pytest.mark.parametrize("create", [op("write", ".wh.a", "create", b""), op("mkdir", ".wh..wh..opq", 0o755),
@@ -1360,6 +1372,50 @@ def test_a_metacopy_file_in_a_lower_layer_is_refused_as_overlayfs_without_metaco
     names = ["empty", "f", "h"]
     assert answers["kernel"][:4] == [names, errno.EPERM, errno.EPERM, 2]
     assert answers["kernel"][4:8] == [errno.EPERM] * 4
+
+
+def test_escaped_overlay_xattrs_as_on_overlayfs(tmp_path: Path) -> None:
+    """overlayfs keeps a trusted.overlay.X that a user sets through it as
+    trusted.overlay.overlay.X, and shows that back as trusted.overlay.X, so that a union
+    can be a layer of another (overlayfs.rst "Nesting overlayfs mounts"). An escaped
+    marker is no marker of this union; a copy-up keeps escaped xattrs."""
+    answers = {}
+    for driver, mount in (("kernel", kernel_mount), ("unionfs", fuse_mount)):
+        stack = Stack.make(tmp_path / driver)
+        (stack.lowers[1] / "f").write_bytes(b"f\n")
+        os.setxattr(stack.lowers[1] / "f", "trusted.overlay.overlay.foo", b"bar")
+        (stack.lowers[1] / "d").mkdir()
+        (stack.lowers[1] / "d" / "below").write_bytes(b"b\n")
+        (stack.lowers[0] / "d").mkdir()
+        os.setxattr(stack.lowers[0] / "d", "trusted.overlay.overlay.opaque", b"y")  # opaque to a union above, not here
+        with mount(stack) as mnt:
+            f = mnt / "f"
+            steps: list[object] = [sorted(os.listxattr(f)), sorted(os.listdir(mnt / "d")), sorted(os.listxattr(mnt / "d"))]
+            for name in ("trusted.overlay.foo", "trusted.overlay.overlay.foo", "trusted.overlay.opaque",
+                         "trusted.overlay.origin", "trusted.unionfs.origin"):
+                steps.append(_errno(lambda: os.getxattr(f, name)))
+            steps += [
+                _errno(lambda: os.setxattr(f, "trusted.overlay.new", b"1")),  # copies f up
+                _errno(lambda: os.setxattr(f, "trusted.overlay.overlay.x", b"2")),
+                _errno(lambda: os.setxattr(mnt / "d", "trusted.overlay.opaque", b"y")),
+                _errno(lambda: os.removexattr(f, "trusted.overlay.missing")),
+                _errno(lambda: os.removexattr(f, "trusted.overlay.new")),
+                sorted(os.listxattr(f)), sorted(os.listdir(mnt / "d")), (mnt / "d" / "below").read_bytes(),
+            ]
+        escaped = {}
+        for rel in ("f", "d"):
+            names = os.listxattr(stack.upper / rel)
+            escaped[rel] = sorted((n, os.getxattr(stack.upper / rel, n)) for n in names if n.startswith("trusted.overlay.overlay."))
+        answers[driver] = steps + [escaped]
+        if driver == "unionfs":  # the driver's own records: a plain trusted xattr to overlayfs
+            with mount(stack) as mnt:
+                assert _errno(lambda: os.setxattr(mnt / "f", "trusted.unionfs.origin", b"1")) == errno.EPERM
+    assert answers["unionfs"] == answers["kernel"]
+    assert answers["kernel"][0] == ["trusted.overlay.foo"] and answers["kernel"][1] == ["below"]
+    assert answers["kernel"][-1] == {
+        "f": [("trusted.overlay.overlay.foo", b"bar"), ("trusted.overlay.overlay.overlay.x", b"2")],
+        "d": [("trusted.overlay.overlay.opaque", b"y")],
+    }
 
 
 def test_rename_flags_as_on_overlayfs(tmp_path: Path) -> None:
