@@ -82,6 +82,7 @@ class Resolver:
         self.layers = layers
         self.writable = writable
         self._lower_dirs: dict[tuple[int, str], DirInfo | None] = {}
+        self.impure_layers: set[int] = set()  # lower layers where a directory read so far is overlay.impure
         self._nodes: dict[str, Node] = {}
         # path -> (its node, the node's immutable and append-only bits): asked of
         # the parent at every removal in it, and dropped with the node
@@ -170,6 +171,8 @@ class Resolver:
             info: DirInfo | None = self.layers[index].scan(rel)
         except (NotADirectoryError, FileNotFoundError):
             info = None
+        if info is not None and info.impure:
+            self.impure_layers.add(index)
         self._lower_dirs[key] = info
         return info
 

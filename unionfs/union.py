@@ -290,8 +290,8 @@ class Union:
         mount with metacopy=on, stacked as a lower one. overlayfs marks the directory of
         every entry it copies up impure, so only the files of such directories are asked
         for their xattrs, once each; a layer made any other way costs nothing more."""
-        if self.resolver.is_upper(index) or not stat.S_ISREG(st.st_mode):
-            return False
+        if index not in self.resolver.impure_layers or not stat.S_ISREG(st.st_mode):
+            return False  # its directory was read to find it: had it been impure, the layer would be here
         info = self.resolver.lower_dir(index, rel.rpartition("/")[0] or ".")
         if info is None or not info.impure:
             return False
