@@ -41,10 +41,10 @@ class UnionOperations(fuse.Operations):
     # file of any filesystem that knows no such request.
     ioctl = None
 
-    def __init__(self, union: Union, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, union: Union, on_ready: Callable[[], None] | None = None, acl: bool = True) -> None:
         self.union = union
         self.on_ready = on_ready
-        self.acl = AccessControl(union)  # what default_permissions leaves out: access ACLs
+        self.acl = AccessControl(union, enabled=acl)  # what default_permissions leaves out: access ACLs
         self._fd_layer: dict[int, int] = {}
         self._dirs: dict[int, str] = {}
         self._dir_ids = iter(range(1 << 40, 1 << 62))  # never equal to a file's fd

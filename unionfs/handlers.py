@@ -121,8 +121,11 @@ _SET_FILEATTR = {syscalls.FS_IOC_SETFLAGS: 4, syscalls.FS_IOC_FSSETXATTR: 28}
 class Requests:
     """The Union behind the kernel's requests: node ids, open files, listings."""
 
-    def __init__(self, union: Union, timeouts: Timeouts, *, writeback: bool = True, ids: IdMap = IdMap()) -> None:
+    def __init__(self, union: Union, timeouts: Timeouts, *, writeback: bool = True, ids: IdMap = IdMap(),
+                 acl: bool = True) -> None:
+        """acl: let the kernel enforce POSIX ACLs (FUSE_POSIX_ACL); without, the mode bits alone decide."""
         self.union = union
+        self.acl = acl
         self.ids = ids
         # Attributes as the kernel gets them: IDs as the mount shows them (see idmap).
         self._attr: Callable[[dict[str, int]], bytes] = fp.attr if ids.identity else lambda st: fp.attr(ids.shown(st))
@@ -179,7 +182,7 @@ class Requests:
             raise OSError(errno.EPROTO, f"FUSE protocol {major}.{minor} is not {fp.KERNEL_MAJOR}.x")
         want = (
             fp.ASYNC_READ | fp.ATOMIC_O_TRUNC | fp.BIG_WRITES | fp.DONT_MASK | fp.DO_READDIRPLUS | fp.READDIRPLUS_AUTO
-            | fp.ASYNC_DIO | fp.PARALLEL_DIROPS | fp.POSIX_ACL | fp.MAX_PAGES | fp.CACHE_SYMLINKS
+            | fp.ASYNC_DIO | fp.PARALLEL_DIROPS | (fp.POSIX_ACL if self.acl else 0) | fp.MAX_PAGES | fp.CACHE_SYMLINKS
             # set-id bits are dropped here; the kernel then asks for security.capability
             # once per file rather than before every write (SB_NOSEC)
             | fp.HANDLE_KILLPRIV_V2

@@ -251,6 +251,7 @@ def serve(
         whiteout=opts.whiteout,
         durable=not opts.volatile,
         userxattr=opts.userxattr,
+        static_nlink=opts.static_nlink,
     )
     if not union.private:
         layers = [*opts.lowerdirs, *((opts.upperdir, opts.workdir) if union.writable else ())]
@@ -263,13 +264,13 @@ def serve(
         # imported only here: the core works without fusepy
         from unionfs.fuseops import UnionFUSE, UnionOperations
 
-        UnionFUSE(UnionOperations(union, on_ready), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
+        UnionFUSE(UnionOperations(union, on_ready, acl=opts.acl), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
         return
     from unionfs.handlers import Requests, Timeouts
     from unionfs.session import MountRequest, Session
 
     try:
-        requests = Requests(union, Timeouts(opts.timeout, opts.attr_seconds, opts.timeout), ids=opts.ids)
+        requests = Requests(union, Timeouts(opts.timeout, opts.attr_seconds, opts.timeout), ids=opts.ids, acl=opts.acl)
         target = MountRequest(
             os.path.abspath(mountpoint), fsname, "unionfs", opts.mount_flags,
             allow_other=opts.allow_other or opts.allow_root, read_only=opts.read_only,

@@ -19,6 +19,13 @@ IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "
            "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "loop", "silent", "loud"}
 # overlayfs options that this driver accepts for drop-in use; its behaviour is fixed.
 OVERLAY_COMPAT = {"redirect_dir", "index", "xino", "metacopy", "nfs_export", "uuid", "verity"}
+# fuse-overlayfs's tuning, KEY=N: how it serves requests, which this driver does its own way.
+FUSE_OVERLAYFS_TUNING = {"threaded", "fast_ino", "writeback"}
+# fuse-overlayfs's KEY=N options whose 0 this driver shares and whose other values it lacks.
+FUSE_OVERLAYFS_OFF = {
+    "noxattrs": "a mount without extended attributes",
+    "xattr_permissions": "owners and modes kept in xattrs",
+}
 
 
 class OptionError(ValueError):
@@ -50,6 +57,8 @@ class MountOptions:
     # FUSE over io_uring (native engine): auto when the kernel offers it, on to insist, off for /dev/fuse alone.
     io_uring: str = "auto"
     ids: IdMap = IdMap()  # fuse-overlayfs's uidmapping, gidmapping and squash_to_* (native engine)
+    static_nlink: bool = False  # fuse-overlayfs's: every directory's link count is 1
+    acl: bool = True  # False (fuse-overlayfs's noacl): POSIX ACLs are kept, but only the mode bits decide
 
     @property
     def attr_seconds(self) -> float:
@@ -141,6 +150,17 @@ def parse(option_strings: list[str]) -> MountOptions:
                 ids[key] = int(value)
             elif key == "squash_to_root" and not eq:
                 ids[key] = 0
+            elif key == "static_nlink" and not eq:
+                values["static_nlink"] = True
+            elif key == "noacl" and not eq:
+                values["acl"] = False
+            elif key in FUSE_OVERLAYFS_TUNING or key in FUSE_OVERLAYFS_OFF:
+                if not value.isdigit():
+                    raise OptionError(f"{item}: expected a number")
+                if key in FUSE_OVERLAYFS_OFF and int(value):
+                    raise OptionError(f"{item}: not supported ({FUSE_OVERLAYFS_OFF[key]})")
+            elif key == "plugins":
+                raise OptionError(f"{item}: fuse-overlayfs's layer plugins are not supported")
             elif key in FUSE_MOUNT_FLAGS and not eq:
                 flags.append(key)
             elif key in IGNORED or key in OVERLAY_COMPAT or key.startswith(("x-", "comment")):

@@ -78,9 +78,11 @@ class Union:
         whiteout: WhiteoutForm | None = None,
         durable: bool = True,
         userxattr: bool = False,
+        static_nlink: bool = False,
     ) -> None:
         """userxattr: records in user.overlay.* and user.unionfs.*, as overlayfs's option
-        for mounts in a user namespace, where trusted.* cannot be written."""
+        for mounts in a user namespace, where trusted.* cannot be written.
+        static_nlink: every directory shows one link, as fuse-overlayfs's option."""
         if not lowerdirs:
             raise ValueError("at least one lowerdir is needed")
         if (upperdir is None) != (workdir is None):
@@ -108,6 +110,7 @@ class Union:
             self.layers = layers
             self.writable = upperdir is not None
             self.durable = durable
+            self.static_nlink = static_nlink
             self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 or userxattr else WhiteoutForm.OCI)
             trusted = self.form is WhiteoutForm.OVERLAY and not userxattr
             private = "trusted.unionfs." if trusted else "user.unionfs."
@@ -263,7 +266,8 @@ class Union:
         node = self.node(path)
         # overlayfs reports nlink 1 for merged directories: counting subdirs
         # of every layer is not worth it, and find(1) copes (ovl_getattr).
-        return self.layer_getattr(*node.attr_source, path, 1 if node.merged else None)
+        one = node.merged or (self.static_nlink and node.is_dir)
+        return self.layer_getattr(*node.attr_source, path, 1 if one else None)
 
     def upper_identity(self, path: str) -> tuple[int, int] | None:
         """(st_dev, st_ino) of the upper file at path if it has more than one name there."""

@@ -55,6 +55,10 @@ def test_fuse_overlayfs_spellings() -> None:
     assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,fsync=0"]).volatile
     assert not parse(["lowerdir=/a,upperdir=/u,workdir=/w,fsync=1,default_permissions"]).volatile
     assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,volatile,fsync=1"]).volatile
+    opts = parse(["lowerdir=/a,static_nlink,noacl,threaded=1,fast_ino=1,writeback=0,noxattrs=0,xattr_permissions=0"])
+    assert (opts.static_nlink, opts.acl) == (True, False)
+    plain = parse(["lowerdir=/a"])
+    assert (plain.static_nlink, plain.acl) == (False, True)
 
 
 def test_fuse_overlayfs_id_options() -> None:
@@ -80,6 +84,10 @@ def test_fuse_overlayfs_id_options() -> None:
         ("lowerdir+=/a,datadir+=/b", "datadir\\+=/b: data-only lower layers are not supported"),
         ("lowerdir=/a,lowerdir+=/b", "lowerdir\\+=/b: lowerdir\\+ cannot follow lowerdir"),
         ("lowerdir+=", "lowerdir\\+: empty path"),
+        ("lowerdir=/a,noxattrs=1", "noxattrs=1: not supported"),
+        ("lowerdir=/a,xattr_permissions=1", "xattr_permissions=1: not supported"),
+        ("lowerdir=/a,threaded=on", "threaded=on: expected a number"),
+        ("lowerdir=/a,plugins=/p.so", "plugins=/p.so: fuse-overlayfs's layer plugins are not supported"),
         ("lowerdir=/a,frobnicate", "unknown option: frobnicate"),
         ("lowerdir=/a,whiteout=zip", "whiteout=zip"),
         ("lowerdir=/a,timeout=soon", "not a number"),
