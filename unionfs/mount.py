@@ -264,7 +264,8 @@ def serve(
         # imported only here: the core works without fusepy
         from unionfs.fuseops import UnionFUSE, UnionOperations
 
-        UnionFUSE(UnionOperations(union, on_ready, acl=opts.acl), mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
+        operations = UnionOperations(union, on_ready, acl=opts.acl)
+        UnionFUSE(operations, mountpoint, foreground=True, debug=debug, **fuse_options(opts, fsname))
         return
     from unionfs.handlers import Requests, Timeouts
     from unionfs.session import MountRequest, Session

@@ -124,7 +124,8 @@ class Union:
             self.inodes = InodeMap([layer.dev for layer in layers])
             self._origins: dict[int, int] = {}
             self._metacopies: set[int] = set()  # upper inodes that are overlayfs metacopy files
-            self._lower_metacopies: dict[tuple[int, int], bool] = {}  # (layer, inode): asked once, lower layers never change
+            # (layer, inode) -> whether a lower file is a metacopy file: asked once, lower layers never change
+            self._lower_metacopies: dict[tuple[int, int], bool] = {}
             top = layers[0]
             self.namemax = os.statvfs(top.fd).f_namemax
             if self.writable and self.form is WhiteoutForm.OCI:

@@ -271,7 +271,8 @@ _operations = st.one_of(
     st.builds(op, st.just("utime"), paths, fixed_times),
     st.builds(op, st.just("setxattr"), paths, st.sampled_from(("user.k", "user.n", "trusted.t", "trusted.overlay.e")),
               st.sampled_from((b"v", b"w2"))),
-    st.builds(op, st.just("removexattr"), paths, st.sampled_from(("user.k", "user.m", "trusted.t", "trusted.overlay.e"))),
+    st.builds(op, st.just("removexattr"), paths,
+              st.sampled_from(("user.k", "user.m", "trusted.t", "trusted.overlay.e"))),
     st.builds(op, st.just("mkfifo"), paths, st.sampled_from((0o644,))),
     st.builds(op, st.just("mknod"), paths, st.sampled_from(("chr", "sock"))),
     # mostly in the root, which exists: elsewhere most fail at the open
@@ -1405,7 +1406,8 @@ def test_escaped_overlay_xattrs_as_on_overlayfs(tmp_path: Path) -> None:
         escaped = {}
         for rel in ("f", "d"):
             names = os.listxattr(stack.upper / rel)
-            escaped[rel] = sorted((n, os.getxattr(stack.upper / rel, n)) for n in names if n.startswith("trusted.overlay.overlay."))
+            escaped[rel] = sorted((n, os.getxattr(stack.upper / rel, n))
+                                  for n in names if n.startswith("trusted.overlay.overlay."))
         answers[driver] = steps + [escaped]
         if driver == "unionfs":  # the driver's own records: a plain trusted xattr to overlayfs
             with mount(stack) as mnt:
