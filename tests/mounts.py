@@ -54,9 +54,7 @@ class Stack:
 DEFAULT_TRANSPORT: tuple[str, ...] = ("io_uring=off",)
 TRANSPORT: tuple[str, ...] = DEFAULT_TRANSPORT
 # The fuse module's parameter is the machine's: every test run on it switches it under this lock.
-_SWITCH_LOCK = Path("/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()) / "unionfs-tests-enable-uring.lock"
-
-
+_SWITCH_LOCK = Path("/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir(), "unionfs-tests-enable-uring.lock")
 _held = 0  # this process's depth in _switch_lock: a second flock of the file would wait for the first
 
 
