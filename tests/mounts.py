@@ -136,6 +136,19 @@ def kernel_mount(stack: Stack, *options: str, read_only: bool = False) -> Iterat
         force_unmount(stack.mnt)
 
 
+@contextlib.contextmanager
+def fuse_overlayfs(stack: Stack, options: str) -> Iterator[Path]:
+    """fuse-overlayfs over the same directories, where its behaviour is the reference
+    (its own options)."""
+    lowers = ":".join(map(str, stack.lowers))
+    subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work},{options}",
+                    str(stack.mnt)], check=True, capture_output=True, timeout=30)
+    try:
+        yield stack.mnt
+    finally:
+        force_unmount(stack.mnt)
+
+
 def remount_kernel(stack: Stack, *options: str) -> None:
     """Unmount kernel overlayfs at stack.mnt and mount it again; the ``kernel_mount``
     that mounted it unmounts the new one."""

@@ -2,31 +2,18 @@
 its tuning knobs, which this driver accepts so that the same option string mounts both."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, force_unmount, fuse_mount
+from mounts import Stack, fuse_mount, fuse_overlayfs
 from users import errno_as
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("fuse-overlayfs"),
                                 reason="needs root and fuse-overlayfs")
-
-
-@contextlib.contextmanager
-def fuse_overlayfs(stack: Stack, options: str) -> Iterator[Path]:
-    lowers = ":".join(map(str, stack.lowers))
-    subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work},{options}",
-                    str(stack.mnt)], check=True, capture_output=True, timeout=30)
-    try:
-        yield stack.mnt
-    finally:
-        force_unmount(stack.mnt)
 
 
 def both(tmp_path: Path, options: str, make: object, look: object) -> dict[str, object]:

@@ -10,16 +10,14 @@ where fuse-overlayfs does not follow the kernel.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounts import Stack, force_unmount, fuse_mount
+from mounts import Stack, fuse_mount, fuse_overlayfs
 from users import errno_as
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("fuse-overlayfs"),
@@ -38,17 +36,6 @@ def make_lower(lower: Path) -> None:
         else:
             path.write_bytes(b"x")
         os.chown(path, uid, gid)
-
-
-@contextlib.contextmanager
-def fuse_overlayfs(stack: Stack, options: str) -> Iterator[Path]:
-    lowers = ":".join(map(str, stack.lowers))
-    subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work},{options}",
-                    str(stack.mnt)], check=True, capture_output=True, timeout=30)
-    try:
-        yield stack.mnt
-    finally:
-        force_unmount(stack.mnt)
 
 
 def by(where: Path, uid: int, action: Callable[[], object], groups: tuple[int, ...] = (), gid: int | None = None) -> int | None:
