@@ -113,8 +113,8 @@ class Union:
             self.static_nlink = static_nlink
             self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 or userxattr else WhiteoutForm.OCI)
             trusted = self.form is WhiteoutForm.OVERLAY and not userxattr
-            private = "trusted.unionfs." if trusted else "user.unionfs."
-            self.origin_xattr = private + "origin"
+            own_prefix = "trusted.unionfs." if trusted else "user.unionfs."
+            self.origin_xattr = own_prefix + "origin"
             overlay = "trusted.overlay." if trusted else "user.overlay."
             self.overlay_prefix = overlay  # the prefix a caller's own overlay.* xattrs are escaped in
             self.opaque_xattr = overlay + "opaque"
@@ -145,7 +145,7 @@ class Union:
                     except OSError as exc:
                         raise ValueError(f"workdir {workdir}: the volatile mark cannot be written: {exc.strerror}") from exc
                 self.copyup = CopyUp(
-                    self.resolver, self.work, self.inodes, durable=durable, private_prefix=private,
+                    self.resolver, self.work, self.inodes, durable=durable, private_prefix=own_prefix,
                     protattr_xattr=self.protections.xattr, on_new_inode=self._forget,
                 )
             undo.pop_all()
