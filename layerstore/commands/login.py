@@ -92,12 +92,12 @@ def run(args: argparse.Namespace, store: Store) -> int:
                 raise
     creds = _read_credentials(args, stored)
     verify(domain, creds, args.insecure_registry)
-    config.set(domain, creds)
-    print(
-        f"WARNING! Your credentials are stored unencrypted in '{config.path}'.\n"
-        "Configure a credential helper to remove this warning. See\n"
-        "https://docs.docker.com/go/credential-store/\n",
-        file=sys.stderr,
-    )
+    if config.set(domain, creds) is None:
+        print(
+            f"WARNING! Your credentials are stored unencrypted in '{config.path}'.\n"
+            "Configure a credential helper to remove this warning. See\n"
+            "https://docs.docker.com/go/credential-store/\n",
+            file=sys.stderr,
+        )
     print("Login Succeeded")
     return 0

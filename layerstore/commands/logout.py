@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from layerstore.commands.login import server_domain
+from layerstore.errors import AuthError
 from layerstore.registry.auth import HUB_AUTH_KEY, DockerConfig
 from layerstore.store import Store
 
@@ -17,5 +19,8 @@ def register(sub: argparse._SubParsersAction, name: str = "logout") -> None:  # 
 def run(args: argparse.Namespace, store: Store) -> int:
     domain = server_domain(args.server)
     print(f"Removing login credentials for {HUB_AUTH_KEY if domain == 'docker.io' else domain}")
-    DockerConfig().erase(domain)
+    try:
+        DockerConfig().erase(domain)
+    except AuthError as exc:  # the file forgot them: a warning, as the Docker CLI gives
+        print(f"WARNING: {exc}", file=sys.stderr)
     return 0

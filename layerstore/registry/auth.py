@@ -5,14 +5,20 @@ Credentials live where the Docker CLI keeps them, in ``$DOCKER_CONFIG/config.jso
 Hub's key is ``https://index.docker.io/v1/``), each with a base64
 ``user:password`` in ``auth``. Keys are matched by host name, so the
 ``https://host/v1/`` forms older clients wrote are found too; the rest of the
-file is kept as it was when it is written back (atomically, mode 0600).
+file is kept as it was when it is written back (atomically, mode 0600). Where
+the file names a credential helper for a registry (``credHelpers``, else
+``credsStore``), that helper keeps its credentials instead, as the Docker CLI
+does (``credhelpers``); the file then holds an empty entry for it.
 
 Authorization follows the distribution spec's token flow: a request goes out
 anonymous (or with the scheme learnt earlier); a 401 answer's
 ``WWW-Authenticate`` challenge says ``Basic`` (send the credentials) or
 ``Bearer realm=,service=,scope=`` (ask the realm for a token for that scope,
 with the credentials if there are any). Tokens are cached per scope until they
-expire, so pulling many blobs of one repository asks for one token.
+expire, so pulling many blobs of one repository asks for one token. An identity
+token (``identitytoken`` in the file, or a helper's ``<token>`` record) is an
+OAuth2 refresh token: it is POSTed to the realm (``grant_type=refresh_token``)
+instead of a user and password.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from layerstore.errors import AuthError, RegistryError, TransportError
+from layerstore.registry import credhelpers
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +43,14 @@ HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
 TOKEN_LEEWAY = 10.0  # seconds before expiry a cached token is renewed
 DEFAULT_TOKEN_LIFETIME = 60.0  # the spec's default when the answer has no expires_in
+CLIENT_ID = "layerstore"  # who asks, in an OAuth2 token request (the spec asks for a meaningful name)
 
 
 @dataclass(frozen=True)
 class Credentials:
     username: str
     password: str
+    identity_token: str = ""  # an OAuth2 refresh token, sent to the token realm in place of the password
 
     def basic(self) -> str:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
@@ -88,12 +97,38 @@ class DockerConfig:
         return auths if isinstance(auths, dict) else {}
 
     def _keys_for(self, domain: str) -> list[str]:
+        return self._keys_in(self.auths, domain)
+
+    @staticmethod
+    def _keys_in(table: dict[str, Any], domain: str) -> list[str]:
         wanted = hostname_of(auth_key(domain))
         hub = wanted in _HUB_NAMES
-        return [k for k in self.auths if (hostname_of(k) in _HUB_NAMES if hub else hostname_of(k) == wanted)]
+        return [k for k in table if (hostname_of(k) in _HUB_NAMES if hub else hostname_of(k) == wanted)]
+
+    def helper_for(self, domain: str) -> str | None:
+        """The credential helper that keeps this registry's credentials: its own
+        (``credHelpers``, keyed as ``auths`` is), else the default (``credsStore``)."""
+        helpers = self.doc.get("credHelpers")
+        if isinstance(helpers, dict):
+            for key in sorted(self._keys_in(helpers, domain), key=lambda k: k != auth_key(domain)):
+                if isinstance(helpers[key], str) and helpers[key]:
+                    return helpers[key]
+        default = self.doc.get("credsStore")
+        return default if isinstance(default, str) and default else None
 
     def get(self, domain: str) -> Credentials | None:
-        """The stored credentials for a registry, the exact key first."""
+        """The stored credentials for a registry: its helper's, else the file's, the exact key first."""
+        helper = self.helper_for(domain)
+        if helper is not None:
+            try:
+                found = credhelpers.get(helper, auth_key(domain))
+            except credhelpers.HelperError as exc:
+                raise AuthError(f"registry {domain}", str(exc)) from None
+            if found is None:
+                return None
+            if found.username == credhelpers.TOKEN_USERNAME:
+                return Credentials("", "", identity_token=found.secret)
+            return Credentials(found.username, found.secret)
         keys = sorted(self._keys_for(domain), key=lambda k: k != auth_key(domain))
         for key in keys:
             entry = self.auths.get(key)
@@ -102,22 +137,43 @@ class DockerConfig:
                 return creds
         return None
 
-    def set(self, domain: str, creds: Credentials) -> None:
+    def set(self, domain: str, creds: Credentials) -> str | None:
+        """Keep creds for a registry: with its credential helper if it has one (whose
+        name is returned), else in the file."""
         auths = self.doc.setdefault("auths", {})
         if not isinstance(auths, dict):
             auths = self.doc["auths"] = {}
-        token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
-        auths[auth_key(domain)] = {"auth": token}
+        helper = self.helper_for(domain)
+        if helper is not None:
+            try:
+                credhelpers.store(helper, auth_key(domain), creds.username, creds.password)
+            except credhelpers.HelperError as exc:
+                raise AuthError(f"registry {domain}", f"credentials not saved: {exc}") from None
+            for key in self._keys_for(domain):  # no password of it stays in the file
+                del auths[key]
+            auths[auth_key(domain)] = {}
+        else:
+            token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            auths[auth_key(domain)] = {"auth": token}
         self.save()
+        return helper
 
     def erase(self, domain: str) -> bool:
-        """Remove every key that names this registry; whether there was one."""
+        """Remove every key that names this registry, then the record its credential
+        helper keeps; whether there was either. AuthError if the helper failed (the
+        file is written by then)."""
         keys = self._keys_for(domain)
         for key in keys:
             del self.doc["auths"][key]
         if keys:
             self.save()
-        return bool(keys)
+        helper = self.helper_for(domain)
+        if helper is None:
+            return bool(keys)
+        try:
+            return credhelpers.erase(helper, auth_key(domain)) or bool(keys)
+        except credhelpers.HelperError as exc:
+            raise AuthError(f"registry {domain}", f"could not erase credentials: {exc}") from None
 
     def save(self) -> None:
         """Write atomically, readable by the owner only (it holds passwords)."""
@@ -144,9 +200,11 @@ def _decode_entry(entry: dict[str, Any], subject: str) -> Credentials | None:
             raise AuthError(subject, "the auth value is not base64 of user:password") from None
         if not sep:
             raise AuthError(subject, "the auth value is not base64 of user:password")
-        return Credentials(user, password)
+        return Credentials(user, password, identity_token=str(entry.get("identitytoken") or ""))
     if entry.get("username") and entry.get("password"):
         return Credentials(str(entry["username"]), str(entry["password"]))
+    if entry.get("identitytoken"):
+        return Credentials("", "", identity_token=str(entry["identitytoken"]))
     return None
 
 
@@ -230,7 +288,7 @@ class Authorizer:
             if challenge is None:
                 return None
             if challenge.scheme == "basic":
-                return self.credentials.basic() if self.credentials else None
+                return self.credentials.basic() if self.credentials and self.credentials.username else None
             return "Bearer " + self._token(challenge, scope)
 
     def challenged(self, response: Any, scope: str | None) -> bool:
@@ -244,7 +302,7 @@ class Authorizer:
             before = self._challenge
             self._challenge = chosen
             if chosen.scheme == "basic":
-                return self.credentials is not None and (before is None or before.scheme != "basic")
+                return bool(self.credentials and self.credentials.username) and (before is None or before.scheme != "basic")
             # a token the registry refused (expired early, revoked) is fetched anew; the
             # caller asks once more only, so credentials that cannot have the scope end there
             self._tokens.pop(_scope_key(chosen, scope), None)
@@ -263,24 +321,30 @@ class Authorizer:
         import requests
 
         realm = challenge.params["realm"]
-        params: list[tuple[str, str]] = []
-        if challenge.params.get("service"):
-            params.append(("service", challenge.params["service"]))
-        params.extend(("scope", s) for s in scope.split(" ") if s)
-        if self.credentials:
-            params.append(("account", self.credentials.username))
-        auth = (self.credentials.username, self.credentials.password) if self.credentials else None
+        service = challenge.params.get("service", "")
+        refresh = self.credentials.identity_token if self.credentials else ""
         self.token_requests += 1
         log.debug("token for %r from %s", scope, realm)
         try:
-            resp = self.session.get(realm, params=params, auth=auth, timeout=self.timeout)
+            if refresh:  # OAuth2 (the distribution spec's token-auth oauth.md): the form, POSTed
+                form = {"grant_type": "refresh_token", "refresh_token": refresh, "service": service,
+                        "scope": scope, "client_id": CLIENT_ID}
+                resp = self.session.post(realm, data=form, timeout=self.timeout)
+            else:
+                params: list[tuple[str, str]] = [("service", service)] if service else []
+                params.extend(("scope", s) for s in scope.split(" ") if s)
+                if self.credentials:
+                    params.append(("account", self.credentials.username))
+                auth = (self.credentials.username, self.credentials.password) if self.credentials else None
+                resp = self.session.get(realm, params=params, auth=auth, timeout=self.timeout)
         except requests.RequestException as exc:
             from layerstore.registry.client import describe_failure
 
             raise TransportError(f"token server {realm}", f"unreachable ({describe_failure(exc)})") from None
         with resp:
-            if resp.status_code in (401, 403):
-                raise AuthError(f"registry {self.domain}", "unauthorized: incorrect username or password" if self.credentials
+            if resp.status_code in (401, 403) or (refresh and resp.status_code == 400):  # 400: invalid_grant
+                raise AuthError(f"registry {self.domain}", "unauthorized: the identity token was refused" if refresh
+                                else "unauthorized: incorrect username or password" if self.credentials
                                 else "unauthorized: authentication required")
             if resp.status_code != 200:
                 raise RegistryError(f"token server {realm}", f"HTTP {resp.status_code}")

@@ -169,6 +169,7 @@ class TokenServer:
         self.issuer = issuer
         self.issued: list[dict[str, Any]] = []
         self.refused = 0
+        self.refresh_tokens: dict[str, str] = {}  # identity token -> its user (OAuth2 refresh tokens)
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerstore test token signer")])
         now = datetime.datetime.now(datetime.UTC)
@@ -188,6 +189,9 @@ class TokenServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server._answer(self)
+
+            def do_POST(self) -> None:
+                server._answer_oauth(self)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -236,6 +240,36 @@ class TokenServer:
         self.issued.append({"user": user, "scopes": query.get("scope", []), "access": access})
         body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
         handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def identity_token(self, user: str) -> str:
+        """A refresh token for user, as a registry's OAuth2 login hands out (kept by clients
+        as an identity token)."""
+        token = os.urandom(16).hex()
+        self.refresh_tokens[token] = user
+        return token
+
+    def _answer_oauth(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        """The spec's OAuth2 token endpoint (token-auth oauth.md): a form POSTed to the
+        realm, here with grant_type=refresh_token; an unknown token is 400 invalid_grant."""
+        from urllib.parse import parse_qs
+
+        form = {k: v[0] for k, v in parse_qs(handler.rfile.read(int(handler.headers.get("Content-Length", 0))).decode()).items()}
+        user = self.refresh_tokens.get(form.get("refresh_token", "")) if form.get("grant_type") == "refresh_token" else None
+        if user is None or not form.get("client_id"):
+            self.refused += 1
+            status, answer = 400, {"error": "invalid_grant"}
+        else:
+            scopes = form.get("scope", "").split()
+            access = [a for scope in scopes if (a := self._grant(scope, user))]
+            self.issued.append({"user": user, "scopes": scopes, "access": access, "grant": "refresh_token",
+                                "client_id": form["client_id"]})
+            status, answer = 200, {"access_token": self._sign(user, access), "expires_in": 300}
+        body = json.dumps(answer).encode()
+        handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()

@@ -1,0 +1,112 @@
+"""Credential helpers: ``credsStore`` and ``credHelpers`` in config.json, as the Docker CLI reads them.
+
+The helper is Debian's ``docker-credential-pass`` over a ``pass`` store with a
+GnuPG key of the test's own (no passphrase); identity tokens are OAuth2
+refresh tokens that the test's token server (``regkit.TokenServer``) hands out
+and takes back in a POSTed form.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from regkit import PASSWORD, USER, Result, World, cli
+
+
+@pytest.fixture
+def pass_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An initialized ``pass`` store, encrypted to a key made for this test."""
+    gnupg, store = tmp_path / "gnupg", tmp_path / "password-store"
+    gnupg.mkdir(mode=0o700)
+    monkeypatch.setenv("GNUPGHOME", str(gnupg))
+    monkeypatch.setenv("PASSWORD_STORE_DIR", str(store))
+    subprocess.run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
+                    "layerstore test <test@layerstore.invalid>", "future-default", "default", "never"],
+                   check=True, capture_output=True)
+    listed = subprocess.run(["gpg", "--list-keys", "--with-colons"], check=True, capture_output=True, text=True).stdout
+    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
+    subprocess.run(["pass", "init", fingerprint], check=True, capture_output=True)
+    yield store
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True, check=False)
+
+
+def helper(action: str, stdin: str) -> str:
+    return subprocess.run(["docker-credential-pass", action], input=stdin, check=True, capture_output=True, text=True).stdout
+
+
+def write_config(docker_config: Path, doc: dict[str, object]) -> Path:
+    docker_config.mkdir(exist_ok=True)
+    path = docker_config / "config.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def login(tmp_path: Path, host: str) -> Result:
+    return cli(tmp_path, "login", host, "-u", USER, "--password-stdin", stdin=PASSWORD + "\n")
+
+
+def test_login_keeps_the_password_in_the_helper_and_pull_and_logout_use_it(
+        world: World, tmp_path: Path, docker_config: Path, pass_store: Path) -> None:
+    host = world.basic.host
+    config = write_config(docker_config, {"credsStore": "pass"})
+    assert cli(tmp_path, "pull", f"{host}/app1:v1").rc == 1
+
+    ok = login(tmp_path, host)
+    assert (ok.rc, ok.out, ok.err) == (0, "Login Succeeded\n", "")  # no warning: nothing is stored unencrypted
+    assert json.loads(config.read_text()) == {"credsStore": "pass", "auths": {host: {}}}
+    assert PASSWORD not in config.read_text()
+    assert json.loads(helper("list", "")) == {host: USER}
+    assert json.loads(helper("get", host))["Secret"] == PASSWORD
+
+    pulled = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert pulled.rc == 0, pulled.err
+
+    out = cli(tmp_path, "logout", host)
+    assert (out.rc, out.out, out.err) == (0, f"Removing login credentials for {host}\n", "")
+    assert json.loads(helper("list", "")) == {}
+    assert json.loads(config.read_text()) == {"credsStore": "pass", "auths": {}}
+    assert cli(tmp_path, "pull", f"{host}/app2:v1").rc == 1
+
+
+def test_a_registry_s_own_helper_wins_over_the_default_one_and_over_the_file(
+        world: World, tmp_path: Path, docker_config: Path, pass_store: Path) -> None:
+    basic, token = world.basic.host, world.token.host
+    wrong = base64.b64encode(f"{USER}:wrong".encode()).decode()
+    config = write_config(docker_config, {
+        "credsStore": "nosuch", "credHelpers": {basic: "pass"}, "auths": {basic: {"auth": wrong}}})
+    helper("store", json.dumps({"ServerURL": basic, "Username": USER, "Secret": PASSWORD}))
+    pulled = cli(tmp_path, "pull", f"{basic}/app1:v1")
+    assert pulled.rc == 0, pulled.err
+
+    before = config.read_text()
+    for args in (("pull", f"{token}/app2:v1"), ("login", token, "-u", USER, "--password-stdin")):
+        failed = cli(tmp_path, *args, stdin=PASSWORD + "\n")
+        assert (failed.rc, failed.err) == (
+            1, f"Error: registry {token}: credential helper docker-credential-nosuch: not found in PATH\n")
+    assert config.read_text() == before
+
+
+def test_an_identity_token_is_sent_to_the_realm_as_an_oauth2_refresh_token(
+        world: World, tmp_path: Path, docker_config: Path, pass_store: Path) -> None:
+    host, tokens = world.token.host, world.tokens
+    identity = tokens.identity_token(USER)
+    write_config(docker_config, {"credsStore": "pass"})
+    helper("store", json.dumps({"ServerURL": host, "Username": "<token>", "Secret": identity}))
+    before = len(tokens.issued)
+    pulled = cli(tmp_path, "pull", f"{host}/app2:v1")
+    assert pulled.rc == 0, pulled.err
+    issued = tokens.issued[before:]
+    assert [(t["user"], t["scopes"], t.get("grant"), t.get("client_id")) for t in issued] == [
+        (USER, ["repository:app2:pull"], "refresh_token", "layerstore")]
+
+    # the same token kept in the file, as the Docker CLI keeps it without a helper
+    write_config(docker_config, {"auths": {host: {"identitytoken": identity}}})
+    assert cli(tmp_path, "pull", f"{host}/app1:v1").rc == 0
+
+    del tokens.refresh_tokens[identity]  # revoked
+    refused = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert (refused.rc, refused.err) == (1, f"Error: registry {host}: unauthorized: the identity token was refused\n")
