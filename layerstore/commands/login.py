@@ -38,8 +38,8 @@ def server_domain(server: str | None) -> str:
     return "docker.io" if host in _HUB else host
 
 
-def verify(domain: str, creds: Credentials, insecure: list[str]) -> None:
-    client = RegistryClient(domain, insecure=insecure, credentials=creds)
+def verify(domain: str, creds: Credentials, args: argparse.Namespace) -> None:
+    client = RegistryClient(domain, insecure=args.insecure_registry, credentials=creds, cert_dir=args.cert_dir)
     try:
         client.ping()
     except AuthError:
@@ -84,14 +84,14 @@ def run(args: argparse.Namespace, store: Store) -> int:
     if stored and not (args.username or args.password or args.password_stdin):
         print(f"Authenticating with existing credentials... [Username: {stored.username}]")
         try:
-            verify(domain, stored, args.insecure_registry)
+            verify(domain, stored, args)
             print("Login Succeeded")
             return 0
         except AuthError:
             if not sys.stdin.isatty():
                 raise
     creds = _read_credentials(args, stored)
-    verify(domain, creds, args.insecure_registry)
+    verify(domain, creds, args)
     if config.set(domain, creds) is None:
         print(
             f"WARNING! Your credentials are stored unencrypted in '{config.path}'.\n"

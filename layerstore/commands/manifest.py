@@ -33,7 +33,7 @@ def run_inspect(args: argparse.Namespace, store: Store) -> int:
     quiet_http_logs()
     ref = reference.parse(args.name)
     insecure = [*args.insecure_registry, *([ref.domain] if args.insecure else [])]
-    client = RegistryClient(ref.domain, insecure=insecure)
+    client = RegistryClient(ref.domain, insecure=insecure, cert_dir=args.cert_dir)
     try:
         sys.stdout.write(inspect(client, ref, args.verbose))
     finally:

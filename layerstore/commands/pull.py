@@ -24,7 +24,13 @@ from layerstore.store import Store
 def add_registry_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
-        help="talk plain HTTP to this registry (also $LAYERSTORE_INSECURE_REGISTRIES; localhost always)",
+        help="HTTPS without certificate checks, then plain HTTP if TLS fails, for this registry"
+             " (also $LAYERSTORE_INSECURE_REGISTRIES; localhost is always plain HTTP)",
+    )
+    p.add_argument(
+        "--cert-dir", metavar="DIR",
+        help="the registry's CA certificates (*.crt) and client certificate (NAME.cert, NAME.key), as podman's option"
+             " (default: its certs.d directory)",
     )
 
 
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
             print(f"Using default tag: {ref.tag}", flush=True)
     platform = Platform.parse(args.platform) if args.platform else None
     output: PullOutput = Quiet() if args.quiet else Display(sys.stdout)
-    client = RegistryClient(ref.domain, insecure=args.insecure_registry)
+    client = RegistryClient(ref.domain, insecure=args.insecure_registry, cert_dir=args.cert_dir)
     try:
         puller = Puller(store, client, output, platform, explicit_platform=platform is not None)
         if args.all_tags:

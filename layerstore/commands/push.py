@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
         if not args.quiet:
             print(f"Using default tag: {ref.tag}", flush=True)
     output: PullOutput = Quiet() if args.quiet else Display(sys.stdout)
-    client = RegistryClient(ref.domain, insecure=args.insecure_registry)
+    client = RegistryClient(ref.domain, insecure=args.insecure_registry, cert_dir=args.cert_dir)
     try:
         pusher = Pusher(store, client, output)
         if args.all_tags:

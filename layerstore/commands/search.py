@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
         raise CommandError(f"limit {limit} is outside the range of [1, 100]")
     filters = queries.parse_filters(args.filter, FILTERS)
     domain, term = split_term(args.term)
-    client = RegistryClient(domain, insecure=args.insecure_registry)
+    client = RegistryClient(domain, insecure=args.insecure_registry, cert_dir=args.cert_dir)
     try:
         results = select(search(client, term, limit), filters, limit)
     finally:

@@ -2,7 +2,10 @@
 
 - ``client``: one registry over HTTP(S) with ``requests``: endpoints,
   retries with backoff, redirects that keep credentials home, errors.
-- ``auth``: ``config.json`` credentials, basic auth and the bearer token flow.
+- ``tls``: a registry's CAs and client certificate, from its certs.d directory.
+- ``auth``: ``config.json`` credentials, basic auth and the bearer token flow
+  (identity tokens as OAuth2 refresh tokens).
+- ``credhelpers``: Docker's credential helpers (``docker-credential-NAME``).
 - ``download``: resumable blob downloads (``ingest/<hex>.partial``, ``Range``).
 - ``pull``: manifests, platform choice, parallel layers, registering the image.
 - ``push``: blobs the registry lacks (HEAD, cross-repository mount, monolithic

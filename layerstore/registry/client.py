@@ -7,9 +7,12 @@ exponential backoff for what is worth another try (connection failures,
 the caller with a ``Range`` request (``download.py``).
 
 Endpoints as Docker chooses them: ``docker.io`` is served by
-``registry-1.docker.io``; ``localhost``, ``127.0.0.0/8``, ``::1`` and
-registries named in ``--insecure-registry`` or ``$LAYERSTORE_INSECURE_REGISTRIES``
-speak plain HTTP; every other registry HTTPS with certificate checks.
+``registry-1.docker.io``; ``localhost``, ``127.0.0.0/8`` and ``::1`` speak
+plain HTTP; registries named in ``--insecure-registry`` or
+``$LAYERSTORE_INSECURE_REGISTRIES`` are asked in HTTPS without certificate
+checks first and in plain HTTP if TLS fails there (Docker's order for an
+insecure registry); every other registry HTTPS with certificate checks, with
+the CAs and client certificate of its certs.d directory (``tls``).
 
 Redirects are followed here, not by requests: blob storage (S3, a CDN) answers
 a blob GET with a 307 to another host, and the registry's credentials must not
@@ -26,6 +29,9 @@ import ipaddress
 import logging
 import os
 import re
+import ssl
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InsecureRequestWarning
 from urllib3.util.retry import Retry
 
 from layerstore.digest import digest_bytes, parse_digest
@@ -55,6 +62,7 @@ from layerstore.model import (
     OCI_MANIFEST,
 )
 from layerstore.reference import DEFAULT_DOMAIN, Reference
+from layerstore.registry import tls
 from layerstore.registry.auth import Authorizer, Credentials, DockerConfig
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,8 @@ def insecure_registries(extra: Iterable[str] = ()) -> frozenset[str]:
 class Endpoint:
     domain: str  # as references name it: docker.io, host:port
     base_url: str  # where its /v2/ API is
+    verify: bool = True  # certificates checked (an insecure registry's are not)
+    fallback: str | None = None  # the plain-HTTP base_url to try if TLS fails (an insecure registry)
 
     @property
     def host(self) -> str:
@@ -90,8 +100,11 @@ class Endpoint:
 
 def endpoint(domain: str, insecure: Iterable[str] = ()) -> Endpoint:
     host = HUB_REGISTRY if domain == DEFAULT_DOMAIN else domain
-    plain = _loopback(host) or domain.lower() in insecure_registries(insecure)
-    return Endpoint(domain, f"{'http' if plain else 'https'}://{host}")
+    if _loopback(host):
+        return Endpoint(domain, f"http://{host}")
+    if domain.lower() in insecure_registries(insecure):
+        return Endpoint(domain, f"https://{host}", verify=False, fallback=f"http://{host}")
+    return Endpoint(domain, f"https://{host}")
 
 
 def _loopback(host: str) -> bool:
@@ -105,33 +118,63 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def new_session(retries: int = 3) -> requests.Session:
-    """A pooled session that retries transient failures with exponential backoff."""
-    retry = Retry(
+def _retry(retries: int = 3) -> Retry:
+    """Transient failures again, with backoff; a TLS handshake that failed (a certificate
+    not trusted, no TLS at all) fails the same way each time, so at once."""
+    return Retry(
         total=retries + 1,
         connect=retries,
         read=2,
         status=retries,
+        other=0,
         backoff_factor=0.25,
         status_forcelist=(408, 429, 500, 502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD"}),
         raise_on_status=False,
         respect_retry_after_header=True,
     )
+
+
+def new_session(retries: int = 3) -> requests.Session:
+    """A pooled session that retries transient failures with exponential backoff."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=retry)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=_retry(retries))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
 
 
+class _ContextAdapter(HTTPAdapter):
+    """Connections made with an SSL context of the registry's own (its CAs, a client certificate)."""
+
+    def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._context = context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+_CLIENT_CERT_WANTED = "; the registry wants a client certificate: NAME.cert and NAME.key in certs.d/HOST:PORT"
+_TLS_HINTS = {  # OpenSSL's reason -> what to do about it
+    "WRONG_VERSION_NUMBER": "; no TLS there? plain HTTP is for --insecure-registry",
+    "CERTIFICATE_VERIFY_FAILED": "; a private CA goes in certs.d/HOST:PORT/ca.crt, or --cert-dir",
+    "SSLV3_ALERT_BAD_CERTIFICATE": _CLIENT_CERT_WANTED,
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": _CLIENT_CERT_WANTED,
+}
+
+
 def describe_failure(exc: BaseException) -> str:
     """The innermost reason of a requests failure, without urllib3's wrapping."""
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
-        m = re.search(r"SSLError\((?:\d+, )?['\"]?(.*?)['\"]?\)+$", text)
-        return "TLS: " + (m.group(1) if m else text)
+        m = re.search(r"\[SSL: ([A-Z0-9_]+)\] ([^(]*?)(?: \(_ssl\.c:\d+\))?['\"]", text)
+        if m is None:
+            m2 = re.search(r"SSLError\((?:\d+, )?['\"]?(.*?)['\"]?\)+$", text)
+            return "TLS: " + (m2.group(1) if m2 else text)
+        return "TLS: " + m.group(2) + _TLS_HINTS.get(m.group(1), "")
     if isinstance(exc, requests.Timeout):
         return "timed out"
     m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
@@ -200,10 +243,17 @@ class RegistryClient:
         config: DockerConfig | None = None,
         session: requests.Session | None = None,
         timeout: Any = TIMEOUT,
+        cert_dir: str | None = None,
     ) -> None:
+        """cert_dir: the registry's certificates (podman's ``--cert-dir``), else its certs.d directory."""
         self.endpoint = endpoint(domain, insecure)
         self.session = session or new_session()
         self.timeout = timeout
+        self._settle = threading.Lock()
+        if not self.endpoint.verify:  # asked for (an insecure registry): Docker says nothing either
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+        if self.endpoint.base_url.startswith("https://"):
+            self._use_certs(cert_dir)
         if credentials is None:
             credentials = (config or DockerConfig()).get(domain)
         self.auth = Authorizer(domain, self.session, credentials, timeout)
@@ -211,6 +261,41 @@ class RegistryClient:
     @property
     def domain(self) -> str:
         return self.endpoint.domain
+
+    def _use_certs(self, cert_dir: str | None) -> None:
+        """The registry's own CAs and client certificate, for its origin alone."""
+        directory = tls.certs_directory(self.endpoint.host, cert_dir)
+        if directory is None:
+            return
+        try:
+            context = tls.read(directory).context()
+        except tls.CertsError as exc:
+            raise TransportError(f"registry {self.domain}", f"certificates: {exc}") from None
+        if not self.endpoint.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        adapter = _ContextAdapter(context, pool_connections=4, pool_maxsize=8, max_retries=_retry())
+        self.session.mount(self.endpoint.base_url + "/", adapter)
+
+    def _transmit(self, method: str, url: str, **kwargs: Any) -> tuple[requests.Response, str]:
+        """One request (and the URL it went to): to an insecure registry without certificate
+        checks, and in plain HTTP from the first time TLS fails there on."""
+        home = _origin(url) == _origin(self.endpoint.base_url)
+        try:
+            response = self.session.request(method, url, verify=self.endpoint.verify or not home, timeout=self.timeout,
+                                            allow_redirects=False, auth=_AS_SET, **kwargs)
+            return response, url
+        except (requests.exceptions.SSLError, requests.exceptions.ConnectionError) as exc:
+            if isinstance(exc, requests.exceptions.ConnectTimeout) or not url.startswith("https://"):
+                raise
+            with self._settle:
+                now = self.endpoint
+                if home and now.fallback is not None:
+                    log.debug("%s: no TLS there (%s); plain HTTP from now on", self.domain, describe_failure(exc))
+                    self.endpoint = Endpoint(self.domain, now.fallback)
+                elif home or _origin(url) != ("https", _origin(now.base_url)[1]):
+                    raise  # a registry that has TLS, or another origin: no plain HTTP there
+            return self._transmit(method, urlsplit(url)._replace(scheme="http").geturl(), **kwargs)
 
     def close(self) -> None:
         self.session.close()
@@ -249,9 +334,7 @@ class RegistryClient:
     def _send(self, method: str, url: str, headers: dict[str, str], stream: bool) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = self.session.request(
-                    method, url, headers=headers, stream=stream, timeout=self.timeout, allow_redirects=False, auth=_AS_SET
-                )
+                response, url = self._transmit(method, url, headers=headers, stream=stream)
             except requests.RequestException as exc:
                 raise TransportError(f"registry {self.domain}", f"unreachable ({method} {url}: {describe_failure(exc)})") from None
             location = response.headers.get("Location")
@@ -390,10 +473,7 @@ class RegistryClient:
         """One request with its body; 307 and 308 (which keep method and body) are followed."""
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = self.session.request(
-                    method, url, headers=headers, data=body() if body else None, timeout=self.timeout,
-                    allow_redirects=False, auth=_AS_SET,
-                )
+                response, url = self._transmit(method, url, headers=headers, data=body() if body else None)
             except requests.RequestException as exc:
                 shown = urlsplit(url)._replace(query="").geturl()  # an upload's _state is no news to anyone
                 raise TransportError(f"registry {self.domain}", f"unreachable ({method} {shown}: {describe_failure(exc)})") from None

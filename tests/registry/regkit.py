@@ -53,9 +53,9 @@ def sh(*cmd: str | Path) -> str:
     return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True).stdout
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -69,21 +69,24 @@ class Registry:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    address: str = "127.0.0.1"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @classmethod
-    def start(cls, base: Path, storage: Path, auth: dict[str, Any] | None = None, **extra: Any) -> Registry:
+    def start(cls, base: Path, storage: Path, auth: dict[str, Any] | None = None, *, address: str = "127.0.0.1",
+              tls: dict[str, Any] | None = None, **extra: Any) -> Registry:
+        """tls: the registry's http.tls (certificate, key, clientcas): HTTPS only."""
         base.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = free_port(address)
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True},
                         "maintenance": {"uploadpurging": {"enabled": False}}},
-            "http": {"addr": f"127.0.0.1:{port}", "secret": "layerstore-tests"},
+            "http": {"addr": f"{address}:{port}", "secret": "layerstore-tests", **({"tls": tls} if tls else {})},
         }
         if auth:
             config["auth"] = auth
@@ -93,15 +96,15 @@ class Registry:
         log = base / "registry.log"
         with open(log, "wb") as out:
             process = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=out, stderr=subprocess.STDOUT)
-        registry = cls(base, storage, port, process, log)
+        registry = cls(base, storage, port, process, log, address)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
             try:
-                requests.get(f"http://{registry.host}/v2/", timeout=1)
-                return registry
-            except requests.ConnectionError:
+                with socket.create_connection((address, port), timeout=1):
+                    return registry
+            except OSError:
                 time.sleep(0.05)
         registry.stop()
         raise RuntimeError("docker-registry did not start")

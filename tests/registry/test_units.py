@@ -18,7 +18,7 @@ from regkit import RUNNER, World, runner_env
 from layerstore.errors import InvalidReference, NotFound
 from layerstore.registry import gojson
 from layerstore.registry.auth import parse_challenges
-from layerstore.registry.client import endpoint
+from layerstore.registry.client import Endpoint, endpoint
 from layerstore.registry.platforms import Platform, host
 from layerstore.registry.progress import Display, progress_bar
 from layerstore.registry.pull import choose_manifest
@@ -116,9 +116,12 @@ def test_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     assert endpoint("127.0.0.5:80").base_url == "http://127.0.0.5:80"
     assert endpoint("[::1]:5000").base_url == "http://[::1]:5000"
     assert endpoint("registry.example:5000").base_url == "https://registry.example:5000"
-    assert endpoint("registry.example:5000", ["registry.example:5000"]).base_url == "http://registry.example:5000"
+    assert endpoint("registry.example:5000").verify and endpoint("registry.example:5000").fallback is None
+    insecure = Endpoint("registry.example:5000", "https://registry.example:5000", verify=False,
+                        fallback="http://registry.example:5000")  # HTTPS unchecked, then plain HTTP, as Docker asks
+    assert endpoint("registry.example:5000", ["registry.example:5000"]) == insecure
     monkeypatch.setenv("LAYERSTORE_INSECURE_REGISTRIES", "other.example, registry.example:5000")
-    assert endpoint("registry.example:5000").base_url == "http://registry.example:5000"
+    assert endpoint("registry.example:5000") == insecure
 
 
 @pytest.mark.parametrize("doc", [
