@@ -20,7 +20,7 @@ from layerstore.errors import LayerStoreError
 COMMANDS = (
     "pull", "load", "images", "tag", "rmi", "inspect", "history", "save",
     "mount", "umount", "ps", "diff", "commit", "rm", "prune", "system",
-    "manifest", "search", "login", "logout", "push", "fsck",
+    "manifest", "search", "login", "logout", "push", "fsck", "import", "export",
 )
 
 
@@ -28,6 +28,7 @@ COMMANDS = (
 IMAGE_ALIASES = (
     ("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"),
     ("save", "save"), ("tag", "tag"), ("history", "history"), ("pull", "pull"), ("push", "push"),
+    ("import", "import"),
 )
 
 
@@ -87,7 +88,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-OPERANDS = ("input", "image", "images", "name", "container", "containers")  # what a command works on, first found
+OPERANDS = ("input", "source", "image", "images", "name", "container", "containers")  # what a command works on, first found
 
 
 def operation(args: argparse.Namespace) -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import json
 import logging
 import os
 import stat
@@ -48,13 +47,14 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import IO, Any, Self
 
+from layerstore import changes as config_changes
 from layerstore.archive import spool_dir_for
 from layerstore.containers import Containers
 from layerstore.digest import HashingWriter, digest_bytes
 from layerstore.errors import NotFound, quote
-from layerstore.export import TarWriter
+from layerstore.export import TarWriter, compact_json
 from layerstore.mediatypes import (
     DOCKER_FOREIGN_LAYER_GZIP,
     DOCKER_LAYER,
@@ -78,7 +78,8 @@ from unionfs.markers import (
 )
 from unionfs.union import Union
 
-__all__ = ["Changeset", "Committed", "NewLayer", "build_layer", "child_config", "commit"]
+__all__ = ["Changeset", "Committed", "GzipWriter", "NewLayer", "build_layer", "child_config", "commit", "export_rootfs",
+           "oci_manifest", "rfc3339_now"]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,11 @@ class Changeset:
         self._tar = tar
         self._upper_dir(".")
 
+    def write_merged(self, tar: TarWriter) -> None:
+        """The whole merged tree rather than the changes: ``export``."""
+        self._tar = tar
+        self._merged_dir(".")
+
     # -- the upper directory as it is ---------------------------------------------------
     def _upper_dir(self, rel: str) -> None:
         whiteouts: dict[str, os.stat_result] = {}
@@ -255,7 +261,7 @@ class Changeset:
 
     def _merged_dir(self, rel: str) -> None:
         union = self._merged()
-        node = union.node("/" + rel)
+        node = union.node("/" if rel == "." else "/" + rel)
         for name, index, prel, _ino, _bits in sorted(union.listing(node)):
             path = os.path.join(union.layers[index].root, rel_join(prel, name))
             st = os.lstat(path)
@@ -297,7 +303,7 @@ class Changeset:
             self._tar.add(info, f)
 
 
-class _GzipWriter:
+class GzipWriter:
     """A gzip stream with no name and mtime 0 in its header: the same changes give the same blob."""
 
     def __init__(self, out: HashingWriter) -> None:
@@ -316,7 +322,7 @@ def build_layer(store: Store, upper: str, lowers: Sequence[str]) -> NewLayer | N
     """The gzip layer blob of an upper directory, in the blob store and unpacked; None when empty."""
     with tempfile.TemporaryFile(dir=spool_dir_for(store.root)) as spool:
         blob = HashingWriter(spool)
-        gz = _GzipWriter(blob)
+        gz = GzipWriter(blob)
         diff = HashingWriter(gz)
         tar = TarWriter(diff)
         with Changeset(upper, lowers) as changes:
@@ -344,13 +350,13 @@ def rfc3339_now() -> str:
     return f"{stamp}.{ns % _NS:09d}Z"
 
 
-def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def child_config(parent: dict[str, Any], diff_id: str | None, *, created: str, message: str | None = None, author: str | None = None) -> bytes:
-    """The parent's config with the new layer and its history entry (Docker's ``NewChildImage``)."""
+def child_config(parent: dict[str, Any], diff_id: str | None, *, created: str, message: str | None = None,
+                 author: str | None = None, changes: Sequence[str] = ()) -> bytes:
+    """The parent's config with the new layer and its history entry (Docker's ``NewChildImage``),
+    and the Dockerfile instructions of ``commit -c`` applied to its container config."""
     config = dict(parent)
+    if changes:
+        config["config"] = config_changes.apply(dict(config.get("config") or {}), list(changes))
     rootfs = dict(config.get("rootfs") or {})
     rootfs["type"] = "layers"
     rootfs["diff_ids"] = [*(rootfs.get("diff_ids") or []), *([diff_id] if diff_id else [])]
@@ -371,11 +377,12 @@ def child_config(parent: dict[str, Any], diff_id: str | None, *, created: str, m
     # They describe the container the parent was built in, not this one.
     config.pop("container", None)
     config.pop("container_config", None)
-    return _dumps(config)
+    return compact_json(config)
 
 
-def _manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
-    return _dumps({
+def oci_manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
+    """An OCI image manifest of config and layers, as the store writes the ones it makes."""
+    return compact_json({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config.to_json(),
@@ -383,9 +390,26 @@ def _manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
     })
 
 
-def commit(store: Store, container: str, name: str | None = None, *, message: str | None = None, author: str | None = None) -> Committed:
+def export_rootfs(store: Store, container: str, out: IO[bytes]) -> int:
+    """``docker export``: the container's filesystem as it shows it, as one tar; the entries
+    written. Copy-ups still in flight are published first, as for ``commit``."""
+    containers = Containers(store)
+    c = containers.get(container)
+    containers.settle(c)
+    spec = containers.spec(c)
+    layers = [*([spec.upperdir] if spec.upperdir else []), *spec.lowerdirs]
+    tar = TarWriter(out)
+    with Changeset(layers[0], layers[1:]) as changes:
+        changes.write_merged(tar)
+    tar.close()
+    return tar.count
+
+
+def commit(store: Store, container: str, name: str | None = None, *, message: str | None = None, author: str | None = None,
+           changes: Sequence[str] = ()) -> Committed:
     """A new image: the container's image plus a layer of the container's changes, tagged ``name``."""
     tag = store.normalize_name(name) if name else None
+    config_changes.apply({}, list(changes))  # a change that cannot apply is refused before any work
     containers = Containers(store)
     c = containers.get(container)
     if c.read_only:
@@ -404,10 +428,11 @@ def commit(store: Store, container: str, name: str | None = None, *, message: st
         new = build_layer(store, str(upper), lowers)
         if new is not None:
             layers.append((new.diff_id, new.size, new.blob))
-        config_bytes = child_config(parent, new.diff_id if new else None, created=rfc3339_now(), message=message, author=author)
+        config_bytes = child_config(parent, new.diff_id if new else None, created=rfc3339_now(), message=message,
+                                    author=author, changes=changes)
         config_digest = digest_bytes(config_bytes)
         config = ImageConfig.parse(config_bytes, f"config {config_digest}")
-        manifest_bytes = _manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)), [d for _, _, d in layers])
+        manifest_bytes = oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)), [d for _, _, d in layers])
         store.blobs.put_bytes(config_bytes, config_digest, "config")
         manifest = store.blobs.put_bytes(manifest_bytes, None, "manifest")
         store.register(

@@ -199,7 +199,8 @@ def _lookup(store: Store, text: str) -> list[tuple[str, str | None]]:
 # -- writing ---------------------------------------------------------------------------
 
 
-def _dumps(doc: Any) -> bytes:
+def compact_json(doc: Any) -> bytes:
+    """JSON as the store writes its own documents: no spaces, UTF-8 as it is."""
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -213,7 +214,7 @@ def index_json(images: Sequence[SavedImage]) -> bytes:
                 ref = reference.parse(tag)
                 annotations = {CONTAINERD_NAME: f"{ref.full_name}:{ref.tag}", REF_NAME: str(ref.tag)}
             manifests.append(Descriptor(image.manifest.media_type, image.manifest.digest, image.manifest.size, annotations).to_json())
-    return _dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+    return compact_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
 
 
 def manifest_json(images: Sequence[SavedImage]) -> bytes:
@@ -222,7 +223,7 @@ def manifest_json(images: Sequence[SavedImage]) -> bytes:
         {"Config": blob_member(image.config.digest), "RepoTags": list(image.tags) or None, "Layers": [blob_member(d.digest) for d in image.layers]}
         for image in images
     ]
-    return _dumps(entries)
+    return compact_json(entries)
 
 
 def write_archive(store: Store, images: Sequence[SavedImage], out: _Writable, fmt: str = DOCKER_ARCHIVE) -> None:
@@ -262,7 +263,7 @@ def _add_blob(store: Store, tar: TarWriter, name: str, desc: Descriptor) -> None
 
 
 @contextlib.contextmanager
-def _output(path: str | None, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
+def output_file(path: str | None, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
     """stdout; or a temp file beside the file ``path`` names, renamed over it once whole
     (no half archive is left), through symlinks, which stay; or, where ``path`` is a
     device, a FIFO or a socket (``/dev/stdout`` into a pipe), that file itself: a rename
@@ -307,6 +308,6 @@ def save(store: Store, names: Sequence[str], output: str | None, stdout: IO[byte
     """Select ``names`` and write their archive to ``output`` (a path) or ``stdout``."""
     with store.lease():  # a concurrent rmi + prune keeps the blobs being written
         images = select(store, names)
-        with _output(output, stdout) as out:
+        with output_file(output, stdout) as out:
             write_archive(store, images, out, fmt)
     return images

@@ -25,3 +25,15 @@ def tree(root: Path | str) -> dict[str, tuple[Any, ...]]:
             out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                         st.st_size if stat.S_ISREG(st.st_mode) else 0, extra)
     return out
+
+
+def link_groups(root: Path | str) -> list[tuple[str, ...]]:
+    """Names of regular files that share an inode."""
+    by_ino: dict[int, list[str]] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                by_ino.setdefault(st.st_ino, []).append(os.path.relpath(path, root))
+    return sorted(tuple(sorted(names)) for names in by_ino.values() if len(names) > 1)

@@ -19,21 +19,22 @@ def register(sub: argparse._SubParsersAction, name: str = "save") -> None:  # ty
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
-    if args.output is None and sys.stdout.isatty():
-        print("Error: cowardly refusing to save to a terminal. Use the -o flag or redirect", file=sys.stderr)
-        return 1
-    if args.output is not None:
-        check_output_path(args.output)
+    check_output(args.output)
     save(store, args.images, args.output, sys.stdout.buffer, args.format)
     return 0
 
 
-def check_output_path(path: str) -> None:
-    """Docker's ``ValidateOutputPath``: say what is wrong with -o before any work, in its words."""
+def check_output(path: str | None, failed: str = "failed to save image") -> None:
+    """Where an archive goes, checked before any work, in Docker's words: stdout unless it
+    is a terminal, else -o as ``ValidateOutputPath`` checks it."""
+    if path is None:
+        if sys.stdout.isatty():
+            raise CommandError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+        return
     parent = os.path.dirname(path)
     if parent and not os.path.exists(parent):
-        raise CommandError(f'failed to save image: invalid output path: directory "{parent}" does not exist')
+        raise CommandError(f'{failed}: invalid output path: directory "{parent}" does not exist')
     if parent and not os.path.isdir(parent):
-        raise CommandError(f'failed to save image: invalid output path: "{parent}" is not a directory')
+        raise CommandError(f'{failed}: invalid output path: "{parent}" is not a directory')
     if os.path.isdir(path):
-        raise CommandError(f'failed to save image: invalid output path: "{path}" is a directory')
+        raise CommandError(f'{failed}: invalid output path: "{path}" is a directory')

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from imagebuild import build_layout, export, run, tree, write
 from mounts import driver_pid
+from trees import link_groups
 
 from layerstore import cli
 from layerstore.commit import CREATED_BY, Changeset, commit
@@ -88,18 +89,6 @@ def change(m: Path) -> None:
     os.chown(m / "opt/owned", 2000, 3000)
     os.unlink(m / "var/lib/keep")  # a file replaced by a directory
     (m / "var/lib/keep").mkdir()
-
-
-def link_groups(root: Path) -> list[tuple[str, ...]]:
-    """Names of regular files that share an inode."""
-    by_ino: dict[int, list[str]] = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                by_ino.setdefault(st.st_ino, []).append(os.path.relpath(path, root))
-    return sorted(tuple(sorted(names)) for names in by_ino.values() if len(names) > 1)
 
 
 @pytest.fixture(scope="module")

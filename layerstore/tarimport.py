@@ -1,0 +1,112 @@
+"""``docker import``: a filesystem tarball becomes an image of one layer.
+
+The tarball (plain, gzip, bzip2, xz or zstd, told apart by its first bytes as
+Docker's ``DecompressStream`` does) comes from a file, stdin or an HTTP(S) URL.
+Its uncompressed tar is the layer: its digest is the diff_id, and the blob
+kept is that tar gzipped, as ``commit`` keeps its layers. The layer is
+unpacked with the same checks as a pulled one, so a tarball that is not a tar,
+or that names a path outside the rootfs, is refused and nothing is kept. The
+config is Docker's for an import (moby's ``ImportImage``): the platform, the
+time, the ``-c`` changes over an empty container config, and a history of one
+entry whose comment is the message, ``Imported from SOURCE`` by default
+(``-`` for a file or stdin, as the Docker CLI sends both).
+"""
+from __future__ import annotations
+
+import bz2
+import lzma
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from layerstore import changes as config_changes
+from layerstore.archive import spool_dir_for
+from layerstore.commit import GzipWriter, NewLayer, oci_manifest, rfc3339_now
+from layerstore.compression import GZIP, NONE, ZSTD, decompress, read_chunks, sniff
+from layerstore.digest import HashingWriter, digest_bytes
+from layerstore.errors import CorruptArchive, LayerStoreError
+from layerstore.mediatypes import OCI_LAYER_GZIP
+from layerstore.export import compact_json
+from layerstore.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, ImageConfig
+from layerstore.registry.platforms import Platform, host
+from layerstore.store import Store
+
+_BZIP2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+@dataclass(frozen=True)
+class Imported:
+    id: str
+    layer: NewLayer
+    names: tuple[str, ...]
+
+
+def _chunks(stream: BinaryIO, subject: str) -> Iterator[bytes]:
+    """The uncompressed bytes of stream, whatever of Docker's compressions it is in."""
+    head = stream.read(6)
+    rest = read_chunks(stream)
+
+    def raw() -> Iterator[bytes]:
+        if head:
+            yield head
+        yield from rest
+
+    if head.startswith(_BZIP2_MAGIC) or head.startswith(_XZ_MAGIC):
+        inflater: Any = bz2.BZ2Decompressor() if head.startswith(_BZIP2_MAGIC) else lzma.LZMADecompressor()
+        try:
+            for data in raw():
+                yield inflater.decompress(data)
+        except (OSError, lzma.LZMAError) as exc:
+            raise CorruptArchive(subject, f"not a valid compressed stream ({exc})") from None
+        if not inflater.eof:
+            raise CorruptArchive(subject, "the compressed stream ends early")
+        return
+    kind = sniff(head)
+    yield from decompress(raw(), kind if kind in (GZIP, ZSTD) else NONE, subject)
+
+
+def import_tarball(store: Store, stream: BinaryIO, *, source: str, name: str | None = None, message: str | None = None,
+                   changes: Sequence[str] = (), platform: Platform | None = None) -> Imported:
+    """A new image of one layer, the tarball read from stream; tagged name if given."""
+    tag = store.normalize_name(name) if name else None
+    config_part = config_changes.apply({}, list(changes))  # before any work: a bad change loses nothing
+    subject = f"tarball {source}"
+    with store.lease(), tempfile.TemporaryFile(dir=spool_dir_for(store.root)) as spool:
+        blob = HashingWriter(spool)
+        gz = GzipWriter(blob)
+        diff = HashingWriter(gz)
+        for data in _chunks(stream, subject):
+            diff.write(data)
+        gz.close()
+        spool.flush()
+        if not store.layers.has(diff.digest):  # unpacked first: a tarball refused leaves no blob behind
+            spool.seek(0)
+            try:
+                store.layers.unpack(spool, diff.digest, OCI_LAYER_GZIP)
+            except LayerStoreError as exc:
+                raise CorruptArchive(subject, exc.problem) from None
+        spool.seek(0)
+        stored = store.blobs.ingest(spool, blob.digest, blob.size, subject="layer")
+        layer = NewLayer(diff.digest, diff.size, Descriptor(OCI_LAYER_GZIP, stored.digest, stored.size))
+        here = platform or host()
+        created = rfc3339_now()
+        comment = message or f"Imported from {source}"
+        doc: dict[str, Any] = {"architecture": here.architecture, "os": here.os}
+        if here.variant:
+            doc["variant"] = here.variant
+        doc.update({
+            "created": created, "comment": comment, "config": config_part,
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+            "history": [{"created": created, "comment": comment}],
+        })
+        config_bytes = compact_json(doc)
+        config_digest = digest_bytes(config_bytes)
+        config = ImageConfig.parse(config_bytes, f"config {config_digest}")
+        manifest = oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)), [layer.blob])
+        store.blobs.put_bytes(config_bytes, config_digest, "config")
+        stored_manifest = store.blobs.put_bytes(manifest, None, "manifest")
+        store.register(config_digest, len(config_bytes), config, stored_manifest.digest, stored_manifest.size,
+                       OCI_MANIFEST, False, [(layer.diff_id, layer.size, layer.blob)], (tag,) if tag else ())
+    return Imported(config_digest, layer, (tag,) if tag else ())
