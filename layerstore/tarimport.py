@@ -54,11 +54,16 @@ def _chunks(stream: BinaryIO, subject: str) -> Iterator[bytes]:
         yield from rest
 
     if head.startswith(_BZIP2_MAGIC) or head.startswith(_XZ_MAGIC):
-        inflater: Any = bz2.BZ2Decompressor() if head.startswith(_BZIP2_MAGIC) else lzma.LZMADecompressor()
+        new: Any = bz2.BZ2Decompressor if head.startswith(_BZIP2_MAGIC) else lzma.LZMADecompressor
+        inflater = new()
         try:
             for data in raw():
-                yield inflater.decompress(data)
-        except (OSError, lzma.LZMAError) as exc:
+                while data:
+                    if inflater.eof:  # streams one after the other (pbzip2, xz -T): the next one
+                        inflater = new()
+                    yield inflater.decompress(data)
+                    data = inflater.unused_data if inflater.eof else b""
+        except (OSError, EOFError, lzma.LZMAError) as exc:
             raise CorruptArchive(subject, f"not a valid compressed stream ({exc})") from None
         if not inflater.eof:
             raise CorruptArchive(subject, "the compressed stream ends early")

@@ -102,6 +102,23 @@ def test_a_tarball_in_any_compression_becomes_an_image_whose_mount_shows_it(
         assert link_groups(mnt) == [("srv/data/a-link", "srv/data/a.txt")]
 
 
+def test_a_tarball_in_two_compressed_streams_is_read_whole(store: Store, rootfs: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """bzip2 and xz files joined one after the other (pbzip2 and xz -T write them so) are one tarball."""
+    plain = tar_of(rootfs, tmp_path / "rootfs.tar")
+    data = plain.read_bytes()
+    halves = tmp_path / "first", tmp_path / "second"
+    halves[0].write_bytes(data[:len(data) // 2])
+    halves[1].write_bytes(data[len(data) // 2:])
+    for tool in ("bzip2", "xz"):
+        joined = tmp_path / f"joined.{tool}"
+        joined.write_bytes(b"".join(subprocess.run([tool, "-c", str(half)], check=True, capture_output=True).stdout
+                                    for half in halves))
+        rc, out, err = main(store, "import", str(joined), capsys=capsys)
+        assert (rc, err) == (0, ""), tool
+        assert store.config(out.strip())["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(data).hexdigest()]
+
+
 CHANGES = [
     "CMD echo hello", 'ENV A=1 B="two words" C=$A', "ENV PATH /usr/local/bin:$PATH", "EXPOSE 80 53/udp 8000-8001",
     'LABEL org.example.name="the box" version=1', "WORKDIR /srv", "WORKDIR data", "USER app", 'VOLUME ["/data", "/logs"]',
