@@ -80,8 +80,9 @@ def run(args: argparse.Namespace, store: Store) -> int:
     quiet_http_logs()
     domain = server_domain(args.server)
     config = DockerConfig()
-    stored = config.get(domain)
-    if stored and not (args.username or args.password or args.password_stdin):
+    given = bool(args.username or args.password or args.password_stdin)
+    stored = None if given else config.get(domain)  # as the Docker CLI: the store is asked only then
+    if stored:
         print(f"Authenticating with existing credentials... [Username: {stored.username}]")
         try:
             verify(domain, stored, args)

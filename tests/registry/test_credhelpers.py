@@ -83,10 +83,11 @@ def test_a_registry_s_own_helper_wins_over_the_default_one_and_over_the_file(
     assert pulled.rc == 0, pulled.err
 
     before = config.read_text()
-    for args in (("pull", f"{token}/app2:v1"), ("login", token, "-u", USER, "--password-stdin")):
-        failed = cli(tmp_path, *args, stdin=PASSWORD + "\n")
-        assert (failed.rc, failed.err) == (
-            1, f"Error: registry {token}: credential helper docker-credential-nosuch: not found in PATH\n")
+    failed = cli(tmp_path, "pull", f"{token}/app2:v1")
+    assert (failed.rc, failed.err) == (1, f"Error: registry {token}: credential helper docker-credential-nosuch: not found in PATH\n")
+    failed = login(tmp_path, token)  # checked with the registry, then not kept
+    assert (failed.rc, failed.err) == (
+        1, f"Error: registry {token}: credentials not saved: credential helper docker-credential-nosuch: not found in PATH\n")
     assert config.read_text() == before
 
 
