@@ -26,10 +26,16 @@ COMMANDS = (
 
 # ``image SUBCOMMAND``: Docker's management-command spellings of the image commands
 IMAGE_ALIASES = (
-    ("ls", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"),
+    ("ls", "images"), ("list", "images"), ("rm", "rmi"), ("prune", "prune"), ("inspect", "inspect"), ("load", "load"),
     ("save", "save"), ("tag", "tag"), ("history", "history"), ("pull", "pull"), ("push", "push"),
     ("import", "import"),
 )
+# ``container SUBCOMMAND``: those of the container commands (mount and umount as podman has them)
+CONTAINER_ALIASES = (
+    ("ls", "ps"), ("list", "ps"), ("ps", "ps"), ("rm", "rm"), ("diff", "diff"), ("commit", "commit"),
+    ("export", "export"), ("mount", "mount"), ("umount", "umount"),
+)
+MANAGEMENT = {"image": IMAGE_ALIASES, "container": CONTAINER_ALIASES}
 
 
 def named_commands(argv: list[str]) -> set[str] | None:
@@ -46,9 +52,9 @@ def named_commands(argv: list[str]) -> set[str] | None:
             continue
         if word in COMMANDS:
             return {word}
-        if word == "image":
-            alias = dict(IMAGE_ALIASES).get(next(words, ""))
-            return {"image", alias} if alias else None
+        if word in MANAGEMENT:
+            alias = dict(MANAGEMENT[word]).get(next(words, ""))
+            return {word, alias} if alias else None
         return None
     return None
 
@@ -73,18 +79,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    if wanted is not None and "image" not in wanted:
-        return parser
-    image = sub.add_parser("image", help="image commands (image prune, image ls, ...)")
-    image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
-    image_sub.required = True
-    for alias, name in IMAGE_ALIASES:
-        if wanted is not None and name not in wanted:
+    for group, aliases in MANAGEMENT.items():
+        if wanted is not None and group not in wanted:
             continue
-        try:
-            importlib.import_module(f"layerstore.commands.{name}").register(image_sub, alias)
-        except ModuleNotFoundError:
-            continue
+        managed = sub.add_parser(group, help=f"{group} commands ({group} ls, {group} rm, ...)")
+        group_sub = managed.add_subparsers(dest="management_command", metavar="COMMAND")
+        group_sub.required = True
+        for alias, name in aliases:
+            if wanted is not None and name not in wanted:
+                continue
+            try:
+                importlib.import_module(f"layerstore.commands.{name}").register(group_sub, alias)
+            except ModuleNotFoundError:
+                continue
     return parser
 
 
@@ -93,7 +100,7 @@ OPERANDS = ("input", "source", "image", "images", "name", "container", "containe
 
 def operation(args: argparse.Namespace) -> str:
     """The command and what it works on (``pull busybox:latest``): an OS error names the work it stopped."""
-    command = getattr(args, "image_command", None) or args.command
+    command = getattr(args, "management_command", None) or args.command
     for attr in OPERANDS:
         value = getattr(args, attr, None)
         if isinstance(value, list):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerstore.cli import COMMANDS, IMAGE_ALIASES, build_parser, named_commands
+from layerstore.cli import COMMANDS, MANAGEMENT, build_parser, named_commands
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +24,9 @@ ARGVS = [
     ["search", "--limit", "3", "--filter", "stars=2", "busy"],
     ["save", "-o", "out.tar", "a", "b"],
     ["tag", "a", "b"],
+    ["container", "ls", "-q"],
+    ["container", "export", "-o", "out.tar", "box"],
+    ["image", "import", "-c", "CMD sh", "-", "x:1"],
 ]
 
 
@@ -33,13 +36,15 @@ ARGVS = [
     (["--root=/x", "pull", "a"], {"pull"}),
     (["image", "ls"], {"image", "images"}),
     (["image", "history", "a"], {"image", "history"}),
+    (["container", "ls"], {"container", "ps"}),
+    (["container", "rm", "-f", "a"], {"container", "rm"}),
 ], ids=lambda case: " ".join(case[0]))
 def test_the_command_named_is_the_one_imported(case: tuple[list[str], set[str]]) -> None:
     words, wanted = case
     assert named_commands(words) == wanted
 
 
-@pytest.mark.parametrize("words", [[], ["-h"], ["--help", "images"], ["imagse"], ["image"], ["image", "lx"], ["--root"],
+@pytest.mark.parametrize("words", [[], ["-h"], ["--help", "images"], ["imagse"], ["image"], ["image", "lx"], ["container", "run"], ["--root"],
                                    ["--version"]], ids=repr)
 def test_help_and_mistakes_get_the_whole_parser(words: list[str]) -> None:
     assert named_commands(words) is None
@@ -53,8 +58,9 @@ def test_the_parse_is_the_whole_parsers(argv: list[str]) -> None:
 def test_the_whole_parser_offers_every_command() -> None:
     parser = build_parser(["-h"])
     choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(choices) == {*COMMANDS, "image"}
-    assert set(choices["image"]._subparsers._group_actions[0].choices) == {alias for alias, _ in IMAGE_ALIASES}  # type: ignore[union-attr]
+    assert set(choices) == {*COMMANDS, *MANAGEMENT}
+    for group, aliases in MANAGEMENT.items():
+        assert set(choices[group]._subparsers._group_actions[0].choices) == {alias for alias, _ in aliases}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("argv", "http"), [(["images", "-q"], False), (["rmi", "x"], False), (["pull", "x"], True)],
