@@ -38,14 +38,19 @@ def server_domain(server: str | None) -> str:
     return "docker.io" if host in _HUB else host
 
 
-def verify(domain: str, creds: Credentials, args: argparse.Namespace) -> None:
-    client = RegistryClient(domain, insecure=args.insecure_registry, credentials=creds, cert_dir=args.cert_dir)
+def verify(domain: str, creds: Credentials, args: argparse.Namespace) -> Credentials:
+    """What to keep of creds once the registry took them: an identity token in place of the
+    password where its token realm handed out a refresh token, as the Docker CLI keeps it."""
+    client = RegistryClient(domain, insecure=args.insecure_registry, credentials=creds, cert_dir=args.cert_dir, offline=True)
     try:
         client.ping()
     except AuthError:
         raise AuthError(f"registry {domain}", "login failed: unauthorized (incorrect username or password)") from None
     finally:
         client.close()
+    if client.auth.refresh_token:
+        return Credentials(creds.username, "", identity_token=client.auth.refresh_token)
+    return creds
 
 
 def _read_credentials(args: argparse.Namespace, stored: Credentials | None) -> Credentials:
@@ -91,8 +96,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
         except AuthError:
             if not sys.stdin.isatty():
                 raise
-    creds = _read_credentials(args, stored)
-    verify(domain, creds, args)
+    creds = verify(domain, _read_credentials(args, stored), args)
     if config.set(domain, creds) is None:
         print(
             f"WARNING! Your credentials are stored unencrypted in '{config.path}'.\n"

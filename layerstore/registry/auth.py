@@ -145,8 +145,10 @@ class DockerConfig:
             auths = self.doc["auths"] = {}
         helper = self.helper_for(domain)
         if helper is not None:
+            username, secret = ((credhelpers.TOKEN_USERNAME, creds.identity_token) if creds.identity_token
+                                else (creds.username, creds.password))
             try:
-                credhelpers.store(helper, auth_key(domain), creds.username, creds.password)
+                credhelpers.store(helper, auth_key(domain), username, secret)
             except credhelpers.HelperError as exc:
                 raise AuthError(f"registry {domain}", f"credentials not saved: {exc}") from None
             for key in self._keys_for(domain):  # no password of it stays in the file
@@ -154,7 +156,7 @@ class DockerConfig:
             auths[auth_key(domain)] = {}
         else:
             token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
-            auths[auth_key(domain)] = {"auth": token}
+            auths[auth_key(domain)] = {"auth": token, **({"identitytoken": creds.identity_token} if creds.identity_token else {})}
         self.save()
         return helper
 
@@ -271,11 +273,16 @@ class Authorizer:
     Session (connection reuse, retries) used for the token requests.
     """
 
-    def __init__(self, domain: str, session: Any, credentials: Credentials | None, timeout: Any) -> None:
+    def __init__(self, domain: str, session: Any, credentials: Credentials | None, timeout: Any,
+                 offline: bool = False) -> None:
+        """offline: ask the realm for a refresh token as well (``login``, as Docker's asks),
+        kept in ``refresh_token`` if the realm hands one out."""
         self.domain = domain
         self.session = session
         self.credentials = credentials
         self.timeout = timeout
+        self.offline = offline
+        self.refresh_token = ""
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
@@ -335,6 +342,8 @@ class Authorizer:
                 params.extend(("scope", s) for s in scope.split(" ") if s)
                 if self.credentials:
                     params.append(("account", self.credentials.username))
+                    if self.offline:
+                        params.extend((("offline_token", "true"), ("client_id", CLIENT_ID)))
                 auth = (self.credentials.username, self.credentials.password) if self.credentials else None
                 resp = self.session.get(realm, params=params, auth=auth, timeout=self.timeout)
         except requests.RequestException as exc:
@@ -352,6 +361,8 @@ class Authorizer:
                 body = resp.json()
                 token = str(body.get("token") or body.get("access_token") or "")
                 lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+                if self.offline and not refresh and body.get("refresh_token"):
+                    self.refresh_token = str(body["refresh_token"])
             except (ValueError, AttributeError):
                 raise RegistryError(f"token server {realm}", "answer is not a token") from None
         if not token:

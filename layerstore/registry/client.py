@@ -244,8 +244,10 @@ class RegistryClient:
         session: requests.Session | None = None,
         timeout: Any = TIMEOUT,
         cert_dir: str | None = None,
+        offline: bool = False,
     ) -> None:
-        """cert_dir: the registry's certificates (podman's ``--cert-dir``), else its certs.d directory."""
+        """cert_dir: the registry's certificates (podman's ``--cert-dir``), else its certs.d directory;
+        offline: ask for a refresh token with the credentials (``login``)."""
         self.endpoint = endpoint(domain, insecure)
         self.session = session or new_session()
         self.timeout = timeout
@@ -256,7 +258,7 @@ class RegistryClient:
             self._use_certs(cert_dir)
         if credentials is None:
             credentials = (config or DockerConfig()).get(domain)
-        self.auth = Authorizer(domain, self.session, credentials, timeout)
+        self.auth = Authorizer(domain, self.session, credentials, timeout, offline)
 
     @property
     def domain(self) -> str:

@@ -173,6 +173,7 @@ class TokenServer:
         self.issued: list[dict[str, Any]] = []
         self.refused = 0
         self.refresh_tokens: dict[str, str] = {}  # identity token -> its user (OAuth2 refresh tokens)
+        self.refresh_on_login = False  # hand out a refresh token to a GET that asks for offline access
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerstore test token signer")])
         now = datetime.datetime.now(datetime.UTC)
@@ -241,7 +242,10 @@ class TokenServer:
         access = [a for scope in query.get("scope", []) if (a := self._grant(scope, user))]
         token = self._sign(user or "", access)
         self.issued.append({"user": user, "scopes": query.get("scope", []), "access": access})
-        body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+        answer: dict[str, Any] = {"token": token, "access_token": token, "expires_in": 300}
+        if self.refresh_on_login and user and query.get("offline_token") == ["true"] and query.get("client_id"):
+            answer["refresh_token"] = self.identity_token(user)  # what the client keeps instead of the password
+        body = json.dumps(answer).encode()
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))

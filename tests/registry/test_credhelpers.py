@@ -111,3 +111,28 @@ def test_an_identity_token_is_sent_to_the_realm_as_an_oauth2_refresh_token(
     del tokens.refresh_tokens[identity]  # revoked
     refused = cli(tmp_path, "pull", f"{host}/app1:v1")
     assert (refused.rc, refused.err) == (1, f"Error: registry {host}: unauthorized: the identity token was refused\n")
+
+
+@pytest.mark.parametrize("kept_by", ["file", "helper"])
+def test_login_keeps_a_refresh_token_in_place_of_the_password_where_the_realm_hands_one_out(
+        world: World, tmp_path: Path, docker_config: Path, pass_store: Path, kept_by: str) -> None:
+    host, tokens = world.token.host, world.tokens
+    config = write_config(docker_config, {"credsStore": "pass"} if kept_by == "helper" else {})
+    tokens.refresh_on_login = True
+    try:
+        ok = login(tmp_path, host)
+    finally:
+        tokens.refresh_on_login = False
+    assert (ok.rc, ok.out) == (0, "Login Succeeded\n"), ok.err
+    assert PASSWORD not in config.read_text()
+    if kept_by == "helper":
+        record = json.loads(helper("get", host))
+        assert record["Username"] == "<token>" and record["Secret"] in tokens.refresh_tokens
+    else:
+        entry = json.loads(config.read_text())["auths"][host]
+        assert entry["auth"] == base64.b64encode(f"{USER}:".encode()).decode()  # the user, and no password
+        assert tokens.refresh_tokens[entry["identitytoken"]] == USER
+    before = len(tokens.issued)
+    pulled = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert pulled.rc == 0, pulled.err
+    assert [t.get("grant") for t in tokens.issued[before:]] == ["refresh_token"]
