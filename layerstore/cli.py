@@ -95,7 +95,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-OPERANDS = ("input", "source", "image", "images", "name", "container", "containers")  # what a command works on, first found
+# what a command works on, the first found
+OPERANDS = ("input", "source", "image", "images", "name", "container", "containers")
 
 
 def operation(args: argparse.Namespace) -> str:

@@ -405,8 +405,8 @@ def export_rootfs(store: Store, container: str, out: IO[bytes]) -> int:
     return tar.count
 
 
-def commit(store: Store, container: str, name: str | None = None, *, message: str | None = None, author: str | None = None,
-           changes: Sequence[str] = ()) -> Committed:
+def commit(store: Store, container: str, name: str | None = None, *, message: str | None = None,
+           author: str | None = None, changes: Sequence[str] = ()) -> Committed:
     """A new image: the container's image plus a layer of the container's changes, tagged ``name``."""
     tag = store.normalize_name(name) if name else None
     config_changes.apply({}, list(changes))  # a change that cannot apply is refused before any work
@@ -432,7 +432,8 @@ def commit(store: Store, container: str, name: str | None = None, *, message: st
                                     author=author, changes=changes)
         config_digest = digest_bytes(config_bytes)
         config = ImageConfig.parse(config_bytes, f"config {config_digest}")
-        manifest_bytes = oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)), [d for _, _, d in layers])
+        manifest_bytes = oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)),
+                                      [d for _, _, d in layers])
         store.blobs.put_bytes(config_bytes, config_digest, "config")
         manifest = store.blobs.put_bytes(manifest_bytes, None, "manifest")
         store.register(

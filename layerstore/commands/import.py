@@ -36,7 +36,8 @@ def _opened(source: str) -> Iterator[BinaryIO]:
         try:
             with requests.get(source, stream=True, timeout=(15, 60)) as response:
                 if response.status_code != 200:
-                    raise TransportError(f"tarball {source}", f"HTTP {response.status_code} {response.reason or ''}".strip())
+                    status = f"HTTP {response.status_code} {response.reason or ''}".strip()
+                    raise TransportError(f"tarball {source}", status)
                 response.raw.decode_content = True
                 yield response.raw
         except requests.RequestException as exc:

@@ -41,7 +41,8 @@ def server_domain(server: str | None) -> str:
 def verify(domain: str, creds: Credentials, args: argparse.Namespace) -> Credentials:
     """What to keep of creds once the registry took them: an identity token in place of the
     password where its token realm handed out a refresh token, as the Docker CLI keeps it."""
-    client = RegistryClient(domain, insecure=args.insecure_registry, credentials=creds, cert_dir=args.cert_dir, offline=True)
+    client = RegistryClient(domain, insecure=args.insecure_registry, credentials=creds, cert_dir=args.cert_dir,
+                            offline=True)
     try:
         client.ping()
     except AuthError:

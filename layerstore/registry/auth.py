@@ -156,7 +156,10 @@ class DockerConfig:
             auths[auth_key(domain)] = {}
         else:
             token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
-            auths[auth_key(domain)] = {"auth": token, **({"identitytoken": creds.identity_token} if creds.identity_token else {})}
+            entry = {"auth": token}
+            if creds.identity_token:  # in place of the password, which is then empty
+                entry["identitytoken"] = creds.identity_token
+            auths[auth_key(domain)] = entry
         self.save()
         return helper
 
@@ -309,7 +312,8 @@ class Authorizer:
             before = self._challenge
             self._challenge = chosen
             if chosen.scheme == "basic":
-                return bool(self.credentials and self.credentials.username) and (before is None or before.scheme != "basic")
+                has_user = bool(self.credentials and self.credentials.username)
+                return has_user and (before is None or before.scheme != "basic")
             # a token the registry refused (expired early, revoked) is fetched anew; the
             # caller asks once more only, so credentials that cannot have the scope end there
             self._tokens.pop(_scope_key(chosen, scope), None)

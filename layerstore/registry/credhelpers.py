@@ -61,13 +61,14 @@ def get(helper: str, server: str) -> Secret | None:
         out = _run(helper, "get", server)
     except NotStored:
         return None
+    bad = HelperError(f"credential helper {PROGRAM_PREFIX}{helper} get: the answer is not a credentials record")
     try:
         record = json.loads(out)
         username, secret = record.get("Username") or "", record.get("Secret") or ""
     except (ValueError, AttributeError):
-        raise HelperError(f"credential helper {PROGRAM_PREFIX}{helper} get: the answer is not a credentials record") from None
+        raise bad from None
     if not isinstance(username, str) or not isinstance(secret, str):
-        raise HelperError(f"credential helper {PROGRAM_PREFIX}{helper} get: the answer is not a credentials record")
+        raise bad
     return Secret(username, secret) if secret else None
 
 

@@ -44,7 +44,8 @@ def test_the_command_named_is_the_one_imported(case: tuple[list[str], set[str]])
     assert named_commands(words) == wanted
 
 
-@pytest.mark.parametrize("words", [[], ["-h"], ["--help", "images"], ["imagse"], ["image"], ["image", "lx"], ["container", "run"], ["--root"],
+@pytest.mark.parametrize("words", [[], ["-h"], ["--help", "images"], ["imagse"], ["image"], ["image", "lx"],
+                                   ["container", "run"], ["--root"],
                                    ["--version"]], ids=repr)
 def test_help_and_mistakes_get_the_whole_parser(words: list[str]) -> None:
     assert named_commands(words) is None
@@ -60,7 +61,8 @@ def test_the_whole_parser_offers_every_command() -> None:
     choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(choices) == {*COMMANDS, *MANAGEMENT}
     for group, aliases in MANAGEMENT.items():
-        assert set(choices[group]._subparsers._group_actions[0].choices) == {alias for alias, _ in aliases}  # type: ignore[union-attr]
+        offered = choices[group]._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        assert set(offered) == {alias for alias, _ in aliases}
 
 
 @pytest.mark.parametrize(("argv", "http"), [(["images", "-q"], False), (["rmi", "x"], False), (["pull", "x"], True)],

@@ -69,7 +69,8 @@ def tar_of(rootfs: Path, path: Path, *flags: str) -> Path:
 
 
 @contextlib.contextmanager
-def container(store: Store, image: str, mnt: Path, name: str | None = None, read_only: bool = False) -> Iterator[Containers]:
+def container(store: Store, image: str, mnt: Path, name: str | None = None,
+              read_only: bool = False) -> Iterator[Containers]:
     """image mounted at mnt as a container, removed afterwards."""
     mnt.mkdir()
     containers = Containers(store)
@@ -121,7 +122,8 @@ def test_a_tarball_in_two_compressed_streams_is_read_whole(store: Store, rootfs:
 
 CHANGES = [
     "CMD echo hello", 'ENV A=1 B="two words" C=$A', "ENV PATH /usr/local/bin:$PATH", "EXPOSE 80 53/udp 8000-8001",
-    'LABEL org.example.name="the box" version=1', "WORKDIR /srv", "WORKDIR data", "USER app", 'VOLUME ["/data", "/logs"]',
+    'LABEL org.example.name="the box" version=1', "WORKDIR /srv", "WORKDIR data", "USER app",
+    'VOLUME ["/data", "/logs"]',
     "STOPSIGNAL SIGINT", "ONBUILD RUN make", 'ENTRYPOINT ["/bin/run.sh"]', "env D=${A:-unset}${NONE:-default}",
 ]
 # What Docker's builder makes of CHANGES over an empty config: the variables of one ENV line

@@ -264,7 +264,8 @@ class TokenServer:
         realm, here with grant_type=refresh_token; an unknown token is 400 invalid_grant."""
         from urllib.parse import parse_qs
 
-        form = {k: v[0] for k, v in parse_qs(handler.rfile.read(int(handler.headers.get("Content-Length", 0))).decode()).items()}
+        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0))).decode()
+        form = {k: v[0] for k, v in parse_qs(body).items()}
         user = self.refresh_tokens.get(form.get("refresh_token", "")) if form.get("grant_type") == "refresh_token" else None
         if user is None or not form.get("client_id"):
             self.refused += 1

@@ -35,7 +35,8 @@ def pass_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 
 def helper(action: str, stdin: str) -> str:
-    return subprocess.run(["docker-credential-pass", action], input=stdin, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(["docker-credential-pass", action], input=stdin, check=True, capture_output=True, text=True)
+    return done.stdout
 
 
 def write_config(docker_config: Path, doc: dict[str, object]) -> Path:
@@ -84,10 +85,11 @@ def test_a_registry_s_own_helper_wins_over_the_default_one_and_over_the_file(
 
     before = config.read_text()
     failed = cli(tmp_path, "pull", f"{token}/app2:v1")
-    assert (failed.rc, failed.err) == (1, f"Error: registry {token}: credential helper docker-credential-nosuch: not found in PATH\n")
+    missing = "credential helper docker-credential-nosuch: not found in PATH"
+    assert (failed.rc, failed.err) == (1, f"Error: registry {token}: {missing}\n")
     failed = login(tmp_path, token)  # checked with the registry, then not kept
     assert (failed.rc, failed.err) == (
-        1, f"Error: registry {token}: credentials not saved: credential helper docker-credential-nosuch: not found in PATH\n")
+        1, f"Error: registry {token}: credentials not saved: {missing}\n")
     assert config.read_text() == before
 
 

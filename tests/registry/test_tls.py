@@ -90,7 +90,8 @@ def tls_world(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         server, client = server_ca.issue("registry", server=True), client_ca.issue("client", server=False)
         served = {"certificate": str(server.cert), "key": str(server.key)}
         storage = world.open.storage
-        for name, settings in (("tls", served), ("mutual", {**served, "clientcas": [str(client_ca.pem)]}), ("plain", None)):
+        mutual = {**served, "clientcas": [str(client_ca.pem)]}
+        for name, settings in (("tls", served), ("mutual", mutual), ("plain", None)):
             registries.append(Registry.start(base / name, storage, address=ADDRESS, tls=settings))
         yield TlsWorld(server_ca, client_ca, client, *registries)
     finally:
@@ -113,7 +114,8 @@ def test_a_private_ca_is_trusted_from_the_registry_s_certs_directory(
     untrusted = cli(tmp_path, "pull", name)
     assert untrusted.rc == 1 and untrusted.err.count("\n") == 1
     assert untrusted.err.startswith(f"Error: registry {tls_world.tls.host}: unreachable")
-    assert "TLS: certificate verify failed" in untrusted.err and "certs.d/HOST:PORT/ca.crt, or --cert-dir" in untrusted.err
+    assert "TLS: certificate verify failed" in untrusted.err
+    assert "certs.d/HOST:PORT/ca.crt, or --cert-dir" in untrusted.err
 
     given = certs_dir(tmp_path / "given", {"ca.crt": tls_world.server_ca.pem})
     pulled = cli(tmp_path, "pull", "--cert-dir", str(given), name)
@@ -147,11 +149,13 @@ def test_a_registry_that_asks_for_a_client_certificate_gets_the_one_beside_its_c
     for directory, problem in ((no_key, "missing key client.key for client certificate client.cert"),
                                (lone_key, "missing client certificate client.cert for key client.key")):
         failed = cli(tmp_path, "pull", "--cert-dir", str(directory), name)
-        assert (failed.rc, failed.err) == (1, f"Error: registry {tls_world.mutual.host}: certificates: {directory}: {problem}"
-                                              + (" (CA certificates end in .crt)" if "missing key" in problem else "") + "\n")
+        hint = " (CA certificates end in .crt)" if "missing key" in problem else ""
+        assert (failed.rc, failed.err) == (
+            1, f"Error: registry {tls_world.mutual.host}: certificates: {directory}: {problem}{hint}\n")
 
 
-def test_an_insecure_registry_is_asked_in_https_unchecked_then_in_plain_http(tls_world: TlsWorld, tmp_path: Path) -> None:
+def test_an_insecure_registry_is_asked_in_https_unchecked_then_in_plain_http(
+        tls_world: TlsWorld, tmp_path: Path) -> None:
     tls_host, plain_host = tls_world.tls.host, tls_world.plain.host
     unchecked = cli(tmp_path, "pull", "--insecure-registry", tls_host, f"{tls_host}/app1:v1")
     assert unchecked.rc == 0, unchecked.err  # its certificate is from a CA nobody here trusts
