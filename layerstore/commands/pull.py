@@ -34,6 +34,15 @@ def add_registry_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def refuse_content_trust(args: argparse.Namespace) -> None:
+    """``DOCKER_CONTENT_TRUST=1`` asks the Docker CLI to verify Notary signatures, which this
+    tool cannot: refused rather than ignored, unless ``--disable-content-trust`` says so."""
+    wanted = os.environ.get("DOCKER_CONTENT_TRUST", "").strip().lower() in ("1", "t", "true")
+    if wanted and not args.disable_content_trust:
+        raise CommandError("content trust (DOCKER_CONTENT_TRUST) is not supported: image signatures cannot be verified"
+                           " here; unset it or pass --disable-content-trust")
+
+
 def quiet_http_logs() -> None:
     """urllib3 logs each retry as a warning; the error that ends a command is the one line to show."""
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
@@ -53,6 +62,7 @@ def register(sub: argparse._SubParsersAction, name: str = "pull") -> None:  # ty
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
+    refuse_content_trust(args)
     quiet_http_logs()
     ref = reference.parse(args.name, default_tag=False)
     if args.all_tags and (ref.tag or ref.digest):

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from layerstore import reference
-from layerstore.commands.pull import add_registry_options, quiet_http_logs
+from layerstore.commands.pull import add_registry_options, quiet_http_logs, refuse_content_trust
 from layerstore.formatting import CommandError
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction, name: str = "push") -> None:  # ty
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
+    refuse_content_trust(args)
     quiet_http_logs()
     ref = reference.parse(args.name, default_tag=False)
     if ref.digest:

@@ -290,3 +290,20 @@ def test_pulling_an_image_the_store_has_fetches_no_blob(world: World, tmp_path: 
     asked = [r["uri"] for r in world.open.requests(mark)]
     assert any("/manifests/v1" in uri for uri in asked), asked
     assert not [uri for uri in asked if "/blobs/" in uri], asked
+
+
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_content_trust_asked_for_is_refused_not_ignored(world: World, tmp_path: Path, command: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKER_CONTENT_TRUST=1 asks for Notary signatures to be verified, which this tool cannot do."""
+    name = world.name(world.open, "base:v1")
+    monkeypatch.setenv("DOCKER_CONTENT_TRUST", "1")
+    refused = cli(tmp_path, command, name)
+    assert (refused.rc, refused.out) == (1, "")
+    assert refused.err == ("Error: content trust (DOCKER_CONTENT_TRUST) is not supported: image signatures cannot be"
+                           " verified here; unset it or pass --disable-content-trust\n")
+    if command == "pull":
+        assert cli(tmp_path, "images", "-q").out == ""  # nothing was pulled
+        assert cli(tmp_path, "pull", "--disable-content-trust", name).rc == 0
+        monkeypatch.setenv("DOCKER_CONTENT_TRUST", "0")
+        assert cli(tmp_path, "pull", "-q", name).rc == 0
