@@ -169,3 +169,9 @@ def test_an_insecure_registry_is_asked_in_https_unchecked_then_in_plain_http(
     fell_back = cli(tmp_path, "pull", "--insecure-registry", plain_host, f"{plain_host}/app2:v1")
     assert fell_back.rc == 0, fell_back.err
     assert [(r["method"], r["uri"]) for r in tls_world.plain.requests(before)][:1] == [("GET", "/v2/app2/manifests/v1")]
+
+    # a push goes the same way: HTTPS first, then plain HTTP, with its uploads
+    assert cli(tmp_path, "tag", f"{plain_host}/app2:v1", f"{plain_host}/pushed/app2:v1").rc == 0
+    pushed = cli(tmp_path, "push", "-q", "--insecure-registry", plain_host, f"{plain_host}/pushed/app2:v1")
+    assert pushed.rc == 0, pushed.err
+    assert cli(tmp_path, "manifest", "inspect", "--insecure", f"{plain_host}/pushed/app2:v1").rc == 0
