@@ -9,9 +9,13 @@ TLS (``http.tls``), over the storage the session's images were pushed to.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
+import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from regkit import Registry, World, cli
 from layerstore.registry import tls
 
 ADDRESS = "198.18.0.1"
+LOCK = Path("/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir(), "layerstore-tests-tls-address.lock")
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,31 @@ class TlsWorld:
     plain: Registry  # plain HTTP, on the same address
 
 
+@contextlib.contextmanager
+def address_on_loopback() -> Iterator[None]:
+    """ADDRESS on the loopback interface meanwhile. The address is the machine's: another test
+    run that takes it off while this one serves on it waits for this lock."""
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        added = subprocess.run(["ip", "addr", "add", f"{ADDRESS}/32", "dev", "lo"], capture_output=True, text=True)
+        assert added.returncode == 0 or "File exists" in added.stderr, added.stderr
+        try:
+            yield
+        finally:
+            if added.returncode == 0:
+                subprocess.run(["ip", "addr", "del", f"{ADDRESS}/32", "dev", "lo"], check=False)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def tls_world(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsWorld]:
     base = tmp_path_factory.mktemp("tls")
-    added = subprocess.run(["ip", "addr", "add", f"{ADDRESS}/32", "dev", "lo"], capture_output=True, text=True)
-    assert added.returncode == 0 or "File exists" in added.stderr, added.stderr
     registries: list[Registry] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(address_on_loopback())
+        stack.callback(lambda: [registry.stop() for registry in registries])
         server_ca, client_ca = Authority(base, "server-ca"), Authority(base, "client-ca")
         server, client = server_ca.issue("registry", server=True), client_ca.issue("client", server=False)
         served = {"certificate": str(server.cert), "key": str(server.key)}
@@ -94,11 +117,6 @@ def tls_world(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for name, settings in (("tls", served), ("mutual", mutual), ("plain", None)):
             registries.append(Registry.start(base / name, storage, address=ADDRESS, tls=settings))
         yield TlsWorld(server_ca, client_ca, client, *registries)
-    finally:
-        for registry in registries:
-            registry.stop()
-        if added.returncode == 0:
-            subprocess.run(["ip", "addr", "del", f"{ADDRESS}/32", "dev", "lo"], check=False)
 
 
 def certs_dir(path: Path, files: dict[str, Path]) -> Path:
