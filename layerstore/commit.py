@@ -79,7 +79,7 @@ from unionfs.markers import (
 from unionfs.union import Union
 
 __all__ = ["Changeset", "Committed", "GzipWriter", "NewLayer", "build_layer", "child_config", "commit", "export_rootfs",
-           "oci_manifest", "rfc3339_now"]
+           "register_new_image", "rfc3339_now"]
 
 log = logging.getLogger(__name__)
 
@@ -380,14 +380,28 @@ def child_config(parent: dict[str, Any], diff_id: str | None, *, created: str, m
     return compact_json(config)
 
 
-def oci_manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
-    """An OCI image manifest of config and layers, as the store writes the ones it makes."""
+def _oci_manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
     return compact_json({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config.to_json(),
         "layers": [layer.to_json() for layer in layers],
     })
+
+
+def register_new_image(store: Store, config_bytes: bytes, layers: list[tuple[str, int, Descriptor]],
+                       names: tuple[str, ...]) -> tuple[str, str]:
+    """An image the store made itself (``commit``, ``import``), whose layers are stored: its
+    config and an OCI manifest as blobs, then the image; (image ID, manifest digest). Under
+    the caller's lease."""
+    config_digest = digest_bytes(config_bytes)
+    config = ImageConfig.parse(config_bytes, f"config {config_digest}")
+    manifest_bytes = _oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)), [d for _, _, d in layers])
+    store.blobs.put_bytes(config_bytes, config_digest, "config")
+    manifest = store.blobs.put_bytes(manifest_bytes, None, "manifest")
+    store.register(config_digest, len(config_bytes), config, manifest.digest, manifest.size, OCI_MANIFEST, False,
+                   layers, names)
+    return config_digest, manifest.digest
 
 
 def export_rootfs(store: Store, container: str, out: IO[bytes]) -> int:
@@ -430,13 +444,5 @@ def commit(store: Store, container: str, name: str | None = None, *, message: st
             layers.append((new.diff_id, new.size, new.blob))
         config_bytes = child_config(parent, new.diff_id if new else None, created=rfc3339_now(), message=message,
                                     author=author, changes=changes)
-        config_digest = digest_bytes(config_bytes)
-        config = ImageConfig.parse(config_bytes, f"config {config_digest}")
-        manifest_bytes = oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)),
-                                      [d for _, _, d in layers])
-        store.blobs.put_bytes(config_bytes, config_digest, "config")
-        manifest = store.blobs.put_bytes(manifest_bytes, None, "manifest")
-        store.register(
-            config_digest, len(config_bytes), config, manifest.digest, manifest.size, OCI_MANIFEST, False, layers, (tag,) if tag else ()
-        )
-    return Committed(config_digest, manifest.digest, new, (tag,) if tag else ())
+        image_id, manifest = register_new_image(store, config_bytes, layers, (tag,) if tag else ())
+    return Committed(image_id, manifest, new, (tag,) if tag else ())

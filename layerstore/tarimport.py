@@ -22,13 +22,13 @@ from typing import Any, BinaryIO
 
 from layerstore import changes as config_changes
 from layerstore.archive import spool_dir_for
-from layerstore.commit import GzipWriter, NewLayer, oci_manifest, rfc3339_now
+from layerstore.commit import GzipWriter, NewLayer, register_new_image, rfc3339_now
 from layerstore.compression import GZIP, NONE, ZSTD, decompress, read_chunks, sniff
-from layerstore.digest import HashingWriter, digest_bytes
+from layerstore.digest import HashingWriter
 from layerstore.errors import CorruptArchive, LayerStoreError
 from layerstore.mediatypes import OCI_LAYER_GZIP
 from layerstore.export import compact_json
-from layerstore.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, ImageConfig
+from layerstore.model import Descriptor
 from layerstore.registry.platforms import Platform, host
 from layerstore.store import Store
 
@@ -106,12 +106,6 @@ def import_tarball(store: Store, stream: BinaryIO, *, source: str, name: str | N
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
             "history": [{"created": created, "comment": comment}],
         })
-        config_bytes = compact_json(doc)
-        config_digest = digest_bytes(config_bytes)
-        config = ImageConfig.parse(config_bytes, f"config {config_digest}")
-        manifest = oci_manifest(Descriptor(OCI_CONFIG, config_digest, len(config_bytes)), [layer.blob])
-        store.blobs.put_bytes(config_bytes, config_digest, "config")
-        stored_manifest = store.blobs.put_bytes(manifest, None, "manifest")
-        store.register(config_digest, len(config_bytes), config, stored_manifest.digest, stored_manifest.size,
-                       OCI_MANIFEST, False, [(layer.diff_id, layer.size, layer.blob)], (tag,) if tag else ())
-    return Imported(config_digest, layer, (tag,) if tag else ())
+        image_id, _ = register_new_image(store, compact_json(doc), [(layer.diff_id, layer.size, layer.blob)],
+                                         (tag,) if tag else ())
+    return Imported(image_id, layer, (tag,) if tag else ())

@@ -138,11 +138,17 @@ def _retry(retries: int = 3) -> Retry:
 def new_session(retries: int = 3) -> requests.Session:
     """A pooled session that retries transient failures with exponential backoff."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=_retry(retries))
+    adapter = _adapter(retries=retries)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
+
+
+def _adapter(context: ssl.SSLContext | None = None, retries: int = 3) -> HTTPAdapter:
+    """A connection pool with retries; with context, its TLS connections made with it."""
+    kwargs: dict[str, Any] = {"pool_connections": 4, "pool_maxsize": 8, "max_retries": _retry(retries)}
+    return HTTPAdapter(**kwargs) if context is None else _ContextAdapter(context, **kwargs)
 
 
 class _ContextAdapter(HTTPAdapter):
@@ -276,8 +282,7 @@ class RegistryClient:
         if not self.endpoint.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        adapter = _ContextAdapter(context, pool_connections=4, pool_maxsize=8, max_retries=_retry())
-        self.session.mount(self.endpoint.base_url + "/", adapter)
+        self.session.mount(self.endpoint.base_url + "/", _adapter(context))
 
     def _transmit(self, method: str, url: str, **kwargs: Any) -> tuple[requests.Response, str]:
         """One request (and the URL it went to): to an insecure registry without certificate
