@@ -263,12 +263,13 @@ def _add_blob(store: Store, tar: TarWriter, name: str, desc: Descriptor) -> None
 
 
 @contextlib.contextmanager
-def output_file(path: str | None, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
+def output_file(path: str | None, stdout: IO[bytes] | None = None) -> Iterator[IO[bytes]]:
     """stdout; or a temp file beside the file ``path`` names, renamed over it once whole
     (no half archive is left), through symlinks, which stay; or, where ``path`` is a
     device, a FIFO or a socket (``/dev/stdout`` into a pipe), that file itself: a rename
     would replace the node instead of writing to it."""
     if path is None:
+        assert stdout is not None, "no path: the output goes to stdout"
         yield stdout
         stdout.flush()
         return

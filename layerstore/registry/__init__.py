@@ -14,4 +14,6 @@
 - ``progress``: the pull output of the Docker CLI.
 - ``gojson``: JSON compacted and indented as Go's ``encoding/json`` does it.
 - ``inspect``: ``manifest inspect`` documents; ``search``: Docker Hub and ``_catalog``.
+- ``manifestlists``: local manifest lists, kept as the Docker CLI keeps them;
+  ``listpush``: one sent to its registry as an index.
 """

@@ -29,10 +29,10 @@ _ARCH_ALIASES = {
 
 _PART = re.compile(r"[a-z0-9_.-]+")
 # containerd's platforms/database.go
-_KNOWN_OS = frozenset(
+KNOWN_OS = frozenset(
     "aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 solaris wasip1 windows zos".split()
 )
-_KNOWN_ARCH = frozenset(
+KNOWN_ARCH = frozenset(
     "386 amd64 amd64p32 arm arm64 arm64be armbe loong64 mips mips64 mips64le mips64p32 mips64p32le mipsle "
     "ppc ppc64 ppc64le riscv riscv64 s390 s390x sparc sparc64 wasm".split()
 )
@@ -58,10 +58,10 @@ class Platform:
             return cls.of(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
         here = host()
         word = "darwin" if parts[0] == "macos" else parts[0]
-        if word in _KNOWN_OS:
+        if word in KNOWN_OS:
             return cls(word, here.architecture, here.variant)
         alone = cls.of(here.os, word)
-        if alone.architecture in _KNOWN_ARCH:
+        if alone.architecture in KNOWN_ARCH:
             return alone
         raise InvalidReference(f"platform {quote(text)}", "unknown operating system or architecture")
 
