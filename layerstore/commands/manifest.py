@@ -19,6 +19,7 @@ import sys
 from layerstore import reference
 from layerstore.commands.pull import add_registry_options, quiet_http_logs
 from layerstore.errors import AlreadyExists, InvalidReference, LayerStoreError, NotFound
+from layerstore.formatting import CommandError
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
 from layerstore.registry.inspect import image_manifest, inspect, show_local_image, show_local_list
@@ -55,11 +56,12 @@ def register(sub: argparse._SubParsersAction, name: str = "manifest") -> None:  
 
     i = manifest_sub.add_parser("inspect", help="display an image manifest, or manifest list",
                                 usage="layerstore manifest inspect [OPTIONS] [MANIFEST_LIST] MANIFEST")
-    i.add_argument("names", nargs="+", metavar="NAME", help="[MANIFEST_LIST] MANIFEST: a list or image, or an image of a local list")
+    i.add_argument("names", nargs="+", metavar="NAME",
+                   help="[MANIFEST_LIST] MANIFEST: a list or image, or an image of a local list")
     i.add_argument("-v", "--verbose", action="store_true", help="per-image details: platform, raw manifest")
     i.add_argument("--insecure", action="store_true", help="allow communication with an insecure registry")
     add_registry_options(i)
-    i.set_defaults(func=run_inspect, parser=i)
+    i.set_defaults(func=run_inspect)
 
     u = manifest_sub.add_parser("push", help="push a manifest list to a repository")
     u.add_argument("list", metavar="MANIFEST_LIST")
@@ -160,7 +162,7 @@ def run_annotate(args: argparse.Namespace, store: Store) -> int:
 
 def run_inspect(args: argparse.Namespace, store: Store) -> int:
     if len(args.names) > 2:
-        args.parser.error("at most two names: [MANIFEST_LIST] MANIFEST")
+        raise CommandError('"manifest inspect" requires at most two names: [MANIFEST_LIST] MANIFEST')
     lists = ManifestLists()
     if len(args.names) == 2:
         _, list_full = _list_name(args.names[0])

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import World, cli
+from regkit import PASSWORD, USER, World, cli
 
 from layerstore.registry.client import MANIFEST_ACCEPT
 
@@ -160,7 +160,8 @@ def test_mistakes_are_one_line_and_change_nothing(world: World, tmp_path: Path, 
     assert registry_document(world, "lists/elsewhere", "v1").status_code == 404
 
     result = cli(tmp_path, "manifest", "rm", f"{host}/lists/none:v1", elsewhere)
-    assert (result.rc, result.err) == (1, f"Error: manifest list {host}/lists/none:v1: no such local manifest list (manifest create makes one)\n")
+    assert (result.rc, result.err) == (
+        1, f"Error: manifest list {host}/lists/none:v1: no such local manifest list (manifest create makes one)\n")
     assert f"{host.replace(':', '-')}_lists_elsewhere-v1" not in files(docker_config)  # the other one went
     assert registry_document(world, "lists/mistakes", "v1").status_code == 404
 
@@ -237,3 +238,21 @@ def test_the_docker_cli_writes_and_reads_the_same_lists(world: World, tmp_path: 
     assert ours.rc == 0, ours.err
     reference = docker(theirs, "push", "--insecure", name)
     assert (reference.returncode, reference.stdout) == (0, ours.out), reference.stderr
+
+
+def test_a_token_registry_needs_a_login_and_grants_the_mounts(world: World, tmp_path: Path, docker_config: Path) -> None:
+    host = world.token.host
+    app1, arm = (f"{host}/{name.split('/', 1)[1]}" for name in images(world))
+    name = f"{host}/lists/token:v1"
+    anonymous = cli(tmp_path, "manifest", "create", name, app1)
+    assert (anonymous.rc, anonymous.err) == (
+        1, f"Error: registry {host}: unauthorized: authentication required (check the credentials, or log in)\n")
+    assert cli(tmp_path, "login", host, "-u", USER, "--password-stdin", stdin=PASSWORD + "\n").rc == 0
+    assert cli(tmp_path, "manifest", "create", name, app1, arm).rc == 0
+    before = len(world.tokens.issued)
+    pushed = cli(tmp_path, "manifest", "push", name)
+    assert pushed.rc == 0, pushed.err
+    scopes = {scope for token in world.tokens.issued[before:] for scope in token["scopes"]}
+    assert scopes == {"repository:lists/token:pull,push", "repository:app1:pull", "repository:multi:pull"}
+    on_registry = registry_document(world, "lists/token", "v1")
+    assert pushed.lines[-1] == "sha256:" + hashlib.sha256(on_registry.content).hexdigest()
