@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import platform
 import posixpath
 import stat
 import sys
@@ -26,6 +25,7 @@ from layerstore.compression import NONE, decompress, read_chunks, sniff
 from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import CorruptArchive, DigestMismatch, NotFound, SizeMismatch, UnsafeArchiveEntry, quote
 from layerstore.model import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest, load_json
+from layerstore.platforms import Platform, host
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -225,6 +225,7 @@ class ArchiveImage:
     manifest: bytes | None = None
     manifest_media_type: str | None = None
     names: list[str] = field(default_factory=list)
+    platform: Platform | None = None  # as the index entry names it, if it does
 
 
 def blob_member(digest: str) -> str:
@@ -232,23 +233,39 @@ def blob_member(digest: str) -> str:
     return f"blobs/{d.algorithm}/{d.hex}"
 
 
-def host_platform() -> tuple[str, str]:
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x"}
-    return "linux", arch.get(machine, machine)
-
-
-def find_images(archive: Archive) -> list[ArchiveImage]:
+def find_images(archive: Archive, platform: Platform | None = None) -> list[ArchiveImage]:
+    """The images to load. From an index, per image name, the entry whose platform suits
+    ``platform`` best (this machine's when None), as a pull chooses; an entry that names no
+    platform is taken as it is. Given ``platform`` (``load --platform``), an image must also
+    be for it by its config, as the Docker CLI's ``load --platform`` asks."""
     if archive.exists("version") and read_member(archive, "version", 4096).startswith(b"Directory Transport Version"):
         # containers/image's dir: transport: a manifest.json too, but one image, unnamed
         raise CorruptArchive(f"archive {archive.name}", "a copy in the 'dir:' format (skopeo copy dir:, podman save "
                              "--format docker-dir), which load does not read; copy it to an OCI layout first "
                              "(skopeo copy dir:PATH oci:LAYOUT:TAG)")
     if archive.exists("manifest.json"):
-        return _docker_archive(archive)
-    if archive.exists("index.json"):
-        return _oci_layout(archive)
-    raise CorruptArchive(f"archive {archive.name}", "neither a docker-archive (manifest.json) nor an OCI layout (index.json)")
+        images = _docker_archive(archive)
+    elif archive.exists("index.json"):
+        images = _oci_layout(archive, platform or host())
+    else:
+        raise CorruptArchive(f"archive {archive.name}", "neither a docker-archive (manifest.json) nor an OCI layout (index.json)")
+    return images if platform is None else _for_platform(archive, images, platform)
+
+
+def _for_platform(archive: Archive, images: list[ArchiveImage], wanted: Platform) -> list[ArchiveImage]:
+    """The images for ``wanted``: by the platform their index entry names, else by their config."""
+    kept, others = [], []
+    for image in images:
+        actual = image.platform
+        if actual is None:
+            actual = Platform.from_json(load_json(read_member(archive, image.config_member), f"config {image.config_member}"))
+        if actual is not None and wanted.rank(actual) is not None:
+            kept.append(image)
+        else:
+            others.append(str(actual or "none named"))
+    if not kept:
+        raise NotFound(f"archive {archive.name}", f"no image for platform {wanted} (it has {', '.join(dict.fromkeys(others))})")
+    return kept
 
 
 def _docker_archive(archive: Archive) -> list[ArchiveImage]:
@@ -295,9 +312,9 @@ def _check_sizes(archive: Archive, image: ArchiveImage) -> None:
 
 
 def _original_manifests(archive: Archive) -> dict[str, tuple[bytes, Manifest]]:
-    """Manifests reachable from index.json, by the member name of their config."""
+    """Manifests reachable from index.json, whatever their platform, by the member name of their config."""
     out = {}
-    for _, raw, manifest, _names in _walk_index(archive):
+    for _, raw, manifest, _names in _walk_index(archive, None, []):
         out[blob_member(manifest.config.digest)] = (raw, manifest)
     return out
 
@@ -305,23 +322,30 @@ def _original_manifests(archive: Archive) -> dict[str, tuple[bytes, Manifest]]:
 Found = tuple[Descriptor, bytes, Manifest, list[str]]
 
 
-def _walk_index(archive: Archive) -> Iterator[Found]:
+def _walk_index(archive: Archive, wanted: Platform | None, others: list[str]) -> Iterator[Found]:
+    """Manifests reachable from index.json: for ``wanted`` (see ``_chosen``), or all of them;
+    the platforms passed over go to ``others``."""
     subject = f"archive {archive.name} index.json"
     index = load_json(read_member(archive, "index.json"), subject)
-    yield from _walk(archive, index, subject, (), {}, 0)
+    yield from _walk(archive, index, subject, (), {}, 0, wanted, others, [])
 
 
 def _walk(
-    archive: Archive, index: Any, subject: str, ancestors: tuple[str, ...], read: dict[Any, Any], depth: int
+    archive: Archive, index: Any, subject: str, ancestors: tuple[str, ...], read: dict[Any, Any], depth: int,
+    wanted: Platform | None, others: list[str], inherited: list[str],
 ) -> Iterator[Found]:
     """Manifests below ``index``. Each blob is read and checked once, and each nested index
-    walked once, so a DAG of indexes naming one blob many times costs linear time, not exponential."""
+    walked once per name it is given, so a DAG of indexes naming one blob many times costs
+    time in proportion to its entries times its names, not exponential.
+    An entry without a name of its own takes the name of the index it is in (``inherited``): a
+    multi-platform image is named once, on its index."""
     if depth > MAX_INDEX_DEPTH:
         raise CorruptArchive(subject, f"indexes nested more than {MAX_INDEX_DEPTH} deep")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise CorruptArchive(subject, "no manifests list")
-    for raw_desc in index["manifests"]:
-        desc = Descriptor.parse(raw_desc, subject)
+    descs = [Descriptor.parse(raw_desc, subject) for raw_desc in index["manifests"]]
+    chosen = _chosen(descs, wanted, others, inherited)
+    for position, desc in enumerate(descs):
         if desc.digest in ancestors:
             raise CorruptArchive(subject, f"{desc.digest} refers to itself")
         seen = desc.digest in read
@@ -329,11 +353,14 @@ def _walk(
         read[desc.digest] = (raw, doc)
         kind = doc.get("mediaType") or desc.media_type
         if kind in INDEX_TYPES or "manifests" in doc:
-            if not seen:  # a second mention of an index brings nothing new
-                yield from _walk(archive, doc, f"index {desc.digest}", (*ancestors, desc.digest), read, depth + 1)
+            names = _names(desc) or inherited
+            if ("walked", desc.digest, tuple(names)) not in read:  # a second mention under the same name brings nothing new
+                read[("walked", desc.digest, tuple(names))] = True
+                yield from _walk(archive, doc, f"index {desc.digest}", (*ancestors, desc.digest), read, depth + 1,
+                                 wanted, others, names)
         elif kind in MANIFEST_TYPES or "config" in doc:
-            names = [n for n in (desc.annotations.get(CONTAINERD_NAME), desc.annotations.get(REF_NAME)) if n]
-            if desc.platform and not _platform_matches(desc.platform):
+            names = _names(desc) or inherited
+            if position not in chosen:
                 continue
             if ("yielded", desc.digest, tuple(names[:1])) in read:
                 continue  # the same image under the same name again: nothing to load twice
@@ -359,20 +386,45 @@ def _read_checked(archive: Archive, desc: Descriptor) -> tuple[bytes, dict[str, 
     return raw, doc
 
 
-def _platform_matches(plat: dict[str, Any]) -> bool:
-    os_name, arch = host_platform()
-    return plat.get("os") in (None, os_name) and plat.get("architecture") in (None, arch)
+def _names(desc: Descriptor) -> list[str]:
+    """The image name an index entry gives, containerd's annotation first."""
+    return [n for n in (desc.annotations.get(CONTAINERD_NAME), desc.annotations.get(REF_NAME)) if n][:1]
 
 
-def _oci_layout(archive: Archive) -> list[ArchiveImage]:
+def _chosen(descs: list[Descriptor], wanted: Platform | None, others: list[str], inherited: list[str]) -> set[int]:
+    """Positions of the entries of one index to load: per image name, the entry whose platform
+    suits ``wanted`` best (the first of equals); every entry that names no platform; with no
+    ``wanted``, all. Attestations (``unknown/unknown``) suit no platform."""
+    best: dict[tuple[str, ...], tuple[int, int]] = {}
+    chosen = set()
+    for position, desc in enumerate(descs):
+        platform = Platform.from_json(desc.platform) if desc.media_type not in INDEX_TYPES else None
+        if wanted is None or platform is None:
+            chosen.add(position)
+            continue
+        rank = wanted.rank(platform)
+        if rank is None:
+            if "unknown" not in (platform.os, platform.architecture):
+                others.append(str(platform))
+            continue
+        name = tuple(_names(desc) or inherited)
+        if name not in best or rank < best[name][0]:
+            best[name] = (rank, position)
+    return chosen | {position for _, position in best.values()}
+
+
+def _oci_layout(archive: Archive, wanted: Platform) -> list[ArchiveImage]:
     images = []
-    for _desc, raw, manifest, names in _walk_index(archive):
+    others: list[str] = []
+    for desc, raw, manifest, names in _walk_index(archive, wanted, others):
         config, layers = manifest.config, list(manifest.layers)
-        image = ArchiveImage(config, blob_member(config.digest), [blob_member(d.digest) for d in layers], layers, raw, manifest.media_type, names)
+        image = ArchiveImage(config, blob_member(config.digest), [blob_member(d.digest) for d in layers], layers, raw,
+                             manifest.media_type, names, Platform.from_json(desc.platform))
         _check_sizes(archive, image)
         images.append(image)
     if not images:
-        raise CorruptArchive(f"archive {archive.name}", "no image for this platform ({}/{})".format(*host_platform()))
+        found = f" (it has {', '.join(dict.fromkeys(others))})" if others else ""
+        raise NotFound(f"archive {archive.name}", f"no image for platform {wanted}{found}")
     return images
 
 

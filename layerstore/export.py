@@ -48,6 +48,7 @@ from layerstore.archive import CONTAINERD_NAME, REF_NAME, blob_member
 from layerstore.digest import parse_digest
 from layerstore.errors import CorruptArchive, InvalidReference, NotFound, quote
 from layerstore.model import OCI_INDEX, Descriptor, Manifest
+from layerstore.platforms import Platform
 from layerstore.store import Store
 
 __all__ = ["DOCKER_ARCHIVE", "FORMATS", "OCI_ARCHIVE", "SavedImage", "TarWriter", "preferred_manifest", "save", "select", "write_archive"]
@@ -158,16 +159,19 @@ def preferred_manifest(store: Store, image_id: str) -> tuple[Descriptor, Manifes
     raise NotFound(f"image {image_id}", "no manifest with all its blobs in the store")
 
 
-def select(store: Store, names: Sequence[str]) -> list[SavedImage]:
+def select(store: Store, names: Sequence[str], platform: Platform | None = None) -> list[SavedImage]:
     """Images for ``docker save NAME...``, in the order first named.
 
     As Docker: ``repo:tag`` saves that tag; a bare ``repo`` every tag of the
     repository; an ID (full or short) or ``repo@digest`` saves the image
-    without tags.
+    without tags. With ``platform`` (``save --platform``), each image must be
+    for it: an image holds one platform here, so one that is not is refused.
     """
     chosen: dict[str, list[str]] = {}
     for text in names:
         for image_id, tag in _lookup(store, text):
+            if platform is not None:
+                _check_platform(store, text, image_id, platform)
             tags = chosen.setdefault(image_id, [])
             if tag is not None and tag not in tags:
                 tags.append(tag)
@@ -176,6 +180,12 @@ def select(store: Store, names: Sequence[str]) -> list[SavedImage]:
         desc, manifest = preferred_manifest(store, image_id)
         out.append(SavedImage(image_id, desc, manifest.config, manifest.layers, tuple(tags)))
     return out
+
+
+def _check_platform(store: Store, text: str, image_id: str, wanted: Platform) -> None:
+    actual = Platform.from_json(store.config(image_id))
+    if actual is None or wanted.rank(actual) is None:
+        raise NotFound(f"image {quote(text)}", f"not for platform {wanted} (it is {actual or 'for none named'})")
 
 
 def _lookup(store: Store, text: str) -> list[tuple[str, str | None]]:
@@ -305,10 +315,11 @@ def _umask() -> int:
     return mask
 
 
-def save(store: Store, names: Sequence[str], output: str | None, stdout: IO[bytes], fmt: str = DOCKER_ARCHIVE) -> list[SavedImage]:
-    """Select ``names`` and write their archive to ``output`` (a path) or ``stdout``."""
+def save(store: Store, names: Sequence[str], output: str | None, stdout: IO[bytes], fmt: str = DOCKER_ARCHIVE,
+         platform: Platform | None = None) -> list[SavedImage]:
+    """Select ``names`` (for ``platform``) and write their archive to ``output`` (a path) or ``stdout``."""
     with store.lease():  # a concurrent rmi + prune keeps the blobs being written
-        images = select(store, names)
+        images = select(store, names, platform)
         with output_file(output, stdout) as out:
             write_archive(store, images, out, fmt)
     return images

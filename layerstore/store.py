@@ -25,6 +25,7 @@ from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
 from layerstore.layers import LayerDirs, remove_tree
 from layerstore.meta import Metadata
+from layerstore.platforms import Platform
 from layerstore.reserve import Reserve
 from layerstore.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, ImageConfig, Manifest
 from layerstore.mediatypes import DOCKER_LAYER, DOCKER_LAYER_GZIP
@@ -88,10 +89,11 @@ class Store:
         self.close()
 
     # -- load --------------------------------------------------------------------
-    def load(self, source: str, progress: Progress | None = None) -> list[LoadedImage]:
+    def load(self, source: str, progress: Progress | None = None, platform: Platform | None = None) -> list[LoadedImage]:
+        """The images of an archive (see ``archive.find_images`` for which, and ``platform``)."""
         say = progress or (lambda _m: None)
         with open_archive(source, spool_dir_for(self.root)) as archive:
-            found = find_images(archive)
+            found = find_images(archive, platform)
             with self.lease():
                 return [self._load_one(archive, image, say) for image in found]
 

@@ -29,7 +29,7 @@ from layerstore.errors import CorruptArchive, LayerStoreError
 from layerstore.mediatypes import OCI_LAYER_GZIP
 from layerstore.export import compact_json
 from layerstore.model import Descriptor
-from layerstore.registry.platforms import Platform, host
+from layerstore.platforms import Platform, host
 from layerstore.store import Store
 
 _BZIP2_MAGIC = b"BZh"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from layerstore.errors import NotFound, TransportError, quote
-from layerstore.registry.platforms import Platform
+from layerstore.platforms import Platform
 from layerstore.store import Store
 from layerstore.tarimport import import_tarball
 

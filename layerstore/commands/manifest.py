@@ -25,7 +25,7 @@ from layerstore.registry.client import RegistryClient
 from layerstore.registry.inspect import image_manifest, inspect, show_local_image, show_local_list
 from layerstore.registry.listpush import push_list
 from layerstore.registry.manifestlists import ImageManifest, ManifestLists
-from layerstore.registry.platforms import KNOWN_ARCH, KNOWN_OS
+from layerstore.platforms import KNOWN_ARCH, KNOWN_OS
 from layerstore.registry.pull import full_name
 from layerstore.store import Store
 

@@ -15,7 +15,7 @@ from layerstore import reference
 from layerstore.formatting import CommandError
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
-from layerstore.registry.platforms import Platform
+from layerstore.platforms import Platform
 from layerstore.registry.progress import Display, PullOutput, Quiet
 from layerstore.registry.pull import Puller, full_name
 from layerstore.store import Store

@@ -7,6 +7,7 @@ import sys
 
 from layerstore.export import DOCKER_ARCHIVE, FORMATS, save
 from layerstore.formatting import CommandError
+from layerstore.platforms import Platform
 from layerstore.store import Store
 
 
@@ -15,12 +16,14 @@ def register(sub: argparse._SubParsersAction, name: str = "save") -> None:  # ty
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--format", choices=FORMATS, default=DOCKER_ARCHIVE, help="archive format (default: %(default)s)")
+    p.add_argument("--platform", metavar="os[/arch[/variant]]", help="only an image for this platform (others are refused)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
+    platform = Platform.parse(args.platform) if args.platform else None
     check_output(args.output)
-    save(store, args.images, args.output, sys.stdout.buffer, args.format)
+    save(store, args.images, args.output, sys.stdout.buffer, args.format, platform)
     return 0
 
 

@@ -45,7 +45,7 @@ from layerstore.model import (
 from layerstore.reference import Reference
 from layerstore.registry.client import Fetched, RegistryClient
 from layerstore.registry.download import Cancelled, PartialBlob, fetch_blob
-from layerstore.registry.platforms import Platform, host
+from layerstore.platforms import Platform, host
 from layerstore.registry.progress import PullOutput, Quiet
 from layerstore.store import UNPACK_WORKERS, Store
 from unionfs import crashpoints

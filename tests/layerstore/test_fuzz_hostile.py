@@ -33,7 +33,7 @@ from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import LayerStoreError
 from layerstore.model import MAX_SIZE, Descriptor, ImageConfig, Manifest, load_json
 from layerstore.registry.pull import choose_manifest
-from layerstore.registry.platforms import Platform
+from layerstore.platforms import Platform
 from layerstore.unpack import unpack_layer
 
 EXAMPLES = set_by_hand("FUZZ_EXAMPLES")

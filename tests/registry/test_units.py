@@ -19,7 +19,7 @@ from layerstore.errors import InvalidReference, NotFound
 from layerstore.registry import gojson
 from layerstore.registry.auth import parse_challenges
 from layerstore.registry.client import Endpoint, endpoint
-from layerstore.registry.platforms import Platform, host
+from layerstore.platforms import Platform, host
 from layerstore.registry.progress import Display, progress_bar
 from layerstore.registry.pull import choose_manifest
 

@@ -10,11 +10,11 @@ containerd's ``platforms.Only`` does.
 """
 from __future__ import annotations
 
+import platform as _machine
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from layerstore.archive import host_platform
 from layerstore.errors import InvalidReference, quote
 
 _ARCH_ALIASES = {
@@ -105,6 +105,13 @@ def _arm_level(variant: str) -> int:
         return int(variant.removeprefix("v"))
     except ValueError:
         return 99
+
+
+def host_platform() -> tuple[str, str]:
+    """This machine's OS and architecture, in the words of image configs."""
+    machine = _machine.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x"}
+    return "linux", arch.get(machine, machine)
 
 
 def host() -> Platform:
