@@ -10,7 +10,6 @@
 - ``pull``: manifests, platform choice, parallel layers, registering the image.
 - ``push``: blobs the registry lacks (HEAD, cross-repository mount, monolithic
   or chunked upload), then the original manifest bytes.
-- ``platforms``: ``os/arch[/variant]`` as containerd normalises and matches it.
 - ``progress``: the pull output of the Docker CLI.
 - ``gojson``: JSON compacted and indented as Go's ``encoding/json`` does it.
 - ``inspect``: ``manifest inspect`` documents; ``search``: Docker Hub and ``_catalog``.
