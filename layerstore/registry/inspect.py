@@ -73,8 +73,9 @@ def show_local_list(list_ref: str, images: list[ImageManifest], verbose: bool = 
 
 
 def show_local_image(image: ImageManifest, verbose: bool = False) -> str:
-    """``manifest inspect LIST IMAGE``: one image of a list made here."""
-    text = image.to_json() if verbose else image.raw.decode("utf-8", "surrogateescape")
+    """``manifest inspect LIST IMAGE``: one image of a list made here. Docker prints the manifest
+    as its list file holds it, compacted (a trailing newline of the registry's bytes is gone)."""
+    text = image.to_json() if verbose else gojson.compact(image.raw.decode("utf-8", "surrogateescape"))
     return gojson.indent(text) + "\n"
 
 

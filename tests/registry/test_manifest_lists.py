@@ -28,6 +28,7 @@ from regkit import PASSWORD, USER, World, cli
 from layerstore.registry.client import MANIFEST_ACCEPT
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def digest_of(world: World, tag: str) -> str:
@@ -212,25 +213,29 @@ def docker(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(DOCKER is None, reason="the Docker CLI is the reference")
-def test_the_docker_cli_writes_and_reads_the_same_lists(world: World, tmp_path: Path, docker_config: Path) -> None:
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+def test_the_docker_cli_writes_and_reads_the_same_lists(world: World, tmp_path: Path, docker_config: Path, kind: str) -> None:
+    """OCI images make an OCI index; a Docker schema 2 image first (``raw/app``) makes a Docker manifest list."""
     host = world.open.host
-    app1, arm = images(world)
+    first, second = images(world) if kind == "oci" else (f"{host}/raw/app:v1", f"{host}/tags/app:v2")
     theirs = tmp_path / "docker-cli-config"
-    name = f"{host}/lists/docker:v1"
+    name = f"{host}/lists/docker-{kind}:v1"
     steps = [
-        ["create", name, app1],
-        ["create", "--amend", name, arm],
-        ["annotate", "--os-version", "10", "--os-features", "x,y", name, arm],
+        ["create", name, first],
+        ["create", "--amend", name, second],
+        ["annotate", "--arch", "arm64", "--os-version", "10", "--os-features", "x,y", name, second],
         ["inspect", name],
         ["inspect", "-v", name],
-        ["inspect", name, arm],
-        ["inspect", "-v", name, app1],
+        ["inspect", name, second],
+        ["inspect", "-v", name, first],
     ]
     for step in steps:
         reference = docker(theirs, *step[:1], *(["--insecure"] if step[0] == "create" else []), *step[1:])
         ours = cli(tmp_path, "manifest", *step)
         assert (ours.rc, ours.out) == (reference.returncode, reference.stdout), (step, ours.err, reference.stderr)
         assert files(docker_config) == files(theirs), step  # the same files, byte for byte
+    listed = json.loads(cli(tmp_path, "manifest", "inspect", name).out)
+    assert listed["mediaType"] == (OCI_INDEX if kind == "oci" else DOCKER_LIST)
 
     # Docker reads the files this tool wrote (and the other way round: they are the same bytes)
     assert docker(docker_config, "inspect", "-v", name).stdout == cli(tmp_path, "manifest", "inspect", "-v", name).out
