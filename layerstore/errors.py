@@ -6,6 +6,7 @@ command line can print ``str(error)`` as its one line.
 
     LayerStoreError
     ├── NotFound                 no such blob, image, tag or layer
+    │   └── PlatformMismatch     ... for the platform asked for (the image is for another)
     ├── AlreadyExists            the name or directory is taken
     ├── InvalidReference         malformed digest or reference (also a ValueError)
     ├── DigestMismatch           content does not hash to the digest it claims
@@ -35,6 +36,7 @@ __all__ = [
     "LayerStoreError",
     "ManifestUnknown",
     "NotFound",
+    "PlatformMismatch",
     "RegistryError",
     "SizeLimitExceeded",
     "SizeMismatch",
@@ -80,6 +82,10 @@ class NotFound(LayerStoreError):
     """The named blob, image, tag or layer does not exist."""
 
     default_problem = "not found"
+
+
+class PlatformMismatch(NotFound):
+    """The named image exists, but for another platform than ``--platform`` names."""
 
 
 class AlreadyExists(LayerStoreError):

@@ -48,7 +48,7 @@ from layerstore.archive import CONTAINERD_NAME, REF_NAME, blob_member
 from layerstore.digest import parse_digest
 from layerstore.errors import CorruptArchive, InvalidReference, NotFound, quote
 from layerstore.model import OCI_INDEX, Descriptor, Manifest
-from layerstore.platforms import Platform
+from layerstore.platforms import Platform, require
 from layerstore.store import Store
 
 __all__ = ["DOCKER_ARCHIVE", "FORMATS", "OCI_ARCHIVE", "SavedImage", "TarWriter", "preferred_manifest", "save", "select", "write_archive"]
@@ -171,7 +171,7 @@ def select(store: Store, names: Sequence[str], platform: Platform | None = None)
     for text in names:
         for image_id, tag in _lookup(store, text):
             if platform is not None:
-                _check_platform(store, text, image_id, platform)
+                require([platform], store.platform_of(image_id), f"image {quote(text)}")
             tags = chosen.setdefault(image_id, [])
             if tag is not None and tag not in tags:
                 tags.append(tag)
@@ -180,12 +180,6 @@ def select(store: Store, names: Sequence[str], platform: Platform | None = None)
         desc, manifest = preferred_manifest(store, image_id)
         out.append(SavedImage(image_id, desc, manifest.config, manifest.layers, tuple(tags)))
     return out
-
-
-def _check_platform(store: Store, text: str, image_id: str, wanted: Platform) -> None:
-    actual = Platform.from_json(store.config(image_id))
-    if actual is None or wanted.rank(actual) is None:
-        raise NotFound(f"image {quote(text)}", f"not for platform {wanted} (it is {actual or 'for none named'})")
 
 
 def _lookup(store: Store, text: str) -> list[tuple[str, str | None]]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import platform as _machine
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from layerstore.errors import InvalidReference, quote
+from layerstore.errors import InvalidReference, PlatformMismatch, quote
 
 _ARCH_ALIASES = {
     "x86_64": ("amd64", ""),
@@ -117,3 +118,17 @@ def host_platform() -> tuple[str, str]:
 def host() -> Platform:
     """This machine's platform (``linux/amd64`` here)."""
     return Platform.of(*host_platform())
+
+
+def require(wanted: Sequence[Platform], actual: Platform | None, subject: str) -> None:
+    """An image here holds one platform: ``--platform`` naming others is refused, in dockerd's words."""
+    if wanted and (actual is None or all(w.rank(actual) is None for w in wanted)):
+        raise PlatformMismatch(subject, "found, but it does not match the specified platform: wanted"
+                               f" {', '.join(map(str, wanted))}, actual: {actual or 'none named'}")
+
+
+def from_flags(values: str | Sequence[str] | None) -> list[Platform]:
+    """``--platform`` as a command takes it: not given, given once, or (``rmi``) given again
+    or as a comma-separated list, as Docker's string-slice flags take it."""
+    given = [values] if isinstance(values, str) else list(values or ())
+    return [Platform.parse(part) for value in given for part in value.split(",") if part.strip()]

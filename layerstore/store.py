@@ -13,7 +13,7 @@ import sqlite3
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from layerstore.digest import digest_bytes, parse_digest
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
 from layerstore.layers import LayerDirs, remove_tree
 from layerstore.meta import Metadata
-from layerstore.platforms import Platform
+from layerstore.platforms import Platform, require
 from layerstore.reserve import Reserve
 from layerstore.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, ImageConfig, Manifest
 from layerstore.mediatypes import DOCKER_LAYER, DOCKER_LAYER_GZIP
@@ -240,8 +240,17 @@ class Store:
         return _tree_size(self.layers.path(diff_id))
 
     # -- lookups -----------------------------------------------------------------
-    def resolve(self, text: str) -> str:
-        """Image ID for a name[:tag], name@digest, full or short ID."""
+    def resolve(self, text: str, platforms: Sequence[Platform] = ()) -> str:
+        """Image ID for a name[:tag], name@digest, full or short ID; with ``platforms`` (a
+        command's ``--platform``), an image for one of them (``PlatformMismatch`` otherwise)."""
+        image_id = self._resolve(text)
+        require(platforms, self.platform_of(image_id) if platforms else None, f"image {quote(text)}")
+        return image_id
+
+    def platform_of(self, image_id: str) -> Platform | None:
+        return Platform.from_json(self.config(image_id))
+
+    def _resolve(self, text: str) -> str:
         if text.startswith("sha256:") and len(text) == 71:
             if self.meta.one("SELECT 1 FROM images WHERE id = ?", text):
                 return text
@@ -284,7 +293,7 @@ class Store:
 
 
     # -- removal -----------------------------------------------------------------
-    def rmi(self, text: str, force: bool = False, prune: bool = True) -> list[tuple[str, str]]:
+    def rmi(self, text: str, force: bool = False, prune: bool = True, platforms: Sequence[Platform] = ()) -> list[tuple[str, str]]:
         """Untag, and delete the image when no tag is left: Docker's ``Untagged:``/``Deleted:`` lines.
 
         The name is resolved inside the transaction: an image that another
@@ -292,13 +301,13 @@ class Store:
         deleted twice. On a full disk it gives up the store's reserve:
         removing is how space comes back.
         """
-        return self.reserve.with_room(lambda: self._rmi(text, force, prune))
+        return self.reserve.with_room(lambda: self._rmi(text, force, prune, platforms))
 
-    def _rmi(self, text: str, force: bool, prune: bool) -> list[tuple[str, str]]:
+    def _rmi(self, text: str, force: bool, prune: bool, platforms: Sequence[Platform]) -> list[tuple[str, str]]:
         events: list[tuple[str, str]] = []
         by_name = not _looks_like_id(text) and "@" not in text
         with self.meta.transaction() as tx:
-            image_id = self.resolve(text)
+            image_id = self.resolve(text, platforms)
             tags = self.tags_of(image_id)
             users = tx.execute("SELECT name FROM containers WHERE image_id = ?", (image_id,)).fetchall()
             if by_name and len(tags) > 1:

@@ -22,6 +22,7 @@ from layerstore.formatting import (
     parse_time,
     render,
 )
+from layerstore.platforms import from_flags
 from layerstore.store import Store
 
 TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction, name: str = "history") -> None:  #
                    help="sizes and dates in human readable form (default true; -H=false for bytes and RFC 3339)")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    p.add_argument("--platform", metavar="os[/arch[/variant]]",
+                   help="the image must be for this platform (an image here holds one)")
     p.set_defaults(func=run)
 
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
         args.image, human = args.human, True
     if args.image is None:
         raise CommandError('"history" requires exactly 1 argument')
-    image = store.resolve(args.image)
+    image = store.resolve(args.image, from_flags(args.platform))
     fmt = args.format
     if not fmt or fmt == "table":
         fmt = QUIET if args.quiet else TABLE if human else TABLE_NON_HUMAN

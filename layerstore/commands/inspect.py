@@ -11,8 +11,9 @@ import sys
 from typing import Any
 
 from layerstore import queries
-from layerstore.errors import LayerStoreError, NotFound
+from layerstore.errors import LayerStoreError, NotFound, PlatformMismatch
 from layerstore.formatting import NilMap, NilSlice, StringMap, Struct, Template, go_json, parse_time
+from layerstore.platforms import from_flags
 from layerstore.store import Store
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction, name: str = "inspect") -> None:  #
     p.add_argument("-f", "--format", default="", help="a Go template, or 'json'")
     p.add_argument("--type", choices=("image",), help="only images are inspected here")
     p.add_argument("-s", "--size", action="store_true", help="accepted for Docker compatibility: sizes are always shown")
+    p.add_argument("--platform", metavar="os[/arch[/variant]]",
+                   help="the image must be for this platform (an image here holds one)")
     p.set_defaults(func=run)
 
 
@@ -100,9 +103,12 @@ def _config(cfg: Any) -> Struct | None:
 def run(args: argparse.Namespace, store: Store) -> int:
     found: list[Any] = []
     errors: list[str] = []
+    platforms = from_flags(args.platform)
     for text in args.images:
         try:
-            found.append(inspect_image(store, store.resolve(text)))
+            found.append(inspect_image(store, store.resolve(text, platforms)))
+        except PlatformMismatch as exc:
+            errors.append(str(exc))
         except NotFound:
             errors.append(f"No such image: {text}")
         except LayerStoreError as exc:  # an ambiguous short ID, say: the others are still shown

@@ -13,6 +13,7 @@ import sys
 from layerstore import reference
 from layerstore.commands.pull import add_registry_options, quiet_http_logs, refuse_content_trust
 from layerstore.formatting import CommandError
+from layerstore.platforms import from_flags
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
 from layerstore.registry.progress import Display, PullOutput, Quiet
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction, name: str = "push") -> None:  # ty
     p.add_argument("name", metavar="NAME[:TAG]")
     p.add_argument("-a", "--all-tags", action="store_true", help="push all tags of the repository")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
+    p.add_argument("--platform", metavar="os[/arch[/variant]]",
+                   help="the image must be for this platform (an image here holds one)")
     p.add_argument("--disable-content-trust", action="store_true", help=argparse.SUPPRESS)  # Docker's default; no-op
     add_registry_options(p)
     p.set_defaults(func=run)
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace, store: Store) -> int:
         ref = ref.with_default_tag()
         if not args.quiet:
             print(f"Using default tag: {ref.tag}", flush=True)
+    if args.platform:
+        if args.all_tags:
+            raise CommandError("--platform can't be used with --all-tags/-a")
+        store.resolve(str(ref), from_flags(args.platform))
     output: PullOutput = Quiet() if args.quiet else Display(sys.stdout)
     client = RegistryClient(ref.domain, insecure=args.insecure_registry, cert_dir=args.cert_dir)
     try:

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction, name: str = "save") -> None:  # ty
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--format", choices=FORMATS, default=DOCKER_ARCHIVE, help="archive format (default: %(default)s)")
-    p.add_argument("--platform", metavar="os[/arch[/variant]]", help="only an image for this platform (others are refused)")
+    p.add_argument("--platform", metavar="os[/arch[/variant]]",
+                   help="each image must be for this platform (an image here holds one)")
     p.set_defaults(func=run)
 
 

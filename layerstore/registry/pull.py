@@ -45,7 +45,7 @@ from layerstore.model import (
 from layerstore.reference import Reference
 from layerstore.registry.client import Fetched, RegistryClient
 from layerstore.registry.download import Cancelled, PartialBlob, fetch_blob
-from layerstore.platforms import Platform, host
+from layerstore.platforms import Platform, host, require
 from layerstore.registry.progress import PullOutput, Quiet
 from layerstore.store import UNPACK_WORKERS, Store
 from unionfs import crashpoints
@@ -224,11 +224,7 @@ class Puller:
     def _check_platform(self, ref: Reference, config: ImageConfig) -> None:
         """The config's platform must be the one asked for (Docker 20.10+ checks ``--platform`` so)."""
         actual = Platform.of(config.os or "linux", config.architecture or "unknown", config.variant or "")
-        if self.platform.rank(actual) is None:
-            raise NotFound(
-                f"image {ref}",
-                f"found, but it does not match the specified platform: wanted {self.platform}, actual: {actual}",
-            )
+        require([self.platform], actual, f"image {ref}")
 
     def _complete(self, image_id: str, manifest_digest: str, manifest: Manifest, config: ImageConfig) -> bool:
         """The store has this very manifest and everything it names: nothing to download (Docker skips the layers)."""

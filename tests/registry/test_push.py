@@ -308,3 +308,17 @@ def test_errors_are_one_line(world: World, archives: dict[str, Path], tmp_path: 
     assert gone.rc == 1
     assert gone.err.startswith(f"Error: registry 127.0.0.1:{port}: unreachable (") and gone.err.count("\n") == 1
     assert "Connection refused" in gone.err
+
+
+def test_push_platform_checks_the_image_first(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """An image here holds one platform: --platform must name it, or nothing is sent."""
+    repo = f"{world.open.host}/pushed/platform"
+    load(tmp_path, archives["app1"], f"{repo}:v1")
+    refused = cli(tmp_path, "push", "--platform", "linux/arm64", f"{repo}:v1")
+    assert (refused.rc, refused.out, refused.err) == (1, "", f'Error: image "{repo}:v1": found, but it does not match the'
+                                                             " specified platform: wanted linux/arm64, actual: linux/amd64\n")
+    assert requests.get(f"http://{world.open.host}/v2/pushed/platform/tags/list", timeout=10).status_code == 404
+    both = cli(tmp_path, "push", "-a", "--platform", "linux/amd64", repo)
+    assert (both.rc, both.err) == (1, "Error: --platform can't be used with --all-tags/-a\n")
+    pushed = cli(tmp_path, "push", "-q", "--platform", "linux/amd64", f"{repo}:v1")
+    assert (pushed.rc, pushed.out) == (0, f"{repo}:v1\n"), pushed.err

@@ -1,4 +1,5 @@
-"""Multi-platform archives: which image load takes, under which name, and load/save --platform.
+"""Platforms: which image load takes from a multi-platform archive, under which name, and
+``--platform`` on load, save, inspect, history and rmi.
 
 umoci builds three single-platform images (linux/amd64, linux/arm64 and
 linux/arm, which podman's ``manifest add --variant v6`` calls arm/v6), podman
@@ -118,10 +119,33 @@ def test_save_platform_refuses_an_image_for_another(archives: dict[str, Path | s
     assert layerstore(tmp_path, "load", "-q", "--platform", "linux/arm64", "-i", str(archives["multi"])).rc == 0
     out = tmp_path / "saved.tar"
     refused = layerstore(tmp_path, "save", "--platform", "linux/amd64", "-o", str(out), NAME)
-    assert_clean_error(refused, f'image "{NAME}"', "not for platform linux/amd64 (it is linux/arm64)")
+    assert_clean_error(refused, f'image "{NAME}"', "does not match the specified platform: wanted linux/amd64, actual: linux/arm64")
     assert not out.exists()
     saved = layerstore(tmp_path, "save", "--platform", "linux/arm64/v8", "-o", str(out), NAME)
     assert saved.rc == 0, saved
     again = tmp_path / "again"
     assert layerstore(again, "load", "-q", "-i", str(out)).rc == 0
     assert _images(again) == [f"{NAME} {archives['arm64']}"]
+
+
+def test_inspect_history_and_rmi_refuse_an_image_for_another_platform(archives: dict[str, Path | str], tmp_path: Path) -> None:
+    """An image here holds one platform: --platform checks it, as dockerd checks an image that is not multi-platform."""
+    assert layerstore(tmp_path, "load", "-q", "--platform", "linux/arm64", "-i", str(archives["multi"])).rc == 0
+    mismatch = "does not match the specified platform: wanted linux/amd64, actual: linux/arm64"
+
+    shown = layerstore(tmp_path, "inspect", "--platform", "linux/amd64", "-f", "{{.Id}}", NAME)
+    assert (shown.rc, shown.out) == (1, "")
+    assert_clean_error(shown, f'image "{NAME}"', mismatch)
+    shown = layerstore(tmp_path, "inspect", "--platform", "linux/arm64/v8", "-f", "{{.Architecture}}", NAME)
+    assert (shown.rc, shown.out) == (0, "arm64\n"), shown
+
+    assert_clean_error(layerstore(tmp_path, "history", "--platform", "linux/amd64", NAME), f'image "{NAME}"', mismatch)
+    assert layerstore(tmp_path, "history", "-q", "--platform", "arm64", NAME).rc == 0
+
+    refused = layerstore(tmp_path, "rmi", "--platform", "linux/amd64,linux/arm/v7", NAME)
+    assert_clean_error(refused, f'image "{NAME}"', "wanted linux/amd64, linux/arm/v7, actual: linux/arm64")
+    assert _images(tmp_path) == [f"{NAME} {archives['arm64']}"]
+    removed = layerstore(tmp_path, "rmi", "--platform", "linux/amd64", "--platform", "linux/arm64", NAME)
+    assert removed.rc == 0, removed
+    assert removed.out.splitlines() == [f"Untagged: {NAME}", f"Deleted: {archives['arm64']}"]
+    assert _images(tmp_path) == []
