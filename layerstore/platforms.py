@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import platform as _machine
 import re
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from layerstore.errors import InvalidReference, PlatformMismatch, quote
@@ -82,7 +82,8 @@ class Platform:
 
     @classmethod
     def from_json(cls, data: Any) -> Platform | None:
-        """An index entry's ``platform`` object; None when it has none."""
+        """An index entry's ``platform`` object, or an image config (the same keys); None
+        when it names no OS and architecture."""
         if not isinstance(data, dict) or not data.get("os") or not data.get("architecture"):
             return None
         return cls.of(str(data["os"]), str(data["architecture"]), str(data.get("variant") or ""))
@@ -108,16 +109,10 @@ def _arm_level(variant: str) -> int:
         return 99
 
 
-def host_platform() -> tuple[str, str]:
-    """This machine's OS and architecture, in the words of image configs."""
-    machine = _machine.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x"}
-    return "linux", arch.get(machine, machine)
-
-
 def host() -> Platform:
-    """This machine's platform (``linux/amd64`` here)."""
-    return Platform.of(*host_platform())
+    """This machine's platform (``linux/amd64`` here), from the kernel's name for the machine."""
+    machine = _machine.machine().lower()
+    return Platform.of("linux", {"armv7l": "arm", "armv8l": "arm"}.get(machine, machine))
 
 
 def require(wanted: Sequence[Platform], actual: Platform | None, subject: str) -> None:

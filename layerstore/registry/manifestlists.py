@@ -44,16 +44,6 @@ from layerstore.registry.auth import config_dir
 PLATFORM_KEYS = ("architecture", "os", "os.version", "os.features", "variant")  # Go's field order
 
 
-def full_reference(domain: str, path: str, tag: str | None, digest: str | None) -> str:
-    """A reference as Docker's ``reference.Named`` prints it: ``docker.io/library/app:v1``."""
-    out = f"{domain}/{path}"
-    if tag:
-        out += f":{tag}"
-    if digest:
-        out += f"@{digest}"
-    return out
-
-
 def filesafe(reference: str) -> str:
     """Docker's ``makeFilesafeName``."""
     return reference.replace(":", "-").replace("/", "_")
