@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from layerstore import reference
 from layerstore.errors import InvalidReference
 from layerstore.model import DOCKER_LIST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, Descriptor, load_json
 from layerstore.reference import Reference
@@ -81,20 +82,16 @@ def show_local_image(image: ImageManifest, verbose: bool = False) -> str:
 
 def local_list_document(list_ref: str, images: list[ImageManifest]) -> tuple[bytes, str]:
     """The index a local list becomes on its registry, and its media type."""
-    domain = registry_of(list_ref)
+    domain = reference.parse(list_ref).domain
     entries = []
     for image in images:
-        if registry_of(image.ref) != domain:
+        source = reference.parse(image.ref, default_tag=False).domain
+        if source != domain:
             raise InvalidReference(f"manifest list {list_ref}", "cannot use source images from a different registry than"
-                                   f" the target image: {registry_of(image.ref)} != {domain}")
+                                   f" the target image: {source} != {domain}")
         entry = Descriptor(image.media_type, image.digest, int(image.descriptor["size"]))
         entries.append((entry, image.platform))
     return rebuilt_list(entries)
-
-
-def registry_of(full_reference: str) -> str:
-    """The registry host of a full reference (``host:5000/app:v1``, ``docker.io/library/app``)."""
-    return full_reference.split("/", 1)[0]
 
 
 def rebuilt_list(entries: list[tuple[Descriptor, Any]]) -> tuple[bytes, str]:
