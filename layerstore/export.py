@@ -170,7 +170,7 @@ def select(store: Store, names: Sequence[str], platform: Platform | None = None)
     chosen: dict[str, list[str]] = {}
     for text in names:
         for image_id, tag in _lookup(store, text):
-            if platform is not None:
+            if platform is not None and image_id not in chosen:  # one config read per image, however many tags
                 require([platform], store.platform_of(image_id), f"image {quote(text)}")
             tags = chosen.setdefault(image_id, [])
             if tag is not None and tag not in tags:
