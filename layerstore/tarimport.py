@@ -9,7 +9,8 @@ or that names a path outside the rootfs, is refused and nothing is kept. The
 config is Docker's for an import (moby's ``ImportImage``): the platform, the
 time, the ``-c`` changes over an empty container config, and a history of one
 entry whose comment is the message, ``Imported from SOURCE`` by default
-(``-`` for a file or stdin, as the Docker CLI sends both).
+(``-`` for a file or stdin, as the Docker CLI sends both). Errors name the
+source as the user gave it.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from layerstore.archive import spool_dir_for
 from layerstore.commit import GzipWriter, NewLayer, register_new_image, rfc3339_now
 from layerstore.compression import GZIP, NONE, ZSTD, decompress, read_chunks, sniff
 from layerstore.digest import HashingWriter
-from layerstore.errors import CorruptArchive, LayerStoreError
+from layerstore.errors import CorruptArchive, LayerStoreError, quote
 from layerstore.mediatypes import OCI_LAYER_GZIP
 from layerstore.export import compact_json
 from layerstore.model import Descriptor
@@ -72,12 +73,22 @@ def _chunks(stream: BinaryIO, subject: str) -> Iterator[bytes]:
     yield from decompress(raw(), kind if kind in (GZIP, ZSTD) else NONE, subject)
 
 
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def tarball_subject(source: str) -> str:
+    """What an error names: the file, URL or ``-`` (stdin) the user gave."""
+    return f"tarball {source if is_url(source) or source == '-' else quote(source)}"
+
+
 def import_tarball(store: Store, stream: BinaryIO, *, source: str, name: str | None = None, message: str | None = None,
                    changes: Sequence[str] = (), platform: Platform | None = None) -> Imported:
-    """A new image of one layer, the tarball read from stream; tagged name if given."""
+    """A new image of one layer, the tarball read from stream (source: the file, URL or ``-`` it came
+    from); tagged name if given."""
     tag = store.normalize_name(name) if name else None
     config_part = config_changes.apply({}, list(changes))  # before any work: a bad change loses nothing
-    subject = f"tarball {source}"
+    subject = tarball_subject(source)
     with store.lease(), tempfile.TemporaryFile(dir=spool_dir_for(store.root)) as spool:
         blob = HashingWriter(spool)
         gz = GzipWriter(blob)
@@ -97,7 +108,8 @@ def import_tarball(store: Store, stream: BinaryIO, *, source: str, name: str | N
         layer = NewLayer(diff.digest, diff.size, Descriptor(OCI_LAYER_GZIP, stored.digest, stored.size))
         here = platform or host()
         created = rfc3339_now()
-        comment = message or f"Imported from {source}"
+        # the Docker CLI sends a file as it sends stdin, so the daemon names both "-"
+        comment = message or f"Imported from {source if is_url(source) else '-'}"
         doc: dict[str, Any] = {"architecture": here.architecture, "os": here.os}
         if here.variant:
             doc["variant"] = here.variant

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from layerstore.errors import NotFound, TransportError, quote
+from layerstore.errors import NotFound, TransportError
 from layerstore.platforms import Platform
 from layerstore.store import Store
-from layerstore.tarimport import import_tarball
+from layerstore.tarimport import import_tarball, is_url, tarball_subject
 
 
 def register(sub: argparse._SubParsersAction, name: str = "import") -> None:  # type: ignore[type-arg]
@@ -30,35 +30,33 @@ def register(sub: argparse._SubParsersAction, name: str = "import") -> None:  # 
 def _opened(source: str) -> Iterator[BinaryIO]:
     if source == "-":
         yield sys.stdin.buffer
-    elif source.startswith(("http://", "https://")):
+    elif is_url(source):
         import requests
 
         try:
             with requests.get(source, stream=True, timeout=(15, 60)) as response:
                 if response.status_code != 200:
                     status = f"HTTP {response.status_code} {response.reason or ''}".strip()
-                    raise TransportError(f"tarball {source}", status)
+                    raise TransportError(tarball_subject(source), status)
                 response.raw.decode_content = True
                 yield response.raw
         except requests.RequestException as exc:
             from layerstore.registry.client import describe_failure
 
-            raise TransportError(f"tarball {source}", f"unreachable ({describe_failure(exc)})") from None
+            raise TransportError(tarball_subject(source), f"unreachable ({describe_failure(exc)})") from None
     else:
         try:
             f = open(source, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
-            raise NotFound(f"tarball {quote(source)}", "no such file") from None
+            raise NotFound(tarball_subject(source), "no such file") from None
         with f:
             yield f
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
     platform = Platform.parse(args.platform) if args.platform else None
-    # the Docker CLI sends a file as it sends stdin, so the daemon names both "-"
-    shown = args.source if args.source.startswith(("http://", "https://")) else "-"
     with _opened(args.source) as stream:
-        imported = import_tarball(store, stream, source=shown, name=args.repository, message=args.message,
+        imported = import_tarball(store, stream, source=args.source, name=args.repository, message=args.message,
                                   changes=args.change, platform=platform)
     print(imported.id)
     return 0

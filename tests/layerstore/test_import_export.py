@@ -199,10 +199,11 @@ def test_a_bad_tarball_or_change_is_one_line_and_keeps_nothing(
     truncated = tmp_path / "truncated.tar.gz"
     subprocess.run(["gzip", "-c", str(good)], check=True, stdout=open(truncated, "wb"))
     truncated.write_bytes(truncated.read_bytes()[:-200])
+    escape = hostile(tmp_path / "escape.tar", "../outside")
     cases = [
-        ((str(hostile(tmp_path / "escape.tar", "../outside")),), "tarball -: escapes the layer root"),
-        ((str(garbage),), "tarball -: "),
-        ((str(truncated),), "tarball -: "),
+        ((str(escape),), f'tarball "{escape}": escapes the layer root'),
+        ((str(garbage),), f'tarball "{garbage}": '),
+        ((str(truncated),), f'tarball "{truncated}": '),
         ((str(tmp_path / "nothing.tar"),), f'tarball "{tmp_path / "nothing.tar"}": no such file'),
         (("-c", "RUN make", str(good)), "change 'RUN make': run is not a valid change command"),
         (("-c", "EXPOSE eighty", str(good)), "change 'EXPOSE eighty': invalid port 'eighty'"),
