@@ -100,8 +100,7 @@ class Containers:
     ) -> Container:
         image_id = self.store.resolve(image)
         mountpoint = os.path.realpath(mountpoint)
-        if not os.path.isdir(mountpoint):
-            raise NotFound(f"mount point {mountpoint}", "no such directory")
+        _require_directory(mountpoint)
         if is_mounted(mountpoint):
             raise InUse(f"mount point {mountpoint}", "already a mount point")
         cid = secrets.token_hex(32)
@@ -133,8 +132,7 @@ class Containers:
         if c.mounted:
             raise InUse(f"container {c.name}", f"already mounted on {c.mountpoint}")
         target = c.mountpoint or ""
-        if not os.path.isdir(target):
-            raise NotFound(f"mount point {target or '(none)'}", "no such directory")
+        _require_directory(target)
         mount(self.spec(c, options), target)
         return c
 
@@ -205,3 +203,9 @@ def _in_lowers(lowers: list[Path], rel: str) -> bool:
             if os.path.lexists(layer / prefix / (WH_PREFIX + parts[i])):
                 return False
     return False
+
+
+def _require_directory(mountpoint: str) -> None:
+    if not os.path.isdir(mountpoint):
+        problem = "not a directory" if os.path.lexists(mountpoint) else "no such directory"
+        raise NotFound(f"mount point {mountpoint or '(none)'}", problem)

@@ -287,6 +287,33 @@ def test_cli_mount_of_a_container_mounts_it_again_as_it_was_left(
         containers.remove(c.name, force=True)
 
 
+def test_cli_mount_on_a_missing_path_or_a_file_is_one_line_and_keeps_no_container(
+        store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = ["--root", str(store.root)]
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory\n")
+    assert cli.main([*root, "mount", "example/base:v1", str(tmp_path / "missing")]) == 1
+    assert cli.main([*root, "mount", "example/base:v1", str(afile)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"Error: mount point {tmp_path / 'missing'}: no such directory",
+        f"Error: mount point {afile}: not a directory",
+    ]
+    assert Containers(store).all() == [] and afile.read_text() == "not a directory\n"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    containers = Containers(store)
+    c = containers.create_and_mount("example/base:v1", str(mnt), name="moved")
+    try:
+        containers.umount("moved")
+        mnt.rmdir()
+        mnt.write_text("")  # where it was mounted is a file now
+        assert cli.main([*root, "mount", "moved"]) == 1
+        assert capsys.readouterr().err == f"Error: mount point {mnt}: not a directory\n"
+        assert not is_mounted(str(mnt))
+    finally:
+        containers.remove(c.name, force=True)
+
+
 def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str],
