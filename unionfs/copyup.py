@@ -475,7 +475,7 @@ class CopyUp:
                 self.on_renumbered(path)
             if self.on_attrs_changed is not None and not _shown_alike(st, st_new, same_number):
                 self.on_attrs_changed(path)
-            if self.on_copied_up is not None and stat.S_ISREG(st.st_mode):
+            if self.on_copied_up is not None and stat.S_ISREG(st.st_mode) and st_new is not None:
                 # a deferred copy is under its temporary name until the publisher renames it
                 dir_fd, copy = (self.work.fd, tmp) if defer else (self.upper.fd, to_rel(path))
                 self.on_copied_up(path, lambda: os.open(copy, _READ_COPY, dir_fd=dir_fd), st_new.st_size)
