@@ -87,6 +87,12 @@ class Union:
             raise ValueError("at least one lowerdir is needed")
         if (upperdir is None) != (workdir is None):
             raise ValueError("upperdir and workdir go together")
+        for name, path in (("upperdir", upperdir), ("workdir", workdir)):
+            # refused as overlayfs refuses it: the private copy of the mount taken below
+            # would be writable, and writes would go past the read-only mount
+            if path is not None and os.path.isdir(path) and os.statvfs(path).f_flag & os.ST_RDONLY:
+                raise ValueError(f"{name} {path}: on a read-only mount "
+                                 "(leave out upperdir and workdir for a read-only union)")
         # undo: what was opened is closed if the rest fails; through: the private copies of
         # the layers' mounts, closed at the end either way (the layers' own descriptors keep them).
         with contextlib.ExitStack() as undo, contextlib.ExitStack() as through:

@@ -315,6 +315,30 @@ def test_user_mistakes_are_one_line_errors(stack: Stack, tmp_path: Path) -> None
         assert "Traceback" not in busy.stderr
 
 
+def test_an_upper_or_work_dir_on_a_read_only_mount_is_refused_as_overlayfs_refuses_it(stack: Stack) -> None:
+    """The driver takes its layers from a private copy of their mount, which a read-only
+    bind mount over the upper (or work) dir does not make read-only: without the check
+    the union would mount and write past it."""
+    lowers = ":".join(map(str, stack.lowers))
+    for target in (stack.upper, stack.work):
+        subprocess.run(["mount", "--bind", str(target), str(target)], check=True, timeout=30)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True, timeout=30)
+            kernel = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                                     f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)],
+                                    capture_output=True, text=True, timeout=30)
+            if kernel.returncode == 0:
+                force_unmount(stack.mnt)
+            refused = unionfs("-o", opts(stack), str(stack.mnt))
+            assert kernel.returncode != 0, "overlayfs mounted it"
+            assert (refused.returncode, refused.stderr.count("\n")) == (1, 1), refused.stderr
+            assert f"{target}: on a read-only mount" in refused.stderr
+            assert not is_mounted(str(stack.mnt))
+        finally:
+            subprocess.run(["umount", str(target)], check=True, timeout=30)
+        assert os.listdir(stack.upper) == [] and os.listdir(stack.work) == []
+
+
 def test_inode_numbers_survive_copy_up_and_remount(stack: Stack) -> None:
     lower = stack.lowers[1]
     (lower / "d").mkdir()
