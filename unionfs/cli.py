@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="unionfs: %(levelname)s %(name)s: %(message)s")
     try:
         serve(opts, mountpoint, fsname=source, debug=args.debug, on_ready=_ready_callback(ready_fd, args.debug))  # type: ignore[arg-type]
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        return _die(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+    except ValueError as exc:
         return _die(str(exc))
     except RuntimeError as exc:
         return _die(f"{mountpoint}: mount failed ({exc})")

@@ -63,12 +63,17 @@ class WorkDir(Layer):
     def __init__(self, workdir: str, upper: Layer | None = None, through: int | None = None) -> None:
         """through: a descriptor on workdir to open it through (see ``private_roots``)."""
         path = os.path.join(workdir, "work")
+        try:
+            if through is None:
+                os.makedirs(path, mode=0o700, exist_ok=True)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir("work", 0o700, dir_fd=through)
+        except OSError as exc:  # named in full: made through a descriptor, its name alone says little
+            raise OSError(exc.errno, exc.strerror, path) from None
         if through is None:
-            os.makedirs(path, mode=0o700, exist_ok=True)
             super().__init__(path, -1)
         else:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir("work", 0o700, dir_fd=through)
             super().__init__(path, -1, through=through, rel="work")
         self._spares: collections.deque[str] = collections.deque()
         self._spare_dirs: collections.deque[str] = collections.deque()
