@@ -11,7 +11,6 @@ only, which keeps sparse files sparse (``datacopy``).
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import fcntl
 import functools
@@ -52,6 +51,18 @@ def _plain_rel(rel: str) -> bool:
     return bool(rel) and not rel.startswith("/") and ".." not in rel.split("/")
 
 
+def _make_work_dir(name: str, dir_fd: int | None) -> None:
+    """work/ made, or kept if it is a directory; anything else there is replaced, as
+    overlayfs replaces it: the name is the union's own."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+            return
+        os.unlink(name, dir_fd=dir_fd)
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+
+
 class WorkDir(Layer):
     """The work directory (``workdir/work``, where overlayfs keeps its own).
 
@@ -64,11 +75,7 @@ class WorkDir(Layer):
         """through: a descriptor on workdir to open it through (see ``private_roots``)."""
         path = os.path.join(workdir, "work")
         try:
-            if through is None:
-                os.makedirs(path, mode=0o700, exist_ok=True)
-            else:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir("work", 0o700, dir_fd=through)
+            _make_work_dir(path if through is None else "work", through)
         except OSError as exc:  # named in full: made through a descriptor, its name alone says little
             raise OSError(exc.errno, exc.strerror, path) from None
         if through is None:

@@ -339,6 +339,27 @@ def test_an_upper_or_work_dir_on_a_read_only_mount_is_refused_as_overlayfs_refus
         assert os.listdir(stack.upper) == [] and os.listdir(stack.work) == []
 
 
+def test_a_file_or_symlink_where_the_work_dir_goes_is_replaced_as_overlayfs_replaces_it(
+        stack: Stack, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept").write_text("not the union's\n")
+    work = stack.work / "work"
+    for name, make in (("file", lambda: work.write_text("in the way\n")), ("symlink", lambda: work.symlink_to(elsewhere))):
+        found = {}
+        for kind, mounter in (("kernel", kernel_mount), ("unionfs", fuse_mount)):
+            shutil.rmtree(stack.work)
+            stack.work.mkdir()
+            make()
+            with mounter(stack) as mnt:
+                (mnt / "base.txt").write_text("copied up\n")  # through the work dir
+            found[kind] = (work.is_symlink(), work.is_dir())
+            assert (stack.upper / "base.txt").read_text() == "copied up\n", (name, kind)
+            (stack.upper / "base.txt").unlink()
+        assert found["unionfs"] == found["kernel"] == (False, True), (name, found)
+        assert os.listdir(elsewhere) == ["kept"]
+
+
 def test_inode_numbers_survive_copy_up_and_remount(stack: Stack) -> None:
     lower = stack.lowers[1]
     (lower / "d").mkdir()
