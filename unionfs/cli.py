@@ -34,12 +34,13 @@ def _check_paths(opts: MountOptions, mountpoint: str) -> str | None:
         return f"{mountpoint}: mount point is not a directory" if os.path.exists(mountpoint) else f"{mountpoint}: mount point does not exist"
     if is_mounted(mountpoint):
         return f"{mountpoint}: mount point in use (unmount it first)"
-    if opts.upperdir and opts.workdir:
-        upper, work = os.path.realpath(opts.upperdir), os.path.realpath(opts.workdir)
-        if upper == work or work.startswith(upper + "/") or upper.startswith(work + "/"):
-            return "upperdir and workdir must be separate directories, neither inside the other"
-        if os.stat(upper).st_dev != os.stat(work).st_dev:
-            return "upperdir and workdir must be on the same filesystem"
+    from unionfs.layer import layout_problem  # here: umount does without it
+
+    problem = layout_problem(opts.lowerdirs, opts.upperdir, opts.workdir)
+    if problem:
+        return problem
+    if opts.upperdir and opts.workdir and os.stat(opts.upperdir).st_dev != os.stat(opts.workdir).st_dev:
+        return "upperdir and workdir must be on the same filesystem"
     return None
 
 

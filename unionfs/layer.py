@@ -101,8 +101,29 @@ def overlapping(mountpoint: str, layers: Sequence[str]) -> str | None:
     point = os.path.realpath(mountpoint)
     for layer in layers:
         root = os.path.realpath(layer)
-        if point.startswith(root.rstrip("/") + "/"):
+        if point != root and _within(point, root):
             return layer
+    return None
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def layout_problem(lowerdirs: Sequence[str], upperdir: str | None, workdir: str | None) -> str | None:
+    """What overlayfs refuses in where the writable layers lie: upper and work inside
+    one another, or a lower layer that is (or lies inside) either of them, which would
+    show the union's own writes as a lower layer's. Lower layers that overlap each other
+    are taken, as fuse-overlayfs takes them: an image may hold the same layer twice."""
+    if upperdir is None or workdir is None:
+        return None
+    upper, work = os.path.realpath(upperdir), os.path.realpath(workdir)
+    if _within(work, upper) or _within(upper, work):
+        return "upperdir and workdir must be separate directories, neither inside the other"
+    for lower in lowerdirs:
+        for name, path in (("upperdir", upper), ("workdir", work)):
+            if _within(os.path.realpath(lower), path):
+                return f"lowerdir {lower} overlaps {name} {path}: the union's writes would show in a lower layer"
     return None
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
 from unionfs.inodes import InodeMap
-from unionfs.layer import Layer, private_roots, rel_join
+from unionfs.layer import Layer, layout_problem, private_roots, rel_join
 from unionfs.markers import WhiteoutForm
 from unionfs.protection import APPEND, BOTH, IMMUTABLE, Protections
 from unionfs.resolve import Node, Resolver, child_path, split
@@ -87,6 +87,9 @@ class Union:
             raise ValueError("at least one lowerdir is needed")
         if (upperdir is None) != (workdir is None):
             raise ValueError("upperdir and workdir go together")
+        problem = layout_problem(lowerdirs, upperdir, workdir)
+        if problem:
+            raise ValueError(problem)
         for name, path in (("upperdir", upperdir), ("workdir", workdir)):
             # refused as overlayfs refuses it: the private copy of the mount taken below
             # would be writable, and writes would go past the read-only mount

@@ -315,6 +315,51 @@ def test_user_mistakes_are_one_line_errors(stack: Stack, tmp_path: Path) -> None
         assert "Traceback" not in busy.stderr
 
 
+@pytest.mark.parametrize("layout", ["lower is upper", "lower inside upper", "lower is work", "lower inside work",
+                                    "work inside upper", "upper inside lower", "work inside lower"])
+def test_layers_that_overlap_the_writable_ones_are_refused_where_overlayfs_refuses_them(
+        tmp_path: Path, layout: str) -> None:
+    """A lower layer that is, or lies inside, the upper or work dir would show the union's
+    own writes; upper or work inside a lower layer overlayfs takes, and so does the driver."""
+    base = tmp_path / "b"
+    lower, upper, work, mnt = base / "lower", base / "upper", base / "work", tmp_path / "mnt"
+    for path in (lower, upper, work, mnt):
+        path.mkdir(parents=True)
+    (lower / "f").write_text("f\n")
+    lowers, up, wk = {
+        "lower is upper": ([lower, upper], upper, work),
+        "lower inside upper": ([upper / "in"], upper, work),
+        "lower is work": ([lower, work], upper, work),
+        "lower inside work": ([work / "in"], upper, work),
+        "work inside upper": ([lower], upper, upper / "in"),
+        "upper inside lower": ([base], upper, work),
+        "work inside lower": ([base], upper, work),
+    }[layout]
+    for path in (*lowers, up, wk):
+        path.mkdir(exist_ok=True)
+    options = f"lowerdir={':'.join(map(str, lowers))},upperdir={up},workdir={wk}"
+    kernel = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)],
+                            capture_output=True, text=True, timeout=30)
+    if kernel.returncode == 0:
+        force_unmount(mnt)
+    ours = unionfs("-o", options, str(mnt))
+    if ours.returncode == 0:
+        assert unionfs("umount", str(mnt)).returncode == 0
+    assert (ours.returncode == 0) == (kernel.returncode == 0), (ours.stderr, kernel.stderr)
+    assert ours.stderr.count("\n") == (0 if ours.returncode == 0 else 1), ours.stderr
+
+
+def test_the_same_lower_layer_twice_is_taken_as_fuse_overlayfs_takes_it(stack: Stack) -> None:
+    """overlayfs refuses it; an image may hold one layer twice, and the second adds nothing."""
+    twice = f"lowerdir={stack.lowers[0]}:{stack.lowers[1]}:{stack.lowers[0]},upperdir={stack.upper},workdir={stack.work}"
+    result = unionfs("-o", twice, str(stack.mnt))
+    assert result.returncode == 0, result.stderr
+    try:
+        assert sorted(os.listdir(stack.mnt)) == ["base.txt", "top.txt"]
+    finally:
+        assert unionfs("umount", str(stack.mnt)).returncode == 0
+
+
 def test_an_upper_or_work_dir_on_a_read_only_mount_is_refused_as_overlayfs_refuses_it(stack: Stack) -> None:
     """The driver takes its layers from a private copy of their mount, which a read-only
     bind mount over the upper (or work) dir does not make read-only: without the check

@@ -607,3 +607,15 @@ def test_a_rename_record_never_reaches_outside_the_upper(dirs: dict[str, Path], 
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "work" not in p.parts)
     assert after == before
     assert os.listdir(dirs["work"] / "work") == []
+
+
+def test_a_lower_layer_in_the_upper_or_work_dir_is_refused_through_the_api_too(tmp_path: Path) -> None:
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    for path in (upper / "in", work / "in"):
+        path.mkdir(parents=True)
+    for lower, problem in ((upper / "in", "overlaps upperdir"), (work, "overlaps workdir")):
+        with pytest.raises(ValueError, match=problem):
+            Union([str(lower)], str(upper), str(work))
+    with pytest.raises(ValueError, match="separate directories"):
+        Union([str(tmp_path / "upper/in")], str(upper), str(upper / "in"))
+    assert not (work / "work").exists()  # refused before anything was made
