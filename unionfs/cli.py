@@ -36,12 +36,7 @@ def _check_paths(opts: MountOptions, mountpoint: str) -> str | None:
         return f"{mountpoint}: mount point in use (unmount it first)"
     from unionfs.layer import layout_problem  # here: umount does without it
 
-    problem = layout_problem(opts.lowerdirs, opts.upperdir, opts.workdir)
-    if problem:
-        return problem
-    if opts.upperdir and opts.workdir and os.stat(opts.upperdir).st_dev != os.stat(opts.workdir).st_dev:
-        return "upperdir and workdir must be on the same filesystem"
-    return None
+    return layout_problem(opts.lowerdirs, opts.upperdir, opts.workdir)
 
 
 def _daemonize() -> int:

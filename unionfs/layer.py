@@ -112,14 +112,23 @@ def _within(path: str, root: str) -> bool:
 
 def layout_problem(lowerdirs: Sequence[str], upperdir: str | None, workdir: str | None) -> str | None:
     """What overlayfs refuses in where the writable layers lie: upper and work inside
-    one another, or a lower layer that is (or lies inside) either of them, which would
-    show the union's own writes as a lower layer's. Lower layers that overlap each other
-    are taken, as fuse-overlayfs takes them: an image may hold the same layer twice."""
+    one another or on two mounts (a copy-up is renamed from one into the other; a
+    private copy of their common mount would pass over a bind mount's read-only flag
+    or ID mapping), on a read-only mount, or a lower layer that is (or lies inside)
+    either of them, which would show the union's own writes as a lower layer's. Lower
+    layers that overlap each other are taken, as fuse-overlayfs takes them: an image
+    may hold the same layer twice."""
     if upperdir is None or workdir is None:
         return None
     upper, work = os.path.realpath(upperdir), os.path.realpath(workdir)
     if _within(work, upper) or _within(upper, work):
         return "upperdir and workdir must be separate directories, neither inside the other"
+    if os.stat(upper).st_dev != os.stat(work).st_dev:
+        return "upperdir and workdir must be on the same filesystem"
+    if syscalls.mount_id(upper) != syscalls.mount_id(work):
+        return "upperdir and workdir must be on the same mount (a bind mount over one of them makes two)"
+    if os.statvfs(upper).f_flag & os.ST_RDONLY:
+        return f"upperdir {upperdir}: on a read-only mount (leave out upperdir and workdir for a read-only union)"
     for lower in lowerdirs:
         for name, path in (("upperdir", upper), ("workdir", work)):
             if _within(os.path.realpath(lower), path):

@@ -363,6 +363,20 @@ def removexattrat(dir_fd: int, rel: str, name: str) -> None:
         _raise(rel)
 
 
+_STATX_MNT_ID = 0x1000  # Linux 5.8
+_STATX_MASK_AND_MNT_ID = struct.Struct("<I140xQ")  # stx_mask at 0, stx_mnt_id at 144
+
+
+def mount_id(path: str) -> int | None:
+    """The ID of the mount that path (followed) is on; None where the kernel does not say."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _statx(_AT_FDCWD, os.fsencode(path), 0, _STATX_MNT_ID, buf) != 0:
+        os.stat(path)  # raises the error
+        return None
+    mask, mnt_id = _STATX_MASK_AND_MNT_ID.unpack_from(buf)
+    return int(mnt_id) if mask & _STATX_MNT_ID else None
+
+
 _SYS_OPEN_TREE = 428  # every architecture (Linux 5.2)
 OPEN_TREE_CLONE = 1
 

@@ -90,12 +90,6 @@ class Union:
         problem = layout_problem(lowerdirs, upperdir, workdir)
         if problem:
             raise ValueError(problem)
-        for name, path in (("upperdir", upperdir), ("workdir", workdir)):
-            # refused as overlayfs refuses it: the private copy of the mount taken below
-            # would be writable, and writes would go past the read-only mount
-            if path is not None and os.path.isdir(path) and os.statvfs(path).f_flag & os.ST_RDONLY:
-                raise ValueError(f"{name} {path}: on a read-only mount "
-                                 "(leave out upperdir and workdir for a read-only union)")
         # undo: what was opened is closed if the rest fails; through: the private copies of
         # the layers' mounts, closed at the end either way (the layers' own descriptors keep them).
         with contextlib.ExitStack() as undo, contextlib.ExitStack() as through:
@@ -144,8 +138,6 @@ class Union:
             self.copyup: CopyUp | None = None
             if self.writable:
                 assert workdir is not None
-                if os.stat(workdir).st_dev != top.dev:
-                    raise ValueError(f"workdir {workdir} and upperdir {upperdir} must be on the same filesystem")
                 self.work = WorkDir(workdir, top, through=work_fd)
                 undo.callback(self.work.close)
                 if not durable:

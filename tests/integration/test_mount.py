@@ -360,28 +360,47 @@ def test_the_same_lower_layer_twice_is_taken_as_fuse_overlayfs_takes_it(stack: S
         assert unionfs("umount", str(stack.mnt)).returncode == 0
 
 
-def test_an_upper_or_work_dir_on_a_read_only_mount_is_refused_as_overlayfs_refuses_it(stack: Stack) -> None:
-    """The driver takes its layers from a private copy of their mount, which a read-only
-    bind mount over the upper (or work) dir does not make read-only: without the check
-    the union would mount and write past it."""
-    lowers = ":".join(map(str, stack.lowers))
-    for target in (stack.upper, stack.work):
-        subprocess.run(["mount", "--bind", str(target), str(target)], check=True, timeout=30)
-        try:
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True, timeout=30)
-            kernel = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                                     f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)],
-                                    capture_output=True, text=True, timeout=30)
-            if kernel.returncode == 0:
-                force_unmount(stack.mnt)
-            refused = unionfs("-o", opts(stack), str(stack.mnt))
-            assert kernel.returncode != 0, "overlayfs mounted it"
-            assert (refused.returncode, refused.stderr.count("\n")) == (1, 1), refused.stderr
-            assert f"{target}: on a read-only mount" in refused.stderr
-            assert not is_mounted(str(stack.mnt))
-        finally:
-            subprocess.run(["umount", str(target)], check=True, timeout=30)
-        assert os.listdir(stack.upper) == [] and os.listdir(stack.work) == []
+def _kernel_refuses(lowers: list[Path], upper: Path, work: Path, mnt: Path) -> bool:
+    options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+    kernel = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)],
+                            capture_output=True, text=True, timeout=30)
+    if kernel.returncode == 0:
+        force_unmount(mnt)
+    return kernel.returncode != 0
+
+
+@pytest.mark.parametrize("how", ["work on another filesystem", "upper under a bind mount",
+                                 "upper under a read-only bind mount", "both on a read-only mount"])
+def test_upper_and_work_on_two_mounts_or_a_read_only_one_are_refused_as_overlayfs_refuses_them(
+        tmp_path: Path, how: str) -> None:
+    """The driver takes upper and work from a private copy of their common mount. A bind
+    mount over just one of them is not in that copy: the union mounted, and wrote past
+    a read-only bind mount."""
+    lower, base, mnt = tmp_path / "lower", tmp_path / "base", tmp_path / "mnt"
+    upper, work = base / "upper", base / "work"
+    for path in (lower, upper, work, mnt):
+        path.mkdir(parents=True)
+    mounted = {"work on another filesystem": [["-t", "tmpfs", "tmpfs", str(work)]],
+               "upper under a bind mount": [["--bind", str(upper), str(upper)]],
+               "upper under a read-only bind mount": [["--bind", str(upper), str(upper)],
+                                                      ["-o", "remount,bind,ro", str(upper)]],
+               "both on a read-only mount": [["--bind", str(base), str(base)],
+                                             ["-o", "remount,bind,ro", str(base)]]}[how]
+    target = mounted[0][-1]
+    subprocess.run(["mount", *mounted[0]], check=True, timeout=30)
+    try:
+        for more in mounted[1:]:
+            subprocess.run(["mount", *more], check=True, timeout=30)
+        assert _kernel_refuses([lower], upper, work, mnt), "overlayfs mounted it"
+        refused = unionfs("-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(mnt))
+        assert (refused.returncode, refused.stderr.count("\n")) == (1, 1), refused.stderr
+        expected = {"work on another filesystem": "must be on the same filesystem",
+                    "both on a read-only mount": f"upperdir {upper}: on a read-only mount"}
+        assert expected.get(how, "must be on the same mount") in refused.stderr, refused.stderr
+        assert not is_mounted(str(mnt))
+        assert os.listdir(upper) == [] and os.listdir(work) == []
+    finally:
+        subprocess.run(["umount", target], check=True, timeout=30)
 
 
 def test_a_file_or_symlink_where_the_work_dir_goes_is_replaced_as_overlayfs_replaces_it(
