@@ -8,6 +8,7 @@ metadata last, so a crash leaves at worst unreferenced blobs and layers that
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sqlite3
 import logging
@@ -35,6 +36,15 @@ from unionfs import crashpoints
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 UNPACK_WORKERS = min(3, os.cpu_count() or 1)  # layers unpacked at once
+
+
+def _require_writable(root: Path) -> None:
+    """Every command writes to the store (SQLite's shared-memory file, leases): where it
+    cannot, the command says why at once, not SQLite's "unable to open database file"."""
+    if os.statvfs(root).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, "the store is on a read-only filesystem", str(root))
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "the store is not writable by this user", str(root))
 
 
 def default_root() -> Path:
@@ -71,6 +81,7 @@ class Store:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        _require_writable(self.root)
         self.blobs = BlobStore(self.root)
         self.layers = LayerDirs(self.root)
         self.reserve = Reserve(self.root / "reserve")

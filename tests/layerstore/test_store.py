@@ -1,6 +1,7 @@
 """The store end to end with images made by umoci and skopeo: load, share, mount, diff, remove."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild import build_layout, export, run, tree, write
+from users import errno_as
 from layerstore import fsck
 from layerstore.containers import Containers
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
@@ -302,3 +304,26 @@ def test_rmi_f_of_images_q(tmp_path: Path, images: dict[str, Path]) -> None:
     assert subprocess.run([*cli.split(), "images", "-q"], capture_output=True, text=True).stdout == ""
     with Store(root) as s:
         assert s.layers.diff_ids() == [] and list(s.blobs.digests()) == []
+
+
+def test_a_store_that_cannot_be_written_is_a_one_line_error_and_is_left_alone(tmp_path: Path) -> None:
+    """Every command writes to the store; on a read-only mount, or for a user who may not
+    write there, it says so rather than SQLite's "unable to open database file"."""
+    root = tmp_path / "store"
+    Store(root).close()
+    before = sorted(os.walk(root))
+    subprocess.run(["mount", "--bind", str(root), str(root)], check=True, timeout=30)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True, timeout=30)
+        for args in (["images"], ["inspect", "example/base:v1"], ["load", "-i", str(tmp_path / "any.tar")]):
+            result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(root), *args],
+                                    capture_output=True, text=True, timeout=60)
+            assert (result.returncode, result.stdout) == (1, ""), result
+            assert result.stderr.startswith(f"Error: {args[0]}") and result.stderr.count("\n") == 1, result.stderr
+            assert result.stderr.endswith(f": {root}: the store is on a read-only filesystem\n"), result.stderr
+    finally:
+        subprocess.run(["umount", str(root)], check=True, timeout=30)
+    assert sorted(os.walk(root)) == before
+    root.chmod(0o755)
+    assert errno_as(65534, lambda: Store(Path("store")), cwd=tmp_path) == errno.EACCES
+    assert sorted(os.walk(root)) == before
