@@ -78,10 +78,7 @@ class WorkDir(Layer):
             _make_work_dir(path if through is None else "work", through)
         except OSError as exc:  # named in full: made through a descriptor, its name alone says little
             raise OSError(exc.errno, exc.strerror, path) from None
-        if through is None:
-            super().__init__(path, -1)
-        else:
-            super().__init__(path, -1, through=through, rel="work")
+        super().__init__(path, -1, through=through, rel="work")  # rel: below through, when given
         self._spares: collections.deque[str] = collections.deque()
         self._spare_dirs: collections.deque[str] = collections.deque()
         self._lock(workdir)

@@ -130,8 +130,9 @@ def layout_problem(lowerdirs: Sequence[str], upperdir: str | None, workdir: str 
     if os.statvfs(upper).f_flag & os.ST_RDONLY:
         return f"upperdir {upperdir}: on a read-only mount (leave out upperdir and workdir for a read-only union)"
     for lower in lowerdirs:
+        real = os.path.realpath(lower)
         for name, path in (("upperdir", upper), ("workdir", work)):
-            if _within(os.path.realpath(lower), path):
+            if _within(real, path):
                 return f"lowerdir {lower} overlaps {name} {path}: the union's writes would show in a lower layer"
     return None
 
