@@ -56,7 +56,7 @@ def _daemonize() -> int:
         return write_fd
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as ready:
-        signal = ready.read(1)
+        signal = ready.read()  # to the end: the child has let go of the pipe and of our terminal
     code = 0
     if signal != b"1":
         _, status = os.waitpid(pid, 0)
@@ -73,13 +73,15 @@ def _ready_callback(fd: int, debug: bool) -> Callable[[], None] | None:
         return None
 
     def ready() -> None:
-        os.write(fd, b"1")
-        os.close(fd)
         if not debug:  # a daemon: nobody reads our terminal any more
             null = os.open(os.devnull, os.O_RDWR)
             for target in (0, 1, 2):
                 os.dup2(null, target)
             os.close(null)
+        # Last: the command returns when the pipe closes, and then the daemon holds only
+        # what it serves with.
+        os.write(fd, b"1")
+        os.close(fd)
 
     return ready
 

@@ -56,6 +56,11 @@ def test_daemon_mounts_and_umount_unmounts(stack: Stack) -> None:
     result = unionfs("-o", opts(stack), str(stack.mnt))
     assert result.returncode == 0, result.stderr
     try:
+        # The command returns once the daemon has let go of its start-up descriptors.
+        pid = mounts.driver_pid(stack.mnt)
+        held = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert [held.pop(fd) for fd in (0, 1, 2)] == [os.devnull] * 3
+        assert not [target for target in held.values() if target.startswith("pipe:") or target == os.devnull], held
         assert sorted(os.listdir(stack.mnt)) == ["base.txt", "top.txt"]
         with open("/proc/self/mountinfo") as f:
             line = next(l for l in f if f" {stack.mnt} " in l)
