@@ -362,11 +362,12 @@ class CopyUp:
         # Told the merged path of an entry whose st_ino changed with its copy-up:
         # listings that show its old number are stale (the FUSE side drops them).
         self.on_renumbered: Callable[[str], None] | None = None
-        # Told the merged path of an entry whose copy-up changed what the merged view
-        # shows of it: a directory (merged from now on: link count 1, the upper
-        # directory's size), a new inode number or link count (one name of a lower
-        # hard link). The kernel may hold the old attributes for its attribute timeout.
-        self.on_attrs_changed: Callable[[str], None] | None = None
+        # Told the merged path of each entry copied up, and whether the merged view shows
+        # it alike but for its birth time (the copy's). Not alike: a directory (merged
+        # from now on: link count 1, the upper directory's size), a new inode number or
+        # link count (one name of a lower hard link). The kernel may hold the old
+        # attributes for its attribute timeout.
+        self.on_attrs_changed: Callable[[str, bool], None] | None = None
         # Told the merged path of each regular file copied up, with a way to open the
         # copy for reading (files open on the lower file read the copy from then on)
         # and the copy's size.
@@ -482,8 +483,8 @@ class CopyUp:
                 self.on_new_inode(st_new)
             if not same_number and self.on_renumbered is not None:
                 self.on_renumbered(path)
-            if self.on_attrs_changed is not None and not _shown_alike(st, st_new, same_number):
-                self.on_attrs_changed(path)
+            if self.on_attrs_changed is not None:
+                self.on_attrs_changed(path, _shown_alike(st, st_new, same_number))
             if self.on_copied_up is not None and stat.S_ISREG(st.st_mode) and st_new is not None:
                 # a deferred copy is under its temporary name until the publisher renames it
                 dir_fd, copy = (self.work.fd, tmp) if defer else (self.upper.fd, to_rel(path))

@@ -85,6 +85,7 @@ LSEEK = 46
 COPY_FILE_RANGE = 47
 SYNCFS = 50
 TMPFILE = 51  # 7.37: open(O_TMPFILE); the request is a CREATE's, the name "/"
+STATX = 52  # 7.39: a statx(2) that asks for the birth time; sent whatever minor INIT answered
 
 # -- INIT flags ------------------------------------------------------------
 ASYNC_READ = 1 << 0
@@ -141,6 +142,11 @@ ATTR = struct.Struct("<QQQqqqIIIIIIIIII")  # ino size blocks atime mtime ctime [
 ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_nsec attr_nsec; ATTR follows
 ATTR_OUT = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy; ATTR follows
 GETATTR_IN = struct.Struct("<IIQ")
+STATX_IN = struct.Struct("<IIQII")  # getattr_flags, reserved, fh, sx_flags, sx_mask
+STATX_OUT = struct.Struct("<QII16x")  # attr_valid attr_valid_nsec flags spare[2]; STATX_RECORD follows
+# mask blksize attributes nlink uid gid mode spare ino size blocks attributes_mask; atime btime ctime
+# mtime (seconds, nanoseconds, reserved); rdev and dev as major, minor; spare[14]
+STATX_RECORD = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIII112x")
 SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")
 MKNOD_IN = struct.Struct("<IIII")
 MKDIR_IN = struct.Struct("<II")
@@ -181,6 +187,23 @@ def attr(st: dict[str, int]) -> bytes:
     return ATTR.pack(
         st["st_ino"], st["st_size"], st["st_blocks"], asec, msec, csec, ans, mns, cns,
         st["st_mode"], st["st_nlink"], st["st_uid"], st["st_gid"], st["st_rdev"] & 0xFFFFFFFF, st["st_blksize"], 0,
+    )
+
+
+_STATX_BASIC_STATS, _STATX_BTIME = 0x7FF, 0x800
+
+
+def statx(st: dict[str, int], born: tuple[int, int] | None) -> bytes:
+    """A fuse_statx from the Union's attribute dict and the birth time, if known."""
+    asec, ans = divmod(st["st_atime"], _NS)
+    msec, mns = divmod(st["st_mtime"], _NS)
+    csec, cns = divmod(st["st_ctime"], _NS)
+    bsec, bns = born or (0, 0)
+    rdev = st["st_rdev"]
+    return STATX_RECORD.pack(
+        _STATX_BASIC_STATS | (_STATX_BTIME if born else 0), st["st_blksize"], 0, st["st_nlink"], st["st_uid"],
+        st["st_gid"], st["st_mode"], 0, st["st_ino"], st["st_size"], st["st_blocks"], 0,
+        asec, ans, 0, bsec, bns, 0, csec, cns, 0, msec, mns, 0, os.major(rdev), os.minor(rdev), 0, 0,
     )
 
 

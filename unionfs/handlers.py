@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
 
@@ -36,6 +36,7 @@ from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
 from unionfs.union import Caller, Union, fd_flags, kill_set_id, set_id_bits_dropped
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 _CHANGES_FILE = fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE  # a SETATTR beyond times
@@ -77,6 +78,10 @@ class _Described:
     generation: int
     last: int  # the cookie of the last entry given
     since: float  # time.monotonic() of the first answer
+
+
+def _birth_time_of_fd(fd: int, index: int) -> tuple[int, int] | None:
+    return syscalls.birth_time(fd, None)
 
 
 def _cookie(name: str) -> int:
@@ -129,6 +134,8 @@ class Requests:
         self.ids = ids
         # Attributes as the kernel gets them: IDs as the mount shows them (see idmap).
         self._attr: Callable[[dict[str, int]], bytes] = fp.attr if ids.identity else lambda st: fp.attr(ids.shown(st))
+        self._statx: Callable[[dict[str, int], tuple[int, int] | None], bytes] = (
+            fp.statx if ids.identity else lambda st, born: fp.statx(ids.shown(st), born))
         self.nodes = NodeTable()
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
         attr_s, attr_ns = fp.split_timeout(timeouts.attr)
@@ -136,6 +143,8 @@ class Requests:
         self._entry_times = (entry_s, attr_s, entry_ns, attr_ns)
         self._negative = fp.ENTRY_OUT.pack(0, 0, neg_s, 0, neg_ns, 0) + bytes(fp.ATTR.size)
         self._attr_valid = fp.ATTR_OUT.pack(attr_s, attr_ns, 0)
+        self._attr_now = fp.ATTR_OUT.pack(0, 0, 0)  # valid for this request only
+        self._statx_valid = fp.STATX_OUT.pack(attr_s, attr_ns, 0)
         self._files: dict[int, tuple[int, int]] = {}  # fd -> (index of the layer it is open on, node id)
         self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
         self._dirs: dict[int, _Dir] = {}
@@ -171,7 +180,7 @@ class Requests:
             fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.CREATE: self.create,
             fp.INTERRUPT: self.no_reply, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
             fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek, fp.COPY_FILE_RANGE: self.copy_file_range,
-            fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir, fp.TMPFILE: self.tmpfile,
+            fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir, fp.TMPFILE: self.tmpfile, fp.STATX: self.statx,
             # FLUSH and ACCESS answered ENOSYS: the kernel then stops sending them
         }
 
@@ -277,12 +286,17 @@ class Requests:
         if parent and self.notify is not None:
             self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(parent, 0, 0))
 
-    def _attrs_changed(self, path: str) -> None:
+    def _attrs_changed(self, path: str, alike: bool) -> None:
         """The kernel keeps attributes for the attribute timeout; a copy-up changed
         those of path (see ``CopyUp.on_attrs_changed``), which the kernel may hold
-        under a node that this request does not name."""
-        nodeid = self.nodes.find(path)
-        if nodeid and self.notify is not None:  # offset -1: the attributes only, not the pages
+        under a node that this request does not name. Where only the birth time
+        changed, only a node whose birth time the kernel holds is stale; the
+        attributes the kernel gets for it then carry no timeout until a STATX has
+        told it the new birth time (``birth_time_given``)."""
+        if alike and not self.nodes.births_given:
+            return
+        nodeid, held = self.nodes.birth_time_replaced(path)
+        if nodeid and (held or not alike) and self.notify is not None:  # offset -1: the attributes only
             self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(nodeid, -1, 0))
 
     def _undo_entry(self, result: tuple[int, bytes]) -> None:
@@ -416,31 +430,55 @@ class Requests:
 
     # -- attributes ------------------------------------------------------------
     def _attrs(self, nodeid: int, fh: int | None) -> dict[str, int]:
+        return self._of_file(nodeid, fh, self.union.getattr, self.union.fgetattr)
+
+    def _of_file(self, nodeid: int, fh: int | None, by_path: Callable[[str], T], by_fd: Callable[[int, int], T]) -> T:
+        """What by_path tells of the node's path, or by_fd of a descriptor on its file (and
+        the index of that file's layer): the one fh names, or one that outlived the names."""
         if fh is not None and fh in self._files:
-            return self.union.fgetattr(fh, self._files[fh][0])
+            return by_fd(fh, self._files[fh][0])
         try:
-            return self.nodes.stable(lambda seq: self.union.getattr(self.nodes.path(nodeid)))
+            return self.nodes.stable(lambda seq: by_path(self.nodes.path(nodeid)))
         except OSError as exc:
             if exc.errno != errno.ESTALE:
                 raise
-        return self._nameless_attrs(nodeid)
+        return self._nameless(nodeid, by_fd)
 
     def _nameless_attrs(self, nodeid: int) -> dict[str, int]:
-        """The attributes of a node whose names are gone: by a descriptor still open on its
-        file, or the one a rename kept (``with_held``); ESTALE without either."""
+        return self._nameless(nodeid, self.union.fgetattr)
+
+    def _nameless(self, nodeid: int, by_fd: Callable[[int, int], T]) -> T:
+        """Of a node whose names are gone: by a descriptor still open on its file, or the
+        one a rename kept (``with_held``); ESTALE without either."""
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fds = self._node_fds.get(nodeid)
             if fds:
                 fd = fds[-1]  # a removed file that is still open: fstat(2) works on it
-                return self.union.fgetattr(fd, self._files[fd][0])
-        attrs = self.nodes.with_held(nodeid, self.union.fgetattr)
-        if attrs is None:
+                return by_fd(fd, self._files[fd][0])
+        found = self.nodes.with_held(nodeid, by_fd)
+        if found is None:
             raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-        return attrs
+        return found
 
     def getattr(self, h: tuple, data: memoryview) -> bytes:
         flags, _, fh = fp.GETATTR_IN.unpack_from(data)
-        return self._attr_valid + self._attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
+        return self._valid(h[3]) + self._attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
+
+    def _valid(self, nodeid: int) -> bytes:
+        """An attribute reply's timeout: none while the kernel holds a stale birth time."""
+        if self.nodes.births_given and self.nodes.birth_time_stale(nodeid):
+            return self._attr_now
+        return self._attr_valid
+
+    def statx(self, h: tuple, data: memoryview) -> bytes:
+        """Sent instead of GETATTR when the caller asks for the birth time: that of the
+        real file, as on overlayfs (``stat`` asks for it; ``ls -l`` and ``find`` do not)."""
+        flags, _, fh, _, _ = fp.STATX_IN.unpack_from(data)
+        handle = fh if flags & fp.GETATTR_FH else None
+        born = self._of_file(h[3], handle, self.union.birth_time, _birth_time_of_fd)
+        reply = self._statx_valid + self._statx(self._attrs(h[3], handle), born)
+        self.nodes.birth_time_given(h[3])
+        return reply
 
     def setattr(self, h: tuple, data: memoryview) -> bytes:
         (valid, _, fh, size, _, atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns, mode, _, uid, gid, _
@@ -456,7 +494,7 @@ class Requests:
             valid & fp.FATTR_MTIME_NOW or (valid & fp.FATTR_CTIME and (mtime, mtime_ns) == (ctime, ctime_ns))))
         with self.nodes.exclusive():
             self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
-        return self._attr_valid + self._attr(self._attrs(h[3], handle))
+        return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
 
     def _caller(self, h: tuple, umask: int = 0) -> Caller:
         """Who asks, in the IDs of the disk: a new entry's owner."""

@@ -35,8 +35,14 @@ ROOT_ID = 1
 Identity = tuple[int, int]  # (st_dev, st_ino) of a file in the upper layer
 
 
+# What the kernel holds of a node's birth time. It keeps the one a STATX answered with the
+# other attributes, and refreshes it only by another STATX: a GETATTR, a SETATTR or an entry
+# makes the attributes valid again with the birth time it had.
+BIRTH_UNKNOWN, BIRTH_HELD, BIRTH_STALE = 0, 1, 2
+
+
 class _Node:
-    __slots__ = ("held", "identity", "links", "lookups", "name", "parent")
+    __slots__ = ("birth", "held", "identity", "links", "lookups", "name", "parent")
 
     def __init__(self, parent: int, name: str) -> None:
         self.parent = parent  # 0: detached (its names were removed or replaced)
@@ -45,6 +51,7 @@ class _Node:
         self.identity: Identity | None = None
         self.lookups = 0
         self.held: tuple[int, int] | None = None  # (O_PATH fd, layer index) of a file a rename replaced
+        self.birth = BIRTH_UNKNOWN
 
 
 class _Change:
@@ -75,6 +82,7 @@ class NodeTable:
         self._seq = 0  # odd while a change is under way
         self._changing = threading.Lock()
         self._change = _Change(self)
+        self.births_given = False  # whether any STATX was answered: until then no birth time is stale
 
     def change(self) -> _Change:
         """Around a request that changes which entry a path names."""
@@ -215,6 +223,30 @@ class NodeTable:
                 if not nodeid:
                     return 0
         return nodeid
+
+    def birth_time_given(self, nodeid: int) -> None:
+        """A STATX answered for the node: the kernel holds its real file's birth time."""
+        self.births_given = True
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            if node is not None:
+                node.birth = BIRTH_HELD
+
+    def birth_time_replaced(self, path: str) -> tuple[int, bool]:
+        """A copy-up gave the entry at path a real file of its own: the id of its node (0
+        if the kernel knows none), and whether the kernel holds the birth time of the
+        file before (stale from now on)."""
+        nodeid = self.find(path)
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            if node is None or node.birth != BIRTH_HELD:
+                return nodeid, False
+            node.birth = BIRTH_STALE
+        return nodeid, True
+
+    def birth_time_stale(self, nodeid: int) -> bool:
+        node = self._nodes.get(nodeid)
+        return node is not None and node.birth == BIRTH_STALE
 
     def known(self, parent: int, name: str) -> int:
         """The id of parent/name if the kernel knows one, else 0."""

@@ -135,13 +135,18 @@ _STATX_ATTRIBUTES = struct.Struct("<8xQ")
 _statx_buffers = threading.local()
 
 
+def _statx_buffer() -> ctypes.Array[ctypes.c_char]:
+    buf = getattr(_statx_buffers, "buf", None)
+    if buf is None:
+        buf = _statx_buffers.buf = ctypes.create_string_buffer(_STATX_SIZE)
+    return buf
+
+
 def statx_attributes(dir_fd: int, rel: str) -> int:
     """The stx_attributes of rel (not following a symlink): among them immutable and
     append-only, which ext4, xfs, btrfs and tmpfs report, with the values of the
     inode flags FS_IMMUTABLE_FL and FS_APPEND_FL. No fd to open, as the flag ioctl needs."""
-    buf = getattr(_statx_buffers, "buf", None)
-    if buf is None:
-        buf = _statx_buffers.buf = ctypes.create_string_buffer(_STATX_SIZE)
+    buf = _statx_buffer()
     if _statx(dir_fd, os.fsencode(rel or "."), AT_SYMLINK_NOFOLLOW, 0, buf) != 0:
         os.lstat(rel or ".", dir_fd=dir_fd)  # raises the error
         return 0  # gone and back meanwhile: nothing known
@@ -361,6 +366,26 @@ def removexattrat(dir_fd: int, rel: str, name: str) -> None:
         return
     if _remove_call(_SYS_REMOVEXATTRAT, dir_fd, os.fsencode(rel), AT_SYMLINK_NOFOLLOW, os.fsencode(name)) < 0:
         _raise(rel)
+
+
+STATX_BTIME = 0x800
+_AT_EMPTY_PATH = 0x1000
+_STATX_MASK_AND_BTIME = struct.Struct("<I76xqI")  # stx_mask at 0, stx_btime's seconds and nanoseconds at 80
+
+
+def birth_time(dir_fd: int, rel: str | None) -> tuple[int, int] | None:
+    """When rel (not following a symlink), or dir_fd's own file for None, was made:
+    (seconds, nanoseconds); None where its filesystem does not record it."""
+    buf = _statx_buffer()
+    name, flags = (b"", _AT_EMPTY_PATH) if rel is None else (os.fsencode(rel or "."), AT_SYMLINK_NOFOLLOW)
+    if _statx(dir_fd, name, flags, STATX_BTIME, buf) != 0:
+        if rel is None:
+            os.fstat(dir_fd)  # raises the error
+        else:
+            os.lstat(rel or ".", dir_fd=dir_fd)
+        return None
+    mask, sec, nsec = _STATX_MASK_AND_BTIME.unpack_from(buf)
+    return (int(sec), int(nsec)) if mask & STATX_BTIME else None
 
 
 _STATX_MNT_ID = 0x1000  # Linux 5.8

@@ -271,6 +271,11 @@ class Union:
         one = node.merged or (self.static_nlink and node.is_dir)
         return self.layer_getattr(*node.attr_source, path, 1 if one else None)
 
+    def birth_time(self, path: str) -> tuple[int, int] | None:
+        """That of the real file whose attributes path shows, as overlayfs's getattr answers."""
+        index, rel = self.node(path).attr_source
+        return syscalls.birth_time(self.layers[index].fd, rel)
+
     def upper_identity(self, path: str) -> tuple[int, int] | None:
         """(st_dev, st_ino) of the upper file at path if it has more than one name there."""
         node = self.node(path)
