@@ -484,14 +484,25 @@ class Requests:
         (valid, _, fh, size, _, atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns, mode, _, uid, gid, _
          ) = fp.SETATTR_IN.unpack_from(data)
         handle = fh if valid & fp.FATTR_FH and fh in self._files else None
-        if handle is None and not valid & _CHANGES_FILE and self.nodes.detached(h[3]):
-            # The times the kernel kept for a file it just unlinked (writeback cache): once
-            # per unlinked file. Nobody can see them, and no path is left to set them on.
-            return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
         # utimes(path, NULL), which an append-only file allows: both times "now". With the
         # writeback cache the kernel sends its own clock's now for mtime, the ctime it set.
         touch = bool(valid & fp.FATTR_ATIME_NOW and valid & fp.FATTR_MTIME and (
             valid & fp.FATTR_MTIME_NOW or (valid & fp.FATTR_CTIME and (mtime, mtime_ns) == (ctime, ctime_ns))))
+        if handle is None and self.nodes.detached(h[3]):
+            # Its names are gone (unlinked or replaced while open): fchmod, fchown and
+            # futimens change the upper file by a descriptor it is still open by, as they
+            # change overlayfs's real file.
+            with self._lock:  # a RELEASE cannot close the fd meanwhile
+                fd = self._upper_fd(h[3])
+                if fd is not None:
+                    self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
+                    return self._valid(h[3]) + self._attr(self.union.fgetattr(fd, 0))
+                if valid & _CHANGES_FILE:
+                    raise self._unchangeable(h[3])
+            if not valid & _CHANGES_FILE:
+                # The times the kernel kept for a file it just unlinked (writeback cache):
+                # once per such file. Nobody can see them, and no upper file to set them on.
+                return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
         with self.nodes.exclusive():
             self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
         return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
@@ -905,20 +916,50 @@ class Requests:
                 # By the fd of a file open in the upper layer: the kernel asks before every
                 # write, and the file may be a copy-up still pending (see publish).
                 return self._sized(self.union.fgetxattr(fd, name), size)
-        return self._sized(self.nodes.stable(lambda seq: self.union.getxattr(self.nodes.path(h[3]), name)), size)
+        value = self._of_file(h[3], None, lambda path: self.union.getxattr(path, name),
+                              lambda fd, index: self.union.fgetxattr(fd, name))
+        return self._sized(value, size)
 
     def listxattr(self, h: tuple, data: memoryview) -> bytes:
         size, _ = fp.GETXATTR_IN.unpack_from(data)
-        names = self.nodes.stable(lambda seq: self.union.listxattr(self.nodes.path(h[3])))
+        names = self._of_file(h[3], None, self.union.listxattr, self.union.flistxattr)
         return self._sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
     def setxattr(self, h: tuple, data: memoryview) -> None:
         size, flags = fp.SETXATTR_IN.unpack_from(data)
         rest = bytes(data[fp.SETXATTR_IN.size:])
         end = rest.index(b"\0")
-        with self.nodes.exclusive():
-            self.union.setxattr(self.nodes.path(h[3]), os.fsdecode(rest[:end]), rest[end + 1:end + 1 + size], flags)
+        name, value = os.fsdecode(rest[:end]), rest[end + 1:end + 1 + size]
+        self._change(h[3], lambda path: self.union.setxattr(path, name, value, flags),
+                     lambda fd: self.union.fsetxattr(fd, name, value, flags))
 
     def removexattr(self, h: tuple, data: memoryview) -> None:
+        name = _name(data)
+        self._change(h[3], lambda path: self.union.removexattr(path, name), lambda fd: self.union.fremovexattr(fd, name))
+
+    def _change(self, nodeid: int, by_path: Callable[[str], None], by_fd: Callable[[int], None]) -> None:
+        """A change by the node's path, or, where its names are gone (unlinked or replaced
+        while open), by a descriptor it is still open by in the upper layer, as overlayfs
+        changes its real file."""
         with self.nodes.exclusive():
-            self.union.removexattr(self.nodes.path(h[3]), _name(data))
+            try:
+                path = self.nodes.path(nodeid)
+            except OSError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
+            else:
+                by_path(path)
+                return
+        with self._lock:  # a RELEASE cannot close the fd meanwhile
+            fd = self._upper_fd(nodeid)
+            if fd is None:
+                raise self._unchangeable(nodeid)
+            by_fd(fd)
+
+    def _unchangeable(self, nodeid: int) -> OSError:
+        """Why a node whose names are gone, and that is open by no descriptor in the upper
+        layer, cannot change; under self._lock. Open on a lower file, it would need a
+        copy-up, which overlayfs tries and fails with EEXIST (a whiteout has its name's
+        place). Open by nothing, it is stale."""
+        code = errno.EEXIST if self._node_fds.get(nodeid) else errno.ESTALE
+        return OSError(code, os.strerror(code))

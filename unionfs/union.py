@@ -18,6 +18,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
 from unionfs.copyup import CopyUp, WorkDir, clear_dir
@@ -28,6 +29,7 @@ from unionfs.protection import APPEND, BOTH, IMMUTABLE, Protections
 from unionfs.resolve import Node, Resolver, child_path, split
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def fail(code: int, path: str) -> OSError:
@@ -989,18 +991,33 @@ class Union:
         return self.layers[index].getxattr_strict(rel, stored)
 
     def fgetxattr(self, fd: int, name: str) -> bytes:
-        """getxattr of a file open in the upper layer, by its fd."""
-        return os.getxattr(fd, self._stored(name, f"fd {fd}", errno.ENODATA))
+        """getxattr of an open file, by its fd (an O_PATH one too)."""
+        return _by_fd(os.getxattr, fd, self._stored(name, f"fd {fd}", errno.ENODATA))
 
     def listxattr(self, path: str) -> list[str]:
         index, rel = self.node(path).attr_source
-        shown = (markers.shown_xattr(name, self.overlay_prefix) for name in self.layers[index].listxattr(rel))
+        return self._shown_xattrs(self.layers[index].listxattr(rel))
+
+    def flistxattr(self, fd: int, index: int) -> list[str]:
+        """listxattr of an open file, by its fd (an O_PATH one too)."""
+        return self._shown_xattrs(_by_fd(os.listxattr, fd))
+
+    def _shown_xattrs(self, names: Iterable[str]) -> list[str]:
+        shown = (markers.shown_xattr(name, self.overlay_prefix) for name in names)
         return [name for name in shown if name is not None]
 
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
         stored = self._stored(name, path, errno.EPERM)
         rel = self._changeable(path)
         self.upper.setxattr(rel, stored, value, flags)
+
+    def fsetxattr(self, fd: int, name: str, value: bytes, flags: int = 0) -> None:
+        """setxattr of a file open in the upper layer whose names are gone, by its fd."""
+        os.setxattr(fd, self._stored(name, f"fd {fd}", errno.EPERM), value, flags)
+
+    def fremovexattr(self, fd: int, name: str) -> None:
+        """removexattr of a file open in the upper layer whose names are gone, by its fd."""
+        os.removexattr(fd, self._stored(name, f"fd {fd}", errno.EPERM))
 
     def removexattr(self, path: str, name: str) -> None:
         stored = self._stored(name, path, errno.EPERM)
@@ -1012,6 +1029,17 @@ class Union:
         copyup, _ = self._writable(path)
         self.upper.removexattr(copyup.ensure(node), stored)
 
+
+
+def _by_fd(call: Callable[..., T], fd: int, *args: object) -> T:
+    """call(fd, *args), or through /proc for an O_PATH fd (the file a rename replaced),
+    which the xattr calls refuse with EBADF."""
+    try:
+        return call(fd, *args)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+    return call(f"/proc/self/fd/{fd}", *args)
 
 
 def kill_set_id(fd: int, in_group: Callable[[int], bool] | None = None) -> None:

@@ -77,13 +77,31 @@ def test_times_written_back_through_a_writable_open_land_on_the_file(requests: R
     assert os.fstat(fh).st_mtime == WRITTEN_BACK
 
 
-def test_a_mode_change_on_a_removed_file_is_still_refused(requests: Requests) -> None:
-    """Only the times the kernel writes back take the short way; a chmod by
-    path of a file whose name is gone is ESTALE, open or not."""
+def test_a_mode_change_on_a_removed_lower_file_is_refused(requests: Requests) -> None:
+    """A lower file open only for reading would need a copy-up, which has no name
+    to go to: EEXIST, as overlayfs's attempt fails (tests/integration/test_nameless_files)."""
     nodeid = lookup(requests, ROOT_ID, "f")
     fh = open_file(requests, nodeid, os.O_RDONLY)
     unlink(requests, "f")
     with pytest.raises(OSError) as caught:
         setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
-    assert caught.value.errno == errno.ESTALE
+    assert caught.value.errno == errno.EEXIST
     assert os.fstat(fh).st_mode & 0o777 != 0o600
+
+
+def test_a_mode_change_on_a_removed_file_open_by_nothing_is_stale(requests: Requests) -> None:
+    nodeid = lookup(requests, ROOT_ID, "f")
+    unlink(requests, "f")
+    with pytest.raises(OSError) as caught:
+        setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
+    assert caught.value.errno == errno.ESTALE
+
+
+def test_a_mode_change_on_a_removed_file_open_in_the_upper_layer_lands_on_it(requests: Requests) -> None:
+    """fchmod sends no descriptor: the driver finds the one the file is open by."""
+    nodeid = lookup(requests, ROOT_ID, "f")
+    fh = open_file(requests, nodeid, os.O_RDWR)  # copied up
+    unlink(requests, "f")
+    attr = setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
+    assert attr[9] & 0o7777 == 0o600  # mode
+    assert os.fstat(fh).st_mode & 0o7777 == 0o600

@@ -1,0 +1,94 @@
+"""Calls by descriptor on a file whose names are gone, against kernel overlayfs.
+
+A file unlinked while open, or replaced by a rename while open, keeps being a
+file: fchmod, fchown, fsetxattr and the rest change it and fstat shows them.
+The kernel sends FUSE requests for most of these calls without the descriptor,
+by node alone, and the node has no path left; the driver then uses a
+descriptor the file is still open by. A lower file open only for reading
+cannot change: overlayfs tries to copy it up and fails with EEXIST, and so
+does the driver.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from difftree import Dir, File, kernel_overlay_available, pair
+
+pytestmark = [
+    pytest.mark.usefixtures("transport"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (kernel overlayfs, chown)"),
+    pytest.mark.skipif(os.geteuid() == 0 and not kernel_overlay_available(), reason="kernel overlayfs not available"),
+]
+
+LOWER = File(b"lower data\n", xattrs=(("user.a", b"1"),))
+LOWERS = [Dir({"ro": LOWER, "rw": LOWER, "replaced": LOWER, "replaced-ro": LOWER})]
+
+CALLS: list[tuple[str, Callable[[int], object]]] = [
+    ("fchmod", lambda fd: os.fchmod(fd, 0o640)),
+    ("fchown", lambda fd: os.fchown(fd, 123, 456)),
+    ("futimens", lambda fd: os.utime(fd, ns=(10**18, 2 * 10**18))),
+    ("ftruncate", lambda fd: os.ftruncate(fd, 3)),
+    ("fsetxattr", lambda fd: os.setxattr(fd, "user.b", b"2")),
+    ("fgetxattr", lambda fd: os.getxattr(fd, "user.a")),
+    ("flistxattr", lambda fd: sorted(os.listxattr(fd))),
+    ("fremovexattr", lambda fd: os.removexattr(fd, "user.a")),
+    ("flistxattr after", lambda fd: sorted(os.listxattr(fd))),
+    ("fstat", lambda fd: (lambda st: (oct(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_nlink))(os.fstat(fd))),
+    ("fsync", os.fsync),
+]
+
+
+def nameless(mnt: Path, how: str) -> int:
+    """A descriptor on a file whose names are gone, made as how says."""
+    if how == "made and unlinked":
+        fd = os.open(mnt / "new", os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"new data\n")
+        os.setxattr(fd, "user.a", b"1")
+        os.unlink(mnt / "new")
+    elif how in ("lower, open for writing, unlinked", "lower, open for reading, unlinked"):
+        rel = "rw" if "writing" in how else "ro"
+        fd = os.open(mnt / rel, os.O_RDWR if "writing" in how else os.O_RDONLY)
+        os.unlink(mnt / rel)
+    else:
+        rel = "replaced" if how == "lower, open for writing, renamed over" else "replaced-ro"
+        fd = os.open(mnt / rel, os.O_RDWR if rel == "replaced" else os.O_RDONLY)
+        (mnt / "other").write_bytes(b"other\n")
+        os.rename(mnt / "other", mnt / rel)
+    return fd
+
+
+def outcome(call: Callable[[int], object], fd: int) -> object:
+    try:
+        return call(fd)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+
+
+@pytest.mark.parametrize("how", [
+    "made and unlinked", "lower, open for writing, unlinked", "lower, open for writing, renamed over",
+    "lower, open for reading, unlinked", "lower, open for reading, renamed over",
+])
+def test_calls_by_descriptor_on_a_file_without_names_answer_as_on_overlayfs(tmp_path: Path, how: str) -> None:
+    with pair(tmp_path, LOWERS) as p:
+        answers = []
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            fd = nameless(mnt, how)
+            try:
+                answers.append({name: outcome(call, fd) for name, call in CALLS})
+            finally:
+                os.close(fd)
+        kernel, driver = answers
+        if "reading" in how:
+            # overlayfs refuses futimens (EEXIST, as it refuses the other changes); the
+            # driver takes the times as those the kernel writes back for a file it
+            # keeps the times of, which come by node alone too.
+            assert (kernel.pop("futimens"), driver.pop("futimens")) == ("EEXIST", None)
+            assert kernel["fchmod"] == "EEXIST" and kernel["fgetxattr"] == b"1"
+        else:
+            assert kernel["fchmod"] is None and kernel["fstat"][:3] == ("0o100640", 123, 456)
+        assert driver == kernel
+        assert sorted(os.listdir(p.driver.upper)) == sorted(os.listdir(p.kernel.upper))
