@@ -389,8 +389,10 @@ class Requests:
     def rmdir(self, h: tuple, data: memoryview) -> None:
         name = _name(data)
         with self.nodes.change():
-            self.union.rmdir(self.nodes.child_path(h[3], name))
-            self.nodes.removed(h[3], name)
+            # A process may still be in the directory, or have it open: it lists it as
+            # empty and stats it as it was, as on overlayfs (remains).
+            remains = self.union.rmdir(self.nodes.child_path(h[3], name))
+            self.nodes.removed(h[3], name, remains)
 
     def _rename(self, parent: int, new_parent: int, names: memoryview, flags: int) -> None:
         old, new = _two_names(names)
@@ -430,11 +432,13 @@ class Requests:
 
     # -- attributes ------------------------------------------------------------
     def _attrs(self, nodeid: int, fh: int | None) -> dict[str, int]:
-        return self._of_file(nodeid, fh, self.union.getattr, self.union.fgetattr)
+        return self._of_file(nodeid, fh, self.union.getattr, self.union.fgetattr, self._nameless_attrs)
 
-    def _of_file(self, nodeid: int, fh: int | None, by_path: Callable[[str], T], by_fd: Callable[[int, int], T]) -> T:
+    def _of_file(self, nodeid: int, fh: int | None, by_path: Callable[[str], T], by_fd: Callable[[int, int], T],
+                 nameless: Callable[[int], T] | None = None) -> T:
         """What by_path tells of the node's path, or by_fd of a descriptor on its file (and
-        the index of that file's layer): the one fh names, or one that outlived the names."""
+        the index of that file's layer): the one fh names, or one that outlived the names
+        (or what nameless tells of a node without names)."""
         if fh is not None and fh in self._files:
             return by_fd(fh, self._files[fh][0])
         try:
@@ -442,10 +446,11 @@ class Requests:
         except OSError as exc:
             if exc.errno != errno.ESTALE:
                 raise
-        return self._nameless(nodeid, by_fd)
+        return nameless(nodeid) if nameless is not None else self._nameless(nodeid, by_fd)
 
     def _nameless_attrs(self, nodeid: int) -> dict[str, int]:
-        return self._nameless(nodeid, self.union.fgetattr)
+        remains = self.nodes.remains(nodeid)
+        return remains if remains is not None else self._nameless(nodeid, self.union.fgetattr)
 
     def _nameless(self, nodeid: int, by_fd: Callable[[int, int], T]) -> T:
         """Of a node whose names are gone: by a descriptor still open on its file, or the
@@ -729,7 +734,8 @@ class Requests:
         self.union.fsync(fh, bool(flags & fp.FSYNC_FDATASYNC))
 
     def fsyncdir(self, h: tuple, data: memoryview) -> None:
-        self.union.fsyncdir(self.nodes.path(h[3]))
+        if not self.nodes.detached(h[3]):  # a removed directory's removal is its parent's to sync
+            self.union.fsyncdir(self.nodes.path(h[3]))
 
     def fallocate(self, h: tuple, data: memoryview) -> None:
         fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(data)
@@ -765,7 +771,8 @@ class Requests:
 
     # -- directories -----------------------------------------------------------
     def opendir(self, h: tuple, data: memoryview) -> bytes:
-        self.nodes.path(h[3])  # ENOENT for a directory already removed
+        if not self.nodes.detached(h[3]):  # a removed directory opens, and lists nothing
+            self.nodes.path(h[3])  # ENOENT for a directory the kernel has forgotten
         with self._lock:
             fh = next(self._dir_ids)
             keeps = h[3] not in self._kept_dirs
@@ -803,6 +810,8 @@ class Requests:
         in a row (``rm -rf`` opens each one to see whether it is empty, then again to
         remove what is in it) gets the first listing again while nothing has changed."""
         generation = self.union.generation
+        if self.nodes.detached(nodeid):
+            return generation, []
         kept = self._listings.get(nodeid)
         if kept is not None and kept[0] == generation:
             return kept
@@ -836,6 +845,8 @@ class Requests:
         handle, start, size = self._listing(data)
         entries = handle.entries
         assert entries is not None
+        if not entries:
+            return b""  # a removed directory's too, which has no path
         base = self.nodes.path(handle.nodeid)
         prefix = base if base == "/" else base + "/"
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times

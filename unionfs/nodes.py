@@ -42,7 +42,7 @@ BIRTH_UNKNOWN, BIRTH_HELD, BIRTH_STALE = 0, 1, 2
 
 
 class _Node:
-    __slots__ = ("birth", "held", "identity", "links", "lookups", "name", "parent")
+    __slots__ = ("birth", "held", "identity", "links", "lookups", "name", "parent", "remains")
 
     def __init__(self, parent: int, name: str) -> None:
         self.parent = parent  # 0: detached (its names were removed or replaced)
@@ -52,6 +52,7 @@ class _Node:
         self.lookups = 0
         self.held: tuple[int, int] | None = None  # (O_PATH fd, layer index) of a file a rename replaced
         self.birth = BIRTH_UNKNOWN
+        self.remains: dict[str, int] | None = None  # the attributes of a removed directory
 
 
 class _Change:
@@ -209,10 +210,19 @@ class NodeTable:
                 if node.held:
                     os.close(node.held[0])
 
-    def removed(self, parent: int, name: str) -> None:
-        """parent/name was unlinked: its id (if any) keeps living without a path."""
+    def removed(self, parent: int, name: str, remains: dict[str, int] | None = None) -> None:
+        """parent/name was unlinked: its id (if any) keeps living without a path. remains:
+        the attributes a removed directory shows while some process is still in it or
+        has it open (there is no descriptor of it to ask)."""
         with self._lock:
-            self._detach((parent, name))
+            nodeid = self._detach((parent, name))
+            node = self._nodes.get(nodeid) if nodeid is not None else None
+            if node is not None and node.parent == 0:
+                node.remains = remains
+
+    def remains(self, nodeid: int) -> dict[str, int] | None:
+        node = self._nodes.get(nodeid)
+        return node.remains if node is not None else None
 
     def find(self, path: str) -> int:
         """The id the kernel knows for a merged path, else 0."""
@@ -279,15 +289,7 @@ class NodeTable:
         """A rename; held keeps the file it replaced reachable for opens already on their way."""
         with self._lock:
             nodeid = self._ids.pop((parent, name), None)
-            replaced = self._detach((new_parent, new_name))
-            if held is not None:
-                node = self._nodes.get(replaced) if replaced is not None else None
-                if node is None:
-                    os.close(held[0])
-                else:
-                    if node.held is not None:  # one file by another of its names: the newer fd will do
-                        os.close(node.held[0])
-                    node.held = held
+            self._keep(self._detach((new_parent, new_name)), held)
             if nodeid is not None:
                 self._rename_link(nodeid, (parent, name), (new_parent, new_name))
                 self._ids[(new_parent, new_name)] = nodeid
@@ -311,6 +313,18 @@ class NodeTable:
             node.parent, node.name = new
         elif node.links and old in node.links:
             node.links[node.links.index(old)] = new
+
+    def _keep(self, nodeid: int | None, held: tuple[int, int] | None) -> None:
+        """Give the node the fd that keeps its entry reachable (closed with the node)."""
+        if held is None:
+            return
+        node = self._nodes.get(nodeid) if nodeid is not None else None
+        if node is None:
+            os.close(held[0])
+            return
+        if node.held is not None:  # one file by another of its names: the newer fd will do
+            os.close(node.held[0])
+        node.held = held
 
     def _detach(self, key: tuple[int, str]) -> int | None:
         """key names nothing any more; its node keeps its other names, if it has any."""

@@ -340,7 +340,7 @@ class Union:
             ino = self._origins.get(st.st_ino)
             if ino is None:
                 try:
-                    ino = int(os.getxattr(fd, self.origin_xattr))
+                    ino = int(_by_fd(os.getxattr, fd, self.origin_xattr))
                 except OSError:
                     ino = self.inodes(st.st_dev, st.st_ino)
                 self._origins[st.st_ino] = ino
@@ -767,7 +767,9 @@ class Union:
             self._whiteout(prel, name)
         self.resolver.invalidate(path)
 
-    def rmdir(self, path: str) -> None:
+    def rmdir(self, path: str) -> dict[str, int]:
+        """Returns the attributes the removed directory shows to a process still in it,
+        as overlayfs shows its real directory's: an upper one's link count is 0 then."""
         self._writable(path)
         if path == "/":
             raise fail(errno.EBUSY, path)
@@ -775,14 +777,18 @@ class Union:
         parent = self._removable(node, path)
         if self.listing(node):
             raise fail(errno.ENOTEMPTY, path)
+        remains = self.getattr(path)
         parent, prel, name = self._parent_in_upper(path, parent)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
             self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
             self._forget(st)  # its inode number may come back for another entry
+            if not node.merged:
+                remains["st_nlink"] = 0
         else:
             self._whiteout(prel, name)
         self.resolver.invalidate(path)  # empty: its children were forgotten as they went
+        return remains
 
     # -- renaming ----------------------------------------------------------------
     def rename(self, old: str, new: str, noreplace: bool = False) -> None:

@@ -92,3 +92,48 @@ def test_calls_by_descriptor_on_a_file_without_names_answer_as_on_overlayfs(tmp_
             assert kernel["fchmod"] is None and kernel["fstat"][:3] == ("0o100640", 123, 456)
         assert driver == kernel
         assert sorted(os.listdir(p.driver.upper)) == sorted(os.listdir(p.kernel.upper))
+
+
+DIR_CALLS: list[tuple[str, Callable[[int], object]]] = [
+    ("list by fd", lambda fd: os.listdir(fd)),
+    ("list the working directory", lambda fd: os.listdir(".")),
+    ("fstat", lambda fd: (lambda st: (oct(st.st_mode), st.st_nlink))(os.fstat(fd))),
+    ("stat the working directory", lambda fd: oct(os.stat(".").st_mode)),
+    ("fsync", os.fsync),
+    ("create in it", lambda fd: os.open("x", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)),
+    ("mkdir in it", lambda fd: os.mkdir("y", dir_fd=fd)),
+]
+
+
+@pytest.mark.parametrize("how", ["made", "lower", "merged", "renamed over"])
+def test_a_removed_directory_still_in_use_answers_as_on_overlayfs(tmp_path: Path, how: str) -> None:
+    """Open, and the working directory of a process, when it is removed: it lists as
+    empty and keeps its attributes, and nothing can be made in it. (Its xattrs, and
+    changes to it, are ESTALE: the driver keeps no descriptor of it.)"""
+    lowers = [Dir({"lower": Dir(), "merged": Dir({"old": File(b"o\n")})})]
+    with pair(tmp_path, lowers) as p:
+        answers = []
+        here = os.getcwd()
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            victim = mnt / ("lower" if how == "lower" else "merged" if how == "merged" else "made")
+            if how in ("made", "renamed over"):
+                victim.mkdir()
+            elif how == "merged":
+                (victim / "new").write_bytes(b"n\n")  # copied up, then emptied
+                (victim / "new").unlink()
+                (victim / "old").unlink()
+            fd = os.open(victim, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.chdir(victim)
+                if how == "renamed over":
+                    (mnt / "other").mkdir()
+                    os.rename(mnt / "other", victim)
+                else:
+                    os.rmdir(victim)
+                answers.append({name: outcome(call, fd) for name, call in DIR_CALLS})
+            finally:
+                os.chdir(here)
+                os.close(fd)
+        kernel, driver = answers
+        assert kernel["list by fd"] == [] and kernel["fstat"][0] == "0o40755"
+        assert driver == kernel
