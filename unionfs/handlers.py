@@ -80,10 +80,6 @@ class _Described:
     since: float  # time.monotonic() of the first answer
 
 
-def _birth_time_of_fd(fd: int, index: int) -> tuple[int, int] | None:
-    return syscalls.birth_time(fd, None)
-
-
 def _cookie(name: str) -> int:
     """A listing offset that depends on the name alone, as ext4's hash cookies do:
     the kernel keeps listings (FOPEN_CACHE_DIR) and may continue one that another
@@ -480,7 +476,7 @@ class Requests:
         real file, as on overlayfs (``stat`` asks for it; ``ls -l`` and ``find`` do not)."""
         flags, _, fh, _, _ = fp.STATX_IN.unpack_from(data)
         handle = fh if flags & fp.GETATTR_FH else None
-        born = self._of_file(h[3], handle, self.union.birth_time, _birth_time_of_fd)
+        born = self._of_file(h[3], handle, self.union.birth_time, self.union.fbirth_time)
         reply = self._statx_valid + self._statx(self._attrs(h[3], handle), born)
         self.nodes.birth_time_given(h[3])
         return reply

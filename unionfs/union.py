@@ -278,6 +278,10 @@ class Union:
         index, rel = self.node(path).attr_source
         return syscalls.birth_time(self.layers[index].fd, rel)
 
+    def fbirth_time(self, fd: int, index: int) -> tuple[int, int] | None:
+        """That of an open file, by its fd (an O_PATH one too)."""
+        return syscalls.birth_time(fd, None)
+
     def upper_identity(self, path: str) -> tuple[int, int] | None:
         """(st_dev, st_ino) of the upper file at path if it has more than one name there."""
         node = self.node(path)
