@@ -809,10 +809,8 @@ class Union:
         npath, nname = split(new)
         self._check_name(nname, new)
         target = self.resolver.resolve(new)
-        if target is not None and not source.is_dir and not target.is_dir:
-            sst, tst = self._lstat(source), self._lstat(target)
-            if (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino):
-                return  # two names of one file: rename(2) does nothing
+        if target is not None and self._one_upper_file(source, target):
+            return  # two names of one file: rename(2) does nothing
         self._removable(source, old)
         if target is None:
             self.protections.refuse(self._dir(npath), new, IMMUTABLE)  # an append-only directory takes a new name
@@ -826,6 +824,17 @@ class Union:
                 raise fail(errno.ENOTEMPTY, new)
         with self._rename_lock:
             self._rename(source, target, oname, npath, nname, copyup)
+
+    def _one_upper_file(self, source: Node, target: Node) -> bool:
+        """Whether two nodes are names of one upper file. Two names of one lower
+        file are not: a change to either breaks them apart (overlayfs without
+        index), so overlayfs gives each name an inode of its own and a rename
+        between them is done, as it is here."""
+        upper = self.resolver.is_upper
+        if source.is_dir or target.is_dir or not (upper(source.layer) and upper(target.layer)):
+            return False
+        sst, tst = self._lstat(source), self._lstat(target)
+        return (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino)
 
     def _has_lower(self, node: Node) -> bool:
         return any(not self.resolver.is_upper(index) for index, _ in node.layers)

@@ -420,6 +420,23 @@ def test_rename_of_lower_directory_keeps_contents_and_inode(dirs: dict[str, Path
     assert names(u2, "/dst") == ["a", "c"] and names(u2, "/moved") == ["b"]
 
 
+def test_rename_between_names_of_one_file(dirs: dict[str, Path]) -> None:
+    """Names of one upper file: rename(2) does nothing (the kernel sends it when it
+    holds two inodes for them, as under libfuse's path API). Names of one lower file
+    are two files to overlayfs, which breaks them apart at the first change: done."""
+    tree(dirs["bottom"], {"a": "shared"})
+    os.link(dirs["bottom"] / "a", dirs["bottom"] / "b")
+    tree(dirs["upper"], {"u": "upper"})
+    os.link(dirs["upper"] / "u", dirs["upper"] / "v")
+    u = make_union(dirs)
+    u.rename("/u", "/v")
+    assert names(u, "/") == ["a", "b", "u", "v"]
+    assert (dirs["upper"] / "u").stat().st_nlink == 2
+    u.rename("/a", "/b")
+    assert names(u, "/") == ["b", "u", "v"]
+    assert u.getattr("/b")["st_nlink"] == 1 and (dirs["bottom"] / "a").exists()
+
+
 @root_only
 def test_a_relative_redirect_names_the_entry_in_its_parents_own_lower_dirs(dirs: dict[str, Path]) -> None:
     """overlayfs writes a relative redirect (the old name) for a rename within one
