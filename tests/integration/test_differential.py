@@ -1460,6 +1460,9 @@ def test_fusepy_engine_matches_kernel(tmp_path: Path) -> None:
             p.run(step)
             p.check()
         assert sorted(names(p.check())) == sorted(names(view(p.driver.mnt)))
+        with pytest.raises(OSError) as unnamed:  # the README's limit: libfuse 2 has no TMPFILE
+            os.close(os.open(p.driver.mnt, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        assert unnamed.value.errno == errno.EOPNOTSUPP
 
 
 def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: Path) -> None:
