@@ -392,8 +392,8 @@ class Requests:
 
     def _rename(self, parent: int, new_parent: int, names: memoryview, flags: int) -> None:
         old, new = _two_names(names)
-        if flags not in (0, syscalls.RENAME_NOREPLACE, syscalls.RENAME_EXCHANGE):
-            raise OSError(errno.EINVAL, "rename flags")  # RENAME_WHITEOUT is for overlayfs's own use
+        if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_WHITEOUT) and flags != syscalls.RENAME_EXCHANGE:
+            raise OSError(errno.EINVAL, "rename flags")  # what the VFS lets through is one of these
         with self.nodes.change():
             old_path, new_path = self.nodes.child_path(parent, old), self.nodes.child_path(new_parent, new)
             if flags == syscalls.RENAME_EXCHANGE:
@@ -402,7 +402,8 @@ class Requests:
             else:
                 held = self._hold(new_parent, new, new_path) if flags == 0 else None
                 try:
-                    self.union.rename(old_path, new_path, noreplace=flags == syscalls.RENAME_NOREPLACE)
+                    self.union.rename(old_path, new_path, noreplace=bool(flags & syscalls.RENAME_NOREPLACE),
+                                      whiteout=bool(flags & syscalls.RENAME_WHITEOUT))
                 except BaseException:
                     if held:
                         os.close(held[0])

@@ -795,8 +795,10 @@ class Union:
         return remains
 
     # -- renaming ----------------------------------------------------------------
-    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
-        """rename(2); noreplace: renameat2's RENAME_NOREPLACE (EEXIST if new exists)."""
+    def rename(self, old: str, new: str, noreplace: bool = False, whiteout: bool = False) -> None:
+        """rename(2); noreplace: renameat2's RENAME_NOREPLACE (EEXIST if new exists);
+        whiteout: its RENAME_WHITEOUT, which overlayfs refuses (EINVAL), but only once the
+        checks that the VFS makes before asking it have passed."""
         copyup, _ = self._writable(new)
         source = self.node(old)
         if noreplace and self.resolver.resolve(new) is not None:
@@ -820,8 +822,10 @@ class Union:
                 raise fail(errno.ENOTDIR, new)
             if not source.is_dir and target.is_dir:
                 raise fail(errno.EISDIR, new)
-            if target.is_dir and self.listing(target):
-                raise fail(errno.ENOTEMPTY, new)
+        if whiteout:
+            raise fail(errno.EINVAL, new)
+        if target is not None and target.is_dir and self.listing(target):
+            raise fail(errno.ENOTEMPTY, new)
         with self._rename_lock:
             self._rename(source, target, oname, npath, nname, copyup)
 

@@ -324,6 +324,15 @@ def link_open_file(fd: int, dst: str, how: str) -> None:
         raise OSError(code, os.strerror(code), dst)
 
 
+RENAME_FLAGS = {"noreplace": 1, "exchange": 2, "whiteout": 4}  # renameat2's RENAME_*
+
+
+def _renameat2(src: str, dst: str, how: str) -> None:
+    if _LIBC.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), ctypes.c_uint(RENAME_FLAGS[how])) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), dst)
+
+
 def _tmpfile(d: str, dst: str | None, data: bytes, how: str) -> None:
     """An unnamed file made in d (O_TMPFILE; "excl": one that may never get a name),
     written, then linked in as dst unless dst is None."""
@@ -378,6 +387,7 @@ _OPS: dict[str, Callable[..., None]] = {
     "rmdir": lambda r, path: os.rmdir(_p(r, path)),
     "unlink": lambda r, path: os.unlink(_p(r, path)),
     "rename": lambda r, src, dst: os.rename(_p(r, src), _p(r, dst)),
+    "rename2": lambda r, src, dst, how: _renameat2(_p(r, src), _p(r, dst), how),  # how: a key of RENAME_FLAGS
     "symlink": lambda r, target, path: os.symlink(target, _p(r, path)),
     "link": lambda r, src, dst: os.link(_p(r, src), _p(r, dst), follow_symlinks=False),
     "chmod": lambda r, path, mode: os.chmod(_p(r, path), mode),
