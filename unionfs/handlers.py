@@ -380,7 +380,20 @@ class Requests:
         name = _name(data)
         with self.nodes.change():
             self.union.unlink(self.nodes.child_path(h[3], name))
-            self.nodes.removed(h[3], name)
+            gone = self.nodes.removed(h[3], name)
+        self._keeps_its_links(gone)
+
+    def _keeps_its_links(self, nodeid: int | None) -> None:
+        """A lower file whose name a removal or a rename took keeps its link count on
+        overlayfs (its lower names stay), while the kernel takes one off the count it
+        holds. If the file is open on the lower layer, where fstat can still show it,
+        the kernel is told to ask again. (The upper file's own count drops as the kernel's.)"""
+        if nodeid is None or self.notify is None:
+            return
+        with self._lock:
+            lower = any(self._files[fd][0] != 0 for fd in self._node_fds.get(nodeid, ()))
+        if lower:
+            self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(nodeid, -1, 0))
 
     def rmdir(self, h: tuple, data: memoryview) -> None:
         name = _name(data)
@@ -408,7 +421,7 @@ class Requests:
                     if held:
                         os.close(held[0])
                     raise
-                self.nodes.renamed(parent, old, new_parent, new, held)
+                self._keeps_its_links(self.nodes.renamed(parent, old, new_parent, new, held))
 
     def _hold(self, parent: int, name: str, path: str) -> tuple[int, int] | None:
         """The file a rename is about to replace, if the kernel knows it: an open

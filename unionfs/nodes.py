@@ -210,15 +210,16 @@ class NodeTable:
                 if node.held:
                     os.close(node.held[0])
 
-    def removed(self, parent: int, name: str, remains: dict[str, int] | None = None) -> None:
-        """parent/name was unlinked: its id (if any) keeps living without a path. remains:
-        the attributes a removed directory shows while some process is still in it or
-        has it open (there is no descriptor of it to ask)."""
+    def removed(self, parent: int, name: str, remains: dict[str, int] | None = None) -> int | None:
+        """parent/name was unlinked: its id (if any, returned) keeps living without a path.
+        remains: the attributes a removed directory shows while some process is still in
+        it or has it open (there is no descriptor of it to ask)."""
         with self._lock:
             nodeid = self._detach((parent, name))
             node = self._nodes.get(nodeid) if nodeid is not None else None
             if node is not None and node.parent == 0:
                 node.remains = remains
+            return nodeid
 
     def remains(self, nodeid: int) -> dict[str, int] | None:
         node = self._nodes.get(nodeid)
@@ -285,14 +286,18 @@ class NodeTable:
         with self._lock:
             return use([node.held for node in self._nodes.values() if node.held is not None])
 
-    def renamed(self, parent: int, name: str, new_parent: int, new_name: str, held: tuple[int, int] | None = None) -> None:
-        """A rename; held keeps the file it replaced reachable for opens already on their way."""
+    def renamed(self, parent: int, name: str, new_parent: int, new_name: str,
+                held: tuple[int, int] | None = None) -> int | None:
+        """A rename; held keeps the file it replaced reachable for opens already on their
+        way. Returns the id of the node it replaced, if the kernel knows one."""
         with self._lock:
             nodeid = self._ids.pop((parent, name), None)
-            self._keep(self._detach((new_parent, new_name)), held)
+            replaced = self._detach((new_parent, new_name))
+            self._keep(replaced, held)
             if nodeid is not None:
                 self._rename_link(nodeid, (parent, name), (new_parent, new_name))
                 self._ids[(new_parent, new_name)] = nodeid
+            return replaced
 
     def exchanged(self, parent: int, name: str, other_parent: int, other_name: str) -> None:
         with self._lock:

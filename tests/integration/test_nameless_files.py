@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from difftree import Dir, File, kernel_overlay_available, pair
+from difftree import Dir, File, HardLink, kernel_overlay_available, pair
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),
@@ -92,6 +92,35 @@ def test_calls_by_descriptor_on_a_file_without_names_answer_as_on_overlayfs(tmp_
             assert kernel["fchmod"] is None and kernel["fstat"][:3] == ("0o100640", 123, 456)
         assert driver == kernel
         assert sorted(os.listdir(p.driver.upper)) == sorted(os.listdir(p.kernel.upper))
+
+
+def test_a_lower_file_open_when_its_name_goes_shows_its_own_link_count(tmp_path: Path) -> None:
+    """fstat, with nothing asked in between, of a lower file open for reading when its
+    name is unlinked or renamed over: overlayfs shows the lower file's link count (its
+    lower names stay), where the kernel takes one off the count it holds for a FUSE file.
+    Before the driver told the kernel to ask again, it showed one link less: none, or
+    one for a file with two names in its layer."""
+    lowers = [Dir({"one": File(b"1"), "two": File(b"2"), "twin": HardLink("two"), "other": File(b"o")})]
+    ways: list[tuple[str, str, Callable[[Path], None]]] = [
+        ("one", "unlinked", lambda mnt: os.unlink(mnt / "one")),
+        ("one", "renamed over", lambda mnt: os.rename(mnt / "other", mnt / "one")),
+        ("two", "unlinked", lambda mnt: os.unlink(mnt / "two")),
+        ("twin", "renamed over by its other name", lambda mnt: os.rename(mnt / "two", mnt / "twin")),
+    ]
+    for name, how, remove in ways:
+        with pair(tmp_path / f"{name}-{how}".replace(" ", "-"), lowers) as p:
+            seen = []
+            for mnt in (p.kernel.mnt, p.driver.mnt):
+                fd = os.open(mnt / name, os.O_RDONLY)
+                try:
+                    before = os.fstat(fd).st_nlink
+                    remove(mnt)
+                    seen.append((before, os.fstat(fd).st_nlink, os.pread(fd, 10, 0)))
+                finally:
+                    os.close(fd)
+            assert seen[1] == seen[0], (name, how)
+            assert seen[0][0] == seen[0][1] == (1 if name == "one" else 2)
+            p.check()
 
 
 DIR_CALLS: list[tuple[str, Callable[[int], object]]] = [
