@@ -1,6 +1,7 @@
 """The ``layerstore`` command: Docker's image commands, daemonless.
 
-Data goes to stdout, progress and diagnostics to stderr. A user mistake is
+Data goes to stdout, with ``pull``'s and ``push``'s progress as Docker prints
+it there; other progress and diagnostics go to stderr. A user mistake is
 one line on stderr and exit 1; usage errors exit 2; a traceback only with
 ``--debug``. A failure of the system (a full disk, a store that cannot be
 written) is one line too, naming the operation it stopped:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerstore import store as store_mod
-from layerstore.errors import AlreadyExists, InUse, InvalidReference, NotFound, quote
+from layerstore.errors import AlreadyExists, InUse, InvalidReference, NoSuchContainer, NoSuchImage, NotFound, quote
 from layerstore.layers import remove_tree
 from unionfs.markers import OPAQUE_MARKER, WH_PREFIX, is_chardev_whiteout
 from unionfs.mount import MountSpec, is_mounted, mount, settle, unanswered, unmount
@@ -64,7 +64,7 @@ class Containers:
                 raise NotFound(f"container {quote(text)}", f"ambiguous: matches {len(rows)} containers")
             row = rows[0] if rows else None
         if row is None:
-            raise NotFound(f"container {quote(text)}", "no such container")
+            raise NoSuchContainer(text)
         return self._row(row)
 
     def image_of(self, c: Container) -> str:
@@ -108,7 +108,7 @@ class Containers:
         upper, work = self.paths(cid)
         with self.store.meta.transaction() as tx:
             if tx.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None:  # removed meanwhile
-                raise NotFound(f"image {quote(image)}", "no such image")
+                raise NoSuchImage(image)
             if tx.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExists(f"container name {quote(name)}", "already in use")
             tx.execute("INSERT INTO containers (id, name, image_id, mountpoint, read_only, created, image) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -6,7 +6,9 @@ command line can print ``str(error)`` as its one line.
 
     LayerStoreError
     ├── NotFound                 no such blob, image, tag or layer
-    │   └── PlatformMismatch     ... for the platform asked for (the image is for another)
+    │   ├── PlatformMismatch     ... for the platform asked for (the image is for another)
+    │   ├── NoSuchImage          an image name or ID the store does not know
+    │   └── NoSuchContainer      a container name, ID or mount point it does not know
     ├── AlreadyExists            the name or directory is taken
     ├── InvalidReference         malformed digest or reference (also a ValueError)
     ├── DigestMismatch           content does not hash to the digest it claims
@@ -20,6 +22,9 @@ command line can print ``str(error)`` as its one line.
         ├── AuthError            credentials missing or refused
         ├── TransportError       connection, TLS or HTTP protocol failure
         └── ManifestUnknown      the registry has no such manifest
+
+A few keep Docker's words instead (``No such image: busybox:latest``,
+``No such container: web``), as scripts look for those: ``said``.
 
 Operating-system failures that say nothing about the data (disk full,
 permission denied on the store itself) stay ``OSError``.
@@ -35,6 +40,8 @@ __all__ = [
     "InvalidReference",
     "LayerStoreError",
     "ManifestUnknown",
+    "NoSuchContainer",
+    "NoSuchImage",
     "NotFound",
     "PlatformMismatch",
     "RegistryError",
@@ -72,10 +79,11 @@ class LayerStoreError(Exception):
 
     default_problem = "error"
 
-    def __init__(self, subject: str, problem: str | None = None) -> None:
+    def __init__(self, subject: str, problem: str | None = None, *, said: str | None = None) -> None:
+        """said: the message in other words than the tree's, Docker's where scripts look for them."""
         self.subject = subject
         self.problem = problem if problem is not None else self.default_problem
-        super().__init__(f"{self.subject}: {self.problem}")
+        super().__init__(said or f"{self.subject}: {self.problem}")
 
 
 class NotFound(LayerStoreError):
@@ -86,6 +94,24 @@ class NotFound(LayerStoreError):
 
 class PlatformMismatch(NotFound):
     """The named image exists, but for another platform than ``--platform`` names."""
+
+
+class _NoSuch(NotFound):
+    kind = "object"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{self.kind} {quote(name)}", f"no such {self.kind}", said=f"No such {self.kind}: {quote(name)[1:-1]}")
+        self.name = name
+
+
+class NoSuchImage(_NoSuch):
+    """``name``: the reference as Docker shows it (``busybox:latest``), or an ID as given."""
+
+    kind = "image"
+
+
+class NoSuchContainer(_NoSuch):
+    kind = "container"
 
 
 class AlreadyExists(LayerStoreError):

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerstore.errors import NoSuchImage
 from layerstore.formatting import CommandError, Timestamp, parse_time
 from layerstore.model import chain_ids
 from layerstore.store import Store
@@ -363,9 +364,7 @@ def _bound(store: Store, by_id: dict[str, ImageInfo], text: str) -> tuple[float,
     image_id = store.resolve(text)
     info = by_id.get(image_id)
     if info is None:
-        from layerstore.errors import NotFound
-
-        raise NotFound(f"image {text}", "no such image")
+        raise NoSuchImage(text)
     return info.sort_key
 
 

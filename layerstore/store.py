@@ -23,7 +23,7 @@ from layerstore.archive import ArchiveImage, find_images, open_archive, read_mem
 from layerstore.blobs import BlobStore
 from layerstore.compression import sniff
 from layerstore.digest import digest_bytes, parse_digest
-from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NotFound, quote
+from layerstore.errors import CorruptArchive, DigestMismatch, InUse, InvalidReference, NoSuchImage, quote
 from layerstore.layers import LayerDirs, remove_tree
 from layerstore.meta import Metadata
 from layerstore.platforms import Platform, require
@@ -275,14 +275,14 @@ class Store:
         try:
             ref = reference.parse(text)
         except InvalidReference:
-            raise NotFound(f"image {quote(text)}", "no such image") from None
+            raise NoSuchImage(text) from None
         if ref.digest:
             row = self.meta.one("SELECT image_id FROM repo_digests WHERE repository = ? AND digest = ?", ref.repository, ref.digest)
             row = row or self.meta.one("SELECT image_id FROM manifests WHERE digest = ?", ref.digest)
         else:
             row = self.meta.one("SELECT image_id FROM tags WHERE repository = ? AND tag = ?", ref.repository, ref.tag)
         if row is None:
-            raise NotFound(f"image {quote(text)}", "no such image")
+            raise NoSuchImage(str(ref))
         return str(row["image_id"])
 
     def image_layers(self, image_id: str) -> list[str]:

@@ -101,22 +101,32 @@ class Pusher:
     def push(self, ref: Reference) -> PushResult:
         """One tag (a reference without one means ``latest``)."""
         ref = self._check(ref).with_default_tag()
+        self._refers_to(ref)
         row = self.store.meta.one("SELECT image_id FROM tags WHERE repository = ? AND tag = ?", ref.repository, ref.tag)
         if row is None:
-            raise NotFound(f"image {quote(str(ref))}", "no such image (tag an image with this name first)")
+            if self.store.meta.one("SELECT 1 FROM tags WHERE repository = ?", ref.repository) is None:
+                raise self._no_tags(ref)
+            raise NotFound(f"image {quote(str(ref))}", "no such tag", said=f"tag does not exist: {ref}")
         with self.store.lease():
-            self._begin(ref)
+            self._authorize(ref.path)
             return self._push_tag(ref, str(row["image_id"]))
 
     def push_all_tags(self, ref: Reference) -> list[PushResult]:
         """Every tag the store has of the repository, in order (``push -a``); the first failure stops it."""
         repo = Reference(self._check(ref).domain, ref.path)
+        self._refers_to(repo)
         rows = self.store.meta.query("SELECT tag, image_id FROM tags WHERE repository = ? ORDER BY tag", repo.repository)
         if not rows:
-            raise NotFound(f"repository {repo.repository}", "no tags to push (tag an image with this name first)")
+            raise self._no_tags(repo)
         with self.store.lease():
-            self._begin(repo)
+            self._authorize(repo.path)
             return [self._push_tag(Reference(repo.domain, repo.path, str(r["tag"])), str(r["image_id"])) for r in rows]
+
+    @staticmethod
+    def _no_tags(ref: Reference) -> NotFound:
+        """Docker's words when the store has no tag at all of the repository."""
+        return NotFound(f"repository {ref.repository}", "no tags to push",
+                        said=f"An image does not exist locally with the tag: {ref.repository}")
 
     def _check(self, ref: Reference) -> Reference:
         if ref.digest:
@@ -125,9 +135,8 @@ class Pusher:
             raise InvalidReference(f"reference {ref}", f"not on registry {self.client.domain}")
         return ref
 
-    def _begin(self, ref: Reference) -> None:
-        self.out.status("", f"The push refers to repository [{ref.full_name}]")
-        self._authorize(ref.path)
+    def _refers_to(self, ref: Reference) -> None:
+        self.out.status("", f"The push refers to repository [{ref.full_name}]")  # first, as Docker says it
 
     def _authorize(self, path: str) -> None:
         """``GET /v2/`` in the push scope: learns the registry's challenge, gets the token every

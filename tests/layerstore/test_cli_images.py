@@ -243,7 +243,7 @@ def test_images_filter_errors(shared: Loaded) -> None:
     assert fail(shared.root, "images", "-f", "colour=red") == "Error: invalid filter 'colour'\n"
     assert fail(shared.root, "images", "-f", "dangling=maybe") == "Error: invalid filter 'dangling=maybe'\n"
     assert fail(shared.root, "images", "-f", "dangling") == "Error: bad format of filter (expected name=value)\n"
-    assert "no such image" in fail(shared.root, "images", "-f", "before=nothing:here")
+    assert fail(shared.root, "images", "-f", "before=nothing:here") == "Error: No such image: nothing:here\n"
     assert "syntax error in pattern" in fail(shared.root, "images", "-f", "reference=ex[ample")
 
 
@@ -416,7 +416,7 @@ def test_history_options(shared: Loaded) -> None:
     assert list(doc) == ["Comment", "CreatedAt", "CreatedBy", "CreatedSince", "ID", "Size"]
     assert doc["CreatedBy"] == "COPY lone.bin /" and doc["CreatedAt"] == "2023-06-01T00:00:00Z"
     assert ok(shared.root, "history", "--format", "{{.ID}} {{.Size}}", "example/lone") == f"{short(shared.ids['lone'])} {human_size(shared.size('lone'))}\n"
-    assert "no such image" in fail(shared.root, "history", "nope")
+    assert fail(shared.root, "history", "nope") == "Error: No such image: nope:latest\n"  # Docker's words and form
 
 
 # -- system df --------------------------------------------------------------------------

@@ -281,7 +281,7 @@ def test_cli_mount_of_a_container_mounts_it_again_as_it_was_left(
         assert capsys.readouterr().err.splitlines() == [
             "Error: --name and --read-only make a new container: mount IMAGE MOUNTPOINT",
             "Error: example/base:v1 is an image, not a container: a new container needs a MOUNTPOINT",
-            'Error: container "nothing": no such container',
+            'Error: No such container: nothing',
         ]
     finally:
         containers.remove(c.name, force=True)

@@ -256,7 +256,7 @@ def test_export_writes_what_the_container_shows_and_import_takes_it_back(
         rc, out, err = main(store, "export", "--output", str(tmp_path / "after.tar"), "box", capsys=capsys)
         assert (rc, err) == (0, "")
         assert main(store, "export", "nosuch", "-o", str(tmp_path / "x.tar"), capsys=capsys) == (
-            1, "", 'Error: container "nosuch": no such container\n')
+            1, "", "Error: No such container: nosuch\n")
         assert not (tmp_path / "x.tar").exists()
     assert (tmp_path / "after.tar").read_bytes() == mounted.read_bytes()  # the same, mounted or not
     unpacked = tmp_path / "unpacked"

@@ -165,8 +165,10 @@ def test_cli_rmi_of_all_images_and_error_lines(tmp_path: Path, images: dict[str,
     result = cli("rmi", "-f", *all_ids)
     assert result.returncode == 0, result.stderr
     assert "Untagged: 127.0.0.1:5000/app:latest" in result.stdout
-    missing = cli("rmi", "nothere:v1")
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no such image" in missing.stderr
+    missing = cli("rmi", "nothere:v1", "docker.io/library/nothere", "sha256:0123abcd")
+    assert missing.returncode == 1, missing.stderr
+    assert missing.stderr.splitlines() == [  # as Docker says it: the name normalised, with its tag
+        "Error: No such image: nothere:v1", "Error: No such image: nothere:latest", "Error: No such image: sha256:0123abcd"]
     bad = cli("load", "-i", str(tmp_path / "absent.tar"))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
 

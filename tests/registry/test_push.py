@@ -292,12 +292,16 @@ def test_all_tags_and_quiet(world: World, archives: dict[str, Path], tmp_path: P
 
 def test_errors_are_one_line(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
     host = world.open.host
+    # Docker's words: scripts look for them
     missing = cli(tmp_path, "push", f"{host}/pushed/none")
     assert missing.rc == 1
-    assert missing.out == "Using default tag: latest\n"
-    assert missing.err == f'Error: image "{host}/pushed/none:latest": no such image (tag an image with this name first)\n'
+    assert missing.out == f"Using default tag: latest\nThe push refers to repository [{host}/pushed/none]\n"
+    assert missing.err == f"Error: An image does not exist locally with the tag: {host}/pushed/none\n"
     nothing = cli(tmp_path, "push", "-a", f"{host}/pushed/none")
-    assert (nothing.rc, nothing.err) == (1, f"Error: repository {host}/pushed/none: no tags to push (tag an image with this name first)\n")
+    assert (nothing.rc, nothing.err) == (1, f"Error: An image does not exist locally with the tag: {host}/pushed/none\n")
+    load(tmp_path, archives["app1"], f"{host}/pushed/some:v1")
+    other_tag = cli(tmp_path, "push", f"{host}/pushed/some:v2")
+    assert (other_tag.rc, other_tag.err) == (1, f"Error: tag does not exist: {host}/pushed/some:v2\n")
     by_digest = cli(tmp_path, "push", f"{host}/pushed/none@sha256:{'0' * 64}")
     assert (by_digest.rc, by_digest.err) == (1, "Error: cannot push a digest reference\n")
 
