@@ -369,6 +369,13 @@ def test_inspect_format(shared: Loaded) -> None:
     assert ok(shared.root, "inspect", "-f", "{{.Size}} {{len .RootFS.Layers}}", "example/base") == f"{shared.size('base')} 1\n"
     err = fail(shared.root, "inspect", "-f", "{{.Nope}}", "example/base")
     assert err == 'Error: template parsing error: template: :1:2: executing "" at <.Nope>: map has no entry for key "Nope"\n'
+    # variables, as scripts range over labels and layers
+    (doc,) = json.loads(ok(shared.root, "inspect", "example/app:2.0"))
+    labels = ok(shared.root, "inspect", "-f", "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}}", "example/app:2.0")
+    assert labels == "".join(f"{k}={v};" for k, v in sorted(doc["Config"]["Labels"].items())) + "\n" and "app=two;" in labels
+    layers = ok(shared.root, "inspect", "-f", '{{$n := len .RootFS.Layers}}{{range $i, $l := .RootFS.Layers}}'
+                '{{slice $l 7 12}}{{if lt $i (len (slice $.RootFS.Layers 1))}},{{end}}{{end}} of {{$n}}', "example/app:2.0")
+    assert layers == ",".join(d[7:12] for d in doc["RootFS"]["Layers"]) + f" of {len(doc['RootFS']['Layers'])}\n"
 
 
 def test_inspect_format_reads_fields_an_image_leaves_out_as_zero(shared: Loaded) -> None:

@@ -222,7 +222,7 @@ def test_unknown_field_is_a_one_line_error() -> None:
         render("table {{.Nope}}", [], EMPTY)  # the header checks fields too
 
 
-@pytest.mark.parametrize("fmt", ["{{.ID", "{{nosuch .ID}}", "{{end}}", "{{if .ID}}x", "{{.ID | }}", "{{$x := 1}}"])
+@pytest.mark.parametrize("fmt", ["{{.ID", "{{nosuch .ID}}", "{{end}}", "{{if .ID}}x", "{{.ID | }}", "{{$x}}", "{{break}}"])
 def test_parse_errors(fmt: str) -> None:
     with pytest.raises(TemplateError, match="^template parsing error: template: :1"):
         Template(fmt)

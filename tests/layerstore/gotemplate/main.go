@@ -1,0 +1,119 @@
+// Renders Go templates as the Docker CLI does (text/template with the functions
+// of its templates package), for the differential tests of the --format engine.
+//
+// Reads one JSON request per line, {"template": ..., "data": ..., "strict": bool},
+// and answers one JSON line each: {"out": ...} or {"stage": "parse"|"exec", "err": ...}.
+// JSON numbers become int64 where they are whole, as the typed fields Docker's
+// templates see are, and float64 otherwise.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+var basicFunctions = template.FuncMap{
+	"json": func(v interface{}) string {
+		buf := &bytes.Buffer{}
+		enc := json.NewEncoder(buf)
+		enc.SetEscapeHTML(false)
+		enc.Encode(v)
+		return strings.TrimSpace(buf.String())
+	},
+	"split":    strings.Split,
+	"join":     strings.Join,
+	"title":    strings.Title,
+	"lower":    strings.ToLower,
+	"upper":    strings.ToUpper,
+	"pad":      padWithSpace,
+	"truncate": truncateWithLength,
+}
+
+func padWithSpace(source string, prefix, suffix int) string {
+	if source == "" {
+		return source
+	}
+	return strings.Repeat(" ", prefix) + source + strings.Repeat(" ", suffix)
+}
+
+func truncateWithLength(source string, length int) string {
+	if len(source) < length {
+		return source
+	}
+	return source[:length]
+}
+
+type request struct {
+	Template string          `json:"template"`
+	Data     json.RawMessage `json:"data"`
+	Strict   bool            `json:"strict"`
+}
+
+type answer struct {
+	Out   *string `json:"out,omitempty"`
+	Stage string  `json:"stage,omitempty"`
+	Err   string  `json:"err,omitempty"`
+}
+
+func numbers(v interface{}) interface{} {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]interface{}:
+		for k, e := range x {
+			x[k] = numbers(e)
+		}
+	case []interface{}:
+		for i, e := range x {
+			x[i] = numbers(e)
+		}
+	}
+	return v
+}
+
+func render(req request) answer {
+	dec := json.NewDecoder(bytes.NewReader(req.Data))
+	dec.UseNumber()
+	var data interface{}
+	if err := dec.Decode(&data); err != nil {
+		return answer{Stage: "data", Err: err.Error()}
+	}
+	data = numbers(data)
+	tmpl := template.New("").Funcs(basicFunctions)
+	if req.Strict {
+		tmpl = tmpl.Option("missingkey=error")
+	}
+	tmpl, err := tmpl.Parse(req.Template)
+	if err != nil {
+		return answer{Stage: "parse", Err: err.Error()}
+	}
+	buf := &bytes.Buffer{}
+	if err := tmpl.Execute(buf, data); err != nil {
+		return answer{Stage: "exec", Err: err.Error()}
+	}
+	out := buf.String()
+	return answer{Out: &out}
+}
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<24)
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetEscapeHTML(false)
+	for in.Scan() {
+		var req request
+		if err := json.Unmarshal(in.Bytes(), &req); err != nil {
+			enc.Encode(answer{Stage: "request", Err: err.Error()})
+			continue
+		}
+		enc.Encode(render(req))
+	}
+}

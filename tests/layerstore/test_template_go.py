@@ -1,0 +1,270 @@
+"""The ``--format`` engine against Go's own ``text/template``.
+
+``gotemplate/main.go`` renders with Go's package and the functions that the
+Docker CLI adds (its ``templates`` package), built here with Debian's Go. Both
+render the same templates over the same document, an image as ``inspect``
+shows it, and must give the same text, or fail at the same stage (parse or
+execution). Targeted cases also compare the error message; generated ones
+compare what they print.
+
+Go sees the document as JSON maps; Docker's templates see typed structs first,
+and the engine follows those where the two part, so the cases stay clear of:
+a JSON null (a nil pointer there: ``<nil>``, where a map's nil is
+``<no value>``), a field of a string (``in type string``), a list of strings
+handed to ``join`` (a ``[]string``). And by choice: a range over an integer
+counts (Go 1.22, which today's Docker is built with; Debian's Go here is
+older), ``title`` leaves a letter after an apostrophe alone, and ``truncate``
+cuts characters, not bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from layerstore.formatting import Template, TemplateError
+
+SOURCE = Path(__file__).parent / "gotemplate" / "main.go"
+
+DATA: dict[str, Any] = {
+    "Id": "sha256:4b1c7a9e",
+    "RepoTags": ["busybox:latest", "example/app:v1"],
+    "RepoDigests": [],
+    "Size": 4261550,
+    "Ratio": 0.5,
+    "Os": "linux",
+    "Flag": True,
+    "Off": False,
+    "Text": "hello wide world",
+    "Csv": "a,b,,c",
+    "Config": {
+        "Labels": {"b": "2", "a": "<1>", "maintainer": "X & Y"},
+        "Env": ["PATH=/usr/bin", "A=1"],
+        "Cmd": ["sh"],
+        "ExposedPorts": {},
+        "User": "",
+    },
+    "Nested": [{"Name": "a", "N": 1}, {"Name": "b", "N": 2}],
+    "Empty": [],
+}
+
+Renderer = Callable[[str, Any, bool], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Renderer]:
+    gobin = shutil.which("go")
+    assert gobin, "Go is needed (Debian's golang-go): the tests compare with Go's text/template"
+    work = tmp_path_factory.mktemp("gotemplate")
+    env = {**os.environ, "GOCACHE": str(work / "cache"), "GO111MODULE": "off", "GOPATH": str(work / "path")}
+    subprocess.run([gobin, "build", "-o", str(work / "render"), str(SOURCE)], check=True, env=env, cwd=work)
+    proc = subprocess.Popen([str(work / "render")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def render(template: str, data: Any, strict: bool) -> dict[str, Any]:
+        stdin.write(json.dumps({"template": template, "data": data, "strict": strict}) + "\n")
+        stdin.flush()
+        answer: dict[str, Any] = json.loads(stdout.readline())
+        assert answer.get("stage") not in ("data", "request"), answer
+        return answer
+
+    try:
+        yield render
+    finally:
+        stdin.close()
+        proc.wait(timeout=10)
+
+
+def ours(template: str, data: Any, strict: bool) -> dict[str, Any]:
+    try:
+        parsed = Template(template, missing_key_error=strict)
+    except TemplateError as exc:
+        return {"stage": "parse", "err": str(exc).removeprefix("template parsing error: ")}
+    try:
+        return {"out": parsed.execute(data)}
+    except TemplateError as exc:
+        return {"stage": "exec", "err": str(exc).removeprefix("template parsing error: ")}
+
+
+CASES = [
+    # variables
+    "{{$x := .Os}}{{$x}}-{{$x = \"y\"}}{{$x}}",
+    "{{$x := 1}}{{if .Flag}}{{$x = 2}}{{end}}{{$x}}",
+    "{{if .Flag}}{{$x := 2}}{{$x}}{{end}}",
+    "{{with $t := .Os}}{{$t}} {{.}} {{$.Size}}{{end}}",
+    "{{if $n := len .RepoTags}}{{$n}}{{end}}",
+    "{{range $i, $e := .RepoTags}}{{$i}}={{$e}};{{end}}",
+    "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}}",
+    "{{range $e := .Config.Env}}[{{$e}}]{{end}}",
+    "{{range $i, $e := .Empty}}x{{else}}none {{len $i}}{{end}}",
+    "{{range .Nested}}{{$.Os}}:{{.Name}}{{end}}",
+    "{{range $o := .Nested}}{{range $i, $t := $.RepoTags}}{{$o.Name}}{{$i}}{{end}}{{end}}",
+    "{{range $i, $e := .Nested}}{{$x := $e.N}}{{$x}}{{end}}",
+    "{{$y}}",
+    "{{range $i, $e, $f := .RepoTags}}{{end}}",
+    "{{$a, $b := .RepoTags}}",
+    "{{with $a, $b := .RepoTags}}{{end}}",
+    "{{if .Flag}}{{$z := 1}}{{end}}{{$z}}",
+    "{{$x = 1}}",
+    "{{$ := 1}}{{$}}",
+    # break and continue
+    "{{range .RepoTags}}{{if eq . \"example/app:v1\"}}{{break}}{{end}}[{{.}}]{{end}}",
+    "{{range $i, $e := .Config.Env}}{{if eq $i 0}}{{continue}}{{end}}{{$e}}{{end}}",
+    "{{range .Nested}}{{range $.RepoTags}}{{break}}{{end}}{{.Name}}{{end}}",
+    "{{break}}",
+    "{{if .Flag}}{{continue}}{{end}}",
+    "{{range .RepoTags}}{{break 1}}{{end}}",
+    "{{range .Empty}}{{else}}{{break}}{{end}}",
+    # functions
+    "{{slice .Os 1 3}} {{slice .RepoTags 1}} {{slice .Text 6}} {{slice .RepoTags 0 1 2}}",
+    "{{slice .Os 3 1}}",
+    "{{slice .Os 9}}",
+    "{{slice .Os 0 1 2}}",
+    "{{slice .Size 1}}",
+    "{{pad .Config.User 2 2}}|{{pad .Os 1 0}}|",
+    "{{truncate .Id 6}} {{truncate .Os 9}}",
+    "{{join (split .Csv \",\") \"+\"}} {{len (split .Csv \",\")}} {{split .Os \"\"}}",
+    "{{upper .Os}} {{lower \"ABC\"}} {{title .Text}}",
+    "{{json .Config}} {{json .Nested}} {{json .Config.Cmd}} {{json .Ratio}}",
+    "{{index .Config.Labels \"a\"}} {{index .RepoTags 1}} {{index .Nested 1 \"Name\"}}",
+    "{{index .RepoTags 5}}",
+    "{{len .Text}} {{len .Config.Labels}} {{len .Empty}}",
+    "{{printf \"%s=%d %v %5.2f|%-6s|%q\" .Os .Size .Flag .Ratio .Os .Os}}",
+    "{{print .Os .Size .Flag}} {{print 1 2}} {{print \"a\" \"b\"}}",
+    "{{println .Os .Size}}",
+    "{{and .Flag .Os}} {{and .Off .Os}} {{or .Off .Os}} {{or .Config.User .Empty}} {{not .Empty}}",
+    "{{eq .Os \"linux\" \"darwin\"}} {{ne .Size 1}} {{lt .Size 5000000}} {{ge .Ratio 0.5}} {{eq .Config.User \"\"}}",
+    "{{.Os | printf \"%s!\"}} {{.RepoTags | len}} {{\"x\" | printf \"%s%s\" \"y\"}}",
+    "{{(index .Nested 0).Name}} {{(split .Os \"n\")}}",
+    # values and misses
+    "{{.Config.Cmd}} {{.Config.ExposedPorts}} {{.RepoDigests}} {{.Ratio}} {{.Nested}}",
+    "{{.Nope}}",
+    "{{.Config.Nope}}",
+    "{{if .Nope}}y{{else}}n{{end}}",
+    "{{with .Config.User}}set{{else}}empty{{end}} {{with .Config.Labels}}{{.a}}{{end}}",
+    "{{if .Off}}a{{else if .Flag}}b{{else}}c{{end}}",
+    "{{range .Os}}{{end}}",
+    # syntax
+    "{{- .Os -}}  \n  {{/* comment */}}  {{- .Size}}",
+    "{{.Os",
+    "{{end}}",
+    "{{if .Flag}}x",
+    "{{nosuch .Os}}",
+    "{{.Os .Size}}",
+    "{{.Os , .Size}}",
+    "{{:= .Os}}",
+    "{{1 | .Os}}",
+]
+
+
+@pytest.mark.parametrize("template", CASES)
+@pytest.mark.parametrize("strict", [True, False], ids=["missingkey-error", "missingkey-default"])
+def test_targeted_templates_render_as_in_go(go: Renderer, template: str, strict: bool) -> None:
+    assert ours(template, DATA, strict) == go(template, DATA, strict)
+
+
+# -- generated templates --------------------------------------------------------------
+
+STRINGS = ['"x"', '"linux"', '","', '""', '"a,b"']
+FIELDS = [".Id", ".RepoTags", ".Size", ".Os", ".Flag", ".Off", ".Text", ".Csv", ".Config.Labels", ".Config.Env",
+          ".Config.Cmd", ".Config.User", ".Nested", ".Empty", ".Nope", ".Config.Labels.a", "."]
+# Ranges only over what is no integer: a range over one counts in today's Docker, not in the Go here.
+RANGED = [".RepoTags", ".Config.Labels", ".Config.Env", ".Nested", ".Empty", ".Config.Cmd", ".Os", ".Nope",
+          '(split .Csv ",")', "(slice .RepoTags 1)"]
+FUNCS = {"len": 1, "index": 2, "slice": 2, "eq": 2, "ne": 2, "lt": 2, "not": 1, "and": 2, "or": 2, "print": 2,
+         "json": 1, "upper": 1, "lower": 1, "split": 2, "join": 2, "pad": 3, "truncate": 2}
+
+
+@st.composite
+def operands(draw: st.DrawFn, variables: tuple[str, ...], depth: int) -> str:
+    kinds = ["field", "string", "number", "bool"] + ["variable"] * bool(variables) + ["call"] * (depth < 2)
+    kind = draw(st.sampled_from(kinds))
+    if kind == "field":
+        return draw(st.sampled_from(FIELDS))
+    if kind == "string":
+        return draw(st.sampled_from(STRINGS))
+    if kind == "number":
+        return str(draw(st.integers(-1, 3)))
+    if kind == "bool":
+        return draw(st.sampled_from(["true", "false"]))
+    if kind == "variable":
+        return draw(st.sampled_from(variables)) + draw(st.sampled_from(["", "", ".Name", ".a"]))
+    return "(" + draw(calls(variables, depth + 1)) + ")"
+
+
+@st.composite
+def calls(draw: st.DrawFn, variables: tuple[str, ...], depth: int) -> str:
+    name = draw(st.sampled_from(sorted(FUNCS)))
+    args = [draw(operands(variables, depth)) for _ in range(FUNCS[name])]
+    if name == "join":  # a list of strings from the data is a []interface {} to Go, a []string in Docker's types
+        args[0] = f"(split {args[0]} {draw(st.sampled_from(STRINGS))})"
+    return " ".join([name, *args])
+
+
+@st.composite
+def pipelines(draw: st.DrawFn, variables: tuple[str, ...]) -> str:
+    head = draw(st.one_of(operands(variables, 0), calls(variables, 0)))
+    if draw(st.booleans()):
+        head += " | " + draw(st.sampled_from(["len", "json", "print", "upper", 'printf "%v"', "not"]))
+    return head
+
+
+@st.composite
+def bodies(draw: st.DrawFn, variables: tuple[str, ...], in_range: bool, depth: int) -> str:
+    out = []
+    variables = tuple(variables)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["text", "action", "declare", "assign", "block", "loop"]))
+        if kind == "text":
+            out.append(draw(st.sampled_from([" ", "|", "\n", "x"])))
+        elif kind == "action":
+            out.append("{{" + draw(pipelines(variables)) + "}}")
+        elif kind == "declare":
+            name = f"$v{len(variables)}"
+            out.append("{{" + f"{name} := " + draw(pipelines(variables)) + "}}")
+            variables = (*variables, name)
+        elif kind == "assign" and variables:
+            out.append("{{" + draw(st.sampled_from(variables)) + " = " + draw(pipelines(variables)) + "}}")
+        elif kind == "loop" and in_range:
+            out.append("{{if " + draw(pipelines(variables)) + "}}{{" + draw(st.sampled_from(["break", "continue"])) + "}}{{end}}")
+        elif kind == "block" and depth < 3:
+            out.append(draw(blocks(variables, in_range, depth + 1)))
+    return "".join(out)
+
+
+@st.composite
+def blocks(draw: st.DrawFn, variables: tuple[str, ...], in_range: bool, depth: int) -> str:
+    kind = draw(st.sampled_from(["if", "with", "range"]))
+    names: tuple[str, ...] = ()
+    if kind == "range":
+        head = draw(st.sampled_from(RANGED))
+        names = draw(st.sampled_from([(), (f"$e{depth}",), (f"$k{depth}", f"$e{depth}")]))
+    else:
+        head = draw(pipelines(variables))
+        names = draw(st.sampled_from([(), (f"$w{depth}",)]))
+    decl = ", ".join(names) + " := " if names else ""
+    inner = (*variables, *names)
+    text = "{{" + f"{kind} {decl}{head}" + "}}" + draw(bodies(inner, in_range or kind == "range", depth))
+    if draw(st.booleans()):
+        text += "{{else}}" + draw(bodies(inner, in_range, depth))
+    return text + "{{end}}"
+
+
+@settings(max_examples=int(os.environ.get("TEMPLATE_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(template=bodies((), False, 0), strict=st.booleans())
+def test_generated_templates_render_as_in_go(go: Renderer, template: str, strict: bool) -> None:
+    mine, theirs = ours(template, DATA, strict), go(template, DATA, strict)
+    if "out" in theirs:
+        assert mine == theirs
+    else:
+        assert mine.get("stage") == theirs["stage"], (mine, theirs)
