@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerstore.errors import LayerStoreError
+from layerstore.gofmt import NO_VALUE, Byte, Fields, Int, Strings, sprint, sprint_args, sprintf, sprintln, type_name
 
 TABLE_MINWIDTH = 10
 TABLE_PADDING = 3
@@ -309,19 +310,11 @@ def ellipsis(text: str, max_width: int) -> str:
     return "".join(out) + "…"
 
 
-# -- Go values as fmt prints them ----------------------------------------------------
-
-
-class _NoValue:
-    def __repr__(self) -> str:
-        return "<no value>"
-
-
-NO_VALUE: Any = _NoValue()
+# -- Docker's formatter contexts ----------------------------------------------------
 
 
 @dataclass
-class Record:
+class Record(Fields):
     """One row for a template: Docker's formatter context (fields are its methods)."""
 
     kind: str
@@ -334,62 +327,6 @@ class Record:
 
 def default_header(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).upper()
-
-
-def go_str(value: Any) -> str:
-    """``fmt.Sprint`` of a JSON-shaped value."""
-    if value is NO_VALUE:
-        return "<no value>"
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return _go_float(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + " ".join(go_str(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "map[" + " ".join(f"{go_str(k)}:{go_str(value[k])}" for k in sorted(value, key=str)) + "]"
-    if isinstance(value, Record):
-        return "{" + " ".join(go_str(value.fields[k]) for k in sorted(value.fields)) + "}"
-    return str(value)
-
-
-def _go_float(value: float) -> str:
-    """``%v`` of a float64: shortest repr, exponent form outside [1e-4, 1e21)."""
-    if value == int(value) and abs(value) < 1e21:
-        return str(int(value))
-    text = repr(value)
-    if "e" in text:
-        mant, exp = text.split("e")
-        sign = exp[0] if exp[0] in "+-" else "+"
-        digits = exp.lstrip("+-").rjust(2, "0")
-        return f"{mant}e{sign}{digits}"
-    return text
-
-
-def go_type(value: Any) -> str:
-    if isinstance(value, Record):
-        return value.kind
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, _Int):
-        return "int"
-    if isinstance(value, int):
-        return "int64"  # Docker's integer fields
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, (list, tuple)):
-        return "[]interface {}"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    return "interface {}"
 
 
 def truth(value: Any) -> bool:
@@ -708,7 +645,7 @@ class Template:
             elif kind == "raw":
                 cmd.append(_Literal(pos, value, value[1:-1]))
             elif kind == "num":
-                num: Any = float(value) if any(c in value for c in ".eE") else int(value)
+                num: Any = float(value) if any(c in value for c in ".eE") else Int(value)  # a Go int constant
                 cmd.append(_Literal(pos, value, num))
             elif kind == "field":
                 if value.startswith("$"):
@@ -761,7 +698,7 @@ class Template:
             elif isinstance(node, _Action):
                 value = self._pipe(node.pipe, dot, vars, header)
                 if not node.pipe.decl:
-                    out.append(go_str(value))
+                    out.append(sprint(value))
             elif isinstance(node, _Loop):
                 raise _Break() if node.kind == "break" else _Continue()
             elif isinstance(node, _Block):
@@ -782,17 +719,17 @@ class Template:
         if isinstance(value, dict):
             items = [(k, value[k]) for k in sorted(value, key=str)]
         elif isinstance(value, (list, tuple)):
-            items = enumerate(value)
+            items = ((Int(i), v) for i, v in enumerate(value))
         elif isinstance(value, int) and not isinstance(value, bool):
             if len(node.pipe.decl) > 1:
                 raise _Exec(node.pipe.pos, node.pipe.text, f"can't use {value} to iterate over more than one variable")
-            items = ((i, i) for i in range(value))
+            items = ((Int(i), Int(i)) for i in range(value))
         elif value is None or value is NO_VALUE:
             items = []
         elif header:
             items = [(0, value)]
         else:
-            raise _Exec(node.pipe.pos, node.pipe.text, f"range can't iterate over {go_str(value)}")
+            raise _Exec(node.pipe.pos, node.pipe.text, f"range can't iterate over {sprint(value)}")
         mark = len(vars)
         ran = False
         try:
@@ -808,10 +745,10 @@ class Template:
                     pass
                 finally:
                     del vars[mark:]
-        except _Break:
+            if not ran:
+                self._run(node.orelse, dot, vars, header, out)
+        except _Break:  # Go's range takes a {{break}} of its {{else}} too (of an outer range)
             pass
-        if not ran:
-            self._run(node.orelse, dot, vars, header, out)
 
     def _pipe(self, pipe: _Pipe, dot: Any, vars: list[list[Any]], header: bool) -> Any:
         value: Any = NO_VALUE
@@ -907,20 +844,20 @@ class Template:
             elif value is None:
                 raise _Exec(node.pos, node.text, f"nil pointer evaluating interface {{}}.{name}")
             else:
-                raise _Exec(node.pos, node.text, f"can't evaluate field {name} in type {go_type(value)}")
+                raise _Exec(node.pos, node.text, f"can't evaluate field {name} in type {type_name(value)}")
         return value
 
     def _call(self, ident: _Ident, args: list[Any], header: bool, command: str) -> Any:
         """command: the call as written, which Go's errors show."""
         name = ident.name
         if header and name in _HEADER_FUNCS:
-            return go_str(args[0]) if args else ""
+            return sprint(args[0]) if args else ""
         fn = _FUNCS[name]
         try:
             return fn(*args)
         except _Exec:
             raise
-        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, ArithmeticError) as exc:
             raise _Exec(ident.pos, command, f"error calling {name}: {exc}") from None
 
 
@@ -938,16 +875,11 @@ _SIGNATURES: dict[str, tuple[tuple[str, ...], str | None]] = {
 }
 
 
-class _Int(int):
-    """A Go int (what len gives, or a constant), as against the int64 of the data's numbers:
-    a function that takes an int takes only this."""
-
-
 def _fits(value: Any, typ: str) -> bool:
     if typ == "string":
         return isinstance(value, str)
     if typ == "int":
-        return isinstance(value, _Int)
+        return isinstance(value, Int)
     if typ == "[]string":  # a list of strings stands for the []string fields of Docker's types
         return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     return True  # any, value
@@ -978,7 +910,7 @@ def _typed(value: Any, typ: str, node: _Node) -> Any:
             return [] if typ == "[]string" else None  # Go passes a nil, which prints <nil>
         raise _Exec(node.pos, node.text, f"invalid value; expected {typ}")
     if not _fits(value, typ):
-        raise _Exec(node.pos, node.text, f"wrong type for value; expected {typ}; got {go_type(value)}")
+        raise _Exec(node.pos, node.text, f"wrong type for value; expected {typ}; got {type_name(value)}")
     return value
 
 
@@ -1001,39 +933,12 @@ def _go_title(text: str) -> str:
     return re.sub(r"(?<![\w'’])(\w)", lambda m: m.group(1).upper(), text)
 
 
-def _printf(fmt: str, *args: Any) -> str:
-    it = iter(args)
-
-    def repl(m: re.Match[str]) -> str:
-        verb = m.group(2)
-        if verb == "%":
-            return "%"
-        try:
-            v = next(it)
-        except StopIteration:
-            return f"%!{verb}(MISSING)"
-        flags = m.group(1)
-        if v is None and verb != "v":
-            return f"%!{verb}(<nil>)"
-        if verb == "q":
-            s = json.dumps(go_str(v), ensure_ascii=False)
-        elif verb == "d" and isinstance(v, int):
-            s = str(v)
-        elif verb in "eEfFgG" and isinstance(v, (int, float)):
-            return ("%" + flags + verb) % v
-        else:
-            s = go_str(v)
-        return ("%" + flags + "s") % s
-
-    return re.sub(r"%([-+ #0]*\d*(?:\.\d+)?)([a-zA-Z%])", repl, fmt)
-
-
 def _len(v: Any) -> int:
     if isinstance(v, str):
-        return _Int(len(v.encode()))
+        return Int(len(v.encode()))
     if isinstance(v, (list, tuple, dict)):
-        return _Int(len(v))
-    raise TypeError(f"len of type {go_type(v)}")
+        return Int(len(v))
+    raise TypeError(f"len of type {type_name(v)}")
 
 
 def _index(v: Any, *keys: Any) -> Any:
@@ -1043,7 +948,7 @@ def _index(v: Any, *keys: Any) -> Any:
     for key in keys:
         if isinstance(v, (dict, Record)):
             if not isinstance(key, str):
-                raise TypeError(f"value has type {go_type(key)}; should be string")
+                raise TypeError(f"value has type {type_name(key)}; should be string")
             if isinstance(v, Record):
                 v = v.fields.get(key, NO_VALUE)
             else:
@@ -1052,19 +957,19 @@ def _index(v: Any, *keys: Any) -> Any:
             if _absent(key):
                 raise TypeError("cannot index slice/array with nil")
             if not isinstance(key, int) or isinstance(key, bool):
-                raise TypeError(f"cannot index slice/array with type {go_type(key)}")
+                raise TypeError(f"cannot index slice/array with type {type_name(key)}")
             if not 0 <= key < len(v.encode() if isinstance(v, str) else v):
                 raise ValueError(f"index out of range: {key}")
-            v = v.encode()[key] if isinstance(v, str) else v[key]
+            v = Byte(v.encode()[key]) if isinstance(v, str) else v[key]
         else:
-            raise TypeError(f"can't index item of type {go_type(v)}")
+            raise TypeError(f"can't index item of type {type_name(v)}")
     return v
 
 
 def _join(items: Any, sep: str) -> str:
     if not isinstance(items, (list, tuple)):
-        raise TypeError(f"wrong type for value; expected []string; got {go_type(items)}")
-    return sep.join(go_str(i) for i in items)
+        raise TypeError(f"wrong type for value; expected []string; got {type_name(items)}")
+    return sep.join(sprint(i) for i in items)
 
 
 def _basic_kind(v: Any) -> str:
@@ -1099,7 +1004,7 @@ def _eq(a: Any, *rest: Any) -> bool:
             if _absent(a) and _absent(b):
                 return True
         else:
-            raise TypeError(f"non-comparable type {go_str(b)}: {go_type(b)}")
+            raise TypeError(f"non-comparable type {sprint(b)}: {type_name(b)}")
     return False
 
 
@@ -1133,7 +1038,7 @@ def _or(*args: Any) -> Any:
 
 
 def _pad(s: Any, before: int, after: int) -> str:
-    text = go_str(s)
+    text = sprint(s)
     if text and min(before, after) < 0:
         raise ValueError("strings: negative Repeat count")
     return " " * before + text + " " * after if text else ""  # Docker's padWithSpace leaves "" alone
@@ -1152,11 +1057,11 @@ def _slice(item: Any, *indexes: Any) -> Any:
     elif isinstance(item, (list, tuple)):
         seq = list(item)
     else:
-        raise TypeError(f"can't slice item of type {go_type(item)}")
+        raise TypeError(f"can't slice item of type {type_name(item)}")
     idx = [0, len(seq), len(seq)]
     for i, index in enumerate(indexes):
         if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"cannot index slice/array with type {go_type(index)}")
+            raise TypeError(f"cannot index slice/array with type {type_name(index)}")
         if not 0 <= index <= len(seq):
             raise ValueError(f"index out of range: {index}")
         idx[i] = index
@@ -1169,33 +1074,24 @@ def _slice(item: Any, *indexes: Any) -> Any:
 
 def _truncate(s: Any, length: int) -> str:
     """Docker's truncateWithLength, by characters where it cuts bytes (and could split one)."""
-    text = go_str(s)
+    text = sprint(s)
     if len(text) >= length < 0:
         raise ValueError(f"runtime error: slice bounds out of range [:{length}]")
     return text if len(text) < length else text[:length]
 
 
-def _print(*args: Any) -> str:
-    out = ""
-    for i, a in enumerate(args):
-        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
-            out += " "
-        out += go_str(a)
-    return out
-
-
 _FUNCS: dict[str, Callable[..., Any]] = {
     "json": lambda v: go_json(v),
-    "upper": lambda s: go_str(s).upper(),
-    "lower": lambda s: go_str(s).lower(),
-    "title": lambda s: _go_title(go_str(s)),
-    "split": lambda s, sep: go_str(s).split(sep) if sep else list(go_str(s)),
+    "upper": lambda s: sprint(s).upper(),
+    "lower": lambda s: sprint(s).lower(),
+    "title": lambda s: _go_title(sprint(s)),
+    "split": lambda s, sep: Strings(s.split(sep) if sep else list(s)),
     "join": _join,
     "pad": _pad,
     "truncate": _truncate,
-    "println": lambda *a: " ".join(go_str(x) for x in a) + "\n",
-    "print": _print,
-    "printf": _printf,
+    "println": sprintln,
+    "print": sprint_args,
+    "printf": sprintf,
     "len": _len,
     "index": _index,
     "slice": _slice,

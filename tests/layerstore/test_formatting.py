@@ -16,7 +16,6 @@ from layerstore.formatting import (
     ellipsis,
     go_json,
     go_rfc3339,
-    go_str,
     go_time_string,
     human_duration,
     human_size,
@@ -25,6 +24,7 @@ from layerstore.formatting import (
     render,
     tabwrite,
 )
+from layerstore.gofmt import sprint
 from layerstore.queries import (
     go_path_match,
     parse_filters,
@@ -237,11 +237,15 @@ def test_raw_maps_with_missing_key_error() -> None:
     assert Template("{{.Nope}}").execute(data) == "<no value>"
 
 
-def test_go_str() -> None:
-    assert go_str(True) == "true"
-    assert go_str(1.5) == "1.5"
-    assert go_str(2.0) == "2"
-    assert go_str(1e21) == "1e+21"
+def test_sprint_is_go_fmt_v() -> None:
+    assert sprint(True) == "true"
+    assert sprint(1.5) == "1.5"
+    assert sprint(2.0) == "2"
+    assert sprint(123456.0) == "123456"
+    assert sprint(1e6) == "1e+06"  # strconv's shortest %g: an exponent from 1e6 on
+    assert sprint(1e21) == "1e+21"
+    assert sprint(0.0001) == "0.0001" and sprint(0.00001) == "1e-05"
+    assert sprint({"b": [1, None], "a": "x"}) == "map[a:x b:[1 <nil>]]"
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,17 @@ CASES = [
     "{{index .RepoTags 5}}",
     "{{len .Text}} {{len .Config.Labels}} {{len .Empty}}",
     "{{printf \"%s=%d %v %5.2f|%-6s|%q\" .Os .Size .Flag .Ratio .Os .Os}}",
+    "{{printf \"%x %X %o %b %c %U %#U %q\" .Size .Size .Size 5 65 65 65 65}}",
+    "{{printf \"%T %T %T %T %T %T %T\" .Os .Size .Ratio .RepoTags .Config .Flag 1}}",
+    "{{printf \"%05d|%-8d|%+d|% d|%.3d|%8.3d|%-+5d|%x|%#x %#o %#b %O\" .Size 3 3 3 7 7 7 -255 255 8 5 8}}",
+    "{{printf \"%.1f %e %g %8.3f %08.3f %-8.2e| %+.3g %G %6.2f|%-6.1f|%+06.1f\" .Ratio 1234.5 .Ratio 3.14159 3.14159 1234.5 0.000012345 1e-7 .Ratio .Ratio .Ratio}}",
+    "{{printf \"%v %v %v %v\" 1e6 100000000.0 123456.0 0.00001}} {{1e6}} {{print 1e21 1.5}}",
+    "{{printf \"%s|%d|%t|%f\" .Size .Os .Os .Os}}",
+    "{{printf \"%v|%s|%q|%d|%x\" .RepoTags .RepoTags .RepoTags .RepoTags .RepoTags}} {{printf \"%v %+v\" .Config.Labels .Nested}}",
+    "{{printf \"%q|%+q|%#q|%#q|%x|% x|%#x|%X|%.1x|%5.2s|%-4q|\" .Csv \"h\\u00e9\\n\" .Os \"a`b\" .Os .Os .Os .Os .Os .Os \"a\"}}",
+    "{{printf \"%*d|%-*d|%.*f\" 5 3 4 2 1 .Ratio}}",
+    "{{printf \"%\"}} {{printf \"%!\"}} {{printf \"%z\" 1}} {{printf \"%d %d\" 1}} {{printf \"%d\" 1 2 \"x\"}} {{printf \"%%\"}}",
+    "{{printf \"%v %d %s\" .Nope .Nope .Nope}} {{printf \"%v\" nil}}",
     "{{print .Os .Size .Flag}} {{print 1 2}} {{print \"a\" \"b\"}}",
     "{{println .Os .Size}}",
     "{{and .Flag .Os}} {{and .Off .Os}} {{or .Off .Os}} {{or .Config.User .Empty}} {{not .Empty}}",
@@ -210,9 +221,21 @@ def calls(draw: st.DrawFn, variables: tuple[str, ...], depth: int) -> str:
     return " ".join([name, *args])
 
 
+# Go's verbs with flags, width and precision. Not zero padding of strings (Go
+# changed it after the version here) nor %x of a float (left out: no float here).
+FORMATS = ['"%v"', '"%s|%d"', '"%q"', '"%x %X"', '"%T"', '"%+d"', '"%5.2f"', '"%-6v|"', '"%.3s"', '"%t"',
+           '"%c %U"', '"%08.3d"', '"%#v"', '"%*d"', '"%e %g"', '"%% %o"', '"% x"', '"%6.1q"']
+
+
+@st.composite
+def printfs(draw: st.DrawFn, variables: tuple[str, ...]) -> str:
+    args = [draw(operands(variables, 1)) for _ in range(draw(st.integers(0, 3)))]
+    return " ".join(["printf", draw(st.sampled_from(FORMATS)), *args])
+
+
 @st.composite
 def pipelines(draw: st.DrawFn, variables: tuple[str, ...]) -> str:
-    head = draw(st.one_of(operands(variables, 0), calls(variables, 0)))
+    head = draw(st.one_of(operands(variables, 0), calls(variables, 0), printfs(variables)))
     if draw(st.booleans()):
         head += " | " + draw(st.sampled_from(["len", "json", "print", "upper", 'printf "%v"', "not"]))
     return head
