@@ -679,7 +679,7 @@ class Template:
         return _Pipe(first, " | ".join(" ".join(n.text for n in c) for c in cmds), cmds), k
 
     # execute --------------------------------------------------------------------
-    # ``vars``: [name, value] pairs, innermost last, "$" (the data) first; a control
+    # ``scope``: the variables, [name, value] pairs, innermost last, "$" (the data) first; a control
     # structure drops what it pushed at its {{end}}, a range at each iteration's end.
     def execute(self, data: Any, *, header: bool = False) -> str:
         out: list[str] = []
@@ -691,30 +691,30 @@ class Template:
             raise TemplateError(f':{line}:{col}: executing "" at <{exc.text}>: {exc.message}') from None
         return "".join(out)
 
-    def _run(self, nodes: list[Any], dot: Any, vars: list[list[Any]], header: bool, out: list[str]) -> None:
+    def _run(self, nodes: list[Any], dot: Any, scope: list[list[Any]], header: bool, out: list[str]) -> None:
         for node in nodes:
             if isinstance(node, _Text):
                 out.append(node.text)
             elif isinstance(node, _Action):
-                value = self._pipe(node.pipe, dot, vars, header)
+                value = self._pipe(node.pipe, dot, scope, header)
                 if not node.pipe.decl:
                     out.append(sprint(value))
             elif isinstance(node, _Loop):
                 raise _Break() if node.kind == "break" else _Continue()
             elif isinstance(node, _Block):
-                mark = len(vars)
+                mark = len(scope)
                 try:
-                    value = self._pipe(node.pipe, dot, vars, header)
+                    value = self._pipe(node.pipe, dot, scope, header)
                     if node.kind == "range":
-                        self._range(node, value, dot, vars, header, out)
+                        self._range(node, value, dot, scope, header, out)
                     elif truth(value):
-                        self._run(node.body, value if node.kind == "with" else dot, vars, header, out)
+                        self._run(node.body, value if node.kind == "with" else dot, scope, header, out)
                     else:
-                        self._run(node.orelse, dot, vars, header, out)
+                        self._run(node.orelse, dot, scope, header, out)
                 finally:
-                    del vars[mark:]
+                    del scope[mark:]
 
-    def _range(self, node: _Block, value: Any, dot: Any, vars: list[list[Any]], header: bool, out: list[str]) -> None:
+    def _range(self, node: _Block, value: Any, dot: Any, scope: list[list[Any]], header: bool, out: list[str]) -> None:
         items: Iterable[tuple[Any, Any]]
         if isinstance(value, dict):
             items = [(k, value[k]) for k in sorted(value, key=str)]
@@ -730,48 +730,48 @@ class Template:
             items = [(0, value)]
         else:
             raise _Exec(node.pipe.pos, node.pipe.text, f"range can't iterate over {sprint(value)}")
-        mark = len(vars)
+        mark = len(scope)
         ran = False
         try:
             for key, item in items:
                 ran = True
                 if node.pipe.decl:  # the last variable takes the element, a first one the key
-                    vars[-1][1] = item
+                    scope[-1][1] = item
                     if len(node.pipe.decl) > 1:
-                        vars[-2][1] = key
+                        scope[-2][1] = key
                 try:
-                    self._run(node.body, item, vars, header, out)
+                    self._run(node.body, item, scope, header, out)
                 except _Continue:
                     pass
                 finally:
-                    del vars[mark:]
+                    del scope[mark:]
             if not ran:
-                self._run(node.orelse, dot, vars, header, out)
+                self._run(node.orelse, dot, scope, header, out)
         except _Break:  # Go's range takes a {{break}} of its {{else}} too (of an outer range)
             pass
 
-    def _pipe(self, pipe: _Pipe, dot: Any, vars: list[list[Any]], header: bool) -> Any:
+    def _pipe(self, pipe: _Pipe, dot: Any, scope: list[list[Any]], header: bool) -> Any:
         value: Any = NO_VALUE
         piped = False
         for cmd in pipe.cmds:
-            value = self._command(cmd, dot, vars, header, value if piped else NO_VALUE, piped)
+            value = self._command(cmd, dot, scope, header, value if piped else NO_VALUE, piped)
             piped = True
         for name in pipe.decl:
             if pipe.assign:
-                _variable(vars, name, pipe)[1] = value
+                _variable(scope, name, pipe)[1] = value
             else:
-                vars.append([name, value])
+                scope.append([name, value])
         return value
 
-    def _command(self, cmd: list[_Node], dot: Any, vars: list[list[Any]], header: bool, final: Any, has_final: bool) -> Any:
+    def _command(self, cmd: list[_Node], dot: Any, scope: list[list[Any]], header: bool, final: Any, has_final: bool) -> Any:
         head = cmd[0]
         if isinstance(head, _Ident) and head.name in ("and", "or") and not header:
-            return self._and_or(head, cmd[1:], dot, vars, final, has_final)
+            return self._and_or(head, cmd[1:], dot, scope, final, has_final)
         if isinstance(head, _Ident):
             if header:
-                args = [self._operand(n, dot, vars, header) for n in cmd[1:]]
+                args = [self._operand(n, dot, scope, header) for n in cmd[1:]]
             else:
-                args = self._arguments(head, cmd[1:], dot, vars, final, has_final)
+                args = self._arguments(head, cmd[1:], dot, scope, final, has_final)
             if has_final and header:
                 args.append(final)
             return self._call(head, args, header, " ".join(n.text for n in cmd))
@@ -779,20 +779,20 @@ class Template:
             if isinstance(head, _Field) and head.chain:
                 raise _Exec(head.pos, head.text, f"{head.chain[-1]} is not a method but has arguments")
             raise _Exec(head.pos, head.text, f"can't give argument to non-function {head.text}")
-        return self._operand(head, dot, vars, header)
+        return self._operand(head, dot, scope, header)
 
-    def _and_or(self, head: _Ident, nodes: list[_Node], dot: Any, vars: list[list[Any]], final: Any, has_final: bool) -> Any:
+    def _and_or(self, head: _Ident, nodes: list[_Node], dot: Any, scope: list[list[Any]], final: Any, has_final: bool) -> Any:
         """and, or: the first argument that decides, and the later ones not evaluated (Go 1.18)."""
         if not nodes and not has_final:
             raise _Exec(head.pos, head.text, f"wrong number of args for {head.name}: want at least 1 got 0")
         value: Any = NO_VALUE
         for node in nodes:
-            value = self._operand(node, dot, vars, False)
+            value = self._operand(node, dot, scope, False)
             if truth(value) == (head.name == "or"):
                 return value
         return final if has_final else value
 
-    def _arguments(self, head: _Ident, nodes: list[_Node], dot: Any, vars: list[list[Any]], final: Any, has_final: bool) -> list[Any]:
+    def _arguments(self, head: _Ident, nodes: list[_Node], dot: Any, scope: list[list[Any]], final: Any, has_final: bool) -> list[Any]:
         """The arguments of a call, checked against the function's Go signature as Go checks them."""
         fixed, variadic = _SIGNATURES[head.name]
         given = len(nodes) + has_final
@@ -806,19 +806,19 @@ class Template:
             if isinstance(node, _Literal) and typ not in ("any", "value"):
                 args.append(_literal_argument(node, typ))
             else:
-                args.append(_typed(self._operand(node, dot, vars, False), typ, node))
+                args.append(_typed(self._operand(node, dot, scope, False), typ, node))
         if has_final:
             args.append(_typed(final, types[-1], head))
         return args
 
-    def _operand(self, node: _Node, dot: Any, vars: list[list[Any]], header: bool) -> Any:
+    def _operand(self, node: _Node, dot: Any, scope: list[list[Any]], header: bool) -> Any:
         if isinstance(node, _Literal):
             return node.value
         if isinstance(node, _Field):
-            value = dot if node.base == "." else _variable(vars, node.base, node)[1]
+            value = dot if node.base == "." else _variable(scope, node.base, node)[1]
             return self._chain(node, value, node.chain)
         if isinstance(node, _Paren):
-            return self._chain(node, self._pipe(node.pipe, dot, vars, header), node.chain)
+            return self._chain(node, self._pipe(node.pipe, dot, scope, header), node.chain)
         if isinstance(node, _Ident):
             return self._call(node, [], header, node.text)
         raise _Exec(node.pos, node.text, "bad operand")
@@ -914,8 +914,8 @@ def _typed(value: Any, typ: str, node: _Node) -> Any:
     return value
 
 
-def _variable(vars: list[list[Any]], name: str, node: _Node) -> list[Any]:
-    for pair in reversed(vars):
+def _variable(scope: list[list[Any]], name: str, node: _Node) -> list[Any]:
+    for pair in reversed(scope):
         if pair[0] == name:
             return pair
     raise _Exec(node.pos, node.text, f"undefined variable: {name}")
@@ -964,12 +964,6 @@ def _index(v: Any, *keys: Any) -> Any:
         else:
             raise TypeError(f"can't index item of type {type_name(v)}")
     return v
-
-
-def _join(items: Any, sep: str) -> str:
-    if not isinstance(items, (list, tuple)):
-        raise TypeError(f"wrong type for value; expected []string; got {type_name(items)}")
-    return sep.join(sprint(i) for i in items)
 
 
 def _basic_kind(v: Any) -> str:
@@ -1075,18 +1069,18 @@ def _slice(item: Any, *indexes: Any) -> Any:
 def _truncate(s: Any, length: int) -> str:
     """Docker's truncateWithLength, by characters where it cuts bytes (and could split one)."""
     text = sprint(s)
-    if len(text) >= length < 0:
+    if length < 0:
         raise ValueError(f"runtime error: slice bounds out of range [:{length}]")
     return text if len(text) < length else text[:length]
 
 
 _FUNCS: dict[str, Callable[..., Any]] = {
     "json": lambda v: go_json(v),
-    "upper": lambda s: sprint(s).upper(),
-    "lower": lambda s: sprint(s).lower(),
-    "title": lambda s: _go_title(sprint(s)),
+    "upper": str.upper,  # the arguments are checked against Go's signatures (_SIGNATURES)
+    "lower": str.lower,
+    "title": _go_title,
     "split": lambda s, sep: Strings(s.split(sep) if sep else list(s)),
-    "join": _join,
+    "join": lambda items, sep: sep.join(items),
     "pad": _pad,
     "truncate": _truncate,
     "println": sprintln,
