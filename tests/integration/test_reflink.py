@@ -10,6 +10,8 @@ logical range to the same blocks, the data was shared, not copied.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -21,6 +23,7 @@ from extents import data_extents, extents, write_sparse
 from mounts import Stack, fuse_mount, kernel_mount, loop_fs
 
 MiB = 1 << 20
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 MKFS = {
     "xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"],
     "btrfs": ["mkfs.btrfs", "-q"],
@@ -138,3 +141,38 @@ def test_a_lower_on_another_filesystem_is_copied_and_one_on_the_same_still_share
     assert not any(e.shared for e in extents(far_copy))
     assert sha256(near_copy) == near and extents(near_copy) == extents(same / "near")
     assert all(e.shared for e in extents(near_copy))
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_a_copy_made_through_the_mount_shares_extents_and_a_clone_is_refused(fs: Path, driver: str) -> None:
+    """copy_file_range (cp's default) is passed on to the layers, where it shares
+    extents as it does through overlayfs. FICLONE (cp --reflink=always) never
+    reaches the driver: the kernel's FUSE module has no clone and answers
+    EOPNOTSUPP itself, where overlayfs clones."""
+    stack = stack_on(fs)
+    digest = sparse_file(stack.lowers[0] / "big")
+    with DRIVERS[driver](stack) as mnt:
+        src = os.open(mnt / "big", os.O_RDONLY)
+        dst = os.open(mnt / "copy", os.O_WRONLY | os.O_CREAT, 0o644)
+        clone = os.open(mnt / "clone", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            done = 0
+            while done < SIZE:
+                n = os.copy_file_range(src, dst, SIZE - done, done, done)
+                assert n > 0, done
+                done += n
+            refused = None
+            try:
+                fcntl.ioctl(clone, FICLONE, src)
+            except OSError as exc:
+                refused = exc.errno
+        finally:
+            for fd in (src, dst, clone):
+                os.close(fd)
+        assert sha256(mnt / "copy") == digest
+    assert refused == (errno.EOPNOTSUPP if driver == "unionfs" else None)
+    copy = stack.upper / "copy"
+    assert extents(copy) and all(e.shared for e in extents(copy)), extents(copy)
+    assert data_extents(copy) == DATA
+    if driver == "kernel":
+        assert sha256(stack.upper / "clone") == digest
