@@ -966,15 +966,13 @@ def _index(v: Any, *keys: Any) -> Any:
     return v
 
 
+_BASIC_KINDS = {"bool": "bool", "int": "int", "int64": "int", "uint8": "int", "float64": "float", "string": "string"}
+
+
 def _basic_kind(v: Any) -> str:
-    """Go's basicKind: what eq and lt compare; "" for anything else (a list, a map, nothing)."""
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    return "string" if isinstance(v, str) else ""
+    """Go's basicKind: what eq and lt compare (integers of any size with each other);
+    "" for anything else (a list, a map, nothing)."""
+    return _BASIC_KINDS.get(type_name(v), "")
 
 
 def _absent(v: Any) -> bool:
