@@ -242,6 +242,8 @@ def tabwrite(text: str, minwidth: int = TABLE_MINWIDTH, padding: int = TABLE_PAD
         if last and raw == "":
             break
         cells = raw.split("\t")
+        if last and cells[-1] == "":  # Go ends a cell at a tab, the last one only if it holds text
+            cells.pop()
         block.append(cells)
         if not last and len(cells) == 1:
             _format_block(block, minwidth, padding, out)

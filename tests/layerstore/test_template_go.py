@@ -1,6 +1,6 @@
 """The ``--format`` engine against Go's own ``text/template``.
 
-``gotemplate/main.go`` renders with Go's package and the functions that the
+``gocli/main.go`` renders with Go's package and the functions that the
 Docker CLI adds (its ``templates`` package), built here with Debian's Go. Both
 render the same templates over the same document, an image as ``inspect``
 shows it, and must give the same text, or fail at the same stage (parse or
@@ -18,21 +18,16 @@ cuts characters, not bytes.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
+import gocli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layerstore.formatting import Template, TemplateError
-
-SOURCE = Path(__file__).parent / "gotemplate" / "main.go"
 
 DATA: dict[str, Any] = {
     "Id": "sha256:4b1c7a9e",
@@ -61,27 +56,8 @@ Renderer = Callable[[str, Any, bool], dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Renderer]:
-    gobin = shutil.which("go")
-    assert gobin, "Go is needed (Debian's golang-go): the tests compare with Go's text/template"
-    work = tmp_path_factory.mktemp("gotemplate")
-    env = {**os.environ, "GOCACHE": str(work / "cache"), "GO111MODULE": "off", "GOPATH": str(work / "path")}
-    subprocess.run([gobin, "build", "-o", str(work / "render"), str(SOURCE)], check=True, env=env, cwd=work)
-    proc = subprocess.Popen([str(work / "render")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
-
-    def render(template: str, data: Any, strict: bool) -> dict[str, Any]:
-        stdin.write(json.dumps({"template": template, "data": data, "strict": strict}) + "\n")
-        stdin.flush()
-        answer: dict[str, Any] = json.loads(stdout.readline())
-        assert answer.get("stage") not in ("data", "request"), answer
-        return answer
-
-    try:
-        yield render
-    finally:
-        stdin.close()
-        proc.wait(timeout=10)
+    with gocli.running(tmp_path_factory.mktemp("gocli")) as ask:
+        yield lambda template, data, strict: ask({"template": template, "data": data, "strict": strict})
 
 
 def ours(template: str, data: Any, strict: bool) -> dict[str, Any]:

@@ -1,8 +1,11 @@
-// Renders Go templates as the Docker CLI does (text/template with the functions
-// of its templates package), for the differential tests of the --format engine.
+// Renders output as the Docker CLI does, with Go's own packages, for the
+// differential tests of layerstore's formatting: templates (text/template with
+// the functions of the CLI's templates package) and tables (text/tabwriter with
+// the CLI's settings).
 //
-// Reads one JSON request per line, {"template": ..., "data": ..., "strict": bool},
-// and answers one JSON line each: {"out": ...} or {"stage": "parse"|"exec", "err": ...}.
+// Reads one JSON request per line and answers one JSON line each:
+//   {"template": ..., "data": ..., "strict": bool} -> {"out": ...} or {"stage": "parse"|"exec", "err": ...}
+//   {"table": TEXT} -> {"out": ...}
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
 // templates see are, and float64 otherwise.
 package main
@@ -13,6 +16,7 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
+	"text/tabwriter"
 	"text/template"
 )
 
@@ -48,6 +52,7 @@ func truncateWithLength(source string, length int) string {
 }
 
 type request struct {
+	Table    *string         `json:"table"`
 	Template string          `json:"template"`
 	Data     json.RawMessage `json:"data"`
 	Strict   bool            `json:"strict"`
@@ -79,7 +84,20 @@ func numbers(v interface{}) interface{} {
 	return v
 }
 
+// table writes text through the tabwriter the Docker CLI's formatter uses.
+func table(text string) answer {
+	buf := &bytes.Buffer{}
+	w := tabwriter.NewWriter(buf, 10, 1, 3, ' ', 0)
+	w.Write([]byte(text))
+	w.Flush()
+	out := buf.String()
+	return answer{Out: &out}
+}
+
 func render(req request) answer {
+	if req.Table != nil {
+		return table(*req.Table)
+	}
 	dec := json.NewDecoder(bytes.NewReader(req.Data))
 	dec.UseNumber()
 	var data interface{}
