@@ -7,15 +7,17 @@ tables never hold them, and ``tabwrite`` does not: the texts below leave them ou
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import gocli
 import pytest
+from budgets import examples, long_run_marks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layerstore.formatting import tabwrite
+
+pytestmark = long_run_marks("TABLE_EXAMPLES", seconds_each=0.05)
 
 Table = Callable[[str], str]
 
@@ -53,7 +55,7 @@ cells = st.one_of(
 lines = st.lists(cells, max_size=6).map("\t".join)
 
 
-@settings(max_examples=int(os.environ.get("TABLE_EXAMPLES", "300")), deadline=None,
+@settings(max_examples=examples("TABLE_EXAMPLES", 300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(body=st.lists(lines, max_size=8).map("\n".join), newline=st.booleans())
 def test_generated_tables_are_laid_out_as_by_go(go: Table, body: str, newline: bool) -> None:

@@ -18,16 +18,18 @@ cuts characters, not bytes.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gocli
 import pytest
+from budgets import examples, long_run_marks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layerstore.formatting import Template, TemplateError
+
+pytestmark = long_run_marks("TEMPLATE_EXAMPLES", seconds_each=0.05)
 
 DATA: dict[str, Any] = {
     "Id": "sha256:4b1c7a9e",
@@ -258,7 +260,7 @@ def blocks(draw: st.DrawFn, variables: tuple[str, ...], in_range: bool, depth: i
     return text + "{{end}}"
 
 
-@settings(max_examples=int(os.environ.get("TEMPLATE_EXAMPLES", "300")), deadline=None,
+@settings(max_examples=examples("TEMPLATE_EXAMPLES", 300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(template=bodies((), False, 0), strict=st.booleans())
 def test_generated_templates_render_as_in_go(go: Renderer, template: str, strict: bool) -> None:
