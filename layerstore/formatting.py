@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerstore.errors import LayerStoreError
-from layerstore.gofmt import NO_VALUE, Byte, Fields, Int, Strings, sprint, sprint_args, sprintf, sprintln, type_name
+from layerstore.gofmt import NO_VALUE, Byte, Fields, Int, Strings, json_float, sprint, sprint_args, sprintf, sprintln, type_name
 
 TABLE_MINWIDTH = 10
 TABLE_PADDING = 3
@@ -181,11 +181,29 @@ def parse_time(text: object) -> Timestamp | None:
 
 def go_json(value: Any, *, escape_html: bool = False, indent: int | None = None) -> str:
     """JSON as Go's encoder writes it; Docker's ``json`` template function turns HTML escaping off."""
-    text = json.dumps(_plain(value), ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
+    text = _encode(_plain(value), " " * indent if indent else "", 0)
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     if escape_html:  # the daemon's API encoder escapes them; inspect passes its bytes through
         text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return text
+
+
+def _encode(value: Any, indent: str, level: int) -> str:
+    """json.dumps's layout (MarshalIndent's with an indent), with Go's numbers."""
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, (list, tuple)) and value:
+        items = [_encode(v, indent, level + 1) for v in value]
+    elif isinstance(value, dict) and value:
+        colon = ": " if indent else ":"
+        items = [json.dumps(str(k), ensure_ascii=False) + colon + _encode(v, indent, level + 1) for k, v in value.items()]
+    else:
+        return json.dumps(value, ensure_ascii=False)
+    start, end = ("[", "]") if isinstance(value, (list, tuple)) else ("{", "}")
+    if not indent:
+        return start + ",".join(items) + end
+    inner = "\n" + indent * (level + 1)
+    return start + inner + ("," + inner).join(items) + "\n" + indent * level + end
 
 
 class Struct(dict):  # type: ignore[type-arg]

@@ -354,6 +354,18 @@ def _binary_float(x: float) -> str:
     return f"{mant}p{'+' if exp >= 0 else '-'}{abs(exp)}"
 
 
+def json_float(value: float) -> str:
+    """encoding/json's float64: the shortest digits, an exponent only below 1e-6 or from
+    1e21 on (written e-7, not e-07), a whole number without a point."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"json: unsupported value: {sprint(value)}")  # as Go refuses them
+    digits, point = _shortest(abs(value))
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if value and not 1e-6 <= abs(value) < 1e21:
+        return sign + re.sub(r"e-0(\d)$", r"e-\1", _exponent(digits, point - 1, "e"))
+    return sign + _fixed(digits, point)
+
+
 def _exponent(digits: str, exp: int, e: str) -> str:
     mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
     return f"{mantissa}{e}{'-' if exp < 0 else '+'}{abs(exp):02d}"

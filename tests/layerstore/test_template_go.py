@@ -12,9 +12,9 @@ and the engine follows those where the two part, so the cases stay clear of:
 a JSON null (a nil pointer there: ``<nil>``, where a map's nil is
 ``<no value>``), a field of a string (``in type string``), a list of strings
 handed to ``join`` (a ``[]string``). And by choice: a range over an integer
-counts (Go 1.22, which today's Docker is built with; Debian's Go here is
-older), ``title`` leaves a letter after an apostrophe alone, and ``truncate``
-cuts characters, not bytes.
+counts and ``json`` writes ``\\b`` and ``\\f`` so (both Go 1.22, which today's
+Docker is built with; Debian's Go here is older), ``title`` leaves a letter
+after an apostrophe alone, and ``truncate`` cuts characters, not bytes.
 """
 from __future__ import annotations
 
@@ -269,3 +269,23 @@ def test_generated_templates_render_as_in_go(go: Renderer, template: str, strict
         assert mine == theirs
     else:
         assert mine.get("stage") == theirs["stage"], (mine, theirs)
+
+
+# -- json ----------------------------------------------------------------------------
+
+# Lone surrogates are no JSON text. \b and \f: Go writes them so from 1.22 on (Docker's
+# today, and this encoder's), the Go here as \u0008 and \u000c.
+texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\b\f"), max_size=8)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                    st.floats(allow_nan=False, allow_infinity=False), texts)
+documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+                         max_leaves=12)
+
+
+@settings(max_examples=examples("TEMPLATE_EXAMPLES", 300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(document=documents)
+def test_json_of_generated_documents_is_gos(go: Renderer, document: Any) -> None:
+    """{{json .}} as Go's encoder writes it: key order, escapes, and numbers (1e+21 but
+    100000000000000000000, 1e-7, a whole float without a point)."""
+    assert ours("{{json .D}}", {"D": document}, False) == go("{{json .D}}", {"D": document}, False)
