@@ -138,7 +138,7 @@ def sprintf(fmt: str, *args: Any) -> str:
                 flags, width = flags + "-", -width
             argn += 1
         elif width_text:
-            width = int(width_text)
+            width = _parsenum(width_text)
         if prec_text == "*":
             prec = _star(args, argn)
             if prec is None or prec < 0:
@@ -146,7 +146,11 @@ def sprintf(fmt: str, *args: Any) -> str:
                 out.append("%!(BADPREC)")
             argn += 1
         elif prec_text is not None:
-            prec = int(prec_text or "0")
+            prec = _parsenum(prec_text or "0")
+        if (width_text not in (None, "*") and width is None) or (prec_text not in (None, "*") and prec is None):
+            out.append("%!(NOVERB)")  # a number too long: Go gives up on the rest of the format
+            pos = len(fmt)
+            break
         if verb is None:
             out.append("%!(NOVERB)")
             continue
@@ -164,6 +168,16 @@ def sprintf(fmt: str, *args: Any) -> str:
         extra = ", ".join(f"{type_name(a)}={sprint(a)}" if a is not None else "<nil>" for a in args[argn:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+def _parsenum(text: str) -> int | None:
+    """A width or precision written out; None where Go's parsenum overflows (past 1e6, then a digit)."""
+    num = 0
+    for digit in text:
+        if num > 1_000_000:
+            return None
+        num = num * 10 + int(digit)
+    return num
 
 
 def _star(args: tuple[Any, ...], n: int) -> int | None:

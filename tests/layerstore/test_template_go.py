@@ -126,6 +126,7 @@ CASES = [
     "{{printf \"%v|%s|%q|%d|%x\" .RepoTags .RepoTags .RepoTags .RepoTags .RepoTags}} {{printf \"%v %+v\" .Config.Labels .Nested}}",
     "{{printf \"%q|%+q|%#q|%#q|%x|% x|%#x|%X|%.1x|%5.2s|%-4q|\" .Csv \"h\\u00e9\\n\" .Os \"a`b\" .Os .Os .Os .Os .Os .Os \"a\"}}",
     "{{printf \"%*d|%-*d|%.*f\" 5 3 4 2 1 .Ratio}}",
+    "{{printf \"%*d|\" 1000001 3}} {{printf \"%99999999d|%d\" 1 2}} {{printf \"%.99999999d|\" 1}}",  # Go's limits
     "{{printf \"%\"}} {{printf \"%!\"}} {{printf \"%z\" 1}} {{printf \"%d %d\" 1}} {{printf \"%d\" 1 2 \"x\"}} {{printf \"%%\"}}",
     "{{printf \"%v %d %s\" .Nope .Nope .Nope}} {{printf \"%v\" nil}}",
     "{{print .Os .Size .Flag}} {{print 1 2}} {{print \"a\" \"b\"}}",
