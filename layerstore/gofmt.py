@@ -109,9 +109,9 @@ class _Spec:
         if verb == "v":
             self.plus = self.sharp = False
 
-    def as_v(self) -> _Spec:
-        """The value inside a wrong verb's ``%!f(string=...)``: printed with %v and these flags."""
-        spec = _Spec("v", width=self.width, prec=self.prec)
+    def as_verb(self, verb: str) -> _Spec:
+        """These flags with another verb, as Go prints a wrong verb's value (with %v) or a type (%T)."""
+        spec = _Spec(verb, width=self.width, prec=self.prec)
         spec.minus, spec.plus, spec.sharp, spec.space, spec.zero = self.minus, self.plus, self.sharp, self.space, self.zero
         return spec
 
@@ -190,7 +190,7 @@ def _star(args: tuple[Any, ...], n: int) -> int | None:
 def _bad(value: Any, spec: _Spec) -> str:
     if value is None or value is NO_VALUE:
         return f"%!{spec.verb}(<nil>)"
-    return f"%!{spec.verb}({type_name(value)}={_format(value, spec.as_v())})"
+    return f"%!{spec.verb}({type_name(value)}={_format(value, spec.as_verb('v'))})"
 
 
 def _pad(text: str, spec: _Spec, zeros: bool = True) -> str:
@@ -204,13 +204,18 @@ def _pad(text: str, spec: _Spec, zeros: bool = True) -> str:
     return ("0" if zeros and spec.zero else " ") * fill + text
 
 
-def _format(value: Any, spec: _Spec) -> str:
+def _format(value: Any, spec: _Spec, nested: bool = False) -> str:
+    """nested: an element of a list, map or struct, where a nil prints <nil> whatever the verb."""
     verb = spec.verb
     if verb == "T":
-        return _pad(type_name(value), spec)
-    if spec.sharp_v:
-        return _pad(_go_syntax(value, top=True), spec)
+        if value is None or value is NO_VALUE:
+            return _pad("<nil>", spec)  # padded, never cut
+        return _string(type_name(value), spec.as_verb("s"))
+    if spec.sharp_v and not isinstance(value, (int, float)):  # numbers and bools: as %v, with the flags
+        return _go_syntax(value, spec, top=True)
     if value is None or value is NO_VALUE:
+        if nested:
+            return "<nil>"  # as Go writes a nil element: unpadded, whatever the verb
         return _pad("<nil>", spec) if verb == "v" else _bad(value, spec)
     if isinstance(value, bool):
         return _pad("true" if value else "false", spec) if verb in "tv" else _bad(value, spec)
@@ -221,36 +226,37 @@ def _format(value: Any, spec: _Spec) -> str:
     if isinstance(value, str):
         return _string(value, spec)
     if isinstance(value, (list, tuple)):
-        return "[" + " ".join(_format(v, spec) for v in value) + "]"
+        return "[" + " ".join(_format(v, spec, True) for v in value) + "]"
     if isinstance(value, dict):
-        items = (f"{_format(k, spec)}:{_format(value[k], spec)}" for k in sorted(value, key=str))
+        items = (f"{_format(k, spec, True)}:{_format(value[k], spec, True)}" for k in sorted(value, key=str))
         return "map[" + " ".join(items) + "]"
     if isinstance(value, Fields):
         names = sorted(value.fields)
         if spec.plus_v:
-            return "{" + " ".join(f"{n}:{_format(value.fields[n], spec)}" for n in names) + "}"
-        return "{" + " ".join(_format(value.fields[n], spec) for n in names) + "}"
+            return "{" + " ".join(f"{n}:{_format(value.fields[n], spec, True)}" for n in names) + "}"
+        return "{" + " ".join(_format(value.fields[n], spec, True) for n in names) + "}"
     return _pad(str(value), spec)
 
 
-def _go_syntax(value: Any, top: bool = False) -> str:
-    """``%#v``: the value as Go source would write it."""
+def _go_syntax(value: Any, spec: _Spec, top: bool = False) -> str:
+    """``%#v``: the value as Go source would write it; each string, number and bool in it
+    padded to the width (and a string cut to the precision), as Go prints them."""
     if value is None or value is NO_VALUE:
-        return "<nil>" if top else "interface {}(nil)"
+        return _pad("<nil>", spec) if top else "interface {}(nil)"
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return _pad("true" if value else "false", spec)
     if isinstance(value, (int, float)):
-        return sprint(value)
+        return _format(value, spec.as_verb("v"))
     if isinstance(value, str):
-        return _quote(value)
+        return _pad(_quote(value if spec.prec is None else value[:spec.prec]), spec)
     if isinstance(value, (list, tuple)):
-        return type_name(value) + "{" + ", ".join(_go_syntax(v) for v in value) + "}"
+        return type_name(value) + "{" + ", ".join(_go_syntax(v, spec) for v in value) + "}"
     if isinstance(value, dict):
-        items = (f"{_go_syntax(k)}:{_go_syntax(value[k])}" for k in sorted(value, key=str))
+        items = (f"{_go_syntax(k, spec)}:{_go_syntax(value[k], spec)}" for k in sorted(value, key=str))
         return "map[string]interface {}{" + ", ".join(items) + "}"
     if isinstance(value, Fields):
-        return value.kind + "{" + ", ".join(f"{n}:{_go_syntax(value.fields[n])}" for n in sorted(value.fields)) + "}"
-    return str(value)
+        return value.kind + "{" + ", ".join(f"{n}:{_go_syntax(value.fields[n], spec)}" for n in sorted(value.fields)) + "}"
+    return _pad(str(value), spec)
 
 
 # -- numbers -------------------------------------------------------------------------
@@ -259,35 +265,36 @@ def _go_syntax(value: Any, top: bool = False) -> str:
 def _integer(value: int, spec: _Spec) -> str:
     verb = spec.verb
     if verb == "c":
-        return _pad(chr(value) if 0 <= value <= 0x10FFFF else "\ufffd", spec)
+        return _pad(_rune(value), spec)
     if verb == "q":
-        return _pad(_quote_rune(value), spec)
+        return _pad("'" + _escape(_rune(value), "'", ascii_only=spec.plus) + "'", spec)
     if verb == "U":
-        text = f"U+{value:04X}" if value >= 0 else f"U+{value & 0xFFFFFFFFFFFFFFFF:04X}"
+        digits = max(4, spec.prec or 0)
+        text = f"U+{value & 0xFFFFFFFFFFFFFFFF:0{digits}X}"  # a negative one as its uint64
         if spec.sharp and 0 <= value <= 0x10FFFF and chr(value).isprintable():
             text += f" '{chr(value)}'"
-        return _pad(text, spec)
+        return _pad(text, spec, zeros=False)
     bases = {"v": 10, "d": 10, "b": 2, "o": 8, "O": 8, "x": 16, "X": 16}
     if verb not in bases:
         return _bad(value, spec)
     base = bases[verb]
-    digits = "" if spec.prec == 0 and value == 0 else _digits(abs(value), base, verb == "X")
+    if spec.prec == 0 and value == 0:  # nothing but the padding, no sign nor prefix
+        return _pad("", spec, zeros=False)
+    digits = _digits(abs(value), base, verb == "X")
     prec = spec.prec
     if prec is None and spec.zero and spec.width is not None:  # zeros after the sign, up to the width
-        prec = spec.width - (value < 0 or spec.plus or spec.space)
-        if spec.sharp or verb == "O":
-            prec -= {2: 2, 8: 1 if verb == "o" else 2, 16: 2}.get(base, 0)
+        prec = spec.width - (value < 0 or spec.plus or spec.space)  # a prefix comes on top, as in Go
     if prec is not None:
         digits = digits.rjust(prec, "0")
-    if verb == "O":
-        digits = "0o" + digits
-    elif spec.sharp:
+    if spec.sharp:
         if base == 8 and not digits.startswith("0"):
             digits = "0" + digits
         elif base == 16:
             digits = ("0X" if verb == "X" else "0x") + digits
         elif base == 2:
             digits = "0b" + digits
+    if verb == "O":
+        digits = "0o" + digits
     sign = "-" if value < 0 else "+" if spec.plus else " " if spec.space else ""
     return _pad(sign + digits, spec, zeros=False)
 
@@ -318,6 +325,12 @@ def _float(value: float, spec: _Spec) -> str:
         return _pad((sign if body == "Inf" or spec.plus else "") + body, spec, zeros=False)
     if verb in "xX":
         body = _hex_float(magnitude, spec.prec)
+        if spec.sharp:  # a point, and zeros until the x and the digits make prec (6)
+            mantissa, p, tail = body.partition("p")
+            count = 1 + len(mantissa[2:].replace(".", ""))
+            target = (6 if spec.prec is None else spec.prec) if verb == "x" else 0  # Go's counts %x alone, not %X
+            mantissa += ("" if "." in mantissa else ".") + "0" * max(0, target - count)
+            body = mantissa + p + tail
         body = body.upper() if verb == "X" else body
     elif verb == "b":
         body = _binary_float(magnitude)
@@ -328,6 +341,10 @@ def _float(value: float, spec: _Spec) -> str:
             body = _exponent(digits, exp, "E" if verb == "G" else "e")
         else:
             body = _fixed(digits, point)
+        if spec.sharp:  # a point, and zeros up to six significant digits
+            mantissa, e, tail = body.partition("E" if verb == "G" else "e")
+            significant = len(mantissa.replace(".", "").lstrip("0")) or 1
+            body = mantissa + ("" if "." in mantissa else ".") + "0" * max(0, 6 - significant) + e + tail
     elif verb in "vgG":
         body = format(magnitude, f"{'#' if spec.sharp else ''}.{spec.prec}{'G' if verb == 'G' else 'g'}")
     else:
@@ -403,13 +420,15 @@ def _string(value: str, spec: _Spec) -> str:
     if verb in "vs":
         return _pad(value, spec)
     if verb == "q":
-        if spec.sharp and "`" not in value and all(c == "\t" or (c.isprintable() and c != "\ufeff") for c in value):
+        if spec.sharp and _can_backquote(value):
             return _pad(f"`{value}`", spec)
         return _pad(_quote(value, ascii_only=spec.plus), spec)
     if verb in "xX":
         data = value.encode(errors="surrogateescape")
         if spec.prec is not None:
             data = data[:spec.prec]
+        if not data:
+            return _pad("", spec)
         cells = [f"{b:02X}" if verb == "X" else f"{b:02x}" for b in data]
         prefix = ("0X" if verb == "X" else "0x") if spec.sharp else ""
         if spec.space:
@@ -436,11 +455,23 @@ def _escape(ch: str, quote: str, ascii_only: bool) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+def _can_backquote(text: str) -> bool:
+    """strconv.CanBackquote: no control character but tab, no backquote, DEL or BOM."""
+    for ch in text:
+        code = ord(ch)
+        if code >= 0x80:
+            if ch == "\ufeff" or 0xDC80 <= code <= 0xDCFF:  # a BOM, an undecodable byte
+                return False
+        elif (code < 0x20 and ch != "\t") or ch in "`\x7f":
+            return False
+    return True
+
+
 def _quote(text: str, ascii_only: bool = False) -> str:
     """strconv.Quote (QuoteToASCII with ``ascii_only``)."""
     return '"' + "".join(_escape(c, '"', ascii_only) for c in text) + '"'
 
 
-def _quote_rune(code: int) -> str:
-    ch = chr(code) if 0 <= code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
-    return "'" + _escape(ch, "'", False) + "'"
+def _rune(code: int) -> str:
+    """The character of a code point; what is none (a surrogate, out of range) is U+FFFD, as in Go."""
+    return chr(code) if 0 <= code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"

@@ -18,6 +18,7 @@ after an apostrophe alone, and ``truncate`` cuts characters, not bytes.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -290,3 +291,25 @@ def test_json_of_generated_documents_is_gos(go: Renderer, document: Any) -> None
     """{{json .}} as Go's encoder writes it: key order, escapes, and numbers (1e+21 but
     100000000000000000000, 1e-7, a whole float without a point)."""
     assert ours("{{json .D}}", {"D": document}, False) == go("{{json .D}}", {"D": document}, False)
+
+
+# -- printf ---------------------------------------------------------------------------
+
+directives = st.tuples(
+    st.lists(st.sampled_from("-+# 0"), max_size=3, unique=True).map("".join),
+    st.one_of(st.just(""), st.integers(0, 12).map(str), st.just("*")),
+    st.one_of(st.just(""), st.integers(0, 8).map(lambda n: f".{n}"), st.just("."), st.just(".*")),
+    st.sampled_from("vsqdxXobcUtTeEfFgGO%"),
+).map(lambda parts: "%" + "".join(parts))
+formats = st.lists(st.one_of(directives, st.sampled_from(["|", "a", " "])), min_size=1, max_size=4).map("".join)
+values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.text("abc", max_size=2), scalars, max_size=2))
+
+
+@settings(max_examples=examples("TEMPLATE_EXAMPLES", 300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(fmt=formats, args=st.lists(values, max_size=3))
+def test_printf_of_generated_formats_is_gos(go: Renderer, fmt: str, args: list[Any]) -> None:
+    """Any verb, flags, width and precision (also from arguments) over any kind of value."""
+    data = {f"A{i}": a for i, a in enumerate(args)}
+    template = "{{printf " + json.dumps(fmt) + "".join(f" .A{i}" for i in range(len(args))) + "}}"
+    assert ours(template, data, False) == go(template, data, False)
