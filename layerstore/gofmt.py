@@ -269,8 +269,8 @@ def _integer(value: int, spec: _Spec) -> str:
     if verb == "q":
         return _pad("'" + _escape(_rune(value), "'", ascii_only=spec.plus) + "'", spec)
     if verb == "U":
-        digits = max(4, spec.prec or 0)
-        text = f"U+{value & 0xFFFFFFFFFFFFFFFF:0{digits}X}"  # a negative one as its uint64
+        count = max(4, spec.prec or 0)
+        text = f"U+{value & 0xFFFFFFFFFFFFFFFF:0{count}X}"  # a negative one as its uint64
         if spec.sharp and 0 <= value <= 0x10FFFF and chr(value).isprintable():
             text += f" '{chr(value)}'"
         return _pad(text, spec, zeros=False)
