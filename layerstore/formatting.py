@@ -102,28 +102,61 @@ def created_since(unix: float | None, now: float | None = None) -> str:
     return human_duration(now - int(unix)) + " ago"
 
 
-def _local(unix: int) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(unix, _dt.UTC).astimezone()
+def _zone(unix: int) -> tuple[int, str]:
+    """The local zone's offset (seconds east) and name at unix. Python's dates end at
+    years 1 and 9999; past them, the zone as it is there."""
+    clamped = min(max(unix, _FIRST_DAY), _LAST_DAY)
+    t = _dt.datetime.fromtimestamp(clamped, _dt.UTC).astimezone()
+    offset = t.utcoffset() or _dt.timedelta(0)
+    return int(offset.total_seconds()), t.tzname() or ""
+
+
+_FIRST_DAY, _LAST_DAY = -62135596800 + 86400, 253402300799 - 86400  # 0001-01-02, 9999-12-30
+
+
+def _civil(unix: int) -> tuple[int, int, int, int, int, int]:
+    """Year, month, day, hour, minute, second of a unix time, for any year (proleptic Gregorian)."""
+    days, secs = divmod(unix, 86400)
+    z = days + 719468  # days since 0000-03-01
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    return year, month, doy - (153 * mp + 2) // 5 + 1, secs // 3600, secs // 60 % 60, secs % 60
+
+
+def _go_clock(unix: int) -> tuple[str, int, str]:
+    """``2006-01-02 15:04:05`` in local time, the zone's offset in seconds and its name."""
+    offset, name = _zone(unix)
+    year, month, day, hour, minute, second = _civil(unix + offset)
+    digits = f"{abs(year):04d}" if year >= 0 else f"-{abs(year):04d}"
+    return f"{digits}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}", offset, name
+
+
+def _go_offset(offset: int, colon: str) -> str:
+    """-0700 or -07:00: whole minutes, as Go drops the seconds of an old zone's offset."""
+    minutes = int(offset / 60)
+    return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}{colon}{abs(minutes) % 60:02d}"
 
 
 def go_time_string(unix: float | None) -> str:
     """Go's ``time.Unix(s, 0).String()`` in local time: ``2024-01-02 15:04:05 +0000 UTC``."""
     if unix is None:
         return ""
-    t = _local(int(unix))
-    zone = t.tzname() or t.strftime("%z")
-    return t.strftime("%Y-%m-%d %H:%M:%S %z ") + zone
+    clock, offset, name = _go_clock(int(unix))
+    zone = _go_offset(offset, "")
+    return f"{clock} {zone} {name or zone}"
 
 
 def go_rfc3339(unix: float | None) -> str:
     """Go's ``time.Unix(s, 0).Format(time.RFC3339)`` in local time (``Z`` for UTC)."""
     if unix is None:
         return ""
-    t = _local(int(unix))
-    offset = t.utcoffset() or _dt.timedelta(0)
-    if offset == _dt.timedelta(0):
-        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return t.isoformat(timespec="seconds")
+    clock, offset, _ = _go_clock(int(unix))
+    return clock.replace(" ", "T") + ("Z" if offset == 0 else _go_offset(offset, ":"))
 
 
 _RFC3339 = re.compile(
@@ -141,9 +174,8 @@ class Timestamp:
 
     def rfc3339nano(self) -> str:
         """Go's ``Format(time.RFC3339Nano)``: trailing zeros of the fraction dropped."""
-        offset = _dt.timedelta(minutes=self.offset_minutes)
-        t = _dt.datetime.fromtimestamp(self.unix, _dt.timezone(offset))
-        out = t.strftime("%Y-%m-%dT%H:%M:%S")
+        year, month, day, hour, minute, second = _civil(self.unix + self.offset_minutes * 60)
+        out = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
         if self.nanos:
             out += "." + f"{self.nanos:09d}".rstrip("0")
         if self.offset_minutes == 0:

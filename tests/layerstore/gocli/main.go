@@ -6,6 +6,8 @@
 // Reads one JSON request per line and answers one JSON line each:
 //   {"template": ..., "data": ..., "strict": bool} -> {"out": ...} or {"stage": "parse"|"exec", "err": ...}
 //   {"table": TEXT} -> {"out": ...}
+//   {"unix": SECONDS, "zone": NAME} -> {"out": "<time.String()>|<RFC 3339>"} in that zone
+//   {"rfc3339": TEXT} -> {"out": TEXT parsed and formatted again with RFC 3339 and nanoseconds}
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
 // templates see are, and float64 otherwise.
 package main
@@ -18,6 +20,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"text/template"
+	"time"
 )
 
 var basicFunctions = template.FuncMap{
@@ -53,6 +56,9 @@ func truncateWithLength(source string, length int) string {
 
 type request struct {
 	Table    *string         `json:"table"`
+	Unix     *int64          `json:"unix"`
+	RFC3339  *string         `json:"rfc3339"`
+	Zone     string          `json:"zone"`
 	Template string          `json:"template"`
 	Data     json.RawMessage `json:"data"`
 	Strict   bool            `json:"strict"`
@@ -94,9 +100,31 @@ func table(text string) answer {
 	return answer{Out: &out}
 }
 
+// clock shows a time as the Docker CLI does: time.Time's String and RFC 3339.
+func clock(unix int64, zone string) answer {
+	loc, err := time.LoadLocation(zone)
+	if err != nil {
+		return answer{Stage: "request", Err: err.Error()}
+	}
+	t := time.Unix(unix, 0).In(loc)
+	out := t.String() + "|" + t.Format(time.RFC3339)
+	return answer{Out: &out}
+}
+
 func render(req request) answer {
 	if req.Table != nil {
 		return table(*req.Table)
+	}
+	if req.Unix != nil {
+		return clock(*req.Unix, req.Zone)
+	}
+	if req.RFC3339 != nil {
+		t, err := time.Parse(time.RFC3339Nano, *req.RFC3339)
+		if err != nil {
+			return answer{Stage: "parse", Err: err.Error()}
+		}
+		out := t.Format(time.RFC3339Nano)
+		return answer{Out: &out}
 	}
 	dec := json.NewDecoder(bytes.NewReader(req.Data))
 	dec.UseNumber()
