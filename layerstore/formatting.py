@@ -99,7 +99,10 @@ def created_since(unix: float | None, now: float | None = None) -> str:
     if unix is None:
         return "N/A"
     now = time.time() if now is None else now
-    return human_duration(now - int(unix)) + " ago"
+    return human_duration(min(now - int(unix), _MAX_DURATION)) + " ago"
+
+
+_MAX_DURATION = (2**63 - 1) / 1e9  # Go's time.Sub saturates here: Go's zero time is "292 years ago"
 
 
 def _zone(unix: int) -> tuple[int, str]:

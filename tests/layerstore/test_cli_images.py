@@ -131,8 +131,8 @@ def own(archives: Archives, tmp_path: Path) -> Loaded:
     return load(tmp_path / "store", archives)
 
 
-def cli(root: Path, *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TZ": "UTC", "PYTHONPATH": str(REPO)}
+def cli(root: Path, *args: str, stdin: int | None = subprocess.DEVNULL, tz: str = "UTC") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TZ": tz, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "layerstore", "--root", str(root), *args],
         capture_output=True, text=True, cwd=REPO, env=env, stdin=stdin, timeout=60, check=False,
@@ -360,6 +360,27 @@ def test_inspect_several_and_missing(shared: Loaded) -> None:
     assert proc.stderr == "Error: No such image: no/such:image\n"
     proc = cli(shared.root, "inspect", "nope")
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "[]\n", "Error: No such image: nope\n")
+
+
+def test_an_image_made_at_gos_zero_time(tmp_path: Path) -> None:
+    """Some builders write created 0001-01-01T00:00:00Z, Go's zero time: shown as Docker
+    shows it, also in a zone where that instant falls in year 0, and never a traceback."""
+    layout = tmp_path / "layout"
+    _sh("umoci", "init", "--layout", layout)
+    _sh("umoci", "new", "--image", f"{layout}:zero")
+    _add_layer(layout, "zero", tmp_path, {"zero.bin": 10}, "0001-01-01T00:00:00Z", "COPY zero.bin /")
+    _sh("umoci", "config", "--image", f"{layout}:zero", "--created", "0001-01-01T00:00:00Z", "--no-history")
+    archive = tmp_path / "zero.tar"
+    _sh("skopeo", "copy", "-q", f"oci:{layout}:zero", f"docker-archive:{archive}:example/zero:latest")
+    root = tmp_path / "store"
+    assert cli(root, "load", "-q", "-i", str(archive)).returncode == 0
+    zone = "America/New_York"  # LMT there, -4:56:02
+    images = cli(root, "images", "--format", "{{.CreatedAt}}|{{.CreatedSince}}", tz=zone)
+    assert (images.returncode, images.stdout, images.stderr) == (0, "0000-12-31 19:03:58 -0456 LMT|292 years ago\n", "")
+    inspect = cli(root, "inspect", "-f", "{{.Created}}", "example/zero", tz=zone)
+    assert (inspect.returncode, inspect.stdout, inspect.stderr) == (0, "0001-01-01T00:00:00Z\n", "")
+    history = cli(root, "history", "--human=false", "--format", "{{.CreatedAt}}|{{.CreatedBy}}", "example/zero", tz=zone)
+    assert (history.returncode, history.stdout, history.stderr) == (0, "0000-12-31T19:03:58-04:56|COPY zero.bin /\n", "")
 
 
 def test_inspect_format(shared: Loaded) -> None:
