@@ -18,7 +18,7 @@ import re
 import signal
 from typing import Any
 
-from layerstore.formatting import CommandError
+from layerstore.errors import CommandError
 
 ALLOWED = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR")
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.IGNORECASE)

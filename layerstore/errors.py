@@ -18,6 +18,7 @@ command line can print ``str(error)`` as its one line.
     ├── SizeLimitExceeded        a stream grew past the caller's limit (bombs)
     ├── UnsupportedMediaType     a media type the store cannot handle
     ├── InUse                    still referenced (by a tag, a mount, a pull)
+    ├── CommandError             a bad flag value or template, in Docker's words
     └── RegistryError            talking to a registry failed
         ├── AuthError            credentials missing or refused
         ├── TransportError       connection, TLS or HTTP protocol failure
@@ -34,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExists",
     "AuthError",
+    "CommandError",
     "CorruptArchive",
     "DigestMismatch",
     "InUse",
@@ -118,6 +120,13 @@ class AlreadyExists(LayerStoreError):
     """The name or directory is already taken (deduplication is not this error)."""
 
     default_problem = "already exists"
+
+
+class CommandError(LayerStoreError):
+    """A bad flag value or template, worded as Docker words it (one line, exit 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "", said=message)
 
 
 class InvalidReference(LayerStoreError, ValueError):

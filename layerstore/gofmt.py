@@ -10,6 +10,7 @@ that does not suit a value prints as Go prints it: ``%!d(string=linux)``.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -475,3 +476,70 @@ def _quote(text: str, ascii_only: bool = False) -> str:
 def _rune(code: int) -> str:
     """The character of a code point; what is none (a surrogate, out of range) is U+FFFD, as in Go."""
     return chr(code) if 0 <= code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+
+
+# -- JSON as encoding/json writes it ---------------------------------------------------
+
+
+def go_json(value: Any, *, escape_html: bool = False, indent: int | None = None) -> str:
+    """JSON as Go's encoder writes it; Docker's ``json`` template function turns HTML escaping off."""
+    text = _encode(_plain(value), " " * indent if indent else "", 0)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    if escape_html:  # the daemon's API encoder escapes them; inspect passes its bytes through
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text
+
+
+def _encode(value: Any, indent: str, level: int) -> str:
+    """json.dumps's layout (MarshalIndent's with an indent), with Go's numbers."""
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, (list, tuple)) and value:
+        items = [_encode(v, indent, level + 1) for v in value]
+    elif isinstance(value, dict) and value:
+        colon = ": " if indent else ":"
+        items = [json.dumps(str(k), ensure_ascii=False) + colon + _encode(v, indent, level + 1) for k, v in value.items()]
+    else:
+        return json.dumps(value, ensure_ascii=False)
+    start, end = ("[", "]") if isinstance(value, (list, tuple)) else ("{", "}")
+    if not indent:
+        return start + ",".join(items) + end
+    inner = "\n" + indent * (level + 1)
+    return start + inner + ("," + inner).join(items) + "\n" + indent * level + end
+
+
+class Struct(dict):  # type: ignore[type-arg]
+    """An object whose keys keep their order in JSON, as a Go struct's fields do (maps are sorted).
+    ``omitted``: the struct's other fields, which JSON leaves out when empty (``omitempty``)
+    but a template still reads, as their zero values."""
+
+    omitted: dict[str, Any] = {}
+
+
+class StringMap(dict):  # type: ignore[type-arg]
+    """A Go ``map[string]string`` (labels): ``index`` of a missing key gives "", where a
+    map of interfaces gives <no value>."""
+
+
+class NilMap(StringMap):
+    """A nil map: prints as map[], holds nothing, and is null in JSON."""
+
+
+class NilSlice(list):  # type: ignore[type-arg]
+    """A nil slice: prints as [], ranges over nothing, and is null in JSON."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (NilMap, NilSlice)):
+        return None
+    if isinstance(value, Fields):
+        return {k: _plain(value.fields[k]) for k in sorted(value.fields)}  # a Go map: sorted keys
+    if isinstance(value, Struct):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is NO_VALUE:
+        return None
+    return value

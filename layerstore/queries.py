@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerstore.errors import NoSuchImage
-from layerstore.formatting import CommandError, Timestamp, parse_time
+from layerstore.errors import CommandError, NoSuchImage
+from layerstore.formatting import Timestamp, parse_time
 from layerstore.model import chain_ids
 from layerstore.store import Store
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from layerstore import fsck
-from layerstore.formatting import CommandError
+from layerstore.errors import CommandError
 from layerstore.queries import parse_duration
 from layerstore.store import Store
 

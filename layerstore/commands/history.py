@@ -12,16 +12,8 @@ from dataclasses import dataclass
 
 from layerstore import queries
 from layerstore.commands.images import image_id
-from layerstore.formatting import (
-    CommandError,
-    Record,
-    created_since,
-    ellipsis,
-    go_rfc3339,
-    human_size,
-    parse_time,
-    render,
-)
+from layerstore.errors import CommandError
+from layerstore.formatting import Record, created_since, ellipsis, go_rfc3339, human_size, parse_time, render
 from layerstore.platforms import from_flags
 from layerstore.store import Store
 

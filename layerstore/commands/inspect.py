@@ -12,7 +12,9 @@ from typing import Any
 
 from layerstore import queries
 from layerstore.errors import LayerStoreError, NotFound, PlatformMismatch
-from layerstore.formatting import NilMap, NilSlice, StringMap, Struct, Template, go_json, parse_time
+from layerstore.formatting import parse_time
+from layerstore.gofmt import NilMap, NilSlice, StringMap, Struct, go_json
+from layerstore.gotemplate import Template
 from layerstore.platforms import from_flags
 from layerstore.store import Store
 

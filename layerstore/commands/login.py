@@ -13,8 +13,7 @@ import getpass
 import sys
 
 from layerstore.commands.pull import add_registry_options, quiet_http_logs
-from layerstore.errors import AuthError
-from layerstore.formatting import CommandError
+from layerstore.errors import AuthError, CommandError
 from layerstore.registry.auth import Credentials, DockerConfig, hostname_of
 from layerstore.registry.client import RegistryClient
 from layerstore.store import Store

@@ -18,8 +18,7 @@ import sys
 
 from layerstore import reference
 from layerstore.commands.pull import add_registry_options, quiet_http_logs
-from layerstore.errors import AlreadyExists, InvalidReference, LayerStoreError, NotFound
-from layerstore.formatting import CommandError
+from layerstore.errors import AlreadyExists, CommandError, InvalidReference, LayerStoreError, NotFound
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
 from layerstore.registry.inspect import image_manifest, inspect, show_local_image, show_local_list

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from layerstore.containers import SAFE_OPTIONS, Containers
-from layerstore.errors import InvalidReference, NotFound
-from layerstore.formatting import CommandError
+from layerstore.errors import CommandError, InvalidReference, NotFound
 from layerstore.store import Store
 
 

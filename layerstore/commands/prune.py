@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from layerstore import queries
-from layerstore.errors import LayerStoreError, NotFound
-from layerstore.formatting import CommandError, human_size4
+from layerstore.errors import CommandError, LayerStoreError, NotFound
+from layerstore.formatting import human_size4
 from layerstore.store import Store
 
 DANGLING_WARNING = "WARNING! This will remove all dangling images.\nAre you sure you want to continue?"

@@ -12,7 +12,7 @@ import os
 import sys
 
 from layerstore import reference
-from layerstore.formatting import CommandError
+from layerstore.errors import CommandError
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
 from layerstore.platforms import Platform

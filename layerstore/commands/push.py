@@ -12,7 +12,7 @@ import sys
 
 from layerstore import reference
 from layerstore.commands.pull import add_registry_options, quiet_http_logs, refuse_content_trust
-from layerstore.formatting import CommandError
+from layerstore.errors import CommandError
 from layerstore.platforms import from_flags
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient

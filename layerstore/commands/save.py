@@ -6,7 +6,7 @@ import os
 import sys
 
 from layerstore.export import DOCKER_ARCHIVE, FORMATS, save
-from layerstore.formatting import CommandError
+from layerstore.errors import CommandError
 from layerstore.platforms import Platform
 from layerstore.store import Store
 

@@ -11,7 +11,8 @@ import sys
 
 from layerstore import queries
 from layerstore.commands.pull import add_registry_options, quiet_http_logs
-from layerstore.formatting import CommandError, Record, ellipsis, render
+from layerstore.errors import CommandError
+from layerstore.formatting import Record, ellipsis, render
 from layerstore.registry.client import RegistryClient
 from layerstore.registry.search import DEFAULT_LIMIT, SearchResult, search, split_term
 from layerstore.store import Store

@@ -15,16 +15,8 @@ import time
 from layerstore import queries
 from layerstore.commands.images import image_id
 from layerstore.containers import Containers
-from layerstore.formatting import (
-    CommandError,
-    Record,
-    created_since,
-    human_duration,
-    human_size,
-    human_size4,
-    render,
-    tabwrite,
-)
+from layerstore.errors import CommandError
+from layerstore.formatting import Record, created_since, human_duration, human_size, human_size4, render, tabwrite
 from layerstore.store import Store
 
 SUMMARY = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"

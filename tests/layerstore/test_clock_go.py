@@ -10,8 +10,6 @@ The zones include old offsets with seconds (Monrovia kept -0:44:30 until
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import time
 from collections.abc import Iterator
 
 import gocli
@@ -19,6 +17,7 @@ import pytest
 from budgets import examples, long_run_marks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zones import local_zone
 
 from layerstore.formatting import go_rfc3339, go_time_string, parse_time
 
@@ -40,17 +39,8 @@ def go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[gocli.Ask]:
 
 def ours(unix: int, zone: str) -> str:
     """Both forms with the process in zone, as a user's TZ sets it."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = zone
-    time.tzset()
-    try:
+    with local_zone(zone):
         return f"{go_time_string(unix)}|{go_rfc3339(unix)}"
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 @pytest.mark.parametrize("zone", ZONES)

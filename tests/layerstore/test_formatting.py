@@ -1,20 +1,16 @@
 """Docker's output conventions: go-units sizes and durations, Go dates, tabwriter, templates, globs."""
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 
 import pytest
+from zones import local_zone
 
+from layerstore.errors import CommandError
 from layerstore.formatting import (
-    CommandError,
     Record,
-    Template,
-    TemplateError,
     created_since,
     ellipsis,
-    go_json,
     go_rfc3339,
     go_time_string,
     human_duration,
@@ -24,6 +20,8 @@ from layerstore.formatting import (
     render,
     tabwrite,
 )
+from layerstore.gofmt import go_json
+from layerstore.gotemplate import Template, TemplateError
 from layerstore.gofmt import sprint
 from layerstore.queries import (
     go_path_match,
@@ -96,15 +94,8 @@ def test_created_since() -> None:
 
 @pytest.fixture
 def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+    with local_zone("UTC"):
+        yield
 
 
 def test_go_time_formats(utc: None) -> None:
@@ -113,18 +104,9 @@ def test_go_time_formats(utc: None) -> None:
 
 
 def test_go_time_formats_in_another_zone() -> None:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "Europe/Berlin"
-    time.tzset()
-    try:
+    with local_zone("Europe/Berlin"):
         assert go_time_string(1704207845) == "2024-01-02 16:04:05 +0100 CET"
         assert go_rfc3339(1704207845) == "2024-01-02T16:04:05+01:00"
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 def test_parse_time_keeps_nanoseconds_and_offsets() -> None:

@@ -28,7 +28,7 @@ from budgets import examples, long_run_marks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerstore.formatting import Template, TemplateError
+from layerstore.gotemplate import Template, TemplateError
 
 pytestmark = long_run_marks("TEMPLATE_EXAMPLES", seconds_each=0.05)
 
