@@ -33,8 +33,6 @@ def truth(value: Any) -> bool:
     return bool(value)
 
 
-
-
 class _Exec(Exception):
     def __init__(self, pos: int, text: str, message: str) -> None:
         super().__init__(message)
@@ -129,10 +127,8 @@ def _goq(text: str) -> str:
     """Go's %q, as its parse errors quote what they found."""
     return json.dumps(text, ensure_ascii=False)
 
-FUNCS_BUILTIN = (
-    "and", "or", "not", "len", "index", "slice", "print", "println", "printf", "eq", "ne", "lt", "le", "gt", "ge",
-    "json", "split", "join", "title", "lower", "upper", "pad", "truncate",
-)
+
+# the Docker CLI's header functions: in a table's header row these give their argument back
 _HEADER_FUNCS = ("json", "split", "join", "title", "lower", "upper", "truncate", "println", "pad")
 
 
@@ -356,7 +352,7 @@ class Template:
                     cmd.append(_Literal(pos, value, value == "true"))
                 elif value == "nil":
                     cmd.append(_Literal(pos, value, None))
-                elif value in FUNCS_BUILTIN:
+                elif value in _FUNCS:
                     cmd.append(_Ident(pos, value, value))
                 else:
                     raise self._parse_error(pos, f'function "{value}" not defined')
