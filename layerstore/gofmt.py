@@ -1,12 +1,14 @@
-"""Go's ``fmt`` for the values a template sees: ``{{.}}`` prints with ``%v``, and
-``printf`` takes Go's verbs, flags, width and precision.
+"""Go's text for the values a template sees: ``fmt``'s (``{{.}}`` prints with
+``%v``, and ``printf`` takes Go's verbs, flags, width and precision) and
+``encoding/json``'s (``{{json .}}``, ``inspect``).
 
 The values are JSON-shaped, standing for the Go values of Docker's types: a
-``str`` is a string, a ``bool`` a bool, an ``int`` an int64 (Docker's numbers)
-and an ``Int`` an int (what ``len`` gives), a ``float`` a float64, a list a
-slice (``Strings`` a []string), a dict a map (printed in key order), a ``Fields`` a struct, ``None`` a
-nil and ``NO_VALUE`` what a missing map key gives (``<no value>``). A verb
-that does not suit a value prints as Go prints it: ``%!d(string=linux)``.
+``str`` is a string, a ``bool`` a bool, an ``int`` an int64 (Docker's
+numbers) and an ``Int`` an int (what ``len`` gives), a ``float`` a float64, a
+list a slice (``Strings`` a []string), a dict a map (printed in key order), a
+``Fields`` a struct, ``None`` a nil and ``NO_VALUE`` what a missing map key
+gives (``<no value>``). A verb that does not suit a value prints as Go prints
+it: ``%!d(string=linux)``.
 """
 from __future__ import annotations
 
