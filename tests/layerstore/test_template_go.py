@@ -9,9 +9,9 @@ compare what they print.
 
 Go sees the document as JSON maps; Docker's templates see typed structs first,
 and the engine follows those where the two part, so the cases stay clear of:
-a JSON null (a nil pointer there: ``<nil>``, where a map's nil is
-``<no value>``), a field of a string (``in type string``), a list of strings
-handed to ``join`` (a ``[]string``). And by choice: a range over an integer
+a JSON null that an action prints (a nil pointer there: ``{{.X}}`` prints
+``<nil>``, where a map's nil prints ``<no value>``), a field of a string
+(``in type string``), a list of strings handed to ``join`` (a ``[]string``). And by choice: a range over an integer
 counts and ``json`` writes ``\\b`` and ``\\f`` so (both Go 1.22, which today's
 Docker is built with; Debian's Go here is older), ``title`` leaves a letter
 after an apostrophe alone, and ``truncate`` cuts characters, not bytes.
