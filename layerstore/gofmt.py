@@ -251,7 +251,7 @@ def _go_syntax(value: Any, spec: _Spec, top: bool = False) -> str:
     if isinstance(value, (int, float)):
         return _format(value, spec.as_verb("v"))
     if isinstance(value, str):
-        return _pad(_quote(value if spec.prec is None else value[:spec.prec]), spec)
+        return _pad(go_quote(value if spec.prec is None else value[:spec.prec]), spec)
     if isinstance(value, (list, tuple)):
         return type_name(value) + "{" + ", ".join(_go_syntax(v, spec) for v in value) + "}"
     if isinstance(value, dict):
@@ -425,7 +425,7 @@ def _string(value: str, spec: _Spec) -> str:
     if verb == "q":
         if spec.sharp and _can_backquote(value):
             return _pad(f"`{value}`", spec)
-        return _pad(_quote(value, ascii_only=spec.plus), spec)
+        return _pad(go_quote(value, ascii_only=spec.plus), spec)
     if verb in "xX":
         data = value.encode(errors="surrogateescape")
         if spec.prec is not None:
@@ -470,8 +470,8 @@ def _can_backquote(text: str) -> bool:
     return True
 
 
-def _quote(text: str, ascii_only: bool = False) -> str:
-    """strconv.Quote (QuoteToASCII with ``ascii_only``)."""
+def go_quote(text: str, ascii_only: bool = False) -> str:
+    """strconv.Quote (QuoteToASCII with ``ascii_only``): Go's %q of a string."""
     return '"' + "".join(_escape(c, '"', ascii_only) for c in text) + '"'
 
 

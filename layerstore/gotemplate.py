@@ -14,7 +14,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerstore.errors import CommandError
-from layerstore.gofmt import NO_VALUE, Byte, Fields, Int, StringMap, Strings, Struct, go_json, sprint, sprint_args, sprintf, sprintln, type_name
+from layerstore.gofmt import (
+    NO_VALUE,
+    Byte,
+    Fields,
+    Int,
+    StringMap,
+    Strings,
+    Struct,
+    go_json,
+    go_quote,
+    sprint,
+    sprint_args,
+    sprintf,
+    sprintln,
+    type_name,
+)
 
 
 class TemplateError(CommandError):
@@ -123,11 +138,6 @@ _KEYWORDS = ("if", "range", "with", "else", "end", "define", "template", "block"
 _VARIABLE = re.compile(r"\$[A-Za-z0-9_]*")
 
 
-def _goq(text: str) -> str:
-    """Go's %q, as its parse errors quote what they found."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 # the Docker CLI's header functions: in a table's header row these give their argument back
 _HEADER_FUNCS = ("json", "split", "join", "title", "lower", "upper", "truncate", "println", "pad")
 
@@ -209,7 +219,7 @@ class Template:
                 assert word is not None
                 rest = self._tokens(text[word.end():], pos + word.end())
                 if rest:
-                    raise self._parse_error(rest[0][2], f"unexpected {_goq(rest[0][1])} in {{{{{keyword}}}}}")
+                    raise self._parse_error(rest[0][2], f"unexpected {go_quote(rest[0][1])} in {{{{{keyword}}}}}")
                 if not self._range_depth:
                     raise self._parse_error(pos, f"{{{{{keyword}}}}} outside {{{{range}}}}")
                 out.append(_Loop(keyword))
@@ -224,7 +234,7 @@ class Template:
                 rest = text.strip()[len("else") :].strip()
                 if rest:
                     if rest.split()[0] not in ("if", "with"):
-                        raise self._parse_error(pos, f"unexpected {_goq(rest.split()[0])} in else")
+                        raise self._parse_error(pos, f"unexpected {go_quote(rest.split()[0])} in else")
                     return out, k, "else " + rest
                 return out, k, "else"
             if keyword is not None:
@@ -270,7 +280,7 @@ class Template:
             value = m.group(kind)
             start = base + m.start(kind)
             if kind == "bad":
-                raise self._parse_error(start, f"unexpected {_goq(value)} in command")
+                raise self._parse_error(start, f"unexpected {go_quote(value)} in command")
             toks.append((kind, value, start))
             i = m.end()
         return toks
@@ -280,7 +290,7 @@ class Template:
         decl, assign, k = self._declarations(toks, context)
         pipe, k = self._pipe_from(toks, k, base, text, context)
         if k != len(toks):
-            raise self._parse_error(toks[k][2], f"unexpected {_goq(toks[k][1])} in operand")
+            raise self._parse_error(toks[k][2], f"unexpected {go_quote(toks[k][1])} in operand")
         pipe.decl, pipe.assign = decl, assign
         self._vars.extend(decl)  # in scope after the pipeline, not in it
         return pipe
@@ -329,7 +339,7 @@ class Template:
                     k += 1
                 cmd.append(_Paren(pos, "(" + inner.text + ")", inner, chain))
             elif kind == "punct":  # := = , out of place
-                raise self._parse_error(pos, f"unexpected {_goq(value)} in {'operand' if cmd else 'command'}")
+                raise self._parse_error(pos, f"unexpected {go_quote(value)} in {'operand' if cmd else 'command'}")
             elif kind == "str":
                 cmd.append(_Literal(pos, value, _unquote(value)))
             elif kind == "raw":
