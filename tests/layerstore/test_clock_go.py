@@ -10,7 +10,6 @@ The zones include old offsets with seconds (Monrovia kept -0:44:30 until
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterator
 
 import gocli
 import pytest
@@ -31,12 +30,6 @@ INSTANTS = [0, ZERO, ZERO + 20 * 3600, LAST - 20 * 3600, 1704207845, 1719835445,
             2147483647, 2147483648, 4102444800, -1000000000]
 
 
-@pytest.fixture(scope="module")
-def go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[gocli.Ask]:
-    with gocli.running(tmp_path_factory.mktemp("gocli")) as ask:
-        yield ask
-
-
 def ours(unix: int, zone: str) -> str:
     """Both forms with the process in zone, as a user's TZ sets it."""
     with local_zone(zone):
@@ -44,22 +37,22 @@ def ours(unix: int, zone: str) -> str:
 
 
 @pytest.mark.parametrize("zone", ZONES)
-def test_instants_show_as_in_go(go: gocli.Ask, zone: str) -> None:
-    assert [ours(u, zone) for u in INSTANTS] == [go({"unix": u, "zone": zone})["out"] for u in INSTANTS]
+def test_instants_show_as_in_go(go_cli: gocli.Ask, zone: str) -> None:
+    assert [ours(u, zone) for u in INSTANTS] == [go_cli({"unix": u, "zone": zone})["out"] for u in INSTANTS]
 
 
 @settings(max_examples=examples("CLOCK_EXAMPLES", 300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(unix=st.integers(ZERO, LAST), zone=st.sampled_from(ZONES))
-def test_generated_instants_show_as_in_go(go: gocli.Ask, unix: int, zone: str) -> None:
-    assert ours(unix, zone) == go({"unix": unix, "zone": zone})["out"]
+def test_generated_instants_show_as_in_go(go_cli: gocli.Ask, unix: int, zone: str) -> None:
+    assert ours(unix, zone) == go_cli({"unix": unix, "zone": zone})["out"]
 
 
 @settings(max_examples=examples("CLOCK_EXAMPLES", 300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(unix=st.integers(ZERO + 86400, LAST - 86400), nanos=st.sampled_from([0, 5, 120000000, 999999999]),
        offset=st.one_of(st.just(0), st.integers(-23 * 60 - 59, 23 * 60 + 59)))
-def test_a_configs_timestamp_is_written_back_as_by_go(go: gocli.Ask, unix: int, nanos: int, offset: int) -> None:
+def test_a_configs_timestamp_is_written_back_as_by_go(go_cli: gocli.Ask, unix: int, nanos: int, offset: int) -> None:
     """inspect's Created: the config's own text, read and written with RFC 3339 and nanoseconds,
     its offset kept; from Go's zero time (0001-01-01) on."""
     local = _dt.datetime(1, 1, 1) + _dt.timedelta(seconds=unix - ZERO + offset * 60)
@@ -67,4 +60,4 @@ def test_a_configs_timestamp_is_written_back_as_by_go(go: gocli.Ask, unix: int, 
     text = local.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + f".{nanos:09d}{zone}"
     parsed = parse_time(text)
     assert parsed is not None and parsed.unix == unix, text
-    assert parsed.rfc3339nano() == go({"rfc3339": text})["out"]
+    assert parsed.rfc3339nano() == go_cli({"rfc3339": text})["out"]

@@ -7,7 +7,7 @@ tables never hold them, and ``tabwrite`` does not: the texts below leave them ou
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import gocli
 import pytest
@@ -22,10 +22,9 @@ pytestmark = long_run_marks("TABLE_EXAMPLES", seconds_each=0.05)
 Table = Callable[[str], str]
 
 
-@pytest.fixture(scope="module")
-def go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Table]:
-    with gocli.running(tmp_path_factory.mktemp("gocli")) as ask:
-        yield lambda text: str(ask({"table": text})["out"])
+@pytest.fixture
+def go(go_cli: gocli.Ask) -> Table:
+    return lambda text: str(go_cli({"table": text})["out"])
 
 
 CASES = [

@@ -19,7 +19,7 @@ after an apostrophe alone, and ``truncate`` cuts characters, not bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gocli
@@ -57,10 +57,9 @@ DATA: dict[str, Any] = {
 Renderer = Callable[[str, Any, bool], dict[str, Any]]
 
 
-@pytest.fixture(scope="module")
-def go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Renderer]:
-    with gocli.running(tmp_path_factory.mktemp("gocli")) as ask:
-        yield lambda template, data, strict: ask({"template": template, "data": data, "strict": strict})
+@pytest.fixture
+def go(go_cli: gocli.Ask) -> Renderer:
+    return lambda template, data, strict: go_cli({"template": template, "data": data, "strict": strict})
 
 
 def ours(template: str, data: Any, strict: bool) -> dict[str, Any]:
