@@ -113,12 +113,17 @@ def _civil(unix: int) -> tuple[int, int, int, int, int, int]:
     return year, month, doy - (153 * mp + 2) // 5 + 1, secs // 3600, secs // 60 % 60, secs % 60
 
 
+def _go_date(seconds: int) -> str:
+    """``2006-01-02 15:04:05`` of a count of seconds from 1970 on a clock (UTC's, or a zone's)."""
+    year, month, day, hour, minute, second = _civil(seconds)
+    digits = f"{abs(year):04d}" if year >= 0 else f"-{abs(year):04d}"
+    return f"{digits}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
+
+
 def _go_clock(unix: int) -> tuple[str, int, str]:
     """``2006-01-02 15:04:05`` in local time, the zone's offset in seconds and its name."""
     offset, name = _zone(unix)
-    year, month, day, hour, minute, second = _civil(unix + offset)
-    digits = f"{abs(year):04d}" if year >= 0 else f"-{abs(year):04d}"
-    return f"{digits}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}", offset, name
+    return _go_date(unix + offset), offset, name
 
 
 def _go_offset(offset: int, colon: str) -> str:
@@ -159,15 +164,10 @@ class Timestamp:
 
     def rfc3339nano(self) -> str:
         """Go's ``Format(time.RFC3339Nano)``: trailing zeros of the fraction dropped."""
-        year, month, day, hour, minute, second = _civil(self.unix + self.offset_minutes * 60)
-        out = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+        out = _go_date(self.unix + self.offset_minutes * 60).replace(" ", "T")
         if self.nanos:
             out += "." + f"{self.nanos:09d}".rstrip("0")
-        if self.offset_minutes == 0:
-            return out + "Z"
-        sign = "+" if self.offset_minutes > 0 else "-"
-        m = abs(self.offset_minutes)
-        return out + f"{sign}{m // 60:02d}:{m % 60:02d}"
+        return out + ("Z" if self.offset_minutes == 0 else _go_offset(self.offset_minutes * 60, ":"))
 
 
 def parse_time(text: object) -> Timestamp | None:
