@@ -2,8 +2,9 @@
 
 Data goes to stdout, with ``pull``'s and ``push``'s progress as Docker prints
 it there; other progress and diagnostics go to stderr. A user mistake is
-one line on stderr and exit 1; usage errors exit 2; a traceback only with
-``--debug``. A failure of the system (a full disk, a store that cannot be
+one line on stderr and exit 1; a command line that does not parse is said
+as the Docker CLI says it, with its exit codes (``layerstore.usage``); a
+traceback only with ``--debug``. A failure of the system (a full disk, a store that cannot be
 written) is one line too, naming the operation it stopped:
 ``Error: load big.tar: No space left on device``. Each command lives in ``layerstore.commands.<name>`` and stays
 thin over the library.
@@ -17,6 +18,7 @@ import sqlite3
 import sys
 
 from layerstore.errors import LayerStoreError
+from layerstore.usage import Parser, UsageError
 
 COMMANDS = (
     "pull", "load", "images", "tag", "rmi", "inspect", "history", "save",
@@ -65,7 +67,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     registers itself from its module, and importing the registry's HTTP stack for the
     commands that talk to one took half of the time a local command takes to start."""
     wanted = named_commands(argv) if argv is not None else None
-    parser = argparse.ArgumentParser(prog="layerstore", description="Daemonless image store with Docker's image commands.")
+    parser = Parser(prog="layerstore", description="Daemonless image store with Docker's image commands.")
     parser.add_argument("--root", help="store directory (default: $LAYERSTORE_ROOT, /var/lib/layerstore as root)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -114,7 +116,11 @@ def operation(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(exc.report())
+        return exc.code
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="layerstore: %(message)s")
     from layerstore.store import Store
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from layerstore import queries
 from layerstore.commands.images import image_id
-from layerstore.errors import CommandError
 from layerstore.formatting import Record, created_since, ellipsis, go_rfc3339, human_size, parse_time, render
 from layerstore.platforms import from_flags
 from layerstore.store import Store
@@ -22,14 +21,11 @@ TABLE_NON_HUMAN = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.
 QUIET = "{{.ID}}"
 HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
 MISSING = "<missing>"
-_BOOLS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
-
-
 def register(sub: argparse._SubParsersAction, name: str = "history") -> None:  # type: ignore[type-arg]
     p = sub.add_parser(name, help="show the history of an image")
-    p.add_argument("image", nargs="?", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE")
     p.add_argument("--format", default="", help="'table', 'table TEMPLATE', 'json' or a Go template")
-    p.add_argument("-H", "--human", nargs="?", const="true", default="true", metavar="BOOL",
+    p.add_argument("-H", "--human", action="store_true", default=True,
                    help="sizes and dates in human readable form (default true; -H=false for bytes and RFC 3339)")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
@@ -69,13 +65,7 @@ def steps(store: Store, image: str) -> list[Step]:
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
-    human = _BOOLS.get(str(args.human).lower())
-    if human is None:  # `history -H IMAGE`: -H takes no value there, as with Docker's boolean flags
-        if args.image is not None:
-            raise CommandError(f'invalid argument "{args.human}" for "-H, --human" flag: parse error')
-        args.image, human = args.human, True
-    if args.image is None:
-        raise CommandError('"history" requires exactly 1 argument')
+    human = args.human
     image = store.resolve(args.image, from_flags(args.platform))
     fmt = args.format
     if not fmt or fmt == "table":

@@ -18,7 +18,7 @@ import sys
 
 from layerstore import reference
 from layerstore.commands.pull import add_registry_options, quiet_http_logs
-from layerstore.errors import AlreadyExists, CommandError, InvalidReference, LayerStoreError, NotFound
+from layerstore.errors import AlreadyExists, InvalidReference, LayerStoreError, NotFound
 from layerstore.reference import Reference
 from layerstore.registry.client import RegistryClient
 from layerstore.registry.inspect import image_manifest, inspect, show_local_image, show_local_list
@@ -55,8 +55,8 @@ def register(sub: argparse._SubParsersAction, name: str = "manifest") -> None:  
 
     i = manifest_sub.add_parser("inspect", help="display an image manifest, or manifest list",
                                 usage="layerstore manifest inspect [OPTIONS] [MANIFEST_LIST] MANIFEST")
-    i.add_argument("names", nargs="+", metavar="NAME",
-                   help="[MANIFEST_LIST] MANIFEST: a list or image, or an image of a local list")
+    i.add_argument("name", metavar="NAME", help="a list or image, or a local list when an image of it follows")
+    i.add_argument("image", nargs="?", metavar="MANIFEST", help="an image of the local list NAME")
     i.add_argument("-v", "--verbose", action="store_true", help="per-image details: platform, raw manifest")
     i.add_argument("--insecure", action="store_true", help="allow communication with an insecure registry")
     add_registry_options(i)
@@ -160,15 +160,13 @@ def run_annotate(args: argparse.Namespace, store: Store) -> int:
 
 
 def run_inspect(args: argparse.Namespace, store: Store) -> int:
-    if len(args.names) > 2:
-        raise CommandError('"manifest inspect" requires at most two names: [MANIFEST_LIST] MANIFEST')
     lists = ManifestLists()
-    if len(args.names) == 2:
-        _, list_full = _list_name(args.names[0])
-        _, image_full = _named(args.names[1])
+    if args.image is not None:
+        _, list_full = _list_name(args.name)
+        _, image_full = _named(args.image)
         sys.stdout.write(show_local_image(lists.get(list_full, image_full), args.verbose))
         return 0
-    ref, full = _named(args.names[0])
+    ref, full = _named(args.name)
     if not ref.digest and lists.exists(full):
         sys.stdout.write(show_local_list(full, lists.images(full), args.verbose))
         return 0
