@@ -19,6 +19,7 @@ from layerstore.platforms import Platform
 from layerstore.registry.progress import Display, PullOutput, Quiet
 from layerstore.registry.pull import Puller, full_name
 from layerstore.store import Store
+from layerstore.usage import GO_BOOLS
 
 
 def add_registry_options(p: argparse.ArgumentParser) -> None:
@@ -35,12 +36,21 @@ def add_registry_options(p: argparse.ArgumentParser) -> None:
 
 
 def refuse_content_trust(args: argparse.Namespace) -> None:
-    """``DOCKER_CONTENT_TRUST=1`` asks the Docker CLI to verify Notary signatures, which this
-    tool cannot: refused rather than ignored, unless ``--disable-content-trust`` says so."""
-    wanted = os.environ.get("DOCKER_CONTENT_TRUST", "").strip().lower() in ("1", "t", "true")
-    if wanted and not args.disable_content_trust:
+    """``DOCKER_CONTENT_TRUST=1`` or ``--disable-content-trust=false`` asks the Docker CLI to verify
+    Notary signatures, which this tool cannot: refused rather than ignored. As the Docker CLI reads
+    the variable, any value but Go's spellings of false asks for it."""
+    if args.disable_content_trust is False:
+        raise CommandError("content trust (--disable-content-trust=false) is not supported: image signatures cannot be"
+                           " verified here")
+    setting = os.environ.get("DOCKER_CONTENT_TRUST", "")
+    if setting and GO_BOOLS.get(setting, True) and args.disable_content_trust is None:
         raise CommandError("content trust (DOCKER_CONTENT_TRUST) is not supported: image signatures cannot be verified"
                            " here; unset it or pass --disable-content-trust")
+
+
+def add_content_trust_option(p: argparse.ArgumentParser) -> None:
+    """Docker's flag, on by default; None when not given, so that the variable decides."""
+    p.add_argument("--disable-content-trust", action="store_true", default=None, help=argparse.SUPPRESS)
 
 
 def quiet_http_logs() -> None:
@@ -56,7 +66,7 @@ def register(sub: argparse._SubParsersAction, name: str = "pull") -> None:  # ty
     p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
     p.add_argument("--platform", default=os.environ.get("DOCKER_DEFAULT_PLATFORM") or None,
                    help="os/arch[/variant] to pull from a multi-platform image (default: this machine's)")
-    p.add_argument("--disable-content-trust", action="store_true", help=argparse.SUPPRESS)  # Docker's default; no-op
+    add_content_trust_option(p)
     add_registry_options(p)
     p.set_defaults(func=run)
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from layerstore import reference
-from layerstore.commands.pull import add_registry_options, quiet_http_logs, refuse_content_trust
+from layerstore.commands.pull import add_content_trust_option, add_registry_options, quiet_http_logs, refuse_content_trust
 from layerstore.errors import CommandError
 from layerstore.platforms import from_flags
 from layerstore.reference import Reference
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction, name: str = "push") -> None:  # ty
     p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
     p.add_argument("--platform", metavar="os[/arch[/variant]]",
                    help="the image must be for this platform (an image here holds one)")
-    p.add_argument("--disable-content-trust", action="store_true", help=argparse.SUPPRESS)  # Docker's default; no-op
+    add_content_trust_option(p)
     add_registry_options(p)
     p.set_defaults(func=run)
 

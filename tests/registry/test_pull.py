@@ -302,8 +302,16 @@ def test_content_trust_asked_for_is_refused_not_ignored(world: World, tmp_path: 
     assert (refused.rc, refused.out) == (1, "")
     assert refused.err == ("Error: content trust (DOCKER_CONTENT_TRUST) is not supported: image signatures cannot be"
                            " verified here; unset it or pass --disable-content-trust\n")
+    monkeypatch.setenv("DOCKER_CONTENT_TRUST", "yes")  # not Go's spelling of a bool: the Docker CLI asks for trust
+    assert cli(tmp_path, command, name).err == refused.err
+    monkeypatch.setenv("DOCKER_CONTENT_TRUST", "0")
+    asked = cli(tmp_path, command, "--disable-content-trust=false", name)
+    assert (asked.rc, asked.out) == (1, "")
+    assert asked.err == ("Error: content trust (--disable-content-trust=false) is not supported: image signatures"
+                         " cannot be verified here\n")
     if command == "pull":
         assert cli(tmp_path, "images", "-q").out == ""  # nothing was pulled
+        monkeypatch.setenv("DOCKER_CONTENT_TRUST", "1")
         assert cli(tmp_path, "pull", "--disable-content-trust", name).rc == 0
         monkeypatch.setenv("DOCKER_CONTENT_TRUST", "0")
         assert cli(tmp_path, "pull", "-q", name).rc == 0
