@@ -15,12 +15,20 @@ from layerstore.digest import parse_digest
 from layerstore.errors import InvalidReference, quote
 
 DEFAULT_DOMAIN = "docker.io"
+LEGACY_DOMAIN = "index.docker.io"
 DEFAULT_TAG = "latest"
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_DOMAIN = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
 MAX_NAME = 255
+# The grammar of the reference package (regexp.go), ASCII only as Go's classes are
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?:(?P<domain>{_HOST})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?"
+)
+_IDENTIFIER = re.compile(r"[a-f0-9]{64}")
+INVALID_FORMAT = "invalid reference format"
 
 
 @dataclass(frozen=True)
@@ -56,37 +64,49 @@ class Reference:
 
 
 def parse(text: str, *, default_tag: bool = True) -> Reference:
-    """Parse and normalise a reference; InvalidReference says what is wrong."""
+    """Parse and normalise a reference as the Docker CLI does (``ParseNormalizedNamed``);
+    InvalidReference says what is wrong, in the reference package's words."""
     subject = f"reference {quote(text)}"
-    if not text or text != text.strip():
-        raise InvalidReference(subject, "empty or surrounded by spaces")
-    rest, _, digest = text.partition("@")
+    if _IDENTIFIER.fullmatch(text):
+        raise InvalidReference(subject, f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
+    domain, remainder = split_domain(text)
+    remote = remainder.partition(":")[0]
+    if remote.lower() != remote:
+        raise InvalidReference(subject, f"{INVALID_FORMAT}: repository name ({remote}) must be lowercase")
+    whole = f"{domain}/{remainder}"
+    match = _REFERENCE.fullmatch(whole)
+    if match is None:
+        lowered = whole.lower()
+        uppercase = lowered != whole and _REFERENCE.fullmatch(lowered)
+        raise InvalidReference(subject, "repository name must be lowercase" if uppercase else INVALID_FORMAT)
+    path = match["path"]
+    if len(path) > MAX_NAME:
+        raise InvalidReference(subject, f"repository name must not be more than {MAX_NAME} characters")
+    digest = match["digest"]
     if digest:
         try:
             digest = str(parse_digest(digest))
-        except ValueError as exc:
-            raise InvalidReference(subject, f"bad digest ({exc})") from None
-    name, tag = rest, None
-    last = rest.rfind(":")
-    if last > rest.rfind("/"):
-        name, tag = rest[:last], rest[last + 1 :]
-        if not _TAG.fullmatch(tag):
-            raise InvalidReference(subject, f"invalid tag {quote(tag)}")
-    domain, path = split_domain(name, subject)
-    if not _NAME.fullmatch(path):
-        raise InvalidReference(subject, "invalid repository name (lowercase letters, digits and separators only)")
-    if len(f"{domain}/{path}") > MAX_NAME:
-        raise InvalidReference(subject, f"repository name longer than {MAX_NAME} characters")
-    ref = Reference(domain, path, tag, digest or None)
+        except InvalidReference as exc:
+            raise InvalidReference(subject, str(exc)) from None
+    if match["domain"] != domain:  # "a_b.c/x": Docker takes the whole as a path with no registry at all
+        raise InvalidReference(subject, f"{INVALID_FORMAT}: invalid registry host {quote(domain)}")
+    ref = Reference(domain, path, match["tag"], digest)
     return ref.with_default_tag() if default_tag else ref
 
 
-def split_domain(name: str, subject: str) -> tuple[str, str]:
-    first, sep, remainder = name.partition("/")
-    if sep and (("." in first or ":" in first or first == "localhost") or first != first.lower()):
-        if not _DOMAIN.fullmatch(first):
-            raise InvalidReference(subject, f"invalid registry host {quote(first)}")
-        return first, remainder
-    if first == "index.docker.io":
-        return DEFAULT_DOMAIN, remainder
-    return DEFAULT_DOMAIN, name if "/" in name else f"library/{name}"
+def split_domain(name: str) -> tuple[str, str]:
+    """The registry and the rest, as ``splitDockerDomain``: the first component is a registry
+    when it has a dot or a port, is ``localhost`` or has capitals; Docker Hub's
+    single-component names go under ``library/``."""
+    first, sep, rest = name.partition("/")
+    if not sep:
+        return DEFAULT_DOMAIN, f"library/{name}"
+    if first == LEGACY_DOMAIN:
+        domain = DEFAULT_DOMAIN
+    elif first == "localhost" or "." in first or ":" in first or first.lower() != first:
+        domain = first
+    else:
+        domain, rest = DEFAULT_DOMAIN, name
+    if domain == DEFAULT_DOMAIN and "/" not in rest:
+        rest = f"library/{rest}"
+    return domain, rest

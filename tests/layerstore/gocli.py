@@ -1,8 +1,8 @@
 """Docker's CLI output made by Go's own packages: ``gocli/main.go``, built with
 Debian's Go (``golang-go``) and kept running while a test module asks it.
 
-The differential tests of ``layerstore.formatting`` hand it the same input as
-the Python code and compare what both print.
+The differential tests of ``layerstore.formatting`` and ``layerstore.reference``
+hand it the same input as the Python code and compare what both print.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 SOURCE = Path(__file__).parent / "gocli" / "main.go"
+LIBRARIES = Path("/usr/share/gocode/src")  # where Debian's golang-*-dev packages put Go sources
 
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -25,7 +26,9 @@ def running(work: Path) -> Iterator[Ask]:
     """Build the program in work and yield a function that sends it one request."""
     gobin = shutil.which("go")
     assert gobin, "Go is needed (Debian's golang-go): these tests compare with Go's own packages"
-    env = {**os.environ, "GOCACHE": str(work / "cache"), "GO111MODULE": "off", "GOPATH": str(work / "path")}
+    assert (LIBRARIES / "github.com/docker/distribution/reference").is_dir(), \
+        "Debian's golang-github-docker-distribution-dev is needed: image names are compared with its reference package"
+    env = {**os.environ, "GOCACHE": str(work / "cache"), "GO111MODULE": "off", "GOPATH": f"{work / 'path'}:{LIBRARIES.parent}"}
     subprocess.run([gobin, "build", "-o", str(work / "gocli"), str(SOURCE)], check=True, env=env, cwd=work)
     proc = subprocess.Popen([str(work / "gocli")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None

@@ -8,6 +8,8 @@
 //   {"table": TEXT} -> {"out": ...}
 //   {"unix": SECONDS, "zone": NAME} -> {"out": "<time.String()>|<RFC 3339>"} in that zone
 //   {"rfc3339": TEXT} -> {"out": TEXT parsed and formatted again with RFC 3339 and nanoseconds}
+//   {"reference": TEXT} -> {"out": "domain\npath\ntag\ndigest\nfamiliar form"} or {"stage": "parse", "err": ...},
+//     as the Docker CLI reads an image name (the reference package of Debian's docker-distribution)
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
 // templates see are, and float64 otherwise.
 package main
@@ -15,12 +17,16 @@ package main
 import (
 	"bufio"
 	"bytes"
+	_ "crypto/sha256" // the digest algorithms a reference may name
+	_ "crypto/sha512"
 	"encoding/json"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"text/template"
 	"time"
+
+	"github.com/docker/distribution/reference"
 )
 
 var basicFunctions = template.FuncMap{
@@ -58,6 +64,7 @@ type request struct {
 	Table    *string         `json:"table"`
 	Unix     *int64          `json:"unix"`
 	RFC3339  *string         `json:"rfc3339"`
+	Ref      *string         `json:"reference"`
 	Zone     string          `json:"zone"`
 	Template string          `json:"template"`
 	Data     json.RawMessage `json:"data"`
@@ -111,7 +118,27 @@ func clock(unix int64, zone string) answer {
 	return answer{Out: &out}
 }
 
+// named reads an image name as the Docker CLI's pull, tag and rmi do.
+func named(text string) answer {
+	ref, err := reference.ParseNormalizedNamed(text)
+	if err != nil {
+		return answer{Stage: "parse", Err: err.Error()}
+	}
+	tag, digest := "", ""
+	if t, ok := ref.(reference.Tagged); ok {
+		tag = t.Tag()
+	}
+	if d, ok := ref.(reference.Digested); ok {
+		digest = d.Digest().String()
+	}
+	out := strings.Join([]string{reference.Domain(ref), reference.Path(ref), tag, digest, reference.FamiliarString(ref)}, "\n")
+	return answer{Out: &out}
+}
+
 func render(req request) answer {
+	if req.Ref != nil {
+		return named(*req.Ref)
+	}
 	if req.Table != nil {
 		return table(*req.Table)
 	}
