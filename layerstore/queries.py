@@ -214,6 +214,21 @@ def go_path_match(pattern: str, name: str) -> bool:
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
+    def bad() -> CommandError:
+        return CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern")
+
+    def escaped(j: int) -> tuple[str, int]:
+        """Go's getEsc: one class character (``\\`` escapes), never ``-`` or ``]``, never the last."""
+        if j >= len(pattern) or pattern[j] in "-]":
+            raise bad()
+        if pattern[j] == "\\":
+            j += 1
+            if j >= len(pattern):
+                raise bad()
+        if j + 1 >= len(pattern):
+            raise bad()
+        return pattern[j], j + 1
+
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -225,39 +240,27 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         elif c == "\\":
             i += 1
             if i >= len(pattern):
-                raise CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern")
+                raise bad()
             out.append(re.escape(pattern[i]))
         elif c == "[":
             j = i + 1
-            cls = ["["]
-            if j < len(pattern) and pattern[j] == "^":
-                cls.append("^")
-                j += 1
-            first = True
-            while j < len(pattern) and (pattern[j] != "]" or first):
-                ch = pattern[j]
-                if ch == "\\" and j + 1 < len(pattern):
-                    j += 1
-                    ch = pattern[j]
-                    cls.append(re.escape(ch))
-                elif ch == "-" and not first and j + 1 < len(pattern) and pattern[j + 1] != "]":
-                    cls.append("-")
-                else:
-                    cls.append(re.escape(ch))
-                first = False
-                j += 1
-            if j >= len(pattern) or len(cls) == 1 or cls == ["[", "^"]:
-                raise CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern")
-            cls.append("]")
-            out.append("".join(cls))
+            negated = j < len(pattern) and pattern[j] == "^"
+            j += negated
+            ranges: list[tuple[str, str]] = []
+            while not (ranges and j < len(pattern) and pattern[j] == "]"):
+                lo, j = escaped(j)
+                hi = lo
+                if pattern[j] == "-":
+                    hi, j = escaped(j + 1)
+                ranges.append((lo, hi))
             i = j
+            wanted = "".join(f"{re.escape(lo)}-{re.escape(hi)}" for lo, hi in ranges if lo <= hi)
+            # a range backwards matches nothing in Go, and is an error to Python's re
+            out.append(f"[{'^' if negated else ''}{wanted}]" if wanted else "." if negated else "(?!)")
         else:
             out.append(re.escape(c))
         i += 1
-    try:
-        return re.compile("".join(out), re.DOTALL)
-    except re.error:
-        raise CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern") from None
+    return re.compile("".join(out), re.DOTALL)
 
 
 def reference_matches(pattern: str, repository: str, tag: str | None = None, digest: str | None = None) -> bool:

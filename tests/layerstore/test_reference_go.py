@@ -10,6 +10,9 @@ targeted tests check instead: a registry in brackets (IPv6), a first component
 with capitals and no dot or port (a registry now, a lowercase error then), a
 length limit on the path alone (it was on the whole name), and the wording of
 the lowercase error (the path is named now).
+
+The patterns of ``images --filter reference=`` are compared with Go's
+``path.Match`` the same way.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from budgets import examples, long_run_marks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerstore.errors import InvalidReference
+from layerstore.errors import CommandError, InvalidReference
+from layerstore.queries import go_path_match
 from layerstore.reference import parse
 
 pytestmark = long_run_marks("REFERENCE_EXAMPLES", seconds_each=0.01)
@@ -150,3 +154,36 @@ def assert_read_alike(go_cli: gocli.Ask, text: str) -> None:
         assert mine.get("err", "").startswith('digest "'), (text, mine, go)
         return
     assert mine == go, text
+
+
+# -- patterns of images' reference filter: Go's path.Match --------------------------
+
+
+def matched(pattern: str, name: str) -> dict[str, str]:
+    """What gocli answers for path.Match, from this package."""
+    try:
+        return {"out": "true" if go_path_match(pattern, name) else "false"}
+    except CommandError as exc:
+        assert str(exc).endswith(": syntax error in pattern"), exc
+        return {"stage": "parse", "err": "syntax error in pattern"}
+
+
+PATTERNS = [
+    ("busybox", "busybox"), ("busy*", "busybox"), ("*", "org/app"), ("*/*", "org/app"), ("org/*", "org/app:1"),
+    ("?usybox", "busybox"), ("?", "/"), ("[a-c]*", "busybox"), ("[^a-c]*", "busybox"), ("[^a]", "/"),
+    ("a[/]b", "a/b"), ("*:1.*", "app:1.36"), ("\\*", "*"), ("[\\]]", "]"), ("[\\-]", "-"), ("[a\\-z]", "-"),
+    ("[]", "]"), ("[]a]", "]"), ("[-a]", "-"), ("[a-]", "-"), ("[^]", "x"), ("[a", "a"), ("[a-", "a"), ("a\\", "a"),
+    ("[z-a]", "m"), ("[^z-a]", "m"), ("[z-ab]", "b"), ("b[", "a"), ("*[", "x"), ("é*", "éa"), ("[é-ü]", "ö"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "name"), PATTERNS)
+def test_reference_patterns_match_as_gos_path_match(go_cli: gocli.Ask, pattern: str, name: str) -> None:
+    assert matched(pattern, name) == go_cli({"pattern": pattern, "name": name})
+
+
+@settings(max_examples=examples("REFERENCE_EXAMPLES", 1000), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(pattern=st.text("ab/*?[]^-\\é", max_size=8), name=st.text("ab/-]^\\é*", max_size=6))
+def test_generated_patterns_match_as_gos_path_match(go_cli: gocli.Ask, pattern: str, name: str) -> None:
+    assert matched(pattern, name) == go_cli({"pattern": pattern, "name": name})

@@ -10,6 +10,8 @@
 //   {"rfc3339": TEXT} -> {"out": TEXT parsed and formatted again with RFC 3339 and nanoseconds}
 //   {"reference": TEXT} -> {"out": "domain\npath\ntag\ndigest\nfamiliar form"} or {"stage": "parse", "err": ...},
 //     as the Docker CLI reads an image name (the reference package of Debian's docker-distribution)
+//   {"pattern": P, "name": N} -> {"out": "true"|"false"} or {"stage": "parse", "err": ...}: path.Match,
+//     which images' reference filter uses
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
 // templates see are, and float64 otherwise.
 package main
@@ -21,6 +23,7 @@ import (
 	_ "crypto/sha512"
 	"encoding/json"
 	"os"
+	"path"
 	"strings"
 	"text/tabwriter"
 	"text/template"
@@ -65,6 +68,8 @@ type request struct {
 	Unix     *int64          `json:"unix"`
 	RFC3339  *string         `json:"rfc3339"`
 	Ref      *string         `json:"reference"`
+	Pattern  *string         `json:"pattern"`
+	Name     string          `json:"name"`
 	Zone     string          `json:"zone"`
 	Template string          `json:"template"`
 	Data     json.RawMessage `json:"data"`
@@ -136,6 +141,17 @@ func named(text string) answer {
 }
 
 func render(req request) answer {
+	if req.Pattern != nil {
+		matched, err := path.Match(*req.Pattern, req.Name)
+		if err != nil {
+			return answer{Stage: "parse", Err: err.Error()}
+		}
+		out := "false"
+		if matched {
+			out = "true"
+		}
+		return answer{Out: &out}
+	}
 	if req.Ref != nil {
 		return named(*req.Ref)
 	}
