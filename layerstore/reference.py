@@ -63,11 +63,16 @@ class Reference:
         return self
 
 
+def is_identifier(text: str) -> bool:
+    """64 lowercase hex digits: an image ID, never a name, as Docker reads them."""
+    return _IDENTIFIER.fullmatch(text) is not None
+
+
 def parse(text: str, *, default_tag: bool = True) -> Reference:
     """Parse and normalise a reference as the Docker CLI does (``ParseNormalizedNamed``);
     InvalidReference says what is wrong, in the reference package's words."""
     subject = f"reference {quote(text)}"
-    if _IDENTIFIER.fullmatch(text):
+    if is_identifier(text):
         raise InvalidReference(subject, f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
     domain, remainder = split_domain(text)
     remote = remainder.partition(":")[0]

@@ -275,7 +275,9 @@ class Store:
         try:
             ref = reference.parse(text)
         except InvalidReference:
-            raise NoSuchImage(text) from None
+            if reference.is_identifier(text):  # an image ID, as Docker reads 64 hex digits
+                raise NoSuchImage(text) from None
+            raise  # not a name either: said as such, as dockerd says "invalid reference format"
         if ref.digest:
             row = self.meta.one("SELECT image_id FROM repo_digests WHERE repository = ? AND digest = ?", ref.repository, ref.digest)
             row = row or self.meta.one("SELECT image_id FROM manifests WHERE digest = ?", ref.digest)

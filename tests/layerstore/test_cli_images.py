@@ -362,6 +362,15 @@ def test_inspect_several_and_missing(shared: Loaded) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "[]\n", "Error: No such image: nope\n")
 
 
+def test_a_name_that_is_no_name_is_said_so(shared: Loaded) -> None:
+    """As dockerd answers: "invalid reference format" for what it cannot read as a name, but
+    "No such image" for 64 hex digits that it does not have, which it reads as an image ID."""
+    assert fail(shared.root, "rmi", "base:é") == 'Error: reference "base:é": invalid reference format\n'
+    assert fail(shared.root, "history", "example/Base") == (
+        'Error: reference "example/Base": invalid reference format: repository name (example/Base) must be lowercase\n')
+    assert fail(shared.root, "rmi", "f" * 64) == f"Error: No such image: {'f' * 64}\n"
+
+
 def test_an_image_made_at_gos_zero_time(tmp_path: Path) -> None:
     """Some builders write created 0001-01-01T00:00:00Z, Go's zero time: shown as Docker
     shows it, also in a zone where that instant falls in year 0, and never a traceback."""
