@@ -288,27 +288,66 @@ def reference_matches(pattern: str, repository: str, tag: str | None = None, dig
     return ref.tag is None or ref.tag == tag
 
 
-_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# time.ParseDuration's units, in nanoseconds (the micro sign and the Greek mu both spell micro)
+_UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
+          "h": 3600 * 10**9}
+_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
+_NANOS_LIMIT = 1 << 63
+
+
+def go_duration(text: str) -> int | None:
+    """Go's ``time.ParseDuration`` in nanoseconds (``1h30m``, ``-1.5s``, ``0``), None where Go
+    refuses it, overflow included; each unit's fraction is rounded down as Go rounds it."""
+    rest = text[1:] if text[:1] in ("-", "+") else text
+    negative = text[:1] == "-"
+    if rest == "0":
+        return 0
+    if not rest:
+        return None
+    total = 0
+    while rest:
+        part = _DURATION_PART.match(rest)
+        assert part is not None  # every group may be empty
+        whole, fraction, unit = part.group(1), part.group(2), part.group(3)
+        if not whole and not fraction:  # also "." alone: a number needs a digit
+            return None
+        nanos = _UNITS.get(unit)
+        if nanos is None:
+            return None
+        value = int(whole or "0")
+        if value > _NANOS_LIMIT // nanos:
+            return None
+        value *= nanos
+        kept, scale = 0, 1.0
+        for digit in fraction or "":  # leadingFraction: the digits up to where they would overflow
+            if kept > (_NANOS_LIMIT - 1) // 10 or kept * 10 + int(digit) > _NANOS_LIMIT:
+                break
+            kept, scale = kept * 10 + int(digit), scale * 10
+        if kept:
+            value += int(float(kept) * (float(nanos) / scale))
+            if value > _NANOS_LIMIT:
+                return None
+        total += value
+        if total > _NANOS_LIMIT:
+            return None
+        rest = rest[part.end():]
+    if negative:
+        return -total
+    return total if total < _NANOS_LIMIT else None
 
 
 def parse_duration(text: str) -> float | None:
-    """A Go duration (``1h30m``, ``90s``, ``0``) in seconds; None if text is not one."""
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    if not _DURATION.fullmatch(text):
-        return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    """A Go duration in seconds; None if text is not one."""
+    nanos = go_duration(text)
+    return None if nanos is None else nanos / 1e9
 
 
 def parse_until(value: str, now: float | None = None) -> float:
     """Docker's ``until=``: a Go duration before now, a Unix time, or an RFC 3339 date (local if zoneless)."""
     now = time.time() if now is None else now
     text = value.strip()
-    duration = parse_duration(text)
-    if duration is not None and text != "0":  # a bare 0 is the Unix epoch here
+    duration = parse_duration(value)
+    if duration is not None and value != "0":  # a bare 0 is the Unix epoch here
         return now - duration
     try:
         return float(text)

@@ -6,6 +6,9 @@ the same instants and zones, and reads and writes a config's timestamp again.
 The zones include old offsets with seconds (Monrovia kept -0:44:30 until
 1972), half and quarter hours, and the first and last years that an image's
 ``created`` can name (0001, Go's zero time, and 9999).
+
+Durations (``until=``, ``fsck --max``) are read as ``time.ParseDuration``
+reads them: signs, fractions, both spellings of micro, and overflow.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from hypothesis import strategies as st
 from zones import local_zone
 
 from layerstore.formatting import go_rfc3339, go_time_string, parse_time
+from layerstore.queries import go_duration
 
 pytestmark = long_run_marks("CLOCK_EXAMPLES", seconds_each=0.05)
 
@@ -61,3 +65,36 @@ def test_a_configs_timestamp_is_written_back_as_by_go(go_cli: gocli.Ask, unix: i
     parsed = parse_time(text)
     assert parsed is not None and parsed.unix == unix, text
     assert parsed.rfc3339nano() == go_cli({"rfc3339": text})["out"]
+
+
+# -- durations (until=, fsck --max): time.ParseDuration --------------------------
+
+DURATIONS = [
+    "0", "-0", "+0", "00", "24h", "1h30m", "-1.5s", ".5s", "1.s", ".s", "1", "", "-", "1h ", " 1h", "1e3s", "1H",
+    "300ms", "1us", "1µs", "1μs", "2562047h47m16.854775807s", "2562047h47m16.854775808s", "-2562047h47m16.854775808s",
+    "9223372036854775807ns", "9223372036854775808ns", "0.000000000000000000001s", "1.99999999999999999999999s",
+    "123456789012345678901234567890ns", "1.0000000000000000000000000000000000001h",
+]
+
+
+def go_nanos(go_cli: gocli.Ask, text: str) -> int | None:
+    answer = go_cli({"duration": text})
+    return int(answer["out"]) if "out" in answer else None
+
+
+@pytest.mark.parametrize("text", DURATIONS)
+def test_durations_read_as_gos(go_cli: gocli.Ask, text: str) -> None:
+    assert go_duration(text) == go_nanos(go_cli, text)
+
+
+_AMOUNTS = st.sampled_from(["1", "0", "9", "12", "3.", ".5", "2.25", "99999999999", "0.000000001", ".", "",
+                            "9223372036854775807", "18446744073709551616"])
+_UNITS = st.sampled_from(["ns", "us", "µs", "μs", "ms", "s", "m", "h", "", "x", "H"])
+
+
+@settings(max_examples=examples("CLOCK_EXAMPLES", 300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(sign=st.sampled_from(["", "-", "+"]), parts=st.lists(st.tuples(_AMOUNTS, _UNITS), min_size=1, max_size=4))
+def test_generated_durations_read_as_gos(go_cli: gocli.Ask, sign: str, parts: list[tuple[str, str]]) -> None:
+    text = sign + "".join(amount + unit for amount, unit in parts)
+    assert go_duration(text) == go_nanos(go_cli, text)

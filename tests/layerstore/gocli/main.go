@@ -10,6 +10,7 @@
 //   {"rfc3339": TEXT} -> {"out": TEXT parsed and formatted again with RFC 3339 and nanoseconds}
 //   {"reference": TEXT} -> {"out": "domain\npath\ntag\ndigest\nfamiliar form"} or {"stage": "parse", "err": ...},
 //     as the Docker CLI reads an image name (the reference package of Debian's docker-distribution)
+//   {"duration": TEXT} -> {"out": nanoseconds} or {"stage": "parse", "err": ...}: time.ParseDuration
 //   {"pattern": P, "name": N} -> {"out": "true"|"false"} or {"stage": "parse", "err": ...}: path.Match,
 //     which images' reference filter uses
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
@@ -24,6 +25,7 @@ import (
 	"encoding/json"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"text/template"
@@ -69,6 +71,7 @@ type request struct {
 	RFC3339  *string         `json:"rfc3339"`
 	Ref      *string         `json:"reference"`
 	Pattern  *string         `json:"pattern"`
+	Duration *string         `json:"duration"`
 	Name     string          `json:"name"`
 	Zone     string          `json:"zone"`
 	Template string          `json:"template"`
@@ -141,6 +144,14 @@ func named(text string) answer {
 }
 
 func render(req request) answer {
+	if req.Duration != nil {
+		d, err := time.ParseDuration(*req.Duration)
+		if err != nil {
+			return answer{Stage: "parse", Err: err.Error()}
+		}
+		out := strconv.FormatInt(int64(d), 10)
+		return answer{Out: &out}
+	}
 	if req.Pattern != nil {
 		matched, err := path.Match(*req.Pattern, req.Name)
 		if err != nil {
