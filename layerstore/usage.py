@@ -3,8 +3,9 @@
 argparse says ``unrecognized arguments: --bogus`` and exits 2. Docker's CLI
 (cobra and pflag) says ``unknown flag: --bogus`` and exits 125 for a flag
 it cannot parse, and exits 1 with ``'docker tag' requires 2 arguments`` for
-a wrong number of arguments (podman exits 125 for both). Here each is one ``Error:`` line and a ``See 'layerstore CMD --help'.``
-line, as older Docker CLIs and podman print them.
+a wrong number of arguments (podman exits 125 for both). Here each is one
+``Error:`` line and a ``See 'layerstore CMD --help'.`` line, as older Docker
+CLIs and podman print them.
 
 Two of pflag's rules come along, as Docker users type them: a boolean flag
 takes ``--quiet=false`` (any of Go's ``strconv.ParseBool`` spellings), and
@@ -73,12 +74,17 @@ def _flag_name(option_strings: Sequence[str]) -> str:
     return long or short or ""
 
 
-def _value(python_repr: str) -> str:
-    """argparse quotes a value with repr(); pflag with Go's %q."""
+def _unquoted(python_repr: str) -> str:
+    """The value argparse quoted with repr()."""
     try:
-        return go_quote(str(ast.literal_eval(python_repr)))
+        return str(ast.literal_eval(python_repr))
     except (ValueError, SyntaxError):
         return python_repr
+
+
+def _value(python_repr: str) -> str:
+    """A value as pflag quotes it: Go's %q."""
+    return go_quote(_unquoted(python_repr))
 
 
 class Parser(argparse.ArgumentParser):
@@ -175,7 +181,7 @@ class Parser(argparse.ArgumentParser):
             choice = _INVALID_CHOICE.fullmatch(problem)
             if choice is None:
                 self.fail(message, ARGUMENT_ERROR)
-            command = _value(choice["value"])[1:-1]
+            command = _unquoted(choice["value"])
             if " " not in self.prog:
                 self.fail(f"'{command}' is not a {self.prog} command", ARGUMENT_ERROR)
             self.fail(f"unknown command: {self.prog} {command}", ARGUMENT_ERROR)
@@ -192,7 +198,7 @@ class Parser(argparse.ArgumentParser):
                       else f"invalid {invalid['type']} value")
             self.fail(f"invalid argument {value} for {go_quote(flag)} flag: {reason}", FLAG_ERROR)
         if ignored := _IGNORED_VALUE.fullmatch(problem):  # -qz: z is no flag of this command
-            rest = _value(ignored["value"])[1:-1]
+            rest = _unquoted(ignored["value"])
             short = next((n for n in names if not n.startswith("--")), names[0])
             self.fail(f"unknown shorthand flag: '{rest[:1]}' in {short}{rest}", FLAG_ERROR)
         self.fail(f"{flag}: {problem}", FLAG_ERROR)

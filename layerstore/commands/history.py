@@ -21,6 +21,8 @@ TABLE_NON_HUMAN = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.
 QUIET = "{{.ID}}"
 HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
 MISSING = "<missing>"
+
+
 def register(sub: argparse._SubParsersAction, name: str = "history") -> None:  # type: ignore[type-arg]
     p = sub.add_parser(name, help="show the history of an image")
     p.add_argument("image", metavar="IMAGE")
@@ -65,7 +67,7 @@ def steps(store: Store, image: str) -> list[Step]:
 
 
 def run(args: argparse.Namespace, store: Store) -> int:
-    human = args.human
+    human: bool = args.human
     image = store.resolve(args.image, from_flags(args.platform))
     fmt = args.format
     if not fmt or fmt == "table":

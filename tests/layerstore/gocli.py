@@ -1,8 +1,9 @@
 """Docker's CLI output made by Go's own packages: ``gocli/main.go``, built with
 Debian's Go (``golang-go``) and kept running while a test module asks it.
 
-The differential tests of ``layerstore.formatting`` and ``layerstore.reference``
-hand it the same input as the Python code and compare what both print.
+The differential tests of ``layerstore.formatting``, ``reference`` and
+``queries`` hand it the same input as the Python code and compare what both
+print or read.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 // Renders output as the Docker CLI does, with Go's own packages, for the
 // differential tests of layerstore's formatting: templates (text/template with
 // the functions of the CLI's templates package) and tables (text/tabwriter with
-// the CLI's settings).
+// the CLI's settings); and reads what the CLI reads: image names, durations and
+// the patterns of a reference filter.
 //
 // Reads one JSON request per line and answers one JSON line each:
 //   {"template": ..., "data": ..., "strict": bool} -> {"out": ...} or {"stage": "parse"|"exec", "err": ...}
