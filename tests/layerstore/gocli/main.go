@@ -5,15 +5,17 @@
 // the patterns of a reference filter.
 //
 // Reads one JSON request per line and answers one JSON line each:
-//   {"template": ..., "data": ..., "strict": bool} -> {"out": ...} or {"stage": "parse"|"exec", "err": ...}
-//   {"table": TEXT} -> {"out": ...}
-//   {"unix": SECONDS, "zone": NAME} -> {"out": "<time.String()>|<RFC 3339>"} in that zone
-//   {"rfc3339": TEXT} -> {"out": TEXT parsed and formatted again with RFC 3339 and nanoseconds}
-//   {"reference": TEXT} -> {"out": "domain\npath\ntag\ndigest\nfamiliar form"} or {"stage": "parse", "err": ...},
-//     as the Docker CLI reads an image name (the reference package of Debian's docker-distribution)
-//   {"duration": TEXT} -> {"out": nanoseconds} or {"stage": "parse", "err": ...}: time.ParseDuration
-//   {"pattern": P, "name": N} -> {"out": "true"|"false"} or {"stage": "parse", "err": ...}: path.Match,
-//     which images' reference filter uses
+//
+//	{"template": ..., "data": ..., "strict": bool} -> {"out": ...} or {"stage": "parse"|"exec", "err": ...}
+//	{"table": TEXT} -> {"out": ...}
+//	{"unix": SECONDS, "zone": NAME} -> {"out": "<time.String()>|<RFC 3339>"} in that zone
+//	{"rfc3339": TEXT} -> {"out": TEXT parsed and formatted again with RFC 3339 and nanoseconds}
+//	{"reference": TEXT} -> {"out": "domain\npath\ntag\ndigest\nfamiliar form"} or {"stage": "parse", "err": ...},
+//	  as the Docker CLI reads an image name (the reference package of Debian's docker-distribution)
+//	{"duration": TEXT} -> {"out": nanoseconds} or {"stage": "parse", "err": ...}: time.ParseDuration
+//	{"pattern": P, "name": N} -> {"out": "true"|"false"} or {"stage": "parse", "err": ...}: path.Match,
+//	  which images' reference filter uses
+//
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
 // templates see are, and float64 otherwise.
 package main
