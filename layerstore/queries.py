@@ -293,6 +293,7 @@ _UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_
           "h": 3600 * 10**9}
 _DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
 _NANOS_LIMIT = 1 << 63
+_UNIX_TIME = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def go_duration(text: str) -> int | None:
@@ -345,14 +346,12 @@ def parse_duration(text: str) -> float | None:
 def parse_until(value: str, now: float | None = None) -> float:
     """Docker's ``until=``: a Go duration before now, a Unix time, or an RFC 3339 date (local if zoneless)."""
     now = time.time() if now is None else now
-    text = value.strip()
-    duration = parse_duration(value)
-    if duration is not None and value != "0":  # a bare 0 is the Unix epoch here
+    text = value  # taken as given, spaces and all, as Docker takes it
+    duration = parse_duration(text)
+    if duration is not None and text != "0":  # a bare 0 is the Unix epoch here
         return now - duration
-    try:
+    if _UNIX_TIME.fullmatch(text):  # seconds[.fraction], as Docker's parseTimestamp reads it (no 1e9, no nan)
         return float(text)
-    except ValueError:
-        pass
     stamp = parse_time(text)
     if stamp is not None:
         return stamp.unix + stamp.nanos / 1e9

@@ -277,5 +277,8 @@ def test_parse_until() -> None:
     assert parse_until("1h30m", now=10_000) == 10_000 - 5400
     assert parse_until("1700000000") == 1_700_000_000
     assert parse_until("2024-01-02T15:04:05Z") == 1704207845
-    with pytest.raises(CommandError):
-        parse_until("soon")
+    assert parse_until("1700000000.5") == 1_700_000_000.5
+    assert parse_until("-1h", now=10_000) == 10_000 + 3600  # Go's durations take a sign
+    for text in ("soon", "1e9", "nan", "inf", " 1h"):  # Docker's reading of a Unix time takes digits only
+        with pytest.raises(CommandError):
+            parse_until(text)
