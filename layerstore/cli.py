@@ -18,6 +18,7 @@ import sqlite3
 import sys
 
 from layerstore.errors import LayerStoreError
+from unionfs import __version__
 from layerstore.usage import Parser, UsageError
 
 COMMANDS = (
@@ -70,6 +71,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="layerstore", description="Daemonless image store with Docker's image commands.")
     parser.add_argument("--root", help="store directory (default: $LAYERSTORE_ROOT, /var/lib/layerstore as root)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--version", action="version", version=f"layerstore version {__version__}",
+                        help="print version information and quit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:

@@ -105,6 +105,7 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:  # type: ignore[override]
         words = list(sys.argv[1:] if args is None else args)
+        self._words = words
         parsed, extras = super().parse_known_args(self._switches_with_values(words), namespace)
         if extras and not hasattr(parsed, "_usage_parser"):  # the innermost command's parser left them
             parsed._usage_parser = self
@@ -170,6 +171,10 @@ class Parser(argparse.ArgumentParser):
         """argparse's own messages, said as pflag and cobra say them."""
         if message.startswith("the following arguments are required"):
             if any(isinstance(a, argparse._SubParsersAction) for a in self._operands()):
+                unknown = [w for w in getattr(self, "_words", []) if len(w) > 1 and w.startswith("-")
+                           and w.partition("=")[0] not in self._option_string_actions]
+                if unknown:  # `layerstore --bogus`: the flag is the mistake, not the missing command
+                    self.unrecognized(unknown)
                 self.print_help(sys.stderr)  # `docker image`: the group's help, and no error
                 self.exit(0)
             self.fail(arity(self.prog, *self._arity()), ARGUMENT_ERROR)

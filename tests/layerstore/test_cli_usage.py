@@ -31,6 +31,8 @@ CASES = [
     (["image", "ls", "--bogus"], 125, "unknown flag: --bogus", "image ls --help"),
     (["manifest", "inspect", "--bogus", "x"], 125, "unknown flag: --bogus", "manifest inspect --help"),
     (["--bogus", "images"], 125, "unknown flag: --bogus", "--help"),
+    (["--bogus"], 125, "unknown flag: --bogus", "--help"),  # not the help that a missing command gets
+    (["image", "-z"], 125, "unknown shorthand flag: 'z' in -z", "image --help"),
     # arguments: exit 1, as cobra's argument checks
     (["rmi"], 1, "'layerstore rmi' requires at least 1 argument", "rmi --help"),
     (["tag", "a"], 1, "'layerstore tag' requires 2 arguments", "tag --help"),
@@ -82,3 +84,12 @@ def test_a_boolean_flag_takes_gos_spellings_of_true_and_false(tmp_path: Path) ->
 def test_the_spellings_of_false_stay_out_of_the_help(tmp_path: Path) -> None:
     shown = cli(tmp_path, "images", "--quiet=false", "--help")
     assert shown.returncode == 0 and "--quiet" in shown.stdout and "=false" not in shown.stdout
+
+
+@pytest.mark.parametrize("flag", ["--version", "-v"])
+def test_the_version(tmp_path: Path, flag: str) -> None:
+    """As ``docker --version`` prints ``Docker version ...``."""
+    from unionfs import __version__
+
+    proc = cli(tmp_path, flag)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"layerstore version {__version__}\n", "")
