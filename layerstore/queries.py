@@ -293,7 +293,7 @@ _UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_
           "h": 3600 * 10**9}
 _DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
 _NANOS_LIMIT = 1 << 63
-_UNIX_TIME = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_UNIX_TIME = re.compile(r"\+?[0-9]+(?:\.[0-9]+)?")
 
 
 def go_duration(text: str) -> int | None:
@@ -343,23 +343,65 @@ def parse_duration(text: str) -> float | None:
     return None if nanos is None else nanos / 1e9
 
 
+# The fields of the layouts Docker's until= is read with (GetTimestamp): a date, then an hour,
+# minutes, seconds and a fraction as the layout has them, then a zone where it has one
+_WHEN = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
+    r"(?:T(?P<hour>[0-9]{1,2})(?::(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:[.,](?P<fraction>[0-9]+))?)?)?)?"
+    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+_LAYOUT_FIELDS = ("hour", "minute", "second")
+
+
+def go_layout_time(value: str, fields: int, zoned: bool, nanos_field: bool = False) -> float | None:
+    """``time.Parse`` (``ParseInLocation`` with the local zone where not ``zoned``) of the layouts
+    ``2006-01-02`` and ``2006-01-02T15[:04[:05[.999999999]]]``, each with ``Z07:00`` where zoned;
+    fields counts the layout's hour, minutes and seconds. A fraction of a second may follow the
+    seconds either way, of at most 9 digits where the layout has them (``nanos_field``).
+    The Unix time, or None where Go refuses."""
+    m = _WHEN.fullmatch(value)
+    if m is None or (m["zone"] is not None) != zoned or (nanos_field and len(m["fraction"] or "") > 9):
+        return None
+    if any((m[name] is not None) != (i < fields) for i, name in enumerate(_LAYOUT_FIELDS)):
+        return None
+    year, month, day = int(m["year"]), int(m["month"]), int(m["day"])
+    hour, minute, second = (int(m[name] or 0) for name in _LAYOUT_FIELDS)
+    if not (1 <= month <= 12 and hour < 24 and minute < 60 and second < 60 and year >= 1):
+        return None
+    try:
+        wall = _dt.datetime(year, month, day, hour, minute, second)
+    except ValueError:  # the day is out of its month's range
+        return None
+    nanos = int((m["fraction"] or "0")[:9].ljust(9, "0"))
+    if not zoned:
+        return wall.timestamp() + nanos / 1e9
+    offset = 0
+    if m["zone"] != "Z":
+        offset = (int(m["zone"][1:3]) * 60 + int(m["zone"][4:6])) * (-60 if m["zone"][0] == "-" else 60)
+    return wall.replace(tzinfo=_dt.UTC).timestamp() - offset + nanos / 1e9
+
+
 def parse_until(value: str, now: float | None = None) -> float:
-    """Docker's ``until=``: a Go duration before now, a Unix time, or an RFC 3339 date (local if zoneless)."""
+    """Docker's ``until=`` (GetTimestamp): a Go duration before now; else a date and time, whose
+    layout the value's punctuation picks, in its own zone or the local one; else a Unix time.
+    The value is taken as given, spaces and all, as Docker takes it."""
     now = time.time() if now is None else now
-    text = value  # taken as given, spaces and all, as Docker takes it
-    duration = parse_duration(text)
-    if duration is not None and text != "0":  # a bare 0 is the Unix epoch here
+    duration = parse_duration(value)
+    if duration is not None and value != "0":  # a bare 0 is the Unix epoch
         return now - duration
-    if _UNIX_TIME.fullmatch(text):  # seconds[.fraction], as Docker's parseTimestamp reads it (no 1e9, no nan)
-        return float(text)
-    stamp = parse_time(text)
-    if stamp is not None:
-        return stamp.unix + stamp.nanos / 1e9
-    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
-        try:
-            return _dt.datetime.strptime(text, fmt).timestamp()
-        except ValueError:
-            continue
+    zoned = any(c in value for c in "zZ+") or value.count("-") == 3
+    if "." in value:
+        fields = 3
+    elif "T" in value:
+        colons = value.count(":") - (1 if zoned and not any(c in value for c in "zZ") and ":" in value else 0)
+        fields = min(colons, 2) + 1
+    else:
+        fields = 0
+    when = go_layout_time(value, fields, zoned, nanos_field="." in value)
+    if when is not None:
+        return when
+    if "-" not in value and _UNIX_TIME.fullmatch(value):  # seconds[.fraction]: no 1e9, no nan
+        return float(value)
     raise CommandError(f"invalid filter 'until={value}': not a duration, Unix time or date")
 
 

@@ -8,7 +8,9 @@ The zones include old offsets with seconds (Monrovia kept -0:44:30 until
 ``created`` can name (0001, Go's zero time, and 9999).
 
 Durations (``until=``, ``fsck --max``) are read as ``time.ParseDuration``
-reads them: signs, fractions, both spellings of micro, and overflow.
+reads them: signs, fractions, both spellings of micro, and overflow; the
+dates and times of ``until=`` as ``time.Parse`` reads them with the layouts
+that Docker picks for them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from hypothesis import strategies as st
 from zones import local_zone
 
 from layerstore.formatting import go_rfc3339, go_time_string, parse_time
-from layerstore.queries import go_duration
+from layerstore.errors import CommandError
+from layerstore.queries import go_duration, go_layout_time, parse_until
 
 pytestmark = long_run_marks("CLOCK_EXAMPLES", seconds_each=0.05)
 
@@ -98,3 +101,96 @@ _UNITS = st.sampled_from(["ns", "us", "µs", "μs", "ms", "s", "m", "h", "", "x"
 def test_generated_durations_read_as_gos(go_cli: gocli.Ask, sign: str, parts: list[tuple[str, str]]) -> None:
     text = sign + "".join(amount + unit for amount, unit in parts)
     assert go_duration(text) == go_nanos(go_cli, text)
+
+
+# -- until='s dates and times: time.Parse with the layouts Docker picks ------------
+
+# Docker's layouts (GetTimestamp) and what go_layout_time calls them: the hour, minutes and
+# seconds they hold, and whether they end in a zone
+LAYOUTS = {
+    "2006-01-02": (0, False), "2006-01-02Z07:00": (0, True),
+    "2006-01-02T15": (1, False), "2006-01-02T15Z07:00": (1, True),
+    "2006-01-02T15:04": (2, False), "2006-01-02T15:04Z07:00": (2, True),
+    "2006-01-02T15:04:05": (3, False), "2006-01-02T15:04:05Z07:00": (3, True),
+    "2006-01-02T15:04:05.999999999": (3, False), "2006-01-02T15:04:05.999999999Z07:00": (3, True),
+}
+STEADY_ZONES = ["UTC", "Asia/Kolkata", "America/Bogota"]  # no daylight saving: no local time is missing or twice
+
+
+def same_time(go_cli: gocli.Ask, layout: str, value: str, zone: str) -> None:
+    fields, zoned = LAYOUTS[layout]
+    with local_zone(zone):
+        mine = go_layout_time(value, fields, zoned, nanos_field=".999999999" in layout)
+    answer = go_cli({"layout": layout, "value": value, "zone": "" if zoned else zone})
+    if "out" not in answer:
+        assert mine is None, (layout, value, answer)
+        return
+    unix, nanos = (int(n) for n in answer["out"].split())
+    assert mine is not None and abs(mine - (unix + nanos / 1e9)) < 1e-6, (layout, value, mine, answer)
+
+
+WHENS = [
+    "2024-01-02", "2024-01-02Z", "2024-01-02+05:30", "2024-02-30", "2024-13-01", "2024-1-02", "24-01-02",
+    "2024-01-02T15", "2024-01-02T5", "2024-01-02T24", "2024-01-02T15Z", "2024-01-02T15-03:00", "2024-01-02T15:04",
+    "2024-01-02T15:4", "2024-01-02T15:60", "2024-01-02T15:04:05", "2024-01-02T15:04:05.5", "2024-01-02T15:04:05,25",
+    "2024-01-02T15:04:05.1234567891234", "2024-01-02T15:04:05.", "2024-01-02T15:04:05Z", "2024-01-02T15:04:05z",
+    "2024-01-02T15:04:05+01:00", "2024-01-02T15:04:05+0100", "2024-01-02T15:04:05.5+01:00", "2024-01-02 15:04:05",
+    "2024-02-29T00:00:00", "2023-02-29T00:00:00", "2024-01-02T15:04:05Z ",
+]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_until_times_read_as_go_reads_them(go_cli: gocli.Ask, layout: str) -> None:
+    for value in WHENS:
+        same_time(go_cli, layout, value, "Asia/Kolkata")
+
+
+_ZONES_WRITTEN = st.one_of(st.just(""), st.sampled_from(["Z", "z", "+00:00"]),
+                           st.builds(lambda s, h, m: f"{s}{h:02d}:{m:02d}", st.sampled_from("+-"),
+                                     st.integers(0, 23), st.integers(0, 59)))
+
+
+@st.composite
+def whens(draw: st.DrawFn) -> str:
+    text = f"{draw(st.integers(1000, 2999)):04d}-{draw(st.integers(0, 13)):02d}-{draw(st.integers(0, 32)):02d}"
+    if draw(st.booleans()):
+        text += f"T{draw(st.integers(0, 24)):0{draw(st.sampled_from([1, 2]))}d}"
+        for _ in range(draw(st.integers(0, 2))):
+            text += f":{draw(st.integers(0, 60)):02d}"
+        if draw(st.booleans()):
+            text += draw(st.sampled_from(".,")) + draw(st.text("0123456789", max_size=11))
+    return text + draw(_ZONES_WRITTEN)
+
+
+@settings(max_examples=examples("CLOCK_EXAMPLES", 300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(value=whens(), layout=st.sampled_from(list(LAYOUTS)), zone=st.sampled_from(STEADY_ZONES))
+def test_generated_until_times_read_as_go_reads_them(go_cli: gocli.Ask, value: str, layout: str, zone: str) -> None:
+    same_time(go_cli, layout, value, zone)
+
+
+@pytest.mark.parametrize(("value", "unix"), [
+    ("2024-01-02", 1704153600 - 19800),  # local: Kolkata, +05:30
+    ("2024-01-02Z", 1704153600),
+    ("2024-01-02+01:00", 1704153600 - 3600),
+    ("2024-01-02T15", 1704207600 - 19800),
+    ("2024-01-02T15Z", 1704207600),
+    ("2024-01-02T15-01:00", 1704207600 + 3600),
+    ("2024-01-02T15:04", 1704207840 - 19800),
+    ("2024-01-02T15:04+01:00", 1704207840 - 3600),
+    ("2024-01-02T15:04:05", 1704207845 - 19800),
+    ("2024-01-02T15:04:05.5Z", 1704207845.5),
+    ("2024-01-02T15:04:05.25", 1704207845.25 - 19800),
+    ("1700000000", 1700000000), ("1700000000.5", 1700000000.5), ("+5", 5), ("0", 0),
+])
+def test_until_picks_the_layout_as_docker_does(value: str, unix: float) -> None:
+    """The value's punctuation picks the layout: a dot, a T and its colons, a zone (Z, +, or
+    three dashes) or the local zone; what no layout reads and has no dash is a Unix time."""
+    with local_zone("Asia/Kolkata"):
+        assert parse_until(value) == unix
+
+
+@pytest.mark.parametrize("value", ["2024-01-02T15:04:05z", "2024-1-2", "-5", "1e9", "nan", " 24h", "2024-01-02 15:04"])
+def test_until_refuses_what_docker_refuses(value: str) -> None:
+    with pytest.raises(CommandError):
+        parse_until(value)

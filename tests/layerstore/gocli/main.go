@@ -13,6 +13,8 @@
 //	{"reference": TEXT} -> {"out": "domain\npath\ntag\ndigest\nfamiliar form"} or {"stage": "parse", "err": ...},
 //	  as the Docker CLI reads an image name (the reference package of Debian's docker-distribution)
 //	{"duration": TEXT} -> {"out": nanoseconds} or {"stage": "parse", "err": ...}: time.ParseDuration
+//	{"layout": L, "value": V, "zone": Z} -> {"out": "<unix seconds> <nanoseconds>"} or {"stage": "parse", "err": ...}:
+//	  time.Parse, or time.ParseInLocation in the zone Z where one is named
 //	{"pattern": P, "name": N} -> {"out": "true"|"false"} or {"stage": "parse", "err": ...}: path.Match,
 //	  which images' reference filter uses
 //
@@ -26,6 +28,7 @@ import (
 	_ "crypto/sha256" // the digest algorithms a reference may name
 	_ "crypto/sha512"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path"
 	"strconv"
@@ -75,6 +78,8 @@ type request struct {
 	Ref      *string         `json:"reference"`
 	Pattern  *string         `json:"pattern"`
 	Duration *string         `json:"duration"`
+	Layout   *string         `json:"layout"`
+	Value    string          `json:"value"`
 	Name     string          `json:"name"`
 	Zone     string          `json:"zone"`
 	Template string          `json:"template"`
@@ -146,7 +151,30 @@ func named(text string) answer {
 	return answer{Out: &out}
 }
 
+// parsed reads a time with a layout, in a zone where one is named.
+func parsed(layout, value, zone string) answer {
+	var t time.Time
+	var err error
+	if zone == "" {
+		t, err = time.Parse(layout, value)
+	} else {
+		loc, lerr := time.LoadLocation(zone)
+		if lerr != nil {
+			return answer{Stage: "request", Err: lerr.Error()}
+		}
+		t, err = time.ParseInLocation(layout, value, loc)
+	}
+	if err != nil {
+		return answer{Stage: "parse", Err: err.Error()}
+	}
+	out := fmt.Sprintf("%d %d", t.Unix(), t.Nanosecond())
+	return answer{Out: &out}
+}
+
 func render(req request) answer {
+	if req.Layout != nil {
+		return parsed(*req.Layout, req.Value, req.Zone)
+	}
 	if req.Duration != nil {
 		d, err := time.ParseDuration(*req.Duration)
 		if err != nil {
