@@ -183,8 +183,7 @@ def select(store: Store, names: Sequence[str], platform: Platform | None = None)
 
 
 def _lookup(store: Store, text: str) -> list[tuple[str, str | None]]:
-    hexpart = text.removeprefix("sha256:")
-    if text.startswith("sha256:") or (len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)):
+    if text.startswith("sha256:") or reference.is_identifier(text):
         return [(store.resolve(text), None)]
     try:
         ref = reference.parse(text, default_tag=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import os
 import re
 import stat
@@ -213,6 +214,7 @@ def go_path_match(pattern: str, name: str) -> bool:
     return _glob_regex(pattern).fullmatch(name) is not None
 
 
+@functools.lru_cache(maxsize=64)  # a filter's pattern is matched against every image, twice each
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     def bad() -> CommandError:
         return CommandError(f"invalid reference filter {pattern!r}: syntax error in pattern")

@@ -265,8 +265,8 @@ class Store:
         if text.startswith("sha256:") and len(text) == 71:
             if self.meta.one("SELECT 1 FROM images WHERE id = ?", text):
                 return text
-        hexpart = text.removeprefix("sha256:")
-        if 0 < len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
+        if _looks_like_id(text):
+            hexpart = text.removeprefix("sha256:")
             rows = self.meta.query("SELECT id FROM images WHERE substr(id, 8, ?) = ?", len(hexpart), hexpart)
             if len(rows) > 1:
                 raise InvalidReference(f"image ID {text}", f"ambiguous: matches {len(rows)} images")
@@ -456,7 +456,7 @@ def _digest_from_member(member: str) -> str | None:
     """Classic archives name the config after its digest: ``<hex>.json``."""
     name = os.path.basename(member).removesuffix(".json")
     hexpart = name.removeprefix("sha256:")
-    if len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
+    if reference.is_identifier(hexpart):
         return "sha256:" + hexpart
     return None
 
