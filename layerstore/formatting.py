@@ -8,6 +8,7 @@ Docker's settings (minimum width 10, padding 3), and ``--format`` runs
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 import time
 import unicodedata
@@ -41,28 +42,36 @@ def human_size4(size: float) -> str:
     return human_size(size, 4)
 
 
-def _go_round_hours(seconds: float) -> int:
-    """``time.Duration.Round(time.Hour).Hours()``: halves away from zero."""
-    hours = abs(seconds) / 3600.0
-    rounded = int(hours + 0.5)
-    return rounded if seconds >= 0 else -rounded
+_SECOND = 10**9
+_MINUTE = 60 * _SECOND
+_HOUR = 60 * _MINUTE
+_MIN_DURATION, _MAX_DURATION = -(2**63), 2**63 - 1  # Go's time.Duration, an int64 of nanoseconds
 
 
-def human_duration(seconds: float) -> str:
-    """go-units ``HumanDuration``."""
-    s = int(seconds)
-    if s < 1:
+def _go_units(nanos: int, unit: int) -> float:
+    """``Duration.Seconds``, ``Minutes`` or ``Hours``: whole units and the rest added
+    as float64, with Go's division (towards zero); Python's floats are the same
+    doubles, so each rounding is Go's."""
+    whole, rest = divmod(abs(nanos), unit)
+    sign = -1 if nanos < 0 else 1
+    return float(sign * whole) + float(sign * rest) / float(unit)
+
+
+def human_duration(nanos: int) -> str:
+    """go-units ``HumanDuration`` of a ``time.Duration`` (nanoseconds)."""
+    seconds = int(_go_units(nanos, _SECOND))
+    if seconds < 1:
         return "Less than a second"
-    if s == 1:
+    if seconds == 1:
         return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
+    if seconds < 60:
+        return f"{seconds} seconds"
+    minutes = int(_go_units(nanos, _MINUTE))
     if minutes == 1:
         return "About a minute"
     if minutes < 60:
         return f"{minutes} minutes"
-    hours = _go_round_hours(seconds)
+    hours = int(_go_units(nanos, _HOUR) + 0.5)
     if hours == 1:
         return "About an hour"
     if hours < 48:
@@ -73,18 +82,23 @@ def human_duration(seconds: float) -> str:
         return f"{hours // 24 // 7} weeks"
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
+    return f"{int(_go_units(nanos, _HOUR)) // 24 // 365} years"
+
+
+def go_since(unix: int, now_ns: int) -> int:
+    """``time.Now().Sub(time.Unix(unix, 0))`` in nanoseconds: Go's ``Sub`` saturates
+    at the ends of a Duration, so Go's zero time shows as "292 years ago"."""
+    return max(_MIN_DURATION, min(_MAX_DURATION, now_ns - unix * _SECOND))
 
 
 def created_since(unix: float | None, now: float | None = None) -> str:
-    """Docker's CREATED column: ``HumanDuration(now - created) + " ago"``; N/A when unknown."""
+    """Docker's CREATED column: ``HumanDuration(time.Now().Sub(time.Unix(created, 0))) + " ago"``,
+    created in whole seconds as the API gives it (``Time.Unix``, rounded down); N/A when
+    unknown. now: seconds, for tests."""
     if unix is None:
         return "N/A"
-    now = time.time() if now is None else now
-    return human_duration(min(now - int(unix), _MAX_DURATION)) + " ago"
-
-
-_MAX_DURATION = (2**63 - 1) / 1e9  # Go's time.Sub saturates here: Go's zero time is "292 years ago"
+    now_ns = time.time_ns() if now is None else int(now * _SECOND)
+    return human_duration(go_since(math.floor(unix), now_ns)) + " ago"
 
 
 def _zone(unix: int) -> tuple[int, str]:

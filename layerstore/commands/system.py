@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from layerstore import queries
 from layerstore.commands.images import image_id
 from layerstore.containers import Containers
 from layerstore.errors import CommandError
-from layerstore.formatting import Record, created_since, human_duration, human_size, human_size4, render, tabwrite
+from layerstore.formatting import Record, created_since, human_size, human_size4, render, tabwrite
 from layerstore.store import Store
 
 SUMMARY = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
@@ -116,7 +115,6 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
     out.write(render(LAYERS, layer_rows, _empty(LAYER_HEADERS, "layer")))
 
     out.write("\nContainers space usage:\n\n")
-    now = time.time()
     container_rows = []
     for c in containers:
         container_rows.append(Record("container", {
@@ -125,7 +123,7 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
             "Command": '""',
             "LocalVolumes": "0",
             "Size": human_size(sizes[c.id]),
-            "RunningFor": human_duration(now - c.created) + " ago",
+            "RunningFor": created_since(c.created),
             "Status": ("mounted" if mounted[c.id] else "unmounted") + (" (read-only)" if c.read_only else ""),
             "Names": c.name,
         }, CONTAINER_HEADERS))

@@ -29,6 +29,8 @@ def running(work: Path) -> Iterator[Ask]:
     assert gobin, "Go is needed (Debian's golang-go): these tests compare with Go's own packages"
     assert (LIBRARIES / "github.com/docker/distribution/reference").is_dir(), \
         "Debian's golang-github-docker-distribution-dev is needed: image names are compared with its reference package"
+    assert (LIBRARIES / "github.com/docker/go-units").is_dir(), \
+        "Debian's golang-github-docker-go-units-dev is needed: sizes and ages are compared with its go-units"
     env = {**os.environ, "GOCACHE": str(work / "cache"), "GO111MODULE": "off", "GOPATH": f"{work / 'path'}:{LIBRARIES.parent}"}
     subprocess.run([gobin, "build", "-o", str(work / "gocli"), str(SOURCE)], check=True, env=env, cwd=work)
     proc = subprocess.Popen([str(work / "gocli")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

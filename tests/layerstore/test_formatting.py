@@ -70,8 +70,8 @@ def test_human_size4_is_go_units_human_size() -> None:
         (120, "2 minutes"),
         (3599, "59 minutes"),
         (3600, "About an hour"),
-        (5399, "About an hour"),  # Round(time.Hour): 1.4997h is 1
-        (5400, "2 hours"),  # 1.5h rounds away from zero
+        (5399, "About an hour"),  # int(1.4997h + 0.5) is 1
+        (5400, "2 hours"),  # int(1.5h + 0.5) is 2
         (47 * 3600, "47 hours"),
         (48 * 3600, "2 days"),
         (13 * 86400, "13 days"),
@@ -84,12 +84,15 @@ def test_human_size4_is_go_units_human_size() -> None:
     ],
 )
 def test_human_duration_is_go_units(seconds: float, text: str) -> None:
-    assert human_duration(seconds) == text
+    assert human_duration(int(seconds * 10**9)) == text
 
 
 def test_created_since() -> None:
     assert created_since(1_000_000, now=1_000_000 + 3 * 86400) == "3 days ago"
     assert created_since(None) == "N/A"
+    assert created_since(-62135596800, now=1_700_000_000) == "292 years ago"  # Go's zero time: Sub saturates
+    assert created_since(253402300799, now=1_700_000_000) == "Less than a second ago"  # in the future
+    assert created_since(999_999.5, now=1_000_000 + 1.2) == "2 seconds ago"  # whole seconds, rounded down
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@
 //	  time.Parse, or time.ParseInLocation in the zone Z where one is named
 //	{"pattern": P, "name": N} -> {"out": "true"|"false"} or {"stage": "parse", "err": ...}: path.Match,
 //	  which images' reference filter uses
+//	{"since": NANOSECONDS} -> {"out": ...}: go-units' HumanDuration, the CREATED column's words
+//	{"size": BYTES, "precision": P} -> {"out": ...}: go-units' HumanSizeWithPrecision, the SIZE column's
 //
 // JSON numbers become int64 where they are whole, as the typed fields Docker's
 // templates see are, and float64 otherwise.
@@ -38,6 +40,7 @@ import (
 	"time"
 
 	"github.com/docker/distribution/reference"
+	units "github.com/docker/go-units"
 )
 
 var basicFunctions = template.FuncMap{
@@ -78,6 +81,9 @@ type request struct {
 	Ref      *string         `json:"reference"`
 	Pattern  *string         `json:"pattern"`
 	Duration *string         `json:"duration"`
+	Since    *int64          `json:"since"`
+	Size     *float64        `json:"size"`
+	Prec     int             `json:"precision"`
 	Layout   *string         `json:"layout"`
 	Value    string          `json:"value"`
 	Name     string          `json:"name"`
@@ -172,6 +178,14 @@ func parsed(layout, value, zone string) answer {
 }
 
 func render(req request) answer {
+	if req.Since != nil {
+		out := units.HumanDuration(time.Duration(*req.Since))
+		return answer{Out: &out}
+	}
+	if req.Size != nil {
+		out := units.HumanSizeWithPrecision(*req.Size, req.Prec)
+		return answer{Out: &out}
+	}
 	if req.Layout != nil {
 		return parsed(*req.Layout, req.Value, req.Zone)
 	}
