@@ -106,13 +106,17 @@ def run(args: argparse.Namespace, store: Store) -> int:
     found: list[Any] = []
     errors: list[str] = []
     platforms = from_flags(args.platform)
+    # ``docker inspect`` looks for any kind of object and names the one it did not
+    # find as given; ``docker image inspect`` (or ``--type image``) passes the
+    # daemon's words on, the name with its tag (``No such image: nope:latest``).
+    any_object = args.command == "inspect" and args.type is None
     for text in args.images:
         try:
             found.append(inspect_image(store, store.resolve(text, platforms)))
         except PlatformMismatch as exc:
             errors.append(str(exc))
-        except NotFound:
-            errors.append(f"No such image: {text}")
+        except NotFound as exc:
+            errors.append(f"No such object: {text}" if any_object else str(exc))
         except LayerStoreError as exc:  # an ambiguous short ID, say: the others are still shown
             errors.append(str(exc))
     fmt = args.format

@@ -357,9 +357,15 @@ def test_inspect_several_and_missing(shared: Loaded) -> None:
     proc = cli(shared.root, "inspect", "example/base", "no/such:image")
     assert proc.returncode == 1
     assert [d["Id"] for d in json.loads(proc.stdout)] == [shared.ids["base"]]  # the found ones are still printed
-    assert proc.stderr == "Error: No such image: no/such:image\n"
+    assert proc.stderr == "Error: No such object: no/such:image\n"
+    # docker inspect looks for any object and names it as given; docker image inspect
+    # and --type image pass on the daemon's words, the name normalised with its tag
     proc = cli(shared.root, "inspect", "nope")
-    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "[]\n", "Error: No such image: nope\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "[]\n", "Error: No such object: nope\n")
+    for args in (["image", "inspect"], ["inspect", "--type", "image"]):
+        proc = cli(shared.root, *args, "docker.io/library/nope", "example/base")
+        assert (proc.returncode, proc.stderr) == (1, "Error: No such image: nope:latest\n")
+        assert [d["Id"] for d in json.loads(proc.stdout)] == [shared.ids["base"]]
 
 
 def test_a_name_that_is_no_name_is_said_so(shared: Loaded) -> None:
