@@ -91,14 +91,33 @@ def go_since(unix: int, now_ns: int) -> int:
     return max(_MIN_DURATION, min(_MAX_DURATION, now_ns - unix * _SECOND))
 
 
-def created_since(unix: float | None, now: float | None = None) -> str:
-    """Docker's CREATED column: ``HumanDuration(time.Now().Sub(time.Unix(created, 0))) + " ago"``,
-    created in whole seconds as the API gives it (``Time.Unix``, rounded down); N/A when
-    unknown. now: seconds, for tests."""
-    if unix is None:
-        return "N/A"
+def created_since(unix: float, now: float | None = None) -> str:
+    """Docker's CREATED words: ``HumanDuration(time.Now().Sub(time.Unix(created, 0))) + " ago"``,
+    created in whole seconds as the API gives it (``Time.Unix``, rounded down).
+    now: seconds, for tests."""
     now_ns = time.time_ns() if now is None else int(now * _SECOND)
     return human_duration(go_since(math.floor(unix), now_ns)) + " ago"
+
+
+GO_ZERO_UNIX = -62135596800  # time.Time{}.Unix(): 0001-01-01T00:00:00Z
+HISTORY_EPOCH = 946684800  # 2000-01-01T00:00:00Z
+
+
+def image_created_since(unix: float | None) -> str:
+    """An image's CreatedSince (``images``, ``system df -v``): empty for an image without
+    a date, which the API gives as Go's zero time and the Docker CLI tells by
+    ``IsZero``; the default ``images`` table shows N/A for it."""
+    if unix is None or math.floor(unix) == GO_ZERO_UNIX:
+        return ""
+    return created_since(unix)
+
+
+def step_created_since(unix: float | None) -> str:
+    """A history step's CreatedSince: N/A up to 2000-01-01, as the Docker CLI shows
+    steps dated 1970 by reproducible builds (``SOURCE_DATE_EPOCH=0``) or not at all."""
+    if unix is None or math.floor(unix) <= HISTORY_EPOCH:
+        return "N/A"
+    return created_since(unix)
 
 
 def _zone(unix: int) -> tuple[int, str]:

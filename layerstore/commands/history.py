@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from layerstore import queries
 from layerstore.commands.images import image_id
-from layerstore.formatting import Record, created_since, ellipsis, go_rfc3339, human_size, parse_time, render
+from layerstore.formatting import Record, ellipsis, go_rfc3339, human_size, parse_time, render, step_created_since
 from layerstore.platforms import from_flags
 from layerstore.store import Store
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, store: Store) -> int:
                 "history",
                 {
                     "ID": image_id(image, args.no_trunc) if i == 0 else MISSING,
-                    "CreatedSince": created_since(step.created) if human else go_rfc3339(step.created),
+                    "CreatedSince": step_created_since(step.created) if human else go_rfc3339(step.created),
                     "CreatedAt": go_rfc3339(step.created),
                     "CreatedBy": created_by if args.no_trunc else ellipsis(created_by, 45),
                     "Size": human_size(step.size) if human else str(step.size),

@@ -7,18 +7,20 @@ import sys
 from layerstore import queries
 from layerstore.formatting import (
     Record,
-    created_since,
     go_time_string,
     human_size,
     human_size4,
+    image_created_since,
     is_table,
     render,
 )
 from layerstore.queries import ImageInfo
 from layerstore.store import Store
 
-TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
-TABLE_DIGESTS = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+# An image without a date has an empty CreatedSince, which the default tables show as N/A.
+_CREATED = "{{if .CreatedSince }}{{.CreatedSince}}{{else}}N/A{{end}}"
+TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t" + _CREATED + "\t{{.Size}}"
+TABLE_DIGESTS = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t" + _CREATED + "\t{{.Size}}"
 QUIET = "{{.ID}}"
 HEADERS = {
     "ID": "IMAGE ID",
@@ -63,7 +65,7 @@ def record(info: ImageInfo, repo: str, tag: str, digest: str, no_trunc: bool) ->
         {
             "Containers": str(info.containers),
             "CreatedAt": go_time_string(unix),
-            "CreatedSince": created_since(unix),
+            "CreatedSince": image_created_since(unix),
             "Digest": digest,
             "ID": image_id(info.id, no_trunc),
             "Repository": repo,

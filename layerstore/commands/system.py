@@ -15,7 +15,7 @@ from layerstore import queries
 from layerstore.commands.images import image_id
 from layerstore.containers import Containers
 from layerstore.errors import CommandError
-from layerstore.formatting import Record, created_since, human_size, human_size4, render, tabwrite
+from layerstore.formatting import Record, created_since, human_size, image_created_since, human_size4, render, tabwrite
 from layerstore.store import Store
 
 SUMMARY = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
@@ -93,7 +93,7 @@ def run_df(args: argparse.Namespace, store: Store) -> int:
             "Repository": repo,
             "Tag": tag,
             "ID": image_id(info.id, False),
-            "CreatedSince": created_since(info.created_unix),
+            "CreatedSince": image_created_since(info.created_unix),
             "Size": human_size(info.size),
             "SharedSize": human_size4(info.shared_size),
             "UniqueSize": human_size4(info.unique_size),

@@ -10,6 +10,8 @@ from layerstore.errors import CommandError
 from layerstore.formatting import (
     Record,
     created_since,
+    image_created_since,
+    step_created_since,
     ellipsis,
     go_rfc3339,
     go_time_string,
@@ -89,7 +91,10 @@ def test_human_duration_is_go_units(seconds: float, text: str) -> None:
 
 def test_created_since() -> None:
     assert created_since(1_000_000, now=1_000_000 + 3 * 86400) == "3 days ago"
-    assert created_since(None) == "N/A"
+    assert (image_created_since(None), image_created_since(-62135596800)) == ("", "")
+    assert image_created_since(1_000_000) == created_since(1_000_000)
+    assert (step_created_since(None), step_created_since(0), step_created_since(946684800)) == ("N/A",) * 3
+    assert step_created_since(946684801) == created_since(946684801)
     assert created_since(-62135596800, now=1_700_000_000) == "292 years ago"  # Go's zero time: Sub saturates
     assert created_since(253402300799, now=1_700_000_000) == "Less than a second ago"  # in the future
     assert created_since(999_999.5, now=1_000_000 + 1.2) == "2 seconds ago"  # whole seconds, rounded down
