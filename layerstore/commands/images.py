@@ -14,7 +14,9 @@ from layerstore.formatting import (
     is_table,
     render,
 )
+from layerstore.errors import LayerStoreError
 from layerstore.queries import ImageInfo
+from layerstore.registry.auth import DockerConfig, config_dir
 from layerstore.store import Store
 
 # An image without a date has an empty CreatedSince, which the default tables show as N/A.
@@ -101,17 +103,34 @@ def rows(info: ImageInfo, show_digests: bool, no_trunc: bool) -> list[Record]:
     return out
 
 
+def configured_format() -> str:
+    """``imagesFormat`` from the Docker CLI's ``config.json``, the format ``docker images``
+    uses when none is given (and not ``-q``). A file it cannot read is a warning, as the
+    Docker CLI gives, and the default table is used."""
+    path = config_dir() / "config.json"
+    try:
+        value = DockerConfig(path).doc.get("imagesFormat")
+    except LayerStoreError as exc:
+        problem = exc.problem
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    else:
+        return value if isinstance(value, str) else ""
+    print(f"WARNING: Error loading config file: {path}: {problem}", file=sys.stderr)
+    return ""
+
+
 def run(args: argparse.Namespace, store: Store) -> int:
     filters = queries.parse_filters(args.filter, queries.IMAGE_FILTERS)
     if args.repository:
         filters.setdefault("reference", []).append(args.repository)
     images = queries.filter_images(store, queries.list_images(store), filters)
-    fmt = args.format
-    if not fmt or fmt == "table":
+    fmt = args.format or ("" if args.quiet else configured_format()) or "table"
+    if fmt == "table":
         fmt = QUIET if args.quiet else TABLE_DIGESTS if args.digests else TABLE
     elif is_table(fmt) and args.digests and "{{.Digest}}" not in fmt:
         fmt += "\t{{.Digest}}"
-    show_digests = args.digests or ".Digest" in fmt
+    show_digests = args.digests or "{{.Digest}}" in fmt  # Docker's needDigest: that spelling only
     records = [r for info in images for r in rows(info, show_digests, args.no_trunc)]
     if fmt == QUIET:  # IDs once each, so that `rmi $(images -q)` names every image once
         unique: dict[str, Record] = {}

@@ -131,8 +131,11 @@ def own(archives: Archives, tmp_path: Path) -> Loaded:
     return load(tmp_path / "store", archives)
 
 
-def cli(root: Path, *args: str, stdin: int | None = subprocess.DEVNULL, tz: str = "UTC") -> subprocess.CompletedProcess[str]:
+def cli(root: Path, *args: str, stdin: int | None = subprocess.DEVNULL, tz: str = "UTC",
+        docker_config: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TZ": tz, "PYTHONPATH": str(REPO)}
+    if docker_config is not None:
+        env["DOCKER_CONFIG"] = str(docker_config)
     return subprocess.run(
         [sys.executable, "-m", "layerstore", "--root", str(root), *args],
         capture_output=True, text=True, cwd=REPO, env=env, stdin=stdin, timeout=60, check=False,
@@ -301,6 +304,26 @@ def test_images_digests(own: Loaded, archives: Archives) -> None:
     # a custom table gets the digest column appended, as Docker does
     out = ok(root, "images", "--digests", "--format", "table {{.Tag}}", "example/app:1.0")
     assert out == table([["TAG", "DIGEST"], ["1.0", manifest]])
+    # without --digests, digests are looked up for "{{.Digest}}" spelled so only (Docker's needDigest)
+    assert ok(root, "images", "--format", "{{.Tag}} {{.Digest}}", "example/app:1.0") == f"1.0 {manifest}\n"
+    assert ok(root, "images", "--format", "{{.Tag}} {{ .Digest }}", "example/app:1.0") == "1.0 <none>\n"
+
+
+def test_images_format_from_docker_config(shared: Loaded, tmp_path: Path) -> None:
+    """config.json's imagesFormat, as docker images takes it: when no --format is given and not
+    with -q; a file that cannot be read is a warning, and the default table is used."""
+    (tmp_path / "config.json").write_text(json.dumps({"imagesFormat": "table {{.Repository}}:{{.Tag}}"}))
+    proc = cli(shared.root, "images", "example/app", docker_config=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "REPOSITORY:TAG\nexample/app:2.0\nexample/app:1.0\n", "")
+    quiet = cli(shared.root, "images", "-q", "example/app:1.0", docker_config=tmp_path)
+    assert (quiet.returncode, quiet.stdout) == (0, short(shared.ids["app1"]) + "\n")
+    given = cli(shared.root, "images", "--format", "{{.Tag}}", "example/app", docker_config=tmp_path)
+    assert (given.returncode, given.stdout) == (0, "2.0\n1.0\n")
+    (tmp_path / "config.json").write_text("{not json")
+    broken = cli(shared.root, "images", "example/app", docker_config=tmp_path)
+    assert broken.returncode == 0 and broken.stdout == ok(shared.root, "images", "example/app")
+    assert broken.stderr.startswith(f"WARNING: Error loading config file: {tmp_path / 'config.json'}: malformed JSON")
+    assert broken.stderr.count("\n") == 1
 
 
 def test_untagged_image_shows_none(own: Loaded) -> None:
