@@ -87,7 +87,7 @@ def human_duration(nanos: int) -> str:
 
 def go_since(unix: int, now_ns: int) -> int:
     """``time.Now().Sub(time.Unix(unix, 0))`` in nanoseconds: Go's ``Sub`` saturates
-    at the ends of a Duration, so Go's zero time shows as "292 years ago"."""
+    at the ends of a Duration, about 292 years either way."""
     return max(_MIN_DURATION, min(_MAX_DURATION, now_ns - unix * _SECOND))
 
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from layerstore import queries
+from layerstore.errors import LayerStoreError
 from layerstore.formatting import (
     Record,
     go_time_string,
@@ -14,7 +15,6 @@ from layerstore.formatting import (
     is_table,
     render,
 )
-from layerstore.errors import LayerStoreError
 from layerstore.queries import ImageInfo
 from layerstore.registry.auth import DockerConfig, config_dir
 from layerstore.store import Store
