@@ -323,9 +323,13 @@ class Record(Fields):
     kind: str
     fields: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    in_json: dict[str, Any] = field(default_factory=dict)  # fields a context's MarshalJSON shows otherwise
 
     def header_record(self) -> Record:
         return Record(self.kind, {k: self.headers.get(k, default_header(k)) for k in self.fields}, self.headers)
+
+    def json_fields(self) -> dict[str, Any]:
+        return {**self.fields, **self.in_json}
 
 
 def default_header(name: str) -> str:

@@ -47,6 +47,10 @@ class Fields:
     kind: str
     fields: dict[str, Any]
 
+    def json_fields(self) -> dict[str, Any]:
+        """What ``{{json .}}`` shows: the fields, unless a type's MarshalJSON shows others."""
+        return self.fields
+
 
 def type_name(value: Any) -> str:
     """``%T``."""
@@ -535,7 +539,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (NilMap, NilSlice)):
         return None
     if isinstance(value, Fields):
-        return {k: _plain(value.fields[k]) for k in sorted(value.fields)}  # a Go map: sorted keys
+        shown = value.json_fields()
+        return {k: _plain(shown[k]) for k in sorted(shown)}  # a Go map: sorted keys
     if isinstance(value, Struct):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, dict):

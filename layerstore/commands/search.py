@@ -84,6 +84,8 @@ def record(result: SearchResult, trunc: bool) -> Record:
             "IsAutomated": "",  # Docker reports it false always since Docker Hub's automated builds went
         },
         HEADERS,
+        # the search context's MarshalJSON (--format json, {{json .}}) says true and false
+        in_json={"IsOfficial": "true" if result.is_official else "false", "IsAutomated": "false"},
     )
 
 

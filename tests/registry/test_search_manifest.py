@@ -49,6 +49,13 @@ def test_search_format_limit_and_filters(world: World, tmp_path: Path) -> None:
     assert names("-f", "is-official=true") == []
     assert len(names("-f", "is-official=false", "--no-trunc")) == len(APPS)
     assert names("-f", "is-automated=true") == []
+    # in JSON the search context says its flags as Go's true and false, not [OK] and nothing
+    result = cli(tmp_path, "search", "--format", "json", "--limit", "1", f"{host}/app")
+    assert result.rc == 0, result.err
+    assert json.loads(result.out) == {"Description": "", "IsAutomated": "false", "IsOfficial": "false",
+                                      "Name": f"{host}/{APPS[0]}", "StarCount": "0"}
+    result = cli(tmp_path, "search", "--format", "{{.IsOfficial}}|{{json .IsOfficial}}", "--limit", "1", f"{host}/app")
+    assert (result.rc, result.out) == (0, '|""\n')
     for args, message in (
         (["-f", "stars=many"], "invalid filter 'stars=many'"),
         (["-f", "color=red"], "invalid filter 'color'"),
