@@ -15,7 +15,7 @@ from layerstore import queries
 from layerstore.commands.images import image_id
 from layerstore.containers import Containers
 from layerstore.errors import CommandError
-from layerstore.formatting import Record, created_since, human_size, image_created_since, human_size4, render, tabwrite
+from layerstore.formatting import Record, created_since, human_size, human_size4, image_created_since, render, tabwrite
 from layerstore.store import Store
 
 SUMMARY = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"

@@ -10,16 +10,16 @@ from layerstore.errors import CommandError
 from layerstore.formatting import (
     Record,
     created_since,
-    image_created_since,
-    step_created_since,
     ellipsis,
     go_rfc3339,
     go_time_string,
     human_duration,
     human_size,
     human_size4,
+    image_created_since,
     parse_time,
     render,
+    step_created_since,
     tabwrite,
 )
 from layerstore.gofmt import go_json
