@@ -42,9 +42,9 @@ def human_size4(size: float) -> str:
     return human_size(size, 4)
 
 
-_SECOND = 10**9
-_MINUTE = 60 * _SECOND
-_HOUR = 60 * _MINUTE
+SECOND = 10**9  # Go's time.Second, and the two below, in nanoseconds
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
 _MIN_DURATION, _MAX_DURATION = -(2**63), 2**63 - 1  # Go's time.Duration, an int64 of nanoseconds
 
 
@@ -59,19 +59,20 @@ def _go_units(nanos: int, unit: int) -> float:
 
 def human_duration(nanos: int) -> str:
     """go-units ``HumanDuration`` of a ``time.Duration`` (nanoseconds)."""
-    seconds = int(_go_units(nanos, _SECOND))
+    seconds = int(_go_units(nanos, SECOND))
     if seconds < 1:
         return "Less than a second"
     if seconds == 1:
         return "1 second"
     if seconds < 60:
         return f"{seconds} seconds"
-    minutes = int(_go_units(nanos, _MINUTE))
+    minutes = int(_go_units(nanos, MINUTE))
     if minutes == 1:
         return "About a minute"
     if minutes < 60:
         return f"{minutes} minutes"
-    hours = int(_go_units(nanos, _HOUR) + 0.5)
+    in_hours = _go_units(nanos, HOUR)
+    hours = int(in_hours + 0.5)
     if hours == 1:
         return "About an hour"
     if hours < 48:
@@ -82,20 +83,20 @@ def human_duration(nanos: int) -> str:
         return f"{hours // 24 // 7} weeks"
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
-    return f"{int(_go_units(nanos, _HOUR)) // 24 // 365} years"
+    return f"{int(in_hours) // 24 // 365} years"
 
 
 def go_since(unix: int, now_ns: int) -> int:
     """``time.Now().Sub(time.Unix(unix, 0))`` in nanoseconds: Go's ``Sub`` saturates
     at the ends of a Duration, about 292 years either way."""
-    return max(_MIN_DURATION, min(_MAX_DURATION, now_ns - unix * _SECOND))
+    return max(_MIN_DURATION, min(_MAX_DURATION, now_ns - unix * SECOND))
 
 
 def created_since(unix: float, now: float | None = None) -> str:
     """Docker's CREATED words: ``HumanDuration(time.Now().Sub(time.Unix(created, 0))) + " ago"``,
     created in whole seconds as the API gives it (``Time.Unix``, rounded down).
     now: seconds, for tests."""
-    now_ns = time.time_ns() if now is None else int(now * _SECOND)
+    now_ns = time.time_ns() if now is None else int(now * SECOND)
     return human_duration(go_since(math.floor(unix), now_ns)) + " ago"
 
 

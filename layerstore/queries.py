@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerstore.errors import CommandError, NoSuchImage
-from layerstore.formatting import Timestamp, parse_time
+from layerstore.formatting import HOUR, MINUTE, SECOND, Timestamp, parse_time
 from layerstore.model import chain_ids
 from layerstore.store import Store
 
@@ -291,8 +291,7 @@ def reference_matches(pattern: str, repository: str, tag: str | None = None, dig
 
 
 # time.ParseDuration's units, in nanoseconds (the micro sign and the Greek mu both spell micro)
-_UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
-          "h": 3600 * 10**9}
+_UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000, "s": SECOND, "m": MINUTE, "h": HOUR}
 _DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
 _NANOS_LIMIT = 1 << 63
 _UNIX_TIME = re.compile(r"\+?[0-9]+(?:\.[0-9]+)?")

@@ -16,7 +16,7 @@ from layerstore.formatting import (
     render,
 )
 from layerstore.queries import ImageInfo
-from layerstore.registry.auth import DockerConfig, config_dir
+from layerstore.registry.auth import DockerConfig, config_path
 from layerstore.store import Store
 
 # An image without a date has an empty CreatedSince, which the default tables show as N/A.
@@ -107,7 +107,7 @@ def configured_format() -> str:
     """``imagesFormat`` from the Docker CLI's ``config.json``, the format ``docker images``
     uses when none is given (and not ``-q``). A file it cannot read is a warning, as the
     Docker CLI gives, and the default table is used."""
-    path = config_dir() / "config.json"
+    path = config_path()
     try:
         value = DockerConfig(path).doc.get("imagesFormat")
     except LayerStoreError as exc:

@@ -73,11 +73,16 @@ def config_dir() -> Path:
     return Path(env) if env else Path.home() / ".docker"
 
 
+def config_path() -> Path:
+    """The Docker CLI's ``config.json``."""
+    return config_dir() / "config.json"
+
+
 class DockerConfig:
     """``config.json``: read for credentials, written back whole by login and logout."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or config_dir() / "config.json"
+        self.path = path or config_path()
         self.doc: dict[str, Any] = {}
         try:
             text = self.path.read_text()
