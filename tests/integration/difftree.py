@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mounts import Stack, force_unmount, fuse_mount, kernel_mount, remount_driver, remount_kernel
 from users import errno_as
@@ -432,14 +433,18 @@ _MODE_ARG = {"write": 3, "mkdir": 1, "chmod": 1, "mkfifo": 1}  # which argument 
 
 
 REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted again (Pair.remount)
-# Operations on files the pair holds open (Pair.held), by root: open one, read it
-# from its start, write through it (then fsync, so that the upper layers compare),
-# fstat it, close it. Each names a file by an index taken modulo their number: the
-# regular files the kernel's mount shows (to open), or the held ones; with none held,
-# the file of that index is opened read-write first.
+# Operations on files and directories the pair holds open (Pair.held), by root: open
+# one, read it from its start, write through it (then fsync, so that the upper layers
+# compare), fstat it, change it by its descriptor (fchmod, fchown, futimens, ftruncate,
+# fsetxattr, fremovexattr), read its xattrs, close it. Each names an entry by an index
+# taken modulo their number: the regular files (or, to hold one, the directories) the
+# kernel's mount shows, or the held ones; with none held, the file of that index is
+# opened read-write first. What is held stays held while its names go.
 HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
-HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE)
-_HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC}
+FD_CHANGE, FD_XATTRS = "fdchange", "fdxattrs"
+HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS)
+_HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC,
+               "dir": os.O_RDONLY | os.O_DIRECTORY}
 
 
 def _fd_write(fd: int, data: bytes) -> int:
@@ -453,10 +458,27 @@ def _fd_stat(fd: int) -> tuple[object, ...]:
     return _kind(st.st_mode, st.st_rdev), f"{stat.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid, st.st_size, st.st_nlink
 
 
+# FD_CHANGE's kinds: (fd, argument)
+_FD_CHANGES: dict[str, Callable[[int, Any], None]] = {
+    "chmod": os.fchmod,
+    "chown": lambda fd, owner: os.fchown(fd, owner, owner),
+    "utime": lambda fd, ns: os.utime(fd, ns=(ns, ns)),
+    "truncate": os.ftruncate,
+    "setxattr": lambda fd, value: os.setxattr(fd, "user.k", value),
+    "removexattr": os.removexattr,
+}
+
+
+def _fd_xattrs(fd: int) -> list[tuple[str, bytes]]:
+    return sorted((name, os.getxattr(fd, name)) for name in os.listxattr(fd))
+
+
 _ON_HELD: dict[str, Callable[..., object]] = {
     FD_READ: lambda fd: os.pread(fd, 4096, 0),
     FD_WRITE: _fd_write,
     FD_STAT: _fd_stat,
+    FD_CHANGE: lambda fd, kind, arg: _FD_CHANGES[kind](fd, arg),
+    FD_XATTRS: _fd_xattrs,
 }
 
 
@@ -474,6 +496,12 @@ def regular_files(root: Path | str) -> list[str]:
             except FileNotFoundError:
                 continue
     return sorted(found)
+
+
+def directories(root: Path | str) -> list[str]:
+    """The directories below root and root itself ("."), sorted."""
+    root = os.fspath(root)
+    return sorted(os.path.relpath(parent, root) for parent, _, _ in os.walk(root))
 
 
 def _answer(call: Callable[[], object]) -> object:
@@ -977,7 +1005,7 @@ class Pair:
     renames: list[tuple[str, str]] = field(default_factory=list)
     kernel_options: tuple[str, ...] = ()  # each mount's options, for a remount
     driver_options: tuple[str, ...] = ()
-    held: list[tuple[int, int]] = field(default_factory=list)  # (kernel's fd, driver's fd) of each file held open
+    held: list[tuple[int, int]] = field(default_factory=list)  # (kernel's fd, driver's fd) of each entry held open
 
     def remount(self) -> None:
         """Both unmounted and mounted again over the layers as they are: what an
@@ -1010,7 +1038,7 @@ class Pair:
         answers: list[object]
         if operation.name == HOLD:
             index, how = operation.args
-            files = regular_files(self.kernel.mnt)
+            files = directories(self.kernel.mnt) if how == "dir" else regular_files(self.kernel.mnt)
             if not files:
                 return None
             path = files[int(index) % len(files)]  # type: ignore[call-overload]

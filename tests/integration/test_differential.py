@@ -66,10 +66,12 @@ from difftree import (
     Meta,
     Node,
     Op,
+    FD_CHANGE,
     FD_CLOSE,
     FD_READ,
     FD_STAT,
     FD_WRITE,
+    FD_XATTRS,
     HELD_OPS,
     HOLD,
     REMOUNT,
@@ -254,6 +256,10 @@ def lower_stacks(draw: st.DrawFn) -> tuple[Dir, ...]:
     return (*stack, layers[-1])
 
 
+# what FD_CHANGE does to a held entry: (kind, argument)
+FD_CHANGES = (("chmod", 0o600), ("chmod", 0o755), ("chown", 1000), ("chown", 0), ("utime", FIXED_NS + 5 * 10**15 + 987_654_321),
+              ("truncate", 0), ("truncate", 3), ("setxattr", b"v"), ("removexattr", "user.k"), ("removexattr", "user.m"))
+
 _operations = st.one_of(
     st.builds(op, st.just("write"), paths, st.sampled_from(("create", "excl", "overwrite", "append", "trunc")), datas,
               st.sampled_from((0o644, 0o600))),
@@ -285,10 +291,13 @@ _operations = st.one_of(
     st.builds(op, st.just("touch"), paths),
     # what an entry is (its inode number, its names) outlives the mount
     st.just(op(REMOUNT)),
-    # files held open while other operations change them: what each reads, writes and fstat shows
-    st.builds(op, st.just(HOLD), st.integers(0, 7), st.sampled_from(("r", "r", "rw", "append", "trunc"))),
-    st.builds(op, st.sampled_from((FD_READ, FD_READ, FD_STAT, FD_CLOSE)), st.integers(0, 3)),
+    # files and directories held open while other operations change them: what each reads, writes
+    # and fstat shows
+    st.builds(op, st.just(HOLD), st.integers(0, 7), st.sampled_from(("r", "r", "rw", "append", "trunc", "dir"))),
+    st.builds(op, st.sampled_from((FD_READ, FD_READ, FD_STAT, FD_CLOSE, FD_XATTRS)), st.integers(0, 3)),
     st.builds(op, st.just(FD_WRITE), st.integers(0, 3), st.sampled_from((b"w", b"written\n"))),
+    # ... and changed by their descriptors, after their names went too
+    st.builds(lambda i, change: op(FD_CHANGE, i, *change), st.integers(0, 3), st.sampled_from(FD_CHANGES)),
 )
 # a third of them by an unprivileged user, who owns some of the lower entries (OWNERS);
 # the pair's own operations are root's
@@ -1469,3 +1478,4 @@ def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: P
         p.check()  # d_ino == st_ino for every entry
         entries = {e.name: e.inode() for e in os.scandir(p.driver.mnt)}
         assert entries["a"] == os.lstat(p.driver.mnt / "a").st_ino != os.lstat(p.driver.mnt / "b").st_ino
+
