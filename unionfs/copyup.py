@@ -81,6 +81,7 @@ class WorkDir(Layer):
         super().__init__(path, -1, through=through, rel="work")  # rel: below through, when given
         self._spares: collections.deque[str] = collections.deque()
         self._spare_dirs: collections.deque[str] = collections.deque()
+        self._removed_dir_size: int | None = None  # removed_dir_size, once found
         self._lock(workdir)
         features = incompat.marked(self.fd)
         if features:
@@ -174,7 +175,7 @@ class WorkDir(Layer):
         removes serve the copy-ups that follow."""
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
         try:
-            _clear_dir(fd)
+            clear_dir_fd(fd)
             keep = len(self._spare_dirs) < _SPARE_DIRS and os.fstat(fd).st_size <= _SMALL_DIR
             if keep:
                 try:
@@ -188,6 +189,36 @@ class WorkDir(Layer):
             self._spare_dirs.append(name)
         else:
             os.rmdir(name, dir_fd=self.fd)
+
+    def open_emptied(self, name: str) -> int:
+        """A descriptor on the directory name of the work dir, emptied: a removal moved
+        it here, and a process may still be in it (recycle_dir takes it later). Its
+        emptying may fail, and the removal stands then: what is left goes at the next
+        mount."""
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            clear_dir_fd(fd)
+        except OSError as exc:
+            log.warning("emptying %s in the work directory: %s", name, exc.strerror or exc)
+        return fd
+
+    def removed_dir_size(self) -> int:
+        """st_size of an empty directory once removed, on the work dir's filesystem:
+        ext4 sets it to 0, tmpfs keeps its empty size. Found once, by removing one."""
+        if self._removed_dir_size is None:
+            name = self.temp_name()
+            try:
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+                try:
+                    os.rmdir(name, dir_fd=self.fd)
+                    self._removed_dir_size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
+            except OSError as exc:  # a full disk, say: ext4's answer, asked again next time
+                log.debug("no directory removed to find the size of one: %s", exc.strerror)
+                return 0
+        return self._removed_dir_size
 
     def take_spare_dir(self) -> str | None:
         """The name of an empty directory without xattrs, mode and owner still to be set; None if none."""
@@ -311,7 +342,7 @@ def _remove_tree(layer: Layer, rel: str) -> None:
         os.unlink(rel, dir_fd=layer.fd)
 
 
-def _clear_dir(fd: int) -> None:
+def clear_dir_fd(fd: int) -> None:
     """Remove everything inside an open directory, depth first."""
     for name in os.listdir(fd):
         try:
@@ -319,7 +350,7 @@ def _clear_dir(fd: int) -> None:
         except IsADirectoryError:
             sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             try:
-                _clear_dir(sub)
+                clear_dir_fd(sub)
             finally:
                 os.close(sub)
             os.rmdir(name, dir_fd=fd)
@@ -328,9 +359,10 @@ def _clear_dir(fd: int) -> None:
 def clear_dir(layer: Layer, rel: str) -> None:
     fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer.fd)
     try:
-        _clear_dir(fd)
+        clear_dir_fd(fd)
     finally:
         os.close(fd)
+
 
 
 def _shown_alike(source: os.stat_result, copy: os.stat_result | None, same_number: bool) -> bool:

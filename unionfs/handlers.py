@@ -133,6 +133,7 @@ class Requests:
         self._statx: Callable[[dict[str, int], tuple[int, int] | None], bytes] = (
             fp.statx if ids.identity else lambda st, born: fp.statx(ids.shown(st), born))
         self.nodes = NodeTable()
+        self.nodes.release_held = union.release_held
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
         attr_s, attr_ns = fp.split_timeout(timeouts.attr)
         neg_s, neg_ns = fp.split_timeout(timeouts.negative)
@@ -399,9 +400,10 @@ class Requests:
         name = _name(data)
         with self.nodes.change():
             # A process may still be in the directory, or have it open: it lists it as
-            # empty and stats it as it was, as on overlayfs (remains).
-            remains = self.union.rmdir(self.nodes.child_path(h[3], name))
-            self.nodes.removed(h[3], name, remains)
+            # empty, and is answered from its real directory, kept until the kernel forgets
+            # it, as on overlayfs.
+            remains, held = self.union.rmdir_holding(self.nodes.child_path(h[3], name))
+            self.nodes.removed(h[3], name, remains, held)
 
     def _rename(self, parent: int, new_parent: int, names: memoryview, flags: int) -> None:
         old, new = _two_names(names)
@@ -460,11 +462,14 @@ class Requests:
 
     def _nameless_attrs(self, nodeid: int) -> dict[str, int]:
         remains = self.nodes.remains(nodeid)
-        return remains if remains is not None else self._nameless(nodeid, self.union.fgetattr)
+        if remains is None:
+            return self._nameless(nodeid, self.union.fgetattr)
+        attrs = self.nodes.with_held(nodeid, lambda fd, index: self.union.removed_attrs(fd, index, remains))
+        return remains if attrs is None else attrs
 
     def _nameless(self, nodeid: int, by_fd: Callable[[int, int], T]) -> T:
         """Of a node whose names are gone: by a descriptor still open on its file, or the
-        one a rename kept (``with_held``); ESTALE without either."""
+        one a rename or a removed directory kept (``with_held``); ESTALE without either."""
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fds = self._node_fds.get(nodeid)
             if fds:
@@ -507,6 +512,16 @@ class Requests:
             # Its names are gone (unlinked or replaced while open): fchmod, fchown and
             # futimens change the upper file by a descriptor it is still open by, as they
             # change overlayfs's real file.
+            remains = self.nodes.remains(h[3])
+            if remains is not None:  # a removed directory: its real one, kept (Union.rmdir_holding)
+                def change(fd: int, index: int) -> dict[str, int]:
+                    self._removed_dir_changes(index)
+                    self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
+                    return self.union.removed_attrs(fd, index, remains)
+                attrs = self.nodes.with_held(h[3], change)
+                if attrs is None:
+                    raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+                return self._valid(h[3]) + self._attr(attrs)
             with self._lock:  # a RELEASE cannot close the fd meanwhile
                 fd = self._upper_fd(h[3])
                 if fd is not None:
@@ -518,9 +533,17 @@ class Requests:
                 # The times the kernel kept for a file it just unlinked (writeback cache):
                 # once per such file. Nobody can see them, and no upper file to set them on.
                 return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
+        upper_fd = handle if handle is not None and self._files[handle][0] == 0 else None
         with self.nodes.exclusive():
-            self._set(h, valid, handle, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
+            self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
         return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
+
+    def _removed_dir_changes(self, index: int) -> None:
+        """Whether a removed directory whose real one is in layer index takes changes: an
+        upper one does; a lower one would need a copy-up, which overlayfs fails with
+        ENOTDIR there."""
+        if not self.union.resolver.is_upper(index):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
 
     def _caller(self, h: tuple, umask: int = 0) -> Caller:
         """Who asks, in the IDs of the disk: a new entry's owner."""
@@ -548,8 +571,10 @@ class Requests:
             return kill
         return dropped
 
-    def _set(self, h: tuple, valid: int, handle: int | None, size: int, atime: tuple[int, int], mtime: tuple[int, int],
-             mode: int, uid: int, gid: int, touch: bool) -> None:
+    def _set(self, h: tuple, valid: int, upper_fd: int | None, size: int, atime: tuple[int, int],
+             mtime: tuple[int, int], mode: int, uid: int, gid: int, touch: bool) -> None:
+        """The SETATTR's changes: by upper_fd, an fd on the entry's upper file, where
+        given; else by the node's path."""
         owner = (self.ids.uid_on_disk(uid) if valid & fp.FATTR_UID and uid != _NO_ID else -1,
                  self.ids.gid_on_disk(gid) if valid & fp.FATTR_GID and gid != _NO_ID else -1)
         times = valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW)
@@ -562,19 +587,19 @@ class Requests:
         retime = not self.writeback or bool(valid & fp.FATTR_MTIME)
         new_times = (self._time(valid, fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, *atime),
                      self._time(valid, fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, *mtime))
-        if handle is not None and self._files[handle][0] == 0:
+        if upper_fd is not None:
             # A file open on the upper layer (an ftruncate, or the kernel writing back the
             # times it kept): by its fd, which works after its name is gone too.
             if valid & fp.FATTR_MODE:
-                os.fchmod(handle, mode & 0o7777)
+                os.fchmod(upper_fd, mode & 0o7777)
             if valid & (fp.FATTR_UID | fp.FATTR_GID):
-                os.fchown(handle, *owner)
+                os.fchown(upper_fd, *owner)
             if valid & fp.FATTR_SIZE:
-                self.union.ftruncate(handle, size, retime)
+                self.union.ftruncate(upper_fd, size, retime)
                 if valid & fp.FATTR_KILL_SUIDGID:
-                    self._set_id_killer(h)(handle)
+                    self._set_id_killer(h)(upper_fd)
             if times:
-                syscalls.futimens(handle, new_times)
+                syscalls.futimens(upper_fd, new_times)
             return
         try:
             path = self.nodes.path(h[3])
@@ -971,6 +996,14 @@ class Requests:
             else:
                 by_path(path)
                 return
+        if self.nodes.remains(nodeid) is not None:  # a removed directory: its real one, kept (Union.rmdir_holding)
+            def change(fd: int, index: int) -> bool:
+                self._removed_dir_changes(index)
+                by_fd(fd)
+                return True
+            if self.nodes.with_held(nodeid, change) is None:
+                raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+            return
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fd = self._upper_fd(nodeid)
             if fd is None:

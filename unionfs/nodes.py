@@ -50,7 +50,8 @@ class _Node:
         self.links: list[tuple[int, str]] | None = None  # its other names (hard links in the upper layer)
         self.identity: Identity | None = None
         self.lookups = 0
-        self.held: tuple[int, int] | None = None  # (O_PATH fd, layer index) of a file a rename replaced
+        # (fd, layer index) of a file a rename replaced, or of a removed directory's real one
+        self.held: tuple[int, int] | None = None
         self.birth = BIRTH_UNKNOWN
         self.remains: dict[str, int] | None = None  # the attributes of a removed directory
 
@@ -84,6 +85,8 @@ class NodeTable:
         self._changing = threading.Lock()
         self._change = _Change(self)
         self.births_given = False  # whether any STATX was answered: until then no birth time is stale
+        # gives back a node's held fd once the node is gone (Union.release_held); not under the lock
+        self.release_held: Callable[[int, int], None] = lambda fd, index: os.close(fd)
 
     def change(self) -> _Change:
         """Around a request that changes which entry a path names."""
@@ -200,26 +203,32 @@ class NodeTable:
             if node is None or nodeid == ROOT_ID:
                 return
             node.lookups -= count
-            if node.lookups <= 0:
-                del self._nodes[nodeid]
-                if node.parent:
-                    for key in [(node.parent, node.name), *(node.links or ())]:
-                        if self._ids.get(key) == nodeid:
-                            del self._ids[key]
-                self._unidentify(nodeid, node)
-                if node.held:
-                    os.close(node.held[0])
+            if node.lookups > 0:
+                return
+            del self._nodes[nodeid]
+            if node.parent:
+                for key in [(node.parent, node.name), *(node.links or ())]:
+                    if self._ids.get(key) == nodeid:
+                        del self._ids[key]
+            self._unidentify(nodeid, node)
+        if node.held:
+            self.release_held(*node.held)
 
-    def removed(self, parent: int, name: str, remains: dict[str, int] | None = None) -> int | None:
+    def removed(self, parent: int, name: str, remains: dict[str, int] | None = None,
+                held: tuple[int, int] | None = None) -> int | None:
         """parent/name was unlinked: its id (if any, returned) keeps living without a path.
-        remains: the attributes a removed directory shows while some process is still in
-        it or has it open (there is no descriptor of it to ask)."""
+        remains and held: for a removed directory, the attributes it shows and the
+        (fd, layer index) of its real directory, for a process still in it or holding it
+        open (Union.rmdir_holding); held is given back at once if the kernel knows no such node."""
         with self._lock:
             nodeid = self._detach((parent, name))
             node = self._nodes.get(nodeid) if nodeid is not None else None
             if node is not None and node.parent == 0:
                 node.remains = remains
-            return nodeid
+                node.held, held = held, node.held
+        if held is not None:
+            self.release_held(*held)
+        return nodeid
 
     def remains(self, nodeid: int) -> dict[str, int] | None:
         node = self._nodes.get(nodeid)
@@ -265,7 +274,8 @@ class NodeTable:
             return self._ids.get((parent, name), 0)
 
     def with_held(self, nodeid: int, use: Callable[[int, int], T]) -> T | None:
-        """use(fd, layer index) on the file a rename took from this node; None if there is none.
+        """use(fd, layer index) on the file a rename took from this node, or on the real
+        directory of a removed one; None if there is none.
 
         Under the table's lock, so that a FORGET cannot close the fd meanwhile.
         """
@@ -274,15 +284,18 @@ class NodeTable:
             return use(*node.held) if node is not None and node.held is not None else None
 
     def close_held(self) -> None:
-        """Close the files renames took (at the end: no opens are on their way any more)."""
+        """Give back the fds of files renames took and of removed directories (at the
+        end: no requests are on their way any more)."""
         with self._lock:
+            held = [node.held for node in self._nodes.values() if node.held is not None]
             for node in self._nodes.values():
-                if node.held is not None:
-                    os.close(node.held[0])
-                    node.held = None
+                node.held = None
+        for fd, index in held:
+            self.release_held(fd, index)
 
     def with_all_held(self, use: Callable[[list[tuple[int, int]]], T]) -> T:
-        """use((fd, layer index) of every file a rename took), under the table's lock."""
+        """use((fd, layer index) of every file a rename took and every removed directory
+        kept), under the table's lock."""
         with self._lock:
             return use([node.held for node in self._nodes.values() if node.held is not None])
 
@@ -325,10 +338,10 @@ class NodeTable:
             return
         node = self._nodes.get(nodeid) if nodeid is not None else None
         if node is None:
-            os.close(held[0])
+            self.release_held(*held)
             return
         if node.held is not None:  # one file by another of its names: the newer fd will do
-            os.close(node.held[0])
+            self.release_held(*node.held)
         node.held = held
 
     def _detach(self, key: tuple[int, str]) -> int | None:

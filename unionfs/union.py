@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
-from unionfs.copyup import CopyUp, WorkDir, clear_dir
+from unionfs.copyup import CopyUp, WorkDir, clear_dir, clear_dir_fd
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, layout_problem, private_roots, rel_join
 from unionfs.markers import WhiteoutForm
@@ -49,6 +49,8 @@ class Caller:
 ROOT = Caller(0, 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _ATTR_OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC  # for the inode-flag ioctls
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a removed upper directory: it takes changes
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a removed lower one: read only
 _FALLOC_FL_KEEP_SIZE = 1
 # Open flags of the caller's that the driver's own fd must not have: O_DIRECT is
 # between the caller and the kernel, and would make the driver's unaligned
@@ -128,6 +130,7 @@ class Union:
             self.protections = Protections(layers, self.resolver, overlay + "protattr")
             self.inodes = InodeMap([layer.dev for layer in layers])
             self._origins: dict[int, int] = {}
+            self._kept_removed: dict[int, str] = {}  # fd -> work-dir name of a removed upper directory (rmdir)
             self._metacopies: set[int] = set()  # upper inodes that are overlayfs metacopy files
             # (layer, inode) -> whether a lower file is a metacopy file: asked once, lower layers never change
             self._lower_metacopies: dict[tuple[int, int], bool] = {}
@@ -711,8 +714,11 @@ class Union:
         if not self.upper.exists(marker):
             work.link_marker(False, self.upper.fd, marker)
 
-    def _remove_upper(self, prel: str, name: str, is_dir: bool, whiteout: bool) -> None:
-        """Remove an upper entry, leaving a whiteout in the same step if asked."""
+    def _remove_upper(self, prel: str, name: str, is_dir: bool, whiteout: bool) -> int | None:
+        """Remove an upper entry, leaving a whiteout in the same step if asked. A
+        directory's descriptor is returned, for a process still in it (rmdir): where
+        the whiteout took its place, it stays in the work dir, emptied, until
+        release_held recycles it (WorkDir.recycle_dir); else it is removed."""
         _, work = self._writable(name)
         rel = rel_join(prel, name)
         if whiteout and self.form is WhiteoutForm.OVERLAY:
@@ -720,22 +726,29 @@ class Union:
             work.link_marker(True, work.fd, tmp)
             syscalls.renameat2(work.fd, tmp, self.upper.fd, rel, syscalls.RENAME_EXCHANGE)
             crashpoints.point("remove.exchanged")
+            if is_dir:
+                fd = work.open_emptied(tmp)
+                self._kept_removed[fd] = tmp
+                return fd
             try:
-                if is_dir:
-                    work.recycle_dir(tmp)
-                else:
-                    work.remove_tree(tmp)
+                work.remove_tree(tmp)
             except OSError as exc:  # removed already: what is left in the work dir goes at the next mount
                 log.warning("removing %s from the work directory: %s", tmp, exc.strerror or exc)
-            return
+            return None
         if whiteout:
             self._whiteout(prel, name)  # .wh.NAME first: the own-layer entry still shows
-        if is_dir:
-            clear_dir(self.upper, rel)
+        if not is_dir:
+            os.unlink(rel, dir_fd=self.upper.fd)
+            return None
+        fd = self.upper.open(rel, _DIR_OPEN)
+        try:
+            clear_dir_fd(fd)
             crashpoints.point("remove.cleared")
             os.rmdir(rel, dir_fd=self.upper.fd)
-        else:
-            os.unlink(rel, dir_fd=self.upper.fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _parent_in_upper(self, path: str, parent: Node | None = None) -> tuple[Node, str, str]:
         copyup, _ = self._writable(path)
@@ -772,8 +785,17 @@ class Union:
         self.resolver.invalidate(path)
 
     def rmdir(self, path: str) -> dict[str, int]:
-        """Returns the attributes the removed directory shows to a process still in it,
-        as overlayfs shows its real directory's: an upper one's link count is 0 then."""
+        """Returns the attributes the removed directory showed (see rmdir_holding)."""
+        remains, held = self.rmdir_holding(path)
+        self.release_held(*held)
+        return remains
+
+    def rmdir_holding(self, path: str) -> tuple[dict[str, int], tuple[int, int]]:
+        """rmdir(2). Returns what a process still in the removed directory, or holding it
+        open, is answered from, as overlayfs answers it from its real directory: the
+        attributes it showed (an upper one's link count is 0 then), and a descriptor on
+        that real directory with its layer's index, to be given back to release_held.
+        An upper one takes changes; a lower one only reads (removed_attrs)."""
         self._writable(path)
         if path == "/":
             raise fail(errno.EBUSY, path)
@@ -785,14 +807,45 @@ class Union:
         parent, prel, name = self._parent_in_upper(path, parent)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
-            self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
+            fd = self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
+            assert fd is not None
             self._forget(st)  # its inode number may come back for another entry
             if not node.merged:
                 remains["st_nlink"] = 0
         else:
-            self._whiteout(prel, name)
+            fd = os.open(node.rel or ".", _DIR_PATH, dir_fd=self.layers[node.layer].fd)
+            try:
+                self._whiteout(prel, name)
+            except BaseException:
+                os.close(fd)
+                raise
         self.resolver.invalidate(path)  # empty: its children were forgotten as they went
-        return remains
+        return remains, (fd, node.layer)
+
+    def removed_attrs(self, fd: int, index: int, remains: dict[str, int]) -> dict[str, int]:
+        """What a directory that rmdir removed shows now: the attributes it showed then,
+        with what changed since on its real directory if that is an upper one. One kept
+        in the work dir (see _remove_upper) shows the size that a removed directory has
+        on the upper filesystem, as overlayfs's real one does."""
+        if not self.resolver.is_upper(index):
+            return remains  # a lower directory does not change
+        st = os.fstat(fd)
+        attrs = self.attrs(st, remains["st_ino"], remains["st_nlink"])
+        if fd in self._kept_removed:
+            attrs["st_size"] = self.work.removed_dir_size() if self.work is not None else 0
+        return attrs
+
+    def release_held(self, fd: int, index: int) -> None:
+        """Give back a descriptor that kept a removed or replaced entry reachable
+        (rmdir, open_path): an upper directory kept in the work dir serves the next
+        copy-up of a directory."""
+        name = self._kept_removed.pop(fd, None)
+        os.close(fd)
+        if name is not None and self.work is not None:
+            try:
+                self.work.recycle_dir(name)
+            except OSError as exc:  # what is left in the work dir goes at the next mount
+                log.warning("removing %s from the work directory: %s", name, exc.strerror or exc)
 
     # -- renaming ----------------------------------------------------------------
     def rename(self, old: str, new: str, noreplace: bool = False, whiteout: bool = False) -> None:

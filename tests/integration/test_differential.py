@@ -81,6 +81,7 @@ from difftree import (
     Whiteout,
     apply,
     build_layer,
+    directories,
     drop_caches,
     errname,
     fix_hardlinks,
@@ -1479,3 +1480,26 @@ def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: P
         entries = {e.name: e.inode() for e in os.scandir(p.driver.mnt)}
         assert entries["a"] == os.lstat(p.driver.mnt / "a").st_ino != os.lstat(p.driver.mnt / "b").st_ino
 
+
+def test_removed_directories_still_open(tmp_path: Path) -> None:
+    """A directory removed while a process holds it open: its xattrs, attributes and
+    changes by the descriptor, as overlayfs answers them. A lower one reads from its
+    lower directory and refuses changes; an upper one (made through the mount, or a
+    lower one copied up for a whiteout) reads and changes its real directory. What
+    the driver kept of them is gone from the work dir once it has ended."""
+    xattrs = (("user.k", b"1"), ("user.m", b"2"))
+    top = Dir({"u": Dir(xattrs=xattrs)})
+    bottom = Dir({"l": Dir(xattrs=xattrs), "m": Dir({"x": File()}, xattrs=xattrs)})
+    with pair(tmp_path, [top, bottom]) as p:
+        assert p.run(op("mkdir", "n", 0o700)) is None
+        assert p.run(op("unlink", "m/x")) is None  # m is copied up to hold the whiteout
+        for rel in ("l", "m", "n", "u"):
+            p.close_held()
+            assert p.run(op(HOLD, directories(p.kernel.mnt).index(rel), "dir")) is None, rel
+            assert p.run(op("rmdir", rel)) is None
+            for step in (op(FD_XATTRS, 0), op(FD_STAT, 0), *(op(FD_CHANGE, 0, *change) for change in FD_CHANGES),
+                         op(FD_XATTRS, 0), op(FD_STAT, 0)):
+                p.run(step)
+            p.check()
+    work = p.driver.work / "work"
+    assert [name for name in os.listdir(work) if (work / name).is_dir()] == []  # the shared whiteout stays
