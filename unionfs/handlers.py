@@ -415,25 +415,27 @@ class Requests:
                 self.union.exchange(old_path, new_path)
                 self.nodes.exchanged(parent, old, new_parent, new)
             else:
-                held = self._hold(new_parent, new, new_path) if flags == 0 else None
+                held, remains = self._hold(new_parent, new, new_path) if flags == 0 else (None, None)
                 try:
                     self.union.rename(old_path, new_path, noreplace=bool(flags & syscalls.RENAME_NOREPLACE),
                                       whiteout=bool(flags & syscalls.RENAME_WHITEOUT))
                 except BaseException:
                     if held:
-                        os.close(held[0])
+                        self.union.release_held(*held)
                     raise
-                self._keeps_its_links(self.nodes.renamed(parent, old, new_parent, new, held))
+                self._keeps_its_links(self.nodes.renamed(parent, old, new_parent, new, held, remains))
 
-    def _hold(self, parent: int, name: str, path: str) -> tuple[int, int] | None:
-        """The file a rename is about to replace, if the kernel knows it: an open
-        already on its way to it must still find it, as on any filesystem."""
+    def _hold(self, parent: int, name: str, path: str) -> tuple[tuple[int, int] | None, dict[str, int] | None]:
+        """The entry a rename is about to replace, if the kernel knows it: an open
+        already on its way to it must still find it, as on any filesystem, and a
+        process in a directory replaced is answered from its real one, as on
+        overlayfs (Union.hold)."""
         if not self.nodes.known(parent, name):
-            return None
+            return None, None
         try:
-            return self.union.open_path(path)
+            return self.union.hold(path)
         except OSError:
-            return None
+            return None, None
 
     def rename(self, h: tuple, data: memoryview) -> None:
         self._rename(h[3], fp.RENAME_IN.unpack_from(data)[0], data[fp.RENAME_IN.size:], 0)

@@ -300,13 +300,14 @@ class NodeTable:
             return use([node.held for node in self._nodes.values() if node.held is not None])
 
     def renamed(self, parent: int, name: str, new_parent: int, new_name: str,
-                held: tuple[int, int] | None = None) -> int | None:
-        """A rename; held keeps the file it replaced reachable for opens already on their
-        way. Returns the id of the node it replaced, if the kernel knows one."""
+                held: tuple[int, int] | None = None, remains: dict[str, int] | None = None) -> int | None:
+        """A rename; held keeps the entry it replaced reachable for opens already on their
+        way, and remains are the attributes a directory replaced shows (as removed's).
+        Returns the id of the node it replaced, if the kernel knows one."""
         with self._lock:
             nodeid = self._ids.pop((parent, name), None)
             replaced = self._detach((new_parent, new_name))
-            self._keep(replaced, held)
+            self._keep(replaced, held, remains)
             if nodeid is not None:
                 self._rename_link(nodeid, (parent, name), (new_parent, new_name))
                 self._ids[(new_parent, new_name)] = nodeid
@@ -332,8 +333,8 @@ class NodeTable:
         elif node.links and old in node.links:
             node.links[node.links.index(old)] = new
 
-    def _keep(self, nodeid: int | None, held: tuple[int, int] | None) -> None:
-        """Give the node the fd that keeps its entry reachable (closed with the node)."""
+    def _keep(self, nodeid: int | None, held: tuple[int, int] | None, remains: dict[str, int] | None) -> None:
+        """Give the node the fd that keeps its entry reachable (given back with the node)."""
         if held is None:
             return
         node = self._nodes.get(nodeid) if nodeid is not None else None
@@ -343,6 +344,8 @@ class NodeTable:
         if node.held is not None:  # one file by another of its names: the newer fd will do
             self.release_held(*node.held)
         node.held = held
+        if node.parent == 0 and remains is not None:
+            node.remains = remains
 
     def _detach(self, key: tuple[int, str]) -> int | None:
         """key names nothing any more; its node keeps its other names, if it has any."""

@@ -495,11 +495,26 @@ class Union:
         if self.copyup is not None and self.copyup.publisher is not None:
             self.copyup.publisher.released(fd)
 
-    def open_path(self, path: str) -> tuple[int, int]:
-        """An O_PATH fd on the entry path names now, and its layer: it keeps a file
-        reachable after its name is gone."""
+    def hold(self, path: str) -> tuple[tuple[int, int], dict[str, int] | None]:
+        """What keeps the entry path names now reachable once a rename replaces it, as
+        on any filesystem: an fd on its real file and its layer's index (to be given
+        back to release_held), and for a directory the attributes it will show, as
+        rmdir_holding gives them. An O_PATH fd for a file; an upper directory's takes
+        changes (removed_attrs)."""
         node = self.node(path)
-        return os.open(node.rel or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.layers[node.layer].fd), node.layer
+        upper = self.resolver.is_upper(node.layer)
+        flags = (_DIR_OPEN if upper else _DIR_PATH) if node.is_dir else os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(node.rel or ".", flags, dir_fd=self.layers[node.layer].fd)
+        return (fd, node.layer), self._remains(node, path) if node.is_dir else None
+
+    def _remains(self, node: Node, path: str) -> dict[str, int]:
+        """The attributes a directory shows once removed, to a process still in it, as
+        overlayfs shows its real directory's: an upper one's link count is 0 then,
+        unless it was merged (overlayfs shows 1 for those)."""
+        remains = self.getattr(path)
+        if self.resolver.is_upper(node.layer) and not node.merged:
+            remains["st_nlink"] = 0
+        return remains
 
     def statfs(self) -> dict[str, int]:
         st = os.statvfs(self.layers[0].fd)
@@ -793,9 +808,9 @@ class Union:
     def rmdir_holding(self, path: str) -> tuple[dict[str, int], tuple[int, int]]:
         """rmdir(2). Returns what a process still in the removed directory, or holding it
         open, is answered from, as overlayfs answers it from its real directory: the
-        attributes it showed (an upper one's link count is 0 then), and a descriptor on
-        that real directory with its layer's index, to be given back to release_held.
-        An upper one takes changes; a lower one only reads (removed_attrs)."""
+        attributes it shows (_remains), and a descriptor on that real directory with
+        its layer's index, to be given back to release_held. An upper one takes
+        changes; a lower one only reads (removed_attrs)."""
         self._writable(path)
         if path == "/":
             raise fail(errno.EBUSY, path)
@@ -803,15 +818,13 @@ class Union:
         parent = self._removable(node, path)
         if self.listing(node):
             raise fail(errno.ENOTEMPTY, path)
-        remains = self.getattr(path)
+        remains = self._remains(node, path)
         parent, prel, name = self._parent_in_upper(path, parent)
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
             fd = self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
             assert fd is not None
             self._forget(st)  # its inode number may come back for another entry
-            if not node.merged:
-                remains["st_nlink"] = 0
         else:
             fd = os.open(node.rel or ".", _DIR_PATH, dir_fd=self.layers[node.layer].fd)
             try:
@@ -837,7 +850,7 @@ class Union:
 
     def release_held(self, fd: int, index: int) -> None:
         """Give back a descriptor that kept a removed or replaced entry reachable
-        (rmdir, open_path): an upper directory kept in the work dir serves the next
+        (rmdir_holding, hold): an upper directory kept in the work dir serves the next
         copy-up of a directory."""
         name = self._kept_removed.pop(fd, None)
         os.close(fd)
