@@ -1076,7 +1076,7 @@ class Pair:
                     if driver == "ENOTDIR":
                         # A lower directory that a rename replaced: the driver refuses changes to it,
                         # where overlayfs copies it up over the directory renamed there (see
-                        # test_directories_replaced_by_a_rename_while_open). The kernel's is not asked.
+                        # test_nameless_files). The kernel's is not asked.
                         self.log.append(f"{operation!r} -> driver ENOTDIR, a lower directory renamed over")
                         return errno.ENOTDIR
                     answers = [_answer(lambda: call(pair[0], *operation.args[1:])), driver]

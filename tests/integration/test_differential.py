@@ -81,7 +81,6 @@ from difftree import (
     Whiteout,
     apply,
     build_layer,
-    directories,
     drop_caches,
     errname,
     fix_hardlinks,
@@ -1480,56 +1479,3 @@ def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: P
         entries = {e.name: e.inode() for e in os.scandir(p.driver.mnt)}
         assert entries["a"] == os.lstat(p.driver.mnt / "a").st_ino != os.lstat(p.driver.mnt / "b").st_ino
 
-
-def test_removed_directories_still_open(tmp_path: Path) -> None:
-    """A directory removed while a process holds it open: its xattrs, attributes and
-    changes by the descriptor, as overlayfs answers them. A lower one reads from its
-    lower directory and refuses changes; an upper one (made through the mount, or a
-    lower one copied up for a whiteout) reads and changes its real directory. What
-    the driver kept of them is gone from the work dir once it has ended."""
-    xattrs = (("user.k", b"1"), ("user.m", b"2"))
-    top = Dir({"u": Dir(xattrs=xattrs)})
-    bottom = Dir({"l": Dir(xattrs=xattrs), "m": Dir({"x": File()}, xattrs=xattrs)})
-    with pair(tmp_path, [top, bottom]) as p:
-        assert p.run(op("mkdir", "n", 0o700)) is None
-        assert p.run(op("unlink", "m/x")) is None  # m is copied up to hold the whiteout
-        for rel in ("l", "m", "n", "u"):
-            p.close_held()
-            assert p.run(op(HOLD, directories(p.kernel.mnt).index(rel), "dir")) is None, rel
-            assert p.run(op("rmdir", rel)) is None
-            for step in (op(FD_XATTRS, 0), op(FD_STAT, 0), *(op(FD_CHANGE, 0, *change) for change in FD_CHANGES),
-                         op(FD_XATTRS, 0), op(FD_STAT, 0)):
-                p.run(step)
-            p.check()
-    work = p.driver.work / "work"
-    assert [name for name in os.listdir(work) if (work / name).is_dir()] == []  # the shared whiteout stays
-
-
-
-def test_directories_replaced_by_a_rename_while_open(tmp_path: Path) -> None:
-    """A directory that a rename replaces while a process holds it open: answered from
-    its real directory, as after rmdir (test_removed_directories_still_open).
-    Deliberate difference: a lower one refuses changes (ENOTDIR), as after rmdir.
-    overlayfs takes them, by copying the lower directory up at the name the rename
-    took, over the directory renamed there, which then shows the old one's mode and
-    xattrs."""
-    xattrs = (("user.k", b"1"), ("user.m", b"2"))
-    bottom = Dir({"l": Dir(xattrs=xattrs), "m": Dir({"x": File()}, xattrs=xattrs)})
-    with pair(tmp_path, [Dir(), bottom]) as p:
-        assert p.run(op("unlink", "m/x")) is None  # m is copied up to hold the whiteout
-        assert p.run(op("mkdir", "n", 0o700)) is None and p.run(op("setxattr", "n", "user.k", b"1")) is None
-        for rel in ("l", "m", "n"):
-            p.close_held()
-            assert p.run(op("mkdir", "new", 0o700)) is None
-            assert p.run(op(HOLD, directories(p.kernel.mnt).index(rel), "dir")) is None, rel
-            assert p.run(op("rename", "new", rel)) is None
-            reads = (op(FD_XATTRS, 0), op(FD_STAT, 0))
-            for step in reads:
-                p.run(step)
-            for kind, arg in FD_CHANGES:
-                answer = p.run(op(FD_CHANGE, 0, kind, arg))  # the lower one's: the driver's alone
-                if rel == "l":
-                    assert answer == (errno.EINVAL if kind == "truncate" else errno.ENOTDIR), kind
-            for step in reads:
-                p.run(step)
-            p.check()

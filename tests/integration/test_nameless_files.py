@@ -123,30 +123,56 @@ def test_a_lower_file_open_when_its_name_goes_shows_its_own_link_count(tmp_path:
             p.check()
 
 
+def _dir_stat(st: os.stat_result) -> tuple[object, ...]:
+    return oct(st.st_mode), st.st_uid, st.st_gid, st.st_nlink, st.st_size, st.st_mtime_ns
+
+
 DIR_CALLS: list[tuple[str, Callable[[int], object]]] = [
     ("list by fd", lambda fd: os.listdir(fd)),
     ("list the working directory", lambda fd: os.listdir(".")),
-    ("fstat", lambda fd: (lambda st: (oct(st.st_mode), st.st_nlink))(os.fstat(fd))),
+    ("fstat", lambda fd: _dir_stat(os.fstat(fd))[:5]),
     ("stat the working directory", lambda fd: oct(os.stat(".").st_mode)),
     ("fsync", os.fsync),
     ("create in it", lambda fd: os.open("x", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)),
     ("mkdir in it", lambda fd: os.mkdir("y", dir_fd=fd)),
+    ("flistxattr", lambda fd: sorted(os.listxattr(fd))),
+    ("fgetxattr", lambda fd: os.getxattr(fd, "user.a")),
+    ("fsetxattr", lambda fd: os.setxattr(fd, "user.b", b"2")),
+    ("fchmod", lambda fd: os.fchmod(fd, 0o700)),
+    ("fchown", lambda fd: os.fchown(fd, 123, 456)),
+    ("futimens", lambda fd: os.utime(fd, ns=(10**18, 2 * 10**18))),
+    ("fremovexattr", lambda fd: os.removexattr(fd, "user.a")),
+    ("flistxattr after", lambda fd: sorted(os.listxattr(fd))),
+    ("fstat after", lambda fd: _dir_stat(os.fstat(fd))),
+    ("stat the working directory after", lambda fd: _dir_stat(os.stat("."))),
 ]
 
 
-@pytest.mark.parametrize("how", ["made", "lower", "merged", "renamed over"])
+CHANGES = ("fsetxattr", "fchmod", "fchown", "futimens", "fremovexattr")
+
+
+@pytest.mark.parametrize("how", ["made", "lower", "merged", "renamed over", "lower renamed over"])
 def test_a_removed_directory_still_in_use_answers_as_on_overlayfs(tmp_path: Path, how: str) -> None:
     """Open, and the working directory of a process, when it is removed: it lists as
-    empty and keeps its attributes, and nothing can be made in it. (Its xattrs, and
-    changes to it, are ESTALE: the driver keeps no descriptor of it.)"""
-    lowers = [Dir({"lower": Dir(), "merged": Dir({"old": File(b"o\n")})})]
+    empty, nothing can be made in it, and it is answered from its real directory. An
+    upper one (made, merged, renamed over) shows its xattrs and takes changes by the
+    descriptor; a lower one shows them and refuses changes (ENOTDIR). What the driver
+    kept of them is gone from the work dir once it has ended.
+
+    Deliberate difference: overlayfs takes a change to a lower directory that a rename
+    replaced, by copying it up at the name the rename took, over the directory renamed
+    there (which then shows the old one's mode and xattrs). The driver refuses it, as
+    after rmdir."""
+    marked = (("user.a", b"1"),)
+    lowers = [Dir({"lower": Dir(xattrs=marked), "merged": Dir({"old": File(b"o\n")}, xattrs=marked)})]
     with pair(tmp_path, lowers) as p:
         answers = []
         here = os.getcwd()
         for mnt in (p.kernel.mnt, p.driver.mnt):
-            victim = mnt / ("lower" if how == "lower" else "merged" if how == "merged" else "made")
+            victim = mnt / ("lower" if how.startswith("lower") else "merged" if how == "merged" else "made")
             if how in ("made", "renamed over"):
                 victim.mkdir()
+                os.setxattr(victim, "user.a", b"1")
             elif how == "merged":
                 (victim / "new").write_bytes(b"n\n")  # copied up, then emptied
                 (victim / "new").unlink()
@@ -154,7 +180,7 @@ def test_a_removed_directory_still_in_use_answers_as_on_overlayfs(tmp_path: Path
             fd = os.open(victim, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.chdir(victim)
-                if how == "renamed over":
+                if how.endswith("renamed over"):
                     (mnt / "other").mkdir()
                     os.rename(mnt / "other", victim)
                 else:
@@ -165,4 +191,11 @@ def test_a_removed_directory_still_in_use_answers_as_on_overlayfs(tmp_path: Path
                 os.close(fd)
         kernel, driver = answers
         assert kernel["list by fd"] == [] and kernel["fstat"][0] == "0o40755"
+        if how == "lower renamed over":
+            assert [driver[name] for name in CHANGES] == ["ENOTDIR"] * len(CHANGES)
+            for answers_of in (kernel, driver):  # the changes, and what the kernel's showed after them
+                for name in [*CHANGES, *(name for name in answers_of if name.endswith(" after"))]:
+                    del answers_of[name]
         assert driver == kernel
+    work = p.driver.work / "work"
+    assert [name for name in os.listdir(work) if (work / name).is_dir()] == []  # the shared whiteout stays
