@@ -190,12 +190,20 @@ class WorkDir(Layer):
         else:
             os.rmdir(name, dir_fd=self.fd)
 
-    def open_emptied(self, name: str) -> int:
+    def open_emptied(self, name: str) -> int | None:
         """A descriptor on the directory name of the work dir, emptied: a removal moved
-        it here, and a process may still be in it (recycle_dir takes it later). Its
-        emptying may fail, and the removal stands then: what is left goes at the next
-        mount."""
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        it here, and a process may still be in it (recycle_dir takes it later). None
+        where it cannot be opened: it is recycled at once then. Either may fail, and
+        the removal stands: what is left goes at the next mount."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError as exc:
+            log.warning("keeping %s in the work directory: %s", name, exc.strerror or exc)
+            try:
+                self.recycle_dir(name)
+            except OSError:
+                pass
+            return None
         try:
             clear_dir_fd(fd)
         except OSError as exc:
@@ -362,7 +370,6 @@ def clear_dir(layer: Layer, rel: str) -> None:
         clear_dir_fd(fd)
     finally:
         os.close(fd)
-
 
 
 def _shown_alike(source: os.stat_result, copy: os.stat_result | None, same_number: bool) -> bool:

@@ -733,7 +733,8 @@ class Union:
         """Remove an upper entry, leaving a whiteout in the same step if asked. A
         directory's descriptor is returned, for a process still in it (rmdir): where
         the whiteout took its place, it stays in the work dir, emptied, until
-        release_held recycles it (WorkDir.recycle_dir); else it is removed."""
+        release_held recycles it (WorkDir.recycle_dir); else it is removed. None for
+        a file, or a directory that could not be kept."""
         _, work = self._writable(name)
         rel = rel_join(prel, name)
         if whiteout and self.form is WhiteoutForm.OVERLAY:
@@ -743,7 +744,8 @@ class Union:
             crashpoints.point("remove.exchanged")
             if is_dir:
                 fd = work.open_emptied(tmp)
-                self._kept_removed[fd] = tmp
+                if fd is not None:
+                    self._kept_removed[fd] = tmp
                 return fd
             try:
                 work.remove_tree(tmp)
@@ -802,15 +804,16 @@ class Union:
     def rmdir(self, path: str) -> dict[str, int]:
         """Returns the attributes the removed directory showed (see rmdir_holding)."""
         remains, held = self.rmdir_holding(path)
-        self.release_held(*held)
+        if held is not None:
+            self.release_held(*held)
         return remains
 
-    def rmdir_holding(self, path: str) -> tuple[dict[str, int], tuple[int, int]]:
+    def rmdir_holding(self, path: str) -> tuple[dict[str, int], tuple[int, int] | None]:
         """rmdir(2). Returns what a process still in the removed directory, or holding it
         open, is answered from, as overlayfs answers it from its real directory: the
         attributes it shows (_remains), and a descriptor on that real directory with
-        its layer's index, to be given back to release_held. An upper one takes
-        changes; a lower one only reads (removed_attrs)."""
+        its layer's index, to be given back to release_held (None where none could be
+        opened). An upper one takes changes; a lower one only reads (removed_attrs)."""
         self._writable(path)
         if path == "/":
             raise fail(errno.EBUSY, path)
@@ -823,23 +826,28 @@ class Union:
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
             fd = self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
-            assert fd is not None
             self._forget(st)  # its inode number may come back for another entry
         else:
-            fd = os.open(node.rel or ".", _DIR_PATH, dir_fd=self.layers[node.layer].fd)
+            try:
+                fd = os.open(node.rel or ".", _DIR_PATH, dir_fd=self.layers[node.layer].fd)
+            except OSError as exc:  # out of descriptors, say: the removal goes on without it
+                log.warning("keeping removed directory %s: %s", path, exc.strerror or exc)
+                fd = None
             try:
                 self._whiteout(prel, name)
             except BaseException:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
                 raise
         self.resolver.invalidate(path)  # empty: its children were forgotten as they went
-        return remains, (fd, node.layer)
+        return remains, None if fd is None else (fd, node.layer)
 
     def removed_attrs(self, fd: int, index: int, remains: dict[str, int]) -> dict[str, int]:
-        """What a directory that rmdir removed shows now: the attributes it showed then,
-        with what changed since on its real directory if that is an upper one. One kept
-        in the work dir (see _remove_upper) shows the size that a removed directory has
-        on the upper filesystem, as overlayfs's real one does."""
+        """What a directory removed or replaced (rmdir_holding, hold) shows now: the
+        attributes it showed then, with what changed since on its real directory if
+        that is an upper one. One kept in the work dir (see _remove_upper) shows the
+        size that a removed directory has on the upper filesystem, as overlayfs's real
+        one does."""
         if not self.resolver.is_upper(index):
             return remains  # a lower directory does not change
         st = os.fstat(fd)
