@@ -33,8 +33,8 @@ class MountSpec:
     options: tuple[str, ...] = ()
 
     def option_string(self) -> str:
-        def esc(path: str) -> str:
-            return os.fspath(path).replace(",", "\\,")
+        def esc(path: str) -> str:  # as overlayfs reads them (options.unescape)
+            return os.fspath(path).replace("\\", "\\\\").replace(",", "\\,")
 
         parts = ["lowerdir=" + ":".join(esc(p).replace(":", "\\:") for p in self.lowerdirs)]
         if self.upperdir is not None:

@@ -71,17 +71,42 @@ class MountOptions:
         return self.upperdir is None or "ro" in self.mount_flags
 
 
+def _split_escaped(text: str, separator: str) -> list[str]:
+    """text split at each separator that no backslash escapes, escapes kept: a backslash
+    escapes the character after it, a backslash too (overlayfs's ovl_next_opt, and
+    its split of lowerdir)."""
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == separator:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def unescape(text: str) -> str:
+    """Each backslash taken for the character after it (overlayfs's ovl_unescape, and
+    libfuse's option parser)."""
+    return re.sub(r"\\(.?)", r"\1", text, flags=re.DOTALL)
+
+
 def split_options(text: str) -> list[str]:
-    """Split on commas that are not escaped with a backslash."""
-    return [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text) if part]
+    """Split on commas that are not escaped with a backslash; each option's value is
+    unescaped as its key says (parse)."""
+    return [part for part in _split_escaped(text, ",") if part]
 
 
 _DATA_ONLY = "data-only lower layers are not supported (they hold the data of metacopy files, which this driver refuses)"
 
 
 def split_lowerdir(text: str) -> tuple[str, ...]:
-    """``A:B:C`` with ``\\:`` for a colon inside a name, as overlayfs reads it."""
-    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", text)]
+    """``A:B:C`` with ``\\:`` for a colon inside a name (``\\,`` for a comma, ``\\\\`` for a
+    backslash), as overlayfs reads it."""
+    parts = [unescape(part) for part in _split_escaped(text, ":")]
     if not all(parts):
         if all(parts[0:1] + parts[-1:]):  # overlayfs's A:B::DATA
             raise OptionError(f"lowerdir={text}: {_DATA_ONLY}")
@@ -96,16 +121,17 @@ def parse(option_strings: list[str]) -> MountOptions:
     listed = False  # lowerdir= was given: lowerdir+ may not follow it
     for text in option_strings:
         for item in split_options(text):
-            key, eq, value = item.partition("=")
+            key, eq, raw = item.partition("=")
+            value = unescape(raw)
             if key == "lowerdir":  # replaces the layers given before, lowerdir+ ones too, as on overlayfs
-                values["lowerdirs"] = split_lowerdir(value)
+                values["lowerdirs"] = split_lowerdir(raw)
                 listed = True
-            elif key == "lowerdir+":  # overlayfs since Linux 6.8: one layer, appended below, colons as they are
+            elif key == "lowerdir+":  # overlayfs since Linux 6.8: one layer, appended below, taken as it is
                 if listed:
                     raise OptionError(f"{item}: lowerdir+ cannot follow lowerdir")
-                if not value:
+                if not raw:
                     raise OptionError("lowerdir+: empty path")
-                values["lowerdirs"] = (*values.get("lowerdirs", ()), value)  # type: ignore[misc]
+                values["lowerdirs"] = (*values.get("lowerdirs", ()), raw)  # type: ignore[misc]
             elif key == "datadir+":
                 raise OptionError(f"{item}: {_DATA_ONLY}")
             elif key in ("upperdir", "workdir"):

@@ -19,6 +19,7 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mounts
@@ -116,6 +117,50 @@ def test_lowerdir_plus_stacks_one_layer_each_as_on_overlayfs(tmp_path: Path) -> 
     refused = unionfs("-o", f"lowerdir={layers[0]},lowerdir+={layers[2]}", str(tmp_path / "overlay" / "mnt"))
     assert refused.returncode != 0 and "lowerdir+ cannot follow lowerdir" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def _mounted_listing(mount: Callable[[str, Path], bool], options: str, mnt: Path, upper: Path) -> object:
+    """What a mount with these options shows, and what a file made through it adds to
+    upper; None if the mount is refused."""
+    if not mount(options, mnt):
+        return None
+    try:
+        (mnt / "made").write_text("made\n")
+        return sorted(os.listdir(mnt)), sorted(os.listdir(upper))
+    finally:
+        force_unmount(mnt)
+
+
+def _overlay_mount(options: str, mnt: Path) -> bool:
+    """overlayfs given the options as they are, by mount(2)."""
+    return _LIBC.mount(b"overlay", os.fsencode(mnt), b"overlay", 0, os.fsencode(options)) == 0
+
+
+def _driver_mount(options: str, mnt: Path) -> bool:
+    return unionfs("-o", options, str(mnt)).returncode == 0
+
+
+def test_backslashes_in_options_are_read_as_overlayfs_reads_them(tmp_path: Path) -> None:
+    """The same option strings to overlayfs (by mount(2), with nothing in between) and
+    to the driver: a backslash escapes a comma, a colon or a backslash in lowerdir=,
+    upperdir= and workdir=, and lowerdir+= takes its path as it is."""
+    for name in ("a,b", "a\\b", "c\\", "d:e"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"in {name}").write_text("x\n")
+    b = tmp_path
+    layers = [f"lowerdir={b}/a\\,b", f"lowerdir+={b}/a\\,b", f"lowerdir={b}/a\\\\b", f"lowerdir+={b}/a\\b",
+              f"lowerdir={b}/c\\\\", f"lowerdir={b}/d\\:e:{b}/a\\,b", f"lowerdir+={b}/d:e"]
+    refused = 0
+    for i, lower in enumerate(layers):
+        seen = []
+        for name, mount in (("kernel", _overlay_mount), ("driver", _driver_mount)):
+            upper, work, mnt = (tmp_path / f"{name}{i}" / part for part in ("u,v", "w", "m"))
+            for path in (upper, work, mnt):
+                path.mkdir(parents=True)
+            seen.append(_mounted_listing(mount, f"{lower},upperdir={upper.parent}/u\\,v,workdir={work}", mnt, upper))
+        assert seen[1] == seen[0], lower
+        refused += seen[0] is None
+    assert refused == 1  # lowerdir+= with "\\,": no such directory
 
 
 def test_read_only_without_upperdir(stack: Stack) -> None:

@@ -30,6 +30,28 @@ def test_escaped_colon_and_comma() -> None:
     assert opts.lowerdirs == ("/a:1", "/b,2")
 
 
+@pytest.mark.parametrize(("text", "lowerdirs", "upperdir"), [
+    (r"lowerdir=/a\,b,upperdir=/u\,v,workdir=/w", ("/a,b",), "/u,v"),
+    (r"lowerdir=/a\\b:/c,upperdir=/u\\,workdir=/w", ("/a\\b", "/c"), "/u\\"),  # an escaped backslash, then a comma
+    (r"lowerdir=/c\\:/d\\\::/e", ("/c\\", "/d\\:", "/e"), None),
+    (r"lowerdir+=/a\,b,lowerdir+=/a\b:c", ("/a\\,b", "/a\\b:c"), None),  # lowerdir+= as it is
+    ("lowerdir=/trailing\\", ("/trailing",), None),  # a backslash with nothing after it is dropped
+])
+def test_backslashes_as_overlayfs_reads_them(text: str, lowerdirs: tuple[str, ...], upperdir: str | None) -> None:
+    """A backslash escapes the character after it, a comma, a colon or a backslash,
+    in splitting the options and the lowerdir list, and is dropped from each path;
+    lowerdir+= takes its path as it is (overlayfs's ovl_next_opt, ovl_unescape)."""
+    opts = parse([text])
+    assert (opts.lowerdirs, opts.upperdir) == (lowerdirs, upperdir)
+
+
+def test_option_strings_made_for_paths_read_back_as_those_paths() -> None:
+    odd = ("/a,b", "/c:d", "/e\\f", "/g\\", "/h\\,i:j")
+    spec = MountSpec(odd, upperdir="/u\\,v", workdir="/w,x\\")
+    opts = parse([spec.option_string()])
+    assert (opts.lowerdirs, opts.upperdir, opts.workdir) == (odd, "/u\\,v", "/w,x\\")
+
+
 def test_attributes_are_kept_as_long_as_names_where_the_driver_can_invalidate_them() -> None:
     assert parse(["lowerdir=/a,timeout=30"]).attr_seconds == 30.0  # native engine: notifies the kernel
     assert parse(["lowerdir=/a,timeout=30,engine=fusepy"]).attr_seconds == 1.0  # libfuse 2's path API: cannot
