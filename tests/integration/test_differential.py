@@ -257,8 +257,9 @@ def lower_stacks(draw: st.DrawFn) -> tuple[Dir, ...]:
 
 
 # what FD_CHANGE does to a held entry: (kind, argument)
-FD_CHANGES = (("chmod", 0o600), ("chmod", 0o755), ("chown", 1000), ("chown", 0), ("utime", FIXED_NS + 5 * 10**15 + 987_654_321),
-              ("truncate", 0), ("truncate", 3), ("setxattr", b"v"), ("removexattr", "user.k"), ("removexattr", "user.m"))
+FD_CHANGES = (("chmod", 0o600), ("chmod", 0o755), ("chown", 1000), ("chown", 0),
+              ("utime", FIXED_NS + 5 * 10**15 + 987_654_321), ("truncate", 0), ("truncate", 3),
+              ("setxattr", b"v"), ("removexattr", "user.k"), ("removexattr", "user.m"))
 
 _operations = st.one_of(
     st.builds(op, st.just("write"), paths, st.sampled_from(("create", "excl", "overwrite", "append", "trunc")), datas,
