@@ -515,15 +515,11 @@ class Requests:
             # futimens change the upper file by a descriptor it is still open by, as they
             # change overlayfs's real file.
             remains = self.nodes.remains(h[3])
-            if remains is not None:  # a removed directory: its real one, kept (Union.rmdir_holding)
+            if remains is not None:  # a removed directory
                 def change(fd: int, index: int) -> dict[str, int]:
-                    self._removed_dir_changes(index)
                     self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
                     return self.union.removed_attrs(fd, index, remains)
-                attrs = self.nodes.with_held(h[3], change)
-                if attrs is None:
-                    raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-                return self._valid(h[3]) + self._attr(attrs)
+                return self._valid(h[3]) + self._attr(self._change_removed_dir(h[3], change))
             with self._lock:  # a RELEASE cannot close the fd meanwhile
                 fd = self._upper_fd(h[3])
                 if fd is not None:
@@ -540,12 +536,19 @@ class Requests:
             self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
         return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
 
-    def _removed_dir_changes(self, index: int) -> None:
-        """Whether a removed directory whose real one is in layer index takes changes: an
-        upper one does; a lower one would need a copy-up, which overlayfs fails with
-        ENOTDIR there."""
-        if not self.union.resolver.is_upper(index):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    def _change_removed_dir(self, nodeid: int, change: Callable[[int, int], T]) -> T:
+        """change(fd, layer index) on the real directory of a removed one, kept for it
+        (Union.rmdir_holding, Union.hold), as overlayfs changes it: an upper one takes
+        it; a lower one would need a copy-up, which overlayfs fails with ENOTDIR there.
+        ESTALE where none was kept."""
+        def upper_only(fd: int, index: int) -> tuple[T]:
+            if not self.union.resolver.is_upper(index):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return (change(fd, index),)
+        done = self.nodes.with_held(nodeid, upper_only)
+        if done is None:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return done[0]
 
     def _caller(self, h: tuple, umask: int = 0) -> Caller:
         """Who asks, in the IDs of the disk: a new entry's owner."""
@@ -998,13 +1001,8 @@ class Requests:
             else:
                 by_path(path)
                 return
-        if self.nodes.remains(nodeid) is not None:  # a removed directory: its real one, kept (Union.rmdir_holding)
-            def change(fd: int, index: int) -> bool:
-                self._removed_dir_changes(index)
-                by_fd(fd)
-                return True
-            if self.nodes.with_held(nodeid, change) is None:
-                raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        if self.nodes.remains(nodeid) is not None:  # a removed directory
+            self._change_removed_dir(nodeid, lambda fd, index: by_fd(fd))
             return
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fd = self._upper_fd(nodeid)

@@ -1479,4 +1479,3 @@ def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: P
         p.check()  # d_ino == st_ino for every entry
         entries = {e.name: e.inode() for e in os.scandir(p.driver.mnt)}
         assert entries["a"] == os.lstat(p.driver.mnt / "a").st_ino != os.lstat(p.driver.mnt / "b").st_ino
-
