@@ -40,6 +40,10 @@ T = TypeVar("T")
 Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 _CHANGES_FILE = fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE  # a SETATTR beyond times
+# A SETATTR that a caller sent: the times that the kernel writes back (the writeback cache,
+# fuse_flush_times) are mtime and ctime alone; utimensat sets atime unless told to omit it.
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+_CALLER_CHANGES = _CHANGES_FILE | fp.FATTR_ATIME | fp.FATTR_ATIME_NOW
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _NO_ENTRY = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)  # a READDIRPLUS entry without attributes: node id 0
 _KEPT_LISTINGS = 16  # directories whose last listing is kept for a second pass
@@ -134,6 +138,7 @@ class Requests:
             fp.statx if ids.identity else lambda st, born: fp.statx(ids.shown(st), born))
         self.nodes = NodeTable()
         self.nodes.release_held = union.release_held
+        self.nodes.open_kept = union.open_kept
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
         attr_s, attr_ns = fp.split_timeout(timeouts.attr)
         neg_s, neg_ns = fp.split_timeout(timeouts.negative)
@@ -324,7 +329,8 @@ class Requests:
         return fp.NO_REPLY
 
     def readlink(self, h: tuple, data: memoryview) -> bytes:
-        return os.fsencode(self.nodes.stable(lambda seq: self.union.readlink(self.nodes.path(h[3]))))
+        # A symlink whose name is gone, held by O_PATH: readlinkat(fd, "") reads it still.
+        return os.fsencode(self._of_file(h[3], None, self.union.readlink, lambda fd, index: os.readlink("", dir_fd=fd)))
 
     def _made(self, h: tuple, name: str, make: Callable[[str], Any]) -> bytes:
         with self.nodes.change():
@@ -380,8 +386,8 @@ class Requests:
     def unlink(self, h: tuple, data: memoryview) -> None:
         name = _name(data)
         with self.nodes.change():
-            self.union.unlink(self.nodes.child_path(h[3], name))
-            gone = self.nodes.removed(h[3], name)
+            kept = self.union.unlink(self.nodes.child_path(h[3], name))
+            gone = self.nodes.removed(h[3], name, kept=kept)
         self._keeps_its_links(gone)
 
     def _keeps_its_links(self, nodeid: int | None) -> None:
@@ -465,6 +471,9 @@ class Requests:
     def _nameless_attrs(self, nodeid: int) -> dict[str, int]:
         remains = self.nodes.remains(nodeid)
         if remains is None:
+            kept = self.nodes.kept(nodeid)
+            if kept is not None:  # a removed lower file, as it stays in its layer: no open needed
+                return self.union.layer_getattr(*kept, kept[1])
             return self._nameless(nodeid, self.union.fgetattr)
         attrs = self.nodes.with_held(nodeid, lambda fd, index: self.union.removed_attrs(fd, index, remains))
         return remains if attrs is None else attrs
@@ -512,25 +521,28 @@ class Requests:
             valid & fp.FATTR_MTIME_NOW or (valid & fp.FATTR_CTIME and (mtime, mtime_ns) == (ctime, ctime_ns))))
         if handle is None and self.nodes.detached(h[3]):
             # Its names are gone (unlinked or replaced while open): fchmod, fchown and
-            # futimens change the upper file by a descriptor it is still open by, as they
-            # change overlayfs's real file.
+            # futimens change the upper file by a descriptor it is still open by (or one
+            # a rename kept), as they change overlayfs's real file.
             remains = self.nodes.remains(h[3])
             if remains is not None:  # a removed directory
-                def change(fd: int, index: int) -> dict[str, int]:
+                def change_dir(fd: int, index: int) -> dict[str, int]:
                     self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
                     return self.union.removed_attrs(fd, index, remains)
-                return self._valid(h[3]) + self._attr(self._change_removed_dir(h[3], change))
+                return self._valid(h[3]) + self._attr(self._change_removed_dir(h[3], change_dir))
+
+            def change_file(fd: int) -> dict[str, int]:
+                self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
+                return self.union.fgetattr(fd, 0)
             with self._lock:  # a RELEASE cannot close the fd meanwhile
                 fd = self._upper_fd(h[3])
                 if fd is not None:
-                    self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
-                    return self._valid(h[3]) + self._attr(self.union.fgetattr(fd, 0))
-                if valid & _CHANGES_FILE:
-                    raise self._unchangeable(h[3])
-            if not valid & _CHANGES_FILE:
-                # The times the kernel kept for a file it just unlinked (writeback cache):
-                # once per such file. Nobody can see them, and no upper file to set them on.
-                return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
+                    return self._valid(h[3]) + self._attr(change_file(fd))
+            if valid & _CALLER_CHANGES:
+                changed = self._change_nameless(h[3], change_file, bool(valid & fp.FATTR_SIZE))
+                return self._valid(h[3]) + self._attr(changed)
+            # The times the kernel kept for a file it just unlinked (writeback cache):
+            # once per such file. Nobody can see them, and no upper file to set them on.
+            return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
         upper_fd = handle if handle is not None and self._files[handle][0] == 0 else None
         with self.nodes.exclusive():
             self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
@@ -690,15 +702,18 @@ class Requests:
         asked, open_flags = fp.OPEN_IN.unpack_from(data)
         flags = self._host_flags(asked)
         nodeid, caller = h[3], self._caller(h)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):  # may copy up: no name moves meanwhile
+        if flags & _WRITES:  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
-                path = self.nodes.path(nodeid)
-                self._copying.copy = None
-                fd, index = self.union.open(path, flags, caller, kill, appending=bool(asked & os.O_APPEND))
-                copy = self._copying.copy
-                if self.writeback and copy is not None and copy[0] == path:
-                    self._hand_over_last_page(nodeid, fd, copy[1])
+                path = None if self.nodes.detached(nodeid) else self.nodes.path(nodeid)
+                if path is not None:
+                    self._copying.copy = None
+                    fd, index = self.union.open(path, flags, caller, kill, appending=bool(asked & os.O_APPEND))
+                    copy = self._copying.copy
+                    if self.writeback and copy is not None and copy[0] == path:
+                        self._hand_over_last_page(nodeid, fd, copy[1])
+            if path is None:
+                fd, index = self._reopen_nameless(nodeid, flags)
         else:
             try:
                 fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),
@@ -706,12 +721,30 @@ class Requests:
             except OSError as exc:
                 if exc.errno != errno.ESTALE:
                     raise
-                opened = self.nodes.with_held(nodeid, lambda held, index: (os.open(f"/proc/self/fd/{held}", fd_flags(flags)), index))
-                if opened is None:
-                    raise
-                fd, index = opened  # the file a rename replaced, for an open that was on its way to it
+                fd, index = self._reopen_nameless(nodeid, flags)
         self._opened(fd, index, nodeid)
         return fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)  # lower files never change; the upper only through us
+
+    def _reopen_nameless(self, nodeid: int, flags: int) -> tuple[int, int]:
+        """An open of a file whose names are gone: through /proc/PID/fd, or one that was on
+        its way when a rename replaced the file. As on overlayfs, its real file opens again:
+        the one it is still open by (the upper one first), the one a rename took, or a
+        removed lower file kept. A lower one opens for reading only: writing would need a
+        copy-up, which overlayfs tries and fails with EEXIST (a whiteout has the name)."""
+        def reopen(fd: int, index: int) -> tuple[int, int]:
+            if flags & _WRITES and not self.union.resolver.is_upper(index):
+                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+            return os.open(f"/proc/self/fd/{fd}", fd_flags(flags)), index
+        with self._lock:  # a RELEASE cannot close the fd meanwhile
+            fds = self._node_fds.get(nodeid)
+            if fds:
+                fd = self._upper_fd(nodeid)
+                fd = fds[-1] if fd is None else fd
+                return reopen(fd, self._files[fd][0])
+        opened = self.nodes.with_held(nodeid, reopen)
+        if opened is None:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return opened
 
     def create(self, h: tuple, data: memoryview) -> bytes:
         flags, mode, umask, _ = fp.CREATE_IN.unpack_from(data)
@@ -1006,14 +1039,37 @@ class Requests:
             return
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fd = self._upper_fd(nodeid)
-            if fd is None:
+            if fd is not None:
+                by_fd(fd)
+                return
+        self._change_nameless(nodeid, by_fd, False)
+
+    def _change_nameless(self, nodeid: int, change: Callable[[int], T], writes: bool) -> T:
+        """change(fd) on a file whose names are gone and that is open by no descriptor in
+        the upper layer: an upper one that a rename took (Union.hold), by an fd opened for
+        the change (the one kept is O_PATH, which fchmod and the rest refuse), as
+        overlayfs changes its real file. A regular file only: opening anything else may
+        block or act. Else it cannot change (_unchangeable)."""
+        def upper_file(held: int, index: int) -> tuple[T] | None:
+            if not self.union.resolver.is_upper(index) or not stat.S_ISREG(os.fstat(held).st_mode):
+                return None
+            fd = os.open(f"/proc/self/fd/{held}", (os.O_RDWR if writes else os.O_RDONLY) | os.O_CLOEXEC)
+            try:
+                return (change(fd),)
+            finally:
+                os.close(fd)
+        done = self.nodes.with_held(nodeid, upper_file)
+        if done is None:
+            with self._lock:
                 raise self._unchangeable(nodeid)
-            by_fd(fd)
+        return done[0]
 
     def _unchangeable(self, nodeid: int) -> OSError:
         """Why a node whose names are gone, and that is open by no descriptor in the upper
-        layer, cannot change; under self._lock. Open on a lower file, it would need a
-        copy-up, which overlayfs tries and fails with EEXIST (a whiteout has its name's
-        place). Open by nothing, it is stale."""
-        code = errno.EEXIST if self._node_fds.get(nodeid) else errno.ESTALE
+        layer, cannot change; under self._lock. A lower file (open, kept or taken by a
+        rename) would need a copy-up, which overlayfs tries and fails with EEXIST (a
+        whiteout has its name's place). With nothing of it left, it is stale."""
+        layer = self.nodes.held_layer(nodeid)
+        lower = self._node_fds.get(nodeid) or (layer is not None and not self.union.resolver.is_upper(layer))
+        code = errno.EEXIST if lower else errno.ESTALE
         return OSError(code, os.strerror(code))

@@ -42,7 +42,7 @@ BIRTH_UNKNOWN, BIRTH_HELD, BIRTH_STALE = 0, 1, 2
 
 
 class _Node:
-    __slots__ = ("birth", "held", "identity", "links", "lookups", "name", "parent", "remains")
+    __slots__ = ("birth", "held", "identity", "kept", "links", "lookups", "name", "parent", "remains")
 
     def __init__(self, parent: int, name: str) -> None:
         self.parent = parent  # 0: detached (its names were removed or replaced)
@@ -52,8 +52,15 @@ class _Node:
         self.lookups = 0
         # (fd, layer index) of a file a rename replaced, or of a removed directory's real one
         self.held: tuple[int, int] | None = None
+        # (layer index, path there) of a removed lower file, which stays where it is:
+        # opened into held only when a process holding it by O_PATH asks for it
+        self.kept: tuple[int, str] | None = None
         self.birth = BIRTH_UNKNOWN
         self.remains: dict[str, int] | None = None  # the attributes of a removed directory
+
+
+def _nothing_kept(index: int, rel: str) -> int:
+    raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
 
 
 class _Change:
@@ -87,6 +94,8 @@ class NodeTable:
         self.births_given = False  # whether any STATX was answered: until then no birth time is stale
         # gives back a node's held fd once the node is gone (Union.release_held); not under the lock
         self.release_held: Callable[[int, int], None] = lambda fd, index: os.close(fd)
+        # an O_PATH fd on a kept lower file (Union.open_kept); under the lock
+        self.open_kept: Callable[[int, str], int] = _nothing_kept
 
     def change(self) -> _Change:
         """Around a request that changes which entry a path names."""
@@ -215,16 +224,19 @@ class NodeTable:
             self.release_held(*node.held)
 
     def removed(self, parent: int, name: str, remains: dict[str, int] | None = None,
-                held: tuple[int, int] | None = None) -> int | None:
+                held: tuple[int, int] | None = None, kept: tuple[int, str] | None = None) -> int | None:
         """parent/name was unlinked: its id (if any, returned) keeps living without a path.
         remains and held: for a removed directory, the attributes it shows and the
         (fd, layer index) of its real directory, for a process still in it or holding it
-        open (Union.rmdir_holding); held is given back at once if the kernel knows no such node."""
+        open (Union.rmdir_holding); held is given back at once if the kernel knows no such node.
+        kept: where a removed lower file stays (Union.unlink), for a process that holds it
+        without an open, which the driver never sees (O_PATH)."""
         with self._lock:
             nodeid = self._detach((parent, name))
             node = self._nodes.get(nodeid) if nodeid is not None else None
             if node is not None and node.parent == 0:
                 node.remains = remains
+                node.kept = kept
                 node.held, held = held, node.held
         if held is not None:
             self.release_held(*held)
@@ -233,6 +245,20 @@ class NodeTable:
     def remains(self, nodeid: int) -> dict[str, int] | None:
         node = self._nodes.get(nodeid)
         return node.remains if node is not None else None
+
+    def kept(self, nodeid: int) -> tuple[int, str] | None:
+        """Where the node's removed lower file stays (see removed), if it is one."""
+        node = self._nodes.get(nodeid)
+        return node.kept if node is not None else None
+
+    def held_layer(self, nodeid: int) -> int | None:
+        """The layer index of what a node whose names are gone is answered from (with_held),
+        without opening it; None if nothing."""
+        node = self._nodes.get(nodeid)
+        if node is None:
+            return None
+        held, kept = node.held, node.kept
+        return held[1] if held is not None else kept[0] if kept is not None else None
 
     def find(self, path: str) -> int:
         """The id the kernel knows for a merged path, else 0."""
@@ -274,14 +300,22 @@ class NodeTable:
             return self._ids.get((parent, name), 0)
 
     def with_held(self, nodeid: int, use: Callable[[int, int], T]) -> T | None:
-        """use(fd, layer index) on the file a rename took from this node, or on the real
-        directory of a removed one; None if there is none.
+        """use(fd, layer index) on the file a rename took from this node, on the real
+        directory of a removed one, or on a removed lower file kept (opened now, once);
+        None if there is none.
 
         Under the table's lock, so that a FORGET cannot close the fd meanwhile.
         """
         with self._lock:
             node = self._nodes.get(nodeid)
-            return use(*node.held) if node is not None and node.held is not None else None
+            if node is None:
+                return None
+            if node.held is None and node.kept is not None:
+                try:
+                    node.held = (self.open_kept(*node.kept), node.kept[0])
+                except OSError:
+                    return None
+            return use(*node.held) if node.held is not None else None
 
     def close_held(self) -> None:
         """Give back the fds of files renames took and of removed directories (at the

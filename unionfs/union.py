@@ -502,10 +502,11 @@ class Union:
         rmdir_holding gives them. An O_PATH fd for a file; an upper directory's takes
         changes (removed_attrs)."""
         node = self.node(path)
-        upper = self.resolver.is_upper(node.layer)
-        flags = (_DIR_OPEN if upper else _DIR_PATH) if node.is_dir else os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        if not node.is_dir:
+            return (self._open_path(node.layer, node.rel), node.layer), None
+        flags = _DIR_OPEN if self.resolver.is_upper(node.layer) else _DIR_PATH
         fd = os.open(node.rel or ".", flags, dir_fd=self.layers[node.layer].fd)
-        return (fd, node.layer), self._remains(node, path) if node.is_dir else None
+        return (fd, node.layer), self._remains(node, path)
 
     def _remains(self, node: Node, path: str) -> dict[str, int]:
         """The attributes a directory shows once removed, to a process still in it, as
@@ -784,7 +785,10 @@ class Union:
         self.protections.refuse_removal(parent, node, path)
         return parent
 
-    def unlink(self, path: str) -> None:
+    def unlink(self, path: str) -> tuple[int, str] | None:
+        """unlink(2). Returns where a removed lower file stays (its layer's index and its
+        path there), for a process that holds it without an open (O_PATH), which overlayfs
+        answers from the lower file: lower layers never change (open_kept)."""
         self._writable(path)
         node = self.node(path)
         parent = self._removable(node, path)
@@ -797,9 +801,19 @@ class Union:
                 placement.before_long_work()
             self._remove_upper(prel, name, False, self.resolver.lower_positive(parent, name))
             self._forget(st)
+            kept = None
         else:
             self._whiteout(prel, name)
+            kept = (node.layer, node.rel)
         self.resolver.invalidate(path)
+        return kept
+
+    def open_kept(self, index: int, rel: str) -> int:
+        """An O_PATH fd on a removed lower file that unlink said stays at rel of layer index."""
+        return self._open_path(index, rel)
+
+    def _open_path(self, index: int, rel: str) -> int:
+        return os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.layers[index].fd)
 
     def rmdir(self, path: str) -> dict[str, int]:
         """Returns the attributes the removed directory showed (see rmdir_holding)."""

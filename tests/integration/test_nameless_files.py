@@ -6,7 +6,8 @@ The kernel sends FUSE requests for most of these calls without the descriptor,
 by node alone, and the node has no path left; the driver then uses a
 descriptor the file is still open by. A lower file open only for reading
 cannot change: overlayfs tries to copy it up and fails with EEXIST, and so
-does the driver.
+does the driver. Such a file also opens again through /proc/PID/fd, and one
+held only by O_PATH, whose open the driver never sees, answers too.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from difftree import Dir, File, HardLink, kernel_overlay_available, pair
+from difftree import Dir, File, HardLink, Symlink, kernel_overlay_available, pair
+
+from unionfs import syscalls
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),
@@ -31,6 +34,7 @@ CALLS: list[tuple[str, Callable[[int], object]]] = [
     ("fchmod", lambda fd: os.fchmod(fd, 0o640)),
     ("fchown", lambda fd: os.fchown(fd, 123, 456)),
     ("futimens", lambda fd: os.utime(fd, ns=(10**18, 2 * 10**18))),
+    ("futimens, mtime alone", lambda fd: syscalls.futimens(fd, (syscalls.UTIME_OMIT, 3 * 10**18))),
     ("ftruncate", lambda fd: os.ftruncate(fd, 3)),
     ("fsetxattr", lambda fd: os.setxattr(fd, "user.b", b"2")),
     ("fgetxattr", lambda fd: os.getxattr(fd, "user.a")),
@@ -83,15 +87,131 @@ def test_calls_by_descriptor_on_a_file_without_names_answer_as_on_overlayfs(tmp_
                 os.close(fd)
         kernel, driver = answers
         if "reading" in how:
-            # overlayfs refuses futimens (EEXIST, as it refuses the other changes); the
-            # driver takes the times as those the kernel writes back for a file it
-            # keeps the times of, which come by node alone too.
-            assert (kernel.pop("futimens"), driver.pop("futimens")) == ("EEXIST", None)
-            assert kernel["fchmod"] == "EEXIST" and kernel["fgetxattr"] == b"1"
+            # overlayfs refuses every change (EEXIST: the copy-up fails). The driver takes
+            # one of mtime alone, which looks as the kernel's write-back of the times it
+            # keeps does, and comes by node alone too.
+            assert (kernel.pop("futimens, mtime alone"), driver.pop("futimens, mtime alone")) == ("EEXIST", None)
+            assert kernel["fchmod"] == kernel["futimens"] == "EEXIST" and kernel["fgetxattr"] == b"1"
         else:
             assert kernel["fchmod"] is None and kernel["fstat"][:3] == ("0o100640", 123, 456)
         assert driver == kernel
         assert sorted(os.listdir(p.driver.upper)) == sorted(os.listdir(p.kernel.upper))
+
+
+def _reopened(path: str, flags: int) -> object:
+    fd = os.open(path, flags)
+    try:
+        return os.write(fd, b"+") if flags & os.O_WRONLY else os.read(fd, 100)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", [
+    "made and unlinked", "lower, open for writing, unlinked", "lower, open for writing, renamed over",
+    "lower, open for reading, unlinked", "lower, open for reading, renamed over",
+])
+def test_a_file_without_names_opens_again_through_proc(tmp_path: Path, how: str) -> None:
+    """open("/proc/PID/fd/N") of a file still open after its name went, as one copies a
+    deleted file back from a process that has it open: its real file opens again, for
+    writing too where it is an upper one. A lower one open for reading opens for
+    reading only (EEXIST: a copy-up would be needed). The driver answered ESTALE."""
+    with pair(tmp_path, LOWERS) as p:
+        answers = []
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            fd = nameless(mnt, how)
+            proc = f"/proc/self/fd/{fd}"
+            try:
+                answers.append([outcome(lambda _: _reopened(proc, flags), fd)
+                                for flags in (os.O_RDONLY, os.O_WRONLY | os.O_APPEND, os.O_RDONLY)])
+            finally:
+                os.close(fd)
+        kernel, driver = answers
+        assert kernel[0] in (b"new data\n", b"lower data\n")
+        assert kernel[1] == ("EEXIST" if "reading" in how else 1)
+        assert driver == kernel
+        p.check()
+
+
+def _o_path_stat(st: os.stat_result) -> tuple[object, ...]:
+    return oct(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_nlink
+
+
+O_PATH_CALLS: list[tuple[str, Callable[[str, int], object]]] = [
+    ("fstat", lambda proc, fd: _o_path_stat(os.fstat(fd))[:4]),  # the link count: see below
+    ("getxattr", lambda proc, fd: os.getxattr(proc, "user.a")),
+    ("listxattr", lambda proc, fd: sorted(os.listxattr(proc))),
+    ("readlinkat", lambda proc, fd: os.readlink("", dir_fd=fd)),
+    ("open for reading", lambda proc, fd: _reopened(proc, os.O_RDONLY)),
+    ("chmod", lambda proc, fd: os.chmod(proc, 0o600)),
+    ("chown", lambda proc, fd: os.chown(proc, 12, 34)),
+    ("utime", lambda proc, fd: os.utime(proc, ns=(10**18, 2 * 10**18))),
+    ("setxattr", lambda proc, fd: os.setxattr(proc, "user.b", b"2")),
+    ("removexattr", lambda proc, fd: os.removexattr(proc, "user.a")),
+    ("truncate", lambda proc, fd: os.truncate(proc, 2)),
+    ("open for writing", lambda proc, fd: _reopened(proc, os.O_WRONLY | os.O_APPEND)),
+    ("fstat after", lambda proc, fd: _o_path_stat(os.fstat(fd))),
+    ("listxattr after", lambda proc, fd: sorted(os.listxattr(proc))),
+]
+
+
+@pytest.mark.parametrize("how", [
+    "lower file unlinked", "lower file renamed over", "upper file renamed over", "lower symlink unlinked",
+    "upper file unlinked",
+])
+def test_an_entry_held_by_o_path_when_its_name_goes_answers_as_on_overlayfs(tmp_path: Path, how: str) -> None:
+    """An entry held only by an O_PATH descriptor, whose open the driver never sees, once
+    unlinked or renamed over: through /proc/self/fd it is answered from its real file, as
+    on overlayfs. A lower one shows its attributes, xattrs and data and refuses changes
+    (EEXIST, as overlayfs's copy-up fails); an upper one that a rename replaced takes
+    them. The driver answered ESTALE for the lower ones.
+
+    Differences, as the README says:
+    - a lower symlink: overlayfs takes chown and utime by copying it up at its old
+      name, over the whiteout, and the removed name shows again; the driver refuses
+      (EEXIST), as for a file;
+    - an upper file unlinked is removed at once, so that its space is free at once, and
+      is stale (ESTALE) for such a holder, where overlayfs keeps it for it;
+    - the link count that fstat shows before anything else is asked (below)."""
+    lowers = [Dir({"file": LOWER, "link": Symlink("target")})]
+    with pair(tmp_path, lowers) as p:
+        answers = []
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            name = "link" if "symlink" in how else "file"
+            if how.startswith("upper"):
+                (mnt / name).write_bytes(b"upper data\n")
+                os.setxattr(mnt / name, "user.a", b"1")
+            fd = os.open(mnt / name, os.O_PATH | os.O_NOFOLLOW)
+            try:
+                if how.endswith("renamed over"):
+                    (mnt / "other").write_bytes(b"other\n")
+                    os.rename(mnt / "other", mnt / name)
+                else:
+                    os.unlink(mnt / name)
+                answers.append({call: outcome(lambda fd: run(f"/proc/self/fd/{fd}", fd), fd) for call, run in O_PATH_CALLS})
+                answers[-1]["names"] = sorted(os.listdir(mnt))
+            finally:
+                os.close(fd)
+        kernel, driver = answers
+        if how == "upper file unlinked":
+            assert kernel["open for reading"] == b"upper data\n" and kernel["chmod"] is None
+            assert {call: driver[call] for call, _ in O_PATH_CALLS if call != "readlinkat"} == {
+                call: "ESTALE" for call, _ in O_PATH_CALLS if call != "readlinkat"}
+            return
+        if how == "lower symlink unlinked":
+            assert kernel["readlinkat"] == "target" and kernel["chmod"] == errno.errorcode[errno.EOPNOTSUPP]
+            assert (kernel.pop("chown"), driver.pop("chown")) == (None, "EEXIST")
+            assert (kernel.pop("utime"), driver.pop("utime")) == (None, "EEXIST")
+            assert (kernel.pop("names"), driver.pop("names")) == (["file", "link"], ["file"])
+            assert kernel.pop("fstat after")[1:3] == (12, 34)
+            assert driver.pop("fstat after")[1:3] == (0, 0)
+        elif how.startswith("lower"):
+            assert kernel["open for reading"] == b"lower data\n" and kernel["chmod"] == "EEXIST"
+        else:
+            assert kernel["open for writing"] == 1 and kernel["fstat after"] == ("0o100600", 12, 34, 3, 0)
+        # Right after an unlink the kernel shows the link count it took one off (FUSE);
+        # the lower file's own, which overlayfs shows, once it asks again (here after the
+        # refused changes).
+        assert driver == kernel
 
 
 def test_a_lower_file_open_when_its_name_goes_shows_its_own_link_count(tmp_path: Path) -> None:

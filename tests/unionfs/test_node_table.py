@@ -103,3 +103,32 @@ def test_a_file_replaced_under_each_of_its_names_holds_one_descriptor(tmp_path: 
         else:
             table.close_held()
         assert _open_fds() == before
+
+
+def test_a_removed_lower_file_is_opened_only_when_asked_for_and_closed_with_its_node(tmp_path: Path) -> None:
+    """A removed lower file stays in its layer: unlink records where, and its descriptor
+    is opened at the first call that needs one, once, and closed at the node's FORGET.
+    A removal that leaves other names opens nothing."""
+    (tmp_path / "f").write_bytes(b"lower")
+    opened: list[tuple[int, str]] = []
+    table = NodeTable()
+
+    def open_kept(index: int, rel: str) -> int:
+        opened.append((index, rel))
+        return os.open(tmp_path / rel, os.O_PATH | os.O_CLOEXEC)
+    table.open_kept = open_kept
+    node = table.looked_up(ROOT_ID, "f")
+    before = _open_fds()
+    assert table.removed(ROOT_ID, "f", kept=(2, "f")) == node
+    assert (table.kept(node), table.held_layer(node), opened) == ((2, "f"), 2, [])
+    assert _open_fds() == before
+    sizes = [table.with_held(node, lambda fd, index: (os.fstat(fd).st_size, index)) for _ in range(2)]
+    assert sizes == [(5, 2), (5, 2)] and opened == [(2, "f")]
+    assert len(_open_fds() - before) == 1
+    table.forget(node, 1)
+    assert _open_fds() == before and table.held_layer(node) is None
+
+    twins = table.looked_up(ROOT_ID, "a", identity=FILE)
+    assert table.looked_up(ROOT_ID, "b", identity=FILE) == twins
+    table.removed(ROOT_ID, "a", kept=(1, "a"))
+    assert table.kept(twins) is None and table.path(twins) == "/b"

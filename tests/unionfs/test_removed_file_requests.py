@@ -20,7 +20,13 @@ WRITTEN_BACK = 1_700_000_000  # the mtime the kernel kept, in seconds
 
 @pytest.fixture
 def requests(tmp_path: Path) -> Requests:
-    return requests_over(tmp_path, {"f": b"lower data"})
+    made = requests_over(tmp_path, {"f": b"lower data"})
+    (tmp_path / "upper" / "u").write_bytes(b"upper data")  # as if made through the mount
+    return made
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
 def unlink(requests: Requests, name: str) -> None:
@@ -45,10 +51,10 @@ def getattr_(requests: Requests, nodeid: int) -> tuple:
 TIMES = fp.FATTR_MTIME | fp.FATTR_CTIME  # what fuse_flush_times sends
 
 
-def test_times_of_a_removed_file_nobody_has_open_are_stale_without_a_path(requests: Requests,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    nodeid = lookup(requests, ROOT_ID, "f")
-    unlink(requests, "f")
+def test_times_of_a_removed_upper_file_nobody_has_open_are_stale_without_a_path(requests: Requests,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    nodeid = lookup(requests, ROOT_ID, "u")
+    unlink(requests, "u")
     walks: list[int] = []
     path = requests.nodes.path
     monkeypatch.setattr(requests.nodes, "path", lambda n: walks.append(n) or path(n))
@@ -56,6 +62,17 @@ def test_times_of_a_removed_file_nobody_has_open_are_stale_without_a_path(reques
         setattr(requests, nodeid, TIMES)
     assert caught.value.errno == errno.ESTALE
     assert walks == [], "a node known to have no name needs no walk to its path"
+
+
+def test_times_of_a_removed_lower_file_nobody_has_open_answer_from_the_lower_file(requests: Requests) -> None:
+    """The lower file stays in its layer: its own attributes (its link count too, which
+    overlayfs shows), with nothing opened for them, once per file that rm -rf removes."""
+    nodeid = lookup(requests, ROOT_ID, "f")
+    before = getattr_(requests, nodeid)
+    fds = _open_fds()
+    unlink(requests, "f")
+    assert setattr(requests, nodeid, TIMES) == before
+    assert _open_fds() == fds
 
 
 def test_a_removed_file_still_open_answers_with_its_descriptors_attributes(requests: Requests) -> None:
@@ -89,12 +106,15 @@ def test_a_mode_change_on_a_removed_lower_file_is_refused(requests: Requests) ->
     assert os.fstat(fh).st_mode & 0o777 != 0o600
 
 
-def test_a_mode_change_on_a_removed_file_open_by_nothing_is_stale(requests: Requests) -> None:
-    nodeid = lookup(requests, ROOT_ID, "f")
-    unlink(requests, "f")
+@pytest.mark.parametrize(("name", "code"), [("u", errno.ESTALE), ("f", errno.EEXIST)])
+def test_a_mode_change_on_a_removed_file_open_by_nothing(requests: Requests, name: str, code: int) -> None:
+    """An upper file is gone (ESTALE); a lower one stays, and would need a copy-up to
+    change, which overlayfs fails with EEXIST (a process may hold it by O_PATH)."""
+    nodeid = lookup(requests, ROOT_ID, name)
+    unlink(requests, name)
     with pytest.raises(OSError) as caught:
         setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
-    assert caught.value.errno == errno.ESTALE
+    assert caught.value.errno == code
 
 
 def test_a_mode_change_on_a_removed_file_open_in_the_upper_layer_lands_on_it(requests: Requests) -> None:
