@@ -436,13 +436,14 @@ REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted agai
 # Operations on files and directories the pair holds open (Pair.held), by root: open
 # one, read it from its start, write through it (then fsync, so that the upper layers
 # compare), fstat it, change it by its descriptor (fchmod, fchown, futimens, ftruncate,
-# fsetxattr, fremovexattr), read its xattrs, close it. Each names an entry by an index
+# fsetxattr, fremovexattr), read its xattrs, open it again through /proc/self/fd (to
+# read it, or to append a byte), close it. Each names an entry by an index
 # taken modulo their number: the regular files (or, to hold one, the directories) the
 # kernel's mount shows, or the held ones; with none held, the file of that index is
 # opened read-write first. What is held stays held while its names go.
 HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
-FD_CHANGE, FD_XATTRS = "fdchange", "fdxattrs"
-HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS)
+FD_CHANGE, FD_XATTRS, FD_REOPEN = "fdchange", "fdxattrs", "fdreopen"
+HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN)
 _HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC,
                "dir": os.O_RDONLY | os.O_DIRECTORY}
 
@@ -473,12 +474,24 @@ def _fd_xattrs(fd: int) -> list[tuple[str, bytes]]:
     return sorted((name, os.getxattr(fd, name)) for name in os.listxattr(fd))
 
 
+def _fd_reopen(fd: int, how: str) -> object:
+    """What open("/proc/self/fd/N") of a held entry reads, or what a byte appended
+    through it writes: the entry's real file, its names gone or not."""
+    flags = os.O_WRONLY | os.O_APPEND if how == "append" else os.O_RDONLY
+    new = os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)
+    try:
+        return os.write(new, b"r") if how == "append" else os.read(new, 4096)
+    finally:
+        os.close(new)
+
+
 _ON_HELD: dict[str, Callable[..., object]] = {
     FD_READ: lambda fd: os.pread(fd, 4096, 0),
     FD_WRITE: _fd_write,
     FD_STAT: _fd_stat,
     FD_CHANGE: lambda fd, kind, arg: _CHANGE_BY_FD[kind](fd, arg),
     FD_XATTRS: _fd_xattrs,
+    FD_REOPEN: _fd_reopen,
 }
 
 

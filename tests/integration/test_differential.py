@@ -69,6 +69,7 @@ from difftree import (
     FD_CHANGE,
     FD_CLOSE,
     FD_READ,
+    FD_REOPEN,
     FD_STAT,
     FD_WRITE,
     FD_XATTRS,
@@ -299,6 +300,8 @@ _operations = st.one_of(
     st.builds(op, st.just(FD_WRITE), st.integers(0, 3), st.sampled_from((b"w", b"written\n"))),
     # ... and changed by their descriptors, after their names went too
     st.builds(lambda i, change: op(FD_CHANGE, i, *change), st.integers(0, 3), st.sampled_from(FD_CHANGES)),
+    # ... and opened again through /proc/self/fd, after their names went too
+    st.builds(op, st.just(FD_REOPEN), st.integers(0, 3), st.sampled_from(("r", "append"))),
 )
 # a third of them by an unprivileged user, who owns some of the lower entries (OWNERS);
 # the pair's own operations are root's
