@@ -40,9 +40,9 @@ T = TypeVar("T")
 Handler = Callable[[tuple, memoryview], fp.Payload]
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1 in a setattr: leave unchanged
 _CHANGES_FILE = fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE  # a SETATTR beyond times
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC  # an open that may copy up
 # A SETATTR that a caller sent: the times that the kernel writes back (the writeback cache,
 # fuse_flush_times) are mtime and ctime alone; utimensat sets atime unless told to omit it.
-_WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _CALLER_CHANGES = _CHANGES_FILE | fp.FATTR_ATIME | fp.FATTR_ATIME_NOW
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _NO_ENTRY = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)  # a READDIRPLUS entry without attributes: node id 0
