@@ -326,6 +326,13 @@ def link_open_file(fd: int, dst: str, how: str) -> None:
 
 
 RENAME_FLAGS = {"noreplace": 1, "exchange": 2, "whiteout": 4}  # renameat2's RENAME_*
+FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE = 0x01, 0x02, 0x10  # fallocate's FALLOC_FL_*
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _LIBC.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _renameat2(src: str, dst: str, how: str) -> None:
@@ -436,14 +443,15 @@ REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted agai
 # Operations on files and directories the pair holds open (Pair.held), by root: open
 # one, read it from its start, write through it (then fsync, so that the upper layers
 # compare), fstat it, change it by its descriptor (fchmod, fchown, futimens, ftruncate,
-# fsetxattr, fremovexattr), read its xattrs, open it again through /proc/self/fd (to
-# read it, or to append a byte), close it. Each names an entry by an index
+# fsetxattr, fremovexattr), allocate in it or punch or zero a range (fallocate), read
+# its xattrs, open it again through /proc/self/fd (to read it, or to append a byte),
+# close it. Each names an entry by an index
 # taken modulo their number: the regular files (or, to hold one, the directories) the
 # kernel's mount shows, or the held ones; with none held, the file of that index is
 # opened read-write first. What is held stays held while its names go.
 HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
-FD_CHANGE, FD_XATTRS, FD_REOPEN = "fdchange", "fdxattrs", "fdreopen"
-HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN)
+FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE = "fdchange", "fdxattrs", "fdreopen", "fdallocate"
+HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE)
 _HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC,
                "dir": os.O_RDONLY | os.O_DIRECTORY}
 
@@ -492,6 +500,7 @@ _ON_HELD: dict[str, Callable[..., object]] = {
     FD_CHANGE: lambda fd, kind, arg: _CHANGE_BY_FD[kind](fd, arg),
     FD_XATTRS: _fd_xattrs,
     FD_REOPEN: _fd_reopen,
+    FD_ALLOCATE: _fallocate,  # (fd, mode, offset, length)
 }
 
 

@@ -66,6 +66,10 @@ from difftree import (
     Meta,
     Node,
     Op,
+    FALLOC_KEEP_SIZE,
+    FALLOC_PUNCH_HOLE,
+    FALLOC_ZERO_RANGE,
+    FD_ALLOCATE,
     FD_CHANGE,
     FD_CLOSE,
     FD_READ,
@@ -300,6 +304,11 @@ _operations = st.one_of(
     st.builds(op, st.just(FD_WRITE), st.integers(0, 3), st.sampled_from((b"w", b"written\n"))),
     # ... and changed by their descriptors, after their names went too
     st.builds(lambda i, change: op(FD_CHANGE, i, *change), st.integers(0, 3), st.sampled_from(FD_CHANGES)),
+    # ... allocated in, punched and zeroed (fallocate), grown or not ...
+    st.builds(op, st.just(FD_ALLOCATE), st.integers(0, 3),
+              st.sampled_from((0, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE, FALLOC_ZERO_RANGE,
+                               FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE)),
+              st.sampled_from((0, 1, 4096)), st.sampled_from((3, 5000))),
     # ... and opened again through /proc/self/fd, after their names went too
     st.builds(op, st.just(FD_REOPEN), st.integers(0, 3), st.sampled_from(("r", "append"))),
 )
