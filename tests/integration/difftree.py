@@ -445,13 +445,15 @@ REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted agai
 # compare), fstat it, change it by its descriptor (fchmod, fchown, futimens, ftruncate,
 # fsetxattr, fremovexattr), allocate in it or punch or zero a range (fallocate), read
 # its xattrs, open it again through /proc/self/fd (to read it, or to append a byte),
-# close it. Each names an entry by an index
+# remove the name it was opened by (unlink, or rmdir for a directory: whatever that
+# name holds by then), close it. Each names an entry by an index
 # taken modulo their number: the regular files (or, to hold one, the directories) the
 # kernel's mount shows, or the held ones; with none held, the file of that index is
 # opened read-write first. What is held stays held while its names go.
 HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
 FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE = "fdchange", "fdxattrs", "fdreopen", "fdallocate"
 HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE)
+FD_REMOVE = "fdremove"  # not run as such: Pair.held_removal makes it an unlink or rmdir
 _HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC,
                "dir": os.O_RDONLY | os.O_DIRECTORY}
 
@@ -544,7 +546,7 @@ def _answer(call: Callable[[], object]) -> object:
 
 
 def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = ()) -> Op:
-    assert name in _OPS or name in (REMOUNT, *HELD_OPS), name
+    assert name in _OPS or name in (REMOUNT, FD_REMOVE, *HELD_OPS), name
     return Op(name, args, uid, groups)
 
 
@@ -1037,6 +1039,7 @@ class Pair:
     kernel_options: tuple[str, ...] = ()  # each mount's options, for a remount
     driver_options: tuple[str, ...] = ()
     held: list[tuple[int, int]] = field(default_factory=list)  # (kernel's fd, driver's fd) of each entry held open
+    held_names: dict[tuple[int, int], tuple[str, bool]] = field(default_factory=dict)  # path opened, a directory?
 
     def remount(self) -> None:
         """Both unmounted and mounted again over the layers as they are: what an
@@ -1063,6 +1066,15 @@ class Pair:
             self.renames.append(tuple(os.path.normpath(arg) for arg in operation.args))  # type: ignore[arg-type]
         return k
 
+    def held_removal(self, operation: Op) -> Op | None:
+        """FD_REMOVE as the removal it stands for: an unlink (rmdir for a directory) of
+        the name that the held entry it picks was opened by, by the same caller; None
+        with nothing held."""
+        if not self.held:
+            return None
+        path, is_dir = self.held_names[self.held[int(operation.args[0]) % len(self.held)]]  # type: ignore[call-overload]
+        return dataclasses.replace(operation, name="rmdir" if is_dir else "unlink", args=(path,))
+
     def _on_held(self, operation: Op) -> int | None:
         """A held-file operation on both mounts: the same answer (data, attributes or
         errno name) from each."""
@@ -1078,6 +1090,7 @@ class Pair:
             fds = [a for a in answers if isinstance(a, int)]
             if len(fds) == 2:
                 self.held.append((fds[0], fds[1]))
+                self.held_names[(fds[0], fds[1])] = (path, how == "dir")
                 answers = ["ok", "ok"]
             for fd in fds if len(fds) == 1 else ():
                 os.close(fd)
@@ -1090,6 +1103,7 @@ class Pair:
             pair = self.held[int(operation.args[0]) % len(self.held)]  # type: ignore[call-overload]
             if operation.name == FD_CLOSE:
                 self.held.remove(pair)
+                del self.held_names[pair]
                 answers = [_answer(lambda fd=fd: os.close(fd)) for fd in pair]
             else:
                 call = _ON_HELD[operation.name]
@@ -1113,6 +1127,7 @@ class Pair:
             for fd in fds:
                 os.close(fd)
         self.held.clear()
+        self.held_names.clear()
 
     def views(self) -> tuple[View, View]:
         drop_caches()

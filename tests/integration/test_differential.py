@@ -73,6 +73,7 @@ from difftree import (
     FD_CHANGE,
     FD_CLOSE,
     FD_READ,
+    FD_REMOVE,
     FD_REOPEN,
     FD_STAT,
     FD_WRITE,
@@ -301,6 +302,8 @@ _operations = st.one_of(
     # and fstat shows
     st.builds(op, st.just(HOLD), st.integers(0, 7), st.sampled_from(("r", "r", "rw", "append", "trunc", "dir"))),
     st.builds(op, st.sampled_from((FD_READ, FD_READ, FD_STAT, FD_CLOSE, FD_XATTRS)), st.integers(0, 3)),
+    # ... their names removed while they are held (whatever the name holds by then) ...
+    st.builds(op, st.just(FD_REMOVE), st.integers(0, 3)),
     st.builds(op, st.just(FD_WRITE), st.integers(0, 3), st.sampled_from((b"w", b"written\n"))),
     # ... and changed by their descriptors, after their names went too
     st.builds(lambda i, change: op(FD_CHANGE, i, *change), st.integers(0, 3), st.sampled_from(FD_CHANGES)),
@@ -413,6 +416,11 @@ def random_operations(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) ->
             event("layers: rejected, a lower directory reached by two names")
             reject()
         for operation in ops:
+            if operation.name == FD_REMOVE:
+                removal = p.held_removal(operation)
+                if removal is None:
+                    continue
+                operation = removal
             if operation.name == "truncate" and size_is(p.kernel.mnt, *operation.args):
                 event("truncate: skipped, to the size the file has")  # see test_truncate_to_the_same_size
                 continue
