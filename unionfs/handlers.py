@@ -421,7 +421,7 @@ class Requests:
                 self.union.exchange(old_path, new_path)
                 self.nodes.exchanged(parent, old, new_parent, new)
             else:
-                held, remains = self._hold(new_parent, new, new_path) if flags == 0 else (None, None)
+                held, remains, kept = self._hold(new_parent, new, new_path) if flags == 0 else (None, None, None)
                 try:
                     self.union.rename(old_path, new_path, noreplace=bool(flags & syscalls.RENAME_NOREPLACE),
                                       whiteout=bool(flags & syscalls.RENAME_WHITEOUT))
@@ -429,19 +429,20 @@ class Requests:
                     if held:
                         self.union.release_held(*held)
                     raise
-                self._keeps_its_links(self.nodes.renamed(parent, old, new_parent, new, held, remains))
+                self._keeps_its_links(self.nodes.renamed(parent, old, new_parent, new, held, remains, kept))
 
-    def _hold(self, parent: int, name: str, path: str) -> tuple[tuple[int, int] | None, dict[str, int] | None]:
+    def _hold(self, parent: int, name: str, path: str
+              ) -> tuple[tuple[int, int] | None, dict[str, int] | None, tuple[int, str] | None]:
         """The entry a rename is about to replace, if the kernel knows it: an open
         already on its way to it must still find it, as on any filesystem, and a
         process in a directory replaced is answered from its real one, as on
         overlayfs (Union.hold)."""
         if not self.nodes.known(parent, name):
-            return None, None
+            return None, None, None
         try:
             return self.union.hold(path)
         except OSError:
-            return None, None
+            return None, None, None
 
     def rename(self, h: tuple, data: memoryview) -> None:
         self._rename(h[3], fp.RENAME_IN.unpack_from(data)[0], data[fp.RENAME_IN.size:], 0)

@@ -334,14 +334,16 @@ class NodeTable:
             return use([node.held for node in self._nodes.values() if node.held is not None])
 
     def renamed(self, parent: int, name: str, new_parent: int, new_name: str,
-                held: tuple[int, int] | None = None, remains: dict[str, int] | None = None) -> int | None:
-        """A rename; held keeps the entry it replaced reachable for opens already on their
-        way, and remains are the attributes a directory replaced shows (as removed's).
-        Returns the id of the node it replaced, if the kernel knows one."""
+                held: tuple[int, int] | None = None, remains: dict[str, int] | None = None,
+                kept: tuple[int, str] | None = None) -> int | None:
+        """A rename; held, or kept for a lower file, keeps the entry it replaced reachable
+        for opens already on their way (as removed's), and remains are the attributes a
+        directory replaced shows. Returns the id of the node it replaced, if the kernel
+        knows one."""
         with self._lock:
             nodeid = self._ids.pop((parent, name), None)
             replaced = self._detach((new_parent, new_name))
-            self._keep(replaced, held, remains)
+            self._keep(replaced, held, remains, kept)
             if nodeid is not None:
                 self._rename_link(nodeid, (parent, name), (new_parent, new_name))
                 self._ids[(new_parent, new_name)] = nodeid
@@ -367,11 +369,15 @@ class NodeTable:
         elif node.links and old in node.links:
             node.links[node.links.index(old)] = new
 
-    def _keep(self, nodeid: int | None, held: tuple[int, int] | None, remains: dict[str, int] | None) -> None:
-        """Give the node the fd that keeps its entry reachable (given back with the node)."""
+    def _keep(self, nodeid: int | None, held: tuple[int, int] | None, remains: dict[str, int] | None,
+              kept: tuple[int, str] | None) -> None:
+        """Give the node the fd that keeps its entry reachable (given back with the node),
+        or where its lower file stays."""
+        node = self._nodes.get(nodeid) if nodeid is not None else None
+        if node is not None and node.parent == 0:
+            node.kept = kept
         if held is None:
             return
-        node = self._nodes.get(nodeid) if nodeid is not None else None
         if node is None:
             self.release_held(*held)
             return

@@ -495,18 +495,22 @@ class Union:
         if self.copyup is not None and self.copyup.publisher is not None:
             self.copyup.publisher.released(fd)
 
-    def hold(self, path: str) -> tuple[tuple[int, int], dict[str, int] | None]:
+    def hold(self, path: str) -> tuple[tuple[int, int] | None, dict[str, int] | None, tuple[int, str] | None]:
         """What keeps the entry path names now reachable once a rename replaces it, as
-        on any filesystem: an fd on its real file and its layer's index (to be given
-        back to release_held), and for a directory the attributes it will show, as
-        rmdir_holding gives them. An O_PATH fd for a file; an upper directory's takes
-        changes (removed_attrs)."""
+        on any filesystem: (held, remains, kept). held: an fd on its real file and its
+        layer's index (to be given back to release_held), for an upper file, which the
+        rename removes (O_PATH), and for a directory, with remains, the attributes it
+        will show, as rmdir_holding gives them (an upper one's fd takes changes:
+        removed_attrs). kept: where a lower file stays, as unlink gives it; nothing is
+        opened for it."""
         node = self.node(path)
         if not node.is_dir:
-            return (self._open_path(node.layer, node.rel), node.layer), None
+            if not self.resolver.is_upper(node.layer):
+                return None, None, (node.layer, node.rel)
+            return (self._open_path(node.layer, node.rel), node.layer), None, None
         flags = _DIR_OPEN if self.resolver.is_upper(node.layer) else _DIR_PATH
         fd = os.open(node.rel or ".", flags, dir_fd=self.layers[node.layer].fd)
-        return (fd, node.layer), self._remains(node, path)
+        return (fd, node.layer), self._remains(node, path), None
 
     def _remains(self, node: Node, path: str) -> dict[str, int]:
         """The attributes a directory shows once removed, to a process still in it, as
@@ -809,7 +813,8 @@ class Union:
         return kept
 
     def open_kept(self, index: int, rel: str) -> int:
-        """An O_PATH fd on a removed lower file that unlink said stays at rel of layer index."""
+        """An O_PATH fd on a lower file whose name went, which unlink or hold said stays at
+        rel of layer index."""
         return self._open_path(index, rel)
 
     def _open_path(self, index: int, rel: str) -> int:

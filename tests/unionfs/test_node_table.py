@@ -105,10 +105,11 @@ def test_a_file_replaced_under_each_of_its_names_holds_one_descriptor(tmp_path: 
         assert _open_fds() == before
 
 
-def test_a_removed_lower_file_is_opened_only_when_asked_for_and_closed_with_its_node(tmp_path: Path) -> None:
-    """A removed lower file stays in its layer: unlink records where, and its descriptor
-    is opened at the first call that needs one, once, and closed at the node's FORGET.
-    A removal that leaves other names opens nothing."""
+@pytest.mark.parametrize("how", ["unlinked", "renamed over"])
+def test_a_removed_lower_file_is_opened_only_when_asked_for_and_closed_with_its_node(tmp_path: Path, how: str) -> None:
+    """A lower file whose name went stays in its layer: the unlink or the rename records
+    where, and its descriptor is opened at the first call that needs one, once, and
+    closed at the node's FORGET. A removal that leaves other names opens nothing."""
     (tmp_path / "f").write_bytes(b"lower")
     opened: list[tuple[int, str]] = []
     table = NodeTable()
@@ -119,7 +120,10 @@ def test_a_removed_lower_file_is_opened_only_when_asked_for_and_closed_with_its_
     table.open_kept = open_kept
     node = table.looked_up(ROOT_ID, "f")
     before = _open_fds()
-    assert table.removed(ROOT_ID, "f", kept=(2, "f")) == node
+    if how == "unlinked":
+        assert table.removed(ROOT_ID, "f", kept=(2, "f")) == node
+    else:
+        assert table.renamed(ROOT_ID, "new", ROOT_ID, "f", kept=(2, "f")) == node
     assert (table.kept(node), table.held_layer(node), opened) == ((2, "f"), 2, [])
     assert _open_fds() == before
     sizes = [table.with_held(node, lambda fd, index: (os.fstat(fd).st_size, index)) for _ in range(2)]

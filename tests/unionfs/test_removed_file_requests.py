@@ -125,3 +125,17 @@ def test_a_mode_change_on_a_removed_file_open_in_the_upper_layer_lands_on_it(req
     attr = setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
     assert attr[9] & 0o7777 == 0o600  # mode
     assert os.fstat(fh).st_mode & 0o7777 == 0o600
+
+
+def test_a_lower_file_renamed_over_is_kept_without_a_descriptor_until_asked_for(requests: Requests) -> None:
+    """A rename over a lower file the kernel knows keeps it reachable for opens on their
+    way to it (and O_PATH holders) by where it stays, as an unlink does: nothing is
+    opened until a call needs it."""
+    nodeid = lookup(requests, ROOT_ID, "f")
+    before = getattr_(requests, nodeid)
+    fds = _open_fds()
+    requests.rename(header(fp.RENAME, ROOT_ID), memoryview(fp.RENAME_IN.pack(ROOT_ID) + b"u\0f\0"))
+    assert _open_fds() == fds
+    assert getattr_(requests, nodeid) == before
+    fh = open_file(requests, nodeid, os.O_RDONLY)
+    assert os.pread(fh, 20, 0) == b"lower data"
