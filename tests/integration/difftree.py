@@ -445,11 +445,12 @@ REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted agai
 # compare), fstat it, change it by its descriptor (fchmod, fchown, futimens, ftruncate,
 # fsetxattr, fremovexattr), allocate in it or punch or zero a range (fallocate), read
 # its xattrs, open it again through /proc/self/fd (to read it, or to append a byte),
-# remove the name it was opened by (unlink, or rmdir for a directory: whatever that
-# name holds by then), close it. Each names an entry by an index
-# taken modulo their number: the regular files (or, to hold one, the directories) the
-# kernel's mount shows, or the held ones; with none held, the file of that index is
-# opened read-write first. What is held stays held while its names go.
+# close it. Each names an entry by an index taken modulo their number: the regular
+# files (or, to hold one, the directories) the kernel's mount shows, or the held ones;
+# with none held, the file of that index is opened read-write first. What is held
+# stays held while its names go, and FD_REMOVE removes the name one was opened by
+# (unlink, or rmdir for a directory: whatever that name holds by then), by the
+# operation's caller, as a plain unlink or rmdir (Pair.held_removal).
 HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
 FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE = "fdchange", "fdxattrs", "fdreopen", "fdallocate"
 HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE)
