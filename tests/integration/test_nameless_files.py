@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,15 +171,19 @@ def test_an_entry_held_by_o_path_when_its_name_goes_answers_as_on_overlayfs(tmp_
       name, over the whiteout, and the removed name shows again; the driver refuses
       (EEXIST), as for a file;
     - an upper file unlinked is removed at once, so that its space is free at once, and
-      is stale (ESTALE) for such a holder, where overlayfs keeps it for it;
+      is stale (ESTALE) for such a holder beyond the attributes the kernel keeps, where
+      overlayfs keeps it for it;
     - the link count that fstat shows before anything else is asked (below)."""
     lowers = [Dir({"file": LOWER, "link": Symlink("target")})]
     with pair(tmp_path, lowers) as p:
         answers = []
         for mnt in (p.kernel.mnt, p.driver.mnt):
-            name = "link" if "symlink" in how else "file"
+            name = "link" if "symlink" in how else "made" if how.startswith("upper") else "file"
             if how.startswith("upper"):
-                (mnt / name).write_bytes(b"upper data\n")
+                # Made without an open: the RELEASE of one comes later, and the driver
+                # would still hold the file by it.
+                os.mknod(mnt / name, stat.S_IFREG | 0o644)
+                os.truncate(mnt / name, 11)
                 os.setxattr(mnt / name, "user.a", b"1")
             fd = os.open(mnt / name, os.O_PATH | os.O_NOFOLLOW)
             try:
@@ -193,9 +198,13 @@ def test_an_entry_held_by_o_path_when_its_name_goes_answers_as_on_overlayfs(tmp_
                 os.close(fd)
         kernel, driver = answers
         if how == "upper file unlinked":
-            assert kernel["open for reading"] == b"upper data\n" and kernel["chmod"] is None
-            assert {call: driver[call] for call, _ in O_PATH_CALLS if call != "readlinkat"} == {
-                call: "ESTALE" for call, _ in O_PATH_CALLS if call != "readlinkat"}
+            assert kernel["open for reading"] == bytes(11) and kernel["chmod"] is None
+            # fstat is answered from the attributes the kernel keeps (nothing asks the
+            # driver): as they were, the changes refused; all else reaches the driver.
+            assert driver.pop("fstat") == kernel["fstat"] == ("0o100644", 0, 0, 11)
+            assert driver.pop("fstat after") == ("0o100644", 0, 0, 11, 0)
+            assert {call: driver[call] for call, _ in O_PATH_CALLS if call in driver and call != "readlinkat"} == {
+                call: "ESTALE" for call, _ in O_PATH_CALLS if call in driver and call != "readlinkat"}
             p.check()
             return
         if how == "lower symlink unlinked":
