@@ -138,7 +138,7 @@ class Requests:
             fp.statx if ids.identity else lambda st, born: fp.statx(ids.shown(st), born))
         self.nodes = NodeTable()
         self.nodes.release_held = union.release_held
-        self.nodes.open_kept = union.open_kept
+        self.nodes.open_kept = union.open_path
         entry_s, entry_ns = fp.split_timeout(timeouts.entry)
         attr_s, attr_ns = fp.split_timeout(timeouts.attr)
         neg_s, neg_ns = fp.split_timeout(timeouts.negative)
@@ -480,12 +480,14 @@ class Requests:
         return remains if attrs is None else attrs
 
     def _nameless(self, nodeid: int, by_fd: Callable[[int, int], T]) -> T:
-        """Of a node whose names are gone: by a descriptor still open on its file, or the
-        one a rename or a removed directory kept (``with_held``); ESTALE without either."""
+        """Of a node whose names are gone: by a descriptor still open on its file (the
+        upper one first: a copy-up's), or the one a rename, an unlink or a removed
+        directory kept (``with_held``); ESTALE without either."""
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fds = self._node_fds.get(nodeid)
             if fds:
-                fd = fds[-1]  # a removed file that is still open: fstat(2) works on it
+                fd = self._upper_fd(nodeid)
+                fd = fds[-1] if fd is None else fd  # a removed file still open: fstat(2) works on it
                 return by_fd(fd, self._files[fd][0])
         found = self.nodes.with_held(nodeid, by_fd)
         if found is None:
@@ -524,15 +526,17 @@ class Requests:
             # Its names are gone (unlinked or replaced while open): fchmod, fchown and
             # futimens change the upper file by a descriptor it is still open by (or one
             # a rename kept), as they change overlayfs's real file.
+            def set_by(fd: int) -> None:
+                self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
             remains = self.nodes.remains(h[3])
             if remains is not None:  # a removed directory
                 def change_dir(fd: int, index: int) -> dict[str, int]:
-                    self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
+                    set_by(fd)
                     return self.union.removed_attrs(fd, index, remains)
                 return self._valid(h[3]) + self._attr(self._change_removed_dir(h[3], change_dir))
 
             def change_file(fd: int) -> dict[str, int]:
-                self._set(h, valid, fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
+                set_by(fd)
                 return self.union.fgetattr(fd, 0)
             with self._lock:  # a RELEASE cannot close the fd meanwhile
                 fd = self._upper_fd(h[3])
@@ -736,16 +740,7 @@ class Requests:
             if flags & _WRITES and not self.union.resolver.is_upper(index):
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
             return os.open(f"/proc/self/fd/{fd}", fd_flags(flags)), index
-        with self._lock:  # a RELEASE cannot close the fd meanwhile
-            fds = self._node_fds.get(nodeid)
-            if fds:
-                fd = self._upper_fd(nodeid)
-                fd = fds[-1] if fd is None else fd
-                return reopen(fd, self._files[fd][0])
-        opened = self.nodes.with_held(nodeid, reopen)
-        if opened is None:
-            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-        return opened
+        return self._nameless(nodeid, reopen)
 
     def create(self, h: tuple, data: memoryview) -> bytes:
         flags, mode, umask, _ = fp.CREATE_IN.unpack_from(data)

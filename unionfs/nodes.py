@@ -94,7 +94,7 @@ class NodeTable:
         self.births_given = False  # whether any STATX was answered: until then no birth time is stale
         # gives back a node's held fd once the node is gone (Union.release_held); not under the lock
         self.release_held: Callable[[int, int], None] = lambda fd, index: os.close(fd)
-        # an O_PATH fd on a kept lower file (Union.open_kept); under the lock
+        # an O_PATH fd on a kept lower file (Union.open_path); under the lock
         self.open_kept: Callable[[int, str], int] = _nothing_kept
 
     def change(self) -> _Change:

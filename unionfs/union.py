@@ -507,10 +507,14 @@ class Union:
         if not node.is_dir:
             if not self.resolver.is_upper(node.layer):
                 return None, None, (node.layer, node.rel)
-            return (self._open_path(node.layer, node.rel), node.layer), None, None
+            return (self.open_path(node.layer, node.rel), node.layer), None, None
+        return (self._open_dir(node), node.layer), self._remains(node, path), None
+
+    def _open_dir(self, node: Node) -> int:
+        """An fd that keeps a directory's real one once its name is gone: one that takes
+        changes for an upper directory, an O_PATH one for a lower directory."""
         flags = _DIR_OPEN if self.resolver.is_upper(node.layer) else _DIR_PATH
-        fd = os.open(node.rel or ".", flags, dir_fd=self.layers[node.layer].fd)
-        return (fd, node.layer), self._remains(node, path), None
+        return os.open(node.rel or ".", flags, dir_fd=self.layers[node.layer].fd)
 
     def _remains(self, node: Node, path: str) -> dict[str, int]:
         """The attributes a directory shows once removed, to a process still in it, as
@@ -792,7 +796,7 @@ class Union:
     def unlink(self, path: str) -> tuple[int, str] | None:
         """unlink(2). Returns where a removed lower file stays (its layer's index and its
         path there), for a process that holds it without an open (O_PATH), which overlayfs
-        answers from the lower file: lower layers never change (open_kept)."""
+        answers from the lower file: lower layers never change (open_path)."""
         self._writable(path)
         node = self.node(path)
         parent = self._removable(node, path)
@@ -812,12 +816,10 @@ class Union:
         self.resolver.invalidate(path)
         return kept
 
-    def open_kept(self, index: int, rel: str) -> int:
-        """An O_PATH fd on a lower file whose name went, which unlink or hold said stays at
-        rel of layer index."""
-        return self._open_path(index, rel)
-
-    def _open_path(self, index: int, rel: str) -> int:
+    def open_path(self, index: int, rel: str) -> int:
+        """An O_PATH fd on the file at rel of layer index, which keeps it reachable once
+        its name is gone: an upper file a rename replaces (hold), or a lower file that
+        unlink or hold said stays there, when a call needs it."""
         return os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.layers[index].fd)
 
     def rmdir(self, path: str) -> dict[str, int]:
@@ -848,7 +850,7 @@ class Union:
             self._forget(st)  # its inode number may come back for another entry
         else:
             try:
-                fd = os.open(node.rel or ".", _DIR_PATH, dir_fd=self.layers[node.layer].fd)
+                fd = self._open_dir(node)
             except OSError as exc:  # out of descriptors, say: the removal goes on without it
                 log.warning("keeping removed directory %s: %s", path, exc.strerror or exc)
                 fd = None
