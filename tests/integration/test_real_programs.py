@@ -1,0 +1,172 @@
+"""Real programs through the driver and through kernel overlayfs leave the same trees.
+
+The generated operations in ``test_differential`` are single system calls.
+Programs combine them in their own ways: git writes objects through
+temporary files and renames, packs them and fsyncs; SQLite in WAL mode maps
+its shared-memory file and locks byte ranges while another process reads;
+Python's bytecode cache renames over files; tar, ``cp -a``, ``sed -i`` and
+``rm -rf`` work on lower trees; dpkg links each file it replaces to a
+backup name before renaming the new one over it. Each script runs in both
+mounts over the same lower layers, and must succeed in both, print the
+same, and leave the same merged view and upper layer (``Pair.check``).
+
+What depends on the mount rather than on the program is taken out before
+the comparison: git's index records inode numbers and change times, so
+each script checks it (``git status`` must show a clean tree) and then
+removes it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from difftree import Dir, File, HardLink, Pair, Symlink, kernel_overlay_available, pair, pair_over
+
+pytestmark = [
+    pytest.mark.usefixtures("transport"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (kernel overlayfs)"),
+    pytest.mark.skipif(os.geteuid() == 0 and not kernel_overlay_available(), reason="kernel overlayfs not available"),
+]
+
+SOURCE = Dir({
+    "README": File(b"a small tree\n" * 40),
+    "pkg": Dir({
+        "__init__.py": File(b"from pkg.mod import VALUE\n"),
+        "mod.py": File(b"VALUE = 41\n"),
+        "sub": Dir({"deep.py": File(b"DEEP = 'deep'\n"), "data.bin": File(bytes(range(256)) * 64, mode=0o600)}),
+    }),
+    "bin": Dir({"tool": File(b"#!/bin/sh\necho tool\n", mode=0o755), "link": Symlink("tool")}),
+    "notes.txt": File(b"one\ntwo\nthree\n", xattrs=(("user.note", b"kept"),)),
+    "twin": HardLink("src/notes.txt"),
+})
+LOWERS = [Dir({"etc": Dir({"conf": File(b"key=old\n")})}), Dir({"src": SOURCE})]
+
+ENV = {
+    # the tests' Python first: the scripts' python3 writes bytecode for the same version in both mounts
+    "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/nonexistent",
+    "LC_ALL": "C",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@example.org", "GIT_AUTHOR_DATE": "2001-09-09T01:46:40Z",
+    "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@example.org", "GIT_COMMITTER_DATE": "2001-09-09T01:46:40Z",
+}
+
+# Each: the shell script (run with `bash -eu` in the mount), what it must print.
+SCRIPTS = {
+    # A repository made over a lower tree, committed twice, packed, checked.
+    "git": ("""
+        cp -a src repo && cd repo
+        git -c init.defaultBranch=main init -q .
+        git config pack.threads 1 && git config gc.auto 0
+        git add -A && git commit -qm first
+        echo changed >> notes.txt && git mv pkg/mod.py pkg/module.py && git commit -qam second
+        git gc -q --aggressive && git repack -adq && git fsck --no-progress 2>&1
+        git log --format='%s' && git status --porcelain && git count-objects -v | grep -E '^(count|in-pack)'
+        rm .git/index
+    """, "second\nfirst\ncount: 0\nin-pack: 17\n"),
+    # WAL mode: one process writes in transactions while another reads through the shared-memory map.
+    "sqlite": ("""
+        python3 - <<'EOF'
+import sqlite3, subprocess, sys
+db = sqlite3.connect("db.sqlite", timeout=30)
+db.execute("pragma journal_mode=wal"); db.execute("create table t(n integer)"); db.commit()
+reader = subprocess.Popen([sys.executable, "-c", '''
+import sqlite3
+db = sqlite3.connect("db.sqlite", timeout=30)
+seen = 0
+while seen < 2000:
+    now = db.execute("select count(*) from t").fetchone()[0]
+    assert now >= seen, (now, seen)
+    seen = now
+print("reader saw", seen)
+'''])
+for start in range(0, 2000, 50):
+    db.executemany("insert into t values (?)", ((n,) for n in range(start, start + 50))); db.commit()
+assert reader.wait() == 0
+db.execute("pragma wal_checkpoint(truncate)")
+db.execute("pragma journal_mode=delete")
+print(db.execute("pragma integrity_check").fetchone()[0], db.execute("select sum(n) from t").fetchone()[0])
+with open("dump.sql", "w") as out:
+    out.writelines(line + "\\n" for line in db.iterdump())
+db.close()
+EOF
+        test ! -e db.sqlite-wal && test ! -e db.sqlite-shm && rm db.sqlite
+    """, "reader saw 2000\nok 1999000\n"),
+    # Bytecode written next to lower sources (renamed into place), then imported from it.
+    "python": ("""
+        python3 -m compileall -q src/pkg
+        ls src/pkg/__pycache__ src/pkg/sub/__pycache__ | grep -c '\\.pyc$'
+        cd src && python3 -c 'import pkg, pkg.sub.deep; print(pkg.VALUE + 1, pkg.sub.deep.DEEP, pkg.__cached__ is not None)'
+    """, "3\n42 deep True\n"),
+    # Archive, copy and edit lower trees, then remove and move what is left.
+    "tools": ("""
+        tar -C src -cf /dev/stdout . | { mkdir untarred && tar -C untarred -xpf -; }
+        cp -a src copied
+        sed -i 's/old/new/' etc/conf && sed -i '2d' copied/notes.txt
+        chmod -R go-rwx src/pkg && touch -r src/README src/bin/tool
+        ln src/README src/readme-too && setfacl -m u:1000:r src/notes.txt
+        flock src/README -c 'echo locked'
+        find untarred -name '*.py' -delete
+        rm -rf src/pkg/sub && mv src/pkg src/package && mv copied/bin untarred/bin2
+        cat etc/conf copied/notes.txt && getfacl -cn src/notes.txt | grep -c 1000
+    """, "locked\nkey=new\none\nthree\n1\n"),
+}
+
+
+@pytest.mark.parametrize("program", list(SCRIPTS))
+def test_a_program_leaves_what_it_leaves_on_overlayfs(tmp_path: Path, program: str) -> None:
+    script, printed = SCRIPTS[program]
+    with pair(tmp_path, LOWERS) as p:
+        run_in_both(p, program, script, printed)
+
+
+def run_in_both(p: Pair, program: str, script: str, printed: str) -> None:
+    """script run by bash in each mount: it must succeed and print ``printed`` in both,
+    and leave the same views and upper layers."""
+    for mnt in (p.kernel.mnt, p.driver.mnt):
+        run = subprocess.run(["bash", "-euc", script], cwd=mnt, env=ENV, capture_output=True, text=True, timeout=300)
+        p.log.append(f"{program} in {mnt.name}: exit {run.returncode}, printed {run.stdout!r}, stderr {run.stderr!r}")
+        assert (run.returncode, run.stdout) == (0, printed), p.log[-1]
+    p.check()
+
+
+def build_deb(work: Path, version: int) -> Path:
+    """Version 1 of a package ships a file that version 2 drops; both ship a conffile."""
+    tree = work / f"demo-{version}"
+    for directory in ("DEBIAN", "usr/share/demo", "etc/demo"):
+        (tree / directory).mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: demo\nVersion: {version}\nArchitecture: all\nMaintainer: a <a@example.org>\nDescription: demo\n")
+    (tree / "DEBIAN/conffiles").write_text("/etc/demo/conf\n")
+    (tree / "usr/share/demo/data").write_text(f"data {version}\n" * 100)
+    (tree / "etc/demo/conf").write_text(f"conf {version}\n")
+    if version == 1:
+        (tree / "usr/share/demo/dropped").write_text("only in 1\n")
+    deb = work / f"demo_{version}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", tree, deb], check=True, capture_output=True)
+    return deb
+
+
+def test_dpkg_upgrades_and_purges_a_package_of_a_lower_layer(tmp_path: Path) -> None:
+    """dpkg replaces a lower layer's files by renaming new ones over them, after
+    linking each old one to a backup name (a hard link to a lower file), and
+    rewrites its database the same way."""
+    lower = tmp_path / "lower"
+    for directory in ("info", "updates", "triggers"):
+        (lower / "var/lib/dpkg" / directory).mkdir(parents=True)
+    (lower / "var/lib/dpkg/status").touch()
+    dpkg = ["dpkg", "--force-script-chrootless"]
+    subprocess.run([*dpkg, f"--root={lower}", "-i", build_deb(tmp_path, 1)], check=True, capture_output=True, env=ENV)
+    upgrade = build_deb(tmp_path, 2)
+    script = f"""
+        {" ".join(dpkg)} --root="$PWD" -i {upgrade} >/dev/null
+        cat usr/share/demo/data | sort -u && test ! -e usr/share/demo/dropped
+        {" ".join(dpkg)} --root="$PWD" --status demo | grep -E '^(Status|Version):'
+        {" ".join(dpkg)} --root="$PWD" --purge demo >/dev/null
+        test ! -e etc/demo && test ! -e usr/share/demo && echo purged
+    """
+    with pair_over(tmp_path, [lower]) as p:
+        run_in_both(p, "dpkg", script, "data 2\nStatus: install ok installed\nVersion: 2\npurged\n")
