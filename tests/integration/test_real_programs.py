@@ -42,7 +42,14 @@ SOURCE = Dir({
     "notes.txt": File(b"one\ntwo\nthree\n", xattrs=(("user.note", b"kept"),)),
     "twin": HardLink("src/notes.txt"),
 })
-LOWERS = [Dir({"etc": Dir({"conf": File(b"key=old\n")})}), Dir({"src": SOURCE})]
+USER = (1000, 1000)
+HOME = Dir({
+    "notes": File(b"mine\n", owner=USER),
+    "docs": Dir({"a": File(b"a\n", owner=USER), "old": Dir({"x": File(b"x", owner=USER)}, owner=USER)}, owner=USER),
+    "from-root": File(b"root's, in the user's directory\n", mode=0o600),
+}, mode=0o700, owner=USER)
+SHARED = Dir({"roots": File(b"root's\n"), "users": File(b"the user's\n", owner=USER)}, mode=0o1777)
+LOWERS = [Dir({"etc": Dir({"conf": File(b"key=old\n")}), "home": HOME}), Dir({"src": SOURCE, "shared": SHARED})]
 
 ENV = {
     # the tests' Python first: the scripts' python3 writes bytecode for the same version in both mounts
@@ -113,6 +120,21 @@ EOF
         rm -rf src/pkg/sub && mv src/pkg src/package && mv copied/bin untarred/bin2
         cat etc/conf copied/notes.txt && getfacl -cn src/notes.txt | grep -c 1000
     """, "locked\nkey=new\none\nthree\n1\n"),
+    # A user at work in a home directory of a lower layer, and in a sticky directory shared with root.
+    "user": ("""
+        setpriv --reuid=1000 --regid=1000 --clear-groups bash -euc '
+            cd home && cp -a docs docs.bak && mv docs/a docs/b && rm -rf docs.bak docs/old
+            echo more >> notes && chmod 600 notes && mkdir -p new/deeper && touch new/deeper/file
+            rm -f from-root && echo removed the root file in my directory
+            rm -f ../shared/roots 2>/dev/null || echo kept the root file in the sticky directory
+            ln ../shared/roots mine 2>/dev/null || echo no link to the root file
+            mv ../shared/users ../shared/moved && echo moved my file
+            cat ../etc/conf >> notes && ! (echo x >> ../etc/conf) 2>/dev/null && echo read only
+        '
+        cat home/notes && stat -c '%u %a %n' home/notes home/new home/docs/b shared/moved
+    """, "removed the root file in my directory\nkept the root file in the sticky directory\nno link to the root file\n"
+         "moved my file\nread only\nmine\nmore\nkey=old\n"
+         "1000 600 home/notes\n1000 755 home/new\n1000 644 home/docs/b\n1000 644 shared/moved\n"),
 }
 
 
