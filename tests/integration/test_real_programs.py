@@ -5,7 +5,8 @@ Programs combine them in their own ways: git writes objects through
 temporary files and renames, packs them and fsyncs; SQLite in WAL mode maps
 its shared-memory file and locks byte ranges while another process reads;
 Python's bytecode cache renames over files; tar, ``cp -a``, ``sed -i`` and
-``rm -rf`` work on lower trees; dpkg links each file it replaces to a
+``rm -rf`` work on lower trees; processes share a mapping of a lower file,
+a socket and a fifo; dpkg links each file it replaces to a
 backup name before renaming the new one over it. Each script runs in both
 mounts over the same lower layers, and must succeed in both, print the
 same, and leave the same merged view and upper layer (``Pair.check``).
@@ -135,6 +136,28 @@ EOF
     """, "removed the root file in my directory\nkept the root file in the sticky directory\nno link to the root file\n"
          "moved my file\nread only\nmine\nmore\nkey=old\n"
          "1000 600 home/notes\n1000 755 home/new\n1000 644 home/docs/b\n1000 644 shared/moved\n"),
+    # Shared mappings of a lower file, a socket and a fifo, each used by two processes.
+    "ipc": ("""
+        python3 - <<'EOF'
+import mmap, os, socket, subprocess, sys
+with open("src/pkg/sub/data.bin", "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+    m[0:4] = b"MMAP"
+    m[-4:] = b"TAIL"
+    child = 'import mmap; f = open("src/pkg/sub/data.bin", "rb"); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); print(bytes(m[0:4]), bytes(m[-4:]))'
+    subprocess.run([sys.executable, "-c", child], check=True)
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind("src/sock"); server.listen(1)
+client = subprocess.Popen([sys.executable, "-c", 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("src/sock"); s.sendall(b"over the socket")'])
+conn, _ = server.accept(); print(conn.recv(100).decode(), flush=True); client.wait(); conn.close(); server.close()
+os.mkfifo("src/fifo")
+writer = subprocess.Popen(["sh", "-c", "echo through the fifo > src/fifo"])
+with open("src/fifo") as fifo:
+    print(fifo.read().strip(), flush=True)
+writer.wait()
+os.unlink("src/fifo")
+EOF
+        test -S src/sock && rm src/sock && head -c 4 src/pkg/sub/data.bin && echo
+    """, "b'MMAP' b'TAIL'\nover the socket\nthrough the fifo\nMMAP\n"),
 }
 
 
