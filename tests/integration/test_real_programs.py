@@ -64,14 +64,16 @@ ENV = {
 
 # Each: the shell script (run with `bash -eu` in the mount), what it must print.
 SCRIPTS = {
-    # A repository made over a lower tree, committed twice, packed, checked.
+    # A repository made over a lower tree: committed twice, checked out, stashed, packed, checked.
     "git": ("""
         cp -a src repo && cd repo
         git -c init.defaultBranch=main init -q .
         git config pack.threads 1 && git config gc.auto 0
         git add -A && git commit -qm first
         echo changed >> notes.txt && git mv pkg/mod.py pkg/module.py && git commit -qam second
-        git gc -q --aggressive && git repack -adq && git fsck --no-progress 2>&1
+        git checkout -q HEAD~1 && test -e pkg/mod.py && git checkout -q main && git stash list
+        echo uncommitted >> README && git stash -q && git stash pop -q && git checkout -- README
+        git gc -q --aggressive --prune=now && git repack -adq && git fsck --no-progress 2>&1
         git log --format='%s' && git status --porcelain && git count-objects -v | grep -E '^(count|in-pack)'
         rm .git/index
     """, "second\nfirst\ncount: 0\nin-pack: 17\n"),
