@@ -65,6 +65,22 @@ def fd_flags(flags: int) -> int:
     return (flags & ~(os.O_CREAT | os.O_EXCL | _NOT_ON_HOST)) | os.O_CLOEXEC
 
 
+def _trusted_xattrs_writable(target: int | str) -> bool:
+    """Whether this process may write trusted.* xattrs on target (a descriptor or path of
+    the work directory). Root in a user namespace may not: they need CAP_SYS_ADMIN in the
+    initial one. A filesystem without xattrs says so at the calls that need them."""
+    probe = "trusted.unionfs.probe"
+    try:
+        os.setxattr(target, probe, b"")
+    except PermissionError:
+        return False
+    except OSError:
+        return True
+    with contextlib.suppress(OSError):
+        os.removexattr(target, probe)
+    return True
+
+
 def _needs_owner(caller: Caller | None, gid: int) -> bool:
     """Whether a new entry must be given to the caller: its ids are not the driver's."""
     return caller is not None and (caller.uid != os.geteuid() or gid != os.getegid())
@@ -120,6 +136,11 @@ class Union:
             self.static_nlink = static_nlink
             self.form = whiteout or (WhiteoutForm.OVERLAY if os.geteuid() == 0 or userxattr else WhiteoutForm.OCI)
             trusted = self.form is WhiteoutForm.OVERLAY and not userxattr
+            if trusted and workdir is not None and not _trusted_xattrs_writable(workdir if work_fd is None else work_fd):
+                # A user namespace: overlayfs's records in user.overlay.*, as with userxattr, where
+                # trusted.* ones would refuse every rename of a merged directory and every opaque one.
+                log.info("trusted.* xattrs cannot be written here: records in user.overlay.*, as with userxattr")
+                trusted = False
             own_prefix = "trusted.unionfs." if trusted else "user.unionfs."
             self.origin_xattr = own_prefix + "origin"
             overlay = "trusted.overlay." if trusted else "user.overlay."

@@ -1013,6 +1013,40 @@ def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str, 
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_root_of_a_user_namespace_keeps_the_records_in_user_xattrs(stack: Stack, transport: str) -> None:
+    """Root in a user namespace (where rootless podman mounts) may not write trusted.*
+    xattrs. Without userxattr the driver keeps overlayfs's records in user.overlay.* all
+    the same, where trusted.* ones would refuse every rename of a merged directory and
+    every directory made over a removed one (EPERM). overlayfs mounted there without
+    userxattr answers those with EIO and asks for the option in the kernel log."""
+    top = stack.lowers[0]
+    for directory in ("d", "e"):
+        (top / directory).mkdir()
+        (top / directory / "f").write_text("f\n")
+    options = ",".join([opts(stack), *mounts.TRANSPORT])
+    mnt, python = stack.mnt, sys.executable
+    script = f"""
+        {python} -m unionfs -o {options} {mnt}
+        trap '{python} -m unionfs umount {mnt}' EXIT
+        mv {mnt}/d {mnt}/d2 && rm -rf {mnt}/e && mkdir {mnt}/e && rm {mnt}/top.txt
+        ls {mnt} {mnt}/d2 {mnt}/e
+    """
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-euc", script],
+                         capture_output=True, text=True, timeout=120)
+    listed = f"{mnt}:\nbase.txt\nd2\ne\n\n{mnt}/d2:\nf\n\n{mnt}/e:\n"
+    assert (run.returncode, run.stdout) == (0, listed), run.stderr
+    assert not is_mounted(str(mnt))
+    upper = stack.upper
+    assert os.getxattr(upper / "d2", "user.overlay.redirect") == b"/d"
+    assert os.getxattr(upper / "e", "user.overlay.opaque") == b"y"
+    assert all(os.lstat(upper / name).st_rdev == 0 and stat.S_ISCHR(os.lstat(upper / name).st_mode) for name in ("d", "top.txt"))
+    assert not [(path, name) for path in (upper, *upper.rglob("*")) for name in os.listxattr(path, follow_symlinks=False)
+                if name.startswith("trusted.")]
+    with fuse_mount(stack, "userxattr") as again:  # what the namespace left, read back by root outside it
+        assert sorted(os.listdir(again)) == ["base.txt", "d2", "e"] and os.listdir(again / "d2") == ["f"]
+        assert os.listdir(again / "e") == []
+
+
 def test_a_sparse_copy_up_allocates_the_data_alone(stack: Stack) -> None:
     """A copy-up copies a sparse file's data extents and leaves its holes: the copy's
     data lies where the lower file's does, plus what was appended. overlayfs copies
