@@ -7,7 +7,8 @@ program, ``podman diff`` and ``podman commit`` read a container's changes by
 comparing mounts, so they see what the driver shows, renamed lower
 directories included. The same changes made in a container that the driver
 mounts and in one that the kernel's overlayfs mounts (podman's default) must
-give the same ``podman diff``, and commit to images whose trees are the same.
+give the same ``podman diff``, and commit to images whose trees are the same;
+so must a build.
 """
 from __future__ import annotations
 
@@ -96,4 +97,32 @@ def test_podman_commits_through_the_driver_what_it_commits_through_overlayfs(
     assert driver_box == sorted([*kernel_box, "C /srv"])
     assert driver_image == sorted([*kernel_image, "C /srv"])
     assert "usr/moved/doc" in trees[0] and "var" not in trees[0]
+    assert not diff_maps(*trees)
+
+
+CONTAINERFILE = """\
+FROM docker.io/example/demo:latest
+COPY file /etc/copied
+COPY tree /usr/share/tree
+ADD file /srv/www/added
+COPY file tree/sub/deep /opt/both/
+"""
+
+
+def test_podman_builds_through_the_driver_what_it_builds_through_overlayfs(
+        tmp_path: Path, kernel_podman: Podman, driver_podman: Podman) -> None:
+    """A build whose steps copy into the image (no RUN, which needs a container
+    runtime): each step mounts the working container, writes into it and commits."""
+    context = tmp_path / "context"
+    (context / "tree/sub").mkdir(parents=True)
+    (context / "file").write_text("copied\n")
+    (context / "tree/sub/deep").write_text("deep\n")
+    (context / "Containerfile").write_text(CONTAINERFILE)
+    trees = []
+    for podman in (kernel_podman, driver_podman):
+        podman("load", "-q", "-i", str(EXAMPLE))
+        podman("build", "-q", "--cgroup-manager", "cgroupfs", "-t", "built", str(context))
+        trees.append(view(podman("image", "mount", "built"), lsattr=False).entries)
+        podman("image", "umount", "built")
+    assert {"etc/copied", "usr/share/tree/sub/deep", "srv/www/added", "opt/both/deep"} <= set(trees[0])
     assert not diff_maps(*trees)
