@@ -8,19 +8,28 @@ comparing mounts, so they see what the driver shows, renamed lower
 directories included. The same changes made in a container that the driver
 mounts and in one that the kernel's overlayfs mounts (podman's default) must
 give the same ``podman diff``, and commit to images whose trees are the same;
-so must a build.
+so must a build, and rootless podman, which starts the driver in its user
+namespace.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mounts
 import pytest
 from difftree import diff_maps, view
+from users import errno_as
+
+import unionfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("podman"), reason="needs root and podman")
 EXAMPLE = Path(__file__).resolve().parents[2] / "layerstore/demo/example.tar"
@@ -126,3 +135,106 @@ def test_podman_builds_through_the_driver_what_it_builds_through_overlayfs(
         podman("image", "umount", "built")
     assert {"etc/copied", "usr/share/tree/sub/deep", "srv/www/added", "opt/both/deep"} <= set(trees[0])
     assert not diff_maps(*trees)
+
+
+NOBODY = 65534
+# What the rootless test does in a container, as a shell script in its rootfs ($M).
+ROOTLESS_CHANGES = """
+    echo hello > "$M/hello.txt"
+    echo extra >> "$M/etc/passwd"
+    rm "$M/etc/os-release"
+    mv "$M/usr/share" "$M/usr/moved"
+    rm -rf "$M/var"
+    mkdir "$M/var"
+    echo x > "$M/var/x"
+"""
+# What the image's tree holds, as text: kinds, modes, sizes, link targets and contents.
+TREE = """cd "$M" && find . -printf '%p %y %m %s %l\\n' | sort && find . -type f -exec md5sum {} + | sort"""
+
+
+class RootlessPodman:
+    """Rootless podman, run by nobody, with a store of its own: no subordinate IDs, so
+    its user namespace maps nobody alone (to its root); its mounts live in that
+    namespace, which ``podman unshare`` enters."""
+
+    def __init__(self, base: Path, name: str, mount_program: str | None) -> None:
+        home, run = base / name, base / f"{name}-run"
+        for directory in (home, run):
+            directory.mkdir(mode=0o700)
+            os.chown(directory, NOBODY, NOBODY)
+        self.home = home
+        self.command = ["podman", "--root", str(home / "storage"), "--runroot", str(run / "storage"), "--storage-driver", "overlay"]
+        if mount_program is not None:
+            self.command += ["--storage-opt", f"overlay.mount_program={mount_program}"]
+        self.environment = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(run)}
+
+    def __call__(self, *args: str) -> str:
+        result = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *self.command, *args],
+                                cwd=self.home, env=self.environment, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"podman {' '.join(args)}: {result.stderr}"
+        return result.stdout.strip()
+
+    def inside(self, script: str) -> str:
+        """script run by bash in podman's namespace, where ``podman`` is this store's."""
+        return self("unshare", "bash", "-euc", f"podman() {{ command {' '.join(self.command)} \"$@\"; }}\n{script}")
+
+
+def driver_for_nobody(base: Path) -> str:
+    """A mount program that nobody can run: a copy of this driver's package, started by
+    the first Python here that nobody can run and that imports it."""
+    code = base / "code"
+    shutil.copytree(Path(unionfs.__file__).parent, code / "unionfs", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def imports(python: str) -> None:
+        if subprocess.run([python, "-c", "import unionfs.mount"], env={"PYTHONPATH": str(code)}, capture_output=True).returncode:
+            raise OSError(errno.ENOEXEC, f"{python} does not import the driver")
+
+    for python in (sys.executable, "/usr/bin/python3"):
+        if errno_as(NOBODY, lambda python=python: imports(python), cwd=base) is None:  # type: ignore[misc]
+            program = base / "unionfs"
+            program.write_text(f'#!/bin/sh\nPYTHONPATH={code} exec {python} -m unionfs "$@"\n')
+            program.chmod(0o755)
+            return str(program)
+    pytest.fail(f"no Python here that nobody can run imports the driver (tried {sys.executable} and /usr/bin/python3)")
+
+
+def stop_namespaces(base: Path) -> None:
+    """The pause processes that keep rootless podman's namespaces, and whatever else
+    still runs on the test's paths: a driver left in those namespaces, a podman stopped
+    by a timeout."""
+    for pid_file in base.glob("*-run/libpod/tmp/pause.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    found = subprocess.run(["pgrep", "-f", str(base)], capture_output=True, text=True)
+    for pid in found.stdout.split():
+        with contextlib.suppress(OSError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def test_rootless_podman_commits_through_the_driver_what_it_commits_through_overlayfs() -> None:
+    """Rootless podman starts its mount program in its user namespace, where trusted.*
+    xattrs cannot be written; a lower directory moved and another made again where
+    one was removed must commit as they do through the kernel's overlayfs, which
+    rootless podman mounts there with userxattr."""
+    base = Path(tempfile.mkdtemp(prefix="podless-", dir="/tmp"))  # nobody must reach it
+    try:
+        base.chmod(0o755)
+        example = base / "example.tar"
+        shutil.copyfile(EXAMPLE, example)
+        example.chmod(0o644)
+        trees = []
+        with mounts.device_open_to_users():
+            program = driver_for_nobody(base)
+            for name, mount_program in (("kernel", None), ("driver", program)):
+                podman = RootlessPodman(base, name, mount_program)
+                podman("load", "-q", "-i", str(example))
+                podman("create", "--name", "box", IMAGE)
+                podman.inside(f"M=$(podman mount box)\n{ROOTLESS_CHANGES}\npodman umount box >/dev/null")
+                podman("commit", "-q", "box", "changed")
+                trees.append(podman.inside(f"M=$(podman image mount changed)\n{TREE}\npodman image umount changed >/dev/null"))
+        kernel, driver = trees
+        assert "./usr/moved/doc d" in kernel and "./var/x f 644 2" in kernel and "./etc/os-release" not in kernel
+        assert driver == kernel
+    finally:
+        stop_namespaces(base)
+        shutil.rmtree(base, ignore_errors=True)
