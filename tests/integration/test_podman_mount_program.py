@@ -181,7 +181,8 @@ class RootlessPodman:
 
 def driver_for_nobody(base: Path) -> str:
     """A mount program that nobody can run: a copy of this driver's package, started by
-    the first Python here that nobody can run and that imports it."""
+    the first Python here that nobody can run and that imports it (the tests' own, or
+    Debian's, with python3-xxhash, where the tests' lies in root's home)."""
     code = base / "code"
     shutil.copytree(Path(unionfs.__file__).parent, code / "unionfs", ignore=shutil.ignore_patterns("__pycache__"))
 
