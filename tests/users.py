@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CAP_FSETID = 4
+NOBODY = 65534  # the overflow ID: a user that owns nothing here
 _CAP_VERSION_3 = 0x20080522
 
 

@@ -27,7 +27,7 @@ import pytest
 from difftree import through_two_names
 from extents import data_extents, write_sparse
 from mounts import Stack, expect_disconnected, force_unmount, fuse_mount, kernel_mount
-from users import errno_as
+from users import NOBODY, errno_as
 from waiting import wait_for
 
 from unionfs import fuseproto as fp
@@ -961,9 +961,6 @@ def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
         expected = ioctl_errno(mnt)
     with fuse_mount(stack) as mnt:
         assert ioctl_errno(mnt) == expected == errno.ENOTTY
-
-
-NOBODY = 65534
 
 
 @pytest.mark.parametrize("option", [None, "userxattr", "whiteout=overlay"])

@@ -23,7 +23,7 @@ import mounts
 import pytest
 from mounts import force_unmount
 from trees import tree
-from users import errno_as
+from users import NOBODY, errno_as
 
 from unionfs.mount import MountSpec, is_mounted, mount
 
@@ -114,9 +114,6 @@ def test_a_union_mounted_on_or_below_its_layers_shows_what_overlayfs_shows(tmp_p
     assert got["before"] == expected["before"]
     assert got["after"] == expected["after"]
     assert got["upper"] == expected["upper"]
-
-
-NOBODY = 65534
 
 
 def test_a_user_mounts_on_a_layer_but_not_below_one(transport: str) -> None:

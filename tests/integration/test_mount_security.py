@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 from mounts import Stack, force_unmount, fuse_mount, mounts_under
-from users import errno_as
+from users import NOBODY, errno_as
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layerstore"))  # the image builder of the store's tests
 from imagebuild import build_layout, export
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and other users need root")
 
-NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]
 ID = shutil.which("id") or "/usr/bin/id"  # prints euid= when it differs from the real uid
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import mounts
 import pytest
 from difftree import diff_maps, view
-from users import errno_as
+from users import NOBODY, errno_as
 
 import unionfs
 
@@ -137,7 +137,6 @@ def test_podman_builds_through_the_driver_what_it_builds_through_overlayfs(
     assert not diff_maps(*trees)
 
 
-NOBODY = 65534
 # What the rootless test does in a container, as a shell script in its rootfs ($M).
 ROOTLESS_CHANGES = """
     echo hello > "$M/hello.txt"

@@ -24,6 +24,7 @@ import zstandard
 from layerstore.errors import CorruptArchive, InvalidReference, LayerStoreError, SizeLimitExceeded
 from layerstore.unpack import DEFAULT_MAX_LAYER_SIZE, MAX_LAYER_SIZE_ENV, max_layer_size, unpack_layer
 from test_unpack import ROOT, entry, make_tar, sha256, unpack_bytes
+from users import NOBODY
 
 # -- header fields no file can have -------------------------------------------------------
 
@@ -250,8 +251,6 @@ def test_default_limit_is_64_gib() -> None:
 
 
 # -- an unprivileged unpack ----------------------------------------------------------------------
-
-NOBODY = 65534
 
 
 def _unpack_as_nobody(tar_bytes: bytes, dest_parent: int) -> dict[str, object]:
