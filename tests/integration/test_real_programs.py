@@ -6,8 +6,10 @@ temporary files and renames, packs them and fsyncs; SQLite in WAL mode maps
 its shared-memory file and locks byte ranges while another process reads;
 Python's bytecode cache renames over files; tar, ``cp -a``, ``sed -i`` and
 ``rm -rf`` work on lower trees; processes share a mapping of a lower file,
-a socket and a fifo; dpkg links each file it replaces to a
-backup name before renaming the new one over it. Each script runs in both
+a socket and a fifo; dpkg links each file it replaces to a backup name
+before renaming the new one over it; make, the compiler, ar and strip build
+a lower project through temporary files; rsync renames its temporary files
+over lower ones and links new names to them. Each script runs in both
 mounts over the same lower layers, and must succeed in both, print the
 same, and leave the same merged view and upper layer (``Pair.check``).
 
@@ -50,7 +52,28 @@ HOME = Dir({
     "from-root": File(b"root's, in the user's directory\n", mode=0o600),
 }, mode=0o700, owner=USER)
 SHARED = Dir({"roots": File(b"root's\n"), "users": File(b"the user's\n", owner=USER)}, mode=0o1777)
-LOWERS = [Dir({"etc": Dir({"conf": File(b"key=old\n")}), "home": HOME}), Dir({"src": SOURCE, "shared": SHARED})]
+PROJECT = Dir({
+    "Makefile": File(b"demo: main.o libdemo.a\n\t$(CC) -o $@ main.o libdemo.a\n\tstrip $@\n"
+                     b"libdemo.a: lib.o\n\t$(AR) rcs $@ lib.o\n"
+                     b"%.o: %.c lib.h\n\t$(CC) -O1 -c $< -o $@\n"
+                     b"clean:\n\trm -f demo *.o libdemo.a\n"),
+    "main.c": File(b'#include <stdio.h>\n#include "lib.h"\nint main(void) { printf("%d\\n", value()); return 0; }\n'),
+    "lib.c": File(b'#include "lib.h"\nint value(void) { return 41; }\n'),
+    "lib.h": File(b"int value(void);\n"),
+    "NOTES": File(b"first\nsecond\n"),
+    "OLD": File(b"old\n"),
+})
+LOWERS = [
+    Dir({"etc": Dir({
+        "conf": File(b"key=old\n"),
+        "passwd": File(b"root:x:0:0:root:/root:/bin/bash\n"),
+        "group": File(b"root:x:0:\nusers:x:100:\n"),
+        "shadow": File(b"root:*:19000:0:99999:7:::\n", mode=0o640),
+        "gshadow": File(b"root:*::\nusers:*::\n", mode=0o640),
+        "skel": Dir({".profile": File(b"umask 022\n")}),
+    }), "home": HOME}),
+    Dir({"src": SOURCE, "shared": SHARED, "project": PROJECT}),
+]
 
 ENV = {
     # the tests' Python first: the scripts' python3 writes bytecode for the same version in both mounts
@@ -123,6 +146,71 @@ EOF
         rm -rf src/pkg/sub && mv src/pkg src/package && mv copied/bin untarred/bin2
         cat etc/conf copied/notes.txt && getfacl -cn src/notes.txt | grep -c 1000
     """, "locked\nkey=new\none\nthree\n1\n"),
+    # A C project of a lower layer built, changed, built again and cleaned: objects, an archive, a
+    # linked and stripped program (written through a temporary file renamed over it), the
+    # compiler's temporary files in the mount; then patched, edited in place and unzipped over.
+    "build": ("""
+        export TMPDIR=$PWD/tmp && mkdir tmp && cd project
+        make && ./demo
+        sed -i 's/41/42/' lib.c && make && ./demo
+        zip -qr ../project.zip . && rm -f lib.c && unzip -q ../project.zip lib.c && make -W lib.c -s && ./demo
+        unzip -Z1 ../project.zip | sort | tr '\\n' ' ' && echo && rm ../project.zip  # its times are each run's own
+        patch -p1 <<'EOF'
+--- a/NOTES
++++ b/NOTES
+@@ -1,2 +1,2 @@
+ first
+-second
++patched
+--- a/OLD
++++ /dev/null
+@@ -1 +0,0 @@
+-old
+--- /dev/null
++++ b/NEW
+@@ -0,0 +1 @@
++new
+EOF
+        perl -i.orig -pe 's/first/FIRST/' NOTES && cat NOTES NOTES.orig NEW && test ! -e OLD
+        make -s clean && ls && rmdir ../tmp
+    """, "cc -O1 -c main.c -o main.o\ncc -O1 -c lib.c -o lib.o\nar rcs libdemo.a lib.o\n"
+         "cc -o demo main.o libdemo.a\nstrip demo\n41\n"
+         "cc -O1 -c lib.c -o lib.o\nar rcs libdemo.a lib.o\ncc -o demo main.o libdemo.a\nstrip demo\n42\n42\n"
+         "Makefile NOTES OLD demo lib.c lib.h lib.o libdemo.a main.c main.o \n"
+         "patching file NOTES\npatching file OLD\npatching file NEW\n"
+         "FIRST\npatched\nfirst\npatched\nnew\n"
+         "Makefile\nNEW\nNOTES\nNOTES.orig\nlib.c\nlib.h\nmain.c\n"),
+    # A lower tree updated from a changed copy (temporary files renamed over lower ones, hard links,
+    # xattrs, ACLs, removals), then in place, then snapshotted as hard links to its lower files.
+    "rsync": ("""
+        cp -a src new && echo changed >> new/README && touch -d @1000000300 new/README
+        rm -r new/pkg/sub && mkdir new/added && echo a > new/added/f && chmod 700 new/bin
+        setfattr -n user.note -v new new/notes.txt
+        rsync -aHAX --delete --itemize-changes new/ src/
+        echo again >> new/README && touch -d @1000000600 new/README
+        rsync -aHAX --inplace --itemize-changes new/README src/README
+        rsync -aHAX --link-dest="$PWD/src" src/ snap/
+        stat -c '%h %n' snap/README snap/notes.txt snap/twin src/twin
+        getfattr --only-values -n user.note src/twin && echo
+    """, ".d..t...... ./\n*deleting   pkg/sub/deep.py\n*deleting   pkg/sub/data.bin\n*deleting   pkg/sub/\n"
+         ">f.st...... README\n.f........x notes.txt\nhf........x twin\ncd+++++++++ added/\n>f+++++++++ added/f\n"
+         ".d...p..... bin/\n.d..t...... pkg/\n"
+         ">f.st...... README\n"
+         # as on overlayfs, the lower file's copy-up leaves its other name (twin) a file of its own
+         "2 snap/README\n2 snap/notes.txt\n2 snap/twin\n2 src/twin\nkept\n"),
+    # Accounts added, changed and removed in a lower /etc: each file written to a temporary name and
+    # renamed over the old one after a backup, under a lock file made by a hard link.
+    "accounts": ("""
+        groupadd -P "$PWD" -g 3000 team
+        useradd -P "$PWD" -m -k "$PWD/etc/skel" -K HOME_MODE=0700 -u 2000 -g team -s /bin/sh bob
+        usermod -P "$PWD" -c 'Bob B' -aG users bob && echo 'export A=1' >> home/bob/.profile
+        cat etc/passwd etc/group && ls -A home/bob && stat -c '%u:%g %a' home/bob home/bob/.profile
+        userdel -P "$PWD" -r bob 2>/dev/null && groupdel -P "$PWD" team
+        cat etc/group etc/passwd- && ls etc | grep -c -e - && test ! -e home/bob && ls etc/*.lock 2>/dev/null | wc -l
+    """, "root:x:0:0:root:/root:/bin/bash\nbob:x:2000:3000:Bob B:/home/bob:/bin/sh\n"
+         "root:x:0:\nusers:x:100:bob\nteam:x:3000:\n"
+         ".profile\n2000:3000 700\n2000:3000 644\n"
+         "root:x:0:\nusers:x:100:\nroot:x:0:0:root:/root:/bin/bash\nbob:x:2000:3000:Bob B:/home/bob:/bin/sh\n4\n0\n"),
     # A user at work in a home directory of a lower layer, and in a sticky directory shared with root.
     "user": ("""
         setpriv --reuid=1000 --regid=1000 --clear-groups bash -euc '
