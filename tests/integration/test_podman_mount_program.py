@@ -8,8 +8,8 @@ comparing mounts, so they see what the driver shows, renamed lower
 directories included. The same changes made in a container that the driver
 mounts and in one that the kernel's overlayfs mounts (podman's default) must
 give the same ``podman diff``, and commit to images whose trees are the same;
-so must a build, and rootless podman, which starts the driver in its user
-namespace.
+so must a build, containers that run programs on the driver's mount, and
+rootless podman, which starts the driver in its user namespace.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mounts
@@ -34,14 +35,20 @@ import unionfs
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("podman"), reason="needs root and podman")
 EXAMPLE = Path(__file__).resolve().parents[2] / "layerstore/demo/example.tar"
 IMAGE = "docker.io/example/demo:latest"
+# Containers' limits: podman's defaults (a million open files, and its own process limit) are
+# above what a root without CAP_SYS_RESOURCE may raise the runtime's limits to.
+LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 Podman = Callable[..., str]
 
 
 def podman_with(root: Path, mount_program: str | None) -> Iterator[Podman]:
     runroot = Path(tempfile.mkdtemp(prefix="podrun-"))  # podman refuses a runroot longer than 50 characters
-    base = ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", "overlay"]
+    base = ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", "overlay",
+            "--runtime", "runc", "--cgroup-manager", "cgroupfs"]  # crun refuses hybrid cgroups
     if mount_program is not None:
-        base += ["--storage-opt", f"overlay.mount_program={mount_program}"]
+        # podman passes mountopt on to its mount program: allow_other lets containers that run
+        # as users other than root into their rootfs (fuse-overlayfs adds it itself when root)
+        base += ["--storage-opt", f"overlay.mount_program={mount_program}", "--storage-opt", "overlay.mountopt=allow_other"]
 
     def run(*args: str) -> str:
         result = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
@@ -120,8 +127,8 @@ COPY file tree/sub/deep /opt/both/
 
 def test_podman_builds_through_the_driver_what_it_builds_through_overlayfs(
         tmp_path: Path, kernel_podman: Podman, driver_podman: Podman) -> None:
-    """A build whose steps copy into the image (no RUN, which needs a container
-    runtime): each step mounts the working container, writes into it and commits."""
+    """A build whose steps copy into the image: each step mounts the working container,
+    writes into it and commits (RUN steps: see the test of containers below)."""
     context = tmp_path / "context"
     (context / "tree/sub").mkdir(parents=True)
     (context / "file").write_text("copied\n")
@@ -134,6 +141,65 @@ def test_podman_builds_through_the_driver_what_it_builds_through_overlayfs(
         trees.append(view(podman("image", "mount", "built"), lsattr=False).entries)
         podman("image", "umount", "built")
     assert {"etc/copied", "usr/share/tree/sub/deep", "srv/www/added", "opt/both/deep"} <= set(trees[0])
+    assert not diff_maps(*trees)
+
+
+# An image built with RUN steps (containers started by the runtime on the image being built),
+# from busybox alone: its applets, a tree to change, a home for a user.
+BUSYBOX_CONTAINERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p -m 1777 /tmp && mkdir -p /srv/data /srv/tree/sub /opt/gone /home/user \\
+ && echo one > /srv/data/log && echo old > /srv/data/old && echo deep > /srv/tree/sub/deep \\
+ && ln -s sub/deep /srv/tree/link && echo gone > /opt/gone/file && echo mine > /home/user/notes \\
+ && chown -R 1000:1000 /home/user
+"""
+# What runs in the containers: as root, then as a user.
+AS_ROOT = """
+    echo changed >> /srv/data/log && rm /srv/data/old && mv /srv/tree /srv/moved
+    rm -rf /opt/gone && mkdir /opt/gone && echo new > /opt/gone/file
+    cp -a /srv/moved /srv/copy && ln /srv/data/log /srv/data/log2 && chmod 600 /srv/data/log
+    tar -C /srv -cf /tmp/t.tar moved && mkdir /srv/untar && tar -C /srv/untar -xf /tmp/t.tar && rm /tmp/t.tar
+    sed -i s/deep/DEEP/ /srv/copy/sub/deep && mkfifo /srv/fifo
+    find /srv /opt | sort && cat /srv/data/log2 /srv/copy/sub/deep && stat -c '%h %a %n' /srv/data/log
+"""
+AS_USER = """
+    cd /home/user && echo more >> notes && mkdir d && mv notes d/ && touch d/new && stat -c "%a %u %g %s %n" d/*
+    echo x >> /srv/data/log 2>/dev/null || echo refused
+"""
+
+
+def test_podman_runs_containers_on_the_driver_as_on_overlayfs(
+        tmp_path: Path, kernel_podman: Podman, driver_podman: Podman) -> None:
+    """Containers whose root is the driver's mount (pivoted into, with /proc, /dev and
+    podman's files mounted over its entries): a build with RUN steps, then programs
+    run in a container as root and as a user, must print and commit what they do on
+    overlayfs. (Their ``podman diff`` differs by podman's two ways of reading changes,
+    see above: a directory whose entries came and went is changed in overlayfs's upper
+    layer and not when mounts are compared.)"""
+    context = tmp_path / "context"
+    context.mkdir()
+    busybox = shutil.which("busybox")
+    assert busybox is not None, "busybox is not installed"
+    shutil.copy(busybox, context / "busybox")
+    (context / "Containerfile").write_text(BUSYBOX_CONTAINERFILE)
+    outputs, trees = [], []
+    for podman in (kernel_podman, driver_podman):
+        podman("build", "-q", *LIMITS, "-t", "busybox", str(context))
+        outputs.append(podman("run", "--name", "box", *LIMITS, "busybox", "sh", "-euc", AS_ROOT))
+        podman("commit", "-q", "box", "after-root")
+        outputs.append(podman("run", "--name", "user", "--user", "1000:1000", *LIMITS, "after-root", "sh", "-euc", AS_USER))
+        podman("commit", "-q", "user", "after-user")
+        # A directory's link count depends on how many layers it spans, which is up to
+        # podman's way of reading changes (above): /tmp is in the kernel's layer, /opt/gone
+        # opaque there.
+        trees.append({path: replace(meta, nlink=0) if meta.kind == "dir" else meta
+                      for path, meta in view(podman("image", "mount", "after-user"), lsattr=False).entries.items()})
+        podman("image", "umount", "after-user")
+    kernel_root, kernel_user, driver_root, driver_user = outputs
+    assert "/srv/moved/sub/deep" in kernel_root and "/opt/gone/file" in kernel_root and "refused" in kernel_user
+    assert (driver_root, driver_user) == (kernel_root, kernel_user)
     assert not diff_maps(*trees)
 
 
