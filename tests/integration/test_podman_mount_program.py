@@ -58,7 +58,7 @@ def podman_with(root: Path, mount_program: str | None) -> Iterator[Podman]:
     try:
         yield run
     finally:
-        for undo in (["umount", "--all"], ["image", "umount", "--all"]):
+        for undo in (["rm", "--all", "--force", "--time", "0"], ["umount", "--all"], ["image", "umount", "--all"]):
             subprocess.run([*base, *undo], capture_output=True, timeout=120)
         shutil.rmtree(runroot, ignore_errors=True)
 
