@@ -7,10 +7,12 @@ its shared-memory file and locks byte ranges while another process reads;
 Python's bytecode cache renames over files; tar, ``cp -a``, ``sed -i`` and
 ``rm -rf`` work on lower trees; processes share a mapping of a lower file,
 a socket and a fifo; dpkg links each file it replaces to a backup name
-before renaming the new one over it; make, the compiler, ar and strip build
-a lower project through temporary files; rsync renames its temporary files
-over lower ones and links new names to them. Each script runs in both
-mounts over the same lower layers, and must succeed in both, print the
+before renaming the new one over it, and update-alternatives renames
+symlinks over lower ones; make, the compiler, ar and strip build a lower
+project through temporary files; rsync renames its temporary files over
+lower ones and links new names to them; useradd and its kin lock a lower
+/etc by a hard link and rename new files over old ones. Each script runs in
+both mounts over the same lower layers, and must succeed in both, print the
 same, and leave the same merged view and upper layer (``Pair.check``).
 
 What depends on the mount rather than on the program is taken out before
@@ -305,3 +307,26 @@ def test_dpkg_upgrades_and_purges_a_package_of_a_lower_layer(tmp_path: Path) -> 
     """
     with pair_over(tmp_path, [lower]) as p:
         run_in_both(p, "dpkg", script, "data 2\nStatus: install ok installed\nVersion: 2\npurged\n")
+
+
+def test_update_alternatives_switches_the_links_of_a_lower_layer(tmp_path: Path) -> None:
+    """update-alternatives replaces a lower layer's symlinks by renaming new ones
+    over them, and rewrites its administrative file the same way."""
+    lower = tmp_path / "lower"
+    for directory in ("usr/bin", "etc/alternatives", "var/lib/dpkg/alternatives"):
+        (lower / directory).mkdir(parents=True)
+    for name in ("one", "two"):
+        (lower / "usr/bin" / name).write_text(f"#!/bin/sh\necho {name}\n")
+        (lower / "usr/bin" / name).chmod(0o755)
+    alternatives = ["update-alternatives", "--quiet", "--root"]
+    subprocess.run([*alternatives, lower, "--install", "/usr/bin/prog", "prog", "/usr/bin/one", "10"], check=True, env=ENV)
+    script = f"""
+        {" ".join(alternatives)} "$PWD" --install /usr/bin/prog prog /usr/bin/two 20
+        readlink etc/alternatives/prog usr/bin/prog && ".$(readlink etc/alternatives/prog)"
+        {" ".join(alternatives)} "$PWD" --set prog /usr/bin/one && readlink etc/alternatives/prog
+        {" ".join(alternatives)} "$PWD" --remove prog /usr/bin/one && readlink etc/alternatives/prog
+        {" ".join(alternatives)} "$PWD" --remove-all prog && test ! -L usr/bin/prog && ls etc/alternatives | wc -l
+        rm var/log/alternatives.log  # its lines have the time
+    """
+    with pair_over(tmp_path, [lower]) as p:
+        run_in_both(p, "update-alternatives", script, "/usr/bin/two\n/etc/alternatives/prog\ntwo\n/usr/bin/one\n/usr/bin/two\n0\n")
