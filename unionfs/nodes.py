@@ -128,18 +128,47 @@ class NodeTable:
         """The merged path of a node; ENOENT once its name is gone."""
         if nodeid == ROOT_ID:
             return "/"
-        parts = []
         with self._lock:
             node = self._nodes.get(nodeid)
-            while node is not None and node.parent:
-                parts.append(node.name)
-                if node.parent == ROOT_ID:
-                    return "/" + "/".join(reversed(parts))
-                node = self._nodes.get(node.parent)
+            if node is not None and node.parent:
+                found = self._path_in(node.parent, node.name)
+                if found is None and node.links:
+                    found = self._path_by_another_name(nodeid, node)
+                if found is not None:
+                    return found
         # A node whose name is gone: ESTALE makes the kernel look the name up
         # again (an open racing a rename then finds the new file, not nothing).
         code = errno.ESTALE if nodeid in self._nodes else errno.ENOENT
         raise OSError(code, os.strerror(code))
+
+    def _path_in(self, parent: int, name: str) -> str | None:
+        """The path of name in the directory node parent; None if a directory on the
+        way was removed, or forgotten by the kernel."""
+        parts = [name]
+        while parent != ROOT_ID:
+            node = self._nodes.get(parent)
+            if node is None or not node.parent:
+                return None
+            parts.append(node.name)
+            parent = node.parent
+        return "/" + "/".join(reversed(parts))
+
+    def _path_by_another_name(self, nodeid: int, node: _Node) -> str | None:
+        """The path of a file with names in several directories whose first name leads
+        through a directory the kernel forgot: the kernel keeps one inode for all the
+        names, and drops one name's directory once none of its entries is cached,
+        while the others keep the inode. A name that works becomes the first; the
+        dead one goes (node ids are never given again)."""
+        assert node.links is not None
+        for i, (parent, name) in enumerate(node.links):
+            found = self._path_in(parent, name)
+            if found is not None:
+                dead = (node.parent, node.name)
+                if self._ids.get(dead) == nodeid:
+                    del self._ids[dead]
+                node.parent, node.name = node.links.pop(i)
+                return found
+        return None
 
     def detached(self, nodeid: int) -> bool:
         """Whether nodeid's names were all removed (or replaced); False for an unknown id."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import mounts
 import pytest
-from difftree import through_two_names
+from difftree import drop_caches, through_two_names
 from extents import data_extents, write_sparse
 from mounts import Stack, expect_disconnected, force_unmount, fuse_mount, kernel_mount
 from users import NOBODY, errno_as
@@ -522,6 +522,35 @@ def test_names_of_one_upper_file_are_one_file_after_remount(stack: Stack) -> Non
     assert seen[1] == seen[0]
     assert seen[0][0] == [b"upper data"] * 2 + [b"ABper data", b"CDper data", (2, 2), 1, True, b"CDper data"]
 
+
+
+@pytest.mark.parametrize("made", ["link", "upper"])
+def test_a_name_opens_after_the_kernel_forgot_its_directory(stack: Stack, made: str) -> None:
+    """The kernel keeps one inode for the names of an upper file, and forgets a
+    directory once none of its entries is cached. With the file held by its other
+    name (O_PATH: the driver sees no open), the name whose directory was forgotten
+    must open again when the directory is looked up anew."""
+    (stack.lowers[1] / "one").mkdir()
+    (stack.lowers[1] / "one/f").write_text("lower\n")
+    if made == "upper":  # hard links an earlier mount left
+        (stack.upper / "one").mkdir()
+        (stack.upper / "two").mkdir()
+        (stack.upper / "one/f").write_text("upper\n")
+        os.link(stack.upper / "one/f", stack.upper / "two/f")
+    with fuse_mount(stack) as mnt:
+        expected = (mnt / "one/f").read_text()  # the name the kernel learns first
+        if made == "link":  # the lower file copied up by a LINK, which gives its second name
+            (mnt / "two").mkdir()
+            os.link(mnt / "one/f", mnt / "two/f")
+        held = os.open(mnt / "two/f", os.O_PATH)
+        try:
+            drop_caches()  # one/f's dentry goes, then one's, and the kernel forgets one
+            time.sleep(0.2)  # for its FORGET, which the kernel sends after the fact
+            assert (mnt / "one/f").read_text() == expected
+            os.utime(mnt / "one/f", ns=(1, 2))
+            assert os.stat(held).st_mtime_ns == 2
+        finally:
+            os.close(held)
 
 def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:
     with fuse_mount(stack) as mnt:

@@ -80,6 +80,28 @@ def test_link_makes_a_known_name_the_files_id() -> None:
     assert table.looked_up(ROOT_ID, "b", identity=FILE) == node
 
 
+
+def test_a_name_whose_directory_the_kernel_forgot_gives_way_to_another() -> None:
+    """The kernel forgets a directory once none of its entries is cached, while the
+    file's other name keeps its inode: the id's path goes through that name, and the
+    forgotten name comes back when its directory is looked up anew."""
+    table = NodeTable()
+    one, two = table.looked_up(ROOT_ID, "one"), table.looked_up(ROOT_ID, "two")
+    node = table.looked_up(one, "f", identity=FILE)
+    assert table.looked_up(two, "f", identity=FILE) == node
+    table.forget(one, 1)
+    assert table.path(node) == "/two/f" and table.find("/one/f") == 0
+    again = table.looked_up(ROOT_ID, "one")
+    assert table.looked_up(again, "f", identity=FILE) == node
+    table.forget(two, 1)
+    assert table.path(node) == "/one/f"
+    table.forget(again, 1)
+    with pytest.raises(OSError) as err:
+        table.path(node)
+    assert err.value.errno == errno.ESTALE  # no name left that the kernel can reach
+    table.forget(node, 3)
+    assert table.find("/one/f") == table.find("/two/f") == 0 and not table._ids
+
 def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
