@@ -35,9 +35,10 @@ import unionfs
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("podman"), reason="needs root and podman")
 EXAMPLE = Path(__file__).resolve().parents[2] / "layerstore/demo/example.tar"
 IMAGE = "docker.io/example/demo:latest"
-# Containers' limits: podman's defaults (a million open files, and its own process limit) are
-# above what a root without CAP_SYS_RESOURCE may raise the runtime's limits to.
-LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+# Containers: no network (rootless podman's needs /dev/net/tun), and limits below podman's
+# defaults (a million open files, and its own process limit), which are above what a root
+# without CAP_SYS_RESOURCE may raise the runtime's limits to.
+CONTAINERS = ("--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 Podman = Callable[..., str]
 
 
@@ -145,16 +146,17 @@ def test_podman_builds_through_the_driver_what_it_builds_through_overlayfs(
 
 
 # An image built with RUN steps (containers started by the runtime on the image being built),
-# from busybox alone: its applets, a tree to change, a home for a user.
+# from busybox alone: its applets, a tree to change, and a home for a user (USER_HOME: not for
+# rootless podman, whose user namespace maps one ID here).
 BUSYBOX_CONTAINERFILE = """\
 FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
-RUN mkdir -p -m 1777 /tmp && mkdir -p /srv/data /srv/tree/sub /opt/gone /home/user \\
+RUN mkdir -p -m 1777 /tmp && mkdir -p /srv/data /srv/tree/sub /opt/gone \\
  && echo one > /srv/data/log && echo old > /srv/data/old && echo deep > /srv/tree/sub/deep \\
- && ln -s sub/deep /srv/tree/link && echo gone > /opt/gone/file && echo mine > /home/user/notes \\
- && chown -R 1000:1000 /home/user
+ && ln -s sub/deep /srv/tree/link && echo gone > /opt/gone/file
 """
+USER_HOME = "RUN mkdir -p /home/user && echo mine > /home/user/notes && chown -R 1000:1000 /home/user\n"
 # What runs in the containers: as root, then as a user.
 AS_ROOT = """
     echo changed >> /srv/data/log && rm /srv/data/old && mv /srv/tree /srv/moved
@@ -170,6 +172,16 @@ AS_USER = """
 """
 
 
+def busybox_context(tmp_path: Path, containerfile: str) -> Path:
+    context = tmp_path / "context"
+    context.mkdir()
+    busybox = shutil.which("busybox")
+    assert busybox is not None, "busybox is not installed"
+    shutil.copy(busybox, context / "busybox")
+    (context / "Containerfile").write_text(containerfile)
+    return context
+
+
 def test_podman_runs_containers_on_the_driver_as_on_overlayfs(
         tmp_path: Path, kernel_podman: Podman, driver_podman: Podman) -> None:
     """Containers whose root is the driver's mount (pivoted into, with /proc, /dev and
@@ -178,18 +190,13 @@ def test_podman_runs_containers_on_the_driver_as_on_overlayfs(
     overlayfs. (Their ``podman diff`` differs by podman's two ways of reading changes,
     see above: a directory whose entries came and went is changed in overlayfs's upper
     layer and not when mounts are compared.)"""
-    context = tmp_path / "context"
-    context.mkdir()
-    busybox = shutil.which("busybox")
-    assert busybox is not None, "busybox is not installed"
-    shutil.copy(busybox, context / "busybox")
-    (context / "Containerfile").write_text(BUSYBOX_CONTAINERFILE)
+    context = busybox_context(tmp_path, BUSYBOX_CONTAINERFILE + USER_HOME)
     outputs, trees = [], []
     for podman in (kernel_podman, driver_podman):
-        podman("build", "-q", *LIMITS, "-t", "busybox", str(context))
-        outputs.append(podman("run", "--name", "box", *LIMITS, "busybox", "sh", "-euc", AS_ROOT))
+        podman("build", "-q", *CONTAINERS, "-t", "busybox", str(context))
+        outputs.append(podman("run", "--name", "box", *CONTAINERS, "busybox", "sh", "-euc", AS_ROOT))
         podman("commit", "-q", "box", "after-root")
-        outputs.append(podman("run", "--name", "user", "--user", "1000:1000", *LIMITS, "after-root", "sh", "-euc", AS_USER))
+        outputs.append(podman("run", "--name", "user", "--user", "1000:1000", *CONTAINERS, "after-root", "sh", "-euc", AS_USER))
         podman("commit", "-q", "user", "after-user")
         # A directory's link count depends on how many layers it spans, which is up to
         # podman's way of reading changes (above): /tmp is in the kernel's layer, /opt/gone
@@ -228,7 +235,8 @@ class RootlessPodman:
             directory.mkdir(mode=0o700)
             os.chown(directory, NOBODY, NOBODY)
         self.home = home
-        self.command = ["podman", "--root", str(home / "storage"), "--runroot", str(run / "storage"), "--storage-driver", "overlay"]
+        self.command = ["podman", "--root", str(home / "storage"), "--runroot", str(run / "storage"), "--storage-driver", "overlay",
+                        "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
         if mount_program is not None:
             self.command += ["--storage-opt", f"overlay.mount_program={mount_program}"]
         self.environment = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(run)}
@@ -277,30 +285,62 @@ def stop_namespaces(base: Path) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-def test_rootless_podman_commits_through_the_driver_what_it_commits_through_overlayfs() -> None:
+@pytest.fixture
+def rootless() -> Iterator[tuple[Path, str]]:
+    """A directory for rootless podman's stores, and a driver that nobody can run."""
+    base = Path(tempfile.mkdtemp(prefix="podless-", dir="/tmp"))  # nobody must reach it
+    try:
+        base.chmod(0o755)
+        with mounts.device_open_to_users():
+            yield base, driver_for_nobody(base)
+    finally:
+        stop_namespaces(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def readable_copy(source: Path, base: Path) -> Path:
+    copy = base / source.name
+    shutil.copyfile(source, copy)
+    copy.chmod(0o644)
+    return copy
+
+
+def test_rootless_podman_commits_through_the_driver_what_it_commits_through_overlayfs(rootless: tuple[Path, str]) -> None:
     """Rootless podman starts its mount program in its user namespace, where trusted.*
     xattrs cannot be written; a lower directory moved and another made again where
     one was removed must commit as they do through the kernel's overlayfs, which
     rootless podman mounts there with userxattr."""
-    base = Path(tempfile.mkdtemp(prefix="podless-", dir="/tmp"))  # nobody must reach it
-    try:
-        base.chmod(0o755)
-        example = base / "example.tar"
-        shutil.copyfile(EXAMPLE, example)
-        example.chmod(0o644)
-        trees = []
-        with mounts.device_open_to_users():
-            program = driver_for_nobody(base)
-            for name, mount_program in (("kernel", None), ("driver", program)):
-                podman = RootlessPodman(base, name, mount_program)
-                podman("load", "-q", "-i", str(example))
-                podman("create", "--name", "box", IMAGE)
-                podman.inside(f"M=$(podman mount box)\n{ROOTLESS_CHANGES}\npodman umount box >/dev/null")
-                podman("commit", "-q", "box", "changed")
-                trees.append(podman.inside(f"M=$(podman image mount changed)\n{TREE}\npodman image umount changed >/dev/null"))
-        kernel, driver = trees
-        assert "./usr/moved/doc d" in kernel and "./var/x f 644 2" in kernel and "./etc/os-release" not in kernel
-        assert driver == kernel
-    finally:
-        stop_namespaces(base)
-        shutil.rmtree(base, ignore_errors=True)
+    base, program = rootless
+    example = readable_copy(EXAMPLE, base)
+    trees = []
+    for name, mount_program in (("kernel", None), ("driver", program)):
+        podman = RootlessPodman(base, name, mount_program)
+        podman("load", "-q", "-i", str(example))
+        podman("create", "--name", "box", IMAGE)
+        podman.inside(f"M=$(podman mount box)\n{ROOTLESS_CHANGES}\npodman umount box >/dev/null")
+        podman("commit", "-q", "box", "changed")
+        trees.append(podman.inside(f"M=$(podman image mount changed)\n{TREE}\npodman image umount changed >/dev/null"))
+    kernel, driver = trees
+    assert "./usr/moved/doc d" in kernel and "./var/x f 644 2" in kernel and "./etc/os-release" not in kernel
+    assert driver == kernel
+
+
+def test_rootless_podman_runs_a_container_on_the_driver_as_on_overlayfs(
+        tmp_path: Path, kernel_podman: Podman, rootless: tuple[Path, str]) -> None:
+    """A container of rootless podman, in its user namespace, on the driver that
+    podman started there: what it prints and what commits must be what it prints
+    and commits on the kernel's overlayfs."""
+    base, program = rootless
+    context = busybox_context(tmp_path, BUSYBOX_CONTAINERFILE)
+    kernel_podman("build", "-q", *CONTAINERS, "-t", "busybox", str(context))
+    kernel_podman("save", "-q", "-o", str(tmp_path / "busybox.tar"), "busybox")
+    archive = readable_copy(tmp_path / "busybox.tar", base)
+    outputs, trees = [], []
+    for name, mount_program in (("kernel", None), ("driver", program)):
+        podman = RootlessPodman(base, name, mount_program)
+        podman("load", "-q", "-i", str(archive))
+        outputs.append(podman("run", "--name", "box", *CONTAINERS, "localhost/busybox", "sh", "-euc", AS_ROOT))
+        podman("commit", "-q", "box", "changed")
+        trees.append(podman.inside(f"M=$(podman image mount changed)\n{TREE}\npodman image umount changed >/dev/null"))
+    assert "/srv/moved/sub/deep" in outputs[0] and "./opt/gone/file f 644 4" in trees[0]
+    assert (outputs[1], trees[1]) == (outputs[0], trees[0])
