@@ -153,6 +153,18 @@ class NodeTable:
             parent = node.parent
         return "/" + "/".join(reversed(parts))
 
+    def _live_links(self, nodeid: int, node: _Node) -> list[tuple[int, str]]:
+        """The node's other names but those in directories the kernel forgot, which
+        go: a file that stays known while one of its directories is forgotten and
+        looked up again, time after time, would gather a name each time."""
+        live = []
+        for link in node.links or ():
+            if link[0] in self._nodes:
+                live.append(link)
+            elif self._ids.get(link) == nodeid:
+                del self._ids[link]
+        return live
+
     def _path_by_another_name(self, nodeid: int, node: _Node) -> str | None:
         """The path of a file with names in several directories whose first name leads
         through a directory the kernel forgot: the kernel keeps one inode for all the
@@ -195,7 +207,7 @@ class NodeTable:
                 nodeid = self._by_identity.get(identity)
                 if nodeid is not None:
                     node = self._nodes[nodeid]
-                    node.links = [*(node.links or ()), key]
+                    node.links = [*self._live_links(nodeid, node), key]
                     self._ids[key] = nodeid
             if nodeid is None:
                 nodeid = self._next

@@ -102,6 +102,20 @@ def test_a_name_whose_directory_the_kernel_forgot_gives_way_to_another() -> None
     table.forget(node, 3)
     assert table.find("/one/f") == table.find("/two/f") == 0 and not table._ids
 
+
+def test_names_in_forgotten_directories_do_not_gather() -> None:
+    """A file known to the kernel for long, one of whose directories the kernel forgets
+    and looks up again and again: the table keeps its live names only."""
+    table = NodeTable()
+    kept = table.looked_up(ROOT_ID, "kept")
+    node = table.looked_up(kept, "f", identity=FILE)
+    for _ in range(100):
+        cycled = table.looked_up(ROOT_ID, "cycled")
+        assert table.looked_up(cycled, "f", identity=FILE) == node
+        table.forget(cycled, 1)
+    assert table.path(node) == "/kept/f"
+    assert len(table._ids) <= 3  # kept, kept/f, and at most the last name in cycled
+
 def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
