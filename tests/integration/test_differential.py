@@ -36,7 +36,8 @@ user.overlay.*/unionfs.* xattr names are refused, overlayfs lists
 whiteouts of single-layer lower directories (the driver never does; see
 ``difftree.diff_views``), overlayfs refuses to remove a directory that only
 xattr whiteouts empty (the driver removes it), a truncation to the size a
-file has keeps its times, and a change to an immutable or
+file has keeps its times, a punch refused in an append-only file changes its
+times (FUSE sets them before asking), and a change to an immutable or
 append-only entry that the kernel refuses before asking the driver gets
 EACCES, ENOTDIR or EISDIR where overlayfs says EPERM (see
 ``documented_difference``).
@@ -368,6 +369,23 @@ def documented_difference(p: Pair, operation: Op) -> Callable[[int | None, int |
     return accept
 
 
+
+def times_set_before_asking(p: Pair, operation: Op, answer: int | None) -> bool:
+    """Where the kernel changed a file's times before it asked the driver, which then
+    refused: FUSE's fallocate that punches or zeroes a range updates mtime and ctime
+    first (file_modified) and writes them back after the refusal, and an append-only
+    file refuses it (EPERM); overlayfs's VFS refuses before any of that. The reference
+    gets the same new times, so that the rest is compared (see
+    test_a_punch_refused_in_an_append_only_file_leaves_the_times_fuse_set)."""
+    if operation.name != FD_ALLOCATE or answer != errno.EPERM or not int(operation.args[1]) & _SET_TIMES_FIRST:
+        return False
+    kernel_fd = p.held[int(operation.args[0]) % len(p.held)][0]
+    os.utime(kernel_fd)  # both times now, which an append-only file allows
+    return True
+
+
+_SET_TIMES_FIRST = FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE
+
 def empty_over_xattr_whiteouts(p: Pair, rel: object) -> bool:
     """Whether rel shows no entry through the kernel while a lower layer has xattr whiteouts
     in it, which overlayfs counts as entries when it judges it empty (see
@@ -429,6 +447,8 @@ def random_operations(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op]) ->
                 continue
             answer = p.run(operation, documented_difference(p, operation))
             event(f"{operation.name}: {errname(answer)}")  # --hypothesis-show-statistics
+            if times_set_before_asking(p, operation, answer):
+                event("fallocate refused: the times FUSE set before asking")
             p.check(warm=False)
         p.check()  # with warm caches too, once: what any of them left stale is still there
 
@@ -550,6 +570,24 @@ def test_truncate_to_the_same_size(tmp_path: Path) -> None:
         assert all(os.stat(mnt / "g").st_mtime_ns > g and (mnt / "g").read_bytes() == b"g"
                    for mnt in (p.kernel.mnt, p.driver.mnt))
 
+
+
+@pytest.mark.parametrize("mode", [FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE, FALLOC_ZERO_RANGE])
+def test_a_punch_refused_in_an_append_only_file_leaves_the_times_fuse_set(tmp_path: Path, mode: int) -> None:
+    """Deliberate difference (FUSE's): fallocate that punches or zeroes a range of an
+    append-only file is refused with EPERM on both, and the data stays; but FUSE sets
+    the file's mtime and ctime before it asks the driver, and keeps them, where the
+    VFS refuses before any change on overlayfs. Appends change the times on both."""
+    with pair(tmp_path, [Dir({"a": File(b"data", flags=APPEND)})]) as p:
+        assert p.run(op(HOLD, 0, "append")) is None
+        assert p.run(op(FD_ALLOCATE, 0, mode, 0, 3)) == errno.EPERM
+        kernel, driver = (os.stat(mnt / "a").st_mtime_ns for mnt in (p.kernel.mnt, p.driver.mnt))
+        assert kernel == os.stat(p.kernel.lowers[0] / "a").st_mtime_ns < driver
+        assert times_set_before_asking(p, op(FD_ALLOCATE, 0, mode, 0, 3), errno.EPERM)
+        p.check()
+        assert p.run(op(FD_WRITE, 0, b"+")) is None
+        assert [(mnt / "a").read_bytes() for mnt in (p.kernel.mnt, p.driver.mnt)] == [b"data+"] * 2
+        p.check()
 
 def test_a_directory_emptied_by_xattr_whiteouts_is_empty(tmp_path: Path) -> None:
     """Deliberate difference: overlayfs lists such a directory empty but refuses to remove
