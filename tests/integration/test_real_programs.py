@@ -150,7 +150,7 @@ EOF
     """, "locked\nkey=new\none\nthree\n1\n"),
     # A C project of a lower layer built, changed, built again and cleaned: objects, an archive, a
     # linked and stripped program (written through a temporary file renamed over it), the
-    # compiler's temporary files in the mount; then patched, edited in place and unzipped over.
+    # compiler's temporary files in the mount; then zipped and unzipped, patched and edited in place.
     "build": ("""
         export TMPDIR=$PWD/tmp && mkdir tmp && cd project
         make && ./demo
