@@ -7,9 +7,13 @@ on shared files. Each worker uses names of its own (``wK-``), so its model of
 what it made is exact and every read is checked against it at once; shared
 files are checked by invariants: an O_APPEND log whose size is the sum of all
 appends with every record intact, files where each worker writes its own
-region, one name that all workers rename onto. At the end the whole tree is
-checked against the models through the mount, after a remount, and through
-kernel overlayfs over the same upper.
+region, one name that all workers rename onto. Each worker also keeps pairs of hard
+links in two directories, written through one name and read through the
+other, while another thread makes the kernel drop its cached names and
+inodes every second: the kernel then forgets directories and files
+and looks them up again, its FORGETs racing the new LOOKUPs. At the end the
+whole tree is checked against the models through the mount, after a
+remount, and through kernel overlayfs over the same upper.
 
 It runs twice: with requests read from ``/dev/fuse`` and through the per-CPU
 io_uring queues, where each CPU's workers take only that CPU's requests.
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from difftree import layer_state
+from difftree import drop_caches, layer_state
 from mounts import Stack, driver_pid, fuse_mount, kernel_mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
@@ -56,6 +60,7 @@ WARMUP = min(10.0, SECONDS / 4)
 # After warm-up, with the tree no longer growing: about 1 MiB of noise was seen; a
 # leak of 100 bytes per operation exceeds the limit in 45 s, one of 10 bytes in 10 minutes.
 RSS_GROWTH_LIMIT_KB = 8 * 1024
+DROP_EVERY = 1.0  # seconds between two drops of the kernel's cached names and inodes
 
 
 def lower_content(worker: int, index: int) -> bytes:
@@ -111,6 +116,7 @@ class Model:
     race: dict[str, bytes] = field(default_factory=dict)  # race file -> content of this worker's region
     appended: list[int] = field(default_factory=list)  # sizes of this worker's log records, by seq
     targets: int = 0  # records this worker renamed onto TARGET
+    twins: dict[tuple[str, str], bytes] = field(default_factory=dict)  # two names of one file -> its content
 
 
 class Worker(threading.Thread):
@@ -353,10 +359,49 @@ class Worker(threading.Thread):
             raise AssertionError(f"{TARGET}: a reader saw a torn or mixed record ({len(data)} bytes)")
         return True
 
+    def op_twin_link(self) -> bool:
+        """A file and a hard link to it in another directory (names t<k>-, outside the
+        files the listings check)."""
+        if len(self.model.twins) >= 2:
+            return False
+        self.serial += 1
+        first, second = self.rng.sample(DIRS, 2)
+        names = (f"{first}/t{self.k}-a{self.serial}", f"{second}/t{self.k}-b{self.serial}")
+        content = self.data()
+        self.p(names[0]).write_bytes(content)
+        os.link(self.p(names[0]), self.p(names[1]))
+        self.model.twins[names] = content
+        return True
+
+    def op_twin_append(self) -> bool:
+        """Appended through one name, read at once through the other."""
+        if not self.model.twins:
+            return False
+        names = self.rng.choice(sorted(self.model.twins))
+        by, other = self.rng.sample(names, 2)
+        chunk = self.rng.randbytes(self.rng.randint(1, 3000))
+        with open(self.p(by), "ab") as f:
+            f.write(chunk)
+        self.model.twins[names] += chunk
+        got = self.p(other).read_bytes()
+        if got != self.model.twins[names]:
+            raise AssertionError(f"{other}: {len(got)} bytes after an append through {by}, the model has "
+                                 f"{len(self.model.twins[names])}")
+        return True
+
+    def op_twin_unlink(self) -> bool:
+        if len(self.model.twins) < 2:
+            return False
+        names = self.rng.choice(sorted(self.model.twins))
+        for rel in self.rng.sample(names, 2):
+            os.unlink(self.p(rel))
+        del self.model.twins[names]
+        return True
+
     OPS: ClassVar[dict[str, int]] = {  # operation -> weight
         "create": 8, "write": 10, "append": 8, "truncate": 4, "rename": 6, "unlink": 5, "read": 10, "list": 4,
         "mkdir": 1, "rename_dir": 1, "rmdir": 1, "race_write": 4, "race_read": 2, "log_append": 6, "log_read": 1,
-        "target_rename": 3, "target_read": 3,
+        "target_rename": 3, "target_read": 3, "twin_link": 1, "twin_append": 4, "twin_unlink": 1,
     }
 
     def run(self) -> None:
@@ -416,6 +461,11 @@ def check_tree(root: Path, models: list[Model], where: str) -> None:
                     found.add(f"{parent}/{name}")
         want_names = set(m.files) | m.dirs
         assert found == want_names, f"{where}: worker {k}: names unlike the model: {sorted(found ^ want_names)[:10]}"
+        for names, want in m.twins.items():
+            for rel in names:
+                got = (root / rel).read_bytes()
+                assert got == want, f"{where}: worker {k}'s {rel}: {len(got)} bytes, the model has {len(want)}"
+            assert os.lstat(root / names[0]).st_ino == os.lstat(root / names[1]).st_ino, f"{where}: {names} not one file"
         for name in RACE_FILES:
             with open(root / name, "rb") as f:
                 f.seek(k * REGION)
@@ -436,11 +486,14 @@ def fd_count(pid: int) -> int:
 
 
 def rss_kb(pid: int) -> int:
+    """The driver's resident memory of its own (RssAnon): the io_uring queues' buffers
+    are shared memory (RssShmem), which requests fill page by page up to their size
+    (a MiB each), and the more of them the more names the kernel looks up again."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1])
-    raise LookupError("no VmRSS")
+    raise LookupError("no RssAnon")
 
 
 def idle_fd_count(pid: int, wait: float = 10.0) -> int:
@@ -483,15 +536,26 @@ def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -
             while not stop.wait(1.0):
                 samples.append((time.monotonic() - start, rss_kb(pid)))
 
+        drops = 0
+
+        def drop() -> None:
+            nonlocal drops
+            while not stop.wait(DROP_EVERY):
+                drop_caches()
+                drops += 1
+
         sampler = threading.Thread(target=sample, daemon=True)
+        dropper = threading.Thread(target=drop, daemon=True)
         samples.append((0.0, rss_kb(pid)))
         sampler.start()
+        dropper.start()
         for w in workers:
             w.start()
         for w in workers:
             w.join(timeout=max(0.0, start + SECONDS + DEADLOCK_GRACE - time.monotonic()))
         stop.set()
         sampler.join()
+        dropper.join()
         stuck = [f"worker {w.k} in {w.current}" for w in workers if w.is_alive()]
         if stuck:
             os.kill(pid, 9)  # aborts the FUSE connection, so the stuck syscalls return
@@ -504,16 +568,16 @@ def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -
         models = [w.model for w in workers]
         check_tree(mnt, models, "through the mount")
         print(f"\n{WORKERS} workers, {duration:.0f} s, {sum(counts.values())} operations: "
-              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; caches dropped {drops} times")
         print(f"driver fds: {fds_before} before, {fds_after} after")
         rss = [kb for _, kb in samples]
-        print(f"driver RSS (KiB): start {rss[0]}, max {max(rss)}, end {rss[-1]}")
+        print(f"driver RssAnon (KiB): start {rss[0]}, max {max(rss)}, end {rss[-1]}")
         print("RSS samples (s, KiB): " + " ".join(f"{t:.0f}:{kb}" for t, kb in samples))
         assert fds_after == fds_before, f"the driver holds {fds_after - fds_before} more descriptors with every file closed"
         warm = [kb for t, kb in samples if t >= WARMUP]
         if warm:
             growth = max(warm) - warm[0]
-            assert growth < RSS_GROWTH_LIMIT_KB, f"driver RSS grew by {growth} KiB after warm-up (limit {RSS_GROWTH_LIMIT_KB})"
+            assert growth < RSS_GROWTH_LIMIT_KB, f"driver RssAnon grew by {growth} KiB after warm-up (limit {RSS_GROWTH_LIMIT_KB})"
     assert [layer_state(lower) for lower in stack.lowers] == lowers_built, "the driver changed a lower layer"
     with fuse_mount(stack) as mnt:
         check_tree(mnt, models, "after remount")
