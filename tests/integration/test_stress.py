@@ -2,18 +2,18 @@
 no leaked descriptor, bounded memory.
 
 Eight worker threads create, write, append, truncate, rename, unlink, read
-and list in the same few directories, over lower files (copy-up races) and
-on shared files. Each worker uses names of its own (``wK-``), so its model of
+and list in the same few directories, over lower files (copy-up races) and on
+shared files. Each worker uses names of its own (``wK-``), so its model of
 what it made is exact and every read is checked against it at once; shared
 files are checked by invariants: an O_APPEND log whose size is the sum of all
 appends with every record intact, files where each worker writes its own
-region, one name that all workers rename onto. Each worker also keeps pairs of hard
-links in two directories, written through one name and read through the
-other, while another thread makes the kernel drop its cached names and
-inodes every second: the kernel then forgets directories and files
+region, one name that all workers rename onto. Each worker also keeps pairs
+of hard links in two directories (``tK-``), written through one name and read
+through the other, while another thread makes the kernel drop its cached
+names and inodes every second: the kernel then forgets directories and files
 and looks them up again, its FORGETs racing the new LOOKUPs. At the end the
-whole tree is checked against the models through the mount, after a
-remount, and through kernel overlayfs over the same upper.
+whole tree is checked against the models through the mount, after a remount,
+and through kernel overlayfs over the same upper.
 
 It runs twice: with requests read from ``/dev/fuse`` and through the per-CPU
 io_uring queues, where each CPU's workers take only that CPU's requests.
@@ -486,9 +486,10 @@ def fd_count(pid: int) -> int:
 
 
 def rss_kb(pid: int) -> int:
-    """The driver's resident memory of its own (RssAnon): the io_uring queues' buffers
-    are shared memory (RssShmem), which requests fill page by page up to their size
-    (a MiB each), and the more of them the more names the kernel looks up again."""
+    """The driver's resident memory of its own (RssAnon). The io_uring queues' buffers
+    are shared memory (RssShmem) that larger requests fill page by page, up to their
+    size (a MiB each): bounded, and sooner reached while the kernel looks names up
+    again after each drop of its caches."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
