@@ -369,6 +369,8 @@ def documented_difference(p: Pair, operation: Op) -> Callable[[int | None, int |
     return accept
 
 
+_SET_TIMES_FIRST = FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE  # fallocate modes that FUSE changes the times for first
+
 
 def times_set_before_asking(p: Pair, operation: Op, answer: int | None) -> bool:
     """Where the kernel changed a file's times before it asked the driver, which then
@@ -383,8 +385,6 @@ def times_set_before_asking(p: Pair, operation: Op, answer: int | None) -> bool:
     os.utime(kernel_fd)  # both times now, which an append-only file allows
     return True
 
-
-_SET_TIMES_FIRST = FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE
 
 def empty_over_xattr_whiteouts(p: Pair, rel: object) -> bool:
     """Whether rel shows no entry through the kernel while a lower layer has xattr whiteouts

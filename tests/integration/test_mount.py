@@ -523,7 +523,6 @@ def test_names_of_one_upper_file_are_one_file_after_remount(stack: Stack) -> Non
     assert seen[0][0] == [b"upper data"] * 2 + [b"ABper data", b"CDper data", (2, 2), 1, True, b"CDper data"]
 
 
-
 @pytest.mark.parametrize("made", ["link", "upper"])
 def test_a_name_opens_after_the_kernel_forgot_its_directory(stack: Stack, made: str) -> None:
     """The kernel keeps one inode for the names of an upper file, and forgets a
@@ -551,6 +550,7 @@ def test_a_name_opens_after_the_kernel_forgot_its_directory(stack: Stack, made: 
             assert os.stat(held).st_mtime_ns == 2
         finally:
             os.close(held)
+
 
 def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:
     with fuse_mount(stack) as mnt:

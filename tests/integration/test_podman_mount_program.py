@@ -39,13 +39,13 @@ IMAGE = "docker.io/example/demo:latest"
 # defaults (a million open files, and its own process limit), which are above what a root
 # without CAP_SYS_RESOURCE may raise the runtime's limits to.
 CONTAINERS = ("--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+RUNTIME = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")  # crun refuses hybrid cgroups
 Podman = Callable[..., str]
 
 
 def podman_with(root: Path, mount_program: str | None) -> Iterator[Podman]:
     runroot = Path(tempfile.mkdtemp(prefix="podrun-"))  # podman refuses a runroot longer than 50 characters
-    base = ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", "overlay",
-            "--runtime", "runc", "--cgroup-manager", "cgroupfs"]  # crun refuses hybrid cgroups
+    base = ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", "overlay", *RUNTIME]
     if mount_program is not None:
         # podman passes mountopt on to its mount program: allow_other lets containers that run
         # as users other than root into their rootfs (fuse-overlayfs adds it itself when root)
@@ -236,7 +236,7 @@ class RootlessPodman:
             os.chown(directory, NOBODY, NOBODY)
         self.home = home
         self.command = ["podman", "--root", str(home / "storage"), "--runroot", str(run / "storage"), "--storage-driver", "overlay",
-                        "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+                        *RUNTIME]
         if mount_program is not None:
             self.command += ["--storage-opt", f"overlay.mount_program={mount_program}"]
         self.environment = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(run)}
@@ -250,6 +250,10 @@ class RootlessPodman:
     def inside(self, script: str) -> str:
         """script run by bash in podman's namespace, where ``podman`` is this store's."""
         return self("unshare", "bash", "-euc", f"podman() {{ command {' '.join(self.command)} \"$@\"; }}\n{script}")
+
+    def image_tree(self, image: str) -> str:
+        """TREE of an image, mounted in podman's namespace for the while."""
+        return self.inside(f"M=$(podman image mount {image})\n{TREE}\npodman image umount {image} >/dev/null")
 
 
 def driver_for_nobody(base: Path) -> str:
@@ -319,7 +323,7 @@ def test_rootless_podman_commits_through_the_driver_what_it_commits_through_over
         podman("create", "--name", "box", IMAGE)
         podman.inside(f"M=$(podman mount box)\n{ROOTLESS_CHANGES}\npodman umount box >/dev/null")
         podman("commit", "-q", "box", "changed")
-        trees.append(podman.inside(f"M=$(podman image mount changed)\n{TREE}\npodman image umount changed >/dev/null"))
+        trees.append(podman.image_tree("changed"))
     kernel, driver = trees
     assert "./usr/moved/doc d" in kernel and "./var/x f 644 2" in kernel and "./etc/os-release" not in kernel
     assert driver == kernel
@@ -341,6 +345,6 @@ def test_rootless_podman_runs_a_container_on_the_driver_as_on_overlayfs(
         podman("load", "-q", "-i", str(archive))
         outputs.append(podman("run", "--name", "box", *CONTAINERS, "localhost/busybox", "sh", "-euc", AS_ROOT))
         podman("commit", "-q", "box", "changed")
-        trees.append(podman.inside(f"M=$(podman image mount changed)\n{TREE}\npodman image umount changed >/dev/null"))
+        trees.append(podman.image_tree("changed"))
     assert "/srv/moved/sub/deep" in outputs[0] and "./opt/gone/file f 644 4" in trees[0]
     assert (outputs[1], trees[1]) == (outputs[0], trees[0])
