@@ -11,7 +11,9 @@ before renaming the new one over it, and update-alternatives renames
 symlinks over lower ones; make, the compiler, ar and strip build a lower
 project through temporary files; rsync renames its temporary files over
 lower ones and links new names to them; useradd and its kin lock a lower
-/etc by a hard link and rename new files over old ones. Each script runs in
+/etc by a hard link and rename new files over old ones; pip moves a lower
+package's directories aside by renaming them, installs the new version in
+their place and then removes what it moved. Each script runs in
 both mounts over the same lower layers, and must succeed in both, print the
 same, and leave the same merged view and upper layer (``Pair.check``).
 
@@ -22,9 +24,12 @@ removes it.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -330,3 +335,55 @@ def test_update_alternatives_switches_the_links_of_a_lower_layer(tmp_path: Path)
     """
     with pair_over(tmp_path, [lower]) as p:
         run_in_both(p, "update-alternatives", script, "/usr/bin/two\n/etc/alternatives/prog\ntwo\n/usr/bin/one\n/usr/bin/two\n0\n")
+
+
+def build_wheel(work: Path, version: int, broken: bool = False) -> Path:
+    """A pure-Python wheel: version 1 ships a module that version 2 drops, and data in
+    a subpackage; the RECORD lists each file's hash, as a wheel built by a tool does.
+    broken: a file and a directory of one name, which pip fails to install after it
+    has moved the installed version aside."""
+    files = {
+        "demo/__init__.py": f"VERSION = {version}\n",
+        "demo/data/table.txt": f"row {version}\n" * 50,
+        **({"demo/old.py": "OLD = True\n"} if version == 1 else {"demo/new.py": "NEW = True\n"}),
+        **({"demo/clash": "a file\n", "demo/clash/inner.py": "\n"} if broken else {}),
+        f"demo-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: demo\nVersion: {version}\n",
+        f"demo-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"demo-{version}.dist-info/top_level.txt": "demo\n",
+    }
+    record = [f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(text.encode())}" for name, text in files.items()]
+    record.append(f"demo-{version}.dist-info/RECORD,,")
+    wheel = work / "wheels" / f"demo-{version}-py3-none-any.whl"
+    wheel.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"demo-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def test_pip_upgrades_and_removes_a_package_of_a_lower_virtual_environment(tmp_path: Path) -> None:
+    """pip moves a lower package's directories aside (renames of lower directories)
+    before it installs the new version, moves them back when that fails, and
+    removes them once it worked; its metadata directory goes the same way."""
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", lower / "venv"], check=True, env=ENV)
+    pip = f"{sys.executable} -m pip --python venv/bin/python --disable-pip-version-check --no-cache-dir"
+    first = build_wheel(tmp_path, 1)
+    build_wheel(tmp_path, 2)
+    build_wheel(tmp_path, 3, broken=True)
+    subprocess.run(f"{pip} install -q --no-compile --no-deps {first}", shell=True, cwd=lower, check=True, env=ENV)
+    install = f"{pip} install -q --no-compile --no-deps --no-index --find-links {first.parent}"
+    script = f"""
+        ! {install} 'demo==3' 2>/dev/null
+        venv/bin/python -B -c 'import demo, demo.old; print(demo.VERSION)' && wc -l < venv/lib/python*/site-packages/demo/data/table.txt
+        {install} 'demo==2'
+        venv/bin/python -B -c 'import demo, demo.new; print(demo.VERSION)'
+        test ! -e venv/lib/python*/site-packages/demo/old.py && ls -d venv/lib/python*/site-packages/demo* | wc -l
+        {pip} uninstall -q -y demo
+        ls venv/lib/python*/site-packages | grep -c demo || true
+    """
+    with pair_over(tmp_path, [lower]) as p:
+        run_in_both(p, "pip", script, "1\n50\n2\n2\n0\n")
