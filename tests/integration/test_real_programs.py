@@ -2,7 +2,8 @@
 
 The generated operations in ``test_differential`` are single system calls.
 Programs combine them in their own ways: git writes objects through
-temporary files and renames, packs them and fsyncs; SQLite in WAL mode maps
+temporary files and renames, packs them and fsyncs, and a local clone links
+a lower repository's objects; SQLite in WAL mode maps
 its shared-memory file and locks byte ranges while another process reads;
 Python's bytecode cache renames over files; tar, ``cp -a``, ``sed -i`` and
 ``rm -rf`` work on lower trees; processes share a mapping of a lower file,
@@ -387,3 +388,30 @@ def test_pip_upgrades_and_removes_a_package_of_a_lower_virtual_environment(tmp_p
     """
     with pair_over(tmp_path, [lower]) as p:
         run_in_both(p, "pip", script, "1\n50\n2\n2\n0\n")
+
+
+def test_git_clones_and_packs_a_repository_of_a_lower_layer(tmp_path: Path) -> None:
+    """A local clone links the objects of a lower repository (hard links to lower
+    files, made from another directory); commits go on in both, the lower
+    repository's gc packs its loose objects and removes them, and the clone,
+    whose links to them must keep their data, then pulls from it."""
+    repo = tmp_path / "lower/repo"
+    repo.mkdir(parents=True)
+    (repo / "notes").write_text("one\n")
+    (repo / "code.py").write_text("VALUE = 1\n" * 100)
+    subprocess.run("git -c init.defaultBranch=main init -q . && git config gc.auto 0 && git config pack.threads 1"
+                   " && git add -A && git commit -qm first && echo two >> notes && git commit -qam second",
+                   shell=True, cwd=repo, check=True, env=ENV)
+    script = """
+        git clone -q --local repo clone && stat -c '%h' clone/.git/objects/??/* | sort | uniq -c
+        cd clone && echo 'VALUE = 2' >> code.py && git commit -qam third && cd ..
+        cd repo && echo three >> notes && git commit -qam fourth
+        git gc -q --prune=now && git count-objects -v | grep -E '^(count|in-pack)' && git fsck --no-progress 2>&1
+        cd ../clone && git fsck --no-progress 2>&1 && git fetch -q origin && git merge -q -m merged origin/main
+        git log --format=%s && git status --porcelain && tail -n 1 code.py notes
+        rm .git/index ../repo/.git/index
+        rm -r .git/config .git/FETCH_HEAD .git/logs  # they name the mount's path to the repository
+    """
+    with pair_over(tmp_path, [tmp_path / "lower"]) as p:
+        run_in_both(p, "git clone", script, "      7 2\ncount: 0\nin-pack: 10\nmerged\nthird\nfourth\nsecond\nfirst\n"
+                                             "==> code.py <==\nVALUE = 2\n\n==> notes <==\nthree\n")
