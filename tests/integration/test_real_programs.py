@@ -4,7 +4,9 @@ The generated operations in ``test_differential`` are single system calls.
 Programs combine them in their own ways: git writes objects through
 temporary files and renames, packs them and fsyncs, and a local clone links
 a lower repository's objects; SQLite in WAL mode maps
-its shared-memory file and locks byte ranges while another process reads;
+its shared-memory file and locks byte ranges while another process reads,
+and in rollback-journal mode rolls a lower database back from the hot
+journal that a process cut short left;
 Python's bytecode cache renames over files; tar, ``cp -a``, ``sed -i`` and
 ``rm -rf`` work on lower trees; processes share a mapping of a lower file,
 a socket and a fifo; dpkg links each file it replaces to a backup name
@@ -28,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -415,3 +418,38 @@ def test_git_clones_and_packs_a_repository_of_a_lower_layer(tmp_path: Path) -> N
     with pair_over(tmp_path, [tmp_path / "lower"]) as p:
         run_in_both(p, "git clone", script, "      7 2\ncount: 0\nin-pack: 10\nmerged\nthird\nfourth\nsecond\nfirst\n"
                                              "==> code.py <==\nVALUE = 2\n\n==> notes <==\nthree\n")
+
+
+def test_sqlite_rolls_back_a_transaction_cut_short_in_a_database_of_a_lower_layer(tmp_path: Path) -> None:
+    """A lower database written in rollback-journal mode by a process that exits
+    mid-transaction, after pages it changed spilled into the (copied-up) file: the
+    next connection finds the hot journal, rolls the file back, and goes on."""
+    data = tmp_path / "lower/data"
+    data.mkdir(parents=True)
+    db = sqlite3.connect(data / "app.db")
+    db.execute("create table t(n integer primary key, v text)")
+    db.executemany("insert into t values (?, ?)", ((n, f"row {n:06d} " * 4) for n in range(10_000)))
+    db.commit()
+    db.close()
+    script = """
+        python3 - <<'EOF'
+import os, sqlite3
+db = sqlite3.connect("data/app.db", isolation_level=None)
+db.execute("pragma cache_size=5")  # changed pages spill into the file before the commit
+db.execute("begin")
+db.execute("update t set v = v || 'changed'")
+db.execute("insert into t select n + 100000, v from t where n < 5000")
+os._exit(0)  # neither commit nor rollback: the journal stays, hot
+EOF
+        test -s data/app.db-journal && echo hot journal
+        python3 - <<'EOF'
+import sqlite3
+db = sqlite3.connect("data/app.db")
+print(db.execute("pragma integrity_check").fetchone()[0], *db.execute("select count(*), sum(length(v)) from t").fetchone())
+db.execute("update t set v = upper(v) where n % 2 = 0"); db.commit()
+db.execute("vacuum"); db.close()
+EOF
+        test ! -e data/app.db-journal && echo rolled back
+    """
+    with pair_over(tmp_path, [tmp_path / "lower"]) as p:
+        run_in_both(p, "sqlite rollback", script, "hot journal\nok 10000 440000\nrolled back\n")
