@@ -19,13 +19,16 @@ races with a change.
 """
 from __future__ import annotations
 
-MAX_NAMES = 1_000_000  # names kept over all directories; beyond it all are forgotten (a plain bound)
+# Directories and names kept in all; beyond it all are forgotten and asked of the disk
+# again. About 100 bytes each: a mount that makes names for hours (temporary files of
+# a build, a queue) holds some 3 MB of them, not one per name ever made.
+MAX_ENTRIES = 32_768
 
 
 class UpperNames:
     def __init__(self) -> None:
         self._changed: dict[str, set[str]] = {}  # upper rel of a made directory -> names changed in it since
-        self._count = 0
+        self._count = 0  # directories and names in _changed
 
     def absent(self, rel: str, name: str) -> bool:
         """Known: the upper directory rel holds neither name nor its marker."""
@@ -37,6 +40,7 @@ class UpperNames:
         before it does, so that no change in it can come before its record."""
         self._drop(rel)
         self._changed[rel] = set()
+        self._counted()
 
     def forget(self, rel: str) -> None:
         """The directory did not appear at rel after all."""
@@ -49,10 +53,7 @@ class UpperNames:
         names = self._changed.get(head or ".")
         if names is not None and name not in names:
             names.add(name)
-            self._count += 1
-            if self._count > MAX_NAMES:
-                self._changed.clear()
-                self._count = 0
+            self._counted()
         if not made_dir:
             self._drop(rel)  # whatever is at rel now is not known to have started empty
         if subtree:
@@ -60,7 +61,13 @@ class UpperNames:
             for key in [k for k in self._changed if k.startswith(prefix)]:
                 self._drop(key)
 
+    def _counted(self) -> None:
+        self._count += 1
+        if self._count > MAX_ENTRIES:
+            self._changed.clear()
+            self._count = 0
+
     def _drop(self, rel: str) -> None:
         names = self._changed.pop(rel, None)
         if names is not None:
-            self._count -= len(names)
+            self._count -= len(names) + 1
