@@ -25,6 +25,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -700,6 +701,32 @@ def drop_caches() -> None:
     """Forget dentries and inodes: a FUSE mount re-asks the driver instead of answering from its caches."""
     with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as f:
         f.write("2")
+
+
+class CachesDropped:
+    """The kernel's cached names and inodes dropped every ``every`` seconds while
+    the block runs: it forgets directories and files in use and looks them up
+    again, its FORGETs racing the LOOKUPs that follow (how the names of a file
+    whose directory the kernel forgot went stale). ``count``: drops so far."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            drop_caches()
+            self.count += 1
+
+    def __enter__(self) -> CachesDropped:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _meta(path: str, st: os.stat_result, lsattr: bool = True) -> Meta:

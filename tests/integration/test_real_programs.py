@@ -37,7 +37,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from difftree import Dir, File, HardLink, Pair, Symlink, kernel_overlay_available, pair, pair_over
+from difftree import CachesDropped, Dir, File, HardLink, Pair, Symlink, kernel_overlay_available, pair, pair_over
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),
@@ -85,6 +85,8 @@ LOWERS = [
     }), "home": HOME}),
     Dir({"src": SOURCE, "shared": SHARED, "project": PROJECT}),
 ]
+
+DROP_EVERY = 0.02  # seconds between two drops of the kernel's cached names and inodes
 
 ENV = {
     # the tests' Python first: the scripts' python3 writes bytecode for the same version in both mounts
@@ -271,9 +273,13 @@ def test_a_program_leaves_what_it_leaves_on_overlayfs(tmp_path: Path, program: s
 
 def run_in_both(p: Pair, program: str, script: str, printed: str) -> None:
     """script run by bash in each mount: it must succeed and print ``printed`` in both,
-    and leave the same views and upper layers."""
+    and leave the same views and upper layers. Meanwhile the kernel keeps forgetting
+    the names and inodes it cached (DROP_EVERY), so that the driver serves the
+    program's files through lookups of names the kernel forgot, as under memory
+    pressure."""
     for mnt in (p.kernel.mnt, p.driver.mnt):
-        run = subprocess.run(["bash", "-euc", script], cwd=mnt, env=ENV, capture_output=True, text=True, timeout=300)
+        with CachesDropped(DROP_EVERY):
+            run = subprocess.run(["bash", "-euc", script], cwd=mnt, env=ENV, capture_output=True, text=True, timeout=300)
         p.log.append(f"{program} in {mnt.name}: exit {run.returncode}, printed {run.stdout!r}, stderr {run.stderr!r}")
         assert (run.returncode, run.stdout) == (0, printed), p.log[-1]
     p.check()

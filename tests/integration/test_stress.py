@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from difftree import drop_caches, layer_state
+from difftree import CachesDropped, layer_state
 from mounts import Stack, driver_pid, fuse_mount, kernel_mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and kernel overlayfs need root")
@@ -537,26 +537,16 @@ def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -
             while not stop.wait(1.0):
                 samples.append((time.monotonic() - start, rss_kb(pid)))
 
-        drops = 0
-
-        def drop() -> None:
-            nonlocal drops
-            while not stop.wait(DROP_EVERY):
-                drop_caches()
-                drops += 1
-
         sampler = threading.Thread(target=sample, daemon=True)
-        dropper = threading.Thread(target=drop, daemon=True)
         samples.append((0.0, rss_kb(pid)))
         sampler.start()
-        dropper.start()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(timeout=max(0.0, start + SECONDS + DEADLOCK_GRACE - time.monotonic()))
+        with CachesDropped(DROP_EVERY) as drops:
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(timeout=max(0.0, start + SECONDS + DEADLOCK_GRACE - time.monotonic()))
         stop.set()
         sampler.join()
-        dropper.join()
         stuck = [f"worker {w.k} in {w.current}" for w in workers if w.is_alive()]
         if stuck:
             os.kill(pid, 9)  # aborts the FUSE connection, so the stuck syscalls return
@@ -569,7 +559,7 @@ def test_workers_lose_nothing_and_leak_nothing(tmp_path: Path, transport: str) -
         models = [w.model for w in workers]
         check_tree(mnt, models, "through the mount")
         print(f"\n{WORKERS} workers, {duration:.0f} s, {sum(counts.values())} operations: "
-              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; caches dropped {drops} times")
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; caches dropped {drops.count} times")
         print(f"driver fds: {fds_before} before, {fds_after} after")
         rss = [kb for _, kb in samples]
         print(f"driver RssAnon (KiB): start {rss[0]}, max {max(rss)}, end {rss[-1]}")
