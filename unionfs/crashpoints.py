@@ -13,6 +13,9 @@ and subprocesses too):
 - ``CRASHPOINT_FAULT=NAME`` makes ``fault(NAME)`` raise ``OSError(EIO)``: one
   thread failing while the process lives on. Faults are not crash points:
   they are neither counted nor traced, so kill numbers stay the same.
+- ``CRASHPOINT_PAUSE=NAME:SECONDS`` makes ``pause(NAME)`` sleep: a thread
+  held up at that step (preempted, or its answer slow to reach the kernel)
+  while the others go on, as under load; neither counted nor traced either.
 
 Both the driver and the layer store use it; work that runs on several
 threads asks ``armed()`` and runs on one, so that N means the same step on
@@ -24,6 +27,7 @@ import errno
 import os
 import signal
 import threading
+import time
 
 _lock = threading.Lock()
 _armed = False
@@ -32,10 +36,13 @@ _kill_at: int | None = None
 _kill_name: str | None = None
 _passed = 0
 _passed_by_name: dict[str, int] = {}
+_pause: tuple[str, float] | None = None
 
 
 def _configure() -> None:
-    global _armed, _trace, _kill_at, _kill_name
+    global _armed, _trace, _kill_at, _kill_name, _pause
+    name, _, seconds = os.environ.get("CRASHPOINT_PAUSE", "").rpartition(":")
+    _pause = (name, float(seconds)) if name else None
     trace = os.environ.get("CRASHPOINT_TRACE")
     kill = os.environ.get("CRASHPOINT_KILL")
     _trace = os.open(trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644) if trace else None
@@ -73,6 +80,12 @@ def point(name: str) -> None:
         hit = seen == _kill_at if _kill_name is not None else _passed == _kill_at
         if hit and (_kill_name is None or _kill_name == name):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause(name: str) -> None:
+    """Where a thread held up lets the others overtake it."""
+    if _pause is not None and _pause[0] == name:
+        time.sleep(_pause[1])
 
 
 def fault(name: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import xxhash
 
+from unionfs import crashpoints
 from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.idmap import IdMap
@@ -149,6 +150,8 @@ class Requests:
         self._statx_valid = fp.STATX_OUT.pack(attr_s, attr_ns, 0)
         self._files: dict[int, tuple[int, int]] = {}  # fd -> (index of the layer it is open on, node id)
         self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
+        self._writers: dict[int, int] = {}  # node id -> how many of its fds are open for writing
+        self._writing: set[int] = set()  # those fds
         self._dirs: dict[int, _Dir] = {}
         self._kept_dirs: set[int] = set()  # node ids with an open whose listing the kernel keeps
         self._described: dict[int, _Described] = {}  # directory node id -> its entries the kernel has attributes of
@@ -661,10 +664,15 @@ class Requests:
         )
 
     # -- files -----------------------------------------------------------------
-    def _opened(self, fd: int, index: int, nodeid: int) -> None:
+    def _opened(self, fd: int, index: int, nodeid: int, writes: bool) -> None:
+        """fd is the node's file handle from now on. One that writes is counted before the
+        names lock is let go (see ``_readdirplus``)."""
         with self._lock:
             self._files[fd] = (index, nodeid)
             self._node_fds.setdefault(nodeid, []).append(fd)
+            if writes:
+                self._writing.add(fd)
+                self._writers[nodeid] = self._writers.get(nodeid, 0) + 1
 
     def _upper_fd(self, nodeid: int) -> int | None:
         """A descriptor the node is open by in the upper layer, if any; under self._lock."""
@@ -707,6 +715,7 @@ class Requests:
         asked, open_flags = fp.OPEN_IN.unpack_from(data)
         flags = self._host_flags(asked)
         nodeid, caller = h[3], self._caller(h)
+        writes = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if flags & _WRITES:  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
@@ -717,8 +726,10 @@ class Requests:
                     copy = self._copying.copy
                     if self.writeback and copy is not None and copy[0] == path:
                         self._hand_over_last_page(nodeid, fd, copy[1])
+                    self._opened(fd, index, nodeid, writes)
             if path is None:
                 fd, index = self._reopen_nameless(nodeid, flags)
+                self._opened(fd, index, nodeid, writes)
         else:
             try:
                 fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),
@@ -727,7 +738,7 @@ class Requests:
                 if exc.errno != errno.ESTALE:
                     raise
                 fd, index = self._reopen_nameless(nodeid, flags)
-        self._opened(fd, index, nodeid)
+            self._opened(fd, index, nodeid, False)
         return fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)  # lower files never change; the upper only through us
 
     def _reopen_nameless(self, nodeid: int, flags: int) -> tuple[int, int]:
@@ -754,7 +765,7 @@ class Requests:
             except BaseException:
                 os.close(fd)
                 raise
-        self._opened(fd, 0, nodeid)
+            self._opened(fd, 0, nodeid, bool(flags & (os.O_WRONLY | os.O_RDWR)))
         return entry + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)
 
     def tmpfile(self, h: tuple, data: memoryview) -> bytes:
@@ -768,7 +779,7 @@ class Requests:
             os.close(fd)
             raise
         nodeid = self.nodes.unnamed()
-        self._opened(fd, 0, nodeid)
+        self._opened(fd, 0, nodeid, bool(flags & (os.O_WRONLY | os.O_RDWR)))
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         return (fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + self._attr(attrs)
                 + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0))
@@ -795,6 +806,11 @@ class Requests:
                 fds.remove(fh)
             if not fds:
                 self._node_fds.pop(opened[1], None)
+            if fh in self._writing:
+                self._writing.discard(fh)
+                left = self._writers.pop(opened[1]) - 1
+                if left:
+                    self._writers[opened[1]] = left
             self.union.release(fh)
             os.close(fh)
 
@@ -908,7 +924,9 @@ class Requests:
 
     def readdirplus(self, h: tuple, data: memoryview) -> bytes:
         with self.nodes.exclusive():  # each entry's attributes and node id from the same moment
-            return self._readdirplus(data)
+            answer = self._readdirplus(data)
+        crashpoints.pause("readdirplus.answered")
+        return answer
 
     def _readdirplus(self, data: memoryview) -> bytes:
         handle, start, size = self._listing(data)
@@ -922,6 +940,13 @@ class Requests:
         unchanged = handle.generation == self.union.generation  # the snapshot's sources still hold
         described = self._described_up_to(handle) if unchanged else -1
         known, looked_up, entry_out, attr = self.nodes.known, self.nodes.looked_up, fp.ENTRY_OUT.pack, self._attr
+        # A file open for writing goes as a plain entry, looked up when asked for. The kernel
+        # keeps a regular file's size itself (writeback cache) and takes the driver's only
+        # when it makes the file's inode, here or in a LOOKUP: had the file's writer
+        # appended, closed, and the kernel forgotten the file before this answer reached
+        # it, the inode it then made would keep the size from before the append. (No open
+        # for writing begins while the names lock is held.)
+        writers, peek = self._writers, self.nodes.peek
         out = bytearray()
         last = None
         for cookie, name, attrs, source, raw in entries[start:]:
@@ -941,8 +966,10 @@ class Requests:
                 except OSError:
                     full = None  # gone since the snapshot: a plain entry, looked up if asked for
                 if full is not None:
-                    nodeid = looked_up(handle.nodeid, name, None, self._identity(full, prefix + name))
-                    head = entry_out(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + attr(full)
+                    identity = self._identity(full, prefix + name)
+                    if not (writers and stat.S_ISREG(full["st_mode"]) and writers.get(peek(handle.nodeid, name, identity))):
+                        nodeid = looked_up(handle.nodeid, name, None, identity)
+                        head = entry_out(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + attr(full)
                     ino, mode = full["st_ino"], full["st_mode"]
                 else:
                     ino, mode = attrs["st_ino"], attrs["st_mode"]

@@ -219,6 +219,14 @@ class NodeTable:
             self._nodes[nodeid].lookups += 1
             return nodeid
 
+    def peek(self, parent: int, name: str, identity: Identity | None = None) -> int:
+        """The id that looked_up would give parent/name now, uncounted; 0 for a new one."""
+        with self._lock:
+            nodeid = self._ids.get((parent, name))
+            if nodeid is None and identity is not None:
+                nodeid = self._by_identity.get(identity)
+            return nodeid or 0
+
     def unnamed(self) -> int:
         """A new id for a file with no name yet (O_TMPFILE), known once to the kernel."""
         with self._lock:

@@ -552,6 +552,31 @@ def test_a_name_opens_after_the_kernel_forgot_its_directory(stack: Stack, made: 
             os.close(held)
 
 
+@pytest.mark.usefixtures("transport")
+def test_a_listing_slow_to_reach_the_kernel_gives_no_stale_size_to_a_file_written_meanwhile(stack: Stack) -> None:
+    """With the writeback cache the kernel keeps a file's size itself, and takes it
+    from the driver only when it makes the file's inode: from a LOOKUP, or from an
+    entry of a READDIRPLUS. A listing answered while the file was open for writing,
+    whose answer reached the kernel after the writer had appended, closed, and the
+    kernel had forgotten the file, would make its inode with the size from before
+    the append, and reads through it would end there (found by the stress test)."""
+    (stack.lowers[1] / "dir").mkdir()
+    with fuse_mount(stack, env={"CRASHPOINT_PAUSE": "readdirplus.answered:1.5"}) as mnt:
+        (mnt / "dir/f").write_bytes(b"0123456789")
+        writer = os.open(mnt / "dir/f", os.O_WRONLY | os.O_APPEND)
+        try:
+            lister = threading.Thread(target=os.listdir, args=(mnt / "dir",))
+            lister.start()
+            time.sleep(0.5)  # the listing is answered (the file's size in it), and held up
+            os.write(writer, b"abcdefghij")
+        finally:
+            os.close(writer)
+        drop_caches()  # the kernel forgets the file before the listing's answer comes
+        lister.join()
+        assert (mnt / "dir/f").read_bytes() == b"0123456789abcdefghij"
+        assert os.stat(mnt / "dir/f").st_size == 20
+
+
 def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:
     with fuse_mount(stack) as mnt:
         assert os.statvfs(mnt).f_namemax == 255
