@@ -240,6 +240,8 @@ class Requests:
                 os.close(fd)
             self._files.clear()
             self._node_fds.clear()
+            self._writers.clear()
+            self._writing.clear()
         self.nodes.close_held()
         self.union.close()
 
