@@ -666,13 +666,13 @@ class Requests:
         )
 
     # -- files -----------------------------------------------------------------
-    def _opened(self, fd: int, index: int, nodeid: int, writes: bool) -> None:
-        """fd is the node's file handle from now on. One that writes is counted before the
-        names lock is let go (see ``_readdirplus``)."""
+    def _opened(self, fd: int, index: int, nodeid: int, flags: int) -> None:
+        """fd, opened with flags, is the node's file handle from now on. One that writes is
+        counted before the names lock is let go (see ``_readdirplus``)."""
         with self._lock:
             self._files[fd] = (index, nodeid)
             self._node_fds.setdefault(nodeid, []).append(fd)
-            if writes:
+            if flags & (os.O_WRONLY | os.O_RDWR):
                 self._writing.add(fd)
                 self._writers[nodeid] = self._writers.get(nodeid, 0) + 1
 
@@ -717,7 +717,6 @@ class Requests:
         asked, open_flags = fp.OPEN_IN.unpack_from(data)
         flags = self._host_flags(asked)
         nodeid, caller = h[3], self._caller(h)
-        writes = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if flags & _WRITES:  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
             with self.nodes.exclusive():
@@ -728,10 +727,10 @@ class Requests:
                     copy = self._copying.copy
                     if self.writeback and copy is not None and copy[0] == path:
                         self._hand_over_last_page(nodeid, fd, copy[1])
-                    self._opened(fd, index, nodeid, writes)
+                    self._opened(fd, index, nodeid, flags)
             if path is None:
                 fd, index = self._reopen_nameless(nodeid, flags)
-                self._opened(fd, index, nodeid, writes)
+                self._opened(fd, index, nodeid, flags)
         else:
             try:
                 fd, index = self.nodes.stable(lambda seq: self.union.open(self.nodes.path(nodeid), flags, caller),
@@ -740,7 +739,7 @@ class Requests:
                 if exc.errno != errno.ESTALE:
                     raise
                 fd, index = self._reopen_nameless(nodeid, flags)
-            self._opened(fd, index, nodeid, False)
+            self._opened(fd, index, nodeid, flags)
         return fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)  # lower files never change; the upper only through us
 
     def _reopen_nameless(self, nodeid: int, flags: int) -> tuple[int, int]:
@@ -767,7 +766,7 @@ class Requests:
             except BaseException:
                 os.close(fd)
                 raise
-            self._opened(fd, 0, nodeid, bool(flags & (os.O_WRONLY | os.O_RDWR)))
+            self._opened(fd, 0, nodeid, flags)
         return entry + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0)
 
     def tmpfile(self, h: tuple, data: memoryview) -> bytes:
@@ -781,7 +780,7 @@ class Requests:
             os.close(fd)
             raise
         nodeid = self.nodes.unnamed()
-        self._opened(fd, 0, nodeid, bool(flags & (os.O_WRONLY | os.O_RDWR)))
+        self._opened(fd, 0, nodeid, flags)
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         return (fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + self._attr(attrs)
                 + fp.OPEN_OUT.pack(fd, fp.FOPEN_KEEP_CACHE, 0))

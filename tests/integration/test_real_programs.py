@@ -403,7 +403,7 @@ def test_git_clones_and_packs_a_repository_of_a_lower_layer(tmp_path: Path) -> N
     """A local clone links the objects of a lower repository (hard links to lower
     files, made from another directory); commits go on in both, the lower
     repository's gc packs its loose objects and removes them, and the clone,
-    whose links to them must keep their data, then pulls from it."""
+    whose links to them must keep their data, then fetches from it and merges."""
     repo = tmp_path / "lower/repo"
     repo.mkdir(parents=True)
     (repo / "notes").write_text("one\n")
