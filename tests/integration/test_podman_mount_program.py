@@ -229,7 +229,7 @@ class RootlessPodman:
     its user namespace maps nobody alone (to its root); its mounts live in that
     namespace, which ``podman unshare`` enters."""
 
-    def __init__(self, base: Path, name: str, mount_program: str | None) -> None:
+    def __init__(self, base: Path, name: str, mount_program: str | None, mountopt: str | None = None) -> None:
         home, run = base / name, base / f"{name}-run"
         for directory in (home, run):
             directory.mkdir(mode=0o700)
@@ -239,6 +239,8 @@ class RootlessPodman:
                         *RUNTIME]
         if mount_program is not None:
             self.command += ["--storage-opt", f"overlay.mount_program={mount_program}"]
+            if mountopt is not None:
+                self.command += ["--storage-opt", f"overlay.mountopt={mountopt}"]
         self.environment = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(run)}
 
     def __call__(self, *args: str) -> str:
@@ -347,4 +349,67 @@ def test_rootless_podman_runs_a_container_on_the_driver_as_on_overlayfs(
         podman("commit", "-q", "box", "changed")
         trees.append(podman.image_tree("changed"))
     assert "/srv/moved/sub/deep" in outputs[0] and "./opt/gone/file f 644 4" in trees[0]
+    assert (outputs[1], trees[1]) == (outputs[0], trees[0])
+
+
+
+# Subordinate IDs that nobody holds while a test runs (unless it holds some already: a
+# second range for one user makes rootless podman fall back to mapping nobody alone).
+SUBORDINATE_IDS = "nobody:400000:65536\n"
+
+
+@pytest.fixture
+def subordinate_ids() -> Iterator[None]:
+    """Rootless podman maps nobody's subordinate IDs into its user namespace (from 1 up
+    there), so that its containers may run as users other than its root."""
+    saved: dict[Path, bytes | None] = {}
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        saved[path] = path.read_bytes() if path.exists() else None
+        if not any(line.split(":")[0] in ("nobody", str(NOBODY)) for line in (saved[path] or b"").decode().splitlines()):
+            with path.open("a") as f:
+                f.write(SUBORDINATE_IDS)
+    try:
+        yield
+    finally:
+        for path, data in saved.items():
+            if data is None:
+                path.unlink()
+            else:
+                path.write_bytes(data)
+
+
+# What a user (1000 in the container) does in rootless podman's container: copy up and
+# move its own lower file, make entries (owned by the user), and meet the modes of others.
+ROOTLESS_AS_USER = """
+    cd /home/user && echo more >> notes && mkdir d && mv notes d/ && touch d/new && ln d/new d/hard
+    ln -s new d/soft && chmod 2750 d && echo mine > /tmp/own && chmod 600 /tmp/own && mkfifo /tmp/fifo
+    stat -c "%A %u %g %h %s %n" d d/* /tmp/own /tmp/fifo
+    echo x >> /srv/data/log 2>/dev/null || echo refused
+    rm /srv/data/old 2>/dev/null || echo refused too
+"""
+# TREE with owners.
+OWNED_TREE = """cd "$M" && find . -printf '%p %y %m %U:%G %n %s %l\\n' | sort && find . -type f -exec md5sum {} + | sort"""
+
+
+def test_rootless_podman_runs_a_user_container_on_the_driver_as_on_overlayfs(
+        tmp_path: Path, kernel_podman: Podman, rootless: tuple[Path, str], subordinate_ids: None) -> None:
+    """Rootless podman with subordinate IDs, a container run as a user other than its
+    root: the driver, given allow_other (``overlay.mountopt``) as for root's podman,
+    must let the user in, make its entries the user's, and refuse it what overlayfs
+    refuses; what it prints and what commits, owners included, as on overlayfs."""
+    base, program = rootless
+    context = busybox_context(tmp_path, BUSYBOX_CONTAINERFILE + USER_HOME)
+    kernel_podman("build", "-q", *CONTAINERS, "-t", "busybox", str(context))
+    kernel_podman("save", "-q", "-o", str(tmp_path / "busybox.tar"), "busybox")
+    archive = readable_copy(tmp_path / "busybox.tar", base)
+    outputs, trees = [], []
+    for name, mount_program in (("kernel", None), ("driver", program)):
+        podman = RootlessPodman(base, name, mount_program, mountopt="allow_other")
+        podman("load", "-q", "-i", str(archive))
+        outputs.append(podman("run", "--name", "user", "--user", "1000:1000", *CONTAINERS, "localhost/busybox", "sh", "-euc",
+                              ROOTLESS_AS_USER))
+        podman("commit", "-q", "user", "changed")
+        trees.append(podman.inside(f"M=$(podman image mount changed)\n{OWNED_TREE}\npodman image umount changed >/dev/null"))
+    assert "-rw-r--r-- 1000 1000 2 0 d/new" in outputs[0] and "refused too" in outputs[0], outputs[0]
+    assert "./home/user/d d 2750 1000:1000" in trees[0] and "./tmp/own f 600 1000:1000 1 5" in trees[0]
     assert (outputs[1], trees[1]) == (outputs[0], trees[0])
