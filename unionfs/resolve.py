@@ -94,16 +94,17 @@ class Resolver:
         self.settle: Callable[[str], None] | None = None
 
     # -- caches ------------------------------------------------------------------
-    def invalidate(self, path: str, subtree: bool = False, made_dir: bool = False) -> int:
+    def invalidate(self, path: str, subtree: bool = False, made_dir: bool = False, gone: bool = False) -> int:
         """Forget what path resolved to (and everything below it with subtree);
-        made_dir: path is the directory that ``expect_empty`` announced. Returns the
+        made_dir: path is the directory that ``expect_empty`` announced; gone: path
+        was removed from the upper layer and left no whiteout there. Returns the
         generation this change started, for ``remember`` of what the change made."""
         with self._lock:
             self._gen += 1
             self._nodes.pop(path, None)
             self._protections.pop(path, None)
             if self.writable:
-                self.upper_names.changed(to_rel(path), subtree, made_dir)
+                self.upper_names.changed(to_rel(path), subtree, made_dir, gone)
             if subtree:
                 prefix = path.rstrip("/") + "/"
                 for cache in (self._nodes, self._protections):

@@ -824,17 +824,19 @@ class Union:
         if node.is_dir:
             raise fail(errno.EISDIR, path)
         parent, prel, name = self._parent_in_upper(path, parent)
+        whiteout = True
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
             if st is not None and st.st_size >= _LONG_REMOVAL:
                 placement.before_long_work()
-            self._remove_upper(prel, name, False, self.resolver.lower_positive(parent, name))
+            whiteout = self.resolver.lower_positive(parent, name)
+            self._remove_upper(prel, name, False, whiteout)
             self._forget(st)
             kept = None
         else:
             self._whiteout(prel, name)
             kept = (node.layer, node.rel)
-        self.resolver.invalidate(path)
+        self.resolver.invalidate(path, gone=not whiteout)
         return kept
 
     def open_path(self, index: int, rel: str) -> int:
@@ -865,9 +867,11 @@ class Union:
             raise fail(errno.ENOTEMPTY, path)
         remains = self._remains(node, path)
         parent, prel, name = self._parent_in_upper(path, parent)
+        whiteout = True
         if self.resolver.is_upper(node.layer):
             st = self.upper.lstat(node.rel)
-            fd = self._remove_upper(prel, name, True, self.resolver.lower_positive(parent, name))
+            whiteout = self.resolver.lower_positive(parent, name)
+            fd = self._remove_upper(prel, name, True, whiteout)
             self._forget(st)  # its inode number may come back for another entry
         else:
             try:
@@ -881,7 +885,7 @@ class Union:
                 if fd is not None:
                     os.close(fd)
                 raise
-        self.resolver.invalidate(path)  # empty: its children were forgotten as they went
+        self.resolver.invalidate(path, gone=not whiteout)  # empty: its children were forgotten as they went
         return remains, None if fd is None else (fd, node.layer)
 
     def removed_attrs(self, fd: int, index: int, remains: dict[str, int]) -> dict[str, int]:

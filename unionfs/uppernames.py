@@ -10,7 +10,9 @@ came from one of the driver's changes, each of which calls
 names changed in it since: any other name is known to be absent, and so is
 that name's marker, which is only written with a change of the name. The
 upper layer changes only through the mount (overlayfs.rst, "Changes to
-underlying filesystems").
+underlying filesystems"). A name removed with no whiteout left in its place
+(nothing of it below) is absent again, and is let go: a directory where
+temporary files come and go keeps only the names it holds.
 
 Not thread-safe by itself: the resolver calls every change under its lock.
 ``absent`` reads without it: a set's membership test is atomic, and a name
@@ -20,8 +22,8 @@ races with a change.
 from __future__ import annotations
 
 # Directories and names kept in all; beyond it all are forgotten and asked of the disk
-# again. About 100 bytes each: a mount that makes names for hours (temporary files of
-# a build, a queue) holds some 3 MB of them, not one per name ever made.
+# again. About 100 bytes each: a mount that makes names that stay for hours (a build's
+# outputs, a cache) holds some 3 MB of them, not one per name ever made.
 MAX_ENTRIES = 32_768
 
 
@@ -46,14 +48,20 @@ class UpperNames:
         """The directory did not appear at rel after all."""
         self._drop(rel)
 
-    def changed(self, rel: str, subtree: bool, made_dir: bool) -> None:
+    def changed(self, rel: str, subtree: bool, made_dir: bool, gone: bool = False) -> None:
         """The upper entry rel changed (see ``Resolver.invalidate``); made_dir: it is the
-        directory whose ``expect_empty`` came just before."""
+        directory whose ``expect_empty`` came just before; gone: it was removed and
+        left neither an entry nor a marker at rel."""
         head, _, name = rel.rpartition("/")
         names = self._changed.get(head or ".")
-        if names is not None and name not in names:
-            names.add(name)
-            self._counted()
+        if names is not None:
+            if gone:
+                if name in names:
+                    names.discard(name)
+                    self._count -= 1
+            elif name not in names:
+                names.add(name)
+                self._counted()
         if not made_dir:
             self._drop(rel)  # whatever is at rel now is not known to have started empty
         if subtree:

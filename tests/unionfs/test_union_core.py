@@ -207,6 +207,41 @@ def test_a_directory_the_driver_made_is_asked_only_for_the_names_changed_in_it(d
     assert sorted(names(u, "/d")) == ["a1", "a4", "b", "c", "e", "sub"]
 
 
+@pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
+def test_a_name_removed_without_a_whiteout_is_known_absent_again(dirs: dict[str, Path], form: WhiteoutForm) -> None:
+    """In a directory the driver made, a file or directory of the upper layer alone,
+    once removed, leaves nothing at its name: a lookup there asks the disk no more, and
+    a name whose removal left a whiteout (something of it below) is still asked for."""
+    if form is WhiteoutForm.OVERLAY and os.geteuid() != 0:
+        pytest.skip("overlayfs whiteouts need root")
+    tree(dirs["bottom"], {"d/low": "1", "d/again": "2"})
+    u = make_union(dirs, whiteout=form)
+    os.close(u.create("/d/tmp", 0o644, os.O_WRONLY))  # copies d up
+    u.mkdir("/d/sub", 0o755)
+    u.unlink("/d/again")
+    os.close(u.create("/d/again", 0o644, os.O_WRONLY))  # over its whiteout
+    for path in ("/d/tmp", "/d/again", "/d/low"):
+        u.unlink(path)
+    u.rmdir("/d/sub")
+    asked: list[str] = []
+    for name in ("lstat", "marker_exists"):
+        real = getattr(u.upper, name)
+        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+    for path in ("/d/tmp", "/d/sub", "/d/again", "/d/low"):
+        with pytest.raises(OSError) as caught:
+            u.node(path)
+        assert caught.value.errno == errno.ENOENT, path
+    assert {rel.rsplit("/", 1)[-1].removeprefix(".wh.") for rel in asked} == {"again", "low"}
+    os.close(u.create("/d/tmp", 0o644, os.O_WRONLY))  # made again where nothing is
+    assert names(u, "/d") == ["tmp"]
+    u.close()
+    fresh = make_union(dirs, whiteout=form)
+    try:
+        assert names(fresh, "/d") == ["tmp"]
+    finally:
+        fresh.close()
+
+
 @root_only
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
 def test_what_a_create_made_is_known_as_a_fresh_look_finds_it(dirs: dict[str, Path], form: WhiteoutForm) -> None:

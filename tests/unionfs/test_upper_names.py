@@ -51,3 +51,22 @@ def test_directories_made_and_removed_give_back_what_they_counted() -> None:
     assert names.absent("keep", "other")
     assert not names.absent("keep", "mine")
     assert not names.absent("work", "a")
+
+
+def test_names_that_come_and_go_are_let_go() -> None:
+    """Temporary files made and removed in a made directory, three times the bound:
+    each is absent again once removed without a whiteout, and none is kept, so the
+    bound is never reached and what the directory holds stays known."""
+    names = UpperNames()
+    names.expect_empty("tmp")
+    names.changed("tmp", subtree=False, made_dir=True)
+    names.changed("tmp/kept", subtree=False, made_dir=False)
+    for i in range(3 * MAX_ENTRIES):
+        names.changed(f"tmp/t{i}", subtree=False, made_dir=False)
+        assert not names.absent("tmp", f"t{i}")
+        names.changed(f"tmp/t{i}", subtree=False, made_dir=False, gone=True)
+        assert names.absent("tmp", f"t{i}")
+    assert names.absent("tmp", "other") and not names.absent("tmp", "kept")
+    names.changed("tmp/kept", subtree=False, made_dir=False, gone=True)
+    names.changed("tmp/kept", subtree=False, made_dir=False, gone=True)  # counted once
+    assert names._count == 1
