@@ -1171,6 +1171,7 @@ class Pair:
         answers afresh.
         """
         problems: list[str] = []
+        oci = "whiteout=oci" in self.driver_options
         if warm:
             kw = view(self.kernel.mnt, self.lsattr)
             driver_entries, driver_same = named_view(self.driver.mnt, kw.entries, self.lsattr)
@@ -1179,12 +1180,19 @@ class Pair:
                 problems.append(f"warm: names sharing an inode: kernel={sorted(map(sorted, kw.same_inode))} "
                                 f"driver={sorted(map(sorted, driver_same))}")
         kv, dv = self.views()
+        numbers = kv.numbers, dv.numbers
+        if oci:
+            # Records in user.* cannot go on symlinks and special files: copied up, they get
+            # numbers of their own at the next mount, as on overlayfs with userxattr.
+            numbers = tuple({rel: ino for rel, ino in n.items() if rel in kv.entries and kv.entries[rel].kind in ("file", "dir")}
+                            for n in numbers)  # type: ignore[assignment]
         problems += diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
         if self.numbers is not None:
-            problems += diff_identity(self.numbers, (kv.numbers, dv.numbers), self.renames)
-        self.numbers, self.renames = (kv.numbers, dv.numbers), []
-        problems += [f"upper {line}" for line in diff_maps(
-            upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
+            problems += diff_identity(self.numbers, numbers, self.renames)
+        self.numbers, self.renames = numbers, []
+        if not oci:  # else the forms differ: remounts read the driver's back
+            problems += [f"upper {line}" for line in diff_maps(
+                upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
         for i, (built, lower) in enumerate(zip(self.lowers_built, self.driver.lowers, strict=True)):
             now = layer_state(lower)
             problems += [f"driver's lower {i} changed: {path}: built={built.get(path)!r} now={now.get(path)!r}"
