@@ -1183,9 +1183,10 @@ class Pair:
         numbers = kv.numbers, dv.numbers
         if oci:
             # Records in user.* cannot go on symlinks and special files: copied up, they get
-            # numbers of their own at the next mount, as on overlayfs with userxattr.
-            numbers = tuple({rel: ino for rel, ino in n.items() if rel in kv.entries and kv.entries[rel].kind in ("file", "dir")}
-                            for n in numbers)  # type: ignore[assignment]
+            # numbers of their own, as on overlayfs with userxattr at the next mount.
+            held = {rel for rel, meta in kv.entries.items() if meta.kind in ("file", "dir")}
+            numbers = ({rel: ino for rel, ino in kv.numbers.items() if rel in held},
+                       {rel: ino for rel, ino in dv.numbers.items() if rel in held})
         problems += diff_views(kv, dv, self.kernel.lowers, self.kernel.upper)
         if self.numbers is not None:
             problems += diff_identity(self.numbers, numbers, self.renames)

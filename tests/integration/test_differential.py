@@ -431,7 +431,8 @@ def lower_dir_reached_twice(lowers: Sequence[Path], v: View) -> bool:
 
 
 def random_operations(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op], driver_options: tuple[str, ...] = ()) -> None:
-    """Any tree, any operations: same errno for each, same merged view and upper after each."""
+    """Any tree, any operations: same errno for each, same merged view and upper after each
+    (the upper where the driver writes overlayfs's forms)."""
     with scratch(tmp_path) as base, pair(base, lowers, root_mode=0o1777, driver_options=driver_options) as p:
         if lower_dir_reached_twice(p.kernel.lowers, p.check()):
             event("layers: rejected, a lower directory reached by two names")

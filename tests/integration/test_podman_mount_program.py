@@ -352,7 +352,6 @@ def test_rootless_podman_runs_a_container_on_the_driver_as_on_overlayfs(
     assert (outputs[1], trees[1]) == (outputs[0], trees[0])
 
 
-
 # Subordinate IDs that nobody holds while a test runs (unless it holds some already: a
 # second range for one user makes rootless podman fall back to mapping nobody alone).
 SUBORDINATE_IDS = "nobody:400000:65536\n"
