@@ -1051,6 +1051,11 @@ class Union:
             syscalls.renameat2(self.upper.fd, orel, self.upper.fd, nrel, syscalls.RENAME_WHITEOUT)
         else:
             if whiteout:
+                if record is None and source.is_dir and has_lower:
+                    # The .wh. file cuts the directory off from its lower parts while it is
+                    # still at the old name: the next mount finishes what a crash cuts short.
+                    record = work.record_rename(orel, nrel, rel_join(oprel, markers.WH_PREFIX + oname))
+                    crashpoints.point("rename.recorded")
                 self._whiteout(oprel, oname)
             os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
         crashpoints.point("rename.renamed")

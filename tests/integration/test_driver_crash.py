@@ -172,6 +172,19 @@ OPS = [
        {"copyup.renamed": 5, "exchange.prepared": 1, "exchange.exchanged": 1}),
     Op("exchange-lower-dir-with-file", exchange("dir", "top.txt"),
        {"rename.redirect": 1, "exchange.prepared": 1, "exchange.exchanged": 1}),
+    # the OCI form: a .wh. file beside the entry that leaves, then the entry removed or moved; a
+    # directory with lower parts would lose them there (the file hides them), so its rename is
+    # recorded first and a crash half-way is finished by the next mount
+    Op("unlink-lower-file-oci", lambda m: os.unlink(m / "dir/sub/y"), {"whiteout.linked": 1}, ("whiteout=oci",),
+       kernel_reads_upper=False),
+    Op("rmdir-lower-dir-oci", lambda m: os.rmdir(m / "dir/empty"), {"whiteout.linked": 1}, ("whiteout=oci",), kernel_reads_upper=False),
+    Op("rmdir-dir-emptied-by-whiteouts-oci", lambda m: os.rmdir(m / "emptied"), {"whiteout.linked": 1, "remove.cleared": 1},
+       ("whiteout=oci",), kernel_reads_upper=False),
+    Op("rename-lower-file-oci", lambda m: os.rename(m / "dir/x", m / "dir/sub/x"), {"whiteout.linked": 1, "rename.renamed": 1},
+       ("whiteout=oci",), kernel_reads_upper=False),
+    Op("rename-lower-dir-oci", lambda m: os.rename(m / "dir", m / "dir2"),
+       {"rename.redirect": 1, "rename.recorded": 1, "whiteout.linked": 1, "rename.renamed": 1}, ("whiteout=oci",),
+       kernel_reads_upper=False),
     Op("create-file", lambda m: os.close(os.open(m / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)), {"create.made": 1}),
     Op("create-file-over-whiteout", create_over_whiteout, {"create.intent": 1, "create.renamed": 1}),
     Op("mkdir-over-whiteout", lambda m: os.mkdir(m / "whdir", 0o750), {"create.opaque": 1, "create.exchanged": 1}),
