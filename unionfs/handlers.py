@@ -150,8 +150,7 @@ class Requests:
         self._statx_valid = fp.STATX_OUT.pack(attr_s, attr_ns, 0)
         self._files: dict[int, tuple[int, int]] = {}  # fd -> (index of the layer it is open on, node id)
         self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
-        self._writers: dict[int, int] = {}  # node id -> how many of its fds are open for writing
-        self._writing: set[int] = set()  # those fds
+        self._writing: set[int] = set()  # the fds of _files open for writing
         self._dirs: dict[int, _Dir] = {}
         self._kept_dirs: set[int] = set()  # node ids with an open whose listing the kernel keeps
         self._described: dict[int, _Described] = {}  # directory node id -> its entries the kernel has attributes of
@@ -240,7 +239,6 @@ class Requests:
                 os.close(fd)
             self._files.clear()
             self._node_fds.clear()
-            self._writers.clear()
             self._writing.clear()
         self.nodes.close_held()
         self.union.close()
@@ -674,7 +672,10 @@ class Requests:
             self._node_fds.setdefault(nodeid, []).append(fd)
             if flags & (os.O_WRONLY | os.O_RDWR):
                 self._writing.add(fd)
-                self._writers[nodeid] = self._writers.get(nodeid, 0) + 1
+
+    def _open_for_writing(self, nodeid: int) -> bool:
+        with self._lock:
+            return any(fd in self._writing for fd in self._node_fds.get(nodeid, ()))
 
     def _upper_fd(self, nodeid: int) -> int | None:
         """A descriptor the node is open by in the upper layer, if any; under self._lock."""
@@ -807,11 +808,7 @@ class Requests:
                 fds.remove(fh)
             if not fds:
                 self._node_fds.pop(opened[1], None)
-            if fh in self._writing:
-                self._writing.discard(fh)
-                left = self._writers.pop(opened[1]) - 1
-                if left:
-                    self._writers[opened[1]] = left
+            self._writing.discard(fh)
             self.union.release(fh)
             os.close(fh)
 
@@ -947,7 +944,7 @@ class Requests:
         # appended, closed, and the kernel forgotten the file before this answer reached
         # it, the inode it then made would keep the size from before the append. (No open
         # for writing begins while the names lock is held.)
-        writers, peek = self._writers, self.nodes.peek
+        writing, peek = self._writing, self.nodes.peek
         out = bytearray()
         last = None
         for cookie, name, attrs, source, raw in entries[start:]:
@@ -968,7 +965,7 @@ class Requests:
                     full = None  # gone since the snapshot: a plain entry, looked up if asked for
                 if full is not None:
                     identity = self._identity(full, prefix + name)
-                    if not (writers and stat.S_ISREG(full["st_mode"]) and writers.get(peek(handle.nodeid, name, identity))):
+                    if not (writing and stat.S_ISREG(full["st_mode"]) and self._open_for_writing(peek(handle.nodeid, name, identity))):
                         nodeid = looked_up(handle.nodeid, name, None, identity)
                         head = entry_out(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + attr(full)
                     ino, mode = full["st_ino"], full["st_mode"]
