@@ -10,9 +10,10 @@ came from one of the driver's changes, each of which calls
 names changed in it since: any other name is known to be absent, and so is
 that name's marker, which is only written with a change of the name. The
 upper layer changes only through the mount (overlayfs.rst, "Changes to
-underlying filesystems"). A name removed with no whiteout left in its place
-(nothing of it below) is absent again, and is let go: a directory where
-temporary files come and go keeps only the names it holds.
+underlying filesystems"). A name removed or renamed away with no whiteout
+left in its place (nothing of it below) is absent again, and is let go: a
+directory where temporary files come and go, or are written and renamed into
+place, keeps only the names it holds.
 
 Not thread-safe by itself: the resolver calls every change under its lock.
 ``absent`` reads without it: a set's membership test is atomic, and a name

@@ -242,6 +242,46 @@ def test_a_name_removed_without_a_whiteout_is_known_absent_again(dirs: dict[str,
         fresh.close()
 
 
+@pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
+def test_a_name_renamed_away_without_a_whiteout_is_known_absent_again(dirs: dict[str, Path], form: WhiteoutForm) -> None:
+    """In a directory the driver made, a file or directory of the upper layer alone,
+    renamed away (over a lower file, into another directory), leaves nothing at its
+    old name: a lookup there asks the disk no more; a lower name renamed away left a
+    whiteout and is still asked for."""
+    if form is WhiteoutForm.OVERLAY and os.geteuid() != 0:
+        pytest.skip("overlayfs whiteouts need root")
+    tree(dirs["bottom"], {"d/low": "1", "d/target": "2", "d/moved": "3"})
+    u = make_union(dirs, whiteout=form)
+    u.mkdir("/e", 0o755)
+    for name in ("tmp", "out"):
+        fd = u.create(f"/d/{name}", 0o644, os.O_WRONLY)  # the first copies d up
+        os.write(fd, name.encode())
+        os.close(fd)
+    u.mkdir("/d/sub", 0o755)
+    u.rename("/d/tmp", "/d/target")  # written aside, then put in place over a lower file
+    u.rename("/d/out", "/e/out")
+    u.rename("/d/sub", "/e/sub")
+    u.rename("/d/moved", "/e/moved")  # a lower file: its old name keeps a whiteout
+    asked: list[str] = []
+    for name in ("lstat", "marker_exists"):
+        real = getattr(u.upper, name)
+        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+    for path in ("/d/tmp", "/d/out", "/d/sub", "/d/moved"):
+        with pytest.raises(OSError) as caught:
+            u.node(path)
+        assert caught.value.errno == errno.ENOENT, path
+    assert {rel.rsplit("/", 1)[-1].removeprefix(".wh.") for rel in asked} == {"moved"}
+    assert names(u, "/d") == ["low", "target"]
+    assert names(u, "/e") == ["moved", "out", "sub"]
+    u.close()
+    fresh = make_union(dirs, whiteout=form)
+    try:
+        assert names(fresh, "/d") == ["low", "target"]
+        assert names(fresh, "/e") == ["moved", "out", "sub"]
+    finally:
+        fresh.close()
+
+
 @root_only
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
 def test_what_a_create_made_is_known_as_a_fresh_look_finds_it(dirs: dict[str, Path], form: WhiteoutForm) -> None:
