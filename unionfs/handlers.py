@@ -48,6 +48,7 @@ _CALLER_CHANGES = _CHANGES_FILE | fp.FATTR_ATIME | fp.FATTR_ATIME_NOW
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _NO_ENTRY = bytes(fp.ENTRY_OUT.size + fp.ATTR.size)  # a READDIRPLUS entry without attributes: node id 0
 _KEPT_LISTINGS = 16  # directories whose last listing is kept for a second pass
+_DESCRIBED_DIRS = 4096  # directories whose described entries are kept (_Described, some 150 bytes each)
 
 
 def _name(data: memoryview) -> str:
@@ -999,8 +1000,9 @@ class Requests:
             done = self._described[handle.nodeid]
             done.last = max(done.last, last)
         elif after == 0:
-            if len(self._described) >= 4096:
-                self._described.clear()
+            self._described.pop(handle.nodeid, None)  # in the order they were described
+            if len(self._described) >= _DESCRIBED_DIRS:
+                del self._described[next(iter(self._described))]  # the oldest, the nearest to expiring
             self._described[handle.nodeid] = _Described(handle.generation, last, time.monotonic())
 
     # -- xattrs ----------------------------------------------------------------

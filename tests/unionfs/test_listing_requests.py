@@ -10,6 +10,7 @@ import pytest
 from requestkit import header, lookup, requests_over
 
 from unionfs import fuseproto as fp
+from unionfs import handlers
 from unionfs.handlers import Requests, Timeouts
 from unionfs.nodes import ROOT_ID
 
@@ -126,3 +127,17 @@ def test_only_the_last_few_listings_are_kept(tmp_path) -> None:  # type: ignore[
         listing(requests, d)
     kept = set(requests._listings)
     assert 0 < len(kept) < 40 and dirs[-1] in kept and dirs[0] not in kept, kept
+
+
+def test_the_oldest_described_directory_goes_first(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Directories described are kept up to a bound: past it the one described
+    longest ago goes, and the others stay described."""
+    monkeypatch.setattr(handlers, "_DESCRIBED_DIRS", 3)
+    requests = requests_over(tmp_path, {f"d{i}/f": b"" for i in range(5)})
+    dirs = [lookup(requests, ROOT_ID, f"d{i}") for i in range(5)]
+    for d in dirs[:4]:
+        assert all(listing(requests, d).values())
+    assert [not any(listing(requests, d).values()) for d in dirs[1:4]] == [True, True, True]
+    assert all(listing(requests, dirs[0]).values()), "the oldest went when the fourth came"
+    assert all(listing(requests, dirs[4]).values())
+    assert sorted(requests._described) == sorted([dirs[0], dirs[3], dirs[4]])
