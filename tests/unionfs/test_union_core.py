@@ -52,6 +52,15 @@ def names(u: Union, path: str) -> list[str]:
     return sorted(n for n, _ in u.readdir(path) if n not in (".", ".."))
 
 
+def asks_of_upper(u: Union) -> list[str]:
+    """The upper rels that lookups ask the disk for from now on (an entry or a marker)."""
+    asked: list[str] = []
+    for name in ("lstat", "marker_exists"):
+        real = getattr(u.upper, name)
+        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+    return asked
+
+
 def test_topmost_wins_and_directories_merge(dirs: dict[str, Path]) -> None:
     tree(dirs["bottom"], {"d/a": "bottom-a", "d/b": "bottom-b", "f": "bottom-f"})
     tree(dirs["top"], {"d/a": "top-a", "d/c": "top-c"})
@@ -165,10 +174,7 @@ def test_a_directory_the_driver_made_is_asked_only_for_the_names_changed_in_it(d
     tree(dirs["bottom"], {"d/a1": "1", "d/a2": "2", "d/a3": "3", "d/sub/x": "x"})
     tree(dirs["top"], {"d/b": "b"})
     u = make_union(dirs, whiteout=form)
-    asked: list[str] = []
-    for name in ("lstat", "marker_exists"):
-        real = getattr(u.upper, name)
-        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+    asked = asks_of_upper(u)
 
     def found(path: str) -> bool:  # each path is looked up for the first time since it changed
         try:
@@ -223,10 +229,7 @@ def test_a_name_removed_without_a_whiteout_is_known_absent_again(dirs: dict[str,
     for path in ("/d/tmp", "/d/again", "/d/low"):
         u.unlink(path)
     u.rmdir("/d/sub")
-    asked: list[str] = []
-    for name in ("lstat", "marker_exists"):
-        real = getattr(u.upper, name)
-        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+    asked = asks_of_upper(u)
     for path in ("/d/tmp", "/d/sub", "/d/again", "/d/low"):
         with pytest.raises(OSError) as caught:
             u.node(path)
@@ -262,10 +265,7 @@ def test_a_name_renamed_away_without_a_whiteout_is_known_absent_again(dirs: dict
     u.rename("/d/out", "/e/out")
     u.rename("/d/sub", "/e/sub")
     u.rename("/d/moved", "/e/moved")  # a lower file: its old name keeps a whiteout
-    asked: list[str] = []
-    for name in ("lstat", "marker_exists"):
-        real = getattr(u.upper, name)
-        setattr(u.upper, name, lambda rel, real=real: asked.append(rel) or real(rel))
+    asked = asks_of_upper(u)
     for path in ("/d/tmp", "/d/out", "/d/sub", "/d/moved"):
         with pytest.raises(OSError) as caught:
             u.node(path)
