@@ -100,17 +100,29 @@ class Resolver:
         was removed from the upper layer and left no whiteout there. Returns the
         generation this change started, for ``remember`` of what the change made."""
         with self._lock:
-            self._gen += 1
-            self._nodes.pop(path, None)
-            self._protections.pop(path, None)
             if self.writable:
                 self.upper_names.changed(to_rel(path), subtree, made_dir, gone)
-            if subtree:
-                prefix = path.rstrip("/") + "/"
-                for cache in (self._nodes, self._protections):
-                    for key in [k for k in cache if k.startswith(prefix)]:
-                        del cache[key]
-            return self._gen
+            return self._forget(path, subtree)
+
+    def renamed(self, old: str, new: str, subtree: bool, gone: bool) -> None:
+        """``invalidate`` of both names of a rename, in one step: a directory that the
+        driver made takes the names it knows along to its new place."""
+        with self._lock:
+            if self.writable:
+                self.upper_names.renamed(to_rel(old), to_rel(new), subtree, gone)
+            self._forget(old, subtree)
+            self._forget(new, subtree)
+
+    def _forget(self, path: str, subtree: bool) -> int:
+        self._gen += 1
+        self._nodes.pop(path, None)
+        self._protections.pop(path, None)
+        if subtree:
+            prefix = path.rstrip("/") + "/"
+            for cache in (self._nodes, self._protections):
+                for key in [k for k in cache if k.startswith(prefix)]:
+                    del cache[key]
+        return self._gen
 
     def expect_empty(self, rel: str) -> None:
         """An empty directory that the driver built is about to appear at rel in the

@@ -1063,8 +1063,7 @@ class Union:
             work.drop_record(record)
         self._forget(existing)
         subtree = source.is_dir or (target is not None and target.is_dir)
-        self.resolver.invalidate(old, subtree, gone=not whiteout)  # nothing below: nothing left at old
-        self.resolver.invalidate(new, subtree)
+        self.resolver.renamed(old, new, subtree, gone=not whiteout)  # nothing below: nothing left at old
 
     # -- changing ----------------------------------------------------------------
     def _changeable(self, path: str, refused: int = BOTH) -> str:

@@ -70,6 +70,28 @@ class UpperNames:
             for key in [k for k in self._changed if k.startswith(prefix)]:
                 self._drop(key)
 
+    def renamed(self, old: str, new: str, subtree: bool, gone: bool) -> None:
+        """``changed`` of both names of a rename in the upper layer; subtree: a
+        directory moved, and the names known in it and below hold at new (a rename
+        changes no name in it)."""
+        carried = self._take(old) if subtree else []
+        self.changed(old, subtree, False, gone)
+        self.changed(new, subtree, False)
+        for rel, names in carried:
+            self._changed[new + rel[len(old):]] = names
+            self._count += len(names) + 1
+        if self._count > MAX_ENTRIES:
+            self._changed.clear()
+            self._count = 0
+
+    def _take(self, rel: str) -> list[tuple[str, set[str]]]:
+        """Take out the directory rel and those below it."""
+        prefix = rel + "/"
+        taken = [(key, names) for key, names in self._changed.items() if key == rel or key.startswith(prefix)]
+        for key, _ in taken:
+            self._drop(key)
+        return taken
+
     def _counted(self) -> None:
         self._count += 1
         if self._count > MAX_ENTRIES:

@@ -282,6 +282,42 @@ def test_a_name_renamed_away_without_a_whiteout_is_known_absent_again(dirs: dict
         fresh.close()
 
 
+@pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
+def test_a_directory_the_driver_made_keeps_its_known_names_when_renamed(dirs: dict[str, Path], form: WhiteoutForm) -> None:
+    """A rename changes no name in the directory it moves: at its new place, a lower
+    name there (found through the redirect) and in a made directory below it is
+    looked up without asking the upper layer, and one it holds is found."""
+    if form is WhiteoutForm.OVERLAY and os.geteuid() != 0:
+        pytest.skip("overlayfs whiteouts need root")
+    tree(dirs["bottom"], {"d/low": "1", "d/gone": "2", "d/sub/deep": "3", "e/": None})
+    u = make_union(dirs, whiteout=form)
+    os.close(u.create("/d/new", 0o644, os.O_WRONLY))  # copies d up
+    os.close(u.create("/d/sub/made", 0o644, os.O_WRONLY))  # and d/sub
+    u.unlink("/d/gone")
+    u.rename("/d", "/e/moved")
+    u.node("/e/moved/sub")  # the directories themselves are asked for
+    asked = asks_of_upper(u)
+    assert u.getattr("/e/moved/low")["st_size"] == 1 and u.getattr("/e/moved/sub/deep")["st_size"] == 1
+    for path in ("/e/moved/missing", "/e/moved/sub/missing"):
+        with pytest.raises(OSError) as caught:
+            u.node(path)
+        assert caught.value.errno == errno.ENOENT, path
+    assert asked == []
+    u.node("/e/moved/new")
+    with pytest.raises(OSError) as caught:
+        u.node("/e/moved/gone")
+    assert caught.value.errno == errno.ENOENT
+    assert {rel.rsplit("/", 1)[-1].removeprefix(".wh.") for rel in asked} == {"new", "gone"}
+    listed = names(u, "/e/moved"), names(u, "/e/moved/sub")
+    assert listed == (["low", "new", "sub"], ["deep", "made"])
+    u.close()
+    fresh = make_union(dirs, whiteout=form)
+    try:
+        assert (names(fresh, "/e/moved"), names(fresh, "/e/moved/sub")) == listed
+    finally:
+        fresh.close()
+
+
 @root_only
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
 def test_what_a_create_made_is_known_as_a_fresh_look_finds_it(dirs: dict[str, Path], form: WhiteoutForm) -> None:

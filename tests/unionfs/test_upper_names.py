@@ -70,3 +70,30 @@ def test_names_that_come_and_go_are_let_go() -> None:
     names.changed("tmp/kept", subtree=False, made_dir=False, gone=True)
     names.changed("tmp/kept", subtree=False, made_dir=False, gone=True)  # counted once
     assert names._count == 1
+
+
+def test_a_directory_renamed_back_and_forth_keeps_its_names_and_its_count() -> None:
+    """A made directory with a made one in it, renamed to and fro three times the
+    bound: the names known in both move along, nothing is counted twice, and a
+    directory of the same name as the one it replaced is forgotten, not inherited."""
+    names = UpperNames()
+    for rel in ("a", "a/d", "a/d/sub"):
+        names.expect_empty(rel)
+        names.changed(rel, subtree=False, made_dir=True)
+    names.changed("a/d/f", subtree=False, made_dir=False)
+    names.changed("a/d/sub/g", subtree=False, made_dir=False)
+    count = names._count
+    for i in range(3 * MAX_ENTRIES):
+        old, new = ("a/d", "a/e") if i % 2 == 0 else ("a/e", "a/d")
+        names.renamed(old, new, subtree=True, gone=True)
+    assert names._count == count
+    assert not names.absent("a", "d") and names.absent("a", "e")
+    assert not names.absent("a/d", "f") and names.absent("a/d", "other")
+    assert not names.absent("a/d/sub", "g") and names.absent("a/d/sub", "other")
+    names.expect_empty("a/e")
+    names.changed("a/e", subtree=False, made_dir=True)
+    names.renamed("a/d", "a/e", subtree=True, gone=True)  # over an empty directory
+    assert not names.absent("a/e", "f") and not names.absent("a/e/sub", "g")
+    assert not names.absent("a/d", "f") and not names.absent("a/d", "anything")  # no record: unknown
+    names.renamed("a/e", "b/e", subtree=True, gone=False)  # into a directory not made: its names unknown
+    assert not names.absent("a", "e") and not names.absent("b/e", "f") and names.absent("b/e", "other")
