@@ -79,10 +79,7 @@ class UpperNames:
         self.changed(new, subtree, False)
         for rel, names in carried:
             self._changed[new + rel[len(old):]] = names
-            self._count += len(names) + 1
-        if self._count > MAX_ENTRIES:
-            self._changed.clear()
-            self._count = 0
+        self._counted(sum(len(names) + 1 for _, names in carried))
 
     def _take(self, rel: str) -> list[tuple[str, set[str]]]:
         """Take out the directory rel and those below it."""
@@ -92,8 +89,8 @@ class UpperNames:
             self._drop(key)
         return taken
 
-    def _counted(self) -> None:
-        self._count += 1
+    def _counted(self, added: int = 1) -> None:
+        self._count += added
         if self._count > MAX_ENTRIES:
             self._changed.clear()
             self._count = 0
