@@ -104,12 +104,12 @@ class Resolver:
                 self.upper_names.changed(to_rel(path), subtree, made_dir, gone)
             return self._forget(path, subtree)
 
-    def renamed(self, old: str, new: str, subtree: bool, gone: bool) -> None:
-        """``invalidate`` of both names of a rename, in one step: a directory that the
-        driver made takes the names it knows along to its new place."""
+    def renamed(self, old: str, new: str, subtree: bool, gone: bool, exchange: bool = False) -> None:
+        """``invalidate`` of both names of a rename (or of an exchange), in one step: a
+        directory that the driver made takes the names it knows along to its new place."""
         with self._lock:
             if self.writable:
-                self.upper_names.renamed(to_rel(old), to_rel(new), subtree, gone)
+                self.upper_names.renamed(to_rel(old), to_rel(new), subtree, gone, exchange)
             self._forget(old, subtree)
             self._forget(new, subtree)
 

@@ -1010,9 +1010,7 @@ class Union:
             crashpoints.point("exchange.prepared")
             syscalls.renameat2(self.upper.fd, first_rel, self.upper.fd, second_rel, syscalls.RENAME_EXCHANGE)
             crashpoints.point("exchange.exchanged")
-            subtree = first.is_dir or second.is_dir
-            self.resolver.invalidate(old, subtree)
-            self.resolver.invalidate(new, subtree)
+            self.resolver.renamed(old, new, first.is_dir or second.is_dir, gone=False, exchange=True)
 
     def _rename(self, source: Node, target: Node | None, oname: str, npath: str, nname: str, copyup: CopyUp) -> None:
         old, new = source.path, child_path(npath, nname)

@@ -70,16 +70,18 @@ class UpperNames:
             for key in [k for k in self._changed if k.startswith(prefix)]:
                 self._drop(key)
 
-    def renamed(self, old: str, new: str, subtree: bool, gone: bool) -> None:
+    def renamed(self, old: str, new: str, subtree: bool, gone: bool, exchange: bool = False) -> None:
         """``changed`` of both names of a rename in the upper layer; subtree: a
         directory moved, and the names known in it and below hold at new (a rename
-        changes no name in it)."""
-        carried = self._take(old) if subtree else []
+        changes no name in it); exchange: the entry at new went to old."""
+        moved = [(new + rel[len(old):], names) for rel, names in (self._take(old) if subtree else [])]
+        if subtree and exchange:
+            moved += [(old + rel[len(new):], names) for rel, names in self._take(new)]
         self.changed(old, subtree, False, gone)
         self.changed(new, subtree, False)
-        for rel, names in carried:
-            self._changed[new + rel[len(old):]] = names
-        self._counted(sum(len(names) + 1 for _, names in carried))
+        for rel, names in moved:
+            self._changed[rel] = names
+        self._counted(sum(len(names) + 1 for _, names in moved))
 
     def _take(self, rel: str) -> list[tuple[str, set[str]]]:
         """Take out the directory rel and those below it."""

@@ -318,6 +318,35 @@ def test_a_directory_the_driver_made_keeps_its_known_names_when_renamed(dirs: di
         fresh.close()
 
 
+@pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
+def test_directories_the_driver_made_keep_their_known_names_when_exchanged(dirs: dict[str, Path], form: WhiteoutForm) -> None:
+    """RENAME_EXCHANGE of two directories copied up: each keeps, at the other's name,
+    what is known of its names."""
+    if form is WhiteoutForm.OVERLAY and os.geteuid() != 0:
+        pytest.skip("overlayfs whiteouts need root")
+    tree(dirs["bottom"], {"d/low": "1", "e/other": "22"})
+    u = make_union(dirs, whiteout=form)
+    os.close(u.create("/d/new", 0o644, os.O_WRONLY))  # copies d up
+    os.close(u.create("/e/fresh", 0o644, os.O_WRONLY))  # and e
+    u.exchange("/d", "/e")
+    u.node("/d"), u.node("/e")  # the directories themselves are asked for
+    asked = asks_of_upper(u)
+    assert u.getattr("/e/low")["st_size"] == 1 and u.getattr("/d/other")["st_size"] == 2
+    for path in ("/e/missing", "/d/missing", "/e/other", "/d/low"):
+        with pytest.raises(OSError) as caught:
+            u.node(path)
+        assert caught.value.errno == errno.ENOENT, path
+    assert asked == []
+    listed = names(u, "/d"), names(u, "/e")
+    assert listed == (["fresh", "other"], ["low", "new"])
+    u.close()
+    fresh = make_union(dirs, whiteout=form)
+    try:
+        assert (names(fresh, "/d"), names(fresh, "/e")) == listed
+    finally:
+        fresh.close()
+
+
 @root_only
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
 def test_what_a_create_made_is_known_as_a_fresh_look_finds_it(dirs: dict[str, Path], form: WhiteoutForm) -> None:

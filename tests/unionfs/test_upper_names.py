@@ -97,3 +97,19 @@ def test_a_directory_renamed_back_and_forth_keeps_its_names_and_its_count() -> N
     assert not names.absent("a/d", "f") and not names.absent("a/d", "anything")  # no record: unknown
     names.renamed("a/e", "b/e", subtree=True, gone=False)  # into a directory not made: its names unknown
     assert not names.absent("a", "e") and not names.absent("b/e", "f") and names.absent("b/e", "other")
+
+
+def test_directories_exchanged_swap_their_names() -> None:
+    names = UpperNames()
+    for rel in ("p", "p/a", "p/a/in", "p/b"):
+        names.expect_empty(rel)
+        names.changed(rel, subtree=False, made_dir=True)
+    names.changed("p/a/x", subtree=False, made_dir=False)
+    names.changed("p/b/y", subtree=False, made_dir=False)
+    count = names._count
+    names.renamed("p/a", "p/b", subtree=True, gone=False, exchange=True)
+    assert names._count == count
+    assert not names.absent("p/b", "x") and names.absent("p/b", "y") and not names.absent("p/b", "in")
+    assert not names.absent("p/a", "y") and names.absent("p/a", "x")
+    assert names.absent("p/b/in", "anything") and not names.absent("p/a/in", "anything")  # no record at p/a/in now
+    assert not names.absent("p", "a") and not names.absent("p", "b")
