@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import tracemalloc
 
+from budgets import examples, long_run_marks
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from unionfs.uppernames import MAX_ENTRIES, UpperNames
+
+pytestmark = long_run_marks("NAMES_EXAMPLES", seconds_each=0.1)  # the generated test at the end
 
 
 def test_a_made_directory_knows_which_names_it_cannot_hold() -> None:
@@ -113,3 +119,109 @@ def test_directories_exchanged_swap_their_names() -> None:
     assert not names.absent("p/a", "y") and names.absent("p/a", "x")
     assert names.absent("p/b/in", "anything") and not names.absent("p/a/in", "anything")  # no record at p/a/in now
     assert not names.absent("p", "a") and not names.absent("p", "b")
+
+
+# -- generated: the known names against a model of the upper layer ----------------
+
+_NAMES = ("a", "b", "c")
+
+
+class _Upper:
+    """An upper layer in memory: each directory's names (a marker left at a name
+    counts as holding it). Which directories the driver made is UpperNames' business."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, set[str]] = {".": set()}
+        self.kinds: dict[str, str] = {}  # rel -> "dir", "file" or "marker"
+        for rel in ("a", "a/b", "a/b/c", "b"):  # there before the mount: not made by the driver
+            self.put(rel, "dir")
+
+    @staticmethod
+    def parent(rel: str) -> tuple[str, str]:
+        head, _, name = rel.rpartition("/")
+        return head or ".", name
+
+    def put(self, rel: str, kind: str) -> None:
+        head, name = self.parent(rel)
+        self.dirs[head].add(name)
+        self.kinds[rel] = kind
+        if kind == "dir":
+            self.dirs[rel] = set()
+
+    def take(self, rel: str) -> dict[str, str]:
+        """Remove rel and all below it: {path relative to rel: kind}."""
+        head, name = self.parent(rel)
+        self.dirs[head].discard(name)
+        taken = {}
+        for key in [k for k in self.kinds if k == rel or k.startswith(rel + "/")]:
+            taken[key[len(rel):]] = self.kinds.pop(key)
+            self.dirs.pop(key, None)
+        return taken
+
+    def place(self, rel: str, taken: dict[str, str]) -> None:
+        for suffix, kind in sorted(taken.items()):
+            self.put(rel + suffix, kind)
+
+
+def _step(data: st.DataObject, upper: _Upper, names: UpperNames) -> None:
+    """One change to the upper layer, drawn from what it holds, told to names as
+    the driver tells it."""
+    def new_place() -> str:
+        head = data.draw(st.sampled_from(sorted(upper.dirs)))
+        return (head + "/" if head != "." else "") + data.draw(st.sampled_from(_NAMES))
+
+    entries = sorted(rel for rel, kind in upper.kinds.items() if kind != "marker")
+    kind = data.draw(st.sampled_from(("mkdir", "create", "remove", "rename", "rename", "exchange")))
+    if kind in ("mkdir", "create"):
+        rel = new_place()
+        if upper.kinds.get(rel, "marker") != "marker":
+            return
+        if rel in upper.kinds:
+            upper.take(rel)  # made over its whiteout
+        if kind == "mkdir":
+            names.expect_empty(rel)
+        upper.put(rel, "dir" if kind == "mkdir" else "file")
+        names.changed(rel, subtree=False, made_dir=kind == "mkdir")
+        return
+    if not entries:
+        return
+    rel = data.draw(st.sampled_from(entries))
+    whiteout = data.draw(st.booleans())  # something of it below: a marker stays at its name
+    if kind == "remove":
+        was_dir = upper.kinds[rel] == "dir"
+        upper.take(rel)
+        if whiteout:
+            upper.put(rel, "marker")
+        names.changed(rel, subtree=was_dir, made_dir=False, gone=not whiteout)
+        return
+    other = data.draw(st.sampled_from(entries)) if kind == "exchange" else new_place()
+    if other == rel or other.startswith(rel + "/") or rel.startswith(other + "/"):
+        return
+    subtree = upper.kinds[rel] == "dir" or upper.kinds.get(other) == "dir"
+    if kind == "exchange":
+        first, second = upper.take(rel), upper.take(other)
+        upper.place(other, first)
+        upper.place(rel, second)
+        names.renamed(rel, other, subtree, gone=False, exchange=True)
+        return
+    moved = upper.take(rel)
+    if other in upper.kinds:
+        upper.take(other)  # replaced
+    upper.place(other, moved)
+    if whiteout:
+        upper.put(rel, "marker")
+    names.renamed(rel, other, subtree, gone=not whiteout)
+
+
+@settings(max_examples=examples("NAMES_EXAMPLES", 500), deadline=None)
+@given(st.data())
+def test_a_name_known_absent_is_never_in_the_upper_layer(data: st.DataObject) -> None:
+    """Whatever the changes, a name that the known names call absent from a directory
+    is neither an entry nor a marker there, and the count is what they hold."""
+    upper, names = _Upper(), UpperNames()
+    for _ in range(data.draw(st.integers(0, 30))):
+        _step(data, upper, names)
+        for rel, entries in upper.dirs.items():
+            for name in _NAMES:
+                assert not (names.absent(rel, name) and name in entries), (rel, name)
+    assert names._count == sum(1 + len(entries) for entries in names._changed.values())
