@@ -52,6 +52,15 @@ def names(u: Union, path: str) -> list[str]:
     return sorted(n for n, _ in u.readdir(path) if n not in (".", ".."))
 
 
+def names_afresh(d: dict[str, Path], form: WhiteoutForm, *paths: str) -> tuple[list[str], ...]:
+    """The listings of paths by a new union over the same layers (what a remount shows)."""
+    fresh = make_union(d, whiteout=form)
+    try:
+        return tuple(names(fresh, path) for path in paths)
+    finally:
+        fresh.close()
+
+
 def asks_of_upper(u: Union) -> list[str]:
     """The upper rels that lookups ask the disk for from now on (an entry or a marker)."""
     asked: list[str] = []
@@ -238,11 +247,7 @@ def test_a_name_removed_without_a_whiteout_is_known_absent_again(dirs: dict[str,
     os.close(u.create("/d/tmp", 0o644, os.O_WRONLY))  # made again where nothing is
     assert names(u, "/d") == ["tmp"]
     u.close()
-    fresh = make_union(dirs, whiteout=form)
-    try:
-        assert names(fresh, "/d") == ["tmp"]
-    finally:
-        fresh.close()
+    assert names_afresh(dirs, form, "/d") == (["tmp"],)
 
 
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
@@ -274,12 +279,7 @@ def test_a_name_renamed_away_without_a_whiteout_is_known_absent_again(dirs: dict
     assert names(u, "/d") == ["low", "target"]
     assert names(u, "/e") == ["moved", "out", "sub"]
     u.close()
-    fresh = make_union(dirs, whiteout=form)
-    try:
-        assert names(fresh, "/d") == ["low", "target"]
-        assert names(fresh, "/e") == ["moved", "out", "sub"]
-    finally:
-        fresh.close()
+    assert names_afresh(dirs, form, "/d", "/e") == (["low", "target"], ["moved", "out", "sub"])
 
 
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
@@ -311,11 +311,7 @@ def test_a_directory_the_driver_made_keeps_its_known_names_when_renamed(dirs: di
     listed = names(u, "/e/moved"), names(u, "/e/moved/sub")
     assert listed == (["low", "new", "sub"], ["deep", "made"])
     u.close()
-    fresh = make_union(dirs, whiteout=form)
-    try:
-        assert (names(fresh, "/e/moved"), names(fresh, "/e/moved/sub")) == listed
-    finally:
-        fresh.close()
+    assert names_afresh(dirs, form, "/e/moved", "/e/moved/sub") == listed
 
 
 @pytest.mark.parametrize("form", [WhiteoutForm.OVERLAY, WhiteoutForm.OCI])
@@ -340,11 +336,7 @@ def test_directories_the_driver_made_keep_their_known_names_when_exchanged(dirs:
     listed = names(u, "/d"), names(u, "/e")
     assert listed == (["fresh", "other"], ["low", "new"])
     u.close()
-    fresh = make_union(dirs, whiteout=form)
-    try:
-        assert (names(fresh, "/d"), names(fresh, "/e")) == listed
-    finally:
-        fresh.close()
+    assert names_afresh(dirs, form, "/d", "/e") == listed
 
 
 @root_only
