@@ -74,11 +74,13 @@ class UpperNames:
         """``changed`` of both names of a rename in the upper layer; subtree: a
         directory moved, and the names known in it and below hold at new (a rename
         changes no name in it); exchange: the entry at new went to old."""
-        moved = [(new + rel[len(old):], names) for rel, names in (self._take(old) if subtree else [])]
-        if subtree and exchange:
-            moved += [(old + rel[len(new):], names) for rel, names in self._take(new)]
-        self.changed(old, subtree, False, gone)
-        self.changed(new, subtree, False)
+        # Each side's records taken out once: what is left to change is the names alone.
+        mine, theirs = (self._take(old), self._take(new)) if subtree else ([], [])
+        moved = [(new + rel[len(old):], names) for rel, names in mine]
+        if exchange:
+            moved += [(old + rel[len(new):], names) for rel, names in theirs]
+        self.changed(old, False, False, gone)
+        self.changed(new, False, False)
         for rel, names in moved:
             self._changed[rel] = names
         self._counted(sum(len(names) + 1 for _, names in moved))
