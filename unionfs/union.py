@@ -1026,6 +1026,7 @@ class Union:
             crashpoints.point("rename.opaque")
         existing = self.upper.lstat(nrel)
         whiteout = self.resolver.lower_positive(oparent, oname)
+        marker = rel_join(oprel, markers.WH_PREFIX + oname) if whiteout else None  # the OCI form's
         record = None
         if existing is not None and stat.S_ISDIR(existing.st_mode) and target is not None:
             # only whiteouts: the merged directory is empty
@@ -1034,7 +1035,6 @@ class Union:
                 self.resolver.invalidate(new)
             else:
                 if len(target.layers) > 1:  # an empty directory cannot be opaque in the OCI form
-                    marker = rel_join(oprel, markers.WH_PREFIX + oname) if whiteout else None
                     record = work.record_rename(orel, nrel, marker)
                     crashpoints.point("rename.recorded")
                 clear_dir(self.upper, nrel)
@@ -1052,7 +1052,7 @@ class Union:
                 if record is None and source.is_dir and has_lower:
                     # The .wh. file cuts the directory off from its lower parts while it is
                     # still at the old name: the next mount finishes what a crash cuts short.
-                    record = work.record_rename(orel, nrel, rel_join(oprel, markers.WH_PREFIX + oname))
+                    record = work.record_rename(orel, nrel, marker)
                     crashpoints.point("rename.recorded")
                 self._whiteout(oprel, oname)
             os.rename(orel, nrel, src_dir_fd=self.upper.fd, dst_dir_fd=self.upper.fd)
