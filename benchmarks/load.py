@@ -165,6 +165,19 @@ def run_measured(cmds: list[list[str]], errlog: Path, env: dict[str, str] | None
     return use
 
 
+def clean_up(workdir: Path, keep: bool, t0: float) -> None:
+    """End of a run, whatever happened: no contender left running, no mount left, the work directory gone (or kept)."""
+    for proc in list(_RUNNING):
+        proc.kill()
+    for point in sorted(mounts_under(workdir), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    if keep:
+        log(f"kept {workdir}")
+    else:
+        rmtree(workdir)
+    log(f"total {time.monotonic() - t0:.1f}s")
+
+
 def pick(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     """A comma-separated choice from ``allowed``; anything else ends the run with a message."""
     chosen = [c.strip() for c in text.split(",") if c.strip()]
@@ -677,6 +690,19 @@ def fmt_num(v: float) -> str:
     return f"{v:.2f}"
 
 
+def layers_table(images: list[Image], named: bool) -> str:
+    """What each layer of the benchmark's images holds (with the image's name where there are several)."""
+    first = ["image"] if named else []
+    lines = ["| " + " | ".join(first + ["layer", "what", "tar MB", "gzip MB", "entries", "whiteouts"]) + " |",
+             "|" + "---|" * len(first) + "---:|---|---:|---:|---:|---:|"]
+    for img in images:
+        for i, layer in enumerate(img.layers, 1):
+            cells = [img.name] * named + [str(i), layer.what, f"{layer.tar_bytes / 1e6:.1f}", f"{layer.gz_bytes / 1e6:.1f}",
+                                          str(layer.entries), str(layer.whiteouts)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(results: list[dict], images: list[Image], notes: list[str]) -> str:
     cells: dict[tuple, list[dict]] = {}
     order: list[tuple] = []
@@ -742,18 +768,13 @@ def table(results: list[dict], images: list[Image], notes: list[str]) -> str:
                 shown = ", ".join(f"{n} {v:.0f} MiB" for n, v in zip(names, vals))
                 mem.append(f"- peak RSS, {name}, {fmt} (cold): {shown} ({vals[-1] / vals[0]:.2f}x)")
 
-    layer_lines = ["| image | layer | what | tar MB | gzip MB | entries | whiteouts |", "|---|---:|---|---:|---:|---:|---:|"]
-    for img in images:
-        for i, layer in enumerate(img.layers, 1):
-            layer_lines.append(f"| {img.name} | {i} | {layer.what} | {layer.tar_bytes / 1e6:.1f} | {layer.gz_bytes / 1e6:.1f} "
-                               f"| {layer.entries} | {layer.whiteouts} |")
 
     errors = [f"- {r['image']} {r['input']} {r['contender']} ({r['cache']}): {' '.join(str(r['error']).split())[:400]}"
               for r in results if r.get("error")]
     out = "\n".join(lines) + "\n\nRatios (above 1: the layerstore side is slower):\n\n" + "\n".join(rlines)
     if mem:
         out += "\n\nMemory against image size:\n\n" + "\n".join(mem)
-    out += "\n\nImages:\n\n" + "\n".join(layer_lines)
+    out += "\n\nImages:\n\n" + layers_table(images, named=True)
     if notes:
         out += "\n\n" + "\n".join(f"- {n}" for n in notes)
     if errors:
@@ -833,16 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         if not bench.can_drop:
             notes.append("could not drop caches: cold rows are not cold")
     finally:
-        for proc in list(_RUNNING):
-            proc.kill()
-        left = mounts_under(workdir)
-        for point in sorted(left, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            rmtree(workdir)
-        log(f"total {time.monotonic() - t0:.1f}s")
+        clean_up(workdir, args.keep, t0)
         if bench.results:
             write_table(table(bench.results, images, notes), args.table)
     return 1 if any(r.get("error") for r in bench.results) else 0

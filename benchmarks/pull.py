@@ -42,21 +42,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drivers import REPO_ROOT, fs_type, mounts_under  # noqa: E402
+from drivers import REPO_ROOT, fs_type  # noqa: E402
 from fixtures import log  # noqa: E402
 from load import (  # noqa: E402
-    _RUNNING,
     GNU_TIME,
     TAG,
     Failed,
     Image,
     base_rootfs,
     build_image,
+    clean_up,
     contender_cmds,
     count_entries,
     drop_caches,
     exit_on_signals,
     fmt_num,
+    layers_table,
     measure,
     pick,
     rmtree,
@@ -287,11 +288,7 @@ def table(results: list[dict], img: Image | None, notes: list[str]) -> str:
         notes = notes + [f"1-minute load average around the runs: {min(loads):.1f} to {max(loads):.1f} "
                          f"(median {statistics.median(loads):.1f}) on {os.cpu_count()} CPUs"]
     if img is not None:
-        ll = ["| layer | what | tar MB | gzip MB | entries | whiteouts |", "|---:|---|---:|---:|---:|---:|"]
-        for i, layer in enumerate(img.layers, 1):
-            ll.append(f"| {i} | {layer.what} | {layer.tar_bytes / 1e6:.1f} | {layer.gz_bytes / 1e6:.1f} "
-                      f"| {layer.entries} | {layer.whiteouts} |")
-        out += "\n\nImage:\n\n" + "\n".join(ll)
+        out += "\n\nImage:\n\n" + layers_table([img], named=False)
     if overlap:
         out += "\n\nOverlap:\n\n" + "\n".join(f"- {o}" for o in overlap)
     if notes:
@@ -380,17 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         if not bench.can_drop:
             notes.append("could not drop caches: the runs are not cold")
     finally:
-        for proc in list(_RUNNING):
-            proc.kill()
         if registry is not None:
             registry.stop()
-        for point in sorted(mounts_under(workdir), key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            rmtree(workdir)
-        log(f"total {time.monotonic() - t0:.1f}s")
+        clean_up(workdir, args.keep, t0)
         if bench is not None and bench.results:
             write_table(table(bench.results, img, notes), args.table)
     return 1 if bench is None or any(r.get("error") for r in bench.results) else 0
