@@ -959,6 +959,7 @@ def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Pa
     with fuse_mount(stack) as mnt:
         try:
             result = unionfs("-o", opts(stack), str(other))
+            assert not os.path.ismount(other)
         finally:
             force_unmount(other)  # should it have mounted after all
         assert result.returncode != 0

@@ -207,20 +207,6 @@ def test_killed_driver_with_copies_pending_leaves_each_file_whole(stack: Stack) 
         assert listing(mnt) == view
 
 
-def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Path) -> None:
-    other = tmp_path / "other-mnt"
-    other.mkdir()
-    with fuse_mount(stack) as mnt:
-        result = subprocess.run(
-            [sys.executable, "-m", "unionfs", "-o", stack.spec().option_string(), str(other)],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert result.returncode != 0
-        assert result.stderr.strip() == f"unionfs: workdir {stack.work} is in use by another mount"
-        assert (mnt / "d" / "f000").read_bytes() == content(0)  # the first mount is unharmed
-    assert not os.path.ismount(other)
-
-
 def test_fsync_reports_a_copy_that_could_not_be_published(tmp_path: Path) -> None:
     """In-process: the rename into place fails (as on a full or failing disk); the
     fsync of the file says so, the lower file stays, nothing is left behind."""
