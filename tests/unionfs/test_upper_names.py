@@ -217,11 +217,13 @@ def _step(data: st.DataObject, upper: _Upper, names: UpperNames) -> None:
 @given(st.data())
 def test_a_name_known_absent_is_never_in_the_upper_layer(data: st.DataObject) -> None:
     """Whatever the changes, a name that the known names call absent from a directory
-    is neither an entry nor a marker there, and the count is what they hold."""
+    is neither an entry nor a marker there, names are kept only for directories that
+    are there, and the count is what they hold."""
     upper, names = _Upper(), UpperNames()
     for _ in range(data.draw(st.integers(0, 30))):
         _step(data, upper, names)
         for rel, entries in upper.dirs.items():
             for name in _NAMES:
                 assert not (names.absent(rel, name) and name in entries), (rel, name)
+        assert set(names._changed) <= set(upper.dirs), "names kept for what is no longer a directory"
     assert names._count == sum(1 + len(entries) for entries in names._changed.values())
