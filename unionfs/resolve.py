@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from unionfs import markers
 from unionfs.layer import DirInfo, Layer, rel_join
+from unionfs.pathtree import PathCache
 from unionfs.uppernames import UpperNames
 
 _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
@@ -83,10 +84,10 @@ class Resolver:
         self.writable = writable
         self._lower_dirs: dict[tuple[int, str], DirInfo | None] = {}
         self.impure_layers: set[int] = set()  # lower layers where a directory read so far is overlay.impure
-        self._nodes: dict[str, Node] = {}
+        self._nodes: PathCache[Node] = PathCache(_MAX_NODES)
         # path -> (its node, the node's immutable and append-only bits): asked of
         # the parent at every removal in it, and dropped with the node
-        self._protections: dict[str, tuple[Node, int]] = {}
+        self._protections: PathCache[tuple[Node, int]] = PathCache(_MAX_NODES)
         self.upper_names = UpperNames()
         self._gen = 0
         self._lock = threading.Lock()
@@ -115,13 +116,13 @@ class Resolver:
 
     def _forget(self, path: str, subtree: bool) -> int:
         self._gen += 1
-        self._nodes.pop(path, None)
-        self._protections.pop(path, None)
         if subtree:
-            prefix = path.rstrip("/") + "/"
-            for cache in (self._nodes, self._protections):
-                for key in [k for k in cache if k.startswith(prefix)]:
-                    del cache[key]
+            self._nodes.drop_tree(path)
+            self._protections.drop_tree(path)
+        else:
+            self._nodes.drop(path)
+            if path in self._protections:  # mostly not: kept for directories removed from
+                self._protections.drop(path)
         return self._gen
 
     def expect_empty(self, rel: str) -> None:
@@ -145,16 +146,14 @@ class Resolver:
         bits = read(node)
         with self._lock:
             if gen == self._gen:
-                if len(self._protections) >= _MAX_NODES:
-                    self._protections.clear()
-                self._protections[node.path] = (node, bits)
+                self._protections.keep(node.path, (node, bits))
         return bits
 
     def forget_protections(self) -> None:
         """After a chattr: other names of the same inode show its new protection too."""
         with self._lock:
             self._gen += 1
-            self._protections.clear()
+            self._protections.drop_all()
 
     @property
     def generation(self) -> int:
@@ -163,9 +162,7 @@ class Resolver:
     def _store(self, node: Node, gen: int) -> None:
         with self._lock:
             if gen == self._gen:
-                if len(self._nodes) >= _MAX_NODES:
-                    self._nodes.clear()
-                self._nodes[node.path] = node
+                self._nodes.keep(node.path, node)
 
     def remember(self, node: Node, gen: int) -> None:
         """Keep a node found another way (a listing), if nothing changed since gen."""

@@ -22,6 +22,8 @@ races with a change.
 """
 from __future__ import annotations
 
+from unionfs.pathtree import PathTree
+
 # Directories and names kept in all; beyond it all are forgotten and asked of the disk
 # again. About 100 bytes each: a mount that makes names that stay for hours (a build's
 # outputs, a cache) holds some 3 MB of them, not one per name ever made.
@@ -32,6 +34,7 @@ class UpperNames:
     def __init__(self) -> None:
         self._changed: dict[str, set[str]] = {}  # upper rel of a made directory -> names changed in it since
         self._count = 0  # directories and names in _changed
+        self._tree = PathTree(".", self._changed)  # what of _changed is below a directory
 
     def absent(self, rel: str, name: str) -> bool:
         """Known: the upper directory rel holds neither name nor its marker."""
@@ -43,6 +46,7 @@ class UpperNames:
         before it does, so that no change in it can come before its record."""
         self._drop(rel)
         self._changed[rel] = set()
+        self._tree.add(rel)
         self._counted()
 
     def forget(self, rel: str) -> None:
@@ -66,8 +70,7 @@ class UpperNames:
         if not made_dir:
             self._drop(rel)  # whatever is at rel now is not known to have started empty
         if subtree:
-            prefix = rel + "/" if rel != "." else ""
-            for key in [k for k in self._changed if k.startswith(prefix)]:
+            for key in self._tree.take_below(rel):
                 self._drop(key)
 
     def renamed(self, old: str, new: str, subtree: bool, gone: bool, exchange: bool = False) -> None:
@@ -83,12 +86,13 @@ class UpperNames:
         self.changed(new, False, False)
         for rel, names in moved:
             self._changed[rel] = names
+            self._tree.add(rel)
         self._counted(sum(len(names) + 1 for _, names in moved))
 
     def _take(self, rel: str) -> list[tuple[str, set[str]]]:
         """Take out the directory rel and those below it."""
-        prefix = rel + "/"
-        taken = [(key, names) for key, names in self._changed.items() if key == rel or key.startswith(prefix)]
+        keys = [rel, *self._tree.take_below(rel)]
+        taken = [(key, self._changed[key]) for key in keys if key in self._changed]
         for key, _ in taken:
             self._drop(key)
         return taken
@@ -97,9 +101,11 @@ class UpperNames:
         self._count += added
         if self._count > MAX_ENTRIES:
             self._changed.clear()
+            self._tree.clear()
             self._count = 0
 
     def _drop(self, rel: str) -> None:
         names = self._changed.pop(rel, None)
         if names is not None:
             self._count -= len(names) + 1
+            self._tree.discard(rel)
