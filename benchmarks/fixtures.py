@@ -65,6 +65,7 @@ class Scale:
     unlink_files: int = 5_000
     rmtree_entries: int = 3_000
     rename_files: int = 500
+    walked_entries: int = 100_000
     write_size: int = 256 * MiB
     write_chunk: int = 1 * MiB
     read_chunk: int = 128 * KiB
@@ -84,6 +85,7 @@ class Scale:
             unlink_files=500,
             rmtree_entries=300,
             rename_files=200,
+            walked_entries=2_000,
             write_size=32 * MiB,
             tar_bytes=8 * MiB,
         )
@@ -313,7 +315,12 @@ class Fixtures:
             payload = b"m" * (4 * KiB)
             for i in range(self.scale.rename_files):
                 _write_small(src / f"m{i:05d}", payload)
-            return Stack([layer], {"dir": "src", "files": self.scale.rename_files})
+            walked = max(1, self.scale.walked_entries // 101)  # directories of 100 empty files
+            for d in range(walked):
+                (layer / "walked" / f"d{d:05d}").mkdir(parents=True)
+                for i in range(100):
+                    _write_small(layer / "walked" / f"d{d:05d}" / f"f{i:02d}", b"")
+            return Stack([layer], {"dir": "src", "files": self.scale.rename_files, "walked": walked * 101 + 1})
 
         return self._cached("rename", build)  # type: ignore[return-value]
 

@@ -504,12 +504,17 @@ def rm_rf(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         yield row
 
 
-def rename_dir(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
-    """rename(2) of a lower dir; EXDEV is a legitimate answer, reported as refused."""
-    stack = fx.rename()
+def _rename_once(ctx: Ctx, stack: Stack, workload: str, walk: bool) -> Row:
+    """rename(2) of the lower dir on a fresh mount, after a walk of the whole mount
+    (untimed) with walk: what the driver keeps of what it has seen must not make
+    a rename cost more."""
     nfiles = stack.info["files"]
     with ctx.mount(stack) as mnt:
         src, dst = mnt / stack.info["dir"], mnt / "renamed"
+        info: Row = {"workload": workload, "files": nfiles}
+        if walk:
+            ctx.check(["find", str(mnt), "-ls"])
+            info["walked"] = stack.info["walked"]
         os.sync()
         t0 = time.perf_counter()
         try:
@@ -517,13 +522,19 @@ def rename_dir(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-            yield {"workload": "rename-dir", "seconds": None, "refused": True, "error": "EXDEV", "files": nfiles}
-        else:
-            t = time.perf_counter() - t0
-            row = {"workload": "rename-dir", "seconds": _secs(t), "refused": False, "files": nfiles}
-            if os.path.lexists(src) or len(os.listdir(dst)) != nfiles:
-                row["error"] = "rename result incomplete"
-            yield row
+            return {**info, "seconds": None, "refused": True, "error": "EXDEV"}
+        row = {**info, "seconds": _secs(time.perf_counter() - t0), "refused": False}
+        if os.path.lexists(src) or len(os.listdir(dst)) != nfiles:
+            row["error"] = "rename result incomplete"
+        return row
+
+
+def rename_dir(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """rename(2) of a lower dir; EXDEV is a legitimate answer, reported as refused."""
+    stack = fx.rename()
+    nfiles = stack.info["files"]
+    yield _rename_once(ctx, stack, "rename-dir", walk=False)
+    yield _rename_once(ctx, stack, "rename-dir-walked", walk=True)
     # mv on a fresh union: a rename where allowed, copy+delete after EXDEV.
     with ctx.mount(stack) as mnt:
         src, dst = mnt / stack.info["dir"], mnt / "moved"
@@ -635,8 +646,8 @@ WORKLOADS: list[Workload] = [
              doc="unlink lower files (whiteouts)"),
     Workload("rmtree", ("rm-rf",), lambda fx: fx.rmtree(), rm_rf,
              doc="rm -rf of a lower subtree spread over two layers"),
-    Workload("rename-dir", ("rename-dir", "rename-dir-mv"), lambda fx: fx.rename(), rename_dir,
-             doc="rename(2) of a lower dir (EXDEV = refused) and mv of it"),
+    Workload("rename-dir", ("rename-dir", "rename-dir-walked", "rename-dir-mv"), lambda fx: fx.rename(), rename_dir,
+             doc="rename(2) of a lower dir (EXDEV = refused), the same after a walk of the mount, and mv of it"),
     Workload("write-new", ("write-new",), lambda fx: fx.base(), write_new,
              doc="write a new file with 1 MiB writes, then fsync"),
     Workload("tar", ("untar", "tar", "untar+tar"), lambda fx: fx.source_tar(), untar_tar,
