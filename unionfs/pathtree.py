@@ -79,10 +79,6 @@ class PathTree:
     def clear(self) -> None:
         self._below.clear()
 
-    def __len__(self) -> int:
-        """Paths with something below them (for tests of what is held)."""
-        return len(self._below)
-
 
 class PathCache(dict[str, V]):
     """Values kept by merged path, at most ``bound`` of them (then all are let go

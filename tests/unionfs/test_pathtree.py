@@ -87,4 +87,3 @@ def test_a_path_cache_forgets_what_a_scan_would(bound: int, data: st.DataObject)
             cache.drop_all()
         assert dict(cache) == model, (kind, path)
         assert set(cache._tree._below) == _links_needed(set(model), "/")
-
