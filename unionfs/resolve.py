@@ -27,6 +27,7 @@ from unionfs.uppernames import UpperNames
 
 _WHITEOUT, _DIR, _OTHER = "w", "d", "o"
 _MAX_NODES = 200_000  # resolved paths kept; a plain bound, refilled on demand
+_MAX_LOWER_NAMES = 500_000  # names of lower directories kept (about 170 bytes each); the first read go first
 
 
 def _valid_redirect(redirect: str) -> bool:
@@ -62,6 +63,11 @@ class Node:
         return len(self.layers) > 1
 
 
+def _names(info: DirInfo | None) -> int:
+    """What a lower directory read counts against _MAX_LOWER_NAMES."""
+    return 1 + (len(info.entries) if info is not None else 0)
+
+
 def split(path: str) -> tuple[str, str]:
     """'/a/b' -> ('/a', 'b'); '/a' -> ('/', 'a')."""
     head, _, name = path.rpartition("/")
@@ -82,7 +88,9 @@ class Resolver:
     def __init__(self, layers: list[Layer], writable: bool) -> None:
         self.layers = layers
         self.writable = writable
-        self._lower_dirs: dict[tuple[int, str], DirInfo | None] = {}
+        self._lower_dirs: dict[tuple[int, str], DirInfo | None] = {}  # in the order they were read
+        self._lower_names = 0  # directories and their names in _lower_dirs
+        self._lower_lock = threading.Lock()
         self.impure_layers: set[int] = set()  # lower layers where a directory read so far is overlay.impure
         self._nodes: PathCache[Node] = PathCache(_MAX_NODES)
         # path -> (its node, the node's immutable and append-only bits): asked of
@@ -183,8 +191,20 @@ class Resolver:
             info = None
         if info is not None and info.impure:
             self.impure_layers.add(index)
-        self._lower_dirs[key] = info
+        self._keep_lower(key, info)
         return info
+
+    def _keep_lower(self, key: tuple[int, str], info: DirInfo | None) -> None:
+        """Lower directories never change, but a walk of a large image would keep every
+        name of it for as long as the mount lives: beyond the bound, those read first
+        are let go (the one just read stays, however large) and read again if asked for."""
+        with self._lower_lock:
+            if key in self._lower_dirs:
+                return  # another request read it meanwhile
+            self._lower_dirs[key] = info
+            self._lower_names += _names(info)
+            while self._lower_names > _MAX_LOWER_NAMES and len(self._lower_dirs) > 1:
+                self._lower_names -= _names(self._lower_dirs.pop(next(iter(self._lower_dirs))))
 
     # -- one layer ---------------------------------------------------------------
     def _entry(self, index: int, prel: str, name: str, layers: tuple[tuple[int, str], ...]) -> tuple[str | None, bool]:

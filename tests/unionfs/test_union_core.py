@@ -369,6 +369,34 @@ def test_what_a_create_made_is_known_as_a_fresh_look_finds_it(dirs: dict[str, Pa
         fresh.close()
 
 
+def test_lower_directories_read_are_kept_up_to_a_bound(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk of a large image does not keep every lower name for as long as the mount
+    lives: beyond the bound, the directories read first go first, the one just read
+    stays however large, and one let go is read again as it was."""
+    monkeypatch.setattr("unionfs.resolve._MAX_LOWER_NAMES", 25)
+    for n in range(6):
+        for i in range(4):
+            (dirs["bottom"] / f"d{n}" / f"f{i}").parent.mkdir(exist_ok=True)
+            (dirs["bottom"] / f"d{n}" / f"f{i}").write_text(f"{n} {i}")
+    for i in range(40):
+        (dirs["bottom"] / "big").mkdir(exist_ok=True)
+        (dirs["bottom"] / "big" / f"f{i}").write_text("")
+    u = make_union(dirs)
+    try:
+        r, bottom = u.resolver, len(u.resolver.layers) - 1
+        first = {n: r.lower_dir(bottom, f"d{n}") for n in range(6)}  # 5 names each: 30
+        assert [rel for _, rel in r._lower_dirs] == ["d1", "d2", "d3", "d4", "d5"] and r._lower_names == 25
+        again = r.lower_dir(bottom, "d0")
+        assert again == first[0] and again is not first[0] and set(again.entries) == {"f0", "f1", "f2", "f3"}
+        assert [rel for _, rel in r._lower_dirs] == ["d2", "d3", "d4", "d5", "d0"]
+        big = r.lower_dir(bottom, "big")
+        assert list(r._lower_dirs) == [(bottom, "big")] and r._lower_names == 41
+        assert r.lower_dir(bottom, "big") is big
+        assert [names(u, f"/d{n}") for n in range(6)] == [["f0", "f1", "f2", "f3"]] * 6  # merged views read them again
+    finally:
+        u.close()
+
+
 def test_a_directory_that_did_not_appear_is_not_taken_for_empty(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A copy-up of a directory that fails leaves no record of an empty directory there."""
     tree(dirs["bottom"], {"d/a": "a"})
