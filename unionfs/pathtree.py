@@ -90,26 +90,17 @@ class PathCache(dict[str, V]):
         super().__init__()
         self._bound = bound
         self._tree = PathTree("/", self)
-        self._below = self._tree._below  # for the usual case of keep and drop, done here: a call less each
 
     def keep(self, path: str, value: V) -> None:
         if path not in self:
             if len(self) >= self._bound:
                 self.drop_all()
-            below = self._below.get(path.rpartition("/")[0] or "/") if path != "/" else None
-            if below is not None:
-                below.add(path)  # the parent is in the tree already
-            else:
-                self._tree.add(path)
+            self._tree.add(path)
         self[path] = value
 
     def drop(self, path: str) -> None:
-        if self.pop(path, _MISSING) is not _MISSING and path not in self._below:
-            below = self._below.get(path.rpartition("/")[0] or "/")
-            if below is not None and len(below) > 1:
-                below.discard(path)  # the parent keeps others
-            else:
-                self._tree.discard(path)
+        if self.pop(path, _MISSING) is not _MISSING:
+            self._tree.discard(path)
 
     def drop_tree(self, path: str) -> None:
         """path and everything below it."""
