@@ -2,6 +2,8 @@
 requests as the kernel sends them, the answers as it reads them."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from unionfs import fuseproto as fp
@@ -9,16 +11,22 @@ from unionfs.handlers import Requests, Timeouts
 from unionfs.union import Union
 
 
-def requests_over(tmp_path: Path, files: dict[str, bytes]) -> Requests:
+@contextlib.contextmanager
+def requests_over(tmp_path: Path, files: dict[str, bytes]) -> Iterator[Requests]:
     """Requests on a union of one lower layer holding files (relative path -> data)
-    under an empty upper layer."""
+    under an empty upper layer; closed afterwards, so that no union of one test (its
+    descriptors, its copy-ups' publishing thread) is still at work in the next."""
     lower, upper, work = (tmp_path / name for name in ("lower", "upper", "work"))
     for d in (lower, upper, work):
         d.mkdir()
     for rel, data in files.items():
         (lower / rel).parent.mkdir(parents=True, exist_ok=True)
         (lower / rel).write_bytes(data)
-    return Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
+    requests = Requests(Union([str(lower)], str(upper), str(work)), Timeouts())
+    try:
+        yield requests
+    finally:
+        requests.close()
 
 
 def header(opcode: int, nodeid: int) -> tuple:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,9 @@ APPEND = os.O_WRONLY | os.O_APPEND
 
 
 @pytest.fixture
-def requests(tmp_path: Path) -> Requests:
-    return requests_over(tmp_path, FILES)
+def requests(tmp_path: Path) -> Iterator[Requests]:
+    with requests_over(tmp_path, FILES) as made:
+        yield made
 
 
 def stores_on_open(requests: Requests, name: str, flags: int) -> tuple[int, list[tuple[int, bytes]]]:

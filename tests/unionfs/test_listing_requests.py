@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,10 @@ def listing(requests: Requests, nodeid: int) -> dict[str, int]:
 
 
 @pytest.fixture
-def requests(tmp_path: Path) -> Requests:
+def requests(tmp_path: Path) -> Iterator[Requests]:
     # more than one READDIRPLUS answer of 4 KiB holds
-    return requests_over(tmp_path, {f"d/file{i:02d}": str(i).encode() for i in range(60)})
+    with requests_over(tmp_path, {f"d/file{i:02d}": str(i).encode() for i in range(60)}) as made:
+        yield made
 
 
 def test_entries_described_a_moment_ago_go_plain_until_something_changes(requests: Requests) -> None:
@@ -121,11 +123,11 @@ def test_a_second_pass_reads_the_layers_again_only_after_a_change(requests: Requ
 def test_only_the_last_few_listings_are_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A listing of a large directory is large: the driver keeps the last few, for
     the second pass that follows the first, not one per directory ever listed."""
-    requests = requests_over(tmp_path, {f"d{i:02d}/f": b"" for i in range(40)})
-    dirs = [lookup(requests, ROOT_ID, f"d{i:02d}") for i in range(40)]
-    for d in dirs:
-        listing(requests, d)
-    kept = set(requests._listings)
+    with requests_over(tmp_path, {f"d{i:02d}/f": b"" for i in range(40)}) as requests:
+        dirs = [lookup(requests, ROOT_ID, f"d{i:02d}") for i in range(40)]
+        for d in dirs:
+            listing(requests, d)
+        kept = set(requests._listings)
     assert 0 < len(kept) < 40 and dirs[-1] in kept and dirs[0] not in kept, kept
 
 
@@ -133,11 +135,11 @@ def test_the_oldest_described_directory_goes_first(tmp_path, monkeypatch) -> Non
     """Directories described are kept up to a bound: past it the one described
     longest ago goes, and the others stay described."""
     monkeypatch.setattr(handlers, "_DESCRIBED_DIRS", 3)
-    requests = requests_over(tmp_path, {f"d{i}/f": b"" for i in range(5)})
-    dirs = [lookup(requests, ROOT_ID, f"d{i}") for i in range(5)]
-    for d in dirs[:4]:
-        assert all(listing(requests, d).values())
-    assert [not any(listing(requests, d).values()) for d in dirs[1:4]] == [True, True, True]
-    assert all(listing(requests, dirs[0]).values()), "the oldest went when the fourth came"
-    assert all(listing(requests, dirs[4]).values())
-    assert sorted(requests._described) == sorted([dirs[0], dirs[3], dirs[4]])
+    with requests_over(tmp_path, {f"d{i}/f": b"" for i in range(5)}) as requests:
+        dirs = [lookup(requests, ROOT_ID, f"d{i}") for i in range(5)]
+        for d in dirs[:4]:
+            assert all(listing(requests, d).values())
+        assert [not any(listing(requests, d).values()) for d in dirs[1:4]] == [True, True, True]
+        assert all(listing(requests, dirs[0]).values()), "the oldest went when the fourth came"
+        assert all(listing(requests, dirs[4]).values())
+        assert sorted(requests._described) == sorted([dirs[0], dirs[3], dirs[4]])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,10 @@ WRITTEN_BACK = 1_700_000_000  # the mtime the kernel kept, in seconds
 
 
 @pytest.fixture
-def requests(tmp_path: Path) -> Requests:
-    made = requests_over(tmp_path, {"f": b"lower data"})
-    (tmp_path / "upper" / "u").write_bytes(b"upper data")  # as if made through the mount
-    return made
+def requests(tmp_path: Path) -> Iterator[Requests]:
+    with requests_over(tmp_path, {"f": b"lower data"}) as made:
+        (tmp_path / "upper" / "u").write_bytes(b"upper data")  # as if made through the mount
+        yield made
 
 
 def _open_fds() -> set[int]:
