@@ -374,13 +374,8 @@ def test_lower_directories_read_are_kept_up_to_a_bound(dirs: dict[str, Path], mo
     lives: beyond the bound, the directories read first go first, the one just read
     stays however large, and one let go is read again as it was."""
     monkeypatch.setattr("unionfs.resolve._MAX_LOWER_NAMES", 25)
-    for n in range(6):
-        for i in range(4):
-            (dirs["bottom"] / f"d{n}" / f"f{i}").parent.mkdir(exist_ok=True)
-            (dirs["bottom"] / f"d{n}" / f"f{i}").write_text(f"{n} {i}")
-    for i in range(40):
-        (dirs["bottom"] / "big").mkdir(exist_ok=True)
-        (dirs["bottom"] / "big" / f"f{i}").write_text("")
+    tree(dirs["bottom"], {f"d{n}/f{i}": f"{n} {i}" for n in range(6) for i in range(4)})
+    tree(dirs["bottom"], {f"big/f{i}": "" for i in range(40)})
     u = make_union(dirs)
     try:
         r, bottom = u.resolver, len(u.resolver.layers) - 1
