@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mounts import mounts_under
@@ -32,22 +33,21 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("fuse-overlayfs"), reason="needs root and fuse-overlayfs (the comparison)")
 
 
-def benchmark_names(module: str, *names: str) -> list[tuple[str, ...]]:
-    """Constants of a benchmark script, read in another interpreter: its modules are not the tests'."""
-    code = (f"import json, sys; sys.path.insert(0, sys.argv[1]); import {module}; "
-            f"print(json.dumps([getattr({module}, n) for n in sys.argv[2:]]))")
-    out = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS), *names], capture_output=True, text=True, check=True)
-    return [tuple(v) for v in json.loads(out.stdout)]
+def from_benchmark(module: str, expression: str) -> Any:
+    """expression evaluated in a benchmark script's module, in another interpreter (its
+    modules are not the tests'), and handed back through JSON."""
+    code = (f"import json, sys; sys.path.insert(0, sys.argv[1]); from {module} import *; "
+            f"print(json.dumps({expression}))")
+    out = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def workload_rows() -> tuple[list[str], list[str]]:
     """(rows timed on each driver, rows timed once without one), from the benchmark's
-    own list of workloads, read in another interpreter: its modules are not the tests'."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from workloads import WORKLOADS; "
-            "print(json.dumps([[r for w in WORKLOADS for r in w.rows], [r for w in WORKLOADS for r in w.ref_rows]]))")
-    out = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True, check=True)
-    rows, reference = json.loads(out.stdout)
-    assert len(rows) >= 20 and reference, out.stdout
+    own list of workloads."""
+    rows, reference = from_benchmark(
+        "workloads", "[[r for w in WORKLOADS for r in w.rows], [r for w in WORKLOADS for r in w.ref_rows]]")
+    assert len(rows) >= 20 and reference, (rows, reference)
     return rows, reference
 
 
@@ -96,7 +96,7 @@ def timed(record: dict) -> bool:
 
 @pytest.mark.skipif(not all(map(shutil.which, STORE_TOOLS)), reason=f"needs {', '.join(STORE_TOOLS)}")
 def test_the_load_benchmark_times_every_contender_on_every_input(tmp_path: Path) -> None:
-    contenders, inputs = benchmark_names("load", "CONTENDERS", "INPUTS")
+    contenders, inputs = from_benchmark("load", "[CONTENDERS, INPUTS]")
     records, text = run_quick("load.py", tmp_path, "--no-2x")
     for fmt in inputs:
         got = {r["contender"]: r for r in records if r["input"] == fmt}
@@ -109,7 +109,7 @@ def test_the_load_benchmark_times_every_contender_on_every_input(tmp_path: Path)
 
 @pytest.mark.skipif(not all(map(shutil.which, STORE_TOOLS)), reason=f"needs {', '.join(STORE_TOOLS)}")
 def test_the_pull_benchmark_times_every_contender(tmp_path: Path) -> None:
-    (contenders,) = benchmark_names("pull", "CONTENDERS")
+    contenders = from_benchmark("pull", "CONTENDERS")
     records, text = run_quick("pull.py", tmp_path, "--cache", "")
     got = {r["contender"]: r for r in records}
     assert sorted(got) == sorted(contenders) and all(map(timed, got.values())), got
