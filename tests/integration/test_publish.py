@@ -299,6 +299,7 @@ def test_a_batch_of_copies_is_synced_by_one_syncfs(in_process: tuple[Union, Path
     publisher = u.copyup.publisher
     assert publisher is not None
     publisher._other_unwritten = 1 << 50  # whatever else this machine has waiting to be written
+    publisher._delay = 60.0  # one batch, cut short by settle(): a last copy alone in a batch of its own is fsynced
     together, alone = watch_syncs(monkeypatch, publisher)
     append_in_process(u)
     u.settle()
@@ -352,6 +353,7 @@ def test_a_copy_whose_own_writeback_failed_is_not_published_after_a_good_syncfs(
     publisher = u.copyup.publisher
     assert publisher is not None
     publisher._other_unwritten = 1 << 50
+    publisher._delay = 60.0  # one batch (see above)
     together, alone = watch_syncs(monkeypatch, publisher)
     checked: list[int] = []
     check_written = syscalls.check_written
