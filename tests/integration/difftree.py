@@ -41,7 +41,6 @@ FIXED_NS = 1_000_000_000 * 10**9  # 2001-09-09: every mtime this harness sets is
 _FIXED_LIMIT = 1_500_000_000 * 10**9  # later than any fixed mtime, earlier than any real "now"
 OCI_WH = ".wh."
 OCI_OPQ = ".wh..wh..opq"
-XWHITEOUT_XATTR = "trusted.overlay.whiteout"
 
 
 def _short_repr(obj: object) -> str:
@@ -189,8 +188,9 @@ def fix_hardlinks(tree: Dir, picks: Sequence[int] = ()) -> Dir:
     return dataclasses.replace(tree, children=fix(tree))
 
 
-def build_layer(root: Path, tree: Dir) -> None:
-    """Create tree under root (an existing dir) with fixed owners, modes, xattrs and mtimes."""
+def build_layer(root: Path, tree: Dir, records: str = "trusted.overlay.") -> None:
+    """Create tree under root (an existing dir) with fixed owners, modes, xattrs and mtimes;
+    records: the prefix of overlayfs's xattrs (user.overlay. for a mount with userxattr)."""
     meta: list[tuple[str, Node]] = []
     links: list[tuple[str, str]] = []
     for path, node in walk_spec(tree):
@@ -208,7 +208,7 @@ def build_layer(root: Path, tree: Dir) -> None:
                 os.mknod(full, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             elif node.form == "xattr":
                 full.write_bytes(b"")
-                os.setxattr(full, XWHITEOUT_XATTR, b"y")
+                os.setxattr(full, records + "whiteout", b"y")
             else:
                 (full.parent / (OCI_WH + full.name)).write_bytes(b"")
             continue
@@ -224,11 +224,11 @@ def build_layer(root: Path, tree: Dir) -> None:
         if node.opaque == "oci":
             (root / path / OCI_OPQ).write_bytes(b"")
         elif node.opaque == "xattr":
-            os.setxattr(root / path, "trusted.overlay.opaque", b"y")
+            os.setxattr(root / path, records + "opaque", b"y")
         elif any(isinstance(child, Whiteout) and child.form == "xattr" for child in node.children.values()):
-            os.setxattr(root / path, "trusted.overlay.opaque", b"x")  # holds xattr whiteouts
+            os.setxattr(root / path, records + "opaque", b"x")  # holds xattr whiteouts
         if node.redirect is not None:
-            os.setxattr(root / path, "trusted.overlay.redirect", os.fsencode(node.redirect))
+            os.setxattr(root / path, records + "redirect", os.fsencode(node.redirect))
     # metadata and times last, deepest first: creating children touches parents
     for n, (path, node) in reversed(list(enumerate([("", tree), *meta]))):
         full = root / path if path else root
@@ -815,6 +815,14 @@ def view(root: Path | str, lsattr: bool = True) -> View:
                 frozenset(frozenset(v) for v in inodes.values() if len(v) > 1), numbers)
 
 
+def record(path: str, name: str) -> bytes | None:
+    """overlayfs's record name (opaque, whiteout, redirect, protattr) on path: in
+    trusted.overlay.*, or in user.overlay.* where a mount with userxattr reads and writes
+    them (no layer here has both)."""
+    value = _xattr(path, "trusted.overlay." + name)
+    return value if value is not None else _xattr(path, "user.overlay." + name)
+
+
 def _xattr(path: str, name: str) -> bytes | None:
     try:
         return os.getxattr(path, name, follow_symlinks=False)
@@ -854,9 +862,9 @@ def _child_dirs(roots: list[str], parents: list[tuple[int, str]], name: str) -> 
         if not stat.S_ISDIR(st.st_mode):
             break  # a whiteout (either form) or a non-directory hides what is below
         found.append((i, path))
-        if _xattr(path, "trusted.overlay.opaque") == b"y":
+        if record(path, "opaque") == b"y":
             break
-        target = _xattr(path, "trusted.overlay.redirect")
+        target = record(path, "redirect")
         if target is not None:
             text = os.fsdecode(target)
             if text.startswith("/"):
@@ -901,11 +909,12 @@ class UpperMeta:
     protattr: bytes | None = None  # trusted.overlay.protattr: immutable, append-only
 
 
-def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str, UpperMeta]:
+def upper_view(upper: Path | str, lowers: Sequence[Path | str] = (), records: str = "trusted.overlay.") -> dict[str, UpperMeta]:
     """The upper layer, semantically: kinds, opaque flags, data and metadata.
 
-    Left out on purpose: overlay.* xattrs other than trusted.overlay.opaque and
-    .protattr (origin, impure, redirect values differ between implementations), unionfs.*, mtimes
+    Left out on purpose: overlay.* xattrs other than the opaque and protattr records
+    (in ``records``, the prefix overlayfs keeps them in: user.overlay. with userxattr;
+    origin, impure, redirect values differ between implementations), unionfs.*, mtimes
     (the merged view compares those), and the mode, owner and link count of
     whiteouts (overlayfs shares one whiteout inode between many names).
     The opaque flag counts only where the ``lowers`` show a directory at the
@@ -922,7 +931,7 @@ def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str
             continue
         opaque = None
         if kind == "dir" and lower_is_dir(lowers, rel):
-            opaque = _xattr(path, "trusted.overlay.opaque")
+            opaque = _xattr(path, records + "opaque")
         out[rel] = UpperMeta(
             kind=kind,
             opaque=opaque,
@@ -933,7 +942,7 @@ def upper_view(upper: Path | str, lowers: Sequence[Path | str] = ()) -> dict[str
             content=_content(path) if kind == "file" else None,
             target=os.readlink(path) if kind == "symlink" else None,
             xattrs=_xattrs(path, in_layer=True),
-            protattr=_xattr(path, "trusted.overlay.protattr"),
+            protattr=_xattr(path, records + "protattr"),
         )
     return out
 
@@ -972,7 +981,7 @@ def diff_maps(kernel: Mapping[str, object], driver: Mapping[str, object]) -> lis
 
 def is_xattr_whiteout(path: str, st: os.stat_result) -> bool:
     """An empty regular file with overlay.whiteout: overlayfs's other whiteout."""
-    return stat.S_ISREG(st.st_mode) and not st.st_size and _xattr(path, XWHITEOUT_XATTR) is not None
+    return stat.S_ISREG(st.st_mode) and not st.st_size and record(path, "whiteout") is not None
 
 
 def redirected(upper: Path | str, rel: str) -> str:
@@ -983,7 +992,7 @@ def redirected(upper: Path | str, rel: str) -> str:
         lower.append(name)
         path = _p(os.fspath(upper), "/".join(parts[: i + 1]))
         if os.path.isdir(path) and not os.path.islink(path):
-            target = _xattr(path, "trusted.overlay.redirect")
+            target = record(path, "redirect")
             if target is not None:
                 text = os.fsdecode(target)
                 lower = text.strip("/").split("/") if text.startswith("/") else [*lower[:-1], text]
@@ -1068,6 +1077,11 @@ class Pair:
     driver_options: tuple[str, ...] = ()
     held: list[tuple[int, int]] = field(default_factory=list)  # (kernel's fd, driver's fd) of each entry held open
     held_names: dict[tuple[int, int], tuple[str, bool]] = field(default_factory=dict)  # path opened, a directory?
+
+    @property
+    def records(self) -> str:
+        """The prefix of overlayfs's records in the uppers."""
+        return "user.overlay." if "userxattr" in self.kernel_options else "trusted.overlay."
 
     def remount(self) -> None:
         """Both unmounted and mounted again over the layers as they are: what an
@@ -1193,7 +1207,8 @@ class Pair:
         self.numbers, self.renames = numbers, []
         if not oci:  # else the forms differ: remounts read the driver's back
             problems += [f"upper {line}" for line in diff_maps(
-                upper_view(self.kernel.upper, self.kernel.lowers), upper_view(self.driver.upper, self.driver.lowers))]
+                upper_view(self.kernel.upper, self.kernel.lowers, self.records),
+                upper_view(self.driver.upper, self.driver.lowers, self.records))]
         for i, (built, lower) in enumerate(zip(self.lowers_built, self.driver.lowers, strict=True)):
             now = layer_state(lower)
             problems += [f"driver's lower {i} changed: {path}: built={built.get(path)!r} now={now.get(path)!r}"
@@ -1224,7 +1239,8 @@ def pair(
             s = Stack.make(base, len(lowers), prefix)
             stacks.append(s)
             for root, tree in zip(s.lowers, lowers, strict=True):
-                build_layer(root, as_overlayfs(tree) if prefix == "k-" else tree)
+                build_layer(root, as_overlayfs(tree) if prefix == "k-" else tree,
+                            "user.overlay." if "userxattr" in kernel_options else "trusted.overlay.")
             if root_mode is not None:
                 os.chmod(s.upper, root_mode)
         with _mounted(*stacks, kernel_options, driver_options) as p:
