@@ -898,7 +898,7 @@ class UpperMeta:
     """An upper-layer entry as overlayfs semantics see it (not how it was made)."""
 
     kind: str  # "whiteout" for a 0/0 character device
-    opaque: bytes | None  # trusted.overlay.opaque
+    opaque: bytes | None  # overlay.opaque
     mode: str | None
     uid: int | None
     gid: int | None
@@ -906,7 +906,7 @@ class UpperMeta:
     content: bytes | str | None
     target: str | None
     xattrs: tuple[tuple[str, bytes], ...]
-    protattr: bytes | None = None  # trusted.overlay.protattr: immutable, append-only
+    protattr: bytes | None = None  # overlay.protattr: immutable, append-only
 
 
 def upper_view(upper: Path | str, lowers: Sequence[Path | str] = (), records: str = "trusted.overlay.") -> dict[str, UpperMeta]:
@@ -1056,6 +1056,12 @@ def diff_identity(before: tuple[Mapping[str, int], Mapping[str, int]], after: tu
 
 # -- a kernel mount and a driver mount over identical trees ------------------------
 
+def records_prefix(kernel_options: Sequence[str]) -> str:
+    """Where overlayfs mounted with kernel_options keeps its records (opaque, whiteout,
+    redirect, protattr): user.overlay.* with userxattr, trusted.overlay.* otherwise."""
+    return "user.overlay." if "userxattr" in kernel_options else "trusted.overlay."
+
+
 KERNEL_OPTIONS = ("redirect_dir=on",)  # the driver always redirects renamed merged dirs; overlayfs's default here is off (EXDEV)
 
 
@@ -1081,7 +1087,7 @@ class Pair:
     @property
     def records(self) -> str:
         """The prefix of overlayfs's records in the uppers."""
-        return "user.overlay." if "userxattr" in self.kernel_options else "trusted.overlay."
+        return records_prefix(self.kernel_options)
 
     def remount(self) -> None:
         """Both unmounted and mounted again over the layers as they are: what an
@@ -1239,8 +1245,7 @@ def pair(
             s = Stack.make(base, len(lowers), prefix)
             stacks.append(s)
             for root, tree in zip(s.lowers, lowers, strict=True):
-                build_layer(root, as_overlayfs(tree) if prefix == "k-" else tree,
-                            "user.overlay." if "userxattr" in kernel_options else "trusted.overlay.")
+                build_layer(root, as_overlayfs(tree) if prefix == "k-" else tree, records_prefix(kernel_options))
             if root_mode is not None:
                 os.chmod(s.upper, root_mode)
         with _mounted(*stacks, kernel_options, driver_options) as p:
