@@ -557,13 +557,16 @@ class Requests:
             self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
         return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
 
-    def _change_removed_dir(self, nodeid: int, change: Callable[[int, int], T]) -> T:
+    def _change_removed_dir(self, nodeid: int, change: Callable[[int, int], T],
+                            asked_first: Callable[[int], object] | None = None) -> T:
         """change(fd, layer index) on the real directory of a removed one, kept for it
         (Union.rmdir_holding, Union.hold), as overlayfs changes it: an upper one takes
-        it; a lower one would need a copy-up, which overlayfs fails with ENOTDIR there.
-        ESTALE where none was kept."""
+        it; a lower one would need a copy-up, which overlayfs fails with ENOTDIR there,
+        after asked_first (see _change). ESTALE where none was kept."""
         def upper_only(fd: int, index: int) -> tuple[T]:
             if not self.union.resolver.is_upper(index):
+                if asked_first is not None:
+                    asked_first(fd)
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
             return (change(fd, index),)
         done = self.nodes.with_held(nodeid, upper_only)
@@ -1042,12 +1045,16 @@ class Requests:
 
     def removexattr(self, h: tuple, data: memoryview) -> None:
         name = _name(data)
-        self._change(h[3], lambda path: self.union.removexattr(path, name), lambda fd: self.union.fremovexattr(fd, name))
+        self._change(h[3], lambda path: self.union.removexattr(path, name), lambda fd: self.union.fremovexattr(fd, name),
+                     lambda fd: self.union.fremovable_xattr(fd, name))
 
-    def _change(self, nodeid: int, by_path: Callable[[str], None], by_fd: Callable[[int], None]) -> None:
+    def _change(self, nodeid: int, by_path: Callable[[str], None], by_fd: Callable[[int], None],
+                asked_first: Callable[[int], object] | None = None) -> None:
         """A change by the node's path, or, where its names are gone (unlinked or replaced
         while open), by a descriptor it is still open by in the upper layer, as overlayfs
-        changes its real file."""
+        changes its real file. asked_first: what overlayfs asks of a lower file or
+        directory before the copy-up that such a change needs (and that fails there), by
+        a descriptor of it: its error comes first."""
         with self.nodes.exclusive():
             try:
                 path = self.nodes.path(nodeid)
@@ -1058,23 +1065,32 @@ class Requests:
                 by_path(path)
                 return
         if self.nodes.remains(nodeid) is not None:  # a removed directory
-            self._change_removed_dir(nodeid, lambda fd, index: by_fd(fd))
+            self._change_removed_dir(nodeid, lambda fd, index: by_fd(fd), asked_first)
             return
         with self._lock:  # a RELEASE cannot close the fd meanwhile
             fd = self._upper_fd(nodeid)
             if fd is not None:
                 by_fd(fd)
                 return
-        self._change_nameless(nodeid, by_fd, False)
+            fds = self._node_fds.get(nodeid)  # none in the upper layer: a lower file's
+            if fds and asked_first is not None:
+                asked_first(fds[0])
+        self._change_nameless(nodeid, by_fd, False, asked_first)
 
-    def _change_nameless(self, nodeid: int, change: Callable[[int], T], writes: bool) -> T:
+    def _change_nameless(self, nodeid: int, change: Callable[[int], T], writes: bool,
+                         asked_first: Callable[[int], object] | None = None) -> T:
         """change(fd) on a file whose names are gone and that is open by no descriptor in
         the upper layer: an upper one that a rename took (Union.hold), by an fd opened for
         the change (the one kept is O_PATH, which fchmod and the rest refuse), as
         overlayfs changes its real file. A regular file only: opening anything else may
-        block or act. Else it cannot change (_unchangeable)."""
+        block or act. Else it cannot change (_unchangeable), after asked_first (see
+        _change) of a lower one kept."""
         def upper_file(held: int, index: int) -> tuple[T] | None:
-            if not self.union.resolver.is_upper(index) or not stat.S_ISREG(os.fstat(held).st_mode):
+            if not self.union.resolver.is_upper(index):
+                if asked_first is not None:
+                    asked_first(held)
+                return None
+            if not stat.S_ISREG(os.fstat(held).st_mode):
                 return None
             fd = os.open(f"/proc/self/fd/{held}", (os.O_RDWR if writes else os.O_RDONLY) | os.O_CLOEXEC)
             try:

@@ -1160,6 +1160,12 @@ class Union:
         """setxattr of a file open in the upper layer whose names are gone, by its fd."""
         os.setxattr(fd, self._stored(name, f"fd {fd}", errno.EPERM), value, flags)
 
+    def fremovable_xattr(self, fd: int, name: str) -> None:
+        """What overlayfs asks of a lower file by fd before the copy-up that a removal of
+        its xattr needs (ovl_xattr_set), as removexattr does by path: a name no caller may
+        remove is EPERM, one the file lacks ENODATA."""
+        _by_fd(os.getxattr, fd, self._stored(name, f"fd {fd}", errno.EPERM))
+
     def fremovexattr(self, fd: int, name: str) -> None:
         """removexattr of a file open in the upper layer whose names are gone, by its fd."""
         os.removexattr(fd, self._stored(name, f"fd {fd}", errno.EPERM))
