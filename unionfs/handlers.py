@@ -1075,6 +1075,7 @@ class Requests:
             fds = self._node_fds.get(nodeid)  # none in the upper layer: a lower file's
             if fds and asked_first is not None:
                 asked_first(fds[0])
+                asked_first = None  # asked: not again of the file a rename or removal kept
         self._change_nameless(nodeid, by_fd, False, asked_first)
 
     def _change_nameless(self, nodeid: int, change: Callable[[int], T], writes: bool,
