@@ -456,6 +456,7 @@ HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdsta
 FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE = "fdchange", "fdxattrs", "fdreopen", "fdallocate"
 HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE)
 FD_REMOVE = "fdremove"  # not run as such: Pair.held_removal makes it an unlink or rmdir
+RMTREE = "rmtree"  # not run as such: tree_removal makes it the unlinks and rmdirs of an rm -rf
 _HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC,
                "dir": os.O_RDONLY | os.O_DIRECTORY}
 
@@ -548,8 +549,30 @@ def _answer(call: Callable[[], object]) -> object:
 
 
 def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = ()) -> Op:
-    assert name in _OPS or name in (REMOUNT, FD_REMOVE, *HELD_OPS), name
+    assert name in _OPS or name in (REMOUNT, FD_REMOVE, RMTREE, *HELD_OPS), name
     return Op(name, args, uid, groups)
+
+
+def tree_removal(root: Path | str, operation: Op) -> list[Op]:
+    """RMTREE as the removals an ``rm -rf`` of a directory makes, by its caller: the
+    directory of the operation's index (modulo their number, "." first: see
+    ``directories``), as root sees the mount at root; what is below a directory first,
+    an unlink of each non-directory and an rmdir of each directory, no symlink
+    followed, names sorted so that both mounts get the same calls. Each is run and
+    compared on its own, whatever the ones before answered (rm -rf goes on past a
+    failure)."""
+    def below(rel: str) -> Iterator[Op]:
+        path = _p(os.fspath(root), rel)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+            names = sorted(os.listdir(path)) if is_dir else []
+        except OSError:
+            is_dir, names = False, []
+        for name in names:
+            yield from below(os.path.normpath(os.path.join(rel, name)))
+        yield dataclasses.replace(operation, name="rmdir" if is_dir else "unlink", args=(rel,))
+    found = directories(root)
+    return list(below(found[int(operation.args[0]) % len(found)]))
 
 
 def _call(root: str, operation: Op) -> int | None:

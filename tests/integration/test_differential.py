@@ -9,7 +9,9 @@ one at its new name) must be the same on both: a copy-up keeps the number,
 a copy-up that breaks a lower hard link does not. Generated sequences also
 unmount and remount both, after which the same must hold, and hold files
 open while other operations change them: what is read, written and fstat'ed
-through such a file must be the same on both.
+through such a file must be the same on both. They also remove whole
+directories as ``rm -rf`` does, a call at a time, each compared
+(``difftree.tree_removal``).
 
 The kernel is mounted with ``redirect_dir=on``: renaming a directory that has
 lower parts is allowed by the driver (it writes ``trusted.overlay.redirect``),
@@ -86,6 +88,7 @@ from difftree import (
     HOLD,
     KERNEL_OPTIONS,
     REMOUNT,
+    RMTREE,
     Pair,
     Symlink,
     View,
@@ -107,6 +110,7 @@ from difftree import (
     redirected,
     scratch,
     through_two_names,
+    tree_removal,
     upper_view,
     view,
     walk_spec,
@@ -283,6 +287,9 @@ _operations = st.one_of(
     st.builds(op, st.just("truncate"), paths, st.sampled_from((0, 3, 200))),
     st.builds(op, st.just("mkdir"), paths, st.sampled_from((0o755, 0o700))),
     st.builds(op, st.just("rmdir"), paths),
+    # rm -rf of a directory: its entries removed by the caller, then the directory, in the
+    # order rm takes them (the rmdirs that succeed)
+    st.builds(op, st.just(RMTREE), st.integers(0, 7)),
     st.builds(op, st.just("unlink"), paths),
     st.builds(op, st.just("rename"), paths, paths),
     # an exchange needs two entries: names in the root, which hold most of them, more often
@@ -460,7 +467,14 @@ def random_operations(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op], dr
         if lower_dir_reached_twice(p.kernel.lowers, p.check()):
             event("layers: rejected, a lower directory reached by two names")
             reject()
-        for operation in ops:
+        pending = list(reversed(ops))
+        while pending:
+            operation = pending.pop()
+            if operation.name == RMTREE:
+                removals = tree_removal(p.kernel.mnt, operation)
+                event(f"rmtree: {'the root' if removals[-1].args == ('.',) else 'a directory'}")
+                pending.extend(reversed(removals))
+                continue
             if operation.name == FD_REMOVE:
                 removal = p.held_removal(operation)
                 if removal is None:
