@@ -1157,6 +1157,41 @@ def test_mkdir_over_deleted_lower_dir_is_opaque(tmp_path: Path) -> None:
         assert upper_view(p.driver.upper, p.driver.lowers)["d"].opaque == b"y"
 
 
+def test_a_directory_moved_where_a_lower_entry_was_removed_hides_it(tmp_path: Path) -> None:
+    """A directory of the upper alone, renamed to a name whose lower directory was
+    removed, shows its own entries only (made opaque, as overlayfs does); over a
+    removed lower file, the whiteout goes and none is left at the old name, which
+    no lower entry had."""
+    bottom = Dir({"d": Dir({"x": File()}), "f": File(b"f")})
+    with pair(tmp_path, [Dir(), bottom]) as p:
+        for step in (op("unlink", "d/x"), op("rmdir", "d"), op("mkdir", "e", 0o755), op("write", "e/y", "create", b"y"),
+                     op("unlink", "f"), op("mkdir", "g", 0o755)):
+            assert p.run(step) is None
+        assert p.run(op("rename", "e", "d")) is None
+        assert p.run(op("rename", "g", "f")) is None
+        v = p.check()
+        assert names(v) == ["d", "f"] and names(v, "d") == ["y"] and names(v, "f") == []
+        assert upper_view(p.driver.upper, p.driver.lowers)["d"].opaque == b"y"
+        p.remount()
+        assert names(p.check(), "d") == ["y"]
+
+
+def test_a_directory_exchanged_with_a_lower_one_hides_it(tmp_path: Path) -> None:
+    """RENAME_EXCHANGE of a directory of the upper alone with a merged one: each shows
+    its own entries at the other's name (the moved merged one by a redirect, the other
+    made opaque over the lower directory of its new name)."""
+    bottom = Dir({"d": Dir({"x": File()})})
+    with pair(tmp_path, [Dir(), bottom]) as p:
+        assert p.run(op("mkdir", "e", 0o755)) is None
+        assert p.run(op("write", "e/y", "create", b"y")) is None
+        assert p.run(op("rename2", "e", "d", "exchange")) is None
+        v = p.check()
+        assert names(v, "d") == ["y"] and names(v, "e") == ["x"]
+        p.remount()
+        v = p.check()
+        assert names(v, "d") == ["y"] and names(v, "e") == ["x"]
+
+
 @pytest.mark.parametrize("how", ["empty-path", "proc"])
 def test_tmpfile_gets_its_name_by_linkat(tmp_path: Path, how: str) -> None:
     """open(O_TMPFILE) in a lower directory copies the directory up; linkat names the
