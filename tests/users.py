@@ -6,22 +6,41 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-CAP_FSETID = 4
+CAP_DAC_READ_SEARCH, CAP_FSETID = 2, 4
 NOBODY = 65534  # the overflow ID: a user that owns nothing here
 _CAP_VERSION_3 = 0x20080522
+_PR_SET_KEEPCAPS = 8
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _bit(cap: int) -> tuple[int, int]:
+    """Where cap is in capget's data: the index of its word in the effective set (the
+    permitted set's is the next one), and its bit there."""
+    return 3 * (cap // 32), 1 << (cap % 32)
 
 
 def _drop_capability(cap: int) -> None:
     """Take cap out of this process's effective and permitted sets (capset(2))."""
-    libc = ctypes.CDLL(None, use_errno=True)
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}
-    if libc.capget(header, data) != 0:
+    if _LIBC.capget(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capget")
-    word, bit = 3 * (cap // 32), 1 << (cap % 32)
+    word, bit = _bit(cap)
     data[word] &= ~bit
     data[word + 1] &= ~bit
-    if libc.capset(header, data) != 0:
+    if _LIBC.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _only_capabilities(caps: Iterable[int]) -> None:
+    """Make caps (kept through setuid by PR_SET_KEEPCAPS) the effective and permitted sets, nothing else."""
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    for cap in caps:
+        word, bit = _bit(cap)
+        data[word] |= bit
+        data[word + 1] |= bit
+    if _LIBC.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
 
 
@@ -31,9 +50,10 @@ def errno_without(cap: int, action: Callable[[], object]) -> int | None:
 
 
 def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = (), cwd: Path | str | None = None,
-             gid: int | None = None) -> int | None:
-    """Run action in a forked child with uid ``uid``, gid ``gid`` (default: the uid)
-    and the given supplementary groups: the errno of the OSError it raised, or None.
+             gid: int | None = None, caps: Iterable[int] = ()) -> int | None:
+    """Run action in a forked child with uid ``uid``, gid ``gid`` (default: the uid),
+    the given supplementary groups and capabilities ``caps`` (none by default, as
+    setuid leaves a user): the errno of the OSError it raised, or None.
 
     The child starts in ``cwd`` (chosen while still root), so the test's own
     private directories above it need not be searchable by that user.
@@ -43,7 +63,12 @@ def errno_as(uid: int, action: Callable[[], object], *, groups: Iterable[int] = 
             os.chdir(cwd)
         os.setgroups(list(groups))
         os.setresgid(*(uid if gid is None else gid,) * 3)
+        kept = tuple(caps)
+        if kept:
+            _LIBC.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0)
         os.setresuid(uid, uid, uid)
+        if kept:
+            _only_capabilities(kept)
     return _in_child(become, action, f"uid {uid}")
 
 

@@ -422,17 +422,19 @@ def _exec(p: str) -> None:
 @dataclass(frozen=True, repr=False)
 class Op:
     """One system call on paths relative to the mount point, made by ``uid`` (its group: the same
-    number) with the supplementary ``groups``."""
+    number) with the supplementary ``groups`` and the capabilities ``caps``."""
 
     name: str
     args: tuple[object, ...]
     uid: int = 0
     groups: tuple[int, ...] = ()
+    caps: tuple[int, ...] = ()  # capabilities the unprivileged caller keeps
 
     def __repr__(self) -> str:
         mode_at = _MODE_ARG.get(self.name)
         args = ", ".join(f"{a:#o}" if i == mode_at else repr(a) for i, a in enumerate(self.args))
-        return f"{self.name}({args})" + (f" as {self.uid}" if self.uid else "") + (f" in {self.groups}" if self.groups else "")
+        return (f"{self.name}({args})" + (f" as {self.uid}" if self.uid else "") + (f" in {self.groups}" if self.groups else "")
+                + (f" with capabilities {self.caps}" if self.caps else ""))
 
     _repr_pretty_ = _pretty
 
@@ -548,9 +550,9 @@ def _answer(call: Callable[[], object]) -> object:
         return errname(exc.errno)
 
 
-def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = ()) -> Op:
+def op(name: str, *args: object, uid: int = 0, groups: tuple[int, ...] = (), caps: tuple[int, ...] = ()) -> Op:
     assert name in _OPS or name in (REMOUNT, FD_REMOVE, RMTREE, *HELD_OPS), name
-    return Op(name, args, uid, groups)
+    return Op(name, args, uid, groups, caps)
 
 
 def tree_removal(root: Path | str, operation: Op) -> list[Op]:
@@ -587,7 +589,8 @@ def apply(root: Path | str, operation: Op) -> int | None:
     """Run operation on the mount at root: its errno, or None on success.
 
     An operation of another user runs in a child process with that uid and
-    gid and the operation's supplementary groups (none by default); it starts in the mount's root, so the
+    gid and the operation's supplementary groups and capabilities (none by
+    default); it starts in the mount's root, so the
     test's own (private) directories above it need not be searchable.
     """
     if not operation.uid:
@@ -598,7 +601,7 @@ def apply(root: Path | str, operation: Op) -> int | None:
         if code is not None:
             raise OSError(code, os.strerror(code))
 
-    return errno_as(operation.uid, call, groups=operation.groups, cwd=root)
+    return errno_as(operation.uid, call, groups=operation.groups, cwd=root, caps=operation.caps)
 
 
 def errname(code: int | None) -> str:

@@ -118,7 +118,7 @@ from difftree import (
 from hypothesis import HealthCheck, Phase, event, given, reject, settings
 from hypothesis import strategies as st
 from mounts import Stack, fuse_mount, kernel_mount
-from users import CAP_FSETID, errno_without
+from users import CAP_DAC_READ_SEARCH, CAP_FSETID, errno_without
 
 from unionfs.protection import APPEND, IMMUTABLE
 
@@ -1050,6 +1050,27 @@ def test_acl_directory_search_and_write(tmp_path: Path) -> None:
             assert p.run(dataclasses.replace(step, uid=1000)) is None, step
         for step in (op("read", "nosearch/f"), op("listdir", "noread"), op("unlink", "nowrite/f")):
             assert p.run(dataclasses.replace(step, uid=1001)) is None, step  # everybody else: rwx
+        p.check()
+
+
+def test_acl_read_search_capability_reads_but_never_writes(tmp_path: Path) -> None:
+    """A user with CAP_DAC_READ_SEARCH gets past an ACL that denies reading a file or
+    listing or searching a directory, never past one that denies writing
+    (generic_permission)."""
+    inner = {"f": File(b"f", mode=0o666), "sub": Dir({"g": File(b"g", mode=0o666)}, mode=0o777)}
+
+    def entries(perm: int) -> tuple[tuple[int, int, int], ...]:  # rwx for all, perm for user 1000
+        return (U, 7, _ANY), (0x02, perm, 1000), (G, 7, _ANY), (M, 7, _ANY), (O, 7, _ANY)
+
+    bottom = Dir({"nosearch": acl_dir(inner, *entries(0)), "nowrite": acl_dir(inner, *entries(5)),
+                  "deny": acl_file((U, 6, _ANY), (0x02, 0, 1000), (G, 6, _ANY), (M, 6, _ANY), (O, 6, _ANY))})
+    with pair(tmp_path, [Dir(), bottom], root_mode=0o1777) as p:
+        for step in (op("read", "deny"), op("listdir", "nosearch"), op("read", "nosearch/sub/g")):
+            assert p.run(dataclasses.replace(step, uid=1000, caps=(CAP_DAC_READ_SEARCH,))) is None, step
+            assert p.run(dataclasses.replace(step, uid=1000)) == errno.EACCES, step
+        for step in (op("write", "deny", "append", b"+"), op("write", "nowrite/new", "excl", b""), op("mkdir", "nowrite/d"),
+                     op("unlink", "nowrite/f"), op("unlink", "nosearch/f"), op("setxattr", "deny", "user.k", b"v")):
+            assert p.run(dataclasses.replace(step, uid=1000, caps=(CAP_DAC_READ_SEARCH,))) == errno.EACCES, step
         p.check()
 
 
