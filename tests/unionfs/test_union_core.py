@@ -717,19 +717,21 @@ def test_an_rmdir_done_stays_done_when_its_leftovers_will_not_go(dirs: dict[str,
 
 @root_only
 def test_implicit_directory_takes_attributes_from_below(dirs: dict[str, Path]) -> None:
-    """A layer that adds d/f without an entry for d/ must not change d's owner or mode."""
+    """A layer that adds d/f without an entry for d/ must not change d's owner, mode or xattrs."""
     tree(dirs["bottom"], {"d/": None})
     os.chmod(dirs["bottom"] / "d", 0o1770)
     os.chown(dirs["bottom"] / "d", 1000, 1000)
+    os.setxattr(dirs["bottom"] / "d", "user.k", b"below")
     tree(dirs["top"], {"d/f": "x"})
     os.setxattr(dirs["top"] / "d", "user.unionfs.implicit", b"1")
     u = make_union(dirs)
     attrs = u.getattr("/d")
     assert (stat.S_IMODE(attrs["st_mode"]), attrs["st_uid"]) == (0o1770, 1000)
-    assert "user.unionfs.implicit" not in u.listxattr("/d")
+    assert u.listxattr("/d") == ["user.k"] and u.getxattr("/d", "user.k") == b"below"
     os.close(u.create("/d/new", 0o644, os.O_WRONLY))
     st = (dirs["upper"] / "d").stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o1770, 1000)
+    assert os.getxattr(dirs["upper"] / "d", "user.k") == b"below" and u.getxattr("/d", "user.k") == b"below"
 
 
 # -- records of interrupted renames (whiteout=oci) ------------------------------------
