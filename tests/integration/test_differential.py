@@ -970,6 +970,11 @@ def acl_dir(children: dict[str, object], *entries: tuple[int, int, int], owner: 
 U, G, M, O = 0x01, 0x04, 0x10, 0x20  # user::, group::, mask::, other:: (named: 0x02 user, 0x08 group)
 
 
+def only_1000_limited(perm: int) -> tuple[tuple[int, int, int], ...]:
+    """The entries of an ACL that grants rwx to all but user 1000, who gets perm."""
+    return (U, 7, _ANY), (0x02, perm, 1000), (G, 7, _ANY), (M, 7, _ANY), (O, 7, _ANY)
+
+
 @pytest.mark.parametrize("where", ["lower", "upper"])
 def test_acl_named_group_denied(tmp_path: Path, where: str, acl_engine: tuple[str, ...]) -> None:
     """group:2000:--- shuts out members of 2000, as their primary or a supplementary group; others read."""
@@ -1036,12 +1041,8 @@ def test_acl_directory_search_and_write(tmp_path: Path, acl_engine: tuple[str, .
     (chmod of another's file below a closed directory is left out: the kernel answers EPERM
     from ownership before the driver is asked, where overlayfs stops at the directory.)"""
     inner = {"f": File(b"f", mode=0o666), "mine": File(owner=(1000, 1000)), "sub": Dir({"g": File(b"g", mode=0o666)}, mode=0o777)}
-
-    def entries(perm: int) -> tuple[tuple[int, int, int], ...]:  # rwx for all, perm for user 1000
-        return (U, 7, _ANY), (0x02, perm, 1000), (G, 7, _ANY), (M, 7, _ANY), (O, 7, _ANY)
-
-    bottom = Dir({"nosearch": acl_dir(inner, *entries(4)), "nowrite": acl_dir(inner, *entries(5)),
-                  "noread": acl_dir(inner, *entries(1))})
+    bottom = Dir({"nosearch": acl_dir(inner, *only_1000_limited(4)), "nowrite": acl_dir(inner, *only_1000_limited(5)),
+                  "noread": acl_dir(inner, *only_1000_limited(1))})
     with pair(tmp_path, [Dir(), bottom], root_mode=0o1777, driver_options=acl_engine) as p:
         for step in (op("read", "nosearch/f"), op("read", "nosearch/sub/g"), op("write", "nosearch/f", "append", b"+"),
                      op("write", "nosearch/new", "excl", b""), op("mkdir", "nosearch/d"), op("unlink", "nosearch/f"),
@@ -1066,11 +1067,7 @@ def test_acl_read_search_capability_reads_but_never_writes(tmp_path: Path, acl_e
     listing or searching a directory, never past one that denies writing
     (generic_permission)."""
     inner = {"f": File(b"f", mode=0o666), "sub": Dir({"g": File(b"g", mode=0o666)}, mode=0o777)}
-
-    def entries(perm: int) -> tuple[tuple[int, int, int], ...]:  # rwx for all, perm for user 1000
-        return (U, 7, _ANY), (0x02, perm, 1000), (G, 7, _ANY), (M, 7, _ANY), (O, 7, _ANY)
-
-    bottom = Dir({"nosearch": acl_dir(inner, *entries(0)), "nowrite": acl_dir(inner, *entries(5)),
+    bottom = Dir({"nosearch": acl_dir(inner, *only_1000_limited(0)), "nowrite": acl_dir(inner, *only_1000_limited(5)),
                   "deny": acl_file((U, 6, _ANY), (0x02, 0, 1000), (G, 6, _ANY), (M, 6, _ANY), (O, 6, _ANY))})
     with pair(tmp_path, [Dir(), bottom], root_mode=0o1777, driver_options=acl_engine) as p:
         for step in (op("read", "deny"), op("listdir", "nosearch"), op("read", "nosearch/sub/g")):
