@@ -35,6 +35,7 @@ from layerstore.model import MAX_SIZE, Descriptor, ImageConfig, Manifest, load_j
 from layerstore.registry.pull import choose_manifest
 from layerstore.platforms import Platform
 from layerstore.unpack import unpack_layer
+from test_unpack import gnu_sparse_header
 
 EXAMPLES = set_by_hand("FUZZ_EXAMPLES")
 pytestmark = long_run_marks("FUZZ_EXAMPLES", seconds_each=0.2)
@@ -106,21 +107,6 @@ def build_tar(entries: list[tuple[tarfile.TarInfo, bytes]], fmt: int) -> bytes |
     except (ValueError, UnicodeError, OverflowError):  # a name or number this format cannot hold
         return None
     return out.getvalue()
-
-
-def gnu_sparse_header(name: str, realsize: int, pairs: list[tuple[int, int]], data: bytes) -> bytes:
-    """An old-GNU sparse entry ('S') by hand: tarfile reads these but cannot write them."""
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.GNUTYPE_SPARSE
-    info.size = len(data)
-    block = bytearray(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")[-512:])
-    for i, (offset, length) in enumerate(pairs[:4]):
-        block[386 + 24 * i : 398 + 24 * i] = b"%011o\0" % (offset & 0o77777777777)
-        block[398 + 24 * i : 410 + 24 * i] = b"%011o\0" % (length & 0o77777777777)
-    block[483:495] = b"%011o\0" % (realsize & 0o77777777777)
-    block[148:156] = b" " * 8
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block) + data + bytes(-len(data) % 512)
 
 
 @st.composite

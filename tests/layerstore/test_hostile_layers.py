@@ -23,7 +23,7 @@ import zstandard
 
 from layerstore.errors import CorruptArchive, InvalidReference, LayerStoreError, SizeLimitExceeded
 from layerstore.unpack import DEFAULT_MAX_LAYER_SIZE, MAX_LAYER_SIZE_ENV, max_layer_size, unpack_layer
-from test_unpack import ROOT, entry, make_tar, sha256, unpack_bytes
+from test_unpack import ROOT, entry, gnu_sparse_header, make_tar, sha256, unpack_bytes
 from users import NOBODY
 
 # -- header fields no file can have -------------------------------------------------------
@@ -57,6 +57,15 @@ def test_file_bigger_than_the_limit_is_refused_from_its_header(tmp_path: Path) -
     blob = make_tar([header])
     with pytest.raises(SizeLimitExceeded, match='entry "big"'):
         unpack_bytes(blob, tmp_path / "dest", max_size=1 << 30)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_sparse_map_longer_than_its_data_is_refused(tmp_path: Path) -> None:
+    """The map's lengths are bytes of this entry: reading more would take the next header as data."""
+    sparse = gnu_sparse_header("s", 8192, [(0, 4096)], b"x" * 512)
+    after = make_tar([entry("after", data=b"the next entry")])
+    with pytest.raises(CorruptArchive, match='sparse map of "s" exceeds its data'):
+        unpack_bytes(sparse + after, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
 
 

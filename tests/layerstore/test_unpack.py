@@ -192,6 +192,21 @@ def make_tar(entries: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.PA
     return out.getvalue()
 
 
+def gnu_sparse_header(name: str, realsize: int, pairs: list[tuple[int, int]], data: bytes) -> bytes:
+    """An old-GNU sparse entry ('S') by hand: tarfile reads these but cannot write them."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = len(data)
+    block = bytearray(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")[-512:])
+    for i, (offset, length) in enumerate(pairs[:4]):
+        block[386 + 24 * i : 398 + 24 * i] = b"%011o\0" % (offset & 0o77777777777)
+        block[398 + 24 * i : 410 + 24 * i] = b"%011o\0" % (length & 0o77777777777)
+    block[483:495] = b"%011o\0" % (realsize & 0o77777777777)
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block) + data + bytes(-len(data) % 512)
+
+
 def unpack_bytes(data: bytes, dest: Path, **kwargs: object) -> UnpackResult:
     return unpack_layer(io.BytesIO(data), dest, **kwargs)  # type: ignore[arg-type]
 
@@ -524,6 +539,22 @@ def test_unprivileged_unpack_skips_devices_and_owners(tmp_path: Path) -> None:
         path.chmod(0o755)
 
 
+def test_a_skipped_device_replaced_by_a_file_takes_hard_links_again(tmp_path: Path) -> None:
+    """A link follows its target's fate: skipped with a skipped device, made once a later entry made the name."""
+    tar_bytes = make_tar([
+        entry("dev/x", tarfile.CHRTYPE, devmajor=1, devminor=3),
+        entry("dev/x-link", tarfile.LNKTYPE, linkname="dev/x"),
+        entry("dev/x", data=b"a file where the device was"),
+        entry("dev/x-link-again", tarfile.LNKTYPE, linkname="dev/x"),
+    ])  # fmt: skip
+    result = unpack_bytes(tar_bytes, tmp_path / "dest", privileged=False)
+    dest = tmp_path / "dest"
+    assert [s.name for s in result.skipped] == ["dev/x", "dev/x-link"]
+    assert not (dest / "dev/x-link").exists()
+    assert (dest / "dev/x-link-again").read_bytes() == b"a file where the device was"
+    assert (dest / "dev/x").stat().st_nlink == 2
+
+
 def test_mtimes_xattrs_and_directory_times_after_children(tmp_path: Path) -> None:
     capability = bytes.fromhex("0100000200200000000000000000000000000000")
     xattrs = {"SCHILY.xattr.user.bin": b"\x00\xff\xfe raw".decode("utf-8", "surrogateescape")}
@@ -574,6 +605,18 @@ def test_later_entries_win(tmp_path: Path) -> None:
     assert (dest / "y").is_dir() and not (dest / "y").is_symlink()
     assert (dest / "h").read_bytes() == b"new inode" and (dest / "h2").read_bytes() == b"old inode"
     assert os.readlink(dest / "s") == "d"
+
+
+def test_a_file_named_twice_to_gnu_tar_is_kept(tmp_path: Path) -> None:
+    """GNU tar writes a name given twice as a hard link to itself: the file is already there."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"once")
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "layer.tar"), "f", "f"], check=True)
+    with tarfile.open(tmp_path / "layer.tar") as tar:
+        assert [(m.name, m.islnk(), m.linkname) for m in tar] == [("f", False, ""), ("f", True, "f")]
+    unpack_bytes((tmp_path / "layer.tar").read_bytes(), tmp_path / "dest")
+    assert (tmp_path / "dest/f").read_bytes() == b"once" and (tmp_path / "dest/f").stat().st_nlink == 1
 
 
 @root_only
@@ -746,6 +789,27 @@ def test_replacing_a_symlink_never_writes_through_it(tmp_path: Path) -> None:
     assert (tmp_path / "dest/t").is_dir() and not (tmp_path / "dest/t").is_symlink()
     assert stat.S_ISFIFO((tmp_path / "dest/u").lstat().st_mode)
     assert canary.read_bytes() == b"canary" and stat.S_IMODE(outside.stat().st_mode) != 0o700
+
+
+def test_a_hard_link_to_a_symlink_links_the_symlink_never_its_target(tmp_path: Path) -> None:
+    """GNU tar records a second name of a symlink as a hard link to it; linking what the
+    symlink points at would put a file of the host (here the canary) into the layer."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    canary = outside / "canary"
+    canary.write_bytes(b"canary")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "s").symlink_to(canary)
+    os.link(src / "s", src / "h", follow_symlinks=False)
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "layer.tar"), "s", "h"], check=True)
+    with tarfile.open(tmp_path / "layer.tar") as tar:
+        assert tar.getmember("h").islnk()  # the tool wrote what this test is about
+    dest = tmp_path / "dest"
+    unpack_bytes((tmp_path / "layer.tar").read_bytes(), dest)
+    assert (dest / "h").is_symlink() and os.readlink(dest / "h") == str(canary)
+    assert (dest / "h").lstat().st_ino == (dest / "s").lstat().st_ino
+    assert canary.stat().st_nlink == 1
 
 
 # -- broken streams ----------------------------------------------------------------
