@@ -83,6 +83,7 @@ def test_load_shares_base_layers(store: Store, images: dict[str, Path]) -> None:
     assert [line.split(": ")[1] for line in lines] == ["Already exists", "Already exists", "Loading layer"]
     assert len(store.layers.diff_ids()) == 3
     assert store.image_layers(app.id)[:2] == store.image_layers(base.id)
+    assert {os.stat(store.blobs.path(d)).st_mode & 0o7777 for d in store.blobs.digests()} == {0o444}
 
 
 def test_zstd_layers_load_to_the_same_layers(store: Store, images: dict[str, Path]) -> None:

@@ -65,6 +65,8 @@ def test_pull_by_tag_prints_docker_lines_and_stores_the_original_bytes(world: Wo
         assert row is not None and row["media_type"] == OCI_MANIFEST
         assert all(store.blobs.has(d) for d in layers)
         assert not list((tmp_path / "2" / "ingest").iterdir())
+        # downloaded (layers) and written whole (manifest, config): read-only, as the README says
+        assert {os.stat(store.blobs.path(d)).st_mode & 0o7777 for d in store.blobs.digests()} == {0o444}
 
     again = cli(tmp_path / "2", "pull", f"{name}:v1")
     assert again.lines == [
