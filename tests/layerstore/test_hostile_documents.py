@@ -203,6 +203,9 @@ LAYOUTS: dict[str, tuple[Any, type[LayerStoreError]]] = {
     "config-size-lies": (lambda l: l.index([l.image(config_size=len(CONFIG) + 7)]), SizeMismatch),
     "manifest-digest-lies": (lambda l: l.index([{**l.image(), "digest": "sha256:" + "2" * 64}]), NotFound),
     "manifest-content-swapped": (lambda l: _swap(l), DigestMismatch),
+    "config-content-swapped": (lambda l: _swap_config(l), DigestMismatch),
+    "docker-config-not-its-name": (lambda l: _docker_archive([{"Config": f"{sha256(CONFIG)[7:]}.json", "Layers": ["layer.tar"]}],
+        {f"{sha256(CONFIG)[7:]}.json": CONFIG.replace(b"amd64", b"arm64")}), DigestMismatch),
     # digests
     "digest-md5": (lambda l: l.index([{**l.image(), "digest": "md5:" + "0" * 32}]), CorruptArchive),
     "digest-uppercase": (lambda l: l.index([{**l.image(), "digest": "sha256:" + HEX.upper()}]), CorruptArchive),
@@ -247,6 +250,13 @@ def _swap(layout: Layout) -> Layout:
     data = layout.files[path]
     layout.files[path] = data.replace(b'"schemaVersion": 2', b'"schemaVersion":  2')[: len(data)]
     return layout.index([first])
+
+
+def _swap_config(layout: Layout) -> Layout:
+    """The manifest names one config; the file under that name holds another of the same size."""
+    desc = layout.image()
+    layout.files[f"blobs/sha256/{sha256(CONFIG)[7:]}"] = CONFIG.replace(b"amd64", b"arm64")
+    return layout.index([desc])
 
 
 def _drop_layer(layout: Layout) -> Layout:

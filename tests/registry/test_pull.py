@@ -120,6 +120,8 @@ def test_an_index_gives_this_machines_image_and_its_digest(world: World, tmp_pat
         digests = store.meta.query("SELECT digest FROM repo_digests WHERE image_id = ?", image_id)
         assert [r["digest"] for r in digests] == [sha(index)]
         assert store.resolve(f"{world.name(world.open, 'multi')}@{sha(index)}") == image_id
+        store.prune_unreferenced()  # the index is what the repository digest names: it stays with its image
+        assert store.blobs.read(sha(index)) == index
 
 
 @pytest.mark.parametrize("platform", ["linux/arm64", "linux/arm64/v8", "linux/aarch64"])
