@@ -7,14 +7,19 @@ process appends to one trace file.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 from imagebuild import build_layout, export, run, write
 from storecheck import check_store, layer_trees, layerstore, run_together, tree
+from waiting import wait_for
+
+from layerstore.layers import LayerDirs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root (FUSE), umoci and skopeo")
 
@@ -82,6 +87,52 @@ def test_loads_at_once_unpack_each_layer_once(tmp_path: Path, images: dict[str, 
         counts.append(unpacks(trace))
         assert check_store(root, reference) == {"conc/base:v1", "conc/app:v1", "conc/app:zstd"}
     assert counts == [len(reference)] * ROUNDS
+
+
+def _flock_waiters(inode: int) -> int:
+    """Locks waiting on the file of this inode, as the kernel lists them (``->`` lines)."""
+    with open("/proc/locks", encoding="ascii") as locks:
+        return sum(1 for line in locks if " -> " in line and line.split()[-3].rpartition(":")[2] == str(inode))
+
+
+def test_a_waiter_on_a_removed_layer_lock_does_not_join_the_next_holder(tmp_path: Path) -> None:
+    """A holder releases by removing the lock file, then closing it. A newcomer between the two
+    makes a new file and holds it; the waiter, woken on the old one, must wait for the new one."""
+    layers = LayerDirs(tmp_path)
+    diff_id = "sha256:" + "ab" * 32
+    path = layers.locks / f"sha256-{'ab' * 32}"
+    inside: list[str] = []
+    overlaps: list[str] = []
+    entered = {name: threading.Event() for name in ("waiter", "newcomer")}
+    leave = threading.Event()
+
+    def hold(name: str) -> None:
+        with layers.locked(diff_id):
+            if inside:
+                overlaps.append(name)
+            inside.append(name)
+            entered[name].set()
+            leave.wait(10)
+            inside.remove(name)
+
+    holder = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the first holder, as layers.locked takes it
+    old = os.fstat(holder).st_ino
+    waiter = threading.Thread(target=hold, args=("waiter",))
+    waiter.start()
+    assert wait_for(lambda: _flock_waiters(old) == 1, 10)
+    os.unlink(path)  # the holder's release, first half
+    newcomer = threading.Thread(target=hold, args=("newcomer",))
+    newcomer.start()
+    assert entered["newcomer"].wait(10)
+    new = path.stat().st_ino
+    os.close(holder)  # second half: the waiter wakes on a file that has no name
+    assert wait_for(lambda: bool(overlaps) or _flock_waiters(new) == 1, 10)
+    assert overlaps == []  # the waiter waits on the newcomer's file, rather than being inside with it
+    leave.set()
+    for thread in (waiter, newcomer):
+        thread.join(10)
+    assert entered["waiter"].is_set() and inside == [] and overlaps == [] and not path.exists()
 
 
 def test_rmi_and_prune_leave_a_mounted_image_alone(tmp_path: Path, images: dict[str, Path], reference: dict[str, dict]) -> None:

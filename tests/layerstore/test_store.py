@@ -18,6 +18,7 @@ from users import errno_as
 from layerstore import fsck
 from layerstore.containers import Containers
 from layerstore.errors import CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
+from layerstore.model import Manifest
 from layerstore.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root, umoci and skopeo")
@@ -93,6 +94,12 @@ def test_zstd_layers_load_to_the_same_layers(store: Store, images: dict[str, Pat
     assert zst.id == gz.id  # one config: the same image, whatever the compression
     assert all("Already exists" in line for line in lines)
     assert len(store.layers.diff_ids()) == 3
+    # the image's layer rows name the zstd blobs now; the gzip manifest still names its own
+    manifests = [Manifest.parse(store.blobs.read(r["digest"]), "manifest") for r in store.meta.query("SELECT digest FROM manifests")]
+    named = {d.digest for m in manifests for d in [m.config, *m.layers]}
+    assert len(manifests) == 2 and len(named) == 7
+    store.prune_unreferenced()
+    assert all(store.blobs.has(digest) for digest in named)
 
 
 def test_mounted_rootfs_equals_umoci_unpack(store: Store, images: dict[str, Path], tmp_path: Path) -> None:
