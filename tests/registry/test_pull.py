@@ -223,22 +223,31 @@ def test_unknown_tag_repository_and_registry(world: World, tmp_path: Path) -> No
     assert "Connection refused" in result.err
 
 
-def test_a_changed_blob_fails_the_pull_and_nothing_of_it_is_kept(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["layer", "config", "config-shorter"])
+def test_a_changed_blob_fails_the_pull_and_nothing_of_it_is_kept(world: World, tmp_path: Path, which: str) -> None:
+    """A layer is checked as it streams in; the config before any layer is fetched."""
     manifest = registry_manifest(world, "bad", "v1")
     (layer,) = manifest_layers(manifest)
-    data_file = world.open.blob_path(layer)
+    blob = layer if which == "layer" else json.loads(manifest)["config"]["digest"]
+    data_file = world.open.blob_path(blob)
     original = data_file.read_bytes()
     changed = bytearray(original)
-    changed[len(changed) // 2] ^= 0xFF  # same size, other bytes
+    if which == "config-shorter":
+        del changed[-1]
+    else:
+        changed[len(changed) // 2] ^= 0xFF  # same size, other bytes
     data_file.write_bytes(bytes(changed))
     try:
         result = cli(tmp_path, "pull", world.name(world.open, "bad:v1"))
     finally:
         data_file.write_bytes(original)
     assert result.rc == 1
-    assert result.err == f"Error: blob {layer}: digest mismatch (computed {sha(bytes(changed))})\n"
+    if which == "config-shorter":
+        assert result.err == f"Error: blob {blob}: size mismatch (expected {len(original)} bytes, got {len(changed)})\n"
+    else:
+        assert result.err == f"Error: blob {blob}: digest mismatch (computed {sha(bytes(changed))})\n"
     with Store(tmp_path) as store:
-        assert not store.blobs.has(layer)
+        assert not store.blobs.has(layer) and not store.blobs.has(blob)
         assert not store.blobs.has(sha(manifest))
         assert store.meta.query("SELECT * FROM images") == []
         assert store.meta.query("SELECT * FROM leases") == []
