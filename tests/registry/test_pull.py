@@ -124,6 +124,27 @@ def test_an_index_gives_this_machines_image_and_its_digest(world: World, tmp_pat
         assert store.blobs.read(sha(index)) == index
 
 
+def test_an_index_entry_that_lies_about_the_size_of_its_manifest_is_refused(world: World, tmp_path: Path) -> None:
+    """The size is part of a descriptor's identity: the manifest is right by its digest, the index is not."""
+    amd64 = registry_manifest(world, "app1", "v1")
+    base = f"http://{world.open.host}/v2/lying/index"
+    for blob in [json.loads(amd64)["config"]["digest"], *manifest_layers(amd64)]:
+        mounted = requests.post(f"{base}/blobs/uploads/", params={"mount": blob, "from": "app1"}, timeout=10)
+        assert mounted.status_code == 201, mounted.text
+    put = requests.put(f"{base}/manifests/{sha(amd64)}", data=amd64, headers={"Content-Type": OCI_MANIFEST}, timeout=10)
+    assert put.status_code == 201, put.text
+    entry = {"mediaType": OCI_MANIFEST, "digest": sha(amd64), "size": len(amd64) + 1,
+             "platform": {"architecture": "amd64", "os": "linux"}}
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
+    put = requests.put(f"{base}/manifests/v1", data=index, headers={"Content-Type": OCI_INDEX}, timeout=10)
+    assert put.status_code == 201, put.text
+    result = cli(tmp_path, "pull", world.name(world.open, "lying/index:v1"))
+    assert result.rc == 1
+    assert result.err == f"Error: manifest {sha(amd64)}: size mismatch (expected {len(amd64) + 1} bytes, got {len(amd64)})\n"
+    with Store(tmp_path) as store:
+        assert store.meta.query("SELECT * FROM images") == []
+
+
 @pytest.mark.parametrize("platform", ["linux/arm64", "linux/arm64/v8", "linux/aarch64"])
 def test_platform_selects_from_the_index(world: World, tmp_path: Path, platform: str) -> None:
     name = world.name(world.open, "multi:latest")
