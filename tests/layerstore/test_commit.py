@@ -179,11 +179,18 @@ def test_commit_keeps_what_the_container_showed(store: Store, tmp_path: Path, fo
 
 
 def test_changeset_of_a_handmade_upper(tmp_path: Path) -> None:
-    """Every form the driver leaves in an upper, and names and xattrs a ustar header cannot hold."""
+    """Every form the driver leaves in an upper, those other tools leave (an xattr whiteout, a lone
+    OCI opaque marker), and names and xattrs a ustar header cannot hold."""
     lower, upper = tmp_path / "lower", tmp_path / "upper"
     write(lower, "old/f1", "one\n")
     write(lower, "old/sub/f2", "two\n")
     write(lower, "gone", "x")
+    write(lower, "xw", "hidden by an xattr whiteout")
+    write(lower, "lone/hidden", "hidden by the marker\n")
+    write(upper, "xw", "")
+    os.setxattr(upper / "xw", "user.overlay.whiteout", b"")
+    write(upper, "lone/.wh..wh..opq", "")
+    write(upper, "lone/kept", "kept\n")
     write(upper, "new/extra", "extra\n")
     os.setxattr(upper / "new", "trusted.overlay.redirect", b"/old")
     os.setxattr(upper / "new", "trusted.unionfs.origin", b"42")
@@ -209,7 +216,9 @@ def test_changeset_of_a_handmade_upper(tmp_path: Path) -> None:
     buf.seek(0)
     with tarfile.open(fileobj=buf, encoding="utf-8", errors="surrogateescape") as t:
         entries = {m.name.rstrip("/"): m for m in t}
-    assert [n for n in entries if ".wh." in n] == [".wh.gone", ".wh.old", "new/.wh..wh..opq", "op/.wh..wh..opq"]
+    assert [n for n in entries if ".wh." in n] == [
+        ".wh.gone", ".wh.old", ".wh.xw", "lone/.wh..wh..opq", "new/.wh..wh..opq", "op/.wh..wh..opq"]
+    assert "xw" not in entries and "lone/kept" in entries
     assert all(entries[n].isreg() and entries[n].size == 0 for n in entries if ".wh." in n)
     assert {n for n in entries if n.startswith("new/")} == {"new/.wh..wh..opq", "new/extra", "new/f1", "new/sub", "new/sub/f2"}
     pax = entries[long_name].pax_headers
