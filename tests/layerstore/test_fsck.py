@@ -152,6 +152,19 @@ def test_lost_layer_and_blob_leave_the_image_for_a_new_load(store: Store) -> Non
     assert fsck_cli(store)[0] == fsck.CLEAN
 
 
+def test_a_lost_layer_blob_is_reported_for_its_image(store: Store) -> None:
+    """The layer directory still serves mounts, but a save or a repair of the layer needs the blob."""
+    image = store.resolve("example/demo")
+    row = store.meta.one("SELECT position, blob FROM image_layers WHERE image_id = ? ORDER BY position DESC", image)
+    store.blobs.delete(row["blob"])
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT, out
+    assert f"image {image}: blob {row['blob']} of layer {row['position']} is missing: pull or load the image again" in out
+    assert fsck_cli(store, "--repair")[0] == fsck.LEFT
+    store.load(str(EXAMPLE))
+    assert fsck_cli(store)[0] == fsck.CLEAN
+
+
 def test_layer_without_inventory_cannot_be_trusted(store: Store) -> None:
     diff_id = store.image_layers(store.resolve("example/demo"))[1]
     store.layers.inventory_path(diff_id).unlink()
@@ -261,12 +274,15 @@ def test_container_rows_and_directories_agree(store: Store) -> None:
     image = store.resolve("example/demo")
     with store.meta.transaction() as tx:  # the row of a create that died before its directories
         tx.execute("INSERT INTO containers (id, name, image_id, mountpoint, read_only, created) VALUES ('c0ffee', 'half-made', ?, NULL, 0, 0)", (image,))
+        # a read-only container has no directories of its own: nothing is missing
+        tx.execute("INSERT INTO containers (id, name, image_id, mountpoint, read_only, created) VALUES ('decaf0', 'reader', ?, NULL, 1, 0)", (image,))
     orphan = containers.dir / ("ab" * 32)  # the directories of an rm that died after its row
     (orphan / "upper" / "etc").mkdir(parents=True)
     code, out = fsck_cli(store)
     assert code == fsck.LEFT
     assert "container half-made: its upper and work directories missing" in out
     assert f"containers/{orphan.name}: no container has it" in out
+    assert "reader" not in out
     code, out = fsck_cli(store, "--repair")
     assert code == fsck.REPAIRED, out
     upper, work = containers.paths("c0ffee")
