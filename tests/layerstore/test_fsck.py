@@ -81,6 +81,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "flipped bit, same size and mtime": (keep_mtime(same_size_edit), "content changed"),
     "mode": (lambda p: os.chmod(p, 0o4777), "mode"),
     "owner": (lambda p: os.chown(p, 4242, 4242), "uid"),
+    "mtime": (lambda p: os.utime(p, ns=(0, 0)), "mtime_ns"),  # a save would write another tar
     "xattr": (lambda p: os.setxattr(p, "user.overlay.opaque", b"y"), "xattrs changed"),
     "removed": (lambda p: p.unlink(), "missing"),
     "extra file": (lambda p: (p.parent / "planted").write_text("x"), "not in the inventory"),

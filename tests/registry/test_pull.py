@@ -101,6 +101,10 @@ def test_pull_by_digest(world: World, tmp_path: Path) -> None:
         assert store.meta.query("SELECT * FROM tags") == []  # a digest names no tag
         assert store.resolve(ref) == json.loads(manifest)["config"]["digest"]
     assert cli(tmp_path, "pull", ref).lines[-2] == f"Status: Image is up to date for {ref}"
+    # no tag but a repository digest: dangling as Docker counts tags, yet kept by dangling=false as dockerd keeps it
+    image_id = json.loads(manifest)["config"]["digest"]
+    for value in ("true", "false"):
+        assert cli(tmp_path, "images", "-q", "--no-trunc", "-f", f"dangling={value}").lines == [image_id]
 
 
 def test_an_index_gives_this_machines_image_and_its_digest(world: World, tmp_path: Path) -> None:
