@@ -410,8 +410,8 @@ def filter_images(store: Store, images: list[ImageInfo], filters: dict[str, list
     """Docker's image list filters. References that do not match a ``reference`` filter are dropped from the rows."""
     dangling = dangling_wanted(filters)
     by_id = {i.id: i for i in images}
-    before = [_bound(store, by_id, v) for v in filters.get("before", [])]
-    since = [_bound(store, by_id, v) for v in filters.get("since", [])]
+    before = [b for v in filters.get("before", []) if (b := _bound(store, by_id, v)) is not None]
+    since = [b for v in filters.get("since", []) if (b := _bound(store, by_id, v)) is not None]
     until = [parse_until(v) for v in filters.get("until", [])]
     label_filters = filters.get("label", [])
     patterns = filters.get("reference", [])
@@ -421,9 +421,10 @@ def filter_images(store: Store, images: list[ImageInfo], filters: dict[str, list
             continue
         if dangling is False and info.dangling and not info.digests:
             continue
-        if any(not info.sort_key < b for b in before):
+        created = _created(info)
+        if before and (created is None or any(not created < b for b in before)):
             continue
-        if any(not info.sort_key > s for s in since):
+        if since and (created is None or any(not created > b for b in since)):
             continue
         if until and (info.created is None or any(not info.created.unix + info.created.nanos / 1e9 < u for u in until)):
             continue
@@ -444,12 +445,19 @@ def filter_images(store: Store, images: list[ImageInfo], filters: dict[str, list
     return out
 
 
-def _bound(store: Store, by_id: dict[str, ImageInfo], text: str) -> tuple[float, float]:
+def _created(info: ImageInfo) -> tuple[int, int] | None:
+    return (info.created.unix, info.created.nanos) if info.created else None
+
+
+def _bound(store: Store, by_id: dict[str, ImageInfo], text: str) -> tuple[int, int] | None:
+    """The created time of a ``before=``/``since=`` image, as dockerd compares them: by the
+    config's time alone (images created at the same instant are neither before nor since
+    each other), and no bound at all from an image whose config has none."""
     image_id = store.resolve(text)
     info = by_id.get(image_id)
     if info is None:
         raise NoSuchImage(text)
-    return info.sort_key
+    return _created(info)
 
 
 def labels_match(have: dict[str, str], wanted: list[str]) -> bool:

@@ -22,6 +22,7 @@ import pytest
 
 from layerstore.formatting import created_since, human_size, human_size4
 from layerstore.store import Store
+from test_unpack import entry, make_tar
 
 REPO = Path(__file__).resolve().parents[2]
 LONG_STEP = "COPY base.bin /srv/base.bin # a command line that is longer than forty-five characters"
@@ -233,6 +234,46 @@ def test_images_filters(shared: Loaded) -> None:
     assert _names(shared.root, "-f", "label=app=one", "-f", "label=tier=base") == ["example/app:1.0"]
     assert _names(shared.root, "-f", "label=app=three") == []
     assert _names(shared.root, "-f", "until=2024-01-15T00:00:00Z") == ["example/base:latest", "example/lone:latest"]
+
+
+def _one_image_layout(path: Path, name: str, created: str | None) -> Path:
+    """An OCI layout of one image with one layer, its config ``created`` as given (or none)."""
+    layer = make_tar([entry(f"{name}.txt", data=name.encode())])
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]}}
+    if created is not None:
+        config["created"] = created
+
+    def blob(data: bytes) -> dict[str, object]:
+        (path / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+        (path / "blobs/sha256" / _sha(data)[7:]).write_bytes(data)
+        return {"digest": _sha(data), "size": len(data)}
+
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(json.dumps(config).encode())},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(layer)}]}
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             **blob(json.dumps(manifest).encode()), "annotations": {"io.containerd.image.name": f"example/{name}:latest"}}]}
+    (path / "index.json").write_text(json.dumps(index))
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return path
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_before_and_since_compare_created_times_alone_as_dockerd(tmp_path: Path) -> None:
+    """Images created at the same instant (reproducible builds) are neither before nor since each other,
+    whichever was loaded first; one without a created time passes no such filter and bounds none."""
+    root = tmp_path / "store"
+    same = "2024-05-01T00:00:00Z"
+    for name, created in (("twin-b", same), ("twin-a", same), ("undated", None), ("older", "2024-04-01T00:00:00Z")):
+        ok(root, "load", "-q", "-i", str(_one_image_layout(tmp_path / name, name, created)))
+    assert _names(root, "-f", "before=example/twin-a") == ["example/older:latest"]
+    assert _names(root, "-f", "since=example/twin-b") == []
+    assert _names(root, "-f", "since=example/older") == ["example/twin-a:latest", "example/twin-b:latest"]
+    assert _names(root, "-f", "until=2024-06-01T00:00:00Z") == ["example/twin-a:latest", "example/twin-b:latest", "example/older:latest"]
+    assert len(_names(root, "-f", "before=example/undated")) == 4  # no created time: no bound
 
 
 def test_images_positional_reference(shared: Loaded) -> None:
