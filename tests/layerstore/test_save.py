@@ -6,6 +6,7 @@ archive is unpacked by umoci and compared with the image mounted by unionfs.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -181,6 +182,56 @@ def test_zstd_layers_are_saved_as_they_are(tmp_path: Path, images: dict[str, Pat
     assert all(layer.media_type.endswith("+zstd") for layer in manifest.layers)
     run("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path / 'copy'}:x")
     assert umoci_tree(tmp_path / "copy", tmp_path) == app_tree
+
+
+def test_save_writes_the_original_manifest_before_a_synthetic_one(tmp_path: Path, images: dict[str, Path]) -> None:
+    """A classic docker-archive gives an image a made-up manifest; the OCI archive of the same image,
+    loaded later, brings the one its tool wrote: that one is the image's, whatever the order."""
+    with Store(tmp_path / "store") as store:
+        [classic] = store.load(str(classic_docker_archive(images["app-oci"], tmp_path / "classic.tar")))
+        [oci] = store.load(str(images["app-oci"]))
+        assert classic.id == oci.id
+        rows = store.meta.query("SELECT digest, synthetic FROM manifests WHERE image_id = ? ORDER BY rowid", oci.id)
+        assert [r["synthetic"] for r in rows] == [1, 0]
+        index = json.loads(members(save_to(store, tmp_path / "saved.tar", [oci.id], OCI_ARCHIVE))["index.json"])
+    assert [d["digest"] for d in index["manifests"]] == [rows[1]["digest"]]
+
+
+def classic_docker_archive(oci_archive: Path, out: Path) -> Path:
+    """The image of an OCI archive as Docker before 25 saved it (manifest.json, uncompressed layers,
+    no manifest blob), its config bytes unchanged: skopeo would rewrite the config."""
+    files = members(oci_archive)
+    [desc] = json.loads(files["index.json"])["manifests"]
+    manifest = json.loads(files["blobs/" + desc["digest"].replace(":", "/")])
+    config_name = manifest["config"]["digest"][7:] + ".json"
+    entries = {config_name: files["blobs/" + manifest["config"]["digest"].replace(":", "/")]}
+    for i, layer in enumerate(manifest["layers"]):
+        entries[f"layer{i}/layer.tar"] = gzip.decompress(files["blobs/" + layer["digest"].replace(":", "/")])
+    layer_names = [f"layer{i}/layer.tar" for i in range(len(manifest["layers"]))]
+    entries["manifest.json"] = json.dumps([{"Config": config_name, "RepoTags": ["example/app:classic"], "Layers": layer_names}]).encode()
+    with tarfile.open(out, "w") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_save_skips_a_manifest_whose_blobs_are_gone(tmp_path: Path, images: dict[str, Path]) -> None:
+    """One image, gzip and zstd manifests; fsck --repair removed a gzip layer blob: the zstd one is saved."""
+    with Store(tmp_path / "store") as store:
+        [gz] = store.load(str(images["app-oci"]))
+        [zst] = store.load(str(images["app-zstd"]))
+        assert gz.id == zst.id
+        gzip_manifest = preferred_manifest(store, gz.id)[1]
+        store.blobs.delete(gzip_manifest.layers[0].digest)
+        desc, manifest = preferred_manifest(store, gz.id)
+        assert all(layer.media_type.endswith("+zstd") for layer in manifest.layers)
+        archive = save_to(store, tmp_path / "saved.tar", [gz.id], OCI_ARCHIVE)
+    index = json.loads(members(archive)["index.json"])
+    assert [d["digest"] for d in index["manifests"]] == [desc.digest]
+    with Store(tmp_path / "again") as again:
+        assert [i.id for i in again.load(str(archive))] == [gz.id]
 
 
 def test_cli_writes_stdout_or_file_and_refuses_a_terminal(store: Store, tmp_path: Path) -> None:
