@@ -25,8 +25,8 @@ import pytest
 from imagebuild import build_layout, export, run, tree, write
 
 from layerstore.containers import Containers
-from layerstore.errors import NotFound
-from layerstore.export import DOCKER_ARCHIVE, OCI_ARCHIVE, preferred_manifest, save
+from layerstore.errors import CorruptArchive, NotFound
+from layerstore.export import DOCKER_ARCHIVE, OCI_ARCHIVE, TarWriter, preferred_manifest, save
 from layerstore.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("umoci"), reason="needs root, umoci and skopeo")
@@ -232,6 +232,27 @@ def test_save_skips_a_manifest_whose_blobs_are_gone(tmp_path: Path, images: dict
     assert [d["digest"] for d in index["manifests"]] == [desc.digest]
     with Store(tmp_path / "again") as again:
         assert [i.id for i in again.load(str(archive))] == [gz.id]
+
+
+def test_a_blob_that_changed_in_the_store_stops_the_save_and_leaves_no_file(store: Store, tmp_path: Path) -> None:
+    """The descriptor's size is checked before a byte of the blob is written (fsck says what happened)."""
+    layer = preferred_manifest(store, store.resolve(APP))[1].layers[-1]
+    path = store.blobs.path(layer.digest)
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.truncate(layer.size - 1)
+    with pytest.raises(CorruptArchive) as info:
+        save_to(store, tmp_path / "app.tar", [APP])
+    assert str(info.value) == f"blob {layer.digest}: {layer.size - 1} bytes in the store, {layer.size} in its descriptor"
+    assert not (tmp_path / "app.tar").exists() and not list(tmp_path.glob(".app.tar.*"))
+
+
+def test_the_tar_writer_refuses_a_source_shorter_than_its_entry() -> None:
+    """A file that shrinks while it is read (a blob replaced meanwhile) must not pass as a padded entry."""
+    info = tarfile.TarInfo("blob")
+    info.size = 10
+    with pytest.raises(CorruptArchive, match="source ended 5 bytes early"):
+        TarWriter(io.BytesIO()).add(info, io.BytesIO(b"short"))
 
 
 def test_cli_writes_stdout_or_file_and_refuses_a_terminal(store: Store, tmp_path: Path) -> None:
