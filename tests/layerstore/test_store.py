@@ -17,7 +17,7 @@ from imagebuild import build_layout, export, run, tree, write
 from users import errno_as
 from layerstore import fsck
 from layerstore.containers import Containers
-from layerstore.errors import CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
+from layerstore.errors import AlreadyExists, CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
 from layerstore.model import Manifest
 from layerstore.store import Store
 
@@ -125,7 +125,17 @@ def test_container_diff_and_read_only(store: Store, images: dict[str, Path], tmp
         with open(mnt / "srv/app.txt", "a") as f:
             f.write("more")
         os.unlink(mnt / "bin/tool")
-        assert containers.diff("work") == [("C", "/bin"), ("D", "/bin/tool"), ("C", "/etc"), ("A", "/etc/added"), ("C", "/srv"), ("C", "/srv/app.txt")]
+        (mnt / "var/cache").mkdir()  # a layer of the image removed it: made again, it is an addition
+        (mnt / "var/cache/old.db").write_text("made again\n")
+        assert containers.diff("work") == [
+            ("C", "/bin"), ("D", "/bin/tool"), ("C", "/etc"), ("A", "/etc/added"), ("C", "/srv"), ("C", "/srv/app.txt"),
+            ("C", "/var"), ("A", "/var/cache"), ("A", "/var/cache/old.db")]
+        with pytest.raises(InUse, match="already a mount point"):
+            containers.create_and_mount("example/app:v1", str(mnt), name="over")
+        (tmp_path / "other").mkdir()
+        with pytest.raises(AlreadyExists, match='container name "work": already in use'):
+            containers.create_and_mount("example/app:v1", str(tmp_path / "other"), name="work")
+        assert [x.name for x in containers.all()] == ["work"]
         with pytest.raises(InUse):
             containers.remove("work")
         with pytest.raises(InUse):
