@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -304,6 +305,15 @@ def test_errors_are_one_line(world: World, archives: dict[str, Path], tmp_path: 
     assert (other_tag.rc, other_tag.err) == (1, f"Error: tag does not exist: {host}/pushed/some:v2\n")
     by_digest = cli(tmp_path, "push", f"{host}/pushed/none@sha256:{'0' * 64}")
     assert (by_digest.rc, by_digest.err) == (1, "Error: cannot push a digest reference\n")
+    with Store(tmp_path) as store:  # a layer blob that changed in the store since it was verified
+        row = store.meta.one("SELECT blob, blob_size AS size FROM image_layers WHERE position = 0")
+        path = store.blobs.path(row["blob"])
+    path.chmod(0o644)
+    os.truncate(path, row["size"] - 1)
+    changed = cli(tmp_path, "push", f"{host}/pushed/some:v1")
+    assert changed.rc == 1
+    assert changed.err == f"Error: blob {row['blob']}: {row['size'] - 1} bytes in the store, {row['size']} in its descriptor\n"
+    assert requests.get(f"http://{host}/v2/pushed/some/manifests/v1", timeout=10).status_code == 404
 
     port = regkit.free_port()
     name = f"127.0.0.1:{port}/app:v1"
