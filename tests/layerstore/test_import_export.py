@@ -200,7 +200,12 @@ def test_a_bad_tarball_or_change_is_one_line_and_keeps_nothing(
     subprocess.run(["gzip", "-c", str(good)], check=True, stdout=open(truncated, "wb"))
     truncated.write_bytes(truncated.read_bytes()[:-200])
     escape = hostile(tmp_path / "escape.tar", "../outside")
+    cut = {tool: tmp_path / f"cut.tar.{tool}" for tool in ("xz", "bzip2")}  # read by the import, not the unpacker
+    for tool, path in cut.items():
+        whole = subprocess.run([tool, "-c", str(good)], check=True, capture_output=True).stdout
+        path.write_bytes(whole[: len(whole) // 2])
     cases = [
+        *(((str(path),), f'tarball "{path}": the compressed stream ends early') for path in cut.values()),
         ((str(escape),), f'tarball "{escape}": escapes the layer root'),
         ((str(garbage),), f'tarball "{garbage}": '),
         ((str(truncated),), f'tarball "{truncated}": '),
