@@ -22,7 +22,7 @@ import pytest
 
 from layerstore.formatting import created_since, human_size, human_size4
 from layerstore.store import Store
-from test_unpack import entry, make_tar
+from test_unpack import entry, make_tar, sha256
 
 REPO = Path(__file__).resolve().parents[2]
 LONG_STEP = "COPY base.bin /srv/base.bin # a command line that is longer than forty-five characters"
@@ -239,14 +239,14 @@ def test_images_filters(shared: Loaded) -> None:
 def _one_image_layout(path: Path, name: str, created: str | None) -> Path:
     """An OCI layout of one image with one layer, its config ``created`` as given (or none)."""
     layer = make_tar([entry(f"{name}.txt", data=name.encode())])
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]}}
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}
     if created is not None:
         config["created"] = created
 
     def blob(data: bytes) -> dict[str, object]:
         (path / "blobs/sha256").mkdir(parents=True, exist_ok=True)
-        (path / "blobs/sha256" / _sha(data)[7:]).write_bytes(data)
-        return {"digest": _sha(data), "size": len(data)}
+        (path / "blobs/sha256" / sha256(data)[7:]).write_bytes(data)
+        return {"digest": sha256(data), "size": len(data)}
 
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(json.dumps(config).encode())},
@@ -256,10 +256,6 @@ def _one_image_layout(path: Path, name: str, created: str | None) -> Path:
     (path / "index.json").write_text(json.dumps(index))
     (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     return path
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def test_before_and_since_compare_created_times_alone_as_dockerd(tmp_path: Path) -> None:
