@@ -236,12 +236,12 @@ class Pusher:
         progress = _Progress(self.out, short, size, abort)
         with self.store.blobs.open(desc.digest) as blob:
             if size <= chunk:
-                self.client.finish_upload(path, start.location, desc.digest, lambda: _Slice(blob, 0, size, progress))
+                self.client.finish_upload(path, start.location, desc.digest, lambda: _Slice(blob, desc.digest, 0, size, progress))
                 return
             location = start.location
             for offset in range(0, size, chunk):
                 length = min(chunk, size - offset)
-                body = functools.partial(_Slice, blob, offset, length, progress)
+                body = functools.partial(_Slice, blob, desc.digest, offset, length, progress)
                 location = self.client.upload_chunk(path, location, body, offset, length)
             self.client.finish_upload(path, location, desc.digest)
 
@@ -327,8 +327,9 @@ class _Slice:
     """``length`` bytes of a blob from ``offset``, as a request body: ``read`` and ``len``
     (requests sends a Content-Length), read with ``pread`` so a retry starts over cleanly."""
 
-    def __init__(self, blob: IO[bytes], offset: int, length: int, progress: Callable[[int], None]) -> None:
+    def __init__(self, blob: IO[bytes], digest: str, offset: int, length: int, progress: Callable[[int], None]) -> None:
         self.fd = blob.fileno()
+        self.digest = digest
         self.offset = offset
         self.length = length
         self.sent = 0
@@ -344,7 +345,7 @@ class _Slice:
         want = left if size is None or size < 0 else min(size, left)
         data = os.pread(self.fd, min(want, READ_SIZE), self.offset + self.sent)
         if not data:
-            raise CorruptArchive(f"blob at offset {self.offset + self.sent}", "ended early (changed while read?)")
+            raise CorruptArchive(f"blob {self.digest}", f"ended at byte {self.offset + self.sent} while it was sent (changed in the store?)")
         self.sent += len(data)
         self.progress(self.offset + self.sent)
         return data

@@ -357,13 +357,19 @@ class Proxy:
 
     ``cut``: close that connection there (once). ``stall``: stop forwarding on
     it until the proxy stops. ``slow``: forward everything at ``rate`` bytes a second.
+    ``rewrite`` replaces byte strings in every answer with others of the same
+    length (a registry that lies in a header; the answers' headers come in one read).
     """
 
-    def __init__(self, target_port: int, mode: str = "pass", after: int = 0, rate: int = 0) -> None:
+    def __init__(self, target_port: int, mode: str = "pass", after: int = 0, rate: int = 0,
+                 rewrite: dict[bytes, bytes] | None = None) -> None:
         self.target_port = target_port
         self.mode = mode
         self.after = after
         self.rate = rate
+        self.rewrite = dict(rewrite or {})
+        assert all(len(old) == len(new) for old, new in self.rewrite.items())
+        self.rewritten = 0
         self.tripped = threading.Event()
         self.stopped = threading.Event()
         self.listener = socket.socket()
@@ -405,6 +411,10 @@ class Proxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if answers:
+                    for old, new in self.rewrite.items():
+                        self.rewritten += data.count(old)
+                        data = data.replace(old, new)
                 if answers and self.mode in ("cut", "stall") and not self.tripped.is_set() and sent + len(data) > self.after:
                     self.tripped.set()
                     dst.sendall(data[: max(self.after - sent, 0)])

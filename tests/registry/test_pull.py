@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import World, cli, layer_lines, short
+from regkit import Proxy, World, cli, layer_lines, short
 
 from layerstore.model import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from layerstore.registry import client as client_module
@@ -293,6 +293,20 @@ def test_a_changed_manifest_is_refused(world: World, tmp_path: Path) -> None:
         data_file.write_bytes(manifest)
     assert result.rc == 1
     assert result.err == f"Error: manifest for {world.open.host}/bad:v1: digest mismatch (computed {sha(changed)})\n"
+
+
+def test_a_malformed_digest_answered_for_a_manifest_is_refused(world: World, tmp_path: Path) -> None:
+    """A proxy puts a digest that is not one in the registry's Docker-Content-Digest."""
+    told = "sha256:" + "z" * 64
+    proxy = Proxy(world.open.port, rewrite={sha(registry_manifest(world, "app1", "v1")).encode(): told.encode()})
+    try:
+        result = cli(tmp_path, "pull", f"{proxy.host}/app1:v1")
+    finally:
+        proxy.stop()
+    assert proxy.rewritten > 0
+    assert (result.rc, result.err) == (1, f"Error: manifest for {proxy.host}/app1:v1: the registry answered with a malformed digest {told!r}\n")
+    with Store(tmp_path) as store:
+        assert store.meta.query("SELECT * FROM images") == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import PASSWORD, USER, World, cli, layer_lines, short
+from regkit import PASSWORD, USER, Proxy, World, cli, layer_lines, short
 
 from layerstore import reference
+from layerstore.errors import CorruptArchive
 from layerstore.mediatypes import DOCKER_LAYER
 from layerstore.model import OCI_MANIFEST, Manifest
 from layerstore.registry.auth import Credentials
@@ -322,6 +323,73 @@ def test_errors_are_one_line(world: World, archives: dict[str, Path], tmp_path: 
     assert gone.rc == 1
     assert gone.err.startswith(f"Error: registry 127.0.0.1:{port}: unreachable (") and gone.err.count("\n") == 1
     assert "Connection refused" in gone.err
+
+
+@pytest.mark.parametrize("answer", ["another", "malformed"])
+def test_the_digest_a_registry_answers_for_a_pushed_manifest_is_checked(world: World, archives: dict[str, Path], tmp_path: Path,
+                                                                         answer: str) -> None:
+    """A proxy puts another digest in the registry's answer to the manifest's PUT: the push says so and fails."""
+    digest, manifest = layout_manifest(world, "app1")
+    told = sha(b"another manifest") if answer == "another" else "sha256:" + "z" * 64
+    proxy = Proxy(world.open.port, rewrite={digest.encode(): told.encode()})
+    name = f"{proxy.host}/pushed/lying-{answer}:v1"
+    load(tmp_path, archives["app1"], name)
+    try:
+        result = cli(tmp_path, "push", name)
+    finally:
+        proxy.stop()
+    assert proxy.rewritten > 0
+    problem = f"the registry stored it as {told}" if answer == "another" else f"the registry answered with a malformed digest {told!r}"
+    assert (result.rc, result.err) == (1, f"Error: manifest for {name}: {problem}\n")
+    assert not [line for line in result.lines if ": digest: " in line]
+
+
+def test_the_digest_a_registry_answers_for_an_uploaded_blob_is_checked(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    digest, manifest = layout_manifest(world, "app1")
+    layer = layers_of(manifest)[-1]
+    told = sha(b"another blob")
+    proxy = Proxy(world.open.port, rewrite={layer.encode(): told.encode()})
+    name = f"{proxy.host}/pushed/lying-blob:v1"
+    load(tmp_path, archives["app1"], name)
+    try:
+        result = cli(tmp_path, "push", name)
+    finally:
+        proxy.stop()
+    assert proxy.rewritten > 0
+    assert (result.rc, result.err) == (1, f"Error: blob {layer}: the registry stored {told}\n")
+    assert requests.get(f"http://{world.open.host}/v2/pushed/lying-blob/manifests/v1", timeout=10).status_code == 404
+
+
+def test_a_blob_that_shrinks_while_it_is_sent_stops_the_push(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """The size is checked before the upload; a blob cut while its bytes go out is caught as they are read."""
+    name = f"{world.open.host}/pushed/shrinking:v1"
+    load(tmp_path, archives["big"], name)
+    (layer,) = layers_of(layout_manifest(world, "big")[1])
+    with Store(tmp_path) as store:
+        path = store.blobs.path(layer)
+        cut = path.stat().st_size // 2
+        seen: list[int] = []
+
+        class Shrinking(Display):
+            """Cuts the blob in the store when the first bytes of it have gone out."""
+
+            def layer(self, ident: str, action: str, current: int = 0, total: int = 0) -> None:
+                if action == "Pushing" and not seen:
+                    seen.append(current)
+                    path.chmod(0o644)
+                    os.truncate(path, cut)
+                super().layer(ident, action, current, total)
+
+        client = RegistryClient(world.open.host)
+        try:
+            with pytest.raises(CorruptArchive) as caught:
+                Pusher(store, client, Shrinking(io.StringIO(), terminal=True)).push(reference.parse(name))
+        finally:
+            client.close()
+    assert seen and 0 < seen[0] < cut
+    assert str(caught.value) == f"blob {layer}: ended at byte {cut} while it was sent (changed in the store?)"
+    assert requests.head(f"http://{world.open.host}/v2/pushed/shrinking/blobs/{layer}", timeout=10).status_code == 404
+    assert requests.get(f"http://{world.open.host}/v2/pushed/shrinking/manifests/v1", timeout=10).status_code == 404
 
 
 def test_push_platform_checks_the_image_first(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
