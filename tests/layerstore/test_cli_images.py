@@ -344,6 +344,14 @@ def test_images_digests(own: Loaded, archives: Archives) -> None:
     # without --digests, digests are looked up for "{{.Digest}}" spelled so only (Docker's needDigest)
     assert ok(root, "images", "--format", "{{.Tag}} {{.Digest}}", "example/app:1.0") == f"1.0 {manifest}\n"
     assert ok(root, "images", "--format", "{{.Tag}} {{ .Digest }}", "example/app:1.0") == "1.0 <none>\n"
+    # two digests of one repository: a row for each with each of its tags (Docker's imageFormatTaggedAndDigest);
+    # recorded repository digests take the place of the stored manifest's
+    pulled = ["sha256:" + c * 64 for c in "cd"]
+    with Store(root) as store, store.meta.transaction() as tx:
+        for digest in pulled:
+            tx.execute("INSERT INTO repo_digests VALUES (?, ?, ?)", ("example/app", digest, own.ids["app1"]))
+    rows = ok(root, "images", "--digests", "--format", "{{.Tag}} {{.Digest}}", "example/app").splitlines()
+    assert rows == ["2.0 <none>", *(f"{tag} {d}" for tag in ("1.0", "oci") for d in pulled)]
 
 
 def test_images_format_from_docker_config(shared: Loaded, tmp_path: Path) -> None:

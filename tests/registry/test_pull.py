@@ -105,6 +105,10 @@ def test_pull_by_digest(world: World, tmp_path: Path) -> None:
     image_id = json.loads(manifest)["config"]["digest"]
     for value in ("true", "false"):
         assert cli(tmp_path, "images", "-q", "--no-trunc", "-f", f"dangling={value}").lines == [image_id]
+    # its row names the repository, without a tag, as docker images shows an image pulled by digest
+    repo = world.name(world.open, "app2")
+    assert cli(tmp_path, "images", "--format", "{{.Repository}} {{.Tag}}").lines == [f"{repo} <none>"]
+    assert cli(tmp_path, "images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}").lines == [f"{repo} <none> {sha(manifest)}"]
 
 
 def test_an_index_gives_this_machines_image_and_its_digest(world: World, tmp_path: Path) -> None:
