@@ -1,4 +1,4 @@
-"""``search TERM``: repositories on Docker Hub, or in another registry's catalog, as ``docker search``.
+"""``search TERM``: repositories from Docker's search API (Docker Hub's, or a registry's), or a registry's catalog, as ``docker search``.
 
 ``--limit`` (1 to 100, 25 by default), ``-f is-official=``, ``-f is-automated=``
 and ``-f stars=N`` filter as the Docker daemon does; ``--format`` takes the

@@ -349,6 +349,53 @@ class BlobServer:
         self.httpd.server_close()
 
 
+class SearchServer:
+    """Docker's search API as registries that keep it answer (``GET /v1/search?q=&n=``, the
+    daemon's search of a private registry): the entries whose name holds the term, at most n;
+    404 for anything else. It remembers each search's query and X-Docker-Token header."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
+        self.asked: list[tuple[dict[str, list[str]], str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                parts = urlsplit(self.path)
+                if parts.path != "/v1/search":
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                query = parse_qs(parts.query)
+                server.asked.append((query, self.headers.get("X-Docker-Token")))
+                term, limit = query["q"][0], int(query["n"][0])
+                found = [e for e in server.entries if term in e["name"]][:limit]
+                body = json.dumps({"num_results": len(found), "query": term, "results": found}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # -- the proxy -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""search over a registry's catalog, and manifest inspect, against the real registry.
+"""search over a registry's catalog, and manifest inspect, against the real registry; search over
+Docker's search API, which the distribution registry lacks, against a server that keeps it.
 
 Where the Docker CLI is installed, ``docker manifest inspect`` (which talks to
 the registry itself, no daemon needed) prints the reference output and ours
@@ -10,14 +11,17 @@ import base64
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from regkit import World, cli
+from regkit import SearchServer, World, cli
 
 from layerstore.registry import client as client_module
 from layerstore.registry.client import MANIFEST_ACCEPT
+from layerstore.formatting import tabwrite
+from layerstore.registry import search as search_module
 from layerstore.registry.gojson import indent
 
 APPS = ["app1", "app2", "mixed/app", "raw/app", "tags/app", "zstd/app"]
@@ -69,7 +73,72 @@ def test_search_format_limit_and_filters(world: World, tmp_path: Path) -> None:
 def test_search_where_a_server_offers_none(world: World, tmp_path: Path) -> None:
     result = cli(tmp_path, "search", f"127.0.0.1:{world.tokens.port}/app")  # an HTTP server that is no registry
     assert result.rc == 1
-    assert result.err == f"Error: registry 127.0.0.1:{world.tokens.port}: offers no search (neither Docker Hub's search API nor /v2/_catalog)\n"
+    assert result.err == f"Error: registry 127.0.0.1:{world.tokens.port}: offers no search (neither Docker's search API, /v1/search, nor /v2/_catalog)\n"
+
+
+SEARCHABLE = [
+    {"name": "library/app", "description": "The app,\nin two lines", "star_count": 12, "is_official": True, "is_automated": False},
+    {"name": "tools/app-debug", "description": "Debug builds of the app, with symbols and sources, for every release",
+     "star_count": 3, "is_official": False, "is_automated": True},
+    {"name": "appliance", "description": "", "star_count": 0, "is_official": False, "is_automated": False},
+    {"name": "other", "description": "holds no match", "star_count": 99, "is_official": True, "is_automated": False},
+]
+
+
+@pytest.fixture
+def searchable() -> Iterator[SearchServer]:
+    server = SearchServer(SEARCHABLE)
+    yield server
+    server.stop()
+
+
+def test_search_asks_a_registry_that_keeps_dockers_search_api(searchable: SearchServer, tmp_path: Path) -> None:
+    """As the Docker daemon searches a private registry: ``/v1/search``, its answer filtered as dockerd filters."""
+    term = f"{searchable.host}/app"
+
+    def names(*args: str) -> list[str]:
+        result = cli(tmp_path, "search", "--format", "{{.Name}}", *args, term)
+        assert result.rc == 0, result.err
+        return result.lines
+
+    result = cli(tmp_path, "search", term)
+    assert (result.rc, result.err) == (0, "")
+    assert result.out == tabwrite(
+        "NAME\tDESCRIPTION\tSTARS\tOFFICIAL\n"
+        "library/app\tThe app, in two lines\t12\t[OK]\n"
+        f"tools/app-debug\t{SEARCHABLE[1]['description'][:44]}…\t3\t\n"  # Docker's Ellipsis(description, 45)
+        "appliance\t\t0\t\n"
+    )
+    assert searchable.asked == [({"q": ["app"], "n": ["25"]}, "true")]
+    assert names("-f", "stars=1", "-f", "stars=5") == ["library/app"]  # the largest of them, as dockerd takes it
+    assert names("-f", "stars=3") == ["library/app", "tools/app-debug"]
+    assert names("-f", "is-official=true") == ["library/app"]
+    assert names("-f", "is-official=false") == ["tools/app-debug", "appliance"]
+    assert names("-f", "is-automated=true") == []  # automated builds are gone from Docker Hub: dockerd finds none
+    assert names("-f", "is-automated=false") == ["library/app", "appliance"]
+    assert names("--limit", "2") == ["library/app", "tools/app-debug"] and searchable.asked[-1][0]["n"] == ["2"]
+    full = cli(tmp_path, "search", "--no-trunc", "--format", "{{.Description}}|{{.StarCount}}|{{.IsOfficial}}", term)
+    assert full.lines == ["The app, in two lines|12|[OK]", f"{SEARCHABLE[1]['description']}|3|", "|0|"]
+    as_json = cli(tmp_path, "search", "--format", "json", "--limit", "1", term)
+    assert json.loads(as_json.out) == {"Description": "The app, in two lines", "IsAutomated": "false", "IsOfficial": "true",
+                                       "Name": "library/app", "StarCount": "12"}
+
+
+def test_docker_hub_is_asked_through_the_same_api(searchable: SearchServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A term without a registry searches Docker Hub (here the server stands in for its search endpoint)."""
+    monkeypatch.setattr(search_module, "HUB_SEARCH", f"http://{searchable.host}/v1/search")
+    result = cli(tmp_path, "search", "--format", "{{.Name}} {{.StarCount}}", "app")
+    assert (result.rc, result.lines) == (0, ["library/app 12", "tools/app-debug 3", "appliance 0"])
+    assert searchable.asked == [({"q": ["app"], "n": ["25"]}, None)]
+
+
+def test_a_malformed_search_answer_is_one_line(tmp_path: Path) -> None:
+    server = SearchServer([{"name": "app", "star_count": "many"}])
+    try:
+        result = cli(tmp_path, "search", f"{server.host}/app")
+    finally:
+        server.stop()
+    assert (result.rc, result.out, result.err) == (1, "", f"Error: search on {server.host}: malformed answer\n")
 
 
 def raw(world: World, repo: str, ref: str) -> bytes:
