@@ -236,12 +236,14 @@ def test_images_filters(shared: Loaded) -> None:
     assert _names(shared.root, "-f", "until=2024-01-15T00:00:00Z") == ["example/base:latest", "example/lone:latest"]
 
 
-def _one_image_layout(path: Path, name: str, created: str | None) -> Path:
-    """An OCI layout of one image with one layer, its config ``created`` as given (or none)."""
+def _one_image_layout(path: Path, name: str, created: str | None, history: list[dict[str, object]] | None = None) -> Path:
+    """An OCI layout of one image with one layer, its config ``created`` as given (or none), and ``history``."""
     layer = make_tar([entry(f"{name}.txt", data=name.encode())])
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}
+    config: dict[str, object] = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}
     if created is not None:
         config["created"] = created
+    if history is not None:
+        config["history"] = history
 
     def blob(data: bytes) -> dict[str, object]:
         (path / "blobs/sha256").mkdir(parents=True, exist_ok=True)
@@ -534,6 +536,37 @@ def test_history_options(shared: Loaded) -> None:
     assert doc["CreatedBy"] == "COPY lone.bin /" and doc["CreatedAt"] == "2023-06-01T00:00:00Z"
     assert ok(shared.root, "history", "--format", "{{.ID}} {{.Size}}", "example/lone") == f"{short(shared.ids['lone'])} {human_size(shared.size('lone'))}\n"
     assert fail(shared.root, "history", "nope") == "Error: No such image: nope:latest\n"  # Docker's words and form
+
+
+def test_history_shows_a_layer_its_steps_leave_out_and_a_step_with_a_tab_on_one_line(tmp_path: Path) -> None:
+    """A layer that no history step made gets a row of its own, dated as the image (Docker shows none);
+    a tab in a step's command is a space, so that it cannot make a column of its own."""
+    root = tmp_path / "store"
+    stamp = "2024-05-01T00:00:00Z"
+    ok(root, "load", "-q", "-i", str(_one_image_layout(tmp_path / "bare", "bare", stamp)))
+    steps = [{"created": stamp, "created_by": "RUN a\tb"}, {"created": stamp, "created_by": "LABEL x=1", "empty_layer": True}]
+    ok(root, "load", "-q", "-i", str(_one_image_layout(tmp_path / "tabbed", "tabbed", stamp, steps)))
+    fmt = "{{.ID}}|{{.CreatedAt}}|{{.CreatedBy}}|{{.Size}}"
+    with Store(root) as store:
+        rows = {name: (store.resolve(f"example/{name}"), store.meta.one(
+            "SELECT size FROM layers JOIN image_layers USING (diff_id) WHERE image_id = ?", store.resolve(f"example/{name}"))["size"])
+            for name in ("bare", "tabbed")}
+    (bare, bare_size), (tabbed, tabbed_size) = rows["bare"], rows["tabbed"]
+    assert ok(root, "history", "--format", fmt, "example/bare") == f"{short(bare)}|{stamp}||{human_size(bare_size)}\n"
+    assert ok(root, "history", "--format", fmt, "example/tabbed") == (
+        f"{short(tabbed)}|{stamp}|LABEL x=1|0B\n<missing>|{stamp}|RUN a b|{human_size(tabbed_size)}\n")
+
+
+def test_rmi_no_prune_leaves_the_layers_to_the_next_prune(own: Loaded) -> None:
+    others = {d for name, diff_ids in own.layers.items() if name != "lone" for d in diff_ids}
+    alone = [d for d in own.layers["lone"] if d not in others]
+    assert alone
+    assert ok(own.root, "rmi", "--no-prune", "example/lone:latest") == f"Untagged: example/lone:latest\nDeleted: {own.ids['lone']}\n"
+    with Store(own.root) as store:
+        assert set(alone) <= set(store.layers.diff_ids())
+    ok(own.root, "prune", "-f")
+    with Store(own.root) as store:
+        assert not set(alone) & set(store.layers.diff_ids())
 
 
 # -- system df --------------------------------------------------------------------------
