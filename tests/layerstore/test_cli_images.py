@@ -667,6 +667,8 @@ def test_prune_all_keeps_images_with_containers(own: Loaded) -> None:
         "untagged: example/lone:latest", f"deleted: {own.ids['lone']}",
     }
     assert lines[-2] == ""
+    deleted = [line for line in lines if line.startswith("deleted: ")]  # the oldest first
+    assert deleted == [f"deleted: {own.ids[name]}" for name in ("lone", "base", "app2")]
     freed = own.sizes[own.layers["app2"][1]] + own.sizes[own.layers["lone"][0]]  # the base layer stays for app1
     assert lines[-1] == f"Total reclaimed space: {human_size4(freed)}"
     assert ok(own.root, "images", "--format", "{{.Repository}}:{{.Tag}}") == "example/app:1.0\n"
@@ -674,9 +676,20 @@ def test_prune_all_keeps_images_with_containers(own: Loaded) -> None:
         assert all(store.layers.has(d) for d in own.layers["app1"])
 
 
+def test_prune_filters_until_and_label_not(own: Loaded) -> None:
+    root = own.root
+    ok(root, "tag", "example/base:latest", "example/lone:latest")  # lone, created 2023-06-01T00:00:01Z, is dangling now
+    # until: created strictly before it, as dockerd's image prune has it
+    assert ok(root, "prune", "-f", "--filter", "until=2023-06-01T00:00:01Z") == "Total reclaimed space: 0B\n"
+    assert f"deleted: {own.ids['lone']}" in ok(root, "prune", "-f", "--filter", "until=2023-06-01T00:00:02Z").splitlines()
+    # label!=: the images without that label go (app1 has app=one, base none of app)
+    ok(root, "prune", "-a", "-f", "--filter", "label!=app=two")
+    assert ok(root, "images", "--format", "{{.Repository}}:{{.Tag}}") == "example/app:2.0\nother/name:latest\n"
+
+
 def test_prune_asks_on_a_terminal(own: Loaded) -> None:
     ok(own.root, "tag", "example/base:latest", "example/lone:latest")
-    for answer, deleted in (("n", False), ("y", True)):
+    for answer, deleted in (("yes", False), ("", False), ("n", False), ("Y", True)):  # y or Y alone, as the Docker CLI asks
         master, slave = pty.openpty()
         try:
             os.write(master, f"{answer}\n".encode())
