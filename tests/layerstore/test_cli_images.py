@@ -404,6 +404,19 @@ def test_inspect_json(shared: Loaded) -> None:
     assert doc["GraphDriver"]["Name"] == "unionfs"
     assert doc["GraphDriver"]["Data"]["UpperDir"].endswith(shared.layers["app2"][1].removeprefix("sha256:"))
     assert doc["GraphDriver"]["Data"]["LowerDir"].endswith(shared.layers["app2"][0].removeprefix("sha256:"))
+    (lone,) = json.loads(ok(shared.root, "inspect", "example/lone"))  # one layer: no lower directories
+    assert list(lone["GraphDriver"]["Data"]) == ["UpperDir"]
+
+
+def test_inspect_escapes_html_characters_as_docker_does(tmp_path: Path) -> None:
+    """Go's JSON encoder writes <, > and & as \\u003c, \\u003e and \\u0026, and docker inspect shows them so."""
+    root = tmp_path / "store"
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(make_tar([entry("a.txt", data=b"a")]))
+    ok(root, "import", "-c", "LABEL note=<a&b>", str(tarball), "example/marked")
+    out = ok(root, "inspect", "example/marked")
+    assert '"note": "\\u003ca\\u0026b\\u003e"' in out
+    assert json.loads(out)[0]["Config"]["Labels"] == {"note": "<a&b>"}
 
 
 def test_inspect_layers_and_sharing(shared: Loaded) -> None:
