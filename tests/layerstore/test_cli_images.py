@@ -648,6 +648,25 @@ def test_system_df_with_a_container(own: Loaded) -> None:
     assert "c-app1" in verbose and "unmounted" in verbose
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_system_df_percentages_are_whole_and_rounded_down(own: Loaded, tmp_path: Path) -> None:
+    """RECLAIMABLE's share is Go's integer division, as the Docker CLI prints it: 2 of 3 kB is 66%."""
+    root = own.root
+    places = {name: tmp_path / name for name in ("held", "left")}
+    try:
+        for (name, mnt), size in zip(places.items(), (1000, 2000)):
+            mnt.mkdir()
+            ok(root, "mount", "--name", name, "example/lone", str(mnt))
+            (mnt / "data").write_bytes(b"x" * size)
+        ok(root, "umount", "left")
+        containers = [line.split() for line in ok(root, "system", "df").splitlines() if line.startswith("Containers")]
+        assert containers == [["Containers", "2", "1", "3kB", "2kB", "(66%)"]]
+    finally:
+        for name in places:
+            cli(root, "rm", "-f", name)
+    assert fail(root, "system", "df", "-v", "--format", "json") == "Error: --format and --verbose cannot be combined\n"
+
+
 # -- prune ------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from regkit import PASSWORD, USER, Result, World, cli
 
 from layerstore.registry.auth import HUB_AUTH_KEY, Credentials, DockerConfig
@@ -48,6 +49,18 @@ def test_basic_auth_login_pull_logout(world: World, tmp_path: Path, docker_confi
     assert (out.rc, out.out) == (0, f"Removing login credentials for {host}\n")
     assert json.loads(config.read_text()) == {"auths": {}}
     assert cli(tmp_path, "pull", f"{host}/app2:v1").rc == 1
+
+
+@pytest.mark.parametrize("server", [None, "docker.io", "index.docker.io", "registry-1.docker.io"])
+def test_logout_of_docker_hub_by_any_of_its_names_removes_its_key(tmp_path: Path, docker_config: Path, server: str | None) -> None:
+    """Docker keeps Docker Hub's credentials under https://index.docker.io/v1/; every name of the Hub finds them
+    (the Docker CLI's logout finds them only without a server, and says the key then, as here)."""
+    kept = {"auth": base64.b64encode(b"someone:secret").decode()}
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(json.dumps({"auths": {"https://index.docker.io/v1/": kept, "127.0.0.1:5000": kept}}))
+    out = cli(tmp_path, "logout", *([server] if server else []))
+    assert (out.rc, out.out, out.err) == (0, "Removing login credentials for https://index.docker.io/v1/\n", "")
+    assert json.loads((docker_config / "config.json").read_text()) == {"auths": {"127.0.0.1:5000": kept}}
 
 
 def test_login_with_password_stdin_needs_a_username_and_a_password(world: World, tmp_path: Path) -> None:

@@ -165,6 +165,16 @@ def test_platform_selects_from_the_index(world: World, tmp_path: Path, platform:
         assert (mounted / "etc/arch").read_text() == "arm64\n"
 
 
+def test_docker_default_platform_is_the_platform_unless_one_is_given(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_DEFAULT_PLATFORM", "linux/arm64")
+    name = world.name(world.open, "multi:latest")
+    for store, flags, arch in ((tmp_path / "env", [], "arm64"), (tmp_path / "flag", ["--platform", "linux/amd64"], "amd64")):
+        result = cli(store, "pull", *flags, name)
+        assert result.rc == 0, result.err
+        with Store(store) as opened:
+            assert opened.config(opened.resolve(name))["architecture"] == arch
+
+
 def test_a_platform_the_index_lacks_is_one_line_naming_those_it_has(world: World, tmp_path: Path) -> None:
     result = cli(tmp_path, "pull", "--platform", "linux/s390x", world.name(world.open, "multi"))
     assert result.rc == 1
