@@ -419,6 +419,14 @@ def test_inspect_escapes_html_characters_as_docker_does(tmp_path: Path) -> None:
     assert json.loads(out)[0]["Config"]["Labels"] == {"note": "<a&b>"}
 
 
+def test_inspect_size_counts_the_unpacked_layers_not_their_blobs(archives: Archives, tmp_path: Path) -> None:
+    ok(tmp_path, "load", "-q", "-i", str(archives.app1_oci))  # gzip layers, as umoci writes them
+    (doc,) = json.loads(ok(tmp_path, "inspect", "example/app:oci"))
+    layers = doc["Layers"]
+    assert all(layer["CompressedSize"] < layer["Size"] for layer in layers)
+    assert doc["Size"] == sum(layer["Size"] for layer in layers)
+
+
 def test_inspect_layers_and_sharing(shared: Loaded) -> None:
     (doc,) = json.loads(ok(shared.root, "image", "inspect", "example/app:1.0"))
     base, own_layer = doc["Layers"]
