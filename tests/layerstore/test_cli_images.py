@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pty
+import signal
 import shutil
 import subprocess
 import sys
@@ -740,3 +741,48 @@ def test_prune_asks_on_a_terminal(own: Loaded) -> None:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("WARNING! This will remove all dangling images.\nAre you sure you want to continue? [y/N] ")
         assert (f"deleted: {own.ids['lone']}" in proc.stdout) is deleted
+
+
+# -- how a command ends -----------------------------------------------------------------
+
+
+def _run(root: Path, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "layerstore", "--root", str(root), *args], text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, **kwargs)  # type: ignore[call-overload]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(shared: Loaded) -> None:
+    """``layerstore images | head -0``: exit 141, as a shell reports a process killed by SIGPIPE, and nothing on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = _run(shared.root, "images", stdout=write_end, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, err) == (141, "")
+
+
+def test_an_interrupted_load_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    ok(root, "images")  # the store exists before the load starts
+    before = sorted(root.rglob("*"))
+    proc = _run(root, "load", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write("x" * 512)
+    proc.stdin.flush()
+
+    def reading_stdin() -> bool:  # blocked in read(0, ...): past the start, where SIGINT is a KeyboardInterrupt
+        fields = Path(f"/proc/{proc.pid}/syscall").read_text().split()
+        return fields[:2] == ["0", "0x0"]
+
+    deadline = time.monotonic() + 30
+    while not reading_stdin():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (130, "", "")
+    assert ok(root, "images", "-q") == ""
+    assert sorted(set(root.rglob("*")) - {root / "tmp"}) == before  # no partial blob or spooled input left
+    assert list((root / "tmp").iterdir()) == []
