@@ -786,3 +786,20 @@ def test_an_interrupted_load_exits_130_and_leaves_nothing(tmp_path: Path) -> Non
     assert ok(root, "images", "-q") == ""
     assert sorted(set(root.rglob("*")) - {root / "tmp"}) == before  # no partial blob or spooled input left
     assert list((root / "tmp").iterdir()) == []
+
+
+def test_load_names_an_image_without_a_name_by_its_id_and_refuses_a_terminal(tmp_path: Path) -> None:
+    layout = _one_image_layout(tmp_path / "nameless", "nameless", "2024-05-01T00:00:00Z")
+    index = json.loads((layout / "index.json").read_text())
+    del index["manifests"][0]["annotations"]
+    (layout / "index.json").write_text(json.dumps(index))
+    out = ok(tmp_path / "store", "load", "-i", str(layout))
+    image_id = ok(tmp_path / "store", "images", "-q", "--no-trunc").strip()
+    assert out == f"Loaded image ID: {image_id}\n"
+    master, slave = pty.openpty()
+    try:
+        proc = cli(tmp_path / "store", "load", stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "Error: requested load from stdin, but stdin is empty\n")
