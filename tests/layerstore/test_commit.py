@@ -352,10 +352,10 @@ def test_a_container_whose_driver_does_not_answer_is_not_read(store: Store, tmp_
 
 def test_cli_ps_lists_mounted_and_unmounted_containers(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     containers = Containers(store)
-    mounts = [tmp_path / "one", tmp_path / "two"]
+    mounts = [tmp_path / "one", tmp_path / "two", tmp_path / "ro"]
     for mnt in mounts:
         mnt.mkdir()
-    made = [containers.create_and_mount("example/base:v1", str(mnt), name=mnt.name) for mnt in mounts]
+    made = [containers.create_and_mount("example/base:v1", str(mnt), name=mnt.name, read_only=mnt.name == "ro") for mnt in mounts]
     try:
         containers.umount("two")
         tables = []
@@ -371,6 +371,7 @@ def test_cli_ps_lists_mounted_and_unmounted_containers(store: Store, tmp_path: P
     rows = {line.split()[-1]: line.split() for line in tables[0][1:]}
     assert rows["one"][1:4] == ["example/base:v1", str(mounts[0]), "mounted"]
     assert rows["two"][1:4] == ["example/base:v1", str(mounts[1]), "unmounted"]
+    assert rows["ro"][1:5] == ["example/base:v1", str(mounts[2]), "mounted", "(read-only)"]
     assert sorted(ids) == sorted(c.id[:12] for c in made) == sorted(row[0] for row in rows.values())
     assert sorted(line.split()[0] for line in tables[2][1:]) == sorted(c.id for c in made)
 
