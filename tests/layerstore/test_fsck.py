@@ -52,6 +52,7 @@ def test_a_fresh_store_is_clean(store: Store) -> None:
     code, out = fsck_cli(store)
     assert code == 0, out
     assert "clean" in out
+    assert fsck_cli(store, "-q") == (0, "")  # quiet: nothing to say
     report = fsck.check(store)
     assert report.blobs >= 4 and report.layers == 2 and report.images == 1 and report.entries > 10
 
@@ -101,6 +102,7 @@ def test_damaged_layer_is_found_and_unpacked_again(store: Store, damage: str) ->
     code, out = fsck_cli(store)
     assert code == fsck.LEFT, out
     assert words in out
+    assert fsck_cli(store, "-q") == (code, out)  # quiet says the problems and the summary all the same
     assert (f"{rel.parent}/planted" if damage == "extra file" else str(rel)) in out
     code, out = fsck_cli(store, "--repair")
     assert code == fsck.REPAIRED, out
