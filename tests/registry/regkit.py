@@ -156,7 +156,23 @@ def htpasswd(path: Path, user: str, password: str) -> Path:
 # -- the token server ------------------------------------------------------------------------
 
 
-class TokenServer:
+class _Served:
+    """An HTTP server on 127.0.0.1, answering in a thread of its own."""
+
+    port: int
+    httpd: http.server.ThreadingHTTPServer
+
+    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class TokenServer(_Served):
     """A token realm: users from a dict, full access for them, pull of ``public/*`` for anyone."""
 
     def __init__(self, base: Path, users: dict[str, str], service: str = "layerstore-test", issuer: str = "layerstore-test-issuer") -> None:
@@ -187,7 +203,6 @@ class TokenServer:
         self.cert_der = cert.public_bytes(serialization.Encoding.DER)
         self.bundle = base / "token-cert.pem"
         self.bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.port = free_port()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -200,9 +215,7 @@ class TokenServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(Handler)
 
     @property
     def realm(self) -> str:
@@ -210,10 +223,6 @@ class TokenServer:
 
     def registry_auth(self) -> dict[str, Any]:
         return {"token": {"realm": self.realm, "service": self.service, "issuer": self.issuer, "rootcertbundle": str(self.bundle)}}
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         from urllib.parse import parse_qs, urlsplit
@@ -313,7 +322,7 @@ class TokenServer:
 # -- blob storage behind a redirect ---------------------------------------------------------------
 
 
-class BlobServer:
+class BlobServer(_Served):
     """Serves a registry's storage directory over HTTP, as the storage behind the registry's
     ``redirect`` middleware (S3 or a CDN in real life), remembering the Authorization headers it saw."""
 
@@ -336,20 +345,15 @@ class BlobServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.port = free_port()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._serve(Handler)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
-class SearchServer:
+class SearchServer(_Served):
     """Docker's search API as registries that keep it answer (``GET /v1/search?q=&n=``, the
     daemon's search of a private registry): the entries whose name holds the term, at most n;
     404 for anything else. It remembers each search's query and X-Docker-Token header."""
@@ -383,17 +387,12 @@ class SearchServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.port = free_port()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._serve(Handler)
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # -- the proxy -----------------------------------------------------------------------------

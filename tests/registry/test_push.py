@@ -325,37 +325,35 @@ def test_errors_are_one_line(world: World, archives: dict[str, Path], tmp_path: 
     assert "Connection refused" in gone.err
 
 
-@pytest.mark.parametrize("answer", ["another", "malformed"])
-def test_the_digest_a_registry_answers_for_a_pushed_manifest_is_checked(world: World, archives: dict[str, Path], tmp_path: Path,
-                                                                         answer: str) -> None:
-    """A proxy puts another digest in the registry's answer to the manifest's PUT: the push says so and fails."""
-    digest, manifest = layout_manifest(world, "app1")
-    told = sha(b"another manifest") if answer == "another" else "sha256:" + "z" * 64
-    proxy = Proxy(world.open.port, rewrite={digest.encode(): told.encode()})
-    name = f"{proxy.host}/pushed/lying-{answer}:v1"
+def push_through_a_liar(world: World, archives: dict[str, Path], tmp_path: Path, repo: str, true: str, told: str) -> tuple[str, regkit.Result]:
+    """Push app1 to ``repo`` through a proxy that puts ``told`` wherever the registry answers ``true``."""
+    proxy = Proxy(world.open.port, rewrite={true.encode(): told.encode()})
+    name = f"{proxy.host}/pushed/{repo}:v1"
     load(tmp_path, archives["app1"], name)
     try:
         result = cli(tmp_path, "push", name)
     finally:
         proxy.stop()
     assert proxy.rewritten > 0
+    return name, result
+
+
+@pytest.mark.parametrize("answer", ["another", "malformed"])
+def test_the_digest_a_registry_answers_for_a_pushed_manifest_is_checked(world: World, archives: dict[str, Path], tmp_path: Path,
+                                                                         answer: str) -> None:
+    """A proxy puts another digest in the registry's answer to the manifest's PUT: the push says so and fails."""
+    digest, _ = layout_manifest(world, "app1")
+    told = sha(b"another manifest") if answer == "another" else "sha256:" + "z" * 64
+    name, result = push_through_a_liar(world, archives, tmp_path, f"lying-{answer}", digest, told)
     problem = f"the registry stored it as {told}" if answer == "another" else f"the registry answered with a malformed digest {told!r}"
     assert (result.rc, result.err) == (1, f"Error: manifest for {name}: {problem}\n")
     assert not [line for line in result.lines if ": digest: " in line]
 
 
 def test_the_digest_a_registry_answers_for_an_uploaded_blob_is_checked(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
-    digest, manifest = layout_manifest(world, "app1")
-    layer = layers_of(manifest)[-1]
+    layer = layers_of(layout_manifest(world, "app1")[1])[-1]
     told = sha(b"another blob")
-    proxy = Proxy(world.open.port, rewrite={layer.encode(): told.encode()})
-    name = f"{proxy.host}/pushed/lying-blob:v1"
-    load(tmp_path, archives["app1"], name)
-    try:
-        result = cli(tmp_path, "push", name)
-    finally:
-        proxy.stop()
-    assert proxy.rewritten > 0
+    _, result = push_through_a_liar(world, archives, tmp_path, "lying-blob", layer, told)
     assert (result.rc, result.err) == (1, f"Error: blob {layer}: the registry stored {told}\n")
     assert requests.get(f"http://{world.open.host}/v2/pushed/lying-blob/manifests/v1", timeout=10).status_code == 404
 
