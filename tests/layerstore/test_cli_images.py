@@ -767,7 +767,9 @@ def test_an_interrupted_load_exits_130_and_leaves_nothing(tmp_path: Path) -> Non
     root = tmp_path / "store"
     ok(root, "images")  # the store exists before the load starts
     before = sorted(root.rglob("*"))
-    proc = _run(root, "load", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT as a terminal's ^C delivers it, even where this run inherited it ignored (a job started with &)
+    proc = _run(root, "load", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdin is not None
     proc.stdin.write("x" * 512)
     proc.stdin.flush()
