@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from regkit import SearchServer, World, cli
+from regkit import PASSWORD, USER, SearchServer, World, cli
 
 from layerstore.registry import client as client_module
 from layerstore.registry.client import MANIFEST_ACCEPT
@@ -37,6 +37,17 @@ def test_search_lists_the_catalog_entries_holding_the_term(world: World, tmp_pat
     assert [line.split() for line in result.lines[1:]] == [[f"{host}/{a}", "0"] for a in APPS]
     pages = [r for r in world.open.requests(mark) if r["uri"].startswith("/v2/_catalog")]
     assert len(pages) > 3 and pages[0]["uri"] == "/v2/_catalog?n=2" and "last=" in pages[1]["uri"]
+
+
+@pytest.mark.parametrize("kind", ["basic", "token"])
+def test_search_of_a_registry_that_wants_credentials(world: World, tmp_path: Path, kind: str) -> None:
+    """The registry has no /v1/search (404 there, credentials or not): its catalog, which needs a login."""
+    host = getattr(world, kind).host
+    anonymous = cli(tmp_path, "search", f"{host}/app")
+    assert anonymous.rc == 1 and anonymous.err.startswith(f"Error: registry {host}: unauthorized"), anonymous.err
+    assert cli(tmp_path, "login", host, "-u", USER, "--password-stdin", stdin=PASSWORD + "\n").rc == 0
+    result = cli(tmp_path, "search", "--format", "{{.Name}}", f"{host}/app")
+    assert (result.rc, result.lines) == (0, [f"{host}/{a}" for a in APPS]), result.err
 
 
 def test_search_format_limit_and_filters(world: World, tmp_path: Path) -> None:
