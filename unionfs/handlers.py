@@ -543,7 +543,7 @@ class Requests:
                 set_by(fd)
                 return self.union.fgetattr(fd, 0)
             with self._lock:  # a RELEASE cannot close the fd meanwhile
-                fd = self._upper_fd(h[3])
+                fd = self._upper_fd(h[3], writable=bool(valid & fp.FATTR_SIZE))
                 if fd is not None:
                     return self._valid(h[3]) + self._attr(change_file(fd))
             if valid & _CALLER_CHANGES:
@@ -681,9 +681,11 @@ class Requests:
         with self._lock:
             return any(fd in self._writing for fd in self._node_fds.get(nodeid, ()))
 
-    def _upper_fd(self, nodeid: int) -> int | None:
-        """A descriptor the node is open by in the upper layer, if any; under self._lock."""
-        return next((fd for fd in self._node_fds.get(nodeid, ()) if self._files[fd][0] == 0), None)
+    def _upper_fd(self, nodeid: int, writable: bool = False) -> int | None:
+        """A descriptor the node is open by in the upper layer, if any; under self._lock.
+        writable: one open for writing (ftruncate refuses any other, EINVAL)."""
+        return next((fd for fd in self._node_fds.get(nodeid, ()) if self._files[fd][0] == 0 and (
+            not writable or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)), None)
 
     def _host_flags(self, flags: int) -> int:
         if self.writeback:  # the kernel may read to fill a page it writes, and appends itself

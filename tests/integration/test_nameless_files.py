@@ -227,6 +227,31 @@ def test_an_entry_held_by_o_path_when_its_name_goes_answers_as_on_overlayfs(tmp_
             p.check()
 
 
+def test_a_replaced_upper_file_open_for_reading_is_truncated_as_on_overlayfs(tmp_path: Path) -> None:
+    """truncate through /proc/self/fd of a file a rename replaced, while it is open for reading
+    too: the driver changed it by the reading descriptor, which ftruncate refuses (EINVAL).
+    Found as a race: a reader closed just before, whose RELEASE came after the truncation."""
+    with pair(tmp_path, [Dir({"file": LOWER})]) as p:
+        results = []
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            os.mknod(mnt / "made", stat.S_IFREG | 0o644)  # no open: none the driver could use instead
+            os.truncate(mnt / "made", 11)
+            fd = os.open(mnt / "made", os.O_PATH)
+            reader = None
+            try:
+                (mnt / "other").write_bytes(b"other\n")
+                os.rename(mnt / "other", mnt / "made")
+                reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+                results.append(outcome(lambda fd: os.truncate(f"/proc/self/fd/{fd}", 2), fd))
+                results.append((os.fstat(reader).st_size, os.pread(reader, 20, 0)))
+            finally:
+                if reader is not None:
+                    os.close(reader)
+                os.close(fd)
+        assert results[:2] == results[2:] == [None, (2, bytes(2))]
+        p.check()
+
+
 def test_a_lower_file_open_when_its_name_goes_shows_its_own_link_count(tmp_path: Path) -> None:
     """fstat, with nothing asked in between, of a lower file open for reading when its
     name is unlinked or renamed over: overlayfs shows the lower file's link count (its
