@@ -156,6 +156,16 @@ def htpasswd(path: Path, user: str, password: str) -> Path:
 # -- the token server ------------------------------------------------------------------------
 
 
+def reply(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes = b"") -> None:
+    """An answer of the hand-made servers below: a JSON body, or none."""
+    handler.send_response(status)
+    if body:
+        handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _Served:
     """An HTTP server on 127.0.0.1, answering in a thread of its own."""
 
@@ -229,9 +239,7 @@ class TokenServer(_Served):
 
         parts = urlsplit(handler.path)
         if parts.path != "/token":  # not a registry: what a search of the catalog meets here
-            handler.send_response(404)
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+            reply(handler, 404)
             return
         query = parse_qs(parts.query)
         user = None
@@ -241,11 +249,7 @@ class TokenServer(_Served):
             if self.users.get(name) != password:
                 self.refused += 1
                 body = b'{"details":"incorrect username or password"}'
-                handler.send_response(401)
-                handler.send_header("Content-Type", "application/json")
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                handler.wfile.write(body)
+                reply(handler, 401, body)
                 return
             user = name
         access = [a for scope in query.get("scope", []) if (a := self._grant(scope, user))]
@@ -255,11 +259,7 @@ class TokenServer(_Served):
         if self.refresh_on_login and user and query.get("offline_token") == ["true"] and query.get("client_id"):
             answer["refresh_token"] = self.identity_token(user)  # what the client keeps instead of the password
         body = json.dumps(answer).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        reply(handler, 200, body)
 
     def identity_token(self, user: str) -> str:
         """A refresh token for user, as a registry's OAuth2 login hands out (kept by clients
@@ -286,11 +286,7 @@ class TokenServer(_Served):
                                 "client_id": form["client_id"]})
             status, answer = 200, {"access_token": self._sign(user, access), "expires_in": 300}
         body = json.dumps(answer).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        reply(handler, status, body)
 
     @staticmethod
     def _grant(scope: str, user: str | None) -> dict[str, Any] | None:
@@ -369,20 +365,14 @@ class SearchServer(_Served):
 
                 parts = urlsplit(self.path)
                 if parts.path != "/v1/search":
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    reply(self, 404)
                     return
                 query = parse_qs(parts.query)
                 server.asked.append((query, self.headers.get("X-Docker-Token")))
                 term, limit = query["q"][0], int(query["n"][0])
                 found = [e for e in server.entries if term in e["name"]][:limit]
                 body = json.dumps({"num_results": len(found), "query": term, "results": found}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                reply(self, 200, body)
 
             def log_message(self, *args: Any) -> None:
                 pass
