@@ -340,6 +340,9 @@ def default_header(name: str) -> str:
 # -- Docker's formatter.Context ----------------------------------------------------------
 
 
+RAW = "raw"  # Docker's RawFormatKey: each command that takes it names its own "key: value" lines
+
+
 def is_table(fmt: str) -> bool:
     return fmt.startswith("table")
 

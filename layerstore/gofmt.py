@@ -52,6 +52,15 @@ class Fields:
         return self.fields
 
 
+class GoStruct(Fields):
+    """A struct that JSON shows field by field, in their order (a Docker formatter
+    context's MarshalJSON marshals a map of its fields instead: sorted keys)."""
+
+    def __init__(self, kind: str, fields: dict[str, Any]) -> None:
+        self.kind = kind
+        self.fields = fields
+
+
 def type_name(value: Any) -> str:
     """``%T``."""
     if isinstance(value, Fields):
@@ -538,6 +547,8 @@ class NilSlice(list):  # type: ignore[type-arg]
 def _plain(value: Any) -> Any:
     if isinstance(value, (NilMap, NilSlice)):
         return None
+    if isinstance(value, GoStruct):
+        return {k: _plain(v) for k, v in value.json_fields().items()}
     if isinstance(value, Fields):
         shown = value.json_fields()
         return {k: _plain(shown[k]) for k in sorted(shown)}  # a Go map: sorted keys

@@ -7,6 +7,7 @@ import sys
 from layerstore import queries
 from layerstore.errors import LayerStoreError
 from layerstore.formatting import (
+    RAW,
     Record,
     go_time_string,
     human_size,
@@ -24,6 +25,12 @@ _CREATED = "{{if .CreatedSince }}{{.CreatedSince}}{{else}}N/A{{end}}"
 TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t" + _CREATED + "\t{{.Size}}"
 TABLE_DIGESTS = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t" + _CREATED + "\t{{.Size}}"
 QUIET = "{{.ID}}"
+# --format raw, as Docker's NewImageFormat spells it (one blank line ends each image).
+_RAW_HEAD = "repository: {{ .Repository }}\ntag: {{.Tag}}\n"
+_RAW_TAIL = "image_id: {{.ID}}\ncreated_at: {{.CreatedAt}}\nvirtual_size: {{.Size}}\n"
+RAW_FORMAT = _RAW_HEAD + _RAW_TAIL
+RAW_DIGESTS = _RAW_HEAD + "digest: {{.Digest}}\n" + _RAW_TAIL
+RAW_QUIET = "image_id: {{.ID}}"
 HEADERS = {
     "ID": "IMAGE ID",
     "Repository": "REPOSITORY",
@@ -47,7 +54,7 @@ def register(sub: argparse._SubParsersAction, name: str = "images") -> None:  # 
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("-f", "--filter", action="append", metavar="FILTER",
                    help="dangling=true|false, before=IMAGE, since=IMAGE, reference=PATTERN, label=KEY[=VALUE], until=TIME")
-    p.add_argument("--format", default="", help="'table', 'table TEMPLATE', 'json' or a Go template")
+    p.add_argument("--format", default="", help="'table', 'table TEMPLATE', 'json', 'raw' or a Go template")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs (each once)")
     p.set_defaults(func=run)
@@ -128,11 +135,13 @@ def run(args: argparse.Namespace, store: Store) -> int:
     fmt = args.format or ("" if args.quiet else configured_format()) or "table"
     if fmt == "table":
         fmt = QUIET if args.quiet else TABLE_DIGESTS if args.digests else TABLE
+    elif fmt == RAW:
+        fmt = RAW_QUIET if args.quiet else RAW_DIGESTS if args.digests else RAW_FORMAT
     elif is_table(fmt) and args.digests and "{{.Digest}}" not in fmt:
         fmt += "\t{{.Digest}}"
     show_digests = args.digests or "{{.Digest}}" in fmt  # Docker's needDigest: that spelling only
     records = [r for info in images for r in rows(info, show_digests, args.no_trunc)]
-    if fmt == QUIET:  # IDs once each, so that `rmi $(images -q)` names every image once
+    if fmt in (QUIET, RAW_QUIET):  # IDs once each, so that `rmi $(images -q)` names every image once
         unique: dict[str, Record] = {}
         for r in records:
             unique.setdefault(r.fields["ID"], r)

@@ -314,6 +314,34 @@ def test_images_format_json(shared: Loaded) -> None:
     assert ok(shared.root, "images", "--format", "{{json .}}") == "\n".join(lines) + "\n"
 
 
+def raw_blocks(text: str) -> list[dict[str, str]]:
+    """``--format raw``: ``key: value`` lines, each block ended by a blank line."""
+    assert text.endswith("\n\n"), text
+    blocks = []
+    for block in text[:-2].split("\n\n"):
+        pairs = [line.split(":", 1) for line in block.split("\n")]
+        assert all(len(p) == 2 for p in pairs), block
+        blocks.append({k: v.removeprefix(" ") for k, v in pairs})
+    return blocks
+
+
+def test_images_format_raw_is_dockers_key_value_blocks(shared: Loaded) -> None:
+    """Docker's RawFormatKey: per row repository, tag, (digest,) image_id, created_at and
+    virtual_size, which are Repository, Tag, (Digest,) ID, CreatedAt and Size."""
+    docs = [json.loads(line) for line in ok(shared.root, "images", "--format", "json").splitlines()]
+    fields = {"repository": "Repository", "tag": "Tag", "image_id": "ID", "created_at": "CreatedAt", "virtual_size": "Size"}
+    blocks = raw_blocks(ok(shared.root, "images", "--format", "raw"))
+    assert [list(b) for b in blocks] == [list(fields)] * len(docs) == [list(fields)] * 5
+    assert blocks == [{k: d[f] for k, f in fields.items()} for d in docs]
+    digests = raw_blocks(ok(shared.root, "images", "--format", "raw", "--digests", "--no-trunc", "example/lone"))
+    assert digests == [{"repository": "example/lone", "tag": "latest", "digest": "<none>", "image_id": shared.ids["lone"],
+                        "created_at": "2023-06-01 00:00:01 +0000 UTC", "virtual_size": human_size(shared.size("lone"))}]
+    # -q: one line per image, each ID once (app2 has two names)
+    assert ok(shared.root, "images", "--format", "raw", "-q").splitlines() == [
+        f"image_id: {short(shared.ids[name])}" for name in ("app2", "app1", "base", "lone")
+    ]
+
+
 def test_images_unknown_template_field(shared: Loaded) -> None:
     err = fail(shared.root, "images", "--format", "{{.Nope}}")
     assert "can't evaluate field Nope" in err and err.startswith("Error: template parsing error: template: :1:2:")
@@ -606,6 +634,9 @@ def test_system_df(shared: Loaded) -> None:
     assert ok(shared.root, "system", "df") == expected
     docs = [json.loads(line) for line in ok(shared.root, "system", "df", "--format", "json").splitlines()]
     assert docs[0] == {"Active": "0", "Reclaimable": f"{human_size4(total)} (100%)", "Size": human_size4(total), "TotalCount": "4", "Type": "Images"}
+    raw = raw_blocks(ok(shared.root, "system", "df", "--format", "raw"))
+    keys = {"type": "Type", "total": "TotalCount", "active": "Active", "size": "Size", "reclaimable": "Reclaimable"}
+    assert raw == [{k: d[f] for k, f in keys.items()} for d in docs] and len(raw) == 4
 
 
 def test_system_df_verbose_shared_and_unique(shared: Loaded) -> None:
@@ -629,6 +660,44 @@ def test_system_df_verbose_shared_and_unique(shared: Loaded) -> None:
     assert sections[4] == "Containers space usage:"
     assert sections[5].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "LOCAL", "VOLUMES", "SIZE", "CREATED", "STATUS", "NAMES"]
     assert "Local Volumes space usage:" in out and "Build cache usage: 0B" in out
+
+
+def test_system_df_verbose_runs_a_template_once_over_the_whole(own: Loaded) -> None:
+    """As Docker's: with -v a format other than ``table`` sees .Images, .Containers, .Volumes
+    and .BuildCache (and this tool's .Layers) at once, with whole IDs, and no newline is added."""
+    root = own.root
+    cid = _add_container(own, "app1", 3000)
+    text = ok(root, "system", "df", "-v", "--format", "json")
+    assert "\n" not in text
+    doc = json.loads(text)
+    assert list(doc) == ["Images", "Containers", "Volumes", "BuildCache", "Layers"]
+    assert (doc["Volumes"], doc["BuildCache"]) == ([], [])
+    header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"]
+    assert ok(root, "system", "df", "-v").split("\n\n")[1] + "\n" == table([header] + [
+        [i["Repository"], i["Tag"], short(i["ID"]), i["CreatedSince"], i["Size"], i["SharedSize"], i["UniqueSize"], i["Containers"]]
+        for i in doc["Images"]
+    ])
+    assert {i["ID"] for i in doc["Images"]} == set(own.ids.values())
+    assert {layer["ID"]: layer["Images"] for layer in doc["Layers"]} == {
+        d: str(sum(d in layers for layers in own.layers.values())) for d in own.sizes
+    }
+    (container,) = doc["Containers"]
+    assert (container["ID"], container["Names"], container["State"], container["Status"], container["Size"]) == (
+        cid, "c-app1", "unmounted", "unmounted", "3kB")
+
+    out = ok(root, "system", "df", "-v", "--format", "{{range .Images}}{{.Repository}}:{{.Tag}} {{.ID}}\\n{{end}}{{len .Layers}}")
+    assert out == "".join(f"{i['Repository']}:{i['Tag']} {i['ID']}\n" for i in doc["Images"]) + str(len(own.sizes))
+    # "table TEMPLATE": the IDs cut short, and still no header
+    assert ok(root, "system", "df", "-v", "--format", "table {{range .Containers}}{{.ID}}{{end}}") == cid[:12]
+
+    blocks = raw_blocks(ok(root, "system", "df", "-v", "--format", "raw"))
+    assert [b["type"] for b in blocks] == ["Image"] * 4 + ["Layer"] * len(own.sizes) + ["Container"]
+    assert blocks[0] == {"type": "Image", "repository": "example/app", "tag": "2.0", "digest": "", "image_id": own.ids["app2"],
+                         "created_at": "2024-03-01 00:00:01 +0000 UTC", "virtual_size": human_size(own.size("app2"))}
+    assert blocks[-1] == {"type": "Container", "container_id": cid, "image": "example/app:1.0", "command": '""',
+                          "created_at": container["CreatedAt"], "state": "unmounted", "status": "unmounted", "names": "c-app1",
+                          "labels": "", "ports": "", "size": "3kB"}
+    assert "in type *formatter.diskUsageContext" in fail(root, "system", "df", "-v", "--format", "{{.Nope}}")
 
 
 def _add_container(loaded: Loaded, image: str, upper_bytes: int) -> str:
@@ -673,7 +742,6 @@ def test_system_df_percentages_are_whole_and_rounded_down(own: Loaded, tmp_path:
     finally:
         for name in places:
             cli(root, "rm", "-f", name)
-    assert fail(root, "system", "df", "-v", "--format", "json") == "Error: --format and --verbose cannot be combined\n"
 
 
 # -- prune ------------------------------------------------------------------------------
