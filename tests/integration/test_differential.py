@@ -663,6 +663,18 @@ def test_xattr_whiteouts_hide_and_are_not_listed(tmp_path: Path) -> None:
         assert names(p.check(), "d") == ["n"]
 
 
+def test_a_file_with_data_is_no_xattr_whiteout(tmp_path: Path) -> None:
+    """Only an empty regular file with overlay.whiteout is a whiteout (overlayfs's
+    ovl_path_check_xwhiteout_xattr): one with data, in a directory marked as holding xattr
+    whiteouts, is a file, listed and read as any other, hiding the file below it."""
+    marked = (("trusted.overlay.whiteout", b"y"),)
+    top = Dir({"d": Dir({"x": Whiteout("xattr"), "full": File(b"data", xattrs=marked)})})
+    bottom = Dir({"d": Dir({"x": File(b"x"), "full": File(b"lower"), "y": File(b"y")})})
+    with pair(tmp_path, [top, bottom]) as p:
+        v = p.check()
+        assert names(v, "d") == ["full", "y"] and v.entries["d/full"].content == b"data"
+
+
 def test_truncate_to_the_same_size(tmp_path: Path) -> None:
     """Deliberate difference: over the writeback cache the kernel keeps a file's times and
     changes none on a truncation that keeps its size, and the driver follows it; overlayfs

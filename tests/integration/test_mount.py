@@ -26,7 +26,8 @@ import mounts
 import pytest
 from difftree import drop_caches, through_two_names
 from extents import data_extents, write_sparse
-from mounts import Stack, expect_disconnected, force_unmount, fuse_mount, kernel_mount
+from mounts import Stack, expect_disconnected, force_unmount, fuse_mount, kernel_mount, loop_fs
+from storecheck import small_fs
 from users import NOBODY, errno_as
 from waiting import wait_for
 
@@ -86,6 +87,21 @@ def test_mount_helper_form(stack: Stack) -> None:
         assert (stack.mnt / "base.txt").read_text() == "base\n"
     finally:
         subprocess.run(["umount", str(stack.mnt)], check=True)
+
+
+def test_the_source_given_before_the_mount_point_is_the_mounts_source(stack: Stack) -> None:
+    """``unionfs -o OPTIONS SOURCE MOUNTPOINT``, as mount.fuse runs it for ``mount -t
+    fuse.unionfs SOURCE ...``: SOURCE is the mount's source in mountinfo (what mount(8)
+    and df show), as overlayfs's own is; without it, "unionfs"."""
+    for given, shown in ((["layers-of-app"], "layers-of-app"), ([], "unionfs")):
+        result = unionfs("-o", opts(stack), *given, str(stack.mnt))
+        assert result.returncode == 0, result.stderr
+        try:
+            with open("/proc/self/mountinfo") as f:
+                line = next(l for l in f if f" {stack.mnt} " in l)
+            assert line.split(" - ")[1].split()[:2] == ["fuse.unionfs", shown]
+        finally:
+            assert unionfs("umount", str(stack.mnt)).returncode == 0
 
 
 def test_lowerdir_plus_stacks_one_layer_each_as_on_overlayfs(tmp_path: Path) -> None:
@@ -380,7 +396,8 @@ def _kernel_refuses(options: str, mnt: Path) -> bool:
 
 
 @pytest.mark.parametrize("layout", ["lower is upper", "lower inside upper", "lower is work", "lower inside work",
-                                    "work inside upper", "upper inside lower", "work inside lower"])
+                                    "work inside upper", "upper inside work", "upper inside lower",
+                                    "work inside lower"])
 def test_layers_that_overlap_the_writable_ones_are_refused_where_overlayfs_refuses_them(
         tmp_path: Path, layout: str) -> None:
     """A lower layer that is, or lies inside, the upper or work dir would show the union's
@@ -396,6 +413,7 @@ def test_layers_that_overlap_the_writable_ones_are_refused_where_overlayfs_refus
         "lower is work": ([lower, work], upper, work),
         "lower inside work": ([work / "in"], upper, work),
         "work inside upper": ([lower], upper, upper / "in"),
+        "upper inside work": ([lower], work / "in", work),
         "upper inside lower": ([base], upper, work),
         "work inside lower": ([base], upper, work),
     }[layout]
@@ -503,6 +521,48 @@ def test_inode_numbers_survive_copy_up_and_remount(stack: Stack) -> None:
         assert {p: os.lstat(mnt / p).st_ino for p in stable} == {p: before[p] for p in stable}
 
 
+def test_every_listing_gives_copied_up_entries_the_numbers_they_had(stack: Stack) -> None:
+    """A copied-up entry keeps its lower number in listings too (d_ino is st_ino): in the
+    entries that go with their attributes and in those that go without, which most of a
+    long listing is, before and after a remount."""
+    lower = stack.lowers[1] / "many"
+    lower.mkdir()
+    names = [f"file{i:03d}" for i in range(300)]
+    for name in names:
+        (lower / name).write_text("")
+    with fuse_mount(stack) as mnt:
+        numbers = {name: os.lstat(mnt / "many" / name).st_ino for name in names}
+        for name in names:
+            os.chmod(mnt / "many" / name, 0o600)  # a copy-up each
+        for remount in (False, True):
+            if remount:
+                mounts.remount_driver(stack)
+            drop_caches()
+            assert {e.name: e.inode() for e in os.scandir(mnt / "many")} == numbers, f"remount={remount}"
+
+
+def test_layers_on_several_filesystems_never_share_an_inode_number(tmp_path: Path) -> None:
+    """Files of layers on two filesystems may have one inode number there; the mount shows
+    one st_dev for all, so each filesystem's numbers take a range of their own (as
+    overlayfs's xino), by name, in listings, after a copy-up and after a remount."""
+    with small_fs(tmp_path / "fs1", 1 << 20) as one, small_fs(tmp_path / "fs2", 1 << 20) as two:
+        (one / "a").write_text("a")
+        (two / "b").write_text("b")
+        assert os.stat(one / "a").st_ino == os.stat(two / "b").st_ino  # fresh tmpfs number alike
+        s = Stack((one, two), tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+        for path in (s.upper, s.work, s.mnt):
+            path.mkdir()
+        with fuse_mount(s) as mnt:
+            numbers = {name: os.lstat(mnt / name).st_ino for name in ("a", "b")}
+            assert numbers["a"] != numbers["b"]
+            assert {e.name: e.inode() for e in os.scandir(mnt)} == numbers
+            with open(mnt / "a", "a") as f:  # copied up to a third filesystem
+                f.write("+")
+            assert {name: os.lstat(mnt / name).st_ino for name in ("a", "b")} == numbers
+            mounts.remount_driver(s)
+            assert {name: os.lstat(mnt / name).st_ino for name in ("a", "b")} == numbers
+
+
 def test_names_of_one_upper_file_are_one_file_after_remount(stack: Stack) -> None:
     """An upper layer that already holds hard links (left by an earlier mount, or
     unpacked there): found by a listing or by name, both names are one inode to the
@@ -584,6 +644,32 @@ def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:
         with pytest.raises(OSError) as exc:
             (mnt / ("n" * 256)).write_text("too long")
         assert exc.value.errno == errno.ENAMETOOLONG
+
+
+def test_statfs_answers_for_the_upper_layers_filesystem_as_overlayfs_does(tmp_path: Path) -> None:
+    """statfs through the mount answers for the filesystem of the upper layer, and for a
+    read-only union for that of the top lower layer, as overlayfs's (ovl_statfs): its
+    sizes, its free blocks and inodes, and those left to users (ext4 keeps some for
+    root), not a lower layer's on another filesystem."""
+    def counts(path: Path) -> tuple[int, ...]:
+        st = os.statvfs(path)
+        return (st.f_bsize, st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree, st.f_namemax)
+
+    below = tmp_path / "below"
+    below.mkdir()
+    (below / "f").write_text("f\n")
+    with loop_fs(tmp_path, "fs", ["mkfs.ext4", "-q", "-m", "5"], 32 << 20) as fs:
+        for read_only in (False, True):
+            for mount_with in (kernel_mount, fuse_mount):
+                name = f"{mount_with.__name__}-{'ro' if read_only else 'rw'}"
+                layers = (fs / name / "top", below)
+                s = Stack(layers, fs / name / "upper", fs / name / "work", tmp_path / name / "mnt")
+                for path in (layers[0], s.upper, s.work, s.mnt):
+                    path.mkdir(parents=True)
+                with mount_with(s, read_only=read_only) as mnt:
+                    before, shown, after = counts(fs), counts(mnt), counts(fs)
+                    assert shown in (before, after), name  # (a write-back meanwhile changes the counts)
+                    assert shown[2] != shown[3]  # the blocks kept for root: bfree is not bavail
 
 
 def test_paths_up_to_path_max(stack: Stack) -> None:
@@ -775,6 +861,27 @@ def test_a_listing_repeated_at_once_shows_what_changed_through_the_mount(stack: 
         listed = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(d)}  # the first ones plain now
         shown = {name: (st.st_size, stat.S_IMODE(st.st_mode)) for name, st in listed.items()}
         assert shown == expected
+
+
+def test_a_listing_started_over_on_the_same_open_shows_what_changed(tmp_path: Path) -> None:
+    """A listing started again from the start on the same open directory (rewinddir; a
+    second ``os.listdir`` of one descriptor) shows the names made and removed since the
+    first pass, as overlayfs's does (ovl_dir_reset), not the first pass again."""
+    listed = []
+    for mount_with in (kernel_mount, fuse_mount):
+        s = Stack.make(tmp_path, prefix=mount_with.__name__ + "-")
+        (s.lowers[1] / "d").mkdir()
+        (s.lowers[1] / "d/old").write_text("")
+        with mount_with(s) as mnt:
+            fd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                first = sorted(os.listdir(fd))
+                (mnt / "d/new").write_text("")
+                os.unlink(mnt / "d/old")
+                listed.append((first, sorted(os.listdir(fd))))
+            finally:
+                os.close(fd)
+    assert listed == [(["old"], ["new"])] * 2
 
 
 def _getdents(fd: int, size: int) -> list[tuple[str, int]]:

@@ -114,10 +114,13 @@ def test_unionfs_allow_other_lets_others_in_subject_to_modes(stack: Stack) -> No
         assert as_nobody(lambda: (mnt / "new").write_text("x")) == errno.EACCES  # root dir 0755
 
 
+@pytest.mark.parametrize("engine", [(), ("engine=fusepy",)], ids=["native", "fusepy"])
 @pytest.mark.parametrize("flags", [(), ("nosuid", "nodev")])
-def test_unionfs_set_id_and_devices_follow_the_mount_flags(stack: Stack, flags: tuple[str, ...]) -> None:
-    """Like overlayfs, a root mount honours set-id bits and devices unless nosuid,nodev are given."""
-    with fuse_mount(stack, "allow_other", *flags) as mnt:
+def test_unionfs_set_id_and_devices_follow_the_mount_flags(stack: Stack, flags: tuple[str, ...],
+                                                           engine: tuple[str, ...]) -> None:
+    """Like overlayfs, a root mount honours set-id bits and devices unless nosuid,nodev are
+    given, with either engine (libfuse adds nosuid,nodev unless told otherwise)."""
+    with fuse_mount(stack, "allow_other", *engine, *flags) as mnt:
         safe = bool(flags)
         assert {"nosuid", "nodev"} <= mount_flags(mnt) if safe else not {"nosuid", "nodev"} & mount_flags(mnt)
         assert ("euid=0(" in run_id_as_nobody(mnt / "bin/id")) is not safe

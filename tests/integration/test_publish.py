@@ -94,6 +94,21 @@ def test_changes_right_after_an_append_see_the_copy(stack: Stack) -> None:
         assert listing(mnt) == expected
 
 
+def test_a_rename_of_the_directory_right_after_appends_takes_the_copies_along(stack: Stack) -> None:
+    """A copy pending in a directory holds up requests on the directory as well as those
+    on its name: the directory renamed right after appends to files in it (within a
+    batch's gathering time) has the copies in place under its new name, then and after
+    a remount."""
+    expected = {f"f{i:03d}": content(i) + (b"+\n" if i < 3 else b"") for i in range(COUNT)}
+    with fuse_mount(stack) as mnt:
+        for name in ("f000", "f001", "f002"):
+            with open(mnt / "d" / name, "ab") as f:
+                f.write(b"+\n")
+        os.rename(mnt / "d", mnt / "e")
+        assert files_in(mnt / "e") == expected
+    with fuse_mount(stack) as mnt:
+        assert files_in(mnt / "e") == expected and not (mnt / "d").exists()
+
 
 def test_a_change_of_the_directory_while_a_copy_is_pending_keeps_its_time(stack: Stack) -> None:
     """A copy-up keeps its parent's times. A file made and removed in the directory

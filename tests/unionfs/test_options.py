@@ -68,6 +68,21 @@ def test_several_o_and_mount_flags() -> None:
     assert parse(["lowerdir=/a,io_uring=off"]).io_uring == "off"
 
 
+def test_whiteout_auto_leaves_the_form_to_the_driver() -> None:
+    """whiteout=auto is the default: no form is fixed, and the driver writes the overlay
+    form as root or with userxattr, the OCI form otherwise (Union)."""
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,whiteout=auto"]).whiteout is None
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w"]).whiteout is None
+    assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,whiteout=overlay"]).whiteout is WhiteoutForm.OVERLAY
+
+
+def test_options_for_userspace_and_comments_are_ignored() -> None:
+    """x-* options (fstab's x-systemd.*, x-gvfs-*) and comment=, which mount(8) passes on
+    to a mount helper, mean nothing to the driver."""
+    opts = parse(["lowerdir=/a,upperdir=/u,workdir=/w,x-systemd.automount,x-gvfs-show,comment=layers"])
+    assert (opts.lowerdirs, opts.mount_flags) == (("/a",), ())
+
+
 def test_userxattr_is_an_option_of_its_own() -> None:
     assert parse(["lowerdir=/a,upperdir=/u,workdir=/w,userxattr"]).userxattr
     assert not parse(["lowerdir=/a,upperdir=/u,workdir=/w,redirect_dir=on"]).userxattr

@@ -498,6 +498,34 @@ def test_oci_form_writes_wh_files(dirs: dict[str, Path]) -> None:
     assert u.statfs()["f_namemax"] == 251
 
 
+def test_in_the_oci_form_a_name_beyond_the_limit_is_too_long(dirs: dict[str, Path]) -> None:
+    """The OCI form needs room for a ``.wh.`` marker beside any name: a new name longer
+    than the 251 bytes statfs reports is ENAMETOOLONG, whatever makes it, and so is a
+    lookup of a missing one; a name of 251 bytes is taken and can be whited out."""
+    longest, beyond = "n" * 251, "n" * 252
+    tree(dirs["bottom"], {longest: "x", "f": "f"})
+    u = make_union(dirs, whiteout=WhiteoutForm.OCI)
+    makes = {
+        "create": lambda: os.close(u.create("/" + beyond, 0o644, os.O_WRONLY)),
+        "mkdir": lambda: u.mkdir("/" + beyond, 0o755),
+        "symlink": lambda: u.symlink("/" + beyond, "f"),
+        "rename": lambda: u.rename("/f", "/" + beyond),
+    }
+    for how, make in makes.items():
+        with pytest.raises(OSError) as exc:
+            make()
+        assert exc.value.errno == errno.ENAMETOOLONG, how
+    with pytest.raises(OSError) as exc:
+        u.getattr("/" + beyond)
+    assert exc.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError) as exc:
+        u.getattr("/" + "m" * 251)
+    assert exc.value.errno == errno.ENOENT
+    assert sorted(os.listdir(dirs["upper"])) == []
+    u.unlink("/" + longest)
+    assert (dirs["upper"] / (".wh." + longest)).is_file() and names(u, "/") == ["f"]
+
+
 @root_only
 def test_new_entries_belong_to_the_caller(dirs: dict[str, Path]) -> None:
     u = make_union(dirs)
@@ -780,6 +808,23 @@ def test_a_rename_record_never_reaches_outside_the_upper(dirs: dict[str, Path], 
     u.close()
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "work" not in p.parts)
     assert after == before
+    assert os.listdir(dirs["work"] / "work") == []
+
+
+@pytest.mark.parametrize("where", ["inside", "absolute", "above"])
+def test_an_intent_record_removes_its_entry_only_inside_the_upper(dirs: dict[str, Path], tmp_path: Path, where: str) -> None:
+    """The record of an interrupted create names the temporary entry it was building, which
+    the next mount removes; one that names a path outside the upper layer, absolute or
+    through "..", removes nothing there."""
+    name = "#unionfs.1.0"
+    entry = (dirs["upper"] if where == "inside" else tmp_path / "outside") / f".wh.{name}"
+    entry.parent.mkdir(exist_ok=True)
+    entry.write_text("entry")
+    rel = {"inside": entry.name, "absolute": str(entry), "above": f"../outside/{entry.name}"}[where]
+    (dirs["work"] / "work").mkdir()
+    (dirs["work"] / "work" / f"{name}.intent").write_bytes(os.fsencode(rel))
+    make_union(dirs).close()
+    assert entry.exists() == (where != "inside")
     assert os.listdir(dirs["work"] / "work") == []
 
 
