@@ -314,9 +314,14 @@ class RegistryClient:
     def request(
         self, method: str, path: str, *, scope: str | None, headers: dict[str, str] | None = None, stream: bool = False
     ) -> requests.Response:
-        """Send, answering one 401 challenge; any answer but 401 is returned to the caller."""
+        """Send, answering one 401 challenge; any answer but 401 is returned to the caller.
+        ``path`` may be an absolute URL (a ``Link`` to the next page): credentials go to the
+        registry's own origin only."""
         url = self.url(path)
-        return self._authorized(scope, headers, True, lambda sent: self._send(method, url, sent, stream))
+        return self._authorized(scope, headers, self._home(url), lambda sent: self._send(method, url, sent, stream))
+
+    def _home(self, url: str) -> bool:
+        return _origin(url) == _origin(self.endpoint.base_url)
 
     def _authorized(
         self, scope: str | None, headers: dict[str, str] | None, home: bool, transmit: Callable[[dict[str, str]], requests.Response]
@@ -440,7 +445,7 @@ class RegistryClient:
         return list(self._paged(f"/v2/_catalog?n={PAGE_SIZE or 1000}", CATALOG_SCOPE, "repositories", f"registry {self.domain}"))
 
     def _paged(self, path: str, scope: str, key: str, subject: str) -> Iterator[str]:
-        url: str | None = path
+        url: str | None = self.url(path)  # absolute, as the pages a Link names, so that a loop back is seen
         seen: set[str] = set()
         while url and url not in seen:
             seen.add(url)
@@ -453,8 +458,7 @@ class RegistryClient:
                     raise RegistryError(subject, f"malformed {key} list") from None
                 yield from (str(i) for i in items)
                 following = response.links.get("next", {}).get("url")
-            url = urljoin(self.url(url), following) if following else None
-
+            url = urljoin(url, following) if following else None
 
     # -- uploads (push) --------------------------------------------------------------------
     def send(
@@ -473,8 +477,7 @@ class RegistryClient:
         credentials go to the registry's own origin only.
         """
         url = self.url(url)
-        home = _origin(url) == _origin(self.endpoint.base_url)
-        return self._authorized(scope, headers, home, lambda sent: self._send_body(method, url, sent, body))
+        return self._authorized(scope, headers, self._home(url), lambda sent: self._send_body(method, url, sent, body))
 
     def _send_body(self, method: str, url: str, headers: dict[str, str], body: Callable[[], Any] | None) -> requests.Response:
         """One request with its body; 307 and 308 (which keep method and body) are followed."""

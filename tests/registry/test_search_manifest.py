@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from regkit import PASSWORD, USER, SearchServer, World, cli
+from regkit import PASSWORD, USER, Answer, Asked, Front, SearchServer, World, cli
 
 from layerstore.registry import client as client_module
 from layerstore.registry.client import MANIFEST_ACCEPT
@@ -200,3 +200,87 @@ def test_manifest_inspect_matches_the_docker_cli(world: World, tmp_path: Path, r
         pytest.skip(f"docker manifest inspect failed: {docker.stderr.strip()}")
     ours = cli(tmp_path, "manifest", "inspect", *args, name)
     assert ours.out == docker.stdout
+
+
+def test_search_of_the_catalog_ignores_case(world: World, tmp_path: Path) -> None:
+    result = cli(tmp_path, "search", "--format", "{{.Name}}", f"{world.open.host}/APP")
+    assert (result.rc, result.lines) == (0, [f"{world.open.host}/{a}" for a in APPS]), result.err
+
+
+@pytest.mark.parametrize("back_to", ["1", "2"], ids=["the first page", "a later page"])
+def test_catalog_pages_that_link_in_a_loop_are_each_read_once(world: World, tmp_path: Path, back_to: str) -> None:
+    """A registry whose Link headers lead back to a page already read, the first one (asked
+    by a path, the others by the Link's URL) included: the listing ends there."""
+    answered: list[str] = []
+
+    def link(page: str) -> str:
+        return "/v2/_catalog?n=1000" + ("" if page == "1" else f"&page={page}")
+
+    def hook(asked: Asked) -> Answer | None:
+        if not asked.path.startswith("/v2/_catalog"):
+            return None
+        answered.append(asked.path)
+        page = asked.path.rpartition("page=")[2] if "page=" in asked.path else "1"
+        following = {"1": "2", "2": "3", "3": back_to}[page]
+        headers = {"Content-Type": "application/json"}
+        if len(answered) < 10:  # a registry that loops for ever would hang a client without the guard
+            headers["Link"] = f'<{link(following)}>; rel="next"'
+        return 200, headers, json.dumps({"repositories": [f"loop/app{page}"]}).encode()
+
+    front = Front(world.open.port, hook)
+    try:
+        result = cli(tmp_path, "search", "--format", "{{.Name}}", f"{front.host}/app")
+    finally:
+        front.stop()
+    assert (result.rc, result.lines) == (0, [f"{front.host}/loop/app{n}" for n in "123"]), result.err
+    assert answered == [link(n) for n in "123"]
+
+
+def test_a_catalog_page_on_another_origin_is_asked_without_the_registrys_credentials(world: World, tmp_path: Path) -> None:
+    """A Link to the next page may name another host: it is read, but the credentials of the
+    registry stay with the registry, as they do for its redirects and upload locations."""
+    def elsewhere_hook(asked: Asked) -> Answer | None:
+        body = json.dumps({"repositories": ["elsewhere/app"]}).encode()
+        return 200, {"Content-Type": "application/json"}, body
+
+    elsewhere = Front(world.open.port, elsewhere_hook)
+
+    def hook(asked: Asked) -> Answer | None:
+        if not asked.path.startswith("/v2/_catalog"):
+            return None
+        status, headers, body = asked.forward()
+        if status == 200:
+            headers["Link"] = f'<http://{elsewhere.host}/v2/_catalog?n=1000&last=x>; rel="next"'
+        return status, headers, body
+
+    front = Front(world.basic.port, hook)
+    try:
+        assert cli(tmp_path, "login", front.host, "-u", USER, "--password-stdin", stdin=PASSWORD + "\n").rc == 0
+        result = cli(tmp_path, "search", "--format", "{{.Name}}", f"{front.host}/app")
+    finally:
+        front.stop()
+        elsewhere.stop()
+    assert (result.rc, result.lines) == (0, [f"{front.host}/{a}" for a in APPS] + [f"{front.host}/elsewhere/app"]), result.err
+    assert [a.path for a in elsewhere.asked] == ["/v2/_catalog?n=1000&last=x"]
+    assert elsewhere.asked[0].header("Authorization") is None
+    assert [a for a in front.asked if a.path.startswith("/v2/_catalog")][-1].header("Authorization")  # the page it gave
+
+
+def test_docker_hub_answers_in_its_newer_fields_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker Hub's ``repo_name`` and ``short_description`` are a result's name and description."""
+    server = SearchServer([{"repo_name": "library/app", "short_description": "The app", "star_count": 5, "is_official": True}])
+    monkeypatch.setattr(search_module, "HUB_SEARCH", f"http://{server.host}/v1/search")
+    try:
+        result = cli(tmp_path, "search", "--format", "{{.Name}}|{{.Description}}|{{.StarCount}}|{{.IsOfficial}}", "app")
+    finally:
+        server.stop()
+    assert (result.rc, result.lines) == (0, ["library/app|The app|5|[OK]"]), result.err
+
+
+@pytest.mark.parametrize("name", ["docker.io", "index.docker.io", "registry-1.docker.io"])
+def test_every_name_of_docker_hub_in_a_term_searches_docker_hub(searchable: SearchServer, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(search_module, "HUB_SEARCH", f"http://{searchable.host}/v1/search")
+    result = cli(tmp_path, "search", "--format", "{{.Name}}", f"{name}/app")
+    assert (result.rc, result.lines) == (0, ["library/app", "tools/app-debug", "appliance"]), result.err
+    assert searchable.asked == [({"q": ["app"], "n": ["25"]}, None)]
