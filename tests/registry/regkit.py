@@ -8,6 +8,9 @@
   the registry trusts (``x5c`` header), counting the tokens it issues.
 - ``Proxy``: a TCP proxy in front of a registry that can cut a connection, stall
   it, or slow it down after some bytes of answer, to interrupt downloads.
+- ``Front``: an HTTP server in front of a registry that hands each request to a
+  test's hook, which answers it itself or passes it on and changes the answer:
+  a registry that misbehaves in one precise way.
 - Images: built with umoci (one layer per callback that changes a rootfs),
   given a platform, gathered into an OCI index, pushed with skopeo.
 - ``cli``: the layerstore command line run in this process, its output captured.
@@ -24,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -172,9 +176,12 @@ class _Served:
     port: int
     httpd: http.server.ThreadingHTTPServer
 
-    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler], context: ssl.SSLContext | None = None) -> None:
+        """context: HTTPS, with that server context."""
         self.port = free_port()
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -200,6 +207,7 @@ class TokenServer(_Served):
         self.refused = 0
         self.refresh_tokens: dict[str, str] = {}  # identity token -> its user (OAuth2 refresh tokens)
         self.refresh_on_login = False  # hand out a refresh token to a GET that asks for offline access
+        self.lifetime = 300  # seconds a token is valid for: its expires_in and its exp claim
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerstore test token signer")])
         now = datetime.datetime.now(datetime.UTC)
@@ -254,8 +262,10 @@ class TokenServer(_Served):
             user = name
         access = [a for scope in query.get("scope", []) if (a := self._grant(scope, user))]
         token = self._sign(user or "", access)
-        self.issued.append({"user": user, "scopes": query.get("scope", []), "access": access})
-        answer: dict[str, Any] = {"token": token, "access_token": token, "expires_in": 300}
+        self.issued.append({"user": user, "scopes": query.get("scope", []), "access": access,
+                            "service": query.get("service"), "account": query.get("account"),
+                            "offline": query.get("offline_token")})
+        answer: dict[str, Any] = {"token": token, "access_token": token, "expires_in": self.lifetime}
         if self.refresh_on_login and user and query.get("offline_token") == ["true"] and query.get("client_id"):
             answer["refresh_token"] = self.identity_token(user)  # what the client keeps instead of the password
         body = json.dumps(answer).encode()
@@ -308,7 +318,7 @@ class TokenServer(_Served):
 
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
-        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + 300, "nbf": now - 10,
+        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + self.lifetime, "nbf": now - 10,
                   "iat": now, "jti": os.urandom(8).hex(), "access": access}
         signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
         signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
@@ -320,9 +330,11 @@ class TokenServer(_Served):
 
 class BlobServer(_Served):
     """Serves a registry's storage directory over HTTP, as the storage behind the registry's
-    ``redirect`` middleware (S3 or a CDN in real life), remembering the Authorization headers it saw."""
+    ``redirect`` middleware (S3 or a CDN in real life), remembering the Authorization headers it saw;
+    in HTTPS with ``context`` (a server context: its certificate and key)."""
 
-    def __init__(self, storage: Path) -> None:
+    def __init__(self, storage: Path, context: ssl.SSLContext | None = None) -> None:
+        self.scheme = "https" if context else "http"
         self.authorizations: list[str | None] = []
         self.paths: list[str] = []
         self.ranges: list[str | None] = []  # it ignores them, answering 200, as some storage does
@@ -341,11 +353,11 @@ class BlobServer(_Served):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._serve(Handler)
+        self._serve(Handler, context)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
 
 
 
@@ -370,7 +382,7 @@ class SearchServer(_Served):
                 query = parse_qs(parts.query)
                 server.asked.append((query, self.headers.get("X-Docker-Token")))
                 term, limit = query["q"][0], int(query["n"][0])
-                found = [e for e in server.entries if term in e["name"]][:limit]
+                found = [e for e in server.entries if term in (e.get("name") or e.get("repo_name") or "")][:limit]
                 body = json.dumps({"num_results": len(found), "query": term, "results": found}).encode()
                 reply(self, 200, body)
 
@@ -383,6 +395,76 @@ class SearchServer(_Served):
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+
+# -- a registry that misbehaves -------------------------------------------------------------
+
+
+@dataclass
+class Asked:
+    """A request as a ``Front`` received it; ``forward`` passes it on to the registry behind."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    upstream: int  # the registry's port
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+    def forward(self, headers: dict[str, str] | None = None) -> Answer:
+        """The registry's answer to this request (sent with ``headers`` instead of its own if given)."""
+        r = requests.request(self.method, f"http://127.0.0.1:{self.upstream}{self.path}", data=self.body or None,
+                             headers=self.headers if headers is None else headers, allow_redirects=False, timeout=30)
+        dropped = ("transfer-encoding", "connection", "content-encoding") + (() if self.method == "HEAD" else ("content-length",))
+        return r.status_code, {k: v for k, v in r.headers.items() if k.lower() not in dropped}, r.content
+
+
+Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
+Hook = Callable[[Asked], Answer | None]  # a Front's own answer to a request, or None to pass it on
+
+
+class Front(_Served):
+    """A registry that misbehaves as a test asks: in front of a real one (``upstream``, a port),
+    each request goes to ``hook`` first, whose answer is sent when it gives one, else the
+    request is passed on unchanged (Host header included, so the registry's Location headers
+    name the front) and the registry's answer sent back. A hook that changes a request or an
+    answer passes it on itself (``Asked.forward``). Each answer closes its connection: a
+    Content-Length larger than the body sent is a connection cut there. Every request is kept
+    in ``asked``."""
+
+    def __init__(self, upstream: int, hook: Hook | None = None) -> None:
+        self.upstream = upstream
+        self.hook: Hook = hook or (lambda asked: None)
+        self.asked: list[Asked] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                asked = Asked(self.command, self.path, dict(self.headers.items()), body, server.upstream)
+                server.asked.append(asked)
+                status, headers, data = server.hook(asked) or asked.forward()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if not any(name.lower() == "content-length" for name in headers):
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._serve(Handler)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 # -- the proxy -----------------------------------------------------------------------------

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
-from regkit import PASSWORD, USER, Result, World, cli
+from regkit import PASSWORD, USER, Answer, Asked, Front, Result, World, cli
 
 from layerstore.registry.auth import HUB_AUTH_KEY, Credentials, DockerConfig
+from layerstore.registry.client import RegistryClient
 
 
 def login(tmp_path: Path, host: str, password: str = PASSWORD) -> Result:
@@ -134,3 +136,99 @@ def test_config_file_keys_as_docker_writes_them(tmp_path: Path) -> None:
     assert doc["HttpHeaders"] == {"X-Keep": "me"}  # the rest of the file stays
     assert set(doc["auths"]) == {HUB_AUTH_KEY, "other.example"}
     assert not DockerConfig(tmp_path / "missing.json").auths
+
+
+def test_token_requests_name_the_service_and_the_account_and_ask_for_a_refresh_token_at_login_only(
+        world: World, tmp_path: Path) -> None:
+    """The realm is asked with the challenge's service and the user's account; ``offline_token``
+    (a refresh token for the credentials file) at login, not for a pull."""
+    host, tokens = world.token.host, world.tokens
+    before = len(tokens.issued)
+    assert login(tmp_path, host).rc == 0
+    assert cli(tmp_path, "pull", "-q", f"{host}/app1:v1").rc == 0
+    asked = [(t["scopes"], t["service"], t["account"], t["offline"]) for t in tokens.issued[before:]]
+    assert asked == [([], [tokens.service], [USER], ["true"]), (["repository:app1:pull"], [tokens.service], [USER], None)]
+
+
+def test_a_cached_token_is_renewed_before_it_expires(world: World) -> None:
+    """A token is used until TOKEN_LEEWAY (10 s) before the end of its expires_in: one valid for 13 s, for 3 s."""
+    tokens = world.tokens
+    tokens.lifetime = 13
+    client = RegistryClient(world.token.host)
+    try:
+        before = len(tokens.issued)
+        client.manifest("public/base", "v1")
+        client.manifest("public/base", "v1")
+        assert len(tokens.issued) == before + 1  # cached
+        time.sleep(3.2)
+        client.manifest("public/base", "v1")
+        assert len(tokens.issued) == before + 2  # due: asked for anew
+    finally:
+        tokens.lifetime = 300
+        client.close()
+
+
+def test_a_token_the_registry_stops_taking_is_fetched_anew(world: World, tmp_path: Path) -> None:
+    """A cached token that the registry refuses (revoked, expired early) is not sent again: a new
+    one is asked for, and the pull goes on."""
+    revoked: list[str] = []
+
+    def hook(asked: Asked) -> Answer | None:
+        token = asked.header("Authorization")
+        if token and not revoked:
+            revoked.append(token)  # the manifest's token, refused from the next request on
+        elif token in revoked:
+            return asked.forward({k: v for k, v in asked.headers.items() if k.lower() != "authorization"})  # the registry's challenge
+        return None
+
+    front = Front(world.token.port, hook)
+    before = len(world.tokens.issued)
+    try:
+        result = cli(tmp_path, "pull", f"{front.host}/public/base:v1")
+    finally:
+        front.stop()
+    assert result.rc == 0, result.err
+    assert len(world.tokens.issued) == before + 2
+    refused = [a for a in front.asked if a.header("Authorization") == revoked[0]]
+    assert len(refused) == 2  # the manifest, then the config once
+
+
+def test_the_registry_s_own_key_wins_over_an_older_url_form_of_it(world: World, tmp_path: Path, docker_config: Path) -> None:
+    """``host:port`` itself is read before ``https://host:port/v1/`` (which older clients wrote), wherever each is in the file."""
+    host = world.basic.host
+    wrong, right = (base64.b64encode(f"{USER}:{p}".encode()).decode() for p in ("wrong", PASSWORD))
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(json.dumps({"auths": {f"https://{host}/v1/": {"auth": wrong}, host: {"auth": right}}}))
+    pulled = cli(tmp_path, "pull", "-q", f"{host}/app1:v1")
+    assert (pulled.rc, pulled.err) == (0, "")
+
+
+def test_an_auth_value_without_a_password_is_refused(world: World, tmp_path: Path, docker_config: Path) -> None:
+    """``auth`` is base64 of ``user:password``: without the colon it is a broken file, said so, not a user without a password."""
+    host = world.basic.host
+    docker_config.mkdir()
+    config = docker_config / "config.json"
+    config.write_text(json.dumps({"auths": {host: {"auth": base64.b64encode(USER.encode()).decode()}}}))
+    result = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert (result.rc, result.err) == (1, f"Error: credentials for {host} in {config}: the auth value is not base64 of user:password\n")
+
+
+def test_each_request_carries_a_token_for_its_own_repository(world: World) -> None:
+    """A token is asked for the scope of the request at hand, not the one the last challenge named:
+    the first request to a second repository does not go out with the first repository's token."""
+    front = Front(world.token.port)
+    client = RegistryClient(front.host, credentials=Credentials(USER, PASSWORD))
+    try:
+        client.manifest("app1", "v1")
+        client.manifest("app2", "v1")
+    finally:
+        client.close()
+        front.stop()
+
+    def granted(asked: Asked) -> list[str]:
+        payload = str(asked.header("Authorization")).removeprefix("Bearer ").split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return [a["name"] for a in claims["access"]]
+
+    sent = [(a.path, granted(a)) for a in front.asked if a.header("Authorization")]
+    assert sent == [("/v2/app1/manifests/v1", ["app1"]), ("/v2/app2/manifests/v1", ["app2"])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,43 @@ def test_login_keeps_a_refresh_token_in_place_of_the_password_where_the_realm_ha
     pulled = cli(tmp_path, "pull", f"{host}/app1:v1")
     assert pulled.rc == 0, pulled.err
     assert [t.get("grant") for t in tokens.issued[before:]] == ["refresh_token"]
+
+
+def test_a_helper_record_without_a_secret_means_anonymous(world: World, tmp_path: Path, docker_config: Path,
+                                                          pass_store: Path) -> None:
+    """Debian's pass helper answers a server it keeps nothing for with an empty record: no credentials, no error."""
+    write_config(docker_config, {"credsStore": "pass"})
+    before = len(world.tokens.issued)
+    pulled = cli(tmp_path, "pull", "-q", f"{world.token.host}/public/base:v1")
+    assert (pulled.rc, pulled.err) == (0, "")
+    assert [t["user"] for t in world.tokens.issued[before:]] == [None]
+
+
+def test_a_helper_that_says_it_keeps_nothing_means_anonymous(world: World, tmp_path: Path, docker_config: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helpers' own "credentials not found in native keychain" (their exit status 1 for a server
+    they keep nothing for) is no error: the registry is asked without credentials."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "docker-credential-empty"
+    program.write_text("#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    write_config(docker_config, {"credsStore": "empty"})
+    before = len(world.tokens.issued)
+    pulled = cli(tmp_path, "pull", "-q", f"{world.token.host}/public/base:v1")
+    assert (pulled.rc, pulled.err) == (0, "")
+    assert [t["user"] for t in world.tokens.issued[before:]] == [None]
+
+
+def test_login_with_a_helper_leaves_no_password_of_that_registry_in_the_file(
+        world: World, tmp_path: Path, docker_config: Path, pass_store: Path) -> None:
+    """Passwords the file held for the registry, under any key that names it, go when a helper takes its credentials."""
+    host = world.basic.host
+    old = base64.b64encode(f"{USER}:old".encode()).decode()
+    other = {"auth": base64.b64encode(b"someone:else").decode()}
+    config = write_config(docker_config, {"credsStore": "pass",
+                                          "auths": {host: {"auth": old}, f"https://{host}/v1/": {"auth": old}, "other.example": other}})
+    assert login(tmp_path, host).rc == 0
+    assert json.loads(config.read_text()) == {"credsStore": "pass", "auths": {"other.example": other, host: {}}}
+    assert json.loads(helper("get", host))["Secret"] == PASSWORD

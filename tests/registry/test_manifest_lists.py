@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import PASSWORD, USER, World, cli
+from regkit import PASSWORD, USER, Proxy, World, cli
 
 from layerstore.registry.client import MANIFEST_ACCEPT
 
@@ -261,3 +261,58 @@ def test_a_token_registry_needs_a_login_and_grants_the_mounts(world: World, tmp_
     assert scopes == {"repository:lists/token:pull,push", "repository:app1:pull", "repository:multi:pull"}
     on_registry = registry_document(world, "lists/token", "v1")
     assert pushed.lines[-1] == "sha256:" + hashlib.sha256(on_registry.content).hexdigest()
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_an_image_without_an_architecture_is_refused_before_the_index(world: World, tmp_path: Path, docker_config: Path) -> None:
+    host = world.open.host
+    app1, _ = images(world)
+    name = f"{host}/lists/no-arch:v1"
+    assert cli(tmp_path, "manifest", "create", name, app1).rc == 0
+    desc = json.loads(_rewrite(docker_config, {}).read_bytes())["Descriptor"]
+    _rewrite(docker_config, {"Descriptor": {**desc, "platform": {"os": "linux"}}})
+    result = cli(tmp_path, "manifest", "push", name)
+    assert (result.rc, result.err) == (1, f"Error: manifest {app1}: must have an OS and Architecture to be pushed to a registry"
+                                          " (manifest annotate --os --arch sets them)\n")
+    assert registry_document(world, "lists/no-arch", "v1").status_code == 404
+
+
+@pytest.mark.parametrize("lie", ["list", "image"])
+def test_the_digest_a_registry_answers_for_a_pushed_list_or_image_is_checked(world: World, tmp_path: Path, docker_config: Path,
+                                                                              lie: str) -> None:
+    """A proxy puts another digest in the registry's answer to the list's PUT, or to the PUT of an
+    image brought over from another repository: the push says so and fails."""
+    proxy = Proxy(world.open.port)
+    app1 = f"{proxy.host}/app1:v1"
+    name = f"{proxy.host}/lists/lying-{lie}:v1"
+    try:
+        assert cli(tmp_path, "manifest", "create", name, app1).rc == 0
+        shown = cli(tmp_path, "manifest", "inspect", name).out
+        true = sha(shown.removesuffix("\n").encode()) if lie == "list" else digest_of(world, "app1")
+        told = sha(b"another document")
+        proxy.rewrite[true.encode()] = told.encode()
+        result = cli(tmp_path, "manifest", "push", name)
+    finally:
+        proxy.stop()
+    assert proxy.rewritten > 0
+    subject = f"manifest list {name}" if lie == "list" else f"manifest {app1}"
+    assert (result.rc, result.err) == (1, f"Error: {subject}: the registry stored it as {told}\n")
+
+
+def test_an_image_of_the_list_s_own_repository_is_not_brought_over(world: World, tmp_path: Path, docker_config: Path) -> None:
+    """Only images of other repositories are mounted and put by digest: one already in the list's repository is just named."""
+    host = world.open.host
+    own = f"{host}/lists/own:app1"
+    assert cli(tmp_path, "pull", "-q", f"{host}/app1:v1").rc == 0
+    assert cli(tmp_path, "tag", f"{host}/app1:v1", own).rc == 0
+    assert cli(tmp_path, "push", "-q", own).rc == 0
+    name = f"{host}/lists/own:v1"
+    assert cli(tmp_path, "manifest", "create", name, own).rc == 0
+    mark = world.open.mark()
+    pushed = cli(tmp_path, "manifest", "push", name)
+    assert pushed.rc == 0, pushed.err
+    assert [(r["method"], r["uri"]) for r in world.open.requests(mark)] == [("PUT", "/v2/lists/own/manifests/v1")]
+    assert pushed.lines == [sha(registry_document(world, "lists/own", "v1").content)]

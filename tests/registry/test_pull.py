@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import Proxy, World, cli, layer_lines, short
+from regkit import Answer, Asked, Front, Proxy, World, cli, layer_lines, short
 
-from layerstore.model import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from layerstore.model import DOCKER_MANIFEST, MAX_DOCUMENT, OCI_INDEX, OCI_MANIFEST
 from layerstore.registry import client as client_module
 from layerstore.registry.client import MANIFEST_ACCEPT
 from layerstore.store import Store
@@ -381,3 +381,135 @@ def test_content_trust_asked_for_is_refused_not_ignored(world: World, tmp_path: 
         assert cli(tmp_path, "pull", "--disable-content-trust", name).rc == 0
         monkeypatch.setenv("DOCKER_CONTENT_TRUST", "0")
         assert cli(tmp_path, "pull", "-q", name).rc == 0
+
+
+def through_front(world: World, tmp_path: Path, hook: regkit.Hook, ref: str) -> tuple[Front, regkit.Result]:
+    """``pull`` of ``ref`` (a path and tag or digest) from the open registry, behind a ``Front`` with ``hook``."""
+    front = Front(world.open.port, hook)
+    try:
+        return front, cli(tmp_path, "pull", f"{front.host}/{ref}")
+    finally:
+        front.stop()
+
+
+def put_image(world: World, repo: str, source: str, manifest: bytes) -> str:
+    """An image of repository ``source`` into ``repo`` of the open registry (blobs mounted, manifest put by digest)."""
+    base = f"http://{world.open.host}/v2/{repo}"
+    doc = json.loads(manifest)
+    for blob in [doc["config"]["digest"], *manifest_layers(manifest)]:
+        mounted = requests.post(f"{base}/blobs/uploads/", params={"mount": blob, "from": source}, timeout=10)
+        assert mounted.status_code == 201, mounted.text
+    put = requests.put(f"{base}/manifests/{sha(manifest)}", data=manifest,
+                       headers={"Content-Type": doc.get("mediaType", OCI_MANIFEST)}, timeout=10)
+    assert put.status_code == 201, put.text
+    return sha(manifest)
+
+
+def test_a_manifest_named_by_digest_must_hash_to_it_whatever_the_answer_says(world: World, tmp_path: Path) -> None:
+    """The digest in the reference is what the bytes are checked against, also when the answer
+    names none (Docker-Content-Digest is optional): other bytes are refused."""
+    manifest = registry_manifest(world, "app1", "v1")
+    digest = sha(manifest)
+    changed = manifest + b"\n"  # the same document, other bytes
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method == "GET" and asked.path == f"/v2/app1/manifests/{digest}":
+            return 200, {"Content-Type": OCI_MANIFEST}, changed
+        return None
+
+    front, result = through_front(world, tmp_path, hook, f"app1@{digest}")
+    assert (result.rc, result.err) == (1, f"Error: manifest for {front.host}/app1@{digest}: digest mismatch (computed {sha(changed)})\n")
+    with Store(tmp_path) as store:
+        assert store.meta.query("SELECT * FROM images") == []
+
+
+def test_a_manifest_larger_than_the_limit_is_refused_as_such(world: World, tmp_path: Path) -> None:
+    """At most MAX_DOCUMENT bytes of a manifest are read: a longer one is refused for its size,
+    not for a digest that the first bytes of it cannot have."""
+    huge = b"{" + b" " * MAX_DOCUMENT + b"}"
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method == "GET" and asked.path == "/v2/app1/manifests/v1":
+            return 200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha(huge)}, huge
+        return None
+
+    front, result = through_front(world, tmp_path, hook, "app1:v1")
+    assert (result.rc, result.err) == (1, f"Error: manifest for {front.host}/app1:v1: larger than {MAX_DOCUMENT} bytes\n")
+
+
+def test_a_blob_the_registry_answers_404_for_without_an_error_code_is_an_unknown_blob(world: World, tmp_path: Path) -> None:
+    """A 404 to a blob GET says the blob is unknown, with or without the registry's BLOB_UNKNOWN code."""
+    config = json.loads(registry_manifest(world, "app1", "v1"))["config"]["digest"]
+
+    def hook(asked: Asked) -> Answer | None:
+        return (404, {}, b"") if asked.path == f"/v2/app1/blobs/{config}" else None
+
+    _, result = through_front(world, tmp_path, hook, "app1:v1")
+    assert (result.rc, result.err) == (1, f"Error: blob {config}: not found: blob unknown to registry\n")
+
+
+def test_a_403_answer_is_access_denied(world: World, tmp_path: Path) -> None:
+    """A 403 without the registry's DENIED code is still an authorization refusal, in Docker's words."""
+    def hook(asked: Asked) -> Answer | None:
+        return (403, {}, b"") if "/manifests/" in asked.path else None
+
+    front, result = through_front(world, tmp_path, hook, "app1:v1")
+    assert (result.rc, result.err) == (
+        1, f"Error: manifest for {front.host}/app1:v1: denied: requested access to the resource is denied\n")
+
+
+def test_a_503_answer_is_asked_again(world: World, tmp_path: Path) -> None:
+    """A registry that is briefly unavailable (503 to a GET) is asked again, and the pull goes on."""
+    refused: list[str] = []
+
+    def hook(asked: Asked) -> Answer | None:
+        if "/manifests/" in asked.path and not refused:
+            refused.append(asked.path)
+            return 503, {}, b""
+        return None
+
+    front, result = through_front(world, tmp_path, hook, "app1:v1")
+    assert result.rc == 0, result.err
+    assert [a.path for a in front.asked if "/manifests/" in a.path] == ["/v2/app1/manifests/v1"] * 2
+
+
+def test_an_unknown_repository_is_named_so(world: World, tmp_path: Path) -> None:
+    """The registry's NAME_UNKNOWN (its answer to the tag list of a repository it lacks) says the
+    repository is not known, not that a manifest is."""
+    result = cli(tmp_path, "pull", "-a", world.name(world.open, "never/pushed"))
+    assert (result.rc, result.err) == (
+        1, f"Error: repository {world.open.host}/never/pushed: not found: repository name not known to registry\n")
+
+
+def test_an_index_entry_without_a_platform_is_checked_against_its_config(world: World, tmp_path: Path) -> None:
+    """An index that names no platforms gives its first image, whose config must then name this platform."""
+    arm = regkit.descriptor(world.layout, "arm")["digest"]
+    manifest = (world.layout / "blobs" / "sha256" / arm.split(":", 1)[1]).read_bytes()
+    put_image(world, "unlabelled/index", "multi", manifest)
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                        "manifests": [{"mediaType": OCI_MANIFEST, "digest": arm, "size": len(manifest)}]}).encode()
+    put = requests.put(f"http://{world.open.host}/v2/unlabelled/index/manifests/v1", data=index,
+                       headers={"Content-Type": OCI_INDEX}, timeout=10)
+    assert put.status_code == 201, put.text
+    name = world.name(world.open, "unlabelled/index:v1")
+    result = cli(tmp_path, "pull", name)
+    assert (result.rc, result.err) == (1, f"Error: image {name}: found, but it does not match the specified platform:"
+                                          " wanted linux/amd64, actual: linux/arm64\n")
+    assert cli(tmp_path, "pull", "--platform", "linux/arm64", name).rc == 0
+
+
+def test_an_index_is_known_by_its_manifests_when_no_media_type_says_so(world: World, tmp_path: Path) -> None:
+    """An index answered as plain JSON, without a mediaType field, is still an index: its entry for this platform is pulled."""
+    real = json.loads(registry_manifest(world, "multi", "latest"))
+    bare = json.dumps({"schemaVersion": 2, "manifests": real["manifests"]}).encode()
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.path == "/v2/multi/manifests/bare":
+            return 200, {"Content-Type": "application/json"}, bare
+        return None
+
+    front, result = through_front(world, tmp_path, hook, "multi:bare")
+    assert result.rc == 0, result.err
+    assert f"Digest: {sha(bare)}" in result.lines
+    with Store(tmp_path) as store:
+        assert store.resolve(f"{front.host}/multi:bare") == json.loads(registry_manifest(world, "app1", "v1"))["config"]["digest"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import regkit
 import requests
-from regkit import PASSWORD, USER, Proxy, World, cli, layer_lines, short
+from regkit import PASSWORD, USER, Answer, Asked, Front, Proxy, World, cli, layer_lines, short
 
 from layerstore import reference
-from layerstore.errors import CorruptArchive
+from layerstore.errors import CorruptArchive, RegistryError
 from layerstore.mediatypes import DOCKER_LAYER
 from layerstore.model import OCI_MANIFEST, Manifest
 from layerstore.registry.auth import Credentials
@@ -402,3 +402,113 @@ def test_push_platform_checks_the_image_first(world: World, archives: dict[str, 
     assert (both.rc, both.err) == (1, "Error: --platform can't be used with --all-tags/-a\n")
     pushed = cli(tmp_path, "push", "-q", "--platform", "linux/amd64", f"{repo}:v1")
     assert (pushed.rc, pushed.out) == (0, f"{repo}:v1\n"), pushed.err
+
+
+def test_credentials_do_not_follow_an_upload_to_another_origin(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """An upload whose Location is on another origin (here the same server under the name
+    localhost) is sent there without the registry's credentials: the basic registry refuses it."""
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method != "POST":
+            return None
+        status, headers, body = asked.forward()
+        return status, {k: v.replace("//127.0.0.1:", "//localhost:") if k.lower() == "location" else v for k, v in headers.items()}, body
+
+    front = Front(world.basic.port, hook)
+    name = f"{front.host}/pushed/elsewhere:v1"
+    load(tmp_path, archives["app1"], name)
+    try:
+        login(tmp_path, front.host)
+        result = cli(tmp_path, "push", name)
+    finally:
+        front.stop()
+    assert result.rc == 1
+    assert result.err.startswith("Error: blob sha256:") and result.err.endswith(": unauthorized: authentication required\n"), result.err
+    elsewhere = [a for a in front.asked if str(a.header("Host")).startswith("localhost:")]
+    assert elsewhere and [a.header("Authorization") for a in elsewhere] == [None] * len(elsewhere)
+    assert any(a.header("Authorization") for a in front.asked)  # the registry's own origin had them
+
+
+def push_big_through(world: World, archives: dict[str, Path], tmp_path: Path, repo: str, hook: regkit.Hook | None,
+                     chunk: int) -> tuple[Front, int]:
+    """Push the big image to ``repo`` through a ``Front`` of the open registry, in chunks of ``chunk``
+    bytes; the front, and the size of the layer."""
+    front = Front(world.open.port, hook)
+    name = f"{front.host}/pushed/{repo}:v1"
+    load(tmp_path, archives["big"], name)
+    (layer,) = layers_of(layout_manifest(world, "big")[1])
+    try:
+        with Store(tmp_path) as store:
+            client = RegistryClient(front.host)
+            try:
+                Pusher(store, client, chunk_size=chunk).push(reference.parse(name))
+            finally:
+                client.close()
+    finally:
+        front.stop()
+    return front, world.open.blob_path(layer).stat().st_size
+
+
+def test_each_chunk_names_its_bytes_in_content_range(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """A PATCH's Content-Range is the chunk's first and last byte, inclusive, as the spec has it."""
+    chunk = 1 << 20
+    front, size = push_big_through(world, archives, tmp_path, "ranges", None, chunk)
+    sent = [a.header("Content-Range") for a in front.asked if a.method == "PATCH"]
+    assert sent == [f"{start}-{min(start + chunk, size) - 1}" for start in range(0, size, chunk)]
+
+
+def test_a_registry_s_minimum_chunk_length_is_honoured(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """A registry that names a minimum chunk length (OCI-Chunk-Min-Length) gets chunks that long, not shorter."""
+    least = 2 << 20
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method != "POST":
+            return None
+        status, headers, body = asked.forward()
+        return status, {**headers, "OCI-Chunk-Min-Length": str(least)}, body
+
+    front, size = push_big_through(world, archives, tmp_path, "least", hook, 1 << 20)
+    sent = [a.header("Content-Range") for a in front.asked if a.method == "PATCH"]
+    assert sent == [f"{start}-{min(start + least, size) - 1}" for start in range(0, size, least)]
+
+
+def test_a_chunk_the_registry_did_not_take_whole_stops_the_push(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """The Range a registry answers to a PATCH must end where the chunk did: bytes missing there stop the push."""
+    chunk = 1 << 20
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method != "PATCH":
+            return None
+        status, headers, body = asked.forward()
+        return status, {k: f"0-{chunk - 2}" if k.lower() == "range" else v for k, v in headers.items()}, body
+
+    with pytest.raises(RegistryError) as caught:
+        push_big_through(world, archives, tmp_path, "short-chunk", hook, chunk)
+    assert str(caught.value).endswith(f": the registry has bytes '0-{chunk - 2}' after a chunk ending at {chunk - 1}")
+    assert requests.get(f"http://{world.open.host}/v2/pushed/short-chunk/manifests/v1", timeout=10).status_code == 404
+
+
+def test_a_blob_of_exactly_the_chunk_size_goes_up_in_one_put(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """Blobs up to the chunk size, that size included, are uploaded monolithically."""
+    (layer,) = layers_of(layout_manifest(world, "big")[1])
+    size = (world.layout / "blobs" / "sha256" / layer.split(":", 1)[1]).stat().st_size
+    mark = world.open.mark()
+    front, _ = push_big_through(world, archives, tmp_path, "one-put", None, size)
+    assert not [a for a in front.asked if a.method == "PATCH"]
+    assert [a.method for a in front.asked if f"digest={layer}" in a.path] == ["PUT"]
+    assert len([r for r in world.open.requests(mark) if r["method"] == "PUT" and r["status"] == 201]) == 3  # layer, config, manifest
+
+
+def test_a_blob_is_mounted_from_three_repositories_at_most(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
+    """As dockerd, at most three source repositories are tried for one blob before it is uploaded."""
+    host = world.open.host
+    target = f"{host}/pushed/many-target:v1"
+    ghosts = [f"pushed/many-{c}" for c in "abcd"]
+    load(tmp_path, archives["app1"], *(f"{host}/{g}:v1" for g in ghosts), target)
+    layers = layers_of(layout_manifest(world, "app1")[1])
+    mark = world.open.mark()
+    result = cli(tmp_path, "push", target)
+    assert result.rc == 0, result.err
+    answers = world.open.requests(mark)
+    for layer in layers:
+        tried = [r["uri"].split("&from=")[1] for r in answers if f"mount={layer}" in r["uri"]]
+        assert tried == ghosts[:3]

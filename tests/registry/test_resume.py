@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
+import pytest
 import requests
-from regkit import PASSWORD, RUNNER, USER, Proxy, World, cli, runner_env
+from regkit import PASSWORD, RUNNER, USER, Answer, Asked, Front, Proxy, World, cli, runner_env
 from waiting import wait_for
 
+from layerstore.registry import download
 from layerstore.store import Store
 
 BIG = "big:v1"
@@ -153,3 +156,92 @@ def test_storage_that_ignores_range_is_read_from_the_start(world: World, tmp_pat
     assert asked == [f"bytes={1 << 20}-"]
     with Store(tmp_path) as store:
         assert store.blobs.size(digest) == size
+
+
+@pytest.mark.parametrize("lie", ["start", "total"])
+def test_a_206_whose_content_range_names_other_bytes_is_not_used(world: World, tmp_path: Path, lie: str) -> None:
+    """A resumed answer must start at the byte asked for and end at the blob's size: one whose
+    Content-Range says otherwise is dropped, and the blob asked for again from byte 0."""
+    digest, size = big_blob(world)
+    have = 1 << 20
+    partial = partial_file(tmp_path, digest)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(world.open.blob_path(digest).read_bytes()[:have])
+    true = f"Content-Range: bytes {have}-{size - 1}/{size}"
+    told = f"Content-Range: bytes {have + 1}-{size - 1}/{size}" if lie == "start" else f"Content-Range: bytes {have}-{size - 1}/{size + 1}"
+    assert len(told) == len(true)
+    proxy = Proxy(world.open.port, rewrite={true.encode(): told.encode()})
+    mark = world.open.mark()
+    try:
+        result = cli(tmp_path, "pull", f"{proxy.host}/{BIG}")
+    finally:
+        proxy.stop()
+    assert result.rc == 0, result.err
+    assert proxy.rewritten == 1
+    answers = blob_answers(world, mark, digest)
+    assert sorted(a["status"] for a in answers) == [200, 206]  # the 206 left unread, then the whole blob
+    with Store(tmp_path) as store:
+        assert store.blobs.size(digest) == size
+    assert not partial.exists()
+
+
+def test_a_reconnect_answered_with_the_whole_blob_skips_the_bytes_it_has(world: World, tmp_path: Path) -> None:
+    """Storage that ignores Range answers a reconnect with 200 and the whole blob: the bytes the
+    download has already are skipped, not written twice."""
+    digest, size = big_blob(world)
+    cut = 2 << 20
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method != "GET" or not asked.path.endswith(f"/blobs/{digest}"):
+            return None
+        without_range = {k: v for k, v in asked.headers.items() if k.lower() != "range"}
+        status, headers, body = asked.forward(without_range)
+        if asked.header("Range") is None:  # the first answer: cut after 2 MiB
+            return status, {**headers, "Content-Length": str(len(body))}, body[:cut]
+        return status, headers, body
+
+    front = Front(world.open.port, hook)
+    try:
+        result = cli(tmp_path, "pull", f"{front.host}/{BIG}")
+    finally:
+        front.stop()
+    assert result.rc == 0, result.err
+    assert [a.header("Range") for a in front.asked if a.path.endswith(f"/blobs/{digest}")] == [None, f"bytes={cut}-"]
+    with Store(tmp_path) as store:
+        assert store.blobs.size(digest) == size
+        layer = store.layers.path(store.image_layers(store.resolve(f"{front.host}/{BIG}"))[0])
+        assert (layer / "data/big.bin").stat().st_size == 6 << 20
+
+
+def test_a_download_that_keeps_failing_gives_up_after_its_reconnects(world: World, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that drops is resumed RECONNECTS times, each after a longer pause (0.2 s, doubled
+    each time), then the download fails at the byte it reached."""
+    digest, size = big_blob(world)
+    first = download.NET_READ  # one whole read of the body, then the connection drops
+    slept: list[float] = []
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=slept.append))
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method != "GET" or not asked.path.endswith(f"/blobs/{digest}"):
+            return None
+        data = world.open.blob_path(digest).read_bytes()
+        asked_range = asked.header("Range")
+        if asked_range is None:  # the first bytes, then the connection drops
+            return 200, {"Content-Length": str(size)}, data[:first]
+        start = int(asked_range.removeprefix("bytes=").removesuffix("-"))
+        return 206, {"Content-Length": str(size - start), "Content-Range": f"bytes {start}-{size - 1}/{size}"}, b""
+
+    front = Front(world.open.port, hook)
+    try:
+        result = cli(tmp_path, "pull", f"{front.host}/{BIG}")
+    finally:
+        front.stop()
+    assert result.rc == 1
+    assert result.err.startswith(f"Error: blob {digest}: download failed at byte {first} (") and result.err.count("\n") == 1
+    ranges = [a.header("Range") for a in front.asked if a.path.endswith(f"/blobs/{digest}")]
+    assert ranges == [None] + [f"bytes={first}-"] * download.RECONNECTS
+    assert slept == [0.2, 0.4, 0.8, 1.6, 3.2]
+    with Store(tmp_path) as store:
+        assert store.meta.query("SELECT * FROM images") == []
+    assert partial_file(tmp_path, digest).stat().st_size == first  # kept for the next pull to resume

@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import ipaddress
 import os
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+import regkit
 from regkit import Registry, World, cli
 
 from layerstore.registry import tls
@@ -79,6 +81,7 @@ class TlsWorld:
     server_ca: Authority
     client_ca: Authority
     client: Issued
+    server: Issued  # the registries' certificate
     tls: Registry  # HTTPS, its certificate from server_ca
     mutual: Registry  # HTTPS, and a client certificate from client_ca required
     plain: Registry  # plain HTTP, on the same address
@@ -116,7 +119,7 @@ def tls_world(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         mutual = {**served, "clientcas": [str(client_ca.pem)]}
         for name, settings in (("tls", served), ("mutual", mutual), ("plain", None)):
             registries.append(Registry.start(base / name, storage, address=ADDRESS, tls=settings))
-        yield TlsWorld(server_ca, client_ca, client, *registries)
+        yield TlsWorld(server_ca, client_ca, client, server, *registries)
 
 
 def certs_dir(path: Path, files: dict[str, Path]) -> Path:
@@ -193,3 +196,56 @@ def test_an_insecure_registry_is_asked_in_https_unchecked_then_in_plain_http(
     pushed = cli(tmp_path, "push", "-q", "--insecure-registry", plain_host, f"{plain_host}/pushed/app2:v1")
     assert pushed.rc == 0, pushed.err
     assert cli(tmp_path, "manifest", "inspect", "--insecure", f"{plain_host}/pushed/app2:v1").rc == 0
+
+
+def test_an_insecure_registry_gets_the_client_certificate_of_its_directory_and_its_own_stays_unchecked(
+        tls_world: TlsWorld, tmp_path: Path) -> None:
+    """--insecure-registry with a certs directory that holds a client certificate and no CA: the
+    certificate is sent, and the registry's, from a CA nobody here trusts, is not checked."""
+    host = tls_world.mutual.host
+    client_only = certs_dir(tmp_path / "client-only", {"client.cert": tls_world.client.cert, "client.key": tls_world.client.key})
+    pulled = cli(tmp_path, "pull", "--insecure-registry", host, "--cert-dir", str(client_only), f"{host}/app2:v1")
+    assert pulled.rc == 0, pulled.err
+
+
+def test_the_first_certs_directory_that_names_the_registry_wins(
+        tls_world: TlsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """containers' certs.d is read before Docker's: a directory of the registry in both, the first one counts."""
+    host = tls_world.tls.host
+    first, second = tmp_path / "containers-certs.d", tmp_path / "docker-certs.d"
+    certs_dir(first / host, {"ca.crt": tls_world.server_ca.pem})
+    certs_dir(second / host, {"ca.crt": tls_world.client_ca.pem})  # a CA that did not sign the registry's certificate
+    monkeypatch.setattr(tls, "SYSTEM_CERT_DIRS", (first, second))
+    pulled = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert pulled.rc == 0, pulled.err
+
+
+def test_a_certs_directory_with_two_client_certificates_is_refused(tls_world: TlsWorld, tmp_path: Path) -> None:
+    host = tls_world.mutual.host
+    pair = {"ca.crt": tls_world.server_ca.pem}
+    for name in ("a", "b"):
+        pair.update({f"{name}.cert": tls_world.client.cert, f"{name}.key": tls_world.client.key})
+    two = certs_dir(tmp_path / "two", pair)
+    failed = cli(tmp_path, "pull", "--cert-dir", str(two), f"{host}/app2:v1")
+    assert (failed.rc, failed.err) == (1, f"Error: registry {host}: certificates: {two}: more than one client certificate (a.cert, b.cert)\n")
+
+
+def test_an_insecure_registry_s_blob_storage_elsewhere_has_its_certificate_checked(
+        tls_world: TlsWorld, world: World, tmp_path: Path) -> None:
+    """Certificates go unchecked on the insecure registry's own origin only: the blob storage it
+    redirects to, elsewhere, must have a certificate this machine trusts."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls_world.server.cert), str(tls_world.server.key))  # from a CA nobody here trusts
+    storage = regkit.BlobServer(world.open.storage, context)
+    redirect = {"storage": [{"name": "redirect", "options": {"baseurl": storage.url}}]}
+    registry = Registry.start(tmp_path / "redirecting", world.open.storage, address=ADDRESS,
+                              tls={"certificate": str(tls_world.server.cert), "key": str(tls_world.server.key)}, middleware=redirect)
+    try:
+        result = cli(tmp_path, "pull", "--insecure-registry", registry.host, f"{registry.host}/app1:v1")
+    finally:
+        registry.stop()
+        storage.stop()
+    assert result.rc == 1 and result.err.count("\n") == 1
+    assert result.err.startswith(f"Error: registry {registry.host}: unreachable (GET {storage.url}docker/registry/v2/blobs/sha256/")
+    assert "TLS: certificate verify failed" in result.err
+    assert storage.paths == []  # nothing was asked of it

@@ -181,3 +181,33 @@ def test_pull_on_a_terminal_draws_progress(world: World, tmp_path: Path) -> None
     assert process.returncode == 0
     assert "\x1b[2K\r" in text and "Downloading [" in text and "Pull complete" in text
     assert text.rstrip().endswith(world.name(world.open, "big:v1"))
+
+
+def test_attestations_nested_indexes_and_artifacts_are_never_chosen_whatever_their_platform() -> None:
+    """An entry is an image of the index only when it is an image manifest and no attestation."""
+    nested = {**entry("a", {"os": "linux", "architecture": "amd64"}), "mediaType": "application/vnd.oci.image.index.v1+json"}
+    attestation = entry("b", {"os": "linux", "architecture": "amd64"}, **{"vnd.docker.reference.type": "attestation-manifest"})
+    artifact = {**entry("c", {"os": "linux", "architecture": "amd64"}), "mediaType": "application/vnd.example.artifact+json"}
+    index = json.dumps({"manifests": [nested, attestation, artifact, entry("d", {"os": "linux", "architecture": "amd64"})]}).encode()
+    assert choose_manifest(index, Platform.parse("linux/amd64"), "x").digest == "sha256:" + "d" * 64
+
+
+def test_of_entries_that_fit_as_well_the_first_is_chosen() -> None:
+    index = json.dumps({"manifests": [entry(c, {"os": "linux", "architecture": "amd64"}) for c in "abc"]}).encode()
+    assert choose_manifest(index, Platform.parse("linux/amd64"), "x").digest == "sha256:" + "a" * 64
+
+
+def test_an_entry_without_a_platform_is_not_taken_when_others_name_theirs() -> None:
+    """Only an index that names no platform at all gives its first image; otherwise the platform must be listed."""
+    index = json.dumps({"manifests": [entry("a", None), entry("b", {"os": "linux", "architecture": "arm64"})]}).encode()
+    with pytest.raises(NotFound) as caught:
+        choose_manifest(index, Platform.parse("linux/amd64"), "image x")
+    assert str(caught.value) == "image x: no matching manifest for linux/amd64 in the manifest list entries (it has: linux/arm64)"
+
+
+def test_insecure_registries_named_in_any_case_and_separated_by_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host names are case-insensitive; the variable takes commas, spaces or both between names."""
+    assert not endpoint("Registry.Example:5000", ["registry.example:5000"]).verify
+    monkeypatch.setenv("LAYERSTORE_INSECURE_REGISTRIES", "other.example registry.example:5000\tthird.example")
+    assert endpoint("registry.example:5000").fallback == "http://registry.example:5000"
+    assert endpoint("third.example").fallback == "http://third.example"
