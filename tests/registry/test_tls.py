@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import ipaddress
 import os
@@ -28,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import regkit
 from regkit import Registry, World, cli
+
+from users import NOBODY, errno_as
 
 from layerstore.registry import tls
 
@@ -218,6 +221,25 @@ def test_the_first_certs_directory_that_names_the_registry_wins(
     monkeypatch.setattr(tls, "SYSTEM_CERT_DIRS", (first, second))
     pulled = cli(tmp_path, "pull", f"{host}/app1:v1")
     assert pulled.rc == 0, pulled.err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a user other than root")
+def test_a_user_other_than_root_reads_its_own_certs_directory_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As podman and skopeo: a user's ``~/.config/containers/certs.d/HOST`` comes before the
+    system's directories; root has none of its own (its home's is not read)."""
+    host = "registry.invalid:5000"
+    with tempfile.TemporaryDirectory() as home:
+        os.chmod(home, 0o755)
+        mine = Path(home) / tls.USER_CERT_DIR / host
+        mine.mkdir(parents=True)
+        monkeypatch.setenv("HOME", home)
+
+        def found_mine() -> None:
+            if tls.certs_directory(host) != mine:
+                raise OSError(errno.ENOENT, "not the user's own directory")
+
+        assert errno_as(NOBODY, found_mine) is None
+        assert tls.certs_directory(host) is None  # as root
 
 
 def test_a_certs_directory_with_two_client_certificates_is_refused(tls_world: TlsWorld, tmp_path: Path) -> None:
