@@ -170,6 +170,13 @@ def reply(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes 
     handler.wfile.write(body)
 
 
+class _Quiet:
+    """A request handler that logs nothing: the servers' requests are the tests' to look at."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 class _Served:
     """An HTTP server on 127.0.0.1, answering in a thread of its own."""
 
@@ -223,15 +230,12 @@ class TokenServer(_Served):
         self.bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(_Quiet, http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server._answer(self)
 
             def do_POST(self) -> None:
                 server._answer_oauth(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self._serve(Handler)
 
@@ -340,7 +344,7 @@ class BlobServer(_Served):
         self.ranges: list[str | None] = []  # it ignores them, answering 200, as some storage does
         server = self
 
-        class Handler(http.server.SimpleHTTPRequestHandler):
+        class Handler(_Quiet, http.server.SimpleHTTPRequestHandler):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, directory=str(storage), **kwargs)
 
@@ -349,9 +353,6 @@ class BlobServer(_Served):
                 server.paths.append(self.path)
                 server.ranges.append(self.headers.get("Range"))
                 super().do_GET()
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self._serve(Handler, context)
 
@@ -371,7 +372,7 @@ class SearchServer(_Served):
         self.asked: list[tuple[dict[str, list[str]], str | None]] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(_Quiet, http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 from urllib.parse import parse_qs, urlsplit
 
@@ -385,9 +386,6 @@ class SearchServer(_Served):
                 found = [e for e in server.entries if term in (e.get("name") or e.get("repo_name") or "")][:limit]
                 body = json.dumps({"num_results": len(found), "query": term, "results": found}).encode()
                 reply(self, 200, body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self._serve(Handler)
 
@@ -439,7 +437,7 @@ class Front(_Served):
         self.asked: list[Asked] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(_Quiet, http.server.BaseHTTPRequestHandler):
             def answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -456,9 +454,6 @@ class Front(_Served):
                     self.wfile.write(data)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self._serve(Handler)
 

@@ -448,12 +448,21 @@ def push_big_through(world: World, archives: dict[str, Path], tmp_path: Path, re
     return front, world.open.blob_path(layer).stat().st_size
 
 
+def patch_ranges(front: Front) -> list[str | None]:
+    """The Content-Range of each PATCH the front was sent, in order."""
+    return [a.header("Content-Range") for a in front.asked if a.method == "PATCH"]
+
+
+def chunk_ranges(size: int, chunk: int) -> list[str]:
+    """A blob of size bytes in chunks of chunk bytes: each one's first and last byte, inclusive."""
+    return [f"{start}-{min(start + chunk, size) - 1}" for start in range(0, size, chunk)]
+
+
 def test_each_chunk_names_its_bytes_in_content_range(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
     """A PATCH's Content-Range is the chunk's first and last byte, inclusive, as the spec has it."""
     chunk = 1 << 20
     front, size = push_big_through(world, archives, tmp_path, "ranges", None, chunk)
-    sent = [a.header("Content-Range") for a in front.asked if a.method == "PATCH"]
-    assert sent == [f"{start}-{min(start + chunk, size) - 1}" for start in range(0, size, chunk)]
+    assert patch_ranges(front) == chunk_ranges(size, chunk)
 
 
 def test_a_registry_s_minimum_chunk_length_is_honoured(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
@@ -467,8 +476,7 @@ def test_a_registry_s_minimum_chunk_length_is_honoured(world: World, archives: d
         return status, {**headers, "OCI-Chunk-Min-Length": str(least)}, body
 
     front, size = push_big_through(world, archives, tmp_path, "least", hook, 1 << 20)
-    sent = [a.header("Content-Range") for a in front.asked if a.method == "PATCH"]
-    assert sent == [f"{start}-{min(start + least, size) - 1}" for start in range(0, size, least)]
+    assert patch_ranges(front) == chunk_ranges(size, least)
 
 
 def test_a_chunk_the_registry_did_not_take_whole_stops_the_push(world: World, archives: dict[str, Path], tmp_path: Path) -> None:
