@@ -684,8 +684,8 @@ class Requests:
     def _upper_fd(self, nodeid: int, writable: bool = False) -> int | None:
         """A descriptor the node is open by in the upper layer, if any; under self._lock.
         writable: one open for writing (ftruncate refuses any other, EINVAL)."""
-        return next((fd for fd in self._node_fds.get(nodeid, ()) if self._files[fd][0] == 0 and (
-            not writable or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)), None)
+        return next((fd for fd in self._node_fds.get(nodeid, ())
+                     if self._files[fd][0] == 0 and (not writable or fd in self._writing)), None)
 
     def _host_flags(self, flags: int) -> int:
         if self.writeback:  # the kernel may read to fill a page it writes, and appends itself
