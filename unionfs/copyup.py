@@ -411,6 +411,9 @@ class CopyUp:
         # copy for reading (files open on the lower file read the copy from then on)
         # and the copy's size.
         self.on_copied_up: Callable[[str, Callable[[], int], int], None] | None = None
+        # Asked between the pieces of a large file's data: whether to give the copy up
+        # (EINTR), as overlayfs does when its caller is killed (see interrupts).
+        self.stop: Callable[[], bool] | None = None
         self.inodes = inodes
         self.upper = resolver.layers[0]
         self.work = work
@@ -641,7 +644,7 @@ class CopyUp:
                         crashpoints.point("copyup.data")
                     else:
                         self._reflink = False
-                        end = copy_data(sfd, dfd, st.st_size, durable=self.durable)
+                        end = copy_data(sfd, dfd, st.st_size, durable=self.durable, stop=self.stop)
                     if end != st.st_size:
                         os.ftruncate(dfd, st.st_size)  # a hole at the end
                     crashpoints.point("copyup.size")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
+from collections.abc import Callable
 
 from unionfs import crashpoints, syscalls
 
@@ -79,21 +80,23 @@ class _Window:
             end = piece + PIECE
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int, durable: bool = False) -> int:
+def copy_data(src_fd: int, dst_fd: int, size: int, durable: bool = False,
+              stop: Callable[[], bool] | None = None) -> int:
     """Copy the data extents of src to dst; a large copy through a window (see
     the module's doc), written out behind it where durable, for the fsync that
     follows. Returns where the copied data ends: short of size after a final
-    hole."""
+    hole. A large copy asks stop after each piece, and raises EINTR when told to."""
     window = _Window(src_fd, dst_fd, size, write_behind=durable) if size >= _WINDOW_PIECES * PIECE else None
     step = PIECE if window is not None else _WHOLE
     try:
-        return _copy_extents(src_fd, dst_fd, size, step, window)
+        return _copy_extents(src_fd, dst_fd, size, step, window, stop)
     finally:
         if window is not None:
             window.finish()
 
 
-def _copy_extents(src_fd: int, dst_fd: int, size: int, step: int, window: _Window | None) -> int:
+def _copy_extents(src_fd: int, dst_fd: int, size: int, step: int, window: _Window | None,
+                  stop: Callable[[], bool] | None) -> int:
     offset = 0
     while offset < size:
         try:
@@ -112,6 +115,8 @@ def _copy_extents(src_fd: int, dst_fd: int, size: int, step: int, window: _Windo
                 window.copied(pos, n)
             pos += n
             crashpoints.point("copyup.data")
+            if stop is not None and pos < size and stop():
+                raise OSError(errno.EINTR, "copy-up given up: its caller is being killed")
         offset = end
     return offset
 

@@ -32,6 +32,7 @@ from unionfs import crashpoints
 from unionfs import fuseproto as fp
 from unionfs import syscalls
 from unionfs.idmap import IdMap
+from unionfs.interrupts import Interrupts
 from unionfs.nodes import Identity, NodeTable
 from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
 from unionfs.union import Caller, Union, fd_flags, kill_set_id, set_id_bits_dropped
@@ -165,12 +166,14 @@ class Requests:
         # it then owns size and mtime, reads back partial pages, and does O_APPEND.
         self.writeback = writeback
         self.notify: Callable[[int, bytes], None] | None = None  # set by the session: a message to the kernel
+        self.interrupts = Interrupts()  # the session marks which request each thread answers
         self.offer_io_uring = False  # set by the session when its rings are ready
         self.over_io_uring = False  # the kernel agreed: requests come through the rings
         if union.copyup is not None:
             union.copyup.on_renumbered = self._renumbered
             union.copyup.on_copied_up = self._copied_up
             union.copyup.on_attrs_changed = self._attrs_changed
+            union.copyup.stop = self.interrupts.caller_dying
 
     def table(self) -> dict[int, Handler]:
         return {
@@ -183,7 +186,7 @@ class Requests:
             fp.GETXATTR: self.getxattr, fp.LISTXATTR: self.listxattr, fp.REMOVEXATTR: self.removexattr,
             fp.INIT: self.init, fp.OPENDIR: self.opendir, fp.READDIR: self.readdir,
             fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.CREATE: self.create,
-            fp.INTERRUPT: self.no_reply, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
+            fp.INTERRUPT: self.interrupt, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
             fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek, fp.COPY_FILE_RANGE: self.copy_file_range,
             fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir, fp.TMPFILE: self.tmpfile, fp.STATX: self.statx,
             # FLUSH and ACCESS answered ENOSYS: the kernel then stops sending them
@@ -244,7 +247,10 @@ class Requests:
         self.nodes.close_held()
         self.union.close()
 
-    def no_reply(self, h: tuple, data: memoryview) -> fp.Payload:
+    def interrupt(self, h: tuple, data: memoryview) -> fp.Payload:
+        """No answer: a request interrupted goes on, but a copy-up stops where its
+        caller is being killed (see interrupts)."""
+        self.interrupts.interrupt(data)
         return fp.NO_REPLY
 
     # -- names -----------------------------------------------------------------

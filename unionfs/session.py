@@ -148,12 +148,13 @@ _ANY_CALLER = {fp.INIT, fp.READ, fp.WRITE, fp.FSYNC, fp.RELEASE, fp.READDIR, fp.
 
 
 class _Answering:
-    """Whether one worker thread is answering a request now (see ``Session.answer``)."""
+    """The request one worker thread is answering now, if any (see ``Session.answer``):
+    its unpacked header."""
 
-    __slots__ = ("now",)
+    __slots__ = ("h",)
 
     def __init__(self) -> None:
-        self.now = False
+        self.h: tuple | None = None
 
 
 def _refuse(h: tuple, data: memoryview) -> None:
@@ -187,6 +188,8 @@ class Session:
         self._released = False  # the connection has ended and the lower layers are let go of (see _ended)
         self._answering: list[_Answering] = []  # one per worker thread that has answered a request
         self._local = threading.local()
+        self._interrupts = requests.interrupts
+        self._interrupts.answering = self._answering_now
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
         self._ring_threads: list[threading.Thread] = []
@@ -350,7 +353,7 @@ class Session:
 
     def _idle_by(self, deadline: float) -> bool:
         """Wait until no request is being answered; False if one still is at deadline."""
-        while any(answering.now for answering in tuple(self._answering)):
+        while any(answering.h is not None for answering in tuple(self._answering)):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.0002)
@@ -365,13 +368,20 @@ class Session:
         except AttributeError:
             mine = self._local.answering = _Answering()
             self._answering.append(mine)
-        mine.now = True
+        mine.h = h
         try:
             if self._released:
                 return errno.ENODEV, None  # nobody waits for the answer any more
             return self._answer(h, body, via, reply_area)
         finally:
-            mine.now = False
+            mine.h = None
+            if self._interrupts.asked:
+                self._interrupts.answered(h[2])
+
+    def _answering_now(self) -> tuple | None:
+        """The header of the request this thread is answering, if any."""
+        mine = getattr(self._local, "answering", None)
+        return None if mine is None else mine.h
 
     def _answer(self, h: tuple, body: memoryview, via: str, reply_area: memoryview) -> tuple[int, fp.Reply]:
         payload: fp.Reply

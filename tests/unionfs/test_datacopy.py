@@ -186,3 +186,30 @@ def test_a_copy_from_another_filesystem_goes_through_the_window_too(tmp_path: Pa
         assert data_extents(upper / "big") == EXTENTS
         assert filecmp.cmp(upper / "big", lower / "big", shallow=False)
 
+
+
+def test_a_copy_told_to_stop_gives_up_between_pieces_and_leaves_nothing(tmp_path: Path) -> None:
+    """What a copy-up does for a caller that is being killed (see unionfs.interrupts)."""
+    u, lower, upper = union(tmp_path)
+    sparse_file(lower / "big")
+    assert u.copyup is not None
+    asked: list[int] = []
+    u.copyup.stop = lambda: asked.append(len(asked)) or len(asked) == 3
+    with pytest.raises(OSError) as exc:
+        u.chmod("/big", 0o600)
+    assert exc.value.errno == errno.EINTR
+    assert len(asked) == 3  # once after each piece, the copy given up after the third
+    assert not (upper / "big").exists()
+    assert os.listdir(tmp_path / "work" / "work") == []
+    u.copyup.stop = lambda: False
+    u.chmod("/big", 0o600)
+    assert filecmp.cmp(upper / "big", lower / "big", shallow=False)
+
+
+def test_a_copy_of_fewer_than_four_pieces_is_not_asked_to_stop(tmp_path: Path) -> None:
+    u, lower, upper = union(tmp_path)
+    (lower / "small").write_bytes(os.urandom(3 * PIECE))
+    assert u.copyup is not None
+    u.copyup.stop = lambda: True
+    u.chmod("/small", 0o600)
+    assert filecmp.cmp(upper / "small", lower / "small", shallow=False)
