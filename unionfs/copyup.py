@@ -11,6 +11,7 @@ only, which keeps sparse files sparse (``datacopy``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
@@ -380,6 +381,47 @@ def _shown_alike(source: os.stat_result, copy: os.stat_result | None, same_numbe
             == (copy.st_mode, copy.st_uid, copy.st_gid, copy.st_size, copy.st_nlink, copy.st_blocks))
 
 
+_WAIT_STEP = 0.05  # seconds between two looks at a waiting caller: is it being killed?
+PREPARED = SMALL  # lower files larger than this are copied before the mount's lock is taken (CopyUp.prepare)
+
+
+class _EntryLock:
+    """One of the locks that copy-ups of the same entry take in turn. A caller
+    waits for another caller's copy-up as overlayfs's waits (killable): it
+    gives up with EINTR once it is being killed (CopyUp.stop)."""
+
+    __slots__ = ("_lock", "_copyup")
+
+    def __init__(self, copyup: CopyUp) -> None:
+        self._lock = threading.Lock()
+        self._copyup = copyup
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        if lock.acquire(blocking=False):
+            return
+        while not lock.acquire(timeout=_WAIT_STEP):
+            stop = self._copyup.stop
+            if stop is not None and stop():
+                raise OSError(errno.EINTR, "gave up waiting for a copy-up: the caller is being killed")
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class Prepared:
+    """A large lower file's data, copied into the work directory before the caller
+    takes the mount's lock for the change that copies it up (CopyUp.prepare)."""
+
+    __slots__ = ("key", "done", "tmp", "users")
+
+    def __init__(self, key: tuple[int, str]) -> None:
+        self.key = key  # (layer index, rel) of the lower file
+        self.done = threading.Event()
+        self.tmp: str | None = None  # its name in the work dir, once copied
+        self.users = 1  # requests that asked for it and have not let go of it yet
+
+
 class CopyUp:
     """Copies entries up, once each even when threads race for the same one."""
 
@@ -420,7 +462,9 @@ class CopyUp:
         self.durable = durable
         self.origin_xattr = private_prefix + "origin"
         self.protattr_xattr = protattr_xattr
-        self._locks = [threading.Lock() for _ in range(64)]
+        self._locks = [_EntryLock(self) for _ in range(64)]
+        self._prepared: dict[tuple[int, str], Prepared] = {}
+        self._prepared_lock = threading.Lock()
         self._reflink = True
         # Small files opened for writing are synced and renamed in batches (see publish);
         # the resolver waits for them.
@@ -447,6 +491,90 @@ class CopyUp:
             if fd is not None:
                 return fd
         return os.open(self._upper_rel(node), flags, dir_fd=self.upper.fd)
+
+    def prepare(self, node: Node, unlikely: Callable[[], bool] = lambda: False) -> Prepared | None:
+        """Copy a large lower file's data into the work directory (and sync it), before
+        the caller takes the mount's lock for a change that copies the file up: the
+        copy-up under the lock then takes this copy (a lower file never changes) and
+        has only the metadata left to do, so other changes through the mount do not
+        wait for the data, as overlayfs copies the data holding the file's own lock
+        only. A second caller for the same file waits for the first one's copy,
+        killably. None where there is nothing to prepare, or where the change is
+        unlikely to copy up (asked last, for a large file alone); the caller lets go of
+        what it got (release) once its change is done."""
+        if self.resolver.is_upper(node.layer):
+            return None
+        index, rel = node.attr_source
+        src = self.resolver.layers[index]
+        st = src.lstat(rel)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size <= PREPARED or unlikely():
+            return None
+        key = (index, rel)
+        with self._prepared_lock:
+            prepared = self._prepared.get(key)
+            ours = prepared is None
+            if prepared is None:
+                prepared = self._prepared[key] = Prepared(key)
+            else:
+                prepared.users += 1
+        if not ours:
+            try:
+                while not prepared.done.wait(_WAIT_STEP):
+                    if self.stop is not None and self.stop():
+                        raise OSError(errno.EINTR, "gave up waiting for a copy-up: the caller is being killed")
+            except BaseException:
+                self.release(prepared)
+                raise
+            return prepared
+        tmp = self.work.temp_name()
+        try:
+            sfd = src.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work.fd)
+                try:
+                    self._copy_contents(sfd, dfd, st)
+                    if self.durable:
+                        os.fsync(dfd)
+                    crashpoints.point("copyup.prepared")
+                finally:
+                    os.close(dfd)
+            finally:
+                os.close(sfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.work.remove_tree(tmp)
+            with self._prepared_lock:  # the next caller copies anew; one waiting gets no copy
+                prepared.users -= 1
+                if self._prepared.get(key) is prepared:
+                    del self._prepared[key]
+            raise
+        else:
+            prepared.tmp = tmp
+        finally:
+            prepared.done.set()
+        return prepared
+
+    def release(self, prepared: Prepared) -> None:
+        """A request is done with what it prepared: the copy goes once no request
+        wants it, unless a copy-up took it."""
+        with self._prepared_lock:
+            prepared.users -= 1
+            if prepared.users or self._prepared.get(prepared.key) is not prepared:
+                return
+            del self._prepared[prepared.key]
+            tmp, prepared.tmp = prepared.tmp, None
+        if tmp is not None:
+            self.work.remove_tree(tmp)
+
+    def _take_prepared(self, key: tuple[int, str]) -> str | None:
+        """The work dir name of a prepared copy of the lower file key, now the caller's."""
+        with self._prepared_lock:
+            prepared = self._prepared.get(key)
+            if prepared is None or prepared.tmp is None:
+                return None
+            del self._prepared[key]
+            tmp, prepared.tmp = prepared.tmp, None
+            return tmp
 
     def _upper_rel(self, node: Node) -> str:
         """Where node is in the upper layer once copied up (a redirected directory keeps its rel)."""
@@ -488,18 +616,20 @@ class CopyUp:
             publisher = self.publisher
             defer = (publisher is not None and open_flags is not None and data and stat.S_ISREG(st.st_mode)
                      and 0 < st.st_size <= SMALL)
+            copied = None if defer or not data or not stat.S_ISREG(st.st_mode) else self._take_prepared((index, rel))
             if defer:
                 spare = self.work.take_spare()
             else:
                 spare = self.work.take_spare_dir() if stat.S_ISDIR(st.st_mode) else None
-            tmp = spare or self.work.temp_name()
+            tmp = copied or spare or self.work.temp_name()
             sync_fd = fd = None
             st_new: os.stat_result | None
             is_dir = stat.S_ISDIR(st.st_mode)
             if is_dir:
                 self.resolver.expect_empty(to_rel(path))
             try:
-                sync_fd = self._build(src, rel, st, tmp, data, keep_open=defer, spare=spare is not None)
+                sync_fd = self._build(src, rel, st, tmp, data, keep_open=defer, spare=spare is not None,
+                                      copied=copied is not None)
                 same_number = self._set_origin(tmp, st, src)
                 syscalls.utimensat(self.work.fd, tmp, (st.st_atime_ns, st.st_mtime_ns))
                 crashpoints.point("copyup.times")
@@ -589,15 +719,16 @@ class CopyUp:
         self.work.remove_tree(tmp)  # the old directory, with its whiteouts
 
     def _build(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool, keep_open: bool = False,
-               spare: bool = False) -> int | None:
+               spare: bool = False, copied: bool = False) -> int | None:
         """Make the copy at tmp in the work dir. keep_open: a file's data is not
         synced here, and an fd on it is returned for the publisher to sync.
         spare: tmp is a file or directory already made (WorkDir.make_spares,
-        WorkDir.recycle_dir)."""
+        WorkDir.recycle_dir). copied: tmp is a file that holds the data already
+        (prepare)."""
         wfd = self.work.fd
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            return self._copy_file(src, rel, st, tmp, data, keep_open, spare)
+            return self._copy_file(src, rel, st, tmp, data, keep_open, spare or copied, copied)
         else:
             if stat.S_ISDIR(mode):
                 if not spare:
@@ -630,7 +761,7 @@ class CopyUp:
             os.close(sfd)
 
     def _copy_file(self, src: Layer, rel: str, st: os.stat_result, tmp: str, data: bool, keep_open: bool,
-                   spare: bool) -> int | None:
+                   spare: bool, copied: bool = False) -> int | None:
         sfd = src.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             access = os.O_RDWR if keep_open else os.O_WRONLY  # kept: perhaps the open's own fd
@@ -638,16 +769,8 @@ class CopyUp:
             dfd = os.open(tmp, access | made | os.O_CLOEXEC, 0o600, dir_fd=self.work.fd)
             try:
                 crashpoints.point("copyup.created")
-                if data and st.st_size:
-                    if self._reflink and syscalls.reflink(sfd, dfd):
-                        end = st.st_size  # a clone takes the source's size too
-                        crashpoints.point("copyup.data")
-                    else:
-                        self._reflink = False
-                        end = copy_data(sfd, dfd, st.st_size, durable=self.durable, stop=self.stop)
-                    if end != st.st_size:
-                        os.ftruncate(dfd, st.st_size)  # a hole at the end
-                    crashpoints.point("copyup.size")
+                if data and not copied:
+                    self._copy_contents(sfd, dfd, st)
                 os.fchown(dfd, st.st_uid, st.st_gid)
                 os.fchmod(dfd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
                 crashpoints.point("copyup.attrs")
@@ -666,6 +789,20 @@ class CopyUp:
         finally:
             os.close(sfd)
         return None
+
+    def _copy_contents(self, sfd: int, dfd: int, st: os.stat_result) -> None:
+        """The data of a file, holes and all: cloned where the filesystem can, else copied."""
+        if not st.st_size:
+            return
+        if self._reflink and syscalls.reflink(sfd, dfd):
+            end = st.st_size  # a clone takes the source's size too
+            crashpoints.point("copyup.data")
+        else:
+            self._reflink = False
+            end = copy_data(sfd, dfd, st.st_size, durable=self.durable, stop=self.stop)
+        if end != st.st_size:
+            os.ftruncate(dfd, st.st_size)  # a hole at the end
+        crashpoints.point("copyup.size")
 
     def _copy_flags(self, sfd: int, dfd: int, tmp: str, rel: str) -> None:
         """The inode flags a copy carries, and the lower entry's immutable and

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from unionfs import crashpoints, incompat, markers, placement, protection, syscalls
-from unionfs.copyup import CopyUp, WorkDir, clear_dir, clear_dir_fd
+from unionfs.copyup import CopyUp, Prepared, WorkDir, clear_dir, clear_dir_fd
 from unionfs.inodes import InodeMap
 from unionfs.layer import Layer, layout_problem, private_roots, rel_join
 from unionfs.markers import WhiteoutForm
@@ -224,6 +224,23 @@ class Union:
         if self.copyup is None or self.work is None:
             raise fail(errno.EROFS, path)
         return self.copyup, self.work
+
+    def prepare_copy_up(self, path: str) -> Prepared | None:
+        """Before the mount's lock is taken for a change of path that may copy it up:
+        a large lower file's data copied ahead (CopyUp.prepare). A guess: a change
+        that fails, or copies up nothing, leaves the copy unused, and ``let_go``
+        removes it. Not for a protected file, whose changes mostly fail."""
+        if self.copyup is None:
+            return None
+        node = self.resolver.resolve(path)
+        if node is None or node.is_dir or self.resolver.is_upper(node.layer):
+            return None
+        return self.copyup.prepare(node, lambda: bool(self.protections.of(node)))
+
+    def let_go(self, prepared: Prepared | None) -> None:
+        """The change that prepare_copy_up was asked for is done."""
+        if prepared is not None and self.copyup is not None:
+            self.copyup.release(prepared)
 
     def _check_name(self, name: str, path: str) -> None:
         if len(os.fsencode(name)) > self.namemax:

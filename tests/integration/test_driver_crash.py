@@ -34,6 +34,7 @@ DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
 AT_FDCWD = -100
 EXTENT = 8192
 EXTENT_GAP = 256 << 10
+LARGE_GAP = 1 << 20
 View = dict[str, tuple[object, ...]]
 
 
@@ -52,6 +53,12 @@ def build(base: Path) -> Stack:
     os.close(fd)
     os.chmod(bottom / "data.bin", 0o640)
     os.setxattr(bottom / "data.bin", "user.tag", b"data")
+    # large enough to be copied before the mount's lock is taken (CopyUp.prepare)
+    fd = os.open(bottom / "large.bin", os.O_WRONLY | os.O_CREAT, 0o640)
+    for i in range(3):
+        os.pwrite(fd, _pattern(i, EXTENT), i * LARGE_GAP)
+    os.close(fd)
+    os.setxattr(bottom / "large.bin", "user.tag", b"large")
     (bottom / "deep/a/b").mkdir(parents=True)
     for i, d in enumerate(("deep", "deep/a", "deep/a/b")):
         os.chmod(bottom / d, 0o750 - 0o10 * i)
@@ -120,6 +127,14 @@ def write_lower(mnt: Path) -> None:
         os.close(fd)
 
 
+def write_large_lower(mnt: Path) -> None:
+    fd = os.open(mnt / "large.bin", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"NEW DATA", LARGE_GAP + 100)
+    finally:
+        os.close(fd)
+
+
 def append_deep(mnt: Path) -> None:
     with open(mnt / "deep/a/b/file.txt", "a") as f:
         f.write("more\n")
@@ -157,6 +172,10 @@ class Op:
 OPS = [
     Op("write-lower-file", write_lower, {"copyup.data": 3, "copyup.fsynced": 1, "copyup.renamed": 1}),
     Op("chmod-lower-file", lambda m: os.chmod(m / "dir/x", 0o600), {"copyup.xattrs": 2, "copyup.renamed": 2}),
+    Op("write-large-lower-file", write_large_lower, {"copyup.data": 3, "copyup.prepared": 1, "copyup.fsynced": 1,
+                                                     "copyup.renamed": 1}),
+    Op("chown-large-lower-file", lambda m: os.chown(m / "large.bin", 1000, 1000), {"copyup.prepared": 1,
+                                                                                   "copyup.renamed": 1}),
     Op("append-in-deep-lower-dir", append_deep, {"copyup.renamed": 4}),
     Op("rename-lower-file", lambda m: os.rename(m / "dir/x", m / "dir/sub/x"), {"copyup.renamed": 3, "rename.renamed": 1}),
     Op("rename-lower-dir", lambda m: os.rename(m / "dir", m / "dir2"), {"rename.redirect": 1, "rename.renamed": 1}),
