@@ -31,11 +31,11 @@ import xxhash
 from unionfs import crashpoints
 from unionfs import fuseproto as fp
 from unionfs import syscalls
+from unionfs.copyup import Prepared
 from unionfs.idmap import IdMap
 from unionfs.interrupts import Interrupts
 from unionfs.nodes import Identity, NodeTable
 from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
-from unionfs.copyup import Prepared
 from unionfs.union import Caller, Union, fd_flags, kill_set_id, set_id_bits_dropped
 
 log = logging.getLogger(__name__)

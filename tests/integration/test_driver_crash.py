@@ -119,20 +119,15 @@ def difference(got: View, want: View) -> str:
     return "; ".join(f"{k}: {got.get(k, 'missing')} != {want.get(k, 'missing')}" for k in keys[:6])
 
 
-def write_lower(mnt: Path) -> None:
-    fd = os.open(mnt / "data.bin", os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"NEW DATA", EXTENT_GAP + 100)
-    finally:
-        os.close(fd)
-
-
-def write_large_lower(mnt: Path) -> None:
-    fd = os.open(mnt / "large.bin", os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"NEW DATA", LARGE_GAP + 100)
-    finally:
-        os.close(fd)
+def write_into(name: str, offset: int) -> Callable[[Path], None]:
+    """A few bytes written into a lower file at offset: its copy-up."""
+    def write(mnt: Path) -> None:
+        fd = os.open(mnt / name, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"NEW DATA", offset)
+        finally:
+            os.close(fd)
+    return write
 
 
 def append_deep(mnt: Path) -> None:
@@ -170,10 +165,10 @@ class Op:
 
 
 OPS = [
-    Op("write-lower-file", write_lower, {"copyup.data": 3, "copyup.fsynced": 1, "copyup.renamed": 1}),
+    Op("write-lower-file", write_into("data.bin", EXTENT_GAP + 100), {"copyup.data": 3, "copyup.fsynced": 1, "copyup.renamed": 1}),
     Op("chmod-lower-file", lambda m: os.chmod(m / "dir/x", 0o600), {"copyup.xattrs": 2, "copyup.renamed": 2}),
-    Op("write-large-lower-file", write_large_lower, {"copyup.data": 3, "copyup.prepared": 1, "copyup.fsynced": 1,
-                                                     "copyup.renamed": 1}),
+    Op("write-large-lower-file", write_into("large.bin", LARGE_GAP + 100),
+       {"copyup.data": 3, "copyup.prepared": 1, "copyup.fsynced": 1, "copyup.renamed": 1}),
     Op("chown-large-lower-file", lambda m: os.chown(m / "large.bin", 1000, 1000), {"copyup.prepared": 1,
                                                                                    "copyup.renamed": 1}),
     Op("append-in-deep-lower-dir", append_deep, {"copyup.renamed": 4}),
