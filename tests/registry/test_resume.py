@@ -36,6 +36,18 @@ def blob_answers(world: World, mark: int, digest: str) -> list[dict]:
     return [r for r in world.open.requests(mark) if r["uri"].endswith(f"/blobs/{digest}")]
 
 
+def pulled_through(proxy: Proxy, world: World, tmp_path: Path, digest: str) -> list[dict]:
+    """Pull the big image through proxy (stopped afterwards), which must succeed: what
+    the registry answered for the blob meanwhile."""
+    mark = world.open.mark()
+    try:
+        result = cli(tmp_path, "pull", f"{proxy.host}/{BIG}")
+    finally:
+        proxy.stop()
+    assert result.rc == 0, result.err
+    return blob_answers(world, mark, digest)
+
+
 def partial_file(root: Path, digest: str) -> Path:
     return root / "ingest" / f"{digest.split(':')[1]}.partial"
 
@@ -43,14 +55,8 @@ def partial_file(root: Path, digest: str) -> Path:
 def test_a_dropped_connection_resumes_with_a_range_request(world: World, tmp_path: Path) -> None:
     digest, size = big_blob(world)
     proxy = Proxy(world.open.port, mode="cut", after=2 << 20)
-    mark = world.open.mark()
-    try:
-        result = cli(tmp_path, "pull", f"{proxy.host}/{BIG}")
-    finally:
-        proxy.stop()
-    assert result.rc == 0, result.err
+    answers = pulled_through(proxy, world, tmp_path, digest)
     assert proxy.tripped.is_set()
-    answers = blob_answers(world, mark, digest)
     # the cut 200 answer is logged when the registry gives up writing it: after the 206, as often as not
     assert sorted(a["status"] for a in answers) == [200, 206]
     resumed = next(a["written"] for a in answers if a["status"] == 206)
@@ -171,14 +177,8 @@ def test_a_206_whose_content_range_names_other_bytes_is_not_used(world: World, t
     told = f"Content-Range: bytes {have + 1}-{size - 1}/{size}" if lie == "start" else f"Content-Range: bytes {have}-{size - 1}/{size + 1}"
     assert len(told) == len(true)
     proxy = Proxy(world.open.port, rewrite={true.encode(): told.encode()})
-    mark = world.open.mark()
-    try:
-        result = cli(tmp_path, "pull", f"{proxy.host}/{BIG}")
-    finally:
-        proxy.stop()
-    assert result.rc == 0, result.err
+    answers = pulled_through(proxy, world, tmp_path, digest)
     assert proxy.rewritten == 1
-    answers = blob_answers(world, mark, digest)
     assert sorted(a["status"] for a in answers) == [200, 206]  # the 206 left unread, then the whole blob
     with Store(tmp_path) as store:
         assert store.blobs.size(digest) == size
