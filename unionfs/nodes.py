@@ -246,10 +246,20 @@ class NodeTable:
                 self._ids[(parent, name)] = nodeid
 
     def identify(self, nodeid: int, identity: Identity) -> None:
-        """nodeid names the upper file identity, which is getting another name (LINK)."""
+        """nodeid names the upper file identity, which is getting another name (LINK).
+
+        Another node that holds identity is a file that is gone: the inode number was
+        given again. The table cannot always see a file go (its last names the kernel
+        knew were removed while another one led through a directory the kernel had
+        forgotten), and the kernel keeps such a node until its FORGET."""
         with self._lock:
-            if nodeid in self._nodes and self._nodes[nodeid].parent and identity not in self._by_identity:
-                self._identify(nodeid, identity)
+            node = self._nodes.get(nodeid)
+            if node is None or not node.parent:
+                return
+            previous = self._by_identity.get(identity)
+            if previous is not None and previous != nodeid:
+                self._unidentify(previous, self._nodes[previous])
+            self._identify(nodeid, identity)
 
     def _identify(self, nodeid: int, identity: Identity) -> None:
         self._nodes[nodeid].identity = identity

@@ -103,6 +103,27 @@ def test_a_name_whose_directory_the_kernel_forgot_gives_way_to_another() -> None
     assert table.find("/one/f") == table.find("/two/f") == 0 and not table._ids
 
 
+def test_a_link_takes_the_inode_number_from_a_file_whose_names_went_unseen() -> None:
+    """A file's first name was in a directory the kernel forgot, and its names the kernel
+    knew were then removed: the table cannot tell that the file is gone, and the kernel
+    keeps the node until FORGET. A new file given that file's inode number and a second
+    name (LINK) is another file: both its names get its id, not the old node's."""
+    table = NodeTable()
+    one, two = table.looked_up(ROOT_ID, "one"), table.looked_up(ROOT_ID, "two")
+    old = table.looked_up(one, "a", identity=FILE)
+    assert table.looked_up(two, "b", identity=FILE) == old
+    table.forget(one, 1)
+    again = table.looked_up(ROOT_ID, "one")
+    assert table.looked_up(again, "a", identity=FILE) == old
+    table.removed(two, "b")
+    table.removed(again, "a")
+    new = table.looked_up(two, "c")  # one name: no identity yet
+    table.identify(new, FILE)
+    assert table.looked_up(again, "d", identity=FILE) == new
+    table.forget(old, 3)  # the old node's FORGET, late, leaves the new file's identity alone
+    assert table.looked_up(ROOT_ID, "e", identity=FILE) == new
+
+
 def test_names_in_forgotten_directories_do_not_gather() -> None:
     """A file known to the kernel for long, one of whose directories the kernel forgets
     and looks up again and again: the table keeps its live names only."""
