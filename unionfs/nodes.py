@@ -248,10 +248,11 @@ class NodeTable:
     def identify(self, nodeid: int, identity: Identity) -> None:
         """nodeid names the upper file identity, which is getting another name (LINK).
 
-        Another node that holds identity is a file that is gone: the inode number was
-        given again. The table cannot always see a file go (its last names the kernel
-        knew were removed while another one led through a directory the kernel had
-        forgotten), and the kernel keeps such a node until its FORGET."""
+        Another node that holds identity is one the kernel can reach by no name: the
+        table cannot always see that (its last names the kernel knew were removed while
+        another one led through a directory the kernel had forgotten), and the kernel
+        keeps such a node until its FORGET. Its file is gone, and the upper layer gave
+        its inode number again, or it is this file, which the kernel looked up anew."""
         with self._lock:
             node = self._nodes.get(nodeid)
             if node is None or not node.parent:
