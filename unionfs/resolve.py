@@ -295,10 +295,15 @@ class Resolver:
             if kind == _DIR:
                 dirs.append((index, rel))
                 opaque, redirect = self._dir_meta(index, rel)
-                if opaque or hides:
+                if opaque:
                     break
                 if redirect is None:
+                    if hides:
+                        break
                     continue
+                # A redirect names where the directory's lower parts are: a .wh. marker
+                # beside it hides what was at its own name (the OCI form keeps the
+                # marker of a name that a directory was then renamed onto).
                 if not _valid_redirect(redirect):
                     break  # overlayfs fails the lookup; here the layers below are left out
                 if not redirect.startswith("/"):
