@@ -790,10 +790,10 @@ class Requests:
         its way when a rename replaced the file. As on overlayfs, its real file opens again:
         the one it is still open by (the upper one first), the one a rename took, or a
         removed lower file kept. A lower one opens for reading only: writing would need a
-        copy-up, which overlayfs tries and fails with EEXIST (a whiteout has the name)."""
+        copy-up, which overlayfs tries and fails (_no_copy_up)."""
         def reopen(fd: int, index: int) -> tuple[int, int]:
             if flags & _WRITES and not self.union.resolver.is_upper(index):
-                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+                raise self._no_copy_up(nodeid)
             return os.open(f"/proc/self/fd/{fd}", fd_flags(flags)), index
         return self._nameless(nodeid, reopen)
 
@@ -1153,9 +1153,16 @@ class Requests:
     def _unchangeable(self, nodeid: int) -> OSError:
         """Why a node whose names are gone, and that is open by no descriptor in the upper
         layer, cannot change; under self._lock. A lower file (open, kept or taken by a
-        rename) would need a copy-up, which overlayfs tries and fails with EEXIST (a
-        whiteout has its name's place). With nothing of it left, it is stale."""
+        rename) would need a copy-up, which overlayfs tries and fails (_no_copy_up).
+        With nothing of it left, it is stale."""
         layer = self.nodes.held_layer(nodeid)
-        lower = self._node_fds.get(nodeid) or (layer is not None and not self.union.resolver.is_upper(layer))
-        code = errno.EEXIST if lower else errno.ESTALE
+        if self._node_fds.get(nodeid) or (layer is not None and not self.union.resolver.is_upper(layer)):
+            return self._no_copy_up(nodeid)
+        return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+
+    def _no_copy_up(self, nodeid: int) -> OSError:
+        """How overlayfs fails the copy-up of a removed lower file: EEXIST, a whiteout has
+        its name's place; ENOENT once the directory it was removed from is removed too,
+        where the copy-up looks its name up in that dead directory."""
+        code = errno.ENOENT if self.nodes.left_a_removed_dir(nodeid) else errno.EEXIST
         return OSError(code, os.strerror(code))

@@ -42,7 +42,7 @@ BIRTH_UNKNOWN, BIRTH_HELD, BIRTH_STALE = 0, 1, 2
 
 
 class _Node:
-    __slots__ = ("birth", "held", "identity", "kept", "links", "lookups", "name", "parent", "remains")
+    __slots__ = ("birth", "held", "identity", "kept", "links", "lookups", "name", "parent", "remains", "was_in")
 
     def __init__(self, parent: int, name: str) -> None:
         self.parent = parent  # 0: detached (its names were removed or replaced)
@@ -57,6 +57,7 @@ class _Node:
         self.kept: tuple[int, str] | None = None
         self.birth = BIRTH_UNKNOWN
         self.remains: dict[str, int] | None = None  # the attributes of a removed directory
+        self.was_in = 0  # detached: the directory its last name was in
 
 
 def _nothing_kept(index: int, rel: str) -> int:
@@ -302,6 +303,15 @@ class NodeTable:
             self.release_held(*held)
         return nodeid
 
+    def left_a_removed_dir(self, nodeid: int) -> bool:
+        """Whether the directory that a node's last name was removed from is removed too
+        (the kernel keeps a removed entry's directory known while it holds the entry).
+        Without the lock, as ``detached``: asked from within ``with_held``."""
+        node = self._nodes.get(nodeid)
+        was_in = node.was_in if node is not None and not node.parent else 0
+        directory = self._nodes.get(was_in) if was_in and was_in != ROOT_ID else None
+        return directory is not None and directory.parent == 0
+
     def remains(self, nodeid: int) -> dict[str, int] | None:
         node = self._nodes.get(nodeid)
         return node.remains if node is not None else None
@@ -458,7 +468,7 @@ class NodeTable:
         elif node.links:
             node.parent, node.name = node.links.pop()
         else:
-            node.parent = 0
+            node.parent, node.was_in = 0, key[0]
             # the file may be gone, and its inode number given to a new one
             self._unidentify(nodeid, node)
         return nodeid

@@ -5,8 +5,9 @@ file: fchmod, fchown, fsetxattr and the rest change it and fstat shows them.
 The kernel sends FUSE requests for most of these calls without the descriptor,
 by node alone, and the node has no path left; the driver then uses a
 descriptor the file is still open by. A lower file open only for reading
-cannot change: overlayfs tries to copy it up and fails with EEXIST, and so
-does the driver. Such a file also opens again through /proc/PID/fd, and one
+cannot change: overlayfs tries to copy it up and fails, with EEXIST (a
+whiteout has its name's place) or, once its directory is removed too, with
+ENOENT, and so does the driver. Such a file also opens again through /proc/PID/fd, and one
 held only by O_PATH, whose open the driver never sees, answers too.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ pytestmark = [
 ]
 
 LOWER = File(b"lower data\n", xattrs=(("user.a", b"1"),))
-LOWERS = [Dir({"ro": LOWER, "rw": LOWER, "replaced": LOWER, "replaced-ro": LOWER})]
+LOWERS = [Dir({"ro": LOWER, "rw": LOWER, "replaced": LOWER, "replaced-ro": LOWER, "dir": Dir({"ro": LOWER})})]
 
 CALLS: list[tuple[str, Callable[[int], object]]] = [
     ("fchmod", lambda fd: os.fchmod(fd, 0o640)),
@@ -55,6 +56,15 @@ def nameless(mnt: Path, how: str) -> int:
         os.write(fd, b"new data\n")
         os.setxattr(fd, "user.a", b"1")
         os.unlink(mnt / "new")
+    elif how.startswith("lower, open for reading, unlinked, its directory"):
+        fd = os.open(mnt / "dir/ro", os.O_RDONLY)
+        os.unlink(mnt / "dir/ro")
+        if how.endswith("renamed"):
+            os.rename(mnt / "dir", mnt / "moved")
+        else:
+            os.rmdir(mnt / "dir")
+            if how.endswith("replaced"):
+                (mnt / "dir").write_bytes(b"a file where the directory was\n")
     elif how in ("lower, open for writing, unlinked", "lower, open for reading, unlinked"):
         rel = "rw" if "writing" in how else "ro"
         fd = os.open(mnt / rel, os.O_RDWR if "writing" in how else os.O_RDONLY)
@@ -67,6 +77,20 @@ def nameless(mnt: Path, how: str) -> int:
     return fd
 
 
+HOWS = ["made and unlinked", "lower, open for writing, unlinked", "lower, open for writing, renamed over",
+        "lower, open for reading, unlinked", "lower, open for reading, renamed over",
+        "lower, open for reading, unlinked, its directory removed",
+        "lower, open for reading, unlinked, its directory removed and replaced",
+        "lower, open for reading, unlinked, its directory renamed"]
+
+
+def refused(how: str) -> str:
+    """How overlayfs fails the copy-up of a lower file open for reading whose name went:
+    a whiteout has its name's place, or its directory is gone too (the copy-up's lookup
+    in that dead directory)."""
+    return "ENOENT" if how.endswith(("removed", "replaced")) else "EEXIST"
+
+
 def outcome(call: Callable[[int], object], fd: int) -> object:
     try:
         return call(fd)
@@ -74,10 +98,7 @@ def outcome(call: Callable[[int], object], fd: int) -> object:
         return errno.errorcode[exc.errno]
 
 
-@pytest.mark.parametrize("how", [
-    "made and unlinked", "lower, open for writing, unlinked", "lower, open for writing, renamed over",
-    "lower, open for reading, unlinked", "lower, open for reading, renamed over",
-])
+@pytest.mark.parametrize("how", HOWS)
 def test_calls_by_descriptor_on_a_file_without_names_answer_as_on_overlayfs(tmp_path: Path, how: str) -> None:
     with pair(tmp_path, LOWERS) as p:
         answers = []
@@ -92,8 +113,8 @@ def test_calls_by_descriptor_on_a_file_without_names_answer_as_on_overlayfs(tmp_
             # overlayfs refuses every change (EEXIST: the copy-up fails). The driver takes
             # one of mtime alone, which looks as the kernel's write-back of the times it
             # keeps does, and comes by node alone too.
-            assert (kernel.pop("futimens, mtime alone"), driver.pop("futimens, mtime alone")) == ("EEXIST", None)
-            assert kernel["fchmod"] == kernel["futimens"] == "EEXIST" and kernel["fgetxattr"] == b"1"
+            assert (kernel.pop("futimens, mtime alone"), driver.pop("futimens, mtime alone")) == (refused(how), None)
+            assert kernel["fchmod"] == kernel["futimens"] == refused(how) and kernel["fgetxattr"] == b"1"
         else:
             assert kernel["fchmod"] is None and kernel["fstat"][:3] == ("0o100640", 123, 456)
         assert driver == kernel
@@ -108,15 +129,12 @@ def _reopened(path: str, flags: int) -> object:
         os.close(fd)
 
 
-@pytest.mark.parametrize("how", [
-    "made and unlinked", "lower, open for writing, unlinked", "lower, open for writing, renamed over",
-    "lower, open for reading, unlinked", "lower, open for reading, renamed over",
-])
+@pytest.mark.parametrize("how", HOWS)
 def test_a_file_without_names_opens_again_through_proc(tmp_path: Path, how: str) -> None:
     """open("/proc/PID/fd/N") of a file still open after its name went, as one copies a
     deleted file back from a process that has it open: its real file opens again, for
     writing too where it is an upper one. A lower one open for reading opens for
-    reading only (EEXIST: a copy-up would be needed). The driver answered ESTALE."""
+    reading only (a copy-up would be needed, which fails). The driver answered ESTALE."""
     with pair(tmp_path, LOWERS) as p:
         answers = []
         for mnt in (p.kernel.mnt, p.driver.mnt):
@@ -129,7 +147,7 @@ def test_a_file_without_names_opens_again_through_proc(tmp_path: Path, how: str)
                 os.close(fd)
         kernel, driver = answers
         assert kernel[0] in (b"new data\n", b"lower data\n")
-        assert kernel[1] == ("EEXIST" if "reading" in how else 1)
+        assert kernel[1] == (refused(how) if "reading" in how else 1)
         assert driver == kernel
         p.check()
 
