@@ -297,13 +297,15 @@ class Resolver:
                 opaque, redirect = self._dir_meta(index, rel)
                 if opaque:
                     break
+                # A .wh. marker beside a directory of its own layer hides what was at the
+                # name below, as if the directory were opaque (as applying an OCI layer
+                # does). In the upper, where this driver writes the OCI form, a marker
+                # beside a redirected directory is what a rename onto a removed name
+                # left: the redirect names where the directory's lower parts are.
+                if hides and (redirect is None or not self.is_upper(index)):
+                    break
                 if redirect is None:
-                    if hides:
-                        break
                     continue
-                # A redirect names where the directory's lower parts are: a .wh. marker
-                # beside it hides what was at its own name (the OCI form keeps the
-                # marker of a name that a directory was then renamed onto).
                 if not _valid_redirect(redirect):
                     break  # overlayfs fails the lookup; here the layers below are left out
                 if not redirect.startswith("/"):
