@@ -398,12 +398,8 @@ class _EntryLock:
 
     def __enter__(self) -> None:
         lock = self._lock
-        if lock.acquire(blocking=False):
-            return
-        while not lock.acquire(timeout=_WAIT_STEP):
-            stop = self._copyup.stop
-            if stop is not None and stop():
-                raise OSError(errno.EINTR, "gave up waiting for a copy-up: the caller is being killed")
+        if not lock.acquire(blocking=False):
+            self._copyup.wait_killably(lambda seconds: lock.acquire(timeout=seconds))
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
@@ -519,9 +515,7 @@ class CopyUp:
                 prepared.users += 1
         if not ours:
             try:
-                while not prepared.done.wait(_WAIT_STEP):
-                    if self.stop is not None and self.stop():
-                        raise OSError(errno.EINTR, "gave up waiting for a copy-up: the caller is being killed")
+                self.wait_killably(prepared.done.wait)
             except BaseException:
                 self.release(prepared)
                 raise
@@ -553,6 +547,14 @@ class CopyUp:
         finally:
             prepared.done.set()
         return prepared
+
+    def wait_killably(self, wait: Callable[[float], bool]) -> None:
+        """wait(seconds) until it is True, as overlayfs waits for another caller's
+        copy-up (killable): EINTR once the caller is being killed (stop)."""
+        while not wait(_WAIT_STEP):
+            stop = self.stop
+            if stop is not None and stop():
+                raise OSError(errno.EINTR, "gave up waiting for a copy-up: the caller is being killed")
 
     def release(self, prepared: Prepared) -> None:
         """A request is done with what it prepared: the copy goes once no request

@@ -233,7 +233,7 @@ class Union:
         if self.copyup is None:
             return None
         node = self.resolver.resolve(path)
-        if node is None or node.is_dir or self.resolver.is_upper(node.layer):
+        if node is None or node.is_dir:
             return None
         return self.copyup.prepare(node, lambda: bool(self.protections.of(node)))
 
