@@ -69,6 +69,23 @@ def _two_names(data: memoryview) -> tuple[str, str]:
 Listing = list[tuple[int, str, dict[str, int] | None, tuple[int, str] | None, bytes]]
 
 
+class _Ahead:
+    """Around a change that may copy up: what Requests._prepare copied ahead, let go of
+    once the change is done (a class, not a generator: it is around every open for
+    writing and every SETATTR)."""
+
+    __slots__ = ("prepared", "union")
+
+    def __init__(self, union: Union, prepared: Prepared | None) -> None:
+        self.union, self.prepared = union, prepared
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        self.union.let_go(self.prepared)
+
+
 @dataclass
 class _Dir:
     nodeid: int
@@ -254,15 +271,19 @@ class Requests:
         self.interrupts.interrupt(data)
         return fp.NO_REPLY
 
-    def _prepare(self, nodeid: int, name: str | None = None) -> Prepared | None:
-        """A large lower file's data copied ahead of a change that may copy it up, before
-        the mount's lock is taken for it (Union.prepare_copy_up); None where its name
-        is gone. The caller lets go of it (Union.let_go) once the change is done."""
-        try:
-            path = self.nodes.path(nodeid) if name is None else self.nodes.child_path(nodeid, name)
-        except OSError:
-            return None
-        return self.union.prepare_copy_up(path)
+    def _prepare(self, nodeid: int, name: str | None = None, wanted: bool = True) -> _Ahead:
+        """Around a change that may copy a file up, outside the mount's lock for it: a
+        large lower file's data copied ahead (Union.prepare_copy_up), let go of when
+        the change is done; nothing where its name is gone, or unless wanted."""
+        prepared = None
+        if wanted:
+            try:
+                path = self.nodes.path(nodeid) if name is None else self.nodes.child_path(nodeid, name)
+            except OSError:
+                path = None
+            if path is not None:
+                prepared = self.union.prepare_copy_up(path)
+        return _Ahead(self.union, prepared)
 
     # -- names -----------------------------------------------------------------
     def _entry(self, parent: int, name: str, path: str, seq: int | None = None) -> tuple[int, bytes]:
@@ -387,11 +408,8 @@ class Requests:
             identity = self.union.upper_identity(source_path)
             if identity is not None:  # the new name gets the source's id: one inode in the kernel
                 self.nodes.identify(source, identity)
-        prepared = self._prepare(source)
-        try:
+        with self._prepare(source):
             return self._made(h, name, link)
-        finally:
-            self.union.let_go(prepared)
 
     def _name_unnamed(self, h: tuple, source: int, name: str) -> bytes:
         with self._lock:  # a RELEASE cannot close the fd meanwhile
@@ -440,14 +458,7 @@ class Requests:
         old, new = _two_names(names)
         if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_WHITEOUT) and flags != syscalls.RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "rename flags")  # what the VFS lets through is one of these
-        prepared = self._prepare(parent, old)
-        try:
-            self._rename_prepared(parent, new_parent, old, new, flags)
-        finally:
-            self.union.let_go(prepared)
-
-    def _rename_prepared(self, parent: int, new_parent: int, old: str, new: str, flags: int) -> None:
-        with self.nodes.change():
+        with self._prepare(parent, old), self.nodes.change():
             old_path, new_path = self.nodes.child_path(parent, old), self.nodes.child_path(new_parent, new)
             if flags == syscalls.RENAME_EXCHANGE:
                 self.union.exchange(old_path, new_path)
@@ -581,12 +592,9 @@ class Requests:
             # once per such file. Nobody can see them, and no upper file to set them on.
             return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
         upper_fd = handle if handle is not None and self._files[handle][0] == 0 else None
-        prepared = None if upper_fd is not None or (valid & fp.FATTR_SIZE and not size) else self._prepare(h[3])
-        try:
-            with self.nodes.exclusive():
-                self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
-        finally:
-            self.union.let_go(prepared)
+        ahead = upper_fd is None and not (valid & fp.FATTR_SIZE and not size)
+        with self._prepare(h[3], wanted=ahead), self.nodes.exclusive():
+            self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
         return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
 
     def _change_removed_dir(self, nodeid: int, change: Callable[[int, int], T],
@@ -758,19 +766,16 @@ class Requests:
         nodeid, caller = h[3], self._caller(h)
         if flags & _WRITES:  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
-            prepared = None if flags & os.O_TRUNC or self.nodes.detached(nodeid) else self._prepare(nodeid)
-            try:
-                with self.nodes.exclusive():
-                    path = None if self.nodes.detached(nodeid) else self.nodes.path(nodeid)
-                    if path is not None:
-                        self._copying.copy = None
-                        fd, index = self.union.open(path, flags, caller, kill, appending=bool(asked & os.O_APPEND))
-                        copy = self._copying.copy
-                        if self.writeback and copy is not None and copy[0] == path:
-                            self._hand_over_last_page(nodeid, fd, copy[1])
-                        self._opened(fd, index, nodeid, flags)
-            finally:
-                self.union.let_go(prepared)
+            ahead = not (flags & os.O_TRUNC or self.nodes.detached(nodeid))
+            with self._prepare(nodeid, wanted=ahead), self.nodes.exclusive():
+                path = None if self.nodes.detached(nodeid) else self.nodes.path(nodeid)
+                if path is not None:
+                    self._copying.copy = None
+                    fd, index = self.union.open(path, flags, caller, kill, appending=bool(asked & os.O_APPEND))
+                    copy = self._copying.copy
+                    if self.writeback and copy is not None and copy[0] == path:
+                        self._hand_over_last_page(nodeid, fd, copy[1])
+                    self._opened(fd, index, nodeid, flags)
             if path is None:
                 fd, index = self._reopen_nameless(nodeid, flags)
                 self._opened(fd, index, nodeid, flags)
@@ -884,12 +889,8 @@ class Requests:
             return fp.IOCTL_OUT.pack(0, 0, 0, 0) + value
         if _SET_FILEATTR.get(cmd) == in_size and not out_size:
             value = bytes(data[fp.IOCTL_IN.size:fp.IOCTL_IN.size + in_size])
-            prepared = self._prepare(h[3])
-            try:
-                with self.nodes.exclusive():  # may copy up
-                    self.union.set_fileattr(self.nodes.path(h[3]), cmd, value)
-            finally:
-                self.union.let_go(prepared)
+            with self._prepare(h[3]), self.nodes.exclusive():  # may copy up
+                self.union.set_fileattr(self.nodes.path(h[3]), cmd, value)
             return fp.IOCTL_OUT.pack(0, 0, 0, 0)
         raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
 
@@ -1097,19 +1098,15 @@ class Requests:
         changes its real file. asked_first: what overlayfs asks of a lower file or
         directory before the copy-up that such a change needs (and that fails there), by
         a descriptor of it: its error comes first."""
-        prepared = self._prepare(nodeid)
-        try:
-            with self.nodes.exclusive():
-                try:
-                    path = self.nodes.path(nodeid)
-                except OSError as exc:
-                    if exc.errno != errno.ESTALE:
-                        raise
-                else:
-                    by_path(path)
-                    return
-        finally:
-            self.union.let_go(prepared)
+        with self._prepare(nodeid), self.nodes.exclusive():
+            try:
+                path = self.nodes.path(nodeid)
+            except OSError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
+            else:
+                by_path(path)
+                return
         if self.nodes.remains(nodeid) is not None:  # a removed directory
             self._change_removed_dir(nodeid, lambda fd, index: by_fd(fd), asked_first)
             return
