@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import mmap
 import os
 import shutil
 import stat
@@ -448,7 +449,9 @@ REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted agai
 # compare), fstat it, change it by its descriptor (fchmod, fchown, futimens, ftruncate,
 # fsetxattr, fremovexattr), allocate in it or punch or zero a range (fallocate), read
 # its xattrs, open it again through /proc/self/fd (to read it, or to append a byte),
-# close it. Each names an entry by an index taken modulo their number: the regular
+# write through a shared mapping of it (then msync), copy a range of one held file into
+# another or itself (copy_file_range, then fsync), close it. Each names an entry by an
+# index taken modulo their number: the regular
 # files (or, to hold one, the directories) the kernel's mount shows, or the held ones;
 # with none held, the file of that index is opened read-write first. What is held
 # stays held while its names go, and FD_REMOVE removes the name one was opened by
@@ -456,7 +459,9 @@ REMOUNT = "remount"  # an operation on the pair: both unmounted and mounted agai
 # operation's caller, as a plain unlink or rmdir (Pair.held_removal).
 HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE = "hold", "fdread", "fdwrite", "fdstat", "fdclose"
 FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE = "fdchange", "fdxattrs", "fdreopen", "fdallocate"
-HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE)
+FD_MAP_WRITE, FD_COPY = "fdmapwrite", "fdcopy"
+HELD_OPS = (HOLD, FD_READ, FD_WRITE, FD_STAT, FD_CLOSE, FD_CHANGE, FD_XATTRS, FD_REOPEN, FD_ALLOCATE, FD_MAP_WRITE,
+            FD_COPY)
 FD_REMOVE = "fdremove"  # not run as such: Pair.held_removal makes it an unlink or rmdir
 RMTREE = "rmtree"  # not run as such: tree_removal makes it the unlinks and rmdirs of an rm -rf
 _HOLD_FLAGS = {"r": os.O_RDONLY, "rw": os.O_RDWR, "append": os.O_WRONLY | os.O_APPEND, "trunc": os.O_RDWR | os.O_TRUNC,
@@ -467,6 +472,26 @@ def _fd_write(fd: int, data: bytes) -> int:
     written = os.write(fd, data)
     os.fsync(fd)
     return written
+
+
+def _fd_map_write(fd: int, data: bytes) -> int:
+    """data written from the start of the file through a shared mapping of all of it, as
+    far as the file reaches (past its end a mapping has no page), then msync'd: how
+    much was written."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return 0  # nothing to map
+    with mmap.mmap(fd, size) as mapped:
+        n = min(len(data), size)
+        mapped[:n] = data[:n]
+        mapped.flush()
+    return n
+
+
+def _fd_copy(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> int:
+    copied = os.copy_file_range(src, dst, length, src_offset, dst_offset)
+    os.fsync(dst)
+    return copied
 
 
 def _fd_stat(fd: int) -> tuple[object, ...]:
@@ -508,6 +533,7 @@ _ON_HELD: dict[str, Callable[..., object]] = {
     FD_XATTRS: _fd_xattrs,
     FD_REOPEN: _fd_reopen,
     FD_ALLOCATE: _fallocate,  # (fd, mode, offset, length)
+    FD_MAP_WRITE: _fd_map_write,
 }
 
 
@@ -1179,6 +1205,10 @@ class Pair:
                 self.held.remove(pair)
                 del self.held_names[pair]
                 answers = [_answer(lambda fd=fd: os.close(fd)) for fd in pair]
+            elif operation.name == FD_COPY:  # (source index, destination index, offsets, length)
+                dst = self.held[int(operation.args[1]) % len(self.held)]  # type: ignore[call-overload]
+                answers = [_answer(lambda s=s, d=d: _fd_copy(s, d, *operation.args[2:]))  # type: ignore[misc]
+                           for s, d in zip(pair, dst)]
             else:
                 call = _ON_HELD[operation.name]
                 if operation.name == FD_CHANGE and _renamed_over_dir(pair[0]):

@@ -78,6 +78,8 @@ from difftree import (
     FD_ALLOCATE,
     FD_CHANGE,
     FD_CLOSE,
+    FD_COPY,
+    FD_MAP_WRITE,
     FD_READ,
     FD_REMOVE,
     FD_REOPEN,
@@ -329,6 +331,10 @@ _operations = st.one_of(
               st.sampled_from((0, 1, 4096)), st.sampled_from((3, 5000))),
     # ... and opened again through /proc/self/fd, after their names went too
     st.builds(op, st.just(FD_REOPEN), st.integers(0, 3), st.sampled_from(("r", "append"))),
+    # ... written through a shared mapping, and copied from one into another (or itself)
+    st.builds(op, st.just(FD_MAP_WRITE), st.integers(0, 3), st.sampled_from((b"m", b"mapped\n"))),
+    st.builds(op, st.just(FD_COPY), st.integers(0, 3), st.integers(0, 3), st.sampled_from((0, 2)),
+              st.sampled_from((0, 1, 4096)), st.sampled_from((3, 100, 5000))),
 )
 # a third of them by an unprivileged user, who owns some of the lower entries (OWNERS);
 # the pair's own operations are root's
