@@ -417,7 +417,7 @@ def empty_over_xattr_whiteouts(p: Pair, rel: object) -> bool:
             return False
     except OSError:
         return False
-    for path in lower_dirs(p.kernel.lowers, redirected(p.kernel.upper, str(rel))):
+    for path in lower_dirs(p.kernel.lowers, redirected(p.kernel.upper, _parent_resolved(p.kernel.mnt, str(rel)))):
         if any(is_xattr_whiteout(os.path.join(path, name), os.lstat(os.path.join(path, name))) for name in os.listdir(path)):
             return True
     return False
@@ -462,7 +462,15 @@ def moves_lower_dir(p: Pair, operation: Op) -> bool:
     source, target = (str(arg) for arg in operation.args[:2])
     names = (source, target) if operation.name == "rename2" and operation.args[2] == "exchange" else (source,)
     return any(os.path.isdir(p.kernel.mnt / name) and not os.path.islink(p.kernel.mnt / name)
-               and bool(lower_dirs(p.kernel.lowers, name)) for name in names)
+               and bool(lower_dirs(p.kernel.lowers, _parent_resolved(p.kernel.mnt, name))) for name in names)
+
+
+def _parent_resolved(mnt: Path, name: str) -> str:
+    """name with the symlinks in its parent followed, as a rename reaches it (its last
+    part is not followed); outside the mount, as it was."""
+    root = os.path.realpath(mnt)
+    parent = os.path.relpath(os.path.realpath(mnt / os.path.dirname(name)), root)
+    return name if parent.startswith("..") else os.path.normpath(os.path.join(parent, os.path.basename(name)))
 
 
 def random_operations(tmp_path: Path, lowers: tuple[Dir, ...], ops: list[Op], driver_options: tuple[str, ...] = (),
