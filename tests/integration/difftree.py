@@ -288,6 +288,24 @@ def _write(p: str, how: str, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+def _by_writer(p: str, write: Callable[[int], object]) -> None:
+    fd = os.open(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        write(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_range(src: str, dst: str) -> None:
+    """The start of src copied over the start of dst (copy_file_range; dst opened for
+    writing, not truncated)."""
+    fd_in = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _by_writer(dst, lambda fd_out: os.copy_file_range(fd_in, fd_out, 100, 0, 0))
+    finally:
+        os.close(fd_in)
+
+
 def _read(p: str) -> None:
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once
     try:
@@ -393,6 +411,8 @@ _OPS: dict[str, Callable[..., None]] = {
     "read": lambda r, path: _read(_p(r, path)),
     "write": lambda r, path, how, data, mode=0o644: _write(_p(r, path), how, data, mode),
     "truncate": lambda r, path, length: os.truncate(_p(r, path), length),
+    "copyrange": lambda r, src, dst: _copy_range(_p(r, src), _p(r, dst)),
+    "allocate": lambda r, path, length: _by_writer(_p(r, path), lambda fd: _fallocate(fd, 0, 0, length)),
     "mkdir": lambda r, path, mode=0o755: os.mkdir(_p(r, path), mode),
     "rmdir": lambda r, path: os.rmdir(_p(r, path)),
     "unlink": lambda r, path: os.unlink(_p(r, path)),

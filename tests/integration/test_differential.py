@@ -287,6 +287,7 @@ _operations = st.one_of(
     st.builds(op, st.just("write"), paths, st.sampled_from(("create", "excl", "overwrite", "append", "trunc")), datas,
               st.sampled_from((0o644, 0o600))),
     st.builds(op, st.just("truncate"), paths, st.sampled_from((0, 3, 200))),
+    st.builds(op, st.just("copyrange"), st.one_of(_name, paths), st.one_of(_name, paths)),
     st.builds(op, st.just("mkdir"), paths, st.sampled_from((0o755, 0o700))),
     st.builds(op, st.just("rmdir"), paths),
     # rm -rf of a directory: its entries removed by the caller, then the directory, in the
@@ -1136,11 +1137,14 @@ def test_acl_hard_link_to_unwritable_file(tmp_path: Path, acl_engine: tuple[str,
 
 
 @pytest.mark.parametrize("change", [op("write", "f", "trunc", b"", uid=1000), op("write", "f", "create", b"", uid=1000),
-                                    op("truncate", "f", 0, uid=1000), op("write", "f", "append", b"x", uid=1000)])
+                                    op("truncate", "f", 0, uid=1000), op("write", "f", "append", b"x", uid=1000),
+                                    op("copyrange", "src", "f", uid=1000), op("allocate", "f", 8192, uid=1000)])
 @pytest.mark.parametrize("where", ["lower", "upper"])
 def test_unprivileged_change_clears_set_id_bits(tmp_path: Path, change: Op, where: str) -> None:
-    """A write, truncate(2) or open(O_TRUNC) by a user without CAP_FSETID clears S_ISUID and S_ISGID."""
-    with pair(tmp_path, [Dir(), Dir({"f": File(b"data", mode=0o6755, owner=(1000, 1000))})]) as p:
+    """A write (copy_file_range and fallocate too), truncate(2) or open(O_TRUNC) by a user
+    without CAP_FSETID clears S_ISUID and S_ISGID."""
+    files = {"f": File(b"data", mode=0o6755, owner=(1000, 1000)), "src": File(b"copied")}
+    with pair(tmp_path, [Dir(), Dir(files)]) as p:
         if where == "upper":
             p.run(op("chmod", "f", 0o6755))
         assert p.run(change) is None

@@ -1008,6 +1008,36 @@ def test_a_reader_opened_before_a_copy_up_reads_the_copy_as_on_kernel_overlayfs(
     assert expected[0] == b"lower data\n" and expected[-1].endswith(b"upper data, longer\n")
 
 
+def test_a_shared_mapping_made_before_a_copy_up_shows_the_copy(stack: Stack) -> None:
+    """A read-only shared mapping of a lower file sees what another open writes after
+    copying the file up: the kernel keeps one page cache for the FUSE file. Overlayfs's
+    mapping stays on the lower file (the "non-standard behavior" its documentation
+    lists), checked here too, so that a kernel that changes this is noticed."""
+    def run(mnt: Path) -> list[bytes]:
+        reader = os.open(mnt / "r", os.O_RDONLY)
+        try:
+            with mmap.mmap(reader, 0, mmap.MAP_SHARED, mmap.PROT_READ) as mapped:
+                seen = [bytes(mapped[:10])]
+                writer = os.open(mnt / "r", os.O_WRONLY)
+                try:
+                    os.write(writer, b"UPPER")
+                    os.fsync(writer)
+                finally:
+                    os.close(writer)
+                seen.append(bytes(mapped[:10]))
+                return seen
+        finally:
+            os.close(reader)
+
+    kernel = Stack.make(stack.mnt.parent / "kernel")
+    for s in (stack, kernel):
+        (s.lowers[1] / "r").write_bytes(b"lower data\n")
+    with kernel_mount(kernel) as mnt:
+        assert run(mnt) == [b"lower data"] * 2
+    with fuse_mount(stack) as mnt:
+        assert run(mnt) == [b"lower data", b"UPPER data"]
+
+
 def test_racing_writers_copy_up_once(stack: Stack) -> None:
     (stack.lowers[1] / "shared.bin").write_bytes(b"\0" * (4 << 20))
     with fuse_mount(stack) as mnt:
