@@ -766,8 +766,7 @@ class Requests:
         nodeid, caller = h[3], self._caller(h)
         if flags & _WRITES:  # may copy up: no name moves meanwhile
             kill = self._set_id_killer(h) if open_flags & fp.OPEN_KILL_SUIDGID else None  # O_TRUNC
-            ahead = not (flags & os.O_TRUNC or self.nodes.detached(nodeid))
-            with self._prepare(nodeid, wanted=ahead), self.nodes.exclusive():
+            with self._prepare(nodeid, wanted=not flags & os.O_TRUNC), self.nodes.exclusive():
                 path = None if self.nodes.detached(nodeid) else self.nodes.path(nodeid)
                 if path is not None:
                     self._copying.copy = None
