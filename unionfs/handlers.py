@@ -53,6 +53,15 @@ _KEPT_LISTINGS = 16  # directories whose last listing is kept for a second pass
 _DESCRIBED_DIRS = 4096  # directories whose described entries are kept (_Described, some 150 bytes each)
 
 
+def _gone_file(mtime: int, ctime: int) -> dict[str, int]:
+    """The attributes of a regular file none of which is left, for the reply to the times the
+    kernel writes back, which it does not read. (An explicit utime of the times alone, from
+    a process holding the file by O_PATH, looks the same: the kernel takes these then, and
+    asks again at once; only the type has to be right.) Times in nanoseconds."""
+    return {"st_mode": stat.S_IFREG, "st_ino": 0, "st_nlink": 0, "st_uid": 0, "st_gid": 0, "st_size": 0,
+            "st_atime": mtime, "st_mtime": mtime, "st_ctime": ctime, "st_rdev": 0, "st_blocks": 0, "st_blksize": 0}
+
+
 def _name(data: memoryview) -> str:
     """The first NUL-terminated name of a request body (decoded as os.fsdecode does)."""
     raw = bytes(data)
@@ -590,7 +599,17 @@ class Requests:
                 return self._valid(h[3]) + self._attr(changed)
             # The times the kernel kept for a file it just unlinked (writeback cache):
             # once per such file. Nobody can see them, and no upper file to set them on.
-            return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
+            try:
+                return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
+            except OSError as exc:
+                if exc.errno != errno.ESTALE or not valid & fp.FATTR_CTIME:
+                    raise
+            # Nothing of the file is left (an upper one unlinked once closed). The kernel
+            # keeps an error here against the whole filesystem, for the next syncfs(2) to
+            # report (fuse_flush_time_update), so the times are taken all the same: the
+            # change time comes only with a regular file's (the kernel keeps those alone).
+            return self._attr_now + self._attr(_gone_file(mtime * 1_000_000_000 + mtime_ns,
+                                                          ctime * 1_000_000_000 + ctime_ns))
         upper_fd = handle if handle is not None and self._files[handle][0] == 0 else None
         ahead = upper_fd is None and not (valid & fp.FATTR_SIZE and not size)
         with self._prepare(h[3], wanted=ahead), self.nodes.exclusive():

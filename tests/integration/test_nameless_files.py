@@ -245,6 +245,49 @@ def test_an_entry_held_by_o_path_when_its_name_goes_answers_as_on_overlayfs(tmp_
             p.check()
 
 
+def _syncfs_error(mnt: Path) -> str | None:
+    """What syncfs(2) on the mount reports: a writeback error anywhere on it since the
+    last syncfs, once (through a new descriptor, which has seen none)."""
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syscalls.syncfs(fd)
+        return None
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    finally:
+        os.close(fd)
+
+
+REMOVALS: list[tuple[str, Callable[[Path], object]]] = [
+    ("made, closed, unlinked", lambda mnt: ((mnt / "a").write_bytes(b"data\n"), os.unlink(mnt / "a"))),
+    ("made without an open, truncated, unlinked",
+     lambda mnt: (os.mknod(mnt / "b", stat.S_IFREG | 0o644), os.truncate(mnt / "b", 5), os.unlink(mnt / "b"))),
+    ("linked, both names unlinked", lambda mnt: ((mnt / "c").write_bytes(b"c\n"), os.link(mnt / "c", mnt / "d"),
+                                                 os.unlink(mnt / "c"), os.unlink(mnt / "d"))),
+    ("copied up, closed, unlinked", lambda mnt: ((mnt / "rw").write_bytes(b"new\n"), os.unlink(mnt / "rw"))),
+    ("renamed over", lambda mnt: ((mnt / "e").write_bytes(b"e\n"), (mnt / "f").write_bytes(b"f\n"),
+                                  os.rename(mnt / "e", mnt / "f"))),
+]
+
+
+@pytest.mark.parametrize("how", [how for how, _ in REMOVALS])
+def test_removing_a_file_leaves_no_error_for_syncfs_as_on_overlayfs(tmp_path: Path, how: str) -> None:
+    """Removing a file leaves syncfs(2) of the mount nothing to report. The kernel writes
+    back the times it keeps for a regular file right after its last name goes (the
+    writeback cache), and keeps an error of that against the whole filesystem; the driver
+    answered ESTALE for an upper file removed once closed, of which nothing is left, and
+    the next syncfs on the mount failed with it."""
+    remove = dict(REMOVALS)[how]
+    with pair(tmp_path, LOWERS) as p:
+        answers = []
+        for mnt in (p.kernel.mnt, p.driver.mnt):
+            before = _syncfs_error(mnt)
+            remove(mnt)
+            answers.append((before, _syncfs_error(mnt)))
+        assert answers[1] == answers[0] == (None, None)
+        p.check()
+
+
 def test_a_replaced_upper_file_open_for_reading_is_truncated_as_on_overlayfs(tmp_path: Path) -> None:
     """truncate through /proc/self/fd of a file a rename replaced, while it is open for reading
     too: the driver changed it by the reading descriptor, which ftruncate refuses (EINVAL).
