@@ -214,9 +214,13 @@ class Requests:
             fp.INIT: self.init, fp.OPENDIR: self.opendir, fp.READDIR: self.readdir,
             fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.CREATE: self.create,
             fp.INTERRUPT: self.interrupt, fp.DESTROY: self.destroy, fp.IOCTL: self.ioctl,
-            fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek, fp.COPY_FILE_RANGE: self.copy_file_range,
+            fp.FALLOCATE: self.fallocate, fp.COPY_FILE_RANGE: self.copy_file_range,
             fp.SYNCFS: self.syncfs, fp.FSYNCDIR: self.fsyncdir, fp.TMPFILE: self.tmpfile, fp.STATX: self.statx,
-            # FLUSH and ACCESS answered ENOSYS: the kernel then stops sending them
+            # FLUSH and ACCESS answered ENOSYS: the kernel then stops sending them. So is LSEEK
+            # (SEEK_DATA, SEEK_HOLE), which the kernel sends without writing back the file's
+            # dirty pages first: the layer file lacks what is written and not yet written
+            # back, and its holes and end would tell a copy to skip that data. The kernel
+            # then answers from its own size: all data up to the end, no holes.
         }
 
     # -- session ---------------------------------------------------------------
@@ -888,10 +892,6 @@ class Requests:
     def fallocate(self, h: tuple, data: memoryview) -> None:
         fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(data)
         self.union.fallocate(fh, mode, offset, length)
-
-    def lseek(self, h: tuple, data: memoryview) -> bytes:
-        fh, offset, whence, _ = fp.LSEEK_IN.unpack_from(data)
-        return fp.LSEEK_OUT.pack(os.lseek(fh, offset, whence))
 
     def copy_file_range(self, h: tuple, data: memoryview) -> bytes:
         fh_in, off_in, _, fh_out, off_out, length, _ = fp.COPY_FILE_RANGE_IN.unpack_from(data)
