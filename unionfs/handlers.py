@@ -603,22 +603,30 @@ class Requests:
                 return self._valid(h[3]) + self._attr(changed)
             # The times the kernel kept for a file it just unlinked (writeback cache):
             # once per such file. Nobody can see them, and no upper file to set them on.
-            try:
-                return self._attr_valid + self._attr(self._nameless_attrs(h[3]))
-            except OSError as exc:
-                if exc.errno != errno.ESTALE or not valid & fp.FATTR_CTIME:
-                    raise
-            # Nothing of the file is left (an upper one unlinked once closed). The kernel
-            # keeps an error here against the whole filesystem, for the next syncfs(2) to
-            # report (fuse_flush_time_update), so the times are taken all the same: the
-            # change time comes only with a regular file's (the kernel keeps those alone).
-            return self._attr_now + self._attr(_gone_file(mtime * 1_000_000_000 + mtime_ns,
-                                                          ctime * 1_000_000_000 + ctime_ns))
+            return self._changed(h[3], lambda: self._nameless_attrs(h[3]), valid, (mtime, mtime_ns),
+                                 (ctime, ctime_ns))
         upper_fd = handle if handle is not None and self._files[handle][0] == 0 else None
         ahead = upper_fd is None and not (valid & fp.FATTR_SIZE and not size)
         with self._prepare(h[3], wanted=ahead), self.nodes.exclusive():
             self._set(h, valid, upper_fd, size, (atime, atime_ns), (mtime, mtime_ns), mode, uid, gid, touch)
-        return self._valid(h[3]) + self._attr(self._attrs(h[3], handle))
+        return self._changed(h[3], lambda: self._attrs(h[3], handle), valid, (mtime, mtime_ns), (ctime, ctime_ns))
+
+    def _changed(self, nodeid: int, attrs: Callable[[], dict[str, int]], valid: int, mtime: tuple[int, int],
+                 ctime: tuple[int, int]) -> bytes:
+        """The reply to a SETATTR whose changes are made: the node's attributes (attrs). Times
+        alone of a file whose names are gone are taken without a file to set them on
+        (_set), also where nothing of it is left to answer from (an upper file unlinked
+        once closed, or unlinked by another process meanwhile): they are the times the
+        kernel writes back after an unlink, and it keeps an error of that request against
+        the whole filesystem, for the next syncfs(2) to report (fuse_flush_time_update).
+        Only a regular file's times come with the change time (the kernel keeps those)."""
+        try:
+            return self._valid(nodeid) + self._attr(attrs())
+        except OSError as exc:
+            if exc.errno != errno.ESTALE or valid & _CHANGES_FILE or not valid & fp.FATTR_CTIME:
+                raise
+        return self._attr_now + self._attr(_gone_file(mtime[0] * 1_000_000_000 + mtime[1],
+                                                      ctime[0] * 1_000_000_000 + ctime[1]))
 
     def _change_removed_dir(self, nodeid: int, change: Callable[[int, int], T],
                             asked_first: Callable[[int], object] | None = None) -> T:

@@ -1,11 +1,12 @@
 """Requests on a node whose names are all gone, driven through the handlers
 without a mount. With the writeback cache the kernel writes back the times
 of each file it unlinks at once: a SETATTR of mtime and ctime, once per file
-that ``rm -rf`` removes."""
+that ``rm -rf`` removes, whose error it keeps for the next ``syncfs``."""
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,17 +53,45 @@ def getattr_(requests: Requests, nodeid: int) -> tuple:
 TIMES = fp.FATTR_MTIME | fp.FATTR_CTIME  # what fuse_flush_times sends
 
 
-def test_times_of_a_removed_upper_file_nobody_has_open_are_stale_without_a_path(requests: Requests,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_times_of_a_removed_upper_file_nobody_has_open_are_taken_without_a_path(
+        requests: Requests, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing of the file is left to set them on or to answer from, and the kernel keeps an
+    error of this request against the whole mount, for the next syncfs(2) to report
+    (tests/integration/test_nameless_files): taken, the answer a regular file without a
+    name and with the times sent, valid for this request only."""
     nodeid = lookup(requests, ROOT_ID, "u")
     unlink(requests, "u")
     walks: list[int] = []
     path = requests.nodes.path
     monkeypatch.setattr(requests.nodes, "path", lambda n: walks.append(n) or path(n))
-    with pytest.raises(OSError) as caught:
-        setattr(requests, nodeid, TIMES)
-    assert caught.value.errno == errno.ESTALE
+    reply = requests.setattr(header(fp.SETATTR, nodeid), memoryview(fp.SETATTR_IN.pack(
+        TIMES, 0, 0, 0, 0, 0, WRITTEN_BACK, WRITTEN_BACK, 0, 0, 0, 0, 0, 0, 0, 0)))
+    attr = fp.ATTR.unpack_from(reply, fp.ATTR_OUT.size)
+    assert (attr[4], stat.S_IFMT(attr[9]), attr[10]) == (WRITTEN_BACK, stat.S_IFREG, 0)  # mtime, type, nlink
+    assert fp.ATTR_OUT.unpack_from(reply)[:2] == (0, 0)
     assert walks == [], "a node known to have no name needs no walk to its path"
+
+
+def test_times_of_a_file_another_process_unlinks_meanwhile_are_taken(requests: Requests) -> None:
+    """The times are set by the file's path, and then the file is gone before the answer
+    is made (its last name unlinked by another process, the kernel's FUSE code sending
+    that UNLINK meanwhile): answered as above, not ESTALE."""
+    nodeid = lookup(requests, ROOT_ID, "u")
+    getattr_by_path = requests.union.getattr
+    raced: list[str] = []
+
+    def unlinked_first(path: str) -> dict[str, int]:
+        if not raced:
+            raced.append(path)
+            unlink(requests, "u")
+        return getattr_by_path(path)
+    requests.union.getattr = unlinked_first  # type: ignore[method-assign]
+    attr = setattr(requests, nodeid, TIMES)
+    assert raced == ["/u"] and not os.path.lexists(os.path.join(requests.union.upper.root, "u"))
+    assert (attr[4], stat.S_IFMT(attr[9]), attr[10]) == (WRITTEN_BACK, stat.S_IFREG, 0)
+    with pytest.raises(OSError) as caught:  # a change beyond the times is not taken so
+        setattr(requests, nodeid, fp.FATTR_MODE, mode=0o600)
+    assert caught.value.errno == errno.ESTALE
 
 
 def test_times_of_a_removed_lower_file_nobody_has_open_answer_from_the_lower_file(requests: Requests) -> None:
