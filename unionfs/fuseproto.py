@@ -171,6 +171,7 @@ KSTATFS = struct.Struct("<QQQQQIII28x")  # blocks bfree bavail files ffree bsize
 FALLOCATE_IN = struct.Struct("<QQQII")
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
 IOCTL_IN = struct.Struct("<QIIQII")  # fh, flags, cmd, arg, in_size, out_size; in_size bytes follow
+IOCTL_DIR = 1 << 4  # fuse_ioctl_in.flags: fh is a directory's (OPENDIR)
 IOCTL_OUT = struct.Struct("<iIII")  # result, flags, in_iovs, out_iovs; the out data follows
 DIRENT = struct.Struct("<QQII")  # ino, off (of the next entry), namelen, type; the name follows, padded to 8
 

@@ -909,14 +909,18 @@ class Requests:
         """Only the file attributes (lsattr, chattr), which the kernel asks of and sets on a
         file or directory it opened for it, having checked the caller's right to; any
         other ioctl is ENOTTY, as on overlayfs."""
-        _, _, cmd, _, in_size, out_size = fp.IOCTL_IN.unpack_from(data)
+        fh, flags, cmd, _, in_size, out_size = fp.IOCTL_IN.unpack_from(data)
         if _GET_FILEATTR.get(cmd) == out_size:
-            value = self.nodes.stable(lambda seq: self.union.fileattr(self.nodes.path(h[3]), cmd, out_size))
+            # By the file's descriptor, which also answers for a file whose names are gone
+            # (a directory's handle is no descriptor: by its path, or what it kept).
+            value = self._of_file(h[3], None if flags & fp.IOCTL_DIR else fh,
+                                  lambda path: self.union.fileattr(path, cmd, out_size),
+                                  lambda fd, index: self.union.ffileattr(fd, index, cmd, out_size))
             return fp.IOCTL_OUT.pack(0, 0, 0, 0) + value
         if _SET_FILEATTR.get(cmd) == in_size and not out_size:
             value = bytes(data[fp.IOCTL_IN.size:fp.IOCTL_IN.size + in_size])
-            with self._prepare(h[3]), self.nodes.exclusive():  # may copy up
-                self.union.set_fileattr(self.nodes.path(h[3]), cmd, value)
+            self._change(h[3], lambda path: self.union.set_fileattr(path, cmd, value),  # may copy up
+                         lambda fd: self.union.fset_fileattr(fd, cmd, value))
             return fp.IOCTL_OUT.pack(0, 0, 0, 0)
         raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 from unionfs import syscalls
 from unionfs.layer import Layer
@@ -110,14 +111,25 @@ class Protections:
         """Write bits as rel's protection (none: remove the record it had). An upper
         layer without xattrs cannot hold it: EPERM, as overlayfs answers then. What
         was kept goes once the record is written: an answer read before stays unkept."""
+        self._record(lambda value: layer.setxattr(rel, self.xattr, value),
+                     lambda: layer.removexattr(rel, self.xattr), bits, had, rel)
+
+    def record_fd(self, fd: int, bits: int, had: int) -> None:
+        """record, on a file open in the upper layer (one whose names are gone)."""
+        self._record(lambda value: os.setxattr(fd, self.xattr, value),
+                     lambda: os.removexattr(fd, self.xattr), bits, had, f"fd {fd}")
+
+    def _record(self, write: Callable[[bytes], None], remove: Callable[[], None], bits: int, had: int,
+                where: str) -> None:
         try:
             if bits:
-                layer.setxattr(rel, self.xattr, encode(bits))
+                write(encode(bits))
             elif had:
-                layer.removexattr(rel, self.xattr)
+                remove()
         except OSError as exc:
             if exc.errno == errno.EOPNOTSUPP:
-                raise OSError(errno.EPERM, "the upper layer cannot record immutable or append-only (no xattrs)", rel) from None
+                raise OSError(errno.EPERM, "the upper layer cannot record immutable or append-only (no xattrs)",
+                              where) from None
             if exc.errno != errno.ENODATA:
                 raise
         finally:

@@ -407,6 +407,21 @@ class Union:
             value = protection.with_protection(cmd, value, self.protections.of(node))
         return value
 
+    def ffileattr(self, fd: int, index: int, cmd: int, size: int) -> bytes:
+        """fileattr of a file or directory open in layer index: one whose names may be gone.
+        An O_PATH descriptor (what a removal or a rename kept), which the ioctl refuses,
+        is opened again through /proc for it."""
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+            reopened = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                return self.ffileattr(reopened, index, cmd, size)
+            finally:
+                os.close(reopened)
+        value = fcntl.ioctl(fd, cmd, bytes(size))
+        if self.resolver.is_upper(index):
+            value = protection.with_protection(cmd, value, self.protections.of_fd(fd))
+        return value
+
     def set_fileattr(self, path: str, cmd: int, value: bytes) -> None:
         """chattr through the mount (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR), as overlayfs's
         ovl_fileattr_set: the entry is copied up, immutable and append-only are recorded
@@ -422,6 +437,12 @@ class Union:
             fcntl.ioctl(fd, cmd, rest)
         finally:
             os.close(fd)
+
+    def fset_fileattr(self, fd: int, cmd: int, value: bytes) -> None:
+        """set_fileattr of a file or directory open in the upper layer whose names are gone."""
+        bits, rest = protection.split(cmd, value)
+        self.protections.record_fd(fd, bits, self.protections.of_fd(fd))
+        fcntl.ioctl(fd, cmd, rest)
 
     def readlink(self, path: str) -> str:
         node = self.node(path)

@@ -13,13 +13,16 @@ held only by O_PATH, whose open the driver never sees, answers too.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from difftree import Dir, File, HardLink, Symlink, kernel_overlay_available, pair
+from difftree import (FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, IMMUTABLE_FL, Dir, File, HardLink, Symlink,
+                      kernel_overlay_available, pair)
 
 from unionfs import syscalls
 
@@ -31,6 +34,17 @@ pytestmark = [
 
 LOWER = File(b"lower data\n", xattrs=(("user.a", b"1"),))
 LOWERS = [Dir({"ro": LOWER, "rw": LOWER, "replaced": LOWER, "replaced-ro": LOWER, "dir": Dir({"ro": LOWER})})]
+
+NOATIME_FL = 0x80
+
+
+def _flags(fd: int) -> int:
+    return struct.unpack_from("<i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+
+
+def _set_flags(fd: int, flags: int) -> None:
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<q", flags))
+
 
 CALLS: list[tuple[str, Callable[[int], object]]] = [
     ("fchmod", lambda fd: os.fchmod(fd, 0o640)),
@@ -46,6 +60,14 @@ CALLS: list[tuple[str, Callable[[int], object]]] = [
     ("flistxattr after", lambda fd: sorted(os.listxattr(fd))),
     ("fstat", lambda fd: (lambda st: (oct(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_nlink))(os.fstat(fd))),
     ("fsync", os.fsync),
+    # What lsattr and chattr ask by a descriptor (the driver answered ESTALE)
+    ("FS_IOC_GETFLAGS", _flags),
+    ("FS_IOC_FSGETXATTR", lambda fd: fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(28))),
+    ("chattr +A", lambda fd: _set_flags(fd, _flags(fd) | NOATIME_FL)),
+    ("chattr +i", lambda fd: _set_flags(fd, _flags(fd) | IMMUTABLE_FL)),
+    ("FS_IOC_GETFLAGS when immutable", _flags),
+    ("chattr -i", lambda fd: _set_flags(fd, _flags(fd) & ~IMMUTABLE_FL)),
+    ("FS_IOC_GETFLAGS after", _flags),
 ]
 
 
@@ -362,13 +384,16 @@ DIR_CALLS: list[tuple[str, Callable[[int], object]]] = [
     ("futimens", lambda fd: os.utime(fd, ns=(10**18, 2 * 10**18))),
     ("fremovexattr of one it lacks", lambda fd: os.removexattr(fd, "user.none")),
     ("fremovexattr", lambda fd: os.removexattr(fd, "user.a")),
+    ("FS_IOC_GETFLAGS", _flags),
+    ("chattr +A", lambda fd: _set_flags(fd, _flags(fd) | NOATIME_FL)),
     ("flistxattr after", lambda fd: sorted(os.listxattr(fd))),
+    ("FS_IOC_GETFLAGS after", _flags),
     ("fstat after", lambda fd: _dir_stat(os.fstat(fd))),
     ("stat the working directory after", lambda fd: _dir_stat(os.stat("."))),
 ]
 
 
-CHANGES = ("fsetxattr", "fchmod", "fchown", "futimens", "fremovexattr")
+CHANGES = ("fsetxattr", "fchmod", "fchown", "futimens", "fremovexattr", "chattr +A")
 
 
 @pytest.mark.parametrize("how", ["made", "lower", "merged", "renamed over", "lower renamed over"])
