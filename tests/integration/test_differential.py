@@ -45,12 +45,14 @@ file has keeps its times, a punch refused in an append-only file changes its
 times (FUSE sets them before asking), and a change to an immutable or
 append-only entry that the kernel refuses before asking the driver gets
 EACCES, ENOTDIR or EISDIR where overlayfs says EPERM (see
-``documented_difference``).
+``documented_difference``), and file handles are the kernel's FUSE code's,
+where overlayfs without nfs_export makes none.
 
 DIFF_EXAMPLES=N runs N generated examples instead of the default budget.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import os
@@ -1781,3 +1783,35 @@ def test_listing_kept_by_the_kernel_follows_a_copy_up_that_renumbers(tmp_path: P
         p.check()  # d_ino == st_ino for every entry
         entries = {e.name: e.inode() for e in os.scandir(p.driver.mnt)}
         assert entries["a"] == os.lstat(p.driver.mnt / "a").st_ino != os.lstat(p.driver.mnt / "b").st_ino
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+
+
+def _by_handle(mnt: Path, name: str, forget_between: bool) -> str:
+    """name_to_handle_at of mnt/name, then open_by_handle_at of that handle: "ok" or an errno's name."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    handle, mount_id = _FileHandle(128, 0), ctypes.c_int()
+    if libc.name_to_handle_at(-100, os.fsencode(mnt / name), ctypes.byref(handle), ctypes.byref(mount_id), 0):
+        return errno.errorcode[ctypes.get_errno()]
+    if forget_between:
+        drop_caches()
+    root = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = libc.open_by_handle_at(root, ctypes.byref(handle), os.O_RDONLY)
+        if fd < 0:
+            return errno.errorcode[ctypes.get_errno()]
+        os.close(fd)
+        return "ok"
+    finally:
+        os.close(root)
+
+
+def test_file_handles_are_the_kernels_fuse_codes(tmp_path: Path) -> None:
+    """A deliberate difference (README, "Answered without the driver"): overlayfs without
+    nfs_export makes no file handle; the kernel's FUSE code makes its own without asking
+    the driver, and opens one only while it still holds the inode."""
+    with pair(tmp_path, [Dir({"f": File(b"f")})]) as p:
+        assert [_by_handle(p.kernel.mnt, "f", forget) for forget in (False, True)] == [errno.errorcode[errno.EOPNOTSUPP]] * 2
+        assert [_by_handle(p.driver.mnt, "f", forget) for forget in (False, True)] == ["ok", "ESTALE"]
