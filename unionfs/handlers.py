@@ -179,6 +179,7 @@ class Requests:
         self._statx_valid = fp.STATX_OUT.pack(attr_s, attr_ns, 0)
         self._files: dict[int, tuple[int, int]] = {}  # fd -> (index of the layer it is open on, node id)
         self._node_fds: dict[int, list[int]] = {}  # node id -> its open fds
+        self._out_of_space: set[int] = set()  # nodes whose written-back data found the upper layer full
         self._writing: set[int] = set()  # the fds of _files open for writing
         self._dirs: dict[int, _Dir] = {}
         self._kept_dirs: set[int] = set()  # node ids with an open whose listing the kernel keeps
@@ -552,6 +553,8 @@ class Requests:
 
     def getattr(self, h: tuple, data: memoryview) -> bytes:
         flags, _, fh = fp.GETATTR_IN.unpack_from(data)
+        if self._out_of_space and flags & fp.GETATTR_FH and h[3] in self._out_of_space and self._still_full(h[3]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # before a write to the file: see write
         return self._valid(h[3]) + self._attr(self._attrs(h[3], fh if flags & fp.GETATTR_FH else None))
 
     def _valid(self, nodeid: int) -> bytes:
@@ -872,7 +875,36 @@ class Requests:
         if write_flags & fp.WRITE_KILL_SUIDGID:
             self._set_id_killer(h)(fh)
         start = fp.WRITE_IN.size
-        return fp.WRITE_OUT.pack(os.pwrite(fh, data[start:start + size], offset), 0)
+        try:
+            return fp.WRITE_OUT.pack(os.pwrite(fh, data[start:start + size], offset), 0)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and self.notify is not None:
+                self._refuse_writes_while_full(h[3])
+            raise
+
+    def _refuse_writes_while_full(self, nodeid: int) -> None:
+        """With the writeback cache a write(2) lands in the kernel's page cache, and only its
+        write-back reaches the upper layer: a full one fails that WRITE, the kernel keeps the
+        error for the file's next fsync or close and drops the data, and went on taking
+        writes, so that a program writing until ENOSPC never stopped. The kernel asks for a
+        file's attributes before it takes a write (GETATTR with the file's handle) when they
+        are stale: they are made stale, and that question is answered ENOSPC while the upper
+        layer stays full (as lseek's SEEK_END, which asks the same way). What a process wrote
+        before the first write-back failed is lost beyond the space there was, and its close
+        or fsync says so."""
+        self._out_of_space.add(nodeid)
+        assert self.notify is not None
+        self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(nodeid, -1, 0))
+
+    def _still_full(self, nodeid: int) -> bool:
+        """Whether the upper layer still has less than a megabyte free (for the driver's own
+        writes: the root's reserve counts, as for overlayfs's writes to it)."""
+        st = os.statvfs(self.union.upper.fd)
+        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+        if free * st.f_frsize >= 1 << 20:
+            self._out_of_space.discard(nodeid)
+            return False
+        return True
 
     def release(self, h: tuple, data: memoryview) -> None:
         fh = fp.RELEASE_IN.unpack_from(data)[0]
