@@ -6,10 +6,13 @@ file handles, asynchronous I/O, io_uring, splice and sendfile, mappings
 synced and not, 10,000 directories at a time. Each stressor fails on a
 result it did not expect (``--verify`` checks the data it reads back), and
 the ``io`` stressor calls ``syncfs``, which reports a writeback error kept
-anywhere on the mount. It found two faults that no test had: the driver
+anywhere on the mount. It found faults that no test had: the driver
 answered ``ESTALE`` to the times the kernel writes back for a file unlinked
-once closed, and the next ``syncfs`` failed with it; and ``SEEK_DATA`` and
-``SEEK_HOLE`` missed data not yet written back (see ``test_holes``).
+once closed (or unlinked meanwhile by another process), and the next
+``syncfs`` failed with it; ``SEEK_DATA`` and ``SEEK_HOLE`` missed data not
+yet written back (see ``test_holes``); ``lsattr``'s ioctl by descriptor on a
+file whose names were gone was ``ESTALE`` (see ``test_nameless_files``);
+and on a full upper layer a writer was never told (see ``test_full_upper``).
 
 Where a process is killed in the middle of a call after which the kernel
 writes back the file's times (an unlink, a rename, ``fallocate``), the
