@@ -878,7 +878,7 @@ class Requests:
         try:
             return fp.WRITE_OUT.pack(os.pwrite(fh, data[start:start + size], offset), 0)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and self.notify is not None:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._refuse_writes_while_full(h[3])
             raise
 
@@ -891,9 +891,10 @@ class Requests:
         are stale: they are made stale, and that question is answered ENOSPC while the upper
         layer stays full (as lseek's SEEK_END, which asks the same way). What a process wrote
         before the first write-back failed is lost beyond the space there was, and its close
-        or fsync says so."""
+        or fsync says so. (Without notifications, nothing to do.)"""
+        if self.notify is None:
+            return
         self._out_of_space.add(nodeid)
-        assert self.notify is not None
         self.notify(fp.NOTIFY_INVAL_INODE, fp.NOTIFY_INVAL_INODE_OUT.pack(nodeid, -1, 0))
 
     def _still_full(self, nodeid: int) -> bool:

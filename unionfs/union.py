@@ -400,12 +400,9 @@ class Union:
         node = self.node(path)
         fd = self.layers[node.layer].open(node.rel or ".", _ATTR_OPEN)
         try:
-            value = fcntl.ioctl(fd, cmd, bytes(size))
+            return self.ffileattr(fd, node.layer, cmd, size)
         finally:
             os.close(fd)
-        if self.resolver.is_upper(node.layer):
-            value = protection.with_protection(cmd, value, self.protections.of(node))
-        return value
 
     def ffileattr(self, fd: int, index: int, cmd: int, size: int) -> bytes:
         """fileattr of a file or directory open in layer index: one whose names may be gone.
