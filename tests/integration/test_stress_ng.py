@@ -21,7 +21,7 @@ for the next ``syncfs``: FUSE's own, as on fuse-overlayfs with its
 writeback cache (see the README). ``fpunch`` kills its processes so every
 time and is left out; among the others it happens now and then, when
 processes are killed at the end of the run, and that failure of ``io`` is
-taken. The same run passes on kernel overlayfs.
+taken (stress-ng prints it, and does not always count it against ``io``). The same run passes on kernel overlayfs.
 """
 from __future__ import annotations
 
@@ -63,8 +63,9 @@ def test_stress_ng_file_system_stressors_find_no_fault(tmp_path: Path) -> None:
         fails = [line for line in out.splitlines() if " fail: " in line]
         kernels_own = [line for line in fails if line.endswith(KILLED_MEANWHILE)]
         failed = set(re.findall(r"\((\S+)\) terminated with an error", out))
-        assert ([line for line in fails if line not in kernels_own], failed) == (
-            [], {"io"} if kernels_own else set()), out[-4000:]
+        assert [line for line in fails if line not in kernels_own] == [], out[-4000:]
+        # That line does not always make stress-ng count io as failed.
+        assert failed <= ({"io"} if kernels_own else set()), out[-4000:]
         assert run.returncode == (2 if failed else 0), out[-4000:]
         fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
         try:
