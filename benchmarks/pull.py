@@ -33,12 +33,8 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,77 +62,12 @@ from load import (  # noqa: E402
 )
 from run import choose_workdir, source_version, write_table  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from dockerregistry import REGISTRY_BIN, DockerRegistry  # noqa: E402
+
 CONTENDERS = ("pull", "skopeo+umoci", "unpack")
-REGISTRY_BIN = "/usr/bin/docker-registry"
 REPO_TAG = "bench:latest"
 DEFAULT_CACHE = "/var/cache/layerstore-bench"
-
-
-# -- the registry --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Registry:
-    """``docker-registry serve`` on 127.0.0.1, plain HTTP, filesystem storage (the tests' minimal config)."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @classmethod
-    def start(cls, base: Path) -> Registry:
-        if not os.access(REGISTRY_BIN, os.X_OK):
-            raise SystemExit(f"{REGISTRY_BIN} not found: apt-get install docker-registry")
-        base.mkdir(parents=True)
-        port = free_port()
-        config = {
-            "version": 0.1,
-            "log": {"level": "warn", "formatter": "json", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(base / "storage")}, "delete": {"enabled": True},
-                        "maintenance": {"uploadpurging": {"enabled": False}}},
-            "http": {"addr": f"127.0.0.1:{port}", "secret": "layerstore-bench"},
-        }
-        path = base / "config.yml"
-        path.write_text(json.dumps(config))  # YAML is a superset of JSON
-        logfile = base / "registry.log"
-        with open(logfile, "wb") as out:
-            process = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=subprocess.STDOUT)
-        registry = cls(process, port, logfile)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {logfile.read_text(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://{registry.host}/v2/", timeout=1):
-                    return registry
-            except urllib.error.HTTPError:
-                return registry  # answering (401 would mean auth, which this config has none of)
-            except OSError:
-                time.sleep(0.05)
-        registry.stop()
-        raise RuntimeError("docker-registry did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 # -- the contenders ------------------------------------------------------------------
@@ -165,7 +96,7 @@ def output_entries(name: str, out: Path) -> int:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path, img: Image, registry: Registry) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, img: Image, registry: DockerRegistry) -> None:
         self.args = args
         self.workdir = workdir
         self.img = img
@@ -323,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0:
         raise SystemExit("run as root: ownership, device nodes, drop_caches and debootstrap need it")
-    for tool in ("skopeo", "umoci"):
+    for tool in ("skopeo", "umoci", REGISTRY_BIN):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found")
     contenders = pick(args.only or ",".join(CONTENDERS), CONTENDERS, "contender")
@@ -332,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = choose_workdir(args.workdir, prefix="layerstore-pull-bench-")
     cache = Path(args.cache).resolve() if args.cache else None
     log(f"work directory {workdir}")
-    registry: Registry | None = None
+    registry: DockerRegistry | None = None
     bench: Bench | None = None
     img: Image | None = None
     notes: list[str] = []
@@ -346,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             rmtree(base)
         # build_image leaves the oci-archive extracted: an OCI layout with the tag in its index
         layout = build / "inputs-1x-oci"
-        registry = Registry.start(workdir / "registry")
+        registry = DockerRegistry.start(workdir / "registry", workdir / "registry" / "storage", log_level="warn")
         log(f"docker-registry on {registry.host}; pushing the image")
         run("skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:{TAG}",
             f"docker://{registry.host}/{REPO_TAG}", env=dict(os.environ, TMPDIR=str(build)))

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from dockerregistry import DockerRegistry, free_port  # noqa: F401 - the tests call regkit.free_port
 from trees import tree  # noqa: F401 - the tests import it from here too
 
 Change = Callable[[Path], None]
-REGISTRY_BIN = "/usr/bin/docker-registry"
 USER, PASSWORD = "tester", "s3cret-pass"  # known to the htpasswd and token registries
 RUNNER = Path(__file__).with_name("run_cli.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -57,70 +57,11 @@ def sh(*cmd: str | Path) -> str:
     return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True).stdout
 
 
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
 # -- the registry ------------------------------------------------------------------------
 
 
-@dataclass
-class Registry:
-    base: Path
-    storage: Path
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-    address: str = "127.0.0.1"
-
-    @property
-    def host(self) -> str:
-        return f"{self.address}:{self.port}"
-
-    @classmethod
-    def start(cls, base: Path, storage: Path, auth: dict[str, Any] | None = None, *, address: str = "127.0.0.1",
-              tls: dict[str, Any] | None = None, **extra: Any) -> Registry:
-        """tls: the registry's http.tls (certificate, key, clientcas): HTTPS only."""
-        base.mkdir(parents=True, exist_ok=True)
-        port = free_port(address)
-        config: dict[str, Any] = {
-            "version": 0.1,
-            "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True},
-                        "maintenance": {"uploadpurging": {"enabled": False}}},
-            "http": {"addr": f"{address}:{port}", "secret": "layerstore-tests", **({"tls": tls} if tls else {})},
-        }
-        if auth:
-            config["auth"] = auth
-        config.update(extra)
-        path = base / "config.yml"
-        path.write_text(json.dumps(config))  # YAML is a superset of JSON
-        log = base / "registry.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=out, stderr=subprocess.STDOUT)
-        registry = cls(base, storage, port, process, log, address)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection((address, port), timeout=1):
-                    return registry
-            except OSError:
-                time.sleep(0.05)
-        registry.stop()
-        raise RuntimeError("docker-registry did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+class Registry(DockerRegistry):
+    """With the tests' readings of its log and storage."""
 
     def mark(self) -> int:
         """A position in the log: ``requests(since=mark)`` shows only what came after."""
