@@ -21,7 +21,8 @@ for the next ``syncfs``: FUSE's own, as on fuse-overlayfs with its
 writeback cache (see the README). ``fpunch`` kills its processes so every
 time and is left out; among the others it happens now and then, when
 processes are killed at the end of the run, and that failure of ``io`` is
-taken (stress-ng prints it, and does not always count it against ``io``). The same run passes on kernel overlayfs.
+taken (stress-ng prints it, and does not always count it against ``io``).
+The same run passes on kernel overlayfs.
 """
 from __future__ import annotations
 
