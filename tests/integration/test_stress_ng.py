@@ -3,7 +3,8 @@
 stress-ng comes from another project and calls the kernel in ways these
 tests do not: locks of every kind, leases, dnotify and inotify watches,
 file handles, asynchronous I/O, io_uring, splice and sendfile, mappings
-synced and not, 10,000 directories at a time. Each stressor fails on a
+synced and not and their pages remapped, writes in reverse order, a file
+size limit, 10,000 directories at a time. Each stressor fails on a
 result it did not expect (``--verify`` checks the data it reads back), and
 the ``io`` stressor calls ``syncfs``, which reports a writeback error kept
 anywhere on the mount. It found faults that no test had: the driver
@@ -45,7 +46,8 @@ pytestmark = [
 STRESSORS = (
     "access chdir chmod chown copy-file dentry dir dirdeep dirmany dnotify dup fallocate fcntl filename flock "
     "fstat getdent handle hdd inode-flags inotify io iomix link locka lockf lockofd mknod open rename seek "
-    "symlink sync-file touch utime xattr lease mmap msync readahead aio io-uring sendfile splice"
+    "symlink sync-file touch utime xattr lease mmap msync msyncmany remap readahead aio aiol io-uring revio "
+    "sendfile splice file-ioctl fsize"
 ).split()
 SECONDS = 5
 KILLED_MEANWHILE = "io: syncfs failed, errno=4 (Interrupted system call)"
