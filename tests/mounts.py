@@ -172,6 +172,18 @@ def loop_fs(base: Path, name: str, mkfs: Sequence[str], size: int) -> Iterator[P
         force_unmount(point)  # the loop device goes with it (autoclear)
 
 
+def power_cut(fs: Path) -> None:
+    """The xfs of a loop_fs stops where its log on disk ends, as when the machine loses power:
+    what only memory held is gone. It answers EIO until mount_again."""
+    subprocess.run(["xfs_io", "-x", "-c", "shutdown", str(fs)], check=True, capture_output=True)
+
+
+def mount_again(fs: Path) -> None:
+    """Unmount a loop_fs and mount its image again: xfs replays its log."""
+    subprocess.run(["umount", str(fs)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(fs.parent / f"{fs.name}.img"), str(fs)], check=True, capture_output=True)
+
+
 def force_unmount(mountpoint: Path | str) -> None:
     if is_mounted(str(mountpoint)):
         try:

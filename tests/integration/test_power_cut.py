@@ -22,12 +22,11 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, abort_connection, driver_pid, force_unmount, fuse_mount, kernel_mount, loop_fs
+from mounts import Stack, abort_connection, driver_pid, force_unmount, fuse_mount, kernel_mount, loop_fs, mount_again, power_cut
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),
@@ -155,7 +154,7 @@ def driver_of(name: str, stack: Stack) -> Iterator[Path]:
 
 def cut_power(fs: Path, mnt: Path, driver: str) -> None:
     """The upper layer's filesystem stops where its log on disk ends; the driver dies with it."""
-    subprocess.run(["xfs_io", "-x", "-c", "shutdown", str(fs)], check=True, capture_output=True)
+    power_cut(fs)
     if driver == "unionfs":
         os.kill(driver_pid(mnt), signal.SIGKILL)
         abort_connection(mnt)
@@ -179,8 +178,7 @@ def run(tmp_path: Path, driver: str, changes: Callable[[Path], None], last: Call
             last(mnt)
             changed = entries(mnt)
             cut_power(fs, mnt, driver)
-        subprocess.run(["umount", str(fs)], check=True, capture_output=True)
-        subprocess.run(["mount", "-o", "loop", str(tmp_path / "xfs.img"), str(fs)], check=True, capture_output=True)
+        mount_again(fs)
         with driver_of(driver, stack) as mnt:
             after = entries(mnt)
     return before, durable, changed, after
