@@ -8,18 +8,20 @@ the images it listed and hold every layer as it was unpacked: the failure
 that containerd and containers/storage users met (moby/moby#49784,
 containerd/containerd#8973), layers recorded as whole with files of no
 data, would show here as layer trees that differ from the reference and
-as ``fsck`` problems. Pulls, imports and commits unpack through the same
-code (``Layers.unpack``).
+as ``fsck`` problems. Pulls and imports unpack through the same code
+(``Layers.unpack``), and so do commits: a container's file made durable
+and the image committed from it are there after the power cut too.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 from imagebuild import build_layout, export, write
-from mounts import loop_fs, mount_again, power_cut
+from mounts import abort_connection, driver_pid, force_unmount, loop_fs, mount_again, power_cut
 from storecheck import check_store, layer_trees, layerstore
 
 pytestmark = pytest.mark.skipif(
@@ -69,3 +71,38 @@ def test_images_loaded_before_a_power_cut_are_whole_after_it(tmp_path: Path, arc
         assert check_store(root, reference) == {"cut/base:v1", "cut/data:v1"}
         checked = layerstore(root, "fsck")
         assert (checked.rc, checked.err) == (0, ""), checked
+
+
+def test_a_container_and_an_image_committed_from_it_are_whole_after_a_power_cut(tmp_path: Path, archives: list[Path]) -> None:
+    with loop_fs(tmp_path, "xfs", ["mkfs.xfs", "-q"], 512 * MIB) as fs:
+        root, mnt = fs / "store", tmp_path / "rootfs"
+        mnt.mkdir()
+        assert layerstore(root, "load", "-q", "-i", str(archives[0])).rc == 0
+        mounted = layerstore(root, "mount", "--name", "c1", "cut/base:v1", str(mnt))
+        assert mounted.rc == 0, mounted
+        fd = os.open(mnt / "etc/written", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"made durable in the container\n")
+        os.fsync(fd)
+        os.close(fd)
+        fd = os.open(mnt / "etc", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        committed = layerstore(root, "commit", "c1", "cut/committed:v1")
+        assert committed.rc == 0, committed
+        power_cut(fs)
+        os.kill(driver_pid(mnt), signal.SIGKILL)
+        abort_connection(mnt)
+        force_unmount(mnt)
+        mount_again(fs)
+        assert check_store(root) == {"cut/base:v1", "cut/committed:v1"}
+        checked = layerstore(root, "fsck")
+        assert (checked.rc, checked.err) == (0, ""), checked
+        # the container mounted again where it was, and a new one of the committed image
+        for name, args in (("c1", ("c1",)), ("c2", ("--name", "c2", "cut/committed:v1", str(mnt)))):
+            again = layerstore(root, "mount", *args)
+            assert again.rc == 0, again
+            try:
+                assert (mnt / "etc/written").read_bytes() == b"made durable in the container\n"
+                assert len((mnt / "usr/lib/small-7.so").read_bytes()) == 1007
+            finally:
+                assert layerstore(root, "umount", name).rc == 0
