@@ -108,12 +108,12 @@ class LayerDirs:
             crashpoints.point("layer.inventoried")
             sync_filesystem(staging)
             os.rename(staging, final)
-            fsync_dir(final.parent)
         except OSError:
             remove_tree(staging)
             if not final.is_dir():
                 raise
             return None
+        fsync_dir(final.parent)  # the rename on disk before the layer is recorded
         crashpoints.point("layer.renamed")
         return result
 
