@@ -842,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             + "; cold = caches dropped (`sync; echo 3 > drop_caches`) before the run, warm = the same, then the "
             "inputs read back into the page cache",
             "MB/s = uncompressed layer tar bytes (10^6) / wall seconds; wall+sync adds a `sync` run right after the "
-            "contender exits (load fsyncs its blobs, tar and umoci leave their writes to the kernel)",
+            "contender exits (load fsyncs its blobs and commits each layer, tar and umoci leave their writes to the kernel)",
             "entries = what the contender wrote: all layer directories for load, unpack and tar -x; the merged "
             "rootfs for umoci",
         ]
