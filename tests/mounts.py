@@ -110,6 +110,17 @@ def fuse_mount(stack: Stack, *options: str, read_only: bool = False, env: Mappin
         yield stack.mnt
 
 
+@contextlib.contextmanager
+def union_by(kind: str, stack: Stack, *kernel_options: str) -> Iterator[Path]:
+    """The union of stack by the driver ("unionfs") or by kernel overlayfs ("kernel", with kernel_options)."""
+    if kind == "kernel":
+        with kernel_mount(stack, *kernel_options) as mnt:
+            yield mnt
+    else:
+        with fuse_mount(stack) as mnt:
+            yield mnt
+
+
 def remount_driver(stack: Stack, *options: str) -> None:
     """Unmount the driver at stack.mnt and start it again over the same layers; the
     ``fuse_mount`` that mounted it unmounts the new one."""

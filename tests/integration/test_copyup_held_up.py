@@ -35,7 +35,7 @@ import pytest
 
 import mounts
 from conftest import needs_root
-from mounts import Stack, fuse_mount, kernel_mount
+from mounts import Stack, fuse_mount
 
 pytestmark = needs_root
 
@@ -85,16 +85,6 @@ def slow_lower(tmp_path: Path, source: Path) -> Iterator[tuple[Path, int]]:
             yield mnt, pid
         finally:
             os.kill(pid, signal.SIGCONT)  # never left stopped: its unmount would wait for it
-
-
-@contextlib.contextmanager
-def union(kind: str, stack: Stack) -> Iterator[Path]:
-    if kind == "kernel":
-        with kernel_mount(stack) as mnt:
-            yield mnt
-    else:
-        with fuse_mount(stack) as mnt:
-            yield mnt
 
 
 def _read_by(pid: int) -> int:
@@ -165,7 +155,7 @@ def stalled_copy_up(tmp_path: Path, directory: Path, kind: str, restart: bool = 
             os.setxattr(opaque, "trusted.overlay.opaque", b"y")
         (stack.lowers[0] / "plain" / "small").write_text("small\n")
         (stack.lowers[0] / "plain" / "kept").write_text("kept\n")
-        with union(kind, stack):
+        with mounts.union_by(kind, stack):
             stall = Stall(stack, lower_pid)
             try:
                 before = _read_by(lower_pid)

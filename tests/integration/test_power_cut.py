@@ -18,15 +18,14 @@ tested.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounts import Stack, abort_connection, driver_pid, force_unmount, fuse_mount, kernel_mount, loop_fs, mount_again, power_cut
+from mounts import Stack, abort_connection, driver_pid, force_unmount, loop_fs, mount_again, power_cut, union_by
 
 pytestmark = [
     pytest.mark.usefixtures("transport"),
@@ -142,16 +141,6 @@ def build_lower(lower: Path) -> None:
     (lower / "emptied").mkdir()
 
 
-@contextlib.contextmanager
-def driver_of(name: str, stack: Stack) -> Iterator[Path]:
-    if name == "unionfs":
-        with fuse_mount(stack) as mnt:
-            yield mnt
-    else:
-        with kernel_mount(stack, "redirect_dir=on") as mnt:  # as the driver, a lower directory's rename
-            yield mnt
-
-
 def cut_power(fs: Path, mnt: Path, driver: str) -> None:
     """The upper layer's filesystem stops where its log on disk ends; the driver dies with it."""
     power_cut(fs)
@@ -171,7 +160,8 @@ def run(tmp_path: Path, driver: str, changes: Callable[[Path], None], last: Call
         stack = Stack((lower,), fs / "upper", fs / "work", tmp_path / "mnt")
         for path in (stack.upper, stack.work, stack.mnt):
             path.mkdir()
-        with driver_of(driver, stack) as mnt:
+        # with redirect_dir=on overlayfs renames a lower directory, as the driver does
+        with union_by(driver, stack, "redirect_dir=on") as mnt:
             before = entries(mnt)
             changes(mnt)
             durable = entries(mnt)
@@ -179,7 +169,7 @@ def run(tmp_path: Path, driver: str, changes: Callable[[Path], None], last: Call
             changed = entries(mnt)
             cut_power(fs, mnt, driver)
         mount_again(fs)
-        with driver_of(driver, stack) as mnt:
+        with union_by(driver, stack, "redirect_dir=on") as mnt:
             after = entries(mnt)
     return before, durable, changed, after
 

@@ -9,18 +9,17 @@ logical range to the same blocks, the data was shared, not copied.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from extents import data_extents, extents, write_sparse
-from mounts import Stack, fuse_mount, kernel_mount, loop_fs
+from mounts import Stack, loop_fs, union_by
 
 MiB = 1 << 20
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
@@ -39,10 +38,7 @@ pytestmark = [
                        reason="needs mkfs.xfs and mkfs.btrfs (xfsprogs, btrfs-progs)"),
 ]
 
-DRIVERS: dict[str, Callable[[Stack], contextlib.AbstractContextManager[Path]]] = {
-    "unionfs": fuse_mount,
-    "kernel": kernel_mount,
-}
+DRIVERS = ("kernel", "unionfs")  # mounts.union_by
 
 
 def sparse_file(path: Path) -> str:
@@ -74,7 +70,7 @@ def test_copy_up_shares_the_lower_files_extents(fs: Path, driver: str) -> None:
     stack = stack_on(fs)
     lower = stack.lowers[0] / "big"
     digest = sparse_file(lower)
-    with DRIVERS[driver](stack) as mnt:
+    with union_by(driver, stack) as mnt:
         os.chmod(mnt / "big", 0o600)  # copies up data and metadata
         assert sha256(mnt / "big") == digest
     copy = stack.upper / "big"
@@ -92,7 +88,7 @@ def test_a_write_to_the_copy_leaves_the_lower_file_and_the_rest_shared(fs: Path,
     lower = stack.lowers[0] / "big"
     digest = sparse_file(lower)
     block = os.urandom(4096)
-    with DRIVERS[driver](stack) as mnt:
+    with union_by(driver, stack) as mnt:
         fd = os.open(mnt / "big", os.O_WRONLY)  # copies up, and the write goes to the copy
         try:
             os.pwrite(fd, block, MiB)
@@ -129,7 +125,7 @@ def test_a_lower_on_another_filesystem_is_copied_and_one_on_the_same_still_share
     same.mkdir()
     stack = stack_on(fs, (elsewhere, same))
     far, near = sparse_file(elsewhere / "far"), sparse_file(same / "near")
-    with DRIVERS[driver](stack) as mnt:
+    with union_by(driver, stack) as mnt:
         os.chmod(mnt / "far", 0o600)
         os.chmod(mnt / "near", 0o600)
     far_copy, near_copy = stack.upper / "far", stack.upper / "near"
@@ -151,7 +147,7 @@ def test_a_copy_made_through_the_mount_shares_extents_and_a_clone_is_refused(fs:
     EOPNOTSUPP itself, where overlayfs clones."""
     stack = stack_on(fs)
     digest = sparse_file(stack.lowers[0] / "big")
-    with DRIVERS[driver](stack) as mnt:
+    with union_by(driver, stack) as mnt:
         src = os.open(mnt / "big", os.O_RDONLY)
         dst = os.open(mnt / "copy", os.O_WRONLY | os.O_CREAT, 0o644)
         clone = os.open(mnt / "clone", os.O_WRONLY | os.O_CREAT, 0o644)
