@@ -10,7 +10,7 @@ Then the image is mounted again (xfs replays its log) and the union over it.
 Every change made durable must be there, whole; every other change must be
 there whole or not at all, the entry as it was before (a copy-up that did
 not reach its rename leaves the lower file, never part of a copy). The same
-run on kernel overlayfs, the reference, must give the same. The driver's
+run on kernel overlayfs, the reference, must pass the same checks. The driver's
 crash tests (``test_driver_crash``) kill the driver alone; here the upper
 layer's filesystem loses what it held in memory too: the driver's ``fsync``
 and its copy-ups synced before their rename, or in batches, are what is
