@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, force_unmount, fuse_mount, kernel_mount
+from mounts import Stack, fuse_mount, kernel_mount
+from storecheck import small_fs
 from waiting import wait_for
 
 pytestmark = [
@@ -35,10 +35,7 @@ LIMIT = 512  # MiB a writer may try: far beyond the space and what the kernel ho
 @contextlib.contextmanager
 def on_small_tmpfs(base: Path, name: str) -> Iterator[Stack]:
     """A stack whose upper and work directories are on a tmpfs of SPACE bytes."""
-    fs = base / f"{name}-fs"
-    fs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SPACE}", "tmpfs", str(fs)], check=True)
-    try:
+    with small_fs(base / f"{name}-fs", SPACE) as fs:
         lower = base / f"{name}-lower"
         lower.mkdir()
         (lower / "kept").write_bytes(b"lower data\n")
@@ -46,8 +43,6 @@ def on_small_tmpfs(base: Path, name: str) -> Iterator[Stack]:
         for path in (stack.upper, stack.work, stack.mnt):
             path.mkdir()
         yield stack
-    finally:
-        force_unmount(fs)
 
 
 def fill(mnt: Path) -> tuple[int, str | None, str | None]:
