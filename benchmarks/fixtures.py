@@ -70,6 +70,7 @@ class Scale:
     write_chunk: int = 1 * MiB
     read_chunk: int = 128 * KiB
     tar_bytes: int = 64 * MiB
+    parallel_cycles: int = 4_000
 
     @classmethod
     def quick(cls) -> "Scale":
@@ -88,6 +89,7 @@ class Scale:
             walked_entries=2_000,
             write_size=32 * MiB,
             tar_bytes=8 * MiB,
+            parallel_cycles=400,
         )
 
     def scaled(self, factor: float) -> "Scale":

@@ -20,6 +20,7 @@ import random
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -604,6 +605,93 @@ def untar_tar(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         yield {"workload": "untar+tar", "seconds": _secs(t_untar + t)}
 
 
+# -- callers at once -----------------------------------------------------------
+
+# One caller's share of the parallel rows: a file-server mix (create, write, stat,
+# read, rename, unlink of a 4 KiB file), started by a byte on stdin so that every
+# caller is running before the clock starts.
+_PARALLEL_CALLER = """
+import os, sys
+d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+payload = b"p" * size
+os.mkdir(d)
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.buffer.read(1)
+for i in range(n):
+    path = f"{d}/f{i}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, payload)
+    os.close(fd)
+    os.stat(path)
+    fd = os.open(path, os.O_RDONLY)
+    if len(os.read(fd, 2 * size)) != size:
+        sys.exit(f"{path}: short read")
+    os.close(fd)
+    os.rename(path, path + ".done")
+    os.unlink(path + ".done")
+"""
+PARALLEL_CALLERS = (1, 2, 8)
+
+
+def _callers_at_once(ctx: Ctx, root: Path, callers: int, cycles: int, size: int) -> float:
+    """Seconds from the start signal until the last of ``callers`` processes has
+    made its share of ``cycles``, each in a directory of its own."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(callers):
+            p = subprocess.Popen([sys.executable, "-S", "-c", _PARALLEL_CALLER, str(root / f"caller{i}"),
+                                  str(cycles // callers), str(size)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            with ctx._lock:
+                ctx.procs.append(p)
+            procs.append(p)
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"a caller did not start: {p.stderr.read().decode(errors='replace')[-500:]}")
+        t0 = time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"g")
+            p.stdin.close()
+        for p in procs:
+            p.wait()
+        t = time.perf_counter() - t0
+        for p in procs:
+            if p.returncode != 0:
+                assert p.stderr is not None
+                raise RuntimeError(f"a caller exited {p.returncode}: {p.stderr.read().decode(errors='replace')[-500:]}")
+        return t
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for stream in (p.stdin, p.stdout, p.stderr):
+                if stream is not None and not stream.closed:
+                    stream.close()
+        with ctx._lock:
+            ctx.procs[:] = [p for p in ctx.procs if p not in procs]
+
+
+def parallel(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
+    """The same work from one caller and from several at once: over io_uring each
+    CPU's requests have workers of their own, and a second caller can cost more
+    than it brings (see HISTORY)."""
+    cycles, size = ctx.scale.parallel_cycles, ctx.scale.create_size
+    for callers in PARALLEL_CALLERS:
+        with ctx.mount(fx.base()) as mnt:
+            os.sync()
+            t = _callers_at_once(ctx, mnt, callers, cycles, size)
+            left = [f"caller{i}" for i in range(callers) if os.listdir(mnt / f"caller{i}")]
+            done = cycles // callers * callers
+            row = {"workload": f"parallel-{callers}", "seconds": _secs(t), "callers": callers, "cycles": done,
+                   "ops_per_s": _ops(done, t)}
+            if left:
+                row["error"] = f"files left in {', '.join(left)}"
+            yield row
+
+
 # -- mount itself -------------------------------------------------------------
 
 
@@ -652,6 +740,9 @@ WORKLOADS: list[Workload] = [
              doc="write a new file with 1 MiB writes, then fsync"),
     Workload("tar", ("untar", "tar", "untar+tar"), lambda fx: fx.source_tar(), untar_tar,
              doc="tar -xf a source tree into the union, then tar -cf it to a pipe"),
+    Workload("parallel", tuple(f"parallel-{n}" for n in PARALLEL_CALLERS), lambda fx: fx.base(), parallel,
+             doc="the same cycles of create, write, stat, read, rename and unlink of a 4 KiB file, "
+                 "made by 1, 2 and 8 processes at once"),
 ]
 
 
