@@ -145,6 +145,17 @@ QUICK = frozenset({
     fp.UNLINK, fp.MKDIR, fp.MKNOD, fp.SYMLINK, fp.CREATE,
 })
 
+# Requests that a process makes and waits for. Left out: what the kernel sends
+# on its own behalf from any CPU (RELEASE and RELEASEDIR after the last close,
+# WRITEs of written-back pages, READs ahead, SETATTRs that write back times),
+# and READ and WRITE altogether, which can be either. Such requests on two
+# CPUs' queues at once mean callers on both (see placement.Gathering).
+WAITED_FOR = frozenset({
+    fp.LOOKUP, fp.GETATTR, fp.READLINK, fp.GETXATTR, fp.LISTXATTR, fp.SETXATTR, fp.REMOVEXATTR, fp.STATFS,
+    fp.ACCESS, fp.OPEN, fp.OPENDIR, fp.READDIR, fp.READDIRPLUS, fp.FLUSH, fp.CREATE, fp.MKNOD, fp.MKDIR,
+    fp.SYMLINK, fp.LINK, fp.UNLINK, fp.RMDIR, fp.RENAME, fp.RENAME2, fp.STATX,
+})
+
 
 # The file-attribute reads and writes the kernel passes on (fuse_fileattr_get, _set), with
 # the size it reads back or sends: the flags (an int, though the numbers say long) and

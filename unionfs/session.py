@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from unionfs import fuseproto as fp
 from unionfs.syscalls import libc
 from unionfs import uring
-from unionfs.handlers import QUICK, Requests
+from unionfs.handlers import QUICK, WAITED_FOR, Requests
 from unionfs.mount import fusermount, unescape_mountinfo
+from unionfs.placement import Gathering
 from unionfs.readturn import ReadTurn
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class Session:
         self.io_uring = io_uring  # auto: when the kernel offers it; on: or fail; off: /dev/fuse only
         self._queues: list[uring.QueueWorker] = []
         self._ring_threads: list[threading.Thread] = []
+        self._gathering = Gathering(WAITED_FOR)  # the ring workers' (see placement)
         self._failure: OSError | None = None  # what ended the session, when not an unmount
         self._turn = ReadTurn()  # which worker reads /dev/fuse next
 
@@ -431,7 +433,7 @@ class Session:
     def _serve_ring(self, worker: uring.QueueWorker) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            if worker.serve(self.answer, QUICK) == errno.ENOTCONN:  # the kernel ended the connection
+            if worker.serve(self.answer, QUICK, self._gathering) == errno.ENOTCONN:  # the kernel ended the connection
                 self._ended()
         except OSError as exc:
             log.error("FUSE queue of CPU %d: %s", worker.qid, exc)

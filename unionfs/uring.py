@@ -9,7 +9,9 @@ workers are pinned to that CPU: the caller sleeps and the worker runs in its
 place. (The worker is still running when it wakes the caller, so the
 scheduler may move the caller to an idle CPU, and a process that works
 between requests then alternates CPUs; while a CPU is free, the workers
-reply under a policy that keeps it in place: see ``placement``.)
+reply under a policy that keeps it in place: see ``placement``. While callers
+on several CPUs keep them busy, the workers all move to one CPU, since they
+answer under one interpreter lock: ``placement.Gathering``.)
 
 The kernel offers it in INIT when the ``fuse`` module's ``enable_uring``
 parameter is on. FORGET and INTERRUPT still come through ``/dev/fuse``, as
@@ -35,7 +37,7 @@ from collections.abc import Callable
 
 from unionfs import crashpoints
 from unionfs import fuseproto as fp
-from unionfs.placement import IdleWhileCpuFree
+from unionfs.placement import Gathering, IdleWhileCpuFree
 from unionfs.syscalls import libc
 
 _SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427  # the same numbers on every architecture
@@ -213,10 +215,11 @@ class QueueWorker:
         self.payload_size = payload_size
         self.name = f"q{qid}"
 
-    def serve(self, answer: Answer, quick: frozenset[int] = frozenset()) -> int:
+    def serve(self, answer: Answer, quick: frozenset[int] = frozenset(), gathering: Gathering | None = None) -> int:
         """Register, then answer requests until the connection ends; those whose
-        opcode is in quick may be answered under SCHED_IDLE (see placement).
-        Returns the errno that ended it."""
+        opcode is in quick may be answered under SCHED_IDLE, and gathering moves the
+        workers together while callers on several CPUs keep them busy (see
+        placement). Returns the errno that ended it."""
         libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
         try:
             os.sched_setaffinity(0, {self.qid})
@@ -230,6 +233,9 @@ class QueueWorker:
         ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
         placement = IdleWhileCpuFree()  # keeps the caller on this CPU (see placement)
         placement.start()
+        if gathering is None:
+            gathering = Gathering(())  # never gathers: no request counts
+        slot = gathering.join()
         header, out = fp.IN_HEADER, fp.OUT_HEADER
         reply_area = view[_PAYLOAD:_PAYLOAD + self.payload_size]
         try:
@@ -243,6 +249,7 @@ class QueueWorker:
                     return -res  # the connection ended (ENOTCONN: unmounted), or the ring was cancelled
                 h = header.unpack_from(view)
                 placement.woken(h[1] in quick)
+                gathering.arrive(slot, h[1], h[6])
                 commit_id = _U64.unpack_from(view, _COMMIT_ID)[0]
                 size = _U32.unpack_from(view, _PAYLOAD_SZ)[0]
                 op_size = h[0] - header.size - size

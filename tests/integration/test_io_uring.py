@@ -2,7 +2,8 @@
 
 The differential tests and the stress test run over both transports (the
 ``transport`` fixture); these state what only the rings have: requests go to
-the queue of the caller's CPU and are answered by workers pinned there,
+the queue of the caller's CPU and are answered by workers pinned there
+(gathered on one CPU while callers on two keep them busy),
 payloads of a full megabyte cross the ring buffers intact, a driver killed
 with requests on its rings leaves a mount that unmounts, a worker that fails
 ends the driver rather than leaving callers waiting, and ``io_uring=on``
@@ -89,6 +90,59 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
             woken = {qid: after[qid] - before[qid] for qid in after}
             assert woken[cpu] >= 200, woken
             assert all(n == 0 for qid, n in woken.items() if qid != cpu), woken
+        assert on_their_cpus(driver_pid(mnt), cpus), "a lone caller gathered the workers"
+
+
+def on_their_cpus(pid: int, cpus: list[int]) -> bool:
+    """Whether each ring worker of the CPUs this process may use is pinned to its own."""
+    return all(allowed == str(qid) for qid, workers in queue_threads(pid).items() if qid in cpus
+               for _, allowed in workers)
+
+
+# A caller pinned to one CPU, looking up names never seen until it is killed.
+_LOOKING_UP = """
+import itertools, os, sys
+directory, cpu = sys.argv[1], int(sys.argv[2])
+os.sched_setaffinity(0, {cpu})
+for i in itertools.count():
+    os.path.lexists(f"{directory}/missing-{cpu}-{i}")
+"""
+
+
+def test_workers_gather_on_one_cpu_while_callers_on_two_keep_them_busy(stack: Stack, kernel_io_uring: None) -> None:
+    """With callers on two CPUs at once, every ring worker moves to one CPU, so that
+    they stop handing the interpreter lock to each other across CPUs; once a lone
+    caller is left, its first request after Gathering.QUIET puts them back on their
+    own CPUs (see placement)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    with fuse_mount(stack, "io_uring=on") as mnt:
+        pid = driver_pid(mnt)
+        callers = [subprocess.Popen([sys.executable, "-c", _LOOKING_UP, str(mnt / "d"), str(cpu)]) for cpu in cpus[:2]]
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                allowed = {a for workers in queue_threads(pid).values() for _, a in workers}
+                if len(allowed) == 1:
+                    break
+                assert time.monotonic() < deadline, f"the workers stayed spread: {allowed}"
+                time.sleep(0.05)
+        finally:
+            for caller in callers:
+                caller.kill()
+                caller.wait()
+        assert allowed <= {str(cpu) for cpu in cpus[:2]}, allowed
+
+        time.sleep(placement.Gathering.QUIET + 0.5)
+        assert not on_their_cpus(pid, cpus), "spread again with no request"
+        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            for i in range(20):
+                assert not os.path.lexists(mnt / "d" / f"alone-{i}")
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+        assert on_their_cpus(pid, cpus), queue_threads(pid)
 
 
 def worker_policies(pid: int) -> dict[int, tuple[int, int]]:
