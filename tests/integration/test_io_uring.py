@@ -3,7 +3,8 @@
 The differential tests and the stress test run over both transports (the
 ``transport`` fixture); these state what only the rings have: requests go to
 the queue of the caller's CPU and are answered by workers pinned there
-(gathered on one CPU while callers on two keep them busy),
+(gathered on one CPU while callers on two keep them busy, not for a lone
+caller that moves between the CPUs),
 payloads of a full megabyte cross the ring buffers intact, a driver killed
 with requests on its rings leaves a mount that unmounts, a worker that fails
 ends the driver rather than leaving callers waiting, and ``io_uring=on``
@@ -91,6 +92,27 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
             assert woken[cpu] >= 200, woken
             assert all(n == 0 for qid, n in woken.items() if qid != cpu), woken
         assert on_their_cpus(driver_pid(mnt), cpus), "a lone caller gathered the workers"
+
+
+def test_a_lone_caller_moving_between_cpus_at_every_few_requests_does_not_gather_the_workers(
+        stack: Stack, kernel_io_uring: None) -> None:
+    """Both queues busy in every window, but from one thread: a lone caller that the
+    scheduler moves at each reply (see placement) is not taken for two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    with fuse_mount(stack, "io_uring=on") as mnt:
+        deadline = time.monotonic() + 3 * placement.Gathering.WINDOW * placement.Gathering.RUN + 0.5
+        i = 0
+        try:
+            while time.monotonic() < deadline:
+                os.sched_setaffinity(0, {cpus[i // 20 % 2]})
+                assert not os.path.lexists(mnt / "d" / f"hopping-{i}")
+                i += 1
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+        assert i >= 8 * placement.Gathering.NEED, i
+        assert on_their_cpus(driver_pid(mnt), cpus), queue_threads(driver_pid(mnt))
 
 
 def on_their_cpus(pid: int, cpus: list[int]) -> bool:
