@@ -215,7 +215,7 @@ class QueueWorker:
         self.payload_size = payload_size
         self.name = f"q{qid}"
 
-    def serve(self, answer: Answer, quick: frozenset[int] = frozenset(), gathering: Gathering | None = None) -> int:
+    def serve(self, answer: Answer, quick: frozenset[int], gathering: Gathering) -> int:
         """Register, then answer requests until the connection ends; those whose
         opcode is in quick may be answered under SCHED_IDLE, and gathering moves the
         workers together while callers on several CPUs keep them busy (see
@@ -233,8 +233,6 @@ class QueueWorker:
         ring.fuse_cmd(fuse_fd, CMD_REGISTER, qid, iov=ctypes.addressof(self._iov))
         placement = IdleWhileCpuFree()  # keeps the caller on this CPU (see placement)
         placement.start()
-        if gathering is None:
-            gathering = Gathering(())  # never gathers: no request counts
         slot = gathering.join()
         header, out = fp.IN_HEADER, fp.OUT_HEADER
         reply_area = view[_PAYLOAD:_PAYLOAD + self.payload_size]
