@@ -12,6 +12,7 @@ refuses to mount where the kernel does not offer it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -70,24 +71,39 @@ def switches(threads: dict[int, list[tuple[int, str]]]) -> dict[int, int]:
     return {qid: sum(s for s, _ in workers) for qid, workers in threads.items()}
 
 
+@contextlib.contextmanager
+def on_cpu(cpu: int) -> Iterator[None]:
+    """This process pinned to one CPU, then back on the CPUs it had."""
+    everywhere = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
+@pytest.fixture
+def two_cpus() -> list[int]:
+    """The CPUs this process may use, when there are two or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    return cpus
+
+
 def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: None) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     with fuse_mount(stack, "io_uring=on") as mnt:
         threads = queue_threads(driver_pid(mnt))
         assert sorted(threads) == list(range(uring.possible_cpus()))
-        for qid, workers in threads.items():
-            if qid in cpus:
-                assert all(allowed == str(qid) for _, allowed in workers), (qid, workers)
+        assert on_their_cpus(driver_pid(mnt), cpus), threads
         names = iter(range(10**6))
         for cpu in cpus:
-            os.sched_setaffinity(0, {cpu})
-            try:
+            with on_cpu(cpu):
                 before = switches(queue_threads(driver_pid(mnt)))
                 for _ in range(200):  # a LOOKUP each: names never seen, so not cached
                     assert not os.path.lexists(mnt / "d" / f"missing-{next(names)}")
                 after = switches(queue_threads(driver_pid(mnt)))
-            finally:
-                os.sched_setaffinity(0, cpus)
             woken = {qid: after[qid] - before[qid] for qid in after}
             assert woken[cpu] >= 200, woken
             assert all(n == 0 for qid, n in woken.items() if qid != cpu), woken
@@ -95,12 +111,10 @@ def test_requests_are_served_on_the_callers_cpu(stack: Stack, kernel_io_uring: N
 
 
 def test_a_lone_caller_moving_between_cpus_at_every_few_requests_does_not_gather_the_workers(
-        stack: Stack, kernel_io_uring: None) -> None:
+        stack: Stack, kernel_io_uring: None, two_cpus: list[int]) -> None:
     """Both queues busy in every window, but from one thread: a lone caller that the
     scheduler moves at each reply (see placement) is not taken for two."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs two CPUs")
+    cpus = two_cpus
     with fuse_mount(stack, "io_uring=on") as mnt:
         deadline = time.monotonic() + 3 * placement.Gathering.WINDOW * placement.Gathering.RUN + 0.5
         i = 0
@@ -131,14 +145,13 @@ for i in itertools.count():
 """
 
 
-def test_workers_gather_on_one_cpu_while_callers_on_two_keep_them_busy(stack: Stack, kernel_io_uring: None) -> None:
+def test_workers_gather_on_one_cpu_while_callers_on_two_keep_them_busy(stack: Stack, kernel_io_uring: None,
+                                                                      two_cpus: list[int]) -> None:
     """With callers on two CPUs at once, every ring worker moves to one CPU, so that
     they stop handing the interpreter lock to each other across CPUs; once a lone
     caller is left, its first request after Gathering.QUIET puts them back on their
     own CPUs (see placement)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs two CPUs")
+    cpus = two_cpus
     with fuse_mount(stack, "io_uring=on") as mnt:
         pid = driver_pid(mnt)
         callers = [subprocess.Popen([sys.executable, "-c", _LOOKING_UP, str(mnt / "d"), str(cpu)]) for cpu in cpus[:2]]
@@ -158,12 +171,9 @@ def test_workers_gather_on_one_cpu_while_callers_on_two_keep_them_busy(stack: St
 
         time.sleep(placement.Gathering.QUIET + 0.5)
         assert not on_their_cpus(pid, cpus), "spread again with no request"
-        os.sched_setaffinity(0, {cpus[0]})
-        try:
+        with on_cpu(cpus[0]):
             for i in range(20):
                 assert not os.path.lexists(mnt / "d" / f"alone-{i}")
-        finally:
-            os.sched_setaffinity(0, set(cpus))
         assert on_their_cpus(pid, cpus), queue_threads(pid)
 
 
@@ -177,13 +187,9 @@ def busiest_worker_policy(mnt: Path, lookups: int, cpu: int) -> tuple[int, int]:
     """lookups of missing names from one CPU: (tid, policy) of the worker that served most of them."""
     pid = driver_pid(mnt)
     before = worker_policies(pid)
-    everywhere = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
+    with on_cpu(cpu):
         for i in range(lookups):
             assert not os.path.lexists(mnt / "d" / f"missing-{time.monotonic_ns()}-{i}")
-    finally:
-        os.sched_setaffinity(0, everywhere)
     after = worker_policies(pid)
     tid = max(after, key=lambda t: after[t][0] - before.get(t, (0, 0))[0])
     assert after[tid][0] - before.get(tid, (0, 0))[0] >= 4 * placement.CHECK_EVERY, (before, after)
