@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drivers import Driver, is_mounted
 from fixtures import Fixtures, KiB, MiB, Scale, Stack
@@ -110,20 +111,23 @@ class Ctx:
                 if not is_mounted(mnt):
                     shutil.rmtree(base, ignore_errors=True)
 
-    def run(self, cmd: list[str] | str, shell: bool = False, stdout=subprocess.DEVNULL) -> tuple[int, bytes, bytes]:
-        """Run a tool, tracked so the watchdog can kill it."""
+    def spawn(self, cmd: list[str] | str, **popen: Any) -> subprocess.Popen:
+        """Start a process tracked so the watchdog can kill it; ``untrack`` it once reaped."""
         with self._lock:
             if self.aborted:
                 raise TimeoutError("workload timed out")
-            p = subprocess.Popen(
-                cmd,
-                shell=shell,
-                executable="/bin/bash" if shell else None,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-            )
+            p = subprocess.Popen(cmd, **popen)
             self.procs.append(p)
+        return p
+
+    def untrack(self, *procs: subprocess.Popen) -> None:
+        with self._lock:
+            self.procs[:] = [p for p in self.procs if p not in procs]
+
+    def run(self, cmd: list[str] | str, shell: bool = False, stdout=subprocess.DEVNULL) -> tuple[int, bytes, bytes]:
+        """Run a tool, tracked so the watchdog can kill it."""
+        p = self.spawn(cmd, shell=shell, executable="/bin/bash" if shell else None,
+                       stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE)
         try:
             if stdout == subprocess.PIPE:
                 out, err = p.communicate()
@@ -135,8 +139,7 @@ class Ctx:
                 self.tool_migrations = migrations(str(p.pid))
                 p.wait()
         finally:
-            with self._lock:
-                self.procs.remove(p)
+            self.untrack(p)
         return p.returncode, out or b"", err or b""
 
     def check(self, cmd: list[str] | str, shell: bool = False, stdout=subprocess.DEVNULL) -> bytes:
@@ -639,14 +642,11 @@ def _callers_at_once(ctx: Ctx, root: Path, callers: int, cycles: int, size: int)
     procs: list[subprocess.Popen] = []
     try:
         for i in range(callers):
-            p = subprocess.Popen([sys.executable, "-S", "-c", _PARALLEL_CALLER, str(root / f"caller{i}"),
-                                  str(cycles // callers), str(size)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            with ctx._lock:
-                ctx.procs.append(p)
-            procs.append(p)
+            procs.append(ctx.spawn([sys.executable, "-S", "-c", _PARALLEL_CALLER, str(root / f"caller{i}"),
+                                    str(cycles // callers), str(size)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         for p in procs:
-            assert p.stdout is not None
+            assert p.stdout is not None and p.stderr is not None
             if p.stdout.readline() != b"ready\n":
                 raise RuntimeError(f"a caller did not start: {p.stderr.read().decode(errors='replace')[-500:]}")
         t0 = time.perf_counter()
@@ -670,8 +670,7 @@ def _callers_at_once(ctx: Ctx, root: Path, callers: int, cycles: int, size: int)
             for stream in (p.stdin, p.stdout, p.stderr):
                 if stream is not None and not stream.closed:
                     stream.close()
-        with ctx._lock:
-            ctx.procs[:] = [p for p in ctx.procs if p not in procs]
+        ctx.untrack(*procs)
 
 
 def parallel(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
