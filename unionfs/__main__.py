@@ -1,5 +1,3 @@
-import sys
+from unionfs.cli import console
 
-from unionfs.cli import main
-
-sys.exit(main())
+console()

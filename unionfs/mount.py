@@ -8,15 +8,14 @@ if it must, so that a dead mount never hangs whoever comes next.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from unionfs.options import MountOptions
-
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for an unmount
+if TYPE_CHECKING:  # an unmount does without the options' parser
+    from unionfs.options import MountOptions
 
 
 class MountError(RuntimeError):
@@ -104,14 +103,18 @@ def settle(mountpoint: str, timeout: float | None = None) -> bool:
     uninterruptibly for a request that the driver has taken, and over io_uring it
     takes every request as soon as it is made. A thread asking a stopped or stuck
     driver would keep this process from exiting, SIGKILL included. A child left
-    waiting ends when the driver answers or its connection ends."""
+    waiting ends when the driver answers or its connection ends. The child is
+    coreutils' ``sync FILE``, which fsyncs what it is given, where it is found: a
+    new interpreter took longer to start than the rest of an unmount."""
     import select
+    import shutil
 
     _reap_left_waiting()
-    argv = [sys.executable, "-I", "-S", "-c", _SYNC_ROOT, mountpoint]
+    tool = shutil.which("sync")
+    argv = [tool, mountpoint] if tool else [sys.executable, "-I", "-S", "-c", _SYNC_ROOT, mountpoint]
     # Nothing of the caller's: a child left waiting must not keep a pipe of its output open.
     quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=quiet)
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=quiet)
     pidfd = os.pidfd_open(pid)
     try:
         poller = select.poll()  # not select(): the pidfd may be numbered beyond FD_SETSIZE
