@@ -12,6 +12,7 @@ import contextlib
 import errno
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,7 +125,13 @@ def test_a_change_of_the_directory_while_a_copy_is_pending_keeps_its_time(stack:
         assert os.stat(stack.upper / "d").st_mtime_ns == changed
 
 
-def test_a_burst_of_appends_is_in_the_upper_once_settled(stack: Stack) -> None:
+@pytest.mark.parametrize("sync_tool", ["coreutils", "none"])
+def test_a_burst_of_appends_is_in_the_upper_once_settled(stack: Stack, sync_tool: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settled by coreutils' sync, and by a second interpreter where sync is not found."""
+    if sync_tool == "none":
+        find = shutil.which
+        monkeypatch.setattr(shutil, "which", lambda name, *args, **kw: None if name == "sync" else find(name, *args, **kw))
     with fuse_mount(stack) as mnt:
         append_all(mnt)
         settle(str(mnt))
