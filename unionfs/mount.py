@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for an unmount
-if TYPE_CHECKING:  # an unmount does without the options' parser
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: an unmount imports neither typing nor the options' parser
+if TYPE_CHECKING:
     from unionfs.options import MountOptions
 
 
