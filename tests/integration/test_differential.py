@@ -1796,7 +1796,11 @@ def _by_handle(mnt: Path, name: str, forget_between: bool) -> str:
     if libc.name_to_handle_at(-100, os.fsencode(mnt / name), ctypes.byref(handle), ctypes.byref(mount_id), 0):
         return errno.errorcode[ctypes.get_errno()]
     if forget_between:
-        drop_caches()
+        # One drop can leave the inode: a dentry or inode used a moment ago is passed over
+        # once (its referenced flag), and a drop makes few passes where little else is freed.
+        for _ in range(3):
+            drop_caches()
+            time.sleep(0.05)
     root = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fd = libc.open_by_handle_at(root, ctypes.byref(handle), os.O_RDONLY)
