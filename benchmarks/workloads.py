@@ -170,10 +170,10 @@ class Ctx:
         for path in warm:
             _read_file(path)
 
-    def drop_caches(self, back: int = 0) -> None:
+    def drop_caches(self, large_file: int = 0) -> None:
         """Flush dirty data, drop page/dentry/inode caches, then compact free memory (needs root);
-        then, for a row that fills ``back`` bytes of new page cache, back that much free
-        memory (``back_free_memory``).
+        then, for a row that fills page cache with a file of ``large_file`` bytes, back the
+        free memory it will fill (``back_free_memory``).
 
         Compacting gives every driver's cold read the same free memory to fill.
         Without it, where the pages freed by the run before happen to lie decides
@@ -188,7 +188,7 @@ class Ctx:
                 f.write("3")
             with contextlib.suppress(OSError), open("/proc/sys/vm/compact_memory", "w") as f:
                 f.write("1")  # OSError: a kernel without CONFIG_COMPACTION
-            back_free_memory(back)
+            back_free_memory(large_file)
 
     def abort(self) -> None:
         """Watchdog: kill our tools and unwedge the FUSE mount."""
@@ -249,7 +249,7 @@ def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     with ctx.mount(stack) as mnt:
         upper = ctx.upper
         assert upper is not None
-        ctx.drop_caches(back=COLD_FILL * stack.info["size"])
+        ctx.drop_caches(large_file=stack.info["size"])
         t0 = time.perf_counter()
         fd = os.open(mnt / big_a, os.O_WRONLY)
         os.pwrite(fd, b"X", 0)
@@ -267,7 +267,7 @@ def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
             "size_ok": size == stack.info["size"],
             "upper_allocated": _allocated(upper / big_a),
         }
-        ctx.drop_caches(back=COLD_FILL * stack.info["size"])
+        ctx.drop_caches(large_file=stack.info["size"])
         t0 = time.perf_counter()
         os.chmod(mnt / big_b, 0o600)
         t = time.perf_counter() - t0
@@ -283,10 +283,10 @@ def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
         }
 
 
-def back_free_memory(size: int) -> None:
-    """Touch ``size`` bytes of new memory and free them again, so that the page cache a
-    cold row fills next comes from memory its host has backed (at most half of what
-    is available).
+def back_free_memory(file_size: int) -> None:
+    """Touch COLD_FILL times ``file_size`` bytes of new memory and free them again, so that
+    the page cache a cold row of that file fills next comes from memory its host has
+    backed (at most half of what is available).
 
     A VM that reports its free memory to the host (virtio_balloon's free page
     reporting) gets it taken back some 2 s after it was freed, and each page of it
@@ -297,7 +297,7 @@ def back_free_memory(size: int) -> None:
     with the lower file already cached both FUSE drivers' reads took 0.5 s or
     1.3 to 2.0 s by the host's turn alone, and 0.48 to 0.70 s once this ran first.
     """
-    size = min(size, _mem_available() // 2)
+    size = min(COLD_FILL * file_size, _mem_available() // 2)
     if size >= mmap.PAGESIZE and hasattr(mmap, "MAP_POPULATE"):
         mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE).close()
 
@@ -319,7 +319,7 @@ def copy_file_range_reference(scratch: Path, fx: Fixtures, can_drop: bool) -> It
     if can_drop:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3")
-        back_free_memory(COLD_FILL * stack.info["size"])
+        back_free_memory(stack.info["size"])
     try:
         t0 = time.perf_counter()
         fin = os.open(src, os.O_RDONLY)
@@ -392,7 +392,7 @@ def seqread(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     name = stack.info["files"][0]
     chunk = ctx.scale.read_chunk
     with ctx.mount(stack) as mnt:
-        ctx.drop_caches(back=COLD_FILL * stack.info["size"])
+        ctx.drop_caches(large_file=stack.info["size"])
         for label in ("seqread-cold", "seqread-warm"):
             t0 = time.perf_counter()
             n = _read_all(mnt / name, chunk)

@@ -99,12 +99,13 @@ def umount_main(argv: list[str]) -> int:
     return 0
 
 
-_UNMOUNT = ("umount", "unmount")
+def _is_unmount(argv: list[str]) -> bool:
+    return bool(argv) and argv[0] in ("umount", "unmount")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _UNMOUNT:
+    if _is_unmount(argv):
         return umount_main(argv[1:])
     return mount_main(argv)
 
@@ -113,7 +114,7 @@ def console() -> None:
     """The ``unionfs`` command. An unmount leaves without the interpreter's teardown,
     which took a fifth of its time; it has no thread and nothing else to close."""
     code = main()
-    if sys.argv[1:2] and sys.argv[1] in _UNMOUNT:
+    if _is_unmount(sys.argv[1:]):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
