@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -438,13 +439,16 @@ class Proxy:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """Abort every connection with a reset, as a proxy that dies does. A plain close after
+        the pumps' shutdowns would leave the registry's side waiting on a zero window: the
+        closed socket lingers in FIN-WAIT-2 for a minute and answers the registry's window
+        probes, so a write of an answer the client left unread would block that long."""
         self.stopped.set()
         self.listener.close()
         for s in self.sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in recv
             s.close()
 
     def _accept(self) -> None:
