@@ -37,6 +37,7 @@ from unionfs.interrupts import Interrupts
 from unionfs.nodes import Identity, NodeTable
 from unionfs.permissions import CAP_FOWNER, CAP_FSETID, Requester
 from unionfs.union import Caller, Union, fd_flags, kill_set_id, set_id_bits_dropped
+from unionfs.unsent import Unsent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -206,6 +207,7 @@ class Requests:
         self.writeback = writeback
         self.notify: Callable[[int, bytes], None] | None = None  # set by the session: a message to the kernel
         self.interrupts = Interrupts()  # the session marks which request each thread answers
+        self.unsent = Unsent()  # the transport says when each thread's answer is out
         self.offer_io_uring = False  # set by the session when its rings are ready
         self.over_io_uring = False  # the kernel agreed: requests come through the rings
         if union.copyup is not None:
@@ -314,7 +316,10 @@ class Requests:
     def _entry(self, parent: int, name: str, path: str, seq: int | None = None) -> tuple[int, bytes]:
         """(node id, fuse_entry_out) for parent/name; node id 0 if a change began since seq."""
         attrs = self.union.getattr(path)
-        nodeid = self.nodes.looked_up(parent, name, seq, self._identity(attrs, path))
+        identity = self._identity(attrs, path)
+        nodeid = self.nodes.looked_up(parent, name, seq, identity)
+        if identity is not None and nodeid:  # its file may be changed through another name meanwhile
+            self.unsent.hold((nodeid,))
         entry_s, attr_s, entry_ns, attr_ns = self._entry_times
         return nodeid, fp.ENTRY_OUT.pack(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + self._attr(attrs)
 
@@ -375,12 +380,14 @@ class Requests:
     def lookup(self, h: tuple, data: memoryview) -> bytes:
         name, parent = _name(data), h[3]
         try:
-            return self.nodes.stable(lambda seq: self._entry(parent, name, self.nodes.child_path(parent, name), seq),
-                                     self._undo_entry)[1]
+            answer = self.nodes.stable(lambda seq: self._entry(parent, name, self.nodes.child_path(parent, name), seq),
+                                       self._undo_entry)[1]
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return self._negative  # cached by the kernel as a missing name
             raise
+        crashpoints.pause("lookup.answered")
+        return answer
 
     def forget(self, h: tuple, data: memoryview) -> fp.Payload:
         self.nodes.forget(h[3], fp.FORGET_IN.unpack_from(data)[0])
@@ -587,6 +594,7 @@ class Requests:
     def setattr(self, h: tuple, data: memoryview) -> bytes:
         (valid, _, fh, size, _, atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns, mode, _, uid, gid, _
          ) = fp.SETATTR_IN.unpack_from(data)
+        self.unsent.wait(h[3])
         handle = fh if valid & fp.FATTR_FH and fh in self._files else None
         # utimes(path, NULL), which an append-only file allows: both times "now". With the
         # writeback cache the kernel sends its own clock's now for mtime, the ctime it set.
@@ -920,6 +928,8 @@ class Requests:
 
     def release(self, h: tuple, data: memoryview) -> None:
         fh = fp.RELEASE_IN.unpack_from(data)[0]
+        if fh in self._writing:  # once answered, the kernel may forget what was written
+            self.unsent.wait(h[3])
         with self._lock:
             opened = self._files.pop(fh, None)
             if opened is None:
@@ -1063,9 +1073,11 @@ class Requests:
         # keeps a regular file's size itself (writeback cache) and takes the driver's only
         # when it makes the file's inode, here or in a LOOKUP: had the file's writer
         # appended, closed, and the kernel forgotten the file before this answer reached
-        # it, the inode it then made would keep the size from before the append. (No open
-        # for writing begins while the names lock is held.)
+        # it, the inode it then made would keep the size from before the append. An open
+        # for writing that begins once the names lock is let go (none begins while it is
+        # held) has its RELEASE wait until this answer is out (see unsent).
         writing, peek = self._writing, self.nodes.peek
+        given: list[int] = []  # regular files whose attributes go out
         out = bytearray()
         last = None
         for cookie, name, attrs, source, raw in entries[start:]:
@@ -1089,12 +1101,16 @@ class Requests:
                     if not (writing and stat.S_ISREG(full["st_mode"]) and self._open_for_writing(peek(handle.nodeid, name, identity))):
                         nodeid = looked_up(handle.nodeid, name, None, identity)
                         head = entry_out(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + attr(full)
+                        if stat.S_ISREG(full["st_mode"]):
+                            given.append(nodeid)
                     ino, mode = full["st_ino"], full["st_mode"]
                 else:
                     ino, mode = attrs["st_ino"], attrs["st_mode"]
             out += head + fp.dirent(ino, cookie, mode, raw)
         if unchanged and last is not None:
             self._describe(handle, described, entries[start - 1][0] if start else 0, last)
+        if given:
+            self.unsent.hold(given)
         return bytes(out)
 
     # A program that lists a directory twice in a row (``rm -rf`` opens each one

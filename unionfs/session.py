@@ -283,7 +283,7 @@ class Session:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         buf = bytearray(self.bufsize)
         view = memoryview(buf)
-        fd, header, turn, me = self.fd, fp.IN_HEADER, self._turn, object()
+        fd, header, turn, me, unsent = self.fd, fp.IN_HEADER, self._turn, object(), self.requests.unsent
         turn.take(me)
         try:
             while True:
@@ -301,6 +301,7 @@ class Session:
                     return
                 turn.begin()
                 self._reply(fd, header.unpack_from(buf), view, size)
+                unsent.sent()
                 if not turn.done(me):  # it took long, and another worker reads now
                     turn.take(me)
         finally:
@@ -433,7 +434,7 @@ class Session:
     def _serve_ring(self, worker: uring.QueueWorker) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            if worker.serve(self.answer, QUICK, self._gathering) == errno.ENOTCONN:  # the kernel ended the connection
+            if worker.serve(self.answer, QUICK, self._gathering, self.requests.unsent) == errno.ENOTCONN:  # the kernel ended the connection
                 self._ended()
         except OSError as exc:
             log.error("FUSE queue of CPU %d: %s", worker.qid, exc)

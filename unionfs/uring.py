@@ -39,6 +39,7 @@ from unionfs import crashpoints
 from unionfs import fuseproto as fp
 from unionfs.placement import Gathering, IdleWhileCpuFree
 from unionfs.syscalls import libc
+from unionfs.unsent import Unsent
 
 _SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427  # the same numbers on every architecture
 
@@ -192,6 +193,17 @@ class Ring:
                 if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
                     raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
 
+    def submit(self) -> None:
+        """Submit what is queued without waiting: a commit hands its answer over here."""
+        while True:
+            pending = (self._sq_tail.value - self._sq_head.value) & 0xFFFFFFFF
+            if not pending or libc.syscall(ctypes.c_long(_SYS_ENTER), ctypes.c_long(self.fd), ctypes.c_long(pending),
+                                           ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0)) >= 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
+                raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+
     def close(self) -> None:
         os.close(self.fd)  # the mappings go with the process; they pin the ring until then
 
@@ -215,11 +227,12 @@ class QueueWorker:
         self.payload_size = payload_size
         self.name = f"q{qid}"
 
-    def serve(self, answer: Answer, quick: frozenset[int], gathering: Gathering) -> int:
+    def serve(self, answer: Answer, quick: frozenset[int], gathering: Gathering, unsent: Unsent) -> int:
         """Register, then answer requests until the connection ends; those whose
         opcode is in quick may be answered under SCHED_IDLE, and gathering moves the
         workers together while callers on several CPUs keep them busy (see
-        placement). Returns the errno that ended it."""
+        placement). An answer that unsent holds is handed over at once rather than
+        with the next wait. Returns the errno that ended it."""
         libc.prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{self.qid}".encode()[:15], 0, 0, 0)
         try:
             os.sched_setaffinity(0, {self.qid})
@@ -264,6 +277,9 @@ class QueueWorker:
                 out.pack_into(view, 0, out.size + n, -code, h[2])
                 _U32.pack_into(view, _PAYLOAD_SZ, n)
                 ring.fuse_cmd(fuse_fd, CMD_COMMIT_AND_FETCH, qid, commit_id)
+                if unsent.holding():
+                    ring.submit()
+                    unsent.sent()
                 placement.served()
         finally:
             placement.close()

@@ -672,6 +672,54 @@ def test_a_listing_slow_to_reach_the_kernel_gives_no_stale_size_to_a_file_writte
         assert os.stat(mnt / "dir/f").st_size == 20
 
 
+@pytest.mark.usefixtures("transport")
+def test_a_listing_slow_to_reach_the_kernel_gives_no_stale_size_to_a_file_opened_after_it(stack: Stack) -> None:
+    """The same, with the file opened for writing only once the listing was answered
+    (by a name the kernel still had, so without a LOOKUP that would wait for the
+    listing): its RELEASE, after which the kernel may forget it, waits until the
+    listing's answer is handed over, and the kernel updates the inode it still has."""
+    (stack.lowers[1] / "dir").mkdir()
+    with fuse_mount(stack, env={"CRASHPOINT_PAUSE": "readdirplus.answered:1.5"}) as mnt:
+        (mnt / "dir/f").write_bytes(b"0123456789")
+        drop_caches()
+        os.stat(mnt / "dir/f")  # the name is cached, the listing not
+        lister = threading.Thread(target=os.listdir, args=(mnt / "dir",))
+        lister.start()
+        time.sleep(0.5)  # the listing is answered (the file's size in it), and held up
+        with open(mnt / "dir/f", "ab") as f:
+            f.write(b"abcdefghij")
+        drop_caches()
+        lister.join()
+        assert (mnt / "dir/f").read_bytes() == b"0123456789abcdefghij"
+        assert os.stat(mnt / "dir/f").st_size == 20
+
+
+@pytest.mark.usefixtures("transport")
+def test_a_lookup_slow_to_reach_the_kernel_gives_no_stale_size_to_a_hard_link_written_through_another_name(
+        stack: Stack) -> None:
+    """A LOOKUP of one name of an upper file answered, then the file appended to
+    through its other name in another directory and closed: the kernel must not
+    make the file's inode anew from the LOOKUP's size once it has forgotten it
+    (the stress test found this through a hard link's two names)."""
+    (stack.lowers[1] / "one").mkdir()
+    (stack.lowers[1] / "two").mkdir()
+    with fuse_mount(stack, env={"CRASHPOINT_PAUSE": "lookup.answered:1.5"}) as mnt:
+        (mnt / "one/a").write_bytes(b"0123456789")
+        os.link(mnt / "one/a", mnt / "two/b")
+        drop_caches()
+        os.stat(mnt / "two/b")
+        os.stat(mnt / "one")  # so that the LOOKUP held up is a's
+        looker = threading.Thread(target=os.stat, args=(mnt / "one/a",))
+        looker.start()
+        time.sleep(0.5)  # a's LOOKUP is answered (the size in it), and held up
+        with open(mnt / "two/b", "ab") as f:
+            f.write(b"abcdefghij")
+        drop_caches()
+        looker.join()
+        assert (mnt / "one/a").read_bytes() == b"0123456789abcdefghij"
+        assert os.stat(mnt / "two/b").st_size == 20
+
+
 def test_name_length_limit_is_reported_and_enforced(stack: Stack) -> None:
     with fuse_mount(stack) as mnt:
         assert os.statvfs(mnt).f_namemax == 255
