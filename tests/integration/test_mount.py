@@ -672,6 +672,17 @@ def test_a_listing_slow_to_reach_the_kernel_gives_no_stale_size_to_a_file_writte
         assert os.stat(mnt / "dir/f").st_size == 20
 
 
+def appended_while_answered(asker: threading.Thread, path: Path) -> None:
+    """Start asker, whose request's answer the driver holds up (CRASHPOINT_PAUSE), append
+    ten bytes to path meanwhile, let the kernel forget the file, then let the answer in."""
+    asker.start()
+    time.sleep(0.5)  # the request is answered (the file's size in it), and held up
+    with open(path, "ab") as f:
+        f.write(b"abcdefghij")
+    drop_caches()
+    asker.join()
+
+
 @pytest.mark.usefixtures("transport")
 def test_a_listing_slow_to_reach_the_kernel_gives_no_stale_size_to_a_file_opened_after_it(stack: Stack) -> None:
     """The same, with the file opened for writing only once the listing was answered
@@ -683,13 +694,7 @@ def test_a_listing_slow_to_reach_the_kernel_gives_no_stale_size_to_a_file_opened
         (mnt / "dir/f").write_bytes(b"0123456789")
         drop_caches()
         os.stat(mnt / "dir/f")  # the name is cached, the listing not
-        lister = threading.Thread(target=os.listdir, args=(mnt / "dir",))
-        lister.start()
-        time.sleep(0.5)  # the listing is answered (the file's size in it), and held up
-        with open(mnt / "dir/f", "ab") as f:
-            f.write(b"abcdefghij")
-        drop_caches()
-        lister.join()
+        appended_while_answered(threading.Thread(target=os.listdir, args=(mnt / "dir",)), mnt / "dir/f")
         assert (mnt / "dir/f").read_bytes() == b"0123456789abcdefghij"
         assert os.stat(mnt / "dir/f").st_size == 20
 
@@ -709,13 +714,7 @@ def test_a_lookup_slow_to_reach_the_kernel_gives_no_stale_size_to_a_hard_link_wr
         drop_caches()
         os.stat(mnt / "two/b")
         os.stat(mnt / "one")  # so that the LOOKUP held up is a's
-        looker = threading.Thread(target=os.stat, args=(mnt / "one/a",))
-        looker.start()
-        time.sleep(0.5)  # a's LOOKUP is answered (the size in it), and held up
-        with open(mnt / "two/b", "ab") as f:
-            f.write(b"abcdefghij")
-        drop_caches()
-        looker.join()
+        appended_while_answered(threading.Thread(target=os.stat, args=(mnt / "one/a",)), mnt / "two/b")
         assert (mnt / "one/a").read_bytes() == b"0123456789abcdefghij"
         assert os.stat(mnt / "two/b").st_size == 20
 
