@@ -1098,10 +1098,11 @@ class Requests:
                     full = None  # gone since the snapshot: a plain entry, looked up if asked for
                 if full is not None:
                     identity = self._identity(full, prefix + name)
-                    if not (writing and stat.S_ISREG(full["st_mode"]) and self._open_for_writing(peek(handle.nodeid, name, identity))):
+                    regular = stat.S_ISREG(full["st_mode"])
+                    if not (writing and regular and self._open_for_writing(peek(handle.nodeid, name, identity))):
                         nodeid = looked_up(handle.nodeid, name, None, identity)
                         head = entry_out(nodeid, 0, entry_s, attr_s, entry_ns, attr_ns) + attr(full)
-                        if stat.S_ISREG(full["st_mode"]):
+                        if regular:
                             given.append(nodeid)
                     ino, mode = full["st_ino"], full["st_mode"]
                 else:

@@ -160,6 +160,8 @@ class Ring:
         self._to_submit = ctypes.c_long(0)
         self._enter_args = (ctypes.c_long(_SYS_ENTER), ctypes.c_long(fd), self._to_submit, ctypes.c_long(1),
                             ctypes.c_long(_ENTER_GETEVENTS), ctypes.c_long(0), ctypes.c_long(0))
+        self._submit_args = (*self._enter_args[:3], ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0),
+                             ctypes.c_long(0))  # none to wait for
 
     def enable(self) -> None:
         """Start the ring on the thread that will submit to it (its single issuer)."""
@@ -189,23 +191,25 @@ class Ring:
                 return res
             self._to_submit.value = pending
             if libc.syscall(*self._enter_args) < 0:
-                err = ctypes.get_errno()
-                if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
-                    raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+                _raise_unless_retried()
 
     def submit(self) -> None:
         """Submit what is queued without waiting: a commit hands its answer over here."""
         while True:
-            pending = (self._sq_tail.value - self._sq_head.value) & 0xFFFFFFFF
-            if not pending or libc.syscall(ctypes.c_long(_SYS_ENTER), ctypes.c_long(self.fd), ctypes.c_long(pending),
-                                           ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0)) >= 0:
+            self._to_submit.value = (self._sq_tail.value - self._sq_head.value) & 0xFFFFFFFF
+            if not self._to_submit.value or libc.syscall(*self._submit_args) >= 0:
                 return
-            err = ctypes.get_errno()
-            if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
-                raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+            _raise_unless_retried()
 
     def close(self) -> None:
         os.close(self.fd)  # the mappings go with the process; they pin the ring until then
+
+
+def _raise_unless_retried() -> None:
+    """After io_uring_enter failed: return to try again (interrupted, or the kernel busy), or raise."""
+    err = ctypes.get_errno()
+    if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
+        raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
 
 
 Answer = Callable[[tuple, memoryview, str, memoryview], "tuple[int, fp.Reply]"]
