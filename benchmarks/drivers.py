@@ -29,6 +29,17 @@ DRIVER_NAMES = ("kernel", "fuse-overlayfs", "unionfs")
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
+def drop_caches() -> bool:
+    """Flush dirty data and drop the page, dentry and inode caches; False where that is not allowed (not root)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+        return True
+    except OSError:
+        return False
+
+
 class MountError(RuntimeError):
     """The driver did not come up; the message carries its output."""
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drivers import REPO_ROOT, fs_type, mounts_under  # noqa: E402  (shared with the filesystem benchmarks)
+from drivers import REPO_ROOT, drop_caches, fs_type, mounts_under  # noqa: E402  (shared with the filesystem benchmarks)
 from fixtures import log  # noqa: E402
 from run import choose_workdir, source_version, write_table  # noqa: E402
 
@@ -60,16 +60,6 @@ INPUTS = ("docker-archive", "oci-archive")
 
 
 # -- the machine ------------------------------------------------------------------
-
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3")
-        return True
-    except OSError:
-        return False
 
 
 def version(cmd: list[str]) -> str:

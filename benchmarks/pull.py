@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drivers import REPO_ROOT, fs_type  # noqa: E402
+from drivers import REPO_ROOT, drop_caches, fs_type  # noqa: E402
 from fixtures import log  # noqa: E402
 from load import (  # noqa: E402
     GNU_TIME,
@@ -50,7 +50,6 @@ from load import (  # noqa: E402
     clean_up,
     contender_cmds,
     count_entries,
-    drop_caches,
     exit_on_signals,
     fmt_num,
     layers_table,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pace  # noqa: E402
 from drivers import (  # noqa: E402
-    DRIVER_NAMES, REPO_ROOT, Driver, MountError, fs_type, make_drivers, mounts_under, spread_new_dirs,
+    DRIVER_NAMES, REPO_ROOT, Driver, MountError, drop_caches, fs_type, make_drivers, mounts_under, spread_new_dirs,
 )
 from fixtures import Fixtures, Scale, log, parse_size  # noqa: E402
 from workloads import WORKLOADS, Ctx, Workload, select  # noqa: E402
@@ -92,20 +92,11 @@ def rotated(drivers: list[Driver], by: int) -> list[Driver]:
     """The drivers in the order of one repetition: each starts it in turn.
 
     A run leaves memory and caches behind that the next one pays for or
-    profits from (see ``Ctx.drop_caches``); in a fixed order, each driver
+    profits from (see ``workloads.cold_caches``); in a fixed order, each driver
     would always follow the same one.
     """
     by %= max(1, len(drivers))
     return drivers[by:] + drivers[:by]
-
-
-def can_drop_caches() -> bool:
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3")
-        return True
-    except OSError:
-        return False
 
 
 def source_version(package: str = "unionfs") -> str:
@@ -174,7 +165,7 @@ class Runner:
         self.scratch = workdir / "scratch"
         self.scratch.mkdir()
         self.spread = spread_new_dirs(self.scratch)  # each run's upper in inodes nobody just freed
-        self.can_drop = can_drop_caches()
+        self.can_drop = drop_caches()
         self.timeout = args.timeout or (300.0 if args.quick else 1800.0)
         self.results: list[dict] = []
 
@@ -223,7 +214,7 @@ class Runner:
 
     def reference(self, wl: Workload, rep: int) -> None:
         try:
-            for row in wl.reference(self.scratch, self.fx, self.can_drop):
+            for row in wl.reference(self.scratch, self.fx):
                 self.emit(row, "reference", rep)
         except Exception as e:
             for r in wl.ref_rows:
@@ -237,7 +228,7 @@ class Runner:
             return
         scratch = self.scratch / f"{wl.name}-{d.name}-{rep}"
         scratch.mkdir()
-        ctx = Ctx(d, scratch, self.scale, self.can_drop)
+        ctx = Ctx(d, scratch, self.scale)
         fired = threading.Event()
 
         def watchdog() -> None:

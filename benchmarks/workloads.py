@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers import Driver, is_mounted
+from drivers import Driver, drop_caches, is_mounted
 from fixtures import Fixtures, KiB, MiB, Scale, Stack
 
 Row = dict
@@ -77,11 +77,10 @@ def _secs(t: float) -> float:
 class Ctx:
     """Per (workload, driver) state: fresh mounts, subprocesses, cache control."""
 
-    def __init__(self, driver: Driver, scratch: Path, scale: Scale, can_drop: bool) -> None:
+    def __init__(self, driver: Driver, scratch: Path, scale: Scale) -> None:
         self.driver = driver
         self.scratch = scratch
         self.scale = scale
-        self.can_drop = can_drop
         self.current: Path | None = None
         self.upper: Path | None = None
         self.procs: list[subprocess.Popen] = []
@@ -164,31 +163,11 @@ class Ctx:
         frees thousands of them. Measured here: creating 3,000 files took
         0.63 ms each after such a removal, 0.03 ms after dropping caches.
         """
-        self.drop_caches()
+        cold_caches()
         for layer in stack.lowers:
             _read_tree(layer)
         for path in warm:
             _read_file(path)
-
-    def drop_caches(self, large_file: int = 0) -> None:
-        """Flush dirty data, drop page/dentry/inode caches, then compact free memory (needs root);
-        then, for a row that fills page cache with a file of ``large_file`` bytes, back the
-        free memory it will fill (``back_free_memory``).
-
-        Compacting gives every driver's cold read the same free memory to fill.
-        Without it, where the pages freed by the run before happen to lie decides
-        how scattered the new page cache is, and a warm read of it follows: a warm
-        1 GiB read through fuse-overlayfs took 0.096 s (median of 4) when run after
-        fuse-overlayfs and 0.110 s when run after unionfs; with compaction, 0.101 s
-        after either. Compacting takes about 10 ms.
-        """
-        os.sync()
-        if self.can_drop:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3")
-            with contextlib.suppress(OSError), open("/proc/sys/vm/compact_memory", "w") as f:
-                f.write("1")  # OSError: a kernel without CONFIG_COMPACTION
-            back_free_memory(large_file)
 
     def abort(self) -> None:
         """Watchdog: kill our tools and unwedge the FUSE mount."""
@@ -206,7 +185,7 @@ class Workload:
     rows: tuple[str, ...]
     fixture: Callable[[Fixtures], object]
     run: Callable[[Ctx, Fixtures], Iterator[Row]]
-    reference: Callable[[Path, Fixtures, bool], Iterator[Row]] | None = None
+    reference: Callable[[Path, Fixtures], Iterator[Row]] | None = None
     ref_rows: tuple[str, ...] = ()
     doc: str = ""
 
@@ -249,7 +228,7 @@ def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     with ctx.mount(stack) as mnt:
         upper = ctx.upper
         assert upper is not None
-        ctx.drop_caches(large_file=stack.info["size"])
+        cold_caches(large_file=stack.info["size"])
         t0 = time.perf_counter()
         fd = os.open(mnt / big_a, os.O_WRONLY)
         os.pwrite(fd, b"X", 0)
@@ -267,7 +246,7 @@ def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
             "size_ok": size == stack.info["size"],
             "upper_allocated": _allocated(upper / big_a),
         }
-        ctx.drop_caches(large_file=stack.info["size"])
+        cold_caches(large_file=stack.info["size"])
         t0 = time.perf_counter()
         os.chmod(mnt / big_b, 0o600)
         t = time.perf_counter() - t0
@@ -281,6 +260,24 @@ def copyup_large(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
             "mode_ok": (os.stat(mnt / big_b).st_mode & 0o777) == 0o600,
             "upper_allocated": _allocated(upper / big_b),
         }
+
+
+def cold_caches(large_file: int = 0) -> None:
+    """Flush dirty data, drop page/dentry/inode caches, then compact free memory (needs root);
+    then, for a row that fills page cache with a file of ``large_file`` bytes, back the
+    free memory it will fill (``back_free_memory``).
+
+    Compacting gives every driver's cold read the same free memory to fill.
+    Without it, where the pages freed by the run before happen to lie decides
+    how scattered the new page cache is, and a warm read of it follows: a warm
+    1 GiB read through fuse-overlayfs took 0.096 s (median of 4) when run after
+    fuse-overlayfs and 0.110 s when run after unionfs; with compaction, 0.101 s
+    after either. Compacting takes about 10 ms.
+    """
+    if drop_caches():
+        with contextlib.suppress(OSError), open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")  # OSError: a kernel without CONFIG_COMPACTION
+        back_free_memory(large_file)
 
 
 def back_free_memory(file_size: int) -> None:
@@ -310,16 +307,12 @@ def _mem_available() -> int:
     return 0
 
 
-def copy_file_range_reference(scratch: Path, fx: Fixtures, can_drop: bool) -> Iterator[Row]:
+def copy_file_range_reference(scratch: Path, fx: Fixtures) -> Iterator[Row]:
     """The floor for a data copy-up: an in-kernel copy on the same filesystem."""
     stack = fx.large()
     src = stack.lowers[0] / stack.info["files"][0]
     dst = scratch / "copy_file_range.out"
-    os.sync()
-    if can_drop:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3")
-        back_free_memory(stack.info["size"])
+    cold_caches(stack.info["size"])
     try:
         t0 = time.perf_counter()
         fin = os.open(src, os.O_RDONLY)
@@ -392,7 +385,7 @@ def seqread(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     name = stack.info["files"][0]
     chunk = ctx.scale.read_chunk
     with ctx.mount(stack) as mnt:
-        ctx.drop_caches(large_file=stack.info["size"])
+        cold_caches(large_file=stack.info["size"])
         for label in ("seqread-cold", "seqread-warm"):
             t0 = time.perf_counter()
             n = _read_all(mnt / name, chunk)
@@ -439,7 +432,7 @@ def randread(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
 def find_walk(ctx: Ctx, fx: Fixtures) -> Iterator[Row]:
     stack = fx.tree()
     with ctx.mount(stack) as mnt:
-        ctx.drop_caches()
+        cold_caches()
         rows = []
         for label in ("find-cold", "find-warm"):
             t0 = time.perf_counter()
