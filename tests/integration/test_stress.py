@@ -1,19 +1,20 @@
 """Many workers on one mount for a bounded time: no lost write, no deadlock,
 no leaked descriptor, bounded memory.
 
-Eight worker threads create, write, append, truncate, rename, unlink, read
-and list in the same few directories, over lower files (copy-up races) and on
-shared files. Each worker uses names of its own (``wK-``), so its model of
-what it made is exact and every read is checked against it at once; shared
-files are checked by invariants: an O_APPEND log whose size is the sum of all
-appends with every record intact, files where each worker writes its own
-region, one name that all workers rename onto. Each worker also keeps pairs
-of hard links in two directories (``tK-``), written through one name and read
-through the other, while another thread makes the kernel drop its cached
-names and inodes every second: the kernel then forgets directories and files
-and looks them up again, its FORGETs racing the new LOOKUPs. At the end the
-whole tree is checked against the models through the mount, after a remount,
-and through kernel overlayfs over the same upper.
+Eight worker threads create, write (also through shared mappings), append,
+truncate, rename, unlink, set extended attributes, read and list in the same
+few directories, over lower files (copy-up races) and on shared files. Each
+worker uses names of its own (``wK-``), so its model of what it made is exact
+and every read is checked against it at once; shared files are checked by
+invariants: an O_APPEND log whose size is the sum of all appends with every
+record intact, files where each worker writes its own region, one name that
+all workers rename onto. Each worker also keeps pairs of hard links in two
+directories (``tK-``), appended to, written into or truncated through one
+name and read at once through the other, while another thread makes the
+kernel drop its cached names and inodes every second: the kernel then forgets
+directories and files and looks them up again, its FORGETs racing the new
+LOOKUPs. At the end the whole tree is checked against the models through the
+mount, after a remount, and through kernel overlayfs over the same upper.
 
 It runs twice: with requests read from ``/dev/fuse`` and through the per-CPU
 io_uring queues, where each CPU's workers take only that CPU's requests.
@@ -25,6 +26,7 @@ follow from it, though their interleaving does not).
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import random
 import stat
@@ -61,6 +63,7 @@ WARMUP = min(10.0, SECONDS / 4)
 # leak of 100 bytes per operation exceeds the limit in 45 s, one of 10 bytes in 10 minutes.
 RSS_GROWTH_LIMIT_KB = 8 * 1024
 DROP_EVERY = 1.0  # seconds between two drops of the kernel's cached names and inodes
+XATTR = "user.stress"
 
 
 def lower_content(worker: int, index: int) -> bytes:
@@ -117,6 +120,7 @@ class Model:
     appended: list[int] = field(default_factory=list)  # sizes of this worker's log records, by seq
     targets: int = 0  # records this worker renamed onto TARGET
     twins: dict[tuple[str, str], bytes] = field(default_factory=dict)  # two names of one file -> its content
+    xattrs: dict[str, bytes] = field(default_factory=dict)  # own file -> value of XATTR on it
 
 
 class Worker(threading.Thread):
@@ -156,6 +160,13 @@ class Worker(threading.Thread):
 
     def own_file(self) -> str | None:
         return self.rng.choice(sorted(self.model.files)) if self.model.files else None
+
+    def moved(self, rel: str, dest: str) -> None:
+        """The model's metadata of rel now belongs to dest (whose own is gone)."""
+        if rel in self.model.xattrs:
+            self.model.xattrs[dest] = self.model.xattrs.pop(rel)
+        else:
+            self.model.xattrs.pop(dest, None)
 
     def expect(self, rel: str, got: bytes) -> None:
         want = self.model.files[rel]
@@ -227,6 +238,7 @@ class Worker(threading.Thread):
         self.history.setdefault(dest, []).append(f"renamed from {rel}")
         os.rename(self.p(rel), self.p(dest))
         self.model.files[dest] = self.model.files.pop(rel)
+        self.moved(rel, dest)
         return True
 
     def op_unlink(self) -> bool:
@@ -236,6 +248,7 @@ class Worker(threading.Thread):
         self.history.setdefault(rel, []).append("unlinked")
         os.unlink(self.p(rel))
         del self.model.files[rel]
+        self.model.xattrs.pop(rel, None)
         return True
 
     def op_read(self) -> bool:
@@ -287,6 +300,7 @@ class Worker(threading.Thread):
         self.model.dirs.add(dest)
         for f in [f for f in self.model.files if f.startswith(rel + "/")]:
             self.model.files[dest + f[len(rel):]] = self.model.files.pop(f)
+            self.moved(f, dest + f[len(rel):])
         return True
 
     def op_rmdir(self) -> bool:
@@ -296,10 +310,43 @@ class Worker(threading.Thread):
                 for f in inside:
                     os.unlink(self.p(f))
                     del self.model.files[f]
+                    self.model.xattrs.pop(f, None)
                 os.rmdir(self.p(rel))
                 self.model.dirs.remove(rel)
                 return True
         return False
+
+    def op_mmap_write(self) -> bool:
+        """Stores through a shared mapping: written back by the kernel, not by write(2)."""
+        rel = self.own_file()
+        if rel is None or not self.model.files[rel]:
+            return False
+        old = self.model.files[rel]
+        offset = self.rng.randrange(len(old))
+        chunk = self.rng.randbytes(self.rng.randint(1, min(len(old) - offset, 6000)))
+        fd = os.open(self.p(rel), os.O_RDWR)
+        try:
+            with mmap.mmap(fd, len(old)) as m:
+                m[offset:offset + len(chunk)] = chunk
+                if self.rng.random() < 0.3:
+                    m.flush()
+        finally:
+            os.close(fd)
+        self.model.files[rel] = old[:offset] + chunk + old[offset + len(chunk):]
+        return True
+
+    def op_xattr(self) -> bool:
+        """An extended attribute set (a copy-up for a lower file) and read back at once."""
+        rel = self.own_file()
+        if rel is None:
+            return False
+        value = self.rng.randbytes(self.rng.randint(1, 200))
+        os.setxattr(self.p(rel), XATTR, value)
+        self.model.xattrs[rel] = value
+        got = os.getxattr(self.p(rel), XATTR)
+        if got != value or XATTR not in os.listxattr(self.p(rel)):
+            raise AssertionError(f"{rel}: {XATTR} read back as {len(got)} bytes, set {len(value)}")
+        return True
 
     def op_race_write(self) -> bool:
         name = self.rng.choice(RACE_FILES)
@@ -389,6 +436,35 @@ class Worker(threading.Thread):
                                  f"{len(self.model.twins[names])}")
         return True
 
+    def op_twin_change(self) -> bool:
+        """Written into or truncated through one name, read at once through the other."""
+        if not self.model.twins:
+            return False
+        names = self.rng.choice(sorted(self.model.twins))
+        by, other = self.rng.sample(names, 2)
+        old = self.model.twins[names]
+        if self.rng.random() < 0.5:
+            length = self.rng.randint(0, len(old) + 3000)
+            os.truncate(self.p(by), length)
+            self.model.twins[names] = old[:length] + bytes(max(0, length - len(old)))
+            what = f"a truncate to {length}"
+        else:
+            offset = self.rng.randint(0, len(old) + 100)
+            chunk = self.rng.randbytes(self.rng.randint(1, 5000))
+            fd = os.open(self.p(by), os.O_WRONLY)
+            try:
+                os.pwrite(fd, chunk, offset)
+            finally:
+                os.close(fd)
+            padded = old + bytes(max(0, offset - len(old)))
+            self.model.twins[names] = padded[:offset] + chunk + padded[offset + len(chunk):]
+            what = f"a write of {len(chunk)} at {offset}"
+        got = self.p(other).read_bytes()
+        if got != self.model.twins[names]:
+            raise AssertionError(f"{other}: {len(got)} bytes after {what} through {by}, the model has "
+                                 f"{len(self.model.twins[names])}")
+        return True
+
     def op_twin_unlink(self) -> bool:
         if len(self.model.twins) < 2:
             return False
@@ -401,7 +477,8 @@ class Worker(threading.Thread):
     OPS: ClassVar[dict[str, int]] = {  # operation -> weight
         "create": 8, "write": 10, "append": 8, "truncate": 4, "rename": 6, "unlink": 5, "read": 10, "list": 4,
         "mkdir": 1, "rename_dir": 1, "rmdir": 1, "race_write": 4, "race_read": 2, "log_append": 6, "log_read": 1,
-        "target_rename": 3, "target_read": 3, "twin_link": 1, "twin_append": 4, "twin_unlink": 1,
+        "target_rename": 3, "target_read": 3, "twin_link": 1, "twin_append": 4, "twin_change": 3, "twin_unlink": 1,
+        "mmap_write": 4, "xattr": 2,
     }
 
     def run(self) -> None:
@@ -452,6 +529,8 @@ def check_tree(root: Path, models: list[Model], where: str) -> None:
         for rel, want in m.files.items():
             got = (root / rel).read_bytes()
             assert got == want, f"{where}: worker {k}'s {rel}: {len(got)} bytes, the model has {len(want)}"
+        for rel, value in m.xattrs.items():
+            assert os.getxattr(root / rel, XATTR) == value, f"{where}: worker {k}'s {rel}: {XATTR} not the last set"
         for rel in m.dirs:
             assert stat.S_ISDIR(os.lstat(root / rel).st_mode), f"{where}: worker {k}'s directory {rel}"
         found = set()
