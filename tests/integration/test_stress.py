@@ -110,6 +110,26 @@ def log_record(worker: int, seq: int, rng: random.Random) -> bytes:
     return f"{body} {zlib.crc32(body.encode()):08x}\n".encode()
 
 
+def written(old: bytes, offset: int, chunk: bytes) -> bytes:
+    """A file's content after chunk is written at offset (a hole of zeros before it, if past the end)."""
+    padded = old + bytes(max(0, offset - len(old)))
+    return padded[:offset] + chunk + padded[offset + len(chunk):]
+
+
+def truncated(old: bytes, length: int) -> bytes:
+    return old[:length] + bytes(max(0, length - len(old)))
+
+
+def pwrite(path: Path, chunk: bytes, offset: int, sync: bool = False) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, chunk, offset)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Model:
     """What one worker made: its files (path -> content) and its directories."""
@@ -190,15 +210,8 @@ class Worker(threading.Thread):
         old = self.model.files[rel]
         offset = self.rng.randint(0, len(old) + 100)
         chunk = self.rng.randbytes(self.rng.randint(1, 9000))
-        fd = os.open(self.p(rel), os.O_WRONLY)
-        try:
-            os.pwrite(fd, chunk, offset)
-            if self.rng.random() < 0.1:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        padded = old + bytes(max(0, offset - len(old)))
-        self.model.files[rel] = padded[:offset] + chunk + padded[offset + len(chunk):]
+        pwrite(self.p(rel), chunk, offset, sync=self.rng.random() < 0.1)
+        self.model.files[rel] = written(old, offset, chunk)
         return True
 
     def op_append(self) -> bool:
@@ -225,7 +238,7 @@ class Worker(threading.Thread):
                 os.ftruncate(fd, length)
             finally:
                 os.close(fd)
-        self.model.files[rel] = old[:length] + bytes(max(0, length - len(old)))
+        self.model.files[rel] = truncated(old, length)
         return True
 
     def op_rename(self) -> bool:
@@ -332,7 +345,7 @@ class Worker(threading.Thread):
                     m.flush()
         finally:
             os.close(fd)
-        self.model.files[rel] = old[:offset] + chunk + old[offset + len(chunk):]
+        self.model.files[rel] = written(old, offset, chunk)
         return True
 
     def op_xattr(self) -> bool:
@@ -351,11 +364,7 @@ class Worker(threading.Thread):
     def op_race_write(self) -> bool:
         name = self.rng.choice(RACE_FILES)
         chunk = self.rng.randbytes(REGION)
-        fd = os.open(self.p(name), os.O_WRONLY)
-        try:
-            os.pwrite(fd, chunk, self.k * REGION)
-        finally:
-            os.close(fd)
+        pwrite(self.p(name), chunk, self.k * REGION)
         self.model.race[name] = chunk
         return True
 
@@ -446,18 +455,13 @@ class Worker(threading.Thread):
         if self.rng.random() < 0.5:
             length = self.rng.randint(0, len(old) + 3000)
             os.truncate(self.p(by), length)
-            self.model.twins[names] = old[:length] + bytes(max(0, length - len(old)))
+            self.model.twins[names] = truncated(old, length)
             what = f"a truncate to {length}"
         else:
             offset = self.rng.randint(0, len(old) + 100)
             chunk = self.rng.randbytes(self.rng.randint(1, 5000))
-            fd = os.open(self.p(by), os.O_WRONLY)
-            try:
-                os.pwrite(fd, chunk, offset)
-            finally:
-                os.close(fd)
-            padded = old + bytes(max(0, offset - len(old)))
-            self.model.twins[names] = padded[:offset] + chunk + padded[offset + len(chunk):]
+            pwrite(self.p(by), chunk, offset)
+            self.model.twins[names] = written(old, offset, chunk)
             what = f"a write of {len(chunk)} at {offset}"
         got = self.p(other).read_bytes()
         if got != self.model.twins[names]:
