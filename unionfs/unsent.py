@@ -12,10 +12,11 @@ may wait its turn for the interpreter lock while other requests are answered.
 So a change after which the kernel may forget a file waits until the entries
 of that file already answered have been handed over: the RELEASE of a handle
 that wrote (the kernel holds the inode until that RELEASE is answered) and a
-SETATTR (a truncate by name changes the size without any handle). Each transport says when a thread's answer is out (``sent``). The
-caller that asked for the entry is woken then and makes the inode at once;
-what is left is that caller not being run between the hand-over and a
-forgetting of the file, which also needs the kernel to drop it right then.
+SETATTR (a truncate by name changes the size without any handle). Each
+transport says when a thread's answer is out (``sent``). The caller that
+asked for the entry is woken then and makes the inode at once; what is left
+is that caller not being run between the hand-over and a forgetting of the
+file, which also needs the kernel to drop it right then.
 """
 from __future__ import annotations
 
