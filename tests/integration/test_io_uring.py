@@ -346,3 +346,14 @@ def test_io_uring_on_refuses_to_mount_where_the_kernel_does_not_offer_it(stack: 
     with fuse_mount(stack, "io_uring=auto") as mnt:
         assert (mnt / "d" / "lower.txt").read_bytes() == b"lower\n"
         assert not queue_threads(driver_pid(mnt))
+
+
+def test_io_uring_auto_takes_the_rings_where_the_kernel_offers_them(stack: Stack, kernel_io_uring: None) -> None:
+    """The other half of auto, the default: one queue per possible CPU, and requests served there."""
+    with fuse_mount(stack, "io_uring=auto") as mnt:
+        before = switches(queue_threads(driver_pid(mnt)))
+        assert sorted(before) == list(range(uring.possible_cpus()))
+        for i in range(50):
+            assert not os.path.lexists(mnt / "d" / f"missing-{i}")
+        after = switches(queue_threads(driver_pid(mnt)))
+        assert sum(after.values()) - sum(before.values()) >= 50

@@ -11,9 +11,11 @@ traverse, since pytest's own temporary directories are private to root.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -22,7 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounts import Stack, force_unmount, fuse_mount, mounts_under
+import mounts
+from mounts import Stack, device_open_to_users, force_unmount, fuse_mount, mounts_under, serve_as
 from users import NOBODY, errno_as
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layerstore"))  # the image builder of the store's tests
@@ -31,6 +34,7 @@ from imagebuild import build_layout, export
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and other users need root")
 
 REPO = Path(__file__).resolve().parents[2]
+THIRD = 1000  # neither the mounting user nor root
 ID = shutil.which("id") or "/usr/bin/id"  # prints euid= when it differs from the real uid
 
 
@@ -112,6 +116,58 @@ def test_unionfs_allow_other_lets_others_in_subject_to_modes(stack: Stack) -> No
         assert as_nobody(read(mnt / "hello.txt")) is None
         assert as_nobody(read(mnt / "secret")) == errno.EACCES  # 0600 root
         assert as_nobody(lambda: (mnt / "new").write_text("x")) == errno.EACCES  # root dir 0755
+
+
+def test_unionfs_allow_root_on_a_root_mount_keeps_others_out(stack: Stack) -> None:
+    """allow_root has the kernel let everyone in, and the driver refuses all but the
+    mounting user and root (libfuse's rule): for a root mount, nobody else gets in."""
+    with fuse_mount(stack, "allow_root") as mnt:
+        assert (mnt / "hello.txt").read_text() == "hello\n"
+        assert as_nobody(lambda: os.listdir(mnt)) == errno.EACCES
+        assert as_nobody(read(mnt / "hello.txt")) == errno.EACCES
+        assert as_nobody(lambda: os.stat(mnt / "bin/id")) == errno.EACCES  # a name not looked up yet
+
+
+@contextlib.contextmanager
+def users_may_allow_others() -> Iterator[None]:
+    """fusermount3 takes allow_other or allow_root from a user only with user_allow_other
+    in /etc/fuse.conf; the file is put back as it was."""
+    conf = Path("/etc/fuse.conf")
+    before = conf.read_bytes() if conf.exists() else None
+    conf.write_bytes((before or b"") + b"\nuser_allow_other\n")
+    try:
+        yield
+    finally:
+        if before is None:
+            conf.unlink()
+        else:
+            conf.write_bytes(before)
+
+
+def test_unionfs_allow_root_on_a_users_mount_lets_root_in_and_no_one_else(reachable: Path) -> None:
+    """A user's mount with allow_root: the user and root get in, a third user does not."""
+    lower, upper, work, mnt = (reachable / name for name in ("lower", "upper", "work", "mnt"))
+    for path in (lower, upper, work, mnt):
+        path.mkdir(mode=0o755)
+    (lower / "hello.txt").write_text("hello\n")
+    os.chmod(lower / "hello.txt", 0o644)
+    for path in (upper, work, mnt):
+        os.chown(path, NOBODY, NOBODY)
+    options = ",".join([f"lowerdir={lower},upperdir={upper},workdir={work}", *mounts.TRANSPORT, "allow_root"])
+    with device_open_to_users(), users_may_allow_others():
+        pid, ready = serve_as(NOBODY, options, mnt)
+    try:
+        assert ready == "ready", ready
+        assert os.listdir(mnt) == ["hello.txt"] and (mnt / "hello.txt").read_text() == "hello\n"  # root
+        assert errno_as(NOBODY, lambda: (mnt / "mine.txt").write_text("mine\n")) is None  # the mounting user
+        assert errno_as(THIRD, lambda: os.listdir(mnt)) == errno.EACCES
+        assert errno_as(THIRD, read(mnt / "mine.txt")) == errno.EACCES
+        assert errno_as(THIRD, lambda: os.stat(mnt / "absent")) == errno.EACCES
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (upper / "mine.txt").stat().st_uid == NOBODY
 
 
 @pytest.mark.parametrize("engine", [(), ("engine=fusepy",)], ids=["native", "fusepy"])

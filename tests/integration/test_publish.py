@@ -330,6 +330,24 @@ def test_a_batch_of_copies_is_synced_by_one_syncfs(in_process: tuple[Union, Path
     assert 1 <= len(together) < COUNT // 2, f"{len(together)} syncs for {COUNT} copies: not batched"
 
 
+def test_fsync_of_a_directory_above_a_pending_copy_publishes_it(in_process: tuple[Union, Path]) -> None:
+    """FSYNCDIR of a directory other than the root (which settles the whole mount):
+    the copies pending below it go into place before it returns."""
+    u, upper = in_process
+    publisher = u.copyup.publisher
+    assert publisher is not None
+    publisher._delay = 60.0  # nothing would be published for a minute otherwise
+    fd, _ = u.open("/d/f001", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"+\n")
+    finally:
+        u.release(fd)
+        os.close(fd)
+    assert not (upper / "d" / "f001").exists()  # pending: the test can tell
+    u.fsyncdir("/d")
+    assert (upper / "d" / "f001").read_bytes() == content(1) + b"+\n"
+
+
 def test_a_failed_syncfs_falls_back_to_each_copys_own_fsync(in_process: tuple[Union, Path],
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:
