@@ -1,11 +1,15 @@
 """Command lines that do not parse: the Docker CLI's words and exit codes (125 for a flag,
-1 for a wrong count of arguments or an unknown command), and pflag's boolean flags."""
+1 for a wrong count of arguments or an unknown command), and pflag's boolean flags; what
+``--debug`` adds to a mistake, and which store a command line names."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from storecheck import REPO, cli_env
 from test_cli_images import cli
 
 HELP = "See 'layerstore {}'.\n"
@@ -93,3 +97,26 @@ def test_the_version(tmp_path: Path, flag: str) -> None:
 
     proc = cli(tmp_path, flag)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"layerstore version {__version__}\n", "")
+
+
+def test_debug_shows_the_traceback_that_a_mistake_otherwise_hides(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.tar"
+    plain = cli(tmp_path / "store", "load", "-i", str(missing))
+    assert (plain.returncode, plain.stderr) == (1, f"Error: archive {missing}: no such file\n")
+    debug = cli(tmp_path / "store", "--debug", "load", "-i", str(missing))
+    assert debug.returncode == 1
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert debug.stderr.rstrip().endswith(f"NotFound: archive {missing}: no such file")
+
+
+def test_root_flag_wins_over_the_environment_and_the_environment_over_the_default(tmp_path: Path) -> None:
+    flag, env = tmp_path / "flag", tmp_path / "env"
+    example = str(REPO / "layerstore/demo/example.tar")
+    both = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(flag), "load", "-q", "-i", example],
+                          capture_output=True, text=True, env=cli_env(env), timeout=60, check=False)
+    assert both.returncode == 0, both.stderr
+    assert (flag / "meta.db").exists() and not env.exists()
+    alone = subprocess.run([sys.executable, "-m", "layerstore", "images", "-q"],
+                           capture_output=True, text=True, env=cli_env(env), timeout=60, check=False)
+    assert (alone.returncode, alone.stdout) == (0, "")  # an empty store made where the variable says
+    assert (env / "meta.db").exists()
