@@ -262,15 +262,20 @@ def test_protection_moves_with_its_entry(tmp_path: Path) -> None:
 
 
 def test_a_caller_without_permission_gets_eacces_where_overlayfs_says_eperm(tmp_path: Path) -> None:
-    """Deliberate difference: the VFS checks the immutable flag before the mode bits, and
-    the kernel checks a FUSE inode's mode bits before it asks the driver; with the
-    permission, both say EPERM (the random tests accept this, see test_differential)."""
+    """Deliberate differences: the VFS checks the immutable flag before the mode bits, and
+    the kernel checks a FUSE inode's mode bits before it asks the driver (for access(2)
+    too); with the permission, both say EPERM (the random tests accept this, see
+    test_differential)."""
     bottom = Dir({"i": File(b"i", flags=IMMUTABLE), "d": Dir({"c": File(b"c")}, flags=IMMUTABLE)})
     with pair(tmp_path, [Dir(), bottom]) as p:
         for step in (op("write", "i", "append", b"x", uid=1000), op("write", "d/new", "excl", b"x", uid=1000)):
             assert (apply(p.kernel.mnt, step), apply(p.driver.mnt, step)) == (errno.EPERM, errno.EACCES)
         assert p.run(op("write", "i", "append", b"x")) == errno.EPERM
         assert p.run(op("chmod", "i", 0o666)) == errno.EPERM
+        # access(W_OK) is the kernel's answer from the mode bits alone (overlayfs: EPERM),
+        # and the open that follows fails on both.
+        assert (os.access(p.kernel.mnt / "i", os.W_OK), os.access(p.driver.mnt / "i", os.W_OK)) == (False, True)
+        assert on_both(p, lambda mnt: os.close(os.open(mnt / "i", os.O_WRONLY))) == errno.EPERM
         p.check()
 
 

@@ -1237,6 +1237,24 @@ def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
         assert ioctl_errno(mnt) == expected == errno.ENOTTY
 
 
+def test_seek_to_the_end_of_a_directory_is_answered_by_the_kernel(stack: Stack) -> None:
+    """A documented difference: overlayfs refuses lseek(SEEK_END) on a directory, and the
+    kernel's FUSE code answers it with the size it holds, without asking the driver."""
+    def seek_end(mnt: Path) -> int:
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:
+            return -(exc.errno or 0)
+        finally:
+            os.close(fd)
+
+    with kernel_mount(stack) as mnt:
+        assert seek_end(mnt) == -errno.EINVAL
+    with fuse_mount(stack) as mnt:
+        assert seek_end(mnt) == os.stat(mnt).st_size
+
+
 @pytest.mark.parametrize("option", [None, "userxattr", "whiteout=overlay"])
 def test_a_user_mounts_through_fusermount3_and_sigterm_unmounts(transport: str, option: str | None) -> None:
     """Not root: fusermount3 mounts and hands the device back; whiteouts take the OCI form,

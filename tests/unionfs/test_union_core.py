@@ -485,6 +485,34 @@ def test_failed_copy_up_leaves_nothing_visible(dirs: dict[str, Path], monkeypatc
     assert os.listdir(dirs["work"] / "work") == []
 
 
+def test_a_copy_up_that_truncates_to_zero_copies_no_data(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """open(O_TRUNC) and truncate to 0 copy the metadata up and no data (overlayfs's
+    ATOMIC_O_TRUNC): with the data copy broken, they still succeed, a plain open does not."""
+    for name in ("opened", "truncated", "control"):
+        (dirs["bottom"] / name).write_bytes(b"lower data\n")
+        os.chmod(dirs["bottom"] / name, 0o640)
+        os.setxattr(dirs["bottom"] / name, "user.kept", b"yes")
+    u = make_union(dirs)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("unionfs.copyup.copy_data", broken)
+    monkeypatch.setattr("unionfs.syscalls.reflink", lambda *a: False)
+    fd, _ = u.open("/opened", os.O_WRONLY | os.O_TRUNC)
+    u.release(fd)
+    os.close(fd)
+    u.truncate("/truncated", 0)
+    with pytest.raises(OSError) as exc:
+        u.open("/control", os.O_WRONLY)
+    assert exc.value.errno == errno.ENOSPC
+    for name in ("opened", "truncated"):
+        st = os.stat(dirs["upper"] / name)
+        assert (st.st_size, stat.S_IMODE(st.st_mode)) == (0, 0o640)
+        assert os.getxattr(dirs["upper"] / name, "user.kept") == b"yes"
+    assert not (dirs["upper"] / "control").exists()
+
+
 def test_oci_form_writes_wh_files(dirs: dict[str, Path]) -> None:
     tree(dirs["bottom"], {"a": "x", "d/x": "y"})
     u = make_union(dirs, whiteout=WhiteoutForm.OCI)
