@@ -217,3 +217,22 @@ def test_removal_works_on_a_disk_with_no_room_at_all(tmp_path: Path, images: dic
         assert listed.rc == 0 and listed.out == ""
         assert (root / "reserve").is_file()  # made again once there was room
         assert check_store(root) == set()
+
+
+def test_listing_and_prune_work_on_a_disk_with_no_room_at_all(tmp_path: Path, images: dict[str, Path]) -> None:
+    """The store opens on a full disk (its reserve given up if it must), and prune -a frees the space."""
+    with small_fs(tmp_path / "small", 8 * MIB) as fs:
+        root = fs / "store"
+        load_base(root, images)
+        filler = fill(fs, leave=0)
+        listed = layerstore(root, "images", "--format", "{{.Repository}}:{{.Tag}}")
+        assert listed.rc == 0 and listed.out.split() == ["full/base:v1"], listed
+        pruned = layerstore(root, "image", "prune", "-a", "-f")
+        assert pruned.rc == 0, pruned
+        assert "Total reclaimed space:" in pruned.out
+        assert os.statvfs(fs).f_bavail > 0
+        filler.unlink()
+        listed = layerstore(root, "images", "-q")
+        assert listed.rc == 0 and listed.out == ""
+        assert (root / "reserve").is_file()
+        assert check_store(root) == set()
