@@ -269,3 +269,15 @@ def test_layerstore_allow_setuid_opts_out(container: Callable[..., Path]) -> Non
     assert not {"nosuid", "nodev"} & mount_flags(mnt)
     assert "euid=0(" in run_id_as_nobody(mnt / "bin/id")
     assert as_nobody(lambda: os.close(os.open(mnt / "dev/null", os.O_RDWR))) is None
+
+
+def test_layerstore_mount_read_only_refuses_every_change(container: Callable[..., Path]) -> None:
+    """--read-only: the image's layers and no container layer, as a read-only mount."""
+    mnt = container("--read-only")
+    assert (mnt / "hello.txt").read_text() == "hello\n"
+    assert "ro" in mount_flags(mnt)
+    for change in (lambda: (mnt / "hello.txt").write_text("x"), lambda: os.mkdir(mnt / "new"),
+                   lambda: os.unlink(mnt / "hello.txt")):
+        with pytest.raises(OSError) as exc:
+            change()
+        assert exc.value.errno == errno.EROFS

@@ -347,3 +347,10 @@ def test_a_store_that_cannot_be_written_is_a_one_line_error_and_is_left_alone(tm
     root.chmod(0o755)
     assert errno_as(65534, lambda: Store(Path("store")), cwd=tmp_path) == errno.EACCES
     assert sorted(os.walk(root)) == before
+
+
+def test_a_bare_oci_ref_name_is_read_as_a_repository_with_the_latest_tag(tmp_path: Path, images: dict[str, Path]) -> None:
+    """skopeo's oci:DIR:zstd writes only org.opencontainers.image.ref.name=zstd, as containerd reads it."""
+    loaded = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(tmp_path / "store"),
+                             "load", "-q", "-i", str(images["app-zstd"])], capture_output=True, text=True, timeout=120)
+    assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, "Loaded image: zstd:latest\n", "")
