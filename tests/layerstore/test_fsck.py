@@ -48,6 +48,14 @@ def fsck_cli(store: Store, *args: str) -> tuple[int, str]:
     return result.returncode, result.stdout
 
 
+def listed(store: Store) -> list[str]:
+    """What ``images`` shows as REPOSITORY:TAG."""
+    result = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(store.root), "images", "--format",
+                             "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def test_a_fresh_store_is_clean(store: Store) -> None:
     code, out = fsck_cli(store)
     assert code == 0, out
@@ -129,6 +137,7 @@ def test_corrupt_blob_is_removed_and_a_load_brings_it_back(store: Store) -> None
     assert code == fsck.LEFT, out  # the image lost its config: only a load or pull can give it back
     assert "removed; a pull or load fetches it again" in out and "pull or load the image again" in out
     assert not blob.exists()
+    assert listed(store) == ["example/demo:latest"]  # still listed, for the load or pull that mends it
     store.load(str(EXAMPLE))
     assert fsck.check(store).exit_code == fsck.CLEAN
 
@@ -151,6 +160,7 @@ def test_lost_layer_and_blob_leave_the_image_for_a_new_load(store: Store) -> Non
     store.blobs.delete(blob)
     code, out = fsck_cli(store, "--repair")
     assert code == fsck.LEFT and "pull or load the image again" in out
+    assert listed(store) == ["example/demo:latest"]
     store.load(str(EXAMPLE))
     assert fsck_cli(store)[0] == fsck.CLEAN
 

@@ -179,3 +179,20 @@ def test_login_with_a_helper_leaves_no_password_of_that_registry_in_the_file(
     assert login(tmp_path, host).rc == 0
     assert json.loads(config.read_text()) == {"credsStore": "pass", "auths": {"other.example": other, host: {}}}
     assert json.loads(helper("get", host))["Secret"] == PASSWORD
+
+
+def test_a_helper_that_fails_is_one_line_naming_it_and_what_it_said(
+        world: World, tmp_path: Path, docker_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper that exits non-zero with its own words (a locked keyring, say): the pull
+    stops with one line that names the helper and gives its words, not anonymously."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program = bindir / "docker-credential-locked"
+    program.write_text("#!/bin/sh\necho 'keyring is locked' >&2\nexit 1\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    write_config(docker_config, {"credsStore": "locked"})
+    host = world.basic.host
+    failed = cli(tmp_path, "pull", f"{host}/app1:v1")
+    said = "credential helper docker-credential-locked get: keyring is locked"
+    assert (failed.rc, failed.err) == (1, f"Error: registry {host}: {said}\n")
