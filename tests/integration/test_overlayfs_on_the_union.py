@@ -80,3 +80,26 @@ def test_overlayfs_over_the_union_shows_and_changes_what_it_does_over_the_layers
         assert os.getxattr(subject / "var/data", "user.big") == b"v" * 300
     assert diff_maps(upper_view(direct.upper, layers), upper_view(stacked.upper, layers)) == []
     assert [layer_state(layer) for layer in layers] == built
+
+
+def test_an_escaped_overlay_xattr_is_a_marker_to_the_overlayfs_stacked_above(tmp_path: Path) -> None:
+    """trusted.overlay.opaque set through the union is kept escaped in its upper layer and
+    read back unescaped, so an overlayfs that has the union as a layer takes the directory
+    as opaque ("Nesting overlayfs mounts" in overlayfs.rst), and the union does not."""
+    lower, below, extra = tmp_path / "lower", tmp_path / "below", tmp_path / "extra"
+    for root, name in ((lower, "x"), (below, "z"), (extra, "y")):
+        for d in ("marked", "plain"):
+            (root / d).mkdir(parents=True)
+            (root / d / name).write_text(f"{name}\n")
+    union = Stack((lower, below), tmp_path / "d-upper", tmp_path / "d-work", tmp_path / "union")
+    stacked = Stack((union.mnt, extra), tmp_path / "s-upper", tmp_path / "s-work", tmp_path / "s-mnt")
+    for path in (union.upper, union.work, union.mnt, stacked.upper, stacked.work, stacked.mnt):
+        path.mkdir()
+    with fuse_mount(union) as mnt:
+        os.setxattr(mnt / "marked", "trusted.overlay.opaque", b"y")
+        assert os.getxattr(mnt / "marked", "trusted.overlay.opaque") == b"y"
+        assert sorted(os.listdir(mnt / "marked")) == ["x", "z"]  # no marker to the union itself
+        assert os.getxattr(union.upper / "marked", "trusted.overlay.overlay.opaque") == b"y"
+        with kernel_mount(stacked) as outer:
+            assert sorted(os.listdir(outer / "marked")) == ["x", "z"]  # opaque: extra's y is hidden
+            assert sorted(os.listdir(outer / "plain")) == ["x", "y", "z"]
