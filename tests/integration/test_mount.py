@@ -754,8 +754,12 @@ def test_statfs_answers_for_the_upper_layers_filesystem_as_overlayfs_does(tmp_pa
                     assert shown[2] != shown[3]  # the blocks kept for root: bfree is not bavail
 
 
-def test_paths_up_to_path_max(stack: Stack) -> None:
-    # a lower file deep enough that mount point + path is beyond PATH_MAX on the host
+def test_paths_up_to_path_max(tmp_path: Path) -> None:
+    """A path near PATH_MAX below the mount point, in layers whose own paths are long:
+    layer path + path is beyond PATH_MAX, so only calls relative to the layers' fds work."""
+    layers = Stack.make(tmp_path / "/".join(["b" * 200] * 3))
+    stack = Stack(layers.lowers, layers.upper, layers.work, tmp_path / "mnt")
+    stack.mnt.mkdir()
     parts = ["d" * 200] * 19
     deep = stack.lowers[1]
     fd = os.open(deep, os.O_RDONLY)
@@ -768,7 +772,7 @@ def test_paths_up_to_path_max(stack: Stack) -> None:
         f.write("deep")
     os.close(fd)
     rel = "/".join(parts) + "/f"
-    assert len(rel) < 4096 - 1
+    assert len(rel) < 4096 - 1 < len(str(deep)) + len(rel)
     with fuse_mount(stack) as mnt:
         dfd = os.open(mnt, os.O_RDONLY)
         try:
@@ -781,6 +785,13 @@ def test_paths_up_to_path_max(stack: Stack) -> None:
             os.mkdir(rel[: -len("f")] + "new", dir_fd=dfd)
         finally:
             os.close(dfd)
+    fd = os.open(stack.upper, os.O_RDONLY)  # the copy-up and the new directory are in the upper layer
+    try:
+        with open(os.open(rel, os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"deeper"
+        assert stat.S_ISDIR(os.stat(rel[: -len("f")] + "new", dir_fd=fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 def test_permissions_are_the_kernels_and_new_files_the_callers(tmp_path: Path) -> None:
