@@ -1248,6 +1248,30 @@ def test_unknown_ioctl_is_enotty_as_on_kernel_overlayfs(stack: Stack) -> None:
         assert ioctl_errno(mnt) == expected == errno.ENOTTY
 
 
+def test_an_xattr_whiteout_in_an_unmarked_directory_is_the_empty_file_it_looks_like(tmp_path: Path) -> None:
+    """A documented difference: overlayfs reads overlay.whiteout only in a directory marked
+    opaque=x, yet hides such a file from lookups while it lists it; the driver shows the
+    empty file it is, consistently, which hides the layers' entries below it as any file does."""
+    lowers = (tmp_path / "top", tmp_path / "bottom")
+    for root in lowers:
+        (root / "d").mkdir(parents=True)
+    (lowers[0] / "d" / "w").write_bytes(b"")
+    os.setxattr(lowers[0] / "d" / "w", "trusted.overlay.whiteout", b"")
+    (lowers[1] / "d" / "w").write_text("below\n")
+    kernel = Stack(lowers, *(tmp_path / f"k-{n}" for n in ("upper", "work", "mnt")))
+    driver = Stack(lowers, *(tmp_path / f"d-{n}" for n in ("upper", "work", "mnt")))
+    for path in (kernel.upper, kernel.work, kernel.mnt, driver.upper, driver.work, driver.mnt):
+        path.mkdir()
+    with kernel_mount(kernel) as mnt:
+        assert os.listdir(mnt / "d") == ["w"]
+        assert not os.path.lexists(mnt / "d" / "w")
+    with fuse_mount(driver) as mnt:
+        assert os.listdir(mnt / "d") == ["w"]
+        st = os.lstat(mnt / "d" / "w")
+        assert stat.S_ISREG(st.st_mode) and st.st_size == 0
+        assert (mnt / "d" / "w").read_bytes() == b""
+
+
 def test_seek_to_the_end_of_a_directory_is_answered_by_the_kernel(stack: Stack) -> None:
     """A documented difference: overlayfs refuses lseek(SEEK_END) on a directory, and the
     kernel's FUSE code answers it with the size it holds, without asking the driver."""
