@@ -32,6 +32,7 @@ from users import NOBODY, errno_as
 from waiting import wait_for
 
 from unionfs import fuseproto as fp
+from unionfs import syscalls
 from unionfs.mount import is_mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here")
@@ -1270,6 +1271,38 @@ def test_an_xattr_whiteout_in_an_unmarked_directory_is_the_empty_file_it_looks_l
         st = os.lstat(mnt / "d" / "w")
         assert stat.S_ISREG(st.st_mode) and st.st_size == 0
         assert (mnt / "d" / "w").read_bytes() == b""
+
+
+def test_collapse_insert_and_fiemap_are_refused_by_the_kernels_fuse_code(stack: Stack) -> None:
+    """A documented difference: overlayfs passes these to the upper filesystem (ext4 here
+    takes them); the kernel's FUSE code answers EOPNOTSUPP without asking the driver."""
+    collapse, insert = 0x08, 0x20  # FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE
+    fiemap = 0xC020660B  # FS_IOC_FIEMAP, with room for the header and no extents
+
+    def answers(mnt: Path) -> list[int | None]:
+        (mnt / "big").write_bytes(os.urandom(64 * 1024))
+        fd = os.open(mnt / "big", os.O_RDWR)
+        found: list[int | None] = []
+        calls: list[Callable[[], object]] = [
+            lambda: syscalls.fallocate(fd, collapse, 0, 4096),
+            lambda: syscalls.fallocate(fd, insert, 0, 4096),
+            lambda: fcntl.ioctl(fd, fiemap, struct.pack("=QQIIII", 0, 1 << 20, 0, 0, 0, 0)),
+        ]
+        try:
+            for call in calls:
+                try:
+                    call()
+                    found.append(None)
+                except OSError as exc:
+                    found.append(exc.errno)
+        finally:
+            os.close(fd)
+        return found
+
+    with kernel_mount(stack) as mnt:
+        assert answers(mnt) == [None, None, None]  # the upper filesystem (ext4) takes all three
+    with fuse_mount(stack) as mnt:
+        assert answers(mnt) == [errno.EOPNOTSUPP] * 3
 
 
 def test_seek_to_the_end_of_a_directory_is_answered_by_the_kernel(stack: Stack) -> None:
