@@ -271,3 +271,31 @@ def test_an_insecure_registry_s_blob_storage_elsewhere_has_its_certificate_check
     assert result.err.startswith(f"Error: registry {registry.host}: unreachable (GET {storage.url}docker/registry/v2/blobs/sha256/")
     assert "TLS: certificate verify failed" in result.err
     assert storage.paths == []  # nothing was asked of it
+
+
+def test_every_registry_command_takes_the_certs_directory_and_the_insecure_registry(
+        tls_world: TlsWorld, tmp_path: Path) -> None:
+    """search, login and manifest create|inspect|push reach a registry as pull does: through
+    --cert-dir for a private CA, through --insecure-registry for plain HTTP; and not without."""
+    given = certs_dir(tmp_path / "given", {"ca.crt": tls_world.server_ca.pem})
+    plain = tls_world.plain.host
+    for host, flags in ((tls_world.tls.host, ("--cert-dir", str(given))), (plain, ("--insecure-registry", plain))):
+        listed = f"{host}/lists/app:v1"
+
+        def steps(given_flags: tuple[str, ...]) -> list[tuple[str, ...]]:
+            return [
+                ("search", "--format", "{{.Name}}", *given_flags, f"{host}/app"),
+                ("login", *given_flags, "-u", "someone", "--password-stdin", host),
+                ("manifest", "inspect", *given_flags, f"{host}/app1:v1"),
+                ("manifest", "create", *given_flags, listed, f"{host}/app1:v1"),
+                ("manifest", "push", *given_flags, listed),
+            ]
+
+        for without, args in zip(steps(()), steps(flags), strict=True):
+            stdin = "secret\n" if args[0] == "login" else None
+            if without[:2] != ("manifest", "push"):  # pushes what create made, and create failed without
+                refused = cli(tmp_path, *without, stdin=stdin)
+                assert refused.rc == 1 and refused.err.startswith(f"Error: registry {host}: unreachable"), (args, refused.err)
+            done = cli(tmp_path, *args, stdin=stdin)
+            assert done.rc == 0, (args, done.err)
+        assert cli(tmp_path, "manifest", "inspect", *flags, listed).rc == 0  # the pushed list is there
