@@ -354,3 +354,25 @@ def test_a_bare_oci_ref_name_is_read_as_a_repository_with_the_latest_tag(tmp_pat
     loaded = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(tmp_path / "store"),
                              "load", "-q", "-i", str(images["app-zstd"])], capture_output=True, text=True, timeout=120)
     assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, "Loaded image: zstd:latest\n", "")
+
+
+def test_the_readme_s_four_digests_of_the_example_image(tmp_path: Path) -> None:
+    """The worked example in the README ("Image ID, manifest digest, blob digest and diff_id"),
+    made again with skopeo as it says, so that its numbers cannot drift from what the store does."""
+    example = Path(__file__).resolve().parents[2] / "layerstore" / "demo" / "example.tar"
+    run("skopeo", "copy", "-q", f"docker-archive:{example}", f"oci:{tmp_path / 'ex'}:latest")
+    index = json.loads((tmp_path / "ex" / "index.json").read_text())
+    assert index["manifests"][0]["digest"].startswith("sha256:7628d06cb2e8")
+    store = Store(tmp_path / "store")
+    try:
+        [docker] = store.load(str(example))
+        [oci] = store.load(str(tmp_path / "ex"))
+        assert docker.id.startswith("sha256:71614e5d8ab6") and oci.id.startswith("sha256:1f952e4b3421")
+        layers = "SELECT blob, diff_id FROM image_layers WHERE image_id = ? ORDER BY position"
+        row = store.meta.query(layers, oci.id)[0]
+        assert row["blob"].startswith("sha256:446723f26440") and store.blobs.path(row["blob"]).stat().st_size == 16_587
+        assert row["diff_id"].startswith("sha256:44aa17f853e7")
+        assert store.image_layers(docker.id) == store.image_layers(oci.id)  # the layers kept once for both: by diff_id
+        assert all(plain["blob"] == plain["diff_id"] for plain in store.meta.query(layers, docker.id))  # uncompressed
+    finally:
+        store.close()
