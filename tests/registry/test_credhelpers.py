@@ -40,6 +40,16 @@ def helper(action: str, stdin: str) -> str:
     return done.stdout
 
 
+def helper_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, script: str) -> None:
+    """A credential helper docker-credential-NAME of this test's own: a shell script, first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    program = bin_dir / f"docker-credential-{name}"
+    program.write_text(f"#!/bin/sh\n{script}\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
 def write_config(docker_config: Path, doc: dict[str, object]) -> Path:
     docker_config.mkdir(exist_ok=True)
     path = docker_config / "config.json"
@@ -155,12 +165,7 @@ def test_a_helper_that_says_it_keeps_nothing_means_anonymous(world: World, tmp_p
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The helpers' own "credentials not found in native keychain" (their exit status 1 for a server
     they keep nothing for) is no error: the registry is asked without credentials."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    program = bin_dir / "docker-credential-empty"
-    program.write_text("#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n")
-    program.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    helper_on_path(tmp_path, monkeypatch, "empty", "echo 'credentials not found in native keychain'\nexit 1")
     write_config(docker_config, {"credsStore": "empty"})
     before = len(world.tokens.issued)
     pulled = cli(tmp_path, "pull", "-q", f"{world.token.host}/public/base:v1")
@@ -185,12 +190,7 @@ def test_a_helper_that_fails_is_one_line_naming_it_and_what_it_said(
         world: World, tmp_path: Path, docker_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A helper that exits non-zero with its own words (a locked keyring, say): the pull
     stops with one line that names the helper and gives its words, not anonymously."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    program = bindir / "docker-credential-locked"
-    program.write_text("#!/bin/sh\necho 'keyring is locked' >&2\nexit 1\n")
-    program.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    helper_on_path(tmp_path, monkeypatch, "locked", "echo 'keyring is locked' >&2\nexit 1")
     write_config(docker_config, {"credsStore": "locked"})
     host = world.basic.host
     failed = cli(tmp_path, "pull", f"{host}/app1:v1")
