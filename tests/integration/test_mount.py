@@ -1184,20 +1184,48 @@ def test_reads_of_every_size_return_the_layer_files_bytes(stack: Stack, transpor
 
 
 def test_second_driver_on_a_workdir_in_use_is_refused(stack: Stack, tmp_path: Path) -> None:
-    """Two drivers on one work directory would remove each other's half-built entries."""
+    """Two drivers on one work directory would remove each other's half-built entries;
+    the second waits 5 s for the first before it gives up."""
     other = tmp_path / "other-mnt"
     other.mkdir()
     with fuse_mount(stack) as mnt:
         try:
+            started = time.monotonic()
             result = unionfs("-o", opts(stack), str(other))
+            waited = time.monotonic() - started
             assert not os.path.ismount(other)
         finally:
             force_unmount(other)  # should it have mounted after all
         assert result.returncode != 0
         assert result.stderr.strip() == f"unionfs: workdir {stack.work} is in use by another mount"
+        assert waited >= 5.0
         assert (mnt / "base.txt").read_text() == "base\n"  # the first mount is unharmed
     with fuse_mount(stack) as mnt:  # free again once the first driver is gone
         assert (mnt / "top.txt").read_text() == "top\n"
+
+
+def test_a_workdir_let_go_within_the_wait_is_taken(stack: Stack) -> None:
+    """A driver just unmounted may still be placing its last copy-ups, holding the work
+    directory: the next driver on it waits for it rather than fail."""
+    work = stack.work / "work"
+    work.mkdir(mode=0o700)
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the lock the drivers take
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        letting_go = threading.Timer(1.5, fcntl.flock, (fd, fcntl.LOCK_UN))
+        started = time.monotonic()
+        letting_go.start()
+        try:
+            with fuse_mount(stack) as mnt:
+                waited = time.monotonic() - started
+                (mnt / "base.txt").write_text("changed\n")
+                assert (stack.upper / "base.txt").read_text() == "changed\n"
+        finally:
+            letting_go.cancel()
+            letting_go.join()
+    finally:
+        os.close(fd)
+    assert waited >= 1.5
 
 
 def test_special_files(stack: Stack) -> None:
