@@ -183,6 +183,12 @@ def loop_fs(base: Path, name: str, mkfs: Sequence[str], size: int) -> Iterator[P
         force_unmount(point)  # the loop device goes with it (autoclear)
 
 
+def loop_devices(image: Path) -> list[str]:
+    """The loop devices attached to image (a loop_fs's goes with its last mount)."""
+    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
+    return [line.partition(":")[0] for line in out.splitlines()]
+
+
 def power_cut(fs: Path) -> None:
     """The xfs of a loop_fs stops where its log on disk ends, as when the machine loses power:
     what only memory held is gone. It answers EIO until mount_again."""

@@ -258,6 +258,7 @@ class Publisher:
 
     def _publish(self, copy: Pending, synced: bool) -> OSError | None:
         try:
+            crashpoints.pause("copyup.publishing")  # a sync slow to return, as under load
             if synced:
                 syscalls.check_written(copy.fd)
             else:

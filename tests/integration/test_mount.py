@@ -370,6 +370,38 @@ def test_umount_of_a_mount_whose_driver_stopped_ends_and_detaches_it(stack: Stac
     assert (stack.upper / "base.txt").read_text().endswith("more\n")
 
 
+def test_a_plain_umount_lets_go_of_the_lower_layers_before_the_driver_ends(tmp_path: Path) -> None:
+    """umount(8) returns before the driver has exited. The driver lets go of the lower
+    layers as soon as it sees the connection end, while it still places a copy-up in
+    the upper layer (its sync held up here for seconds): a lower layer's filesystem
+    unmounted right after the union's is gone, its loop device detached, as after
+    overlayfs's unmount; the copy-up is in place when the driver ends."""
+    with loop_fs(tmp_path, "lowerfs", ["mkfs.ext4", "-q"], 16 << 20) as lowerfs:
+        (lowerfs / "f").write_bytes(b"lower\n")
+        stack = Stack((lowerfs,), tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+        for path in (stack.upper, stack.work, stack.mnt):
+            path.mkdir()
+        result = unionfs("-o", ",".join((opts(stack), *mounts.TRANSPORT)), str(stack.mnt),
+                         env={**os.environ, "CRASHPOINT_PAUSE": "copyup.publishing:8"})
+        assert result.returncode == 0, result.stderr
+        try:
+            pid = mounts.driver_pid(stack.mnt)
+            fd = os.open(stack.mnt / "f", os.O_WRONLY | os.O_APPEND)  # a small copy-up, published after the pause
+            try:
+                os.write(fd, b"more\n")
+            finally:
+                os.close(fd)
+            subprocess.run(["umount", str(stack.mnt)], check=True)
+            subprocess.run(["umount", str(lowerfs)], check=True)
+            assert wait_for(lambda: not mounts.loop_devices(tmp_path / "lowerfs.img"), 4), "the lower layer was held"
+            assert Path(f"/proc/{pid}").exists(), "the driver ended: the test shows nothing"
+            assert not (stack.upper / "f").exists()
+        finally:
+            force_unmount(stack.mnt)
+        assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30)
+        assert (stack.upper / "f").read_bytes() == b"lower\nmore\n"
+
+
 def test_user_mistakes_are_one_line_errors(stack: Stack, tmp_path: Path) -> None:
     missing = unionfs("-o", f"lowerdir={tmp_path}/nope", str(stack.mnt))
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope: no such directory" in missing.stderr

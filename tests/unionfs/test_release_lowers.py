@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import loop_fs
+from mounts import loop_devices, loop_fs
 from requestkit import header, lookup
 from waiting import wait_for
 
@@ -104,11 +104,6 @@ def test_a_lower_filesystem_on_a_device_lets_the_device_go_once_let_go(tmp_path:
             assert wait_for(lambda: not loop_devices(image), 10), "the loop device stayed after the union let go"
         finally:
             union.close()
-
-
-def loop_devices(image: Path) -> list[str]:
-    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
-    return [line.partition(":")[0] for line in out.splitlines()]
 
 
 def test_letting_go_leaves_other_descriptors_alone(requests: Requests, tmp_path: Path) -> None:
