@@ -292,3 +292,18 @@ def test_a_removal_by_the_call_for_the_other_type_gets_the_kernels_answer(tmp_pa
             assert (apply(p.kernel.mnt, step), apply(p.driver.mnt, step)) == (errno.EPERM, theirs), step
         assert p.run(op("rmdir", "di")) == errno.EPERM and p.run(op("unlink", "i")) == errno.EPERM
         p.check()
+
+
+def test_a_file_that_may_never_get_a_name_linked_into_an_immutable_directory(tmp_path: Path) -> None:
+    """Deliberate difference: linkat of an O_TMPFILE file made with O_EXCL is refused by
+    the VFS before it asks a filesystem; overlayfs checks the directory's flags first
+    (EPERM), the kernel's answer over FUSE is the file's (ENOENT). Without O_EXCL both
+    refuse the link into the immutable directory alike."""
+    bottom = Dir({"di": Dir({"c": File(b"c")}, flags=IMMUTABLE), "d": Dir()})
+    with pair(tmp_path, [Dir(), bottom]) as p:
+        step = op("tmpfile", "d", "di/t", b"x", "excl")
+        assert (apply(p.kernel.mnt, step), apply(p.driver.mnt, step)) == (errno.EPERM, errno.ENOENT)
+        assert p.run(op("tmpfile", "d", "di/t", b"x", "proc")) == errno.EPERM
+        assert p.run(op("tmpfile", "d", "d/t", b"x", "excl")) == errno.ENOENT  # anywhere, on both
+        assert p.run(op("listdir", "di")) is None
+        p.check()
