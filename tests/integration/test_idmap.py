@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,3 +161,27 @@ def test_set_id_bits_are_dropped_by_the_ids_shown(tmp_path: Path, options: str) 
     assert answers[mnt] == answers[plain]
     if options == ROOTLESS:  # the files' disk IDs 0:1 are shown as 1000:100000
         assert answers[mnt] == [(None, 0o2644), (None, 0o755), (None, 0o644), (None, 0o666)]
+
+
+def test_ids_inside_acls_are_not_mapped(tmp_path: Path) -> None:
+    """As fuse-overlayfs does, the IDs named in a POSIX ACL pass through as they are, both
+    ways: only owners are mapped (an ACL of the layer's uid 5 is shown as uid 5, though the
+    owner 5 would be shown as 100004)."""
+    def getfacl(path: Path) -> str:
+        return subprocess.run(["getfacl", "-n", "--omit-header", path], capture_output=True, text=True, check=True).stdout
+
+    found = {}
+    for driver in ("fuse-overlayfs", "unionfs"):
+        stack = Stack.make(tmp_path / driver, nlower=1)
+        (stack.lowers[0] / "f").write_bytes(b"x")
+        subprocess.run(["setfacl", "-m", "u:5:r,g:6:r", stack.lowers[0] / "f"], check=True)
+        mount = fuse_overlayfs(stack, ROOTLESS) if driver == "fuse-overlayfs" else fuse_mount(stack, *ROOTLESS.split(","))
+        with mount as mnt:
+            before = getfacl(mnt / "f")
+            subprocess.run(["setfacl", "-m", "u:100007:rw", mnt / "f"], check=True)
+            after = getfacl(mnt / "f")
+        found[driver] = (before, after, getfacl(stack.upper / "f"))
+    assert found["unionfs"] == found["fuse-overlayfs"]
+    before, after, upper = found["unionfs"]
+    assert "user:5:r--" in before and "group:6:r--" in before
+    assert "user:100007:rw-" in after and after == upper
