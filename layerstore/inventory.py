@@ -12,6 +12,7 @@ Stored as zstd-compressed JSON lines, one entry a line, sorted by path, in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ from unionfs import crashpoints
 
 VERSION = 1
 CHUNK = 1 << 20
+_EMPTY = xxhash.xxh3_128(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,13 @@ _KINDS = {
 def scan(root: Path | str) -> Iterator[Entry]:
     """Every entry under root, the root itself first, in sorted path order; hard links hashed once."""
     hashed: dict[tuple[int, int], str] = {}
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        yield from _scan_dir(root_fd, ".", os.fstat(root_fd), hashed)
-    finally:
-        os.close(root_fd)
+    st = os.stat(root, follow_symlinks=False)
+    with _readable(None, os.fspath(root), st, 0o500):
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            yield from _scan_dir(root_fd, ".", st, hashed)
+        finally:
+            os.close(root_fd)
 
 
 def _scan_dir(fd: int, rel: str, st: os.stat_result, hashed: dict[tuple[int, int], str]) -> Iterator[Entry]:
@@ -84,13 +88,34 @@ def _scan_dir(fd: int, rel: str, st: os.stat_result, hashed: dict[tuple[int, int
         child_rel = name if rel == "." else f"{rel}/{name}"
         child = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISDIR(child.st_mode):
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            try:
-                yield from _scan_dir(sub, child_rel, child, hashed)
-            finally:
-                os.close(sub)
+            with _readable(fd, name, child, 0o500):
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    yield from _scan_dir(sub, child_rel, child, hashed)
+                finally:
+                    os.close(sub)
         else:
-            yield _entry(child_rel, child, fd, name, hashed)
+            with _readable(fd, name, child, 0o400 if stat.S_ISREG(child.st_mode) else 0):
+                entry = _entry(child_rel, child, fd, name, hashed)
+            yield entry
+
+
+@contextlib.contextmanager
+def _readable(dir_fd: int | None, name: str, st: os.stat_result, bits: int) -> Iterator[None]:
+    """Owner permission bits added to an entry's mode while it is read, where its mode
+    alone would keep its owner out: a user, unlike root, unpacks layers as itself, and
+    layers hold files and directories of mode 0 (a distribution's /etc/shadow). The
+    mode recorded is the one found before."""
+    mode = stat.S_IMODE(st.st_mode)
+    uid = os.geteuid()
+    if uid == 0 or st.st_uid != uid or mode & bits == bits:
+        yield
+        return
+    os.chmod(name, mode | bits, dir_fd=dir_fd)  # found by lstat as a file or directory, in a tree of ours
+    try:
+        yield
+    finally:
+        os.chmod(name, mode, dir_fd=dir_fd)
 
 
 def _entry(rel: str, st: os.stat_result, fd: int, name: str | None, hashed: dict[tuple[int, int], str]) -> Entry:
@@ -104,7 +129,7 @@ def _entry(rel: str, st: os.stat_result, fd: int, name: str | None, hashed: dict
     elif kind == "file" and name is not None:
         key = (st.st_dev, st.st_ino)
         if key not in hashed:
-            hashed[key] = _hash_file(fd, name)
+            hashed[key] = _hash_file(fd, name) if st.st_size else _EMPTY  # whiteouts: nothing to read
         content = hashed[key]
     return Entry(
         path=rel,

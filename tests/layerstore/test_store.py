@@ -9,12 +9,13 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from imagebuild import build_layout, export, run, tree, write
-from users import errno_as
+from users import NOBODY, errno_as
 from layerstore import fsck
 from layerstore.containers import Containers
 from layerstore.errors import AlreadyExists, CorruptArchive, DigestMismatch, InUse, NotFound, UnsafeArchiveEntry
@@ -376,3 +377,56 @@ def test_the_readme_s_four_digests_of_the_example_image(tmp_path: Path) -> None:
         assert all(plain["blob"] == plain["diff_id"] for plain in store.meta.query(layers, docker.id))  # uncompressed
     finally:
         store.close()
+
+
+def locked_layer(root: Path) -> None:
+    """Entries whose modes keep even their owner out, as distributions ship them (Fedora's
+    /etc/shadow is mode 0) and as umoci writes its whiteouts (of var/cache here)."""
+    shutil.rmtree(root / "var/cache")
+    write(root, "etc/shadow", "root:*:19000::::::\n", 0)
+    write(root, "locked/inside", "inside\n")
+    write(root, "read-only/file", "ro\n")
+    os.chmod(root / "locked", 0)
+    os.chmod(root / "read-only", 0o555)
+
+
+def test_a_user_s_store_takes_layers_whose_modes_keep_the_owner_out(tmp_path: Path) -> None:
+    """A user unpacks as itself, without root's CAP_DAC_OVERRIDE: files and directories of
+    mode 0, whiteouts and read-only directories load, check clean and are removed, and
+    keep their modes on disk."""
+    layout = build_layout(tmp_path / "layout", "locked", [base_layer, locked_layer])
+    top_dir = tempfile.TemporaryDirectory()  # the user cannot reach into the test's own temp dirs
+    mine = Path(top_dir.name, "user")
+    mine.mkdir()
+    archive = export(layout, "locked", "docker-archive", mine / "locked.tar", "example/locked:v1")
+    for path in (mine, archive):
+        os.chown(path, NOBODY, NOBODY)
+    os.chmod(top_dir.name, 0o755)
+
+    def as_user(root: Path) -> None:
+        found: dict[str, object] = {}
+        try:
+            with Store(root) as store:
+                [image] = store.load(str(archive))
+                top = store.layers.path(store.image_layers(image.id)[-1])
+                found["modes"] = {rel: stat.S_IMODE(os.lstat(top / rel).st_mode)
+                                  for rel in ("etc/shadow", "locked", "read-only", "var/.wh.cache")}
+                os.chmod(top / "locked", 0o700)
+                found["inside"] = (top / "locked/inside").read_text()
+                os.chmod(top / "locked", 0)
+                found["fsck"] = fsck.check(store).summary()
+                store.rmi("example/locked:v1")
+                found["left"] = [store.layers.diff_ids(), list(store.blobs.digests())]
+        except Exception as exc:
+            found["error"] = repr(exc)
+        root.with_suffix(".json").write_text(json.dumps(found))
+
+    with top_dir:
+        as_user(tmp_path / "store")  # as root first: the modules it needs loaded, where the user may not read them
+        assert errno_as(NOBODY, lambda: as_user(mine / "store"), cwd=mine) is None
+        found = json.loads((mine / "store.json").read_text())
+    assert "error" not in found, found
+    assert found["modes"] == {"etc/shadow": 0, "locked": 0, "read-only": 0o555, "var/.wh.cache": 0}
+    assert found["inside"] == "inside\n"
+    assert found["fsck"].endswith(": clean"), found["fsck"]
+    assert found["left"] == [[], []]
