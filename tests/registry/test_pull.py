@@ -7,15 +7,18 @@ unpacks.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import regkit
 import requests
-from regkit import Answer, Asked, Front, Proxy, World, cli, layer_lines, short
+from regkit import PASSWORD, USER, Answer, Asked, Front, Proxy, World, cli, layer_lines, short
 
 from layerstore.model import DOCKER_MANIFEST, MAX_DOCUMENT, OCI_INDEX, OCI_MANIFEST
 from layerstore.registry import client as client_module
@@ -211,6 +214,43 @@ def test_all_tags(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert (refused.rc, refused.err) == (1, "Error: tag can't be used with --all-tags/-a\n")
 
 
+def test_all_tags_reads_a_page_of_tags_on_another_host_without_the_registrys_credentials(world: World, tmp_path: Path) -> None:
+    """The tag list in three pages linked by Link headers: the second, on the registry's own origin,
+    is asked with its credentials at once; the third, on another host, is read without them, and
+    its tag is pulled from the registry all the same."""
+    repo = "tags/app"
+    second, third_path = (f"/v2/{repo}/tags/list?n=1&last={tag}" for tag in ("v1", "v2"))
+
+    def tags(names: list[str]) -> bytes:
+        return json.dumps({"name": repo, "tags": names}).encode()
+
+    elsewhere = Front(world.open.port, lambda asked: (200, {"Content-Type": "application/json"}, tags(["v3"])))
+    third = f"http://{elsewhere.host}{third_path}"
+
+    def hook(asked: Asked) -> Answer | None:
+        if "/tags/list" not in asked.path:
+            return None
+        status, headers, body = asked.forward()  # the registry decides whether the credentials are good
+        if status != 200:
+            return status, headers, body
+        page, following = (["v2"], third) if asked.path == second else (["v1"], second)
+        return status, {**headers, "Link": f'<{following}>; rel="next"'}, tags(page)
+
+    front = Front(world.basic.port, hook)
+    try:
+        assert cli(tmp_path, "login", front.host, "-u", USER, "--password-stdin", stdin=PASSWORD + "\n").rc == 0
+        result = cli(tmp_path, "pull", "-a", f"{front.host}/{repo}")
+    finally:
+        front.stop()
+        elsewhere.stop()
+    assert result.rc == 0, result.err
+    assert [line for line in result.lines if line.endswith(f": Pulling from {repo}")] == [
+        f"{tag}: Pulling from {repo}" for tag in ("v1", "v2", "v3")]
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert [a.header("Authorization") for a in front.asked if a.path == second] == [basic]
+    assert [(a.path, a.header("Authorization")) for a in elsewhere.asked] == [(third_path, None)]
+
+
 def test_all_tags_goes_on_past_a_tag_it_cannot_pull(world: World, tmp_path: Path) -> None:
     repo = world.name(world.open, "mixed/app")
     result = cli(tmp_path, "pull", "-a", repo)
@@ -222,6 +262,43 @@ def test_all_tags_goes_on_past_a_tag_it_cannot_pull(world: World, tmp_path: Path
     assert result.lines[-2:] == [f"Status: Downloaded newer image for {repo}", repo]
     with Store(tmp_path) as store:
         assert [r["tag"] for r in store.meta.query("SELECT tag FROM tags")] == ["base"]
+
+
+@pytest.fixture(scope="module")
+def five_layers(world: World) -> str:
+    """An image of five layers on the open registry, more than a pull downloads at once: its repository and tag."""
+    layout = world.work / "five-layers"
+    regkit.build(layout, "five", [lambda r, n=n: regkit.write(r, f"layer/{n}", f"{n}\n" * 1000) for n in range(5)])
+    regkit.push(layout, "five", f"{world.open.host}/five/layers:v1")
+    return "five/layers:v1"
+
+
+def test_a_pull_downloads_three_layers_at_a_time(world: World, tmp_path: Path, five_layers: str) -> None:
+    """Seen from the registry's side, each layer GET held there a moment: three are asked at
+    once, never a fourth before one of them is answered, and each layer once."""
+    repo, tag = five_layers.split(":")
+    layers = manifest_layers(registry_manifest(world, repo, tag))
+    lock = threading.Lock()
+    in_flight, most = [0], [0]
+
+    def hook(asked: Asked) -> Answer | None:
+        if asked.method != "GET" or asked.path.rpartition("/")[2] not in layers:
+            return None
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.5)
+            return asked.forward()
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    front, result = through_front(world, tmp_path, hook, five_layers)
+    assert result.rc == 0, result.err
+    assert most[0] == 3
+    asked = sorted(a.path.rpartition("/")[2] for a in front.asked if a.path.rpartition("/")[2] in layers)
+    assert asked == sorted(layers) and len(set(layers)) == 5
 
 
 def test_quiet_prints_the_name_only(world: World, tmp_path: Path) -> None:
