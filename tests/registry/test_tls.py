@@ -15,13 +15,18 @@ import errno
 import fcntl
 import ipaddress
 import os
+import re
+import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import certifi
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -63,12 +68,14 @@ class Authority:
                 .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
                 .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
 
-    def issue(self, name: str, *, server: bool) -> Issued:
+    def issue(self, name: str, *, server: bool, dns_names: tuple[str, ...] = ()) -> Issued:
+        """A certificate; a server's is for ADDRESS and dns_names."""
         key = ec.generate_private_key(ec.SECP256R1())
         builder = self._build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key(), ca=False)
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ADDRESS))]),
-                                            critical=False)
+            names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ADDRESS))]
+            names += [x509.DNSName(n) for n in dns_names]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
@@ -299,3 +306,186 @@ def test_every_registry_command_takes_the_certs_directory_and_the_insecure_regis
             done = cli(tmp_path, *args, stdin=stdin)
             assert done.rc == 0, (args, done.err)
         assert cli(tmp_path, "manifest", "inspect", *flags, listed).rc == 0  # the pushed list is there
+
+
+# -- which name gets TLS, how often a handshake is tried, where certificates are looked for ----
+
+
+def _own_loopback_name() -> tuple[str, str] | None:
+    """This machine's name and its address, where that is a loopback address (Debian's
+    /etc/hosts gives the name 127.0.1.1) and the name can name a registry."""
+    name = socket.gethostname().lower()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        return None
+    label = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+    usable = name != "localhost" and re.fullmatch(rf"{label}(?:\.{label})*", name) is not None
+    return (name, address) if usable and ipaddress.ip_address(address).is_loopback else None
+
+
+@pytest.fixture
+def loopback_name() -> Iterator[tuple[str, str]]:
+    """A name other than localhost for a loopback address, and that address: the machine's own
+    name where it is one, else a name put in /etc/hosts meanwhile (the line taken out after)."""
+    own = _own_loopback_name()
+    if own is not None:
+        yield own
+        return
+    if os.geteuid() != 0:
+        pytest.skip("needs a name for a loopback address other than localhost, or root to put one in /etc/hosts")
+    hosts = Path("/etc/hosts")
+    name = f"registry-{os.getpid()}.layerstore.test"
+    line = f"127.0.0.1 {name}\n"
+    text = hosts.read_text()
+    with open(hosts, "a") as f:  # in place: /etc/hosts may be a mount of its own, which a rename cannot replace
+        f.write(("" if text.endswith("\n") or not text else "\n") + line)
+    try:
+        yield name, "127.0.0.1"
+    finally:
+        kept = [kept_line for kept_line in hosts.read_text().splitlines(keepends=True) if kept_line != line]
+        with open(hosts, "w") as f:
+            f.write("".join(kept))
+
+
+def test_a_name_for_a_loopback_address_other_than_localhost_gets_https(
+        world: World, loopback_name: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain HTTP is for localhost and loopback addresses written as such: a name is judged by itself,
+    not by what it resolves to (the Docker daemon would resolve it and speak plain HTTP)."""
+    name, address = loopback_name
+    ca = Authority(tmp_path, "loopback-ca")
+    server = ca.issue("loopback-registry", server=True, dns_names=(name,))
+    plain = Registry.start(tmp_path / "plain", world.open.storage, address=address)
+    secure = Registry.start(tmp_path / "secure", world.open.storage, address=address,
+                            tls={"certificate": str(server.cert), "key": str(server.key)})
+    try:
+        refused = cli(tmp_path / "store", "pull", f"{name}:{plain.port}/app1:v1")
+        system = tmp_path / "certs.d"
+        certs_dir(system / f"{name}:{secure.port}", {"ca.crt": ca.pem})
+        monkeypatch.setattr(tls, "SYSTEM_CERT_DIRS", (system,))
+        pulled = cli(tmp_path / "store", "pull", "-q", f"{name}:{secure.port}/app1:v1")
+    finally:
+        plain.stop()
+        secure.stop()
+    assert refused.rc == 1 and refused.err.count("\n") == 1
+    assert refused.err.startswith(f"Error: registry {name}:{plain.port}: unreachable (GET https://{name}:{plain.port}/v2/")
+    assert "TLS: wrong version number; no TLS there? plain HTTP is for --insecure-registry" in refused.err
+    assert plain.requests() == []  # never asked in plain HTTP
+    assert (pulled.rc, pulled.out) == (0, f"{name}:{secure.port}/app1:v1\n"), pulled.err
+
+
+@contextlib.contextmanager
+def counting_server(answer: Callable[[socket.socket], None]) -> Iterator[tuple[str, list[socket.socket]]]:
+    """A TCP server on ADDRESS that hands each connection to answer, one after the other: its
+    host:port, and the connections it accepted (appended as soon as each is accepted)."""
+    listener = socket.create_server((ADDRESS, 0))
+    listener.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn)
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"{ADDRESS}:{listener.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def _no_tls(conn: socket.socket) -> None:
+    """A plain HTTP server's answer to a TLS client hello."""
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize("kind", ["no TLS", "an untrusted certificate"])
+def test_a_tls_handshake_that_fails_is_not_tried_again(tls_world: TlsWorld, tmp_path: Path, kind: str) -> None:
+    """A handshake fails the same way every time: one connection, and the one-line error says why at once
+    (where a refused connection or a 503 is tried again)."""
+    if kind == "no TLS":
+        answer, reason = _no_tls, "TLS: wrong version number; no TLS there? plain HTTP is for --insecure-registry"
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls_world.server.cert), str(tls_world.server.key))  # from a CA nobody here trusts
+
+        def answer(conn: socket.socket) -> None:
+            context.wrap_socket(conn, server_side=True).close()
+
+        reason = "TLS: certificate verify failed"
+    with counting_server(answer) as (host, accepted):
+        result = cli(tmp_path, "pull", f"{host}/app1:v1")
+    assert result.rc == 1 and result.err.count("\n") == 1, result.err
+    assert result.err.startswith(f"Error: registry {host}: unreachable (GET https://{host}/v2/app1/manifests/v1: {reason}")
+    assert len(accepted) == 1
+
+
+@contextlib.contextmanager
+def removed_after(directory: Path) -> Iterator[Path]:
+    """directory, removed afterwards with the parents that were missing before (unless something
+    else was put in them meanwhile)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        for parent in missing[1:]:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes to /etc and runs a user other than root")
+def test_the_default_certs_directories_are_read_in_podman_s_order(
+        tls_world: TlsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --cert-dir, the first of these that exists is the registry's: the user's own
+    ~/.config/containers/certs.d/HOST:PORT (not root's), /etc/containers/certs.d/HOST:PORT,
+    /etc/docker/certs.d/HOST:PORT. A wrong CA in an earlier one fails the pull, however right
+    a later one is."""
+    host = tls_world.tls.host
+    name = f"{host}/app1:v1"
+    with contextlib.ExitStack() as stack:
+        docker = stack.enter_context(removed_after(Path("/etc/docker/certs.d") / host))
+        containers = stack.enter_context(removed_after(Path("/etc/containers/certs.d") / host))
+        assert not docker.exists() and not containers.exists()
+        certs_dir(docker, {"ca.crt": tls_world.server_ca.pem})
+        pulled = cli(tmp_path / "store", "pull", "-q", name)
+        assert pulled.rc == 0, pulled.err
+
+        certs_dir(containers, {"ca.crt": tls_world.client_ca.pem})  # a CA that did not sign the registry's certificate
+        refused = cli(tmp_path / "store", "pull", "-q", name)
+        assert refused.rc == 1 and "TLS: certificate verify failed" in refused.err, refused.err
+
+        with tempfile.TemporaryDirectory() as top:
+            os.chmod(top, 0o755)
+            home = Path(top, "home")
+            home.mkdir()
+            os.chown(home, NOBODY, NOBODY)
+            certs_dir(home / tls.USER_CERT_DIR / host, {"ca.crt": tls_world.server_ca.pem})
+            monkeypatch.setenv("HOME", str(home))
+            monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
+            as_root = cli(home / "root-store", "pull", "-q", name)
+            assert as_root.rc == 1 and "TLS: certificate verify failed" in as_root.err, as_root.err
+
+            # the CA bundle this interpreter comes with may lie where only root reads (a Python under /root)
+            bundle = str(shutil.copy(certifi.where(), home / "cacert.pem"))
+            monkeypatch.setattr(certifi, "where", lambda: bundle)
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+
+            def pull() -> None:
+                result = cli(home / "store", "pull", "-q", name)  # its layer's whiteout is of mode 0, as umoci writes it
+                if result.rc != 0:
+                    raise OSError(errno.EIO, result.err)
+
+            assert errno_as(NOBODY, pull, cwd=home) is None
+            assert (home / "store/meta.db").stat().st_uid == NOBODY
