@@ -245,6 +245,27 @@ def test_the_docker_cli_writes_and_reads_the_same_lists(world: World, tmp_path: 
     assert (reference.returncode, reference.stdout) == (0, ours.out), reference.stderr
 
 
+def test_annotate_takes_an_architecture_containerd_knows_that_go_builds_no_linux_for(
+        world: World, tmp_path: Path, docker_config: Path) -> None:
+    """arm64be is in containerd's list of architectures, and linux/arm64be is not a pair Go builds
+    for: the list takes it and pushes it, where the Docker CLI refuses it (when installed, it is asked)."""
+    host = world.open.host
+    app1, _ = images(world)
+    name = f"{host}/lists/arm64be:v1"
+    assert cli(tmp_path, "manifest", "create", name, app1).rc == 0
+    annotated = cli(tmp_path, "manifest", "annotate", "--arch", "arm64be", name, app1)
+    assert (annotated.rc, annotated.out, annotated.err) == (0, "", "")
+    pushed = cli(tmp_path, "manifest", "push", name)
+    assert pushed.rc == 0, pushed.err
+    on_registry = registry_document(world, "lists/arm64be", "v1").json()
+    assert [m["platform"] for m in on_registry["manifests"]] == [{"architecture": "arm64be", "os": "linux"}]
+    if DOCKER is not None:
+        theirs = tmp_path / "docker-cli-config"
+        assert docker(theirs, "create", "--insecure", name, app1).returncode == 0
+        refused = docker(theirs, "annotate", "--arch", "arm64be", name, app1)
+        assert refused.returncode == 1 and "manifest entry for image has unsupported os/arch combination" in refused.stderr
+
+
 def test_a_token_registry_needs_a_login_and_grants_the_mounts(world: World, tmp_path: Path, docker_config: Path) -> None:
     host = world.token.host
     app1, arm = (f"{host}/{name.split('/', 1)[1]}" for name in images(world))
