@@ -3,14 +3,23 @@
 ``--debug`` adds to a mistake, and which store a command line names."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from storecheck import REPO, cli_env
 from test_cli_images import cli
+from users import NOBODY, errno_as
+
+from layerstore.cli import main
 
 HELP = "See 'layerstore {}'.\n"
 
@@ -120,3 +129,39 @@ def test_root_flag_wins_over_the_environment_and_the_environment_over_the_defaul
                            capture_output=True, text=True, env=cli_env(env), timeout=60, check=False)
     assert (alone.returncode, alone.stdout) == (0, "")  # an empty store made where the variable says
     assert (env / "meta.db").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the command line as another user")
+def test_a_user_s_default_store_is_in_its_xdg_data_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --root and $LAYERSTORE_ROOT, a user other than root keeps the store where rootless
+    podman keeps its own: $XDG_DATA_HOME/layerstore, else (unset or empty, as the XDG spec reads it)
+    ~/.local/share/layerstore."""
+    monkeypatch.delenv("LAYERSTORE_ROOT", raising=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--root", str(tmp_path / "warm"), "images", "-q"]) == 0  # its modules loaded while root can read them
+
+    def images() -> None:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            if main(["images", "-q"]) != 0 or out.getvalue():
+                raise OSError(errno.EIO, "images failed")
+
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)
+        home, data = Path(top, "home"), Path(top, "data")
+        for directory in (home, data):
+            directory.mkdir()
+            os.chown(directory, NOBODY, NOBODY)
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("XDG_DATA_HOME", str(data))
+        assert errno_as(NOBODY, images, cwd=top) is None
+        assert (data / "layerstore/meta.db").stat().st_uid == NOBODY
+        assert not (home / ".local").exists()
+
+        for unset in ("", None):
+            if unset is None:
+                monkeypatch.delenv("XDG_DATA_HOME")
+            else:
+                monkeypatch.setenv("XDG_DATA_HOME", unset)
+            assert errno_as(NOBODY, images, cwd=top) is None
+            assert (home / ".local/share/layerstore/meta.db").stat().st_uid == NOBODY
+            shutil.rmtree(home / ".local")
