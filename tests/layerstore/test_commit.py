@@ -258,6 +258,31 @@ def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, 
         commit(store, "no-such-container")
 
 
+def test_cli_commit_author_is_the_image_s_author(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-a (--author) of the command line, as docker commit's: the config's author, its history
+    step's too, and what inspect shows as Author."""
+    author = "Jane Doe <jane@example.com>"
+    containers = Containers(store)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    c = containers.create_and_mount("example/base:v1", str(mnt), name="authored")
+    try:
+        containers.umount("authored")
+        root = ["--root", str(store.root)]
+        assert cli.main([*root, "commit", "-a", author, "authored", "example/authored:v1"]) == 0
+        image_id = capsys.readouterr().out.strip()
+        assert cli.main([*root, "commit", "--author", "Long Form", "-m", "message", "authored", "example/authored:v2"]) == 0
+        capsys.readouterr()
+    finally:
+        containers.remove(c.name, force=True)
+    config = store.config(image_id)
+    assert config["author"] == author and config["history"][-1]["author"] == author
+    assert cli.main(["--root", str(store.root), "inspect", "-f", "{{.Author}}", "example/authored:v1", "example/authored:v2"]) == 0
+    assert capsys.readouterr().out == f"{author}\nLong Form\n"
+    assert cli.main(["--root", str(store.root), "inspect", "example/authored:v1"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["Author"] == author
+
+
 def test_cli_mount_of_a_container_mounts_it_again_as_it_was_left(
         store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``mount CONTAINER``: after umount, and after its driver was killed and its dead
