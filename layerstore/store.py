@@ -242,9 +242,10 @@ class Store:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
             pool.shutdown()
-        return [(desc, sizes.get(diff_id) or self._layer_size(diff_id)) for diff_id, (desc, _) in zip(diff_ids, staged)]
+        return [(desc, sizes.get(diff_id) or self.layer_size(diff_id)) for diff_id, (desc, _) in zip(diff_ids, staged)]
 
-    def _layer_size(self, diff_id: str) -> int:
+    def layer_size(self, diff_id: str) -> int:
+        """Bytes of an unpacked layer: as recorded, else (unpacked by another process meanwhile) counted."""
         row = self.meta.one("SELECT size FROM layers WHERE diff_id = ?", diff_id)
         if row is not None:
             return int(row["size"])

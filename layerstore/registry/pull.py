@@ -15,9 +15,7 @@ killed leaves unreferenced blobs, a resumable partial file, and no image.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -205,7 +203,7 @@ class Puller:
             self._check_platform(ref, config)
         image_id = manifest.config.digest
         sizes = {} if self._complete(image_id, fetched.digest, manifest, config) else self._layers(ref.path, manifest, config)
-        rows = [(diff_id, sizes.get(diff_id) or self._layer_size(diff_id), desc) for desc, diff_id in zip(manifest.layers, config.diff_ids)]
+        rows = [(diff_id, sizes.get(diff_id) or self.store.layer_size(diff_id), desc) for desc, diff_id in zip(manifest.layers, config.diff_ids)]
         blobs = self.store.blobs
         blobs.put_bytes(config_bytes, manifest.config.digest, "config")
         blobs.put_bytes(fetched.data, fetched.digest, "manifest")
@@ -240,12 +238,6 @@ class Puller:
             self.store.blobs.put_bytes(index.data, index.digest, "index")
         with self.store.meta.transaction() as tx:
             tx.execute("INSERT OR REPLACE INTO repo_digests VALUES (?, ?, ?)", (ref.repository, top.digest, image_id))
-
-    def _layer_size(self, diff_id: str) -> int:
-        row = self.store.meta.one("SELECT size FROM layers WHERE diff_id = ?", diff_id)
-        if row is not None:
-            return int(row["size"])
-        return _tree_size(self.store.layers.path(diff_id))
 
     # -- layers ----------------------------------------------------------------------------
     def _layers(self, path: str, manifest: Manifest, config: ImageConfig) -> dict[str, int]:
@@ -390,16 +382,6 @@ def full_name(ref: Reference) -> str:
     if ref.tag:
         return f"{ref.full_name}:{ref.tag}"
     return ref.full_name
-
-
-def _tree_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of the files of an unpacked layer that the metadata has no size for."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 __all__ = ["PullResult", "Puller", "choose_manifest", "full_name", "is_index"]
