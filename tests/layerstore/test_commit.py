@@ -234,19 +234,26 @@ def test_changeset_of_a_handmade_upper(tmp_path: Path) -> None:
     assert (tmp_path / "unpacked/new/sub/f2").read_text() == "two\n"
 
 
-def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@contextlib.contextmanager
+def unmounted_container(store: Store, tmp_path: Path, name: str) -> Iterator[None]:
+    """A container of example/base:v1 left as made (mounted once, then unmounted), removed after."""
     containers = Containers(store)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    c = containers.create_and_mount("example/base:v1", str(mnt), name="idle")
+    c = containers.create_and_mount("example/base:v1", str(mnt), name=name)
     try:
-        containers.umount("idle")
+        containers.umount(name)
+        yield
+    finally:
+        containers.remove(c.name, force=True)
+
+
+def test_cli_commit_without_changes_adds_no_layer(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with unmounted_container(store, tmp_path, "idle"):
         assert cli.main(["--root", str(store.root), "commit", "-m", "nothing", "idle"]) == 0
         image_id = capsys.readouterr().out.strip()
         assert cli.main(["--root", str(store.root), "commit", "idle", "bad@name"]) == 1
         assert capsys.readouterr().err.count("\n") == 1
-    finally:
-        containers.remove(c.name, force=True)
     assert image_id.startswith("sha256:") and len(image_id) == 71
     parent_id = store.resolve("example/base:v1")
     assert store.image_layers(image_id) == store.image_layers(parent_id)
@@ -262,19 +269,12 @@ def test_cli_commit_author_is_the_image_s_author(store: Store, tmp_path: Path, c
     """-a (--author) of the command line, as docker commit's: the config's author, its history
     step's too, and what inspect shows as Author."""
     author = "Jane Doe <jane@example.com>"
-    containers = Containers(store)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    c = containers.create_and_mount("example/base:v1", str(mnt), name="authored")
-    try:
-        containers.umount("authored")
+    with unmounted_container(store, tmp_path, "authored"):
         root = ["--root", str(store.root)]
         assert cli.main([*root, "commit", "-a", author, "authored", "example/authored:v1"]) == 0
         image_id = capsys.readouterr().out.strip()
         assert cli.main([*root, "commit", "--author", "Long Form", "-m", "message", "authored", "example/authored:v2"]) == 0
         capsys.readouterr()
-    finally:
-        containers.remove(c.name, force=True)
     config = store.config(image_id)
     assert config["author"] == author and config["history"][-1]["author"] == author
     assert cli.main(["--root", str(store.root), "inspect", "-f", "{{.Author}}", "example/authored:v1", "example/authored:v2"]) == 0
