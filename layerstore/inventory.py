@@ -13,6 +13,7 @@ Stored as zstd-compressed JSON lines, one entry a line, sorted by path, in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -26,7 +27,8 @@ import zstandard
 
 from unionfs import crashpoints
 
-VERSION = 1
+VERSION = 2  # 1 recorded no directory's xattrs (read from the /proc link, not the directory)
+UNKNOWN = "?"  # xattrs not recorded: a directory's in a version 1 inventory
 CHUNK = 1 << 20
 _EMPTY = xxhash.xxh3_128(b"").hexdigest()
 
@@ -157,10 +159,12 @@ def _hash_file(dir_fd: int, name: str) -> str:
 
 
 def _hash_xattrs(fd: int, name: str | None) -> str:
-    # xattr calls take a path; /proc/self/fd keeps them relative to the open directory
-    path = f"/proc/self/fd/{fd}" + (f"/{name}" if name is not None else "")
+    """Of the entry name in the directory fd, or of that directory itself (name None)."""
+    # xattr calls take a path or a descriptor; /proc/self/fd keeps a path relative to the
+    # open directory, and its last component is not followed (the /proc link itself would be)
+    target: int | str = fd if name is None else f"/proc/self/fd/{fd}/{name}"
     try:
-        names = sorted(os.listxattr(path, follow_symlinks=False))
+        names = sorted(os.listxattr(target, follow_symlinks=False) if name else os.listxattr(target))
     except OSError:
         return ""
     if not names:
@@ -168,7 +172,7 @@ def _hash_xattrs(fd: int, name: str | None) -> str:
     h = xxhash.xxh3_64()
     for key in names:
         h.update(key.encode() + b"\0")
-        h.update(os.getxattr(path, key, follow_symlinks=False) + b"\0")
+        h.update((os.getxattr(target, key, follow_symlinks=False) if name else os.getxattr(target, key)) + b"\0")
     return h.hexdigest()
 
 
@@ -182,9 +186,14 @@ def decode(data: bytes) -> list[Entry]:
     """The recorded entries; ValueError when the file is not an inventory this code wrote."""
     text = zstandard.ZstdDecompressor().decompressobj().decompress(data).decode()
     lines = text.splitlines()
-    if not lines or json.loads(lines[0]) != {"inventory": VERSION}:
+    header = json.loads(lines[0]) if lines else None
+    version = header.get("inventory") if isinstance(header, dict) else None
+    if version not in (1, VERSION):
         raise ValueError("not an inventory of a known version")
-    return [Entry(*json.loads(line)) for line in lines[1:]]
+    entries = [Entry(*json.loads(line)) for line in lines[1:]]
+    if version == 1:
+        entries = [dataclasses.replace(e, xattrs=UNKNOWN) if e.kind == "dir" else e for e in entries]
+    return entries
 
 
 def write(path: Path, layer_dir: Path) -> None:
@@ -211,7 +220,10 @@ def compare(recorded: list[Entry], layer_dir: Path) -> list[str]:
         now = on_disk.pop(entry.path, None)
         if now is None:
             problems.append(f"{entry.path}: missing")
-        elif now != entry:
+            continue
+        if entry.xattrs == UNKNOWN:
+            now = dataclasses.replace(now, xattrs=UNKNOWN)
+        if now != entry:
             problems.append(f"{entry.path}: {entry.describe_difference(now)}")
     problems.extend(f"{path}: not in the inventory" for path in sorted(on_disk))
     return problems

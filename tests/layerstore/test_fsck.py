@@ -2,6 +2,7 @@
 or left with a clear word; a repaired store loads, mounts and checks clean."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zstandard
 from trees import tree
 
 from layerstore import fsck
@@ -120,6 +122,34 @@ def test_damaged_layer_is_found_and_unpacked_again(store: Store, damage: str) ->
     assert findings[0].startswith(f"layer sha256:{layer.name}: ") and findings[0].endswith(" (unpacked again from its blob)"), out
     assert {d: tree(store.layers.path(d)) for d in store.image_layers(image)} == before
     assert fsck_cli(store)[0] == fsck.CLEAN
+
+
+def test_a_directory_s_xattrs_are_checked_and_a_first_version_inventory_still_reads(store: Store) -> None:
+    """A directory's xattrs (an opaque marker set or taken away behind the store's back
+    changes what the union shows) are in the inventory. Inventories of version 1 did not
+    record them: read, they check everything else and leave those out."""
+    layer = layer_of(store, a_file(store))
+    directory = next(path for path in sorted(layer.rglob("*")) if path.is_dir() and not path.is_symlink())
+    rel = directory.relative_to(layer)
+    os.setxattr(directory, "user.overlay.opaque", b"y")
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and f"{rel}: xattrs changed" in out, out
+    os.removexattr(directory, "user.overlay.opaque")
+    assert fsck_cli(store)[0] == fsck.CLEAN
+
+    diff_id = f"sha256:{layer.name}"
+    path = store.layers.inventory_path(diff_id)
+    lines = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes()).decode().splitlines()
+    entries = [json.loads(line) for line in lines[1:]]
+    old = [json.dumps({"inventory": 1})] + [json.dumps(e[:8] + ["" if e[1] == "dir" else e[8]] + e[9:]) for e in entries]
+    os.chmod(path, 0o644)
+    path.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(old) + "\n").encode()))
+    assert fsck_cli(store)[0] == fsck.CLEAN
+    os.setxattr(directory, "user.overlay.opaque", b"y")
+    assert fsck_cli(store)[0] == fsck.CLEAN  # not recorded: not checked
+    append(a_file(store))
+    code, out = fsck_cli(store)
+    assert code == fsck.LEFT and f"{a_file(store).relative_to(layer)}: size" in out, out
 
 
 def layer_of(store: Store, path: Path) -> Path:
