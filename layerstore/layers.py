@@ -17,6 +17,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -98,16 +99,14 @@ class LayerDirs:
         final = self.path(diff_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = self.staging / secrets.token_hex(8)
-        result = unpack_layer(stream, staging, media_type=media_type, expected_diff_id=diff_id)
+        # implicit directories (no entry of this layer described them): the union takes their attributes from below
+        result = unpack_layer(stream, staging, media_type=media_type, expected_diff_id=diff_id, implicit_xattr=IMPLICIT_XATTR)
         try:
-            for rel in result.implicit_dirs:
-                # no entry of this layer described it: the union takes its attributes from below
-                os.setxattr(staging / rel, IMPLICIT_XATTR, b"1", follow_symlinks=False)
             crashpoints.point("layer.unpacked")
             inventory.write(self.inventory_path(diff_id), staging)
             crashpoints.point("layer.inventoried")
-            sync_filesystem(staging)
-            os.rename(staging, final)
+            sync_filesystem(self.staging)  # the layer's root may be of mode 0, which a user cannot open
+            rename_dir(staging, final)
         except OSError:
             remove_tree(staging)
             if not final.is_dir():
@@ -129,7 +128,7 @@ class LayerDirs:
         path = self.path(diff_id)
         if path.exists():
             doomed = self.staging / f"rm-{secrets.token_hex(8)}"
-            os.rename(path, doomed)  # gone from view in one step, then deleted
+            rename_dir(path, doomed)  # gone from view in one step, then deleted
             crashpoints.point("layer.removing")
             remove_tree(doomed)
         self.inventory_path(diff_id).unlink(missing_ok=True)
@@ -160,6 +159,27 @@ def sync_filesystem(directory: Path) -> None:
         syscalls.syncfs(fd)
     finally:
         os.close(fd)
+
+
+def rename_dir(src: Path, dst: Path) -> None:
+    """rename(2) of a directory to another parent rewrites its "..", which needs write
+    permission on the directory itself: root has it anyway, and a user's store lends the
+    owner the write bit for the moment (a layer's root is often 0555, as Fedora's is).
+    A crash meanwhile leaves the bit, which fsck finds against the inventory."""
+    try:
+        os.rename(src, dst)
+        return
+    except PermissionError:
+        mode = stat.S_IMODE(os.lstat(src).st_mode)
+        if os.geteuid() == 0 or mode & 0o200:
+            raise
+    os.chmod(src, mode | 0o200)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.chmod(src, mode)
+        raise
+    os.chmod(dst, mode)
 
 
 def remove_tree(path: Path) -> None:

@@ -138,6 +138,7 @@ def unpack_layer(
     expected_diff_id: str | None = None,
     privileged: bool | None = None,
     max_size: int | None = None,
+    implicit_xattr: str | None = None,
 ) -> UnpackResult:
     """Unpack the layer read from ``stream`` into the staging directory ``dest_dir``.
 
@@ -146,7 +147,9 @@ def unpack_layer(
     magic bytes, as containerd does. ``privileged`` (default: running as
     root) enables chown and device nodes; without it devices are skipped
     and listed in the result. ``max_size`` limits uncompressed bytes
-    (default: ``max_layer_size()``).
+    (default: ``max_layer_size()``). ``implicit_xattr``: an xattr set (to
+    ``1``) on each implicit directory before the directories take their modes:
+    a user, unlike root, cannot reach one below a directory of mode 0 after.
     Raises DigestMismatch, CorruptArchive, UnsafeArchiveEntry,
     SizeLimitExceeded, AlreadyExists; nothing is left behind on error.
     """
@@ -162,6 +165,7 @@ def unpack_layer(
             privileged=os.geteuid() == 0 if privileged is None else privileged,
             max_size=limit,
             algorithm=expected.partition(":")[0] if expected else "sha256",
+            implicit_xattr=implicit_xattr,
         )
         return unpacker.run(stream, dest, announced, expected)
     except BaseException:
@@ -172,11 +176,13 @@ def unpack_layer(
 class _Unpacker:
     """One unpack: the stream pipeline, the tar reader and the entry writer."""
 
-    def __init__(self, subject: str, *, privileged: bool, max_size: int, algorithm: str) -> None:
+    def __init__(self, subject: str, *, privileged: bool, max_size: int, algorithm: str,
+                 implicit_xattr: str | None = None) -> None:
         self.subject = subject
         self.privileged = privileged
         self.max_size = max_size
         self.algorithm = algorithm
+        self.implicit_xattr = implicit_xattr
 
     def run(self, stream: _Readable, dest: str, announced: str | None, expected: str | None) -> UnpackResult:
         raw = HashingReader(stream, self.algorithm)
@@ -191,6 +197,8 @@ class _Unpacker:
                 source.drain()  # trailing padding is part of the diff_id
             if expected is not None and diff.digest != expected:
                 raise DigestMismatch(self.subject, expected=expected, actual=diff.digest)
+            if self.implicit_xattr is not None:
+                writer.mark(tree.implicit, self.implicit_xattr)
             writer.finish()
         finally:
             tree.close()
@@ -395,6 +403,17 @@ class _EntryWriter:
             finally:
                 os.close(fd)
 
+    def mark(self, names: Iterable[str], xattr: str) -> None:
+        """Set xattr on these directories, through fds: before ``finish``, while every
+        directory still has the mode 0700 that lets its owner through."""
+        for name in sorted(names):
+            parent, _, base = name.rpartition("/")
+            fd = os.open(base, _DIR_FLAGS, dir_fd=self.tree.dir_fd(parent, entry=name, create=False))
+            try:
+                os.setxattr(fd, xattr, b"1")
+            finally:
+                os.close(fd)
+
     def _check(self, info: tarfile.TarInfo, name: str) -> None:
         """Refuse what no file system takes or what the union would misread, before anything is made."""
         _check_path(info.name, name, self.layer)
@@ -435,7 +454,9 @@ class _EntryWriter:
     def _file(self, info: tarfile.TarInfo, name: str, data_end: int) -> None:
         parent_fd, base = self._parent(info, name)
         mode = info.mode & 0o7777
-        exact = self.umask is not None and not mode & (self.umask | 0o7000)
+        # a user, unlike root, sets user.* xattrs only on a file it may write: a file
+        # read-only to its owner that may carry some (PAX records) takes its mode after them
+        exact = self.umask is not None and not mode & (self.umask | 0o7000) and bool(mode & 0o200 or not info.pax_headers)
         try:
             fd = os.open(base, _FILE_FLAGS, mode if exact else 0o600, dir_fd=parent_fd)
         except FileExistsError:

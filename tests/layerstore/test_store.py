@@ -381,7 +381,8 @@ def test_the_readme_s_four_digests_of_the_example_image(tmp_path: Path) -> None:
 
 def locked_layer(root: Path) -> None:
     """Entries whose modes keep even their owner out, as distributions ship them (Fedora's
-    /etc/shadow is mode 0) and as umoci writes its whiteouts (of var/cache here)."""
+    /etc/shadow is mode 0, its / is 0555) and as umoci writes its whiteouts (of var/cache here)."""
+    os.chmod(root, 0o555)
     shutil.rmtree(root / "var/cache")
     write(root, "etc/shadow", "root:*:19000::::::\n", 0)
     write(root, "locked/inside", "inside\n")
@@ -391,9 +392,9 @@ def locked_layer(root: Path) -> None:
 
 
 def test_a_user_s_store_takes_layers_whose_modes_keep_the_owner_out(tmp_path: Path) -> None:
-    """A user unpacks as itself, without root's CAP_DAC_OVERRIDE: files and directories of
-    mode 0, whiteouts and read-only directories load, check clean and are removed, and
-    keep their modes on disk."""
+    """A user unpacks as itself, without root's CAP_DAC_OVERRIDE or CAP_FOWNER: files and
+    directories of mode 0, whiteouts, read-only directories and a read-only layer root
+    load, check clean and are removed, and keep their modes on disk."""
     layout = build_layout(tmp_path / "layout", "locked", [base_layer, locked_layer])
     top_dir = tempfile.TemporaryDirectory()  # the user cannot reach into the test's own temp dirs
     mine = Path(top_dir.name, "user")
@@ -410,7 +411,7 @@ def test_a_user_s_store_takes_layers_whose_modes_keep_the_owner_out(tmp_path: Pa
                 [image] = store.load(str(archive))
                 top = store.layers.path(store.image_layers(image.id)[-1])
                 found["modes"] = {rel: stat.S_IMODE(os.lstat(top / rel).st_mode)
-                                  for rel in ("etc/shadow", "locked", "read-only", "var/.wh.cache")}
+                                  for rel in (".", "etc/shadow", "locked", "read-only", "var/.wh.cache")}
                 os.chmod(top / "locked", 0o700)
                 found["inside"] = (top / "locked/inside").read_text()
                 os.chmod(top / "locked", 0)
@@ -426,7 +427,7 @@ def test_a_user_s_store_takes_layers_whose_modes_keep_the_owner_out(tmp_path: Pa
         assert errno_as(NOBODY, lambda: as_user(mine / "store"), cwd=mine) is None
         found = json.loads((mine / "store.json").read_text())
     assert "error" not in found, found
-    assert found["modes"] == {"etc/shadow": 0, "locked": 0, "read-only": 0o555, "var/.wh.cache": 0}
+    assert found["modes"] == {".": 0o555, "etc/shadow": 0, "locked": 0, "read-only": 0o555, "var/.wh.cache": 0}
     assert found["inside"] == "inside\n"
     assert found["fsck"].endswith(": clean"), found["fsck"]
     assert found["left"] == [[], []]
