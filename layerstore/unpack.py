@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import io
 import math
@@ -396,23 +397,25 @@ class _EntryWriter:
             if not name:
                 self._dir_stat(self.tree.root_fd, mode, atime, mtime)
                 continue
-            parent, _, base = name.rpartition("/")
-            fd = os.open(base, _DIR_FLAGS, dir_fd=self.tree.dir_fd(parent, entry=name, create=False))
-            try:
+            with self._made_dir(name) as fd:
                 self._dir_stat(fd, mode, atime, mtime)
-            finally:
-                os.close(fd)
 
     def mark(self, names: Iterable[str], xattr: str) -> None:
         """Set xattr on these directories, through fds: before ``finish``, while every
         directory still has the mode 0700 that lets its owner through."""
         for name in sorted(names):
-            parent, _, base = name.rpartition("/")
-            fd = os.open(base, _DIR_FLAGS, dir_fd=self.tree.dir_fd(parent, entry=name, create=False))
-            try:
+            with self._made_dir(name) as fd:
                 os.setxattr(fd, xattr, b"1")
-            finally:
-                os.close(fd)
+
+    @contextlib.contextmanager
+    def _made_dir(self, name: str) -> Iterator[int]:
+        """An fd on a directory this unpack made, reached inside the tree."""
+        parent, _, base = name.rpartition("/")
+        fd = os.open(base, _DIR_FLAGS, dir_fd=self.tree.dir_fd(parent, entry=name, create=False))
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def _check(self, info: tarfile.TarInfo, name: str) -> None:
         """Refuse what no file system takes or what the union would misread, before anything is made."""
