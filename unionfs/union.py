@@ -509,10 +509,12 @@ class Union:
         return fd, 0
 
     def ftruncate(self, fd: int, length: int, retime: bool = True) -> None:
-        """Truncation of a file open in the upper layer (ftruncate), unless it is protected.
-        retime: whether a truncation to the size the file has changes its times, as
-        truncate(2) does on the host."""
-        if self.protections.of_fd(fd):
+        """Truncation of a file open in the upper layer (ftruncate), unless it is append-only:
+        the VFS checks only that (do_ftruncate), so a file made immutable after it was
+        opened for writing is still cut through that fd, on overlayfs too. retime: whether
+        a truncation to the size the file has changes its times, as truncate(2) does on
+        the host."""
+        if self.protections.of_fd(fd) & APPEND:
             raise fail(errno.EPERM, f"fd {fd}")
         _truncate(fd, length, retime)
 

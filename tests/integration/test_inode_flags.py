@@ -307,3 +307,27 @@ def test_a_file_that_may_never_get_a_name_linked_into_an_immutable_directory(tmp
         assert p.run(op("tmpfile", "d", "d/t", b"x", "excl")) == errno.ENOENT  # anywhere, on both
         assert p.run(op("listdir", "di")) is None
         p.check()
+
+
+def test_a_file_made_immutable_while_open_for_writing_is_still_cut_through_that_fd(tmp_path: Path) -> None:
+    """ftruncate checks only append-only (do_ftruncate): a file opened for writing and then
+    made immutable is truncated through that fd on overlayfs, and here too; by its path,
+    and once append-only, it is not."""
+    bottom = Dir({"i": File(b"immutable soon"), "a": File(b"append-only soon")})
+    with pair(tmp_path, [Dir(), bottom]) as p:
+        def cut_after(rel: str, flag: int) -> Callable[[Path], None]:
+            def call(mnt: Path) -> None:
+                fd = os.open(mnt / rel, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    assert apply(mnt, op("chattr", rel, flag)) is None
+                    os.ftruncate(fd, 4)
+                finally:
+                    os.close(fd)
+            return call
+
+        assert on_both(p, cut_after("i", IMMUTABLE)) is None
+        assert on_both(p, cut_after("a", APPEND)) == errno.EPERM
+        assert p.run(op("truncate", "i", 2)) == errno.EPERM
+        assert p.run(op("read", "i")) is None
+        p.check()
+    assert (p.driver.upper / "i").read_bytes() == b"immu"
