@@ -55,6 +55,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import os
 import stat
 import struct
@@ -66,6 +67,8 @@ import pytest
 from budgets import examples, long_run_marks
 from difftree import (
     FIXED_NS,
+    FS_IOC_GETFLAGS,
+    FS_IOC_SETFLAGS,
     IMMUTABLE_FL,
     Dir,
     Fifo,
@@ -405,7 +408,15 @@ def times_set_before_asking(p: Pair, operation: Op, answer: int | None) -> bool:
     if operation.name != FD_ALLOCATE or answer != errno.EPERM or not int(operation.args[1]) & _SET_TIMES_FIRST:
         return False
     kernel_fd = p.held[int(operation.args[0]) % len(p.held)][0]
-    os.utime(kernel_fd)  # both times now, which an append-only file allows
+    try:
+        os.utime(kernel_fd)  # both times now, which an append-only file allows
+    except PermissionError:  # an immutable one does not: its flag is lifted on the reference meanwhile
+        flags = struct.unpack_from("<i", fcntl.ioctl(kernel_fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+        fcntl.ioctl(kernel_fd, FS_IOC_SETFLAGS, struct.pack("<q", flags & ~IMMUTABLE_FL))
+        try:
+            os.utime(kernel_fd)
+        finally:
+            fcntl.ioctl(kernel_fd, FS_IOC_SETFLAGS, struct.pack("<q", flags))
     return True
 
 
